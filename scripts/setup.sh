@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Idempotent bootstrap for a fresh clone: node modules, Debian packages, the tun module.
+#   bash scripts/setup.sh test|demo|bench
+# Quiet when there is nothing to do, one line per thing it installs, loud (full output, non-zero
+# exit) when something fails. Run by `npm test`, `npm run demo` and `npm run bench` first.
+set -euo pipefail
+
+MODE="${1:-}"
+case "$MODE" in
+  test | demo | bench) ;;
+  *)
+    echo "usage: $0 test|demo|bench" >&2
+    exit 2
+    ;;
+esac
+
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+
+say() { echo "setup: $*"; }
+
+# Runs a command with its output captured; on failure prints everything and exits.
+quietly() {
+  local out
+  if ! out="$("$@" 2>&1)"; then
+    echo "setup: FAILED: $*" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+}
+
+# --- node modules ------------------------------------------------------------------------------
+# npm writes node_modules/.package-lock.json on every install; our stamp covers `npm install`.
+node_modules_stale() {
+  [ -d node_modules ] || return 0
+  [ -f package-lock.json ] || return 1
+  local ref=node_modules/.cladnet-installed
+  [ -e "$ref" ] || ref=node_modules/.package-lock.json
+  [ -e "$ref" ] || return 0
+  [ package-lock.json -nt "$ref" ]
+}
+
+if node_modules_stale; then
+  if [ -f package-lock.json ]; then
+    quietly npm ci --no-audit --no-fund
+    say "installed node modules (npm ci)"
+  else
+    quietly npm install --no-audit --no-fund
+    say "installed node modules (npm install)"
+  fi
+  touch node_modules/.cladnet-installed
+fi
+
+# --- Debian packages (package:command that proves it is there) ---------------------------------
+PKGS=(
+  iproute2:ip
+  iputils-ping:ping
+  etcd-server:etcd
+  etcd-client:etcdctl
+  iptables:iptables
+  nftables:nft
+  procps:pgrep
+  tcpdump:tcpdump
+  iperf3:iperf3
+)
+if [ "$MODE" = bench ]; then
+  PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)
+fi
+
+missing=()
+for entry in "${PKGS[@]}"; do
+  command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: FAILED: missing packages ${missing[*]} and no apt-get to install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  quietly apt-get update
+  quietly apt-get install -y --no-install-recommends "${missing[@]}"
+  for p in "${missing[@]}"; do say "installed $p"; done
+fi
+
+# --- TUN device ---------------------------------------------------------------------------------
+if [ ! -e /dev/net/tun ]; then
+  modprobe tun >/dev/null 2>&1 || true
+  if [ ! -e /dev/net/tun ]; then
+    mkdir -p /dev/net 2>/dev/null || true
+    mknod /dev/net/tun c 10 200 2>/dev/null && chmod 0666 /dev/net/tun 2>/dev/null || true
+  fi
+  if [ -e /dev/net/tun ]; then
+    say "loaded tun (/dev/net/tun)"
+  else
+    echo "setup: WARNING: /dev/net/tun is missing and could not be created (modprobe tun failed)" >&2
+  fi
+fi

@@ -1,0 +1,183 @@
+/**
+ * Agent configuration: defaults < config file (JSON, `//` comment lines allowed) < CLADNET_*
+ * environment variables < command-line flags. Parsed and validated once, before anything on the
+ * host is touched, into a frozen object. A bad value is named by field and by where it came from.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import { CladnetError } from '../errors';
+
+export interface AgentConfig {
+  readonly etcd: readonly string[];
+  readonly network: string;
+  readonly name: string;
+  readonly interface: string;
+  /** UDP port; 0 means "the network's default port". */
+  readonly listenPort: number;
+  readonly stateDir: string;
+  readonly socket: string;
+  readonly logLevel: string;
+  /** Packets per data-plane batch. */
+  readonly batch: number;
+  /** Address to publish instead of the interface addresses (e.g. a known public IP), optional. */
+  readonly advertise: readonly string[];
+}
+
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list';
+
+interface FieldSpec {
+  key: keyof AgentConfig;
+  flag: string; // commander's camelCase option name == JSON key
+  env: string;
+  kind: Kind;
+  def: () => unknown;
+  min?: number;
+  max?: number;
+}
+
+const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+function defaultName(): string {
+  const h = os.hostname().toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '');
+  return h.slice(0, 63) || 'host';
+}
+
+export const AGENT_FIELDS: readonly FieldSpec[] = [
+  { key: 'etcd', flag: 'etcd', env: 'CLADNET_ETCD', kind: 'urls', def: () => ['http://127.0.0.1:2379'] },
+  { key: 'network', flag: 'network', env: 'CLADNET_NETWORK', kind: 'name', def: () => undefined },
+  { key: 'name', flag: 'name', env: 'CLADNET_NAME', kind: 'name', def: defaultName },
+  { key: 'interface', flag: 'interface', env: 'CLADNET_INTERFACE', kind: 'ifname', def: () => 'cladnet0' },
+  { key: 'listenPort', flag: 'listenPort', env: 'CLADNET_LISTEN_PORT', kind: 'port', def: () => 0 },
+  { key: 'stateDir', flag: 'stateDir', env: 'CLADNET_STATE_DIR', kind: 'string', def: () => '/var/lib/cladnet' },
+  { key: 'socket', flag: 'socket', env: 'CLADNET_SOCKET', kind: 'string', def: () => '/run/cladnet/cladnet.sock' },
+  { key: 'logLevel', flag: 'logLevel', env: 'CLADNET_LOG_LEVEL', kind: 'level', def: () => 'info' },
+  { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
+  { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
+];
+
+function fail(field: string, source: string, why: string): never {
+  throw new CladnetError('ECONFIG', `config: ${field} (from ${source}): ${why}`, { field });
+}
+
+function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
+  const f = spec.key;
+  const asString = (): string => {
+    if (typeof raw === 'number' && (spec.kind === 'port' || spec.kind === 'int')) return String(raw);
+    if (typeof raw !== 'string') fail(f, source, `expected a string, got ${JSON.stringify(raw)}`);
+    return raw.trim();
+  };
+  const asList = (): string[] => {
+    if (Array.isArray(raw)) {
+      return raw.map((x, i) => {
+        if (typeof x !== 'string') fail(`${f}[${i}]`, source, `expected a string, got ${JSON.stringify(x)}`);
+        return x.trim();
+      });
+    }
+    return asString()
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s.length > 0);
+  };
+  switch (spec.kind) {
+    case 'string': {
+      const s = asString();
+      if (!s) fail(f, source, 'must not be empty');
+      return s;
+    }
+    case 'name': {
+      const s = asString();
+      if (!NAME_RE.test(s)) fail(f, source, `"${s}" must be 1-63 of a-z, 0-9 and inner hyphens`);
+      return s;
+    }
+    case 'ifname': {
+      const s = asString();
+      if (!/^[a-zA-Z0-9_.-]{1,15}$/.test(s)) fail(f, source, `"${s}" is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+      return s;
+    }
+    case 'level': {
+      const s = asString();
+      if (!LEVELS.includes(s)) fail(f, source, `"${s}" is not one of ${LEVELS.join(', ')}`);
+      return s;
+    }
+    case 'port':
+    case 'int': {
+      const s = asString();
+      const min = spec.kind === 'port' ? 0 : (spec.min ?? 0);
+      const max = spec.kind === 'port' ? 65535 : (spec.max ?? Number.MAX_SAFE_INTEGER);
+      if (!/^\d+$/.test(s) || Number(s) < min || Number(s) > max) fail(f, source, `"${s}" is not an integer from ${min} to ${max}`);
+      return Number(s);
+    }
+    case 'urls': {
+      const list = asList();
+      if (list.length === 0) fail(f, source, 'needs at least one URL');
+      list.forEach((u, i) => {
+        let url: URL;
+        try {
+          url = new URL(u);
+        } catch {
+          fail(`${f}[${i}]`, source, `"${u}" is not a URL (expected http://host:port)`);
+        }
+        if (url.protocol !== 'http:' && url.protocol !== 'https:') fail(`${f}[${i}]`, source, `"${u}" must use http or https`);
+      });
+      return list;
+    }
+    case 'list':
+      return asList();
+  }
+}
+
+/** Reads a JSON config file; `//` comment lines are allowed. Unknown keys are an error. */
+export function readConfigFile(file: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new CladnetError('ECONFIG', `config: cannot read ${file}: ${(e as Error).message}`, { field: 'config' });
+  }
+  const stripped = text
+    .split('\n')
+    .map((l) => (/^\s*\/\//.test(l) ? '' : l))
+    .join('\n');
+  let obj: unknown;
+  try {
+    obj = JSON.parse(stripped);
+  } catch (e) {
+    throw new CladnetError('ECONFIG', `config: ${file} is not valid JSON: ${(e as Error).message}`, { field: 'config' });
+  }
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) {
+    throw new CladnetError('ECONFIG', `config: ${file} must hold a JSON object`, { field: 'config' });
+  }
+  return obj as Record<string, unknown>;
+}
+
+export interface ConfigSources {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  flags?: Record<string, unknown>;
+}
+
+export function loadAgentConfig(src: ConfigSources): AgentConfig {
+  const fileObj = src.file ? readConfigFile(src.file) : {};
+  const known = new Set(AGENT_FIELDS.map((f) => f.flag));
+  for (const k of Object.keys(fileObj)) {
+    if (!known.has(k)) fail(k, src.file!, `unknown setting (known: ${[...known].join(', ')})`);
+  }
+  const env = src.env ?? {};
+  const flags = src.flags ?? {};
+  const out: Record<string, unknown> = {};
+  for (const spec of AGENT_FIELDS) {
+    let value: unknown;
+    if (flags[spec.flag] !== undefined) value = coerce(spec, flags[spec.flag], `--${kebab(spec.flag)}`);
+    else if (env[spec.env] !== undefined && env[spec.env] !== '') value = coerce(spec, env[spec.env], spec.env);
+    else if (fileObj[spec.flag] !== undefined) value = coerce(spec, fileObj[spec.flag], src.file!);
+    else value = spec.def();
+    if (value === undefined) fail(spec.key, 'nowhere', `is required (--${kebab(spec.flag)}, ${spec.env} or "${spec.flag}" in the config file)`);
+    out[spec.key] = Array.isArray(value) ? Object.freeze(value) : value;
+  }
+  return Object.freeze(out) as unknown as AgentConfig;
+}
+
+export function kebab(s: string): string {
+  return s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}

@@ -1,0 +1,106 @@
+import { CladnetError } from '../errors';
+import { formatIpv4, parseIpv4 } from '../util/ipv4';
+
+/**
+ * The etcd key layout (fixed; other agents and tools read it):
+ *
+ *   /cladnet/v1/networks/<net>                 NetworkSpec JSON
+ *   /cladnet/v1/networks/<net>/hosts/<name>    HostRecord JSON (kept across restarts)
+ *   /cladnet/v1/networks/<net>/leases/<ip>     LeaseRecord JSON (overlay IP lease, create-if-absent)
+ *   /cladnet/v1/networks/<net>/alive/<name>    liveness, bound to an etcd lease
+ *
+ * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
+ * "every network": use `parseKey` and keep only `kind === 'network'`.
+ *
+ * Builders validate their arguments: a name with a '/' in it would otherwise address another key.
+ */
+export const NETWORKS_ROOT = '/cladnet/v1/networks/';
+
+/** Network and host names: DNS-label-like, lower case, 1..63 characters. */
+export const NAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+export function isValidName(s: unknown): s is string {
+  return typeof s === 'string' && NAME_RE.test(s);
+}
+
+/** Returns `s` when it is a valid name, else throws ECONFIG naming `field`. */
+export function checkName(s: unknown, field = 'name'): string {
+  if (isValidName(s)) return s;
+  const shown = typeof s === 'string' ? JSON.stringify(s) : typeof s;
+  throw new CladnetError(
+    'ECONFIG',
+    `${field}: ${shown} is not a valid name (1-63 of a-z, 0-9, '-', not starting or ending with '-')`,
+    { field },
+  );
+}
+
+function checkIp(ip: string): string {
+  const v = parseIpv4(ip);
+  if (v === null || formatIpv4(v) !== ip) {
+    throw new CladnetError('ECONFIG', `ip: ${JSON.stringify(ip)} is not a dotted IPv4 address`, { field: 'ip' });
+  }
+  return ip;
+}
+
+export function networkKey(net: string): string {
+  return NETWORKS_ROOT + checkName(net, 'network');
+}
+
+/** Everything that belongs to a network except its spec key (ends with '/'). */
+export function networkPrefix(net: string): string {
+  return `${networkKey(net)}/`;
+}
+
+export function hostsPrefix(net: string): string {
+  return `${networkPrefix(net)}hosts/`;
+}
+
+export function hostKey(net: string, name: string): string {
+  return hostsPrefix(net) + checkName(name, 'host');
+}
+
+export function leasesPrefix(net: string): string {
+  return `${networkPrefix(net)}leases/`;
+}
+
+export function leaseKey(net: string, ip: string): string {
+  return leasesPrefix(net) + checkIp(ip);
+}
+
+export function alivePrefix(net: string): string {
+  return `${networkPrefix(net)}alive/`;
+}
+
+export function aliveKey(net: string, name: string): string {
+  return alivePrefix(net) + checkName(name, 'host');
+}
+
+export type ParsedKey =
+  | { kind: 'network'; network: string }
+  | { kind: 'host'; network: string; name: string }
+  | { kind: 'lease'; network: string; ip: string }
+  | { kind: 'alive'; network: string; name: string };
+
+/** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
+export function parseKey(key: string | Buffer): ParsedKey | null {
+  const k = typeof key === 'string' ? key : key.toString('utf8');
+  if (!k.startsWith(NETWORKS_ROOT)) return null;
+  const parts = k.slice(NETWORKS_ROOT.length).split('/');
+  const network = parts[0]!;
+  if (!isValidName(network)) return null;
+  if (parts.length === 1) return { kind: 'network', network };
+  if (parts.length !== 3) return null;
+  const [, kind, leaf] = parts as [string, string, string];
+  switch (kind) {
+    case 'hosts':
+      return isValidName(leaf) ? { kind: 'host', network, name: leaf } : null;
+    case 'alive':
+      return isValidName(leaf) ? { kind: 'alive', network, name: leaf } : null;
+    case 'leases': {
+      const v = parseIpv4(leaf);
+      return v !== null && formatIpv4(v) === leaf ? { kind: 'lease', network, ip: leaf } : null;
+    }
+    default:
+      return null;
+  }
+}

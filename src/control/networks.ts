@@ -1,0 +1,92 @@
+import type { Etcd3 } from 'etcd3';
+import { CladnetError } from '../errors';
+import type { Logger } from '../log';
+import { formatPrefix, parseOverlayCidr } from '../util/ipv4';
+import { etcdCall } from './etcd';
+import { checkName, networkKey, networkPrefix, NETWORKS_ROOT, parseKey } from './keys';
+import { DEFAULT_MTU, DEFAULT_PORT, MTU_MAX, MTU_MIN, NetworkSpec, parseNetworkSpec, serializeNetworkSpec } from './records';
+
+/** Network specs: create (atomically, refusing an existing name), get, list, delete. */
+
+export interface CreateNetworkInput {
+  name: string;
+  cidr: string;
+  mtu?: number;
+  port?: number;
+}
+
+function checkInt(v: number, field: string, min: number, max: number): number {
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new CladnetError('ECONFIG', `${field}: ${String(v)} must be an integer in ${min}..${max}`, { field });
+  }
+  return v;
+}
+
+/** Builds and validates a spec without touching etcd (throws ECONFIG / ECIDR naming the field). */
+export function buildNetworkSpec(input: CreateNetworkInput, clock: () => Date = () => new Date()): NetworkSpec {
+  const name = checkName(input.name, 'name');
+  const prefix = parseOverlayCidr(input.cidr, 'cidr');
+  return Object.freeze({
+    version: 1,
+    name,
+    cidr: formatPrefix(prefix),
+    mtu: checkInt(input.mtu ?? DEFAULT_MTU, 'mtu', MTU_MIN, MTU_MAX),
+    port: checkInt(input.port ?? DEFAULT_PORT, 'port', 1, 65535),
+    created: clock().toISOString(),
+  });
+}
+
+export async function createNetwork(client: Etcd3, input: CreateNetworkInput, clock?: () => Date): Promise<NetworkSpec> {
+  const spec = buildNetworkSpec(input, clock);
+  const key = networkKey(spec.name);
+  const res = await etcdCall(`create network ${spec.name}`, () =>
+    client.if(key, 'Create', '==', 0).then(client.put(key).value(serializeNetworkSpec(spec))).commit(),
+  );
+  if (!res.succeeded) {
+    throw new CladnetError('ENETEXISTS', `network ${spec.name} already exists`, { field: 'name' });
+  }
+  return spec;
+}
+
+/** Throws ENONET when absent, ERECORD when the stored spec is invalid. */
+export async function getNetwork(client: Etcd3, name: string): Promise<NetworkSpec> {
+  checkName(name, 'network');
+  const raw = await etcdCall(`get network ${name}`, () => client.get(networkKey(name)).buffer());
+  if (raw === null) throw new CladnetError('ENONET', `network ${name} does not exist`, { field: 'network' });
+  const parsed = parseNetworkSpec(raw, { name });
+  if (!parsed.ok) throw new CladnetError('ERECORD', `network ${name}: stored spec is invalid: ${parsed.error}`);
+  return parsed.value;
+}
+
+/**
+ * All networks, sorted by name. Only keys with exactly one segment after `networks/` are specs
+ * (the children share the prefix). Invalid specs are skipped and reported through `log`.
+ */
+export async function listNetworks(client: Etcd3, log?: Logger): Promise<NetworkSpec[]> {
+  const res = await etcdCall('list networks', () => client.getAll().prefix(NETWORKS_ROOT).exec());
+  const out: NetworkSpec[] = [];
+  for (const kv of res.kvs) {
+    const parsedKey = parseKey(kv.key);
+    if (parsedKey?.kind !== 'network') continue;
+    const parsed = parseNetworkSpec(kv.value, { name: parsedKey.network });
+    if (parsed.ok) out.push(parsed.value);
+    else log?.warn({ key: kv.key.toString(), error: parsed.error }, 'skipping invalid network spec');
+  }
+  return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/**
+ * Deletes the spec and everything under it (hosts, leases, alive keys) in one transaction.
+ * Throws ENONET when there was no spec (orphaned children are removed anyway).
+ */
+export async function deleteNetwork(client: Etcd3, name: string): Promise<void> {
+  const key = networkKey(name);
+  const res = await etcdCall(`delete network ${name}`, () =>
+    client
+      .if(key, 'Create', '>', 0)
+      .then(client.delete().key(key), client.delete().prefix(networkPrefix(name)))
+      .else(client.delete().prefix(networkPrefix(name)))
+      .commit(),
+  );
+  if (!res.succeeded) throw new CladnetError('ENONET', `network ${name} does not exist`, { field: 'network' });
+}

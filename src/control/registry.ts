@@ -1,0 +1,628 @@
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import type { Etcd3, IKeyValue, IWatchResponse, Lease, Watcher } from 'etcd3';
+import { CladnetError } from '../errors';
+import type { Logger } from '../log';
+import { parseOverlayCidr, Prefix } from '../util/ipv4';
+import { etcdCall, toEtcdError } from './etcd';
+import { aliveKey, checkName, hostKey, networkPrefix, parseKey } from './keys';
+import { computePeers, HostEntry } from './peers';
+import {
+  checkOverlayIpInNetwork,
+  HostRecord,
+  NetworkSpec,
+  parseHostRecord,
+  parseLeaseRecord,
+  serializeHostRecord,
+} from './records';
+
+/**
+ * One network's registry, seen from one host:
+ *
+ * 1. publish: write our host record with a monotonic epoch, never over a newer writer's.
+ * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost.
+ * 3. watch:   load the network prefix at revision R, watch from R+1, keep hosts/alive/leases, and
+ *             hand out a frozen peer snapshot after each change (same-tick bursts coalesced).
+ *             On reconnect: reload (etcd3 resumes the stream itself, but a reload also covers
+ *             events a reconnect can skip). On watch cancel (compaction): reload and re-watch.
+ *             While etcd is down the last snapshot stays; a disconnect never empties the peer set.
+ * 4. cache:   optionally the last snapshot on disk, used at start when etcd is unreachable.
+ *
+ * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
+ */
+
+export interface RegistryOptions {
+  client: Etcd3;
+  network: NetworkSpec;
+  self: string;
+  log: Logger;
+  /** Milliseconds since the Unix epoch; drives epochs and `updated`. */
+  now?: () => number;
+  /** Where to keep the last peer snapshot (JSON, mode 0600). */
+  cacheFile?: string;
+  /** Liveness lease TTL in seconds (default 10). */
+  aliveTtlSec?: number;
+}
+
+export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
+export type PeersCallback = (peers: PeerSnapshot) => void;
+
+export type PublishResult =
+  | { written: true; record: HostRecord }
+  /** Another writer for the same host name published after us: we are the older writer. */
+  | { written: false; reason: 'superseded'; current: HostRecord };
+
+/** Where the first snapshot came from: etcd, the cache file (etcd unreachable), or nowhere yet. */
+export type WatchSource = 'etcd' | 'cache' | 'none';
+
+export interface RegistryStats {
+  invalidRecords: number; // distinct (key, mod revision) pairs skipped as invalid
+  reloads: number; // full prefix loads that succeeded (the first one included)
+  watchEvents: number;
+  peers: number;
+  revision: number; // newest etcd revision applied
+  connected: boolean;
+  source: WatchSource;
+}
+
+export const ALIVE_TTL_SEC = 10;
+const PUBLISH_ATTEMPTS = 8;
+const RETRY_MIN_MS = 250;
+const RETRY_MAX_MS = 5000;
+const CANCEL_WAIT_MS = 1000;
+const CACHE_VERSION = 1;
+
+interface AliveState {
+  stopped: boolean;
+  lease: Lease | null;
+  timer: NodeJS.Timeout | null;
+  delay: number;
+}
+
+function freezeMap<K, V>(m: Map<K, V>): ReadonlyMap<K, V> {
+  const readOnly = (): never => {
+    throw new TypeError('peer snapshot is read-only');
+  };
+  Object.defineProperties(m, { set: { value: readOnly }, delete: { value: readOnly }, clear: { value: readOnly } });
+  return Object.freeze(m);
+}
+
+function signature(peers: PeerSnapshot): string {
+  return [...peers.values()].map(serializeHostRecord).join('\n');
+}
+
+export class Registry {
+  private readonly client: Etcd3;
+  private readonly spec: NetworkSpec;
+  private readonly self: string;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly cacheFile: string | undefined;
+  private readonly aliveTtl: number;
+  private readonly cidr: Prefix;
+  private readonly prefix: string;
+
+  private closed = false;
+
+  // publish
+  private publishChain: Promise<unknown> = Promise.resolve();
+  private maxEpochTried: number | null = null;
+
+  // alive
+  private alive: AliveState | null = null;
+
+  // watch state, mirrored from etcd
+  private onPeers: PeersCallback | null = null;
+  private readonly hosts = new Map<string, HostEntry>();
+  private readonly aliveNames = new Set<string>();
+  private readonly leases = new Map<string, string | null>();
+  private revision = 0;
+  private floor = 0; // events at or below this revision are already in the loaded state
+  private pending: IWatchResponse[] | null = null; // events that arrive while a load is in flight
+  private watcher: Watcher | null = null;
+  private watchConnected = false;
+  private watchLost = false;
+  private loadedOk = false;
+  private syncing = false;
+  private syncAgain = false;
+  private needWatcher = false;
+  private sleepTimer: NodeJS.Timeout | null = null;
+  private sleepWake: (() => void) | null = null;
+  private emitScheduled: NodeJS.Immediate | null = null;
+  private outageLogged = false;
+
+  // output
+  private snapshot: PeerSnapshot = freezeMap(new Map());
+  private lastSignature: string | null = null;
+  private source: WatchSource = 'none';
+  private readonly warned = new Map<string, string>(); // host name -> mod revision warned about
+  private invalidRecords = 0;
+  private reloads = 0;
+  private watchEvents = 0;
+  private cacheWriting: Promise<void> = Promise.resolve();
+  private cacheDirty: PeerSnapshot | null = null;
+  private cacheWarned = false;
+
+  constructor(opts: RegistryOptions) {
+    this.client = opts.client;
+    this.spec = opts.network;
+    this.self = checkName(opts.self, 'self');
+    this.log = opts.log.child({ component: 'registry', network: opts.network.name });
+    this.now = opts.now ?? Date.now;
+    this.cacheFile = opts.cacheFile;
+    this.aliveTtl = opts.aliveTtlSec ?? ALIVE_TTL_SEC;
+    if (!Number.isInteger(this.aliveTtl) || this.aliveTtl < 2) {
+      throw new CladnetError('ECONFIG', `aliveTtlSec: ${this.aliveTtl} must be an integer >= 2`, { field: 'aliveTtlSec' });
+    }
+    this.cidr = parseOverlayCidr(opts.network.cidr, 'cidr');
+    this.prefix = networkPrefix(opts.network.name);
+  }
+
+  // ---- 1. publish ---------------------------------------------------------------------------
+
+  /**
+   * Writes our host record. The registry sets `epoch` (max(stored + 1, ours + 1, now)) and
+   * `updated`. The write is a transaction on the key's mod revision, so concurrent writers cannot
+   * interleave; if the stored record carries an epoch newer than any this registry wrote, another
+   * process took over the name and this (older) writer does not overwrite it.
+   * Calls are serialised: the last call's record is what ends up stored.
+   */
+  publish(record: HostRecord): Promise<PublishResult> {
+    const run = this.publishChain.then(() => this.publishOnce(record));
+    this.publishChain = run.catch(() => undefined);
+    return run;
+  }
+
+  private async publishOnce(record: HostRecord): Promise<PublishResult> {
+    if (this.closed) throw new Error('registry is closed');
+    if (record.name !== this.self) {
+      throw new CladnetError('ERECORD', `name: "${record.name}" is not this host ("${this.self}")`, { field: 'name' });
+    }
+    const key = hostKey(this.spec.name, this.self);
+    for (let attempt = 0; attempt < PUBLISH_ATTEMPTS; attempt++) {
+      const res = await etcdCall(`read ${key}`, () => this.client.get(key).exec());
+      const kv = res.kvs[0];
+      const stored = kv ? parseHostRecord(kv.value, { network: this.spec.name, name: this.self }) : null;
+      const storedEpoch = stored?.ok ? stored.value.epoch : 0;
+      if (stored?.ok && this.maxEpochTried !== null && storedEpoch > this.maxEpochTried) {
+        this.log.warn(
+          { host: this.self, storedEpoch, ourEpoch: this.maxEpochTried },
+          'host record was published by a newer writer; not overwriting it',
+        );
+        return { written: false, reason: 'superseded', current: stored.value };
+      }
+      const t = Math.floor(this.now());
+      const epoch = Math.max(storedEpoch + 1, (this.maxEpochTried ?? 0) + 1, t);
+      const candidate: HostRecord = { ...record, epoch, updated: new Date(t).toISOString() };
+      const checked = parseHostRecord(serializeHostRecord(candidate), { network: this.spec.name, name: this.self });
+      if (!checked.ok) throw new CladnetError('ERECORD', `host record: ${checked.error}`);
+      const inNet = checkOverlayIpInNetwork(checked.value, this.cidr, this.spec.cidr);
+      if (inNet !== null) throw new CladnetError('ERECORD', `host record: ${inNet}`, { field: 'overlayIp' });
+
+      this.maxEpochTried = Math.max(this.maxEpochTried ?? 0, epoch);
+      const put = this.client.put(key).value(serializeHostRecord(checked.value));
+      const txn = kv ? this.client.if(key, 'Mod', '==', kv.mod_revision) : this.client.if(key, 'Create', '==', 0);
+      const done = await etcdCall(`publish ${key}`, () => txn.then(put).commit());
+      if (done.succeeded) {
+        this.log.debug({ host: this.self, epoch }, 'published host record');
+        return { written: true, record: checked.value };
+      }
+      this.log.debug({ host: this.self, attempt }, 'host record changed while publishing; retrying');
+    }
+    throw new CladnetError('EETCD', `publish ${key}: the record kept changing underneath (${PUBLISH_ATTEMPTS} attempts)`, {
+      transient: true,
+    });
+  }
+
+  // ---- 2. alive -----------------------------------------------------------------------------
+
+  /**
+   * Grants a lease (TTL `aliveTtlSec`) with keepalive and puts /alive/<self> on it. Resolves once
+   * the key is written; rejects (EETCD) if the first attempt fails, but keeps retrying in the
+   * background either way, and re-grants whenever the lease is lost, until `stopAlive()`.
+   */
+  async startAlive(): Promise<void> {
+    if (this.closed) throw new Error('registry is closed');
+    if (this.alive && !this.alive.stopped) return;
+    const st: AliveState = { stopped: false, lease: null, timer: null, delay: RETRY_MIN_MS };
+    this.alive = st;
+    await this.establishAlive(st);
+  }
+
+  private async establishAlive(st: AliveState): Promise<void> {
+    const lease = this.client.lease(this.aliveTtl);
+    st.lease = lease;
+    let up = false;
+    lease.on('lost', (err) => {
+      if (!up || st.stopped || st.lease !== lease) return;
+      this.log.warn({ err: err.message }, 'liveness lease lost; granting a new one');
+      st.lease = null;
+      this.retryAlive(st);
+    });
+    try {
+      await lease.grant();
+      const value = JSON.stringify({ version: 1, host: this.self, since: new Date(this.now()).toISOString() });
+      await lease.put(aliveKey(this.spec.name, this.self)).value(value).exec();
+      if (st.stopped) {
+        await lease.revoke().catch(() => lease.release());
+        return;
+      }
+      up = true;
+      st.delay = RETRY_MIN_MS;
+      this.log.info({ ttl: this.aliveTtl }, 'liveness established');
+    } catch (e) {
+      lease.release();
+      if (st.lease === lease) st.lease = null;
+      if (st.stopped) return;
+      this.retryAlive(st);
+      throw toEtcdError(e, 'establish liveness');
+    }
+  }
+
+  private retryAlive(st: AliveState): void {
+    if (st.stopped || st.timer) return;
+    const delay = st.delay;
+    st.delay = Math.min(st.delay * 2, RETRY_MAX_MS);
+    st.timer = setTimeout(() => {
+      st.timer = null;
+      if (st.stopped) return;
+      this.establishAlive(st).catch((e: unknown) => this.log.debug({ err: (e as Error).message }, 'liveness retry failed'));
+    }, delay);
+  }
+
+  /** Revokes the lease, so /alive/<self> disappears now (the host record stays). */
+  async stopAlive(): Promise<void> {
+    const st = this.alive;
+    if (!st || st.stopped) return;
+    st.stopped = true;
+    if (st.timer) clearTimeout(st.timer);
+    st.timer = null;
+    const lease = st.lease;
+    st.lease = null;
+    if (!lease) return;
+    try {
+      await lease.revoke();
+      this.log.info('liveness revoked');
+    } catch (e) {
+      lease.release(); // etcd unreachable: the key expires with the lease TTL
+      this.log.warn({ err: (e as Error).message }, 'could not revoke liveness lease; it will expire');
+    }
+  }
+
+  // ---- 3. watch -----------------------------------------------------------------------------
+
+  /**
+   * Starts watching; `onPeers` gets a fresh frozen snapshot after every change of the peer set.
+   * Resolves once a first snapshot was delivered: from etcd, else from the cache file ('cache'),
+   * else none ('none', etcd unreachable and no cache); etcd is retried in the background.
+   */
+  async watch(onPeers: PeersCallback): Promise<WatchSource> {
+    if (this.closed) throw new Error('registry is closed');
+    if (this.onPeers) throw new Error('registry is already watching');
+    this.onPeers = onPeers;
+    if (await this.loadOnce()) {
+      if (this.closed) return 'none';
+      this.startWatcher(this.revision + 1);
+      this.emit();
+      return this.source;
+    }
+    if (this.closed) return 'none';
+    const cached = await this.loadCache();
+    if (cached && !this.loadedOk && !this.closed) {
+      this.source = 'cache';
+      this.deliver(cached);
+      this.log.warn({ peers: cached.size, file: this.cacheFile }, 'etcd unreachable: using cached peers');
+    }
+    this.needWatcher = true;
+    void this.runSync();
+    return this.source;
+  }
+
+  /** True while the watch stream is attached and the last reload succeeded. */
+  connected(): boolean {
+    return this.watchConnected && this.loadedOk;
+  }
+
+  /** The last snapshot handed to `onPeers` (empty before the first). */
+  peers(): PeerSnapshot {
+    return this.snapshot;
+  }
+
+  stats(): RegistryStats {
+    return {
+      invalidRecords: this.invalidRecords,
+      reloads: this.reloads,
+      watchEvents: this.watchEvents,
+      peers: this.snapshot.size,
+      revision: this.revision,
+      connected: this.connected(),
+      source: this.source,
+    };
+  }
+
+  /** Loads the whole network prefix once; false (logged once per outage) when etcd fails. */
+  private async loadOnce(): Promise<boolean> {
+    this.pending = [];
+    let res;
+    try {
+      res = await etcdCall(`load ${this.prefix}`, () => this.client.getAll().prefix(this.prefix).exec());
+    } catch (e) {
+      this.pending = null;
+      this.loadedOk = false;
+      if (!this.outageLogged) this.log.warn({ err: (e as Error).message }, 'cannot load peers from etcd; will retry');
+      this.outageLogged = true;
+      return false;
+    }
+    if (this.closed) return false;
+    const buffered = this.pending;
+    this.pending = null;
+    this.hosts.clear();
+    this.aliveNames.clear();
+    this.leases.clear();
+    for (const kv of res.kvs) this.applyKv(kv, false);
+    this.floor = this.revision = Number(res.header.revision);
+    for (const r of buffered) this.applyResponse(r);
+    if (this.outageLogged) this.log.info({ revision: this.revision }, 'peers reloaded from etcd');
+    this.outageLogged = false;
+    this.loadedOk = true;
+    this.source = 'etcd';
+    this.reloads++;
+    this.scheduleEmit();
+    return true;
+  }
+
+  private requestSync(newWatcher: boolean): void {
+    if (newWatcher) this.needWatcher = true;
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    void this.runSync();
+  }
+
+  private async runSync(): Promise<void> {
+    if (this.syncing) return;
+    this.syncing = true;
+    let delay = RETRY_MIN_MS;
+    try {
+      while (!this.closed) {
+        this.syncAgain = false;
+        const ok = await this.loadOnce();
+        if (this.closed) break;
+        if (ok) {
+          if (this.needWatcher) {
+            this.needWatcher = false;
+            this.startWatcher(this.revision + 1);
+          }
+          if (!this.syncAgain) break;
+          continue;
+        }
+        await this.sleep(delay);
+        delay = Math.min(delay * 2, RETRY_MAX_MS);
+      }
+    } finally {
+      this.syncing = false;
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.sleepWake = resolve;
+      this.sleepTimer = setTimeout(() => {
+        this.sleepTimer = null;
+        this.sleepWake = null;
+        resolve();
+      }, ms);
+    });
+  }
+
+  private startWatcher(fromRevision: number): void {
+    const w = this.client.watch().prefix(this.prefix).startRevision(String(fromRevision)).watcher();
+    this.watcher = w;
+    this.watchLost = false;
+    w.on('connected', () => {
+      if (w !== this.watcher) return;
+      this.watchConnected = true;
+      if (this.watchLost) {
+        this.watchLost = false;
+        this.log.info('etcd watch reconnected; reloading');
+        this.requestSync(false);
+      }
+    });
+    w.on('disconnected', (err) => {
+      if (w !== this.watcher) return;
+      if (!this.watchLost) this.log.warn({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
+      this.watchConnected = false;
+      this.watchLost = true;
+    });
+    w.on('data', (res) => {
+      if (w !== this.watcher) return;
+      if (this.pending) this.pending.push(res);
+      else this.applyResponse(res);
+    });
+    w.on('error', (err) => {
+      if (w !== this.watcher) return;
+      this.log.warn({ err: err.message }, 'etcd watch cancelled (compacted?); reloading and watching again');
+      // etcd3 has already dropped a cancelled watcher; cancelling it again would send a cancel for
+      // a watch id the stream no longer knows.
+      w.removeAllListeners();
+      w.on('error', () => undefined);
+      this.watcher = null;
+      this.watchConnected = false;
+      this.requestSync(true);
+    });
+  }
+
+  private applyResponse(res: IWatchResponse): void {
+    let changed = false;
+    for (const ev of res.events) {
+      if (Number(ev.kv.mod_revision) <= this.floor) continue;
+      this.watchEvents++;
+      changed = this.applyKv(ev.kv, ev.type === 'Delete') || changed;
+    }
+    const rev = Number(res.header.revision);
+    if (rev > this.revision) this.revision = rev;
+    if (changed) this.scheduleEmit();
+  }
+
+  /** Applies one key's new state; true when it concerns this network. */
+  private applyKv(kv: IKeyValue, deleted: boolean): boolean {
+    const k = parseKey(kv.key);
+    if (!k || k.network !== this.spec.name) return false;
+    switch (k.kind) {
+      case 'host':
+        if (deleted) this.hosts.delete(k.name);
+        else this.hosts.set(k.name, { modRevision: kv.mod_revision, parsed: parseHostRecord(kv.value, { network: k.network, name: k.name }) });
+        return true;
+      case 'alive':
+        if (deleted) this.aliveNames.delete(k.name);
+        else this.aliveNames.add(k.name);
+        return true;
+      case 'lease': {
+        if (deleted) {
+          this.leases.delete(k.ip);
+        } else {
+          const lease = parseLeaseRecord(kv.value);
+          this.leases.set(k.ip, lease.ok ? lease.value.host : null);
+        }
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  private scheduleEmit(): void {
+    if (this.emitScheduled || this.closed || !this.onPeers) return;
+    this.emitScheduled = setImmediate(() => {
+      this.emitScheduled = null;
+      this.emit();
+    });
+  }
+
+  private emit(): void {
+    if (this.closed || !this.onPeers) return;
+    if (this.emitScheduled) {
+      clearImmediate(this.emitScheduled);
+      this.emitScheduled = null;
+    }
+    const { peers, rejected } = computePeers({
+      self: this.self,
+      cidr: this.cidr,
+      cidrText: this.spec.cidr,
+      hosts: this.hosts,
+      alive: this.aliveNames,
+      leases: this.leases,
+    });
+    for (const r of rejected) {
+      if (this.warned.get(r.name) === r.modRevision) continue;
+      this.warned.set(r.name, r.modRevision);
+      this.invalidRecords++;
+      this.log.warn({ key: hostKey(this.spec.name, r.name), modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
+    }
+    for (const name of this.warned.keys()) if (!this.hosts.has(name)) this.warned.delete(name);
+    const snap = freezeMap(peers);
+    if (this.deliver(snap)) this.saveCache(snap);
+  }
+
+  /** Hands `snap` to the callback unless it equals the last one; true when delivered. */
+  private deliver(snap: PeerSnapshot): boolean {
+    const sig = signature(snap);
+    if (sig === this.lastSignature) return false;
+    this.lastSignature = sig;
+    this.snapshot = snap;
+    try {
+      this.onPeers?.(snap);
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'peer callback threw');
+    }
+    return true;
+  }
+
+  // ---- 4. cache -----------------------------------------------------------------------------
+
+  private saveCache(snap: PeerSnapshot): void {
+    if (!this.cacheFile) return;
+    const first = this.cacheDirty === null;
+    this.cacheDirty = snap;
+    if (!first) return; // a write is queued; it will take the newest snapshot
+    this.cacheWriting = this.cacheWriting.then(async () => {
+      const latest = this.cacheDirty;
+      this.cacheDirty = null;
+      if (!latest || !this.cacheFile) return;
+      const doc = {
+        version: CACHE_VERSION,
+        network: this.spec.name,
+        cidr: this.spec.cidr,
+        savedAt: new Date(this.now()).toISOString(),
+        peers: [...latest.values()],
+      };
+      const tmp = `${this.cacheFile}.tmp-${process.pid}`;
+      try {
+        await fsp.mkdir(path.dirname(this.cacheFile), { recursive: true, mode: 0o700 });
+        await fsp.writeFile(tmp, `${JSON.stringify(doc)}\n`, { mode: 0o600 });
+        await fsp.rename(tmp, this.cacheFile);
+        this.cacheWarned = false;
+      } catch (e) {
+        await fsp.rm(tmp, { force: true }).catch(() => undefined);
+        if (!this.cacheWarned) this.log.warn({ err: (e as Error).message, file: this.cacheFile }, 'cannot write peer cache');
+        this.cacheWarned = true;
+      }
+    });
+  }
+
+  /** The cached snapshot, validated like etcd records; null when absent or unusable. */
+  private async loadCache(): Promise<PeerSnapshot | null> {
+    if (!this.cacheFile) return null;
+    let doc: unknown;
+    try {
+      doc = JSON.parse(await fsp.readFile(this.cacheFile, 'utf8'));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: (e as Error).message, file: this.cacheFile }, 'ignoring unreadable peer cache');
+      return null;
+    }
+    const d = doc as { version?: unknown; network?: unknown; cidr?: unknown; peers?: unknown };
+    if (typeof d !== 'object' || d === null || d.version !== CACHE_VERSION || d.network !== this.spec.name || d.cidr !== this.spec.cidr || !Array.isArray(d.peers)) {
+      this.log.warn({ file: this.cacheFile }, 'ignoring peer cache of another network or version');
+      return null;
+    }
+    const peers = new Map<string, HostRecord>();
+    for (const p of d.peers) {
+      const parsed = parseHostRecord(JSON.stringify(p), { network: this.spec.name });
+      if (!parsed.ok || parsed.value.name === this.self) continue;
+      if (checkOverlayIpInNetwork(parsed.value, this.cidr, this.spec.cidr) !== null) continue;
+      peers.set(parsed.value.name, parsed.value);
+    }
+    return freezeMap(new Map([...peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
+  }
+
+  // ---- lifecycle ----------------------------------------------------------------------------
+
+  /** Stops watch, liveness (revoked), retries and timers. Does not close the etcd client. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.stopAlive();
+    this.closed = true;
+    if (this.emitScheduled) clearImmediate(this.emitScheduled);
+    this.emitScheduled = null;
+    if (this.sleepTimer) clearTimeout(this.sleepTimer);
+    this.sleepTimer = null;
+    this.sleepWake?.();
+    this.sleepWake = null;
+    const w = this.watcher;
+    this.watcher = null;
+    this.watchConnected = false;
+    if (w) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        w.cancel().catch(() => undefined),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, CANCEL_WAIT_MS);
+        }),
+      ]);
+      clearTimeout(timer);
+    }
+    await this.publishChain.catch(() => undefined);
+    await this.cacheWriting;
+  }
+}

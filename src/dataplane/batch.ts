@@ -1,0 +1,57 @@
+/**
+ * A batch of packet slots in one contiguous buffer. Both packet directions move batches, never
+ * single packets, and never allocate per packet: the slots, their lengths and their peer addresses
+ * live in preallocated memory reused for the life of the worker.
+ *
+ * Slot layout (the same for both directions):
+ *   [0, HEADER)                  wire header, written in place in front of the IP packet
+ *   [HEADER, HEADER + n)         IP packet (plaintext) or ciphertext
+ *   [HEADER + n, HEADER + n + TAG) Poly1305 tag
+ *
+ * TUN reads land at HEADER so sealing needs no copy; a received datagram starts at 0.
+ */
+import { HEADER_LEN, TAG_LEN } from './wire';
+
+export class PacketBatch {
+  /** Bytes used in each slot: datagram length from offset 0, or packet length from HEADER. */
+  readonly len: Int32Array;
+  /** Peer underlay address of each slot (source on receive, destination on send). */
+  readonly ip: Uint32Array;
+  readonly port: Uint16Array;
+
+  constructor(
+    /** All slots, back to back. May be a view of native memory (then `basePtr` is its address). */
+    readonly buf: Buffer,
+    readonly slotSize: number,
+    readonly capacity: number,
+    readonly basePtr: bigint = 0n,
+  ) {
+    if (buf.length < slotSize * capacity) throw new RangeError('batch buffer too small');
+    this.len = new Int32Array(capacity);
+    this.ip = new Uint32Array(capacity);
+    this.port = new Uint16Array(capacity);
+  }
+
+  offset(i: number): number {
+    return i * this.slotSize;
+  }
+
+  /** Largest IP packet a slot can hold. */
+  get maxPacket(): number {
+    return this.slotSize - HEADER_LEN - TAG_LEN;
+  }
+}
+
+/** Slot size for an MTU: header + packet + tag, rounded up to a cache line. */
+export function slotSizeFor(mtu: number): number {
+  return Math.ceil((HEADER_LEN + mtu + TAG_LEN) / 64) * 64;
+}
+
+/** A list of slot indices chosen for sending, with their count. Preallocated. */
+export class SendList {
+  readonly idx: Int32Array;
+  count = 0;
+  constructor(capacity: number) {
+    this.idx = new Int32Array(capacity);
+  }
+}

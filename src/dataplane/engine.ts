@@ -1,0 +1,146 @@
+/**
+ * The control thread's handle on the data plane: starts the two worker threads (outbound
+ * TUN->UDP, inbound UDP->TUN) on descriptors it opened, pushes peer sets to them, reads their
+ * shared counters, and stops them.
+ */
+import { MessageChannel, Worker } from 'node:worker_threads';
+import * as path from 'node:path';
+import { WakeFd } from '../os/poll';
+import type { WorkerPeer } from './peer';
+import { DataplaneStats } from './stats';
+import { CTRL_MAIL, CTRL_STOP, CTRL_WORDS, type FromWorker, type ToWorker, type WorkerInit } from './worker';
+
+export interface EngineOptions {
+  tunFd: number;
+  udpFd: number;
+  mtu: number;
+  /** Packets per batch (recvmmsg/sendmmsg vector length, TUN reads per wake). */
+  batch?: number;
+  onRoam?: (slot: number, ip: number, port: number) => void;
+  onFatal?: (message: string) => void;
+}
+
+interface Handle {
+  worker: Worker;
+  ctrl: Int32Array;
+  wake: WakeFd;
+  port: import('node:worker_threads').MessagePort;
+}
+
+export class DataplaneEngine {
+  readonly stats = new DataplaneStats();
+  private readonly handles: Handle[] = [];
+  private stopped = false;
+
+  private constructor(private readonly opts: EngineOptions) {}
+
+  static async start(opts: EngineOptions): Promise<DataplaneEngine> {
+    const e = new DataplaneEngine(opts);
+    await e.spawn();
+    return e;
+  }
+
+  private async spawn(): Promise<void> {
+    const script = path.join(__dirname, 'worker.js');
+    const sibling = new MessageChannel();
+    const mk = () => {
+      const ctrlSab = new SharedArrayBuffer(4 * CTRL_WORDS);
+      return { ctrlSab, ctrl: new Int32Array(ctrlSab), wake: new WakeFd(), chan: new MessageChannel() };
+    };
+    const o = mk();
+    const i = mk();
+    const base = {
+      tunFd: this.opts.tunFd,
+      udpFd: this.opts.udpFd,
+      mtu: this.opts.mtu,
+      batch: this.opts.batch ?? 64,
+      statsSab: this.stats.sab,
+    };
+    const outInit: WorkerInit = {
+      ...base,
+      role: 'outbound',
+      wakeFd: o.wake.fd,
+      ctrlSab: o.ctrlSab,
+      control: o.chan.port2,
+      sibling: sibling.port2,
+    };
+    const inInit: WorkerInit = {
+      ...base,
+      role: 'inbound',
+      wakeFd: i.wake.fd,
+      ctrlSab: i.ctrlSab,
+      control: i.chan.port2,
+      sibling: sibling.port1,
+      siblingWakeFd: o.wake.fd,
+      siblingCtrlSab: o.ctrlSab,
+    };
+    const ready: Promise<void>[] = [];
+    for (const [init, h] of [
+      [outInit, o],
+      [inInit, i],
+    ] as const) {
+      const worker = new Worker(script, {
+        workerData: init,
+        transferList: [init.control, init.sibling],
+        resourceLimits: { maxOldGenerationSizeMb: 64 },
+      });
+      const port = h.chan.port1;
+      ready.push(
+        new Promise<void>((resolve, reject) => {
+          port.on('message', (m: FromWorker) => {
+            if (m.t === 'ready') resolve();
+            else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port);
+            else if (m.t === 'fatal') {
+              reject(new Error(`data-plane ${init.role} worker failed: ${m.message}`));
+              this.opts.onFatal?.(m.message);
+            }
+          });
+          worker.once('error', reject);
+          worker.once('exit', (code) => {
+            if (!this.stopped) {
+              const msg = `data-plane ${init.role} worker exited (code ${code})`;
+              reject(new Error(msg));
+              this.opts.onFatal?.(msg);
+            }
+          });
+        }),
+      );
+      port.unref();
+      this.handles.push({ worker, ctrl: h.ctrl, wake: h.wake, port });
+    }
+    try {
+      await Promise.all(ready);
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  /** Gives both workers the full peer set (declarative: what is not listed is removed). */
+  setPeers(peers: WorkerPeer[]): void {
+    if (this.stopped) return;
+    const msg: ToWorker = { t: 'peers', peers };
+    for (const h of this.handles) {
+      h.port.postMessage(msg);
+      Atomics.add(h.ctrl, CTRL_MAIL, 1);
+      h.wake.wake();
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    await Promise.all(
+      this.handles.map(async (h) => {
+        Atomics.store(h.ctrl, CTRL_STOP, 1);
+        h.wake.wake();
+        const exited = new Promise<void>((r) => h.worker.once('exit', () => r()));
+        const timer = setTimeout(() => void h.worker.terminate(), 2_000);
+        await exited;
+        clearTimeout(timer);
+        h.port.close();
+        h.wake.close();
+      }),
+    );
+  }
+}

@@ -1,0 +1,26 @@
+/**
+ * The data plane's two OS boundaries. The real ones (src/os/tun, src/os/udp) make system calls;
+ * the fakes (./fakes.ts) move bytes in memory so the same stages can be tested without a kernel.
+ * Contract for all: non-blocking, never throw on EAGAIN, never allocate per packet.
+ */
+import type { PacketBatch, SendList } from './batch';
+
+export interface TunIo {
+  /** Reads up to batch.capacity packets into slots at HEADER. Returns the count (0 = none ready). */
+  readBatch(batch: PacketBatch): number;
+  /** Writes the IP packet of `len` bytes at slot i + HEADER. False when the kernel refused it. */
+  writeSlot(batch: PacketBatch, i: number, len: number): boolean;
+}
+
+export interface UdpIo {
+  /** Receives up to batch.capacity datagrams into slots at 0, with source addresses. Returns the count. */
+  recvBatch(batch: PacketBatch): number;
+  /** Sends the listed slots (from offset 0, len, to ip:port). Returns how many the kernel accepted. */
+  sendBatch(batch: PacketBatch, list: SendList): number;
+}
+
+/** Waits until one of the data plane's descriptors is readable, or the timeout passes. */
+export interface Waiter {
+  /** Returns a bitmask: bit 0 = data ready, bit 1 = woken by the control plane. */
+  wait(timeoutMs: number): number;
+}

@@ -1,0 +1,60 @@
+import type { Prefix } from '../util/ipv4';
+
+/** What the control plane tells the workers about one peer (structured-cloned to each worker). */
+export interface WorkerPeer {
+  /** Stats slot, stable for the life of the peer in this process. */
+  slot: number;
+  name: string;
+  overlayIp: number;
+  /** Extra prefixes routed to this peer (its advertised host CIDRs). */
+  allowed: Prefix[];
+  /** Endpoint from the control plane. The data plane may move off it when the peer roams. */
+  endpointIp: number;
+  endpointPort: number;
+  /** Changes whenever the keys change; equal ids mean equal keys (no reload, no counter reset). */
+  keyId: string;
+  txKey: Uint8Array;
+  rxKey: Uint8Array;
+  txIndex: number;
+  rxIndex: number;
+}
+
+/** Time for the data plane: `now` is wall-clock ms (shared with status), `mono` is monotonic ms. */
+export interface Clock {
+  now(): number;
+  mono(): number;
+}
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  mono: () => Number(process.hrtime.bigint()) / 1e6,
+};
+
+/** Longest-prefix match over a small table; exact /32 overlay addresses go through a Map first. */
+export class PrefixTable<T> {
+  private entries: { base: number; mask: number; len: number; value: T }[] = [];
+
+  set(list: { prefix: Prefix; value: T }[]): void {
+    this.entries = list
+      .map(({ prefix, value }) => ({
+        base: prefix.base,
+        len: prefix.len,
+        mask: prefix.len === 0 ? 0 : (0xffffffff << (32 - prefix.len)) >>> 0,
+        value,
+      }))
+      .sort((a, b) => b.len - a.len);
+  }
+
+  lookup(ip: number): T | undefined {
+    const e = this.entries;
+    for (let i = 0; i < e.length; i++) {
+      const x = e[i]!;
+      if (((ip & x.mask) >>> 0) === x.base) return x.value;
+    }
+    return undefined;
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+}

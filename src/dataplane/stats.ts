@@ -1,0 +1,68 @@
+/**
+ * Data-plane counters in shared memory: workers write, the control thread reads for status.
+ * Each field has exactly one writer (the inbound worker owns rx fields and inbound drops, the
+ * outbound worker owns tx fields and outbound drops), so no locks are needed.
+ */
+export const MAX_PEERS = 4096;
+export const PEER_STRIDE = 8;
+export const P_RX_BYTES = 0;
+export const P_RX_PKTS = 1;
+export const P_TX_BYTES = 2;
+export const P_TX_PKTS = 3;
+export const P_LAST_RX = 4; // wall-clock ms of the last authenticated packet from the peer
+export const P_LAST_TX = 5;
+export const P_RTT = 6; // ms, last ping round trip; NaN before the first pong
+export const P_LAST_ROAM = 7; // wall-clock ms of the last endpoint change seen by the data plane
+
+/** Why packets were dropped. Inbound reasons first, then outbound ones. */
+export const DROP_REASONS = [
+  'short', // datagram shorter than header + tag
+  'badType', // unknown message type or non-zero reserved bytes
+  'unknownPeer', // receiver index names no peer
+  'replay', // counter already seen or too old
+  'auth', // failed authentication (forged, garbled, wrong key)
+  'spoofed', // inner source address not allowed for that peer
+  'malformed', // inner packet not a valid IP packet
+  'tunWrite', // the kernel refused the packet on the TUN
+  'noRoute', // TUN packet for an address no peer owns
+  'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
+  'sendFailed', // the UDP socket refused the datagram
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+export const DROP = Object.fromEntries(DROP_REASONS.map((r, i) => [r, i])) as Record<DropReason, number>;
+
+export const T_RX_PKTS = 0;
+export const T_RX_BYTES = 1;
+export const T_TX_PKTS = 2;
+export const T_TX_BYTES = 3;
+
+export class DataplaneStats {
+  readonly sab: SharedArrayBuffer;
+  readonly peers: Float64Array;
+  readonly drops: Float64Array;
+  readonly totals: Float64Array;
+
+  constructor(sab?: SharedArrayBuffer) {
+    const bytes = 8 * (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length + 4);
+    this.sab = sab ?? new SharedArrayBuffer(bytes);
+    this.peers = new Float64Array(this.sab, 0, MAX_PEERS * PEER_STRIDE);
+    this.drops = new Float64Array(this.sab, MAX_PEERS * PEER_STRIDE * 8, DROP_REASONS.length);
+    this.totals = new Float64Array(this.sab, (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length) * 8, 4);
+    if (!sab) for (let s = 0; s < MAX_PEERS; s++) this.peers[s * PEER_STRIDE + P_RTT] = NaN;
+  }
+
+  peer(slot: number, field: number): number {
+    return this.peers[slot * PEER_STRIDE + field]!;
+  }
+
+  resetPeer(slot: number): void {
+    this.peers.fill(0, slot * PEER_STRIDE, (slot + 1) * PEER_STRIDE);
+    this.peers[slot * PEER_STRIDE + P_RTT] = NaN;
+  }
+
+  dropCounts(): Record<DropReason, number> {
+    const out = {} as Record<DropReason, number>;
+    DROP_REASONS.forEach((r, i) => (out[r] = this.drops[i]!));
+    return out;
+  }
+}

@@ -1,0 +1,64 @@
+/**
+ * Wire format of a cladnet datagram (all integers little-endian):
+ *
+ *   0       1       4               8                               16
+ *   +-------+-------+---------------+-------------------------------+----------------+-----+
+ *   | type  | 0 0 0 | receiver index|            counter            | ciphertext ... | tag |
+ *   +-------+-------+---------------+-------------------------------+----------------+-----+
+ *
+ * type 4 = transport data (as in WireGuard). The 16-byte header is the AEAD's associated data;
+ * the 64-bit counter is the nonce (4 zero bytes, then the counter) and the replay-window input.
+ * The plaintext is an IP packet, or a control message whose first byte is 0 (IP packets start
+ * with version 4 or 6 in the high nibble, so the two never collide):
+ *
+ *   0x00 0x01 <f64 t0>   ping: answer with a pong echoing t0
+ *   0x00 0x02 <f64 t0>   pong: round-trip time is now - t0 on the pinger's own clock
+ */
+export const TYPE_DATA = 4;
+export const HEADER_LEN = 16;
+export const TAG_LEN = 16;
+export const OVERHEAD = HEADER_LEN + TAG_LEN;
+/** Underlay IPv4 (20) + UDP (8) headers around every datagram. */
+export const UNDERLAY_OVERHEAD = 28;
+
+export const CTRL_PING = 1;
+export const CTRL_PONG = 2;
+export const CTRL_LEN = 10;
+
+/** Counters stop well below 2^53 so they stay exact as JS numbers; rekeying (later) resets them. */
+export const COUNTER_LIMIT = 2 ** 52;
+
+export function writeHeader(buf: Buffer, off: number, receiverIndex: number, counter: number): void {
+  buf[off] = TYPE_DATA;
+  buf[off + 1] = 0;
+  buf[off + 2] = 0;
+  buf[off + 3] = 0;
+  buf.writeUInt32LE(receiverIndex >>> 0, off + 4);
+  buf.writeUInt32LE(counter % 0x1_0000_0000, off + 8);
+  buf.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), off + 12);
+}
+
+/** Why a datagram was refused before decryption; `null` means the header parsed. */
+export type HeaderVerdict = 'short' | 'type' | null;
+
+export function checkHeader(buf: Buffer, off: number, len: number): HeaderVerdict {
+  if (len < OVERHEAD) return 'short';
+  if (buf[off] !== TYPE_DATA || buf[off + 1] !== 0 || buf[off + 2] !== 0 || buf[off + 3] !== 0) return 'type';
+  return null;
+}
+
+export function readReceiverIndex(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off + 4);
+}
+
+export function readCounter(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off + 8) + buf.readUInt32LE(off + 12) * 0x1_0000_0000;
+}
+
+/** IPv4 destination / source of a plaintext packet at `off` (caller checked the length). */
+export function ipv4Dst(buf: Buffer, off: number): number {
+  return buf.readUInt32BE(off + 16);
+}
+export function ipv4Src(buf: Buffer, off: number): number {
+  return buf.readUInt32BE(off + 12);
+}

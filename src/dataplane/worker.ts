@@ -1,0 +1,181 @@
+/**
+ * A data-plane worker thread: one direction of the packet path, looping on synchronous system
+ * calls in batches. It never returns to its event loop while running; control messages arrive
+ * on MessagePorts and are taken with receiveMessageOnPort when the shared mailbox counter moves,
+ * and an eventfd in the poll set wakes it when it is idle.
+ */
+import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
+import { createAead } from '../crypto/aead';
+import { allocNative } from '../os/ffi/mem';
+import { Poller, WakeFd } from '../os/poll';
+import { TunBatchIo } from '../os/tun/tun';
+import { UdpBatchIo } from '../os/udp/udp';
+import { PacketBatch, SendList, slotSizeFor } from './batch';
+import { Inbound } from './inbound';
+import { Outbound } from './outbound';
+import { systemClock, type WorkerPeer } from './peer';
+import { DataplaneStats, DROP } from './stats';
+
+export const CTRL_STOP = 0;
+export const CTRL_MAIL = 1;
+export const CTRL_WORDS = 2;
+
+export interface WorkerInit {
+  role: 'inbound' | 'outbound';
+  tunFd: number;
+  udpFd: number;
+  wakeFd: number;
+  mtu: number;
+  batch: number;
+  statsSab: SharedArrayBuffer;
+  ctrlSab: SharedArrayBuffer;
+  control: MessagePort;
+  /** inbound -> outbound requests (pong, roam). */
+  sibling: MessagePort;
+  /** The outbound worker's wake fd and mailbox (given to the inbound worker). */
+  siblingWakeFd?: number;
+  siblingCtrlSab?: SharedArrayBuffer;
+}
+
+export type ToWorker = { t: 'peers'; peers: WorkerPeer[] };
+export type SiblingMessage = { t: 'pong'; slot: number; t0: number } | { t: 'roam'; slot: number; ip: number; port: number };
+export type FromWorker =
+  | { t: 'ready' }
+  | { t: 'roam'; slot: number; ip: number; port: number }
+  | { t: 'fatal'; message: string };
+
+/** How long an idle worker sleeps in poll before looking at its mailbox again. */
+const IDLE_POLL_MS = 100;
+/** How often timers run while busy. */
+const TIMER_MS = 50;
+
+async function main(init: WorkerInit): Promise<void> {
+  const ctrl = new Int32Array(init.ctrlSab);
+  const stats = new DataplaneStats(init.statsSab);
+  const aead = await createAead();
+  const clock = systemClock;
+  const slot = slotSizeFor(init.mtu);
+  const mem = allocNative(slot * init.batch);
+  const batch = new PacketBatch(mem.buf, slot, init.batch, mem.ptr);
+  const wake = new WakeFd(init.wakeFd);
+  const dataFd = init.role === 'outbound' ? init.tunFd : init.udpFd;
+  const poller = new Poller([dataFd, init.wakeFd]);
+  let mail = Atomics.load(ctrl, CTRL_MAIL);
+
+  const post = (m: FromWorker) => init.control.postMessage(m);
+
+  if (init.role === 'outbound') {
+    const out = new Outbound(aead, stats, clock);
+    const tun = new TunBatchIo(init.tunFd, batch);
+    const udp = new UdpBatchIo(init.udpFd, batch);
+    const list = new SendList(init.batch);
+    const cmem = allocNative(slotSizeFor(64) * 16);
+    const cbatch = new PacketBatch(cmem.buf, slotSizeFor(64), 16, cmem.ptr);
+    const cudp = new UdpBatchIo(init.udpFd, cbatch);
+    const clist = new SendList(16);
+    const drain = () => {
+      let m;
+      while ((m = receiveMessageOnPort(init.control))) {
+        const msg = m.message as ToWorker;
+        if (msg.t === 'peers') out.setPeers(msg.peers);
+      }
+      clist.count = 0;
+      while ((m = receiveMessageOnPort(init.sibling))) {
+        const msg = m.message as SiblingMessage;
+        if (msg.t === 'pong') {
+          out.pong(msg.slot, msg.t0, cbatch, clist);
+          if (clist.count === cbatch.capacity) {
+            cudp.sendBatch(cbatch, clist);
+            clist.count = 0;
+          }
+        } else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port);
+      }
+      if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+    };
+    drain();
+    post({ t: 'ready' });
+    let lastTimers = 0;
+    while (Atomics.load(ctrl, CTRL_STOP) === 0) {
+      const m = Atomics.load(ctrl, CTRL_MAIL);
+      if (m !== mail) {
+        mail = m;
+        drain();
+      }
+      const n = tun.readBatch(batch);
+      if (n > 0) {
+        out.process(batch, n, list);
+        if (list.count > 0) {
+          const sent = udp.sendBatch(batch, list);
+          if (sent < list.count) stats.drops[DROP.sendFailed]! += list.count - sent;
+        }
+      }
+      const mono = clock.mono();
+      if (mono - lastTimers >= TIMER_MS) {
+        lastTimers = mono;
+        clist.count = 0;
+        out.timers(cbatch, clist);
+        if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+      }
+      if (n === 0 && (poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
+    }
+    out.close();
+    cudp.close();
+    cmem.free();
+    udp.close();
+  } else {
+    const sibCtrl = new Int32Array(init.siblingCtrlSab!);
+    const sibWake = new WakeFd(init.siblingWakeFd!);
+    const toSibling = (m: SiblingMessage) => {
+      init.sibling.postMessage(m);
+      Atomics.add(sibCtrl, CTRL_MAIL, 1);
+      sibWake.wake();
+    };
+    const inb = new Inbound(aead, stats, clock, {
+      ping: (slot, t0) => toSibling({ t: 'pong', slot, t0 }),
+      roam: (slot, ip, port) => {
+        toSibling({ t: 'roam', slot, ip, port });
+        post({ t: 'roam', slot, ip, port });
+      },
+    });
+    const tun = new TunBatchIo(init.tunFd, batch);
+    const udp = new UdpBatchIo(init.udpFd, batch);
+    const drain = () => {
+      let m;
+      while ((m = receiveMessageOnPort(init.control))) {
+        const msg = m.message as ToWorker;
+        if (msg.t === 'peers') inb.setPeers(msg.peers);
+      }
+    };
+    drain();
+    post({ t: 'ready' });
+    while (Atomics.load(ctrl, CTRL_STOP) === 0) {
+      const m = Atomics.load(ctrl, CTRL_MAIL);
+      if (m !== mail) {
+        mail = m;
+        drain();
+      }
+      const n = udp.recvBatch(batch);
+      if (n > 0) inb.process(batch, n, tun);
+      else if ((poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
+    }
+    inb.close();
+    udp.close();
+  }
+  poller.close();
+  mem.free();
+}
+
+if (workerData && (workerData as WorkerInit).role) {
+  const init = workerData as WorkerInit;
+  main(init).then(
+    () => {
+      init.control.close();
+      init.sibling.close();
+    },
+    (e: unknown) => {
+      init.control.postMessage({ t: 'fatal', message: e instanceof Error ? e.message : String(e) } satisfies FromWorker);
+      init.control.close();
+      init.sibling.close();
+    },
+  );
+}

@@ -1,0 +1,34 @@
+/**
+ * Errors with stable codes. Callers match on `code`, never on message text.
+ * `transient` says whether retrying the same operation later may succeed.
+ */
+export type ErrorCode =
+  | 'ECONFIG' // a configuration field is missing or malformed (names the field)
+  | 'ECIDR' // a CIDR is malformed or outside the allowed ranges
+  | 'ENETEXISTS' // a network with that name already exists
+  | 'ENONET' // no such network
+  | 'EEXHAUSTED' // no free overlay address left in the network's range
+  | 'ERECORD' // an etcd record failed validation
+  | 'EETCD' // etcd could not be reached or refused the request
+  | 'EOS' // a system call failed
+  | 'EKEY' // key material missing, malformed or with unsafe permissions
+  | 'ESTATUS' // the status socket could not be reached
+  | 'ESTATE'; // local state (state dir) unusable
+
+export class CladnetError extends Error {
+  readonly code: ErrorCode;
+  readonly transient: boolean;
+  readonly field?: string;
+
+  constructor(code: ErrorCode, message: string, opts: { transient?: boolean; field?: string; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'CladnetError';
+    this.code = code;
+    this.transient = opts.transient ?? false;
+    if (opts.field !== undefined) this.field = opts.field;
+  }
+}
+
+export function isCladnetError(e: unknown, code?: ErrorCode): e is CladnetError {
+  return e instanceof CladnetError && (code === undefined || e.code === code);
+}

@@ -1,0 +1,63 @@
+/** poll(2) over a fixed set of descriptors, and eventfd wake-ups for worker threads. */
+import * as libc from './ffi/libc';
+import { allocNative, type NativeBlock } from './ffi/mem';
+import { osError } from './errors';
+
+const POLLFD = 8; // struct pollfd { int fd; short events; short revents; }
+
+export class Poller {
+  private readonly mem: NativeBlock;
+
+  constructor(fds: readonly number[], events: readonly number[] = fds.map(() => libc.POLLIN)) {
+    this.mem = allocNative(fds.length * POLLFD);
+    fds.forEach((fd, i) => {
+      this.mem.buf.writeInt32LE(fd, i * POLLFD);
+      this.mem.buf.writeInt16LE(events[i]!, i * POLLFD + 4);
+    });
+    this.count = fds.length;
+  }
+
+  private readonly count: number;
+
+  /** Waits up to timeoutMs. Returns a bitmask: bit k set when descriptor k has an event. */
+  wait(timeoutMs: number): number {
+    const r = libc.poll(this.mem.ptr, this.count, timeoutMs);
+    if (r <= 0) return 0;
+    let mask = 0;
+    for (let i = 0; i < this.count; i++) if (this.mem.buf.readInt16LE(i * POLLFD + 6) !== 0) mask |= 1 << i;
+    return mask;
+  }
+
+  close(): void {
+    this.mem.free();
+  }
+}
+
+/** An eventfd: one thread writes to wake another that polls it. */
+export class WakeFd {
+  readonly fd: number;
+  private readonly one = new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0]);
+  private readonly sink = new Uint8Array(8);
+
+  constructor(fd?: number) {
+    if (fd !== undefined) {
+      this.fd = fd;
+      return;
+    }
+    this.fd = libc.eventfd(0, libc.EFD_NONBLOCK | libc.EFD_CLOEXEC);
+    if (this.fd < 0) throw osError('eventfd');
+  }
+
+  wake(): void {
+    libc.writeBuf(this.fd, this.one, 8);
+  }
+
+  /** Clears pending wake-ups. */
+  drain(): void {
+    libc.readBuf(this.fd, this.sink, 8);
+  }
+
+  close(): void {
+    libc.close(this.fd);
+  }
+}

@@ -1,0 +1,81 @@
+/** `cladnet status`: reads the local API and renders it. */
+import * as http from 'node:http';
+import { CladnetError } from '../errors';
+import type { StatusDocument } from './types';
+
+export function fetchStatus(socketPath: string, timeoutMs = 3_000): Promise<StatusDocument> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ socketPath, path: '/v1/status', timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        try {
+          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as StatusDocument);
+        } catch (e) {
+          reject(new CladnetError('ESTATUS', `bad answer from ${socketPath}: ${(e as Error).message}`));
+        }
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('timed out')));
+    req.on('error', (e) =>
+      reject(
+        new CladnetError('ESTATUS', `cannot reach the agent at ${socketPath}: ${e.message} (is cladnet agent running?)`, {
+          transient: true,
+        }),
+      ),
+    );
+  });
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
+}
+
+function ago(iso: string | null, now: number): string {
+  if (!iso) return '-';
+  const s = Math.max(0, Math.round((now - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s ago` : `${Math.round(s / 60)}m ago`;
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
+}
+
+export function renderStatus(doc: StatusDocument, now = Date.now()): string {
+  const s = doc.self;
+  const lines: string[] = [];
+  lines.push(`${s.name} ${s.overlayIp} on ${s.interface} (network ${s.network}, mtu ${s.mtu}), udp ${s.listenPort}`);
+  lines.push(`  endpoints: ${s.endpoints.join(', ') || '-'}`);
+  lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : 'DISCONNECTED (data plane keeps running)'}`);
+  lines.push('');
+  if (doc.peers.length === 0) lines.push('no peers yet');
+  else {
+    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX']];
+    for (const p of doc.peers) {
+      rows.push([
+        p.name,
+        p.overlayIp,
+        p.endpoint,
+        p.state,
+        p.rttMs === null ? '-' : `${p.rttMs.toFixed(2)} ms`,
+        ago(p.lastHandshake, now),
+        bytes(p.rxBytes),
+        bytes(p.txBytes),
+      ]);
+    }
+    lines.push(table(rows));
+  }
+  const d = doc.dataplane;
+  lines.push('');
+  lines.push(`traffic: rx ${d.rxPackets} pkts (${bytes(d.rxBytes)}), tx ${d.txPackets} pkts (${bytes(d.txBytes)})`);
+  const drops = Object.entries(d.drops).filter(([, n]) => n > 0);
+  lines.push(`drops: ${drops.length === 0 ? 'none' : drops.map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  return lines.join('\n');
+}

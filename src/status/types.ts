@@ -1,0 +1,40 @@
+/** The status document, version 1 (DESIGN.md section 3). Plain data: imports nothing. */
+export interface StatusPeer {
+  name: string;
+  overlayIp: string;
+  publicKey: string;
+  endpoint: string;
+  path: 'direct' | 'none';
+  state: 'up' | 'connecting' | 'down';
+  lastHandshake: string | null;
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+  rttMs: number | null;
+  lastEndpointChange: string | null;
+}
+
+export interface StatusDocument {
+  version: 1;
+  self: {
+    name: string;
+    network: string;
+    overlayIp: string;
+    publicKey: string;
+    listenPort: number;
+    endpoints: string[];
+    interface: string;
+    mtu: number;
+    startedAt: string;
+  };
+  etcd: { connected: boolean; invalidRecords: number };
+  peers: StatusPeer[];
+  dataplane: {
+    rxPackets: number;
+    rxBytes: number;
+    txPackets: number;
+    txBytes: number;
+    drops: Record<string, number>;
+  };
+}

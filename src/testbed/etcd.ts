@@ -1,0 +1,82 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { run } from './run';
+import type { Topology } from './topology';
+
+/**
+ * A throwaway single-member etcd inside the router namespace, listening on the router's own
+ * address so every host reaches it through its default route. Data lives in the topology's work
+ * dir; the process is tracked by the topology, so destroy() ends it even if stop() is never called.
+ */
+export interface TestbedEtcd {
+  /** e.g. http://198.18.0.1:2379 */
+  readonly endpoint: string;
+  readonly dataDir: string;
+  readonly logFile: string;
+  stop(): Promise<void>;
+}
+
+export async function startTestbedEtcd(
+  topo: Topology,
+  opts: { port?: number; timeoutMs?: number } = {},
+): Promise<TestbedEtcd> {
+  const port = opts.port ?? 2379;
+  const peerPort = port + 1;
+  const dataDir = path.join(topo.workDir, 'etcd');
+  fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const logFile = path.join(topo.workDir, 'etcd.log');
+  const endpoint = `http://${topo.routerIp}:${port}`;
+  const peer = `http://127.0.0.1:${peerPort}`;
+  const name = `${topo.id}-etcd`;
+  const child = topo.spawn(
+    topo.routerNs,
+    [
+      'etcd',
+      `--name=${name}`,
+      `--data-dir=${dataDir}`,
+      `--listen-client-urls=${endpoint}`,
+      `--advertise-client-urls=${endpoint}`,
+      `--listen-peer-urls=${peer}`,
+      `--initial-advertise-peer-urls=${peer}`,
+      `--initial-cluster=${name}=${peer}`,
+      `--initial-cluster-token=${name}`,
+      '--initial-cluster-state=new',
+      '--listen-metrics-urls=',
+    ],
+    { logFile },
+  );
+  const stop = async (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise<void>((r) => child.once('exit', () => r()));
+    child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 3_000);
+    await gone;
+    clearTimeout(t);
+  };
+
+  const deadline = Date.now() + (opts.timeoutMs ?? 15_000);
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`etcd exited early (${child.exitCode ?? child.signalCode}); log ${logFile}:\n${tail(logFile)}`);
+    }
+    const r = await run(
+      ['ip', 'netns', 'exec', topo.routerNs, 'etcdctl', `--endpoints=${endpoint}`, '--dial-timeout=1s', 'endpoint', 'health'],
+      { timeoutMs: 3_000, env: { ...process.env, ETCDCTL_API: '3' } },
+    );
+    if (r.code === 0) break;
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`etcd at ${endpoint} not healthy in time: ${r.stderr.trim()}\n${tail(logFile)}`);
+    }
+    await new Promise((res) => setTimeout(res, 150));
+  }
+  return { endpoint, dataDir, logFile, stop };
+}
+
+function tail(file: string, lines = 15): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}

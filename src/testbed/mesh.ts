@@ -1,0 +1,88 @@
+import { createNetwork, startAgent, waitMeshUp, type Agent, type AgentOptions, type AgentStatus } from './agents';
+import { startTestbedEtcd, type TestbedEtcd } from './etcd';
+import { createTopology, type Topology, type TopologyHost, type TopologySpec } from './topology';
+
+/**
+ * The usual arrangement in one call: a topology, etcd in its router, one network, and agents on
+ * some or all hosts. Used by the end-to-end tests and benchmarks; destroy() undoes all of it.
+ */
+export interface MeshBedOptions {
+  readonly topology: TopologySpec;
+  readonly network?: string;
+  readonly cidr?: string;
+  /** How many hosts (first N) get an agent right away; default all. */
+  readonly agents?: number;
+  /** Wait for a full mesh of the started agents (default true). */
+  readonly waitUp?: boolean;
+  readonly upTimeoutMs?: number;
+  readonly agentOptions?: Partial<AgentOptions>;
+}
+
+export interface MeshBed {
+  readonly topo: Topology;
+  readonly etcd: TestbedEtcd;
+  readonly network: string;
+  readonly cidr: string;
+  /** Agents currently believed running, in start order. */
+  readonly agents: Agent[];
+  /** Starts an agent on `host` (and adds it to `agents`). */
+  start(host: TopologyHost, opts?: Partial<AgentOptions>): Promise<Agent>;
+  agent(name: string): Agent;
+  /** Waits for a full mesh of `agents` (default all running ones); returns status by name. */
+  waitUp(agents?: readonly Agent[], timeoutMs?: number): Promise<Map<string, AgentStatus>>;
+  destroy(): Promise<void>;
+}
+
+export async function startMeshBed(opts: MeshBedOptions): Promise<MeshBed> {
+  const network = opts.network ?? 'mesh';
+  const cidr = opts.cidr ?? '100.64.0.0/24';
+  const topo = await createTopology(opts.topology);
+  const agents: Agent[] = [];
+  let etcd: TestbedEtcd | undefined;
+  let destroying: Promise<void> | undefined;
+
+  const destroy = (): Promise<void> =>
+    (destroying ??= (async () => {
+      await Promise.all(agents.map((a) => a.stop().catch(() => undefined)));
+      await etcd?.stop().catch(() => undefined);
+      await topo.destroy();
+    })());
+
+  try {
+    etcd = await startTestbedEtcd(topo);
+    await createNetwork(topo, { name: network, cidr, etcd: etcd.endpoint });
+    const e = etcd;
+    const bed: MeshBed = {
+      topo,
+      etcd: e,
+      network,
+      cidr,
+      agents,
+      async start(host, o = {}) {
+        const a = await startAgent(topo, host, { etcd: e.endpoint, network, ...opts.agentOptions, ...o });
+        agents.push(a);
+        void a.exited.then(() => {
+          const i = agents.indexOf(a);
+          if (i >= 0) agents.splice(i, 1);
+        });
+        return a;
+      },
+      agent(name) {
+        const a = agents.find((x) => x.name === name);
+        if (!a) throw new Error(`no running agent named "${name}"`);
+        return a;
+      },
+      waitUp(list = agents, timeoutMs = opts.upTimeoutMs ?? 20_000) {
+        return waitMeshUp(list, timeoutMs);
+      },
+      destroy,
+    };
+    const first = topo.hosts.slice(0, opts.agents ?? topo.hosts.length);
+    await Promise.all(first.map((h) => bed.start(h)));
+    if (opts.waitUp ?? true) await bed.waitUp();
+    return bed;
+  } catch (err) {
+    await destroy();
+    throw err;
+  }
+}
