@@ -42,8 +42,19 @@ node_modules_stale() {
 
 if node_modules_stale; then
   if [ -f package-lock.json ]; then
-    quietly npm ci --no-audit --no-fund
-    say "installed node modules (npm ci)"
+    if ci_out="$(npm ci --no-audit --no-fund 2>&1)"; then
+      say "installed node modules (npm ci)"
+    elif grep -q 'in sync' <<<"$ci_out"; then
+      # A lock file that lost entries (e.g. other platforms' optional packages) still describes the
+      # versions we want: install from it with npm install, which repairs it, and say so.
+      echo "setup: WARNING: package-lock.json is out of sync with package.json; using npm install" >&2
+      quietly npm install --no-audit --no-fund
+      say "installed node modules (npm install)"
+    else
+      echo "setup: FAILED: npm ci --no-audit --no-fund" >&2
+      echo "$ci_out" >&2
+      exit 1
+    fi
   else
     quietly npm install --no-audit --no-fund
     say "installed node modules (npm install)"

@@ -70,6 +70,7 @@ const PUBLISH_ATTEMPTS = 8;
 const RETRY_MIN_MS = 250;
 const RETRY_MAX_MS = 5000;
 const CANCEL_WAIT_MS = 1000;
+const WATCH_ATTACH_WAIT_MS = 2000;
 const CACHE_VERSION = 1;
 
 interface AliveState {
@@ -106,7 +107,9 @@ export class Registry {
 
   // publish
   private publishChain: Promise<unknown> = Promise.resolve();
-  private maxEpochTried: number | null = null;
+  private maxEpoch = 0; // highest epoch this registry has tried to write
+  private triedWrites: string[] = []; // the last few values sent, to recognise our own write
+  private lastWriteRevision: string | null = null; // mod revision of our last successful write
 
   // alive
   private alive: AliveState | null = null;
@@ -161,11 +164,14 @@ export class Registry {
   // ---- 1. publish ---------------------------------------------------------------------------
 
   /**
-   * Writes our host record. The registry sets `epoch` (max(stored + 1, ours + 1, now)) and
-   * `updated`. The write is a transaction on the key's mod revision, so concurrent writers cannot
-   * interleave; if the stored record carries an epoch newer than any this registry wrote, another
-   * process took over the name and this (older) writer does not overwrite it.
-   * Calls are serialised: the last call's record is what ends up stored.
+   * Writes our host record; the registry sets `epoch` (max(stored + 1, ours + 1, now), so it only
+   * grows, whatever the wall clock does) and `updated`.
+   *
+   * The write is a transaction on the key's mod revision: nobody's write lands between our read and
+   * ours. Once this registry has written, the stored record is expected to be its own; if another
+   * writer for the same host name (a newer process after a restart, a cloned VM) has written since,
+   * this registry is the older writer and does not overwrite: it returns `superseded`.
+   * The first publish of a registry always takes over. Calls are serialised (the last call wins).
    */
   publish(record: HostRecord): Promise<PublishResult> {
     const run = this.publishChain.then(() => this.publishOnce(record));
@@ -184,30 +190,38 @@ export class Registry {
       const kv = res.kvs[0];
       const stored = kv ? parseHostRecord(kv.value, { network: this.spec.name, name: this.self }) : null;
       const storedEpoch = stored?.ok ? stored.value.epoch : 0;
-      if (stored?.ok && this.maxEpochTried !== null && storedEpoch > this.maxEpochTried) {
-        this.log.warn(
-          { host: this.self, storedEpoch, ourEpoch: this.maxEpochTried },
-          'host record was published by a newer writer; not overwriting it',
-        );
+      // Someone else's valid record, written after our last write (a record byte-equal to one we
+      // sent is ours: that write landed even if we never saw the answer).
+      if (
+        kv &&
+        stored?.ok &&
+        this.lastWriteRevision !== null &&
+        kv.mod_revision !== this.lastWriteRevision &&
+        !this.triedWrites.includes(kv.value.toString('utf8'))
+      ) {
+        this.log.warn({ host: this.self, storedEpoch, ourEpoch: this.maxEpoch }, 'host record was published by a newer writer; not overwriting it');
         return { written: false, reason: 'superseded', current: stored.value };
       }
       const t = Math.floor(this.now());
-      const epoch = Math.max(storedEpoch + 1, (this.maxEpochTried ?? 0) + 1, t);
+      const epoch = Math.max(storedEpoch + 1, this.maxEpoch + 1, t);
       const candidate: HostRecord = { ...record, epoch, updated: new Date(t).toISOString() };
       const checked = parseHostRecord(serializeHostRecord(candidate), { network: this.spec.name, name: this.self });
       if (!checked.ok) throw new CladnetError('ERECORD', `host record: ${checked.error}`);
       const inNet = checkOverlayIpInNetwork(checked.value, this.cidr, this.spec.cidr);
       if (inNet !== null) throw new CladnetError('ERECORD', `host record: ${inNet}`, { field: 'overlayIp' });
 
-      this.maxEpochTried = Math.max(this.maxEpochTried ?? 0, epoch);
-      const put = this.client.put(key).value(serializeHostRecord(checked.value));
+      const value = serializeHostRecord(checked.value);
+      this.maxEpoch = epoch;
+      this.triedWrites = [...this.triedWrites.slice(-3), value];
+      const put = this.client.put(key).value(value);
       const txn = kv ? this.client.if(key, 'Mod', '==', kv.mod_revision) : this.client.if(key, 'Create', '==', 0);
       const done = await etcdCall(`publish ${key}`, () => txn.then(put).commit());
       if (done.succeeded) {
+        this.lastWriteRevision = done.header.revision;
         this.log.debug({ host: this.self, epoch }, 'published host record');
         return { written: true, record: checked.value };
       }
-      this.log.debug({ host: this.self, attempt }, 'host record changed while publishing; retrying');
+      this.log.debug({ host: this.self, attempt }, 'host record changed while publishing; reading it again');
     }
     throw new CladnetError('EETCD', `publish ${key}: the record kept changing underneath (${PUBLISH_ATTEMPTS} attempts)`, {
       transient: true,
@@ -302,8 +316,9 @@ export class Registry {
     this.onPeers = onPeers;
     if (await this.loadOnce()) {
       if (this.closed) return 'none';
-      this.startWatcher(this.revision + 1);
+      const w = this.startWatcher(this.revision + 1);
       this.emit();
+      await this.attached(w);
       return this.source;
     }
     if (this.closed) return 'none';
@@ -318,9 +333,9 @@ export class Registry {
     return this.source;
   }
 
-  /** True while the watch stream is attached and the last reload succeeded. */
+  /** True while etcd answers: the last load succeeded and the watch stream has not been lost since. */
   connected(): boolean {
-    return this.watchConnected && this.loadedOk;
+    return this.loadedOk && this.watcher !== null && !this.watchLost;
   }
 
   /** The last snapshot handed to `onPeers` (empty before the first). */
@@ -416,7 +431,21 @@ export class Registry {
     });
   }
 
-  private startWatcher(fromRevision: number): void {
+  /** Resolves when `w` is attached to etcd (or lost, or after WATCH_ATTACH_WAIT_MS). */
+  private attached(w: Watcher): Promise<void> {
+    if (this.watchConnected) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        w.off('connected', done).off('disconnected', done).off('error', done);
+        resolve();
+      };
+      const timer = setTimeout(done, WATCH_ATTACH_WAIT_MS);
+      w.on('connected', done).on('disconnected', done).on('error', done);
+    });
+  }
+
+  private startWatcher(fromRevision: number): Watcher {
     const w = this.client.watch().prefix(this.prefix).startRevision(String(fromRevision)).watcher();
     this.watcher = w;
     this.watchLost = false;
@@ -451,6 +480,7 @@ export class Registry {
       this.watchConnected = false;
       this.requestSync(true);
     });
+    return w;
   }
 
   private applyResponse(res: IWatchResponse): void {
@@ -518,7 +548,7 @@ export class Registry {
       if (this.warned.get(r.name) === r.modRevision) continue;
       this.warned.set(r.name, r.modRevision);
       this.invalidRecords++;
-      this.log.warn({ key: hostKey(this.spec.name, r.name), modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
+      this.log.warn({ etcdKey: hostKey(this.spec.name, r.name), modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
     }
     for (const name of this.warned.keys()) if (!this.hosts.has(name)) this.warned.delete(name);
     const snap = freezeMap(peers);

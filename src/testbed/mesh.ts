@@ -23,7 +23,7 @@ export interface MeshBed {
   readonly etcd: TestbedEtcd;
   readonly network: string;
   readonly cidr: string;
-  /** Agents currently believed running, in start order. */
+  /** Agents currently running: the initial ones in host order, later ones appended. */
   readonly agents: Agent[];
   /** Starts an agent on `host` (and adds it to `agents`). */
   start(host: TopologyHost, opts?: Partial<AgentOptions>): Promise<Agent>;
@@ -79,6 +79,7 @@ export async function startMeshBed(opts: MeshBedOptions): Promise<MeshBed> {
     };
     const first = topo.hosts.slice(0, opts.agents ?? topo.hosts.length);
     await Promise.all(first.map((h) => bed.start(h)));
+    agents.sort((a, b) => topo.hosts.indexOf(a.host) - topo.hosts.indexOf(b.host)); // host order, not start order
     if (opts.waitUp ?? true) await bed.waitUp();
     return bed;
   } catch (err) {

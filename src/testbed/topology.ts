@@ -113,9 +113,9 @@ function wipeNamespacesSync(namespaces: readonly string[]): void {
   for (const ns of namespaces) if (present.has(ns)) runSync(['ip', 'netns', 'del', ns]);
 }
 
-function removeWorkDir(dir: string): void {
-  // Only ever a directory this module made under the temp dir.
-  if (!path.basename(dir).startsWith('cladnet-') || path.dirname(dir) !== os.tmpdir()) return;
+function removeWorkDir(dir: string, id: string): void {
+  // Only ever a directory this module made under the temp dir for run `id`.
+  if (!path.basename(dir).startsWith(`cladnet-${id}-`) || path.dirname(dir) !== os.tmpdir()) return;
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
@@ -246,7 +246,9 @@ class TopologyImpl implements Topology {
     this.gone = true;
     for (const c of this.children) if (!exited(c)) c.kill('SIGKILL');
     wipeNamespacesSync(this.plan.namespaces);
-    removeWorkDir(this.workDir);
+    // CLADNET_TESTBED_KEEP=1 keeps logs, captures and state for a post-mortem.
+    if (process.env['CLADNET_TESTBED_KEEP'] === '1') process.stderr.write(`testbed ${this.id}: kept ${this.workDir}\n`);
+    else removeWorkDir(this.workDir, this.id);
     fs.rmSync(markerPath(this.id), { force: true });
     live.delete(this);
     if (live.size === 0) uninstallHooks();
@@ -314,7 +316,7 @@ export function cleanupStale(prefix: string = RUN_ID_PREFIX): string[] {
     const present = existingNamespaces();
     removed.push(...ours.filter((ns) => present.has(ns)));
     wipeNamespacesSync(ours);
-    if (typeof m.workDir === 'string') removeWorkDir(m.workDir);
+    if (typeof m.workDir === 'string' && typeof m.id === 'string') removeWorkDir(m.workDir, m.id);
     fs.rmSync(file, { force: true });
   }
   return removed;

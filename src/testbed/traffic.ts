@@ -247,6 +247,8 @@ export interface Capture {
   readonly file: string;
   /** Stops tcpdump (it flushes on SIGTERM) and returns the pcap bytes. */
   stop(): Promise<Buffer>;
+  /** After stop(): packets the kernel dropped before tcpdump read them (as tcpdump reports). */
+  readonly kernelDrops: number | null;
 }
 
 /** Starts `tcpdump -U -w FILE -i IFACE FILTER` inside `ns` and waits until it is listening. */
@@ -255,7 +257,7 @@ export async function startCapture(
   ns: string,
   opts: { file: string; iface?: string; filter?: readonly string[]; count?: number },
 ): Promise<Capture> {
-  const args = ['tcpdump', '-n', '-U', '--immediate-mode', '-s', '0', '-i', opts.iface ?? 'any', '-w', opts.file];
+  const args = ['tcpdump', '-n', '-U', '--immediate-mode', '-B', '65536', '-s', '65535', '-i', opts.iface ?? 'any', '-w', opts.file];
   if (opts.count !== undefined) args.push('-c', String(opts.count));
   const child = topo.spawn(ns, [...args, ...(opts.filter ?? [])], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -278,17 +280,19 @@ export async function startCapture(
     });
     child.once('exit', onExit);
   });
-  return {
+  const gone = new Promise<void>((r) => child.once('close', () => r()));
+  const cap = {
     file: opts.file,
+    kernelDrops: null as number | null,
     async stop() {
-      if (child.exitCode === null && child.signalCode === null) {
-        const gone = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        await gone;
-      }
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      await gone;
+      const m = /(\d+) packets? dropped by kernel/.exec(err);
+      cap.kernelDrops = m ? Number(m[1]) : null;
       return fs.readFileSync(opts.file);
     },
   };
+  return cap;
 }
 
 export interface UdpDatagram {

@@ -154,8 +154,8 @@ describe('Registry against a real etcd', () => {
     await good.reg.publish(record('good', '100.64.0.21', { endpoints: ['198.18.1.3:51820'] }));
     await waitFor(() => rec.last()?.get('good')?.endpoints[0] === '198.18.1.3:51820', 2000, 'updated endpoint');
     const warnings = me.lines.filter((l) => l.msg === 'skipping invalid host record');
-    expect(warnings.map((w) => w['key']).sort()).toEqual([hostKey('demo', 'bad'), hostKey('demo', 'junk')]);
-    expect(warnings.find((w) => w['key'] === hostKey('demo', 'bad'))!['error']).toBe('endpoints[1]: "x" is not ip:port');
+    expect(warnings.map((w) => w['etcdKey']).sort()).toEqual([hostKey('demo', 'bad'), hostKey('demo', 'junk')]);
+    expect(warnings.find((w) => w['etcdKey'] === hostKey('demo', 'bad'))!['error']).toBe('endpoints[1]: "x" is not ip:port');
     expect(me.reg.stats().invalidRecords).toBe(2);
 
     // A new revision of a still-bad record is a new warning.
@@ -232,6 +232,34 @@ describe('Registry against a real etcd', () => {
     // The newer writer goes on publishing.
     const r5 = await b.reg.publish(record('dup', '100.64.0.30', { endpoints: ['198.18.1.1:5'] }));
     expect(r5).toMatchObject({ written: true, record: { epoch: 1_000_003 } });
+  });
+
+  it('epochs: a write landing between an older writer\'s read and its write wins (txn on mod revision)', async () => {
+    const ca = newClient();
+    const a = newRegistry('race', { client: ca, now: () => 9_000_000 });
+    const b = newRegistry('race', { now: () => 1 });
+    expect((await a.reg.publish(record('race', '100.64.0.32', { listenPort: 1 }))).written).toBe(true);
+
+    // Fault injection: right after A reads the record, B (a newer process for the same host) publishes.
+    const realGet = ca.get.bind(ca);
+    let armed = true;
+    ca.get = (k) => {
+      const builder = realGet(k);
+      if (armed) {
+        armed = false;
+        const realExec = builder.exec.bind(builder);
+        builder.exec = async () => {
+          const r = await realExec();
+          expect((await b.reg.publish(record('race', '100.64.0.32', { listenPort: 2 }))).written).toBe(true);
+          return r;
+        };
+      }
+      return builder;
+    };
+    const res = await a.reg.publish(record('race', '100.64.0.32', { listenPort: 3 }));
+    expect(res).toMatchObject({ written: false, reason: 'superseded', current: { listenPort: 2, epoch: 9_000_001 } });
+    const stored = JSON.parse((await client.get(hostKey('demo', 'race')).string())!) as HostRecord;
+    expect([stored.listenPort, stored.epoch]).toEqual([2, 9_000_001]);
   });
 
   it('concurrent publishes from one registry are serialised: the last call wins', async () => {
@@ -337,16 +365,38 @@ describe('Registry against a real etcd', () => {
   });
 
   it('close() leaves no timers behind, even with retries pending', async () => {
+    // Record every timer armed from registry code; after close() each must have fired or been cleared.
+    const armed = new Map<unknown, string>();
+    const real = { setTimeout, clearTimeout, setImmediate, clearImmediate };
+    const fromRegistry = () => /src[\\/]control[\\/]registry\.ts/.test(new Error().stack ?? '');
+    const g = globalThis as unknown as Record<string, (...a: unknown[]) => unknown>;
+    for (const [set, clear] of [['setTimeout', 'clearTimeout'], ['setImmediate', 'clearImmediate']] as const) {
+      g[set] = (fn: unknown, ...rest: unknown[]) => {
+        if (!fromRegistry()) return (real[set] as (...a: unknown[]) => unknown)(fn, ...rest);
+        const h: unknown = (real[set] as (...a: unknown[]) => unknown)((...args: unknown[]) => {
+          armed.delete(h);
+          (fn as (...a: unknown[]) => void)(...args);
+        }, ...rest);
+        armed.set(h, set);
+        return h;
+      };
+      g[clear] = (h: unknown) => {
+        armed.delete(h);
+        return (real[clear] as (h: unknown) => void)(h);
+      };
+    }
     const dead = createEtcd({ endpoints: [`127.0.0.1:${await freePort()}`], dialTimeoutMs: 300 });
-    const { log } = memoryLogger();
-    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout' || r === 'Immediate').length;
-    const before = timers();
-    const reg = new Registry({ client: dead, network: spec, self: 'me', log });
-    await reg.watch(() => undefined);
-    await reg.startAlive().catch(() => undefined);
-    await waitFor(() => timers() > before, 2000, 'retry timers to be armed');
-    await reg.close();
-    dead.close();
-    await waitFor(() => timers() <= before, 3000, 'timers to be gone');
+    try {
+      const { log } = memoryLogger();
+      const reg = new Registry({ client: dead, network: spec, self: 'me', log });
+      await reg.watch(() => undefined);
+      await reg.startAlive().catch(() => undefined);
+      await waitFor(() => [...armed.values()].filter((k) => k === 'setTimeout').length >= 2, 2000, 'load and liveness retries armed');
+      await reg.close();
+      expect([...armed.values()]).toEqual([]);
+    } finally {
+      Object.assign(globalThis, real);
+      dead.close();
+    }
   });
 });

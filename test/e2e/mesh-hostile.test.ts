@@ -12,6 +12,7 @@ import { ping, sendUdp, startCapture, udpDatagrams } from '../../src/testbed/tra
  */
 const isRoot = process.getuid?.() === 0;
 const PORT = 51820;
+const HEADER_LEN = 16; // type, 3 reserved, receiver index, 64-bit counter (src/dataplane/wire.ts)
 const OUTBOUND_REASONS = new Set(['noRoute', 'notIpv4', 'sendFailed']);
 
 describe.skipIf(!isRoot)('an agent under hostile datagrams', () => {
@@ -88,11 +89,10 @@ describe.skipIf(!isRoot)('an agent under hostile datagrams', () => {
     );
   });
 
-  it('drops replayed tunnel datagrams (captured on the wire, resent from another host)', async () => {
-    // Capture what h1 really sends h3 while h1 pings h3 over the overlay.
-    const file = path.join(bed.topo.workDir, 'replay.pcap');
+  /** Genuine datagrams h1 sends h3, captured on the router while h1 pings h3 over the overlay. */
+  async function captureReal(label: string): Promise<Buffer[]> {
     const cap = await startCapture(bed.topo, bed.topo.routerNs, {
-      file,
+      file: path.join(bed.topo.workDir, `${label}.pcap`),
       iface: `${bed.topo.id}-r3`,
       filter: ['udp', 'and', 'dst', 'host', targetIp, 'and', 'dst', 'port', String(PORT), 'and', 'src', 'host', bed.topo.host('h1').underlayIp],
     });
@@ -100,8 +100,26 @@ describe.skipIf(!isRoot)('an agent under hostile datagrams', () => {
     expect(p.ok).toBe(true);
     const real = udpDatagrams(await cap.stop()).map((d) => d.payload);
     expect(real.length).toBeGreaterThanOrEqual(5);
+    return real;
+  }
+
+  it('drops replayed tunnel datagrams (captured on the wire, resent from another host)', async () => {
+    const real = await captureReal('replay');
     // Everything twice: a replay window must reject the second copy as well as the first.
     await expectDropped('replay', [...real, ...real], 'replay');
+  });
+
+  it('drops forged datagrams that carry a real header, and a forged counter far ahead moves nothing', async () => {
+    const real = await captureReal('forge');
+    const forged = real.map((d, i) => {
+      const f = Buffer.concat([d.subarray(0, HEADER_LEN), randomBytes(d.length - HEADER_LEN)]);
+      // A counter far beyond anything sent: if the replay window moved before authentication,
+      // every genuine packet after this would be refused, and the next test would fail.
+      f.writeUInt32LE(i, 8);
+      f.writeUInt32LE(0x100, 12);
+      return f;
+    });
+    await expectDropped('forged', forged, 'auth');
   });
 
   it('keeps the whole mesh working afterwards', async () => {

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { startTestbedEtcd } from '../../src/testbed/etcd';
 import { runSync } from '../../src/testbed/run';
 import { cleanupStale, createTopology, MARKER_DIR, type Topology } from '../../src/testbed/topology';
-import { ping, sendUdp, startCapture, tcpTransfer, udpDatagrams, writeRandomFile } from '../../src/testbed/traffic';
+import { ping, repeated, sendUdp, startCapture, tcpTransfer, udpDatagrams, writeRandomFile } from '../../src/testbed/traffic';
 
 /**
  * The test bed itself on real namespaces (no agent involved): building, reaching etcd, NAT sites,
@@ -62,14 +62,20 @@ describe.skipIf(!isRoot)('test bed on real namespaces', () => {
     await t.destroy();
   });
 
-  it('moves a file over TCP and checks it by sha256', async () => {
+  it('moves a file over TCP and checks it by sha256; a router capture of plain TCP shows its marker', async () => {
+    // The positive control for the e2e encryption check: the same capture-and-grep finds
+    // plaintext when there is plaintext to find.
     const t = await createTopology({ hosts: 2 });
     made.push(t);
     const [a, b] = t.hosts;
     const file = path.join(t.workDir, 'f.bin');
-    const sha = writeRandomFile(file, 1 << 20);
+    const sha = writeRandomFile(file, 1 << 20, repeated('CLADNET-MARKER-control-', 64 * 1024));
+    const cap = await startCapture(t, t.routerNs, { file: path.join(t.workDir, 'plain.pcap') });
     const r = await tcpTransfer(t, { fromNs: a!.ns, toNs: b!.ns, toIp: b!.underlayIp, file, outFile: path.join(t.workDir, 'g.bin') });
+    const pcap = await cap.stop();
     expect(r).toMatchObject({ bytes: 1 << 20, sentSha256: sha, receivedSha256: sha });
+    expect(cap.kernelDrops).toBe(0);
+    expect(pcap.includes('CLADNET-MARKER')).toBe(true);
     await t.destroy();
   });
 
