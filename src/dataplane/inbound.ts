@@ -66,12 +66,21 @@ export class Inbound {
     private readonly events: InboundEvents,
   ) {}
 
-  /** Replaces the peer set; a peer with unchanged keys keeps its replay window and endpoint. */
+  /**
+   * Replaces the peer set; a peer with unchanged keys keeps its replay window, and keeps an endpoint
+   * it roamed to unless the control plane names a new one (exactly as Outbound does).
+   */
   setPeers(peers: readonly WorkerPeer[]): void {
     const next = new Map<number, InPeer>();
     for (const cfg of peers) {
       const old = this.bySlot.get(cfg.slot);
       if (old && old.cfg.keyId === cfg.keyId) {
+        // As in Outbound.setPeers: a new endpoint from the control plane replaces a roamed one
+        // here too, so packets from anywhere else (the roamed address included) are a move again.
+        if (old.cfg.endpointIp !== cfg.endpointIp || old.cfg.endpointPort !== cfg.endpointPort) {
+          old.ip = cfg.endpointIp;
+          old.port = cfg.endpointPort;
+        }
         old.cfg = cfg;
         next.set(cfg.slot, old);
       } else {

@@ -1,0 +1,104 @@
+import { parseArgs } from 'node:util';
+import { IMPLEMENTATIONS, type ImplName } from './tunnels/types';
+
+export interface BenchOptions {
+  /** Implementations to measure, in table order. */
+  readonly only: readonly ImplName[];
+  /** Run the kernel-free micro-benchmark. */
+  readonly micro: boolean;
+  readonly rounds: number;
+  /** Seconds per iperf3 test. */
+  readonly seconds: number;
+  readonly pings: number;
+  readonly pingIntervalMs: number;
+  readonly nebulaCipher: 'aes' | 'chachapoly';
+  /** Print the results JSON on stdout instead of the table. */
+  readonly json: boolean;
+  readonly help: boolean;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+
+  --only LIST        comma-separated subset of: ${IMPLEMENTATIONS.join(', ')}, micro
+                     (default: all of them)
+  --micro            only the micro-benchmark (AEAD and stage path, no namespaces)
+  --rounds N         rounds over every implementation; medians are reported (default 1)
+  --seconds S        length of each iperf3 test (default 8)
+  --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
+  --nebula-cipher C  aes (nebula's default) or chachapoly (default aes)
+  --json             print the results JSON instead of the table (progress goes to stderr)
+  -h, --help         this text
+
+Results go to bench/results/<timestamp>.json and bench/results/latest.json
+(latest-micro.json for --micro). Needs root: it builds network namespaces.`;
+
+export class OptionsError extends Error {
+  readonly code = 'EUSAGE';
+  readonly transient = false;
+  constructor(message: string) {
+    super(message);
+    this.name = 'OptionsError';
+  }
+}
+
+function int(name: string, v: string | undefined, def: number, min: number, max: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) throw new OptionsError(`--${name}: "${v}" must be an integer from ${min} to ${max}`);
+  return n;
+}
+
+/** Parses argv (without node and script); throws OptionsError naming the bad flag. */
+export function parseOptions(argv: readonly string[]): BenchOptions {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...argv],
+      options: {
+        only: { type: 'string' },
+        micro: { type: 'boolean', default: false },
+        rounds: { type: 'string' },
+        seconds: { type: 'string' },
+        pings: { type: 'string' },
+        'nebula-cipher': { type: 'string' },
+        json: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    throw new OptionsError((e as Error).message);
+  }
+  let only: ImplName[] = [...IMPLEMENTATIONS];
+  let micro = true;
+  if (values.only !== undefined) {
+    const names = values.only.split(',').map((s) => s.trim()).filter(Boolean);
+    for (const n of names) {
+      if (n !== 'micro' && !(IMPLEMENTATIONS as readonly string[]).includes(n)) {
+        throw new OptionsError(`--only: unknown "${n}" (choose from ${IMPLEMENTATIONS.join(', ')}, micro)`);
+      }
+    }
+    if (names.length === 0) throw new OptionsError('--only: empty list');
+    only = IMPLEMENTATIONS.filter((n) => names.includes(n));
+    micro = names.includes('micro');
+  }
+  if (values.micro) {
+    if (values.only !== undefined) throw new OptionsError('--micro and --only do not go together (--only micro is the same as --micro)');
+    only = [];
+    micro = true;
+  }
+  const cipher = values['nebula-cipher'] ?? 'aes';
+  if (cipher !== 'aes' && cipher !== 'chachapoly') throw new OptionsError(`--nebula-cipher: "${cipher}" must be aes or chachapoly`);
+  return Object.freeze({
+    only: Object.freeze(only),
+    micro,
+    rounds: int('rounds', values.rounds, 1, 1, 20),
+    seconds: int('seconds', values.seconds, 8, 1, 120),
+    pings: int('pings', values.pings, 200, 10, 10_000),
+    pingIntervalMs: 10,
+    nebulaCipher: cipher,
+    json: values.json ?? false,
+    help: values.help ?? false,
+  });
+}

@@ -1,0 +1,247 @@
+/**
+ * `npm run bench`: cladnet beside wireguard-go, nebula and a bare veth path, between two host
+ * namespaces of the test bed, plus a kernel-free micro-benchmark. See options.ts for the flags.
+ *
+ *   1. options     parsed and checked before anything touches the host
+ *   2. preflight   root, /dev/net/tun, the commands each implementation needs (missing -> noted)
+ *   3. test bed    two hosts behind the router namespace; etcd and a network when cladnet runs
+ *   4. rounds      for each round, for each implementation: start it, check it carries traffic,
+ *                  measure (suite.ts), stop it
+ *   5. teardown    everything the test bed made (also on Ctrl-C, via the test bed's hooks)
+ *   6. micro       AEAD and stage path on this thread (micro.ts)
+ *   7. report      medians, ratios, the table; JSON under bench/results/
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startMeshBed, type MeshBed } from '../src/testbed/mesh';
+import { run } from '../src/testbed/run';
+import { createTopology, type Topology } from '../src/testbed/topology';
+import { emptyMetrics, METRICS } from './metrics';
+import { runMicro } from './micro';
+import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
+import { computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
+import { checkTunnel, measureRound, type RoundResult } from './suite';
+import { median, sig } from './stats';
+import { cladnet, CLADNET_CIDR, CLADNET_NETWORK } from './tunnels/cladnet';
+import { nebula } from './tunnels/nebula';
+import type { BenchContext, ImplName, Implementation } from './tunnels/types';
+import { veth } from './tunnels/veth';
+import { wireguardGo } from './tunnels/wireguard';
+
+const ALL: Record<ImplName, Implementation> = { veth, cladnet, 'wireguard-go': wireguardGo, nebula };
+const REPO = path.resolve(__dirname, '..', '..');
+const RESULTS_DIR = path.join(REPO, 'bench', 'results');
+
+const t0 = Date.now();
+function log(msg: string): void {
+  process.stderr.write(`[bench ${((Date.now() - t0) / 1000).toFixed(0).padStart(3)}s] ${msg}\n`);
+}
+
+async function commandExists(cmd: string): Promise<boolean> {
+  return (await run(['sh', '-c', 'command -v "$1"', 'sh', cmd], { timeoutMs: 5_000 })).code === 0;
+}
+
+async function machine(): Promise<BenchResults['machine']> {
+  const ip = await run(['iperf3', '--version'], { timeoutMs: 5_000 });
+  const m = /iperf (\S+)/.exec(ip.stdout);
+  return {
+    kernel: os.release(),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model.trim() ?? '?',
+    node: process.version,
+    iperf3: m ? m[1]! : null,
+  };
+}
+
+function missing(reason: string, version: string | null = null): ImplResult {
+  return { status: 'missing', reason, version, notes: {}, median: emptyMetrics(), rounds: [] };
+}
+
+/** Step 2: which of the selected implementations can run here, and why not the others. */
+async function preflight(opts: BenchOptions, results: BenchResults['implementations']): Promise<Implementation[]> {
+  const runnable: Implementation[] = [];
+  if (opts.only.length === 0) return runnable;
+  if (process.getuid?.() !== 0) throw new Error('the bench builds network namespaces: run it as root');
+  const tun = fs.existsSync('/dev/net/tun');
+  for (const name of opts.only) {
+    const impl = ALL[name];
+    const version = await impl.version().catch(() => null);
+    const absent: string[] = [];
+    for (const c of impl.needs) if (!(await commandExists(c))) absent.push(c);
+    if (absent.length > 0) {
+      results[name] = missing(`not installed: ${absent.join(', ')} (scripts/setup.sh bench installs them)`, version);
+    } else if (name !== 'veth' && !tun) {
+      results[name] = missing('/dev/net/tun is missing', version);
+    } else {
+      results[name] = { status: 'ok', version, notes: {}, median: emptyMetrics(), rounds: [] };
+      runnable.push(impl);
+    }
+    if (results[name]!.status === 'missing') log(`${name}: missing: ${results[name]!.reason}`);
+  }
+  return runnable;
+}
+
+/** Step 3: the mesh bed when cladnet runs (etcd + network, agents started per round), else a bare topology. */
+async function testBed(runnable: Implementation[], results: BenchResults['implementations']): Promise<{ topo: Topology; bed: MeshBed | null }> {
+  const spec = { hosts: 2 };
+  if (runnable.some((i) => i.name === 'cladnet')) {
+    try {
+      const bed = await startMeshBed({ topology: spec, network: CLADNET_NETWORK, cidr: CLADNET_CIDR, agents: 0, waitUp: false });
+      return { topo: bed.topo, bed };
+    } catch (e) {
+      const reason = `test bed with etcd failed: ${(e as Error).message.split('\n')[0]}`;
+      log(`cladnet: missing: ${reason}`);
+      results.cladnet = missing(reason, results.cladnet?.version ?? null);
+      runnable.splice(runnable.findIndex((i) => i.name === 'cladnet'), 1);
+    }
+  }
+  return { topo: await createTopology(spec), bed: null };
+}
+
+/** Step 4 for one implementation and round. */
+async function oneRound(ctx: BenchContext, impl: Implementation, opts: BenchOptions): Promise<RoundResult | { error: string }> {
+  let tunnel;
+  try {
+    tunnel = await impl.start(ctx);
+  } catch (e) {
+    const error = `did not start: ${(e as Error).message}`;
+    log(`${impl.name}: ${error}`);
+    return { error };
+  }
+  try {
+    await checkTunnel(ctx, tunnel);
+    log(`${impl.name}: up (${tunnel.a.ip} -> ${tunnel.b.ip} via ${tunnel.a.dev})`);
+    const r = await measureRound(ctx, tunnel, { seconds: opts.seconds, pings: opts.pings, pingIntervalMs: opts.pingIntervalMs });
+    if (tunnel.extra) {
+      try {
+        r.detail['extra'] = await tunnel.extra();
+      } catch (e) {
+        r.errors.push(`extra: ${(e as Error).message}`);
+      }
+    }
+    return { ...r, detail: { notes: tunnel.notes, ...r.detail } };
+  } catch (e) {
+    const error = `check failed: ${(e as Error).message}`;
+    log(`${impl.name}: ${error}`);
+    return { error };
+  } finally {
+    await tunnel.stop();
+  }
+}
+
+function summarise(r: ImplResult): void {
+  const ok = r.rounds.filter((x): x is RoundResult => !('error' in x));
+  for (const m of METRICS) {
+    const v = median(ok.map((x) => x.metrics[m.key]));
+    r.median[m.key] = v === null ? null : sig(v);
+  }
+  const first = ok[0];
+  if (first) r.notes = (first.detail['notes'] as Record<string, string | number>) ?? {};
+  for (const x of ok) delete x.detail['notes']; // kept once, above
+  const errors = r.rounds.flatMap((x) => ('error' in x ? [x.error] : x.errors));
+  if (ok.length === 0) {
+    r.status = 'missing';
+    r.reason = errors[0] ?? 'no round ran';
+  } else if (errors.length > 0) {
+    r.status = 'partial';
+    r.reason = errors[0];
+  }
+}
+
+async function main(): Promise<number> {
+  // 1. options
+  let opts: BenchOptions;
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof OptionsError) {
+      process.stderr.write(`bench: ${e.message}\n\n${USAGE}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  if (opts.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  // The test bed starts agents from dist/cli.js of this checkout (built by `npm run build`).
+  process.env['CLADNET_CLI'] ??= path.join(REPO, 'dist', 'cli.js');
+  if (opts.only.includes('cladnet') && !fs.existsSync(process.env['CLADNET_CLI'])) {
+    throw new Error(`${process.env['CLADNET_CLI']} is missing: run npm run build first`);
+  }
+
+  const startedAt = new Date().toISOString();
+  const implementations: BenchResults['implementations'] = {};
+
+  // 2. preflight
+  const runnable = await preflight(opts, implementations);
+
+  // 3.-5. test bed, rounds, teardown
+  if (runnable.length > 0) {
+    log(`test bed: 2 hosts${runnable.some((i) => i.name === 'cladnet') ? ' + etcd' : ''}`);
+    const { topo, bed } = await testBed(runnable, implementations);
+    try {
+      const [a, b] = topo.hosts as [(typeof topo.hosts)[0], (typeof topo.hosts)[0]];
+      const ctx: BenchContext = { topo, bed, a, b, nebulaCipher: opts.nebulaCipher, log };
+      for (let round = 1; round <= opts.rounds; round++) {
+        for (const impl of runnable) {
+          log(`round ${round}/${opts.rounds}: ${impl.name}`);
+          implementations[impl.name]!.rounds.push(await oneRound(ctx, impl, opts));
+        }
+      }
+    } finally {
+      log('tearing down the test bed');
+      await (bed ? bed.destroy() : topo.destroy());
+    }
+  }
+  for (const name of opts.only) {
+    const r = implementations[name]!;
+    if (r.rounds.length > 0) summarise(r);
+  }
+
+  // 6. micro
+  let micro = null;
+  if (opts.micro) {
+    log('micro-benchmark');
+    micro = await runMicro(log);
+  }
+
+  // 7. report
+  const finishedAt = new Date().toISOString();
+  const res: BenchResults = {
+    version: 1,
+    kind: opts.only.length === 0 ? 'micro' : 'full',
+    startedAt,
+    finishedAt,
+    durationS: sig((Date.now() - Date.parse(startedAt)) / 1000, 3),
+    options: {
+      rounds: opts.rounds,
+      seconds: opts.seconds,
+      pings: opts.pings,
+      pingIntervalMs: opts.pingIntervalMs,
+      only: [...opts.only, ...(opts.micro ? ['micro'] : [])],
+      nebulaCipher: opts.nebulaCipher,
+    },
+    machine: await machine(),
+    metrics: METRICS,
+    implementations,
+    ratios: computeRatios(implementations),
+    micro,
+  };
+  const file = writeResults(RESULTS_DIR, res);
+  if (opts.json) process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+  else process.stdout.write('\n' + formatReport(res) + '\n\n');
+  log(`results: ${path.relative(process.cwd(), file)} (and ${res.kind === 'micro' ? 'latest-micro' : 'latest'}.json)`);
+  return 0;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`bench: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

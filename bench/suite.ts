@@ -1,0 +1,171 @@
+/**
+ * One round of measurements over one running tunnel, in this order:
+ *
+ *   1. check     the tunnel processes are the ones we think; each end routes the other's
+ *                address through the tunnel device; ping gets through; the implementation
+ *                says it is up (cladnet: both agents list the peer as up)
+ *   2. idle RSS  VmRSS of every tunnel process after a short settle, before any load
+ *   3. RTT       N pings at a short interval over the tunnel, each RTT parsed
+ *   4. TCP x1    iperf3, receiver goodput; tunnel CPU (utime + stime of every tunnel process,
+ *                all threads) sampled around it gives CPU seconds per GB received
+ *   5. TCP x4    iperf3 -P 4
+ *   6. UDP       iperf3 -u -b 0 -l 1372 (1400-byte IP packets): datagrams received per second, loss
+ *
+ * Also recorded, since packets the kernel drops before a tunnel reads them appear in no tunnel
+ * counter: the receive-buffer drops of each end's tunnel socket (/proc/net/udp, for the life of the
+ * socket, i.e. this round), and each host's UDP buffer errors over the round (/proc/net/snmp, per
+ * namespace; these include iperf3's own socket in the UDP test).
+ *
+ * A failing measurement is recorded (null metric plus the error) and the round goes on; a failing
+ * check fails the round, since nothing measured after it would mean anything.
+ */
+import { ping } from '../src/testbed/traffic';
+import { sleep, waitUntil } from '../src/testbed/agents';
+import { emptyMetrics, type Metrics } from './metrics';
+import { cpuSeconds, iperf, parseIperfTcp, parseIperfUdp, pingSeries, procComm, rssBytes, udpCounters, udpSocketDrops, type IperfUdp, type RttSummary } from './probes';
+import { sig } from './stats';
+import type { BenchContext, Tunnel, TunnelProc } from './tunnels/types';
+
+export const UDP_PAYLOAD = 1372; // + 8 UDP + 20 IPv4 = 1400-byte packets inside the tunnel
+
+export interface SuiteOptions {
+  readonly seconds: number;
+  readonly pings: number;
+  readonly pingIntervalMs: number;
+}
+
+export interface RoundResult {
+  readonly metrics: Metrics;
+  /** Raw numbers behind the metrics (small): bytes, CPU seconds, per-process RSS, ... */
+  readonly detail: Record<string, unknown>;
+  readonly errors: string[];
+}
+
+export async function checkTunnel(ctx: BenchContext, t: Tunnel): Promise<void> {
+  for (const p of t.procs) {
+    const comm = procComm(p.pid);
+    if (comm !== p.comm) throw new Error(`process ${p.pid} on ${p.host} is "${comm ?? 'gone'}", expected "${p.comm}"`);
+  }
+  for (const [from, to] of [
+    [t.a, t.b],
+    [t.b, t.a],
+  ] as const) {
+    const r = await ctx.topo.exec(from.ns, ['ip', '-o', 'route', 'get', to.ip]);
+    if (!new RegExp(`\\bdev ${from.dev}\\b`).test(r.stdout)) {
+      throw new Error(`${from.ns}: ${to.ip} is not routed through ${from.dev}: ${r.stdout.trim()}`);
+    }
+  }
+  await waitUntil(`ping ${t.a.ns} -> ${t.b.ip}`, async () => (await ping(ctx.topo, t.a.ns, t.b.ip, { count: 1, waitS: 1 })).ok, {
+    timeoutMs: 20_000,
+    intervalMs: 200,
+  });
+  if (t.ready) await waitUntil('the tunnel to report itself up', async () => (await t.ready!(), true), { timeoutMs: 10_000 });
+}
+
+function cpuOf(procs: readonly TunnelProc[]): number {
+  return procs.reduce((s, p) => s + cpuSeconds(p.pid), 0);
+}
+
+function alive(procs: readonly TunnelProc[]): void {
+  const dead = procs.filter((p) => procComm(p.pid) !== p.comm);
+  if (dead.length) throw new Error(`tunnel process died during the test: ${dead.map((p) => `${p.comm} on ${p.host}`).join(', ')}`);
+}
+
+export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOptions): Promise<RoundResult> {
+  const metrics = emptyMetrics();
+  const detail: Record<string, unknown> = {};
+  const errors: string[] = [];
+  const step = async (name: string, f: () => Promise<void>) => {
+    try {
+      await f();
+    } catch (e) {
+      errors.push(`${name}: ${(e as Error).message}`);
+      ctx.log(`  ${name} FAILED: ${(e as Error).message}`);
+    }
+    await sleep(300);
+  };
+  const tcp = { serverNs: t.b.ns, clientNs: t.a.ns, serverIp: t.b.ip, seconds: opts.seconds };
+  // Kernel UDP drops on each host over the round (socket buffers full: loss the tunnel never saw).
+  const hosts = [t.a.ns, t.b.ns];
+  const udp0 = await Promise.all(hosts.map((ns) => udpCounters(ctx.topo, ns).catch(() => null)));
+
+  // 2. idle RSS
+  if (t.procs.length > 0) {
+    await sleep(1_000);
+    await step('rss', async () => {
+      const rss = t.procs.map((p) => rssBytes(p.pid));
+      metrics.rssMiB = sig(rss.reduce((a, b) => a + b, 0) / rss.length / 2 ** 20);
+      detail['rssMiB'] = Object.fromEntries(t.procs.map((p, i) => [p.host, sig(rss[i]! / 2 ** 20)]));
+    });
+  }
+
+  // 3. RTT
+  await step('ping', async () => {
+    const r: RttSummary = await pingSeries(ctx.topo, t.a.ns, t.b.ip, opts.pings, opts.pingIntervalMs);
+    if (r.received === 0) throw new Error('no ping replies');
+    metrics.rttP50Ms = r.p50;
+    metrics.rttP99Ms = r.p99;
+    detail['ping'] = { ...r, mean: r.mean === null ? null : sig(r.mean) };
+    ctx.log(`  ping      p50 ${r.p50} ms  p99 ${r.p99} ms  (${r.received}/${r.sent} replies)`);
+  });
+
+  // 4. TCP, one stream, with CPU
+  await step('tcp1', async () => {
+    let cpu0 = 0;
+    let cpu1 = 0;
+    const t0 = process.hrtime.bigint();
+    let wall = 0;
+    const out = await iperf(ctx.topo, {
+      ...tcp,
+      around: {
+        before: () => void (cpu0 = cpuOf(t.procs)),
+        after: () => {
+          cpu1 = cpuOf(t.procs);
+          wall = Number(process.hrtime.bigint() - t0) / 1e9;
+        },
+      },
+    });
+    alive(t.procs);
+    const r = parseIperfTcp(out);
+    metrics.tcp1Gbps = sig(r.gbps);
+    const cpu = cpu1 - cpu0;
+    if (t.procs.length > 0) metrics.cpuSPerGb = sig(cpu / (r.bytes / 1e9));
+    detail['tcp1'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits, tunnelCpuS: sig(cpu), tunnelCpuPct: sig((100 * cpu) / wall, 3) };
+    ctx.log(`  tcp x1    ${r.gbps.toFixed(3)} Gbit/s` + (t.procs.length ? `, tunnel CPU ${cpu.toFixed(2)} s (${((100 * cpu) / wall).toFixed(0)}% of one core)` : ''));
+  });
+
+  // 5. TCP, four streams
+  await step('tcp4', async () => {
+    const r = parseIperfTcp(await iperf(ctx.topo, { ...tcp, streams: 4 }));
+    alive(t.procs);
+    metrics.tcp4Gbps = sig(r.gbps);
+    detail['tcp4'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits };
+    ctx.log(`  tcp x4    ${r.gbps.toFixed(3)} Gbit/s`);
+  });
+
+  // 6. UDP flood of 1400-byte packets
+  await step('udp', async () => {
+    const r: IperfUdp = parseIperfUdp(await iperf(ctx.topo, { ...tcp, udpLen: UDP_PAYLOAD }), UDP_PAYLOAD);
+    alive(t.procs);
+    metrics.udpKpps = sig(r.rxPps / 1e3);
+    metrics.udpLossPct = sig(r.lossPct, 3);
+    detail['udp'] = { rxKpps: sig(r.rxPps / 1e3), txKpps: sig(r.txPps / 1e3), lossPct: sig(r.lossPct, 3), rxGbps: sig(r.gbps), payload: UDP_PAYLOAD };
+    ctx.log(`  udp       ${(r.rxPps / 1e3).toFixed(1)} kpps received of ${(r.txPps / 1e3).toFixed(1)} kpps sent (loss ${r.lossPct.toFixed(1)}%)`);
+  });
+
+  const udp1 = await Promise.all(hosts.map((ns) => udpCounters(ctx.topo, ns).catch(() => null)));
+  if (t.udpPort !== undefined) {
+    const port = t.udpPort;
+    const drops = await Promise.all(hosts.map((ns) => udpSocketDrops(ctx.topo, ns, port).catch(() => null)));
+    detail['tunnelSocketDrops'] = { a: drops[0], b: drops[1] };
+  }
+  detail['kernelUdpDrops'] = Object.fromEntries(
+    hosts.map((ns, i) => {
+      const [x, y] = [udp0[i], udp1[i]];
+      const d = (k: string) => (x && y ? (y[k] ?? 0) - (x[k] ?? 0) : null);
+      return [i === 0 ? 'a' : 'b', { rcvbufErrors: d('RcvbufErrors'), sndbufErrors: d('SndbufErrors'), inErrors: d('InErrors') }];
+    }),
+  );
+
+  return { metrics, detail, errors };
+}
