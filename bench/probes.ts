@@ -148,6 +148,9 @@ export async function iperf(topo: Topology, r: IperfRun): Promise<string> {
   const server = topo.spawn(r.serverNs, ['iperf3', '-s', '-1', '--forceflush', '-p', String(IPERF_PORT), '-B', r.serverIp], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  let serverOut = '';
+  server.stdout?.on('data', (b: Buffer) => (serverOut += b.toString()));
+  server.stderr?.on('data', (b: Buffer) => (serverOut += b.toString()));
   try {
     await waitForOutput(server, 'Server listening', 5_000, 'iperf3 server');
     const args = ['iperf3', '-c', r.serverIp, '-p', String(IPERF_PORT), '-t', String(r.seconds), '-J', '--connect-timeout', '3000'];
@@ -156,9 +159,12 @@ export async function iperf(topo: Topology, r: IperfRun): Promise<string> {
     r.around?.before();
     const res = await topo.tryExec(r.clientNs, args, { timeoutMs: (r.seconds + 20) * 1000 });
     r.around?.after();
+    const serverSays = () => serverOut.trim().split('\n').filter((l) => /error|terminat|unable/i.test(l)).slice(-3).join(' | ');
     if (res.code !== 0 && !res.stdout.trim().startsWith('{')) {
-      throw new Error(`iperf3 client failed (exit ${res.code}): ${(res.stderr || res.stdout).trim().slice(0, 300)}`);
+      throw new Error(`iperf3 client failed (exit ${res.code}): ${(res.stderr || res.stdout).trim().slice(0, 300)}; server: ${serverSays() || '-'}`);
     }
+    const error = /"error":\s*"([^"]*)"/.exec(res.stdout);
+    if (error) throw new Error(`iperf3: ${error[1]}; server: ${serverSays() || '-'}`);
     return res.stdout;
   } finally {
     await stopChild(server, 1_000);
@@ -246,6 +252,24 @@ export async function udpSocketDrops(topo: Topology, ns: string, port: number): 
   );
   const found = counts.filter((c): c is number => c !== null);
   return found.length > 0 ? found.reduce((a, b) => a + b, 0) : null;
+}
+
+export interface LinkDrops {
+  readonly rxDropped: number;
+  readonly txDropped: number;
+}
+
+/** rx/tx `dropped` of the first link in `ip -j -s link show` output. */
+export function parseLinkDrops(json: string): LinkDrops {
+  const [link] = JSON.parse(json) as { stats64?: { rx?: { dropped?: number }; tx?: { dropped?: number } } }[];
+  const st = link?.stats64;
+  if (!st) throw new Error('no stats64 in ip -j -s link output');
+  return { rxDropped: st.rx?.dropped ?? 0, txDropped: st.tx?.dropped ?? 0 };
+}
+
+/** Drop counters of device `dev` in `ns` (for a TUN, tx = towards the tunnel process, whose queue was full). */
+export async function linkDrops(topo: Topology, ns: string, dev: string): Promise<LinkDrops> {
+  return parseLinkDrops((await topo.exec(ns, ['ip', '-j', '-s', 'link', 'show', 'dev', dev])).stdout);
 }
 
 // ---- /proc -----------------------------------------------------------------------------------------

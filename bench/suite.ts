@@ -13,16 +13,18 @@
  *
  * Also recorded, since packets the kernel drops before a tunnel reads them appear in no tunnel
  * counter: the receive-buffer drops of each end's tunnel socket (/proc/net/udp, for the life of the
- * socket, i.e. this round), and each host's UDP buffer errors over the round (/proc/net/snmp, per
- * namespace; these include iperf3's own socket in the UDP test).
+ * socket, i.e. this round), the rx/tx drops of each end's tunnel device over the round (a TUN's tx
+ * drops are packets its process did not read in time), and each host's UDP buffer errors over the
+ * round (/proc/net/snmp, per namespace; these include iperf3's own socket in the UDP test).
  *
- * A failing measurement is recorded (null metric plus the error) and the round goes on; a failing
+ * An iperf3 test that fails is retried once. A failing measurement is recorded (null metric plus the
+ * error) and the round goes on; a failing
  * check fails the round, since nothing measured after it would mean anything.
  */
 import { ping } from '../src/testbed/traffic';
 import { sleep, waitUntil } from '../src/testbed/agents';
 import { emptyMetrics, type Metrics } from './metrics';
-import { cpuSeconds, iperf, parseIperfTcp, parseIperfUdp, pingSeries, procComm, rssBytes, udpCounters, udpSocketDrops, type IperfUdp, type RttSummary } from './probes';
+import { cpuSeconds, iperf, parseIperfTcp, parseIperfUdp, pingSeries, procComm, rssBytes, udpCounters, udpSocketDrops, linkDrops, type IperfUdp, type RttSummary } from './probes';
 import { sig } from './stats';
 import type { BenchContext, Tunnel, TunnelProc } from './tunnels/types';
 
@@ -84,10 +86,25 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     }
     await sleep(300);
   };
+  // An iperf3 test that fails is run once more (iperf3 occasionally loses its control connection
+  // under load); the first failure is kept in detail.retries.
+  const retries: string[] = [];
+  const twice = (name: string, f: () => Promise<void>) => async () => {
+    try {
+      await f();
+    } catch (e) {
+      retries.push(`${name}: ${(e as Error).message}`);
+      ctx.log(`  ${name} failed (${(e as Error).message}); once more`);
+      await sleep(1_000);
+      await f();
+    }
+  };
   const tcp = { serverNs: t.b.ns, clientNs: t.a.ns, serverIp: t.b.ip, seconds: opts.seconds };
   // Kernel UDP drops on each host over the round (socket buffers full: loss the tunnel never saw).
   const hosts = [t.a.ns, t.b.ns];
   const udp0 = await Promise.all(hosts.map((ns) => udpCounters(ctx.topo, ns).catch(() => null)));
+  const ends = [t.a, t.b];
+  const link0 = await Promise.all(ends.map((e) => linkDrops(ctx.topo, e.ns, e.dev).catch(() => null)));
 
   // 2. idle RSS
   if (t.procs.length > 0) {
@@ -110,15 +127,18 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
   });
 
   // 4. TCP, one stream, with CPU
-  await step('tcp1', async () => {
+  await step('tcp1', twice('tcp1', async () => {
     let cpu0 = 0;
     let cpu1 = 0;
-    const t0 = process.hrtime.bigint();
+    let t0 = 0n;
     let wall = 0;
     const out = await iperf(ctx.topo, {
       ...tcp,
       around: {
-        before: () => void (cpu0 = cpuOf(t.procs)),
+        before: () => {
+          cpu0 = cpuOf(t.procs);
+          t0 = process.hrtime.bigint();
+        },
         after: () => {
           cpu1 = cpuOf(t.procs);
           wall = Number(process.hrtime.bigint() - t0) / 1e9;
@@ -132,33 +152,41 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     if (t.procs.length > 0) metrics.cpuSPerGb = sig(cpu / (r.bytes / 1e9));
     detail['tcp1'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits, tunnelCpuS: sig(cpu), tunnelCpuPct: sig((100 * cpu) / wall, 3) };
     ctx.log(`  tcp x1    ${r.gbps.toFixed(3)} Gbit/s` + (t.procs.length ? `, tunnel CPU ${cpu.toFixed(2)} s (${((100 * cpu) / wall).toFixed(0)}% of one core)` : ''));
-  });
+  }));
 
   // 5. TCP, four streams
-  await step('tcp4', async () => {
+  await step('tcp4', twice('tcp4', async () => {
     const r = parseIperfTcp(await iperf(ctx.topo, { ...tcp, streams: 4 }));
     alive(t.procs);
     metrics.tcp4Gbps = sig(r.gbps);
     detail['tcp4'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits };
     ctx.log(`  tcp x4    ${r.gbps.toFixed(3)} Gbit/s`);
-  });
+  }));
 
   // 6. UDP flood of 1400-byte packets
-  await step('udp', async () => {
+  await step('udp', twice('udp', async () => {
     const r: IperfUdp = parseIperfUdp(await iperf(ctx.topo, { ...tcp, udpLen: UDP_PAYLOAD }), UDP_PAYLOAD);
     alive(t.procs);
     metrics.udpKpps = sig(r.rxPps / 1e3);
     metrics.udpLossPct = sig(r.lossPct, 3);
     detail['udp'] = { rxKpps: sig(r.rxPps / 1e3), txKpps: sig(r.txPps / 1e3), lossPct: sig(r.lossPct, 3), rxGbps: sig(r.gbps), payload: UDP_PAYLOAD };
     ctx.log(`  udp       ${(r.rxPps / 1e3).toFixed(1)} kpps received of ${(r.txPps / 1e3).toFixed(1)} kpps sent (loss ${r.lossPct.toFixed(1)}%)`);
-  });
+  }));
 
+  if (retries.length > 0) detail['retries'] = retries;
   const udp1 = await Promise.all(hosts.map((ns) => udpCounters(ctx.topo, ns).catch(() => null)));
   if (t.udpPort !== undefined) {
     const port = t.udpPort;
     const drops = await Promise.all(hosts.map((ns) => udpSocketDrops(ctx.topo, ns, port).catch(() => null)));
     detail['tunnelSocketDrops'] = { a: drops[0], b: drops[1] };
   }
+  const link1 = await Promise.all(ends.map((e) => linkDrops(ctx.topo, e.ns, e.dev).catch(() => null)));
+  detail['deviceDrops'] = Object.fromEntries(
+    ends.map((e, i) => {
+      const [x, y] = [link0[i], link1[i]];
+      return [i === 0 ? 'a' : 'b', x && y ? { dev: e.dev, rx: y.rxDropped - x.rxDropped, tx: y.txDropped - x.txDropped } : null];
+    }),
+  );
   detail['kernelUdpDrops'] = Object.fromEntries(
     hosts.map((ns, i) => {
       const [x, y] = [udp0[i], udp1[i]];

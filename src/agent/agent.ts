@@ -127,7 +127,7 @@ export class Agent {
 
     // 3. sockets, device, link
     this.udp = openUdpSocket({ port: cfg.listenPort || this.network.port });
-    this.tun = openTun(cfg.interface);
+    this.tun = openTun(cfg.interface, { offload: cfg.offload });
     this.disableIpv6(cfg.interface);
     await new RouteManager(execRunner).set({
       ifname: cfg.interface,
@@ -141,6 +141,8 @@ export class Agent {
       tunFd: this.tun.fds[0]!,
       udpFd: this.udp.fd,
       mtu: this.mtu,
+      vnet: this.tun.offload,
+      crypto: cfg.crypto,
       batch: cfg.batch,
       onRoam: (slot, ip, port) => this.onRoam(slot, ip, port),
       onFatal: (message) => {
@@ -165,7 +167,15 @@ export class Agent {
     this.status = new StatusServer(cfg.socket, () => this.statusDocument());
     await this.status.start();
     this.log.info(
-      { overlayIp: this.overlayIp, interface: cfg.interface, port: this.udp.port, mtu: this.mtu, endpoints: this.endpoints },
+      {
+        overlayIp: this.overlayIp,
+        interface: cfg.interface,
+        port: this.udp.port,
+        mtu: this.mtu,
+        endpoints: this.endpoints,
+        crypto: this.engine.cryptoName,
+        offload: this.tun.offload,
+      },
       'agent up',
     );
   }
@@ -356,6 +366,8 @@ export class Agent {
         interface: this.cfg.interface,
         mtu: this.mtu,
         startedAt: this.startedAt.toISOString(),
+        crypto: this.engine?.cryptoName ?? '',
+        offload: this.tun?.offload ?? false,
       },
       etcd: { connected: this.registry?.connected() ?? false, invalidRecords: reg?.invalidRecords ?? 0 },
       peers,

@@ -19,11 +19,15 @@ export interface AgentConfig {
   readonly logLevel: string;
   /** Packets per data-plane batch. */
   readonly batch: number;
+  /** AEAD implementation: auto (fastest that loads), native (sodium-native), wasm (libsodium-wrappers). */
+  readonly crypto: 'auto' | 'native' | 'wasm';
+  /** Use TUN offloads (TSO/checksum) when the kernel offers them. */
+  readonly offload: boolean;
   /** Address to publish instead of the interface addresses (e.g. a known public IP), optional. */
   readonly advertise: readonly string[];
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'crypto';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -53,6 +57,8 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'socket', flag: 'socket', env: 'CLADNET_SOCKET', kind: 'string', def: () => '/run/cladnet/cladnet.sock' },
   { key: 'logLevel', flag: 'logLevel', env: 'CLADNET_LOG_LEVEL', kind: 'level', def: () => 'info' },
   { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
+  { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'crypto', def: () => 'auto' },
+  { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
 ];
 
@@ -124,6 +130,18 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
     }
     case 'list':
       return asList();
+    case 'bool': {
+      if (typeof raw === 'boolean') return raw;
+      const s = asString().toLowerCase();
+      if (['true', '1', 'yes', 'on'].includes(s)) return true;
+      if (['false', '0', 'no', 'off'].includes(s)) return false;
+      return fail(f, source, `"${s}" is not a boolean (true/false)`);
+    }
+    case 'crypto': {
+      const s = asString();
+      if (!['auto', 'native', 'wasm'].includes(s)) fail(f, source, `"${s}" is not one of auto, native, wasm`);
+      return s;
+    }
   }
 }
 

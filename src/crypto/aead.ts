@@ -126,6 +126,92 @@ export class WasmAead implements Aead {
   }
 }
 
-export async function createAead(): Promise<Aead> {
+/**
+ * libsodium as a native addon (sodium-native, prebuilt for common platforms): about twice the
+ * WASM build's speed on this machine, and it works on our buffers directly, so nothing is
+ * copied. Each call makes small Buffer views of the packet (young-generation garbage, cheap);
+ * everything else is preallocated. The tag is verified before decryption; libsodium wipes the
+ * plaintext range of a packet that fails (it is dropped anyway).
+ */
+export class NativeAead implements Aead {
+  readonly name = 'sodium-native';
+  private readonly keys: (Buffer | null)[] = [];
+  private readonly free: number[] = [];
+  private readonly nonce = Buffer.alloc(12);
+
+  private constructor(private readonly s: typeof import('sodium-native')) {}
+
+  /** Null when the addon cannot load on this platform. */
+  static tryCreate(): NativeAead | null {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return new NativeAead(require('sodium-native') as typeof import('sodium-native'));
+    } catch {
+      return null;
+    }
+  }
+
+  loadKey(key: Uint8Array): number {
+    if (key.length !== KEY_LEN) throw new RangeError('AEAD key must be 32 bytes');
+    const k = this.s.sodium_malloc(KEY_LEN);
+    k.set(key);
+    const handle = this.free.pop() ?? this.keys.length;
+    this.keys[handle] = k;
+    return handle;
+  }
+
+  dropKey(handle: number): void {
+    const k = this.keys[handle];
+    if (!k) return;
+    this.s.sodium_memzero(k);
+    this.keys[handle] = null;
+    this.free.push(handle);
+  }
+
+  private setNonce(counter: number): void {
+    this.nonce.writeUInt32LE(counter % 0x1_0000_0000, 4);
+    this.nonce.writeUInt32LE(Math.floor(counter / 0x1_0000_0000), 8);
+  }
+
+  seal(handle: number, counter: number, buf: Buffer, adOff: number, adLen: number, off: number, len: number): number {
+    const key = this.keys[handle]!;
+    this.setNonce(counter);
+    const m = buf.subarray(off, off + len);
+    this.s.crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+      m, buf.subarray(off + len, off + len + TAG_BYTES), m, buf.subarray(adOff, adOff + adLen), null, this.nonce, key,
+    );
+    return len + TAG_BYTES;
+  }
+
+  open(handle: number, counter: number, buf: Buffer, adOff: number, adLen: number, off: number, len: number): number {
+    if (len < TAG_BYTES) return -1;
+    const key = this.keys[handle];
+    if (!key) return -1;
+    const plen = len - TAG_BYTES;
+    this.setNonce(counter);
+    const c = buf.subarray(off, off + plen);
+    try {
+      this.s.crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+        c, null, c, buf.subarray(off + plen, off + len), buf.subarray(adOff, adOff + adLen), this.nonce, key,
+      );
+    } catch {
+      return -1; // sodium-native throws on a failed verification
+    }
+    return plen;
+  }
+}
+
+export type AeadBackend = 'auto' | 'native' | 'wasm';
+
+/**
+ * The backend: 'native' (sodium-native) when it loads, else 'wasm'. 'auto' prefers native, the
+ * faster one (see docs/performance.md); the choice can be forced by config.
+ */
+export async function createAead(backend: AeadBackend = 'auto'): Promise<Aead> {
+  if (backend !== 'wasm') {
+    const native = NativeAead.tryCreate();
+    if (native) return native;
+    if (backend === 'native') throw new Error('crypto backend "native" requested but sodium-native does not load here');
+  }
   return WasmAead.create();
 }

@@ -18,6 +18,8 @@ export class PacketBatch {
   /** Peer underlay address of each slot (source on receive, destination on send). */
   readonly ip: Uint32Array;
   readonly port: Uint16Array;
+  /** Wire flags of each slot's packet (FLAG_CSUM_PARTIAL). */
+  readonly flags: Uint8Array;
 
   constructor(
     /** All slots, back to back. May be a view of native memory (then `basePtr` is its address). */
@@ -30,6 +32,7 @@ export class PacketBatch {
     this.len = new Int32Array(capacity);
     this.ip = new Uint32Array(capacity);
     this.port = new Uint16Array(capacity);
+    this.flags = new Uint8Array(capacity);
   }
 
   offset(i: number): number {

@@ -5,6 +5,7 @@
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
 import * as path from 'node:path';
+import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
 import { DataplaneStats } from './stats';
@@ -14,6 +15,9 @@ export interface EngineOptions {
   tunFd: number;
   udpFd: number;
   mtu: number;
+  /** The TUN was opened with IFF_VNET_HDR (offloads). */
+  vnet?: boolean;
+  crypto?: AeadBackend;
   /** Packets per batch (recvmmsg/sendmmsg vector length, TUN reads per wake). */
   batch?: number;
   onRoam?: (slot: number, ip: number, port: number) => void;
@@ -31,6 +35,8 @@ export class DataplaneEngine {
   readonly stats = new DataplaneStats();
   private readonly handles: Handle[] = [];
   private stopped = false;
+  /** The AEAD implementation the workers use. */
+  cryptoName = '';
 
   private constructor(private readonly opts: EngineOptions) {}
 
@@ -53,6 +59,8 @@ export class DataplaneEngine {
       tunFd: this.opts.tunFd,
       udpFd: this.opts.udpFd,
       mtu: this.opts.mtu,
+      vnet: this.opts.vnet ?? false,
+      crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       statsSab: this.stats.sab,
     };
@@ -88,7 +96,10 @@ export class DataplaneEngine {
       ready.push(
         new Promise<void>((resolve, reject) => {
           port.on('message', (m: FromWorker) => {
-            if (m.t === 'ready') resolve();
+            if (m.t === 'ready') {
+              this.cryptoName = m.crypto;
+              resolve();
+            }
             else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port);
             else if (m.t === 'fatal') {
               reject(new Error(`data-plane ${init.role} worker failed: ${m.message}`));

@@ -30,7 +30,7 @@ import {
   T_RX_BYTES,
   T_RX_PKTS,
 } from './stats';
-import { checkHeader, COUNTER_LIMIT, CTRL_LEN, CTRL_PING, CTRL_PONG, HEADER_LEN, readCounter } from './wire';
+import { checkHeader, COUNTER_LIMIT, FLAG_CSUM_PARTIAL, CTRL_LEN, CTRL_PING, CTRL_PONG, HEADER_LEN, readCounter } from './wire';
 
 export interface InboundEvents {
   /** The peer pinged us: the outbound side should answer with a pong echoing t0. */
@@ -199,7 +199,8 @@ export class Inbound {
       drops[DROP.spoofed]! += 1;
       return;
     }
-    if (!tun.writeSlot(batch, i, total)) drops[DROP.tunWrite]! += 1;
+    const partial = (buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
+    if (!tun.writeSlot(batch, i, total, partial)) drops[DROP.tunWrite]! += 1;
   }
 
   close(): void {

@@ -8,8 +8,11 @@ import type { PacketBatch, SendList } from './batch';
 export interface TunIo {
   /** Reads up to batch.capacity packets into slots at HEADER. Returns the count (0 = none ready). */
   readBatch(batch: PacketBatch): number;
-  /** Writes the IP packet of `len` bytes at slot i + HEADER. False when the kernel refused it. */
-  writeSlot(batch: PacketBatch, i: number, len: number): boolean;
+  /**
+   * Writes the IP packet of `len` bytes at slot i + HEADER. `partial` says its L4 checksum holds
+   * only the pseudo-header sum (wire FLAG_CSUM_PARTIAL). False when the kernel refused it.
+   */
+  writeSlot(batch: PacketBatch, i: number, len: number, partial: boolean): boolean;
 }
 
 export interface UdpIo {

@@ -145,7 +145,7 @@ export class Outbound {
     }
     const off = batch.offset(i);
     const counter = peer.counter++;
-    writeHeader(batch.buf, off, peer.cfg.txIndex, counter);
+    writeHeader(batch.buf, off, peer.cfg.txIndex, counter, batch.flags[i]);
     this.aead.seal(peer.key, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, len);
     const total = HEADER_LEN + len + TAG_LEN;
     batch.len[i] = total;
@@ -168,6 +168,7 @@ export class Outbound {
   /** Writes a control message for a peer into slot i of `batch` and seals it. */
   private control(peer: OutPeer, kind: number, t0: number, batch: PacketBatch, i: number): boolean {
     const pkt = batch.offset(i) + HEADER_LEN;
+    batch.flags[i] = 0;
     batch.buf[pkt] = 0;
     batch.buf[pkt + 1] = kind;
     batch.buf.writeDoubleLE(t0, pkt + 2);

@@ -1,12 +1,14 @@
 /**
  * Wire format of a cladnet datagram (all integers little-endian):
  *
- *   0       1       4               8                               16
- *   +-------+-------+---------------+-------------------------------+----------------+-----+
- *   | type  | 0 0 0 | receiver index|            counter            | ciphertext ... | tag |
- *   +-------+-------+---------------+-------------------------------+----------------+-----+
+ *   0       1       2       4               8                               16
+ *   +-------+-------+-------+---------------+-------------------------------+----------------+-----+
+ *   | type  | flags |  0 0  | receiver index|            counter            | ciphertext ... | tag |
+ *   +-------+-------+-------+---------------+-------------------------------+----------------+-----+
  *
- * type 4 = transport data (as in WireGuard). The 16-byte header is the AEAD's associated data;
+ * type 4 = transport data (as in WireGuard). flags bit 0 (FLAG_CSUM_PARTIAL): the inner TCP/UDP
+ * checksum holds only the pseudo-header sum (the sender's kernel left it to "hardware"); the
+ * receiver hands the packet to its kernel marked the same way. Other flag bits must be zero. The 16-byte header is the AEAD's associated data;
  * the 64-bit counter is the nonce (4 zero bytes, then the counter) and the replay-window input.
  * The plaintext is an IP packet, or a control message whose first byte is 0 (IP packets start
  * with version 4 or 6 in the high nibble, so the two never collide):
@@ -28,9 +30,12 @@ export const CTRL_LEN = 10;
 /** Counters stop well below 2^53 so they stay exact as JS numbers; rekeying (later) resets them. */
 export const COUNTER_LIMIT = 2 ** 52;
 
-export function writeHeader(buf: Buffer, off: number, receiverIndex: number, counter: number): void {
+export const FLAG_CSUM_PARTIAL = 0x01;
+const FLAGS_KNOWN = FLAG_CSUM_PARTIAL;
+
+export function writeHeader(buf: Buffer, off: number, receiverIndex: number, counter: number, flags = 0): void {
   buf[off] = TYPE_DATA;
-  buf[off + 1] = 0;
+  buf[off + 1] = flags;
   buf[off + 2] = 0;
   buf[off + 3] = 0;
   buf.writeUInt32LE(receiverIndex >>> 0, off + 4);
@@ -43,7 +48,9 @@ export type HeaderVerdict = 'short' | 'type' | null;
 
 export function checkHeader(buf: Buffer, off: number, len: number): HeaderVerdict {
   if (len < OVERHEAD) return 'short';
-  if (buf[off] !== TYPE_DATA || buf[off + 1] !== 0 || buf[off + 2] !== 0 || buf[off + 3] !== 0) return 'type';
+  if (buf[off] !== TYPE_DATA || (buf[off + 1]! & ~FLAGS_KNOWN) !== 0 || buf[off + 2] !== 0 || buf[off + 3] !== 0) {
+    return 'type';
+  }
   return null;
 }
 

@@ -5,7 +5,7 @@
  * and an eventfd in the poll set wakes it when it is idle.
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createAead } from '../crypto/aead';
+import { createAead, type AeadBackend } from '../crypto/aead';
 import { allocNative } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -27,6 +27,9 @@ export interface WorkerInit {
   wakeFd: number;
   mtu: number;
   batch: number;
+  /** The TUN carries virtio-net headers (offloads on). */
+  vnet: boolean;
+  crypto: AeadBackend;
   statsSab: SharedArrayBuffer;
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
@@ -40,7 +43,7 @@ export interface WorkerInit {
 export type ToWorker = { t: 'peers'; peers: WorkerPeer[] };
 export type SiblingMessage = { t: 'pong'; slot: number; t0: number } | { t: 'roam'; slot: number; ip: number; port: number };
 export type FromWorker =
-  | { t: 'ready' }
+  | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number }
   | { t: 'fatal'; message: string };
 
@@ -52,7 +55,7 @@ const TIMER_MS = 50;
 async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
   const stats = new DataplaneStats(init.statsSab);
-  const aead = await createAead();
+  const aead = await createAead(init.crypto);
   const clock = systemClock;
   const slot = slotSizeFor(init.mtu);
   const mem = allocNative(slot * init.batch);
@@ -66,7 +69,7 @@ async function main(init: WorkerInit): Promise<void> {
 
   if (init.role === 'outbound') {
     const out = new Outbound(aead, stats, clock);
-    const tun = new TunBatchIo(init.tunFd, batch);
+    const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
     const list = new SendList(init.batch);
     const cmem = allocNative(slotSizeFor(64) * 16);
@@ -93,7 +96,7 @@ async function main(init: WorkerInit): Promise<void> {
       if (clist.count > 0) cudp.sendBatch(cbatch, clist);
     };
     drain();
-    post({ t: 'ready' });
+    post({ t: 'ready', crypto: aead.name });
     let lastTimers = 0;
     while (Atomics.load(ctrl, CTRL_STOP) === 0) {
       const m = Atomics.load(ctrl, CTRL_MAIL);
@@ -119,6 +122,7 @@ async function main(init: WorkerInit): Promise<void> {
       if (n === 0 && (poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
     }
     out.close();
+    tun.close();
     cudp.close();
     cmem.free();
     udp.close();
@@ -137,7 +141,7 @@ async function main(init: WorkerInit): Promise<void> {
         post({ t: 'roam', slot, ip, port });
       },
     });
-    const tun = new TunBatchIo(init.tunFd, batch);
+    const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
     const drain = () => {
       let m;
@@ -147,7 +151,7 @@ async function main(init: WorkerInit): Promise<void> {
       }
     };
     drain();
-    post({ t: 'ready' });
+    post({ t: 'ready', crypto: aead.name });
     while (Atomics.load(ctrl, CTRL_STOP) === 0) {
       const m = Atomics.load(ctrl, CTRL_MAIL);
       if (m !== mail) {
@@ -159,6 +163,7 @@ async function main(init: WorkerInit): Promise<void> {
       else if ((poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
     }
     inb.close();
+    tun.close();
     udp.close();
   }
   poller.close();

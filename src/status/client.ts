@@ -52,6 +52,7 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   const s = doc.self;
   const lines: string[] = [];
   lines.push(`${s.name} ${s.overlayIp} on ${s.interface} (network ${s.network}, mtu ${s.mtu}), udp ${s.listenPort}`);
+  lines.push(`  crypto: ${s.crypto || '-'}, offloads: ${s.offload ? 'on' : 'off'}`);
   lines.push(`  endpoints: ${s.endpoints.join(', ') || '-'}`);
   lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : 'DISCONNECTED (data plane keeps running)'}`);
   lines.push('');

@@ -27,6 +27,9 @@ export interface StatusDocument {
     interface: string;
     mtu: number;
     startedAt: string;
+    /** AEAD implementation in use and whether TUN offloads are on. */
+    crypto: string;
+    offload: boolean;
   };
   etcd: { connected: boolean; invalidRecords: number };
   peers: StatusPeer[];

@@ -53,6 +53,8 @@ describe('loadAgentConfig', () => {
       socket: '/run/cladnet/cladnet.sock',
       logLevel: 'info',
       batch: 64,
+      crypto: 'auto',
+      offload: true,
       advertise: [],
     } satisfies AgentConfig);
   });

@@ -37,6 +37,8 @@ function sample(): StatusDocument {
       interface: 'cladnet0',
       mtu: 1420,
       startedAt: iso(3_600_000),
+      crypto: 'sodium-native',
+      offload: true,
     },
     etcd: { connected: true, invalidRecords: 0 },
     peers: [
@@ -58,6 +60,7 @@ describe('renderStatus', () => {
   it('renders the whole sample exactly', () => {
     expect(renderStatus(sample(), NOW).split('\n')).toEqual([
       'alpha 100.64.0.1 on cladnet0 (network demo, mtu 1420), udp 51820',
+      '  crypto: sodium-native, offloads: on',
       '  endpoints: 198.51.100.1:51820, 10.0.0.5:51820',
       '  etcd: connected',
       '',
@@ -94,7 +97,7 @@ describe('renderStatus', () => {
     const doc = sample();
     doc.etcd.connected = false;
     const out = renderStatus(doc, NOW);
-    expect(out.split('\n')[2]).toBe('  etcd: DISCONNECTED (data plane keeps running)');
+    expect(out.split('\n')[3]).toBe('  etcd: DISCONNECTED (data plane keeps running)');
     expect(out).not.toContain('etcd: connected');
   });
 
@@ -103,8 +106,8 @@ describe('renderStatus', () => {
     doc.peers = [];
     doc.self.endpoints = [];
     const lines = renderStatus(doc, NOW).split('\n');
-    expect(lines[1]).toBe('  endpoints: -');
-    expect(lines[4]).toBe('no peers yet');
+    expect(lines[2]).toBe('  endpoints: -');
+    expect(lines[5]).toBe('no peers yet');
     expect(lines).not.toContain(expect.stringMatching(/^PEER/));
   });
 

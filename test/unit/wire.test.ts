@@ -12,8 +12,7 @@ import {
   TAG_LEN,
   TYPE_DATA,
   UNDERLAY_OVERHEAD,
-  writeHeader,
-} from '../../src/dataplane/wire';
+  writeHeader, FLAG_CSUM_PARTIAL } from '../../src/dataplane/wire';
 
 describe('wire constants', () => {
   it('have the documented sizes', () => {
@@ -91,10 +90,27 @@ describe('checkHeader', () => {
     expect(checkHeader(b, 0, 64)).toBe('type');
   });
 
-  it.each([1, 2, 3])('non-zero reserved byte %d is refused', (i) => {
+  it.each([2, 3])('non-zero reserved byte %d is refused', (i) => {
     const b = valid();
     b[i] = 1;
     expect(checkHeader(b, 0, 64)).toBe('type');
+  });
+
+  it('accepts the checksum-partial flag and refuses unknown flag bits', () => {
+    const b = valid();
+    b[1] = FLAG_CSUM_PARTIAL;
+    expect(checkHeader(b, 0, 64)).toBeNull();
+    for (const bit of [0x02, 0x04, 0x80]) {
+      b[1] = bit | FLAG_CSUM_PARTIAL;
+      expect(checkHeader(b, 0, 64)).toBe('type');
+    }
+  });
+
+  it('writes flags into byte 1', () => {
+    const b = Buffer.alloc(16);
+    writeHeader(b, 0, 7, 9, FLAG_CSUM_PARTIAL);
+    expect(b[1]).toBe(FLAG_CSUM_PARTIAL);
+    expect(checkHeader(b, 0, 64)).toBeNull();
   });
 
   it('checks at the given offset', () => {

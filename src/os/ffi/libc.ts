@@ -15,6 +15,11 @@ export const ioctlPtr = lib.func('int ioctl(int fd, unsigned long req, void *arg
   req: number,
   arg: Uint8Array | bigint,
 ) => number;
+export const ioctlNum = lib.func('int ioctl(int fd, unsigned long req, unsigned long arg)') as (
+  fd: number,
+  req: number,
+  arg: number,
+) => number;
 export const fcntl = lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
 export const readPtr = lib.func('intptr_t read(int fd, uintptr_t buf, size_t len)') as (
   fd: number,
@@ -124,3 +129,8 @@ export const TUNSETIFF = 0x400454ca;
 export const IFF_TUN = 0x0001;
 export const IFF_NO_PI = 0x1000;
 export const IFF_MULTI_QUEUE = 0x0100;
+export const IFF_VNET_HDR = 0x4000;
+export const TUNSETOFFLOAD = 0x400454d0;
+export const TUN_F_CSUM = 0x01;
+export const TUN_F_TSO4 = 0x02;
+export const TUN_F_TSO_ECN = 0x08;

@@ -8,6 +8,14 @@ import * as libc from '../ffi/libc';
 import { osError } from '../errors';
 import { CladnetError } from '../../errors';
 import { HEADER_LEN } from '../../dataplane/wire';
+import { allocNative, type NativeBlock } from '../ffi/mem';
+import {
+  completeChecksum,
+  l4ChecksumOffset,
+  splitFromTun,
+  VNET_HDR_LEN,
+  writeVnetHeader,
+} from '../../dataplane/offload';
 import type { PacketBatch } from '../../dataplane/batch';
 import type { TunIo } from '../../dataplane/io';
 
@@ -15,6 +23,8 @@ export interface TunDevice {
   readonly name: string;
   /** One descriptor per queue (one unless multiQueue). */
   readonly fds: readonly number[];
+  /** Reads and writes carry a virtio-net header; the kernel sends TSO super-packets. */
+  readonly offload: boolean;
   close(): void;
 }
 
@@ -25,7 +35,25 @@ export function validIfName(name: string): boolean {
   return /^[a-zA-Z0-9_.-]{1,15}$/.test(name) && name !== '.' && name !== '..';
 }
 
-export function openTun(name: string, queues = 1): TunDevice {
+export interface TunOptions {
+  queues?: number;
+  /** Ask for IFF_VNET_HDR with checksum and TCPv4 segmentation offload (falls back when refused). */
+  offload?: boolean;
+}
+
+export function openTun(name: string, opts: TunOptions = {}): TunDevice {
+  if (opts.offload) {
+    try {
+      return openTunWith(name, opts.queues ?? 1, true);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ECONFIG') throw e;
+      // An old kernel without TUN offloads: plain packets work everywhere.
+    }
+  }
+  return openTunWith(name, opts.queues ?? 1, false);
+}
+
+function openTunWith(name: string, queues: number, offload: boolean): TunDevice {
   if (!validIfName(name)) {
     throw new CladnetError('ECONFIG', `interface: "${name}" is not a valid interface name (1-15 of [A-Za-z0-9_.-])`, {
       field: 'interface',
@@ -43,57 +71,132 @@ export function openTun(name: string, queues = 1): TunDevice {
       const ifr = new Uint8Array(IFREQ);
       const nameBytes = Buffer.from(name, 'ascii');
       ifr.set(nameBytes.subarray(0, IFNAMSIZ - 1), 0);
-      const flags = libc.IFF_TUN | libc.IFF_NO_PI | (queues > 1 ? libc.IFF_MULTI_QUEUE : 0);
+      const flags =
+        libc.IFF_TUN | libc.IFF_NO_PI | (queues > 1 ? libc.IFF_MULTI_QUEUE : 0) | (offload ? libc.IFF_VNET_HDR : 0);
       ifr[IFNAMSIZ] = flags & 0xff;
       ifr[IFNAMSIZ + 1] = (flags >> 8) & 0xff;
       if (libc.ioctlPtr(fd, libc.TUNSETIFF, ifr) !== 0) throw osError(`ioctl(TUNSETIFF ${name})`);
+      if (offload && libc.ioctlNum(fd, libc.TUNSETOFFLOAD, libc.TUN_F_CSUM | libc.TUN_F_TSO4 | libc.TUN_F_TSO_ECN) !== 0) {
+        throw osError(`ioctl(TUNSETOFFLOAD ${name})`);
+      }
     }
   } catch (e) {
     close();
     throw e;
   }
-  return { name, fds, close };
+  return { name, fds, offload, close };
 }
 
-/** Reads and writes IP packets on one TUN queue, straight into native batch slots. */
+/** Largest read from a TUN with offloads: a 64 KiB super-packet and its virtio-net header. */
+const LANDING = 65536 + VNET_HDR_LEN;
+
+/**
+ * Reads and writes IP packets on one TUN queue, into and out of native batch slots. Without
+ * offloads each read lands in a slot at HEADER, no copy. With offloads each read lands in one
+ * 64 KiB buffer and is cut into slots (src/dataplane/offload.ts); a super-packet that does not fit
+ * in the slots left waits there for the next batch.
+ */
 export class TunBatchIo implements TunIo {
   private readonly slotPtr: bigint[] = [];
+  private readonly vnetPtr: bigint[] = [];
+  private readonly landing?: NativeBlock;
+  private pending = 0;
   /** Errors other than EAGAIN from read/write. */
   errors = 0;
   lastErrno = 0;
+  /** Reads that could not be turned into packets. */
+  malformed = 0;
 
   constructor(
     private readonly fd: number,
     private readonly batch: PacketBatch,
+    private readonly vnet = false,
   ) {
     if (batch.basePtr === 0n) throw new Error('TunBatchIo needs a batch in native memory');
-    for (let i = 0; i < batch.capacity; i++) this.slotPtr.push(batch.basePtr + BigInt(batch.offset(i) + HEADER_LEN));
+    for (let i = 0; i < batch.capacity; i++) {
+      const p = batch.basePtr + BigInt(batch.offset(i) + HEADER_LEN);
+      this.slotPtr.push(p);
+      this.vnetPtr.push(p - BigInt(VNET_HDR_LEN));
+    }
+    if (vnet) this.landing = allocNative(LANDING);
   }
 
   readBatch(batch: PacketBatch): number {
     if (batch !== this.batch) throw new Error('TunBatchIo used with a foreign batch');
+    return this.vnet ? this.readOffload(batch) : this.readPlain(batch);
+  }
+
+  private readPlain(batch: PacketBatch): number {
     const max = batch.maxPacket;
     let n = 0;
     while (n < batch.capacity) {
       const r = libc.readPtr(this.fd, this.slotPtr[n]!, max);
       if (r < 0) {
-        const e = libc.errno();
-        if (e === libc.EINTR) continue;
-        if (e !== libc.EAGAIN) {
-          this.errors++;
-          this.lastErrno = e;
-        }
+        if (this.readFailed()) continue;
         break;
       }
       batch.len[n] = r;
+      batch.flags[n] = 0;
       n++;
     }
     return n;
   }
 
-  writeSlot(batch: PacketBatch, i: number, len: number): boolean {
+  private readOffload(batch: PacketBatch): number {
+    const land = this.landing!;
+    let n = 0;
+    while (n < batch.capacity) {
+      let len = this.pending;
+      this.pending = 0;
+      if (len === 0) {
+        len = libc.readPtr(this.fd, land.ptr, LANDING);
+        if (len < 0) {
+          if (this.readFailed()) continue;
+          break;
+        }
+      }
+      const r = splitFromTun(land.buf, 0, len, batch, n);
+      if (r === 'full') {
+        if (n === 0) this.malformed++; // cannot fit even an empty batch: drop it
+        else this.pending = len;
+        break;
+      }
+      if (r === 'malformed') {
+        this.malformed++;
+        continue;
+      }
+      n += r;
+    }
+    return n;
+  }
+
+  /** True to retry (EINTR); otherwise records the error and returns false. */
+  private readFailed(): boolean {
+    const e = libc.errno();
+    if (e === libc.EINTR) return true;
+    if (e !== libc.EAGAIN) {
+      this.errors++;
+      this.lastErrno = e;
+    }
+    return false;
+  }
+
+  writeSlot(batch: PacketBatch, i: number, len: number, partial: boolean): boolean {
+    const pkt = batch.offset(i) + HEADER_LEN;
+    let ptr = this.slotPtr[i]!;
+    let n = len;
+    if (this.vnet) {
+      if (!writeVnetHeader(batch.buf, pkt, partial)) return false;
+      ptr = this.vnetPtr[i]!;
+      n = len + VNET_HDR_LEN;
+    } else if (partial) {
+      const ihl = (batch.buf[pkt]! & 15) * 4;
+      const off = l4ChecksumOffset(batch.buf[pkt + 9]!);
+      if (off < 0 || ihl + off + 2 > len) return false;
+      completeChecksum(batch.buf, pkt, len, ihl, off);
+    }
     for (;;) {
-      const r = libc.writePtr(this.fd, this.slotPtr[i]!, len);
+      const r = libc.writePtr(this.fd, ptr, n);
       if (r >= 0) return true;
       const e = libc.errno();
       if (e === libc.EINTR) continue;
@@ -101,5 +204,9 @@ export class TunBatchIo implements TunIo {
       this.lastErrno = e;
       return false;
     }
+  }
+
+  close(): void {
+    this.landing?.free();
   }
 }

@@ -1,0 +1,170 @@
+/**
+ * TUN offloads (IFF_VNET_HDR): with TSO enabled, the kernel hands the TUN reader whole TCP
+ * "super-packets" of up to 64 KiB plus a virtio-net header, instead of ~45 MTU-sized packets, and
+ * leaves TCP/UDP checksums to "hardware" (us). That saves the kernel most of its per-packet TCP
+ * work on the sending host. Here we do the hardware's job: cut a super-packet into MTU-sized
+ * segments, each a valid IPv4/TCP packet, straight into batch slots.
+ *
+ * Checksums: an inner L4 checksum the kernel left partial stays partial across the tunnel (wire
+ * flag FLAG_CSUM_PARTIAL, authenticated as part of the header); the receiving agent hands the
+ * packet to its kernel marked NEEDS_CSUM, which is what a virtio NIC does. Packets that arrive
+ * complete are handed over marked DATA_VALID: the AEAD already proved them intact.
+ */
+import type { PacketBatch } from './batch';
+import { FLAG_CSUM_PARTIAL, HEADER_LEN } from './wire';
+
+export const VNET_HDR_LEN = 10;
+export const VNET_F_NEEDS_CSUM = 1;
+export const VNET_F_DATA_VALID = 2;
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_ECN = 0x80;
+
+const PROTO_TCP = 6;
+const PROTO_UDP = 17;
+
+function fold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return sum;
+}
+
+/** One's-complement sum of 16-bit words of buf[off, off+len). */
+export function sum16(buf: Buffer, off: number, len: number, init = 0): number {
+  let s = init;
+  const end = off + (len & ~1);
+  for (let i = off; i < end; i += 2) s += (buf[i]! << 8) | buf[i + 1]!;
+  if (len & 1) s += buf[off + len - 1]! << 8;
+  return fold(s);
+}
+
+export function ipv4HeaderChecksum(buf: Buffer, ip: number, ihl: number): void {
+  buf[ip + 10] = 0;
+  buf[ip + 11] = 0;
+  const c = ~sum16(buf, ip, ihl) & 0xffff;
+  buf[ip + 10] = c >>> 8;
+  buf[ip + 11] = c & 0xff;
+}
+
+/** Pseudo-header sum (not complemented): what a CHECKSUM_PARTIAL packet carries in its L4 field. */
+function pseudoSum(buf: Buffer, ip: number, proto: number, l4len: number): number {
+  return fold(
+    ((buf[ip + 12]! << 8) | buf[ip + 13]!) +
+      ((buf[ip + 14]! << 8) | buf[ip + 15]!) +
+      ((buf[ip + 16]! << 8) | buf[ip + 17]!) +
+      ((buf[ip + 18]! << 8) | buf[ip + 19]!) +
+      proto +
+      l4len,
+  );
+}
+
+/** Offset of the checksum field inside the L4 header, or -1 for protocols we do not offload. */
+export function l4ChecksumOffset(proto: number): number {
+  return proto === PROTO_TCP ? 16 : proto === PROTO_UDP ? 6 : -1;
+}
+
+/** Completes a partial L4 checksum in place (the fallback when a packet cannot stay partial). */
+export function completeChecksum(buf: Buffer, pkt: number, len: number, csumStart: number, csumOffset: number): void {
+  const at = pkt + csumStart + csumOffset;
+  // The field holds the pseudo-header sum; summing the whole L4 segment over it gives the total.
+  const c = ~sum16(buf, pkt + csumStart, len - csumStart) & 0xffff;
+  buf[at] = c >>> 8;
+  buf[at + 1] = c & 0xff;
+}
+
+/** Why a TUN read could not be turned into packets (counted by the caller). */
+export type SplitResult = number | 'malformed' | 'full';
+
+/**
+ * Turns one TUN read (virtio-net header + packet, at src[off, off+len)) into packets in batch
+ * slots first.. (IP packet at slot + HEADER). Returns how many slots it filled, 'full' when they
+ * would not fit in the slots left (nothing written), or 'malformed'.
+ */
+export function splitFromTun(src: Buffer, off: number, len: number, batch: PacketBatch, first: number): SplitResult {
+  if (len < VNET_HDR_LEN + 20) return 'malformed';
+  const vflags = src[off]!;
+  const gso = src[off + 1]! & ~GSO_ECN;
+  const gsoSize = src.readUInt16LE(off + 4);
+  const csumStart = src.readUInt16LE(off + 6);
+  const csumOffset = src.readUInt16LE(off + 8);
+  const p = off + VNET_HDR_LEN;
+  const plen = len - VNET_HDR_LEN;
+  const buf = batch.buf;
+
+  if (gso === GSO_NONE) {
+    if (first >= batch.capacity) return 'full';
+    if (plen > batch.maxPacket) return 'malformed';
+    const dst = batch.offset(first) + HEADER_LEN;
+    src.copy(buf, dst, p, p + plen);
+    batch.len[first] = plen;
+    batch.flags[first] = 0;
+    if (vflags & VNET_F_NEEDS_CSUM) {
+      const ihl = (src[p]! & 15) * 4;
+      const proto = src[p + 9]!;
+      if (src[p]! >> 4 === 4 && csumStart === ihl && csumOffset === l4ChecksumOffset(proto)) {
+        batch.flags[first] = FLAG_CSUM_PARTIAL;
+      } else if (csumStart + csumOffset + 2 <= plen) {
+        completeChecksum(buf, dst, plen, csumStart, csumOffset);
+      } else return 'malformed';
+    }
+    return 1;
+  }
+  if (gso !== GSO_TCPV4 || src[p]! >> 4 !== 4) return 'malformed';
+
+  const ihl = (src[p]! & 15) * 4;
+  if (ihl < 20 || src[p + 9] !== PROTO_TCP || plen < ihl + 20) return 'malformed';
+  const thl = (src[p + ihl + 12]! >> 4) * 4;
+  const hlen = ihl + thl;
+  if (thl < 20 || hlen > plen || gsoSize === 0) return 'malformed';
+  const payload = plen - hlen;
+  const mss = Math.min(gsoSize, batch.maxPacket - hlen);
+  const count = Math.max(1, Math.ceil(payload / mss));
+  if (first + count > batch.capacity) return 'full';
+
+  const id0 = src.readUInt16BE(p + 4);
+  const seq0 = src.readUInt32BE(p + ihl + 4);
+  const tcpFlags = src[p + ihl + 13]!;
+  for (let k = 0; k < count; k++) {
+    const slot = first + k;
+    const dst = batch.offset(slot) + HEADER_LEN;
+    const from = k * mss;
+    const seg = Math.min(mss, payload - from);
+    src.copy(buf, dst, p, p + hlen);
+    src.copy(buf, dst + hlen, p + hlen + from, p + hlen + from + seg);
+    const total = hlen + seg;
+    buf.writeUInt16BE(total, dst + 2);
+    buf.writeUInt16BE((id0 + k) & 0xffff, dst + 4);
+    ipv4HeaderChecksum(buf, dst, ihl);
+    const t = dst + ihl;
+    buf.writeUInt32BE((seq0 + from) >>> 0, t + 4);
+    let f = tcpFlags;
+    if (k < count - 1) f &= ~0x09; // FIN and PSH only on the last segment
+    if (k > 0) f &= ~0x80; // CWR only on the first
+    buf[t + 13] = f;
+    const ps = pseudoSum(buf, dst, PROTO_TCP, thl + seg);
+    buf[t + 16] = ps >>> 8;
+    buf[t + 17] = ps & 0xff;
+    batch.len[slot] = total;
+    batch.flags[slot] = FLAG_CSUM_PARTIAL;
+  }
+  return count;
+}
+
+/**
+ * Writes the virtio-net header for one decrypted packet at buf[pkt - 10, pkt), in the room the
+ * wire header leaves. A partial checksum is passed on as NEEDS_CSUM, anything else as DATA_VALID.
+ */
+export function writeVnetHeader(buf: Buffer, pkt: number, partial: boolean): boolean {
+  const h = pkt - VNET_HDR_LEN;
+  buf.fill(0, h, pkt);
+  if (!partial) {
+    buf[h] = VNET_F_DATA_VALID;
+    return true;
+  }
+  const ihl = (buf[pkt]! & 15) * 4;
+  const off = l4ChecksumOffset(buf[pkt + 9]!);
+  if (off < 0) return false;
+  buf[h] = VNET_F_NEEDS_CSUM;
+  buf.writeUInt16LE(ihl, h + 6);
+  buf.writeUInt16LE(off, h + 8);
+  return true;
+}
