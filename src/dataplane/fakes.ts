@@ -50,6 +50,11 @@ export class FakeTun implements TunIo {
     return n;
   }
 
+  /** Nothing is held back in the fake: every writeSlot is delivered at once. */
+  flush(): number {
+    return 0;
+  }
+
   writeSlot(batch: PacketBatch, i: number, len: number): boolean {
     const start = batch.offset(i) + HEADER_LEN;
     const packet = Buffer.from(batch.buf.subarray(start, start + len));

@@ -163,6 +163,8 @@ export class Inbound {
       // 7. deliver
       this.deliver(peer, batch, i, off + HEADER_LEN, plen, tun);
     }
+    const refused = tun.flush();
+    if (refused > 0) drops[DROP.tunWrite]! += refused;
   }
 
   private deliver(peer: InPeer, batch: PacketBatch, i: number, pkt: number, plen: number, tun: TunIo): void {

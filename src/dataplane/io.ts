@@ -13,6 +13,11 @@ export interface TunIo {
    * only the pseudo-header sum (wire FLAG_CSUM_PARTIAL). False when the kernel refused it.
    */
   writeSlot(batch: PacketBatch, i: number, len: number, partial: boolean): boolean;
+  /**
+   * Writes whatever writeSlot held back to coalesce (receive offload); called at the end of each
+   * batch. Returns how many packets the kernel refused.
+   */
+  flush(): number;
 }
 
 export interface UdpIo {

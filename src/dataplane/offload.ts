@@ -168,3 +168,116 @@ export function writeVnetHeader(buf: Buffer, pkt: number, partial: boolean): boo
   buf.writeUInt16LE(off, h + 8);
   return true;
 }
+
+/** Largest packet the kernel accepts in one TUN write with a GSO header. */
+export const GRO_MAX = 65535;
+
+/**
+ * Receive-side coalescing (what a NIC's GRO does): consecutive in-order segments of one TCP flow
+ * are joined into one super-packet, so the receiving kernel runs its TCP input once per ~64 KiB
+ * instead of once per segment. The rules follow Linux's tcp_gro_receive: same addresses, ports,
+ * header lengths, options and ack number; payload sizes equal except a shorter last one; only
+ * ACK (and PSH on the last) flags; no IP options or fragments. Anything else ends the run.
+ *
+ * The run lives in `buf` at `base` (room for the virtio-net header before it).
+ */
+export class TcpCoalescer {
+  /** Bytes of the run (0 = none), its header length, segment size and count. */
+  len = 0;
+  private hlen = 0;
+  private seg = 0;
+  private count = 0;
+  private nextSeq = 0;
+  private closed = false;
+  private partial = false;
+
+  constructor(
+    readonly buf: Buffer,
+    readonly base: number,
+  ) {}
+
+  get segments(): number {
+    return this.count;
+  }
+
+  /** True when a packet can start a run (plain IPv4/TCP with payload, no options/fragments). */
+  static eligible(p: Buffer, off: number, len: number): boolean {
+    if (len < 40 || p[off] !== 0x45 || p[off + 9] !== PROTO_TCP) return false;
+    if ((p.readUInt16BE(off + 6) & 0x3fff) !== 0) return false; // MF or fragment offset
+    const thl = (p[off + 32]! >> 4) * 4;
+    const flags = p[off + 33]!;
+    return thl >= 20 && 20 + thl < len && (flags & ~0x18) === 0; // ACK, PSH only
+  }
+
+  /** Starts a run with this packet (caller checked eligible); `partial` as on the wire. */
+  start(p: Buffer, off: number, len: number, partial: boolean): void {
+    this.partial = partial;
+    p.copy(this.buf, this.base, off, off + len);
+    this.len = len;
+    this.hlen = 20 + (p[off + 32]! >> 4) * 4;
+    this.seg = len - this.hlen;
+    this.count = 1;
+    this.nextSeq = (p.readUInt32BE(off + 24) + this.seg) >>> 0;
+    this.closed = (p[off + 33]! & 0x08) !== 0; // PSH ends a run
+  }
+
+  /** Appends the packet's payload when it continues the run; false leaves the run unchanged. */
+  append(p: Buffer, off: number, len: number): boolean {
+    if (this.len === 0 || this.closed) return false;
+    const r = this.buf;
+    const h = this.base;
+    const hlen = this.hlen;
+    const payload = len - hlen;
+    if (payload <= 0 || payload > this.seg || this.len + payload > GRO_MAX) return false;
+    if (p[off] !== 0x45 || p[off + 9] !== PROTO_TCP || (p.readUInt16BE(off + 6) & 0x3fff) !== 0) return false;
+    if (20 + (p[off + 32]! >> 4) * 4 !== hlen) return false;
+    if (p.readUInt32BE(off + 24) !== this.nextSeq) return false;
+    const flags = p[off + 33]!;
+    if ((flags & ~0x18) !== 0 || (flags & ~0x08) !== (r[h + 33]! & ~0x08)) return false;
+    // addresses (12..20), ports (20..24), ack (28..32), window and options must match
+    for (let i = 12; i < 24; i++) if (p[off + i] !== r[h + i]) return false;
+    for (let i = 28; i < 32; i++) if (p[off + i] !== r[h + i]) return false;
+    for (let i = 40; i < hlen; i++) if (p[off + i] !== r[h + i]) return false;
+    if (p[off + 1] !== r[h + 1] || p[off + 8] !== r[h + 8]) return false; // TOS, TTL
+    p.copy(r, h + this.len, off + hlen, off + len);
+    this.len += payload;
+    this.count++;
+    this.nextSeq = (this.nextSeq + payload) >>> 0;
+    if (flags & 0x08) {
+      r[h + 33] = r[h + 33]! | 0x08;
+      this.closed = true;
+    }
+    if (payload < this.seg) this.closed = true; // a short segment is the last one
+    return true;
+  }
+
+  /**
+   * Finishes the run: fixes the IP header, writes the virtio-net header before it, and returns
+   * the bytes to hand to the TUN from base - VNET_HDR_LEN (0 when there is no run).
+   */
+  finish(): number {
+    if (this.len === 0) return 0;
+    const r = this.buf;
+    const h = this.base;
+    const len = this.len;
+    this.len = 0;
+    if (this.count === 1) {
+      writeVnetHeader(r, h, this.partial);
+      return len + VNET_HDR_LEN;
+    }
+    r.writeUInt16BE(len, h + 2);
+    ipv4HeaderChecksum(r, h, 20);
+    const ps = pseudoSum(r, h, PROTO_TCP, len - 20);
+    r[h + 36] = ps >>> 8;
+    r[h + 37] = ps & 0xff;
+    const v = h - VNET_HDR_LEN;
+    r.fill(0, v, h);
+    r[v] = VNET_F_NEEDS_CSUM;
+    r[v + 1] = GSO_TCPV4;
+    r.writeUInt16LE(this.hlen, v + 2);
+    r.writeUInt16LE(this.seg, v + 4);
+    r.writeUInt16LE(20, v + 6);
+    r.writeUInt16LE(16, v + 8);
+    return len + VNET_HDR_LEN;
+  }
+}

@@ -11,8 +11,10 @@ import { HEADER_LEN } from '../../dataplane/wire';
 import { allocNative, type NativeBlock } from '../ffi/mem';
 import {
   completeChecksum,
+  GRO_MAX,
   l4ChecksumOffset,
   splitFromTun,
+  TcpCoalescer,
   VNET_HDR_LEN,
   writeVnetHeader,
 } from '../../dataplane/offload';
@@ -101,6 +103,12 @@ export class TunBatchIo implements TunIo {
   private readonly vnetPtr: bigint[] = [];
   private readonly landing?: NativeBlock;
   private pending = 0;
+  private readonly groMem?: NativeBlock;
+  private readonly gro?: TcpCoalescer;
+  private groPtr = 0n;
+  /** Segments written as part of coalesced super-packets, and super-packets written. */
+  coalesced = 0;
+  superPackets = 0;
   /** Errors other than EAGAIN from read/write. */
   errors = 0;
   lastErrno = 0;
@@ -118,7 +126,12 @@ export class TunBatchIo implements TunIo {
       this.slotPtr.push(p);
       this.vnetPtr.push(p - BigInt(VNET_HDR_LEN));
     }
-    if (vnet) this.landing = allocNative(LANDING);
+    if (vnet) {
+      this.landing = allocNative(LANDING);
+      this.groMem = allocNative(GRO_MAX + HEADER_LEN);
+      this.gro = new TcpCoalescer(this.groMem.buf, HEADER_LEN);
+      this.groPtr = this.groMem.ptr + BigInt(HEADER_LEN - VNET_HDR_LEN);
+    }
   }
 
   readBatch(batch: PacketBatch): number {
@@ -186,6 +199,13 @@ export class TunBatchIo implements TunIo {
     let ptr = this.slotPtr[i]!;
     let n = len;
     if (this.vnet) {
+      const gro = this.gro!;
+      if (gro.append(batch.buf, pkt, len)) return true;
+      const ok = this.flush() === 0;
+      if (TcpCoalescer.eligible(batch.buf, pkt, len)) {
+        gro.start(batch.buf, pkt, len, partial);
+        return ok;
+      }
       if (!writeVnetHeader(batch.buf, pkt, partial)) return false;
       ptr = this.vnetPtr[i]!;
       n = len + VNET_HDR_LEN;
@@ -195,6 +215,10 @@ export class TunBatchIo implements TunIo {
       if (off < 0 || ihl + off + 2 > len) return false;
       completeChecksum(batch.buf, pkt, len, ihl, off);
     }
+    return this.write(ptr, n);
+  }
+
+  private write(ptr: bigint, n: number): boolean {
     for (;;) {
       const r = libc.writePtr(this.fd, ptr, n);
       if (r >= 0) return true;
@@ -206,7 +230,21 @@ export class TunBatchIo implements TunIo {
     }
   }
 
+  /** Writes a pending coalesced run. Returns how many packets the kernel refused. */
+  flush(): number {
+    const gro = this.gro;
+    if (!gro || gro.len === 0) return 0;
+    const segs = gro.segments;
+    const n = gro.finish();
+    if (segs > 1) {
+      this.superPackets++;
+      this.coalesced += segs;
+    }
+    return this.write(this.groPtr, n) ? 0 : segs;
+  }
+
   close(): void {
     this.landing?.free();
+    this.groMem?.free();
   }
 }
