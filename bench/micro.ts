@@ -168,7 +168,7 @@ function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; cl
   const list = new SendList(BATCH);
   const pkt = ipv4Packet(size, ipA, ipB);
   let delivered = 0;
-  const sink: TunIo = { readBatch: () => 0, writeSlot: () => (delivered++, true) };
+  const sink: TunIo = { readBatch: () => 0, writeSlot: () => (delivered++, true), flush: () => 0 };
   let short = 0;
   const pass = (tun: TunIo) => {
     for (let i = 0; i < BATCH; i++) {

@@ -14,6 +14,7 @@
  * restart reuses key and address), workers stopped, TUN closed (the kernel removes the device
  * with its addresses and routes), socket closed.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
@@ -89,6 +90,8 @@ export class Agent {
   private readonly freeSlots: number[] = [];
   private nextSlot = 0;
   private readonly startedAt = new Date();
+  /** This run's id, published in the host record; peers key our sessions on it. */
+  private readonly session = randomBytes(8).toString('hex');
   private stopping?: Promise<void>;
   private readonly log: Logger;
 
@@ -185,7 +188,14 @@ export class Agent {
     let delay = 250;
     while (!this.stopping && this.registry) {
       try {
-        await this.registry.publish(this.hostRecord());
+        const res = await this.registry.publish(this.hostRecord());
+        if (!res.written) {
+          this.log.error(
+            { epoch: res.current.epoch, session: res.current.session },
+            'another agent published under this host name after us; not overwriting it (two hosts with one name?)',
+          );
+          return;
+        }
         await this.registry.startAlive();
         return;
       } catch (e) {
@@ -216,6 +226,7 @@ export class Agent {
       listenPort: this.udp!.port,
       epoch: 0,
       updated: new Date().toISOString(),
+      session: this.session,
     };
   }
 
@@ -251,7 +262,8 @@ export class Agent {
       }
       seen.add(name);
       const old = this.peers.get(name);
-      if (old && old.record.publicKey === rec.publicKey) {
+      const keyId = `${rec.publicKey}:${rec.session}`;
+      if (old && old.worker.keyId === keyId) {
         old.worker = { ...old.worker, overlayIp: overlay, endpointIp: ep.ip, endpointPort: ep.port };
         if (old.record.endpoints[0] !== rec.endpoints[0]) old.roamed = undefined;
         old.record = rec;
@@ -259,7 +271,7 @@ export class Agent {
       }
       let session;
       try {
-        session = this.kx.derive(new Uint8Array(Buffer.from(rec.publicKey, 'base64')));
+        session = this.kx.derive(new Uint8Array(Buffer.from(rec.publicKey, 'base64')), this.session, rec.session);
       } catch (e) {
         this.log.warn({ peer: name, err: (e as Error).message }, 'cannot agree keys with peer; skipped');
         continue;
@@ -276,14 +288,17 @@ export class Agent {
           allowed: [],
           endpointIp: ep.ip,
           endpointPort: ep.port,
-          keyId: rec.publicKey,
+          keyId,
           txKey: session.txKey,
           rxKey: session.rxKey,
           txIndex: session.txIndex,
           rxIndex: session.rxIndex,
         },
       });
-      if (!old) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoint: rec.endpoints[0] }, 'peer added');
+      this.log.info(
+        { peer: name, overlayIp: rec.overlayIp, endpoint: rec.endpoints[0] },
+        old ? 'peer restarted: new session keys' : 'peer added',
+      );
     }
     for (const [name, p] of this.peers) {
       if (seen.has(name)) continue;

@@ -41,6 +41,8 @@ export interface HostRecord {
   listenPort: number;
   epoch: number; // set by Registry.publish, monotonic per host
   updated: string; // ISO 8601
+  /** Random per agent run (16 hex digits): peers derive fresh keys when it changes. */
+  session: string;
 }
 
 /** Value of /leases/<ip>. */
@@ -145,6 +147,12 @@ function stringArray(o: Record<string, unknown>, field: string, max: number, che
   });
 }
 
+function session(o: Record<string, unknown>, field: string): string {
+  const v = str(o, field);
+  if (!/^[0-9a-f]{16}$/.test(v)) fail(field, `${show(v)} is not 16 lowercase hex digits`);
+  return v;
+}
+
 function guard<T>(f: () => T): Parsed<T> {
   try {
     return { ok: true, value: f() };
@@ -199,6 +207,7 @@ export function parseHostRecord(raw: string | Buffer, expect: { network?: string
       listenPort: int(o, 'listenPort', 1, 65535),
       epoch: int(o, 'epoch', 0, Number.MAX_SAFE_INTEGER),
       updated: isoTime(o, 'updated'),
+      session: session(o, 'session'),
     };
     return freezeDeep(rec);
   });
@@ -236,8 +245,8 @@ export function serializeNetworkSpec(s: NetworkSpec): string {
 }
 
 export function serializeHostRecord(r: HostRecord): string {
-  const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated } = r;
-  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated });
+  const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session } = r;
+  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session });
 }
 
 export function serializeLeaseRecord(r: LeaseRecord): string {

@@ -22,7 +22,12 @@ export interface SessionKeys {
 }
 
 export interface KeyAgreement {
-  derive(peerPublicKey: Uint8Array): SessionKeys;
+  /**
+   * Keys for talking to one peer. `selfSession` and `peerSession` name the two agents' current
+   * runs: a restart on either side changes them and so the keys, which resets counters and replay
+   * windows on both sides and makes packets of an earlier run useless to an attacker.
+   */
+  derive(peerPublicKey: Uint8Array, selfSession: string, peerSession: string): SessionKeys;
 }
 
 export async function generateKeyPair(): Promise<KeyPair> {
@@ -56,8 +61,8 @@ function concat(...parts: Uint8Array[]): Uint8Array {
 
 /**
  * Static Diffie-Hellman: both hosts compute X25519(own private, peer public), then BLAKE2b keyed
- * by a label over (shared, lower public key, higher public key) gives 64 bytes: the first 32 key
- * the lower->higher direction, the last 32 the other. No forward secrecy: a leaked static key
+ * by a label over (shared, lower public key, higher public key, both run ids in the same order)
+ * gives 64 bytes: the first 32 key the lower->higher direction, the last 32 the other. No forward secrecy: a leaked static key
  * opens recorded traffic. The handshake that replaces it keeps this interface.
  */
 export class StaticKeyAgreement implements KeyAgreement {
@@ -70,14 +75,16 @@ export class StaticKeyAgreement implements KeyAgreement {
     return new StaticKeyAgreement(await loadSodium(), self);
   }
 
-  derive(peerPublicKey: Uint8Array): SessionKeys {
+  derive(peerPublicKey: Uint8Array, selfSession: string, peerSession: string): SessionKeys {
     const s = this.s;
     if (peerPublicKey.length !== 32) throw new RangeError('peer public key must be 32 bytes');
     const shared = s.crypto_scalarmult(this.self.privateKey, peerPublicKey);
     if (shared.every((b) => b === 0)) throw new RangeError('peer public key is a low-order point');
     const selfLow = compare(this.self.publicKey, peerPublicKey) < 0;
     const [low, high] = selfLow ? [this.self.publicKey, peerPublicKey] : [peerPublicKey, this.self.publicKey];
-    const okm = s.crypto_generichash(64, concat(shared, low, high), LABEL_KEYS);
+    const [lowRun, highRun] = selfLow ? [selfSession, peerSession] : [peerSession, selfSession];
+    const runs = new TextEncoder().encode(`${lowRun}:${highRun}`);
+    const okm = s.crypto_generichash(64, concat(shared, low, high, runs), LABEL_KEYS);
     shared.fill(0);
     const lowToHigh = okm.slice(0, 32);
     const highToLow = okm.slice(32, 64);
@@ -85,14 +92,14 @@ export class StaticKeyAgreement implements KeyAgreement {
     return {
       txKey: selfLow ? lowToHigh : highToLow,
       rxKey: selfLow ? highToLow : lowToHigh,
-      txIndex: indexFor(s, this.self.publicKey, peerPublicKey),
-      rxIndex: indexFor(s, peerPublicKey, this.self.publicKey),
+      txIndex: indexFor(s, this.self.publicKey, peerPublicKey, runs),
+      rxIndex: indexFor(s, peerPublicKey, this.self.publicKey, runs),
     };
   }
 }
 
 /** Receiver index for packets from `sender` to `receiver`: public, stable, collision-checked by the receiver. */
-function indexFor(s: Sodium, sender: Uint8Array, receiver: Uint8Array): number {
-  const h = s.crypto_generichash(16, concat(sender, receiver), LABEL_INDEX);
+function indexFor(s: Sodium, sender: Uint8Array, receiver: Uint8Array, runs: Uint8Array): number {
+  const h = s.crypto_generichash(16, concat(sender, receiver, runs), LABEL_INDEX);
   return (h[0]! | (h[1]! << 8) | (h[2]! << 16) | (h[3]! << 24)) >>> 0;
 }

@@ -33,6 +33,7 @@ function host(network: string, name: string, overlayIp: string, hostCidrs: strin
     listenPort: 51820,
     epoch: 1,
     updated: '2026-11-21T00:00:00Z',
+    session: '0123456789abcdef',
   };
 }
 

@@ -26,6 +26,7 @@ function record(name: string, overlayIp: string, extra: Partial<HostRecord> = {}
     listenPort: 51820,
     epoch: 0,
     updated: new Date().toISOString(),
+    session: '0123456789abcdef',
     ...extra,
   };
 }

@@ -24,6 +24,7 @@ function record(name: string, overlayIp: string): HostRecord {
     listenPort: 51820,
     epoch: 0,
     updated: new Date().toISOString(),
+    session: '0123456789abcdef',
   };
 }
 

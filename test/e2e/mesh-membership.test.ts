@@ -50,6 +50,26 @@ describe.skipIf(!isRoot)('hosts joining and leaving', () => {
     }
   });
 
+  it('a restarted host comes back with the same key and overlay IP, and traffic flows both ways again', async () => {
+    const h3 = bed.agent('h3');
+    const before = (await h3.status()).self;
+    const peer = bed.agents.find((a) => a !== h3)!;
+    const peerIp = (await peer.status()).self.overlayIp;
+    // Traffic first, so both sides hold counters and replay windows from the old run.
+    expect((await ping(bed.topo, peer.host.ns, before.overlayIp, { count: 3, intervalS: 0.05 })).ok).toBe(true);
+    expect(await h3.stop({ signal: 'SIGTERM', timeoutMs: 5_000 })).toEqual({ code: 0, signal: null });
+
+    const again = await bed.start(h3.host);
+    const after = (await again.status()).self;
+    expect(after.publicKey).toBe(before.publicKey);
+    expect(after.overlayIp).toBe(before.overlayIp);
+    const reply = await firstReply(bed.topo, peer.host.ns, after.overlayIp, { intervalS: 0.05, deadlineS: 10 });
+    expect(reply, `${peer.name} -> restarted h3\n${again.logTail()}`).not.toBeNull();
+    expect((await ping(bed.topo, again.host.ns, peerIp, { count: 2, intervalS: 0.1 })).ok, 'restarted h3 -> peer').toBe(true);
+    const drops = (await peer.status()).dataplane.drops;
+    console.log(`restart: first reply ${reply! - again.spawnedAt} ms after respawn; peer drops ${JSON.stringify(drops)}`);
+  });
+
   it(`forgets a host stopped with SIGTERM within ${LEAVE_BUDGET_MS} ms and leaves no TUN or route behind`, async () => {
     const gone = bed.agent('h2');
     const goneIp = (await gone.status()).self.overlayIp;

@@ -17,6 +17,7 @@ function rec(name: string, overlayIp: string, extra: Partial<HostRecord> = {}): 
     listenPort: 51820,
     epoch: 1,
     updated: '2026-11-21T00:00:00Z',
+    session: '0123456789abcdef',
     ...extra,
   };
 }

@@ -25,6 +25,7 @@ const host: HostRecord = {
   listenPort: 51820,
   epoch: 3,
   updated: '2026-11-21T01:02:03.456Z',
+  session: '0123456789abcdef',
 };
 
 function withField(base: object, field: string, value: unknown): string {
@@ -116,6 +117,7 @@ describe('parseHostRecord', () => {
     ['epoch', -1, /^epoch: -1 is outside/],
     ['epoch', 1.5, /^epoch: expected an integer, got 1.5$/],
     ['updated', '', /^updated: "" is not an ISO 8601 time$/],
+    ['session', 'XYZ', /^session: "XYZ" is not 16 lowercase hex digits$/],
   ])('names %s when it is %j', (field, value, re) => {
     expect(errorOf(parseHostRecord(withField(host, field, value)))).toMatch(re);
   });

@@ -5,6 +5,7 @@
  * including the inbound -> outbound requests (pong, roam), so the stages are tested end to end
  * without a kernel and with every step under the test's control.
  */
+const RUN = '0000000000000000';
 import { randomBytes } from 'node:crypto';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { WasmAead } from '../../src/crypto/aead';
@@ -251,12 +252,12 @@ async function mesh(): Promise<Mesh> {
   );
   const kx = await Promise.all(ids.map((id) => StaticKeyAgreement.create(id.keys)));
   const [A, B, C] = ids as [Identity, Identity, Identity];
-  const ab = kx[0]!.derive(B.keys.publicKey);
-  const ac = kx[0]!.derive(C.keys.publicKey);
-  const ba = kx[1]!.derive(A.keys.publicKey);
-  const bc = kx[1]!.derive(C.keys.publicKey);
-  const ca = kx[2]!.derive(A.keys.publicKey);
-  const cb = kx[2]!.derive(B.keys.publicKey);
+  const ab = kx[0]!.derive(B.keys.publicKey, RUN, RUN);
+  const ac = kx[0]!.derive(C.keys.publicKey, RUN, RUN);
+  const ba = kx[1]!.derive(A.keys.publicKey, RUN, RUN);
+  const bc = kx[1]!.derive(C.keys.publicKey, RUN, RUN);
+  const ca = kx[2]!.derive(A.keys.publicKey, RUN, RUN);
+  const cb = kx[2]!.derive(B.keys.publicKey, RUN, RUN);
   const peersOfA = () => [workerPeer(SLOT_OF_B_AT_A, B, ab), workerPeer(SLOT_OF_C_AT_A, C, ac)];
   const peersOfB = () => [workerPeer(SLOT_OF_A_AT_B, A, ba), workerPeer(SLOT_OF_C_AT_B, C, bc)];
   a!.setPeers(peersOfA());
@@ -630,7 +631,7 @@ describe('data plane over fakes', () => {
       net.deliver(from(ATTACKER, 4000, b, await forge(randomBytes(32), m.ba.rxIndex, 0, p)));
       // An insider (peer C) sealing with its own key to B, but naming A's index to pass as A.
       const kxC = await StaticKeyAgreement.create(c.id.keys);
-      const cToB = kxC.derive(b.id.keys.publicKey);
+      const cToB = kxC.derive(b.id.keys.publicKey, RUN, RUN);
       net.deliver(from(c.id.underlayIp, c.id.port, b, await forge(cToB.txKey, m.ba.rxIndex, 1, p)));
       // Sanity: the same forgery with C's own index is a valid packet from C (then spoofed inside).
       net.deliver(from(c.id.underlayIp, c.id.port, b, await forge(cToB.txKey, cToB.txIndex, 0, p)));
@@ -847,8 +848,8 @@ describe('data plane over fakes', () => {
 
       // A gets a new identity; both sides derive new keys and see a new keyId.
       const newA = await generateKeyPair();
-      const ab2 = (await StaticKeyAgreement.create(newA)).derive(b.id.keys.publicKey);
-      const ba2 = (await StaticKeyAgreement.create(b.id.keys)).derive(newA.publicKey);
+      const ab2 = (await StaticKeyAgreement.create(newA)).derive(b.id.keys.publicKey, RUN, RUN);
+      const ba2 = (await StaticKeyAgreement.create(b.id.keys)).derive(newA.publicKey, RUN, RUN);
       const peersOfA = m.peersOfA();
       peersOfA[0] = workerPeer(SLOT_OF_B_AT_A, b.id, ab2, 'k2');
       a.setPeers(peersOfA);
