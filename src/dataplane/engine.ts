@@ -90,7 +90,7 @@ export class DataplaneEngine {
       const worker = new Worker(script, {
         workerData: init,
         transferList: [init.control, init.sibling],
-        resourceLimits: { maxOldGenerationSizeMb: 64 },
+        resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
       });
       const port = h.chan.port1;
       ready.push(

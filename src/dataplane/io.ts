@@ -6,8 +6,12 @@
 import type { PacketBatch, SendList } from './batch';
 
 export interface TunIo {
-  /** Reads up to batch.capacity packets into slots at HEADER. Returns the count (0 = none ready). */
-  readBatch(batch: PacketBatch): number;
+  /**
+   * Reads packets into slots at HEADER until the TUN is empty or `maxReads` reads were made
+   * (default: until the batch is full). Returns the packet count (0 = none ready); one read may
+   * yield several packets when the TUN hands over segmentation-offload super-packets.
+   */
+  readBatch(batch: PacketBatch, maxReads?: number): number;
   /**
    * Writes the IP packet of `len` bytes at slot i + HEADER. `partial` says its L4 checksum holds
    * only the pseudo-header sum (wire FLAG_CSUM_PARTIAL). False when the kernel refused it.

@@ -25,9 +25,14 @@ export interface Clock {
   mono(): number;
 }
 
+/**
+ * performance.now() is monotonic within a thread; adding the thread's timeOrigin puts every
+ * thread of the process on one scale (RTT stamps cross from the outbound to the inbound worker).
+ */
+const origin = performance.timeOrigin;
 export const systemClock: Clock = {
   now: () => Date.now(),
-  mono: () => Number(process.hrtime.bigint()) / 1e6,
+  mono: () => origin + performance.now(),
 };
 
 /** Longest-prefix match over a small table; exact /32 overlay addresses go through a Map first. */

@@ -49,6 +49,8 @@ export type FromWorker =
 
 /** How long an idle worker sleeps in poll before looking at its mailbox again. */
 const IDLE_POLL_MS = 100;
+/** A poll that returned faster than this found packets already queued: read them all. */
+const GREEDY_BELOW_MS = 0.02;
 /** How often timers run while busy. */
 const TIMER_MS = 50;
 
@@ -95,16 +97,40 @@ async function main(init: WorkerInit): Promise<void> {
       }
       if (clist.count > 0) cudp.sendBatch(cbatch, clist);
     };
+    let lastTimers = 0;
+    const runTimers = () => {
+      const mono = clock.mono();
+      if (mono - lastTimers < TIMER_MS) return;
+      lastTimers = mono;
+      clist.count = 0;
+      out.timers(cbatch, clist);
+      if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+    };
     drain();
     post({ t: 'ready', crypto: aead.name });
-    let lastTimers = 0;
+    let busy = false;
+    let greedy = false;
     while (Atomics.load(ctrl, CTRL_STOP) === 0) {
-      const m = Atomics.load(ctrl, CTRL_MAIL);
-      if (m !== mail) {
-        mail = m;
-        drain();
+      // Poll first, read second: a lone packet then costs poll + read + send, nothing more.
+      // While busy (the last read filled the batch) go straight back to reading; when poll
+      // returned at once (packets were already queued) read until the TUN is empty.
+      if (!busy) {
+        const t0 = performance.now();
+        const ready = poller.wait(IDLE_POLL_MS);
+        greedy = performance.now() - t0 < GREEDY_BELOW_MS;
+        if ((ready & 2) !== 0) wake.drain();
+        const m = Atomics.load(ctrl, CTRL_MAIL);
+        if (m !== mail) {
+          mail = m;
+          drain();
+        }
+        if ((ready & 1) === 0) {
+          runTimers();
+          continue;
+        }
       }
-      const n = tun.readBatch(batch);
+      const n = tun.readBatch(batch, busy || greedy ? batch.capacity : 1);
+      busy = n === batch.capacity || tun.pendingRead;
       if (n > 0) {
         out.process(batch, n, list);
         if (list.count > 0) {
@@ -112,14 +138,14 @@ async function main(init: WorkerInit): Promise<void> {
           if (sent < list.count) stats.drops[DROP.sendFailed]! += list.count - sent;
         }
       }
-      const mono = clock.mono();
-      if (mono - lastTimers >= TIMER_MS) {
-        lastTimers = mono;
-        clist.count = 0;
-        out.timers(cbatch, clist);
-        if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+      runTimers();
+      if (busy) {
+        const m = Atomics.load(ctrl, CTRL_MAIL);
+        if (m !== mail) {
+          mail = m;
+          drain();
+        }
       }
-      if (n === 0 && (poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
     }
     out.close();
     tun.close();
@@ -152,15 +178,28 @@ async function main(init: WorkerInit): Promise<void> {
     };
     drain();
     post({ t: 'ready', crypto: aead.name });
+    let busy = false;
     while (Atomics.load(ctrl, CTRL_STOP) === 0) {
+      if (!busy) {
+        const ready = poller.wait(IDLE_POLL_MS);
+        if ((ready & 2) !== 0) wake.drain();
+        if ((ready & 1) === 0) {
+          const m = Atomics.load(ctrl, CTRL_MAIL);
+          if (m !== mail) {
+            mail = m;
+            drain();
+          }
+          continue;
+        }
+      }
       const m = Atomics.load(ctrl, CTRL_MAIL);
       if (m !== mail) {
         mail = m;
         drain();
       }
       const n = udp.recvBatch(batch);
+      busy = n === batch.capacity;
       if (n > 0) inb.process(batch, n, tun);
-      else if ((poller.wait(IDLE_POLL_MS) & 2) !== 0) wake.drain();
     }
     inb.close();
     tun.close();

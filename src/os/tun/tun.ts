@@ -134,15 +134,20 @@ export class TunBatchIo implements TunIo {
     }
   }
 
-  readBatch(batch: PacketBatch): number {
-    if (batch !== this.batch) throw new Error('TunBatchIo used with a foreign batch');
-    return this.vnet ? this.readOffload(batch) : this.readPlain(batch);
+  /** A super-packet read earlier waits for the next batch. */
+  get pendingRead(): boolean {
+    return this.pending > 0;
   }
 
-  private readPlain(batch: PacketBatch): number {
+  readBatch(batch: PacketBatch, maxReads = batch.capacity): number {
+    if (batch !== this.batch) throw new Error('TunBatchIo used with a foreign batch');
+    return this.vnet ? this.readOffload(batch, maxReads) : this.readPlain(batch, maxReads);
+  }
+
+  private readPlain(batch: PacketBatch, maxReads: number): number {
     const max = batch.maxPacket;
     let n = 0;
-    while (n < batch.capacity) {
+    while (n < batch.capacity && n < maxReads) {
       const r = libc.readPtr(this.fd, this.slotPtr[n]!, max);
       if (r < 0) {
         if (this.readFailed()) continue;
@@ -155,10 +160,11 @@ export class TunBatchIo implements TunIo {
     return n;
   }
 
-  private readOffload(batch: PacketBatch): number {
+  private readOffload(batch: PacketBatch, maxReads: number): number {
     const land = this.landing!;
     let n = 0;
-    while (n < batch.capacity) {
+    let reads = 0;
+    while (n < batch.capacity && reads++ < maxReads) {
       let len = this.pending;
       this.pending = 0;
       if (len === 0) {

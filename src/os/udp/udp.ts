@@ -83,6 +83,7 @@ export class UdpBatchIo implements UdpIo {
   /** Slot addresses split in 32-bit halves, so writing them allocates no BigInt. */
   private readonly slotLo: Uint32Array;
   private readonly slotHi: Uint32Array;
+  private recvReady = false;
   /** Datagrams the kernel refused with an error other than EAGAIN (e.g. ENETUNREACH). */
   sendErrors = 0;
   lastErrno = 0;
@@ -124,9 +125,14 @@ export class UdpBatchIo implements UdpIo {
     if (batch !== this.batch) throw new Error('UdpBatchIo used with a foreign batch');
     const m = this.m;
     const n0 = batch.capacity;
-    for (let i = 0; i < n0; i++) {
-      m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8);
-      this.setIov(i, i, batch.slotSize);
+    if (!this.recvReady) {
+      // The receive vector (slot i <- message i, full slot size) stays valid until a send
+      // reuses the headers; recvmmsg itself only rewrites msg_namelen and msg_len.
+      for (let i = 0; i < n0; i++) {
+        m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8);
+        this.setIov(i, i, batch.slotSize);
+      }
+      this.recvReady = true;
     }
     const n = libc.recvmmsg(this.fd, this.vec, n0, libc.MSG_DONTWAIT, 0n);
     if (n < 0) {
@@ -135,6 +141,7 @@ export class UdpBatchIo implements UdpIo {
       return 0;
     }
     for (let i = 0; i < n; i++) {
+      m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8);
       batch.len[i] = m.readUInt32LE(i * MMSG + 56);
       const a = this.namesOff + i * SOCKADDR_IN;
       batch.port[i] = m.readUInt16BE(a + 2);
@@ -147,6 +154,7 @@ export class UdpBatchIo implements UdpIo {
     if (batch !== this.batch) throw new Error('UdpBatchIo used with a foreign batch');
     const m = this.m;
     const count = list.count;
+    this.recvReady = false;
     for (let j = 0; j < count; j++) {
       const i = list.idx[j]!;
       m.writeUInt32LE(SOCKADDR_IN, j * MMSG + 8);
