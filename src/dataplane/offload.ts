@@ -237,6 +237,7 @@ export class TcpCoalescer {
     // addresses (12..20), ports (20..24), ack (28..32), window and options must match
     for (let i = 12; i < 24; i++) if (p[off + i] !== r[h + i]) return false;
     for (let i = 28; i < 32; i++) if (p[off + i] !== r[h + i]) return false;
+    if (p[off + 34] !== r[h + 34] || p[off + 35] !== r[h + 35]) return false; // window
     for (let i = 40; i < hlen; i++) if (p[off + i] !== r[h + i]) return false;
     if (p[off + 1] !== r[h + 1] || p[off + 8] !== r[h + 8]) return false; // TOS, TTL
     p.copy(r, h + this.len, off + hlen, off + len);
