@@ -1,22 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { planOverlayPrefixes, PLAN_POOLS, SOFT_AVOID } from '../../src/control/plan';
 import { formatPrefix, overlaps, parsePrefix, Prefix, prefixSize } from '../../src/util/ipv4';
+import { rng } from '../helpers/rng';
 
 const P = (s: string): Prefix => parsePrefix(s, true)!;
 const fmt = (l: Prefix[]) => l.map(formatPrefix);
 
 /** mulberry32: a small seeded PRNG, so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 function randomUsed(r: () => number): Prefix[] {
   const n = Math.floor(r() * 40);
   const out: Prefix[] = [];

@@ -45,6 +45,7 @@ import {
   writeHeader,
 } from '../../src/dataplane/wire';
 import { parseIpv4, parsePrefix, type Prefix } from '../../src/util/ipv4';
+import { rng } from '../helpers/rng';
 
 const MTU = 1420;
 const CAP = 16;
@@ -86,16 +87,6 @@ function ipv6(payload = 40): Buffer {
 }
 
 /** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Nodes

@@ -22,6 +22,7 @@ import {
   VNET_HDR_LEN,
   writeVnetHeader,
 } from '../../src/dataplane/offload';
+import { rng } from '../helpers/rng';
 
 // ---------------------------------------------------------------------------------------------
 // Reference implementation (RFC 1071), deliberately different from offload.ts: BigInt sum over
@@ -94,16 +95,6 @@ function tcpVerifies(pkt: Buffer): boolean {
 // Deterministic random data
 // ---------------------------------------------------------------------------------------------
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomBytes(n: number, seed: number): Buffer {
   const r = rng(seed);

@@ -1,18 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { REPLAY_WINDOW, ReplayWindow } from '../../src/dataplane/replay';
 import { COUNTER_LIMIT } from '../../src/dataplane/wire';
+import { rng } from '../helpers/rng';
 
 /** Deterministic PRNG (mulberry32) so a failure reproduces. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The specification, written the obvious way: every accepted counter in a Set. */
 class ReferenceWindow {
