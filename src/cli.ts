@@ -9,8 +9,28 @@ import { CladnetError } from './errors';
 import { createRootLogger } from './log';
 
 const DEFAULT_SOCKET = '/run/cladnet/cladnet.sock';
-const etcdOption = () =>
-  new Option('--etcd <urls>', 'etcd endpoints, comma separated').env('CLADNET_ETCD').default('http://127.0.0.1:2379');
+/** How to reach etcd: endpoints, TLS files, user and password (the agent's settings of the same names). */
+interface EtcdFlags {
+  etcd: string;
+  etcdCa?: string;
+  etcdCert?: string;
+  etcdKey?: string;
+  etcdUser?: string;
+  etcdPassword?: string;
+  etcdPasswordFile?: string;
+}
+
+/** Adds --etcd and the etcd TLS/auth flags (each also read from its CLADNET_* variable). */
+function etcdOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--etcd <urls>', 'etcd endpoints, comma separated').env('CLADNET_ETCD').default('http://127.0.0.1:2379'))
+    .addOption(new Option('--etcd-ca <file>', 'CA bundle (PEM) to verify etcd\'s TLS certificate').env('CLADNET_ETCD_CA'))
+    .addOption(new Option('--etcd-cert <file>', 'client certificate (PEM) for etcd').env('CLADNET_ETCD_CERT'))
+    .addOption(new Option('--etcd-key <file>', 'client certificate key (PEM) for etcd').env('CLADNET_ETCD_KEY'))
+    .addOption(new Option('--etcd-user <name>', 'etcd user').env('CLADNET_ETCD_USER'))
+    .addOption(new Option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)').env('CLADNET_ETCD_PASSWORD'))
+    .addOption(new Option('--etcd-password-file <file>', 'file holding the etcd password').env('CLADNET_ETCD_PASSWORD_FILE'));
+}
 
 function urls(s: string): string[] {
   return s
@@ -19,9 +39,9 @@ function urls(s: string): string[] {
     .filter(Boolean);
 }
 
-async function withEtcd<T>(etcd: string, fn: (client: import('etcd3').Etcd3) => Promise<T>): Promise<T> {
-  const { createEtcd } = await import('./control/etcd');
-  const client = createEtcd({ endpoints: urls(etcd) });
+async function withEtcd<T>(o: EtcdFlags, fn: (client: import('etcd3').Etcd3) => Promise<T>): Promise<T> {
+  const { createEtcd, etcdOptionsFrom } = await import('./control/etcd');
+  const client = createEtcd(etcdOptionsFrom({ ...o, etcd: urls(o.etcd) }));
   try {
     return await fn(client);
   } finally {
@@ -55,6 +75,13 @@ export function buildProgram(): Command {
     .option('--crypto <backend>', 'AEAD backend: auto|native|wasm (default auto)')
     .option('--offload <bool>', 'TUN segmentation/checksum offloads (default true)')
     .option('--advertise <endpoints>', 'endpoints to publish instead of interface addresses (ip or ip:port, comma separated)')
+    .option('--cert <file>', 'this host\'s certificate from `cladnet host issue` (default <state-dir>/host.cert)')
+    .option('--etcd-ca <file>', 'CA bundle (PEM) to verify etcd\'s TLS certificate')
+    .option('--etcd-cert <file>', 'client certificate (PEM) for etcd')
+    .option('--etcd-key <file>', 'client certificate key (PEM) for etcd')
+    .option('--etcd-user <name>', 'etcd user')
+    .option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)')
+    .option('--etcd-password-file <file>', 'file holding the etcd password')
     .action(async (opts: Record<string, unknown>) => {
       const { config, ...flags } = opts;
       const cfg = loadAgentConfig({ file: config as string | undefined, env: process.env, flags });
@@ -82,77 +109,127 @@ export function buildProgram(): Command {
     });
 
   const network = program.command('network').description('manage networks in etcd');
-  network
-    .command('create <name>')
-    .description('create a network with an overlay CIDR')
-    .requiredOption('--cidr <cidr>', 'overlay range, private or CGNAT (e.g. 100.64.0.0/24)')
-    .option('--mtu <n>', 'overlay MTU (default 1420)')
-    .option('--port <n>', 'default UDP port (default 51820)')
-    .addOption(etcdOption())
+  etcdOptions(
+    network
+      .command('create <name>')
+      .description('create a network with an overlay CIDR and its network key (the trust anchor)')
+      .requiredOption('--cidr <cidr>', 'overlay range, private or CGNAT (e.g. 100.64.0.0/24)')
+      .option('--mtu <n>', 'overlay MTU (default 1420)')
+      .option('--port <n>', 'default UDP port (default 51820)')
+      .option('--key-out <file>', 'where to write the network key (default ./NAME.netkey; never overwritten)'),
+  )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: { cidr: string; mtu?: string; port?: string; etcd: string; json?: boolean }) => {
-      const { createNetwork } = await import('./control/networks');
+    .action(async (name: string, o: EtcdFlags & { cidr: string; mtu?: string; port?: string; keyOut?: string; json?: boolean }) => {
+      const { createNetworkWithKey } = await import('./control/membership');
+      const { NETWORK_KEY_SUFFIX } = await import('./control/credentials');
       const num = (v: string | undefined, field: string) => {
         if (v === undefined) return undefined;
         if (!/^\d+$/.test(v)) throw new CladnetError('ECONFIG', `${field}: "${v}" is not a number`, { field });
         return Number(v);
       };
       const input = { name, cidr: o.cidr, mtu: num(o.mtu, 'mtu'), port: num(o.port, 'port') };
-      const spec = await withEtcd(o.etcd, (c) => createNetwork(c, input));
-      print(spec, !!o.json, () => `created network ${spec.name}: ${spec.cidr}, mtu ${spec.mtu}, port ${spec.port}`);
+      const keyFile = o.keyOut ?? `./${name}${NETWORK_KEY_SUFFIX}`;
+      const spec = await withEtcd(o, (c) => createNetworkWithKey(c, input, keyFile));
+      print({ ...spec, networkKeyFile: keyFile }, !!o.json, () =>
+        [
+          `created network ${spec.name}: ${spec.cidr}, mtu ${spec.mtu}, port ${spec.port}`,
+          `trust anchor ${spec.trustAnchor}`,
+          `network key written to ${keyFile} (mode 0600). Keep it offline: whoever holds it can admit and`,
+          `revoke hosts (cladnet host issue / host revoke). It is not stored in etcd and cannot be recovered.`,
+        ].join('\n'),
+      );
     });
-  network
-    .command('list')
-    .description('list networks')
-    .addOption(etcdOption())
+  etcdOptions(network.command('list').description('list networks'))
     .option('--json', 'print JSON')
-    .action(async (o: { etcd: string; json?: boolean }) => {
+    .action(async (o: EtcdFlags & { json?: boolean }) => {
       const { listNetworks } = await import('./control/networks');
-      const list = await withEtcd(o.etcd, (c) => listNetworks(c));
+      const list = await withEtcd(o, (c) => listNetworks(c));
       print(list, !!o.json, () =>
         list.length === 0 ? 'no networks' : list.map((n) => `${n.name}\t${n.cidr}\tmtu ${n.mtu}\tport ${n.port}`).join('\n'),
       );
     });
-  network
-    .command('show <name>')
-    .description('show a network and its hosts')
-    .addOption(etcdOption())
+  etcdOptions(network.command('show <name>').description('show a network and its hosts'))
     .option('--json', 'print JSON')
-    .action(async (name: string, o: { etcd: string; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { json?: boolean }) => {
       const { getNetwork } = await import('./control/networks');
       const { listHosts } = await import('./control/hosts');
-      const [spec, hosts] = await withEtcd(o.etcd, async (c) => [await getNetwork(c, name), await listHosts(c, name)] as const);
+      const [spec, hosts] = await withEtcd(o, async (c) => [await getNetwork(c, name), await listHosts(c, name)] as const);
       print({ network: spec, hosts }, !!o.json, () =>
         [
           `${spec.name}: ${spec.cidr}, mtu ${spec.mtu}, port ${spec.port}, created ${spec.created}`,
+          `  trust anchor ${spec.trustAnchor ?? 'none (made before certificates: agents refuse this network)'}`,
           ...hosts.map((h) => `  ${h.name}\t${h.overlayIp}\t${h.alive ? 'alive' : 'gone'}\t${h.endpoints.join(',')}`),
         ].join('\n'),
       );
     });
-  network
-    .command('delete <name>')
-    .description('delete a network and everything under it')
-    .addOption(etcdOption())
-    .action(async (name: string, o: { etcd: string }) => {
+  etcdOptions(network.command('delete <name>').description('delete a network and everything under it'))
+    .action(async (name: string, o: EtcdFlags) => {
       const { deleteNetwork } = await import('./control/networks');
-      await withEtcd(o.etcd, (c) => deleteNetwork(c, name));
+      await withEtcd(o, (c) => deleteNetwork(c, name));
       process.stdout.write(`deleted network ${name}\n`);
     });
-  network
-    .command('recommend')
-    .description('suggest overlay ranges that no host network or existing network uses')
-    .option('--prefix-len <n>', 'size of the suggested ranges (default /16)')
-    .addOption(etcdOption())
+  etcdOptions(
+    network
+      .command('recommend')
+      .description('suggest overlay ranges that no host network or existing network uses')
+      .option('--prefix-len <n>', 'size of the suggested ranges (default /16)'),
+  )
     .option('--json', 'print JSON')
-    .action(async (o: { etcd: string; json?: boolean; prefixLen?: string }) => {
+    .action(async (o: EtcdFlags & { json?: boolean; prefixLen?: string }) => {
       const { recommend } = await import('./control/plan');
       const prefixLen = o.prefixLen === undefined ? undefined : Number(o.prefixLen);
-      const r = await withEtcd(o.etcd, (c) => recommend(c, { prefixLen }));
+      const r = await withEtcd(o, (c) => recommend(c, { prefixLen }));
       print(r, !!o.json, () =>
         [
           `in use: ${r.used.join(', ') || 'nothing yet'}`,
           `free /${r.prefixLen} ranges: ${r.candidates.join(', ') || 'none'}`,
         ].join('\n'),
+      );
+    });
+
+  const host = program.command('host').description('admit and revoke hosts (needs the network key)');
+  etcdOptions(
+    host
+      .command('issue <name>')
+      .description('lease an overlay address for a host and sign its certificate with the network key')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
+      .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
+      .option('--valid-days <n>', 'certificate lifetime in days (default 365)'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; json?: boolean }) => {
+      const { issueHostFiles } = await import('./cli/host-issue');
+      const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
+      if (validDays !== undefined && !(Number.isFinite(validDays) && validDays > 0)) {
+        throw new CladnetError('ECONFIG', `validDays: "${o.validDays}" is not a positive number of days`, { field: 'validDays' });
+      }
+      const r = await withEtcd(o, (c) =>
+        issueHostFiles(c, { name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays }),
+      );
+      print(r, !!o.json, () =>
+        [
+          `issued a certificate for ${r.cert.name} in network ${r.cert.network}: overlay ${r.cert.overlayIp}, serial ${r.cert.serial}, valid until ${r.cert.notAfter}`,
+          `certificate: ${r.certFile}`,
+          ...(r.privateKeyFile ? [`private key: ${r.privateKeyFile} (mode 0600${r.keyCreated ? ', new' : ', kept'}); ship both to the host's state dir`] : []),
+        ].join('\n'),
+      );
+    });
+  etcdOptions(
+    host
+      .command('revoke <name>')
+      .description('revoke a host\'s certificates (signed with the network key) and release its address')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--serial <serial>', 'revoke only this certificate (default: every certificate of the host issued until now)'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; serial?: string; json?: boolean }) => {
+      const { revokeHost } = await import('./control/membership');
+      const r = await withEtcd(o, (c) => revokeHost(c, { name, network: o.network, networkKeyFile: o.networkKey, serial: o.serial }));
+      print(r, !!o.json, () =>
+        `revoked ${name} in network ${o.network} (${r.revocation.serial === null ? `every certificate issued until ${r.revocation.revoked}` : `certificate ${r.revocation.serial}`}); released ${r.released.join(', ') || 'no lease'}`,
       );
     });
 

@@ -21,9 +21,11 @@ import type { Etcd3 } from 'etcd3';
 import type { AgentConfig } from '../config/config';
 import { CladnetError, isCladnetError } from '../errors';
 import type { Logger } from '../log';
-import { StaticKeyAgreement, type KeyAgreement, type KeyPair } from '../crypto/keys';
-import { createEtcd } from '../control/etcd';
-import { leaseOverlayIp } from '../control/leases';
+import type { KeyPair } from '../crypto/keys';
+import { Noise } from '../crypto/noise';
+import { loadSodium } from '../crypto/sodium';
+import { HandshakeManager, timersFromEnv } from './handshakes';
+import { createEtcd, etcdOptionsFrom } from '../control/etcd';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
@@ -47,7 +49,7 @@ import {
 } from '../dataplane/stats';
 import { UNDERLAY_OVERHEAD, OVERHEAD } from '../dataplane/wire';
 import { openTun, type TunDevice } from '../os/tun/tun';
-import { openUdpSocket, type UdpSocket } from '../os/udp/udp';
+import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
@@ -55,6 +57,7 @@ import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import { formatEndpoint, formatIpv4, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
+import { checkNetworkMembership, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
 
@@ -67,7 +70,8 @@ interface SavedState {
 interface PeerEntry {
   slot: number;
   record: HostRecord;
-  worker: WorkerPeer;
+  overlayIp: number;
+  endpoint: { ip: number; port: number };
   addedAt: number;
   /** Endpoint the data plane moved to (roaming), when it differs from the record's. */
   roamed?: string;
@@ -81,7 +85,10 @@ export class Agent {
   private udp?: UdpSocket;
   private status?: StatusServer;
   private keys!: KeyPair;
-  private kx!: KeyAgreement;
+  private member!: Membership;
+  private hs?: HandshakeManager;
+  private hsTimer?: NodeJS.Timeout;
+  private pushScheduled = false;
   private network!: NetworkSpec;
   private overlayIp = '';
   private mtu = 0;
@@ -108,22 +115,23 @@ export class Agent {
     // 1. identity
     const { keys, created } = await loadOrCreateKeyPair(cfg.stateDir);
     this.keys = keys;
-    this.kx = await StaticKeyAgreement.create(keys);
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
+    // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
+    this.member = await loadMembership(cfg, publicKey, this.log);
 
-    // 2. network and address
-    this.etcd = createEtcd({ endpoints: [...cfg.etcd] });
+    // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
+    this.etcd = createEtcd(etcdOptionsFrom(cfg));
     const saved = this.readState();
     try {
       this.network = await getNetwork(this.etcd, cfg.network);
-      this.overlayIp = await leaseOverlayIp(this.etcd, this.network, cfg.name, publicKey);
     } catch (e) {
       if (!(isCladnetError(e) && e.transient && saved)) throw e;
-      this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network and address');
+      this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
       this.network = saved.network;
-      this.overlayIp = saved.overlayIp;
     }
+    checkNetworkMembership(this.network, this.member);
+    this.overlayIp = this.member.cert.overlayIp;
     this.writeState();
     const prefix = parseOverlayCidr(this.network.cidr);
     this.mtu = this.network.mtu;
@@ -148,19 +156,38 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       onRoam: (slot, ip, port) => this.onRoam(slot, ip, port),
+      onHandshake: (data, ip, port) => this.hs?.receive(data, ip, port),
+      onConfirmed: (slot, keyId) => {
+        const name = this.nameOfSlot(slot);
+        if (name) this.hs?.confirmed(name, keyId);
+      },
       onFatal: (message) => {
         this.log.fatal({ message }, 'data plane failed; stopping');
         void this.stop().then(() => process.exit(1));
       },
     });
 
-    // 5. registry
+    // 5. handshakes, registry
+    const udpFd = this.udp.fd;
+    this.hs = new HandshakeManager({
+      noise: new Noise(await loadSodium(), keys.privateKey, keys.publicKey),
+      send: (data, ip, port) => {
+        sendDatagram(udpFd, data, ip, port);
+      },
+      onChange: (now) => (now ? this.pushPeers() : this.schedulePush()),
+      log: this.log,
+      timers: timersFromEnv(process.env),
+    });
+    this.hsTimer = setInterval(() => this.hs?.tick(), 100);
+    this.hsTimer.unref();
     this.registry = new Registry({
       client: this.etcd,
       network: this.network,
       self: cfg.name,
       log: this.log,
       cacheFile: path.join(cfg.stateDir, 'peers.json'),
+      trust: this.member.anchor,
+      selfCert: this.member.cert,
     });
     this.endpoints = this.localEndpoints();
     void this.register();
@@ -227,6 +254,7 @@ export class Agent {
       epoch: 0,
       updated: new Date().toISOString(),
       session: this.session,
+      cert: this.member.cert,
     };
   }
 
@@ -246,9 +274,10 @@ export class Agent {
     return s;
   }
 
-  /** The control plane's view of the peers changed: rebuild the worker peer set. */
+  /** The control plane's view of the peers changed: update the peer table and handshakes. */
   private onPeers(snap: PeerSnapshot): void {
     const seen = new Set<string>();
+    const ownKey = Buffer.from(this.keys.publicKey).toString('base64');
     for (const [name, rec] of snap) {
       const ep = rec.endpoints.map(parseEndpoint).find((e) => e !== null);
       const overlay = parseIpv4(rec.overlayIp);
@@ -256,49 +285,22 @@ export class Agent {
         this.log.warn({ peer: name }, 'peer has no usable endpoint; skipped');
         continue;
       }
-      if (rec.publicKey === Buffer.from(this.keys.publicKey).toString('base64')) {
+      if (rec.publicKey === ownKey) {
         this.log.warn({ peer: name }, 'peer claims our own public key (cloned VM image?); skipped');
         continue;
       }
       seen.add(name);
       const old = this.peers.get(name);
-      const keyId = `${rec.publicKey}:${rec.session}`;
-      if (old && old.worker.keyId === keyId) {
-        old.worker = { ...old.worker, overlayIp: overlay, endpointIp: ep.ip, endpointPort: ep.port };
+      if (old) {
         if (old.record.endpoints[0] !== rec.endpoints[0]) old.roamed = undefined;
         old.record = rec;
+        old.overlayIp = overlay;
+        old.endpoint = { ip: ep.ip, port: ep.port };
         continue;
       }
-      let session;
-      try {
-        session = this.kx.derive(new Uint8Array(Buffer.from(rec.publicKey, 'base64')), this.session, rec.session);
-      } catch (e) {
-        this.log.warn({ peer: name, err: (e as Error).message }, 'cannot agree keys with peer; skipped');
-        continue;
-      }
-      const slot = old?.slot ?? this.allocSlot();
-      this.peers.set(name, {
-        slot,
-        record: rec,
-        addedAt: Date.now(),
-        worker: {
-          slot,
-          name,
-          overlayIp: overlay,
-          allowed: [],
-          endpointIp: ep.ip,
-          endpointPort: ep.port,
-          keyId,
-          txKey: session.txKey,
-          rxKey: session.rxKey,
-          txIndex: session.txIndex,
-          rxIndex: session.rxIndex,
-        },
-      });
-      this.log.info(
-        { peer: name, overlayIp: rec.overlayIp, endpoint: rec.endpoints[0] },
-        old ? 'peer restarted: new session keys' : 'peer added',
-      );
+      const slot = this.allocSlot();
+      this.peers.set(name, { slot, record: rec, overlayIp: overlay, endpoint: { ip: ep.ip, port: ep.port }, addedAt: Date.now() });
+      this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoint: rec.endpoints[0] }, 'peer added');
     }
     for (const [name, p] of this.peers) {
       if (seen.has(name)) continue;
@@ -306,21 +308,64 @@ export class Agent {
       this.freeSlots.push(p.slot);
       this.log.info({ peer: name }, 'peer removed');
     }
-    this.checkIndexCollisions();
-    this.engine?.setPeers([...this.peers.values()].map((p) => p.worker));
+    this.hs?.setPeers(
+      [...this.peers.entries()].map(([name, p]) => ({
+        name,
+        publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')),
+        ip: p.endpoint.ip,
+        port: p.endpoint.port,
+      })),
+    );
+    this.schedulePush();
   }
 
-  /** Receiver indices come from public keys; two peers sharing one would confuse the inbound path. */
-  private checkIndexCollisions(): void {
-    const byIndex = new Map<number, string>();
+  private nameOfSlot(slot: number): string | undefined {
+    for (const [name, p] of this.peers) if (p.slot === slot) return name;
+    return undefined;
+  }
+
+  /** Coalesces the changes of one tick into one peer-set message to the workers. */
+  private schedulePush(): void {
+    if (this.pushScheduled) return;
+    this.pushScheduled = true;
+    setImmediate(() => {
+      this.pushScheduled = false;
+      this.pushPeers();
+    });
+  }
+
+  /** Gives the workers every peer that has a session: the send session plus receive-only ones. */
+  private pushPeers(): void {
+    if (!this.engine || !this.hs) return;
+    const list: WorkerPeer[] = [];
     for (const [name, p] of this.peers) {
-      const other = byIndex.get(p.worker.rxIndex);
-      if (other !== undefined) {
-        this.log.error({ peer: name, other }, 'receiver index collision; dropping the later peer');
-        this.peers.delete(name);
-        this.freeSlots.push(p.slot);
-      } else byIndex.set(p.worker.rxIndex, name);
+      const u = this.hs.usable(name);
+      if (!u) continue;
+      const send = u.send;
+      list.push({
+        slot: p.slot,
+        name,
+        overlayIp: p.overlayIp,
+        allowed: [],
+        endpointIp: p.endpoint.ip,
+        endpointPort: p.endpoint.port,
+        keyId: send.keyId,
+        txKey: send.sendKey,
+        rxKey: send.recvKey,
+        txIndex: send.remoteIndex,
+        rxIndex: send.localIndex,
+        unconfirmed: !send.confirmed,
+        receiveOnly: u.others.map((o) => ({
+          keyId: o.keyId,
+          rxKey: o.recvKey,
+          rxIndex: o.localIndex,
+          promote: !o.confirmed && o.created >= send.created,
+          txKey: o.sendKey,
+          txIndex: o.remoteIndex,
+        })),
+      });
     }
+    this.engine.setPeers(list);
   }
 
   private onRoam(slot: number, ip: number, port: number): void {
@@ -328,6 +373,7 @@ export class Agent {
       if (p.slot !== slot) continue;
       const ep = formatEndpoint(ip, port);
       p.roamed = ep;
+      this.hs?.moveEndpoint(name, ip, port);
       this.log.info({ peer: name, endpoint: ep }, 'peer endpoint moved');
     }
   }
@@ -350,6 +396,7 @@ export class Agent {
         const lastRx = stats.peer(p.slot, P_LAST_RX);
         const rtt = stats.peer(p.slot, P_RTT);
         const lastRoam = stats.peer(p.slot, P_LAST_ROAM);
+        const hsAt = this.hs?.lastHandshake(name) ?? null;
         const state: StatusPeer['state'] =
           lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - p.addedAt < 30_000 ? 'connecting' : 'down';
         return {
@@ -359,7 +406,8 @@ export class Agent {
           endpoint: p.roamed ?? p.record.endpoints[0] ?? '',
           path: lastRx > 0 ? 'direct' : 'none',
           state,
-          lastHandshake: lastRx > 0 ? new Date(lastRx).toISOString() : null,
+          lastHandshake: hsAt === null ? null : new Date(hsAt).toISOString(),
+          lastRx: lastRx > 0 ? new Date(lastRx).toISOString() : null,
           rxBytes: stats.peer(p.slot, P_RX_BYTES),
           txBytes: stats.peer(p.slot, P_TX_BYTES),
           rxPackets: stats.peer(p.slot, P_RX_PKTS),
@@ -384,7 +432,13 @@ export class Agent {
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
       },
-      etcd: { connected: this.registry?.connected() ?? false, invalidRecords: reg?.invalidRecords ?? 0 },
+      etcd: {
+        connected: this.registry?.connected() ?? false,
+        invalidRecords: reg?.invalidRecords ?? 0,
+        untrustedRecords: reg?.untrustedRecords ?? 0,
+        revokedHosts: reg?.revokedHosts ?? 0,
+      },
+      handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
       peers,
       dataplane: {
         rxPackets: stats.totals[T_RX_PKTS]!,
@@ -431,7 +485,9 @@ export class Agent {
     await step('status', () => this.status?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
+    clearInterval(this.hsTimer);
     await step('data plane', () => this.engine?.stop());
+    await step('handshakes', () => this.hs?.close());
     await step('tun', () => this.tun?.close());
     await step('udp', () => this.udp?.close());
     await step('etcd', () => this.etcd?.close());

@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { CladnetError } from '../errors';
 
 export interface AgentConfig {
@@ -25,6 +26,16 @@ export interface AgentConfig {
   readonly offload: boolean;
   /** Address to publish instead of the interface addresses (e.g. a known public IP), optional. */
   readonly advertise: readonly string[];
+  /** This host's certificate file from `cladnet host issue` (default <stateDir>/host.cert). */
+  readonly cert: string;
+  /** etcd TLS: CA bundle to verify the server, client certificate and key (PEM files), optional. */
+  readonly etcdCa?: string;
+  readonly etcdCert?: string;
+  readonly etcdKey?: string;
+  /** etcd user name; its password from etcdPassword or (better) etcdPasswordFile. */
+  readonly etcdUser?: string;
+  readonly etcdPassword?: string;
+  readonly etcdPasswordFile?: string;
 }
 
 type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'crypto';
@@ -34,7 +45,9 @@ interface FieldSpec {
   flag: string; // commander's camelCase option name == JSON key
   env: string;
   kind: Kind;
-  def: () => unknown;
+  /** Default; gets the fields before this one. Undefined means required, unless `optional`. */
+  def: (before: Readonly<Record<string, unknown>>) => unknown;
+  optional?: boolean;
   min?: number;
   max?: number;
 }
@@ -60,6 +73,13 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'crypto', def: () => 'auto' },
   { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
+  { key: 'cert', flag: 'cert', env: 'CLADNET_CERT', kind: 'string', def: (b) => path.join(String(b['stateDir']), 'host.cert') },
+  { key: 'etcdCa', flag: 'etcdCa', env: 'CLADNET_ETCD_CA', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdCert', flag: 'etcdCert', env: 'CLADNET_ETCD_CERT', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdKey', flag: 'etcdKey', env: 'CLADNET_ETCD_KEY', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdUser', flag: 'etcdUser', env: 'CLADNET_ETCD_USER', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdPassword', flag: 'etcdPassword', env: 'CLADNET_ETCD_PASSWORD', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdPasswordFile', flag: 'etcdPasswordFile', env: 'CLADNET_ETCD_PASSWORD_FILE', kind: 'string', def: () => undefined, optional: true },
 ];
 
 function fail(field: string, source: string, why: string): never {
@@ -189,11 +209,34 @@ export function loadAgentConfig(src: ConfigSources): AgentConfig {
     if (flags[spec.flag] !== undefined) value = coerce(spec, flags[spec.flag], `--${kebab(spec.flag)}`);
     else if (env[spec.env] !== undefined && env[spec.env] !== '') value = coerce(spec, env[spec.env], spec.env);
     else if (fileObj[spec.flag] !== undefined) value = coerce(spec, fileObj[spec.flag], src.file!);
-    else value = spec.def();
-    if (value === undefined) fail(spec.key, 'nowhere', `is required (--${kebab(spec.flag)}, ${spec.env} or "${spec.flag}" in the config file)`);
+    else value = spec.def(out);
+    if (value === undefined) {
+      if (spec.optional) continue;
+      fail(spec.key, 'nowhere', `is required (--${kebab(spec.flag)}, ${spec.env} or "${spec.flag}" in the config file)`);
+    }
     out[spec.key] = Array.isArray(value) ? Object.freeze(value) : value;
   }
+  checkEtcdSecurity(out);
   return Object.freeze(out) as unknown as AgentConfig;
+}
+
+/** The etcd settings that only make sense together (files are read later, by createEtcd). */
+function checkEtcdSecurity(c: Record<string, unknown>): void {
+  const has = (k: string) => c[k] !== undefined;
+  const need = (k: string, other: string) => {
+    if (has(k) && !has(other)) throw new CladnetError('ECONFIG', `config: ${k}: needs ${other} as well`, { field: other });
+  };
+  need('etcdCert', 'etcdKey');
+  need('etcdKey', 'etcdCert');
+  if (has('etcdPassword') && has('etcdPasswordFile')) {
+    throw new CladnetError('ECONFIG', 'config: etcdPassword: give etcdPassword or etcdPasswordFile, not both', { field: 'etcdPassword' });
+  }
+  if (has('etcdUser') && !has('etcdPassword') && !has('etcdPasswordFile')) {
+    throw new CladnetError('ECONFIG', 'config: etcdUser: needs etcdPassword or etcdPasswordFile as well', { field: 'etcdPassword' });
+  }
+  if (!has('etcdUser') && (has('etcdPassword') || has('etcdPasswordFile'))) {
+    throw new CladnetError('ECONFIG', 'config: etcdUser: a password is set but no etcdUser', { field: 'etcdUser' });
+  }
 }
 
 export function kebab(s: string): string {

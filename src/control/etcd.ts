@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
 import { CladnetError, isCladnetError } from '../errors';
 
@@ -11,10 +12,75 @@ import { CladnetError, isCladnetError } from '../errors';
  * - With a single endpoint the per-host circuit breaker is replaced by a pass-through: breaking the
  *   only host just adds up to 5 s of refusals after etcd comes back.
  * - Watch reconnect backoff is capped at 2 s (etcd3's default grows to 30 s).
+ *
+ * Security (all optional): TLS with a CA bundle and/or a client certificate (`tls`, PEM file
+ * paths), and etcd user/password authentication (`auth`). The files are read here, once; a missing
+ * or unreadable file is an ECONFIG naming the setting.
  */
 export interface EtcdOptions {
   endpoints: string[];
   dialTimeoutMs?: number;
+  tls?: { ca?: string; cert?: string; key?: string };
+  auth?: { username: string; password?: string; passwordFile?: string };
+}
+
+/** The etcd settings of the agent config or of a CLI command's flags, in the shape createEtcd takes. */
+export interface EtcdSettings {
+  readonly etcd: readonly string[];
+  readonly etcdCa?: string;
+  readonly etcdCert?: string;
+  readonly etcdKey?: string;
+  readonly etcdUser?: string;
+  readonly etcdPassword?: string;
+  readonly etcdPasswordFile?: string;
+}
+
+export function etcdOptionsFrom(s: EtcdSettings): EtcdOptions {
+  const opts: EtcdOptions = { endpoints: [...s.etcd] };
+  if (s.etcdCa !== undefined || s.etcdCert !== undefined || s.etcdKey !== undefined) {
+    opts.tls = { ca: s.etcdCa, cert: s.etcdCert, key: s.etcdKey };
+  }
+  if (s.etcdUser !== undefined) opts.auth = { username: s.etcdUser, password: s.etcdPassword, passwordFile: s.etcdPasswordFile };
+  return opts;
+}
+
+function readSetting(file: string, field: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new CladnetError('ECONFIG', `${field}: cannot read ${file}: ${(e as Error).message}`, { field });
+  }
+}
+
+/** etcd3's `credentials` and `auth` options from our settings (reads the files). */
+export function securityOptions(opts: Pick<EtcdOptions, 'tls' | 'auth'>): Pick<IOptions, 'credentials' | 'auth'> {
+  const out: Pick<IOptions, 'credentials' | 'auth'> = {};
+  const tls = opts.tls;
+  if (tls && (tls.ca !== undefined || tls.cert !== undefined || tls.key !== undefined)) {
+    if ((tls.cert === undefined) !== (tls.key === undefined)) {
+      throw new CladnetError('ECONFIG', `${tls.cert === undefined ? 'etcdCert' : 'etcdKey'}: a client certificate needs both etcdCert and etcdKey`, {
+        field: tls.cert === undefined ? 'etcdCert' : 'etcdKey',
+      });
+    }
+    out.credentials = {
+      // null: the system's roots (grpc's createSsl takes null; etcd3's type says Buffer).
+      rootCertificate: (tls.ca === undefined ? null : readSetting(tls.ca, 'etcdCa')) as Buffer,
+      ...(tls.key === undefined ? {} : { privateKey: readSetting(tls.key, 'etcdKey') }),
+      ...(tls.cert === undefined ? {} : { certChain: readSetting(tls.cert, 'etcdCert') }),
+    };
+  }
+  const auth = opts.auth;
+  if (auth) {
+    if (!auth.username) throw new CladnetError('ECONFIG', 'etcdUser: must not be empty', { field: 'etcdUser' });
+    let password = auth.password;
+    if (auth.passwordFile !== undefined) {
+      if (password !== undefined) throw new CladnetError('ECONFIG', 'etcdPassword: give etcdPassword or etcdPasswordFile, not both', { field: 'etcdPassword' });
+      password = readSetting(auth.passwordFile, 'etcdPasswordFile').toString('utf8').replace(/\r?\n$/, '');
+    }
+    if (!password) throw new CladnetError('ECONFIG', `etcdPassword: user ${auth.username} needs a password (etcdPassword or etcdPasswordFile)`, { field: 'etcdPassword' });
+    out.auth = { username: auth.username, password };
+  }
+  return out;
 }
 
 export const DEFAULT_DIAL_TIMEOUT_MS = 5000;
@@ -70,6 +136,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   const faultHandling: FaultHandling = { watchBackoff: watchBackoff() };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({
+    ...securityOptions(opts),
     hosts,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     faultHandling,

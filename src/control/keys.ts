@@ -8,6 +8,7 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *   /cladnet/v1/networks/<net>/hosts/<name>    HostRecord JSON (kept across restarts)
  *   /cladnet/v1/networks/<net>/leases/<ip>     LeaseRecord JSON (overlay IP lease, create-if-absent)
  *   /cladnet/v1/networks/<net>/alive/<name>    liveness, bound to an etcd lease
+ *   /cladnet/v1/networks/<net>/revoked/<name>  RevocationRecord JSON, signed by the network key
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -75,11 +76,20 @@ export function aliveKey(net: string, name: string): string {
   return alivePrefix(net) + checkName(name, 'host');
 }
 
+export function revokedPrefix(net: string): string {
+  return `${networkPrefix(net)}revoked/`;
+}
+
+export function revokedKey(net: string, name: string): string {
+  return revokedPrefix(net) + checkName(name, 'host');
+}
+
 export type ParsedKey =
   | { kind: 'network'; network: string }
   | { kind: 'host'; network: string; name: string }
   | { kind: 'lease'; network: string; ip: string }
-  | { kind: 'alive'; network: string; name: string };
+  | { kind: 'alive'; network: string; name: string }
+  | { kind: 'revoked'; network: string; name: string };
 
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
@@ -96,6 +106,8 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
       return isValidName(leaf) ? { kind: 'host', network, name: leaf } : null;
     case 'alive':
       return isValidName(leaf) ? { kind: 'alive', network, name: leaf } : null;
+    case 'revoked':
+      return isValidName(leaf) ? { kind: 'revoked', network, name: leaf } : null;
     case 'leases': {
       const v = parseIpv4(leaf);
       return v !== null && formatIpv4(v) === leaf ? { kind: 'lease', network, ip: leaf } : null;

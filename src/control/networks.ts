@@ -4,7 +4,7 @@ import type { Logger } from '../log';
 import { formatPrefix, parseOverlayCidr } from '../util/ipv4';
 import { etcdCall } from './etcd';
 import { checkName, networkKey, networkPrefix, NETWORKS_ROOT, parseKey } from './keys';
-import { DEFAULT_MTU, DEFAULT_PORT, MTU_MAX, MTU_MIN, NetworkSpec, parseNetworkSpec, serializeNetworkSpec } from './records';
+import { DEFAULT_MTU, DEFAULT_PORT, isBase64Of, MTU_MAX, MTU_MIN, NetworkSpec, parseNetworkSpec, serializeNetworkSpec } from './records';
 
 /** Network specs: create (atomically, refusing an existing name), get, list, delete. */
 
@@ -13,6 +13,8 @@ export interface CreateNetworkInput {
   cidr: string;
   mtu?: number;
   port?: number;
+  /** base64 Ed25519 public key of the network key (`cladnet network create` always sets one). */
+  trustAnchor?: string;
 }
 
 function checkInt(v: number, field: string, min: number, max: number): number {
@@ -26,14 +28,21 @@ function checkInt(v: number, field: string, min: number, max: number): number {
 export function buildNetworkSpec(input: CreateNetworkInput, clock: () => Date = () => new Date()): NetworkSpec {
   const name = checkName(input.name, 'name');
   const prefix = parseOverlayCidr(input.cidr, 'cidr');
-  return Object.freeze({
+  const spec: NetworkSpec = {
     version: 1,
     name,
     cidr: formatPrefix(prefix),
     mtu: checkInt(input.mtu ?? DEFAULT_MTU, 'mtu', MTU_MIN, MTU_MAX),
     port: checkInt(input.port ?? DEFAULT_PORT, 'port', 1, 65535),
     created: clock().toISOString(),
-  });
+  };
+  if (input.trustAnchor !== undefined) {
+    if (!isBase64Of(input.trustAnchor, 32)) {
+      throw new CladnetError('ECONFIG', 'trustAnchor: not base64 of a 32-byte Ed25519 public key', { field: 'trustAnchor' });
+    }
+    spec.trustAnchor = input.trustAnchor;
+  }
+  return Object.freeze(spec);
 }
 
 export async function createNetwork(client: Etcd3, input: CreateNetworkInput, clock?: () => Date): Promise<NetworkSpec> {

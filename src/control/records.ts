@@ -28,6 +28,41 @@ export interface NetworkSpec {
   mtu: number;
   port: number;
   created: string; // ISO 8601
+  /**
+   * Base64 Ed25519 public key (32 bytes) of the network key that signs host certificates and
+   * revocations. Absent only in networks made before certificates existed: agents refuse those.
+   */
+  trustAnchor?: string;
+}
+
+/**
+ * A host certificate: the network key's signature binds a host name to its X25519 public key and
+ * overlay address for a period. Signed over `canonicalCert` (src/control/cert.ts); this file only
+ * checks the shape.
+ */
+export interface HostCert {
+  version: 1;
+  network: string;
+  name: string;
+  publicKey: string; // base64 X25519, 32 bytes
+  overlayIp: string;
+  issued: string; // ISO 8601; not valid before
+  notAfter: string; // ISO 8601; not valid after
+  serial: string; // 32 lowercase hex digits, random
+  signature: string; // base64 Ed25519 signature, 64 bytes
+}
+
+/**
+ * Value of /revoked/<name>, signed by the network key. `serial` null revokes every certificate for
+ * `name` issued at or before `revoked`; a serial revokes that certificate only.
+ */
+export interface RevocationRecord {
+  version: 1;
+  network: string;
+  name: string;
+  serial: string | null;
+  revoked: string; // ISO 8601
+  signature: string; // base64 Ed25519 signature, 64 bytes
 }
 
 export interface HostRecord {
@@ -43,6 +78,8 @@ export interface HostRecord {
   updated: string; // ISO 8601
   /** Random per agent run (16 hex digits): peers derive fresh keys when it changes. */
   session: string;
+  /** The host's certificate; peers accept the record only when it verifies and matches. */
+  cert?: HostCert;
 }
 
 /** Value of /leases/<ip>. */
@@ -153,6 +190,59 @@ function session(o: Record<string, unknown>, field: string): string {
   return v;
 }
 
+const SERIAL_RE = /^[0-9a-f]{32}$/;
+
+function serial(o: Record<string, unknown>, field: string): string {
+  const v = str(o, field);
+  if (!SERIAL_RE.test(v)) fail(field, `${show(v)} is not 32 lowercase hex digits`);
+  return v;
+}
+
+/** True when `s` is canonical base64 of exactly `bytes` bytes. */
+export function isBase64Of(s: unknown, bytes: number): s is string {
+  if (typeof s !== 'string' || s.length !== Math.ceil(bytes / 3) * 4) return false;
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s)) return false;
+  const b = Buffer.from(s, 'base64');
+  return b.length === bytes && b.toString('base64') === s;
+}
+
+function base64Of(o: Record<string, unknown>, field: string, bytes: number): string {
+  const v = str(o, field);
+  if (!isBase64Of(v, bytes)) fail(field, `${show(v)} is not base64 of ${bytes} bytes`);
+  return v;
+}
+
+/** A nested object field, its own fields named `field.x` in errors. */
+function object(o: Record<string, unknown>, field: string): Record<string, unknown> {
+  const v = o[field];
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) fail(field, `expected an object, got ${show(v)}`);
+  return v as Record<string, unknown>;
+}
+
+function prefixed<T>(prefix: string, f: () => T): T {
+  if (!prefix) return f();
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof FieldError) throw new FieldError(`${prefix}.${e.message}`);
+    throw e;
+  }
+}
+
+function certFields(o: Record<string, unknown>, expect: { network?: string; name?: string }): HostCert {
+  return Object.freeze({
+    version: version1(o),
+    network: name(o, 'network', expect.network),
+    name: name(o, 'name', expect.name),
+    publicKey: publicKey(o, 'publicKey'),
+    overlayIp: ipv4(o, 'overlayIp'),
+    issued: isoTime(o, 'issued'),
+    notAfter: isoTime(o, 'notAfter'),
+    serial: serial(o, 'serial'),
+    signature: base64Of(o, 'signature', 64),
+  });
+}
+
 function guard<T>(f: () => T): Parsed<T> {
   try {
     return { ok: true, value: f() };
@@ -178,6 +268,7 @@ export function parseNetworkSpec(raw: string | Buffer, expect: { name?: string }
       port: int(o, 'port', 1, 65535),
       created: isoTime(o, 'created'),
     };
+    if (o['trustAnchor'] !== undefined) spec.trustAnchor = base64Of(o, 'trustAnchor', 32);
     return freezeDeep(spec);
   });
 }
@@ -208,6 +299,36 @@ export function parseHostRecord(raw: string | Buffer, expect: { network?: string
       epoch: int(o, 'epoch', 0, Number.MAX_SAFE_INTEGER),
       updated: isoTime(o, 'updated'),
       session: session(o, 'session'),
+    };
+    // Shape only (the field names are those of the certificate); trust is the peer computation's call.
+    if (o['cert'] !== undefined) {
+      const c = object(o, 'cert');
+      rec.cert = prefixed('cert', () => certFields(c, {}));
+    }
+    return freezeDeep(rec);
+  });
+}
+
+/** A certificate on its own (a JSON string or an already parsed object). */
+export function parseHostCert(raw: string | Buffer | object, expect: { network?: string; name?: string } = {}): Parsed<HostCert> {
+  return guard(() => {
+    const o = typeof raw === 'string' || Buffer.isBuffer(raw) ? parseJsonObject(raw) : (raw as Record<string, unknown>);
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new FieldError(`expected a JSON object, got ${show(o)}`);
+    return certFields(o, expect);
+  });
+}
+
+export function parseRevocationRecord(raw: string | Buffer, expect: { network?: string; name?: string } = {}): Parsed<RevocationRecord> {
+  return guard(() => {
+    const o = parseJsonObject(raw);
+    const s = o['serial'];
+    const rec: RevocationRecord = {
+      version: version1(o),
+      network: name(o, 'network', expect.network),
+      name: name(o, 'name', expect.name),
+      serial: s === null ? null : serial(o, 'serial'),
+      revoked: isoTime(o, 'revoked'),
+      signature: base64Of(o, 'signature', 64),
     };
     return freezeDeep(rec);
   });
@@ -240,13 +361,29 @@ export function checkOverlayIpInNetwork(rec: Pick<HostRecord, 'overlayIp'>, cidr
 
 /** Canonical JSON of a record: known fields only, in declaration order. */
 export function serializeNetworkSpec(s: NetworkSpec): string {
-  const { version, name, cidr, mtu, port, created } = s;
-  return JSON.stringify({ version, name, cidr, mtu, port, created });
+  const { version, name, cidr, mtu, port, created, trustAnchor } = s;
+  return JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor });
+}
+
+/** Known fields only, in declaration order (the signature last). */
+export function certObject(c: HostCert): HostCert {
+  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, signature } = c;
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, signature };
+}
+
+export function serializeHostCert(c: HostCert): string {
+  return JSON.stringify(certObject(c));
 }
 
 export function serializeHostRecord(r: HostRecord): string {
   const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session } = r;
-  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session });
+  const cert = r.cert === undefined ? undefined : certObject(r.cert);
+  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, cert });
+}
+
+export function serializeRevocationRecord(r: RevocationRecord): string {
+  const { version, network, name, serial, revoked, signature } = r;
+  return JSON.stringify({ version, network, name, serial, revoked, signature });
 }
 
 export function serializeLeaseRecord(r: LeaseRecord): string {

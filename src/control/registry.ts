@@ -1,18 +1,23 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import type { Etcd3, IKeyValue, IWatchResponse, Lease, Watcher } from 'etcd3';
+import { loadEd25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import type { Logger } from '../log';
 import { parseOverlayCidr, Prefix } from '../util/ipv4';
 import { etcdCall, toEtcdError } from './etcd';
-import { aliveKey, checkName, hostKey, networkPrefix, parseKey } from './keys';
-import { computePeers, HostEntry } from './peers';
+import { nextCertChange, TrustAnchor } from './cert';
+import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
+import { computePeers, HostEntry, revocationOf } from './peers';
 import {
   checkOverlayIpInNetwork,
+  HostCert,
   HostRecord,
   NetworkSpec,
   parseHostRecord,
   parseLeaseRecord,
+  parseRevocationRecord,
+  RevocationRecord,
   serializeHostRecord,
 } from './records';
 
@@ -27,6 +32,12 @@ import {
  *             events a reconnect can skip). On watch cancel (compaction): reload and re-watch.
  *             While etcd is down the last snapshot stays; a disconnect never empties the peer set.
  * 4. cache:   optionally the last snapshot on disk, used at start when etcd is unreachable.
+ * 5. trust:   every host record must carry a certificate signed by the network key (the trust
+ *             anchor) that binds its name, key and overlay address (see peers.ts); signed
+ *             revocations under /revoked/ remove hosts at once. Revocations are sticky: once
+ *             verified, deleting them from etcd does not bring the host back (they are also kept
+ *             in the cache file). A network spec without a trust anchor (made before certificates)
+ *             is not verified at all; the agent refuses to join such a network.
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
@@ -42,6 +53,13 @@ export interface RegistryOptions {
   cacheFile?: string;
   /** Liveness lease TTL in seconds (default 10). */
   aliveTtlSec?: number;
+  /**
+   * The anchor host records are checked against. Default: the spec's `trustAnchor`. The agent
+   * passes the one from its local certificate file, pinned, so a rewritten spec cannot swap it.
+   */
+  trust?: TrustAnchor;
+  /** Our own certificate: if it is revoked or expires, we drop every peer. */
+  selfCert?: HostCert;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -56,7 +74,11 @@ export type PublishResult =
 export type WatchSource = 'etcd' | 'cache' | 'none';
 
 export interface RegistryStats {
-  invalidRecords: number; // distinct (key, mod revision) pairs skipped as invalid
+  invalidRecords: number; // distinct (key, mod revision) pairs skipped as invalid (untrusted ones included)
+  untrustedRecords: number; // of those, the ones that parsed but failed the certificate checks
+  revokedHosts: number; // hosts currently skipped because their certificate is revoked
+  revocations: number; // verified revocations held (sticky)
+  invalidRevocations: number; // distinct (key, mod revision) revocation records ignored as invalid
   reloads: number; // full prefix loads that succeeded (the first one included)
   watchEvents: number;
   peers: number;
@@ -72,6 +94,18 @@ const RETRY_MAX_MS = 5000;
 const CANCEL_WAIT_MS = 1000;
 const WATCH_ATTACH_WAIT_MS = 2000;
 const CACHE_VERSION = 1;
+/** Longest setTimeout delay Node accepts; a later certificate change re-arms the timer. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Verified revocations kept per host name (oldest dropped first). */
+const MAX_REVOCATIONS_PER_HOST = 16;
+
+interface CacheDoc {
+  version?: unknown;
+  network?: unknown;
+  cidr?: unknown;
+  peers: unknown[];
+  revocations?: unknown;
+}
 
 interface AliveState {
   stopped: boolean;
@@ -102,6 +136,8 @@ export class Registry {
   private readonly aliveTtl: number;
   private readonly cidr: Prefix;
   private readonly prefix: string;
+  private trust: TrustAnchor | null;
+  private readonly selfCert: HostCert | undefined;
 
   private closed = false;
 
@@ -119,6 +155,11 @@ export class Registry {
   private readonly hosts = new Map<string, HostEntry>();
   private readonly aliveNames = new Set<string>();
   private readonly leases = new Map<string, string | null>();
+  /** Verified revocations by host name; never cleared by reloads or etcd deletes. */
+  private readonly revocations = new Map<string, RevocationRecord[]>();
+  private revocationsDirty = false;
+  private certTimer: NodeJS.Timeout | null = null;
+  private certTimerAt = 0;
   private revision = 0;
   private floor = 0; // events at or below this revision are already in the loaded state
   private pending: IWatchResponse[] | null = null; // events that arrive while a load is in flight
@@ -139,7 +180,12 @@ export class Registry {
   private lastSignature: string | null = null;
   private source: WatchSource = 'none';
   private readonly warned = new Map<string, string>(); // host name -> mod revision warned about
+  private readonly warnedRevocations = new Map<string, string>(); // host name -> mod revision
+  private selfProblem: string | undefined;
   private invalidRecords = 0;
+  private untrustedRecords = 0;
+  private revokedHosts = 0;
+  private invalidRevocations = 0;
   private reloads = 0;
   private watchEvents = 0;
   private cacheWriting: Promise<void> = Promise.resolve();
@@ -159,6 +205,16 @@ export class Registry {
     }
     this.cidr = parseOverlayCidr(opts.network.cidr, 'cidr');
     this.prefix = networkPrefix(opts.network.name);
+    this.trust = opts.trust ?? null;
+    this.selfCert = opts.selfCert;
+    if (this.trust && this.trust.network !== opts.network.name) {
+      throw new CladnetError('ECONFIG', `trust: anchor of network ${this.trust.network}, not ${opts.network.name}`, { field: 'trust' });
+    }
+    if (this.trust && opts.network.trustAnchor !== undefined && opts.network.trustAnchor !== this.trust.publicKey) {
+      throw new CladnetError('EKEY', `trustAnchor: the network spec's anchor differs from the pinned one (${this.trust.publicKey})`, {
+        field: 'trustAnchor',
+      });
+    }
   }
 
   // ---- 1. publish ---------------------------------------------------------------------------
@@ -314,6 +370,12 @@ export class Registry {
     if (this.closed) throw new Error('registry is closed');
     if (this.onPeers) throw new Error('registry is already watching');
     this.onPeers = onPeers;
+    if (!this.trust && this.spec.trustAnchor !== undefined) {
+      this.trust = new TrustAnchor(await loadEd25519(), this.spec.name, this.spec.trustAnchor);
+    }
+    if (!this.trust) this.log.warn('network has no trust anchor: host records are NOT verified (made before certificates?)');
+    const doc = await this.readCache();
+    if (doc) this.loadCachedRevocations(doc);
     if (await this.loadOnce()) {
       if (this.closed) return 'none';
       const w = this.startWatcher(this.revision + 1);
@@ -322,7 +384,7 @@ export class Registry {
       return this.source;
     }
     if (this.closed) return 'none';
-    const cached = await this.loadCache();
+    const cached = doc ? this.cachedPeers(doc) : null;
     if (cached && !this.loadedOk && !this.closed) {
       this.source = 'cache';
       this.deliver(cached);
@@ -346,6 +408,10 @@ export class Registry {
   stats(): RegistryStats {
     return {
       invalidRecords: this.invalidRecords,
+      untrustedRecords: this.untrustedRecords,
+      revokedHosts: this.revokedHosts,
+      revocations: [...this.revocations.values()].reduce((n, l) => n + l.length, 0),
+      invalidRevocations: this.invalidRevocations,
       reloads: this.reloads,
       watchEvents: this.watchEvents,
       peers: this.snapshot.size,
@@ -517,9 +583,45 @@ export class Registry {
         }
         return true;
       }
+      case 'revoked':
+        if (deleted) {
+          if (this.revocations.has(k.name)) this.log.warn({ host: k.name }, 'revocation deleted from etcd; still honouring it');
+          return false;
+        }
+        return this.applyRevocation(k.name, kv.value, kv.mod_revision);
       default:
         return false;
     }
+  }
+
+  /** Verifies a revocation and adds it to the sticky set; true when it is new. Invalid ones are warned about once. */
+  private applyRevocation(name: string, value: Buffer | string, modRevision: string): boolean {
+    const parsed = parseRevocationRecord(value, { network: this.spec.name, name });
+    const error = !parsed.ok
+      ? parsed.error
+      : this.trust
+        ? this.trust.verifyRevocation(parsed.value)
+        : 'the network has no trust anchor to verify it against';
+    if (error !== null || !parsed.ok) {
+      if (this.warnedRevocations.get(name) !== modRevision) {
+        this.warnedRevocations.set(name, modRevision);
+        this.invalidRevocations++;
+        this.log.warn({ etcdKey: revokedKey(this.spec.name, name), modRevision, error }, 'ignoring invalid revocation');
+      }
+      return false;
+    }
+    return this.addRevocation(parsed.value);
+  }
+
+  private addRevocation(rev: RevocationRecord): boolean {
+    const list = this.revocations.get(rev.name) ?? [];
+    if (list.some((r) => r.signature === rev.signature)) return false;
+    list.push(rev);
+    if (list.length > MAX_REVOCATIONS_PER_HOST) list.splice(0, list.length - MAX_REVOCATIONS_PER_HOST);
+    this.revocations.set(rev.name, list);
+    this.revocationsDirty = true;
+    this.log.info({ host: rev.name, serial: rev.serial ?? 'all', revoked: rev.revoked }, 'host certificate revoked');
+    return true;
   }
 
   private scheduleEmit(): void {
@@ -536,23 +638,65 @@ export class Registry {
       clearImmediate(this.emitScheduled);
       this.emitScheduled = null;
     }
-    const { peers, rejected } = computePeers({
+    const now = this.now();
+    const { peers, rejected, selfProblem } = computePeers({
       self: this.self,
       cidr: this.cidr,
       cidrText: this.spec.cidr,
       hosts: this.hosts,
       alive: this.aliveNames,
       leases: this.leases,
+      trust: this.trust ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert } : undefined,
     });
+    let revoked = 0;
     for (const r of rejected) {
+      if (r.trust === 'revoked') revoked++;
       if (this.warned.get(r.name) === r.modRevision) continue;
       this.warned.set(r.name, r.modRevision);
+      const etcdKey = hostKey(this.spec.name, r.name);
+      if (r.trust === 'revoked') {
+        this.log.warn({ etcdKey, host: r.name, error: r.error }, 'skipping revoked host');
+        continue;
+      }
       this.invalidRecords++;
-      this.log.warn({ etcdKey: hostKey(this.spec.name, r.name), modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
+      if (r.trust === 'untrusted') {
+        this.untrustedRecords++;
+        this.log.warn({ etcdKey, modRevision: r.modRevision, error: r.error }, 'skipping untrusted host record');
+      } else {
+        this.log.warn({ etcdKey, modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
+      }
     }
+    this.revokedHosts = revoked;
     for (const name of this.warned.keys()) if (!this.hosts.has(name)) this.warned.delete(name);
+    if (selfProblem !== this.selfProblem) {
+      if (selfProblem !== undefined) this.log.error({ error: selfProblem }, 'this host is no longer a valid member: dropping every peer');
+      else this.log.info('this host is a valid member again');
+      this.selfProblem = selfProblem;
+    }
+    this.armCertTimer(now);
     const snap = freezeMap(peers);
-    if (this.deliver(snap)) this.saveCache(snap);
+    const delivered = this.deliver(snap);
+    if (delivered || this.revocationsDirty) {
+      this.revocationsDirty = false;
+      this.saveCache(this.snapshot);
+    }
+  }
+
+  /** Recomputes the peer set when the next certificate becomes valid or expires. */
+  private armCertTimer(now: number): void {
+    if (!this.trust) return;
+    const certs: HostCert[] = [];
+    for (const e of this.hosts.values()) if (e.parsed.ok && e.parsed.value.cert) certs.push(e.parsed.value.cert);
+    if (this.selfCert) certs.push(this.selfCert);
+    const next = nextCertChange(certs, now);
+    if (next === null || (this.certTimer && this.certTimerAt === next)) return;
+    if (this.certTimer) clearTimeout(this.certTimer);
+    this.certTimerAt = next;
+    this.certTimer = setTimeout(() => {
+      this.certTimer = null;
+      this.emit();
+    }, Math.min(next - now, MAX_TIMER_MS));
+    this.certTimer.unref();
   }
 
   /** Hands `snap` to the callback unless it equals the last one; true when delivered. */
@@ -586,6 +730,7 @@ export class Registry {
         cidr: this.spec.cidr,
         savedAt: new Date(this.now()).toISOString(),
         peers: [...latest.values()],
+        revocations: [...this.revocations.values()].flat(),
       };
       const tmp = `${this.cacheFile}.tmp-${process.pid}`;
       try {
@@ -601,8 +746,8 @@ export class Registry {
     });
   }
 
-  /** The cached snapshot, validated like etcd records; null when absent or unusable. */
-  private async loadCache(): Promise<PeerSnapshot | null> {
+  /** The cache document of this network, or null when absent or unusable. */
+  private async readCache(): Promise<CacheDoc | null> {
     if (!this.cacheFile) return null;
     let doc: unknown;
     try {
@@ -611,16 +756,36 @@ export class Registry {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ err: (e as Error).message, file: this.cacheFile }, 'ignoring unreadable peer cache');
       return null;
     }
-    const d = doc as { version?: unknown; network?: unknown; cidr?: unknown; peers?: unknown };
+    const d = doc as CacheDoc;
     if (typeof d !== 'object' || d === null || d.version !== CACHE_VERSION || d.network !== this.spec.name || d.cidr !== this.spec.cidr || !Array.isArray(d.peers)) {
       this.log.warn({ file: this.cacheFile }, 'ignoring peer cache of another network or version');
       return null;
     }
+    return d;
+  }
+
+  /** Revocations saved with the cache, verified again (a file is no more trusted than etcd). */
+  private loadCachedRevocations(d: CacheDoc): void {
+    if (!this.trust || !Array.isArray(d.revocations)) return;
+    for (const r of d.revocations) {
+      const parsed = parseRevocationRecord(JSON.stringify(r), { network: this.spec.name });
+      if (parsed.ok && this.trust.verifyRevocation(parsed.value) === null) this.addRevocation(parsed.value);
+    }
+    this.revocationsDirty = false;
+  }
+
+  /** The cached snapshot, validated like etcd records (certificates and revocations included). */
+  private cachedPeers(d: CacheDoc): PeerSnapshot {
     const peers = new Map<string, HostRecord>();
+    const now = this.now();
     for (const p of d.peers) {
       const parsed = parseHostRecord(JSON.stringify(p), { network: this.spec.name });
       if (!parsed.ok || parsed.value.name === this.self) continue;
       if (checkOverlayIpInNetwork(parsed.value, this.cidr, this.spec.cidr) !== null) continue;
+      if (this.trust) {
+        if (this.trust.checkRecord(parsed.value, now) !== null) continue;
+        if (revocationOf(this.revocations, parsed.value.cert!)) continue;
+      }
       peers.set(parsed.value.name, parsed.value);
     }
     return freezeMap(new Map([...peers.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))));
@@ -635,6 +800,8 @@ export class Registry {
     this.closed = true;
     if (this.emitScheduled) clearImmediate(this.emitScheduled);
     this.emitScheduled = null;
+    if (this.certTimer) clearTimeout(this.certTimer);
+    this.certTimer = null;
     if (this.sleepTimer) clearTimeout(this.sleepTimer);
     this.sleepTimer = null;
     this.sleepWake?.();

@@ -21,6 +21,10 @@ export interface EngineOptions {
   /** Packets per batch (recvmmsg/sendmmsg vector length, TUN reads per wake). */
   batch?: number;
   onRoam?: (slot: number, ip: number, port: number) => void;
+  /** A handshake message arrived (the control thread answers it). */
+  onHandshake?: (data: Uint8Array, ip: number, port: number) => void;
+  /** A responder session carried its first packet (the data plane now sends on it). */
+  onConfirmed?: (slot: number, keyId: string) => void;
   onFatal?: (message: string) => void;
 }
 
@@ -101,6 +105,8 @@ export class DataplaneEngine {
               resolve();
             }
             else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port);
+            else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port);
+            else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
             else if (m.t === 'fatal') {
               reject(new Error(`data-plane ${init.role} worker failed: ${m.message}`));
               this.opts.onFatal?.(m.message);

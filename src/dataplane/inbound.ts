@@ -30,6 +30,7 @@ import {
   T_RX_BYTES,
   T_RX_PKTS,
 } from './stats';
+import { MSG_COOKIE, MSG_INITIATION } from '../crypto/noise';
 import { checkHeader, COUNTER_LIMIT, FLAG_CSUM_PARTIAL, CTRL_LEN, CTRL_PING, CTRL_PONG, HEADER_LEN, readCounter } from './wire';
 
 export interface InboundEvents {
@@ -37,27 +38,47 @@ export interface InboundEvents {
   ping(slot: number, t0: number): void;
   /** The peer's packets now come from a new address. */
   roam(slot: number, ip: number, port: number): void;
+  /** A handshake message (type 1-3) arrived; `data` is only valid during the call. */
+  handshake(data: Buffer, ip: number, port: number): void;
+  /** The first packet arrived on a session marked `promote`: it may be used for sending. */
+  confirmed(slot: number, keyId: string): void;
+}
+
+/** Handshake messages accepted per source address: rate per second and burst. */
+export const HS_RATE = 20;
+export const HS_BURST = 10;
+const HS_SOURCES_MAX = 4096;
+
+/** One receive key of a peer, with its own replay window. */
+class RxSession {
+  readonly replay = new ReplayWindow(COUNTER_LIMIT);
+  constructor(
+    readonly peer: InPeer,
+    readonly keyId: string,
+    readonly key: number,
+    public promote: boolean,
+  ) {}
 }
 
 class InPeer {
-  readonly replay = new ReplayWindow(COUNTER_LIMIT);
   ip: number;
   port: number;
-  constructor(
-    public cfg: WorkerPeer,
-    readonly key: number,
-  ) {
+  /** keyId -> session: the current one and any receive-only ones. */
+  sessions = new Map<string, RxSession>();
+  constructor(public cfg: WorkerPeer) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
   }
 }
 
 export class Inbound {
-  private readonly byIndex = new Map<number, InPeer>();
+  private readonly byIndex = new Map<number, RxSession>();
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
   private readonly sources = new Map<number, InPeer>();
   private readonly sourcePrefixes = new PrefixTable<InPeer>();
+  /** Handshake messages allowed per source address (token bucket). */
+  private readonly buckets = new Map<number, { tokens: number; at: number }>();
 
   constructor(
     private readonly aead: Aead,
@@ -67,14 +88,16 @@ export class Inbound {
   ) {}
 
   /**
-   * Replaces the peer set; a peer with unchanged keys keeps its replay window, and keeps an endpoint
-   * it roamed to unless the control plane names a new one (exactly as Outbound does).
+   * Replaces the peer set. Sessions are matched by keyId: an unchanged one keeps its key and
+   * replay window, a new one is loaded, a missing one is erased. A peer keeps an endpoint it
+   * roamed to unless the control plane names a new one (exactly as Outbound does).
    */
   setPeers(peers: readonly WorkerPeer[]): void {
     const next = new Map<number, InPeer>();
     for (const cfg of peers) {
       const old = this.bySlot.get(cfg.slot);
-      if (old && old.cfg.keyId === cfg.keyId) {
+      const p = old ?? new InPeer(cfg);
+      if (old) {
         // As in Outbound.setPeers: a new endpoint from the control plane replaces a roamed one
         // here too, so packets from anywhere else (the roamed address included) are a move again.
         if (old.cfg.endpointIp !== cfg.endpointIp || old.cfg.endpointPort !== cfg.endpointPort) {
@@ -82,24 +105,54 @@ export class Inbound {
           old.port = cfg.endpointPort;
         }
         old.cfg = cfg;
-        next.set(cfg.slot, old);
-      } else {
-        if (old) this.aead.dropKey(old.key);
-        next.set(cfg.slot, new InPeer(cfg, this.aead.loadKey(cfg.rxKey)));
       }
+      const want: { keyId: string; rxKey: Uint8Array; rxIndex: number; promote: boolean }[] = [
+        { keyId: cfg.keyId, rxKey: cfg.rxKey, rxIndex: cfg.rxIndex, promote: cfg.unconfirmed ?? false },
+        ...(cfg.receiveOnly ?? []).map((r) => ({ ...r, promote: r.promote ?? false })),
+      ];
+      const sessions = new Map<string, RxSession>();
+      for (const w of want) {
+        const had = p.sessions.get(w.keyId);
+        if (had) {
+          had.promote = had.promote && w.promote;
+          sessions.set(w.keyId, had);
+        } else sessions.set(w.keyId, new RxSession(p, w.keyId, this.aead.loadKey(w.rxKey), w.promote));
+      }
+      for (const [id, old2] of p.sessions) if (!sessions.has(id)) this.aead.dropKey(old2.key);
+      p.sessions = sessions;
+      next.set(cfg.slot, p);
     }
-    for (const [slot, old] of this.bySlot) if (!next.has(slot)) this.aead.dropKey(old.key);
+    for (const [slot, old] of this.bySlot) {
+      if (!next.has(slot)) for (const r of old.sessions.values()) this.aead.dropKey(r.key);
+    }
     this.bySlot.clear();
     this.byIndex.clear();
     this.sources.clear();
     const prefixes: { prefix: { base: number; len: number }; value: InPeer }[] = [];
     for (const [slot, p] of next) {
       this.bySlot.set(slot, p);
-      this.byIndex.set(p.cfg.rxIndex, p);
+      this.byIndex.set(p.cfg.rxIndex, p.sessions.get(p.cfg.keyId)!);
+      for (const r of p.cfg.receiveOnly ?? []) this.byIndex.set(r.rxIndex, p.sessions.get(r.keyId)!);
       this.sources.set(p.cfg.overlayIp, p);
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
     this.sourcePrefixes.set(prefixes);
+  }
+
+  /** Token bucket per source address for handshake messages: HS_RATE per second, HS_BURST deep. */
+  private allowHandshake(ip: number): boolean {
+    const now = this.clock.mono();
+    let b = this.buckets.get(ip);
+    if (!b) {
+      if (this.buckets.size >= HS_SOURCES_MAX) this.buckets.clear();
+      b = { tokens: HS_BURST, at: now };
+      this.buckets.set(ip, b);
+    }
+    b.tokens = Math.min(HS_BURST, b.tokens + ((now - b.at) / 1000) * HS_RATE);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
   }
 
   get peerCount(): number {
@@ -113,35 +166,48 @@ export class Inbound {
     for (let i = 0; i < n; i++) {
       const off = batch.offset(i);
       const len = batch.len[i]!;
+      // 0. handshake messages go to the control thread, rate-limited per source address
+      const type = len > 0 ? buf[off]! : 0;
+      if (type >= MSG_INITIATION && type <= MSG_COOKIE) {
+        if (!this.allowHandshake(batch.ip[i]!)) drops[DROP.handshakeRateLimited]! += 1;
+        else this.events.handshake(buf.subarray(off, off + len), batch.ip[i]!, batch.port[i]!);
+        continue;
+      }
       // 1. header
       const verdict = checkHeader(buf, off, len);
       if (verdict !== null) {
         drops[verdict === 'short' ? DROP.short : DROP.badType]! += 1;
         continue;
       }
-      // 2. peer
-      const peer = this.byIndex.get(buf.readUInt32LE(off + 4));
-      if (peer === undefined) {
+      // 2. peer (and which of its sessions)
+      const session = this.byIndex.get(buf.readUInt32LE(off + 4));
+      if (session === undefined) {
         drops[DROP.unknownPeer]! += 1;
         continue;
       }
+      const peer = session.peer;
       // 3. replay pre-check
       const counter = readCounter(buf, off);
-      if (!peer.replay.mayAccept(counter)) {
+      if (!session.replay.mayAccept(counter)) {
         drops[DROP.replay]! += 1;
         continue;
       }
       // 4. open
-      const plen = this.aead.open(peer.key, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+      const plen = this.aead.open(session.key, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
       if (plen < 0) {
         drops[DROP.auth]! += 1;
         continue;
       }
       // 5. commit
-      const newest = counter >= peer.replay.highest;
-      if (!peer.replay.accept(counter)) {
+      const newest = counter >= session.replay.highest;
+      if (!session.replay.accept(counter)) {
         drops[DROP.replay]! += 1;
         continue;
+      }
+      if (session.promote) {
+        // The initiator sends on the session it just completed: we may now send on it too.
+        session.promote = false;
+        this.events.confirmed(peer.cfg.slot, session.keyId);
       }
       const s = this.stats.peers;
       const base = peer.cfg.slot * PEER_STRIDE;
@@ -206,7 +272,7 @@ export class Inbound {
   }
 
   close(): void {
-    for (const p of this.bySlot.values()) this.aead.dropKey(p.key);
+    for (const p of this.bySlot.values()) for (const r of p.sessions.values()) this.aead.dropKey(r.key);
     this.bySlot.clear();
     this.byIndex.clear();
   }

@@ -42,7 +42,7 @@ class OutPeer {
   port: number;
   constructor(
     public cfg: WorkerPeer,
-    readonly key: number,
+    public key: number,
   ) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
@@ -94,6 +94,21 @@ export class Outbound {
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
     this.prefixes.set(prefixes);
+  }
+
+  /**
+   * The peer sent its first packet on a session we answered as responder: send on it from now on
+   * (its keys came with the peer set as a `promote` receive-only session).
+   */
+  promote(slot: number, keyId: string): void {
+    const p = this.bySlot.get(slot);
+    if (!p || p.cfg.keyId === keyId) return;
+    const r = p.cfg.receiveOnly?.find((x) => x.keyId === keyId);
+    if (!r || !r.txKey || r.txIndex === undefined) return;
+    this.aead.dropKey(p.key);
+    p.key = this.aead.loadKey(r.txKey);
+    p.counter = 0;
+    p.cfg = { ...p.cfg, keyId, txKey: r.txKey, rxKey: r.rxKey, txIndex: r.txIndex, rxIndex: r.rxIndex };
   }
 
   /** The data plane saw an authenticated packet from a new source: send there from now on. */

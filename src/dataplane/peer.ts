@@ -17,6 +17,25 @@ export interface WorkerPeer {
   rxKey: Uint8Array;
   txIndex: number;
   rxIndex: number;
+  /**
+   * The send session is one we answered and the initiator has not used yet (we send on it only
+   * because there is no other): report its first received packet so it counts as confirmed.
+   */
+  unconfirmed?: boolean;
+  /**
+   * Further sessions accepted on receive only: the previous one while packets sealed under it
+   * drain after a rekey, and (with `promote`) one we answered as responder, which becomes
+   * usable for sending once the initiator's first packet on it arrives.
+   */
+  receiveOnly?: {
+    keyId: string;
+    rxKey: Uint8Array;
+    rxIndex: number;
+    promote?: boolean;
+    /** For a `promote` session: its send half, used once it is confirmed. */
+    txKey?: Uint8Array;
+    txIndex?: number;
+  }[];
 }
 
 /** Time for the data plane: `now` is wall-clock ms (shared with status), `mono` is monotonic ms. */

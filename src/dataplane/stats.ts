@@ -24,6 +24,7 @@ export const DROP_REASONS = [
   'spoofed', // inner source address not allowed for that peer
   'malformed', // inner packet not a valid IP packet
   'tunWrite', // the kernel refused the packet on the TUN
+  'handshakeRateLimited', // handshake messages from one source beyond the per-source rate
   'noRoute', // TUN packet for an address no peer owns
   'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
   'sendFailed', // the UDP socket refused the datagram

@@ -41,10 +41,15 @@ export interface WorkerInit {
 }
 
 export type ToWorker = { t: 'peers'; peers: WorkerPeer[] };
-export type SiblingMessage = { t: 'pong'; slot: number; t0: number } | { t: 'roam'; slot: number; ip: number; port: number };
+export type SiblingMessage =
+  | { t: 'pong'; slot: number; t0: number }
+  | { t: 'roam'; slot: number; ip: number; port: number }
+  | { t: 'confirm'; slot: number; keyId: string };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number }
+  | { t: 'handshake'; data: Uint8Array; ip: number; port: number }
+  | { t: 'confirmed'; slot: number; keyId: string }
   | { t: 'fatal'; message: string };
 
 /** How long an idle worker sleeps in poll before looking at its mailbox again. */
@@ -94,6 +99,7 @@ async function main(init: WorkerInit): Promise<void> {
             clist.count = 0;
           }
         } else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port);
+        else if (msg.t === 'confirm') out.promote(msg.slot, msg.keyId);
       }
       if (clist.count > 0) cudp.sendBatch(cbatch, clist);
     };
@@ -165,6 +171,11 @@ async function main(init: WorkerInit): Promise<void> {
       roam: (slot, ip, port) => {
         toSibling({ t: 'roam', slot, ip, port });
         post({ t: 'roam', slot, ip, port });
+      },
+      handshake: (data, ip, port) => post({ t: 'handshake', data: new Uint8Array(data), ip, port }),
+      confirmed: (slot, keyId) => {
+        toSibling({ t: 'confirm', slot, keyId });
+        post({ t: 'confirmed', slot, keyId });
       },
     });
     const tun = new TunBatchIo(init.tunFd, batch, init.vnet);

@@ -40,7 +40,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
     step(`etcd listening on ${etcd.endpoint} (inside the router namespace)`);
 
     await createNetwork(t, { name: NETWORK, cidr: CIDR, etcd: etcd.endpoint });
-    step(`network "${NETWORK}" created with ${CIDR}`);
+    step(`network "${NETWORK}" created with ${CIDR}; its network key (in the run's work dir) certifies each host`);
 
     const endpoint = etcd.endpoint;
     agents.push(...(await Promise.all(t.hosts.map((h) => startAgent(t, h, { etcd: endpoint, network: NETWORK })))));

@@ -66,7 +66,7 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
         p.endpoint,
         p.state,
         p.rttMs === null ? '-' : `${p.rttMs.toFixed(2)} ms`,
-        ago(p.lastHandshake, now),
+        ago(p.lastRx, now),
         bytes(p.rxBytes),
         bytes(p.txBytes),
       ]);
@@ -78,5 +78,14 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   lines.push(`traffic: rx ${d.rxPackets} pkts (${bytes(d.rxBytes)}), tx ${d.txPackets} pkts (${bytes(d.txBytes)})`);
   const drops = Object.entries(d.drops).filter(([, n]) => n > 0);
   lines.push(`drops: ${drops.length === 0 ? 'none' : drops.map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  if (doc.handshake) {
+    const h = doc.handshake;
+    const refused = Object.entries(h.drops).filter(([, n]) => n > 0);
+    lines.push(
+      `handshakes: ${h.completed} completed (${h.rekeys} rekeys), ${h.initiationsSent} initiations sent; refused: ${
+        refused.length === 0 ? 'none' : refused.map(([k, n]) => `${k}=${n}`).join(' ')
+      }`,
+    );
+  }
   return lines.join('\n');
 }

@@ -6,7 +6,10 @@ export interface StatusPeer {
   endpoint: string;
   path: 'direct' | 'none';
   state: 'up' | 'connecting' | 'down';
+  /** When the newest session with this peer was made (handshake completed). */
   lastHandshake: string | null;
+  /** When the last authenticated packet from this peer arrived. */
+  lastRx: string | null;
   rxBytes: number;
   txBytes: number;
   rxPackets: number;
@@ -31,7 +34,20 @@ export interface StatusDocument {
     crypto: string;
     offload: boolean;
   };
-  etcd: { connected: boolean; invalidRecords: number };
+  /**
+   * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those
+   * that failed the certificate checks; revokedHosts the hosts skipped now as revoked.
+   */
+  etcd: { connected: boolean; invalidRecords: number; untrustedRecords?: number; revokedHosts?: number };
+  /** Handshake counters (sent, completed, rekeys) and refusals by reason. */
+  handshake?: {
+    initiationsSent: number;
+    responsesSent: number;
+    completed: number;
+    cookiesSent: number;
+    rekeys: number;
+    drops: Record<string, number>;
+  };
   peers: StatusPeer[];
   dataplane: {
     rxPackets: number;

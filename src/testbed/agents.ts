@@ -25,11 +25,34 @@ export function cli(topo: Topology, ns: string | null, args: readonly string[], 
   return ns === null ? run(cmd, { timeoutMs }) : topo.tryExec(ns, cmd, { timeoutMs });
 }
 
-/** `network create NAME --cidr CIDR --etcd URL`, run from the router namespace. */
+/** Where the test bed keeps a network's key (the operator's offline file): the run's work dir. */
+export function networkKeyFile(topo: Topology, network: string): string {
+  return path.join(topo.workDir, `${network}.netkey`);
+}
+
+/** `network create NAME --cidr CIDR --etcd URL --key-out <workDir>/NAME.netkey`, run from the router namespace. */
 export async function createNetwork(topo: Topology, opts: { name: string; cidr: string; etcd: string }): Promise<void> {
-  await runOk(['ip', 'netns', 'exec', topo.routerNs, process.execPath, cliPath(), 'network', 'create', opts.name, '--cidr', opts.cidr, '--etcd', opts.etcd], {
-    timeoutMs: 20_000,
-  });
+  await runOk(
+    [
+      ...['ip', 'netns', 'exec', topo.routerNs, process.execPath, cliPath()],
+      ...['network', 'create', opts.name, '--cidr', opts.cidr, '--etcd', opts.etcd, '--key-out', networkKeyFile(topo, opts.name)],
+    ],
+    { timeoutMs: 20_000 },
+  );
+}
+
+/**
+ * `host issue NAME --network NET --network-key <workDir>/NET.netkey --out DIR`, run from the router
+ * namespace (the operator's seat): DIR gets private.key (kept when present) and host.cert.
+ */
+export async function issueHostCert(topo: Topology, opts: { name: string; network: string; etcd: string; out: string }): Promise<void> {
+  await runOk(
+    [
+      ...['ip', 'netns', 'exec', topo.routerNs, process.execPath, cliPath()],
+      ...['host', 'issue', opts.name, '--network', opts.network, '--network-key', networkKeyFile(topo, opts.network), '--out', opts.out, '--etcd', opts.etcd],
+    ],
+    { timeoutMs: 20_000 },
+  );
 }
 
 export interface AgentOptions {
@@ -41,6 +64,8 @@ export interface AgentOptions {
   readonly listenPort?: number;
   readonly logLevel?: string;
   readonly extraArgs?: readonly string[];
+  /** Issue a certificate bundle into the state dir before starting (default true). */
+  readonly issueCert?: boolean;
   /** Wait until `status --json` answers (default true). */
   readonly waitReady?: boolean;
   readonly readyTimeoutMs?: number;
@@ -75,7 +100,10 @@ export interface Agent {
   stop(opts?: { signal?: NodeJS.Signals; timeoutMs?: number }): Promise<ExitInfo>;
 }
 
-/** Starts `cladnet agent` in `host`'s namespace; state and socket live under the topology's work dir. */
+/**
+ * Starts `cladnet agent` in `host`'s namespace; state and socket live under the topology's work dir.
+ * First the operator's step: a certificate bundle for the host into its state dir (see issueHostCert).
+ */
 export async function startAgent(topo: Topology, host: TopologyHost, opts: AgentOptions): Promise<Agent> {
   const name = opts.name ?? host.name;
   const iface = opts.iface ?? 'cladnet0';
@@ -84,6 +112,7 @@ export async function startAgent(topo: Topology, host: TopologyHost, opts: Agent
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const socket = path.join(stateDir, 'cladnet.sock');
   const logFile = path.join(stateDir, 'agent.log');
+  if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir });
   const args = [
     process.execPath,
     cliPath(),

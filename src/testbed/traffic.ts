@@ -360,3 +360,79 @@ export function udpDatagrams(pcap: Buffer): UdpDatagram[] {
   }
   return out;
 }
+
+// ---- timed TCP streams, hashed on both ends ------------------------------------------------------
+
+const STREAM_RECEIVER = `
+const net = require('net'), crypto = require('crypto');
+const [streams, port, bind] = process.argv.slice(1).map((x, i) => (i < 2 ? Number(x) : x));
+let done = 0; const results = [];
+const srv = net.createServer((s) => {
+  const h = crypto.createHash('sha256'); let n = 0;
+  s.on('data', (d) => { n += d.length; h.update(d); });
+  s.on('end', () => { results.push({ bytes: n, sha256: h.digest('hex') }); if (++done === streams) { console.log(JSON.stringify(results)); srv.close(); } });
+  s.on('error', (e) => { console.error(e.message); process.exit(1); });
+});
+srv.listen(port, bind, () => console.log('LISTENING'));
+`;
+
+// Each stream sends a 1 MiB random block again and again with its number and a running counter
+// in front, for the given seconds, hashing exactly what it wrote.
+const STREAM_SENDER = `
+const net = require('net'), crypto = require('crypto');
+const [host, port, streams, seconds] = process.argv.slice(1);
+const block = crypto.randomBytes(1 << 20); const results = []; let done = 0;
+for (let k = 0; k < Number(streams); k++) {
+  const h = crypto.createHash('sha256'); let n = 0, seq = 0; const end = Date.now() + Number(seconds) * 1000;
+  const s = net.connect(Number(port), host, () => {
+    const pump = () => {
+      while (Date.now() < end) {
+        const b = Buffer.from(block); b.writeUInt32BE(k, 0); b.writeUInt32BE(seq++, 4);
+        h.update(b); n += b.length;
+        if (!s.write(b)) return s.once('drain', pump);
+      }
+      s.end();
+    };
+    pump();
+  });
+  s.on('close', () => { results[k] = { bytes: n, sha256: h.digest('hex') }; if (++done === Number(streams)) console.log(JSON.stringify(results)); });
+  s.on('error', (e) => { console.error('sender: ' + e.message); process.exit(1); });
+}
+`;
+
+export interface StreamResult {
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+/**
+ * Runs `streams` TCP connections from `fromNs` to `toIp:port` in `toNs` for `seconds`; each end
+ * hashes what it sent or received. Returns both sides' (bytes, sha256) per stream (the receiver's
+ * in arrival order) and the wall time.
+ */
+export async function streamTransfer(
+  topo: Topology,
+  opts: { fromNs: string; toNs: string; toIp: string; port: number; streams: number; seconds: number },
+): Promise<{ sent: StreamResult[]; received: StreamResult[]; secs: number }> {
+  const limit = (opts.seconds + 60) * 1000;
+  const receiver = topo.spawn(opts.toNs, [process.execPath, '-e', STREAM_RECEIVER, String(opts.streams), String(opts.port), opts.toIp], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const rlines = collectLines(receiver);
+  try {
+    await rlines.waitFor((l) => l === 'LISTENING', 10_000, 'the stream receiver to listen');
+    const t0 = Date.now();
+    const send = await topo.tryExec(
+      opts.fromNs,
+      [process.execPath, '-e', STREAM_SENDER, opts.toIp, String(opts.port), String(opts.streams), String(opts.seconds)],
+      { timeoutMs: limit },
+    );
+    if (send.code !== 0) throw new Error(`stream sender failed (exit ${send.code}): ${send.stderr.trim()}`);
+    const line = await rlines.waitFor((l) => l.startsWith('['), 30_000, 'the stream receiver to finish');
+    const secs = (Date.now() - t0) / 1000;
+    const sent = JSON.parse(send.stdout.trim().split('\n').at(-1)!) as StreamResult[];
+    return { sent, received: JSON.parse(line) as StreamResult[], secs };
+  } finally {
+    if (receiver.exitCode === null && receiver.signalCode === null) receiver.kill('SIGKILL');
+  }
+}

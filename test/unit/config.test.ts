@@ -56,6 +56,7 @@ describe('loadAgentConfig', () => {
       crypto: 'auto',
       offload: true,
       advertise: [],
+      cert: '/var/lib/cladnet/host.cert',
     } satisfies AgentConfig);
   });
 

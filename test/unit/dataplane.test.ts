@@ -12,7 +12,7 @@ import { WasmAead } from '../../src/crypto/aead';
 import { generateKeyPair, StaticKeyAgreement, type KeyPair, type SessionKeys } from '../../src/crypto/keys';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../../src/dataplane/fakes';
-import { Inbound } from '../../src/dataplane/inbound';
+import { HS_BURST, Inbound } from '../../src/dataplane/inbound';
 import { Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS } from '../../src/dataplane/outbound';
 import type { WorkerPeer } from '../../src/dataplane/peer';
 import {
@@ -112,6 +112,8 @@ class Node {
   private readonly outBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
   private readonly list = new SendList(CAP);
   private readonly inBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
+  /** Handshake messages the inbound path handed to the control thread. */
+  readonly handshakes: Buffer[] = [];
   private readonly ctrlBatch = new PacketBatch(Buffer.alloc(slotSizeFor(64) * 4), slotSizeFor(64), 4);
   private readonly ctrlList = new SendList(4);
 
@@ -130,6 +132,12 @@ class Node {
       roam: (slot, ip, port) => {
         this.roams.push({ slot, ip, port });
         this.out.roam(slot, ip, port); // as the inbound worker asks the outbound one
+      },
+      handshake: (data) => {
+        this.handshakes.push(Buffer.from(data));
+      },
+      confirmed: (slot, keyId) => {
+        this.out.promote(slot, keyId);
       },
     });
   }
@@ -493,12 +501,17 @@ describe('data plane over fakes', () => {
       const { b, net } = m;
       const r = rng(7);
       const expected = noDrops();
+      let handshakes = 0;
       for (let i = 0; i < 300; i++) {
         const len = Math.floor(r() * 200);
         const d = Buffer.alloc(len);
         for (let j = 0; j < len; j++) d[j] = Math.floor(r() * 256);
-        // Expected verdict by the wire spec, in order: length, type and reserved bytes.
-        if (len < OVERHEAD) expected.short++;
+        // Expected verdict by the wire spec, in order: handshake types go to the control thread
+        // (HS_BURST of them from one source; the clock stands still), then length, type, reserved.
+        if (len > 0 && d[0]! >= 1 && d[0]! <= 3) {
+          if (handshakes < HS_BURST) handshakes++;
+          else expected.handshakeRateLimited++;
+        } else if (len < OVERHEAD) expected.short++;
         else if (d[0] !== 4 || d[1] !== 0 || d[2] !== 0 || d[3] !== 0) expected.badType++;
         else expected.unknownPeer++;
         net.deliver(from(ATTACKER, 1000 + i, b, d));
@@ -507,6 +520,7 @@ describe('data plane over fakes', () => {
       expect(expected.short).toBeGreaterThan(0);
       expect(expected.badType).toBeGreaterThan(0);
       expect(b.drops()).toEqual(expected);
+      expect(b.handshakes.length).toBe(handshakes);
       expect(b.tun.written).toEqual([]);
       expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(0);
       expect(b.roams).toEqual([]);

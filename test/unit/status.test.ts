@@ -14,6 +14,7 @@ function peer(over: Partial<StatusPeer>): StatusPeer {
     path: 'direct',
     state: 'up',
     lastHandshake: null,
+    lastRx: null,
     rxBytes: 0,
     txBytes: 0,
     rxPackets: 0,
@@ -42,9 +43,9 @@ function sample(): StatusDocument {
     },
     etcd: { connected: true, invalidRecords: 0 },
     peers: [
-      peer({ name: 'bravo', overlayIp: '100.64.0.2', endpoint: '203.0.113.2:51820', state: 'up', rttMs: 1.234, lastHandshake: iso(5_000), rxBytes: 1536, txBytes: 512 }),
+      peer({ name: 'bravo', overlayIp: '100.64.0.2', endpoint: '203.0.113.2:51820', state: 'up', rttMs: 1.234, lastRx: iso(5_000), rxBytes: 1536, txBytes: 512 }),
       peer({ name: 'charlie-long-name', overlayIp: '100.64.0.3', endpoint: '192.0.2.3:51820', state: 'connecting', txBytes: 3 * 1024 ** 2 }),
-      peer({ name: 'delta', overlayIp: '100.64.0.4', endpoint: '198.18.0.4:51820', state: 'down', rttMs: 120.5, lastHandshake: iso(600_000), rxBytes: 5 * 1024 ** 3, txBytes: 1023 }),
+      peer({ name: 'delta', overlayIp: '100.64.0.4', endpoint: '198.18.0.4:51820', state: 'down', rttMs: 120.5, lastRx: iso(600_000), rxBytes: 5 * 1024 ** 3, txBytes: 1023 }),
     ],
     dataplane: {
       rxPackets: 1000,
@@ -118,7 +119,7 @@ describe('renderStatus', () => {
     [-30_000, '0s ago'], // a handshake "in the future" (clock skew) is shown as now
   ])('last rx %d ms ago reads %s', (msAgo, text) => {
     const doc = sample();
-    doc.peers = [peer({ name: 'p', lastHandshake: iso(msAgo) })];
+    doc.peers = [peer({ name: 'p', lastRx: iso(msAgo) })];
     const row = renderStatus(doc, NOW).split('\n').find((r) => r.startsWith('p '))!;
     expect(row.split(/\s{2,}/)[5]).toBe(text);
   });

@@ -64,6 +64,16 @@ export function openUdpSocket(opts: UdpSocketOptions): UdpSocket {
   }
 }
 
+/**
+ * Sends one datagram from the calling thread (the control thread's handshakes; rare, so a
+ * plain sendto). Returns false when the kernel refused it.
+ */
+export function sendDatagram(fd: number, data: Uint8Array, ip: number, port: number): boolean {
+  const addr = Buffer.alloc(SOCKADDR_IN);
+  writeSockaddrIn(addr, 0, ip, port);
+  return libc.sendto(fd, data, data.length, libc.MSG_DONTWAIT, addr, SOCKADDR_IN) === data.length;
+}
+
 // struct mmsghdr { struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t iovlen;
 //   void *control; size_t controllen; int flags; } hdr; unsigned int len; } = 64 bytes on x86_64.
 const MMSG = 64;

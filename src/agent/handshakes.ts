@@ -1,0 +1,420 @@
+/**
+ * Handshakes and session lifetimes, on the control thread. The data plane only ever sees the
+ * result: per peer, one session to send on and a few more to accept on receive.
+ *
+ *   1. initiate   when a peer has no usable session (the host with the lower public key at once,
+ *                 the other after INITIATE_DELAY_MS, so two hosts that meet rarely both start),
+ *                 and when our current session passes REKEY_AFTER
+ *   2. retry      unanswered initiations, with exponential backoff from RETRY_MIN_MS to RETRY_MAX_MS
+ *   3. respond    to a valid initiation from a known peer whose timestamp is newer than any before
+ *                 (a replayed initiation is refused and counted)
+ *   4. complete   our initiation with the matching response: the new session is used at once
+ *   5. confirm    a session we answered is used for sending once the initiator's first packet on
+ *                 it arrives (the inbound worker tells us), so a rekey loses nothing
+ *   6. expire     sessions older than REJECT_AFTER are forgotten; the workers erase their keys
+ *   7. cookies    under load (more than UNDER_LOAD_PER_S initiations a second) an initiation
+ *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman
+ */
+import type { Logger } from '../log';
+import { compareTimestamps, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, Noise, timestamp, type PendingInitiation, type SessionSecrets } from '../crypto/noise';
+
+export interface HandshakeTimers {
+  rekeyAfterMs: number;
+  rejectAfterMs: number;
+}
+
+/** WireGuard's: rekey after 2 minutes, never use a session after 3. */
+export const DEFAULT_TIMERS: HandshakeTimers = { rekeyAfterMs: 120_000, rejectAfterMs: 180_000 };
+export const RETRY_MIN_MS = 250;
+export const RETRY_MAX_MS = 5_000;
+export const INITIATE_DELAY_MS = 1_000;
+export const UNDER_LOAD_PER_S = 50;
+const COOKIE_SECRET_MS = 120_000;
+const MAX_SESSIONS = 3;
+/** Fraction of a session's life at the end during which it only receives. */
+const SEND_MARGIN = 1 / 12;
+
+/**
+ * Timers for tests: CLADNET_REKEY_AFTER_MS shortens rekeying (reject-after follows at 1.5x).
+ * Not a user setting: the defaults are the protocol's.
+ */
+export function timersFromEnv(env: NodeJS.ProcessEnv): HandshakeTimers {
+  const v = Number(env.CLADNET_REKEY_AFTER_MS);
+  if (!Number.isFinite(v) || v < 500) return DEFAULT_TIMERS;
+  return { rekeyAfterMs: v, rejectAfterMs: Math.round(v * 1.5) };
+}
+
+export interface Session {
+  readonly keyId: string;
+  readonly localIndex: number;
+  readonly remoteIndex: number;
+  readonly sendKey: Uint8Array;
+  readonly recvKey: Uint8Array;
+  readonly created: number;
+  readonly initiator: boolean;
+  confirmed: boolean;
+}
+
+interface PeerState {
+  name: string;
+  publicKey: Uint8Array;
+  lowerThanPeer: boolean;
+  addedAt: number;
+  endpoint: { ip: number; port: number };
+  sessions: Session[]; // newest first
+  pending: (PendingInitiation & { sentAt: number }) | null;
+  attempts: number;
+  nextAttempt: number;
+  lastTimestamp: Uint8Array | null;
+  cookie: { value: Uint8Array; at: number } | null;
+  /** The send session the workers were last told about (by keyId). */
+  lastSendId: string | null;
+}
+
+export interface HandshakeStats {
+  initiationsSent: number;
+  responsesSent: number;
+  completed: number;
+  cookiesSent: number;
+  rekeys: number;
+  drops: {
+    mac1: number;
+    decrypt: number;
+    unknownPeer: number;
+    replay: number;
+    unexpected: number;
+    cookieRequired: number;
+  };
+}
+
+export interface HandshakeDeps {
+  noise: Noise;
+  /** Sends a datagram on the agent's UDP socket. */
+  send(data: Uint8Array, ip: number, port: number): void;
+  /**
+   * Called whenever any peer's usable sessions changed. `now` asks for the workers to be told
+   * before anything else is sent: a responder's new session must be in its data plane before
+   * the response leaves, or the initiator's first packets could arrive at a data plane that does
+   * not know their receiver index yet.
+   */
+  onChange(now?: boolean): void;
+  log: Logger;
+  now?: () => number;
+  timers?: HandshakeTimers;
+  random?: () => number;
+}
+
+function ipPort(ip: number, port: number): string {
+  return `${ip >>> 24}.${(ip >>> 16) & 255}.${(ip >>> 8) & 255}.${ip & 255}:${port}`;
+}
+
+export class HandshakeManager {
+  private readonly peers = new Map<string, PeerState>();
+  /** Our receiver indices: pending initiations and live sessions. */
+  private readonly byIndex = new Map<number, { peer: PeerState; pending: boolean }>();
+  private readonly now: () => number;
+  private readonly timers: HandshakeTimers;
+  private readonly random: () => number;
+  private lastTimestamp = 0;
+  private cookieSecret: Uint8Array;
+  private cookieSecretAt: number;
+  private window = { start: 0, count: 0 };
+  private keySeq = 0;
+  readonly stats: HandshakeStats = {
+    initiationsSent: 0,
+    responsesSent: 0,
+    completed: 0,
+    cookiesSent: 0,
+    rekeys: 0,
+    drops: { mac1: 0, decrypt: 0, unknownPeer: 0, replay: 0, unexpected: 0, cookieRequired: 0 },
+  };
+
+  constructor(private readonly d: HandshakeDeps) {
+    this.now = d.now ?? Date.now;
+    this.timers = d.timers ?? DEFAULT_TIMERS;
+    this.random = d.random ?? Math.random;
+    this.cookieSecret = this.freshSecret();
+    this.cookieSecretAt = this.now();
+  }
+
+  private freshSecret(): Uint8Array {
+    const b = new Uint8Array(32);
+    for (let i = 0; i < 32; i++) b[i] = Math.floor(this.random() * 256);
+    return this.d.noise.hash(b);
+  }
+
+  /** Declarative peer set: name -> static public key and endpoint. A changed key starts over. */
+  setPeers(list: readonly { name: string; publicKey: Uint8Array; ip: number; port: number }[]): void {
+    const seen = new Set<string>();
+    const now = this.now();
+    for (const p of list) {
+      seen.add(p.name);
+      const old = this.peers.get(p.name);
+      if (old && Buffer.from(old.publicKey).equals(Buffer.from(p.publicKey))) {
+        if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) old.endpoint = { ip: p.ip, port: p.port };
+        continue;
+      }
+      if (old) this.forget(old);
+      this.peers.set(p.name, {
+        name: p.name,
+        publicKey: p.publicKey,
+        lowerThanPeer: Buffer.compare(Buffer.from(this.d.noise.staticPublic), Buffer.from(p.publicKey)) < 0,
+        addedAt: now,
+        endpoint: { ip: p.ip, port: p.port },
+        sessions: [],
+        pending: null,
+        attempts: 0,
+        nextAttempt: 0,
+        lastTimestamp: null,
+        cookie: null,
+        lastSendId: null,
+      });
+    }
+    for (const [name, st] of this.peers) if (!seen.has(name)) this.forget(st);
+    this.tick();
+  }
+
+  private forget(st: PeerState): void {
+    for (const [idx, e] of this.byIndex) if (e.peer === st) this.byIndex.delete(idx);
+    for (const s of st.sessions) this.wipe(s);
+    st.sessions = [];
+    this.peers.delete(st.name);
+    this.d.onChange();
+  }
+
+  private wipe(s: Session): void {
+    s.sendKey.fill(0);
+    s.recvKey.fill(0);
+  }
+
+  /** The data plane moved a peer (roaming): later handshakes go there. */
+  moveEndpoint(name: string, ip: number, port: number): void {
+    const st = this.peers.get(name);
+    if (st) st.endpoint = { ip, port };
+  }
+
+  /**
+   * Sessions the data plane may use for a peer: the send session first, then receive-only ones.
+   * A session stops being used for sending a little before it is erased (SEND_MARGIN of its
+   * life), so that packets sealed under it still find the key at the other end.
+   */
+  usable(name: string): { send: Session; others: Session[] } | null {
+    const st = this.peers.get(name);
+    if (!st || st.sessions.length === 0) return null;
+    const stopAt = this.timers.rejectAfterMs * (1 - SEND_MARGIN);
+    const now = this.now();
+    const fresh = st.sessions.filter((s) => now - s.created < stopAt);
+    const send = fresh.find((s) => s.initiator || s.confirmed) ?? fresh[0];
+    if (!send) return null;
+    return { send, others: st.sessions.filter((s) => s !== send) };
+  }
+
+  lastHandshake(name: string): number | null {
+    return this.peers.get(name)?.sessions[0]?.created ?? null;
+  }
+
+  // ---- 1, 2, 6: timers ------------------------------------------------------------------------
+
+  tick(): void {
+    const now = this.now();
+    if (now - this.cookieSecretAt > COOKIE_SECRET_MS) {
+      this.cookieSecret = this.freshSecret();
+      this.cookieSecretAt = now;
+    }
+    for (const st of this.peers.values()) {
+      // 6. expire
+      const before = st.sessions.length;
+      st.sessions = st.sessions.filter((s) => {
+        const keep = now - s.created < this.timers.rejectAfterMs;
+        if (!keep) {
+          this.byIndex.delete(s.localIndex);
+          this.wipe(s);
+        }
+        return keep;
+      });
+      // A session that ages past its send limit hands sending to the next one: tell the workers.
+      const sendId = this.usable(st.name)?.send.keyId ?? null;
+      if (st.sessions.length !== before || sendId !== st.lastSendId) {
+        st.lastSendId = sendId;
+        this.d.onChange();
+      }
+      // 1, 2. initiate or retry
+      const newest = st.sessions[0];
+      const usable = this.usable(st.name);
+      let due = false;
+      if (!usable) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
+      else {
+        const age = now - newest!.created;
+        const mine = usable.send.initiator;
+        due = age >= this.timers.rekeyAfterMs + (mine ? 0 : this.timers.rekeyAfterMs / 10);
+      }
+      if (!due) {
+        st.attempts = 0;
+        continue;
+      }
+      if (st.pending && now < st.nextAttempt) continue;
+      this.initiate(st, now);
+    }
+  }
+
+  private initiate(st: PeerState, now: number): void {
+    if (st.pending) this.byIndex.delete(st.pending.localIndex);
+    const localIndex = this.freeIndex();
+    const cookie = st.cookie && now - st.cookie.at < COOKIE_SECRET_MS ? st.cookie.value : null;
+    const ts = Math.max(now, this.lastTimestamp + 1);
+    this.lastTimestamp = ts;
+    const r = this.d.noise.initiate(st.publicKey, localIndex, timestamp(ts), cookie);
+    if (!r) {
+      st.pending = null;
+      return;
+    }
+    st.pending = { ...r.pending, sentAt: now };
+    this.byIndex.set(localIndex, { peer: st, pending: true });
+    const backoff = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** st.attempts);
+    st.attempts++;
+    st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
+    this.stats.initiationsSent++;
+    this.d.send(r.msg, st.endpoint.ip, st.endpoint.port);
+  }
+
+  private freeIndex(): number {
+    for (;;) {
+      const i = this.d.noise.randomIndex();
+      if (i !== 0 && !this.byIndex.has(i)) return i;
+    }
+  }
+
+  private addSession(st: PeerState, secrets: SessionSecrets, initiator: boolean): void {
+    // (see HandshakeDeps.onChange: a responder's session goes to the workers before its response)
+    const s: Session = {
+      keyId: `hs${++this.keySeq}`,
+      localIndex: secrets.localIndex,
+      remoteIndex: secrets.remoteIndex,
+      sendKey: secrets.sendKey,
+      recvKey: secrets.recvKey,
+      created: this.now(),
+      initiator,
+      confirmed: initiator,
+    };
+    if (st.sessions.length > 0) this.stats.rekeys++;
+    st.sessions.unshift(s);
+    this.byIndex.set(s.localIndex, { peer: st, pending: false });
+    while (st.sessions.length > MAX_SESSIONS) {
+      const old = st.sessions.pop()!;
+      this.byIndex.delete(old.localIndex);
+      this.wipe(old);
+    }
+    this.stats.completed++;
+    this.d.onChange(!initiator);
+  }
+
+  /** 5. The inbound worker saw the first packet on a session we answered. */
+  confirmed(name: string, keyId: string): void {
+    const s = this.peers.get(name)?.sessions.find((x) => x.keyId === keyId);
+    if (s && !s.confirmed) {
+      s.confirmed = true;
+      this.d.onChange();
+    }
+  }
+
+  // ---- 3, 4, 7: messages ----------------------------------------------------------------------
+
+  receive(msg: Uint8Array, ip: number, port: number): void {
+    const noise = this.d.noise;
+    const type = msg[0];
+    if (type === MSG_COOKIE) return this.receiveCookie(msg);
+    if (type !== MSG_INITIATION && type !== MSG_RESPONSE) {
+      this.stats.drops.unexpected++;
+      return;
+    }
+    if (!noise.checkMac1(msg)) {
+      this.stats.drops.mac1++;
+      return;
+    }
+    if (this.underLoad()) {
+      const cookie = noise.cookieFor(this.cookieSecret, ipPort(ip, port));
+      if (!noise.checkMac2(msg, cookie)) {
+        this.stats.drops.cookieRequired++;
+        this.stats.cookiesSent++;
+        this.d.send(noise.cookieReply(msg, cookie), ip, port);
+        return;
+      }
+    }
+    if (type === MSG_INITIATION) this.receiveInitiation(msg, ip, port);
+    else this.receiveResponse(msg);
+  }
+
+  private underLoad(): boolean {
+    const now = this.now();
+    if (now - this.window.start >= 1000) this.window = { start: now, count: 0 };
+    return ++this.window.count > UNDER_LOAD_PER_S;
+  }
+
+  private receiveInitiation(msg: Uint8Array, ip: number, port: number): void {
+    const init = this.d.noise.consumeInitiation(msg);
+    if (!init) {
+      this.stats.drops.decrypt++;
+      return;
+    }
+    const key = Buffer.from(init.peerStatic);
+    const st = [...this.peers.values()].find((p) => key.equals(Buffer.from(p.publicKey)));
+    if (!st) {
+      this.stats.drops.unknownPeer++;
+      return;
+    }
+    if (st.lastTimestamp && compareTimestamps(init.timestamp, st.lastTimestamp) <= 0) {
+      this.stats.drops.replay++;
+      return;
+    }
+    const r = this.d.noise.respond(init, this.freeIndex(), null);
+    if (!r) {
+      this.stats.drops.decrypt++;
+      return;
+    }
+    st.lastTimestamp = init.timestamp;
+    st.endpoint = { ip, port };
+    this.addSession(st, r.session, false);
+    this.stats.responsesSent++;
+    this.d.send(r.msg, ip, port);
+  }
+
+  private receiveResponse(msg: Uint8Array): void {
+    const idx = Noise.receiverOf(msg);
+    const e = idx === null ? undefined : this.byIndex.get(idx);
+    const st = e?.pending ? e.peer : undefined;
+    if (!st || !st.pending || st.pending.localIndex !== idx) {
+      this.stats.drops.unexpected++; // not ours, already answered, or a replay
+      return;
+    }
+    const secrets = this.d.noise.consumeResponse(msg, st.pending);
+    if (!secrets) {
+      this.stats.drops.decrypt++;
+      return;
+    }
+    this.byIndex.delete(st.pending.localIndex);
+    st.pending = null;
+    st.attempts = 0;
+    this.addSession(st, secrets, true);
+  }
+
+  private receiveCookie(msg: Uint8Array): void {
+    const idx = Noise.receiverOf(msg);
+    const e = idx === null ? undefined : this.byIndex.get(idx);
+    const st = e?.pending ? e.peer : undefined;
+    if (!st || !st.pending) {
+      this.stats.drops.unexpected++;
+      return;
+    }
+    const cookie = this.d.noise.openCookie(msg, st.publicKey, st.pending.mac1);
+    if (!cookie) {
+      this.stats.drops.decrypt++;
+      return;
+    }
+    st.cookie = { value: cookie, at: this.now() };
+    st.nextAttempt = this.now(); // retry with mac2 at the next tick
+  }
+
+  close(): void {
+    for (const st of [...this.peers.values()]) this.forget(st);
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * This host's membership credential, checked before the agent touches anything:
+ *
+ * 1. the certificate file (`cert`, default <stateDir>/host.cert, from `cladnet host issue`) holds
+ *    a certificate and the network's trust anchor, which the agent pins;
+ * 2. the certificate is for this network, this host name and this host's own X25519 key, is
+ *    signed by that anchor and is valid now;
+ * 3. once the network spec is known (from etcd or the saved state), its trust anchor must be the
+ *    pinned one: an etcd writer who swaps the spec's anchor for their own gets a refusal.
+ *
+ * Every refusal is a CladnetError (ECONFIG for a certificate meant for another network or name,
+ * EKEY for anything about keys and signatures) whose message says what to do.
+ */
+import { loadEd25519 } from '../crypto/sign';
+import { CladnetError } from '../errors';
+import type { Logger } from '../log';
+import { TrustAnchor } from '../control/cert';
+import { readCertFile } from '../control/credentials';
+import type { HostCert, NetworkSpec } from '../control/records';
+import { checkOverlayIpInNetwork } from '../control/records';
+import { parseOverlayCidr } from '../util/ipv4';
+
+/** A certificate this close to expiry is logged as a warning at start. */
+export const RENEW_WARNING_MS = 30 * 86_400_000;
+
+export interface Membership {
+  readonly cert: HostCert;
+  readonly anchor: TrustAnchor;
+  readonly file: string;
+}
+
+export async function loadMembership(
+  opts: { cert: string; network: string; name: string },
+  publicKey: string,
+  log: Logger,
+  now: number = Date.now(),
+): Promise<Membership> {
+  const file = opts.cert;
+  const issueHint = `cladnet host issue ${opts.name} --network ${opts.network} --network-key NET.netkey --public-key ${publicKey} --out ${file}`;
+  let cf;
+  try {
+    cf = readCertFile(file);
+  } catch (e) {
+    if (e instanceof CladnetError) throw new CladnetError(e.code, `${e.message}\n  this host's public key is ${publicKey}; the operator runs: ${issueHint}`, { field: 'cert' });
+    throw e;
+  }
+  const cert = cf.cert;
+  if (cert.network !== opts.network) {
+    throw new CladnetError('ECONFIG', `cert: ${file} is for network ${cert.network}, not ${opts.network}`, { field: 'cert' });
+  }
+  if (cert.name !== opts.name) {
+    throw new CladnetError('ECONFIG', `cert: ${file} is for host ${JSON.stringify(cert.name)}, but this agent's name is ${JSON.stringify(opts.name)}`, {
+      field: 'cert',
+    });
+  }
+  if (cert.publicKey !== publicKey) {
+    throw new CladnetError(
+      'EKEY',
+      `cert: ${file} certifies public key ${cert.publicKey}, but this host's key (private.key in the state dir) is ${publicKey}; issue a new certificate: ${issueHint}`,
+      { field: 'cert' },
+    );
+  }
+  const anchor = new TrustAnchor(await loadEd25519(), opts.network, cf.trustAnchor);
+  const bad = anchor.verifyCert(cert, now);
+  if (bad !== null) throw new CladnetError('EKEY', `cert: ${file}: ${bad}`, { field: 'cert' });
+  const left = Date.parse(cert.notAfter) - now;
+  if (left < RENEW_WARNING_MS) log.warn({ notAfter: cert.notAfter, file }, 'host certificate expires soon; issue a new one');
+  return { cert, anchor, file };
+}
+
+/** Throws unless `spec` carries the pinned trust anchor and the certificate's address fits its CIDR. */
+export function checkNetworkMembership(spec: NetworkSpec, m: Membership): void {
+  if (spec.trustAnchor === undefined) {
+    throw new CladnetError('EKEY', `network ${spec.name} has no trust anchor (made before certificates or rewritten in etcd); refusing to join`, {
+      field: 'trustAnchor',
+    });
+  }
+  if (spec.trustAnchor !== m.anchor.publicKey) {
+    throw new CladnetError(
+      'EKEY',
+      `network ${spec.name}: its trust anchor in etcd (${spec.trustAnchor}) is not the one in ${m.file} (${m.anchor.publicKey}); refusing to join`,
+      { field: 'trustAnchor' },
+    );
+  }
+  const why = checkOverlayIpInNetwork(m.cert, parseOverlayCidr(spec.cidr), spec.cidr);
+  if (why !== null) throw new CladnetError('EKEY', `cert: ${m.file}: ${why}`, { field: 'cert' });
+}

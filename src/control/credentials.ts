@@ -1,0 +1,136 @@
+/**
+ * The files membership is made of, outside etcd:
+ *
+ *   NAME.netkey   the network key, JSON {version, network, publicKey, secretKey} (Ed25519, base64),
+ *                 mode 0600, kept offline by the operator. Never written to etcd.
+ *   host.cert     a host's certificate, JSON {version, trustAnchor, cert}: the certificate plus the
+ *                 network's public key, which the agent pins (an etcd writer who rewrites the
+ *                 network spec's trustAnchor is refused). Public; mode 0644.
+ *
+ * Key files are created with mode 0600 and never overwritten; one that group or others can read
+ * is refused.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Ed25519, SigningKeyPair } from '../crypto/sign';
+import { CladnetError } from '../errors';
+import { checkName } from './keys';
+import { HostCert, isBase64Of, parseHostCert } from './records';
+
+export const NETWORK_KEY_SUFFIX = '.netkey';
+export const CERT_FILE = 'host.cert';
+
+export interface NetworkKey {
+  readonly network: string;
+  /** base64, 32 bytes: the trust anchor. */
+  readonly publicKey: string;
+  readonly secretKey: Uint8Array;
+}
+
+export interface CertFile {
+  /** base64 Ed25519 public key of the network key that signed `cert`. */
+  readonly trustAnchor: string;
+  readonly cert: HostCert;
+}
+
+function ekey(field: string, msg: string): CladnetError {
+  return new CladnetError('EKEY', `${field}: ${msg}`, { field });
+}
+
+/** Throws EKEY when `file` can be read by group or others. */
+export function checkPrivateMode(file: string, field: string): void {
+  const st = fs.statSync(file);
+  if ((st.mode & 0o077) !== 0) {
+    throw ekey(field, `${file} is readable by group or others (mode ${(st.mode & 0o777).toString(8)}); run: chmod 600 ${file}`);
+  }
+}
+
+/** Writes `contents` to a new file with mode 0600; refuses to overwrite (EKEY). */
+export function writeSecretFile(file: string, contents: string, field: string): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+  try {
+    fs.writeFileSync(file, contents, { mode: 0o600, flag: 'wx' });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw ekey(field, `${file} already exists; refusing to overwrite a key file`);
+    throw ekey(field, `cannot write ${file}: ${(e as Error).message}`);
+  }
+  fs.chmodSync(file, 0o600); // in case the umask took bits away from 0600 or a filesystem ignored it
+}
+
+export function writeNetworkKey(file: string, network: string, kp: SigningKeyPair): void {
+  const doc = {
+    version: 1,
+    network: checkName(network, 'network'),
+    publicKey: Buffer.from(kp.publicKey).toString('base64'),
+    secretKey: Buffer.from(kp.secretKey).toString('base64'),
+  };
+  writeSecretFile(file, `${JSON.stringify(doc, null, 2)}\n`, 'networkKey');
+}
+
+/** Reads a network key file: mode 0600 or stricter, well formed, halves consistent. */
+export function readNetworkKey(file: string, ed: Ed25519): NetworkKey {
+  const field = 'networkKey';
+  let text: string;
+  try {
+    checkPrivateMode(file, field);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if (e instanceof CladnetError) throw e;
+    throw ekey(field, `cannot read ${file}: ${(e as Error).message}`);
+  }
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    throw ekey(field, `${file} is not a cladnet network key (not JSON)`);
+  }
+  if (typeof doc !== 'object' || doc === null || doc['version'] !== 1) throw ekey(field, `${file} is not a cladnet network key (version 1)`);
+  const { network, publicKey, secretKey } = doc;
+  if (typeof network !== 'string') throw ekey(field, `${file}: network is missing`);
+  if (!isBase64Of(publicKey, 32)) throw ekey(field, `${file}: publicKey is not base64 of 32 bytes`);
+  if (!isBase64Of(secretKey, 64)) throw ekey(field, `${file}: secretKey is not base64 of 64 bytes`);
+  const sk = new Uint8Array(Buffer.from(secretKey, 'base64'));
+  const derived = ed.publicKeyOf(sk);
+  if (!derived || Buffer.from(derived).toString('base64') !== publicKey) {
+    throw ekey(field, `${file}: secretKey does not belong to publicKey`);
+  }
+  return { network, publicKey, secretKey: sk };
+}
+
+export function serializeCertFile(c: CertFile): string {
+  return `${JSON.stringify({ version: 1, trustAnchor: c.trustAnchor, cert: c.cert }, null, 2)}\n`;
+}
+
+/** Writes a certificate file (replacing an older one atomically: renewal). */
+export function writeCertFile(file: string, c: CertFile): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.tmp-${process.pid}`;
+  fs.writeFileSync(tmp, serializeCertFile(c), { mode: 0o644 });
+  fs.renameSync(tmp, file);
+}
+
+/** Parses a certificate file's text; throws EKEY naming the file and field (`cert` for the setting). */
+export function parseCertFile(text: string, file: string): CertFile {
+  let doc: Record<string, unknown>;
+  try {
+    doc = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    throw ekey('cert', `${file} is not a cladnet certificate file (not JSON)`);
+  }
+  if (typeof doc !== 'object' || doc === null || doc['version'] !== 1) throw ekey('cert', `${file} is not a cladnet certificate file (version 1)`);
+  if (!isBase64Of(doc['trustAnchor'], 32)) throw ekey('cert', `${file}: trustAnchor is not base64 of a 32-byte key`);
+  const cert = parseHostCert((doc['cert'] ?? null) as object);
+  if (!cert.ok) throw ekey('cert', `${file}: cert.${cert.error}`);
+  return { trustAnchor: doc['trustAnchor'], cert: cert.value };
+}
+
+export function readCertFile(file: string): CertFile {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    const why = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : (e as Error).message;
+    throw ekey('cert', `${file} ${why}; issue one with: cladnet host issue NAME --network NET --network-key FILE`);
+  }
+  return parseCertFile(text, file);
+}

@@ -1,0 +1,161 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
+import { computePeers, HostEntry, PeerInputs, PeerTrust } from '../../src/control/peers';
+import { HostCert, HostRecord, parseHostRecord, RevocationRecord, serializeHostRecord } from '../../src/control/records';
+import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
+import { parsePrefix } from '../../src/util/ipv4';
+
+/** computePeers with trust: which records become peers, and why the others do not. */
+
+const X = (n: number) => Buffer.alloc(32, n).toString('base64');
+const T0 = Date.parse('2026-11-21T00:00:00.000Z');
+const DAY = 86_400_000;
+const IP: Record<string, string> = { me: '100.64.0.1', a: '100.64.0.2', b: '100.64.0.3', c: '100.64.0.4' };
+
+let ed: Ed25519;
+let net: SigningKeyPair;
+let attacker: SigningKeyPair;
+let anchor: TrustAnchor;
+
+beforeAll(async () => {
+  ed = await loadEd25519();
+  net = ed.generate();
+  attacker = ed.generate();
+  anchor = new TrustAnchor(ed, 'demo', Buffer.from(net.publicKey).toString('base64'));
+});
+
+function certFor(name: string, over: { key?: Uint8Array; overlayIp?: string; validDays?: number; now?: number } = {}): HostCert {
+  return issueCert(ed, over.key ?? net.secretKey, {
+    network: 'demo',
+    name,
+    publicKey: X(name.charCodeAt(0)),
+    overlayIp: over.overlayIp ?? IP[name]!,
+    validDays: over.validDays,
+    now: new Date(over.now ?? T0),
+  });
+}
+
+function rec(name: string, cert: HostCert | undefined, over: Partial<HostRecord> = {}): HostRecord {
+  return {
+    version: 1,
+    name,
+    network: 'demo',
+    overlayIp: IP[name]!,
+    publicKey: X(name.charCodeAt(0)),
+    endpoints: ['198.18.1.2:51820'],
+    hostCidrs: [],
+    listenPort: 51820,
+    epoch: 1,
+    updated: '2026-11-21T00:00:00Z',
+    session: '0123456789abcdef',
+    ...(cert ? { cert } : {}),
+    ...over,
+  };
+}
+
+function entry(r: HostRecord, modRevision = '5'): HostEntry {
+  return { modRevision, parsed: parseHostRecord(serializeHostRecord(r)) };
+}
+
+function inputs(records: HostRecord[], trust: Partial<PeerTrust> = {}, p: Partial<PeerInputs> = {}): PeerInputs {
+  return {
+    self: 'me',
+    cidr: parsePrefix('100.64.0.0/24')!,
+    cidrText: '100.64.0.0/24',
+    hosts: new Map(records.map((r) => [r.name, entry(r)])),
+    alive: new Set(records.map((r) => r.name)),
+    leases: new Map(),
+    trust: { anchor, now: T0 + DAY, revocations: new Map(), ...trust },
+    ...p,
+  };
+}
+
+const byName = (rs: { name: string; error: string; trust?: string }[]) => Object.fromEntries(rs.map((r) => [r.name, [r.trust, r.error]]));
+
+describe('computePeers with a trust anchor', () => {
+  it('accepts hosts with valid certificates', () => {
+    const out = computePeers(inputs([rec('me', certFor('me')), rec('a', certFor('a')), rec('b', certFor('b'))]));
+    expect([...out.peers.keys()]).toEqual(['a', 'b']);
+    expect(out.rejected).toEqual([]);
+  });
+
+  it('ignores an unsigned record, one signed by another key, and an expired one; marks them untrusted', () => {
+    const out = computePeers(
+      inputs([
+        rec('a', certFor('a')),
+        rec('b', undefined),
+        rec('c', certFor('c', { key: attacker.secretKey })),
+        rec('me', certFor('me')),
+      ]),
+    );
+    expect([...out.peers.keys()]).toEqual(['a']);
+    const r = byName(out.rejected);
+    expect(r['b']).toEqual(['untrusted', 'cert: missing (the record is not signed by the network key)']);
+    expect(r['c']![0]).toBe('untrusted');
+    expect(r['c']![1]).toMatch(/^cert\.signature: not signed by this network's key/);
+
+    const later = computePeers(inputs([rec('a', certFor('a', { validDays: 1 }))], { now: T0 + 2 * DAY }));
+    expect(later.peers.size).toBe(0);
+    expect(later.rejected[0]).toMatchObject({ name: 'a', trust: 'untrusted', error: 'cert.notAfter: expired at 2026-11-22T00:00:00.000Z' });
+  });
+
+  it("a valid host cannot claim another host's overlay IP, name or key: its certificate binds them", () => {
+    const a = certFor('a');
+    const out = computePeers(
+      inputs([
+        rec('a', a, { overlayIp: IP['b'] }), // a (tampered record) claims b's address
+        rec('b', certFor('b')),
+        rec('c', a, { publicKey: a.publicKey, overlayIp: a.overlayIp }), // c presents a's certificate
+      ]),
+    );
+    expect([...out.peers.keys()]).toEqual(['b']);
+    const r = byName(out.rejected);
+    expect(r['a']).toEqual(['untrusted', `overlayIp: ${IP['b']} differs from the certificate's ${IP['a']}`]);
+    expect(r['c']).toEqual(['untrusted', 'name: "c" differs from the certificate\'s "a"']);
+  });
+
+  it('two valid certificates for one address: the lease holder wins, as without certificates', () => {
+    const out = computePeers(
+      inputs([rec('a', certFor('a')), rec('b', certFor('b', { overlayIp: IP['a'] }), { overlayIp: IP['a'] })], {}, { leases: new Map([[IP['a']!, 'a']]) }),
+    );
+    expect([...out.peers.keys()]).toEqual(['a']);
+    expect(out.rejected).toEqual([{ name: 'b', modRevision: '5', error: `overlayIp: ${IP['a']} is leased to a` }]);
+  });
+
+  it('a revoked host is gone at once: by name, or by its serial only', () => {
+    const a = certFor('a');
+    const byNameRev = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', now: new Date(T0 + 1000) });
+    const revocations = new Map<string, RevocationRecord[]>([['a', [byNameRev]]]);
+    const out = computePeers(inputs([rec('a', a), rec('b', certFor('b'))], { revocations }));
+    expect([...out.peers.keys()]).toEqual(['b']);
+    expect(out.rejected[0]).toMatchObject({ name: 'a', trust: 'revoked' });
+    expect(out.rejected[0]!.error).toMatch(/^cert: revoked at 2026-11-21T00:00:01.000Z/);
+
+    // A certificate issued after the by-name revocation is a new, valid membership.
+    const renewed = certFor('a', { now: T0 + 2000 });
+    expect([...computePeers(inputs([rec('a', renewed)], { revocations })).peers.keys()]).toEqual(['a']);
+    // A serial revocation does not touch other certificates of the same host.
+    const bySerial = new Map([['a', [signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', serial: a.serial })]]]);
+    expect(computePeers(inputs([rec('a', a)], { revocations: bySerial })).peers.size).toBe(0);
+    expect(computePeers(inputs([rec('a', renewed)], { revocations: bySerial })).peers.size).toBe(1);
+  });
+
+  it('when our own certificate is revoked or expired, we have no peers', () => {
+    const me = certFor('me', { validDays: 2 });
+    const records = [rec('me', me), rec('a', certFor('a'))];
+    expect(computePeers(inputs(records, { selfCert: me })).peers.size).toBe(1);
+    const revoked = computePeers(
+      inputs(records, { selfCert: me, revocations: new Map([['me', [signRevocation(ed, net.secretKey, { network: 'demo', name: 'me', now: new Date(T0 + 1) })]]]) }),
+    );
+    expect(revoked.peers.size).toBe(0);
+    expect(revoked.selfProblem).toMatch(/^our own certificate was revoked at/);
+    const expired = computePeers(inputs(records, { selfCert: me, now: T0 + 3 * DAY }));
+    expect(expired.peers.size).toBe(0);
+    expect(expired.selfProblem).toMatch(/^our own certificate: cert\.notAfter: expired/);
+  });
+
+  it('without trust (a network made before certificates) records are not checked', () => {
+    const out = computePeers(inputs([rec('a', undefined), rec('b', certFor('b', { key: attacker.secretKey }))], {}, { trust: undefined }));
+    expect([...out.peers.keys()]).toEqual(['a', 'b']);
+  });
+});

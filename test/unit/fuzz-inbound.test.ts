@@ -1,0 +1,899 @@
+/**
+ * Fuzz: the inbound data path, Inbound.process (src/dataplane/inbound.ts), the one place where
+ * datagrams from anyone on the internet are parsed. Node B's Inbound, with real keys and the real
+ * AEAD (sodium-native, and the WASM fallback), receives batches of:
+ *
+ *   - random datagrams of 0..2000 bytes (many of 0..40), with random or plausible headers;
+ *   - handshake-type datagrams (types 1..3), which go to the control thread, rate-limited;
+ *   - genuine datagrams sealed by its peers: A through a real Outbound, and raw sealers for A's
+ *     draining previous session and C's current and to-be-confirmed ("promote") sessions, with
+ *     plaintexts from good IPv4 to spoofed sources, bad lengths, IPv6, keepalives, pings, pongs
+ *     and malformed control messages; fed at once, later, out of order, replayed, from elsewhere;
+ *   - mutations of genuine datagrams (AFL-style byte edits, truncation, extension, splices, and
+ *     header changes: type, flags, reserved bytes, receiver index of another session, counters)
+ *     and an insider (C) sealing under A's receiver index.
+ *
+ * A reference model written from the stage list in inbound.ts predicts every datagram's fate
+ * (each drop reason, handshake hand-off, ping, pong, keepalive, confirmation, roam, TUN write and
+ * statistics); after each batch everything observable must match it exactly. In particular:
+ * process never throws; every datagram is accounted for exactly once; only plaintexts a peer
+ * actually sealed reach the TUN; and every 1,000 cases a fresh packet from A and from C still gets
+ * through (replay and counter state stay consistent).
+ */
+import { createHash } from 'node:crypto';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { NativeAead, WasmAead, type Aead } from '../../src/crypto/aead';
+import { generateKeyPair, StaticKeyAgreement, type KeyPair, type SessionKeys } from '../../src/crypto/keys';
+import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
+import { FakeClock } from '../../src/dataplane/fakes';
+import { HS_BURST, HS_RATE, Inbound } from '../../src/dataplane/inbound';
+import type { TunIo } from '../../src/dataplane/io';
+import { Outbound, PING_INTERVAL_CONNECTING_MS } from '../../src/dataplane/outbound';
+import type { WorkerPeer } from '../../src/dataplane/peer';
+import { REPLAY_WINDOW } from '../../src/dataplane/replay';
+import {
+  DataplaneStats,
+  DROP,
+  DROP_REASONS,
+  PEER_STRIDE,
+  P_LAST_ROAM,
+  P_LAST_RX,
+  P_RTT,
+  P_RX_BYTES,
+  P_RX_PKTS,
+  T_RX_BYTES,
+  T_RX_PKTS,
+} from '../../src/dataplane/stats';
+import { COUNTER_LIMIT, CTRL_LEN, CTRL_PING, CTRL_PONG, FLAG_CSUM_PARTIAL, HEADER_LEN, OVERHEAD, TAG_LEN, writeHeader } from '../../src/dataplane/wire';
+import { parseIpv4, parsePrefix, type Prefix } from '../../src/util/ipv4';
+import { casesFor, check, fuzz, INTERESTING_32, mutate, Rand, type FuzzTarget } from '../helpers/fuzz';
+
+const MTU = 1420;
+const CAP = 16;
+const SLOT = slotSizeFor(MTU);
+const ip = (s: string): number => parseIpv4(s)!;
+
+const A_SLOT = 3; // B's stats slots for its peers (not 0, so a mix-up shows)
+const C_SLOT = 4;
+const A_OVERLAY = ip('100.64.0.1');
+const B_OVERLAY = ip('100.64.0.2');
+const C_OVERLAY = ip('100.64.0.3');
+const A_ALLOWED = ['10.10.0.0/16'];
+const C_ALLOWED = ['10.10.5.0/24']; // more specific than A's: A may not send from it
+const A_ENDPOINT = { ip: ip('198.51.100.1'), port: 51820 };
+const C_ENDPOINT = { ip: ip('192.0.2.3'), port: 51822 };
+const ATTACKERS = Array.from({ length: 256 }, (_, i) => ({ ip: (ip('233.252.0.0') + i * 7) >>> 0, port: 1024 + i }));
+
+// ---------------------------------------------------------------------------------------------
+// Reference model
+
+/** The replay window's specification: every accepted counter in a Set (as in replay.test.ts). */
+class RefWindow {
+  private readonly seen = new Set<number>();
+  highest = 0;
+  mayAccept(c: number): boolean {
+    if (c >= COUNTER_LIMIT) return false;
+    if (c > this.highest) return true;
+    if (this.highest - c >= REPLAY_WINDOW) return false;
+    return !this.seen.has(c);
+  }
+  accept(c: number): void {
+    this.seen.add(c);
+    if (c > this.highest) {
+      this.highest = c;
+      if (this.seen.size > 4 * REPLAY_WINDOW) for (const x of this.seen) if (this.highest - x >= REPLAY_WINDOW) this.seen.delete(x);
+    }
+  }
+}
+
+class RefPeer {
+  rxPkts = 0;
+  rxBytes = 0;
+  lastRx = 0;
+  lastRoam = 0;
+  rtt = NaN;
+  constructor(
+    readonly slot: number,
+    readonly name: string,
+    public ip: number,
+    public port: number,
+  ) {}
+}
+
+class RefSession {
+  readonly win = new RefWindow();
+  constructor(
+    readonly peer: RefPeer,
+    readonly keyId: string,
+    public promote: boolean,
+  ) {}
+}
+
+/** A datagram a peer really sealed, with what it carries. */
+interface Genuine {
+  data: Buffer;
+  plain: Buffer;
+  index: number;
+  counter: number;
+  flags: number;
+}
+
+interface Expected {
+  drops: number[];
+  writes: { i: number; bytes: Buffer; partial: boolean }[];
+  pings: { slot: number; t0: number }[];
+  roams: { slot: number; ip: number; port: number }[];
+  handshakes: Buffer[];
+  confirmed: { slot: number; keyId: string }[];
+  /** Authenticated packets with no visible effect: keepalives and pongs. */
+  silent: number;
+}
+
+function emptyExpected(): Expected {
+  return { drops: DROP_REASONS.map(() => 0), writes: [], pings: [], roams: [], handshakes: [], confirmed: [], silent: 0 };
+}
+
+function contains(p: Prefix, a: number): boolean {
+  const mask = p.len === 0 ? 0 : (0xffffffff << (32 - p.len)) >>> 0;
+  return ((a & mask) >>> 0) === p.base;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Senders
+
+/** Seals datagrams with a raw session key, as the peer holding it would (or an insider with it). */
+class RawSender {
+  private readonly handle: number;
+  counter = 0;
+  constructor(
+    private readonly aead: Aead,
+    key: Uint8Array,
+    readonly index: number,
+  ) {
+    this.handle = aead.loadKey(key);
+  }
+  seal(plain: Buffer, counter: number, flags: number, index = this.index): Buffer {
+    const d = Buffer.alloc(HEADER_LEN + plain.length + TAG_LEN);
+    writeHeader(d, 0, index, counter, flags);
+    plain.copy(d, HEADER_LEN);
+    this.aead.seal(this.handle, counter, d, 0, HEADER_LEN, HEADER_LEN, plain.length);
+    return d;
+  }
+}
+
+/** A TUN that records every write and, like a kernel, sometimes refuses one (or a held batch at flush). */
+class FuzzTun implements TunIo {
+  readonly attempts: { i: number; bytes: Buffer; partial: boolean; accepted: boolean }[] = [];
+  flushRefused = 0;
+  refuse = true;
+  private held = 0;
+  constructor(private readonly r: Rand) {}
+  readBatch(): number {
+    return 0; // the inbound path only writes
+  }
+  writeSlot(batch: PacketBatch, i: number, len: number, partial: boolean): boolean {
+    check(Number.isInteger(i) && i >= 0 && i < batch.capacity, `writeSlot slot ${i}`);
+    check(Number.isInteger(len) && len >= 0 && len <= batch.maxPacket, `writeSlot length ${len}`);
+    const start = batch.offset(i) + HEADER_LEN;
+    const accepted = !(this.refuse && this.r.chance(0.02));
+    this.attempts.push({ i, bytes: Buffer.from(batch.buf.subarray(start, start + len)), partial, accepted });
+    if (accepted) this.held++;
+    return accepted;
+  }
+  flush(): number {
+    const refused = this.refuse && this.held > 0 && this.r.chance(0.01) ? this.r.int(1, this.held) : 0;
+    this.held = 0;
+    this.flushRefused += refused;
+    return refused;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness: B under test, its peers' senders, the model
+
+interface Keys {
+  a: KeyPair;
+  b: KeyPair;
+  c: KeyPair;
+}
+
+function workerPeer(
+  slot: number,
+  name: string,
+  overlay: number,
+  allowed: string[],
+  ep: { ip: number; port: number },
+  keyId: string,
+  k: SessionKeys,
+  receiveOnly: WorkerPeer['receiveOnly'] = [],
+): WorkerPeer {
+  return {
+    slot,
+    name,
+    overlayIp: overlay,
+    allowed: allowed.map((s) => parsePrefix(s)!),
+    endpointIp: ep.ip,
+    endpointPort: ep.port,
+    keyId,
+    txKey: k.txKey,
+    rxKey: k.rxKey,
+    txIndex: k.txIndex,
+    rxIndex: k.rxIndex,
+    receiveOnly,
+  };
+}
+
+class Harness {
+  readonly clock = new FakeClock(1_700_000_000_000, 50_000);
+  readonly stats = new DataplaneStats();
+  readonly inb: Inbound;
+  readonly tun: FuzzTun;
+  readonly batch = new PacketBatch(Buffer.alloc(SLOT * CAP), SLOT, CAP);
+  readonly peersOfB: WorkerPeer[];
+  /** Observed events, in order. */
+  readonly pings: { slot: number; t0: number }[] = [];
+  readonly roams: { slot: number; ip: number; port: number }[] = [];
+  readonly handshakes: Buffer[] = [];
+  readonly confirmed: { slot: number; keyId: string }[] = [];
+
+  // A's side: a real Outbound that sends to B
+  private readonly aClock = new FakeClock(1_600_000_000_000, 7_000);
+  private readonly aOut: Outbound;
+  private readonly aBatch = new PacketBatch(Buffer.alloc(SLOT), SLOT, 1);
+  private readonly aList = new SendList(1);
+  private readonly aCtrl = new PacketBatch(Buffer.alloc(slotSizeFor(64)), slotSizeFor(64), 1);
+  private readonly aCtrlList = new SendList(1);
+  private readonly A_SLOT_OF_B = 7;
+  readonly aIndex: number;
+  // raw sealers: A's draining previous session, C's current one and C's "promote" one
+  readonly aOld: RawSender;
+  readonly cCur: RawSender;
+  readonly cNew: RawSender;
+
+  // model
+  readonly refA = new RefPeer(A_SLOT, 'a', A_ENDPOINT.ip, A_ENDPOINT.port);
+  readonly refC = new RefPeer(C_SLOT, 'c', C_ENDPOINT.ip, C_ENDPOINT.port);
+  readonly sessions = new Map<number, RefSession>();
+  private readonly drops = DROP_REASONS.map(() => 0);
+  private totalPkts = 0;
+  private totalBytes = 0;
+  private readonly buckets = new Map<number, { tokens: number; at: number }>();
+  /** Genuine datagrams by `${index}:${counter}`; `pool` holds the same ones for picking. */
+  private readonly genuine = new Map<string, Genuine>();
+  readonly pool: Genuine[] = [];
+  private evicted: Genuine[] = [];
+  /** A handshake flood in progress: this many more from `src`. */
+  flood = { left: 0, src: ATTACKERS[0]! };
+  /** Digests of what the peers sealed (and of the IPv4 packet inside), to prove nothing else reaches the TUN; counted, as plaintexts repeat. */
+  private readonly sealed = new Map<string, number>();
+  /** What happened in total, for the coverage check at the end. */
+  readonly seen = { drops: DROP_REASONS.map(() => 0), writes: 0, pings: 0, roams: 0, handshakes: 0, confirmed: 0, silent: 0 };
+
+  constructor(
+    readonly r: Rand,
+    aead: Aead,
+    senderAead: Aead,
+    aOutAead: Aead,
+    kx: { b: StaticKeyAgreement; a: StaticKeyAgreement; c: StaticKeyAgreement },
+    keys: Keys,
+  ) {
+    const run = '0000000000000000';
+    const old = '1111111111111111';
+    const next = '2222222222222222';
+    const ba = kx.b.derive(keys.a.publicKey, run, run);
+    const baOld = kx.b.derive(keys.a.publicKey, old, old);
+    const bc = kx.b.derive(keys.c.publicKey, run, run);
+    const bcNew = kx.b.derive(keys.c.publicKey, next, next);
+    const ab = kx.a.derive(keys.b.publicKey, run, run);
+    const abOld = kx.a.derive(keys.b.publicKey, old, old);
+    const cb = kx.c.derive(keys.b.publicKey, run, run);
+    const cbNew = kx.c.derive(keys.b.publicKey, next, next);
+
+    this.tun = new FuzzTun(new Rand(r.u32()));
+    this.inb = new Inbound(aead, this.stats, this.clock, {
+      ping: (slot, t0) => this.pings.push({ slot, t0 }),
+      roam: (slot, ipv, port) => this.roams.push({ slot, ip: ipv, port }),
+      handshake: (data) => this.handshakes.push(Buffer.from(data)),
+      confirmed: (slot, keyId) => this.confirmed.push({ slot, keyId }),
+    });
+    this.peersOfB = [
+      workerPeer(A_SLOT, 'a', A_OVERLAY, A_ALLOWED, A_ENDPOINT, 'a1', ba, [{ keyId: 'a0', rxKey: baOld.rxKey, rxIndex: baOld.rxIndex }]),
+      workerPeer(C_SLOT, 'c', C_OVERLAY, C_ALLOWED, C_ENDPOINT, 'c1', bc, [
+        { keyId: 'c2', rxKey: bcNew.rxKey, rxIndex: bcNew.rxIndex, promote: true, txKey: bcNew.txKey, txIndex: bcNew.txIndex },
+      ]),
+    ];
+    this.inb.setPeers(structuredClone(this.peersOfB));
+    this.sessions.set(ba.rxIndex, new RefSession(this.refA, 'a1', false));
+    this.sessions.set(baOld.rxIndex, new RefSession(this.refA, 'a0', false));
+    this.sessions.set(bc.rxIndex, new RefSession(this.refC, 'c1', false));
+    this.sessions.set(bcNew.rxIndex, new RefSession(this.refC, 'c2', true));
+    expect(this.sessions.size).toBe(4);
+
+    this.aOut = new Outbound(aOutAead, new DataplaneStats(), this.aClock);
+    this.aOut.setPeers([workerPeer(this.A_SLOT_OF_B, 'b', B_OVERLAY, [], { ip: ip('203.0.113.2'), port: 51821 }, 'b1', ab)]);
+    this.aIndex = ab.txIndex;
+    this.aOld = new RawSender(senderAead, abOld.txKey, abOld.txIndex);
+    this.cCur = new RawSender(senderAead, cb.txKey, cb.txIndex);
+    this.cNew = new RawSender(senderAead, cbNew.txKey, cbNew.txIndex);
+    expect(ab.txIndex).toBe(ba.rxIndex);
+    expect(cbNew.txIndex).toBe(bcNew.rxIndex);
+  }
+
+  // ---- plaintexts ---------------------------------------------------------------------------
+
+  /** An IPv4 packet of `len` bytes (>= 20): source, destination, total-length field as given. */
+  private ipv4(len: number, src: number, dst: number, total = len): Buffer {
+    const p = this.r.bytes(len);
+    p[0] = 0x45;
+    p.writeUInt16BE(total & 0xffff, 2);
+    p.writeUInt32BE(src >>> 0, 12);
+    p.writeUInt32BE(dst >>> 0, 16);
+    return p;
+  }
+
+  /** A source address for a packet from `peer`: usually one it may use, sometimes not. */
+  private source(peer: 'a' | 'c'): number {
+    const r = this.r;
+    switch (r.int(0, 5)) {
+      case 0:
+      case 1:
+        return peer === 'a' ? A_OVERLAY : C_OVERLAY;
+      case 2: // inside its prefix (for A: sometimes inside C's more specific one: spoofed)
+        return peer === 'a' ? (ip('10.10.0.0') + r.int(0, 0xffff)) >>> 0 : (ip('10.10.5.0') + r.int(0, 255)) >>> 0;
+      case 3:
+        return r.pick([A_OVERLAY, B_OVERLAY, C_OVERLAY, ip('10.10.5.9'), ip('10.11.0.1')]);
+      default:
+        return r.chance(0.5) ? (peer === 'a' ? A_OVERLAY : ip('10.10.5.77')) : r.u32();
+    }
+  }
+
+  /** Any plaintext a (possibly buggy or hostile) authenticated peer could seal. */
+  private anyPlaintext(peer: 'a' | 'c'): Buffer {
+    const r = this.r;
+    const len = (): number => (r.chance(0.5) ? r.int(20, 200) : r.int(20, MTU));
+    switch (r.weighted([10, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1])) {
+      case 0: { // an IPv4 packet, total length right
+        const n = len();
+        return this.ipv4(n, this.source(peer), B_OVERLAY);
+      }
+      case 1: { // total length shorter than the packet (padding after it is not delivered)
+        const n = len();
+        return this.ipv4(n, this.source(peer), B_OVERLAY, r.int(20, n));
+      }
+      case 2: { // total length impossible
+        const n = len();
+        return this.ipv4(n, this.source(peer), B_OVERLAY, r.pick([0, 1, 19, n + 1, 0xffff, r.int(0, 0xffff)]));
+      }
+      case 3: { // IPv6 (not carried yet)
+        const p = r.bytes(len());
+        p[0] = 0x60;
+        return p;
+      }
+      case 4: { // too short for IPv4
+        const p = r.bytes(r.int(1, 19));
+        p[0] = 0x45;
+        return p;
+      }
+      case 5: // random bytes
+        return r.bytes(r.int(1, 300));
+      case 6: // keepalive
+        return Buffer.alloc(0);
+      case 7:
+        return this.control(CTRL_PING, this.t0());
+      case 8:
+        return this.control(CTRL_PONG, this.t0());
+      case 9: { // control message of the wrong length
+        const p = r.bytes(r.pick([1, 2, 9, 11, r.int(1, 40)]));
+        p[0] = 0;
+        return p;
+      }
+      default: // unknown control kind
+        return this.control(r.pick([0, 3, 4, 0x7f, 0xff]), this.t0());
+    }
+  }
+
+  /** A pong's t0: mostly a plausible earlier time on B's clock, sometimes anything. */
+  private t0(): number {
+    const r = this.r;
+    const mono = this.clock.mono();
+    return r.chance(0.7) ? mono - r.int(0, 70_000) : r.pick([NaN, Infinity, -Infinity, -0, mono + 5, 1e300, -1, r.next() * 1e12]);
+  }
+
+  private control(kind: number, t0: number): Buffer {
+    const b = Buffer.alloc(CTRL_LEN);
+    b[1] = kind;
+    b.writeDoubleLE(t0, 2);
+    return b;
+  }
+
+  private flags(): number {
+    return this.r.chance(0.5) ? 0 : this.r.chance(0.98) ? FLAG_CSUM_PARTIAL : this.r.int(0, 255);
+  }
+
+  /** Counter for a raw sender's next datagram: its own next one, sometimes after a jump or (not moving it) past the limit. */
+  private nextCounter(s: RawSender): number {
+    const r = this.r;
+    if (r.chance(0.02)) s.counter += r.pick([1, 100, REPLAY_WINDOW - 1, REPLAY_WINDOW, REPLAY_WINDOW + 1, 10_000]);
+    return r.chance(0.005) ? COUNTER_LIMIT + r.pick([0, 1, 1000]) : s.counter++;
+  }
+
+  // ---- genuine datagrams ----------------------------------------------------------------------
+
+  /** Digests a genuine datagram's plaintext may reach the TUN as: all of it, or the IPv4 packet at its start. */
+  private digests(g: Genuine): string[] {
+    const out = [digest(g.plain)];
+    if (g.plain.length >= 20) {
+      const total = g.plain.readUInt16BE(2);
+      if (total >= 20 && total < g.plain.length) out.push(digest(g.plain.subarray(0, total)));
+    }
+    return out;
+  }
+
+  private remember(g: Genuine): Genuine {
+    this.genuine.set(`${g.index}:${g.counter}`, g);
+    for (const d of this.digests(g)) this.sealed.set(d, (this.sealed.get(d) ?? 0) + 1);
+    if (this.pool.length >= 512) {
+      // Forgotten after the next batch: it may be in the batch being assembled.
+      this.evicted.push(this.pool.splice(this.r.int(0, this.pool.length - 1), 1)[0]!);
+    }
+    this.pool.push(g);
+    return g;
+  }
+
+  /** A datagram from A's real Outbound: an IPv4 packet from its TUN, a ping or a pong. */
+  fromA(kind: 'ip' | 'ping' | 'pong' = this.r.pick(['ip', 'ip', 'ip', 'ip', 'ping', 'pong'] as const), plain?: Buffer): Genuine {
+    let batch: PacketBatch;
+    if (kind === 'ip') {
+      const r = this.r;
+      const n = r.chance(0.5) ? r.int(20, 200) : r.int(20, MTU);
+      const p = plain ?? this.ipv4(n, this.source('a'), B_OVERLAY, r.chance(0.9) ? n : r.int(0, 0xffff));
+      batch = this.aBatch;
+      p.copy(batch.buf, HEADER_LEN);
+      batch.len[0] = p.length;
+      batch.flags[0] = r.chance(0.5) ? FLAG_CSUM_PARTIAL : 0;
+      this.aOut.process(batch, 1, this.aList);
+      check(this.aList.count === 1, 'A did not send its packet');
+      plain = Buffer.from(p);
+    } else {
+      batch = this.aCtrl;
+      this.aCtrlList.count = 0;
+      if (kind === 'ping') {
+        this.aClock.advance(PING_INTERVAL_CONNECTING_MS + 1);
+        this.aOut.timers(batch, this.aCtrlList);
+        plain = this.control(CTRL_PING, this.aClock.mono());
+      } else {
+        const t0 = this.t0();
+        this.aOut.pong(this.A_SLOT_OF_B, t0, batch, this.aCtrlList);
+        plain = this.control(CTRL_PONG, t0);
+      }
+      check(this.aCtrlList.count === 1, `A did not send its ${kind}`);
+    }
+    const data = Buffer.from(batch.buf.subarray(0, batch.len[0]!));
+    const counter = data.readUInt32LE(8) + data.readUInt32LE(12) * 2 ** 32;
+    return this.remember({ data, plain, index: this.aIndex, counter, flags: data[1]! });
+  }
+
+  /** A datagram from one of the raw sealers; `plain` given: the next counter and valid flags, as a healthy peer sends. */
+  fromRaw(s: RawSender, plain?: Buffer): Genuine {
+    const p = plain ?? this.anyPlaintext(s === this.aOld ? 'a' : 'c');
+    const counter = plain ? s.counter++ : this.nextCounter(s);
+    const flags = plain ? 0 : this.flags();
+    return this.remember({ data: s.seal(p, counter, flags), plain: p, index: s.index, counter, flags });
+  }
+
+  anyGenuine(): Genuine {
+    const k = this.r.weighted([50, 15, 20, 15]);
+    return k === 0 ? this.fromA() : this.fromRaw(k === 1 ? this.aOld : k === 2 ? this.cCur : this.cNew);
+  }
+
+  // ---- the oracle -----------------------------------------------------------------------------
+
+  private allowHandshake(src: number): boolean {
+    const now = this.clock.mono();
+    let b = this.buckets.get(src);
+    if (!b) {
+      b = { tokens: HS_BURST, at: now };
+      this.buckets.set(src, b);
+    }
+    b.tokens = Math.min(HS_BURST, b.tokens + ((now - b.at) / 1000) * HS_RATE);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  /** Predicts what B does with datagram `d` (already as long as the slot allows) in slot i. */
+  predict(d: Buffer, i: number, src: { ip: number; port: number }, e: Expected): void {
+    const len = d.length;
+    const drop = (reason: keyof typeof DROP): void => {
+      e.drops[DROP[reason]]! += 1;
+    };
+    const type = len > 0 ? d[0]! : 0;
+    if (type >= 1 && type <= 3) {
+      if (this.allowHandshake(src.ip)) e.handshakes.push(d);
+      else drop('handshakeRateLimited');
+      return;
+    }
+    if (len < OVERHEAD) return drop('short');
+    if (d[0] !== 4 || (d[1]! & 0xfe) !== 0 || d[2] !== 0 || d[3] !== 0) return drop('badType');
+    const index = d.readUInt32LE(4);
+    const session = this.sessions.get(index);
+    if (!session) return drop('unknownPeer');
+    const counter = Number(d.readBigUInt64LE(8));
+    if (!session.win.mayAccept(counter)) return drop('replay');
+    const g = this.genuine.get(`${index}:${counter}`);
+    if (!g || !g.data.equals(d)) return drop('auth');
+    // Authenticated: commit, confirm, count, roam, deliver.
+    const newest = counter >= session.win.highest;
+    session.win.accept(counter);
+    const peer = session.peer;
+    if (session.promote) {
+      session.promote = false;
+      e.confirmed.push({ slot: peer.slot, keyId: session.keyId });
+    }
+    const now = this.clock.now();
+    peer.rxPkts++;
+    peer.rxBytes += len;
+    peer.lastRx = now;
+    this.totalPkts++;
+    this.totalBytes += len;
+    if (newest && (src.ip !== peer.ip || src.port !== peer.port)) {
+      peer.ip = src.ip;
+      peer.port = src.port;
+      peer.lastRoam = now;
+      e.roams.push({ slot: peer.slot, ip: src.ip, port: src.port });
+    }
+    const p = g.plain;
+    if (p.length === 0) {
+      e.silent++;
+      return;
+    }
+    if (p[0] === 0) {
+      if (p.length !== CTRL_LEN) return drop('malformed');
+      const t0 = p.readDoubleLE(2);
+      if (p[1] === CTRL_PING) e.pings.push({ slot: peer.slot, t0 });
+      else if (p[1] === CTRL_PONG) {
+        const rtt = this.clock.mono() - t0;
+        if (rtt >= 0 && rtt < 60_000) peer.rtt = rtt;
+        e.silent++;
+      } else drop('malformed');
+      return;
+    }
+    if (p[0]! >> 4 !== 4 || p.length < 20) return drop('malformed');
+    const total = p.readUInt16BE(2);
+    if (total < 20 || total > p.length) return drop('malformed');
+    if (this.ownerOf(p.readUInt32BE(12)) !== peer) return drop('spoofed');
+    e.writes.push({ i, bytes: p.subarray(0, total), partial: (g.flags & FLAG_CSUM_PARTIAL) !== 0 });
+  }
+
+  /** Which peer may send from `src`: its overlay address, else the longest allowed prefix. */
+  private ownerOf(src: number): RefPeer | undefined {
+    if (src === A_OVERLAY) return this.refA;
+    if (src === C_OVERLAY) return this.refC;
+    let best: { len: number; peer: RefPeer } | undefined;
+    for (const [peer, list] of [[this.refA, A_ALLOWED], [this.refC, C_ALLOWED]] as const) {
+      for (const s of list) {
+        const p = parsePrefix(s)!;
+        if (contains(p, src) && (!best || p.len > best.len)) best = { len: p.len, peer };
+      }
+    }
+    return best?.peer;
+  }
+
+  // ---- running a batch ------------------------------------------------------------------------
+
+  private readonly garbage = Buffer.alloc(2 * SLOT);
+
+  /** Feeds datagrams to B in one batch and checks everything against the model. */
+  feed(list: { d: Buffer; src: { ip: number; port: number } }[]): Expected {
+    const b = this.batch;
+    const e = emptyExpected();
+    this.r.fill(this.garbage, 0, 64); // a little fresh garbage each batch
+    for (let i = 0; i < list.length; i++) {
+      const { d: full, src } = list[i]!;
+      const off = b.offset(i);
+      const len = Math.min(full.length, SLOT); // recvmmsg truncates to the slot, as FakeUdp does
+      const d = full.subarray(0, len);
+      d.copy(b.buf, off);
+      // Stale bytes after the datagram: nothing may read them.
+      const g = this.r.int(0, SLOT);
+      this.garbage.copy(b.buf, off + len, g, g + SLOT - len);
+      b.len[i] = len;
+      b.ip[i] = src.ip;
+      b.port[i] = src.port;
+      b.flags[i] = this.r.byte();
+      this.predict(Buffer.from(d), i, src, e);
+    }
+    const before = {
+      drops: Array.from(this.stats.drops),
+      pkts: this.stats.totals[T_RX_PKTS]!,
+      attempts: this.tun.attempts.length,
+      flushRefused: this.tun.flushRefused,
+      pings: this.pings.length,
+      roams: this.roams.length,
+      handshakes: this.handshakes.length,
+      confirmed: this.confirmed.length,
+    };
+    this.inb.process(b, list.length, this.tun);
+
+    // The TUN writes: exactly the predicted ones, in order; the refused ones are tunWrite drops.
+    const attempts = this.tun.attempts.slice(before.attempts);
+    check(attempts.length === e.writes.length, () => `${attempts.length} TUN writes, expected ${e.writes.length}`);
+    attempts.forEach((a, k) => {
+      const w = e.writes[k]!;
+      check(a.i === w.i && a.partial === w.partial && a.bytes.equals(w.bytes), () => `TUN write ${k} differs: slot ${a.i} vs ${w.i}, partial ${a.partial} vs ${w.partial}, ${a.bytes.length} vs ${w.bytes.length} bytes`);
+      check(this.sealed.has(digest(a.bytes)), 'a packet no peer sealed reached the TUN');
+      if (!a.accepted) e.drops[DROP.tunWrite]! += 1;
+    });
+    const flushRefused = this.tun.flushRefused - before.flushRefused;
+    e.drops[DROP.tunWrite]! += flushRefused;
+    for (let k = 0; k < DROP_REASONS.length; k++) this.drops[k]! += e.drops[k]!;
+
+    // Counters, events and statistics: exactly the model's.
+    const drops = Array.from(this.stats.drops);
+    check(drops.every((v, k) => v === this.drops[k]), () => `drops ${fmtDrops(drops)}, model ${fmtDrops(this.drops)}`);
+    sameList('pings', this.pings.slice(before.pings), e.pings);
+    sameList('roams', this.roams.slice(before.roams), e.roams);
+    sameList('confirmed', this.confirmed.slice(before.confirmed), e.confirmed);
+    const hs = this.handshakes.slice(before.handshakes);
+    check(hs.length === e.handshakes.length && hs.every((h, k) => h.equals(e.handshakes[k]!)), 'handshake hand-offs differ');
+    const s = this.stats;
+    check(s.totals[T_RX_PKTS] === this.totalPkts && s.totals[T_RX_BYTES] === this.totalBytes, 'rx totals differ');
+    for (const p of [this.refA, this.refC]) {
+      const at = (f: number) => s.peers[p.slot * PEER_STRIDE + f]!;
+      check(at(P_RX_PKTS) === p.rxPkts && at(P_RX_BYTES) === p.rxBytes, () => `peer ${p.name} rx counters differ`);
+      check(at(P_LAST_RX) === p.lastRx && at(P_LAST_ROAM) === p.lastRoam, () => `peer ${p.name} timestamps differ`);
+      check(Object.is(at(P_RTT), p.rtt), () => `peer ${p.name} rtt ${at(P_RTT)}, model ${p.rtt}`);
+    }
+
+    // Every datagram accounted for exactly once: drops + delivered + control messages == fed.
+    const dDrops = drops.reduce((sum, v, k) => sum + v - before.drops[k]!, 0);
+    const delivered = attempts.filter((a) => a.accepted).length - flushRefused;
+    const authenticated = s.totals[T_RX_PKTS]! - before.pkts;
+    const postAuthDrops = drops[DROP.spoofed]! - before.drops[DROP.spoofed]! + drops[DROP.malformed]! - before.drops[DROP.malformed]!;
+    const pings = this.pings.length - before.pings;
+    const silent = authenticated - attempts.length - postAuthDrops - pings; // keepalives and pongs
+    check(silent === e.silent, () => `${silent} silent control messages, model ${e.silent}`);
+    const control = pings + silent + (this.handshakes.length - before.handshakes);
+    check(dDrops + delivered + control === list.length, () => `accounting: ${dDrops} dropped + ${delivered} delivered + ${control} control != ${list.length} fed`);
+
+    const seen = this.seen;
+    for (let k = 0; k < DROP_REASONS.length; k++) seen.drops[k]! += e.drops[k]!;
+    seen.writes += e.writes.length;
+    seen.pings += e.pings.length;
+    seen.roams += e.roams.length;
+    seen.handshakes += e.handshakes.length;
+    seen.confirmed += e.confirmed.length;
+    seen.silent += e.silent;
+    // Genuine datagrams evicted from the pool while this batch was assembled are forgotten now.
+    for (const g of this.evicted) {
+      this.genuine.delete(`${g.index}:${g.counter}`);
+      for (const d of this.digests(g)) {
+        const n = this.sealed.get(d)! - 1;
+        if (n === 0) this.sealed.delete(d);
+        else this.sealed.set(d, n);
+      }
+    }
+    this.evicted = [];
+    // Forget this batch's observations (long runs would otherwise keep every packet).
+    this.tun.attempts.length = 0;
+    this.pings.length = 0;
+    this.roams.length = 0;
+    this.handshakes.length = 0;
+    this.confirmed.length = 0;
+    return e;
+  }
+
+  /** Re-applies the same peer set (as a control-plane refresh does): no state may change. */
+  refreshPeers(): void {
+    this.inb.setPeers(structuredClone(this.peersOfB));
+  }
+}
+
+function digest(b: Buffer): string {
+  return createHash('sha1').update(b).digest('base64');
+}
+
+function fmtDrops(d: number[]): string {
+  return DROP_REASONS.map((r, k) => `${r}=${d[k]}`).join(' ');
+}
+
+function sameList<T extends object>(what: string, got: T[], want: T[]): void {
+  const same = got.length === want.length && got.every((g, k) => Object.entries(g).every(([f, v]) => Object.is(v, (want[k] as Record<string, unknown>)[f])));
+  check(same, () => `${what}: got ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fuzz cases
+
+/** A length: a third in 0..40, a third up to 200, a third up to 2000. */
+function fuzzLen(r: Rand): number {
+  const k = r.int(0, 2);
+  return k === 0 ? r.int(0, 40) : k === 1 ? r.int(0, 200) : r.int(0, 2000);
+}
+
+/** A counter near the interesting places for the session behind `index`. */
+function fuzzCounter(r: Rand, h: Harness, index: number, around: number): number {
+  const hi = h.sessions.get(index)?.win.highest ?? 0;
+  return r.pick([
+    around + 1, around - 1, around + r.int(-5000, 5000), hi, hi + 1, hi - 1, hi - REPLAY_WINDOW, hi - REPLAY_WINDOW + 1, 0,
+    COUNTER_LIMIT - 1, COUNTER_LIMIT, 2 ** 53, 2 ** 64 - 1, r.u32(), r.u32() * 2 ** 20,
+  ]);
+}
+
+/** Writes a 64-bit counter (clamped to 0..2^64-1) at the header's counter field. */
+function putCounter(d: Buffer, c: number): void {
+  const v = c <= 0 ? 0n : c >= 2 ** 64 ? 2n ** 64n - 1n : BigInt(c);
+  d.writeBigUInt64LE(v, 8);
+}
+
+/** Rewrites header fields of a datagram (a copy): type, flags, reserved, receiver index, counter. */
+function headerEdit(r: Rand, h: Harness, g: Genuine): Buffer {
+  const d = Buffer.from(g.data);
+  const n = r.int(1, 2);
+  for (let k = 0; k < n; k++) {
+    switch (r.int(0, 5)) {
+      case 0:
+        d[0] = r.pick([0, 1, 2, 3, 5, 0x84, 0xff, r.byte()]);
+        break;
+      case 1:
+        d[1] = r.pick([0, 1, 2, 3, 0x80, 0xfe, 0xff, g.flags ^ FLAG_CSUM_PARTIAL]);
+        break;
+      case 2:
+        d[r.int(2, 3)] = r.int(1, 255);
+        break;
+      case 3: // another session's index (of the same or the other peer), or a random one
+        d.writeUInt32LE(r.chance(0.8) ? r.pick([...h.sessions.keys()]) : r.pick(INTERESTING_32), 4);
+        break;
+      default:
+        putCounter(d, fuzzCounter(r, h, d.readUInt32LE(4), g.counter));
+    }
+  }
+  return d;
+}
+
+function fuzzDatagram(r: Rand, h: Harness): { d: Buffer; src: { ip: number; port: number }; genuine: boolean } {
+  const anywhere = () => (r.chance(0.3) ? r.pick([A_ENDPOINT, C_ENDPOINT]) : r.pick(ATTACKERS));
+  const pick = (): Genuine => (h.pool.length > 0 && r.chance(0.9) ? r.pick(h.pool) : h.anyGenuine());
+  if (h.flood.left > 0) {
+    h.flood.left--;
+    const d = r.bytes(r.pick([148, 92, 64, r.int(1, 200)]));
+    d[0] = r.int(1, 3);
+    return { d, src: h.flood.src, genuine: false };
+  }
+  if (r.chance(0.001)) h.flood = { left: r.int(5, 60), src: r.chance(0.5) ? r.pick(ATTACKERS) : r.pick([A_ENDPOINT, C_ENDPOINT]) };
+  switch (r.weighted([10, 10, 4, 14, 10, 25, 20, 4, 3])) {
+    case 0: // random bytes
+      return { d: r.bytes(fuzzLen(r)), src: anywhere(), genuine: false };
+    case 1: { // random body behind a plausible header
+      const d = r.bytes(Math.max(OVERHEAD - 4, fuzzLen(r)));
+      if (d.length >= 16) {
+        const index = r.chance(0.8) ? r.pick([...h.sessions.keys()]) : r.u32();
+        writeHeader(d, 0, index, 0, r.chance(0.8) ? r.int(0, 1) : r.byte());
+        putCounter(d, fuzzCounter(r, h, index, 0));
+      }
+      return { d, src: anywhere(), genuine: false };
+    }
+    case 2: { // handshake-typed datagrams of handshake-like lengths
+      const d = r.bytes(r.pick([0, 1, 4, 32, 63, 64, 65, 91, 92, 93, 147, 148, 149, r.int(0, 300)]));
+      if (d.length > 0) d[0] = r.int(1, 3);
+      return { d, src: r.chance(0.5) ? r.pick(ATTACKERS.slice(0, 4)) : anywhere(), genuine: false };
+    }
+    case 3: { // fresh genuine, now
+      const g = h.anyGenuine();
+      return { d: g.data, src: r.chance(0.85) ? sourceOf(h, g) : anywhere(), genuine: true };
+    }
+    case 4: { // a genuine one again, or late, or first seen now (reordered)
+      const g = pick();
+      return { d: g.data, src: r.chance(0.7) ? sourceOf(h, g) : anywhere(), genuine: true };
+    }
+    case 5: // byte-level mutation of a genuine datagram
+      return { d: mutate(r, pick().data, 4, 2100), src: anywhere(), genuine: false };
+    case 6: // header-field edit
+      return { d: headerEdit(r, h, pick()), src: anywhere(), genuine: false };
+    case 7: { // splice: the header of one, the rest of another
+      const a = pick();
+      const b = pick();
+      const cut = r.int(0, Math.min(a.data.length, 40));
+      return { d: Buffer.concat([a.data.subarray(0, cut), b.data.subarray(Math.min(cut, b.data.length))]), src: anywhere(), genuine: false };
+    }
+    default: { // an insider (C) seals under A's receiver index with its own key
+      const d = h.cCur.seal(r.bytes(r.int(0, 100)), r.u32(), 0, r.chance(0.5) ? h.aIndex : h.aOld.index);
+      return { d, src: C_ENDPOINT, genuine: false };
+    }
+  }
+}
+
+/** Where a genuine datagram's sender is: its configured endpoint, or where it roamed to. */
+function sourceOf(h: Harness, g: Genuine): { ip: number; port: number } {
+  const peer = h.sessions.get(g.index)!.peer;
+  return h.r.chance(0.7) ? (peer === h.refA ? A_ENDPOINT : C_ENDPOINT) : { ip: peer.ip, port: peer.port };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+let keys: Keys;
+let kx: { a: StaticKeyAgreement; b: StaticKeyAgreement; c: StaticKeyAgreement };
+
+beforeAll(async () => {
+  keys = { a: await generateKeyPair(), b: await generateKeyPair(), c: await generateKeyPair() };
+  kx = {
+    a: await StaticKeyAgreement.create(keys.a),
+    b: await StaticKeyAgreement.create(keys.b),
+    c: await StaticKeyAgreement.create(keys.c),
+  };
+});
+
+// The production AEAD is sodium-native; where it does not load, the WASM build (the agent's own
+// fallback) takes its cases, so the budget is always spent.
+describe.each<[FuzzTarget, () => Promise<Aead>]>([
+  ['inbound.native', async () => NativeAead.tryCreate() ?? WasmAead.create()],
+  ['inbound.wasm', async () => WasmAead.create()],
+])('fuzz: %s', (target, makeAead) => {
+  it('Inbound.process: no throw, every datagram accounted for, only authenticated plaintext on the TUN', async () => {
+    const aead = await makeAead();
+    const sender = await makeAead();
+    const aOut = await makeAead();
+    if (aead.name !== (target === 'inbound.native' ? 'sodium-native' : 'libsodium-wasm')) console.log(`fuzz ${target}: running on ${aead.name}`);
+    const cases = casesFor(target);
+    let h: Harness | undefined;
+    let pending: { d: Buffer; src: { ip: number; port: number } }[] = [];
+    let batchSize = 1;
+    let nextFresh = 1000;
+    let nextRefresh = 5000;
+    const run = fuzz(target, cases, (r, i, note) => {
+      h ??= new Harness(new Rand(r.u32()), aead, sender, aOut, kx, keys);
+      const c = fuzzDatagram(r, h);
+      pending.push({ d: c.d, src: c.src });
+      if (r.chance(0.3)) h.anyGenuine(); // in flight: sent now, delivered later or never
+      note.input = c.d;
+      if (pending.length < batchSize && i < cases - 1) return;
+      note.what = `batch of ${pending.length} (the noted input is the last)`;
+      h.feed(pending);
+      pending = [];
+      batchSize = r.chance(0.3) ? 1 : r.int(1, CAP);
+      // Time moves between batches: handshake buckets refill, pongs age.
+      if (r.chance(0.3)) h.clock.advance(r.chance(0.9) ? r.int(0, 200) : r.int(0, 120_000));
+      if (i + 1 >= nextFresh) {
+        freshStillFlows(h, r);
+        nextFresh += 1000;
+      }
+      if (i + 1 >= nextRefresh) {
+        h.refreshPeers();
+        nextRefresh += 5000;
+      }
+    });
+    // The fuzzer reached every stage: every inbound drop reason, deliveries, control messages, events.
+    const seen = h!.seen;
+    for (const reason of ['short', 'badType', 'unknownPeer', 'replay', 'auth', 'spoofed', 'malformed', 'handshakeRateLimited'] as const) {
+      expect(seen.drops[DROP[reason]], reason).toBeGreaterThan(cases / 2000);
+    }
+    expect(seen.writes).toBeGreaterThan(cases / 20);
+    expect(seen.pings).toBeGreaterThan(0);
+    expect(seen.roams).toBeGreaterThan(0);
+    expect(seen.handshakes).toBeGreaterThan(0);
+    expect(seen.confirmed).toBe(1);
+    expect(seen.silent).toBeGreaterThan(0);
+    expect(run.cases).toBe(cases);
+  });
+});
+
+/** A fresh packet from A's Outbound and one from C still get through, unchanged. */
+function freshStillFlows(h: Harness, r: Rand): void {
+  h.tun.refuse = false;
+  const pa = Buffer.alloc(r.int(20, 400));
+  pa[0] = 0x45;
+  pa.writeUInt16BE(pa.length, 2);
+  pa.writeUInt32BE(A_OVERLAY, 12);
+  pa.writeUInt32BE(B_OVERLAY, 16);
+  const ga = h.fromA('ip', pa);
+  const pc = Buffer.from(pa);
+  pc.writeUInt32BE(C_OVERLAY, 12);
+  const gc = h.fromRaw(h.cCur, pc);
+  const e = h.feed([
+    { d: ga.data, src: A_ENDPOINT },
+    { d: gc.data, src: C_ENDPOINT },
+  ]);
+  check(e.writes.length === 2 && e.writes[0]!.bytes.equals(pa) && e.writes[1]!.bytes.equals(pc), 'a fresh packet from A or C did not get through');
+  h.tun.refuse = true;
+}

@@ -1,0 +1,175 @@
+import { describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log';
+import { loadSodium } from '../../src/crypto/sodium';
+import { Noise } from '../../src/crypto/noise';
+import { HandshakeManager, INITIATE_DELAY_MS, RETRY_MIN_MS, UNDER_LOAD_PER_S } from '../../src/agent/handshakes';
+
+/** Two handshake managers joined by an in-memory wire with a hand-driven clock. */
+async function world(opts: { drop?: (msg: Uint8Array, to: string) => boolean } = {}) {
+  const s = await loadSodium();
+  let now = 1_000_000;
+  const kps = [s.crypto_box_keypair(), s.crypto_box_keypair()].sort((x, y) => Buffer.compare(Buffer.from(x.publicKey), Buffer.from(y.publicKey)));
+  const wire: { to: 'lo' | 'hi'; msg: Uint8Array; ip: number; port: number }[] = [];
+  const log: { to: 'lo' | 'hi'; msg: Uint8Array }[] = [];
+  const timers = { rekeyAfterMs: 10_000, rejectAfterMs: 15_000 };
+  const mk = (i: number, name: 'lo' | 'hi', other: 'lo' | 'hi') => {
+    const changes = { n: 0 };
+    const m = new HandshakeManager({
+      noise: new Noise(s, kps[i]!.privateKey, kps[i]!.publicKey),
+      send: (msg, _ip, _port) => {
+        log.push({ to: other, msg: msg.slice() });
+        if (!opts.drop?.(msg, other)) wire.push({ to: other, msg: msg.slice(), ip: i + 1, port: 51820 });
+      },
+      onChange: () => changes.n++,
+      log: silentLogger,
+      now: () => now,
+      timers,
+      random: () => 0.5,
+    });
+    return { m, changes };
+  };
+  const lo = mk(0, 'lo', 'hi');
+  const hi = mk(1, 'hi', 'lo');
+  lo.m.setPeers([{ name: 'hi', publicKey: kps[1]!.publicKey, ip: 2, port: 51820 }]);
+  hi.m.setPeers([{ name: 'lo', publicKey: kps[0]!.publicKey, ip: 1, port: 51820 }]);
+  const deliver = () => {
+    while (wire.length > 0) {
+      const w = wire.shift()!;
+      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port);
+    }
+  };
+  const advance = (ms: number) => {
+    now += ms;
+    lo.m.tick();
+    hi.m.tick();
+    deliver();
+  };
+  return { s, lo, hi, deliver, advance, log, kps, timers, wire, now: () => now };
+}
+
+const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
+
+describe('HandshakeManager', () => {
+  it('the lower key initiates at once; both sides end with mirrored keys and indices', async () => {
+    const w = await world();
+    expect(w.log.map((l) => [l.to, l.msg[0]])).toEqual([['hi', 1]]); // only lo initiated so far
+    w.deliver();
+    const a = w.lo.m.usable('hi')!;
+    const b = w.hi.m.usable('lo')!;
+    expect(hex(a.send.sendKey)).toBe(hex(b.send.recvKey));
+    expect(hex(a.send.recvKey)).toBe(hex(b.send.sendKey));
+    expect(a.send.remoteIndex).toBe(b.send.localIndex);
+    expect(a.send.initiator).toBe(true);
+    expect(b.send.initiator).toBe(false);
+    expect(w.lo.m.stats.completed).toBe(1);
+    expect(w.hi.m.stats.responsesSent).toBe(1);
+  });
+
+  it('the higher key initiates itself when nothing arrives', async () => {
+    const w = await world({ drop: (_m, to) => to === 'hi' }); // everything lo sends is lost
+    w.deliver();
+    w.advance(INITIATE_DELAY_MS - 100);
+    expect(w.hi.m.stats.initiationsSent).toBe(0);
+    w.advance(200);
+    expect(w.hi.m.stats.initiationsSent).toBe(1);
+  });
+
+  it('retries a lost initiation with growing backoff', async () => {
+    let lost = 3;
+    const w = await world({ drop: (m, to) => m[0] === 1 && (to === 'lo' || lost-- > 0) }); // hi's own initiations never arrive
+    const sentAt: number[] = [];
+    for (let t = 0; t < 10_000 && !w.lo.m.usable('hi'); t += 50) {
+      const before = w.lo.m.stats.initiationsSent;
+      w.advance(50);
+      if (w.lo.m.stats.initiationsSent > before) sentAt.push(w.now());
+    }
+    expect(w.lo.m.usable('hi')).not.toBeNull();
+    const gaps = sentAt.slice(1).map((t, i) => t - sentAt[i]!);
+    expect(gaps.length).toBeGreaterThanOrEqual(2);
+    expect(gaps[0]!).toBeGreaterThanOrEqual(RETRY_MIN_MS * 2);
+    expect(gaps[1]!).toBeGreaterThan(gaps[0]!);
+  });
+
+  it('rekeys after rekeyAfter, keeps the previous session for receiving, erases it after rejectAfter', async () => {
+    const w = await world();
+    w.deliver();
+    const first = w.lo.m.usable('hi')!.send;
+    const firstKey = first.sendKey; // the manager wipes this array in place on expiry
+    w.advance(w.timers.rekeyAfterMs);
+    const next = w.lo.m.usable('hi')!;
+    expect(next.send.keyId).not.toBe(first.keyId);
+    expect(next.others.map((o) => o.keyId)).toContain(first.keyId);
+    expect(w.lo.m.stats.rekeys).toBe(1);
+    w.advance(w.timers.rejectAfterMs - w.timers.rekeyAfterMs + 1);
+    expect(w.lo.m.usable('hi')!.others.map((o) => o.keyId)).not.toContain(first.keyId);
+    expect(firstKey.every((b) => b === 0)).toBe(true);
+  });
+
+  it('a responder session is for receiving until the initiator uses it', async () => {
+    const w = await world();
+    w.deliver();
+    w.advance(w.timers.rekeyAfterMs); // lo rekeys: hi answers and now holds two sessions
+    const b = w.hi.m.usable('lo')!;
+    const newest = [b.send, ...b.others].sort((x, y) => y.created - x.created)[0]!;
+    expect(newest.confirmed).toBe(false);
+    w.hi.m.confirmed('lo', newest.keyId);
+    expect(w.hi.m.usable('lo')!.send.keyId).toBe(newest.keyId);
+  });
+
+  it('a responder whose only session is unconfirmed keeps sending on it once confirmed, not on the next one', async () => {
+    const w = await world();
+    w.deliver();
+    const first = w.hi.m.usable('lo')!.send;
+    expect(first.confirmed).toBe(false); // the only session: used for sending all the same
+    w.hi.m.confirmed('lo', first.keyId); // the initiator's first packet arrived on it
+    w.advance(w.timers.rekeyAfterMs); // lo rekeys; hi answers
+    const now = w.hi.m.usable('lo')!;
+    expect(now.send.keyId).toBe(first.keyId); // not the new, unconfirmed one
+    expect(now.others.some((o) => !o.confirmed && o.created > first.created)).toBe(true);
+  });
+
+  it('refuses a replayed initiation and a replayed response, and counts them', async () => {
+    const w = await world();
+    w.deliver();
+    const init = w.log.find((l) => l.msg[0] === 1)!.msg;
+    const resp = w.log.find((l) => l.msg[0] === 2)!.msg;
+    w.hi.m.receive(init, 1, 51820);
+    w.lo.m.receive(resp, 2, 51820);
+    expect(w.hi.m.stats.drops.replay).toBe(1);
+    expect(w.lo.m.stats.drops.unexpected).toBe(1);
+    expect(w.hi.m.stats.completed).toBe(1);
+  });
+
+  it('refuses initiations from unknown keys and messages with a bad mac1', async () => {
+    const w = await world();
+    w.deliver();
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    const msg = stranger.initiate(w.kps[1]!.publicKey, 5, new Uint8Array(12).fill(0x7f), null)!.msg;
+    w.hi.m.receive(msg, 9, 1);
+    expect(w.hi.m.stats.drops.unknownPeer).toBe(1);
+    const bad = msg.slice();
+    bad[20]! ^= 1;
+    w.hi.m.receive(bad, 9, 1);
+    expect(w.hi.m.stats.drops.mac1).toBe(1);
+  });
+
+  it('under load answers with a cookie, and an initiation carrying it gets through', async () => {
+    const w = await world();
+    w.deliver();
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    w.advance(w.timers.rekeyAfterMs - 1); // just before lo's rekey
+    for (let i = 0; i < UNDER_LOAD_PER_S; i++) {
+      const m = stranger.initiate(w.kps[1]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg;
+      w.hi.m.receive(m, 9, 1);
+    }
+    expect(w.hi.m.stats.cookiesSent).toBe(0);
+    const before = w.lo.m.stats.completed;
+    w.advance(1); // lo's rekey initiation is one too many this second: it gets a cookie reply
+    expect(w.hi.m.stats.cookiesSent).toBe(1);
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(1);
+    expect(w.lo.m.stats.completed).toBe(before);
+    w.advance(100); // lo retries at once with mac2 from the cookie, and gets through the load
+    expect(w.lo.m.stats.completed).toBe(before + 1);
+    expect(w.hi.m.stats.cookiesSent).toBe(1);
+  });
+});
