@@ -52,6 +52,8 @@ export type FromWorker =
   | { t: 'confirmed'; slot: number; keyId: string }
   | { t: 'fatal'; message: string };
 
+/** Segments of the largest TSO super-packet at the smallest IPv4 MSS, rounded up. */
+const MAX_TSO_SEGMENTS = 128;
 /** How long an idle worker sleeps in poll before looking at its mailbox again. */
 const IDLE_POLL_MS = 100;
 /** A poll that returned faster than this found packets already queued: read them all. */
@@ -65,8 +67,11 @@ async function main(init: WorkerInit): Promise<void> {
   const aead = await createAead(init.crypto);
   const clock = systemClock;
   const slot = slotSizeFor(init.mtu);
-  const mem = allocNative(slot * init.batch);
-  const batch = new PacketBatch(mem.buf, slot, init.batch, mem.ptr);
+  // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
+  // segments (536 is the smallest IPv4 MSS): the outbound batch must hold a whole one.
+  const capacity = init.role === 'outbound' && init.vnet ? Math.max(init.batch, MAX_TSO_SEGMENTS) : init.batch;
+  const mem = allocNative(slot * capacity);
+  const batch = new PacketBatch(mem.buf, slot, capacity, mem.ptr);
   const wake = new WakeFd(init.wakeFd);
   const dataFd = init.role === 'outbound' ? init.tunFd : init.udpFd;
   const poller = new Poller([dataFd, init.wakeFd]);
@@ -78,7 +83,7 @@ async function main(init: WorkerInit): Promise<void> {
     const out = new Outbound(aead, stats, clock);
     const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
-    const list = new SendList(init.batch);
+    const list = new SendList(capacity);
     const cmem = allocNative(slotSizeFor(64) * 16);
     const cbatch = new PacketBatch(cmem.buf, slotSizeFor(64), 16, cmem.ptr);
     const cudp = new UdpBatchIo(init.udpFd, cbatch);

@@ -574,6 +574,19 @@ function checkSegment(b: PacketBatch, slot: number, sp: Buffer, k: number, count
 }
 
 describe('splitFromTun, GSO_TCPV4', () => {
+  it('fits the largest super-packet at the smallest IPv4 MSS (536) into a 128-slot outbound batch', () => {
+    // The outbound worker sizes its batch for this case (MAX_TSO_SEGMENTS in worker.ts).
+    const sp = superPacket({ payloadLen: 65535 - 52, ts: [1, 2], flags: F_ACK, seq: 1, id: 1, seed: 536 });
+    const { src, off, len } = tsoRead(sp, 536);
+    const count = Math.ceil((65535 - 52) / 536);
+    expect(count).toBeGreaterThan(64);
+    expect(count).toBeLessThanOrEqual(128);
+    expect(splitFromTun(src, off, len, newBatch(64), 0)).toBe('full');
+    const b = newBatch(128);
+    expect(splitFromTun(src, off, len, b, 0)).toBe(count);
+    for (const k of [0, 1, count - 1]) checkSegment(b, k, sp, k, count, 536);
+  });
+
   const cases = [
     { name: 'thl 32 (timestamps), gso 1368', ts: [0x01020304, 0xa0b0c0d0] as [number, number], gsoSize: 1368, payloadLen: 64000, ecn: false },
     { name: 'thl 32, gso 1368, GSO_ECN bit', ts: [7, 8] as [number, number], gsoSize: 1368, payloadLen: 64000, ecn: true },
