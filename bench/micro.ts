@@ -158,7 +158,7 @@ function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; cl
   const kBA = randomBytes(32);
   const stats = new DataplaneStats();
   const out = new Outbound(aead, stats, systemClock);
-  const inb = new Inbound(aead, stats, systemClock, { ping: () => {}, roam: () => {} });
+  const inb = new Inbound(aead, stats, systemClock, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
   // A's view of B, and B's view of A; both sides see the same underlay endpoint, so no roaming.
   out.setPeers([peer({ slot: 0, name: 'b', overlayIp: ipB, txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })]);
   inb.setPeers([peer({ slot: 1, name: 'a', overlayIp: ipA, txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })]);

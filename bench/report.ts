@@ -17,6 +17,12 @@ export interface ImplResult {
   notes: Record<string, string | number>;
   /** Median over the rounds that produced the metric. */
   median: Metrics;
+  /**
+   * cladnet and cladnet-rekey: handshake rekeys each agent counted during the 1-stream TCP test
+   * (`status --json` handshake.rekeys, after minus before), by host, one entry per round (null
+   * where the round has no reading). Absent for the others.
+   */
+  tcp1Rekeys?: (Record<string, number> | null)[];
   rounds: (RoundResult | { error: string })[];
 }
 
@@ -30,17 +36,36 @@ export interface BenchResults {
   machine: { kernel: string; cpus: number; cpuModel: string; node: string; iperf3: string | null };
   metrics: typeof METRICS;
   implementations: Partial<Record<ImplName, ImplResult>>;
-  /** cladnet / anchor for each metric (see `metrics[].better` for which way is good). */
+  /**
+   * `cladnet/<anchor>` for each metric (see `metrics[].better` for which way is good), and
+   * `cladnet-rekey/cladnet` for the throughput metrics (REKEY_METRICS): the cost of rekeying
+   * every 1 s instead of every 120 s.
+   */
   ratios: Record<string, Partial<Record<MetricKey, number | null>>>;
   micro: MicroResult | null;
 }
 
 export const ANCHORS = ['wireguard-go', 'nebula'] as const;
 
+/** cladnet-rekey / cladnet: the throughput metrics it is computed for, and its key in `ratios`. */
+export const REKEY_RATIO = 'cladnet-rekey/cladnet';
+export const REKEY_METRICS = ['tcp1Gbps', 'tcp4Gbps'] as const satisfies readonly MetricKey[];
+/** Issue 4: the handshake and rekey machinery may cost at most 5% throughput. */
+export const REKEY_BUDGET = 0.95;
+
 export function computeRatios(impls: BenchResults['implementations']): BenchResults['ratios'] {
   const out: BenchResults['ratios'] = {};
   const c = impls.cladnet;
   if (!c || c.status === 'missing') return out;
+  const rk = impls['cladnet-rekey'];
+  if (rk && rk.status !== 'missing') {
+    const row: Partial<Record<MetricKey, number | null>> = {};
+    for (const k of REKEY_METRICS) {
+      const v = ratio(rk.median[k], c.median[k]);
+      row[k] = v === null ? null : sig(v, 3);
+    }
+    out[REKEY_RATIO] = row;
+  }
   for (const a of ANCHORS) {
     const r = impls[a];
     if (!r || r.status === 'missing') continue;
@@ -112,6 +137,7 @@ export function formatReport(res: BenchResults): string {
       const why = (r.reason ?? '').replace(/\s*\n\s*/g, ' | ');
       lines.push(`${n}: ${r.status}: ${why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why}`);
     }
+    lines.push(...rekeyLines(res, impls));
   }
   if (res.micro) {
     const mi = res.micro;
@@ -128,6 +154,50 @@ export function formatReport(res: BenchResults): string {
     for (const e of mi.errors) lines.push(`micro: ${e}`);
   }
   return lines.join('\n');
+}
+
+/** Per-round value of `key` from a round (null for a failed round or a missing metric). */
+function roundValues(r: ImplResult, key: MetricKey): (number | null)[] {
+  return r.rounds.map((x) => ('error' in x ? null : x.metrics[key]));
+}
+
+/**
+ * Under the table: the cladnet-rekey/cladnet throughput ratio (medians, and each round's own pair,
+ * since the two run back to back) and the rekeys each agent counted during the 1-stream TCP test.
+ */
+function rekeyLines(res: BenchResults, impls: readonly ImplName[]): string[] {
+  const lines: string[] = [];
+  const row = res.ratios[REKEY_RATIO];
+  const c = res.implementations.cladnet;
+  const rk = res.implementations['cladnet-rekey'];
+  if (row && c && rk) {
+    lines.push('');
+    lines.push(`rekey cost, ${REKEY_RATIO} (rekey every 1 s vs every 120 s; issue 4 asks >= ${REKEY_BUDGET.toFixed(2)}x), ↑:`);
+    const label = (k: MetricKey) => METRICS.find((m) => m.key === k)!.label;
+    const width = Math.max(...REKEY_METRICS.map((k) => label(k).length));
+    for (const k of REKEY_METRICS) {
+      const v = row[k];
+      const [a, b] = [roundValues(rk, k), roundValues(c, k)];
+      const per = a.map((x, i) => ratio(x, b[i]));
+      lines.push(
+        `  ${label(k).padEnd(width)}  ${v === undefined || v === null ? '-' : `${v.toFixed(2)}x`}` +
+          (per.length > 1 ? `  (per round: ${per.map((x) => (x === null ? '-' : x.toFixed(2))).join(', ')})` : ''),
+      );
+    }
+  }
+  const withRekeys = impls.filter((n) => res.implementations[n]!.tcp1Rekeys !== undefined);
+  if (withRekeys.length > 0) {
+    lines.push('');
+    lines.push('rekeys during the TCP 1-stream test (status --json handshake.rekeys, after - before; per round, by host):');
+    const width = Math.max(...withRekeys.map((n) => n.length));
+    for (const n of withRekeys) {
+      const r = res.implementations[n]!;
+      const every = r.notes['rekeyAfterMs'];
+      const rounds = r.tcp1Rekeys!.map((d) => (d === null ? '-' : Object.entries(d).map(([h, k]) => `${h} ${k}`).join(', ')));
+      lines.push(`  ${n.padEnd(width)}  ${rounds.join('  |  ')}${typeof every === 'number' ? `  (rekey every ${every / 1000} s)` : ''}`);
+    }
+  }
+  return lines;
 }
 
 /** ISO time made safe for file names on every system: 2025-01-02T03-04-05Z. */

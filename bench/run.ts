@@ -1,10 +1,12 @@
 /**
  * `npm run bench`: cladnet beside wireguard-go, nebula and a bare veth path, between two host
- * namespaces of the test bed, plus a kernel-free micro-benchmark. See options.ts for the flags.
+ * namespaces of the test bed, plus a kernel-free micro-benchmark. cladnet-rekey is cladnet with
+ * its agents rekeying every second (the handshake's cost). See options.ts for the flags.
  *
  *   1. options     parsed and checked before anything touches the host
  *   2. preflight   root, /dev/net/tun, the commands each implementation needs (missing -> noted)
- *   3. test bed    two hosts behind the router namespace; etcd and a network when cladnet runs
+ *   3. test bed    two hosts behind the router namespace; etcd and a network when cladnet or
+ *                  cladnet-rekey runs (both use the same one)
  *   4. rounds      for each round, for each implementation: start it, check it carries traffic,
  *                  measure (suite.ts), stop it
  *   5. teardown    everything the test bed made (also on Ctrl-C, via the test bed's hooks)
@@ -23,13 +25,13 @@ import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options'
 import { computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
 import { median, sig } from './stats';
-import { cladnet, CLADNET_CIDR, CLADNET_NETWORK } from './tunnels/cladnet';
+import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
 import { nebula } from './tunnels/nebula';
 import type { BenchContext, ImplName, Implementation } from './tunnels/types';
 import { veth } from './tunnels/veth';
 import { wireguardGo } from './tunnels/wireguard';
 
-const ALL: Record<ImplName, Implementation> = { veth, cladnet, 'wireguard-go': wireguardGo, nebula };
+const ALL: Record<ImplName, Implementation> = { veth, cladnet, 'cladnet-rekey': cladnetRekey, 'wireguard-go': wireguardGo, nebula };
 const REPO = path.resolve(__dirname, '..', '..');
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 
@@ -82,18 +84,25 @@ async function preflight(opts: BenchOptions, results: BenchResults['implementati
   return runnable;
 }
 
-/** Step 3: the mesh bed when cladnet runs (etcd + network, agents started per round), else a bare topology. */
+const usesMeshBed = (i: Implementation): boolean => MESH_IMPLS.includes(i.name);
+
+/**
+ * Step 3: the mesh bed when cladnet or cladnet-rekey runs (etcd + network, agents started per
+ * round; both share it), else a bare topology.
+ */
 async function testBed(runnable: Implementation[], results: BenchResults['implementations']): Promise<{ topo: Topology; bed: MeshBed | null }> {
   const spec = { hosts: 2 };
-  if (runnable.some((i) => i.name === 'cladnet')) {
+  if (runnable.some(usesMeshBed)) {
     try {
       const bed = await startMeshBed({ topology: spec, network: CLADNET_NETWORK, cidr: CLADNET_CIDR, agents: 0, waitUp: false });
       return { topo: bed.topo, bed };
     } catch (e) {
       const reason = `test bed with etcd failed: ${(e as Error).message.split('\n')[0]}`;
-      log(`cladnet: missing: ${reason}`);
-      results.cladnet = missing(reason, results.cladnet?.version ?? null);
-      runnable.splice(runnable.findIndex((i) => i.name === 'cladnet'), 1);
+      for (const impl of runnable.filter(usesMeshBed)) {
+        log(`${impl.name}: missing: ${reason}`);
+        results[impl.name] = missing(reason, results[impl.name]?.version ?? null);
+        runnable.splice(runnable.indexOf(impl), 1);
+      }
     }
   }
   return { topo: await createTopology(spec), bed: null };
@@ -139,6 +148,9 @@ function summarise(r: ImplResult): void {
   const first = ok[0];
   if (first) r.notes = (first.detail['notes'] as Record<string, string | number>) ?? {};
   for (const x of ok) delete x.detail['notes']; // kept once, above
+  // Rekeys during the 1-stream TCP test, per round (cladnet only; null where a round has none).
+  const rekeys = r.rounds.map((x) => ('error' in x ? null : ((x.detail['tcp1'] as { rekeys?: { delta: Record<string, number> } } | undefined)?.rekeys?.delta ?? null)));
+  if (rekeys.some((x) => x !== null)) r.tcp1Rekeys = rekeys;
   const errors = r.rounds.flatMap((x) => ('error' in x ? [x.error] : x.errors));
   if (ok.length === 0) {
     r.status = 'missing';
@@ -167,7 +179,7 @@ async function main(): Promise<number> {
   }
   // The test bed starts agents from dist/cli.js of this checkout (built by `npm run build`).
   process.env['CLADNET_CLI'] ??= path.join(REPO, 'dist', 'cli.js');
-  if (opts.only.includes('cladnet') && !fs.existsSync(process.env['CLADNET_CLI'])) {
+  if (opts.only.some((n) => MESH_IMPLS.includes(n)) && !fs.existsSync(process.env['CLADNET_CLI'])) {
     throw new Error(`${process.env['CLADNET_CLI']} is missing: run npm run build first`);
   }
 
@@ -179,7 +191,7 @@ async function main(): Promise<number> {
 
   // 3.-5. test bed, rounds, teardown
   if (runnable.length > 0) {
-    log(`test bed: 2 hosts${runnable.some((i) => i.name === 'cladnet') ? ' + etcd' : ''}`);
+    log(`test bed: 2 hosts${runnable.some(usesMeshBed) ? ' + etcd' : ''}`);
     const { topo, bed } = await testBed(runnable, implementations);
     try {
       const [a, b] = topo.hosts as [(typeof topo.hosts)[0], (typeof topo.hosts)[0]];

@@ -7,7 +7,8 @@
  *   2. idle RSS  VmRSS of every tunnel process after a short settle, before any load
  *   3. RTT       N pings at a short interval over the tunnel, each RTT parsed
  *   4. TCP x1    iperf3, receiver goodput; tunnel CPU (utime + stime of every tunnel process,
- *                all threads) sampled around it gives CPU seconds per GB received
+ *                all threads) sampled around it gives CPU seconds per GB received; cladnet's
+ *                handshake rekeys per host read before and after it (`status --json`)
  *   5. TCP x4    iperf3 -P 4
  *   6. UDP       iperf3 -u -b 0 -l 1372 (1400-byte IP packets): datagrams received per second, loss
  *
@@ -126,8 +127,18 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     ctx.log(`  ping      p50 ${r.p50} ms  p99 ${r.p99} ms  (${r.received}/${r.sent} replies)`);
   });
 
-  // 4. TCP, one stream, with CPU
+  // 4. TCP, one stream, with CPU (and, for cladnet, the rekeys during it)
+  const readRekeys = async (): Promise<Record<string, number> | null> => {
+    if (!t.rekeys) return null;
+    try {
+      return await t.rekeys();
+    } catch (e) {
+      errors.push(`tcp1 rekeys: ${(e as Error).message}`);
+      return null;
+    }
+  };
   await step('tcp1', twice('tcp1', async () => {
+    const rk0 = await readRekeys();
     let cpu0 = 0;
     let cpu1 = 0;
     let t0 = 0n;
@@ -145,13 +156,26 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
         },
       },
     });
+    const rk1 = await readRekeys();
     alive(t.procs);
     const r = parseIperfTcp(out);
     metrics.tcp1Gbps = sig(r.gbps);
     const cpu = cpu1 - cpu0;
     if (t.procs.length > 0) metrics.cpuSPerGb = sig(cpu / (r.bytes / 1e9));
-    detail['tcp1'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits, tunnelCpuS: sig(cpu), tunnelCpuPct: sig((100 * cpu) / wall, 3) };
-    ctx.log(`  tcp x1    ${r.gbps.toFixed(3)} Gbit/s` + (t.procs.length ? `, tunnel CPU ${cpu.toFixed(2)} s (${((100 * cpu) / wall).toFixed(0)}% of one core)` : ''));
+    const rekeys = rk0 && rk1 ? { before: rk0, after: rk1, delta: Object.fromEntries(Object.keys(rk1).map((h) => [h, rk1[h]! - (rk0[h] ?? 0)])) } : undefined;
+    detail['tcp1'] = {
+      bytes: r.bytes,
+      seconds: sig(r.seconds),
+      retransmits: r.retransmits,
+      tunnelCpuS: sig(cpu),
+      tunnelCpuPct: sig((100 * cpu) / wall, 3),
+      ...(rekeys ? { rekeys } : {}),
+    };
+    ctx.log(
+      `  tcp x1    ${r.gbps.toFixed(3)} Gbit/s` +
+        (t.procs.length ? `, tunnel CPU ${cpu.toFixed(2)} s (${((100 * cpu) / wall).toFixed(0)}% of one core)` : '') +
+        (rekeys ? `, rekeys ${Object.entries(rekeys.delta).map(([h, n]) => `${h} ${n}`).join(', ')}` : ''),
+    );
   }));
 
   // 5. TCP, four streams

@@ -5,7 +5,7 @@ import type { Topology, TopologyHost } from '../../src/testbed/topology';
  * One implementation under test, brought up between two host namespaces of the test bed.
  * `a` is the client side (h1), `b` the server side (h2); traffic flows a -> b.
  */
-export const IMPLEMENTATIONS = ['veth', 'cladnet', 'wireguard-go', 'nebula'] as const;
+export const IMPLEMENTATIONS = ['veth', 'cladnet', 'cladnet-rekey', 'wireguard-go', 'nebula'] as const;
 export type ImplName = (typeof IMPLEMENTATIONS)[number];
 
 export interface TunnelEnd {
@@ -36,13 +36,19 @@ export interface Tunnel {
   ready?(): Promise<void>;
   /** Implementation-specific numbers recorded after the round (e.g. cladnet's drop counters). */
   extra?(): Promise<Record<string, unknown>>;
+  /**
+   * Handshake rekeys so far, by host (cladnet: each agent's `status --json` handshake.rekeys).
+   * Read just before and just after the 1-stream TCP test (outside its CPU window); the suite
+   * records both readings and the difference in detail.tcp1.rekeys.
+   */
+  rekeys?(): Promise<Record<string, number>>;
   /** Ends the tunnel's processes and removes what it put outside the namespaces. Never throws. */
   stop(): Promise<void>;
 }
 
 export interface BenchContext {
   readonly topo: Topology;
-  /** The etcd-backed mesh bed (present when cladnet is measured). */
+  /** The etcd-backed mesh bed (present when cladnet or cladnet-rekey is measured). */
   readonly bed: MeshBed | null;
   readonly a: TopologyHost;
   readonly b: TopologyHost;

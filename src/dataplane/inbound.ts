@@ -30,7 +30,7 @@ import {
   T_RX_BYTES,
   T_RX_PKTS,
 } from './stats';
-import { MSG_COOKIE, MSG_INITIATION } from '../crypto/noise';
+import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, RESPONSE_LEN } from '../crypto/noise';
 import { checkHeader, COUNTER_LIMIT, FLAG_CSUM_PARTIAL, CTRL_LEN, CTRL_PING, CTRL_PONG, HEADER_LEN, readCounter } from './wire';
 
 export interface InboundEvents {
@@ -166,9 +166,14 @@ export class Inbound {
     for (let i = 0; i < n; i++) {
       const off = batch.offset(i);
       const len = batch.len[i]!;
-      // 0. handshake messages go to the control thread, rate-limited per source address
+      // 0. handshake messages (right type and exact size) go to the control thread, rate-limited
+      //    per source address; anything else falls through to the data checks
       const type = len > 0 ? buf[off]! : 0;
-      if (type >= MSG_INITIATION && type <= MSG_COOKIE) {
+      if (
+        (type === MSG_INITIATION && len === INITIATION_LEN) ||
+        (type === MSG_RESPONSE && len === RESPONSE_LEN) ||
+        (type === MSG_COOKIE && len === COOKIE_LEN)
+      ) {
         if (!this.allowHandshake(batch.ip[i]!)) drops[DROP.handshakeRateLimited]! += 1;
         else this.events.handshake(buf.subarray(off, off + len), batch.ip[i]!, batch.port[i]!);
         continue;

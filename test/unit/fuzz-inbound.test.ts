@@ -4,7 +4,8 @@
  * AEAD (sodium-native, and the WASM fallback), receives batches of:
  *
  *   - random datagrams of 0..2000 bytes (many of 0..40), with random or plausible headers;
- *   - handshake-type datagrams (types 1..3), which go to the control thread, rate-limited;
+ *   - handshake messages (type 1..3 at exactly 148, 92 or 64 bytes), which go to the control
+ *     thread, rate-limited (other lengths take the data checks);
  *   - genuine datagrams sealed by its peers: A through a real Outbound, and raw sealers for A's
  *     draining previous session and C's current and to-be-confirmed ("promote") sessions, with
  *     plaintexts from good IPv4 to spoofed sources, bad lengths, IPv6, keepalives, pings, pongs
@@ -23,7 +24,8 @@
 import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { NativeAead, WasmAead, type Aead } from '../../src/crypto/aead';
-import { generateKeyPair, StaticKeyAgreement, type KeyPair, type SessionKeys } from '../../src/crypto/keys';
+import { generateKeyPair, type KeyPair } from '../../src/crypto/keys';
+import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock } from '../../src/dataplane/fakes';
 import { HS_BURST, HS_RATE, Inbound } from '../../src/dataplane/inbound';
@@ -509,7 +511,8 @@ class Harness {
       e.drops[DROP[reason]]! += 1;
     };
     const type = len > 0 ? d[0]! : 0;
-    if (type >= 1 && type <= 3) {
+    // Only a handshake type at its exact message size goes to the control thread.
+    if ((type === 1 && len === 148) || (type === 2 && len === 92) || (type === 3 && len === 64)) {
       if (this.allowHandshake(src.ip)) e.handshakes.push(d);
       else drop('handshakeRateLimited');
       return;
@@ -775,8 +778,11 @@ function fuzzDatagram(r: Rand, h: Harness): { d: Buffer; src: { ip: number; port
       return { d, src: anywhere(), genuine: false };
     }
     case 2: { // handshake-typed datagrams of handshake-like lengths
-      const d = r.bytes(r.pick([0, 1, 4, 32, 63, 64, 65, 91, 92, 93, 147, 148, 149, r.int(0, 300)]));
-      if (d.length > 0) d[0] = r.int(1, 3);
+      // Mostly the exact size of the type (what reaches the control thread), else near misses.
+      const type = r.int(1, 3);
+      const exact = [148, 92, 64][type - 1]!;
+      const d = r.bytes(r.chance(0.7) ? exact : r.pick([0, 1, 4, 32, exact - 1, exact + 1, r.int(0, 300)]));
+      if (d.length > 0) d[0] = type;
       return { d, src: r.chance(0.5) ? r.pick(ATTACKERS.slice(0, 4)) : anywhere(), genuine: false };
     }
     case 3: { // fresh genuine, now

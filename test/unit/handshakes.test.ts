@@ -173,3 +173,24 @@ describe('HandshakeManager', () => {
     expect(w.hi.m.stats.cookiesSent).toBe(1);
   });
 });
+
+describe('HandshakeManager keys after a rekey', () => {
+  it('the old session key does not open packets sealed under the new one', async () => {
+    const { createAead } = await import('../../src/crypto/aead');
+    const w = await world();
+    w.deliver();
+    const old = w.hi.m.usable('lo')!.send;
+    const oldRecv = Buffer.from(old.recvKey); // copy: the manager wipes keys when they expire
+    w.advance(w.timers.rekeyAfterMs);
+    const fresh = w.lo.m.usable('hi')!.send; // lo initiated the rekey and sends on it at once
+    expect(fresh.keyId).not.toBe(w.lo.m.usable('hi')!.others[0]?.keyId);
+    const aead = await createAead();
+    const pkt = Buffer.alloc(16 + 64 + 16);
+    pkt.fill(0xab, 16, 80);
+    aead.seal(aead.loadKey(fresh.sendKey), 7, pkt, 0, 16, 16, 64);
+    const withOld = Buffer.from(pkt);
+    expect(aead.open(aead.loadKey(oldRecv), 7, withOld, 0, 16, 16, 80)).toBe(-1);
+    const newRecv = [w.hi.m.usable('lo')!.send, ...w.hi.m.usable('lo')!.others].find((s) => s.remoteIndex === fresh.localIndex)!;
+    expect(aead.open(aead.loadKey(newRecv.recvKey), 7, pkt, 0, 16, 16, 80)).toBe(64);
+  });
+});

@@ -1,6 +1,7 @@
 const RUN = '0000000000000000';
 import { describe, expect, it } from 'vitest';
-import { generateKeyPair, publicKeyOf, StaticKeyAgreement, type KeyPair } from '../../src/crypto/keys';
+import { generateKeyPair, publicKeyOf, type KeyPair } from '../../src/crypto/keys';
+import { StaticKeyAgreement } from '../helpers/static-keys';
 
 const hex = (u: Uint8Array): string => Buffer.from(u).toString('hex');
 
