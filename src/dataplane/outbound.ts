@@ -3,7 +3,8 @@
  *
  *   1. classify   IPv4 with a whole header, else drop (notIpv4, malformed)
  *   2. route      destination overlay address -> peer (exact match, then advertised prefixes),
- *                 else drop (noRoute)
+ *                 else drop (noRoute); a peer whose only session awaits the initiator's first
+ *                 packet takes nothing yet (noSession, a few milliseconds after a handshake)
  *   3. number     take the peer's next counter; write the 16-byte header in the slot's headroom
  *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended
  *   5. address    the peer's current endpoint; queue the slot on the send list
@@ -38,6 +39,8 @@ export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
 class OutPeer {
   counter = 0;
   lastPingMono = -Infinity;
+  /** False while the send session is one we answered and the initiator has not used yet. */
+  sendable: boolean;
   ip: number;
   port: number;
   constructor(
@@ -46,6 +49,7 @@ class OutPeer {
   ) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
+    this.sendable = !cfg.unconfirmed;
   }
 }
 
@@ -78,6 +82,7 @@ export class Outbound {
           p.port = cfg.endpointPort;
         }
         p.cfg = cfg;
+        if (!cfg.unconfirmed) p.sendable = true;
       } else {
         if (old) this.aead.dropKey(old.key);
         p = new OutPeer(cfg, this.aead.loadKey(cfg.txKey));
@@ -102,12 +107,17 @@ export class Outbound {
    */
   promote(slot: number, keyId: string): void {
     const p = this.bySlot.get(slot);
-    if (!p || p.cfg.keyId === keyId) return;
+    if (!p) return;
+    if (p.cfg.keyId === keyId) {
+      p.sendable = true; // our only session, answered by us: the initiator has used it now
+      return;
+    }
     const r = p.cfg.receiveOnly?.find((x) => x.keyId === keyId);
     if (!r || !r.txKey || r.txIndex === undefined) return;
     this.aead.dropKey(p.key);
     p.key = this.aead.loadKey(r.txKey);
     p.counter = 0;
+    p.sendable = true;
     p.cfg = { ...p.cfg, keyId, txKey: r.txKey, rxKey: r.rxKey, txIndex: r.txIndex, rxIndex: r.rxIndex };
   }
 
@@ -145,6 +155,10 @@ export class Outbound {
       const peer = this.byIp.get(dst) ?? (this.prefixes.size > 0 ? this.prefixes.lookup(dst) : undefined);
       if (peer === undefined) {
         this.drop(DROP.noRoute);
+        continue;
+      }
+      if (!peer.sendable) {
+        this.drop(DROP.noSession);
         continue;
       }
       // 3-5. number, seal, address
@@ -193,7 +207,7 @@ export class Outbound {
   /** Queues a pong echoing t0 to the peer in `slot`. */
   pong(slot: number, t0: number, batch: PacketBatch, list: SendList): void {
     const p = this.bySlot.get(slot);
-    if (!p || list.count >= batch.capacity) return;
+    if (!p || !p.sendable || list.count >= batch.capacity) return;
     const i = list.count;
     if (this.control(p, CTRL_PONG, t0, batch, i)) list.idx[list.count++] = i;
   }
@@ -207,6 +221,7 @@ export class Outbound {
     const now = this.clock.now();
     for (const p of this.bySlot.values()) {
       if (list.count >= batch.capacity) return;
+      if (!p.sendable) continue;
       const lastRx = this.stats.peers[p.cfg.slot * PEER_STRIDE + P_LAST_RX]!;
       const up = now - lastRx < PEER_UP_MS;
       const interval = up ? PING_INTERVAL_MS : PING_INTERVAL_CONNECTING_MS;

@@ -26,6 +26,7 @@ export const DROP_REASONS = [
   'tunWrite', // the kernel refused the packet on the TUN
   'handshakeRateLimited', // handshake messages from one source beyond the per-source rate
   'noRoute', // TUN packet for an address no peer owns
+  'noSession', // TUN packet for a peer whose session the initiator has not confirmed yet
   'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
   'sendFailed', // the UDP socket refused the datagram
 ] as const;
