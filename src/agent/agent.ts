@@ -47,7 +47,6 @@ import {
   T_TX_BYTES,
   T_TX_PKTS,
 } from '../dataplane/stats';
-import { UNDERLAY_OVERHEAD, OVERHEAD } from '../dataplane/wire';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
@@ -55,7 +54,7 @@ import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
-import { formatEndpoint, formatIpv4, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr } from '../util/ipv4';
+import { formatEndpoint, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
 import { checkNetworkMembership, loadMembership, type Membership } from './membership';
 
@@ -97,7 +96,7 @@ export class Agent {
   private readonly freeSlots: number[] = [];
   private nextSlot = 0;
   private readonly startedAt = new Date();
-  /** This run's id, published in the host record; peers key our sessions on it. */
+  /** This run's id, published in the host record (operators and peers see a restart by it). */
   private readonly session = randomBytes(8).toString('hex');
   private stopping?: Promise<void>;
   private readonly log: Logger;
@@ -499,10 +498,3 @@ function withTimeout<T>(p: Promise<T> | undefined, ms: number): Promise<T | unde
   if (!p) return Promise.resolve(undefined);
   return Promise.race([p, new Promise<undefined>((r) => setTimeout(() => r(undefined), ms).unref())]);
 }
-
-/** Overlay MTU that fits a given underlay MTU. */
-export function overlayMtuFor(underlayMtu: number): number {
-  return underlayMtu - UNDERLAY_OVERHEAD - OVERHEAD;
-}
-
-export { formatIpv4 };

@@ -76,7 +76,7 @@ export interface HostRecord {
   listenPort: number;
   epoch: number; // set by Registry.publish, monotonic per host
   updated: string; // ISO 8601
-  /** Random per agent run (16 hex digits): peers derive fresh keys when it changes. */
+  /** Random per agent run (16 hex digits): tells a restart from a re-publish. */
   session: string;
   /** The host's certificate; peers accept the record only when it verifies and matches. */
   cert?: HostCert;
