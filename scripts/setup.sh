@@ -74,6 +74,9 @@ PKGS=(
   tcpdump:tcpdump
   iperf3:iperf3
 )
+if [ "$MODE" = test ] || [ "$MODE" = bench ]; then
+  PKGS+=(conntrack:conntrack) # flushes a NAT site's mappings (roaming tests, npm run bench:roam)
+fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)
 fi

@@ -75,6 +75,9 @@ export function buildProgram(): Command {
     .option('--crypto <backend>', 'AEAD backend: auto|native|wasm (default auto)')
     .option('--offload <bool>', 'TUN segmentation/checksum offloads (default true)')
     .option('--advertise <endpoints>', 'endpoints to publish instead of interface addresses (ip or ip:port, comma separated)')
+    .option('--stun <servers>', 'STUN servers (ip:port, comma separated) to learn our public address from (default none)')
+    .option('--metadata <provider>', 'ask cloud instance metadata for our public IPv4: off|aws|gcp|azure|auto (default off)')
+    .option('--relay [bool]', 'relay encrypted traffic for peers that cannot reach each other directly (default false)')
     .option('--cert <file>', 'this host\'s certificate from `cladnet host issue` (default <state-dir>/host.cert)')
     .option('--etcd-ca <file>', 'CA bundle (PEM) to verify etcd\'s TLS certificate')
     .option('--etcd-cert <file>', 'client certificate (PEM) for etcd')
@@ -242,6 +245,16 @@ export function buildProgram(): Command {
       const { fetchStatus, renderStatus } = await import('./status/client');
       const doc = await fetchStatus(o.socket);
       print(doc, !!o.json, () => renderStatus(doc));
+    });
+
+  program
+    .command('stun-server')
+    .description('answer STUN binding requests (RFC 5389) so agents behind NAT learn their public endpoint')
+    .requiredOption('--listen <ip:port>', 'UDP address to listen on, e.g. 0.0.0.0:3478')
+    .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent', 'info')
+    .action(async (o: { listen: string; logLevel: string }) => {
+      const { stunServerCommand } = await import('./cli/stun-server');
+      await stunServerCommand(o);
     });
 
   program

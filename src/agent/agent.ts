@@ -25,7 +25,13 @@ import type { KeyPair } from '../crypto/keys';
 import { Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
-import { createEtcd, etcdOptionsFrom } from '../control/etcd';
+import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
+import { ReflexiveTracker } from './reflexive';
+import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
+import { StunClient } from '../control/stun-client';
+import { discoverPublicIp } from '../control/metadata';
+import { openRouteMonitor, type RouteMonitor } from '../os/netlink';
+import { createEtcd, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
@@ -33,6 +39,7 @@ import { Registry, type PeerSnapshot } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
+import { DIRECT } from '../dataplane/peer';
 import {
   MAX_PEERS,
   P_LAST_ROAM,
@@ -42,6 +49,8 @@ import {
   P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
+  T_RELAY_BYTES,
+  T_RELAY_PKTS,
   T_RX_BYTES,
   T_RX_PKTS,
   T_TX_BYTES,
@@ -54,7 +63,7 @@ import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
-import { formatEndpoint, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr } from '../util/ipv4';
+import { contains, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
 import { checkNetworkMembership, loadMembership, type Membership } from './membership';
 
@@ -70,11 +79,15 @@ interface PeerEntry {
   slot: number;
   record: HostRecord;
   overlayIp: number;
-  endpoint: { ip: number; port: number };
+  /** Where the data plane sends: the path choice's (src/agent/paths.ts), or where it roamed. */
+  endpoint: Endpoint;
   addedAt: number;
-  /** Endpoint the data plane moved to (roaming), when it differs from the record's. */
-  roamed?: string;
 }
+
+/** How often the path choice runs (probes, moves). */
+const PATH_TICK_MS = 250;
+/** How often configured STUN servers and cloud metadata are asked again. */
+const DISCOVERY_EVERY_MS = 60_000;
 
 export class Agent {
   private etcd?: Etcd3;
@@ -87,6 +100,19 @@ export class Agent {
   private member!: Membership;
   private hs?: HandshakeManager;
   private hsTimer?: NodeJS.Timeout;
+  private pathTimer?: NodeJS.Timeout;
+  private discoveryTimer?: NodeJS.Timeout;
+  private paths!: PathManager;
+  private reflexive!: ReflexiveTracker;
+  private stun?: StunClient;
+  private changes?: LocalChangeMonitor;
+  private routeEvents?: RouteMonitor;
+  private localPrefixes: Prefix[] = [];
+  private metadataIp: string | null = null;
+  private lastLocalChange: { at: string; reason: string } | null = null;
+  private publishing = false;
+  private publishAgain = false;
+  private registered = false;
   private pushScheduled = false;
   private network!: NetworkSpec;
   private overlayIp = '';
@@ -107,6 +133,8 @@ export class Agent {
     private readonly addresses: AddressSource = systemAddresses([cfg.interface]),
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
+    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
+    this.reflexive = new ReflexiveTracker(Date.now, () => this.addresses.list().map((a) => a.address));
   }
 
   async start(): Promise<void> {
@@ -154,8 +182,17 @@ export class Agent {
       vnet: this.tun.offload,
       crypto: cfg.crypto,
       batch: cfg.batch,
-      onRoam: (slot, ip, port) => this.onRoam(slot, ip, port),
-      onHandshake: (data, ip, port) => this.hs?.receive(data, ip, port),
+      relay: cfg.relay,
+      onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
+      onHandshake: (data, ip, port, via) => {
+        if (via === DIRECT) this.hs?.receive(data, ip, port);
+        else {
+          const relay = this.nameOfSlot(via);
+          if (relay) this.hs?.receive(data, 0, 0, relay);
+        }
+      },
+      onStun: (data, ip, port) => this.stun?.receive(Buffer.from(data), ip, port),
+      onPong: (p) => this.onPong(p),
       onConfirmed: (slot, keyId) => {
         const name = this.nameOfSlot(slot);
         if (name) this.hs?.confirmed(name, keyId);
@@ -170,8 +207,19 @@ export class Agent {
     const udpFd = this.udp.fd;
     this.hs = new HandshakeManager({
       noise: new Noise(await loadSodium(), keys.privateKey, keys.publicKey),
-      send: (data, ip, port) => {
-        sendDatagram(udpFd, data, ip, port);
+      send: (data, ip, port, via) => {
+        if (!via) {
+          sendDatagram(udpFd, data, ip, port);
+          return;
+        }
+        const relay = this.peers.get(via.relay);
+        const target = this.peers.get(via.peer);
+        if (relay && target) this.engine?.forward(relay.slot, target.overlayIp, data);
+      },
+      targets: (name, hasSession) => this.paths.handshakeTargets(name, hasSession),
+      onEndpoint: (name, from) => {
+        this.paths.onHandshake(name, from);
+        this.syncPaths();
       },
       onChange: (now) => (now ? this.pushPeers() : this.schedulePush()),
       log: this.log,
@@ -179,6 +227,18 @@ export class Agent {
     });
     this.hsTimer = setInterval(() => this.hs?.tick(), 100);
     this.hsTimer.unref();
+    this.pathTimer = setInterval(() => this.pathTick(), PATH_TICK_MS);
+    this.pathTimer.unref();
+    this.stun = new StunClient({
+      send: (data, ip, port) => sendDatagram(udpFd, data, ip, port),
+      now: () => performance.now(),
+      setTimer: (fn, ms) => {
+        const t = setTimeout(fn, ms);
+        t.unref();
+        return { cancel: () => clearTimeout(t) };
+      },
+      random: (n) => randomBytes(n),
+    });
     this.registry = new Registry({
       client: this.etcd,
       network: this.network,
@@ -188,9 +248,13 @@ export class Agent {
       trust: this.member.anchor,
       selfCert: this.member.cert,
     });
-    this.endpoints = this.localEndpoints();
+    this.updateLocal();
     void this.register();
     await this.registry.watch((snap) => this.onPeers(snap));
+    this.startChangeMonitor();
+    void this.discover();
+    this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
+    this.discoveryTimer.unref();
 
     // 6. status
     this.status = new StatusServer(cfg.socket, () => this.statusDocument());
@@ -223,6 +287,8 @@ export class Agent {
           return;
         }
         await this.registry.startAlive();
+        this.registered = true;
+        if (this.publishAgain) void this.republish();
         return;
       } catch (e) {
         if (this.stopping) return;
@@ -254,16 +320,198 @@ export class Agent {
       updated: new Date().toISOString(),
       session: this.session,
       cert: this.member.cert,
+      relay: this.cfg.relay || undefined,
+      nat: this.reflexive.view().nat,
+      reflexive: this.reflexive.view().reflexive ?? undefined,
     };
   }
 
-  private localEndpoints(): string[] {
+  /**
+   * Our candidates, in order: configured (--advertise) or interface addresses, then the reflexive
+   * address when it holds for every peer (NAT 'eim'), then the cloud metadata's public address.
+   */
+  private candidates(): string[] {
     const port = this.udp!.port;
-    if (this.cfg.advertise.length > 0) return this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`));
-    return this.addresses
-      .list()
-      .filter((a) => a.address !== this.overlayIp)
-      .map((a) => `${a.address}:${port}`);
+    const out: string[] =
+      this.cfg.advertise.length > 0
+        ? this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`))
+        : this.addresses
+            .list()
+            .filter((a) => a.address !== this.overlayIp)
+            .map((a) => `${a.address}:${port}`);
+    const view = this.reflexive.view();
+    if (view.nat === 'eim' && view.reflexive) out.push(view.reflexive);
+    if (this.metadataIp) out.push(`${this.metadataIp}:${port}`);
+    return [...new Set(out)].slice(0, 16);
+  }
+
+  /** Re-reads our addresses: local networks (for private paths) and candidates. True if the candidates changed. */
+  private updateLocal(): boolean {
+    this.localPrefixes = [];
+    for (const a of this.addresses.list()) {
+      const ip = parseIpv4(a.address);
+      if (ip === null || a.address === this.overlayIp) continue;
+      const mask = a.prefixLen === 0 ? 0 : (0xffffffff << (32 - a.prefixLen)) >>> 0;
+      this.localPrefixes.push({ base: (ip & mask) >>> 0, len: a.prefixLen });
+    }
+    const next = this.candidates();
+    const changed = next.join(',') !== this.endpoints.join(',');
+    this.endpoints = next;
+    return changed;
+  }
+
+  private isLocal(ip: number): boolean {
+    return this.localPrefixes.some((p) => contains(p, ip));
+  }
+
+  /** Publishes the record again (new candidates or NAT facts), coalescing bursts; retries while etcd is down. */
+  private async republish(): Promise<void> {
+    if (!this.registered || this.stopping) {
+      this.publishAgain = true;
+      return;
+    }
+    if (this.publishing) {
+      this.publishAgain = true;
+      return;
+    }
+    this.publishing = true;
+    let delay = 250;
+    try {
+      do {
+        this.publishAgain = false;
+        try {
+          const res = await this.registry!.publish(this.hostRecord());
+          if (!res.written) return;
+          this.log.info({ endpoints: this.endpoints, epoch: res.record.epoch }, 'republished host record');
+          delay = 250;
+        } catch (e) {
+          if (this.stopping) return;
+          this.log.warn({ err: (e as Error).message, retryMs: delay }, 'republish failed; retrying');
+          this.publishAgain = true;
+          await new Promise((r) => setTimeout(r, delay).unref());
+          delay = Math.min(delay * 2, 5_000);
+        }
+      } while (this.publishAgain && !this.stopping);
+    } finally {
+      this.publishing = false;
+    }
+  }
+
+  /** Candidates or NAT facts may have changed: publish if they did. */
+  private candidatesMaybeChanged(): void {
+    if (this.updateLocal()) void this.republish();
+  }
+
+  /** Asks the configured STUN servers and cloud metadata (if any) where we are. */
+  private async discover(): Promise<void> {
+    const jobs: Promise<unknown>[] = [];
+    for (const s of this.cfg.stun) {
+      const ep = parseEndpoint(s);
+      if (!ep || !this.stun) continue;
+      jobs.push(
+        this.stun.query({ ip: ep.ip, port: ep.port }).then((m) => {
+          if (m) this.reflexive.observe(`stun:${s}`, ep.ip, m.ip, m.port);
+          else this.log.debug({ server: s }, 'STUN server did not answer');
+        }),
+      );
+    }
+    if (this.cfg.metadata !== 'off') {
+      jobs.push(
+        discoverPublicIp(this.cfg.metadata, fetch).then((a) => {
+          this.metadataIp = a?.ip ?? null;
+          if (a) this.log.debug({ provider: a.provider, ip: a.ip }, 'public address from instance metadata');
+        }),
+      );
+    }
+    if (jobs.length === 0) return;
+    await Promise.allSettled(jobs);
+    if (!this.stopping) this.candidatesMaybeChanged();
+  }
+
+  private startChangeMonitor(): void {
+    try {
+      this.routeEvents = openRouteMonitor();
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'no netlink route events; relying on periodic address checks');
+    }
+    this.changes = new LocalChangeMonitor({
+      events: this.routeEvents ?? null,
+      addresses: this.addresses,
+      clock: { now: Date.now, mono: () => performance.now() },
+      timers: intervalTimers,
+      onChange: (c) => this.onLocalChange(c),
+    });
+    this.changes.start();
+  }
+
+  /**
+   * Our addresses changed, or we woke from a stop: tell every peer where we are now (pings at
+   * once, new handshakes), probe all paths again, forget what observers told us, re-publish, and
+   * re-apply our link state (idempotent). A route-only change just re-checks paths.
+   */
+  private onLocalChange(c: LocalChange): void {
+    this.lastLocalChange = { at: new Date().toISOString(), reason: c.reason };
+    this.log.info({ reason: c.reason, before: c.before, after: c.after, gapMs: c.gapMs }, 'local network changed');
+    this.engine?.pingAll();
+    this.paths.localChanged();
+    if (c.reason === 'route') return;
+    this.reflexive.reset();
+    this.hs?.rekeyAll();
+    // Connections to etcd made from an address we no longer have are dead: dial again now.
+    if (this.etcd && resetEtcdConnections(this.etcd)) this.log.debug('etcd connections reset');
+    this.updateLocal();
+    void this.republish();
+    void this.discover();
+    void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not re-apply link state'));
+  }
+
+  private async applyLink(): Promise<void> {
+    const prefix = parseOverlayCidr(this.network.cidr);
+    await new RouteManager(execRunner).set({
+      ifname: this.cfg.interface,
+      mtu: this.mtu,
+      addresses: [`${this.overlayIp}/${prefix.len}`],
+      routes: [],
+    });
+  }
+
+  private pathTick(): void {
+    if (!this.engine || !this.hs) return;
+    const actions = this.paths.tick((name) => this.hs?.usable(name) !== null);
+    for (const p of actions.probes) {
+      const e = this.peers.get(p.name);
+      if (e) this.engine.probe(e.slot, p.ip, p.port);
+    }
+    this.syncPaths();
+  }
+
+  /** Carries the path choice to the handshakes and the data plane. */
+  private syncPaths(): void {
+    let changed = false;
+    for (const [name, p] of this.peers) {
+      const cur = this.paths.current(name);
+      if (cur === null || sameEndpoint(cur, p.endpoint)) continue;
+      const st = this.paths.state(name);
+      this.log.info({ peer: name, from: describeEndpoint(p.endpoint), to: describeEndpoint(cur), path: st.kind, scope: st.scope }, 'peer path changed');
+      p.endpoint = cur;
+      this.hs?.moveEndpoint(name, cur.ip, cur.port, cur.via);
+      changed = true;
+    }
+    if (changed) this.schedulePush();
+  }
+
+  private onPong(p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }): void {
+    const name = this.nameOfSlot(p.slot);
+    if (!name) return;
+    const relay = p.via === DIRECT ? undefined : this.nameOfSlot(p.via);
+    if (p.via !== DIRECT && !relay) return;
+    this.paths.onPong(name, relay ? { ip: 0, port: 0, via: relay } : { ip: p.ip, port: p.port }, p.rttMs);
+    // What a peer off our own networks saw of us is our public face.
+    if (!relay && !this.isLocal(p.ip) && this.reflexive.observe(name, p.ip, p.seenIp, p.seenPort)) {
+      const v = this.reflexive.view();
+      this.log.info({ reflexive: v.reflexive, nat: v.nat }, 'reflexive address learned');
+      this.candidatesMaybeChanged();
+    }
   }
 
   private allocSlot(): number {
@@ -278,7 +526,8 @@ export class Agent {
     const seen = new Set<string>();
     const ownKey = Buffer.from(this.keys.publicKey).toString('base64');
     for (const [name, rec] of snap) {
-      const ep = rec.endpoints.map(parseEndpoint).find((e) => e !== null);
+      const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
+      const ep = cands[0];
       const overlay = parseIpv4(rec.overlayIp);
       if (!ep || overlay === null) {
         this.log.warn({ peer: name }, 'peer has no usable endpoint; skipped');
@@ -289,21 +538,23 @@ export class Agent {
         continue;
       }
       seen.add(name);
+      this.paths.setPeer(name, cands, rec.relay === true);
+      const endpoint = this.paths.current(name) ?? { ip: ep.ip, port: ep.port };
       const old = this.peers.get(name);
       if (old) {
-        if (old.record.endpoints[0] !== rec.endpoints[0]) old.roamed = undefined;
         old.record = rec;
         old.overlayIp = overlay;
-        old.endpoint = { ip: ep.ip, port: ep.port };
         continue;
       }
       const slot = this.allocSlot();
-      this.peers.set(name, { slot, record: rec, overlayIp: overlay, endpoint: { ip: ep.ip, port: ep.port }, addedAt: Date.now() });
-      this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoint: rec.endpoints[0] }, 'peer added');
+      this.peers.set(name, { slot, record: rec, overlayIp: overlay, endpoint, addedAt: Date.now() });
+      this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
     }
     for (const [name, p] of this.peers) {
       if (seen.has(name)) continue;
       this.peers.delete(name);
+      this.paths.removePeer(name);
+      this.reflexive.forget(name);
       this.freeSlots.push(p.slot);
       this.log.info({ peer: name }, 'peer removed');
     }
@@ -315,6 +566,7 @@ export class Agent {
         port: p.endpoint.port,
       })),
     );
+    this.syncPaths();
     this.schedulePush();
   }
 
@@ -341,6 +593,7 @@ export class Agent {
       const u = this.hs.usable(name);
       if (!u) continue;
       const send = u.send;
+      const via = p.endpoint.via === undefined ? DIRECT : (this.peers.get(p.endpoint.via)?.slot ?? DIRECT);
       list.push({
         slot: p.slot,
         name,
@@ -348,6 +601,7 @@ export class Agent {
         allowed: [],
         endpointIp: p.endpoint.ip,
         endpointPort: p.endpoint.port,
+        endpointVia: via,
         keyId: send.keyId,
         txKey: send.sendKey,
         rxKey: send.recvKey,
@@ -367,14 +621,18 @@ export class Agent {
     this.engine.setPeers(list);
   }
 
-  private onRoam(slot: number, ip: number, port: number): void {
-    for (const [name, p] of this.peers) {
-      if (p.slot !== slot) continue;
-      const ep = formatEndpoint(ip, port);
-      p.roamed = ep;
-      this.hs?.moveEndpoint(name, ip, port);
-      this.log.info({ peer: name, endpoint: ep }, 'peer endpoint moved');
-    }
+  /** The data plane follows the peer's newest authenticated packet: record it as the path. */
+  private onRoam(slot: number, ip: number, port: number, via: number): void {
+    const name = this.nameOfSlot(slot);
+    const p = name === undefined ? undefined : this.peers.get(name);
+    if (!name || !p) return;
+    const relay = via === DIRECT ? undefined : this.nameOfSlot(via);
+    if (via !== DIRECT && relay === undefined) return;
+    const to: Endpoint = relay === undefined ? { ip, port } : { ip: 0, port: 0, via: relay };
+    this.paths.onRoam(name, to);
+    p.endpoint = to;
+    this.hs?.moveEndpoint(name, to.ip, to.port, to.via);
+    this.log.info({ peer: name, endpoint: describeEndpoint(to) }, 'peer endpoint moved');
   }
 
   private disableIpv6(ifname: string): void {
@@ -396,14 +654,18 @@ export class Agent {
         const rtt = stats.peer(p.slot, P_RTT);
         const lastRoam = stats.peer(p.slot, P_LAST_ROAM);
         const hsAt = this.hs?.lastHandshake(name) ?? null;
+        const path = this.paths.state(name);
         const state: StatusPeer['state'] =
           lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - p.addedAt < 30_000 ? 'connecting' : 'down';
         return {
           name,
           overlayIp: p.record.overlayIp,
           publicKey: p.record.publicKey,
-          endpoint: p.roamed ?? p.record.endpoints[0] ?? '',
-          path: lastRx > 0 ? 'direct' : 'none',
+          endpoint: describeEndpoint(p.endpoint),
+          path: path.kind,
+          pathScope: path.scope,
+          via: p.endpoint.via ?? null,
+          lastPathChange: path.since === null ? null : new Date(path.since).toISOString(),
           state,
           lastHandshake: hsAt === null ? null : new Date(hsAt).toISOString(),
           lastRx: lastRx > 0 ? new Date(lastRx).toISOString() : null,
@@ -430,6 +692,10 @@ export class Agent {
         startedAt: this.startedAt.toISOString(),
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
+        reflexive: this.reflexive.view().reflexive,
+        nat: this.reflexive.view().nat,
+        relay: this.cfg.relay,
+        lastLocalChange: this.lastLocalChange,
       },
       etcd: {
         connected: this.registry?.connected() ?? false,
@@ -444,6 +710,8 @@ export class Agent {
         rxBytes: stats.totals[T_RX_BYTES]!,
         txPackets: stats.totals[T_TX_PKTS]!,
         txBytes: stats.totals[T_TX_BYTES]!,
+        relayedPackets: stats.totals[T_RELAY_PKTS]!,
+        relayedBytes: stats.totals[T_RELAY_BYTES]!,
         drops: stats.dropCounts(),
       },
     };
@@ -485,6 +753,10 @@ export class Agent {
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     clearInterval(this.hsTimer);
+    clearInterval(this.pathTimer);
+    clearInterval(this.discoveryTimer);
+    this.changes?.stop();
+    await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());
     await step('handshakes', () => this.hs?.close());
     await step('tun', () => this.tun?.close());

@@ -16,6 +16,7 @@
  *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman
  */
 import type { Logger } from '../log';
+import type { Endpoint } from './paths';
 import { compareTimestamps, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, Noise, timestamp, type PendingInitiation, type SessionSecrets } from '../crypto/noise';
 
 export interface HandshakeTimers {
@@ -60,7 +61,8 @@ interface PeerState {
   publicKey: Uint8Array;
   lowerThanPeer: boolean;
   addedAt: number;
-  endpoint: { ip: number; port: number };
+  /** Where the peer's last valid handshake message came from (or its control-plane endpoint). */
+  endpoint: Endpoint;
   sessions: Session[]; // newest first
   pending: (PendingInitiation & { sentAt: number }) | null;
   attempts: number;
@@ -69,6 +71,8 @@ interface PeerState {
   cookie: { value: Uint8Array; at: number } | null;
   /** The send session the workers were last told about (by keyId). */
   lastSendId: string | null;
+  /** A handshake is due regardless of session age (set by rekeyAll, cleared when one completes). */
+  forceAt: number | null;
 }
 
 export interface HandshakeStats {
@@ -89,8 +93,15 @@ export interface HandshakeStats {
 
 export interface HandshakeDeps {
   noise: Noise;
-  /** Sends a datagram on the agent's UDP socket. */
-  send(data: Uint8Array, ip: number, port: number): void;
+  /**
+   * Sends a datagram on the agent's UDP socket to ip:port, or, with `via`, through the relay peer
+   * `via.relay` to the peer `via.peer`.
+   */
+  send(data: Uint8Array, ip: number, port: number, via?: { relay: string; peer: string }): void;
+  /** Where initiations to a peer go (path choice); default: its last known endpoint. */
+  targets?(name: string, hasSession: boolean): Endpoint[];
+  /** A valid handshake message from a known peer came from `from` (path evidence). */
+  onEndpoint?(name: string, from: Endpoint): void;
   /**
    * Called whenever any peer's usable sessions changed. `now` asks for the workers to be told
    * before anything else is sent: a responder's new session must be in its data plane before
@@ -168,6 +179,7 @@ export class HandshakeManager {
         lastTimestamp: null,
         cookie: null,
         lastSendId: null,
+        forceAt: null,
       });
     }
     for (const [name, st] of this.peers) if (!seen.has(name)) this.forget(st);
@@ -187,10 +199,26 @@ export class HandshakeManager {
     s.recvKey.fill(0);
   }
 
-  /** The data plane moved a peer (roaming): later handshakes go there. */
-  moveEndpoint(name: string, ip: number, port: number): void {
+  /** The data plane moved a peer (roaming) or the path choice did: later handshakes go there. */
+  moveEndpoint(name: string, ip: number, port: number, via?: string): void {
     const st = this.peers.get(name);
-    if (st) st.endpoint = { ip, port };
+    if (st) st.endpoint = via === undefined ? { ip, port } : { ip: 0, port: 0, via };
+  }
+
+  /** Starts a new handshake with every peer at the next tick (our address changed). */
+  rekeyAll(): void {
+    const now = this.now();
+    for (const st of this.peers.values()) {
+      st.forceAt = now;
+      st.attempts = 0;
+      st.nextAttempt = now;
+    }
+    this.tick();
+  }
+
+  private sendTo(st: PeerState, msg: Uint8Array, e: Endpoint): void {
+    if (e.via !== undefined) this.d.send(msg, 0, 0, { relay: e.via, peer: st.name });
+    else this.d.send(msg, e.ip, e.port);
   }
 
   /**
@@ -243,6 +271,7 @@ export class HandshakeManager {
       const usable = this.usable(st.name);
       let due = false;
       if (!usable) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
+      else if (st.forceAt !== null && newest!.created < st.forceAt) due = true;
       else {
         const age = now - newest!.created;
         const mine = usable.send.initiator;
@@ -274,7 +303,9 @@ export class HandshakeManager {
     st.attempts++;
     st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     this.stats.initiationsSent++;
-    this.d.send(r.msg, st.endpoint.ip, st.endpoint.port);
+    const targets = this.d.targets?.(st.name, this.usable(st.name) !== null) ?? [];
+    if (targets.length === 0) targets.push(st.endpoint);
+    for (const e of targets) this.sendTo(st, r.msg, e);
   }
 
   private freeIndex(): number {
@@ -319,9 +350,11 @@ export class HandshakeManager {
 
   // ---- 3, 4, 7: messages ----------------------------------------------------------------------
 
-  receive(msg: Uint8Array, ip: number, port: number): void {
+  /** A handshake message from ip:port, or passed on by the relay peer `via`. */
+  receive(msg: Uint8Array, ip: number, port: number, via?: string): void {
     const noise = this.d.noise;
     const type = msg[0];
+    const from: Endpoint = via === undefined ? { ip, port } : { ip: 0, port: 0, via };
     if (type === MSG_COOKIE) return this.receiveCookie(msg);
     if (type !== MSG_INITIATION && type !== MSG_RESPONSE) {
       this.stats.drops.unexpected++;
@@ -331,7 +364,9 @@ export class HandshakeManager {
       this.stats.drops.mac1++;
       return;
     }
-    if (this.underLoad()) {
+    // Relayed messages come from an authenticated peer of ours: no cookie round (and none could
+    // be bound to an address).
+    if (via === undefined && this.underLoad()) {
       const cookie = noise.cookieFor(this.cookieSecret, ipPort(ip, port));
       if (!noise.checkMac2(msg, cookie)) {
         this.stats.drops.cookieRequired++;
@@ -340,8 +375,8 @@ export class HandshakeManager {
         return;
       }
     }
-    if (type === MSG_INITIATION) this.receiveInitiation(msg, ip, port);
-    else this.receiveResponse(msg);
+    if (type === MSG_INITIATION) this.receiveInitiation(msg, from);
+    else this.receiveResponse(msg, from);
   }
 
   private underLoad(): boolean {
@@ -350,7 +385,7 @@ export class HandshakeManager {
     return ++this.window.count > UNDER_LOAD_PER_S;
   }
 
-  private receiveInitiation(msg: Uint8Array, ip: number, port: number): void {
+  private receiveInitiation(msg: Uint8Array, from: Endpoint): void {
     const init = this.d.noise.consumeInitiation(msg);
     if (!init) {
       this.stats.drops.decrypt++;
@@ -372,13 +407,15 @@ export class HandshakeManager {
       return;
     }
     st.lastTimestamp = init.timestamp;
-    st.endpoint = { ip, port };
+    st.endpoint = from;
+    st.forceAt = null;
+    this.d.onEndpoint?.(st.name, from);
     this.addSession(st, r.session, false);
     this.stats.responsesSent++;
-    this.d.send(r.msg, ip, port);
+    this.sendTo(st, r.msg, from);
   }
 
-  private receiveResponse(msg: Uint8Array): void {
+  private receiveResponse(msg: Uint8Array, from: Endpoint): void {
     const idx = Noise.receiverOf(msg);
     const e = idx === null ? undefined : this.byIndex.get(idx);
     const st = e?.pending ? e.peer : undefined;
@@ -394,6 +431,9 @@ export class HandshakeManager {
     this.byIndex.delete(st.pending.localIndex);
     st.pending = null;
     st.attempts = 0;
+    st.forceAt = null;
+    st.endpoint = from;
+    this.d.onEndpoint?.(st.name, from);
     this.addSession(st, secrets, true);
   }
 

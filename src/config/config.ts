@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CladnetError } from '../errors';
+import { parseEndpoint } from '../util/ipv4';
 
 export interface AgentConfig {
   readonly etcd: readonly string[];
@@ -36,9 +37,15 @@ export interface AgentConfig {
   readonly etcdUser?: string;
   readonly etcdPassword?: string;
   readonly etcdPasswordFile?: string;
+  /** STUN servers ("a.b.c.d:port") asked for this host's public endpoint; none by default. */
+  readonly stun: readonly string[];
+  /** Cloud instance metadata to ask for this host's public IPv4 (src/control/metadata.ts); off by default. */
+  readonly metadata: 'off' | 'aws' | 'gcp' | 'azure' | 'auto';
+  /** Forward encrypted traffic between peers that cannot reach each other directly. */
+  readonly relay: boolean;
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'crypto';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -50,6 +57,8 @@ interface FieldSpec {
   optional?: boolean;
   min?: number;
   max?: number;
+  /** The allowed values of an 'enum'. */
+  values?: readonly string[];
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -70,7 +79,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'socket', flag: 'socket', env: 'CLADNET_SOCKET', kind: 'string', def: () => '/run/cladnet/cladnet.sock' },
   { key: 'logLevel', flag: 'logLevel', env: 'CLADNET_LOG_LEVEL', kind: 'level', def: () => 'info' },
   { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
-  { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'crypto', def: () => 'auto' },
+  { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'enum', values: ['auto', 'native', 'wasm'], def: () => 'auto' },
   { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
   { key: 'cert', flag: 'cert', env: 'CLADNET_CERT', kind: 'string', def: (b) => path.join(String(b['stateDir']), 'host.cert') },
@@ -80,6 +89,9 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'etcdUser', flag: 'etcdUser', env: 'CLADNET_ETCD_USER', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdPassword', flag: 'etcdPassword', env: 'CLADNET_ETCD_PASSWORD', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdPasswordFile', flag: 'etcdPasswordFile', env: 'CLADNET_ETCD_PASSWORD_FILE', kind: 'string', def: () => undefined, optional: true },
+  { key: 'stun', flag: 'stun', env: 'CLADNET_STUN', kind: 'endpoints', def: () => [] },
+  { key: 'metadata', flag: 'metadata', env: 'CLADNET_METADATA', kind: 'enum', values: ['off', 'aws', 'gcp', 'azure', 'auto'], def: () => 'off' },
+  { key: 'relay', flag: 'relay', env: 'CLADNET_RELAY', kind: 'bool', def: () => false },
 ];
 
 function fail(field: string, source: string, why: string): never {
@@ -157,10 +169,18 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
       if (['false', '0', 'no', 'off'].includes(s)) return false;
       return fail(f, source, `"${s}" is not a boolean (true/false)`);
     }
-    case 'crypto': {
+    case 'enum': {
       const s = asString();
-      if (!['auto', 'native', 'wasm'].includes(s)) fail(f, source, `"${s}" is not one of auto, native, wasm`);
+      const values = spec.values ?? [];
+      if (!values.includes(s)) fail(f, source, `"${s}" is not one of ${values.join(', ')}`);
       return s;
+    }
+    case 'endpoints': {
+      const list = asList();
+      list.forEach((e, i) => {
+        if (!parseEndpoint(e)) fail(`${f}[${i}]`, source, `"${e}" is not an IPv4 address and port (a.b.c.d:port)`);
+      });
+      return list;
     }
   }
 }

@@ -149,6 +149,28 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   });
 }
 
+/**
+ * Drops the client's gRPC channels so the next call dials afresh. For when our own address changed:
+ * a connection made from the old address is dead but would only be noticed by keepalive timeouts
+ * (up to 15 s). etcd3 does this itself after a failed call (Host.resetAllServices); there is no
+ * public way to ask for it, so this reaches the connection pool with a shape check and does
+ * nothing when the library's insides look different. Returns whether it reset anything.
+ */
+export function resetEtcdConnections(client: Etcd3): boolean {
+  const pool = (client as unknown as { pool?: { hosts?: unknown } }).pool;
+  const hosts = pool?.hosts;
+  if (!Array.isArray(hosts)) return false;
+  let reset = false;
+  for (const h of hosts) {
+    const host = h as { resetAllServices?: () => void };
+    if (typeof host.resetAllServices === 'function') {
+      host.resetAllServices();
+      reset = true;
+    }
+  }
+  return reset;
+}
+
 const TRANSIENT_NAMES = new Set([
   'GRPCUnavailableError',
   'GRPCDeadlineExceededError',

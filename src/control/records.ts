@@ -80,6 +80,15 @@ export interface HostRecord {
   session: string;
   /** The host's certificate; peers accept the record only when it verifies and matches. */
   cert?: HostCert;
+  /** The host relays encrypted traffic between peers that cannot reach each other directly. */
+  relay?: boolean;
+  /**
+   * What the host learned about its NAT (src/agent/reflexive.ts): 'eim' means its reflexive
+   * address (published among the endpoints) works for every peer, 'varies' that only a relay helps.
+   */
+  nat?: 'none' | 'eim' | 'varies' | 'unknown';
+  /** Its public address as peers or STUN servers see it ("a.b.c.d:port"), when known. */
+  reflexive?: string;
 }
 
 /** Value of /leases/<ip>. */
@@ -300,6 +309,20 @@ export function parseHostRecord(raw: string | Buffer, expect: { network?: string
       updated: isoTime(o, 'updated'),
       session: session(o, 'session'),
     };
+    if (o['relay'] !== undefined) {
+      if (typeof o['relay'] !== 'boolean') fail('relay', `expected true or false, got ${show(o['relay'])}`);
+      rec.relay = o['relay'];
+    }
+    if (o['nat'] !== undefined) {
+      const nat = o['nat'];
+      if (nat !== 'none' && nat !== 'eim' && nat !== 'varies' && nat !== 'unknown') fail('nat', `expected none, eim, varies or unknown, got ${show(nat)}`);
+      rec.nat = nat;
+    }
+    if (o['reflexive'] !== undefined) {
+      const r = str(o, 'reflexive');
+      if (!parseEndpoint(r)) fail('reflexive', `${show(r)} is not ip:port`);
+      rec.reflexive = r;
+    }
     // Shape only (the field names are those of the certificate); trust is the peer computation's call.
     if (o['cert'] !== undefined) {
       const c = object(o, 'cert');
@@ -377,8 +400,9 @@ export function serializeHostCert(c: HostCert): string {
 
 export function serializeHostRecord(r: HostRecord): string {
   const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session } = r;
+  const { relay, nat, reflexive } = r;
   const cert = r.cert === undefined ? undefined : certObject(r.cert);
-  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, cert });
+  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, relay, nat, reflexive, cert });
 }
 
 export function serializeRevocationRecord(r: RevocationRecord): string {

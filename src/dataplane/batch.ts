@@ -7,10 +7,11 @@
  *   [0, HEADER)                  wire header, written in place in front of the IP packet
  *   [HEADER, HEADER + n)         IP packet (plaintext) or ciphertext
  *   [HEADER + n, HEADER + n + TAG) Poly1305 tag
+ *   then RELAY_OVERHEAD spare bytes: a datagram for a relayed peer is moved up and wrapped in place
  *
  * TUN reads land at HEADER so sealing needs no copy; a received datagram starts at 0.
  */
-import { HEADER_LEN, TAG_LEN } from './wire';
+import { HEADER_LEN, RELAY_OVERHEAD, TAG_LEN } from './wire';
 
 export class PacketBatch {
   /** Bytes used in each slot: datagram length from offset 0, or packet length from HEADER. */
@@ -39,15 +40,18 @@ export class PacketBatch {
     return i * this.slotSize;
   }
 
-  /** Largest IP packet a slot can hold. */
+  /** Largest IP packet a slot can hold (leaving room to wrap it for a relay hop). */
   get maxPacket(): number {
-    return this.slotSize - HEADER_LEN - TAG_LEN;
+    return this.slotSize - HEADER_LEN - TAG_LEN - RELAY_OVERHEAD;
   }
 }
 
-/** Slot size for an MTU: header + packet + tag, rounded up to a cache line. */
+/**
+ * Slot size for an MTU: header + packet + tag, plus room for one relay hop's wrapping (a packet
+ * sent through a relay, or a relayed datagram received), rounded up to a cache line.
+ */
 export function slotSizeFor(mtu: number): number {
-  return Math.ceil((HEADER_LEN + mtu + TAG_LEN) / 64) * 64;
+  return Math.ceil((HEADER_LEN + mtu + TAG_LEN + RELAY_OVERHEAD) / 64) * 64;
 }
 
 /** A list of slot indices chosen for sending, with their count. Preallocated. */

@@ -20,9 +20,16 @@ export interface EngineOptions {
   crypto?: AeadBackend;
   /** Packets per batch (recvmmsg/sendmmsg vector length, TUN reads per wake). */
   batch?: number;
-  onRoam?: (slot: number, ip: number, port: number) => void;
-  /** A handshake message arrived (the control thread answers it). */
-  onHandshake?: (data: Uint8Array, ip: number, port: number) => void;
+  /** This host relays for its peers. */
+  relay?: boolean;
+  /** A peer's packets now come from ip:port, or through the relay in slot `via` (DIRECT: -1). */
+  onRoam?: (slot: number, ip: number, port: number, via: number) => void;
+  /** A handshake message arrived from ip:port or through relay `via` (the control thread answers it). */
+  onHandshake?: (data: Uint8Array, ip: number, port: number, via: number) => void;
+  /** A STUN message arrived. */
+  onStun?: (data: Uint8Array, ip: number, port: number) => void;
+  /** A pong: path evidence (rtt on ip:port or via) and our address as the peer saw it. */
+  onPong?: (p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }) => void;
   /** A responder session carried its first packet (the data plane now sends on it). */
   onConfirmed?: (slot: number, keyId: string) => void;
   onFatal?: (message: string) => void;
@@ -66,6 +73,7 @@ export class DataplaneEngine {
       vnet: this.opts.vnet ?? false,
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
+      relay: this.opts.relay ?? false,
       statsSab: this.stats.sab,
     };
     const outInit: WorkerInit = {
@@ -104,8 +112,10 @@ export class DataplaneEngine {
               this.cryptoName = m.crypto;
               resolve();
             }
-            else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port);
-            else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port);
+            else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
+            else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via);
+            else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
+            else if (m.t === 'pong') this.opts.onPong?.(m);
             else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
             else if (m.t === 'fatal') {
               reject(new Error(`data-plane ${init.role} worker failed: ${m.message}`));
@@ -135,13 +145,30 @@ export class DataplaneEngine {
 
   /** Gives both workers the full peer set (declarative: what is not listed is removed). */
   setPeers(peers: WorkerPeer[]): void {
-    if (this.stopped) return;
-    const msg: ToWorker = { t: 'peers', peers };
-    for (const h of this.handles) {
-      h.port.postMessage(msg);
-      Atomics.add(h.ctrl, CTRL_MAIL, 1);
-      h.wake.wake();
-    }
+    for (const h of this.handles) this.tell(h, { t: 'peers', peers });
+  }
+
+  /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
+  probe(slot: number, ip: number, port: number): void {
+    this.tell(this.handles[0], { t: 'probe', slot, ip, port });
+  }
+
+  /** Pings every peer now. */
+  pingAll(): void {
+    this.tell(this.handles[0], { t: 'pingAll' });
+  }
+
+  /** Sends `data` to the peer with overlay address `target` through the relay peer in slot `via`. */
+  forward(via: number, target: number, data: Uint8Array): void {
+    this.tell(this.handles[0], { t: 'forward', via, target, data });
+  }
+
+  /** handles[0] is the outbound worker, handles[1] the inbound one. */
+  private tell(h: Handle | undefined, msg: ToWorker): void {
+    if (this.stopped || !h) return;
+    h.port.postMessage(msg);
+    Atomics.add(h.ctrl, CTRL_MAIL, 1);
+    h.wake.wake();
   }
 
   async stop(): Promise<void> {

@@ -7,27 +7,46 @@
  *                 packet takes nothing yet (noSession, a few milliseconds after a handshake)
  *   3. number     take the peer's next counter; write the 16-byte header in the slot's headroom
  *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended
- *   5. address    the peer's current endpoint; queue the slot on the send list
+ *   5. address    the peer's current endpoint; queue the slot on the send list. A peer reached
+ *                 through a relay: the sealed datagram moves up in its slot, gets a forward
+ *                 prefix and is sealed again for the relay (stages 3-4 once more), then goes to
+ *                 the relay's endpoint
  *
  * The worker then hands the send list to sendmmsg. Nothing here allocates or throws per packet.
- * Control messages (ping, pong) take the same stages 3-5 from a separate small batch.
+ * Control messages (ping, probe, pong) and relay work take the same stages 3-5 from a separate
+ * small batch.
  */
 import type { Aead } from '../crypto/aead';
 import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
-import { PrefixTable } from './peer';
+import { DIRECT, PrefixTable } from './peer';
+export { DIRECT } from './peer';
 import {
   DROP,
   type DataplaneStats,
   PEER_STRIDE,
   P_LAST_RX,
   P_LAST_TX,
+  P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
   T_TX_BYTES,
   T_TX_PKTS,
 } from './stats';
-import { COUNTER_LIMIT, CTRL_LEN, CTRL_PING, CTRL_PONG, HEADER_LEN, TAG_LEN, writeHeader } from './wire';
+import {
+  COUNTER_LIMIT,
+  CTRL_FORWARD,
+  CTRL_LEN,
+  CTRL_PING,
+  CTRL_PONG,
+  CTRL_PROBE,
+  CTRL_RELAYED,
+  HEADER_LEN,
+  PONG_LEN,
+  RELAY_PREFIX,
+  TAG_LEN,
+  writeHeader,
+} from './wire';
 
 /** Ping every peer this often once it is up (keeps NAT mappings open and measures RTT). */
 export const PING_INTERVAL_MS = 5_000;
@@ -35,6 +54,14 @@ export const PING_INTERVAL_MS = 5_000;
 export const PING_INTERVAL_CONNECTING_MS = 500;
 /** A peer is up while its last authenticated packet is younger than this. */
 export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
+/**
+ * A peer that was sending to us steadily and has gone quiet for this long gets pinged this often:
+ * our NAT mapping or address may have changed under a flow in which we only receive, and a
+ * packet from us is what re-opens the mapping (or lets the peer roam to our new address).
+ */
+export const SILENCE_PING_MS = 300;
+/** How long after its last burst a peer counts as "was sending steadily". */
+export const ACTIVE_WINDOW_MS = 3_000;
 
 class OutPeer {
   counter = 0;
@@ -43,14 +70,24 @@ class OutPeer {
   sendable: boolean;
   ip: number;
   port: number;
+  /** Slot of the relay this peer is reached through, or DIRECT. */
+  via: number;
+  /** Received-packet count at the last timer run, and when it last grew by a burst. */
+  rxSeen = 0;
+  busyAt = -Infinity;
   constructor(
     public cfg: WorkerPeer,
     public key: number,
   ) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
+    this.via = cfg.endpointVia ?? DIRECT;
     this.sendable = !cfg.unconfirmed;
   }
+}
+
+function sameEndpoint(a: WorkerPeer, b: WorkerPeer): boolean {
+  return a.endpointIp === b.endpointIp && a.endpointPort === b.endpointPort && (a.endpointVia ?? DIRECT) === (b.endpointVia ?? DIRECT);
 }
 
 export class Outbound {
@@ -77,15 +114,26 @@ export class Outbound {
         p = old;
         // A fresher data-plane observation (roaming) survives a control-plane update that
         // repeats the endpoint it already named; a new endpoint from the control plane wins.
-        if (old.cfg.endpointIp !== cfg.endpointIp || old.cfg.endpointPort !== cfg.endpointPort) {
+        if (!sameEndpoint(old.cfg, cfg)) {
           p.ip = cfg.endpointIp;
           p.port = cfg.endpointPort;
+          p.via = cfg.endpointVia ?? DIRECT;
         }
         p.cfg = cfg;
         if (!cfg.unconfirmed) p.sendable = true;
       } else {
         if (old) this.aead.dropKey(old.key);
         p = new OutPeer(cfg, this.aead.loadKey(cfg.txKey));
+        if (old && sameEndpoint(old.cfg, cfg)) {
+          // New keys, same control-plane endpoint: keep where the data plane last saw the peer.
+          p.ip = old.ip;
+          p.port = old.port;
+          p.via = old.via;
+        }
+        if (old) {
+          p.rxSeen = old.rxSeen;
+          p.busyAt = old.busyAt;
+        }
       }
       next.set(cfg.slot, p);
     }
@@ -122,11 +170,17 @@ export class Outbound {
   }
 
   /** The data plane saw an authenticated packet from a new source: send there from now on. */
-  roam(slot: number, ip: number, port: number): void {
+  roam(slot: number, ip: number, port: number, via: number = DIRECT): void {
     const p = this.bySlot.get(slot);
     if (!p) return;
     p.ip = ip;
     p.port = port;
+    p.via = via;
+  }
+
+  /** Ping every peer at the next timer run (our address or NAT mapping may have changed). */
+  pingAllSoon(): void {
+    for (const p of this.bySlot.values()) p.lastPingMono = -Infinity;
   }
 
   get peerCount(): number {
@@ -162,73 +216,168 @@ export class Outbound {
         continue;
       }
       // 3-5. number, seal, address
-      if (!this.seal(peer, batch, i, len)) continue;
+      if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via)) continue;
+      this.counted(batch, i);
       list.idx[list.count++] = i;
     }
   }
 
-  private seal(peer: OutPeer, batch: PacketBatch, i: number, len: number): boolean {
+  /** Stages 3-4 for `peer` over the plaintext at slot i + HEADER: header, counter, seal, peer stats. */
+  private sealAt(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number): boolean {
     if (peer.counter >= COUNTER_LIMIT) {
       this.drop(DROP.sendFailed);
       return false;
     }
     const off = batch.offset(i);
     const counter = peer.counter++;
-    writeHeader(batch.buf, off, peer.cfg.txIndex, counter, batch.flags[i]);
-    this.aead.seal(peer.key, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, len);
-    const total = HEADER_LEN + len + TAG_LEN;
+    writeHeader(batch.buf, off, peer.cfg.txIndex, counter, flags);
+    this.aead.seal(peer.key, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen);
+    const total = HEADER_LEN + plainLen + TAG_LEN;
     batch.len[i] = total;
-    batch.ip[i] = peer.ip;
-    batch.port[i] = peer.port;
     const s = this.stats.peers;
     const base = peer.cfg.slot * PEER_STRIDE;
     s[base + P_TX_BYTES] += total;
     s[base + P_TX_PKTS]! += 1;
     s[base + P_LAST_TX] = this.clock.now();
-    this.stats.totals[T_TX_PKTS]! += 1;
-    this.stats.totals[T_TX_BYTES] += total;
     return true;
+  }
+
+  /** Seals for `peer` and addresses the datagram: straight to ip:port, or through relay `via`. */
+  private sealTo(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number, ip: number, port: number, via: number): boolean {
+    if (!this.sealAt(peer, batch, i, plainLen, flags)) return false;
+    if (via === DIRECT) {
+      batch.ip[i] = ip;
+      batch.port[i] = port;
+      return true;
+    }
+    return this.wrap(via, CTRL_FORWARD, peer.cfg.overlayIp, batch, i);
+  }
+
+  /**
+   * One relay hop: the datagram in slot i (from 0, batch.len[i] bytes) moves up behind a new
+   * header and a forward/relayed prefix naming `addr`, and is sealed for the peer in `hopSlot`,
+   * which must be reached directly (relays do not chain).
+   */
+  private wrap(hopSlot: number, kind: number, addr: number, batch: PacketBatch, i: number): boolean {
+    const hop = this.bySlot.get(hopSlot);
+    if (hop === undefined || !hop.sendable || hop.via !== DIRECT) {
+      this.drop(DROP.noRoute);
+      return false;
+    }
+    const buf = batch.buf;
+    const off = batch.offset(i);
+    const inner = batch.len[i]!;
+    buf.copyWithin(off + HEADER_LEN + RELAY_PREFIX, off, off + inner);
+    buf[off + HEADER_LEN] = 0;
+    buf[off + HEADER_LEN + 1] = kind;
+    buf.writeUInt32BE(addr >>> 0, off + HEADER_LEN + 2);
+    if (!this.sealAt(hop, batch, i, RELAY_PREFIX + inner, 0)) return false;
+    batch.ip[i] = hop.ip;
+    batch.port[i] = hop.port;
+    return true;
+  }
+
+  private counted(batch: PacketBatch, i: number): void {
+    this.stats.totals[T_TX_PKTS]! += 1;
+    this.stats.totals[T_TX_BYTES] += batch.len[i]!;
   }
 
   private drop(reason: number): void {
     this.stats.drops[reason]! += 1;
   }
 
-  /** Writes a control message for a peer into slot i of `batch` and seals it. */
-  private control(peer: OutPeer, kind: number, t0: number, batch: PacketBatch, i: number): boolean {
+  /** Writes a ping/probe/pong for a peer into slot i of `batch`; returns its plaintext length. */
+  private control(kind: number, t0: number, batch: PacketBatch, i: number, seenIp = 0, seenPort = 0): number {
     const pkt = batch.offset(i) + HEADER_LEN;
-    batch.flags[i] = 0;
-    batch.buf[pkt] = 0;
-    batch.buf[pkt + 1] = kind;
-    batch.buf.writeDoubleLE(t0, pkt + 2);
-    return this.seal(peer, batch, i, CTRL_LEN);
+    const buf = batch.buf;
+    buf[pkt] = 0;
+    buf[pkt + 1] = kind;
+    buf.writeDoubleLE(t0, pkt + 2);
+    if (kind !== CTRL_PONG) return CTRL_LEN;
+    buf.writeUInt32BE(seenIp >>> 0, pkt + 10);
+    buf.writeUInt16BE(seenPort, pkt + 14);
+    return PONG_LEN;
   }
 
-  /** Queues a pong echoing t0 to the peer in `slot`. */
-  pong(slot: number, t0: number, batch: PacketBatch, list: SendList): void {
-    const p = this.bySlot.get(slot);
-    if (!p || !p.sendable || list.count >= batch.capacity) return;
-    const i = list.count;
-    if (this.control(p, CTRL_PONG, t0, batch, i)) list.idx[list.count++] = i;
+  private queue(batch: PacketBatch, list: SendList, ok: boolean): void {
+    if (!ok) return;
+    this.counted(batch, list.count);
+    list.idx[list.count] = list.count;
+    list.count++;
   }
 
   /**
-   * Timers: pings peers that are due (fast while a peer is not answering, slow once it is).
+   * Answers a ping or probe from the peer in `slot`: a pong echoing t0 that tells the peer where
+   * its ping came from, sent back the way the ping came (ip:port, or through relay `via`).
+   */
+  pong(slot: number, t0: number, ip: number, port: number, via: number, batch: PacketBatch, list: SendList): void {
+    const p = this.bySlot.get(slot);
+    if (!p || !p.sendable || list.count >= batch.capacity) return;
+    const i = list.count;
+    const direct = via === DIRECT;
+    const len = this.control(CTRL_PONG, t0, batch, i, direct ? ip : 0, direct ? port : 0);
+    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, via));
+  }
+
+  /** Tests a path: a probe to the peer in `slot` at ip:port (direct), outside its current endpoint. */
+  probe(slot: number, ip: number, port: number, batch: PacketBatch, list: SendList): void {
+    const p = this.bySlot.get(slot);
+    if (!p || !p.sendable || list.count >= batch.capacity) return;
+    const i = list.count;
+    const len = this.control(CTRL_PROBE, this.clock.mono(), batch, i);
+    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, DIRECT));
+  }
+
+  /**
+   * We relay: `data` (a datagram the peer with overlay address `from` sealed for the peer in
+   * `slot`) goes on to that peer, wrapped as a relayed message sealed for it.
+   */
+  relay(slot: number, from: number, data: Uint8Array, batch: PacketBatch, list: SendList): void {
+    const p = this.bySlot.get(slot);
+    if (!p || list.count >= batch.capacity || data.length > batch.maxPacket) return;
+    const i = list.count;
+    batch.buf.set(data, batch.offset(i));
+    batch.len[i] = data.length;
+    this.queue(batch, list, this.wrap(slot, CTRL_RELAYED, from, batch, i));
+  }
+
+  /** A datagram from the control thread (a handshake message) for `target`, through relay `via`. */
+  forward(via: number, target: number, data: Uint8Array, batch: PacketBatch, list: SendList): void {
+    if (list.count >= batch.capacity || data.length > batch.maxPacket) return;
+    const i = list.count;
+    batch.buf.set(data, batch.offset(i));
+    batch.len[i] = data.length;
+    this.queue(batch, list, this.wrap(via, CTRL_FORWARD, target, batch, i));
+  }
+
+  /**
+   * Timers: pings peers that are due: fast while a peer is not answering, every 300 ms while a
+   * peer that was sending steadily has gone quiet, slowly once it is up.
    * Appends to `list` (slots of the control batch) and returns when the batch is full.
    */
   timers(batch: PacketBatch, list: SendList): void {
     const mono = this.clock.mono();
     const now = this.clock.now();
+    const s = this.stats.peers;
     for (const p of this.bySlot.values()) {
       if (list.count >= batch.capacity) return;
       if (!p.sendable) continue;
-      const lastRx = this.stats.peers[p.cfg.slot * PEER_STRIDE + P_LAST_RX]!;
-      const up = now - lastRx < PEER_UP_MS;
-      const interval = up ? PING_INTERVAL_MS : PING_INTERVAL_CONNECTING_MS;
+      const base = p.cfg.slot * PEER_STRIDE;
+      const rx = s[base + P_RX_PKTS]!;
+      if (rx - p.rxSeen >= 2) p.busyAt = mono;
+      p.rxSeen = rx;
+      const quiet = now - s[base + P_LAST_RX]!;
+      const interval =
+        quiet >= PEER_UP_MS
+          ? PING_INTERVAL_CONNECTING_MS
+          : quiet >= SILENCE_PING_MS && mono - p.busyAt < ACTIVE_WINDOW_MS
+            ? SILENCE_PING_MS
+            : PING_INTERVAL_MS;
       if (mono - p.lastPingMono < interval) continue;
       p.lastPingMono = mono;
       const i = list.count;
-      if (this.control(p, CTRL_PING, mono, batch, i)) list.idx[list.count++] = i;
+      const len = this.control(CTRL_PING, mono, batch, i);
+      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via));
     }
   }
 

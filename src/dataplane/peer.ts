@@ -11,6 +11,8 @@ export interface WorkerPeer {
   /** Endpoint from the control plane. The data plane may move off it when the peer roams. */
   endpointIp: number;
   endpointPort: number;
+  /** Slot of the relay peer this peer is reached through (endpointIp/Port unused); absent: direct. */
+  endpointVia?: number;
   /** Changes whenever the keys change; equal ids mean equal keys (no reload, no counter reset). */
   keyId: string;
   txKey: Uint8Array;
@@ -37,6 +39,9 @@ export interface WorkerPeer {
     txIndex?: number;
   }[];
 }
+
+/** An endpoint's `via` when the peer is reached directly, not through a relay. */
+export const DIRECT = -1;
 
 /** Time for the data plane: `now` is wall-clock ms (shared with status), `mono` is monotonic ms. */
 export interface Clock {

@@ -24,7 +24,8 @@ export const DROP_REASONS = [
   'spoofed', // inner source address not allowed for that peer
   'malformed', // inner packet not a valid IP packet
   'tunWrite', // the kernel refused the packet on the TUN
-  'handshakeRateLimited', // handshake messages from one source beyond the per-source rate
+  'handshakeRateLimited', // handshake or STUN messages from one source beyond the per-source rate
+  'relayRefused', // a forward request we may not serve (not a relay, unknown target, loop)
   'noRoute', // TUN packet for an address no peer owns
   'noSession', // TUN packet for a peer whose session the initiator has not confirmed yet
   'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
@@ -37,6 +38,10 @@ export const T_RX_PKTS = 0;
 export const T_RX_BYTES = 1;
 export const T_TX_PKTS = 2;
 export const T_TX_BYTES = 3;
+/** Datagrams (and their bytes) this host passed on as a relay. */
+export const T_RELAY_PKTS = 4;
+export const T_RELAY_BYTES = 5;
+const TOTALS = 6;
 
 export class DataplaneStats {
   readonly sab: SharedArrayBuffer;
@@ -45,11 +50,11 @@ export class DataplaneStats {
   readonly totals: Float64Array;
 
   constructor(sab?: SharedArrayBuffer) {
-    const bytes = 8 * (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length + 4);
+    const bytes = 8 * (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length + TOTALS);
     this.sab = sab ?? new SharedArrayBuffer(bytes);
     this.peers = new Float64Array(this.sab, 0, MAX_PEERS * PEER_STRIDE);
     this.drops = new Float64Array(this.sab, MAX_PEERS * PEER_STRIDE * 8, DROP_REASONS.length);
-    this.totals = new Float64Array(this.sab, (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length) * 8, 4);
+    this.totals = new Float64Array(this.sab, (MAX_PEERS * PEER_STRIDE + DROP_REASONS.length) * 8, TOTALS);
     if (!sab) for (let s = 0; s < MAX_PEERS; s++) this.peers[s * PEER_STRIDE + P_RTT] = NaN;
   }
 

@@ -13,8 +13,21 @@
  * The plaintext is an IP packet, or a control message whose first byte is 0 (IP packets start
  * with version 4 or 6 in the high nibble, so the two never collide):
  *
- *   0x00 0x01 <f64 t0>   ping: answer with a pong echoing t0
- *   0x00 0x02 <f64 t0>   pong: round-trip time is now - t0 on the pinger's own clock
+ *   0x00 0x01 <f64 t0>                 ping: answer with a pong echoing t0 (to the ping's source)
+ *   0x00 0x02 <f64 t0> <ip u32> <port u16>
+ *                                      pong: round-trip time is now - t0 on the pinger's own clock;
+ *                                      ip:port is where the ping came from as the answering peer saw
+ *                                      it (our reflexive address on that path; 0:0 when relayed)
+ *   0x00 0x03 <f64 t0>                 probe: a ping sent to a candidate address to test a path;
+ *                                      answered like a ping, but it never moves an endpoint
+ *   0x00 0x04 <ip u32> <datagram>      forward: ask a relay to pass <datagram> to the peer whose
+ *                                      overlay address is ip (only relay-enabled hosts accept)
+ *   0x00 0x05 <ip u32> <datagram>      relayed: <datagram> comes from the peer with overlay address
+ *                                      ip, through the sender of this message (the relay)
+ *
+ * A relayed datagram is sealed end to end by its two peers; each hop wraps it in a message sealed
+ * for that hop, so a relay sees only ciphertext and only peers of the network can use it. Network
+ * byte order inside control messages (ip, port), little-endian in the header.
  */
 export const TYPE_DATA = 4;
 export const HEADER_LEN = 16;
@@ -25,7 +38,16 @@ export const UNDERLAY_OVERHEAD = 28;
 
 export const CTRL_PING = 1;
 export const CTRL_PONG = 2;
+export const CTRL_PROBE = 3;
+export const CTRL_FORWARD = 4;
+export const CTRL_RELAYED = 5;
+/** Length of a ping or probe. */
 export const CTRL_LEN = 10;
+export const PONG_LEN = 16;
+/** forward/relayed prefix before the carried datagram. */
+export const RELAY_PREFIX = 6;
+/** Bytes a relay hop adds around a datagram: its own header, prefix and tag. */
+export const RELAY_OVERHEAD = HEADER_LEN + RELAY_PREFIX + TAG_LEN;
 
 /** Counters stop well below 2^53 so they stay exact as JS numbers; rekeying (later) resets them. */
 export const COUNTER_LIMIT = 2 ** 52;

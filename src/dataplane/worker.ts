@@ -30,6 +30,8 @@ export interface WorkerInit {
   /** The TUN carries virtio-net headers (offloads on). */
   vnet: boolean;
   crypto: AeadBackend;
+  /** This host relays for its peers. */
+  relay: boolean;
   statsSab: SharedArrayBuffer;
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
@@ -40,15 +42,25 @@ export interface WorkerInit {
   siblingCtrlSab?: SharedArrayBuffer;
 }
 
-export type ToWorker = { t: 'peers'; peers: WorkerPeer[] };
+export type ToWorker =
+  | { t: 'peers'; peers: WorkerPeer[] }
+  /** outbound: test the path to a peer at ip:port */
+  | { t: 'probe'; slot: number; ip: number; port: number }
+  /** outbound: ping every peer now (our address or NAT mapping changed) */
+  | { t: 'pingAll' }
+  /** outbound: a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
+  | { t: 'forward'; via: number; target: number; data: Uint8Array };
 export type SiblingMessage =
-  | { t: 'pong'; slot: number; t0: number }
-  | { t: 'roam'; slot: number; ip: number; port: number }
-  | { t: 'confirm'; slot: number; keyId: string };
+  | { t: 'pong'; slot: number; t0: number; ip: number; port: number; via: number }
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
+  | { t: 'confirm'; slot: number; keyId: string }
+  | { t: 'relay'; slot: number; from: number; data: Uint8Array };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
-  | { t: 'roam'; slot: number; ip: number; port: number }
-  | { t: 'handshake'; data: Uint8Array; ip: number; port: number }
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
+  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number }
+  | { t: 'stun'; data: Uint8Array; ip: number; port: number }
+  | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
   | { t: 'confirmed'; slot: number; keyId: string }
   | { t: 'fatal'; message: string };
 
@@ -84,29 +96,42 @@ async function main(init: WorkerInit): Promise<void> {
     const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
     const list = new SendList(capacity);
-    const cmem = allocNative(slotSizeFor(64) * 16);
-    const cbatch = new PacketBatch(cmem.buf, slotSizeFor(64), 16, cmem.ptr);
+    // Control messages and relay work: full-size slots (a relayed datagram is as large as any).
+    const cslot = slotSizeFor(init.mtu);
+    const cmem = allocNative(cslot * 32);
+    const cbatch = new PacketBatch(cmem.buf, cslot, 32, cmem.ptr);
     const cudp = new UdpBatchIo(init.udpFd, cbatch);
-    const clist = new SendList(16);
-    const drain = () => {
-      let m;
-      while ((m = receiveMessageOnPort(init.control))) {
-        const msg = m.message as ToWorker;
-        if (msg.t === 'peers') out.setPeers(msg.peers);
+    const clist = new SendList(32);
+    const flushControl = () => {
+      if (clist.count > 0) {
+        const sent = cudp.sendBatch(cbatch, clist);
+        if (sent < clist.count) stats.drops[DROP.sendFailed]! += clist.count - sent;
       }
       clist.count = 0;
+    };
+    const room = () => {
+      if (clist.count === cbatch.capacity) flushControl();
+    };
+    const drain = () => {
+      let m;
+      clist.count = 0;
+      while ((m = receiveMessageOnPort(init.control))) {
+        const msg = m.message as ToWorker;
+        room();
+        if (msg.t === 'peers') out.setPeers(msg.peers);
+        else if (msg.t === 'probe') out.probe(msg.slot, msg.ip, msg.port, cbatch, clist);
+        else if (msg.t === 'pingAll') out.pingAllSoon();
+        else if (msg.t === 'forward') out.forward(msg.via, msg.target, msg.data, cbatch, clist);
+      }
       while ((m = receiveMessageOnPort(init.sibling))) {
         const msg = m.message as SiblingMessage;
-        if (msg.t === 'pong') {
-          out.pong(msg.slot, msg.t0, cbatch, clist);
-          if (clist.count === cbatch.capacity) {
-            cudp.sendBatch(cbatch, clist);
-            clist.count = 0;
-          }
-        } else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port);
+        room();
+        if (msg.t === 'pong') out.pong(msg.slot, msg.t0, msg.ip, msg.port, msg.via, cbatch, clist);
+        else if (msg.t === 'relay') out.relay(msg.slot, msg.from, msg.data, cbatch, clist);
+        else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port, msg.via);
         else if (msg.t === 'confirm') out.promote(msg.slot, msg.keyId);
       }
-      if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+      flushControl();
     };
     let lastTimers = 0;
     const runTimers = () => {
@@ -115,7 +140,7 @@ async function main(init: WorkerInit): Promise<void> {
       lastTimers = mono;
       clist.count = 0;
       out.timers(cbatch, clist);
-      if (clist.count > 0) cudp.sendBatch(cbatch, clist);
+      flushControl();
     };
     drain();
     post({ t: 'ready', crypto: aead.name });
@@ -171,18 +196,27 @@ async function main(init: WorkerInit): Promise<void> {
       Atomics.add(sibCtrl, CTRL_MAIL, 1);
       sibWake.wake();
     };
-    const inb = new Inbound(aead, stats, clock, {
-      ping: (slot, t0) => toSibling({ t: 'pong', slot, t0 }),
-      roam: (slot, ip, port) => {
-        toSibling({ t: 'roam', slot, ip, port });
-        post({ t: 'roam', slot, ip, port });
+    const inb = new Inbound(
+      aead,
+      stats,
+      clock,
+      {
+        ping: (slot, t0, ip, port, via) => toSibling({ t: 'pong', slot, t0, ip, port, via }),
+        pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
+        roam: (slot, ip, port, via) => {
+          toSibling({ t: 'roam', slot, ip, port, via });
+          post({ t: 'roam', slot, ip, port, via });
+        },
+        handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
+        stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
+        relay: (slot, from, data) => toSibling({ t: 'relay', slot, from, data: new Uint8Array(data) }),
+        confirmed: (slot, keyId) => {
+          toSibling({ t: 'confirm', slot, keyId });
+          post({ t: 'confirmed', slot, keyId });
+        },
       },
-      handshake: (data, ip, port) => post({ t: 'handshake', data: new Uint8Array(data), ip, port }),
-      confirmed: (slot, keyId) => {
-        toSibling({ t: 'confirm', slot, keyId });
-        post({ t: 'confirmed', slot, keyId });
-      },
-    });
+      { relay: init.relay },
+    );
     const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
     const drain = () => {

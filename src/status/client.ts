@@ -54,16 +54,23 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   lines.push(`${s.name} ${s.overlayIp} on ${s.interface} (network ${s.network}, mtu ${s.mtu}), udp ${s.listenPort}`);
   lines.push(`  crypto: ${s.crypto || '-'}, offloads: ${s.offload ? 'on' : 'off'}`);
   lines.push(`  endpoints: ${s.endpoints.join(', ') || '-'}`);
+  if (s.nat !== undefined) {
+    const nat = { none: 'no NAT', eim: 'NAT, same mapping for every peer', varies: 'NAT, mapping varies by peer', unknown: 'not known yet' }[s.nat];
+    lines.push(`  reflexive: ${s.reflexive ?? '-'} (${nat})${s.relay ? ', relays for peers' : ''}`);
+  }
   lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : 'DISCONNECTED (data plane keeps running)'}`);
   lines.push('');
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {
-    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX']];
+    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'PATH', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX']];
     for (const p of doc.peers) {
+      const path =
+        p.path === 'relayed' ? `relayed via ${p.via ?? '?'}` : p.path === 'direct' ? `direct${p.pathScope ? ` ${p.pathScope}` : ''}` : '-';
       rows.push([
         p.name,
         p.overlayIp,
         p.endpoint,
+        path + (p.lastPathChange ? ` (${ago(p.lastPathChange, now)})` : ''),
         p.state,
         p.rttMs === null ? '-' : `${p.rttMs.toFixed(2)} ms`,
         ago(p.lastRx, now),

@@ -3,8 +3,16 @@ export interface StatusPeer {
   name: string;
   overlayIp: string;
   publicKey: string;
+  /** "a.b.c.d:port", or "via NAME" when relayed. */
   endpoint: string;
-  path: 'direct' | 'none';
+  /** How packets reach the peer now; 'none' while no path has answered lately. */
+  path: 'direct' | 'relayed' | 'none';
+  /** For a direct path: 'private' (a network both hosts share) or 'public'. */
+  pathScope?: 'private' | 'public' | null;
+  /** For a relayed path: the relay's host name. */
+  via?: string | null;
+  /** When the path (endpoint or kind) last changed. */
+  lastPathChange?: string | null;
   state: 'up' | 'connecting' | 'down';
   /** When the newest session with this peer was made (handshake completed). */
   lastHandshake: string | null;
@@ -33,6 +41,13 @@ export interface StatusDocument {
     /** AEAD implementation in use and whether TUN offloads are on. */
     crypto: string;
     offload: boolean;
+    /** Our public address as peers (or STUN servers) see it, and what that says about our NAT. */
+    reflexive?: string | null;
+    nat?: 'none' | 'eim' | 'varies' | 'unknown';
+    /** This host relays for its peers. */
+    relay?: boolean;
+    /** When our own addresses last changed (or we woke from a suspend), and why. */
+    lastLocalChange?: { at: string; reason: string } | null;
   };
   /**
    * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those
@@ -54,6 +69,9 @@ export interface StatusDocument {
     rxBytes: number;
     txPackets: number;
     txBytes: number;
+    /** Datagrams this host passed on between two other peers (as a relay). */
+    relayedPackets?: number;
+    relayedBytes?: number;
     drops: Record<string, number>;
   };
 }

@@ -10,6 +10,12 @@ import { randomBytes } from 'node:crypto';
  *                           plain hosts take k = 1..H in order, then sites take the next slots
  *   198.19.s.0/24           LAN of site s (s = 1..254): a bridge in the site namespace with the
  *                           site router's .1, its hosts .2, .3, ...
+ *
+ * NAT sites behave like the clouds' NAT gateways: 'masquerade' maps a LAN ip:port to the same
+ * public port whatever the destination (endpoint-independent mapping, port kept when free), so
+ * hole punching works between two of them; 'random' picks a new random port per destination, so
+ * it does not. Both drop unsolicited inbound traffic and keep only address-and-port-dependent
+ * replies (Linux conntrack).
  */
 
 export type NatKind =
@@ -235,6 +241,16 @@ export function setupCommands(plan: TopologyPlan): string[][] {
       nft('add table ip cladnet_nat');
       nft('add chain ip cladnet_nat postrouting { type nat hook postrouting priority 100 ; }');
       nft(`add rule ip cladnet_nat postrouting oifname "${s.wanDev}" masquerade${s.nat === 'random' ? ' fully-random' : ''}`);
+      // Like a real NAT device, let in from the internet only what answers traffic from the LAN.
+      // The drop must happen in a filter hook: a packet dropped there never has its conntrack
+      // entry confirmed, while one merely left undelivered (no socket on the WAN address) leaves
+      // an entry whose tuple makes a later outbound packet of the same 5-tuple get another port.
+      for (const hook of ['input', 'forward']) {
+        nft(`add chain ip cladnet_nat ${hook} { type filter hook ${hook} priority 0 ; policy accept ; }`);
+        nft(`add rule ip cladnet_nat ${hook} ct state established,related accept`);
+        nft(`add rule ip cladnet_nat ${hook} iifname "${s.lanDev}" accept`);
+        nft(`add rule ip cladnet_nat ${hook} iifname "${s.wanDev}" drop`);
+      }
     }
   }
   for (const h of plan.hosts) ip(h.ns, 'route', 'add', 'default', 'via', h.gateway);

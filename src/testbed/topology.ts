@@ -13,6 +13,7 @@ import { inNs, run, runOk, runSync, type RunOptions, type RunResult } from './ru
  */
 
 export * from './plan';
+export * from './roam';
 
 export interface TopologyHost {
   readonly name: string;

@@ -436,3 +436,377 @@ export async function streamTransfer(
     if (receiver.exitCode === null && receiver.signalCode === null) receiver.kill('SIGKILL');
   }
 }
+
+// ---- ping series: the wall-clock time of every reply ---------------------------------------------
+
+export interface PingReply {
+  readonly seq: number;
+  /** When the reply arrived: ms since the epoch, from ping's own -D timestamp. */
+  readonly at: number;
+  readonly rttMs: number;
+}
+
+export interface PingSeries {
+  readonly dst: string;
+  readonly intervalMs: number;
+  /** Date.now() when ping was started and when it was stopped. */
+  readonly startedAt: number;
+  readonly stoppedAt: number;
+  /** Echo requests ping says it sent. */
+  readonly sent: number;
+  /** Replies in arrival order, duplicates left out. */
+  readonly replies: readonly PingReply[];
+}
+
+const REPLY_RE = /^\[(\d+(?:\.\d+)?)\] \d+ bytes from [^:]+: icmp_seq=(\d+) .*?time=([\d.]+) ms(.*)$/;
+const SEQ_RE = /^\[\d+(?:\.\d+)?\] (?:no answer yet for icmp_seq|From \S+ icmp_seq)=(\d+)/;
+
+/**
+ * The replies in the output of `ping -D [-O]` (duplicates, errors and "no answer yet" lines left
+ * out) and the number of requests sent: the summary's count, else the highest sequence seen.
+ * icmp_seq wraps at 65536, so keep a series under ten minutes at 10 ms.
+ */
+export function parsePingReplies(out: string): { replies: PingReply[]; sent: number } {
+  const replies: PingReply[] = [];
+  let maxSeq = 0;
+  for (const line of out.split('\n')) {
+    const m = REPLY_RE.exec(line);
+    if (m) {
+      const seq = Number(m[2]);
+      maxSeq = Math.max(maxSeq, seq);
+      if (!m[4]!.includes('DUP!')) replies.push({ seq, at: Number(m[1]) * 1000, rttMs: Number(m[3]) });
+      continue;
+    }
+    const s = SEQ_RE.exec(line);
+    if (s) maxSeq = Math.max(maxSeq, Number(s[1]));
+  }
+  const summary = /(\d+) packets transmitted/.exec(out);
+  return { replies, sent: summary ? Number(summary[1]) : maxSeq };
+}
+
+/**
+ * Time from `changeAt` (ms since the epoch) to the first reply to a request sent at or after it
+ * (sent = arrival - rtt), so a reply already under way at the change does not count as recovery.
+ * Null when no such reply came.
+ */
+export function recoveryMs(replies: readonly PingReply[], changeAt: number): number | null {
+  for (const r of replies) if (r.at - r.rttMs >= changeAt) return r.at - changeAt;
+  return null;
+}
+
+/**
+ * The longest stretch without a reply between `from` and `to` (ms since the epoch): between two
+ * replies, or from `from` to the first, or from the last to `to`.
+ */
+export function longestGapMs(replies: readonly PingReply[], from: number, to: number): number {
+  let last = from;
+  let gap = 0;
+  for (const r of replies) {
+    if (r.at < from || r.at > to) continue;
+    gap = Math.max(gap, r.at - last);
+    last = r.at;
+  }
+  return Math.max(gap, to - last);
+}
+
+export interface PingRun {
+  readonly startedAt: number;
+  /** The replies so far. */
+  replies(): readonly PingReply[];
+  /** Resolves with the first reply to a request sent at or after `t`, or null after `timeoutMs`. */
+  waitReplyAfter(t: number, timeoutMs: number): Promise<PingReply | null>;
+  /** Stops ping (SIGINT, so it prints its summary) and returns the whole series. */
+  stop(): Promise<PingSeries>;
+}
+
+/**
+ * Starts `ping -n -D -O -i INTERVAL` from `ns` to `dst`; it runs until stop(). At 10 ms this
+ * machine's ping actually sends about every 15 ms: the series records what it got.
+ */
+export function startPings(topo: Topology, ns: string, dst: string, opts: { intervalMs?: number } = {}): PingRun {
+  const intervalMs = opts.intervalMs ?? 10;
+  const startedAt = Date.now();
+  const child = topo.spawn(ns, ['ping', '-n', '-D', '-O', '-W', '1', '-i', String(intervalMs / 1000), dst], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let partial = '';
+  const replies: PingReply[] = [];
+  const waiters = new Set<() => void>();
+  child.stdout!.on('data', (b: Buffer) => {
+    out += b.toString();
+    partial += b.toString();
+    const nl = partial.lastIndexOf('\n');
+    if (nl < 0) return;
+    replies.push(...parsePingReplies(partial.slice(0, nl + 1)).replies);
+    partial = partial.slice(nl + 1);
+    waiters.forEach((w) => w());
+  });
+  child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
+  const closed = new Promise<void>((r) => child.once('close', () => r()));
+  let stopped: Promise<PingSeries> | undefined;
+  return {
+    startedAt,
+    replies: () => [...replies],
+    waitReplyAfter(t, timeoutMs) {
+      return new Promise((resolve) => {
+        const check = () => {
+          const hit = replies.find((r) => r.at - r.rttMs >= t);
+          if (hit) finish(hit);
+          else if (child.exitCode !== null || child.signalCode !== null) finish(null);
+        };
+        const timer = setTimeout(() => finish(null), timeoutMs);
+        const finish = (v: PingReply | null) => {
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve(v);
+        };
+        waiters.add(check);
+        child.once('exit', check);
+        check();
+      });
+    },
+    stop() {
+      stopped ??= (async () => {
+        const stoppedAt = Date.now();
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGINT');
+        const t = setTimeout(() => child.kill('SIGKILL'), 3_000);
+        await closed;
+        clearTimeout(t);
+        const all = parsePingReplies(out);
+        return { dst, intervalMs, startedAt, stoppedAt, sent: all.sent, replies: all.replies };
+      })();
+      return stopped;
+    },
+  };
+}
+
+/** Pings `dst` from `ns` every `intervalMs` for `durationMs` and returns every reply's time. */
+export async function pingSeries(
+  topo: Topology,
+  ns: string,
+  dst: string,
+  opts: { intervalMs?: number; durationMs: number },
+): Promise<PingSeries> {
+  const run = startPings(topo, ns, dst, opts);
+  await new Promise((r) => setTimeout(r, opts.durationMs));
+  return run.stop();
+}
+
+// ---- a paced TCP stream that runs across a change, hashed on both ends ---------------------------
+
+const PACED_RECEIVER = `
+const net = require('net'), crypto = require('crypto');
+const [port, bind, stallMs] = process.argv.slice(1);
+const srv = net.createServer((s) => {
+  srv.close();
+  const h = crypto.createHash('sha256'); let n = 0, last = Date.now(); const stalls = [];
+  s.on('data', (d) => {
+    const now = Date.now();
+    if (now - last >= Number(stallMs)) stalls.push([last, now]);
+    last = now; n += d.length; h.update(d);
+  });
+  s.on('end', () => { console.log(JSON.stringify({ bytes: n, sha256: h.digest('hex'), stalls })); process.exit(0); });
+  s.on('error', (e) => { console.error('receiver: ' + e.message); process.exit(1); });
+});
+srv.listen(Number(port), bind, () => console.log('LISTENING'));
+`;
+
+// Writes a fresh random 16 KiB chunk every tick (a counter in front) while the socket drains,
+// until stdin closes; then ends the stream and reports what it wrote once the peer has it all.
+const PACED_SENDER = `
+const net = require('net'), crypto = require('crypto');
+const [host, port, bytesPerS] = process.argv.slice(1);
+const CHUNK = 16384, h = crypto.createHash('sha256'); let n = 0, seq = 0, owed = 0, ending = false;
+const s = net.connect(Number(port), host, () => {
+  console.log('CONNECTED');
+  let prev = Date.now();
+  const tick = setInterval(() => {
+    const now = Date.now(); owed = Math.min(owed + ((now - prev) * Number(bytesPerS)) / 1000, 4 * 1048576); prev = now;
+    while (!ending && owed >= CHUNK && s.writableLength < 1048576) {
+      const b = crypto.randomBytes(CHUNK); b.writeUInt32BE(seq++, 0);
+      h.update(b); n += b.length; owed -= CHUNK; s.write(b);
+    }
+  }, 10);
+  process.stdin.on('end', () => { ending = true; clearInterval(tick); s.end(); });
+  process.stdin.resume();
+});
+s.setKeepAlive(false);
+s.on('close', (hadError) => { if (!hadError) console.log(JSON.stringify({ bytes: n, sha256: h.digest('hex') })); process.exit(hadError ? 1 : 0); });
+s.on('error', (e) => { console.error('sender: ' + e.message); process.exit(1); });
+`;
+
+export interface PacedStreamResult {
+  /** Both ends finished and the receiver's byte count and sha256 equal the sender's. */
+  readonly ok: boolean;
+  readonly sent: StreamResult | null;
+  readonly received: StreamResult | null;
+  /** Stretches of at least `stallMs` without data at the receiver, as [from, to] epoch ms. */
+  readonly stalls: readonly (readonly [number, number])[];
+  /** Why not ok, when not. */
+  readonly error?: string;
+}
+
+export interface PacedStream {
+  /** Stops writing, ends the stream and waits (up to `timeoutMs`, default 60 s) for both ends. */
+  finish(opts?: { timeoutMs?: number }): Promise<PacedStreamResult>;
+}
+
+/**
+ * Starts one TCP stream from `fromNs` to `toIp:port` (a receiver in `toNs`) that writes about
+ * `bytesPerS` (default 2 MB/s, little next to the 2 cores) of random data until finish(). Each end
+ * hashes what it wrote or read, so a stream that crossed an outage can be checked for integrity.
+ */
+export async function startPacedStream(
+  topo: Topology,
+  opts: { fromNs: string; toNs: string; toIp: string; port: number; bytesPerS?: number; stallMs?: number },
+): Promise<PacedStream> {
+  const receiver = topo.spawn(opts.toNs, [process.execPath, '-e', PACED_RECEIVER, String(opts.port), opts.toIp, String(opts.stallMs ?? 200)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const rlines = collectLines(receiver);
+  let sender: ChildProcess | undefined;
+  const kill = () => {
+    for (const c of [receiver, sender]) if (c && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  };
+  try {
+    await rlines.waitFor((l) => l === 'LISTENING', 10_000, 'the paced receiver to listen');
+    sender = topo.spawn(opts.fromNs, [process.execPath, '-e', PACED_SENDER, opts.toIp, String(opts.port), String(opts.bytesPerS ?? 2_000_000)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    sender.stdin!.on('error', () => {});
+    const slines = collectLines(sender);
+    await slines.waitFor((l) => l === 'CONNECTED', 10_000, 'the paced sender to connect');
+    const s = sender;
+    return {
+      async finish(o = {}) {
+        const timeoutMs = o.timeoutMs ?? 60_000;
+        s.stdin!.end();
+        const [sl, rl] = await Promise.allSettled([
+          slines.waitFor((l) => l.startsWith('{'), timeoutMs, 'the paced sender to finish'),
+          rlines.waitFor((l) => l.startsWith('{'), timeoutMs, 'the paced receiver to finish'),
+        ]);
+        kill();
+        const sent = sl.status === 'fulfilled' ? (JSON.parse(sl.value) as StreamResult) : null;
+        const r = rl.status === 'fulfilled' ? (JSON.parse(rl.value) as StreamResult & { stalls: [number, number][] }) : null;
+        const received = r ? { bytes: r.bytes, sha256: r.sha256 } : null;
+        const errors = [sl, rl].flatMap((x) => (x.status === 'rejected' ? [(x.reason as Error).message] : []));
+        if (sent && received && (sent.bytes !== received.bytes || sent.sha256 !== received.sha256)) {
+          errors.push(`received ${received.bytes} bytes (sha256 ${received.sha256.slice(0, 12)}), sent ${sent.bytes} (${sent.sha256.slice(0, 12)})`);
+        }
+        return { ok: errors.length === 0, sent, received, stalls: r?.stalls ?? [], ...(errors.length ? { error: errors.join('; ') } : {}) };
+      },
+    };
+  } catch (e) {
+    kill();
+    throw e;
+  }
+}
+
+// ---- a UDP endpoint driven from the test -----------------------------------------------------
+
+const UDP_ENDPOINT = `
+const dgram = require('dgram'), readline = require('readline');
+const s = dgram.createSocket('udp4');
+s.on('message', (m, r) => console.log(JSON.stringify({ from: r.address, port: r.port, text: m.toString(), at: Date.now() })));
+s.on('error', (e) => { console.error(e.message); process.exit(1); });
+s.bind(Number(process.argv[1]), () => {
+  console.log('BOUND');
+  readline.createInterface({ input: process.stdin }).on('line', (l) => {
+    const [host, port, ...text] = l.split(' ');
+    s.send(text.join(' '), Number(port), host, (e) => console.log(e ? 'ERR ' + e.message : 'SENT'));
+  }).on('close', () => process.exit(0));
+});
+`;
+
+export interface UdpMessage {
+  readonly from: string;
+  readonly port: number;
+  readonly text: string;
+  /** Date.now() at arrival. */
+  readonly at: number;
+}
+
+export interface UdpEndpoint {
+  readonly ns: string;
+  readonly port: number;
+  /** Sends one datagram `text` to `host:port` and waits until the socket has sent it. */
+  send(host: string, port: number, text: string): Promise<void>;
+  /** What arrived so far. */
+  messages(): readonly UdpMessage[];
+  /** The first message (so far or later) matching `pred`, or null after `timeoutMs`. */
+  waitFor(pred: (m: UdpMessage) => boolean, timeoutMs: number): Promise<UdpMessage | null>;
+  close(): Promise<void>;
+}
+
+/** A UDP socket bound to `0.0.0.0:port` inside `ns` (a node process), for NAT experiments. */
+export async function startUdpEndpoint(topo: Topology, ns: string, port: number): Promise<UdpEndpoint> {
+  const child = topo.spawn(ns, [process.execPath, '-e', UDP_ENDPOINT, String(port)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  child.stdin!.on('error', () => {});
+  const msgs: UdpMessage[] = [];
+  const acks: ((err: string | null) => void)[] = [];
+  const waiters = new Set<() => void>();
+  let bound: (() => void) | undefined;
+  let err = '';
+  let buf = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  child.stdout!.on('data', (b: Buffer) => {
+    buf += b.toString();
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      if (line === 'BOUND') bound?.();
+      else if (line === 'SENT') acks.shift()?.(null);
+      else if (line.startsWith('ERR ')) acks.shift()?.(line.slice(4));
+      else if (line.startsWith('{')) msgs.push(JSON.parse(line) as UdpMessage);
+    }
+    waiters.forEach((w) => w());
+  });
+  const closed = new Promise<void>((r) => child.once('close', () => r()));
+  void closed.then(() => acks.splice(0).forEach((a) => a(`endpoint exited ${err.trim()}`)));
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`udp endpoint in ${ns}:${port} did not bind: ${err.trim()}`)), 10_000);
+    bound = () => {
+      clearTimeout(t);
+      resolve();
+    };
+    void closed.then(() => {
+      clearTimeout(t);
+      reject(new Error(`udp endpoint in ${ns}:${port} exited: ${err.trim()}`));
+    });
+  });
+  return {
+    ns,
+    port,
+    send(host, p, text) {
+      return new Promise((resolve, reject) => {
+        acks.push((e) => (e ? reject(new Error(`udp send from ${ns}:${port} to ${host}:${p}: ${e}`)) : resolve()));
+        child.stdin!.write(`${host} ${p} ${text}\n`);
+      });
+    },
+    messages: () => [...msgs],
+    waitFor(pred, timeoutMs) {
+      return new Promise((resolve) => {
+        const check = () => {
+          const hit = msgs.find(pred);
+          if (hit) finish(hit);
+        };
+        const t = setTimeout(() => finish(null), timeoutMs);
+        const finish = (m: UdpMessage | null) => {
+          clearTimeout(t);
+          waiters.delete(check);
+          resolve(m);
+        };
+        waiters.add(check);
+        check();
+      });
+    },
+    async close() {
+      child.stdin!.end();
+      const t = setTimeout(() => child.kill('SIGKILL'), 2_000);
+      await closed;
+      clearTimeout(t);
+    },
+  };
+}

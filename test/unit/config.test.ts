@@ -57,6 +57,9 @@ describe('loadAgentConfig', () => {
       offload: true,
       advertise: [],
       cert: '/var/lib/cladnet/host.cert',
+      stun: [],
+      metadata: 'off',
+      relay: false,
     } satisfies AgentConfig);
   });
 
@@ -131,6 +134,12 @@ describe('loadAgentConfig', () => {
       ['etcd', 'ftp://x:1', '--etcd', 'CLADNET_ETCD', '"ftp://x:1" must use http or https', 'etcd[0]'],
       ['etcd', 'http://a:1,nope', '--etcd', 'CLADNET_ETCD', '"nope" is not a URL (expected http://host:port)', 'etcd[1]'],
       ['etcd', ' , ', '--etcd', 'CLADNET_ETCD', 'needs at least one URL'],
+      ['crypto', 'openssl', '--crypto', 'CLADNET_CRYPTO', '"openssl" is not one of auto, native, wasm'],
+      ['stun', '198.51.100.1', '--stun', 'CLADNET_STUN', '"198.51.100.1" is not an IPv4 address and port (a.b.c.d:port)', 'stun[0]'],
+      ['stun', '198.51.100.1:3478,stun.example.com:3478', '--stun', 'CLADNET_STUN', '"stun.example.com:3478" is not an IPv4 address and port (a.b.c.d:port)', 'stun[1]'],
+      ['stun', '198.51.100.1:0', '--stun', 'CLADNET_STUN', '"198.51.100.1:0" is not an IPv4 address and port (a.b.c.d:port)', 'stun[0]'],
+      ['metadata', 'ec2', '--metadata', 'CLADNET_METADATA', '"ec2" is not one of off, aws, gcp, azure, auto'],
+      ['relay', 'maybe', '--relay', 'CLADNET_RELAY', '"maybe" is not a boolean (true/false)'],
     ];
 
     it.each(cases)('%s = %j from a flag', (field, bad, flag, _env, why, reported) => {
@@ -160,6 +169,10 @@ describe('loadAgentConfig', () => {
       ['network', null, 'expected a string, got null'],
       ['etcd', ['http://a:1', 7], 'expected a string, got 7', 'etcd[1]'],
       ['advertise', [{}], 'expected a string, got {}', 'advertise[0]'],
+      ['stun', ['198.51.100.1:3478', 3478], 'expected a string, got 3478', 'stun[1]'],
+      ['stun', ['198.51.100.1:3478', '[2001:db8::1]:3478'], '"[2001:db8::1]:3478" is not an IPv4 address and port (a.b.c.d:port)', 'stun[1]'],
+      ['metadata', false, 'expected a string, got false'],
+      ['relay', 'sometimes', '"sometimes" is not a boolean (true/false)'],
     ] as [string, unknown, string, string?][])('JSON type errors: %s = %j', (field, bad, why, reported) => {
       const f = file(JSON.stringify({ [field]: bad }));
       const e = errorOf(() => loadAgentConfig({ file: f, flags: othersThan(field) }));
@@ -171,6 +184,53 @@ describe('loadAgentConfig', () => {
       const f = file(JSON.stringify({ network: 'demo', listenPort: 1 }));
       const e = errorOf(() => loadAgentConfig({ file: f, env: { CLADNET_LISTEN_PORT: '2' }, flags: { name: 'n', listenPort: 'x' } }));
       expect(e.message).toMatch(/\(from --listen-port\)/);
+    });
+  });
+
+  describe('endpoint discovery and relay settings', () => {
+    it('stun: a list of IPv4:port servers from a flag, the environment or the file', () => {
+      expect(loadAgentConfig({ flags: { ...NET, stun: '198.51.100.1:3478, 203.0.113.2:19302' } }).stun).toEqual([
+        '198.51.100.1:3478',
+        '203.0.113.2:19302',
+      ]);
+      expect(loadAgentConfig({ env: { CLADNET_STUN: '198.51.100.1:3478' }, flags: { ...NET } }).stun).toEqual(['198.51.100.1:3478']);
+      const f = file(JSON.stringify({ network: 'demo', stun: ['192.0.2.7:3478'] }));
+      const c = loadAgentConfig({ file: f, flags: { name: 'n' } });
+      expect(c.stun).toEqual(['192.0.2.7:3478']);
+      expect(Object.isFrozen(c.stun)).toBe(true);
+    });
+
+    it('stun: a bad server is named by its index', () => {
+      const e = errorOf(() => loadAgentConfig({ flags: { ...NET, stun: '198.51.100.1:3478,198.51.100.2:70000' } }));
+      expect(e.field).toBe('stun[1]');
+      expect(e.message).toBe('config: stun[1] (from --stun): "198.51.100.2:70000" is not an IPv4 address and port (a.b.c.d:port)');
+    });
+
+    it.each(['off', 'aws', 'gcp', 'azure', 'auto'])('metadata: %s is accepted', (v) => {
+      expect(loadAgentConfig({ env: { CLADNET_METADATA: v }, flags: { ...NET } }).metadata).toBe(v);
+    });
+
+    it('metadata: anything else is refused, naming the field and the choices', () => {
+      const e = errorOf(() => loadAgentConfig({ flags: { ...NET, metadata: 'AWS' } }));
+      expect(e.field).toBe('metadata');
+      expect(e.message).toBe('config: metadata (from --metadata): "AWS" is not one of off, aws, gcp, azure, auto');
+    });
+
+    it('relay: a boolean from a flag, the environment (true/false/1/0/yes/no/on/off) or the file', () => {
+      expect(loadAgentConfig({ flags: { ...NET, relay: true } }).relay).toBe(true);
+      expect(loadAgentConfig({ flags: { ...NET, relay: 'yes' } }).relay).toBe(true);
+      expect(loadAgentConfig({ env: { CLADNET_RELAY: '1' }, flags: { ...NET } }).relay).toBe(true);
+      expect(loadAgentConfig({ env: { CLADNET_RELAY: 'off' }, flags: { ...NET } }).relay).toBe(false);
+      expect(loadAgentConfig({ file: file(JSON.stringify({ network: 'demo', relay: true })), flags: { name: 'n' } }).relay).toBe(true);
+    });
+
+    it('relay: a non-boolean is refused, naming the field', () => {
+      const e = errorOf(() => loadAgentConfig({ env: { CLADNET_RELAY: 'please' }, flags: { ...NET } }));
+      expect(e.field).toBe('relay');
+      expect(e.message).toBe('config: relay (from CLADNET_RELAY): "please" is not a boolean (true/false)');
+      const j = errorOf(() => loadAgentConfig({ file: file(JSON.stringify({ network: 'demo', relay: 1 })), flags: { name: 'n' } }));
+      expect(j.field).toBe('relay');
+      expect(j.message).toMatch(/config: relay \(from .*\): expected a string, got 1$/);
     });
   });
 

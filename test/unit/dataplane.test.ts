@@ -15,7 +15,7 @@ import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../../src/dataplane/fakes';
 import { HS_BURST, Inbound } from '../../src/dataplane/inbound';
 import { Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS } from '../../src/dataplane/outbound';
-import type { WorkerPeer } from '../../src/dataplane/peer';
+import { DIRECT, type WorkerPeer } from '../../src/dataplane/peer';
 import {
   DataplaneStats,
   DROP_REASONS,
@@ -38,8 +38,14 @@ import {
   CTRL_LEN,
   CTRL_PING,
   CTRL_PONG,
+  CTRL_PROBE,
+  CTRL_FORWARD,
+  CTRL_RELAYED,
   HEADER_LEN,
   OVERHEAD,
+  PONG_LEN,
+  RELAY_OVERHEAD,
+  RELAY_PREFIX,
   readCounter,
   readReceiverIndex,
   TAG_LEN,
@@ -102,20 +108,34 @@ interface Identity {
   allowed: string[];
 }
 
+/** What the inbound worker asks of the outbound one (worker.ts SiblingMessage), in order. */
+type Sibling =
+  | { t: 'pong'; slot: number; t0: number; ip: number; port: number; via: number }
+  | { t: 'relay'; slot: number; from: number; data: Buffer }
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
+  | { t: 'confirm'; slot: number; keyId: string };
+
 class Node {
   readonly tun = new FakeTun();
   readonly stats = new DataplaneStats();
   readonly out: Outbound;
   readonly inb: Inbound;
-  readonly pings: { slot: number; t0: number }[] = [];
-  readonly roams: { slot: number; ip: number; port: number }[] = [];
-  private readonly pongs: { slot: number; t0: number }[] = [];
+  /** Pings and probes the peers sent us (each answered with a pong). */
+  readonly pings: { slot: number; t0: number; ip: number; port: number; via: number }[] = [];
+  readonly pongs: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }[] = [];
+  readonly roams: { slot: number; ip: number; port: number; via: number }[] = [];
+  /** Datagrams this node passed on as a relay: to the peer in `slot`, from overlay address `from`. */
+  readonly relays: { slot: number; from: number; length: number }[] = [];
+  readonly stuns: { data: Buffer; ip: number; port: number }[] = [];
+  private readonly sibling: Sibling[] = [];
   private readonly outBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
   private readonly list = new SendList(CAP);
   private readonly inBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
-  /** Handshake messages the inbound path handed to the control thread. */
+  /** Handshake messages the inbound path handed to the control thread, and where each came from. */
   readonly handshakes: Buffer[] = [];
-  private readonly ctrlBatch = new PacketBatch(Buffer.alloc(slotSizeFor(64) * 4), slotSizeFor(64), 4);
+  readonly handshakeFrom: { ip: number; port: number; via: number }[] = [];
+  // Control messages and relay work: full-size slots, as in the worker (a relayed datagram is as large as any).
+  private readonly ctrlBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * 4), slotSizeFor(MTU), 4);
   private readonly ctrlList = new SendList(4);
 
   constructor(
@@ -123,24 +143,42 @@ class Node {
     readonly udp: FakeUdp,
     readonly aead: WasmAead,
     readonly clock: FakeClock,
+    opts: { relay?: boolean } = {},
   ) {
     this.out = new Outbound(aead, this.stats, clock);
-    this.inb = new Inbound(aead, this.stats, clock, {
-      ping: (slot, t0) => {
-        this.pings.push({ slot, t0 });
-        this.pongs.push({ slot, t0 });
+    this.inb = new Inbound(
+      aead,
+      this.stats,
+      clock,
+      {
+        ping: (slot, t0, ip, port, via) => {
+          this.pings.push({ slot, t0, ip, port, via });
+          this.sibling.push({ t: 'pong', slot, t0, ip, port, via });
+        },
+        pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => {
+          this.pongs.push({ slot, rttMs, ip, port, via, seenIp, seenPort });
+        },
+        roam: (slot, ip, port, via) => {
+          this.roams.push({ slot, ip, port, via });
+          this.sibling.push({ t: 'roam', slot, ip, port, via }); // as the inbound worker asks the outbound one
+        },
+        handshake: (data, ip, port, via) => {
+          this.handshakes.push(Buffer.from(data));
+          this.handshakeFrom.push({ ip, port, via });
+        },
+        stun: (data, ip, port) => {
+          this.stuns.push({ data: Buffer.from(data), ip, port });
+        },
+        relay: (slot, from, data) => {
+          this.relays.push({ slot, from, length: data.length });
+          this.sibling.push({ t: 'relay', slot, from, data: Buffer.from(data) });
+        },
+        confirmed: (slot, keyId) => {
+          this.sibling.push({ t: 'confirm', slot, keyId });
+        },
       },
-      roam: (slot, ip, port) => {
-        this.roams.push({ slot, ip, port });
-        this.out.roam(slot, ip, port); // as the inbound worker asks the outbound one
-      },
-      handshake: (data) => {
-        this.handshakes.push(Buffer.from(data));
-      },
-      confirmed: (slot, keyId) => {
-        this.out.promote(slot, keyId);
-      },
-    });
+      opts,
+    );
   }
 
   setPeers(peers: WorkerPeer[]): void {
@@ -159,20 +197,23 @@ class Node {
     return sent;
   }
 
-  /** Inbound worker: UDP -> TUN until the socket is empty, then the pongs it asked for. */
+  /** Inbound worker: UDP -> TUN until the socket is empty, then what it asked of the outbound one, in order. */
   receive(): number {
     let got = 0;
     for (let n; (n = this.udp.recvBatch(this.inBatch)) > 0; ) {
       this.inb.process(this.inBatch, n, this.tun);
       got += n;
     }
-    while (this.pongs.length > 0) {
+    while (this.sibling.length > 0) {
       this.ctrlList.count = 0;
-      while (this.pongs.length > 0 && this.ctrlList.count < this.ctrlBatch.capacity) {
-        const p = this.pongs.shift()!;
-        this.out.pong(p.slot, p.t0, this.ctrlBatch, this.ctrlList);
+      while (this.sibling.length > 0 && this.ctrlList.count < this.ctrlBatch.capacity) {
+        const m = this.sibling.shift()!;
+        if (m.t === 'pong') this.out.pong(m.slot, m.t0, m.ip, m.port, m.via, this.ctrlBatch, this.ctrlList);
+        else if (m.t === 'relay') this.out.relay(m.slot, m.from, m.data, this.ctrlBatch, this.ctrlList);
+        else if (m.t === 'roam') this.out.roam(m.slot, m.ip, m.port, m.via);
+        else this.out.promote(m.slot, m.keyId);
       }
-      this.udp.sendBatch(this.ctrlBatch, this.ctrlList);
+      if (this.ctrlList.count > 0) this.udp.sendBatch(this.ctrlBatch, this.ctrlList);
     }
     return got;
   }
@@ -181,6 +222,20 @@ class Node {
   timers(): number {
     this.ctrlList.count = 0;
     this.out.timers(this.ctrlBatch, this.ctrlList);
+    return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
+  }
+
+  /** The control thread asks for a probe of a candidate address. Returns datagrams sent. */
+  probe(slot: number, ip: number, port: number): number {
+    this.ctrlList.count = 0;
+    this.out.probe(slot, ip, port, this.ctrlBatch, this.ctrlList);
+    return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
+  }
+
+  /** The control thread sends a datagram (a handshake message) to `target` through relay `via`. */
+  forward(via: number, target: number, data: Uint8Array): number {
+    this.ctrlList.count = 0;
+    this.out.forward(via, target, data, this.ctrlBatch, this.ctrlList);
     return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
   }
 
@@ -295,11 +350,21 @@ async function unseal(key: Uint8Array, datagram: Buffer): Promise<Buffer | null>
   return n < 0 ? null : d.subarray(HEADER_LEN, HEADER_LEN + n);
 }
 
-/** The plaintext of a control message: 0x00, kind, f64 LE t0. */
+/** The plaintext of a ping or probe: 0x00, kind, f64 LE t0. */
 function control(kind: number, t0: number): Buffer {
   const b = Buffer.alloc(CTRL_LEN);
   b[1] = kind;
   b.writeDoubleLE(t0, 2);
+  return b;
+}
+
+/** The plaintext of a pong: 0x00 0x02, f64 LE t0, then where the ping came from (ip u32 BE, port u16 BE). */
+function pongOf(t0: number, seenIp: string | number, seenPort: number): Buffer {
+  const b = Buffer.alloc(PONG_LEN);
+  b[1] = CTRL_PONG;
+  b.writeDoubleLE(t0, 2);
+  b.writeUInt32BE(typeof seenIp === 'number' ? seenIp >>> 0 : ip(seenIp), 10);
+  b.writeUInt16BE(seenPort, 14);
   return b;
 }
 
@@ -389,13 +454,18 @@ describe('data plane over fakes', () => {
       expect(await unseal(m.ba.rxKey, ping.data)).toEqual(control(CTRL_PING, t0));
       b.clock.advance(3);
       b.receive();
-      expect(b.pings).toEqual([{ slot: SLOT_OF_A_AT_B, t0 }]);
+      expect(b.pings).toEqual([{ slot: SLOT_OF_A_AT_B, t0, ip: ip(A_UNDERLAY), port: 51820, via: DIRECT }]);
       const pong = net.captured.at(-1)!;
       expect([pong.srcPort, pong.dstPort]).toEqual([b.udp.port, a.udp.port]);
-      expect(await unseal(m.ab.rxKey, pong.data)).toEqual(control(CTRL_PONG, t0));
+      expect(pong.data.length).toBe(HEADER_LEN + PONG_LEN + TAG_LEN);
+      // The pong tells A where its ping came from, as B saw it.
+      expect(await unseal(m.ab.rxKey, pong.data)).toEqual(pongOf(t0, A_UNDERLAY, 51820));
       a.clock.advance(7.25);
       a.receive();
       expect(a.peerStat(SLOT_OF_B_AT_A, P_RTT)).toBe(7.25);
+      expect(a.pongs).toEqual([{ slot: SLOT_OF_B_AT_A, rttMs: 7.25, ip: ip('203.0.113.2'), port: 51821, via: DIRECT, seenIp: ip(A_UNDERLAY), seenPort: 51820 }]);
+      expect(a.roams).toEqual([]);
+      expect(b.roams).toEqual([]);
       expect(a.peerStat(SLOT_OF_B_AT_A, P_LAST_RX)).toBe(a.clock.now());
       // Control messages never reach a TUN.
       expect(a.tun.written).toEqual([]);
@@ -732,7 +802,7 @@ describe('data plane over fakes', () => {
       b.clock.advance(1234);
       b.receive();
       expect(b.tun.take()).toEqual([p]);
-      expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: ip(NEW_IP), port: NEW_PORT }]);
+      expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: ip(NEW_IP), port: NEW_PORT, via: DIRECT }]);
       expect(b.peerStat(SLOT_OF_A_AT_B, P_LAST_ROAM)).toBe(b.clock.now());
 
       const d = bSendsToA();
@@ -814,7 +884,7 @@ describe('data plane over fakes', () => {
       a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'));
       a.send();
       b.receive();
-      const roam = { slot: SLOT_OF_A_AT_B, ip: ip(NEW_IP), port: NEW_PORT };
+      const roam = { slot: SLOT_OF_A_AT_B, ip: ip(NEW_IP), port: NEW_PORT, via: DIRECT };
       expect(b.roams).toEqual([roam, roam]);
       const d = bSendsToA();
       expect([d.dstIp, d.dstPort]).toEqual([ip(NEW_IP), NEW_PORT]);

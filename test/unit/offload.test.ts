@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { PacketBatch, slotSizeFor } from '../../src/dataplane/batch';
-import { FLAG_CSUM_PARTIAL, HEADER_LEN } from '../../src/dataplane/wire';
+import { FLAG_CSUM_PARTIAL, HEADER_LEN, RELAY_OVERHEAD, TAG_LEN } from '../../src/dataplane/wire';
 import {
   completeChecksum,
   GRO_MAX,
@@ -383,7 +383,11 @@ describe('splitFromTun, gso NONE', () => {
     expect(b.len[0]).toBe(20);
     expect(slotPacket(b, 0)).toEqual(tiny);
 
-    expect(b.maxPacket).toBe(1440);
+    // The slot keeps RELAY_OVERHEAD spare after the tag, so a packet can be wrapped for a relay hop
+    // in place; the largest packet is still more than the MTU.
+    expect(b.maxPacket).toBe(1466);
+    expect(b.maxPacket).toBeGreaterThanOrEqual(1420);
+    expect(HEADER_LEN + b.maxPacket + TAG_LEN + RELAY_OVERHEAD).toBeLessThanOrEqual(SLOT);
     const big = tcpPacket({ payload: randomBytes(b.maxPacket - 40, 3) });
     const r2 = tunRead({}, big);
     expect(splitFromTun(r2.src, r2.off, r2.len, b, 1)).toBe(1);
@@ -657,13 +661,14 @@ describe('splitFromTun, GSO_TCPV4', () => {
     const { src, off, len } = tsoRead(sp, 1448);
     const b = newBatch(16);
     const mss = b.maxPacket - 52;
-    expect(mss).toBe(1388);
+    expect(mss).toBe(1414);
+    expect(mss).toBeLessThan(1448); // the gso_size asked for does not fit: it is clamped
     const count = Math.ceil(10000 / mss);
     expect(count).toBe(8);
     expect(splitFromTun(src, off, len, b, 0)).toBe(count);
     expect(b.len[0]).toBe(b.maxPacket);
     for (let k = 0; k < count; k++) checkSegment(b, k, sp, k, count, mss);
-    expect(b.len[7]).toBe(52 + 10000 - 7 * 1388);
+    expect(b.len[7]).toBe(52 + 10000 - 7 * 1414);
   });
 
   it('keeps a segment with IP options (ihl 24) valid', () => {

@@ -43,9 +43,32 @@ function sample(): StatusDocument {
     },
     etcd: { connected: true, invalidRecords: 0 },
     peers: [
-      peer({ name: 'bravo', overlayIp: '100.64.0.2', endpoint: '203.0.113.2:51820', state: 'up', rttMs: 1.234, lastRx: iso(5_000), rxBytes: 1536, txBytes: 512 }),
-      peer({ name: 'charlie-long-name', overlayIp: '100.64.0.3', endpoint: '192.0.2.3:51820', state: 'connecting', txBytes: 3 * 1024 ** 2 }),
-      peer({ name: 'delta', overlayIp: '100.64.0.4', endpoint: '198.18.0.4:51820', state: 'down', rttMs: 120.5, lastRx: iso(600_000), rxBytes: 5 * 1024 ** 3, txBytes: 1023 }),
+      peer({
+        name: 'bravo',
+        overlayIp: '100.64.0.2',
+        endpoint: '203.0.113.2:51820',
+        pathScope: 'public',
+        lastPathChange: iso(65_000),
+        state: 'up',
+        rttMs: 1.234,
+        lastRx: iso(5_000),
+        rxBytes: 1536,
+        txBytes: 512,
+      }),
+      peer({ name: 'charlie-long-name', overlayIp: '100.64.0.3', endpoint: '192.0.2.3:51820', path: 'none', state: 'connecting', txBytes: 3 * 1024 ** 2 }),
+      peer({
+        name: 'delta',
+        overlayIp: '100.64.0.4',
+        endpoint: 'via bravo',
+        path: 'relayed',
+        via: 'bravo',
+        lastPathChange: iso(600_000),
+        state: 'down',
+        rttMs: 120.5,
+        lastRx: iso(600_000),
+        rxBytes: 5 * 1024 ** 3,
+        txBytes: 1023,
+      }),
     ],
     dataplane: {
       rxPackets: 1000,
@@ -65,22 +88,57 @@ describe('renderStatus', () => {
       '  endpoints: 198.51.100.1:51820, 10.0.0.5:51820',
       '  etcd: connected',
       '',
-      'PEER               OVERLAY IP  ENDPOINT           STATE       RTT        LAST RX  RX       TX',
-      'bravo              100.64.0.2  203.0.113.2:51820  up          1.23 ms    5s ago   1.5 KiB  512 B',
-      'charlie-long-name  100.64.0.3  192.0.2.3:51820    connecting  -          -        0 B      3.0 MiB',
-      'delta              100.64.0.4  198.18.0.4:51820   down        120.50 ms  10m ago  5.0 GiB  1023 B',
+      'PEER               OVERLAY IP  ENDPOINT           PATH                         STATE       RTT        LAST RX  RX       TX',
+      'bravo              100.64.0.2  203.0.113.2:51820  direct public (65s ago)      up          1.23 ms    5s ago   1.5 KiB  512 B',
+      'charlie-long-name  100.64.0.3  192.0.2.3:51820    -                            connecting  -          -        0 B      3.0 MiB',
+      'delta              100.64.0.4  via bravo          relayed via bravo (10m ago)  down        120.50 ms  10m ago  5.0 GiB  1023 B',
       '',
       'traffic: rx 1000 pkts (1.0 MiB), tx 900 pkts (2.0 KiB)',
       'drops: auth=3 spoofed=1 noRoute=2',
     ]);
   });
 
-  it('lists each peer with its state on its own row', () => {
+  it('lists each peer with its path and state on its own row', () => {
     const rows = renderStatus(sample(), NOW).split('\n');
+    const paths: Record<string, string> = { bravo: 'direct public (65s ago)', 'charlie-long-name': '-', delta: 'relayed via bravo (10m ago)' };
     for (const p of sample().peers) {
       const row = rows.find((r) => r.startsWith(`${p.name} `));
       expect(row, p.name).toBeDefined();
-      expect(row!.split(/\s{2,}/).slice(0, 4)).toEqual([p.name, p.overlayIp, p.endpoint, p.state]);
+      expect(row!.split(/\s{2,}/).slice(0, 5)).toEqual([p.name, p.overlayIp, p.endpoint, paths[p.name], p.state]);
+    }
+  });
+
+  it.each([
+    [{ path: 'direct' }, 'direct'],
+    [{ path: 'direct', pathScope: 'private' }, 'direct private'],
+    [{ path: 'direct', pathScope: 'public', lastPathChange: iso(3_000) }, 'direct public (3s ago)'],
+    [{ path: 'direct', pathScope: null, lastPathChange: null }, 'direct'],
+    [{ path: 'relayed', via: 'relay-1' }, 'relayed via relay-1'],
+    [{ path: 'relayed', via: null, lastPathChange: iso(180_000) }, 'relayed via ? (3m ago)'],
+    [{ path: 'none' }, '-'],
+    [{ path: 'none', lastPathChange: iso(0) }, '- (0s ago)'],
+  ] as [Partial<StatusPeer>, string][])('PATH column for %o reads %s', (over, text) => {
+    const doc = sample();
+    doc.peers = [peer({ name: 'p', ...over })];
+    const row = renderStatus(doc, NOW).split('\n').find((r) => r.startsWith('p '))!;
+    expect(row.split(/\s{2,}/)[3]).toBe(text);
+  });
+
+  it('shows a reflexive line (before etcd) only when self.nat is present', () => {
+    const plain = renderStatus(sample(), NOW).split('\n');
+    expect(plain.some((l) => l.startsWith('  reflexive:'))).toBe(false);
+    const cases: [Partial<StatusDocument['self']>, string][] = [
+      [{ nat: 'eim', reflexive: '203.0.113.50:40001' }, '  reflexive: 203.0.113.50:40001 (NAT, same mapping for every peer)'],
+      [{ nat: 'none', reflexive: '198.51.100.1:51820', relay: true }, '  reflexive: 198.51.100.1:51820 (no NAT), relays for peers'],
+      [{ nat: 'varies', reflexive: '203.0.113.50:40007', relay: false }, '  reflexive: 203.0.113.50:40007 (NAT, mapping varies by peer)'],
+      [{ nat: 'unknown', reflexive: null }, '  reflexive: - (not known yet)'],
+      [{ nat: 'unknown' }, '  reflexive: - (not known yet)'],
+    ];
+    for (const [self, line] of cases) {
+      const doc = sample();
+      doc.self = { ...doc.self, ...self };
+      const lines = renderStatus(doc, NOW).split('\n');
+      expect(lines.slice(2, 5)).toEqual(['  endpoints: 198.51.100.1:51820, 10.0.0.5:51820', line, '  etcd: connected']);
     }
   });
 
@@ -121,6 +179,6 @@ describe('renderStatus', () => {
     const doc = sample();
     doc.peers = [peer({ name: 'p', lastRx: iso(msAgo) })];
     const row = renderStatus(doc, NOW).split('\n').find((r) => r.startsWith('p '))!;
-    expect(row.split(/\s{2,}/)[5]).toBe(text);
+    expect(row.split(/\s{2,}/)[6]).toBe(text);
   });
 });

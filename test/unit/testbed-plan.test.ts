@@ -109,7 +109,7 @@ describe('setup commands', () => {
     ]);
   });
 
-  it('NATs a site on its internet device, port-randomizing for nat "random", and routes a plain site', () => {
+  it('NATs a site on its internet device, port-randomizing for nat "random", firewalls NAT sites and routes a plain site', () => {
     const plan = planTopology({
       id: 'cn0004',
       hosts: [{ site: 'n' }, { site: 'r' }, { site: 'p' }],
@@ -126,6 +126,24 @@ describe('setup commands', () => {
     );
     expect(cmds).toContain('ip -n cn0004-router route add 198.19.3.0/24 via 198.18.3.2');
     expect(cmds.filter((c) => c.includes('site-p nft'))).toEqual([]);
+    // A NAT site drops unsolicited inbound in filter hooks (before conntrack confirms an entry).
+    expect(cmds.filter((c) => c.includes('site-n nft'))).toEqual([
+      `ip netns exec cn0004-site-n nft 'add table ip cladnet_nat'`,
+      `ip netns exec cn0004-site-n nft 'add chain ip cladnet_nat postrouting { type nat hook postrouting priority 100 ; }'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat postrouting oifname "cn0004-x1" masquerade'`,
+      `ip netns exec cn0004-site-n nft 'add chain ip cladnet_nat input { type filter hook input priority 0 ; policy accept ; }'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat input ct state established,related accept'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat input iifname "cn0004-s1br" accept'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat input iifname "cn0004-x1" drop'`,
+      `ip netns exec cn0004-site-n nft 'add chain ip cladnet_nat forward { type filter hook forward priority 0 ; policy accept ; }'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat forward ct state established,related accept'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat forward iifname "cn0004-s1br" accept'`,
+      `ip netns exec cn0004-site-n nft 'add rule ip cladnet_nat forward iifname "cn0004-x1" drop'`,
+    ]);
+    expect(cmds).toContain(`ip netns exec cn0004-site-r nft 'add rule ip cladnet_nat forward iifname "cn0004-x2" drop'`);
+    // The NAT rules come after the links whose devices they name.
+    const lastLink = cmds.map((c) => c.includes('type veth')).lastIndexOf(true);
+    expect(cmds.findIndex((c) => c.includes(' nft '))).toBeGreaterThan(lastLink);
     expect(cmds).toContain('ip -n cn0004-site-n link set cn0004-s1l2 master cn0004-s1br');
     expect(cmds).toContain('ip -n cn0004-h1 route add default via 198.19.1.1');
     // Namespaces exist before anything is put into them.

@@ -66,6 +66,9 @@ export const setsockopt = lib.func('int setsockopt(int fd, int level, int name, 
 export const sendto = lib.func(
   'intptr_t sendto(int fd, const uint8_t *buf, size_t len, int flags, const uint8_t *addr, uint32_t alen)',
 ) as (fd: number, buf: Uint8Array, len: number, flags: number, addr: Uint8Array, alen: number) => number;
+export const recvfromPtr = lib.func(
+  'intptr_t recvfrom(int fd, uintptr_t buf, size_t len, int flags, uintptr_t addr, uintptr_t alen)',
+) as (fd: number, buf: bigint, len: number, flags: number, addr: bigint, alen: bigint) => number;
 export const recvmmsg = lib.func('int recvmmsg(int fd, uintptr_t vec, unsigned int vlen, int flags, uintptr_t timeout)') as (
   fd: number,
   vec: bigint,
@@ -109,7 +112,9 @@ export const O_CLOEXEC = 0x80000;
 export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const AF_INET = 2;
+export const AF_NETLINK = 16;
 export const SOCK_DGRAM = 2;
+export const SOCK_RAW = 3;
 export const SOCK_NONBLOCK = 0x800;
 export const SOCK_CLOEXEC = 0x80000;
 export const SOL_SOCKET = 1;
@@ -119,12 +124,14 @@ export const SO_RCVBUF = 8;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
 export const MSG_DONTWAIT = 0x40;
+export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;
 export const POLLOUT = 0x4;
 export const EFD_NONBLOCK = 0x800;
 export const EFD_CLOEXEC = 0x80000;
 export const EAGAIN = 11;
 export const EINTR = 4;
+export const ENOBUFS = 105;
 export const TUNSETIFF = 0x400454ca;
 export const IFF_TUN = 0x0001;
 export const IFF_NO_PI = 0x1000;

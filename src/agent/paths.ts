@@ -1,0 +1,312 @@
+/**
+ * Path choice per peer, on the control thread. The data plane sends wherever it is told and
+ * follows roaming; this decides what to tell it, from evidence only:
+ *
+ *   1. candidates  the peer's published endpoints (interface addresses, reflexive, STUN, metadata)
+ *                  plus any address its authenticated packets came from
+ *   2. probe       every candidate gets a probe (an encrypted ping that never moves an endpoint):
+ *                  every PROBE_FAST_MS while discovering (a new peer, new candidates, a local
+ *                  change, or no direct path), every PROBE_SLOW_MS once settled; probes are also
+ *                  what punches holes when both hosts sit behind endpoint-independent NATs
+ *   3. evidence    a pong, a handshake message or a roam from an address marks it alive
+ *   4. choose      among live direct candidates, a private one (on a network we share) beats a
+ *                  public one, then the lower round trip; we move off a working path only for a
+ *                  private one, for an address the peer publishes when it no longer publishes
+ *                  ours (it moved), or when it has gone quiet (no flapping on jitter)
+ *   5. relay       no live direct path RELAY_AFTER_MS after the peer appeared (or after the direct
+ *                  path died): go through a relay-capable peer we reach directly, and keep probing
+ *                  the direct candidates so the first pong moves us back
+ *
+ * Pure logic: time is injected, actions come back from tick() for the agent to carry out.
+ */
+import { formatEndpoint } from '../util/ipv4';
+
+export interface Endpoint {
+  readonly ip: number;
+  readonly port: number;
+  /** Reached through this relay peer (ip/port unused). */
+  readonly via?: string;
+}
+
+export type PathKind = 'direct' | 'relayed' | 'none';
+export type PathScope = 'private' | 'public';
+
+export interface PathState {
+  endpoint: Endpoint | null;
+  kind: PathKind;
+  scope: PathScope | null;
+  /** ms of the last change of endpoint or kind; null before the first. */
+  since: number | null;
+}
+
+export interface PathActions {
+  probes: { name: string; ip: number; port: number }[];
+  /** Peers whose endpoint the data plane must be told. */
+  moves: { name: string; endpoint: Endpoint }[];
+}
+
+export const PROBE_FAST_MS = 1_000;
+export const PROBE_SLOW_MS = 10_000;
+/** How long a fresh peer, a changed candidate set or a local change keeps probing fast. */
+export const DISCOVER_MS = 10_000;
+/** A candidate is alive this long after its last evidence (more than two slow probe rounds). */
+export const ALIVE_MS = 25_000;
+/** The current path is dead after this long without evidence (pings every 5 s refresh it). */
+export const PATH_DEAD_MS = 11_000;
+/** Fall back to a relay when no direct path has answered for this long. */
+export const RELAY_AFTER_MS = 2_500;
+export const MAX_CANDIDATES = 8;
+
+interface Candidate {
+  ip: number;
+  port: number;
+  published: boolean;
+  lastSeen: number;
+  rtt: number;
+}
+
+interface PeerPaths {
+  candidates: Map<string, Candidate>;
+  relayCapable: boolean;
+  current: Endpoint | null;
+  kind: PathKind;
+  since: number | null;
+  /** Last evidence on the current path. */
+  currentSeen: number;
+  addedAt: number;
+  discoverUntil: number;
+  lastProbe: number;
+  /** Since when no direct path has been alive (for the relay fallback). */
+  directLostAt: number;
+}
+
+export interface PathDeps {
+  now(): number;
+  /** True when ip is on one of our own networks (a private path). */
+  isLocal(ip: number): boolean;
+}
+
+const key = (ip: number, port: number) => `${ip >>> 0}:${port}`;
+
+export function sameEndpoint(a: Endpoint | null, b: Endpoint | null): boolean {
+  if (a === null || b === null) return a === b;
+  if (a.via !== undefined || b.via !== undefined) return a.via === b.via;
+  return a.ip === b.ip && a.port === b.port;
+}
+
+export function describeEndpoint(e: Endpoint | null): string {
+  if (e === null) return '';
+  return e.via !== undefined ? `via ${e.via}` : formatEndpoint(e.ip, e.port);
+}
+
+export class PathManager {
+  private readonly peers = new Map<string, PeerPaths>();
+
+  constructor(private readonly d: PathDeps) {}
+
+  /** Declares a peer's published candidates (and whether it relays). Evidence for known ones stays. */
+  setPeer(name: string, candidates: readonly { ip: number; port: number }[], relayCapable: boolean): void {
+    const now = this.d.now();
+    let p = this.peers.get(name);
+    if (!p) {
+      p = {
+        candidates: new Map(),
+        relayCapable,
+        current: null,
+        kind: 'none',
+        since: null,
+        currentSeen: -Infinity,
+        addedAt: now,
+        discoverUntil: now + DISCOVER_MS,
+        lastProbe: -Infinity,
+        directLostAt: now,
+      };
+      this.peers.set(name, p);
+    }
+    p.relayCapable = relayCapable;
+    const want = new Set<string>();
+    let added = false;
+    for (const c of candidates.slice(0, MAX_CANDIDATES)) {
+      const k = key(c.ip, c.port);
+      want.add(k);
+      const had = p.candidates.get(k);
+      if (had) had.published = true;
+      else {
+        p.candidates.set(k, { ip: c.ip, port: c.port, published: true, lastSeen: -Infinity, rtt: NaN });
+        added = true;
+      }
+    }
+    for (const [k, c] of p.candidates) {
+      if (want.has(k)) continue;
+      // An address the peer no longer publishes stays only while it still answers (roamed to).
+      if (now - c.lastSeen < ALIVE_MS) c.published = false;
+      else p.candidates.delete(k);
+    }
+    if (added) this.discover(p, now);
+    if (p.current === null) {
+      // Until something answers, aim at the most likely address: one on our own network first.
+      const first = [...p.candidates.values()].sort((a, b) => Number(this.d.isLocal(b.ip)) - Number(this.d.isLocal(a.ip)))[0];
+      if (first) p.current = { ip: first.ip, port: first.port };
+    }
+  }
+
+  removePeer(name: string): void {
+    this.peers.delete(name);
+  }
+
+  /** Our own addresses changed (or we woke up): probe everything fast again. */
+  localChanged(): void {
+    const now = this.d.now();
+    for (const p of this.peers.values()) {
+      this.discover(p, now);
+      p.lastProbe = -Infinity;
+    }
+  }
+
+  private discover(p: PeerPaths, now: number): void {
+    p.discoverUntil = now + DISCOVER_MS;
+  }
+
+  /** A pong came back from `from` (a probe's answer or a ping's) after rttMs. */
+  onPong(name: string, from: Endpoint, rttMs: number): void {
+    const p = this.peers.get(name);
+    if (!p) return;
+    const now = this.d.now();
+    if (sameEndpoint(from, p.current)) p.currentSeen = now;
+    if (from.via !== undefined) return;
+    const c = this.evidence(p, from, now);
+    c.rtt = Number.isNaN(c.rtt) ? rttMs : c.rtt * 0.7 + rttMs * 0.3;
+  }
+
+  /** A valid handshake message from the peer came from `from`. */
+  onHandshake(name: string, from: Endpoint): void {
+    const p = this.peers.get(name);
+    if (!p) return;
+    const now = this.d.now();
+    if (from.via === undefined) this.evidence(p, from, now);
+    if (p.kind === 'none' || now - p.currentSeen > PATH_DEAD_MS) this.setCurrent(p, from, now);
+    if (sameEndpoint(from, p.current)) p.currentSeen = now;
+  }
+
+  /** The data plane moved the peer to `to` (its newest authenticated packet came from there). */
+  onRoam(name: string, to: Endpoint): void {
+    const p = this.peers.get(name);
+    if (!p) return;
+    const now = this.d.now();
+    if (to.via === undefined) this.evidence(p, to, now);
+    this.setCurrent(p, to, now);
+    p.currentSeen = now;
+  }
+
+  private evidence(p: PeerPaths, from: Endpoint, now: number): Candidate {
+    const k = key(from.ip, from.port);
+    let c = p.candidates.get(k);
+    if (!c) {
+      c = { ip: from.ip, port: from.port, published: false, lastSeen: now, rtt: NaN };
+      p.candidates.set(k, c);
+    }
+    c.lastSeen = now;
+    return c;
+  }
+
+  private setCurrent(p: PeerPaths, to: Endpoint, now: number): boolean {
+    const kind: PathKind = to.via !== undefined ? 'relayed' : 'direct';
+    if (sameEndpoint(p.current, to) && p.kind === kind) return false;
+    p.current = to;
+    p.kind = kind;
+    p.since = now;
+    return true;
+  }
+
+  /** Probes due now and endpoint moves to carry out. `reachable(name)`: we have a session with it. */
+  tick(hasSession: (name: string) => boolean): PathActions {
+    const now = this.d.now();
+    const out: PathActions = { probes: [], moves: [] };
+    for (const [name, p] of this.peers) {
+      const alive = [...p.candidates.values()].filter((c) => now - c.lastSeen < ALIVE_MS);
+      const currentDead = now - p.currentSeen > PATH_DEAD_MS;
+      if (alive.length > 0) p.directLostAt = now;
+      // 2. probe
+      const settled = p.kind === 'direct' && !currentDead && now >= p.discoverUntil;
+      const interval = settled ? PROBE_SLOW_MS : PROBE_FAST_MS;
+      if (hasSession(name) && now - p.lastProbe >= interval) {
+        p.lastProbe = now;
+        for (const c of p.candidates.values()) out.probes.push({ name, ip: c.ip, port: c.port });
+      }
+      // 4. choose among live direct candidates
+      const best = alive.sort((a, b) => this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
+      if (best) {
+        const cur = p.current;
+        const curDirect = cur !== null && cur.via === undefined ? p.candidates.get(key(cur.ip, cur.port)) : undefined;
+        const curAlive = curDirect !== undefined && now - curDirect.lastSeen < ALIVE_MS && !currentDead;
+        // A live candidate beats the current one when it is private and the current public, or
+        // when the peer has stopped publishing the current address (it moved) and publishes this one.
+        const better = curAlive && (this.rank(best) < this.rank(curDirect) || (!curDirect.published && best.published));
+        if ((!curAlive || better) && (!curDirect || best !== curDirect)) {
+          if (this.setCurrent(p, { ip: best.ip, port: best.port }, now)) {
+            p.currentSeen = best.lastSeen;
+            out.moves.push({ name, endpoint: p.current! });
+          }
+        }
+        continue;
+      }
+      // 5. relay
+      if (p.kind === 'relayed' && !currentDead) continue;
+      if (now - p.directLostAt < RELAY_AFTER_MS && now - p.addedAt < RELAY_AFTER_MS) continue;
+      if (p.kind === 'direct' && !currentDead) continue;
+      const relay = this.pickRelay(name, now);
+      if (relay && this.setCurrent(p, { ip: 0, port: 0, via: relay }, now)) {
+        p.currentSeen = now; // give the relayed path its own PATH_DEAD_MS to prove itself
+        out.moves.push({ name, endpoint: p.current! });
+      }
+    }
+    return out;
+  }
+
+  private rank(c: Candidate): number {
+    return this.d.isLocal(c.ip) ? 0 : 1;
+  }
+
+  /** A relay-capable peer with a live direct path, the fastest first (ties by name). */
+  private pickRelay(exclude: string, now: number): string | undefined {
+    let best: { name: string; rtt: number } | undefined;
+    for (const [name, p] of this.peers) {
+      if (name === exclude || !p.relayCapable || p.kind !== 'direct' || now - p.currentSeen > PATH_DEAD_MS) continue;
+      const cur = p.current!;
+      const rtt = p.candidates.get(key(cur.ip, cur.port))?.rtt ?? Infinity;
+      const r = Number.isNaN(rtt) ? Infinity : rtt;
+      if (!best || r < best.rtt || (r === best.rtt && name < best.name)) best = { name, rtt: r };
+    }
+    return best?.name;
+  }
+
+  /** Where handshake initiations for the peer go: the current path, plus every candidate while it has no session. */
+  handshakeTargets(name: string, hasSession: boolean): Endpoint[] {
+    const p = this.peers.get(name);
+    if (!p) return [];
+    const out: Endpoint[] = [];
+    if (p.current) out.push(p.current);
+    if (!hasSession || p.kind !== 'direct') {
+      for (const c of p.candidates.values()) {
+        const e = { ip: c.ip, port: c.port };
+        if (!out.some((o) => sameEndpoint(o, e))) out.push(e);
+      }
+    }
+    return out;
+  }
+
+  state(name: string): PathState {
+    const p = this.peers.get(name);
+    if (!p) return { endpoint: null, kind: 'none', scope: null, since: null };
+    const now = this.d.now();
+    const live = now - p.currentSeen <= PATH_DEAD_MS;
+    const kind: PathKind = live ? p.kind : 'none';
+    const scope: PathScope | null =
+      kind === 'direct' && p.current && p.current.via === undefined ? (this.d.isLocal(p.current.ip) ? 'private' : 'public') : null;
+    return { endpoint: p.current, kind, scope, since: p.since };
+  }
+
+  current(name: string): Endpoint | null {
+    return this.peers.get(name)?.current ?? null;
+  }
+}
