@@ -282,3 +282,48 @@ export class TcpCoalescer {
     return len + VNET_HDR_LEN;
   }
 }
+
+/**
+ * MSS clamping: lowers the MSS option of a TCP SYN at `pkt` (an IPv4 packet of `len` bytes) to
+ * `maxMss`. Used for peers reached through a relay, whose path carries RELAY_OVERHEAD bytes more,
+ * so their TCP segments fit the underlay without IP fragmentation. With `partial` the checksum
+ * covers only the pseudo-header (the kernel finishes it), so it is left alone; otherwise it is
+ * updated incrementally (RFC 1624). Returns true when it changed the packet. Never throws.
+ */
+export function clampTcpMss(buf: Buffer, pkt: number, len: number, maxMss: number, partial: boolean): boolean {
+  if (len < 20 || buf[pkt]! >> 4 !== 4 || buf[pkt + 9] !== PROTO_TCP) return false;
+  if ((buf.readUInt16BE(pkt + 6) & 0x3fff) !== 0) return false; // a fragment: no TCP header here
+  const ihl = (buf[pkt]! & 15) * 4;
+  const tcp = pkt + ihl;
+  if (ihl < 20 || len < ihl + 20) return false;
+  if ((buf[tcp + 13]! & 0x02) === 0) return false; // not a SYN
+  const thl = (buf[tcp + 12]! >> 4) * 4;
+  if (thl < 20 || ihl + thl > len) return false;
+  let o = tcp + 20;
+  const end = tcp + thl;
+  while (o < end) {
+    const kind = buf[o]!;
+    if (kind === 0) return false; // end of options
+    if (kind === 1) {
+      o++;
+      continue;
+    }
+    if (o + 1 >= end) return false;
+    const olen = buf[o + 1]!;
+    if (olen < 2 || o + olen > end) return false;
+    if (kind === 2 && olen === 4) {
+      const mss = buf.readUInt16BE(o + 2);
+      if (mss <= maxMss) return false;
+      buf.writeUInt16BE(maxMss, o + 2);
+      if (!partial) {
+        // HC' = ~(~HC + ~m + m')  (RFC 1624, eqn. 3)
+        const hc = buf.readUInt16BE(tcp + 16);
+        const sum = (~hc & 0xffff) + (~mss & 0xffff) + maxMss;
+        buf.writeUInt16BE(~fold(sum) & 0xffff, tcp + 16);
+      }
+      return true;
+    }
+    o += olen;
+  }
+  return false;
+}

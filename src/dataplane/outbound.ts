@@ -4,7 +4,8 @@
  *   1. classify   IPv4 with a whole header, else drop (notIpv4, malformed)
  *   2. route      destination overlay address -> peer (exact match, then advertised prefixes),
  *                 else drop (noRoute); a peer whose only session awaits the initiator's first
- *                 packet takes nothing yet (noSession, a few milliseconds after a handshake)
+ *                 packet takes nothing yet (noSession, a few milliseconds after a handshake);
+ *                 a TCP SYN to a relayed peer gets its MSS clamped to fit the relay's wrapping
  *   3. number     take the peer's next counter; write the 16-byte header in the slot's headroom
  *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended
  *   5. address    the peer's current endpoint; queue the slot on the send list. A peer reached
@@ -19,6 +20,7 @@
 import type { Aead } from '../crypto/aead';
 import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
+import { clampTcpMss } from './offload';
 import { DIRECT, PrefixTable } from './peer';
 export { DIRECT } from './peer';
 import {
@@ -41,8 +43,10 @@ import {
   CTRL_PONG,
   CTRL_PROBE,
   CTRL_RELAYED,
+  FLAG_CSUM_PARTIAL,
   HEADER_LEN,
   PONG_LEN,
+  RELAY_OVERHEAD,
   RELAY_PREFIX,
   TAG_LEN,
   writeHeader,
@@ -91,6 +95,8 @@ function sameEndpoint(a: WorkerPeer, b: WorkerPeer): boolean {
 }
 
 export class Outbound {
+  /** TCP MSS for peers reached through a relay (0: no clamping); see setMtu. */
+  private relayMss = 0;
   private readonly byIp = new Map<number, OutPeer>();
   private readonly bySlot = new Map<number, OutPeer>();
   private readonly prefixes = new PrefixTable<OutPeer>();
@@ -100,6 +106,14 @@ export class Outbound {
     private readonly stats: DataplaneStats,
     private readonly clock: Clock,
   ) {}
+
+  /**
+   * The overlay MTU: TCP SYNs toward relayed peers get their MSS clamped so that a full segment
+   * plus the relay hop's wrapping still fits the underlay (no IP fragments on the relayed path).
+   */
+  setMtu(mtu: number): void {
+    this.relayMss = Math.max(536, mtu - 40 - RELAY_OVERHEAD);
+  }
 
   /**
    * Replaces the peer set. A peer whose keys are unchanged keeps its key handle and counter, and
@@ -215,6 +229,7 @@ export class Outbound {
         this.drop(DROP.noSession);
         continue;
       }
+      if (peer.via !== DIRECT && this.relayMss > 0) clampTcpMss(buf, pkt, len, this.relayMss, (batch.flags[i]! & FLAG_CSUM_PARTIAL) !== 0);
       // 3-5. number, seal, address
       if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via)) continue;
       this.counted(batch, i);

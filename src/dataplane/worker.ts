@@ -93,6 +93,7 @@ async function main(init: WorkerInit): Promise<void> {
 
   if (init.role === 'outbound') {
     const out = new Outbound(aead, stats, clock);
+    out.setMtu(init.mtu);
     const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
     const udp = new UdpBatchIo(init.udpFd, batch);
     const list = new SendList(capacity);

@@ -9,6 +9,7 @@ import { ping, repeated, startCapture, tcpTransfer, udpDatagrams, writeRandomFil
  * Hosts behind NATs, none told its public address:
  *   pub  on the internet, relay-capable
  *   a, b each behind its own MASQUERADE site (endpoint-independent mapping, port kept)
+ *   e    behind a's site too, on a's LAN
  *   c, d each behind its own port-randomizing site (a new port per destination)
  * a learns its public address from pub's pongs; a and b punch through to each other directly;
  * c and d cannot, and reach each other through pub, which sees only ciphertext. A STUN server on the
@@ -28,7 +29,14 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
   beforeAll(async () => {
     bed = await startMeshBed({
       topology: {
-        hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'b', site: 's2' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
+        hosts: [
+          { name: 'pub' },
+          { name: 'a', site: 's1' },
+          { name: 'b', site: 's2' },
+          { name: 'c', site: 's3' },
+          { name: 'd', site: 's4' },
+          { name: 'e', site: 's1' },
+        ],
         sites: [
           { name: 's1', nat: 'masquerade' },
           { name: 's2', nat: 'masquerade' },
@@ -42,7 +50,7 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     const stun = `${bed.topo.routerIp}:3478`;
     bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
     await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
-    await Promise.all(['a', 'b', 'c', 'd'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
+    await Promise.all(['a', 'b', 'c', 'd', 'e'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
     for (const a of bed.agents) ips.set(a.name, (await a.status()).self.overlayIp);
     try {
       await bed.waitUp(bed.agents, 30_000);
@@ -64,14 +72,17 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
       const d = await statusOf('a');
       return d.self.reflexive ? d : undefined;
     });
-    expect(doc.self.reflexive).toBe(`${siteWan('s1')}:51820`);
+    // The site's public address; the port is 51820 unless e (same site, same port) got it first.
+    expect(doc.self.reflexive).toMatch(new RegExp(`^${siteWan('s1').replace(/\./g, '\\.')}:\\d+$`));
     expect(doc.self.nat).toBe('eim');
-    expect(doc.self.endpoints).toContain(`${siteWan('s1')}:51820`);
+    expect(doc.self.endpoints).toContain(doc.self.reflexive);
+    // ...and it is exactly where pub sees a's packets come from.
+    expect(peer(await statusOf('pub'), 'a')?.endpoint).toBe(doc.self.reflexive);
     expect(peer(doc, 'pub')).toMatchObject({ state: 'up', path: 'direct', pathScope: 'public' });
     const r = await ping(bed.topo, bed.topo.host('a').ns, ips.get('pub')!, { count: 3, intervalS: 0.1 });
     expect(r.received).toBe(3);
     const text = await bed.agent('a').statusText();
-    expect(text).toContain(`reflexive: ${siteWan('s1')}:51820`);
+    expect(text).toContain(`reflexive: ${doc.self.reflexive} (NAT, same mapping for every peer)`);
   });
 
   it('two hosts behind two different endpoint-independent NATs reach each other directly', async () => {
@@ -82,11 +93,28 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     }, { timeoutMs: 20_000 }).catch((e: Error) => {
       throw new Error(`${e.message}\n${logs('a', 'b')}`);
     });
-    expect(peer(da, 'b')).toMatchObject({ path: 'direct', pathScope: 'public', endpoint: `${siteWan('s2')}:51820` });
-    expect(peer(db, 'a')).toMatchObject({ path: 'direct', pathScope: 'public', endpoint: `${siteWan('s1')}:51820` });
+    expect(peer(da, 'b')).toMatchObject({ path: 'direct', pathScope: 'public', endpoint: db.self.reflexive });
+    expect(peer(db, 'a')).toMatchObject({ path: 'direct', pathScope: 'public', endpoint: da.self.reflexive });
+    expect(da.self.reflexive?.startsWith(`${siteWan('s1')}:`)).toBe(true);
+    expect(db.self.reflexive).toBe(`${siteWan('s2')}:51820`);
     const r = await ping(bed.topo, bed.topo.host('a').ns, ips.get('b')!, { count: 5, intervalS: 0.1 });
     expect(r.received).toBe(5);
     expect(await bed.agent('a').statusText()).toMatch(/\bb\s+\S+\s+\S+\s+direct public/);
+  });
+
+  it('two hosts on one LAN behind the same NAT talk over the private path', async () => {
+    const [da, de] = await waitUntil('a and e to use the private path', async () => {
+      const both = await Promise.all([statusOf('a'), statusOf('e')]);
+      const ok = peer(both[0], 'e')?.pathScope === 'private' && peer(both[1], 'a')?.pathScope === 'private';
+      return ok ? both : undefined;
+    }).catch((e: Error) => {
+      throw new Error(`${e.message}\n${logs('a', 'e')}`);
+    });
+    expect(peer(da, 'e')).toMatchObject({ path: 'direct', pathScope: 'private', endpoint: `${bed.topo.host('e').underlayIp}:51820` });
+    expect(peer(de, 'a')).toMatchObject({ path: 'direct', pathScope: 'private', endpoint: `${bed.topo.host('a').underlayIp}:51820` });
+    expect(await bed.agent('a').statusText()).toMatch(/\be\s+\S+\s+\S+\s+direct private/);
+    const r = await ping(bed.topo, bed.topo.host('e').ns, ips.get('a')!, { count: 3, intervalS: 0.1 });
+    expect(r.received).toBe(3);
   });
 
   it('two hosts behind port-randomizing NATs reach each other through the relay, which sees only ciphertext', async () => {
@@ -124,10 +152,10 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     const relayed = ((await bed.agent('pub').status()).dataplane.relayedBytes ?? 0);
     expect(relayed).toBeGreaterThan(fs.statSync(file).size);
     expect(((await bed.agent('pub').status()).dataplane.relayedPackets ?? 0) - before).toBeGreaterThan(300);
-    // ...its capture holds the tunnel traffic (relayed datagrams of a full-size packet exceed the
-    // underlay MTU and travel as IP fragments), and not one copy of the marker in clear.
-    expect(pcap.length).toBeGreaterThan(2 * fs.statSync(file).size);
-    expect(udpDatagrams(pcap).some((d) => d.srcPort === 51820 || d.dstPort === 51820)).toBe(true);
+    // ...its capture holds the tunnel traffic as whole datagrams (TCP's MSS was clamped for the
+    // relayed path, so nothing needed IP fragmentation), and not one copy of the marker in clear.
+    const seen = udpDatagrams(pcap).reduce((n, d) => n + d.payload.length, 0);
+    expect(seen).toBeGreaterThan(2 * fs.statSync(file).size);
     expect(pcap.includes(MARKER)).toBe(false);
     expect(pcap.includes('CLADNET-RELAY')).toBe(false);
     // No direct path between c and d ever answered.

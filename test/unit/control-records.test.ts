@@ -91,6 +91,14 @@ describe('parseHostRecord', () => {
     }
   });
 
+  it('carries the NAT traversal fields (relay, nat, reflexive) through a round trip', () => {
+    const nat: HostRecord = { ...host, relay: true, nat: 'eim', reflexive: '198.18.3.2:51820' };
+    expect(parseHostRecord(serializeHostRecord(nat))).toEqual({ ok: true, value: nat });
+    // absent in records from agents before them: still valid, and nothing is invented
+    const r = parseHostRecord(serializeHostRecord(host));
+    expect(r.ok && ['relay', 'nat', 'reflexive'].filter((k) => k in r.value)).toEqual([]);
+  });
+
   it('accepts empty endpoint and cidr lists', () => {
     expect(parseHostRecord(JSON.stringify({ ...host, endpoints: [], hostCidrs: [] })).ok).toBe(true);
   });
@@ -118,6 +126,10 @@ describe('parseHostRecord', () => {
     ['epoch', 1.5, /^epoch: expected an integer, got 1.5$/],
     ['updated', '', /^updated: "" is not an ISO 8601 time$/],
     ['session', 'XYZ', /^session: "XYZ" is not 16 lowercase hex digits$/],
+    ['relay', 'yes', /^relay: expected true or false, got "yes"$/],
+    ['nat', 'symmetric', /^nat: expected none, eim, varies or unknown, got "symmetric"$/],
+    ['reflexive', '198.18.3.2', /^reflexive: "198.18.3.2" is not ip:port$/],
+    ['reflexive', 5, /^reflexive: expected a string, got 5$/],
   ])('names %s when it is %j', (field, value, re) => {
     expect(errorOf(parseHostRecord(withField(host, field, value)))).toMatch(re);
   });

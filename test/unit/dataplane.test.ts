@@ -252,14 +252,16 @@ function noDrops(): Record<DropReason, number> {
   return Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
 }
 
-function workerPeer(slot: number, peer: Identity, keys: SessionKeys, keyId = 'k1'): WorkerPeer {
+/** A peer as the control plane describes it: at its underlay address, or (viaSlot) through a relay peer. */
+function workerPeer(slot: number, peer: Identity, keys: SessionKeys, keyId = 'k1', viaSlot?: number): WorkerPeer {
   return {
     slot,
     name: peer.name,
     overlayIp: ip(peer.overlay),
     allowed: peer.allowed.map((s) => parsePrefix(s)!) as Prefix[],
-    endpointIp: ip(peer.underlayIp),
-    endpointPort: peer.port,
+    endpointIp: viaSlot === undefined ? ip(peer.underlayIp) : 0,
+    endpointPort: viaSlot === undefined ? peer.port : 0,
+    ...(viaSlot === undefined ? {} : { endpointVia: viaSlot }),
     keyId,
     txKey: keys.txKey,
     rxKey: keys.rxKey,
@@ -319,6 +321,72 @@ async function mesh(): Promise<Mesh> {
   b!.setPeers(peersOfB());
   c!.setPeers([workerPeer(SLOT_OF_A_AT_C, A, ca), workerPeer(SLOT_OF_B_AT_C, B, cb)]);
   return { net, a: a!, b: b!, c: c!, ab, ba, peersOfA, peersOfB };
+}
+
+// Relay mesh: A and B reach each other only through R (which relays); both reach R directly.
+const SLOT_OF_R_AT_A = 11;
+const SLOT_OF_R_AT_B = 12;
+const SLOT_OF_A_AT_R = 13;
+const SLOT_OF_B_AT_R = 14;
+const R_UNDERLAY = '192.0.2.9';
+const R_PORT = 51829;
+const R_OVERLAY = '100.64.0.9';
+
+interface RelayMesh {
+  net: FakeUdpNetwork;
+  a: Node;
+  b: Node;
+  r: Node;
+  /** Session keys as each side derived them: ab = a's view of b. */
+  keys: Record<'ab' | 'ba' | 'ar' | 'ra' | 'br' | 'rb', SessionKeys>;
+  peersOfA: () => WorkerPeer[];
+  peersOfB: () => WorkerPeer[];
+}
+
+/**
+ * A (198.51.100.1) and B (203.0.113.2) cannot reach each other directly (NATs, say): each is
+ * told to reach the other through R, which both reach directly and which relays (`relay`).
+ */
+async function relayMesh(opts: { relay?: boolean } = {}): Promise<RelayMesh> {
+  const net = new FakeUdpNetwork();
+  net.capture = true;
+  const ids: Identity[] = [
+    { name: 'a', overlay: '100.64.0.1', underlayIp: '198.51.100.1', port: 51820, keys: await generateKeyPair(), allowed: [] },
+    { name: 'b', overlay: '100.64.0.2', underlayIp: '203.0.113.2', port: 51821, keys: await generateKeyPair(), allowed: ['10.20.0.0/16'] },
+    { name: 'r', overlay: R_OVERLAY, underlayIp: R_UNDERLAY, port: R_PORT, keys: await generateKeyPair(), allowed: [] },
+  ];
+  const clocks = [new FakeClock(1_700_000_000_000, 5_000), new FakeClock(1_800_000_000_000, 9_000_000), new FakeClock()];
+  const [a, b, r] = await Promise.all(
+    ids.map(
+      async (id, i) =>
+        new Node(id, net.bind(ip(id.underlayIp), id.port), await WasmAead.create(), clocks[i]!, i === 2 ? { relay: opts.relay ?? true } : {}),
+    ),
+  );
+  const kx = await Promise.all(ids.map((id) => StaticKeyAgreement.create(id.keys)));
+  const [A, B, R] = ids as [Identity, Identity, Identity];
+  const keys = {
+    ab: kx[0]!.derive(B.keys.publicKey, RUN, RUN),
+    ar: kx[0]!.derive(R.keys.publicKey, RUN, RUN),
+    ba: kx[1]!.derive(A.keys.publicKey, RUN, RUN),
+    br: kx[1]!.derive(R.keys.publicKey, RUN, RUN),
+    ra: kx[2]!.derive(A.keys.publicKey, RUN, RUN),
+    rb: kx[2]!.derive(B.keys.publicKey, RUN, RUN),
+  };
+  const peersOfA = () => [workerPeer(SLOT_OF_B_AT_A, B, keys.ab, 'k1', SLOT_OF_R_AT_A), workerPeer(SLOT_OF_R_AT_A, R, keys.ar)];
+  const peersOfB = () => [workerPeer(SLOT_OF_A_AT_B, A, keys.ba, 'k1', SLOT_OF_R_AT_B), workerPeer(SLOT_OF_R_AT_B, R, keys.br)];
+  a!.setPeers(peersOfA());
+  b!.setPeers(peersOfB());
+  r!.setPeers([workerPeer(SLOT_OF_A_AT_R, A, keys.ra), workerPeer(SLOT_OF_B_AT_R, B, keys.rb)]);
+  return { net, a: a!, b: b!, r: r!, keys, peersOfA, peersOfB };
+}
+
+/** A forward (CTRL_FORWARD) or relayed (CTRL_RELAYED) message: 0x00, kind, overlay address (BE), datagram. */
+function relayMsg(kind: number, overlay: string, datagram: Buffer): Buffer {
+  const b = Buffer.alloc(RELAY_PREFIX + datagram.length);
+  b[1] = kind;
+  b.writeUInt32BE(ip(overlay), 2);
+  datagram.copy(b, RELAY_PREFIX);
+  return b;
 }
 
 /** One AEAD for the test's own sealing and opening (a WasmAead's scratch memory is never freed). */
