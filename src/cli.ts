@@ -259,7 +259,7 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('a local demo: etcd and three hosts in network namespaces, meshed (root)')
+    .description('a local demo: etcd and three hosts in network namespaces (the last behind a NAT), meshed, one of them moved (root)')
     .option('--hosts <n>', 'number of hosts', '3')
     .action(async (o: { hosts: string }) => {
       const { runDemo } = await import('./demo/demo');

@@ -1,14 +1,17 @@
 import * as path from 'node:path';
 import { createNetwork, startAgent, totalDrops, waitMeshUp, type Agent, type AgentStatus } from '../testbed/agents';
 import { startTestbedEtcd, type TestbedEtcd } from '../testbed/etcd';
-import { createTopology, type Topology } from '../testbed/topology';
-import { ping, tcpTransfer, writeRandomFile } from '../testbed/traffic';
+import { replaceAddressTimed } from '../testbed/roam';
+import { createTopology, type HostSpec, type Topology } from '../testbed/topology';
+import { ping, recoveryMs, startPings, tcpTransfer, writeRandomFile } from '../testbed/traffic';
 
 /**
  * `cladnet demo`: a whole mesh on this machine in under a minute. Network namespaces play VMs
- * on the internet (see src/testbed), a throwaway etcd runs in the "internet" router, one agent per
- * host; then pings over the overlay, a 20 MB file checked by sha256, and the drop counters.
- * Everything is removed at the end, on error, and on Ctrl-C.
+ * (see src/testbed): all but the last sit on the internet, the last one in another "cloud" behind
+ * a NAT gateway, not knowing its public address. A throwaway etcd runs in the "internet" router,
+ * one agent per host; then pings over the overlay, a 20 MB file checked by sha256, a host whose
+ * address changes under a running ping, and the drop counters. Everything is removed at the end,
+ * on error, and on Ctrl-C.
  */
 export interface DemoOptions {
   /** Number of hosts (2..8, default 3). */
@@ -32,9 +35,13 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
   let etcd: TestbedEtcd | undefined;
   const agents: Agent[] = [];
   try {
-    topo = await createTopology({ hosts: n });
+    const hosts: HostSpec[] = Array.from({ length: n }, (_, i) => (i === n - 1 ? { site: 'cloud-b' } : {}));
+    topo = await createTopology({ hosts, sites: [{ name: 'cloud-b', nat: 'masquerade' }] });
     const t = topo;
-    step(`test bed ${t.id}: router ${t.routerIp}, ${t.hosts.map((h) => `${h.name} ${h.underlayIp}`).join(', ')}`);
+    const nat = t.plan.sites[0]!;
+    step(
+      `test bed ${t.id}: router ${t.routerIp}, ${t.hosts.map((h) => `${h.name} ${h.underlayIp}${h.site ? ` (behind the NAT of ${h.site}, public ${nat.wanIp})` : ''}`).join(', ')}`,
+    );
 
     etcd = await startTestbedEtcd(t);
     step(`etcd listening on ${etcd.endpoint} (inside the router namespace)`);
@@ -48,8 +55,10 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
     const ipOf = (a: Agent) => mesh.get(a.name)!.self.overlayIp;
     step(`${n} agents up, full mesh: ${agents.map((a) => `${a.name} ${ipOf(a)}`).join(', ')}`);
 
-    section(`cladnet status on ${agents[0]!.name}`);
-    log((await agents[0]!.statusText()).trimEnd());
+    const natted = agents[agents.length - 1]!;
+    for (let i = 0; i < 20 && !(await natted.status()).self.reflexive; i++) await new Promise((r) => setTimeout(r, 100));
+    section(`cladnet status on ${natted.name} (behind NAT: it learned its public address from its peers)`);
+    log((await natted.statusText()).trimEnd());
 
     section('ping over the overlay (3 each)');
     let pingFailures = 0;
@@ -80,6 +89,19 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
     log(`  received sha256 ${tr.receivedSha256}  ${same ? 'MATCH' : 'MISMATCH'}`);
     log(`  ${(tr.bytes / 1048576).toFixed(1)} MiB in ${(tr.ms / 1000).toFixed(2)} s = ${tr.mbitPerS.toFixed(0)} Mbit/s`);
 
+    const mover = agents[0]!;
+    section(`roaming: ${mover.name}'s underlay address changes while ${natted.name} pings it every 10 ms`);
+    const pings = startPings(t, natted.host.ns, ipOf(mover), { intervalMs: 10 });
+    await pings.waitReplyAfter(Date.now(), 5_000);
+    const moved = await replaceAddressTimed(t, mover.host.name);
+    await pings.waitReplyAfter(moved.at, 10_000);
+    await new Promise((r) => setTimeout(r, 300));
+    const series = await pings.stop();
+    const rec = recoveryMs(series.replies, moved.at);
+    const seen = (await natted.status()).peers.find((p) => p.name === mover.name);
+    log(`  ${mover.name}: ${mover.host.underlayIp} -> ${moved.ip}; ${natted.name} now sends to ${seen?.endpoint ?? '?'} (${seen?.path ?? '?'})`);
+    log(`  pings answered again after ${rec === null ? 'no reply within 10 s' : `${rec.toFixed(0)} ms`} (${series.replies.length} replies)`);
+
     section('data plane counters');
     const docs = await Promise.all(agents.map((a) => a.status()));
     for (const d of docs) log(`  ${d.self.name}: ${formatCounters(d)}`);
@@ -87,6 +109,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<void> {
     log('');
     if (!same) throw new Error('demo: the file arrived damaged (sha256 mismatch)');
     if (pingFailures > 0) throw new Error(`demo: ${pingFailures} ping pair(s) got no reply`);
+    if (rec === null) throw new Error(`demo: ${natted.name} did not reach ${mover.name} again after its address changed`);
   } finally {
     if (topo) {
       const codes = await Promise.all(agents.map((a) => a.stop()));

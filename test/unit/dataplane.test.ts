@@ -14,7 +14,8 @@ import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../../src/dataplane/fakes';
 import { HS_BURST, Inbound } from '../../src/dataplane/inbound';
-import { Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS } from '../../src/dataplane/outbound';
+import { ACTIVE_WINDOW_MS, Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS, SILENCE_PING_MS } from '../../src/dataplane/outbound';
+import { encodeBindingSuccess } from '../../src/control/stun';
 import { DIRECT, type WorkerPeer } from '../../src/dataplane/peer';
 import {
   DataplaneStats,
@@ -1051,5 +1052,446 @@ describe('data plane over fakes', () => {
       expect(net.captured.length).toBe(1);
       expect([b.out.peerCount, b.inb.peerCount]).toEqual([1, 1]);
     });
+  });
+
+  describe('probes, pongs and STUN', () => {
+    const NEW_IP = '198.51.100.77';
+    const NEW_PORT = 40000;
+
+    it('a probe goes to the address asked for, outside the current endpoint', async () => {
+      const { a, net } = m;
+      const t0 = a.clock.mono();
+      expect(a.probe(SLOT_OF_B_AT_A, ip('10.0.0.2'), 51821)).toBe(1);
+      const d = net.captured.at(-1)!;
+      expect([d.dstIp, d.dstPort]).toEqual([ip('10.0.0.2'), 51821]);
+      expect(net.undeliverable).toBe(1); // nobody there: lost, as UDP is
+      expect(d.data.length).toBe(HEADER_LEN + CTRL_LEN + TAG_LEN);
+      expect(await unseal(m.ba.rxKey, d.data)).toEqual(control(CTRL_PROBE, t0));
+      // It moved nothing: packets still go to B's endpoint.
+      a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'));
+      a.send();
+      expect(net.captured.at(-1)!.dstIp).toBe(ip('203.0.113.2'));
+      // Unknown peer: no probe.
+      expect(a.probe(99, ip('10.0.0.2'), 51821)).toBe(0);
+    });
+
+    it('a probe gets a pong carrying the prober\'s source ip:port, and moves no endpoint', async () => {
+      const { a, b, net } = m;
+      a.udp.rebind(ip(NEW_IP), NEW_PORT); // A probes from a new address (its NAT mapping, say)
+      const t0 = a.clock.mono();
+      a.probe(SLOT_OF_B_AT_A, ip('203.0.113.2'), 51821);
+      b.clock.advance(1);
+      b.receive();
+      expect(b.pings).toEqual([{ slot: SLOT_OF_A_AT_B, t0, ip: ip(NEW_IP), port: NEW_PORT, via: DIRECT }]);
+      expect(b.roams).toEqual([]); // a probe tests a path, it does not choose one
+      const pong = net.captured.at(-1)!;
+      expect([pong.srcIp, pong.dstIp, pong.dstPort]).toEqual([ip('203.0.113.2'), ip(NEW_IP), NEW_PORT]); // back where it came from
+      expect(await unseal(m.ab.rxKey, pong.data)).toEqual(pongOf(t0, NEW_IP, NEW_PORT));
+      a.clock.advance(4);
+      a.receive();
+      expect(a.pongs).toEqual([{ slot: SLOT_OF_B_AT_A, rttMs: 4, ip: ip('203.0.113.2'), port: 51821, via: DIRECT, seenIp: ip(NEW_IP), seenPort: NEW_PORT }]);
+      expect(a.peerStat(SLOT_OF_B_AT_A, P_RTT)).toBe(4); // B's current address answered
+      expect(a.roams).toEqual([]);
+      expect(b.peerStat(SLOT_OF_A_AT_B, P_LAST_ROAM)).toBe(0);
+      // B still sends A's traffic to A's old endpoint: the probe did not move it.
+      b.tun.inject(ipv4('100.64.0.2', '100.64.0.1'));
+      b.send();
+      expect([net.captured.at(-1)!.dstIp, net.captured.at(-1)!.dstPort]).toEqual([ip(A_UNDERLAY), 51820]);
+      expect(a.drops()).toEqual(noDrops());
+      expect(b.drops()).toEqual(noDrops());
+    });
+
+    it('a pong from a path that is not the current one is reported but does not set P_RTT, nor roam', () => {
+      const { a, b, net } = m;
+      a.timers(); // pings B at 203.0.113.2:51821 (and C)
+      b.udp.rebind(ip('203.0.113.200'), 41000); // B answers from elsewhere
+      b.receive();
+      a.clock.advance(6);
+      a.receive();
+      expect(a.pongs).toEqual([
+        { slot: SLOT_OF_B_AT_A, rttMs: 6, ip: ip('203.0.113.200'), port: 41000, via: DIRECT, seenIp: ip(A_UNDERLAY), seenPort: 51820 },
+      ]);
+      expect(Number.isNaN(a.peerStat(SLOT_OF_B_AT_A, P_RTT))).toBe(true);
+      expect(a.roams).toEqual([]);
+      expect(a.peerStat(SLOT_OF_B_AT_A, P_RX_PKTS)).toBe(1); // it still counts as received
+      a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'));
+      a.send();
+      expect(net.captured.at(-1)!.dstIp).toBe(ip('203.0.113.2'));
+      // Once A's path moves there (data from B's new address roams it), its pongs set the RTT.
+      b.tun.inject(ipv4('100.64.0.2', '100.64.0.1'));
+      b.send();
+      a.receive();
+      expect(a.roams).toEqual([{ slot: SLOT_OF_B_AT_A, ip: ip('203.0.113.200'), port: 41000, via: DIRECT }]);
+      a.clock.advance(PING_INTERVAL_MS);
+      a.timers();
+      b.receive();
+      a.clock.advance(2.5);
+      a.receive();
+      expect(a.peerStat(SLOT_OF_B_AT_A, P_RTT)).toBe(2.5);
+    });
+
+    it('a STUN binding response goes to events.stun, not to the TUN, and is rate-limited like handshakes', () => {
+      const { a, net } = m;
+      const txId = Buffer.alloc(12, 7);
+      const answer = encodeBindingSuccess(txId, ip(NEW_IP), NEW_PORT);
+      expect(answer[0]).toBe(1); // first byte 0 or 1: never a data datagram
+      net.deliver(from('192.0.2.100', 3478, a, answer));
+      a.receive();
+      expect(a.stuns).toEqual([{ data: answer, ip: ip('192.0.2.100'), port: 3478 }]);
+      expect(a.tun.written).toEqual([]);
+      expect(a.handshakes).toEqual([]);
+      expect(a.drops()).toEqual(noDrops());
+      // Not STUN (length field lies, no magic cookie): the data checks drop it.
+      const lying = Buffer.from(answer);
+      lying.writeUInt16BE(answer.length, 2);
+      const noCookie = Buffer.from(answer);
+      noCookie[4] = 0;
+      net.deliver(from('192.0.2.100', 3478, a, lying));
+      net.deliver(from('192.0.2.100', 3478, a, noCookie));
+      a.receive();
+      expect(a.stuns.length).toBe(1);
+      expect(a.drops()).toEqual({ ...noDrops(), badType: 2 });
+      // One source gets HS_BURST messages at once (handshakes and STUN share the bucket).
+      for (let i = 0; i <= HS_BURST; i++) net.deliver(from('192.0.2.101', 3478, a, answer));
+      a.receive();
+      expect(a.stuns.length).toBe(1 + HS_BURST);
+      expect(a.drops()).toEqual({ ...noDrops(), badType: 2, handshakeRateLimited: 1 });
+    });
+
+    it('answers a ping to where it came from, with that address in the pong', async () => {
+      const { a, b, net } = m;
+      a.udp.rebind(ip(NEW_IP), NEW_PORT);
+      const t0 = a.clock.mono();
+      a.timers();
+      b.receive();
+      // A ping (unlike a probe) is data-plane evidence: B roams A, and the pong goes there.
+      expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: ip(NEW_IP), port: NEW_PORT, via: DIRECT }]);
+      const pong = net.captured.find((d) => d.srcPort === 51821 && d.dstPort === NEW_PORT)!;
+      expect(await unseal(m.ab.rxKey, pong.data)).toEqual(pongOf(t0, NEW_IP, NEW_PORT));
+    });
+  });
+
+  describe('silence pings', () => {
+    /** Runs A's timers every 50 ms (the worker's TIMER_MS) until `until` ms; returns ping times per destination port. */
+    function runTimers(from: number, until: number, each?: (t: number) => void): Map<number, number[]> {
+      const { a, net } = m;
+      const out = new Map<number, number[]>();
+      for (let t = from; t <= until; t += 50) {
+        each?.(t);
+        const before = net.captured.length;
+        a.timers();
+        for (const d of net.captured.slice(before)) {
+          if (d.srcPort !== a.udp.port) continue;
+          out.set(d.dstPort, [...(out.get(d.dstPort) ?? []), t]);
+        }
+        a.clock.advance(50);
+      }
+      return out;
+    }
+
+    it('a peer that was sending steadily and went quiet is pinged every SILENCE_PING_MS; an idle one every 5 s', () => {
+      const { a, b, c } = m;
+      expect([SILENCE_PING_MS, ACTIVE_WINDOW_MS, PING_INTERVAL_MS]).toEqual([300, 3_000, 5_000]); // the times below
+      // t = 0: both peers pinged and answered (one packet each: not "steady")
+      const first = runTimers(0, 0);
+      expect(first).toEqual(new Map([[51821, [0]], [51822, [0]]]));
+      b.receive();
+      c.receive();
+      a.receive();
+      const pings = runTimers(50, 9_000, (t) => {
+        if (t === 1_000) {
+          // B sends a burst at t = 1000, then nothing: A only receives in this flow
+          b.tun.inject(...[1, 2, 3].map((k) => ipv4('100.64.0.2', '100.64.0.1', 40, { seed: k })));
+          b.send();
+          a.receive();
+        }
+        if (t >= 1_000 && t <= 3_000 && t % 200 === 0) {
+          // C trickles one packet at a time: never two between timer runs, never "steady"
+          c.tun.inject(ipv4('100.64.0.3', '100.64.0.1', 40, { seed: t }));
+          c.send();
+          a.receive();
+        }
+      });
+      // Quiet from 1000: silence pings from 1300 while within ACTIVE_WINDOW_MS of the burst, then
+      // the 5 s ping again (5 s after the last one).
+      expect(pings.get(51821)).toEqual([1_300, 1_600, 1_900, 2_200, 2_500, 2_800, 3_100, 3_400, 3_700, 8_700]);
+      expect(pings.get(51822)).toEqual([5_000]);
+      expect(a.tun.take().length).toBe(3 + 11);
+    });
+
+    it('a burst that keeps coming is no silence: no extra pings while packets arrive', () => {
+      const { a, b } = m;
+      runTimers(0, 0);
+      b.receive();
+      a.receive();
+      const pings = runTimers(50, 4_950, (t) => {
+        if (t % 100 === 0) {
+          b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 40, { seed: 1 }), ipv4('100.64.0.2', '100.64.0.1', 40, { seed: 2 }));
+          b.send();
+          a.receive();
+        }
+      });
+      expect(pings.get(51821)).toBeUndefined();
+    });
+
+    it('after A\'s address changes under a receive-only flow, the silence ping lets B roam to it', () => {
+      const { a, b, net } = m;
+      runTimers(0, 0);
+      b.receive();
+      a.receive();
+      let delivered = 0;
+      let restoredAt: number | null = null;
+      runTimers(50, 3_000, (t) => {
+        if (t === 1_000) a.udp.rebind(ip('198.51.100.77'), 40000); // A's NAT mapping changed
+        if (t % 100 === 0) {
+          b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 40, { seed: t }), ipv4('100.64.0.2', '100.64.0.1', 40, { seed: t + 1 }));
+          b.send();
+        }
+        a.receive();
+        b.receive(); // B answers pings (and roams on them)
+        a.receive();
+        const got = a.tun.take().length;
+        delivered += got;
+        if (t > 1_000 && got > 0 && restoredAt === null) restoredAt = t;
+      });
+      expect(net.undeliverable).toBeGreaterThan(0); // B's stream was lost for a while
+      expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: ip('198.51.100.77'), port: 40000, via: DIRECT }]);
+      expect(restoredAt).not.toBeNull();
+      expect(restoredAt!).toBeLessThanOrEqual(1_000 + SILENCE_PING_MS + 100);
+      expect(delivered).toBeGreaterThan(40);
+    });
+  });
+});
+
+describe('relaying over fakes (A -> R -> B)', () => {
+  let rm: RelayMesh;
+  beforeEach(async () => {
+    rm = await relayMesh();
+  });
+
+  const A_OVERLAY = '100.64.0.1';
+  const B_OVERLAY = '100.64.0.2';
+
+  it('A -> B through R: B\'s TUN gets the exact packet, R\'s TUN nothing, R counts it; B answers through R', async () => {
+    const { a, b, r, net, keys } = rm;
+    const packets = [ipv4(A_OVERLAY, B_OVERLAY, 0), ipv4(A_OVERLAY, B_OVERLAY, 100), ipv4(A_OVERLAY, B_OVERLAY, MTU - 20)];
+    a.tun.inject(...packets);
+    expect(a.send()).toBe(3);
+    // A -> R only, each datagram one relay hop larger than a direct one.
+    expect(net.captured.map((d) => [d.dstIp, d.dstPort])).toEqual(packets.map(() => [ip(R_UNDERLAY), R_PORT]));
+    expect(net.captured.map((d) => d.data.length)).toEqual(packets.map((p) => p.length + OVERHEAD + RELAY_OVERHEAD));
+    // R opens the outer layer (a forward to B); the datagram inside is sealed for B alone.
+    const outer = (await unseal(keys.ra.rxKey, net.captured[0]!.data))!;
+    expect([outer[0], outer[1], outer.readUInt32BE(2)]).toEqual([0, CTRL_FORWARD, ip(B_OVERLAY)]);
+    const inner = Buffer.from(outer.subarray(RELAY_PREFIX));
+    expect(inner.length).toBe(packets[0]!.length + OVERHEAD);
+    expect(readReceiverIndex(inner, 0)).toBe(keys.ba.rxIndex);
+    expect(await unseal(keys.ra.rxKey, inner)).toBeNull();
+    expect(await unseal(keys.rb.rxKey, inner)).toBeNull();
+    expect(await unseal(keys.ba.rxKey, inner)).toEqual(packets[0]);
+
+    expect(r.receive()).toBe(3);
+    expect(r.tun.written).toEqual([]);
+    const innerLen = packets.map((p) => p.length + OVERHEAD);
+    expect(r.relays).toEqual(innerLen.map((length) => ({ slot: SLOT_OF_B_AT_R, from: ip(A_OVERLAY), length })));
+    expect([r.stats.totals[T_RELAY_PKTS], r.stats.totals[T_RELAY_BYTES]]).toEqual([3, innerLen.reduce((x, y) => x + y, 0)]);
+    const sum = (xs: number[]) => xs.reduce((x, y) => x + y, 0);
+    const hop = innerLen.map((n) => n + RELAY_OVERHEAD);
+    expect([r.stats.totals[T_RX_PKTS], r.stats.totals[T_RX_BYTES]]).toEqual([3, sum(hop)]);
+    expect([r.stats.totals[T_TX_PKTS], r.stats.totals[T_TX_BYTES]]).toEqual([3, sum(hop)]);
+    expect(r.peerStat(SLOT_OF_A_AT_R, P_RX_PKTS)).toBe(3);
+    expect(r.peerStat(SLOT_OF_B_AT_R, P_TX_PKTS)).toBe(3);
+    // R -> B: a relayed message naming A, carrying A's datagram unchanged.
+    const toB = net.captured.slice(3);
+    expect(toB.map((d) => [d.srcIp, d.dstIp, d.dstPort, d.data.length])).toEqual(hop.map((n) => [ip(R_UNDERLAY), ip('203.0.113.2'), 51821, n]));
+    const relayed = (await unseal(keys.br.rxKey, toB[0]!.data))!;
+    expect([relayed[0], relayed[1], relayed.readUInt32BE(2)]).toEqual([0, CTRL_RELAYED, ip(A_OVERLAY)]);
+    expect(relayed.subarray(RELAY_PREFIX).equals(inner)).toBe(true);
+
+    expect(b.receive()).toBe(3);
+    expect(b.tun.take()).toEqual(packets);
+    expect(b.roams).toEqual([]); // B already reaches A through R
+    expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(3);
+    expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_BYTES)).toBe(sum(innerLen));
+    expect(b.peerStat(SLOT_OF_R_AT_B, P_RX_PKTS)).toBe(3);
+    expect([b.stats.totals[T_RX_PKTS], b.stats.totals[T_RX_BYTES]]).toEqual([3, sum(hop)]); // datagrams on the wire, once
+    for (const n of [a, b, r]) expect(n.drops()).toEqual(noDrops());
+
+    // B answers through R.
+    const back = ipv4(B_OVERLAY, A_OVERLAY, 44);
+    b.tun.inject(back);
+    expect(b.send()).toBe(1);
+    expect([net.captured.at(-1)!.dstIp, net.captured.at(-1)!.dstPort]).toEqual([ip(R_UNDERLAY), R_PORT]);
+    r.receive();
+    a.receive();
+    expect(a.tun.take()).toEqual([back]);
+    expect(r.stats.totals[T_RELAY_PKTS]).toBe(4);
+    expect(r.tun.written).toEqual([]);
+    for (const n of [a, b, r]) expect(n.drops()).toEqual(noDrops());
+  });
+
+  it('pings go through the relay too; the pong comes back the same way, with 0:0 as the seen address', () => {
+    const { a, b, r, net } = rm;
+    const t0 = a.clock.mono();
+    expect(a.timers()).toBe(2); // B (through R) and R itself
+    expect(net.captured.map((d) => d.dstPort)).toEqual([R_PORT, R_PORT]);
+    r.receive(); // R answers its own ping and passes B's on
+    b.receive();
+    expect(b.pings).toEqual([{ slot: SLOT_OF_A_AT_B, t0, ip: 0, port: 0, via: SLOT_OF_R_AT_B }]);
+    r.receive();
+    a.clock.advance(11);
+    a.receive();
+    expect(a.pongs.find((p) => p.slot === SLOT_OF_B_AT_A)).toEqual({ slot: SLOT_OF_B_AT_A, rttMs: 11, ip: 0, port: 0, via: SLOT_OF_R_AT_A, seenIp: 0, seenPort: 0 });
+    expect(a.pongs.find((p) => p.slot === SLOT_OF_R_AT_A)).toMatchObject({ ip: ip(R_UNDERLAY), port: R_PORT, via: DIRECT, seenIp: ip(A_UNDERLAY), seenPort: 51820 });
+    expect(a.peerStat(SLOT_OF_B_AT_A, P_RTT)).toBe(11); // the relayed path is B's current one
+    expect(a.roams).toEqual([]);
+    for (const n of [a, b, r]) expect(n.drops()).toEqual(noDrops());
+  });
+
+  it('a relayed packet from a peer B thought direct moves it to the relay; a direct one moves it back', () => {
+    const { a, b, net } = rm;
+    const direct = rm.peersOfB();
+    direct[0] = { ...direct[0]!, endpointIp: ip(A_UNDERLAY), endpointPort: 51820 };
+    delete direct[0].endpointVia;
+    b.setPeers(direct);
+    a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 20));
+    a.send();
+    rm.r.receive();
+    b.receive();
+    expect(b.tun.take().length).toBe(1);
+    expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: 0, port: 0, via: SLOT_OF_R_AT_B }]);
+    expect(b.peerStat(SLOT_OF_A_AT_B, P_LAST_ROAM)).toBe(b.clock.now());
+    b.tun.inject(ipv4(B_OVERLAY, A_OVERLAY, 21));
+    b.send();
+    expect(net.captured.at(-1)!.dstPort).toBe(R_PORT); // B now answers through R
+    // A gets a direct path to B (a hole was punched): its next packet comes straight.
+    a.setPeers([workerPeer(SLOT_OF_B_AT_A, b.id, rm.keys.ab), rm.peersOfA()[1]!]);
+    a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 22));
+    a.send();
+    b.receive();
+    expect(b.roams.at(-1)).toEqual({ slot: SLOT_OF_A_AT_B, ip: ip(A_UNDERLAY), port: 51820, via: DIRECT });
+    b.tun.inject(ipv4(B_OVERLAY, A_OVERLAY, 23));
+    b.send();
+    expect([net.captured.at(-1)!.dstIp, net.captured.at(-1)!.dstPort]).toEqual([ip(A_UNDERLAY), 51820]);
+  });
+
+  it('a forward to a host that does not relay is dropped as relayRefused', async () => {
+    rm = await relayMesh({ relay: false });
+    const { a, r, net } = rm;
+    a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 30));
+    a.send();
+    const sent = net.captured.length;
+    r.receive();
+    expect(r.drops()).toEqual({ ...noDrops(), relayRefused: 1 });
+    expect(net.captured.length).toBe(sent); // nothing passed on
+    expect(r.relays).toEqual([]);
+    expect([r.stats.totals[T_RELAY_PKTS], r.stats.totals[T_RELAY_BYTES]]).toEqual([0, 0]);
+    expect(r.tun.written).toEqual([]);
+    expect(r.peerStat(SLOT_OF_A_AT_R, P_RX_PKTS)).toBe(1); // authenticated all the same
+  });
+
+  it('a relay refuses forwards to an unknown address, back to the sender, or to itself; an empty one is malformed', () => {
+    const { a, r, net } = rm;
+    const datagram = Buffer.alloc(60, 0x42);
+    for (const target of ['100.64.0.77', A_OVERLAY, R_OVERLAY, '10.20.0.1' /* inside B's prefix: overlay addresses only */]) {
+      expect(a.forward(SLOT_OF_R_AT_A, ip(target), datagram)).toBe(1);
+    }
+    const sent = net.captured.length;
+    r.receive();
+    expect(r.drops()).toEqual({ ...noDrops(), relayRefused: 4 });
+    expect(net.captured.length).toBe(sent);
+    expect(r.stats.totals[T_RELAY_PKTS]).toBe(0);
+    // A forward with no datagram in it
+    expect(a.forward(SLOT_OF_R_AT_A, ip(B_OVERLAY), Buffer.alloc(0))).toBe(1);
+    r.receive();
+    expect(r.drops()).toEqual({ ...noDrops(), relayRefused: 4, malformed: 1 });
+  });
+
+  it('a relayed message naming the relay itself as source is dropped; relays do not nest', async () => {
+    const { b, net, keys } = rm;
+    // What A would have sealed for B.
+    const pkt = ipv4(A_OVERLAY, B_OVERLAY, 25);
+    const fromA = await forge(keys.ab.txKey, keys.ab.txIndex, 0, pkt);
+    let n = 100;
+    const viaR = async (plain: Buffer) => net.deliver(from(R_UNDERLAY, R_PORT, b, await forge(keys.rb.txKey, keys.rb.txIndex, n++, plain)));
+    await viaR(relayMsg(CTRL_RELAYED, R_OVERLAY, fromA)); // "from R, through R"
+    b.receive();
+    expect(b.drops()).toEqual({ ...noDrops(), spoofed: 1 });
+    expect(b.tun.written).toEqual([]);
+    expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(0);
+    // A relayed message inside a relayed message, and a forward inside one: malformed.
+    const nestedRelayed = await forge(keys.rb.txKey, keys.rb.txIndex, n++, relayMsg(CTRL_RELAYED, A_OVERLAY, fromA));
+    await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, nestedRelayed));
+    const nestedForward = await forge(keys.rb.txKey, keys.rb.txIndex, n++, relayMsg(CTRL_FORWARD, A_OVERLAY, fromA));
+    await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, nestedForward));
+    b.receive();
+    expect(b.drops()).toEqual({ ...noDrops(), spoofed: 1, malformed: 2 });
+    expect(b.tun.written).toEqual([]);
+    // A relayed message with nothing in it.
+    await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, Buffer.alloc(0)));
+    b.receive();
+    expect(b.drops()).toEqual({ ...noDrops(), spoofed: 1, malformed: 3 });
+    // The genuine one gets through.
+    await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, fromA));
+    b.receive();
+    expect(b.tun.take()).toEqual([pkt]);
+    expect(b.roams).toEqual([]);
+  });
+
+  // BUG (reported): the relayed-message check compares only the claimed source address with the
+  // relay's; the datagram inside is then taken as its real sender's, which may be the relay
+  // itself. B then roams R to "through R" (its own slot) and can no longer reach R at all: every
+  // packet for R is dropped as noRoute until R's endpoint is set again.
+  it.fails('a relayed message carrying the relay\'s own datagram (under another name) moves nothing', async () => {
+    const { b, net, keys } = rm;
+    const own = await forge(keys.rb.txKey, keys.rb.txIndex, 50, ipv4(R_OVERLAY, B_OVERLAY, 10));
+    net.deliver(from(R_UNDERLAY, R_PORT, b, await forge(keys.rb.txKey, keys.rb.txIndex, 51, relayMsg(CTRL_RELAYED, A_OVERLAY, own))));
+    b.receive();
+    expect(b.roams).toEqual([]);
+    b.tun.inject(ipv4(B_OVERLAY, R_OVERLAY, 10));
+    expect(b.send()).toBe(1);
+    expect(b.drops().noRoute).toBe(0);
+  });
+
+  it('a relayed handshake-size message reaches events.handshake with via = R\'s slot, not rate-limited', () => {
+    const { a, b, r } = rm;
+    const msgs: Buffer[] = [];
+    for (let i = 0; i < HS_BURST + 3; i++) {
+      const init = randomBytes(148);
+      init[0] = 1; // MSG_INITIATION
+      msgs.push(init);
+      expect(a.forward(SLOT_OF_R_AT_A, ip(B_OVERLAY), init)).toBe(1);
+    }
+    const response = randomBytes(92);
+    response[0] = 2;
+    msgs.push(response);
+    a.forward(SLOT_OF_R_AT_A, ip(B_OVERLAY), response);
+    r.receive();
+    expect(r.relays.length).toBe(msgs.length);
+    b.receive();
+    expect(b.handshakes).toEqual(msgs);
+    expect(b.handshakeFrom).toEqual(msgs.map(() => ({ ip: 0, port: 0, via: SLOT_OF_R_AT_B })));
+    expect(b.drops()).toEqual(noDrops());
+    // A STUN message through a relay is not a STUN answer (those come straight from the server).
+    const stun = encodeBindingSuccess(Buffer.alloc(12, 1), ip(A_UNDERLAY), 51820);
+    a.forward(SLOT_OF_R_AT_A, ip(B_OVERLAY), stun);
+    r.receive();
+    b.receive();
+    expect(b.stuns).toEqual([]);
+    expect(b.drops()).toEqual({ ...noDrops(), badType: 1 });
+  });
+
+  it('a peer whose relay is not reached directly, or unknown, gets nothing (noRoute)', () => {
+    const { a, net } = rm;
+    // R itself is now only reachable through B: relays do not chain.
+    a.setPeers([rm.peersOfA()[0]!, workerPeer(SLOT_OF_R_AT_A, rm.r.id, rm.keys.ar, 'k1', SLOT_OF_B_AT_A)]);
+    a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 10));
+    expect(a.send()).toBe(0);
+    a.setPeers([workerPeer(SLOT_OF_B_AT_A, rm.b.id, rm.keys.ab, 'k1', 99)]);
+    a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 10));
+    expect(a.send()).toBe(0);
+    expect(a.forward(99, ip(B_OVERLAY), Buffer.alloc(148, 1))).toBe(0);
+    expect(net.captured).toEqual([]);
+    expect(a.drops()).toEqual({ ...noDrops(), noRoute: 3 });
   });
 });
