@@ -60,7 +60,9 @@ export const MAX_CANDIDATES = 8;
 interface Candidate {
   ip: number;
   port: number;
+  /** The peer publishes it now; `wasPublished`: it did at some point (else we only saw packets from it). */
   published: boolean;
+  wasPublished: boolean;
   lastSeen: number;
   rtt: number;
 }
@@ -130,9 +132,11 @@ export class PathManager {
       const k = key(c.ip, c.port);
       want.add(k);
       const had = p.candidates.get(k);
-      if (had) had.published = true;
-      else {
-        p.candidates.set(k, { ip: c.ip, port: c.port, published: true, lastSeen: -Infinity, rtt: NaN });
+      if (had) {
+        had.published = true;
+        had.wasPublished = true;
+      } else {
+        p.candidates.set(k, { ip: c.ip, port: c.port, published: true, wasPublished: true, lastSeen: -Infinity, rtt: NaN });
         added = true;
       }
     }
@@ -202,7 +206,7 @@ export class PathManager {
     const k = key(from.ip, from.port);
     let c = p.candidates.get(k);
     if (!c) {
-      c = { ip: from.ip, port: from.port, published: false, lastSeen: now, rtt: NaN };
+      c = { ip: from.ip, port: from.port, published: false, wasPublished: false, lastSeen: now, rtt: NaN };
       p.candidates.set(k, c);
     }
     c.lastSeen = now;
@@ -223,8 +227,13 @@ export class PathManager {
     const now = this.d.now();
     const out: PathActions = { probes: [], moves: [] };
     for (const [name, p] of this.peers) {
-      const alive = [...p.candidates.values()].filter((c) => now - c.lastSeen < ALIVE_MS);
       const currentDead = now - p.currentSeen > PATH_DEAD_MS;
+      const cur = p.current;
+      const curDirect = cur !== null && cur.via === undefined ? p.candidates.get(key(cur.ip, cur.port)) : undefined;
+      // A current path that has gone quiet is dead: forget its evidence (only a new answer revives
+      // it), so it can neither win the choice now nor pull us back later, however well it ranks.
+      if (currentDead && curDirect) curDirect.lastSeen = -Infinity;
+      const alive = [...p.candidates.values()].filter((c) => now - c.lastSeen < ALIVE_MS);
       if (alive.length > 0) p.directLostAt = now;
       // 2. probe
       const settled = p.kind === 'direct' && !currentDead && now >= p.discoverUntil;
@@ -236,17 +245,19 @@ export class PathManager {
       // 4. choose among live direct candidates
       const best = alive.sort((a, b) => this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
       if (best) {
-        const cur = p.current;
-        const curDirect = cur !== null && cur.via === undefined ? p.candidates.get(key(cur.ip, cur.port)) : undefined;
         const curAlive = curDirect !== undefined && now - curDirect.lastSeen < ALIVE_MS && !currentDead;
         // A live candidate beats the current one when it is private and the current public, or
-        // when the peer has stopped publishing the current address (it moved) and publishes this one.
-        const better = curAlive && (this.rank(best) < this.rank(curDirect) || (!curDirect.published && best.published));
-        if ((!curAlive || better) && (!curDirect || best !== curDirect)) {
-          if (this.setCurrent(p, { ip: best.ip, port: best.port }, now)) {
-            p.currentSeen = best.lastSeen;
-            out.moves.push({ name, endpoint: p.current! });
-          }
+        // when the peer has stopped publishing the current address (it moved) and publishes this
+        // one. An address the peer never published (a NAT mapping it roamed to) is not "stopped".
+        const better =
+          curAlive &&
+          best !== curDirect &&
+          (this.rank(best) < this.rank(curDirect) || (curDirect.wasPublished && !curDirect.published && best.published));
+        const target = !curAlive || better ? best : curDirect;
+        // Also when the current endpoint itself answered first: its path is now known direct.
+        if (target === best && this.setCurrent(p, { ip: best.ip, port: best.port }, now)) {
+          p.currentSeen = Math.max(p.currentSeen, best.lastSeen);
+          out.moves.push({ name, endpoint: p.current! });
         }
         continue;
       }

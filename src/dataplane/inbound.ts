@@ -252,6 +252,11 @@ export class Inbound {
       return;
     }
     const peer = session.peer;
+    if (via === peer.cfg.slot) {
+      // a relay passing on its own datagram under another peer's name
+      drops[DROP.spoofed]! += 1;
+      return;
+    }
     // 3. replay pre-check
     const counter = readCounter(buf, off);
     if (!session.replay.mayAccept(counter)) {

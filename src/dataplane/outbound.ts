@@ -259,6 +259,10 @@ export class Outbound {
 
   /** Seals for `peer` and addresses the datagram: straight to ip:port, or through relay `via`. */
   private sealTo(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number, ip: number, port: number, via: number): boolean {
+    if (via !== DIRECT && !this.hopUsable(via)) {
+      this.drop(DROP.noRoute);
+      return false;
+    }
     if (!this.sealAt(peer, batch, i, plainLen, flags)) return false;
     if (via === DIRECT) {
       batch.ip[i] = ip;
@@ -273,9 +277,14 @@ export class Outbound {
    * header and a forward/relayed prefix naming `addr`, and is sealed for the peer in `hopSlot`,
    * which must be reached directly (relays do not chain).
    */
+  private hopUsable(hopSlot: number): boolean {
+    const hop = this.bySlot.get(hopSlot);
+    return hop !== undefined && hop.sendable && hop.via === DIRECT;
+  }
+
   private wrap(hopSlot: number, kind: number, addr: number, batch: PacketBatch, i: number): boolean {
     const hop = this.bySlot.get(hopSlot);
-    if (hop === undefined || !hop.sendable || hop.via !== DIRECT) {
+    if (hop === undefined || !this.hopUsable(hopSlot)) {
       this.drop(DROP.noRoute);
       return false;
     }

@@ -28,6 +28,8 @@ import {
   P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
+  T_RELAY_BYTES,
+  T_RELAY_PKTS,
   T_RX_BYTES,
   T_RX_PKTS,
   T_TX_BYTES,
@@ -821,15 +823,23 @@ describe('data plane over fakes', () => {
         good.subarray(0, 19), // runt
         Buffer.from([0, CTRL_PING, 1, 2, 3]), // control message of the wrong length
         Buffer.concat([Buffer.from([0, 9]), Buffer.alloc(8)]), // unknown control message
+        control(CTRL_PONG, b.clock.mono()), // a pong of the old length (no address in it)
+        Buffer.concat([control(CTRL_PING, 1), Buffer.alloc(PONG_LEN - CTRL_LEN)]), // a ping of a pong's length
+        Buffer.concat([control(CTRL_PROBE, 1), Buffer.alloc(1)]), // a probe one byte long
+        relayMsg(CTRL_FORWARD, '100.64.0.3', Buffer.alloc(0)), // a forward with nothing in it
+        relayMsg(CTRL_RELAYED, '100.64.0.3', Buffer.alloc(0)), // a relayed message with nothing in it
+        Buffer.from([0, CTRL_RELAYED, 100, 64]), // ... shorter than its prefix
         padded, // valid, with trailing bytes after the IP packet
         Buffer.alloc(0), // keepalive: authenticated, nothing to deliver
       ];
       for (const [i, p] of inner.entries()) net.deliver(from(A_UNDERLAY, 51820, b, await forge(key, idx, 100 + i, p)));
       b.receive();
-      expect(b.drops()).toEqual({ ...noDrops(), malformed: 6 });
+      expect(b.drops()).toEqual({ ...noDrops(), malformed: 12 });
       expect(b.tun.take()).toEqual([good]);
       expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(inner.length);
       expect(b.pings).toEqual([]);
+      expect(b.pongs).toEqual([]);
+      expect(b.relays).toEqual([]);
     });
 
     it('a packet the kernel refuses is counted as tunWrite', () => {
@@ -1419,10 +1429,10 @@ describe('relaying over fakes (A -> R -> B)', () => {
     expect(b.drops()).toEqual({ ...noDrops(), spoofed: 1 });
     expect(b.tun.written).toEqual([]);
     expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(0);
-    // A relayed message inside a relayed message, and a forward inside one: malformed.
-    const nestedRelayed = await forge(keys.rb.txKey, keys.rb.txIndex, n++, relayMsg(CTRL_RELAYED, A_OVERLAY, fromA));
+    // A's datagram whose plaintext is a relayed message, or a forward: relays do not nest (malformed).
+    const nestedRelayed = await forge(keys.ab.txKey, keys.ab.txIndex, 1, relayMsg(CTRL_RELAYED, A_OVERLAY, fromA));
     await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, nestedRelayed));
-    const nestedForward = await forge(keys.rb.txKey, keys.rb.txIndex, n++, relayMsg(CTRL_FORWARD, A_OVERLAY, fromA));
+    const nestedForward = await forge(keys.ab.txKey, keys.ab.txIndex, 2, relayMsg(CTRL_FORWARD, A_OVERLAY, fromA));
     await viaR(relayMsg(CTRL_RELAYED, A_OVERLAY, nestedForward));
     b.receive();
     expect(b.drops()).toEqual({ ...noDrops(), spoofed: 1, malformed: 2 });
@@ -1438,13 +1448,12 @@ describe('relaying over fakes (A -> R -> B)', () => {
     expect(b.roams).toEqual([]);
   });
 
-  // BUG (reported): the relayed-message check compares only the claimed source address with the
-  // relay's; the datagram inside is then taken as its real sender's, which may be the relay
-  // itself. B then roams R to "through R" (its own slot) and can no longer reach R at all: every
-  // packet for R is dropped as noRoute until R's endpoint is set again.
-  it.fails('a relayed message carrying the relay\'s own datagram (under another name) moves nothing', async () => {
+  // (Was a bug: the datagram inside a relayed message may be the relay's own, under another
+  // peer's name; B then roamed R to "through R" and could no longer reach it.)
+  it('a relayed message carrying the relay\'s own datagram (under another name) moves nothing', async () => {
     const { b, net, keys } = rm;
-    const own = await forge(keys.rb.txKey, keys.rb.txIndex, 50, ipv4(R_OVERLAY, B_OVERLAY, 10));
+    // (the inner counter is above the outer one, so the inner datagram is R's newest)
+    const own = await forge(keys.rb.txKey, keys.rb.txIndex, 52, ipv4(R_OVERLAY, B_OVERLAY, 10));
     net.deliver(from(R_UNDERLAY, R_PORT, b, await forge(keys.rb.txKey, keys.rb.txIndex, 51, relayMsg(CTRL_RELAYED, A_OVERLAY, own))));
     b.receive();
     expect(b.roams).toEqual([]);

@@ -6,17 +6,22 @@
  *   - random datagrams of 0..2000 bytes (many of 0..40), with random or plausible headers;
  *   - handshake messages (type 1..3 at exactly 148, 92 or 64 bytes), which go to the control
  *     thread, rate-limited (other lengths take the data checks);
+ *   - STUN-shaped datagrams (answers to our binding requests, and near misses), which also go to
+ *     the control thread, rate-limited with the handshakes;
  *   - genuine datagrams sealed by its peers: A through a real Outbound, and raw sealers for A's
  *     draining previous session and C's current and to-be-confirmed ("promote") sessions, with
- *     plaintexts from good IPv4 to spoofed sources, bad lengths, IPv6, keepalives, pings, pongs
- *     and malformed control messages; fed at once, later, out of order, replayed, from elsewhere;
+ *     plaintexts from good IPv4 to spoofed sources, bad lengths, IPv6, keepalives, pings, probes,
+ *     pongs, forward requests (B relays in one of the two runs), relayed messages carrying any of
+ *     the above (genuine datagrams of A or C, handshakes, garbage, nested relays) and malformed
+ *     control messages; fed at once, later, out of order, replayed, from elsewhere;
  *   - mutations of genuine datagrams (AFL-style byte edits, truncation, extension, splices, and
  *     header changes: type, flags, reserved bytes, receiver index of another session, counters)
  *     and an insider (C) sealing under A's receiver index.
  *
  * A reference model written from the stage list in inbound.ts predicts every datagram's fate
- * (each drop reason, handshake hand-off, ping, pong, keepalive, confirmation, roam, TUN write and
- * statistics); after each batch everything observable must match it exactly. In particular:
+ * (each drop reason, handshake and STUN hand-off, ping, pong, keepalive, relay request,
+ * confirmation, roam, TUN write and statistics); after each batch everything observable must match
+ * it exactly. In particular:
  * process never throws; every datagram is accounted for exactly once; only plaintexts a peer
  * actually sealed reach the TUN; and every 1,000 cases a fresh packet from A and from C still gets
  * through (replay and counter state stay consistent).
@@ -43,10 +48,28 @@ import {
   P_RTT,
   P_RX_BYTES,
   P_RX_PKTS,
+  T_RELAY_BYTES,
+  T_RELAY_PKTS,
   T_RX_BYTES,
   T_RX_PKTS,
 } from '../../src/dataplane/stats';
-import { COUNTER_LIMIT, CTRL_LEN, CTRL_PING, CTRL_PONG, FLAG_CSUM_PARTIAL, HEADER_LEN, OVERHEAD, TAG_LEN, writeHeader } from '../../src/dataplane/wire';
+import {
+  COUNTER_LIMIT,
+  CTRL_FORWARD,
+  CTRL_LEN,
+  CTRL_PING,
+  CTRL_PONG,
+  CTRL_PROBE,
+  CTRL_RELAYED,
+  FLAG_CSUM_PARTIAL,
+  HEADER_LEN,
+  OVERHEAD,
+  PONG_LEN,
+  RELAY_PREFIX,
+  TAG_LEN,
+  writeHeader,
+} from '../../src/dataplane/wire';
+import { DIRECT } from '../../src/dataplane/peer';
 import { parseIpv4, parsePrefix, type Prefix } from '../../src/util/ipv4';
 import { casesFor, check, fuzz, INTERESTING_32, mutate, Rand, type FuzzTarget } from '../helpers/fuzz';
 
@@ -65,6 +88,10 @@ const C_ALLOWED = ['10.10.5.0/24']; // more specific than A's: A may not send fr
 const A_ENDPOINT = { ip: ip('198.51.100.1'), port: 51820 };
 const C_ENDPOINT = { ip: ip('192.0.2.3'), port: 51822 };
 const ATTACKERS = Array.from({ length: 256 }, (_, i) => ({ ip: (ip('233.252.0.0') + i * 7) >>> 0, port: 1024 + i }));
+const STUN_SERVERS = [{ ip: ip('192.0.2.100'), port: 3478 }, { ip: ip('198.51.100.200'), port: 19302 }];
+const STUN_MAGIC = 0x2112a442;
+/** Overlay addresses a forward or relayed message may name: the peers, B itself, a stranger, a routed prefix. */
+const RELAY_ADDRS = [A_OVERLAY, B_OVERLAY, C_OVERLAY, ip('100.64.0.99'), ip('10.10.5.9'), 0];
 
 // ---------------------------------------------------------------------------------------------
 // Reference model
@@ -94,12 +121,22 @@ class RefPeer {
   lastRx = 0;
   lastRoam = 0;
   rtt = NaN;
+  /** The relay (B's slot for it) the peer's packets last came through, or DIRECT. */
+  via = DIRECT;
   constructor(
     readonly slot: number,
     readonly name: string,
+    readonly overlay: number,
     public ip: number,
     public port: number,
   ) {}
+}
+
+/** A STUN message as the wire spec knows it: type 0 or 1 first, length field = body, 4-aligned, magic cookie. */
+function isStun(d: Buffer): boolean {
+  if (d.length < 20 || d[0]! > 1) return false;
+  const body = d.readUInt16BE(2);
+  return d.readUInt32BE(4) === STUN_MAGIC && body === d.length - 20 && body % 4 === 0;
 }
 
 class RefSession {
@@ -118,21 +155,53 @@ interface Genuine {
   index: number;
   counter: number;
   flags: number;
+  /** The genuine datagram a forward or relayed plaintext carries: kept known while this one is. */
+  inner?: Genuine;
+  /** How many known datagrams carry this one. */
+  carriedBy?: number;
+  /** Evicted, but still carried by a known datagram. */
+  evicted?: boolean;
 }
+
+type Ping = { slot: number; t0: number; ip: number; port: number; via: number };
+type Pong = { slot: number; rtt: number; ip: number; port: number; via: number; seenIp: number; seenPort: number };
+type Roam = { slot: number; ip: number; port: number; via: number };
+type Handoff = { data: Buffer; ip: number; port: number; via: number };
+type RelayRequest = { slot: number; from: number; data: Buffer };
 
 interface Expected {
   drops: number[];
   writes: { i: number; bytes: Buffer; partial: boolean }[];
-  pings: { slot: number; t0: number }[];
-  roams: { slot: number; ip: number; port: number }[];
-  handshakes: Buffer[];
+  pings: Ping[];
+  pongs: Pong[];
+  roams: Roam[];
+  handshakes: Handoff[];
+  stuns: Handoff[];
+  relays: RelayRequest[];
   confirmed: { slot: number; keyId: string }[];
-  /** Authenticated packets with no visible effect: keepalives and pongs. */
-  silent: number;
+  /** Authenticated packets with no visible effect. */
+  keepalives: number;
+  /** Relayed messages whose datagram went through the stages again, as its sender's own. */
+  unwrapped: number;
+  /** spoofed drops before authentication (a relay passing on its own datagram). */
+  preAuthSpoofed: number;
 }
 
 function emptyExpected(): Expected {
-  return { drops: DROP_REASONS.map(() => 0), writes: [], pings: [], roams: [], handshakes: [], confirmed: [], silent: 0 };
+  return {
+    drops: DROP_REASONS.map(() => 0),
+    writes: [],
+    pings: [],
+    pongs: [],
+    roams: [],
+    handshakes: [],
+    stuns: [],
+    relays: [],
+    confirmed: [],
+    keepalives: 0,
+    unwrapped: 0,
+    preAuthSpoofed: 0,
+  };
 }
 
 function contains(p: Prefix, a: number): boolean {
@@ -233,9 +302,12 @@ class Harness {
   readonly batch = new PacketBatch(Buffer.alloc(SLOT * CAP), SLOT, CAP);
   readonly peersOfB: WorkerPeer[];
   /** Observed events, in order. */
-  readonly pings: { slot: number; t0: number }[] = [];
-  readonly roams: { slot: number; ip: number; port: number }[] = [];
-  readonly handshakes: Buffer[] = [];
+  readonly pings: Ping[] = [];
+  readonly pongs: Pong[] = [];
+  readonly roams: Roam[] = [];
+  readonly handshakes: Handoff[] = [];
+  readonly stuns: Handoff[] = [];
+  readonly relays: RelayRequest[] = [];
   readonly confirmed: { slot: number; keyId: string }[] = [];
 
   // A's side: a real Outbound that sends to B
@@ -243,7 +315,8 @@ class Harness {
   private readonly aOut: Outbound;
   private readonly aBatch = new PacketBatch(Buffer.alloc(SLOT), SLOT, 1);
   private readonly aList = new SendList(1);
-  private readonly aCtrl = new PacketBatch(Buffer.alloc(slotSizeFor(64)), slotSizeFor(64), 1);
+  // full-size, as the worker's: forward and relayed messages carry whole datagrams
+  private readonly aCtrl = new PacketBatch(Buffer.alloc(SLOT), SLOT, 1);
   private readonly aCtrlList = new SendList(1);
   private readonly A_SLOT_OF_B = 7;
   readonly aIndex: number;
@@ -253,12 +326,16 @@ class Harness {
   readonly cNew: RawSender;
 
   // model
-  readonly refA = new RefPeer(A_SLOT, 'a', A_ENDPOINT.ip, A_ENDPOINT.port);
-  readonly refC = new RefPeer(C_SLOT, 'c', C_ENDPOINT.ip, C_ENDPOINT.port);
+  readonly refA = new RefPeer(A_SLOT, 'a', A_OVERLAY, A_ENDPOINT.ip, A_ENDPOINT.port);
+  readonly refC = new RefPeer(C_SLOT, 'c', C_OVERLAY, C_ENDPOINT.ip, C_ENDPOINT.port);
   readonly sessions = new Map<number, RefSession>();
   private readonly drops = DROP_REASONS.map(() => 0);
   private totalPkts = 0;
   private totalBytes = 0;
+  private relayPkts = 0;
+  private relayBytes = 0;
+  /** Depth of plaintext generation (a relayed message carries a datagram made for it). */
+  private depth = 0;
   private readonly buckets = new Map<number, { tokens: number; at: number }>();
   /** Genuine datagrams by `${index}:${counter}`; `pool` holds the same ones for picking. */
   private readonly genuine = new Map<string, Genuine>();
@@ -269,7 +346,21 @@ class Harness {
   /** Digests of what the peers sealed (and of the IPv4 packet inside), to prove nothing else reaches the TUN; counted, as plaintexts repeat. */
   private readonly sealed = new Map<string, number>();
   /** What happened in total, for the coverage check at the end. */
-  readonly seen = { drops: DROP_REASONS.map(() => 0), writes: 0, pings: 0, roams: 0, handshakes: 0, confirmed: 0, silent: 0 };
+  readonly seen = {
+    drops: DROP_REASONS.map(() => 0),
+    writes: 0,
+    pings: 0,
+    pongs: 0,
+    roams: 0,
+    relayedRoams: 0,
+    handshakes: 0,
+    relayedHandshakes: 0,
+    stuns: 0,
+    relays: 0,
+    confirmed: 0,
+    keepalives: 0,
+    unwrapped: 0,
+  };
 
   constructor(
     readonly r: Rand,
@@ -278,6 +369,8 @@ class Harness {
     aOutAead: Aead,
     kx: { b: StaticKeyAgreement; a: StaticKeyAgreement; c: StaticKeyAgreement },
     keys: Keys,
+    /** B relays for its peers. */
+    readonly relayEnabled: boolean,
   ) {
     const run = '0000000000000000';
     const old = '1111111111111111';
@@ -292,12 +385,22 @@ class Harness {
     const cbNew = kx.c.derive(keys.b.publicKey, next, next);
 
     this.tun = new FuzzTun(new Rand(r.u32()));
-    this.inb = new Inbound(aead, this.stats, this.clock, {
-      ping: (slot, t0) => this.pings.push({ slot, t0 }),
-      roam: (slot, ipv, port) => this.roams.push({ slot, ip: ipv, port }),
-      handshake: (data) => this.handshakes.push(Buffer.from(data)),
-      confirmed: (slot, keyId) => this.confirmed.push({ slot, keyId }),
-    });
+    this.inb = new Inbound(
+      aead,
+      this.stats,
+      this.clock,
+      {
+        ping: (slot, t0, ipv, port, via) => this.pings.push({ slot, t0, ip: ipv, port, via }),
+        pong: (slot, rtt, ipv, port, via, seenIp, seenPort) => this.pongs.push({ slot, rtt, ip: ipv, port, via, seenIp, seenPort }),
+        roam: (slot, ipv, port, via) => this.roams.push({ slot, ip: ipv, port, via }),
+        // event data is only valid during the call: copies
+        handshake: (data, ipv, port, via) => this.handshakes.push({ data: Buffer.from(data), ip: ipv, port, via }),
+        stun: (data, ipv, port) => this.stuns.push({ data: Buffer.from(data), ip: ipv, port, via: DIRECT }),
+        relay: (slot, from, data) => this.relays.push({ slot, from, data: Buffer.from(data) }),
+        confirmed: (slot, keyId) => this.confirmed.push({ slot, keyId }),
+      },
+      { relay: relayEnabled },
+    );
     this.peersOfB = [
       workerPeer(A_SLOT, 'a', A_OVERLAY, A_ALLOWED, A_ENDPOINT, 'a1', ba, [{ keyId: 'a0', rxKey: baOld.rxKey, rxIndex: baOld.rxIndex }]),
       workerPeer(C_SLOT, 'c', C_OVERLAY, C_ALLOWED, C_ENDPOINT, 'c1', bc, [
@@ -353,7 +456,8 @@ class Harness {
   private anyPlaintext(peer: 'a' | 'c'): Buffer {
     const r = this.r;
     const len = (): number => (r.chance(0.5) ? r.int(20, 200) : r.int(20, MTU));
-    switch (r.weighted([10, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1])) {
+    // (no relay messages inside the datagram a relay message carries, beyond one level)
+    switch (r.weighted([10, 2, 2, 1, 1, 1, 2, 2, 2, 1, 1, 2, 1, this.depth > 1 ? 0 : 2, this.depth > 1 ? 0 : 3])) {
       case 0: { // an IPv4 packet, total length right
         const n = len();
         return this.ipv4(n, this.source(peer), B_OVERLAY);
@@ -383,15 +487,78 @@ class Harness {
       case 7:
         return this.control(CTRL_PING, this.t0());
       case 8:
-        return this.control(CTRL_PONG, this.t0());
+        return this.pong(this.t0(), this.seenIp(), r.int(0, 0xffff));
       case 9: { // control message of the wrong length
-        const p = r.bytes(r.pick([1, 2, 9, 11, r.int(1, 40)]));
+        const p = r.bytes(r.pick([1, 2, 9, 11, 15, 17, r.int(1, 40)]));
         p[0] = 0;
         return p;
       }
-      default: // unknown control kind
-        return this.control(r.pick([0, 3, 4, 0x7f, 0xff]), this.t0());
+      case 10: // unknown control kind
+        return this.control(r.pick([0, 6, 0x7f, 0xff]), this.t0());
+      case 11:
+        return this.control(CTRL_PROBE, this.t0());
+      case 12: { // a known kind at the other kinds' length: an old 10-byte pong, a 16-byte ping or probe
+        if (r.chance(0.5)) return this.control(CTRL_PONG, this.t0());
+        const p = this.pong(this.t0(), r.u32(), r.int(0, 0xffff));
+        p[1] = r.pick([CTRL_PING, CTRL_PROBE]);
+        return p;
+      }
+      case 13:
+        return relayMsg(CTRL_FORWARD, this.relayAddr(), this.carried());
+      default:
+        return relayMsg(CTRL_RELAYED, this.relayAddr(), this.carried());
     }
+  }
+
+  /** An address a forward or relayed message names: mostly a peer's. */
+  private relayAddr(): number {
+    const r = this.r;
+    return r.chance(0.9) ? r.pick(RELAY_ADDRS.slice(0, 3)) : r.chance(0.8) ? r.pick(RELAY_ADDRS) : r.u32();
+  }
+
+  /** What a forward or relayed message carries: a genuine datagram (old or new), a handshake, STUN, garbage, nothing. */
+  private carried(): Buffer {
+    const r = this.r;
+    this.depth++;
+    try {
+      switch (r.weighted([6, 6, 2, 1, 2, 1])) {
+        case 0: {
+          const small = this.pool.filter((g) => g.data.length <= MTU + OVERHEAD);
+          return small.length > 0 ? r.pick(small).data : this.anyGenuine().data;
+        }
+        case 1:
+          return this.anyGenuine().data;
+        case 2: {
+          const type = r.int(1, 3);
+          const d = r.bytes(r.chance(0.8) ? [148, 92, 64][type - 1]! : r.int(1, 200));
+          d[0] = type;
+          return d;
+        }
+        case 3:
+          return stunish(r);
+        case 4:
+          return r.bytes(r.int(1, 120));
+        default:
+          return Buffer.alloc(0);
+      }
+    } finally {
+      this.depth--;
+    }
+  }
+
+  /** Where a pong says the ping came from: mostly somewhere plausible, sometimes 0:0 (relayed) or anything. */
+  private seenIp(): number {
+    const r = this.r;
+    return r.chance(0.6) ? ip('203.0.113.2') : r.chance(0.5) ? 0 : r.u32();
+  }
+
+  private pong(t0: number, seenIp: number, seenPort: number): Buffer {
+    const b = Buffer.alloc(PONG_LEN);
+    b[1] = CTRL_PONG;
+    b.writeDoubleLE(t0, 2);
+    b.writeUInt32BE(seenIp >>> 0, 10);
+    b.writeUInt16BE(seenPort, 14);
+    return b;
   }
 
   /** A pong's t0: mostly a plausible earlier time on B's clock, sometimes anything. */
@@ -434,6 +601,17 @@ class Harness {
   private remember(g: Genuine): Genuine {
     this.genuine.set(`${g.index}:${g.counter}`, g);
     for (const d of this.digests(g)) this.sealed.set(d, (this.sealed.get(d) ?? 0) + 1);
+    // A forward or relayed message carrying a genuine datagram keeps it known (it may be replayed
+    // after the carried one left the pool).
+    const p = g.plain;
+    if (p.length >= RELAY_PREFIX + OVERHEAD && p[0] === 0 && (p[1] === CTRL_FORWARD || p[1] === CTRL_RELAYED)) {
+      const inner = p.subarray(RELAY_PREFIX);
+      const known = this.genuine.get(`${inner.readUInt32LE(4)}:${Number(inner.readBigUInt64LE(8))}`);
+      if (known?.data.equals(inner)) {
+        g.inner = known;
+        known.carriedBy = (known.carriedBy ?? 0) + 1;
+      }
+    }
     if (this.pool.length >= 512) {
       // Forgotten after the next batch: it may be in the batch being assembled.
       this.evicted.push(this.pool.splice(this.r.int(0, this.pool.length - 1), 1)[0]!);
@@ -442,11 +620,15 @@ class Harness {
     return g;
   }
 
-  /** A datagram from A's real Outbound: an IPv4 packet from its TUN, a ping or a pong. */
-  fromA(kind: 'ip' | 'ping' | 'pong' = this.r.pick(['ip', 'ip', 'ip', 'ip', 'ping', 'pong'] as const), plain?: Buffer): Genuine {
+  /** A datagram from A's real Outbound: an IPv4 packet from its TUN, a ping, probe or pong, or a forward or relayed message. */
+  fromA(
+    kind: 'ip' | 'ping' | 'pong' | 'probe' | 'forward' | 'relayed' = this.r.pick(['ip', 'ip', 'ip', 'ip', 'ping', 'pong', 'probe', 'forward', 'relayed'] as const),
+    plain?: Buffer,
+  ): Genuine {
+    const r = this.r;
+    if (this.depth > 1 && (kind === 'forward' || kind === 'relayed')) kind = 'ip';
     let batch: PacketBatch;
     if (kind === 'ip') {
-      const r = this.r;
       const n = r.chance(0.5) ? r.int(20, 200) : r.int(20, MTU);
       const p = plain ?? this.ipv4(n, this.source('a'), B_OVERLAY, r.chance(0.9) ? n : r.int(0, 0xffff));
       batch = this.aBatch;
@@ -457,16 +639,31 @@ class Harness {
       check(this.aList.count === 1, 'A did not send its packet');
       plain = Buffer.from(p);
     } else {
+      // what A carries for a relay: made first (it may use A's own Outbound)
+      // (a relay message carries at most a slot's largest packet: a longer one is cut, and fails to open)
+      const data = kind === 'forward' || kind === 'relayed' ? Buffer.from(this.carried().subarray(0, this.aCtrl.maxPacket)) : Buffer.alloc(0);
       batch = this.aCtrl;
       this.aCtrlList.count = 0;
       if (kind === 'ping') {
         this.aClock.advance(PING_INTERVAL_CONNECTING_MS + 1);
         this.aOut.timers(batch, this.aCtrlList);
         plain = this.control(CTRL_PING, this.aClock.mono());
-      } else {
+      } else if (kind === 'probe') {
+        this.aOut.probe(this.A_SLOT_OF_B, ip('203.0.113.2'), r.pick([51821, 40000]), batch, this.aCtrlList);
+        plain = this.control(CTRL_PROBE, this.aClock.mono());
+      } else if (kind === 'pong') {
         const t0 = this.t0();
-        this.aOut.pong(this.A_SLOT_OF_B, t0, batch, this.aCtrlList);
-        plain = this.control(CTRL_PONG, t0);
+        const seen = { ip: this.seenIp(), port: r.int(0, 0xffff) };
+        this.aOut.pong(this.A_SLOT_OF_B, t0, seen.ip, seen.port, DIRECT, batch, this.aCtrlList);
+        plain = this.pong(t0, seen.ip, seen.port);
+      } else if (kind === 'forward') {
+        const target = this.relayAddr();
+        this.aOut.forward(this.A_SLOT_OF_B, target, data, batch, this.aCtrlList);
+        plain = relayMsg(CTRL_FORWARD, target, data);
+      } else {
+        const from = this.relayAddr();
+        this.aOut.relay(this.A_SLOT_OF_B, from, data, batch, this.aCtrlList);
+        plain = relayMsg(CTRL_RELAYED, from, data);
       }
       check(this.aCtrlList.count === 1, `A did not send its ${kind}`);
     }
@@ -504,16 +701,26 @@ class Harness {
     return true;
   }
 
-  /** Predicts what B does with datagram `d` (already as long as the slot allows) in slot i. */
-  predict(d: Buffer, i: number, src: { ip: number; port: number }, e: Expected): void {
+  /**
+   * Predicts what B does with datagram `d` (already as long as the slot allows) in slot i, received
+   * from src (via DIRECT), or unwrapped from a relayed message that the peer in slot `via` sent.
+   */
+  predict(d: Buffer, i: number, src: { ip: number; port: number }, e: Expected, via = DIRECT): void {
     const len = d.length;
     const drop = (reason: keyof typeof DROP): void => {
       e.drops[DROP[reason]]! += 1;
     };
     const type = len > 0 ? d[0]! : 0;
-    // Only a handshake type at its exact message size goes to the control thread.
+    // Only a handshake type at its exact message size goes to the control thread; one passed on by
+    // a relay (an authenticated peer) is not rate-limited.
     if ((type === 1 && len === 148) || (type === 2 && len === 92) || (type === 3 && len === 64)) {
-      if (this.allowHandshake(src.ip)) e.handshakes.push(d);
+      if (via !== DIRECT || this.allowHandshake(src.ip)) e.handshakes.push({ data: d, ip: src.ip, port: src.port, via });
+      else drop('handshakeRateLimited');
+      return;
+    }
+    // STUN answers come straight from the server, rate-limited with the handshakes.
+    if (via === DIRECT && isStun(d)) {
+      if (this.allowHandshake(src.ip)) e.stuns.push({ data: d, ip: src.ip, port: src.port, via });
       else drop('handshakeRateLimited');
       return;
     }
@@ -522,6 +729,11 @@ class Harness {
     const index = d.readUInt32LE(4);
     const session = this.sessions.get(index);
     if (!session) return drop('unknownPeer');
+    // A relay passing on its own datagram under another peer's name.
+    if (via !== DIRECT && session.peer.slot === via) {
+      e.preAuthSpoofed++;
+      return drop('spoofed');
+    }
     const counter = Number(d.readBigUInt64LE(8));
     if (!session.win.mayAccept(counter)) return drop('replay');
     const g = this.genuine.get(`${index}:${counter}`);
@@ -538,29 +750,55 @@ class Harness {
     peer.rxPkts++;
     peer.rxBytes += len;
     peer.lastRx = now;
-    this.totalPkts++;
-    this.totalBytes += len;
-    if (newest && (src.ip !== peer.ip || src.port !== peer.port)) {
-      peer.ip = src.ip;
-      peer.port = src.port;
-      peer.lastRoam = now;
-      e.roams.push({ slot: peer.slot, ip: src.ip, port: src.port });
+    if (via === DIRECT) {
+      // the totals count datagrams on the wire: a relayed one once, as its relay's
+      this.totalPkts++;
+      this.totalBytes += len;
     }
     const p = g.plain;
+    const kind = p.length >= 2 && p[0] === 0 ? p[1]! : -1;
+    // Pongs and probes (whatever their length) answer or test a path: they never move one.
+    if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (src.ip !== peer.ip || src.port !== peer.port || via !== peer.via)) {
+      peer.ip = src.ip;
+      peer.port = src.port;
+      peer.via = via;
+      peer.lastRoam = now;
+      e.roams.push({ slot: peer.slot, ip: src.ip, port: src.port, via });
+    }
     if (p.length === 0) {
-      e.silent++;
+      e.keepalives++;
       return;
     }
     if (p[0] === 0) {
-      if (p.length !== CTRL_LEN) return drop('malformed');
-      const t0 = p.readDoubleLE(2);
-      if (p[1] === CTRL_PING) e.pings.push({ slot: peer.slot, t0 });
-      else if (p[1] === CTRL_PONG) {
-        const rtt = this.clock.mono() - t0;
-        if (rtt >= 0 && rtt < 60_000) peer.rtt = rtt;
-        e.silent++;
-      } else drop('malformed');
-      return;
+      if ((kind === CTRL_PING || kind === CTRL_PROBE) && p.length === CTRL_LEN) {
+        e.pings.push({ slot: peer.slot, t0: p.readDoubleLE(2), ip: src.ip, port: src.port, via });
+        return;
+      }
+      if (kind === CTRL_PONG && p.length === PONG_LEN) {
+        const rtt = this.clock.mono() - p.readDoubleLE(2);
+        if (!(rtt >= 0 && rtt < 60_000)) return drop('malformed');
+        // The RTT is the current path's only.
+        if (src.ip === peer.ip && src.port === peer.port && via === peer.via) peer.rtt = rtt;
+        e.pongs.push({ slot: peer.slot, rtt, ip: src.ip, port: src.port, via, seenIp: p.readUInt32BE(10), seenPort: p.readUInt16BE(14) });
+        return;
+      }
+      if ((kind === CTRL_FORWARD || kind === CTRL_RELAYED) && p.length > RELAY_PREFIX && via === DIRECT) {
+        const addr = p.readUInt32BE(2);
+        const inner = p.subarray(RELAY_PREFIX);
+        if (kind === CTRL_FORWARD) {
+          // relayed only by a relay, only to another peer (by overlay address, not routed prefix)
+          const target = addr === A_OVERLAY ? this.refA : addr === C_OVERLAY ? this.refC : undefined;
+          if (!this.relayEnabled || target === undefined || target === peer) return drop('relayRefused');
+          e.relays.push({ slot: target.slot, from: peer.overlay, data: inner });
+          this.relayPkts++;
+          this.relayBytes += inner.length;
+          return;
+        }
+        if (addr === peer.overlay) return drop('spoofed'); // "from the relay, through the relay"
+        e.unwrapped++;
+        return this.predict(Buffer.from(inner), i, { ip: 0, port: 0 }, e, peer.slot);
+      }
+      return drop('malformed'); // wrong length, unknown kind, or a relay message inside a relayed one
     }
     if (p[0]! >> 4 !== 4 || p.length < 20) return drop('malformed');
     const total = p.readUInt16BE(2);
@@ -607,14 +845,18 @@ class Harness {
       b.flags[i] = this.r.byte();
       this.predict(Buffer.from(d), i, src, e);
     }
+    const peerPkts = () => this.stats.peers[A_SLOT * PEER_STRIDE + P_RX_PKTS]! + this.stats.peers[C_SLOT * PEER_STRIDE + P_RX_PKTS]!;
     const before = {
       drops: Array.from(this.stats.drops),
-      pkts: this.stats.totals[T_RX_PKTS]!,
+      peerPkts: peerPkts(),
       attempts: this.tun.attempts.length,
       flushRefused: this.tun.flushRefused,
       pings: this.pings.length,
+      pongs: this.pongs.length,
       roams: this.roams.length,
       handshakes: this.handshakes.length,
+      stuns: this.stuns.length,
+      relays: this.relays.length,
       confirmed: this.confirmed.length,
     };
     this.inb.process(b, list.length, this.tun);
@@ -636,12 +878,15 @@ class Harness {
     const drops = Array.from(this.stats.drops);
     check(drops.every((v, k) => v === this.drops[k]), () => `drops ${fmtDrops(drops)}, model ${fmtDrops(this.drops)}`);
     sameList('pings', this.pings.slice(before.pings), e.pings);
+    sameList('pongs', this.pongs.slice(before.pongs), e.pongs);
     sameList('roams', this.roams.slice(before.roams), e.roams);
     sameList('confirmed', this.confirmed.slice(before.confirmed), e.confirmed);
-    const hs = this.handshakes.slice(before.handshakes);
-    check(hs.length === e.handshakes.length && hs.every((h, k) => h.equals(e.handshakes[k]!)), 'handshake hand-offs differ');
+    sameList('handshakes', this.handshakes.slice(before.handshakes), e.handshakes);
+    sameList('stuns', this.stuns.slice(before.stuns), e.stuns);
+    sameList('relays', this.relays.slice(before.relays), e.relays);
     const s = this.stats;
     check(s.totals[T_RX_PKTS] === this.totalPkts && s.totals[T_RX_BYTES] === this.totalBytes, 'rx totals differ');
+    check(s.totals[T_RELAY_PKTS] === this.relayPkts && s.totals[T_RELAY_BYTES] === this.relayBytes, 'relay totals differ');
     for (const p of [this.refA, this.refC]) {
       const at = (f: number) => s.peers[p.slot * PEER_STRIDE + f]!;
       check(at(P_RX_PKTS) === p.rxPkts && at(P_RX_BYTES) === p.rxBytes, () => `peer ${p.name} rx counters differ`);
@@ -649,42 +894,66 @@ class Harness {
       check(Object.is(at(P_RTT), p.rtt), () => `peer ${p.name} rtt ${at(P_RTT)}, model ${p.rtt}`);
     }
 
-    // Every datagram accounted for exactly once: drops + delivered + control messages == fed.
+    // Every datagram accounted for exactly once: drops + delivered + control-thread hand-offs +
+    // control messages + relay requests == fed (a relayed message counts as the datagram it carries).
+    const delta = (k: number) => drops[k]! - before.drops[k]!;
     const dDrops = drops.reduce((sum, v, k) => sum + v - before.drops[k]!, 0);
     const delivered = attempts.filter((a) => a.accepted).length - flushRefused;
-    const authenticated = s.totals[T_RX_PKTS]! - before.pkts;
-    const postAuthDrops = drops[DROP.spoofed]! - before.drops[DROP.spoofed]! + drops[DROP.malformed]! - before.drops[DROP.malformed]!;
+    const authenticated = peerPkts() - before.peerPkts; // relayed messages and what they carry, each
+    const postAuthDrops = delta(DROP.spoofed) - e.preAuthSpoofed + delta(DROP.malformed) + delta(DROP.relayRefused);
     const pings = this.pings.length - before.pings;
-    const silent = authenticated - attempts.length - postAuthDrops - pings; // keepalives and pongs
-    check(silent === e.silent, () => `${silent} silent control messages, model ${e.silent}`);
-    const control = pings + silent + (this.handshakes.length - before.handshakes);
+    const pongs = this.pongs.length - before.pongs;
+    const relays = this.relays.length - before.relays;
+    const keepalives = authenticated - attempts.length - postAuthDrops - pings - pongs - relays - e.unwrapped;
+    check(keepalives === e.keepalives, () => `${keepalives} keepalives, model ${e.keepalives}`);
+    const handoffs = this.handshakes.length - before.handshakes + (this.stuns.length - before.stuns);
+    const control = pings + pongs + keepalives + relays + handoffs;
     check(dDrops + delivered + control === list.length, () => `accounting: ${dDrops} dropped + ${delivered} delivered + ${control} control != ${list.length} fed`);
 
     const seen = this.seen;
     for (let k = 0; k < DROP_REASONS.length; k++) seen.drops[k]! += e.drops[k]!;
     seen.writes += e.writes.length;
     seen.pings += e.pings.length;
+    seen.pongs += e.pongs.length;
     seen.roams += e.roams.length;
+    seen.relayedRoams += e.roams.filter((x) => x.via !== DIRECT).length;
     seen.handshakes += e.handshakes.length;
+    seen.relayedHandshakes += e.handshakes.filter((x) => x.via !== DIRECT).length;
+    seen.stuns += e.stuns.length;
+    seen.relays += e.relays.length;
     seen.confirmed += e.confirmed.length;
-    seen.silent += e.silent;
+    seen.keepalives += e.keepalives;
+    seen.unwrapped += e.unwrapped;
     // Genuine datagrams evicted from the pool while this batch was assembled are forgotten now.
-    for (const g of this.evicted) {
-      this.genuine.delete(`${g.index}:${g.counter}`);
-      for (const d of this.digests(g)) {
-        const n = this.sealed.get(d)! - 1;
-        if (n === 0) this.sealed.delete(d);
-        else this.sealed.set(d, n);
-      }
-    }
+    for (const g of this.evicted) this.forget(g);
     this.evicted = [];
     // Forget this batch's observations (long runs would otherwise keep every packet).
     this.tun.attempts.length = 0;
     this.pings.length = 0;
+    this.pongs.length = 0;
     this.roams.length = 0;
     this.handshakes.length = 0;
+    this.stuns.length = 0;
+    this.relays.length = 0;
     this.confirmed.length = 0;
     return e;
+  }
+
+  /** Forgets an evicted datagram, unless a known one carries it; then what it carried, if nothing else does. */
+  private forget(g: Genuine): void {
+    g.evicted = true;
+    if ((g.carriedBy ?? 0) > 0) return;
+    this.genuine.delete(`${g.index}:${g.counter}`);
+    for (const d of this.digests(g)) {
+      const n = this.sealed.get(d)! - 1;
+      if (n === 0) this.sealed.delete(d);
+      else this.sealed.set(d, n);
+    }
+    const inner = g.inner;
+    if (inner) {
+      inner.carriedBy! -= 1;
+      if (inner.evicted) this.forget(inner);
+    }
   }
 
   /** Re-applies the same peer set (as a control-plane refresh does): no state may change. */
@@ -701,9 +970,50 @@ function fmtDrops(d: number[]): string {
   return DROP_REASONS.map((r, k) => `${r}=${d[k]}`).join(' ');
 }
 
+/** Same events, field by field (Object.is, so NaN equals NaN; Buffers by content), and no field missing on either side. */
 function sameList<T extends object>(what: string, got: T[], want: T[]): void {
-  const same = got.length === want.length && got.every((g, k) => Object.entries(g).every(([f, v]) => Object.is(v, (want[k] as Record<string, unknown>)[f])));
+  const eq = (a: unknown, b: unknown) => (Buffer.isBuffer(a) && Buffer.isBuffer(b) ? a.equals(b) : Object.is(a, b));
+  const same =
+    got.length === want.length &&
+    got.every((g, k) => {
+      const w = want[k] as Record<string, unknown>;
+      return Object.keys(g).length === Object.keys(w).length && Object.entries(g).every(([f, v]) => eq(v, w[f]));
+    });
   check(same, () => `${what}: got ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
+}
+
+/** A forward (CTRL_FORWARD) or relayed (CTRL_RELAYED) message: 0x00, kind, overlay address (BE), datagram. */
+function relayMsg(kind: number, addr: number, datagram: Buffer): Buffer {
+  const b = Buffer.alloc(RELAY_PREFIX + datagram.length);
+  b[1] = kind;
+  b.writeUInt32BE(addr >>> 0, 2);
+  datagram.copy(b, RELAY_PREFIX);
+  return b;
+}
+
+/** A STUN-shaped datagram: mostly a well-formed message (what a binding answer looks like), sometimes a near miss. */
+function stunish(r: Rand): Buffer {
+  const body = r.chance(0.7) ? 12 : r.int(0, 16) * 4;
+  const d = r.bytes(20 + body);
+  d[0] = r.int(0, 1);
+  d.writeUInt16BE(body, 2);
+  d.writeUInt32BE(STUN_MAGIC, 4);
+  if (r.chance(0.3)) {
+    switch (r.int(0, 3)) {
+      case 0: // length field off
+        d.writeUInt16BE(body + r.pick([-3, -1, 1, 2, 4]) & 0xffff, 2);
+        break;
+      case 1: // cookie off
+        d[r.int(4, 7)]! ^= 1 << r.int(0, 7);
+        break;
+      case 2: // a class or method bit in the top two bits, or another first byte
+        d[0] = r.pick([0x40, 0x80, 0xc1, 2, 4]);
+        break;
+      default: // truncated
+        return d.subarray(0, r.int(0, d.length - 1));
+    }
+  }
+  return d;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,13 +1069,17 @@ function fuzzDatagram(r: Rand, h: Harness): { d: Buffer; src: { ip: number; port
   const anywhere = () => (r.chance(0.3) ? r.pick([A_ENDPOINT, C_ENDPOINT]) : r.pick(ATTACKERS));
   const pick = (): Genuine => (h.pool.length > 0 && r.chance(0.9) ? r.pick(h.pool) : h.anyGenuine());
   if (h.flood.left > 0) {
+    // A flood from one source: handshake messages of their exact sizes mostly (what the bucket
+    // limits), STUN-shaped ones (the same bucket), and near misses.
     h.flood.left--;
-    const d = r.bytes(r.pick([148, 92, 64, r.int(1, 200)]));
-    d[0] = r.int(1, 3);
+    if (r.chance(0.1)) return { d: stunish(r), src: h.flood.src, genuine: false };
+    const type = r.int(1, 3);
+    const d = r.bytes(r.chance(0.8) ? [148, 92, 64][type - 1]! : r.int(1, 200));
+    d[0] = type;
     return { d, src: h.flood.src, genuine: false };
   }
   if (r.chance(0.001)) h.flood = { left: r.int(5, 60), src: r.chance(0.5) ? r.pick(ATTACKERS) : r.pick([A_ENDPOINT, C_ENDPOINT]) };
-  switch (r.weighted([10, 10, 4, 14, 10, 25, 20, 4, 3])) {
+  switch (r.weighted([10, 10, 4, 14, 10, 25, 20, 4, 3, 2])) {
     case 0: // random bytes
       return { d: r.bytes(fuzzLen(r)), src: anywhere(), genuine: false };
     case 1: { // random body behind a plausible header
@@ -803,10 +1117,12 @@ function fuzzDatagram(r: Rand, h: Harness): { d: Buffer; src: { ip: number; port
       const cut = r.int(0, Math.min(a.data.length, 40));
       return { d: Buffer.concat([a.data.subarray(0, cut), b.data.subarray(Math.min(cut, b.data.length))]), src: anywhere(), genuine: false };
     }
-    default: { // an insider (C) seals under A's receiver index with its own key
+    case 8: { // an insider (C) seals under A's receiver index with its own key
       const d = h.cCur.seal(r.bytes(r.int(0, 100)), r.u32(), 0, r.chance(0.5) ? h.aIndex : h.aOld.index);
       return { d, src: C_ENDPOINT, genuine: false };
     }
+    default: // STUN answers (and near misses), from STUN servers or anyone
+      return { d: stunish(r), src: r.chance(0.7) ? r.pick(STUN_SERVERS) : anywhere(), genuine: false };
   }
 }
 
@@ -832,10 +1148,11 @@ beforeAll(async () => {
 
 // The production AEAD is sodium-native; where it does not load, the WASM build (the agent's own
 // fallback) takes its cases, so the budget is always spent.
-describe.each<[FuzzTarget, () => Promise<Aead>]>([
-  ['inbound.native', async () => NativeAead.tryCreate() ?? WasmAead.create()],
-  ['inbound.wasm', async () => WasmAead.create()],
-])('fuzz: %s', (target, makeAead) => {
+// B relays in the first run (forwards to A or C are passed on), not in the second (all refused).
+describe.each<[FuzzTarget, () => Promise<Aead>, boolean]>([
+  ['inbound.native', async () => NativeAead.tryCreate() ?? WasmAead.create(), true],
+  ['inbound.wasm', async () => WasmAead.create(), false],
+])('fuzz: %s', (target, makeAead, relay) => {
   it('Inbound.process: no throw, every datagram accounted for, only authenticated plaintext on the TUN', async () => {
     const aead = await makeAead();
     const sender = await makeAead();
@@ -848,7 +1165,7 @@ describe.each<[FuzzTarget, () => Promise<Aead>]>([
     let nextFresh = 1000;
     let nextRefresh = 5000;
     const run = fuzz(target, cases, (r, i, note) => {
-      h ??= new Harness(new Rand(r.u32()), aead, sender, aOut, kx, keys);
+      h ??= new Harness(new Rand(r.u32()), aead, sender, aOut, kx, keys, relay);
       const c = fuzzDatagram(r, h);
       pending.push({ d: c.d, src: c.src });
       if (r.chance(0.3)) h.anyGenuine(); // in flight: sent now, delivered later or never
@@ -871,15 +1188,22 @@ describe.each<[FuzzTarget, () => Promise<Aead>]>([
     });
     // The fuzzer reached every stage: every inbound drop reason, deliveries, control messages, events.
     const seen = h!.seen;
-    for (const reason of ['short', 'badType', 'unknownPeer', 'replay', 'auth', 'spoofed', 'malformed', 'handshakeRateLimited'] as const) {
+    for (const reason of ['short', 'badType', 'unknownPeer', 'replay', 'auth', 'spoofed', 'malformed', 'handshakeRateLimited', 'relayRefused'] as const) {
       expect(seen.drops[DROP[reason]], reason).toBeGreaterThan(cases / 2000);
     }
     expect(seen.writes).toBeGreaterThan(cases / 20);
     expect(seen.pings).toBeGreaterThan(0);
+    expect(seen.pongs).toBeGreaterThan(0);
     expect(seen.roams).toBeGreaterThan(0);
+    expect(seen.relayedRoams).toBeGreaterThan(0);
     expect(seen.handshakes).toBeGreaterThan(0);
+    expect(seen.relayedHandshakes).toBeGreaterThan(0);
+    expect(seen.stuns).toBeGreaterThan(0);
+    expect(seen.unwrapped).toBeGreaterThan(cases / 2000);
+    if (relay) expect(seen.relays).toBeGreaterThan(0);
+    else expect(seen.relays).toBe(0);
     expect(seen.confirmed).toBe(1);
-    expect(seen.silent).toBeGreaterThan(0);
+    expect(seen.keepalives).toBeGreaterThan(0);
     expect(run.cases).toBe(cases);
   });
 });

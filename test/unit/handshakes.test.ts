@@ -2,29 +2,45 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log';
 import { loadSodium } from '../../src/crypto/sodium';
 import { Noise } from '../../src/crypto/noise';
-import { HandshakeManager, INITIATE_DELAY_MS, RETRY_MIN_MS, UNDER_LOAD_PER_S } from '../../src/agent/handshakes';
+import { HandshakeManager, INITIATE_DELAY_MS, RETRY_MIN_MS, UNDER_LOAD_PER_S, type HandshakeDeps } from '../../src/agent/handshakes';
+import type { Endpoint } from '../../src/agent/paths';
 
-/** Two handshake managers joined by an in-memory wire with a hand-driven clock. */
-async function world(opts: { drop?: (msg: Uint8Array, to: string) => boolean } = {}) {
+type Side = 'lo' | 'hi';
+interface Sent {
+  to: Side;
+  msg: Uint8Array;
+  ip: number;
+  port: number;
+  via?: { relay: string; peer: string };
+}
+
+/**
+ * Two handshake managers joined by an in-memory wire with a hand-driven clock. A message sent
+ * through a relay (`via`) arrives as passed on by the relay peer named 'relay'.
+ */
+async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps?: (side: Side) => Partial<HandshakeDeps> } = {}) {
   const s = await loadSodium();
   let now = 1_000_000;
   const kps = [s.crypto_box_keypair(), s.crypto_box_keypair()].sort((x, y) => Buffer.compare(Buffer.from(x.publicKey), Buffer.from(y.publicKey)));
-  const wire: { to: 'lo' | 'hi'; msg: Uint8Array; ip: number; port: number }[] = [];
-  const log: { to: 'lo' | 'hi'; msg: Uint8Array }[] = [];
+  const wire: { to: Side; msg: Uint8Array; ip: number; port: number; via?: string }[] = [];
+  const log: Sent[] = [];
   const timers = { rekeyAfterMs: 10_000, rejectAfterMs: 15_000 };
-  const mk = (i: number, name: 'lo' | 'hi', other: 'lo' | 'hi') => {
+  const mk = (i: number, name: Side, other: Side) => {
     const changes = { n: 0 };
     const m = new HandshakeManager({
       noise: new Noise(s, kps[i]!.privateKey, kps[i]!.publicKey),
-      send: (msg, _ip, _port) => {
-        log.push({ to: other, msg: msg.slice() });
-        if (!opts.drop?.(msg, other)) wire.push({ to: other, msg: msg.slice(), ip: i + 1, port: 51820 });
+      send: (msg, ip, port, via) => {
+        log.push({ to: other, msg: msg.slice(), ip, port, ...(via ? { via } : {}) });
+        if (opts.drop?.(msg, other)) return;
+        if (via) wire.push({ to: other, msg: msg.slice(), ip: 0, port: 0, via: 'relay' });
+        else wire.push({ to: other, msg: msg.slice(), ip: i + 1, port: 51820 });
       },
       onChange: () => changes.n++,
       log: silentLogger,
       now: () => now,
       timers,
       random: () => 0.5,
+      ...opts.deps?.(name),
     });
     return { m, changes };
   };
@@ -35,7 +51,7 @@ async function world(opts: { drop?: (msg: Uint8Array, to: string) => boolean } =
   const deliver = () => {
     while (wire.length > 0) {
       const w = wire.shift()!;
-      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port);
+      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via);
     }
   };
   const advance = (ms: number) => {
@@ -192,5 +208,137 @@ describe('HandshakeManager keys after a rekey', () => {
     expect(aead.open(aead.loadKey(oldRecv), 7, withOld, 0, 16, 16, 80)).toBe(-1);
     const newRecv = [w.hi.m.usable('lo')!.send, ...w.hi.m.usable('lo')!.others].find((s) => s.remoteIndex === fresh.localIndex)!;
     expect(aead.open(aead.loadKey(newRecv.recvKey), 7, pkt, 0, 16, 16, 80)).toBe(64);
+  });
+});
+
+describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
+  const RELAY: Endpoint = { ip: 0, port: 0, via: 'relay' };
+
+  it('sends each initiation to every target deps.targets names, through the relay for a relayed one', async () => {
+    const calls: [string, boolean][] = [];
+    const targets: Endpoint[] = [{ ip: 10, port: 1 }, { ip: 11, port: 2 }, RELAY];
+    const w = await world({
+      deps: (side) => (side === 'lo' ? { targets: (name: string, has: boolean) => (calls.push([name, has]), targets) } : {}),
+    });
+    expect(calls).toEqual([['hi', false]]);
+    expect(w.lo.m.stats.initiationsSent).toBe(1); // one initiation, three copies
+    const inits = w.log.filter((l) => l.msg[0] === 1);
+    expect(inits.map((l) => [l.ip, l.port, l.via])).toEqual([
+      [10, 1, undefined],
+      [11, 2, undefined],
+      [0, 0, { relay: 'relay', peer: 'hi' }],
+    ]);
+    expect(new Set(inits.map((l) => hex(l.msg))).size).toBe(1);
+    w.deliver();
+    // hi answers the first copy that arrives; the others are replays of it
+    expect(w.hi.m.stats.responsesSent).toBe(1);
+    expect(w.hi.m.stats.drops.replay).toBe(2);
+    expect(w.lo.m.usable('hi')).not.toBeNull();
+    // with a session: the rekey initiation asks for targets again, saying so
+    w.advance(w.timers.rekeyAfterMs);
+    expect(calls.at(-1)).toEqual(['hi', true]);
+    expect(w.lo.m.stats.rekeys).toBe(1);
+  });
+
+  it('without targets, initiations go to the last known endpoint; moveEndpoint with a relay sends through it', async () => {
+    const w = await world({ deps: () => ({ targets: () => [] }), drop: () => true });
+    expect(w.log.map((l) => [l.to, l.msg[0], l.ip, l.port, l.via])).toEqual([['hi', 1, 2, 51820, undefined]]);
+    const lastToHi = () => w.log.filter((l) => l.to === 'hi').at(-1)!;
+    w.lo.m.moveEndpoint('hi', 0, 0, 'relay');
+    w.advance(RETRY_MIN_MS * 2); // the retry
+    expect(w.lo.m.stats.initiationsSent).toBe(2);
+    expect(lastToHi()).toMatchObject({ ip: 0, port: 0, via: { relay: 'relay', peer: 'hi' } });
+    w.lo.m.moveEndpoint('hi', 7, 7000);
+    w.advance(RETRY_MIN_MS * 4);
+    expect(w.lo.m.stats.initiationsSent).toBe(3);
+    expect(lastToHi()).toMatchObject({ ip: 7, port: 7000 });
+    expect(lastToHi().via).toBeUndefined();
+  });
+
+  it('a relayed initiation is answered through the relay, and both sides learn the relayed path', async () => {
+    const seen: [Side, string, Endpoint][] = [];
+    const w = await world({
+      drop: () => true, // the test carries every message itself
+      deps: (side) => ({ onEndpoint: (name: string, from: Endpoint) => seen.push([side, name, from]) }),
+    });
+    const init = w.log.find((l) => l.msg[0] === 1)!.msg;
+    w.hi.m.receive(init, 0, 0, 'relay');
+    expect(seen).toEqual([['hi', 'lo', RELAY]]);
+    const resp = w.log.at(-1)!;
+    expect([resp.to, resp.msg[0], resp.ip, resp.port, resp.via]).toEqual(['lo', 2, 0, 0, { relay: 'relay', peer: 'lo' }]);
+    w.lo.m.receive(resp.msg, 0, 0, 'relay');
+    expect(seen).toEqual([
+      ['hi', 'lo', RELAY],
+      ['lo', 'hi', RELAY],
+    ]);
+    expect(w.lo.m.usable('hi')!.send.initiator).toBe(true);
+    // Later handshakes follow: lo's next initiation (no targets dep) goes through the relay.
+    w.advance(w.timers.rekeyAfterMs);
+    expect(w.log.at(-1)).toMatchObject({ to: 'hi', ip: 0, port: 0, via: { relay: 'relay', peer: 'hi' } });
+  });
+
+  it('onEndpoint gets the source of a direct handshake message', async () => {
+    const seen: [Side, string, Endpoint][] = [];
+    const w = await world({ deps: (side) => ({ onEndpoint: (name: string, from: Endpoint) => seen.push([side, name, from]) }) });
+    w.deliver();
+    expect(seen).toEqual([
+      ['hi', 'lo', { ip: 1, port: 51820 }],
+      ['lo', 'hi', { ip: 2, port: 51820 }],
+    ]);
+    // Messages that fail (a replayed initiation) are no evidence.
+    w.hi.m.receive(w.log.find((l) => l.msg[0] === 1)!.msg, 9, 9);
+    expect(seen.length).toBe(2);
+  });
+
+  it('under load a relayed initiation gets no cookie reply (it comes from a peer of ours)', async () => {
+    const w = await world({ drop: () => true });
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    for (let i = 0; i <= UNDER_LOAD_PER_S; i++) {
+      w.hi.m.receive(stranger.initiate(w.kps[1]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
+    }
+    expect(w.hi.m.stats.cookiesSent).toBe(1); // loaded
+    w.hi.m.receive(w.log.find((l) => l.msg[0] === 1)!.msg, 0, 0, 'relay');
+    expect(w.hi.m.stats.cookiesSent).toBe(1);
+    expect(w.hi.m.stats.responsesSent).toBe(1);
+    expect(w.log.at(-1)).toMatchObject({ to: 'lo', via: { relay: 'relay', peer: 'lo' } });
+  });
+
+  it.each(['lo', 'hi'] as const)('rekeyAll on %s starts a new handshake at once for a peer with a fresh session', async (side) => {
+    const w = await world();
+    w.deliver();
+    w.advance(1_000);
+    const me = side === 'lo' ? w.lo.m : w.hi.m;
+    const other = side === 'lo' ? w.hi.m : w.lo.m;
+    const before = me.usable(side === 'lo' ? 'hi' : 'lo')!.send.keyId;
+    const sent = me.stats.initiationsSent;
+    me.rekeyAll(); // our address changed
+    expect(me.stats.initiationsSent).toBe(sent + 1);
+    w.deliver();
+    expect(me.stats.rekeys).toBe(1);
+    expect(me.usable(side === 'lo' ? 'hi' : 'lo')!.send.keyId).not.toBe(before);
+    expect(me.usable(side === 'lo' ? 'hi' : 'lo')!.send.initiator).toBe(true);
+    // Done: no further handshakes until the session ages.
+    for (let t = 0; t < 5; t++) w.advance(1_000);
+    expect(me.stats.initiationsSent).toBe(sent + 1);
+    expect(other.stats.initiationsSent).toBe(side === 'lo' ? 0 : 1);
+  });
+
+  it('after rekeyAll a lost initiation is retried until one completes', async () => {
+    let lose = false;
+    const w = await world({ drop: (m, to) => lose && to === 'hi' && m[0] === 1 });
+    w.deliver();
+    w.advance(1_000);
+    lose = true;
+    w.lo.m.rekeyAll();
+    const sent = w.lo.m.stats.initiationsSent;
+    for (let t = 0; t < 2_000; t += 50) w.advance(50);
+    expect(w.lo.m.stats.initiationsSent).toBeGreaterThan(sent + 2);
+    expect(w.lo.m.stats.rekeys).toBe(0);
+    lose = false;
+    for (let t = 0; t < 5_000 && w.lo.m.stats.rekeys === 0; t += 50) w.advance(50);
+    expect(w.lo.m.stats.rekeys).toBe(1);
+    const done = w.lo.m.stats.initiationsSent;
+    for (let t = 0; t < 3_000; t += 50) w.advance(50);
+    expect(w.lo.m.stats.initiationsSent).toBe(done);
   });
 });
