@@ -410,7 +410,8 @@ export class Agent {
       if (!ep || !this.stun) continue;
       jobs.push(
         this.stun.query({ ip: ep.ip, port: ep.port }).then((m) => {
-          if (m) this.reflexive.observe(`stun:${s}`, ep.ip, m.ip, m.port);
+          // (held until well after the next query, so the view does not flicker in between)
+          if (m) this.reflexive.observe(`stun:${s}`, ep.ip, m.ip, m.port, 2.5 * DISCOVERY_EVERY_MS);
           else this.log.debug({ server: s }, 'STUN server did not answer');
         }),
       );
@@ -511,6 +512,8 @@ export class Agent {
       const v = this.reflexive.view();
       this.log.info({ reflexive: v.reflexive, nat: v.nat }, 'reflexive address learned');
       this.candidatesMaybeChanged();
+      // Our mapping may have changed under us: ask the STUN servers again (no-op without any).
+      void this.discover();
     }
   }
 

@@ -29,6 +29,7 @@ interface Observation {
   endpoint: string;
   observerIp: number;
   at: number;
+  ttl: number;
 }
 
 export class ReflexiveTracker {
@@ -41,13 +42,18 @@ export class ReflexiveTracker {
   ) {}
 
   /**
-   * `observer` (a peer name or "stun:ip:port") at observerIp says it saw us at ip:port.
-   * Returns true when the derived view changed.
+   * `observer` (a peer name or "stun:ip:port") at observerIp says it saw us at ip:port; the report
+   * holds for ttlMs (peers re-report with every pong, every 5 s; STUN servers less often).
+   * When an observer reports a new mapping, ours changed (a NAT forgot it, say): what the others
+   * said before is stale, so it is dropped. Returns true when the derived view changed.
    */
-  observe(observer: string, observerIp: number, ip: number, port: number): boolean {
+  observe(observer: string, observerIp: number, ip: number, port: number, ttlMs = OBSERVATION_TTL_MS): boolean {
     if (ip === 0 || port === 0) return false;
     const before = this.key();
-    this.byObserver.set(observer, { endpoint: formatEndpoint(ip, port), observerIp, at: this.now() });
+    const endpoint = formatEndpoint(ip, port);
+    const prev = this.byObserver.get(observer);
+    if (prev && prev.endpoint !== endpoint) this.byObserver.clear();
+    this.byObserver.set(observer, { endpoint, observerIp, at: this.now(), ttl: ttlMs });
     return this.key() !== before;
   }
 
@@ -62,7 +68,7 @@ export class ReflexiveTracker {
 
   view(): ReflexiveView {
     const now = this.now();
-    for (const [k, o] of this.byObserver) if (now - o.at > OBSERVATION_TTL_MS) this.byObserver.delete(k);
+    for (const [k, o] of this.byObserver) if (now - o.at > o.ttl) this.byObserver.delete(k);
     const fresh = [...this.byObserver.values()].sort((a, b) => b.at - a.at);
     const seen = [...new Set(fresh.map((o) => o.endpoint))];
     if (seen.length === 0) return { reflexive: null, nat: 'unknown', seen };

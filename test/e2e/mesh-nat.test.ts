@@ -50,7 +50,11 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     const stun = `${bed.topo.routerIp}:3478`;
     bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
     await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
-    await Promise.all(['a', 'b', 'c', 'd', 'e'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
+    // e listens on another port than a: two hosts on one port behind one Linux NAT make it map by
+    // destination (whoever reaches a destination first keeps the port), no longer endpoint-independent.
+    await Promise.all(
+      ['a', 'b', 'c', 'd', 'e'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun], listenPort: n === 'e' ? 51821 : 51820 })),
+    );
     for (const a of bed.agents) ips.set(a.name, (await a.status()).self.overlayIp);
     try {
       await bed.waitUp(bed.agents, 30_000);
@@ -72,8 +76,7 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
       const d = await statusOf('a');
       return d.self.reflexive ? d : undefined;
     });
-    // The site's public address; the port is 51820 unless e (same site, same port) got it first.
-    expect(doc.self.reflexive).toMatch(new RegExp(`^${siteWan('s1').replace(/\./g, '\\.')}:\\d+$`));
+    expect(doc.self.reflexive).toBe(`${siteWan('s1')}:51820`);
     expect(doc.self.nat).toBe('eim');
     expect(doc.self.endpoints).toContain(doc.self.reflexive);
     // ...and it is exactly where pub sees a's packets come from.
@@ -110,8 +113,9 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     }).catch((e: Error) => {
       throw new Error(`${e.message}\n${logs('a', 'e')}`);
     });
-    expect(peer(da, 'e')).toMatchObject({ path: 'direct', pathScope: 'private', endpoint: `${bed.topo.host('e').underlayIp}:51820` });
+    expect(peer(da, 'e')).toMatchObject({ path: 'direct', pathScope: 'private' });
     expect(peer(de, 'a')).toMatchObject({ path: 'direct', pathScope: 'private', endpoint: `${bed.topo.host('a').underlayIp}:51820` });
+    expect(peer(da, 'e')?.endpoint).toBe(`${bed.topo.host('e').underlayIp}:51821`);
     expect(await bed.agent('a').statusText()).toMatch(/\be\s+\S+\s+\S+\s+direct private/);
     const r = await ping(bed.topo, bed.topo.host('e').ns, ips.get('a')!, { count: 3, intervalS: 0.1 });
     expect(r.received).toBe(3);

@@ -78,6 +78,28 @@ describe('ReflexiveTracker', () => {
     expect(t.view()).toEqual({ reflexive: '203.0.113.50:40777', nat: 'eim', seen: ['203.0.113.50:40777'] });
   });
 
+  it('an observer reporting a new mapping makes the others\' older reports stale (our NAT forgot us)', () => {
+    t.observe('b', OBS_B, NAT_IP, 40000);
+    t.observe('stun:x', STUN, NAT_IP, 40000, 150_000);
+    expect(t.view()).toMatchObject({ reflexive: '203.0.113.50:40000', nat: 'eim' });
+    now += 1_000;
+    // the NAT lost its mapping and made a new one: b sees it first; STUN's word is now stale
+    expect(t.observe('b', OBS_B, NAT_IP, 40777)).toBe(true);
+    expect(t.view()).toEqual({ reflexive: '203.0.113.50:40777', nat: 'eim', seen: ['203.0.113.50:40777'] });
+  });
+
+  it('a report with its own, longer TTL (a STUN server asked once a minute) outlives peer reports', () => {
+    t.observe('stun:x', STUN, NAT_IP, 40000, 150_000);
+    now += OBSERVATION_TTL_MS + 1;
+    expect(t.view().reflexive).toBe('203.0.113.50:40000');
+    t.observe('b', OBS_B, NAT_IP, 40000);
+    expect(t.view().nat).toBe('eim');
+    now += OBSERVATION_TTL_MS + 1; // b's report expires, STUN's (150 s) still holds
+    expect(t.view()).toEqual({ reflexive: '203.0.113.50:40000', nat: 'eim', seen: ['203.0.113.50:40000'] });
+    now += 150_000; // and then STUN's too
+    expect(t.view()).toEqual({ reflexive: null, nat: 'unknown', seen: [] });
+  });
+
   it('forgets reports older than OBSERVATION_TTL_MS', () => {
     t.observe('b', OBS_B, NAT_IP, 40001);
     now += 5_000;
