@@ -507,6 +507,8 @@ export class Agent {
     const relay = p.via === DIRECT ? undefined : this.nameOfSlot(p.via);
     if (p.via !== DIRECT && !relay) return;
     this.paths.onPong(name, relay ? { ip: 0, port: 0, via: relay } : { ip: p.ip, port: p.port }, p.rttMs);
+    // A pong may be the evidence a move waits for: decide now, not at the next path tick.
+    if (!relay && (p.ip !== this.peers.get(name)?.endpoint.ip || p.port !== this.peers.get(name)?.endpoint.port)) this.pathTick();
     // What a peer off our own networks saw of us is our public face.
     if (!relay && !this.isLocal(p.ip) && this.reflexive.observe(name, p.ip, p.seenIp, p.seenPort)) {
       const v = this.reflexive.view();
@@ -571,6 +573,8 @@ export class Agent {
     );
     this.syncPaths();
     this.schedulePush();
+    // New candidates get their first probes now, not at the next path tick.
+    setImmediate(() => this.pathTick());
   }
 
   private nameOfSlot(slot: number): string | undefined {

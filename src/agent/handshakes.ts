@@ -3,7 +3,8 @@
  * result: per peer, one session to send on and a few more to accept on receive.
  *
  *   1. initiate   when a peer has no usable session (the host with the lower public key at once,
- *                 the other after INITIATE_DELAY_MS, so two hosts that meet rarely both start),
+ *                 the other after INITIATE_DELAY_MS, so two hosts that meet rarely both start;
+ *                 simultaneous initiations are harmless: each side then sends on its own),
  *                 and when our current session passes REKEY_AFTER
  *   2. retry      unanswered initiations, with exponential backoff from RETRY_MIN_MS to RETRY_MAX_MS
  *   3. respond    to a valid initiation from a known peer whose timestamp is newer than any before
@@ -28,7 +29,7 @@ export interface HandshakeTimers {
 export const DEFAULT_TIMERS: HandshakeTimers = { rekeyAfterMs: 120_000, rejectAfterMs: 180_000 };
 export const RETRY_MIN_MS = 250;
 export const RETRY_MAX_MS = 5_000;
-export const INITIATE_DELAY_MS = 1_000;
+export const INITIATE_DELAY_MS = 250;
 export const UNDER_LOAD_PER_S = 50;
 const COOKIE_SECRET_MS = 120_000;
 const MAX_SESSIONS = 3;

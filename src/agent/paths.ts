@@ -161,14 +161,12 @@ export class PathManager {
   /** Our own addresses changed (or we woke up): probe everything fast again. */
   localChanged(): void {
     const now = this.d.now();
-    for (const p of this.peers.values()) {
-      this.discover(p, now);
-      p.lastProbe = -Infinity;
-    }
+    for (const p of this.peers.values()) this.discover(p, now);
   }
 
   private discover(p: PeerPaths, now: number): void {
     p.discoverUntil = now + DISCOVER_MS;
+    p.lastProbe = -Infinity; // probe the new state of things at once
   }
 
   /** A pong came back from `from` (a probe's answer or a ping's) after rttMs. */
