@@ -86,6 +86,8 @@ export function buildProgram(): Command {
     .option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)')
     .option('--etcd-password-file <file>', 'file holding the etcd password')
     .action(async (opts: Record<string, unknown>) => {
+      // First of all: restart this process (same pid) with the agent's Node flags, unless it has them.
+      (await import('./agent/node-flags')).reexecWithAgentFlags();
       const { config, ...flags } = opts;
       const cfg = loadAgentConfig({ file: config as string | undefined, env: process.env, flags });
       const log = createRootLogger(cfg.logLevel);

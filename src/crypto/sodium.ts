@@ -1,7 +1,39 @@
-/** Loads libsodium (WebAssembly build). The only place that imports the package. */
-import sodiumWrappers from 'libsodium-wrappers';
+/**
+ * libsodium for the control plane (handshakes, host keys, certificates) and the WASM AEAD. The
+ * only place that loads libsodium-wrappers or, for the control plane, sodium-native.
+ *
+ * `loadSodium()` gives the few functions cladnet uses, from sodium-native (the native addon the
+ * data plane uses too) when it loads, else from libsodium-wrappers (WebAssembly). Both are
+ * libsodium, so the results are the same bytes. libsodium-wrappers is loaded only when needed:
+ * its JS and WASM cost each thread that loads it about 4 MiB (docs/performance.md, Memory).
+ */
+import type * as SodiumWrappersModule from 'libsodium-wrappers';
 
-export type Sodium = typeof sodiumWrappers;
+type SodiumWrappers = typeof SodiumWrappersModule;
+
+export interface SodiumKeyPair {
+  publicKey: Uint8Array;
+  privateKey: Uint8Array;
+}
+
+/** The libsodium functions cladnet uses, with libsodium-wrappers' signatures (it throws on failure). */
+export interface Sodium {
+  crypto_generichash(hashLength: number, message: Uint8Array, key: Uint8Array | null): Uint8Array;
+  crypto_scalarmult(privateKey: Uint8Array, publicKey: Uint8Array): Uint8Array;
+  crypto_scalarmult_base(privateKey: Uint8Array): Uint8Array;
+  crypto_box_keypair(): SodiumKeyPair;
+  crypto_aead_chacha20poly1305_ietf_encrypt(message: Uint8Array, ad: Uint8Array | null, nsec: null, nonce: Uint8Array, key: Uint8Array): Uint8Array;
+  crypto_aead_chacha20poly1305_ietf_decrypt(nsec: null, ciphertext: Uint8Array, ad: Uint8Array | null, nonce: Uint8Array, key: Uint8Array): Uint8Array;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(message: Uint8Array, ad: Uint8Array | null, nsec: null, nonce: Uint8Array, key: Uint8Array): Uint8Array;
+  crypto_aead_xchacha20poly1305_ietf_decrypt(nsec: null, ciphertext: Uint8Array, ad: Uint8Array | null, nonce: Uint8Array, key: Uint8Array): Uint8Array;
+  randombytes_buf(length: number): Uint8Array;
+  /** Constant-time equality of two arrays of the same length. */
+  memcmp(a: Uint8Array, b: Uint8Array): boolean;
+  crypto_sign_keypair(): SodiumKeyPair;
+  crypto_sign_seed_keypair(seed: Uint8Array): SodiumKeyPair;
+  crypto_sign_detached(message: Uint8Array, secretKey: Uint8Array): Uint8Array;
+  crypto_sign_verify_detached(signature: Uint8Array, message: Uint8Array, publicKey: Uint8Array): boolean;
+}
 
 /** The raw Emscripten module under the wrappers: functions over pointers into `HEAPU8`. */
 export interface RawSodium {
@@ -18,15 +50,137 @@ export interface RawSodium {
   ): number;
 }
 
+/** sodium-native's functions used below (the package ships no types of its own). */
+interface Native {
+  crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array | null): void;
+  crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): void;
+  crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
+  crypto_box_keypair(pk: Uint8Array, sk: Uint8Array): void;
+  crypto_aead_chacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+  crypto_aead_chacha20poly1305_ietf_decrypt(m: Uint8Array, nsec: null, c: Uint8Array, ad: Uint8Array | null, npub: Uint8Array, k: Uint8Array): number;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+  crypto_aead_xchacha20poly1305_ietf_decrypt(m: Uint8Array, nsec: null, c: Uint8Array, ad: Uint8Array | null, npub: Uint8Array, k: Uint8Array): number;
+  randombytes_buf(buf: Uint8Array): void;
+  sodium_memcmp(a: Uint8Array, b: Uint8Array): boolean;
+  crypto_sign_keypair(pk: Uint8Array, sk: Uint8Array): void;
+  crypto_sign_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): void;
+  crypto_sign_detached(sig: Uint8Array, m: Uint8Array, sk: Uint8Array): void;
+  crypto_sign_verify_detached(sig: Uint8Array, m: Uint8Array, pk: Uint8Array): boolean;
+}
+
+const TAG = 16;
+
+/** libsodium-wrappers' argument checks that sodium-native leaves to a thrown error or not at all. */
+function need(ok: boolean, what: string): void {
+  if (!ok) throw new Error(`invalid ${what} length`);
+}
+
+function nativeSodium(n: Native): Sodium {
+  const aead = (enc: Native['crypto_aead_chacha20poly1305_ietf_encrypt'], dec: Native['crypto_aead_chacha20poly1305_ietf_decrypt'], npub: number) => ({
+    encrypt(m: Uint8Array, ad: Uint8Array | null, _nsec: null, nonce: Uint8Array, key: Uint8Array): Uint8Array {
+      need(nonce.length === npub, 'nonce');
+      need(key.length === 32, 'key');
+      const c = new Uint8Array(m.length + TAG);
+      enc(c, m, ad, null, nonce, key);
+      return c;
+    },
+    decrypt(_nsec: null, c: Uint8Array, ad: Uint8Array | null, nonce: Uint8Array, key: Uint8Array): Uint8Array {
+      need(nonce.length === npub, 'nonce');
+      need(key.length === 32, 'key');
+      if (c.length < TAG) throw new Error('ciphertext cannot be decrypted using that key');
+      const m = new Uint8Array(c.length - TAG);
+      dec(m, null, c, ad, nonce, key); // throws when the tag does not verify
+      return m;
+    },
+  });
+  const ietf = aead(n.crypto_aead_chacha20poly1305_ietf_encrypt, n.crypto_aead_chacha20poly1305_ietf_decrypt, 12);
+  const x = aead(n.crypto_aead_xchacha20poly1305_ietf_encrypt, n.crypto_aead_xchacha20poly1305_ietf_decrypt, 24);
+  const pair = (gen: (pk: Uint8Array, sk: Uint8Array) => void, skLen: number): SodiumKeyPair => {
+    const publicKey = new Uint8Array(32);
+    const privateKey = new Uint8Array(skLen);
+    gen(publicKey, privateKey);
+    return { publicKey, privateKey };
+  };
+  return {
+    crypto_generichash(len, message, key) {
+      const out = new Uint8Array(len);
+      if (key) n.crypto_generichash(out, message, key);
+      else n.crypto_generichash(out, message);
+      return out;
+    },
+    crypto_scalarmult(priv, pub) {
+      const q = new Uint8Array(32);
+      n.crypto_scalarmult(q, priv, pub); // throws for a point of low order, as libsodium-wrappers does
+      return q;
+    },
+    crypto_scalarmult_base(priv) {
+      const q = new Uint8Array(32);
+      n.crypto_scalarmult_base(q, priv);
+      return q;
+    },
+    crypto_box_keypair: () => pair((pk, sk) => n.crypto_box_keypair(pk, sk), 32),
+    crypto_aead_chacha20poly1305_ietf_encrypt: ietf.encrypt,
+    crypto_aead_chacha20poly1305_ietf_decrypt: ietf.decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt: x.encrypt,
+    crypto_aead_xchacha20poly1305_ietf_decrypt: x.decrypt,
+    randombytes_buf(len) {
+      const b = new Uint8Array(len);
+      n.randombytes_buf(b);
+      return b;
+    },
+    memcmp(a, b) {
+      need(a.length === b.length, 'memcmp argument');
+      return n.sodium_memcmp(a, b);
+    },
+    crypto_sign_keypair: () => pair((pk, sk) => n.crypto_sign_keypair(pk, sk), 64),
+    crypto_sign_seed_keypair(seed) {
+      need(seed.length === 32, 'seed');
+      return pair((pk, sk) => n.crypto_sign_seed_keypair(pk, sk, seed), 64);
+    },
+    crypto_sign_detached(message, secretKey) {
+      need(secretKey.length === 64, 'secretKey');
+      const sig = new Uint8Array(64);
+      n.crypto_sign_detached(sig, message, secretKey);
+      return sig;
+    },
+    crypto_sign_verify_detached(signature, message, publicKey) {
+      need(signature.length === 64, 'signature');
+      need(publicKey.length === 32, 'publicKey');
+      return n.crypto_sign_verify_detached(signature, message, publicKey);
+    },
+  };
+}
+
+let wrappers: Promise<SodiumWrappers> | undefined;
+
+/** libsodium-wrappers (WebAssembly), loaded on first use. */
+function loadWrappers(): Promise<SodiumWrappers> {
+  wrappers ??= import('libsodium-wrappers').then(async (m) => {
+    const s = (m as unknown as { default?: SodiumWrappers }).default ?? m;
+    await s.ready;
+    return s;
+  });
+  return wrappers;
+}
+
 let ready: Promise<Sodium> | undefined;
 
+/** sodium-native when the addon loads here, else libsodium-wrappers. */
 export function loadSodium(): Promise<Sodium> {
-  ready ??= sodiumWrappers.ready.then(() => sodiumWrappers);
+  ready ??= (async () => {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return nativeSodium(require('sodium-native') as Native);
+    } catch {
+      const w: Sodium = await loadWrappers();
+      return w;
+    }
+  })();
   return ready;
 }
 
 export async function loadRawSodium(): Promise<RawSodium> {
-  const s = await loadSodium();
+  const s = await loadWrappers();
   const raw = (s as unknown as { libsodium?: RawSodium }).libsodium;
   if (!raw || typeof raw._crypto_aead_chacha20poly1305_ietf_encrypt_detached !== 'function') {
     throw new Error('libsodium-wrappers does not expose its raw module; cannot run the data plane');

@@ -21,6 +21,13 @@ export const ioctlNum = lib.func('int ioctl(int fd, unsigned long req, unsigned 
   arg: number,
 ) => number;
 export const fcntl = lib.func('int fcntl(int fd, int cmd, int arg)') as (fd: number, cmd: number, arg: number) => number;
+export const F_SETFD = 2;
+/** Replaces the process image (same pid); returns only on failure. Arrays end with null. */
+export const execve = lib.func('int execve(const char *path, const char **argv, const char **envp)') as (
+  path: string,
+  argv: (string | null)[],
+  envp: (string | null)[],
+) => number;
 export const readPtr = lib.func('intptr_t read(int fd, uintptr_t buf, size_t len)') as (
   fd: number,
   buf: bigint,

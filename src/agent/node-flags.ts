@@ -1,0 +1,39 @@
+/**
+ * The Node/V8 flags the agent runs with, for memory (docs/performance.md, Memory). V8 reads them
+ * when it starts, so an agent started without them (`node dist/cli.js agent`, as the test bed and
+ * the bench do) replaces itself once with them added: execve(2) through koffi, so the pid stays
+ * the same (systemd, the bench and the tests track it). systemd/cladnet.service passes them on
+ * the command line, so there it needs no second start. They apply to the data-plane workers too.
+ */
+export const AGENT_NODE_FLAGS: readonly string[] = [
+  '--optimize-for-size', // V8 favours memory over speed: a 1 MiB young generation, slower heap growth
+  '--v8-pool-size=1', // one V8 background thread instead of four
+  '--no-node-snapshot', // each isolate bootstraps only what it uses: fewer pages of the node binary, smaller heaps
+];
+
+/** Set in the new image; set beforehand (to anything, e.g. CLADNET_REEXEC=0), no re-exec happens. */
+export const REEXEC_ENV = 'CLADNET_REEXEC';
+
+/**
+ * Re-executes this process with the AGENT_NODE_FLAGS missing from process.execArgv, before the
+ * script. Returns only when it does not (nothing missing, turned off, or execve failed: the agent
+ * then runs as it is, with about 10 MiB more RSS).
+ */
+export function reexecWithAgentFlags(): void {
+  if (process.env[REEXEC_ENV] !== undefined) return;
+  const missing = AGENT_NODE_FLAGS.filter((f) => !process.execArgv.includes(f));
+  if (missing.length === 0) return;
+  try {
+    // (loaded here, not at the top: the CLI's other commands need no FFI)
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const libc = require('../os/ffi/libc') as typeof import('../os/ffi/libc');
+    // Node marks stdin/stdout/stderr close-on-exec at startup (uv_disable_stdio_inheritance); the
+    // new image must keep them (the journal, the test bed's log file, a terminal).
+    for (const fd of [0, 1, 2]) libc.fcntl(fd, libc.F_SETFD, 0);
+    const argv = [process.execPath, ...process.execArgv, ...missing, ...process.argv.slice(1), null];
+    const env = Object.entries({ ...process.env, [REEXEC_ENV]: '1' }).map(([k, v]) => `${k}=${v ?? ''}`);
+    libc.execve(process.execPath, argv, [...env, null]);
+  } catch {
+    // koffi or libc not usable here: run without the flags
+  }
+}
