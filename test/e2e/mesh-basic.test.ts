@@ -35,6 +35,14 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
     ]);
   });
 
+  it('runs each agent with its memory flags, re-executed in place (same pid, log still flowing)', () => {
+    for (const a of bed.agents) {
+      const argv = fs.readFileSync(`/proc/${a.proc.pid}/cmdline`, 'utf8').split('\0');
+      expect(argv).toEqual(expect.arrayContaining(['--optimize-for-size', '--v8-pool-size=1', '--no-node-snapshot', 'agent']));
+      expect(a.logTail(50)).toMatch(/"msg":"agent up"/);
+    }
+  });
+
   it('pings every ordered pair over the overlay', async () => {
     const failures: string[] = [];
     for (const a of bed.agents) {
