@@ -54,7 +54,8 @@ export type SiblingMessage =
   | { t: 'pong'; slot: number; t0: number; ip: number; port: number; via: number }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
   | { t: 'confirm'; slot: number; keyId: string }
-  | { t: 'relay'; slot: number; from: number; data: Uint8Array };
+  /** datagrams to pass on as a relay, one message per received batch */
+  | { t: 'relay'; items: { slot: number; from: number; data: Uint8Array }[] };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
@@ -128,7 +129,12 @@ async function main(init: WorkerInit): Promise<void> {
         const msg = m.message as SiblingMessage;
         room();
         if (msg.t === 'pong') out.pong(msg.slot, msg.t0, msg.ip, msg.port, msg.via, cbatch, clist);
-        else if (msg.t === 'relay') out.relay(msg.slot, msg.from, msg.data, cbatch, clist);
+        else if (msg.t === 'relay') {
+          for (const r of msg.items) {
+            room();
+            out.relay(r.slot, r.from, r.data, cbatch, clist);
+          }
+        }
         else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port, msg.via);
         else if (msg.t === 'confirm') out.promote(msg.slot, msg.keyId);
       }
@@ -197,6 +203,7 @@ async function main(init: WorkerInit): Promise<void> {
       Atomics.add(sibCtrl, CTRL_MAIL, 1);
       sibWake.wake();
     };
+    let relays: { slot: number; from: number; data: Uint8Array }[] = [];
     const inb = new Inbound(
       aead,
       stats,
@@ -210,7 +217,8 @@ async function main(init: WorkerInit): Promise<void> {
         },
         handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
         stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
-        relay: (slot, from, data) => toSibling({ t: 'relay', slot, from, data: new Uint8Array(data) }),
+        // Collected over a batch and handed over in one message (one wake of the outbound worker).
+        relay: (slot, from, data) => relays.push({ slot, from, data: new Uint8Array(data) }),
         confirmed: (slot, keyId) => {
           toSibling({ t: 'confirm', slot, keyId });
           post({ t: 'confirmed', slot, keyId });
@@ -251,6 +259,10 @@ async function main(init: WorkerInit): Promise<void> {
       const n = udp.recvBatch(batch);
       busy = n === batch.capacity;
       if (n > 0) inb.process(batch, n, tun);
+      if (relays.length > 0) {
+        toSibling({ t: 'relay', items: relays });
+        relays = [];
+      }
     }
     inb.close();
     tun.close();
