@@ -101,8 +101,12 @@ describe.skipIf(!isRoot)('handshake, rekey and replays', () => {
       expect(d1.handshake!.drops.replay - d0.handshake!.drops.replay, `${ag.name} handshake replays`).toBe(count(inits, ip));
       // The response answers no initiation in flight any more.
       expect(d1.handshake!.drops.unexpected - d0.handshake!.drops.unexpected, `${ag.name} stale responses`).toBe(count(resps, ip));
-      // The first session's keys were erased long ago: its receiver index is unknown.
-      expect(d1.dataplane.drops.unknownPeer - d0.dataplane.drops.unknownPeer, `${ag.name} old-session data`).toBe(count(data, ip));
+      // The first session's keys were erased long ago: its receiver index is unknown. (At least
+      // these: with a rekey every 2 s, a live ping sealed just before its session's end can also
+      // arrive after the receiver erased it; the exact count of replays is checked above.)
+      const unknown = d1.dataplane.drops.unknownPeer - d0.dataplane.drops.unknownPeer;
+      expect(unknown, `${ag.name} old-session data`).toBeGreaterThanOrEqual(count(data, ip));
+      expect(unknown, `${ag.name} old-session data`).toBeLessThanOrEqual(count(data, ip) + 2);
     }
     const bIp = (await b.status()).self.overlayIp;
     expect((await ping(bed.topo, a.host.ns, bIp, { count: 2, intervalS: 0.1 })).ok).toBe(true);
