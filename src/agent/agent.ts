@@ -108,6 +108,8 @@ export class Agent {
   private changes?: LocalChangeMonitor;
   private routeEvents?: RouteMonitor;
   private localPrefixes: Prefix[] = [];
+  /** Our underlay address set when last read ("ip/len,..."), null before the first read. */
+  private addrKey: string | null = null;
   private metadataIp: string | null = null;
   private lastLocalChange: { at: string; reason: string } | null = null;
   private publishing = false;
@@ -348,7 +350,16 @@ export class Agent {
   /** Re-reads our addresses: local networks (for private paths) and candidates. True if the candidates changed. */
   private updateLocal(): boolean {
     this.localPrefixes = [];
-    for (const a of this.addresses.list()) {
+    const list = this.addresses.list();
+    // Our address set changed (whoever noticed first: the change monitor, or a pong that saw us
+    // at a new address): connections to etcd made from an address we may no longer have are
+    // dead, and a publish on them would wait out its deadline. Dial again before publishing.
+    const addrKey = list.map((a) => `${a.address}/${a.prefixLen}`).sort().join(',');
+    if (this.addrKey !== null && addrKey !== this.addrKey && this.etcd && resetEtcdConnections(this.etcd)) {
+      this.log.debug('etcd connections reset');
+    }
+    this.addrKey = addrKey;
+    for (const a of list) {
       const ip = parseIpv4(a.address);
       if (ip === null || a.address === this.overlayIp) continue;
       const mask = a.prefixLen === 0 ? 0 : (0xffffffff << (32 - a.prefixLen)) >>> 0;
@@ -458,8 +469,9 @@ export class Agent {
     if (c.reason === 'route') return;
     this.reflexive.reset();
     this.hs?.rekeyAll();
-    // Connections to etcd made from an address we no longer have are dead: dial again now.
-    if (this.etcd && resetEtcdConnections(this.etcd)) this.log.debug('etcd connections reset');
+    // After a stop the connections to etcd may be dead even at the same address: dial again (an
+    // address change does that in updateLocal).
+    if (c.reason === 'resume' && this.etcd) resetEtcdConnections(this.etcd);
     this.updateLocal();
     void this.republish();
     void this.discover();
