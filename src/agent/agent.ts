@@ -63,7 +63,7 @@ import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
-import { contains, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
+import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
 import { checkNetworkMembership, loadMembership, type Membership } from './membership';
 
@@ -301,14 +301,9 @@ export class Agent {
     }
   }
 
+  /** Our record as of the last updateLocal() (our networks, candidates) and what observers told us. */
   private hostRecord(): HostRecord {
-    const cidrs = new Set<string>();
-    for (const a of this.addresses.list()) {
-      const ip = parseIpv4(a.address);
-      if (ip === null) continue;
-      const mask = a.prefixLen === 0 ? 0 : (0xffffffff << (32 - a.prefixLen)) >>> 0;
-      cidrs.add(formatPrefix({ base: (ip & mask) >>> 0, len: a.prefixLen }));
-    }
+    const view = this.reflexive.view();
     return {
       version: 1,
       name: this.cfg.name,
@@ -316,15 +311,15 @@ export class Agent {
       overlayIp: this.overlayIp,
       publicKey: Buffer.from(this.keys.publicKey).toString('base64'),
       endpoints: this.endpoints,
-      hostCidrs: [...cidrs],
+      hostCidrs: [...new Set(this.localPrefixes.map(formatPrefix))],
       listenPort: this.udp!.port,
       epoch: 0,
       updated: new Date().toISOString(),
       session: this.session,
       cert: this.member.cert,
       relay: this.cfg.relay || undefined,
-      nat: this.reflexive.view().nat,
-      reflexive: this.reflexive.view().reflexive ?? undefined,
+      nat: view.nat,
+      reflexive: view.reflexive ?? undefined,
     };
   }
 
@@ -362,8 +357,7 @@ export class Agent {
     for (const a of list) {
       const ip = parseIpv4(a.address);
       if (ip === null || a.address === this.overlayIp) continue;
-      const mask = a.prefixLen === 0 ? 0 : (0xffffffff << (32 - a.prefixLen)) >>> 0;
-      this.localPrefixes.push({ base: (ip & mask) >>> 0, len: a.prefixLen });
+      this.localPrefixes.push({ base: (ip & maskOf(a.prefixLen)) >>> 0, len: a.prefixLen });
     }
     const next = this.candidates();
     const changed = next.join(',') !== this.endpoints.join(',');
@@ -520,7 +514,8 @@ export class Agent {
     if (p.via !== DIRECT && !relay) return;
     this.paths.onPong(name, relay ? { ip: 0, port: 0, via: relay } : { ip: p.ip, port: p.port }, p.rttMs);
     // A pong may be the evidence a move waits for: decide now, not at the next path tick.
-    if (!relay && (p.ip !== this.peers.get(name)?.endpoint.ip || p.port !== this.peers.get(name)?.endpoint.port)) this.pathTick();
+    const current = this.peers.get(name)?.endpoint;
+    if (!relay && (p.ip !== current?.ip || p.port !== current?.port)) this.pathTick();
     // What a peer off our own networks saw of us is our public face.
     if (!relay && !this.isLocal(p.ip) && this.reflexive.observe(name, p.ip, p.seenIp, p.seenPort)) {
       const v = this.reflexive.view();
@@ -665,6 +660,7 @@ export class Agent {
 
   statusDocument(): StatusDocument {
     const stats = this.engine!.stats;
+    const view = this.reflexive.view();
     const now = Date.now();
     const peers: StatusPeer[] = [...this.peers.entries()]
       .sort(([a], [b]) => a.localeCompare(b))
@@ -711,8 +707,8 @@ export class Agent {
         startedAt: this.startedAt.toISOString(),
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
-        reflexive: this.reflexive.view().reflexive,
-        nat: this.reflexive.view().nat,
+        reflexive: view.reflexive,
+        nat: view.nat,
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
       },

@@ -22,7 +22,6 @@ import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
 import { DIRECT, PrefixTable } from './peer';
-export { DIRECT } from './peer';
 import {
   DROP,
   type DataplaneStats,
@@ -259,35 +258,31 @@ export class Outbound {
 
   /** Seals for `peer` and addresses the datagram: straight to ip:port, or through relay `via`. */
   private sealTo(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number, ip: number, port: number, via: number): boolean {
-    if (via !== DIRECT && !this.hopUsable(via)) {
+    const hop = via === DIRECT ? undefined : this.hop(via);
+    if (via !== DIRECT && hop === undefined) {
       this.drop(DROP.noRoute);
       return false;
     }
     if (!this.sealAt(peer, batch, i, plainLen, flags)) return false;
-    if (via === DIRECT) {
+    if (hop === undefined) {
       batch.ip[i] = ip;
       batch.port[i] = port;
       return true;
     }
-    return this.wrap(via, CTRL_FORWARD, peer.cfg.overlayIp, batch, i);
+    return this.wrap(hop, CTRL_FORWARD, peer.cfg.overlayIp, batch, i);
+  }
+
+  /** The peer in `slot` as a relay hop: known, sendable, reached directly (relays do not chain). */
+  private hop(slot: number): OutPeer | undefined {
+    const hop = this.bySlot.get(slot);
+    return hop !== undefined && hop.sendable && hop.via === DIRECT ? hop : undefined;
   }
 
   /**
    * One relay hop: the datagram in slot i (from 0, batch.len[i] bytes) moves up behind a new
-   * header and a forward/relayed prefix naming `addr`, and is sealed for the peer in `hopSlot`,
-   * which must be reached directly (relays do not chain).
+   * header and a forward/relayed prefix naming `addr`, and is sealed for `hop`.
    */
-  private hopUsable(hopSlot: number): boolean {
-    const hop = this.bySlot.get(hopSlot);
-    return hop !== undefined && hop.sendable && hop.via === DIRECT;
-  }
-
-  private wrap(hopSlot: number, kind: number, addr: number, batch: PacketBatch, i: number): boolean {
-    const hop = this.bySlot.get(hopSlot);
-    if (hop === undefined || !this.hopUsable(hopSlot)) {
-      this.drop(DROP.noRoute);
-      return false;
-    }
+  private wrap(hop: OutPeer, kind: number, addr: number, batch: PacketBatch, i: number): boolean {
     const buf = batch.buf;
     const off = batch.offset(i);
     const inner = batch.len[i]!;
@@ -299,6 +294,16 @@ export class Outbound {
     batch.ip[i] = hop.ip;
     batch.port[i] = hop.port;
     return true;
+  }
+
+  /** wrap() for a hop given by slot; an unusable hop drops the datagram (noRoute). */
+  private wrapTo(slot: number, kind: number, addr: number, batch: PacketBatch, i: number): boolean {
+    const hop = this.hop(slot);
+    if (hop === undefined) {
+      this.drop(DROP.noRoute);
+      return false;
+    }
+    return this.wrap(hop, kind, addr, batch, i);
   }
 
   private counted(batch: PacketBatch, i: number): void {
@@ -362,7 +367,7 @@ export class Outbound {
     const i = list.count;
     batch.buf.set(data, batch.offset(i));
     batch.len[i] = data.length;
-    this.queue(batch, list, this.wrap(slot, CTRL_RELAYED, from, batch, i));
+    this.queue(batch, list, this.wrapTo(slot, CTRL_RELAYED, from, batch, i));
   }
 
   /** A datagram from the control thread (a handshake message) for `target`, through relay `via`. */
@@ -371,7 +376,7 @@ export class Outbound {
     const i = list.count;
     batch.buf.set(data, batch.offset(i));
     batch.len[i] = data.length;
-    this.queue(batch, list, this.wrap(via, CTRL_FORWARD, target, batch, i));
+    this.queue(batch, list, this.wrapTo(via, CTRL_FORWARD, target, batch, i));
   }
 
   /**

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import type { Agent } from './agents';
 import type { HostPlan, SitePlan } from './plan';
 import type { Topology, TopologyHost } from './topology';
+import { contains, parseIpv4, parsePrefix } from '../util/ipv4';
 
 /**
  * What happens to a cloud VM while it runs, played on the test bed: its address is replaced
@@ -19,19 +20,19 @@ export class RoamError extends Error {
   }
 }
 
-const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+const UNDERLAY = parsePrefix('198.18.0.0/15')!;
 
 function octets(ip: string): number[] {
-  const m = IPV4_RE.exec(ip);
-  const o = m ? m.slice(1).map(Number) : [];
-  if (o.length !== 4 || o.some((x) => x > 255)) throw new RoamError(`"${ip}" is not an IPv4 address`);
-  return o;
+  const v = parseIpv4(ip);
+  if (v === null) throw new RoamError(`"${ip}" is not an IPv4 address`);
+  return [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
 }
 
 /** True for addresses in 198.18.0.0/15, the only underlay the test bed may use. */
 export function isUnderlay(ip: string): boolean {
-  const o = octets(ip);
-  return o[0] === 198 && (o[1] === 18 || o[1] === 19);
+  const v = parseIpv4(ip);
+  if (v === null) throw new RoamError(`"${ip}" is not an IPv4 address`);
+  return contains(UNDERLAY, v);
 }
 
 /**
