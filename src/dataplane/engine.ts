@@ -1,7 +1,7 @@
 /**
- * The control thread's handle on the data plane: starts the two worker threads (outbound
- * TUN->UDP, inbound UDP->TUN) on descriptors it opened, pushes peer sets to them, reads their
- * shared counters, and stops them.
+ * The control thread's handle on the data plane: starts the worker thread (both directions,
+ * ./worker.ts) on descriptors it opened, pushes peer sets and requests to it, reads its shared
+ * counters, and stops it.
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
 import * as path from 'node:path';
@@ -44,7 +44,7 @@ interface Handle {
 
 export class DataplaneEngine {
   readonly stats = new DataplaneStats();
-  private readonly handles: Handle[] = [];
+  private handle?: Handle;
   private stopped = false;
   /** The AEAD implementation the workers use. */
   cryptoName = '';
@@ -58,113 +58,85 @@ export class DataplaneEngine {
   }
 
   private async spawn(): Promise<void> {
-    const script = path.join(__dirname, 'worker.js');
-    const sibling = new MessageChannel();
-    const mk = () => {
-      const ctrlSab = new SharedArrayBuffer(4 * CTRL_WORDS);
-      return { ctrlSab, ctrl: new Int32Array(ctrlSab), wake: new WakeFd(), chan: new MessageChannel() };
-    };
-    const o = mk();
-    const i = mk();
-    const base = {
+    const ctrlSab = new SharedArrayBuffer(4 * CTRL_WORDS);
+    const wake = new WakeFd();
+    const chan = new MessageChannel();
+    const init: WorkerInit = {
       tunFd: this.opts.tunFd,
       udpFd: this.opts.udpFd,
+      wakeFd: wake.fd,
       mtu: this.opts.mtu,
       vnet: this.opts.vnet ?? false,
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,
       statsSab: this.stats.sab,
+      ctrlSab,
+      control: chan.port2,
     };
-    const outInit: WorkerInit = {
-      ...base,
-      role: 'outbound',
-      wakeFd: o.wake.fd,
-      ctrlSab: o.ctrlSab,
-      control: o.chan.port2,
-      sibling: sibling.port2,
-    };
-    const inInit: WorkerInit = {
-      ...base,
-      role: 'inbound',
-      wakeFd: i.wake.fd,
-      ctrlSab: i.ctrlSab,
-      control: i.chan.port2,
-      sibling: sibling.port1,
-      siblingWakeFd: o.wake.fd,
-      siblingCtrlSab: o.ctrlSab,
-    };
-    const ready: Promise<void>[] = [];
-    for (const [init, h] of [
-      [outInit, o],
-      [inInit, i],
-    ] as const) {
-      const worker = new Worker(script, {
-        workerData: init,
-        transferList: [init.control, init.sibling],
-        resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
+    const worker = new Worker(path.join(__dirname, 'worker.js'), {
+      workerData: init,
+      transferList: [init.control],
+      resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
+    });
+    const port = chan.port1;
+    const ready = new Promise<void>((resolve, reject) => {
+      port.on('message', (m: FromWorker) => {
+        if (m.t === 'ready') {
+          this.cryptoName = m.crypto;
+          resolve();
+        }
+        else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
+        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via);
+        else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
+        else if (m.t === 'pong') this.opts.onPong?.(m);
+        else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
+        else if (m.t === 'fatal') {
+          reject(new Error(`data-plane worker failed: ${m.message}`));
+          this.opts.onFatal?.(m.message);
+        }
       });
-      const port = h.chan.port1;
-      ready.push(
-        new Promise<void>((resolve, reject) => {
-          port.on('message', (m: FromWorker) => {
-            if (m.t === 'ready') {
-              this.cryptoName = m.crypto;
-              resolve();
-            }
-            else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
-            else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via);
-            else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
-            else if (m.t === 'pong') this.opts.onPong?.(m);
-            else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
-            else if (m.t === 'fatal') {
-              reject(new Error(`data-plane ${init.role} worker failed: ${m.message}`));
-              this.opts.onFatal?.(m.message);
-            }
-          });
-          worker.once('error', reject);
-          worker.once('exit', (code) => {
-            if (!this.stopped) {
-              const msg = `data-plane ${init.role} worker exited (code ${code})`;
-              reject(new Error(msg));
-              this.opts.onFatal?.(msg);
-            }
-          });
-        }),
-      );
-      port.unref();
-      this.handles.push({ worker, ctrl: h.ctrl, wake: h.wake, port });
-    }
+      worker.once('error', reject);
+      worker.once('exit', (code) => {
+        if (!this.stopped) {
+          const msg = `data-plane worker exited (code ${code})`;
+          reject(new Error(msg));
+          this.opts.onFatal?.(msg);
+        }
+      });
+    });
+    port.unref();
+    this.handle = { worker, ctrl: new Int32Array(ctrlSab), wake, port };
     try {
-      await Promise.all(ready);
+      await ready;
     } catch (e) {
       await this.stop();
       throw e;
     }
   }
 
-  /** Gives both workers the full peer set (declarative: what is not listed is removed). */
+  /** Gives the worker the full peer set (declarative: what is not listed is removed). */
   setPeers(peers: WorkerPeer[]): void {
-    for (const h of this.handles) this.tell(h, { t: 'peers', peers });
+    this.tell({ t: 'peers', peers });
   }
 
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
   probe(slot: number, ip: number, port: number): void {
-    this.tell(this.handles[0], { t: 'probe', slot, ip, port });
+    this.tell({ t: 'probe', slot, ip, port });
   }
 
   /** Pings every peer now. */
   pingAll(): void {
-    this.tell(this.handles[0], { t: 'pingAll' });
+    this.tell({ t: 'pingAll' });
   }
 
   /** Sends `data` to the peer with overlay address `target` through the relay peer in slot `via`. */
   forward(via: number, target: number, data: Uint8Array): void {
-    this.tell(this.handles[0], { t: 'forward', via, target, data });
+    this.tell({ t: 'forward', via, target, data });
   }
 
-  /** handles[0] is the outbound worker, handles[1] the inbound one. */
-  private tell(h: Handle | undefined, msg: ToWorker): void {
+  private tell(msg: ToWorker): void {
+    const h = this.handle;
     if (this.stopped || !h) return;
     h.port.postMessage(msg);
     Atomics.add(h.ctrl, CTRL_MAIL, 1);
@@ -174,17 +146,15 @@ export class DataplaneEngine {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    await Promise.all(
-      this.handles.map(async (h) => {
-        Atomics.store(h.ctrl, CTRL_STOP, 1);
-        h.wake.wake();
-        const exited = new Promise<void>((r) => h.worker.once('exit', () => r()));
-        const timer = setTimeout(() => void h.worker.terminate(), 2_000);
-        await exited;
-        clearTimeout(timer);
-        h.port.close();
-        h.wake.close();
-      }),
-    );
+    const h = this.handle;
+    if (!h) return;
+    Atomics.store(h.ctrl, CTRL_STOP, 1);
+    h.wake.wake();
+    const exited = new Promise<void>((r) => h.worker.once('exit', () => r()));
+    const timer = setTimeout(() => void h.worker.terminate(), 2_000);
+    await exited;
+    clearTimeout(timer);
+    h.port.close();
+    h.wake.close();
   }
 }

@@ -1,27 +1,28 @@
 /**
- * A data-plane worker thread: one direction of the packet path, looping on synchronous system
- * calls in batches. It never returns to its event loop while running; control messages arrive
- * on MessagePorts and are taken with receiveMessageOnPort when the shared mailbox counter moves,
- * and an eventfd in the poll set wakes it when it is idle.
+ * The data-plane worker thread: both directions of the packet path (./duplex.ts) over the TUN
+ * and the UDP socket, looping on synchronous system calls in batches. One thread for both
+ * directions means one wake-up per arriving packet: when the kernel answers a packet we wrote to
+ * the TUN at once (a ping, a TCP ACK), the answer is read and sent without another thread having
+ * to wake. The loop never returns to the event loop while running; control messages arrive on a
+ * MessagePort and are taken with receiveMessageOnPort when the shared mailbox counter moves, and
+ * an eventfd in the poll set wakes the worker when it is idle.
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type AeadBackend } from '../crypto/aead';
-import { allocNative } from '../os/ffi/mem';
+import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
 import { UdpBatchIo } from '../os/udp/udp';
-import { PacketBatch, SendList, slotSizeFor } from './batch';
-import { Inbound } from './inbound';
-import { Outbound } from './outbound';
+import { PacketBatch, slotSizeFor } from './batch';
+import { CTRL_SLOTS, Duplex } from './duplex';
 import { systemClock, type WorkerPeer } from './peer';
-import { DataplaneStats, DROP } from './stats';
+import { DataplaneStats } from './stats';
 
 export const CTRL_STOP = 0;
 export const CTRL_MAIL = 1;
 export const CTRL_WORDS = 2;
 
 export interface WorkerInit {
-  role: 'inbound' | 'outbound';
   tunFd: number;
   udpFd: number;
   wakeFd: number;
@@ -35,27 +36,16 @@ export interface WorkerInit {
   statsSab: SharedArrayBuffer;
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
-  /** inbound -> outbound requests (pong, roam). */
-  sibling: MessagePort;
-  /** The outbound worker's wake fd and mailbox (given to the inbound worker). */
-  siblingWakeFd?: number;
-  siblingCtrlSab?: SharedArrayBuffer;
 }
 
 export type ToWorker =
   | { t: 'peers'; peers: WorkerPeer[] }
-  /** outbound: test the path to a peer at ip:port */
+  /** test the path to a peer at ip:port */
   | { t: 'probe'; slot: number; ip: number; port: number }
-  /** outbound: ping every peer now (our address or NAT mapping changed) */
+  /** ping every peer now (our address or NAT mapping changed) */
   | { t: 'pingAll' }
-  /** outbound: a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
+  /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
   | { t: 'forward'; via: number; target: number; data: Uint8Array };
-export type SiblingMessage =
-  | { t: 'pong'; slot: number; t0: number; ip: number; port: number; via: number }
-  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
-  | { t: 'confirm'; slot: number; keyId: string }
-  /** datagrams to pass on as a relay, one message per received batch */
-  | { t: 'relay'; items: { slot: number; from: number; data: Uint8Array }[] };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
@@ -73,6 +63,10 @@ const IDLE_POLL_MS = 100;
 const GREEDY_BELOW_MS = 0.02;
 /** How often timers run while busy. */
 const TIMER_MS = 50;
+/** Poll set: bit 0 TUN, bit 1 UDP, bit 2 the wake eventfd. */
+const READY_TUN = 1;
+const READY_UDP = 2;
+const READY_WAKE = 4;
 
 async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
@@ -82,207 +76,107 @@ async function main(init: WorkerInit): Promise<void> {
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
   // segments (536 is the smallest IPv4 MSS): the outbound batch must hold a whole one.
-  const capacity = init.role === 'outbound' && init.vnet ? Math.max(init.batch, MAX_TSO_SEGMENTS) : init.batch;
-  const mem = allocNative(slot * capacity);
-  const batch = new PacketBatch(mem.buf, slot, capacity, mem.ptr);
+  const outCap = init.vnet ? Math.max(init.batch, MAX_TSO_SEGMENTS) : init.batch;
+  const blocks = [allocNative(slot * outCap), allocNative(slot * init.batch), allocNative(slot * CTRL_SLOTS)];
+  const [outMem, inMem, ctrlMem] = blocks as [NativeBlock, NativeBlock, NativeBlock];
+  const outBatch = new PacketBatch(outMem.buf, slot, outCap, outMem.ptr);
+  const inBatch = new PacketBatch(inMem.buf, slot, init.batch, inMem.ptr);
+  const ctrlBatch = new PacketBatch(ctrlMem.buf, slot, CTRL_SLOTS, ctrlMem.ptr);
+  // One TunBatchIo per batch: each keeps the native addresses of its own batch's slots.
+  const tunRead = new TunBatchIo(init.tunFd, outBatch, init.vnet);
+  const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet);
+  const udpIn = new UdpBatchIo(init.udpFd, inBatch);
+  const udpOut = new UdpBatchIo(init.udpFd, outBatch);
+  const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch);
   const wake = new WakeFd(init.wakeFd);
-  const dataFd = init.role === 'outbound' ? init.tunFd : init.udpFd;
-  const poller = new Poller([dataFd, init.wakeFd]);
+  const poller = new Poller([init.tunFd, init.udpFd, init.wakeFd]);
   let mail = Atomics.load(ctrl, CTRL_MAIL);
 
   const post = (m: FromWorker) => init.control.postMessage(m);
+  const d = new Duplex(
+    aead,
+    stats,
+    clock,
+    {
+      out: { batch: outBatch, tun: tunRead, udp: udpOut },
+      in: { batch: inBatch, udp: udpIn, tun: tunWrite },
+      ctrl: { batch: ctrlBatch, udp: udpCtrl },
+    },
+    {
+      pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
+      roam: (slot, ip, port, via) => post({ t: 'roam', slot, ip, port, via }),
+      handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
+      stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
+      confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
+    },
+    { mtu: init.mtu, relay: init.relay },
+  );
+  const drain = () => {
+    let m;
+    while ((m = receiveMessageOnPort(init.control))) {
+      const msg = m.message as ToWorker;
+      if (msg.t === 'peers') d.setPeers(msg.peers);
+      else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
+      else if (msg.t === 'pingAll') d.pingAll();
+      else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
+    }
+  };
+  const checkMail = () => {
+    const m = Atomics.load(ctrl, CTRL_MAIL);
+    if (m !== mail) {
+      mail = m;
+      drain();
+    }
+  };
+  let lastTimers = 0;
+  const runTimers = () => {
+    const mono = clock.mono();
+    if (mono - lastTimers < TIMER_MS) return;
+    lastTimers = mono;
+    d.timers();
+  };
 
-  if (init.role === 'outbound') {
-    const out = new Outbound(aead, stats, clock);
-    out.setMtu(init.mtu);
-    const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
-    const udp = new UdpBatchIo(init.udpFd, batch);
-    const list = new SendList(capacity);
-    // Control messages and relay work: full-size slots (a relayed datagram is as large as any).
-    const cslot = slotSizeFor(init.mtu);
-    const cmem = allocNative(cslot * 32);
-    const cbatch = new PacketBatch(cmem.buf, cslot, 32, cmem.ptr);
-    const cudp = new UdpBatchIo(init.udpFd, cbatch);
-    const clist = new SendList(32);
-    const flushControl = () => {
-      if (clist.count > 0) {
-        const sent = cudp.sendBatch(cbatch, clist);
-        if (sent < clist.count) stats.drops[DROP.sendFailed]! += clist.count - sent;
-      }
-      clist.count = 0;
-    };
-    const room = () => {
-      if (clist.count === cbatch.capacity) flushControl();
-    };
-    const drain = () => {
-      let m;
-      clist.count = 0;
-      while ((m = receiveMessageOnPort(init.control))) {
-        const msg = m.message as ToWorker;
-        room();
-        if (msg.t === 'peers') out.setPeers(msg.peers);
-        else if (msg.t === 'probe') out.probe(msg.slot, msg.ip, msg.port, cbatch, clist);
-        else if (msg.t === 'pingAll') out.pingAllSoon();
-        else if (msg.t === 'forward') out.forward(msg.via, msg.target, msg.data, cbatch, clist);
-      }
-      while ((m = receiveMessageOnPort(init.sibling))) {
-        const msg = m.message as SiblingMessage;
-        room();
-        if (msg.t === 'pong') out.pong(msg.slot, msg.t0, msg.ip, msg.port, msg.via, cbatch, clist);
-        else if (msg.t === 'relay') {
-          for (const r of msg.items) {
-            room();
-            out.relay(r.slot, r.from, r.data, cbatch, clist);
-          }
-        }
-        else if (msg.t === 'roam') out.roam(msg.slot, msg.ip, msg.port, msg.via);
-        else if (msg.t === 'confirm') out.promote(msg.slot, msg.keyId);
-      }
-      flushControl();
-    };
-    let lastTimers = 0;
-    const runTimers = () => {
-      const mono = clock.mono();
-      if (mono - lastTimers < TIMER_MS) return;
-      lastTimers = mono;
-      clist.count = 0;
-      out.timers(cbatch, clist);
-      flushControl();
-    };
-    drain();
-    post({ t: 'ready', crypto: aead.name });
-    let busy = false;
-    let greedy = false;
-    while (Atomics.load(ctrl, CTRL_STOP) === 0) {
-      // Poll first, read second: a lone packet then costs poll + read + send, nothing more.
-      // While busy (the last read filled the batch) go straight back to reading; when poll
-      // returned at once (packets were already queued) read until the TUN is empty.
-      if (!busy) {
-        const t0 = performance.now();
-        const ready = poller.wait(IDLE_POLL_MS);
-        greedy = performance.now() - t0 < GREEDY_BELOW_MS;
-        if ((ready & 2) !== 0) wake.drain();
-        const m = Atomics.load(ctrl, CTRL_MAIL);
-        if (m !== mail) {
-          mail = m;
-          drain();
-        }
-        if ((ready & 1) === 0) {
-          runTimers();
-          continue;
-        }
-      }
-      const n = tun.readBatch(batch, busy || greedy ? batch.capacity : 1);
-      busy = n === batch.capacity || tun.pendingRead;
-      if (n > 0) {
-        out.process(batch, n, list);
-        if (list.count > 0) {
-          const sent = udp.sendBatch(batch, list);
-          if (sent < list.count) stats.drops[DROP.sendFailed]! += list.count - sent;
-        }
-      }
-      runTimers();
-      if (busy) {
-        const m = Atomics.load(ctrl, CTRL_MAIL);
-        if (m !== mail) {
-          mail = m;
-          drain();
-        }
-      }
+  drain();
+  post({ t: 'ready', crypto: aead.name });
+  // `again`: work may be queued already (a batch came back full, or we just wrote to the TUN
+  // and the kernel may have answered at once, as it does a ping): look without sleeping.
+  let again = false;
+  while (Atomics.load(ctrl, CTRL_STOP) === 0) {
+    const t0 = performance.now();
+    const ready = poller.wait(again ? 0 : IDLE_POLL_MS);
+    // A lone packet after a sleep costs poll + read + send, nothing more; when poll returned at
+    // once, packets were queued already: read until the TUN is empty.
+    const greedy = performance.now() - t0 < GREEDY_BELOW_MS;
+    if ((ready & READY_WAKE) !== 0) wake.drain();
+    checkMail();
+    again = false;
+    if ((ready & READY_UDP) !== 0) {
+      const n = d.fromUdp();
+      if (n > 0) again = true;
     }
-    out.close();
-    tun.close();
-    cudp.close();
-    cmem.free();
-    udp.close();
-  } else {
-    const sibCtrl = new Int32Array(init.siblingCtrlSab!);
-    const sibWake = new WakeFd(init.siblingWakeFd!);
-    const toSibling = (m: SiblingMessage) => {
-      init.sibling.postMessage(m);
-      Atomics.add(sibCtrl, CTRL_MAIL, 1);
-      sibWake.wake();
-    };
-    let relays: { slot: number; from: number; data: Uint8Array }[] = [];
-    const inb = new Inbound(
-      aead,
-      stats,
-      clock,
-      {
-        ping: (slot, t0, ip, port, via) => toSibling({ t: 'pong', slot, t0, ip, port, via }),
-        pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
-        roam: (slot, ip, port, via) => {
-          toSibling({ t: 'roam', slot, ip, port, via });
-          post({ t: 'roam', slot, ip, port, via });
-        },
-        handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
-        stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
-        // Collected over a batch and handed over in one message (one wake of the outbound worker).
-        relay: (slot, from, data) => relays.push({ slot, from, data: new Uint8Array(data) }),
-        confirmed: (slot, keyId) => {
-          toSibling({ t: 'confirm', slot, keyId });
-          post({ t: 'confirmed', slot, keyId });
-        },
-      },
-      { relay: init.relay },
-    );
-    const tun = new TunBatchIo(init.tunFd, batch, init.vnet);
-    const udp = new UdpBatchIo(init.udpFd, batch);
-    const drain = () => {
-      let m;
-      while ((m = receiveMessageOnPort(init.control))) {
-        const msg = m.message as ToWorker;
-        if (msg.t === 'peers') inb.setPeers(msg.peers);
-      }
-    };
-    drain();
-    post({ t: 'ready', crypto: aead.name });
-    let busy = false;
-    while (Atomics.load(ctrl, CTRL_STOP) === 0) {
-      if (!busy) {
-        const ready = poller.wait(IDLE_POLL_MS);
-        if ((ready & 2) !== 0) wake.drain();
-        if ((ready & 1) === 0) {
-          const m = Atomics.load(ctrl, CTRL_MAIL);
-          if (m !== mail) {
-            mail = m;
-            drain();
-          }
-          continue;
-        }
-      }
-      const m = Atomics.load(ctrl, CTRL_MAIL);
-      if (m !== mail) {
-        mail = m;
-        drain();
-      }
-      const n = udp.recvBatch(batch);
-      busy = n === batch.capacity;
-      if (n > 0) inb.process(batch, n, tun);
-      if (relays.length > 0) {
-        toSibling({ t: 'relay', items: relays });
-        relays = [];
-      }
+    if ((ready & READY_TUN) !== 0 || tunRead.pendingRead) {
+      const n = d.fromTun(greedy ? outBatch.capacity : 1);
+      if (n === outBatch.capacity || tunRead.pendingRead) again = true;
     }
-    inb.close();
-    tun.close();
-    udp.close();
+    runTimers();
   }
+  d.close();
+  tunRead.close();
+  tunWrite.close();
+  for (const u of [udpIn, udpOut, udpCtrl]) u.close();
   poller.close();
-  mem.free();
+  for (const b of blocks) b.free();
 }
 
-if (workerData && (workerData as WorkerInit).role) {
+if (workerData && (workerData as WorkerInit).ctrlSab) {
   const init = workerData as WorkerInit;
   main(init).then(
     () => {
       init.control.close();
-      init.sibling.close();
     },
     (e: unknown) => {
       init.control.postMessage({ t: 'fatal', message: e instanceof Error ? e.message : String(e) } satisfies FromWorker);
       init.control.close();
-      init.sibling.close();
     },
   );
 }

@@ -1,0 +1,176 @@
+/**
+ * Both packet directions of one TUN queue and one UDP socket, as one data-plane worker runs them:
+ *
+ *   fromTun    TUN -> Outbound (route, seal) -> UDP, one batch
+ *   fromUdp    UDP -> Inbound (open, check, deliver) -> TUN, one batch; what the inbound stages
+ *              ask of the outbound side (answer a ping, follow a roam, use a confirmed session,
+ *              pass a datagram on as a relay) is done at once, on a control batch sent at the end
+ *   timers     pings that are due
+ *   probe, forward, pingAll   requests from the control thread
+ *
+ * It owns no thread and makes no system call itself: the worker (worker.ts) gives it the real
+ * TUN and UDP, tests give it fakes (fakes.ts). Everything the control thread must hear about is
+ * reported through `events` after it has been acted on here.
+ */
+import type { Aead } from '../crypto/aead';
+import { SendList, type PacketBatch } from './batch';
+import { Inbound, type InboundEvents } from './inbound';
+import type { TunIo, UdpIo } from './io';
+import { Outbound } from './outbound';
+import type { Clock, WorkerPeer } from './peer';
+import { DROP, type DataplaneStats } from './stats';
+
+/** What the duplex reports; each is called after the duplex acted on it (see InboundEvents). */
+export type DuplexEvents = Partial<InboundEvents>;
+
+/**
+ * The batches and the OS boundaries that move them. The real TUN and UDP wrappers are bound to
+ * one batch each (they keep its slots' native addresses), hence one per batch; fakes may be shared.
+ */
+export interface DuplexIo {
+  /** TUN -> UDP: `tun` reads into `batch`, `udp` sends from it. */
+  out: { batch: PacketBatch; tun: TunIo; udp: UdpIo };
+  /** UDP -> TUN: `udp` receives into `batch`, `tun` writes from it. */
+  in: { batch: PacketBatch; udp: UdpIo; tun: TunIo };
+  /** Control messages and relayed datagrams (full-size slots), sent by `udp`. */
+  ctrl: { batch: PacketBatch; udp: UdpIo };
+}
+
+export interface DuplexOptions {
+  mtu: number;
+  /** This host relays for its peers. */
+  relay?: boolean;
+}
+
+/** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
+export const CTRL_SLOTS = 32;
+
+export class Duplex {
+  readonly out: Outbound;
+  readonly inb: Inbound;
+  private readonly list: SendList;
+  private readonly clist: SendList;
+
+  constructor(
+    aead: Aead,
+    private readonly stats: DataplaneStats,
+    clock: Clock,
+    private readonly io: DuplexIo,
+    events: DuplexEvents,
+    opts: DuplexOptions,
+  ) {
+    this.list = new SendList(io.out.batch.capacity);
+    this.clist = new SendList(io.ctrl.batch.capacity);
+    this.out = new Outbound(aead, stats, clock);
+    this.out.setMtu(opts.mtu);
+    const out = this.out;
+    const cb = io.ctrl.batch;
+    const cl = this.clist;
+    this.inb = new Inbound(
+      aead,
+      stats,
+      clock,
+      {
+        ping: (slot, t0, ip, port, via) => {
+          this.room();
+          out.pong(slot, t0, ip, port, via, cb, cl);
+          events.ping?.(slot, t0, ip, port, via);
+        },
+        pong: (...a) => events.pong?.(...a),
+        roam: (slot, ip, port, via) => {
+          out.roam(slot, ip, port, via);
+          events.roam?.(slot, ip, port, via);
+        },
+        handshake: (...a) => events.handshake?.(...a),
+        stun: (...a) => events.stun?.(...a),
+        relay: (slot, from, data) => {
+          this.room();
+          out.relay(slot, from, data, cb, cl);
+          events.relay?.(slot, from, data);
+        },
+        confirmed: (slot, keyId) => {
+          out.promote(slot, keyId);
+          events.confirmed?.(slot, keyId);
+        },
+      },
+      { relay: opts.relay ?? false },
+    );
+  }
+
+  /** Both directions get the same peer set (declarative: what is not listed is removed). */
+  setPeers(peers: readonly WorkerPeer[]): void {
+    this.out.setPeers(peers);
+    this.inb.setPeers(peers);
+  }
+
+  /** TUN -> UDP: reads up to `maxReads` times, seals and sends. Returns the packets read (0: none ready). */
+  fromTun(maxReads?: number): number {
+    const { batch, tun, udp } = this.io.out;
+    const n = tun.readBatch(batch, maxReads);
+    if (n > 0) {
+      this.out.process(batch, n, this.list);
+      this.send(udp, batch, this.list);
+    }
+    return n;
+  }
+
+  /** UDP -> TUN: one recvmmsg batch, then the control batch it produced. Returns the datagrams received. */
+  fromUdp(): number {
+    const { batch, udp, tun } = this.io.in;
+    const n = udp.recvBatch(batch);
+    if (n > 0) {
+      this.clist.count = 0;
+      this.inb.process(batch, n, tun);
+      this.flushControl();
+    }
+    return n;
+  }
+
+  /** Pings that are due. */
+  timers(): void {
+    this.clist.count = 0;
+    this.out.timers(this.io.ctrl.batch, this.clist);
+    this.flushControl();
+  }
+
+  /** Tests a path: a probe to the peer in `slot` at ip:port. */
+  probe(slot: number, ip: number, port: number): void {
+    this.clist.count = 0;
+    this.out.probe(slot, ip, port, this.io.ctrl.batch, this.clist);
+    this.flushControl();
+  }
+
+  /** A datagram from the control thread (a handshake message) for `target`, through relay `via`. */
+  forward(via: number, target: number, data: Uint8Array): void {
+    this.clist.count = 0;
+    this.out.forward(via, target, data, this.io.ctrl.batch, this.clist);
+    this.flushControl();
+  }
+
+  /** Pings every peer at the next timer tick (our address or NAT mapping changed). */
+  pingAll(): void {
+    this.out.pingAllSoon();
+  }
+
+  close(): void {
+    this.out.close();
+    this.inb.close();
+  }
+
+  /** Sends the control batch when it is full, so the next control message has a slot. */
+  private room(): void {
+    if (this.clist.count === this.io.ctrl.batch.capacity) this.flushControl();
+  }
+
+  private flushControl(): void {
+    this.send(this.io.ctrl.udp, this.io.ctrl.batch, this.clist);
+    this.clist.count = 0;
+  }
+
+  private send(udp: UdpIo, batch: PacketBatch, list: SendList): void {
+    if (list.count === 0) return;
+    const sent = udp.sendBatch(batch, list);
+    if (sent < list.count) this.stats.drops[DROP.sendFailed]! += list.count - sent;
+  }
+}
+
