@@ -6,7 +6,7 @@
  *   2. network     spec + overlay address lease from etcd (or the last known ones from the
  *                  state dir when etcd is unreachable at start)
  *   3. sockets     UDP socket bound, TUN opened, link/address/MTU applied declaratively
- *   4. data plane  the two worker threads start on those descriptors
+ *   4. data plane  the worker thread starts on those descriptors
  *   5. registry    publish our record, hold liveness, watch peers -> derive keys -> workers
  *   6. status      local API on the unix socket
  *

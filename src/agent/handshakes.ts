@@ -11,8 +11,8 @@
  *                 (a replayed initiation is refused and counted)
  *   4. complete   our initiation with the matching response: the new session is used at once
  *   5. confirm    a session we answered is used for sending once the initiator's first packet on
- *                 it arrives (the inbound worker tells us), so a rekey loses nothing
- *   6. expire     sessions older than REJECT_AFTER are forgotten; the workers erase their keys
+ *                 it arrives (the data plane tells us), so a rekey loses nothing
+ *   6. expire     sessions older than REJECT_AFTER are forgotten; the data plane erases their keys
  *   7. cookies    under load (more than UNDER_LOAD_PER_S initiations a second) an initiation
  *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman
  */
@@ -340,7 +340,7 @@ export class HandshakeManager {
     this.d.onChange(!initiator);
   }
 
-  /** 5. The inbound worker saw the first packet on a session we answered. */
+  /** 5. The data plane saw the first packet on a session we answered. */
   confirmed(name: string, keyId: string): void {
     const s = this.peers.get(name)?.sessions.find((x) => x.keyId === keyId);
     if (s && !s.confirmed) {

@@ -171,6 +171,8 @@ export class FakeUdp implements UdpIo {
   readonly inbox: Datagram[] = [];
   /** When set, sendBatch accepts at most this many datagrams per call (a full socket buffer). */
   sendLimit = Infinity;
+  /** Datagrams sendBatch has accepted so far (those it refused are not counted). */
+  sent = 0;
 
   constructor(
     private readonly net: FakeUdpNetwork,
@@ -234,6 +236,7 @@ export class FakeUdp implements UdpIo {
         data: batch.buf.subarray(off, off + batch.len[i]!),
       });
     }
+    this.sent += count;
     return count;
   }
 }

@@ -51,7 +51,7 @@ export interface Clock {
 
 /**
  * performance.now() is monotonic within a thread; adding the thread's timeOrigin puts every
- * thread of the process on one scale (RTT stamps cross from the outbound to the inbound worker).
+ * thread of the process on one scale (ping stamps are compared across threads in tests and status).
  */
 const origin = performance.timeOrigin;
 export const systemClock: Clock = {

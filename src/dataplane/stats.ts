@@ -1,7 +1,6 @@
 /**
- * Data-plane counters in shared memory: workers write, the control thread reads for status.
- * Each field has exactly one writer (the inbound worker owns rx fields and inbound drops, the
- * outbound worker owns tx fields and outbound drops), so no locks are needed.
+ * Data-plane counters in shared memory: the worker writes, the control thread reads for status.
+ * Each field has exactly one writer (the data-plane worker), so no locks are needed.
  */
 export const MAX_PEERS = 4096;
 export const PEER_STRIDE = 8;

@@ -42,7 +42,7 @@ export const FUZZ_PLAN = {
   'inbound.wasm': 0.05, // the same over the WASM fallback
   wire: 0.07, // checkHeader / readReceiverIndex / readCounter
   noise: 0.03, // Noise: checkMac1/2, receiverOf, consumeInitiation/Response, openCookie, cookieReply
-  handshakeManager: 0.02, // HandshakeManager.receive (types 1-3 handed over by the inbound worker)
+  handshakeManager: 0.02, // HandshakeManager.receive (types 1-3 handed over by the data plane)
   splitFromTun: 0.12,
   coalescer: 0.08, // TcpCoalescer eligible/start/append/finish
   tunWriteSlot: 0.03, // TunBatchIo.writeSlot (GRO, vnet header, checksum) over /dev/null

@@ -1,9 +1,10 @@
 /**
- * Two (or three) in-process nodes, each an Outbound + Inbound with real WasmAead and keys from
- * StaticKeyAgreement, joined by FakeUdpNetwork; each node's TUN is a FakeTun. A node's `send()`
- * and `receive()` do what one iteration of the outbound and inbound workers do (worker.ts),
- * including the inbound -> outbound requests (pong, roam), so the stages are tested end to end
- * without a kernel and with every step under the test's control.
+ * Two (or three) in-process nodes, each a Duplex (src/dataplane/duplex.ts: Outbound + Inbound, as
+ * the one data-plane worker runs them) with real WasmAead and keys from StaticKeyAgreement, joined
+ * by FakeUdpNetwork; each node's TUN is a FakeTun. A node's send(), receive() and timers() call
+ * the Duplex as the worker's loop does (worker.ts), so what the inbound side asks of the outbound
+ * one (pong, roam, confirm, relay) takes the same path as in the worker: the stages are tested end
+ * to end without a kernel and with every step under the test's control.
  */
 const RUN = '0000000000000000';
 import { randomBytes } from 'node:crypto';
@@ -11,10 +12,11 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { WasmAead } from '../../src/crypto/aead';
 import { generateKeyPair, type KeyPair } from '../../src/crypto/keys';
 import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
-import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
+import { PacketBatch, slotSizeFor } from '../../src/dataplane/batch';
+import { Duplex, type DuplexEvents } from '../../src/dataplane/duplex';
 import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../../src/dataplane/fakes';
-import { HS_BURST, Inbound } from '../../src/dataplane/inbound';
-import { ACTIVE_WINDOW_MS, Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS, SILENCE_PING_MS } from '../../src/dataplane/outbound';
+import { HS_BURST, type Inbound } from '../../src/dataplane/inbound';
+import { ACTIVE_WINDOW_MS, type Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS, SILENCE_PING_MS } from '../../src/dataplane/outbound';
 import { encodeBindingSuccess } from '../../src/control/stun';
 import { DIRECT, type WorkerPeer } from '../../src/dataplane/peer';
 import {
@@ -111,18 +113,21 @@ interface Identity {
   allowed: string[];
 }
 
-/** What the inbound worker asks of the outbound one (worker.ts SiblingMessage), in order. */
-type Sibling =
-  | { t: 'pong'; slot: number; t0: number; ip: number; port: number; via: number }
-  | { t: 'relay'; slot: number; from: number; data: Buffer }
-  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
-  | { t: 'confirm'; slot: number; keyId: string };
+/**
+ * Control slots per node: fewer than the worker's CTRL_SLOTS, so that a receive batch with more
+ * pings or relayed datagrams than this fills the control batch (which is then sent and reused).
+ */
+const NODE_CTRL_SLOTS = 4;
 
+function batchOf(capacity: number): PacketBatch {
+  return new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * capacity), slotSizeFor(MTU), capacity);
+}
+
+/** A node: a Duplex over a FakeTun and a FakeUdp, driven as the worker's loop drives it. */
 class Node {
   readonly tun = new FakeTun();
   readonly stats = new DataplaneStats();
-  readonly out: Outbound;
-  readonly inb: Inbound;
+  readonly duplex: Duplex;
   /** Pings and probes the peers sent us (each answered with a pong). */
   readonly pings: { slot: number; t0: number; ip: number; port: number; via: number }[] = [];
   readonly pongs: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }[] = [];
@@ -130,16 +135,13 @@ class Node {
   /** Datagrams this node passed on as a relay: to the peer in `slot`, from overlay address `from`. */
   readonly relays: { slot: number; from: number; length: number }[] = [];
   readonly stuns: { data: Buffer; ip: number; port: number }[] = [];
-  private readonly sibling: Sibling[] = [];
-  private readonly outBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
-  private readonly list = new SendList(CAP);
-  private readonly inBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * CAP), slotSizeFor(MTU), CAP);
   /** Handshake messages the inbound path handed to the control thread, and where each came from. */
   readonly handshakes: Buffer[] = [];
   readonly handshakeFrom: { ip: number; port: number; via: number }[] = [];
-  // Control messages and relay work: full-size slots, as in the worker (a relayed datagram is as large as any).
-  private readonly ctrlBatch = new PacketBatch(Buffer.alloc(slotSizeFor(MTU) * 4), slotSizeFor(MTU), 4);
-  private readonly ctrlList = new SendList(4);
+  /** Sessions the peer used first (after which we send on them). */
+  readonly confirmed: { slot: number; keyId: string }[] = [];
+  /** More observers a test may set; each is called after the event is recorded above. */
+  readonly observers: DuplexEvents = {};
 
   constructor(
     readonly id: Identity,
@@ -148,98 +150,100 @@ class Node {
     readonly clock: FakeClock,
     opts: { relay?: boolean } = {},
   ) {
-    this.out = new Outbound(aead, this.stats, clock);
-    this.inb = new Inbound(
+    const o = this.observers;
+    this.duplex = new Duplex(
       aead,
       this.stats,
       clock,
       {
+        out: { batch: batchOf(CAP), tun: this.tun, udp },
+        in: { batch: batchOf(CAP), udp, tun: this.tun },
+        // full-size slots, as in the worker (a relayed datagram is as large as any)
+        ctrl: { batch: batchOf(NODE_CTRL_SLOTS), udp },
+      },
+      {
         ping: (slot, t0, ip, port, via) => {
           this.pings.push({ slot, t0, ip, port, via });
-          this.sibling.push({ t: 'pong', slot, t0, ip, port, via });
+          o.ping?.(slot, t0, ip, port, via);
         },
         pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => {
           this.pongs.push({ slot, rttMs, ip, port, via, seenIp, seenPort });
+          o.pong?.(slot, rttMs, ip, port, via, seenIp, seenPort);
         },
         roam: (slot, ip, port, via) => {
           this.roams.push({ slot, ip, port, via });
-          this.sibling.push({ t: 'roam', slot, ip, port, via }); // as the inbound worker asks the outbound one
+          o.roam?.(slot, ip, port, via);
         },
         handshake: (data, ip, port, via) => {
           this.handshakes.push(Buffer.from(data));
           this.handshakeFrom.push({ ip, port, via });
+          o.handshake?.(data, ip, port, via);
         },
         stun: (data, ip, port) => {
           this.stuns.push({ data: Buffer.from(data), ip, port });
+          o.stun?.(data, ip, port);
         },
         relay: (slot, from, data) => {
           this.relays.push({ slot, from, length: data.length });
-          this.sibling.push({ t: 'relay', slot, from, data: Buffer.from(data) });
+          o.relay?.(slot, from, data);
         },
         confirmed: (slot, keyId) => {
-          this.sibling.push({ t: 'confirm', slot, keyId });
+          this.confirmed.push({ slot, keyId });
+          o.confirmed?.(slot, keyId);
         },
       },
-      opts,
+      { mtu: MTU, relay: opts.relay ?? false },
     );
   }
 
+  get out(): Outbound {
+    return this.duplex.out;
+  }
+  get inb(): Inbound {
+    return this.duplex.inb;
+  }
+
   setPeers(peers: WorkerPeer[]): void {
-    // Each worker gets its own structured clone, as postMessage would give it.
-    this.out.setPeers(structuredClone(peers));
-    this.inb.setPeers(structuredClone(peers));
+    // The worker gets its own structured clone, as postMessage would give it.
+    this.duplex.setPeers(structuredClone(peers));
   }
 
-  /** Outbound worker: TUN -> UDP until the TUN is empty. Returns datagrams sent. */
+  /** TUN -> UDP until the TUN is empty. Returns datagrams sent. */
   send(): number {
-    let sent = 0;
-    for (let n; (n = this.tun.readBatch(this.outBatch)) > 0; ) {
-      this.out.process(this.outBatch, n, this.list);
-      if (this.list.count > 0) sent += this.udp.sendBatch(this.outBatch, this.list);
-    }
-    return sent;
+    const before = this.udp.sent;
+    while (this.duplex.fromTun() > 0);
+    return this.udp.sent - before;
   }
 
-  /** Inbound worker: UDP -> TUN until the socket is empty, then what it asked of the outbound one, in order. */
+  /**
+   * UDP -> TUN until the socket is empty, one batch at a time; each batch's pongs and relayed
+   * datagrams are sent before the next batch is read. Returns datagrams received.
+   */
   receive(): number {
     let got = 0;
-    for (let n; (n = this.udp.recvBatch(this.inBatch)) > 0; ) {
-      this.inb.process(this.inBatch, n, this.tun);
-      got += n;
-    }
-    while (this.sibling.length > 0) {
-      this.ctrlList.count = 0;
-      while (this.sibling.length > 0 && this.ctrlList.count < this.ctrlBatch.capacity) {
-        const m = this.sibling.shift()!;
-        if (m.t === 'pong') this.out.pong(m.slot, m.t0, m.ip, m.port, m.via, this.ctrlBatch, this.ctrlList);
-        else if (m.t === 'relay') this.out.relay(m.slot, m.from, m.data, this.ctrlBatch, this.ctrlList);
-        else if (m.t === 'roam') this.out.roam(m.slot, m.ip, m.port, m.via);
-        else this.out.promote(m.slot, m.keyId);
-      }
-      if (this.ctrlList.count > 0) this.udp.sendBatch(this.ctrlBatch, this.ctrlList);
-    }
+    for (let n; (n = this.duplex.fromUdp()) > 0; ) got += n;
     return got;
   }
 
-  /** Outbound worker's timer tick: pings that are due. Returns datagrams sent. */
+  /** The worker's timer tick: pings that are due. Returns datagrams sent. */
   timers(): number {
-    this.ctrlList.count = 0;
-    this.out.timers(this.ctrlBatch, this.ctrlList);
-    return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
+    const before = this.udp.sent;
+    this.duplex.timers();
+    return this.udp.sent - before;
   }
 
   /** The control thread asks for a probe of a candidate address. Returns datagrams sent. */
   probe(slot: number, ip: number, port: number): number {
-    this.ctrlList.count = 0;
-    this.out.probe(slot, ip, port, this.ctrlBatch, this.ctrlList);
-    return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
+    const before = this.udp.sent;
+    this.duplex.probe(slot, ip, port);
+    return this.udp.sent - before;
   }
 
-  /** The control thread sends a datagram (a handshake message) to `target` through relay `via`. */
+  /** The control thread sends a datagram (a handshake message) to `target` through relay `via`. Returns datagrams sent. */
   forward(via: number, target: number, data: Uint8Array): number {
-    this.ctrlList.count = 0;
-    this.out.forward(via, target, data, this.ctrlBatch, this.ctrlList);
-    return this.ctrlList.count > 0 ? this.udp.sendBatch(this.ctrlBatch, this.ctrlList) : 0;
+    const before = this.udp.sent;
+    this.duplex.forward(via, target, data);
+    return this.udp.sent - before;
   }
 
   peerStat(slot: number, field: number): number {
@@ -1502,5 +1506,132 @@ describe('relaying over fakes (A -> R -> B)', () => {
     expect(a.forward(99, ip(B_OVERLAY), Buffer.alloc(148, 1))).toBe(0);
     expect(net.captured).toEqual([]);
     expect(a.drops()).toEqual({ ...noDrops(), noRoute: 3 });
+  });
+});
+
+// What only the Duplex wiring does: the inbound side's requests of the outbound one are carried
+// out within the same fromUdp call, and reported afterwards.
+describe('Duplex wiring', () => {
+  const B_UNDERLAY = '203.0.113.2';
+
+  it('a ping received in fromUdp is answered by a pong sent before that fromUdp call returns', async () => {
+    const { a, b, net, ab } = await mesh();
+    const t0 = a.clock.mono();
+    a.timers();
+    const before = net.captured.length;
+    expect(b.duplex.fromUdp()).toBe(1);
+    const sent = net.captured.slice(before);
+    expect(sent.map((d) => [d.srcPort, d.dstIp, d.dstPort])).toEqual([[b.udp.port, ip(A_UNDERLAY), a.udp.port]]);
+    expect(await unseal(ab.rxKey, sent[0]!.data)).toEqual(pongOf(t0, A_UNDERLAY, 51820));
+    expect(b.duplex.fromUdp()).toBe(0);
+    expect(net.captured.length).toBe(before + 1); // nothing was left for a later call
+  });
+
+  it('more pings in one batch than control slots: the full control batch is sent and every ping is answered, in order', async () => {
+    const { a, b, net, ab } = await mesh();
+    const n = 3 * NODE_CTRL_SLOTS + 1;
+    expect(n).toBeLessThanOrEqual(CAP); // one receive batch
+    const t0s: number[] = [];
+    for (let i = 0; i < n; i++) {
+      t0s.push(a.clock.mono());
+      expect(a.probe(SLOT_OF_B_AT_A, ip(B_UNDERLAY), 51821)).toBe(1);
+      a.clock.advance(1);
+    }
+    const before = net.captured.length;
+    expect(b.duplex.fromUdp()).toBe(n);
+    expect(b.pings.map((p) => p.t0)).toEqual(t0s);
+    const pongs = net.captured.slice(before);
+    expect(pongs.map((d) => d.dstPort)).toEqual(t0s.map(() => a.udp.port));
+    expect(await Promise.all(pongs.map((d) => unseal(ab.rxKey, d.data)))).toEqual(t0s.map((t0) => pongOf(t0, A_UNDERLAY, 51820)));
+    expect(b.drops()).toEqual(noDrops());
+    expect(a.receive()).toBe(n);
+    expect(a.pongs.length).toBe(n);
+  });
+
+  it('datagrams the socket refuses are counted as sendFailed: data, timer pings, and pongs sent from fromUdp', async () => {
+    const { a, b } = await mesh();
+    a.udp.sendLimit = 1;
+    a.tun.inject(...[1, 2, 3].map((k) => ipv4('100.64.0.1', '100.64.0.2', 20, { seed: k })));
+    expect(a.send()).toBe(1);
+    expect(a.drops()).toEqual({ ...noDrops(), sendFailed: 2 });
+    a.udp.sendLimit = 0;
+    expect(a.timers()).toBe(0); // pings to B and C, both refused
+    expect(a.drops()).toEqual({ ...noDrops(), sendFailed: 4 });
+    a.udp.sendLimit = Infinity;
+    a.clock.advance(PING_INTERVAL_CONNECTING_MS);
+    expect(a.timers()).toBe(2);
+    b.udp.sendLimit = 0;
+    expect(b.receive()).toBe(2); // the packet that got through, and the ping
+    expect(b.pings.length).toBe(1);
+    expect(b.drops()).toEqual({ ...noDrops(), sendFailed: 1 }); // its pong
+    expect(a.receive()).toBe(0);
+  });
+
+  it('a relay passes a relayed datagram on before that fromUdp call returns', async () => {
+    const { a, b, r, net } = await relayMesh();
+    const p = ipv4('100.64.0.1', '100.64.0.2', 40);
+    a.tun.inject(p);
+    expect(a.send()).toBe(1);
+    const before = net.captured.length;
+    expect(r.duplex.fromUdp()).toBe(1);
+    expect(net.captured.slice(before).map((d) => [d.srcIp, d.dstIp, d.dstPort])).toEqual([[ip(R_UNDERLAY), ip(B_UNDERLAY), 51821]]);
+    expect(b.udp.inbox.length).toBe(1);
+    expect(r.duplex.fromUdp()).toBe(0);
+    expect(net.captured.length).toBe(before + 1);
+    b.receive();
+    expect(b.tun.take()).toEqual([p]);
+  });
+
+  it('more relayed datagrams in one batch than control slots: all are passed on, in order', async () => {
+    const { a, b, r, net } = await relayMesh();
+    const packets = Array.from({ length: 3 * NODE_CTRL_SLOTS + 1 }, (_, i) => ipv4('100.64.0.1', '100.64.0.2', 30 + i, { seed: i }));
+    a.tun.inject(...packets);
+    expect(a.send()).toBe(packets.length);
+    const before = net.captured.length;
+    expect(r.duplex.fromUdp()).toBe(packets.length);
+    expect(net.captured.length - before).toBe(packets.length);
+    expect(r.drops()).toEqual(noDrops());
+    expect(b.receive()).toBe(packets.length);
+    expect(b.tun.take()).toEqual(packets);
+  });
+
+  it('the roam observer runs after the outbound side moved: a packet sent from it goes to the new address', async () => {
+    const { a, b, net } = await mesh();
+    const NEW_IP = '198.51.100.77';
+    a.udp.rebind(ip(NEW_IP), 40000);
+    let sentTo: number[] | undefined;
+    b.observers.roam = () => {
+      // (fromTun reads into its own batch, not the one being received)
+      b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 12));
+      expect(b.send()).toBe(1);
+      const d = net.captured.at(-1)!;
+      sentTo = [d.dstIp, d.dstPort];
+    };
+    a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 11));
+    a.send();
+    b.receive();
+    expect(b.roams.length).toBe(1);
+    expect(sentTo).toEqual([ip(NEW_IP), 40000]);
+  });
+
+  it('the confirmed observer runs after the outbound side took the session: a packet sent from it goes out', async () => {
+    const { a, b, peersOfB } = await mesh();
+    // B answered a handshake from A: it may send on the new session once A has used it.
+    b.setPeers(peersOfB().map((p) => (p.slot === SLOT_OF_A_AT_B ? { ...p, keyId: 'k2', unconfirmed: true } : p)));
+    b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 12));
+    expect(b.send()).toBe(0);
+    expect(b.drops()).toEqual({ ...noDrops(), noSession: 1 });
+    let sent: number | undefined;
+    b.observers.confirmed = () => {
+      b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 13));
+      sent = b.send();
+    };
+    a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 11));
+    a.send();
+    b.receive();
+    expect(b.confirmed).toEqual([{ slot: SLOT_OF_A_AT_B, keyId: 'k2' }]);
+    expect(sent).toBe(1);
+    a.receive();
+    expect(a.tun.take()).toEqual([ipv4('100.64.0.2', '100.64.0.1', 13)]);
   });
 });

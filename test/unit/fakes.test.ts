@@ -103,6 +103,7 @@ describe('FakeUdpNetwork', () => {
     for (let i = 0; i < 4; i++) queue(out, list, Buffer.from([i]), B.ip, B.port);
     expect(a.sendBatch(out, list)).toBe(2);
     expect(b.inbox.map((d) => d.data[0])).toEqual([0, 1]);
+    expect(a.sent).toBe(2); // the refused ones are not counted as sent
   });
 
   it('rebinds a socket to a new address and refuses a taken one', () => {

@@ -1,5 +1,5 @@
 /**
- * Fuzz: handshake messages (types 1-3), which the inbound worker hands to the control thread.
+ * Fuzz: handshake messages (types 1-3), which the data plane hands to the control thread.
  *
  *   Noise (src/crypto/noise.ts): checkMac1, checkMac2, receiverOf, consumeInitiation,
  *   consumeResponse, openCookie and cookieReply on random bytes, genuine messages (from a known

@@ -579,7 +579,7 @@ function checkSegment(b: PacketBatch, slot: number, sp: Buffer, k: number, count
 
 describe('splitFromTun, GSO_TCPV4', () => {
   it('fits the largest super-packet at the smallest IPv4 MSS (536) into a 128-slot outbound batch', () => {
-    // The outbound worker sizes its batch for this case (MAX_TSO_SEGMENTS in worker.ts).
+    // The worker sizes its outbound batch for this case (MAX_TSO_SEGMENTS in worker.ts).
     const sp = superPacket({ payloadLen: 65535 - 52, ts: [1, 2], flags: F_ACK, seq: 1, id: 1, seed: 536 });
     const { src, off, len } = tsoRead(sp, 536);
     const count = Math.ceil((65535 - 52) / 536);

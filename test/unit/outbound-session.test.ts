@@ -54,7 +54,7 @@ describe('Outbound and unconfirmed sessions', () => {
     out.timers(ctrl, clist);
     expect(clist.count).toBe(0); // no pings either
 
-    out.promote(0, 'hs1'); // the inbound worker saw the initiator's first packet on it
+    out.promote(0, 'hs1'); // the inbound side saw the initiator's first packet on it
     oneIpv4Packet(batch);
     out.process(batch, 1, list);
     expect(list.count).toBe(1);
