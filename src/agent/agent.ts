@@ -182,6 +182,7 @@ export class Agent {
       udpFd: this.udp.fd,
       mtu: this.mtu,
       vnet: this.tun.offload,
+      udpGso: cfg.udpGso,
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,

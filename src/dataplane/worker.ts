@@ -30,6 +30,8 @@ export interface WorkerInit {
   batch: number;
   /** The TUN carries virtio-net headers (offloads on). */
   vnet: boolean;
+  /** UDP GSO for the outbound and control sends. */
+  udpGso: boolean;
   crypto: AeadBackend;
   /** This host relays for its peers. */
   relay: boolean;
@@ -94,8 +96,8 @@ async function main(init: WorkerInit): Promise<void> {
   const tunRead = new TunBatchIo(init.tunFd, outBatch, init.vnet);
   const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet);
   const udpIn = new UdpBatchIo(init.udpFd, inBatch);
-  const udpOut = new UdpBatchIo(init.udpFd, outBatch);
-  const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch);
+  const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpGso });
+  const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpGso });
   const wake = new WakeFd(init.wakeFd);
   const poller = new Poller([init.tunFd, init.udpFd, init.wakeFd]);
   let mail = Atomics.load(ctrl, CTRL_MAIL);

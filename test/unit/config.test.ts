@@ -55,6 +55,7 @@ describe('loadAgentConfig', () => {
       batch: 64,
       crypto: 'auto',
       offload: true,
+      udpGso: true,
       advertise: [],
       cert: '/var/lib/cladnet/host.cert',
       stun: [],

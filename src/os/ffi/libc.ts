@@ -130,6 +130,13 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
+export const SOL_UDP = 17;
+/** cmsg (SOL_UDP): the segment size of a UDP GSO send (Linux 4.18+). */
+export const UDP_SEGMENT = 103;
+export const EIO = 5;
+export const EINVAL = 22;
+export const EOPNOTSUPP = 95;
+export const EMSGSIZE = 90;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 export const POLLIN = 0x1;

@@ -78,6 +78,27 @@ export function sendDatagram(fd: number, data: Uint8Array, ip: number, port: num
 //   void *control; size_t controllen; int flags; } hdr; unsigned int len; } = 64 bytes on x86_64.
 const MMSG = 64;
 const IOVEC = 16;
+// One cmsg carrying a u16: struct cmsghdr { size_t len; int level; int type; } + data, padded to 8.
+const CMSG_SPACE_U16 = 24;
+const CMSG_LEN_U16 = 18;
+/**
+ * UDP GSO limits: the kernel takes at most 64 segments per send (UDP_MAX_SEGMENTS on older
+ * kernels; 128 on newer), and the whole payload must fit one IPv4 datagram's length field.
+ */
+export const GSO_MAX_SEGMENTS = 64;
+const GSO_MAX_BYTES = 65535 - 20 - 8;
+/** GSO sends refused, with none accepted yet, before a socket stops trying. */
+export const GSO_GIVE_UP = 3;
+
+export interface UdpBatchOptions {
+  /**
+   * Send runs of equal-size datagrams to one destination as one UDP GSO message (UDP_SEGMENT):
+   * one trip through the IP stack per run instead of per datagram; the receiving kernel hands
+   * them to the socket as the same separate datagrams. A run the kernel refuses is sent one by
+   * one; after GSO_GIVE_UP refusals with no GSO send accepted, GSO is turned off. Default true.
+   */
+  gso?: boolean;
+}
 
 /**
  * Batched datagram I/O over one socket for one batch (one thread). The batch must live in native
@@ -90,37 +111,89 @@ export class UdpBatchIo implements UdpIo {
   private readonly vec: bigint;
   private readonly iovOff: number;
   private readonly namesOff: number;
-  /** Slot addresses split in 32-bit halves, so writing them allocates no BigInt. */
+  private readonly ctrlOff: number;
+  /** Native addresses split in 32-bit halves, so writing them allocates no BigInt. */
   private readonly slotLo: Uint32Array;
   private readonly slotHi: Uint32Array;
+  private readonly iovLo: Uint32Array;
+  private readonly iovHi: Uint32Array;
+  private readonly ctrlLo: Uint32Array;
+  private readonly ctrlHi: Uint32Array;
+  /** Per message of the send being built: its first list entry and its datagram count. */
+  private readonly msgFirst: Int32Array;
+  private readonly msgSegs: Int32Array;
   private recvReady = false;
+  /** UDP GSO in use (see UdpBatchOptions.gso). */
+  gso: boolean;
   /** Datagrams the kernel refused with an error other than EAGAIN (e.g. ENETUNREACH). */
   sendErrors = 0;
   lastErrno = 0;
+  /** GSO messages sent, and the datagrams they carried. */
+  gsoMessages = 0;
+  gsoSegments = 0;
+  /** GSO messages the kernel refused (their datagrams were then sent one by one). */
+  gsoRefused = 0;
 
   constructor(
     private readonly fd: number,
     private readonly batch: PacketBatch,
+    opts: UdpBatchOptions = {},
   ) {
     if (batch.basePtr === 0n) throw new Error('UdpBatchIo needs a batch in native memory');
+    this.gso = opts.gso ?? true;
     const capacity = batch.capacity;
     this.iovOff = capacity * MMSG;
     this.namesOff = this.iovOff + capacity * IOVEC;
-    this.meta = allocNative(this.namesOff + capacity * SOCKADDR_IN);
+    this.ctrlOff = this.namesOff + capacity * SOCKADDR_IN;
+    this.meta = allocNative(this.ctrlOff + capacity * CMSG_SPACE_U16);
     this.m = this.meta.buf;
     this.vec = this.meta.ptr;
-    this.slotLo = new Uint32Array(capacity);
-    this.slotHi = new Uint32Array(capacity);
+    const split = (n: number, addr: (i: number) => bigint): [Uint32Array, Uint32Array] => {
+      const lo = new Uint32Array(n);
+      const hi = new Uint32Array(n);
+      for (let i = 0; i < n; i++) {
+        const p = addr(i);
+        lo[i] = Number(p & 0xffffffffn);
+        hi[i] = Number(p >> 32n);
+      }
+      return [lo, hi];
+    };
+    [this.slotLo, this.slotHi] = split(capacity, (i) => batch.basePtr + BigInt(batch.offset(i)));
+    [this.iovLo, this.iovHi] = split(capacity, (i) => this.vec + BigInt(this.iovOff + i * IOVEC));
+    [this.ctrlLo, this.ctrlHi] = split(capacity, (i) => this.vec + BigInt(this.ctrlOff + i * CMSG_SPACE_U16));
+    this.msgFirst = new Int32Array(capacity);
+    this.msgSegs = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
-      const p = batch.basePtr + BigInt(batch.offset(i));
-      this.slotLo[i] = Number(p & 0xffffffffn);
-      this.slotHi[i] = Number(p >> 32n);
-      const h = i * MMSG;
-      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * SOCKADDR_IN), h); // msg_name
-      this.m.writeUInt32LE(SOCKADDR_IN, h + 8); // msg_namelen
-      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.iovOff + i * IOVEC), h + 16); // msg_iov
-      this.m.writeBigUInt64LE(1n, h + 24); // msg_iovlen
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * SOCKADDR_IN), i * MMSG); // msg_name
+      // the cmsg of message i, used when it carries a GSO run
+      const c = this.ctrlOff + i * CMSG_SPACE_U16;
+      this.m.writeUInt32LE(CMSG_LEN_U16, c);
+      this.m.writeUInt32LE(0, c + 4);
+      this.m.writeInt32LE(libc.SOL_UDP, c + 8);
+      this.m.writeInt32LE(libc.UDP_SEGMENT, c + 12);
     }
+  }
+
+  /** Message j: name (already set), `iovs` iovecs from iovec `first`, and a GSO cmsg when gsoSize > 0. */
+  private setMessage(j: number, first: number, iovs: number, gsoSize: number): void {
+    const m = this.m;
+    const h = j * MMSG;
+    m.writeUInt32LE(SOCKADDR_IN, h + 8); // msg_namelen
+    m.writeUInt32LE(this.iovLo[first]!, h + 16); // msg_iov
+    m.writeUInt32LE(this.iovHi[first]!, h + 20);
+    m.writeUInt32LE(iovs, h + 24); // msg_iovlen
+    m.writeUInt32LE(0, h + 28);
+    if (gsoSize > 0) {
+      m.writeUInt32LE(this.ctrlLo[j]!, h + 32); // msg_control
+      m.writeUInt32LE(this.ctrlHi[j]!, h + 36);
+      m.writeUInt32LE(CMSG_SPACE_U16, h + 40); // msg_controllen
+      m.writeUInt16LE(gsoSize, this.ctrlOff + j * CMSG_SPACE_U16 + 16);
+    } else {
+      m.writeUInt32LE(0, h + 32);
+      m.writeUInt32LE(0, h + 36);
+      m.writeUInt32LE(0, h + 40);
+    }
+    m.writeUInt32LE(0, h + 44);
   }
 
   private setIov(j: number, slot: number, len: number): void {
@@ -139,7 +212,7 @@ export class UdpBatchIo implements UdpIo {
       // The receive vector (slot i <- message i, full slot size) stays valid until a send
       // reuses the headers; recvmmsg itself only rewrites msg_namelen and msg_len.
       for (let i = 0; i < n0; i++) {
-        m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8);
+        this.setMessage(i, i, 1, 0);
         this.setIov(i, i, batch.slotSize);
       }
       this.recvReady = true;
@@ -162,30 +235,78 @@ export class UdpBatchIo implements UdpIo {
 
   sendBatch(batch: PacketBatch, list: SendList): number {
     if (batch !== this.batch) throw new Error('UdpBatchIo used with a foreign batch');
-    const m = this.m;
-    const count = list.count;
     this.recvReady = false;
-    for (let j = 0; j < count; j++) {
-      const i = list.idx[j]!;
-      m.writeUInt32LE(SOCKADDR_IN, j * MMSG + 8);
-      this.setIov(j, i, batch.len[i]!);
-      writeSockaddrIn(m, this.namesOff + j * SOCKADDR_IN, batch.ip[i]!, batch.port[i]!);
+    return this.sendFrom(batch, list, 0, this.gso);
+  }
+
+  /**
+   * Sends list entries from `start` on. With GSO, consecutive datagrams to one destination whose
+   * sizes are equal (the last may be shorter) go as one message; otherwise one message each.
+   */
+  private sendFrom(batch: PacketBatch, list: SendList, start: number, gso: boolean): number {
+    const count = list.count;
+    let msgs = 0;
+    for (let j = start; j < count; ) {
+      const i0 = list.idx[j]!;
+      const ip = batch.ip[i0]!;
+      const port = batch.port[i0]!;
+      const size = batch.len[i0]!;
+      let run = 1;
+      if (gso) {
+        const limit = Math.min(GSO_MAX_SEGMENTS, Math.floor(GSO_MAX_BYTES / size));
+        while (j + run < count && run < limit) {
+          const i = list.idx[j + run]!;
+          const len = batch.len[i]!;
+          if (batch.ip[i] !== ip || batch.port[i] !== port || len > size) break;
+          run++;
+          if (len < size) break; // a shorter datagram ends a run
+        }
+      }
+      for (let k = j; k < j + run; k++) {
+        const i = list.idx[k]!;
+        this.setIov(k, i, batch.len[i]!);
+      }
+      writeSockaddrIn(this.m, this.namesOff + msgs * SOCKADDR_IN, ip, port);
+      this.setMessage(msgs, j, run, run > 1 ? size : 0);
+      this.msgFirst[msgs] = j;
+      this.msgSegs[msgs] = run;
+      msgs++;
+      j += run;
     }
+    let done = 0;
     let sent = 0;
     let refused = 0;
-    while (sent < count) {
-      const r = libc.sendmmsg(this.fd, sent === 0 ? this.vec : this.vec + BigInt(sent * MMSG), count - sent, 0);
+    while (done < msgs) {
+      const r = libc.sendmmsg(this.fd, done === 0 ? this.vec : this.vec + BigInt(done * MMSG), msgs - done, 0);
       if (r >= 0) {
-        sent += r;
+        for (let k = done; k < done + r; k++) {
+          const segs = this.msgSegs[k]!;
+          sent += segs;
+          if (segs > 1) {
+            this.gsoMessages++;
+            this.gsoSegments += segs;
+          }
+        }
+        done += r;
         continue;
       }
       const e = libc.errno();
       if (e === libc.EINTR) continue;
       this.lastErrno = e;
       if (e === libc.EAGAIN) break; // socket buffer full: the rest is dropped, as a router would
-      this.sendErrors++; // this datagram is undeliverable (no route, unreachable): skip it only
-      refused++;
-      sent++;
+      const segs = this.msgSegs[done]!;
+      if (segs > 1 && (e === libc.EIO || e === libc.EINVAL || e === libc.EOPNOTSUPP || e === libc.EMSGSIZE)) {
+        // The kernel would not segment this run (no UDP GSO in this kernel, no checksum offload
+        // on the route, or datagrams larger than the path MTU): send the rest one by one. If GSO
+        // never worked on this socket after a few tries, stop trying.
+        this.gsoRefused++;
+        if (this.gsoMessages === 0 && this.gsoRefused >= GSO_GIVE_UP) this.gso = false;
+        return sent - refused + this.sendFrom(batch, list, this.msgFirst[done]!, false);
+      }
+      this.sendErrors += segs; // undeliverable (no route, unreachable): skip this message only
+      refused += segs;
+      sent += segs;
+      done++;
     }
     return sent - refused;
   }
