@@ -74,7 +74,7 @@ export function buildProgram(): Command {
     .option('--batch <n>', 'packets per data-plane batch (default 64)')
     .option('--crypto <backend>', 'AEAD backend: auto|native|wasm (default auto)')
     .option('--offload <bool>', 'TUN segmentation/checksum offloads (default true)')
-    .option('--udp-gso <bool>', 'UDP segmentation offload (UDP_SEGMENT) for runs of datagrams to one peer (default true)')
+    .option('--udp-offload <bool>', 'UDP GSO on send and GRO on receive: runs of datagrams to one peer cross the kernel as one (default true)')
     .option('--advertise <endpoints>', 'endpoints to publish instead of interface addresses (ip or ip:port, comma separated)')
     .option('--stun <servers>', 'STUN servers (ip:port, comma separated) to learn our public address from (default none)')
     .option('--metadata <provider>', 'ask cloud instance metadata for our public IPv4: off|aws|gcp|azure|auto (default off)')

@@ -182,7 +182,7 @@ export class Agent {
       udpFd: this.udp.fd,
       mtu: this.mtu,
       vnet: this.tun.offload,
-      udpGso: cfg.udpGso,
+      udpOffload: cfg.udpOffload,
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,

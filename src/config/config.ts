@@ -25,8 +25,8 @@ export interface AgentConfig {
   readonly crypto: 'auto' | 'native' | 'wasm';
   /** Use TUN offloads (TSO/checksum) when the kernel offers them. */
   readonly offload: boolean;
-  /** Send runs of datagrams to one peer as UDP GSO messages when the kernel allows it. */
-  readonly udpGso: boolean;
+  /** UDP GSO on send (runs of datagrams to one peer as one message) and GRO on receive, when the kernel allows. */
+  readonly udpOffload: boolean;
   /** Address to publish instead of the interface addresses (e.g. a known public IP), optional. */
   readonly advertise: readonly string[];
   /** This host's certificate file from `cladnet host issue` (default <stateDir>/host.cert). */
@@ -83,7 +83,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
   { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'enum', values: ['auto', 'native', 'wasm'], def: () => 'auto' },
   { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
-  { key: 'udpGso', flag: 'udpGso', env: 'CLADNET_UDP_GSO', kind: 'bool', def: () => true },
+  { key: 'udpOffload', flag: 'udpOffload', env: 'CLADNET_UDP_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
   { key: 'cert', flag: 'cert', env: 'CLADNET_CERT', kind: 'string', def: (b) => path.join(String(b['stateDir']), 'host.cert') },
   { key: 'etcdCa', flag: 'etcdCa', env: 'CLADNET_ETCD_CA', kind: 'string', def: () => undefined, optional: true },

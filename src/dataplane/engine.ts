@@ -17,8 +17,8 @@ export interface EngineOptions {
   mtu: number;
   /** The TUN was opened with IFF_VNET_HDR (offloads). */
   vnet?: boolean;
-  /** Send runs of datagrams to one peer as UDP GSO messages (default true). */
-  udpGso?: boolean;
+  /** UDP GSO on send and GRO on receive (default true). */
+  udpOffload?: boolean;
   crypto?: AeadBackend;
   /** Packets per batch (recvmmsg/sendmmsg vector length, TUN reads per wake). */
   batch?: number;
@@ -69,7 +69,7 @@ export class DataplaneEngine {
       wakeFd: wake.fd,
       mtu: this.opts.mtu,
       vnet: this.opts.vnet ?? false,
-      udpGso: this.opts.udpGso ?? true,
+      udpOffload: this.opts.udpOffload ?? true,
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,

@@ -30,8 +30,8 @@ export interface WorkerInit {
   batch: number;
   /** The TUN carries virtio-net headers (offloads on). */
   vnet: boolean;
-  /** UDP GSO for the outbound and control sends. */
-  udpGso: boolean;
+  /** UDP GSO for the outbound and control sends, GRO for receives. */
+  udpOffload: boolean;
   crypto: AeadBackend;
   /** This host relays for its peers. */
   relay: boolean;
@@ -95,9 +95,9 @@ async function main(init: WorkerInit): Promise<void> {
   // One TunBatchIo per batch: each keeps the native addresses of its own batch's slots.
   const tunRead = new TunBatchIo(init.tunFd, outBatch, init.vnet);
   const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet);
-  const udpIn = new UdpBatchIo(init.udpFd, inBatch);
-  const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpGso });
-  const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpGso });
+  const udpIn = new UdpBatchIo(init.udpFd, inBatch, { gro: init.udpOffload });
+  const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpOffload });
+  const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpOffload });
   const wake = new WakeFd(init.wakeFd);
   const poller = new Poller([init.tunFd, init.udpFd, init.wakeFd]);
   let mail = Atomics.load(ctrl, CTRL_MAIL);
@@ -161,7 +161,7 @@ async function main(init: WorkerInit): Promise<void> {
     if ((ready & READY_WAKE) !== 0) wake.drain();
     checkMail();
     again = false;
-    if ((ready & READY_UDP) !== 0) {
+    if ((ready & READY_UDP) !== 0 || udpIn.pendingRecv) {
       const n = d.fromUdp();
       if (n > 0) {
         again = true;

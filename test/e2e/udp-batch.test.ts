@@ -19,8 +19,9 @@ const DIST = path.resolve(__dirname, '..', '..', 'dist');
  * in order.
  */
 const SCRIPT = `
-const [dist, gsoArg, spec, roundsArg] = process.argv.slice(1);
+const [dist, gsoArg, spec, roundsArg, groArg, rxCapArg] = process.argv.slice(1);
 const rounds = Number(roundsArg);
+const rxCap = Number(rxCapArg);
 const { openUdpSocket, UdpBatchIo } = require(dist + '/os/udp/udp.js');
 const { allocNative } = require(dist + '/os/ffi/mem.js');
 const { PacketBatch, SendList } = require(dist + '/dataplane/batch.js');
@@ -29,7 +30,9 @@ const LO = 0x7f000001;
 const rx = [openUdpSocket({ port: 0, bindIp: LO }), openUdpSocket({ port: 0, bindIp: LO })];
 const tx = openUdpSocket({ port: 0, bindIp: LO });
 const SLOT = 1536, CAP = 64;
-const mk = () => { const m = allocNative(SLOT * CAP); return new PacketBatch(m.buf, SLOT, CAP, m.ptr); };
+const mk = (cap = CAP) => { const m = allocNative(SLOT * cap); return new PacketBatch(m.buf, SLOT, cap, m.ptr); };
+// receivers first: UDP_GRO applies to what is queued after it is set
+const rxs = rx.map((s) => { const b = mk(rxCap); return { b, rio: new UdpBatchIo(s.fd, b, { gro: groArg === 'true' }) }; });
 const out = mk();
 const list = new SendList(CAP);
 const datagrams = JSON.parse(spec); // [[receiver, length], ...]
@@ -43,14 +46,15 @@ const io = new UdpBatchIo(tx.fd, out, { gso: gsoArg === 'true' });
 let sent = 0;
 for (let k = 0; k < rounds; k++) sent += io.sendBatch(out, list);
 const got = rx.map(() => []);
+const gro = [];
 rx.forEach((s, r) => {
-  const b = mk();
-  const rio = new UdpBatchIo(s.fd, b);
+  const { b, rio } = rxs[r];
   const p = new Poller([s.fd]);
   const want = rounds * datagrams.filter(([to]) => to === r).length;
   const end = Date.now() + 3000;
   while (got[r].length < want && Date.now() < end) {
-    if (p.wait(100) === 0) continue;
+    // as the worker does: datagrams held back from a full batch are taken without waiting
+    if (!rio.pendingRecv && p.wait(100) === 0) continue;
     const n = rio.recvBatch(b);
     for (let i = 0; i < n; i++) {
       const off = b.offset(i), len = b.len[i];
@@ -61,8 +65,9 @@ rx.forEach((s, r) => {
       got[r].push({ index, len, intact });
     }
   }
+  gro.push({ on: rio.gro, coalesced: rio.groCoalesced });
 });
-console.log(JSON.stringify({ sent, lastErrno: io.lastErrno, gso: io.gso, gsoMessages: io.gsoMessages, gsoSegments: io.gsoSegments, gsoRefused: io.gsoRefused, sendErrors: io.sendErrors, got }));
+console.log(JSON.stringify({ sent, lastErrno: io.lastErrno, gso: io.gso, gsoMessages: io.gsoMessages, gsoSegments: io.gsoSegments, gsoRefused: io.gsoRefused, sendErrors: io.sendErrors, gro, got }));
 `;
 
 interface Result {
@@ -73,6 +78,7 @@ interface Result {
   gsoSegments: number;
   gsoRefused: number;
   sendErrors: number;
+  gro: { on: boolean; coalesced: number }[];
   got: { index: number; len: number; intact: boolean }[][];
 }
 
@@ -101,9 +107,9 @@ describe.skipIf(!canNetns)('UdpBatchIo with UDP GSO, real kernel', () => {
     runSync(['ip', 'netns', 'del', ns]);
   });
 
-  const run = async (gso: boolean, mtu: number, rounds = 1): Promise<Result> => {
+  const run = async (gso: boolean, mtu: number, rounds = 1, rx: { gro?: boolean; cap?: number } = {}): Promise<Result> => {
     await runOk(['ip', '-n', ns, 'link', 'set', 'lo', 'mtu', String(mtu)]);
-    const r = await runOk(['ip', 'netns', 'exec', ns, process.execPath, '-e', SCRIPT, DIST, String(gso), JSON.stringify(DATAGRAMS), String(rounds)], {
+    const r = await runOk(['ip', 'netns', 'exec', ns, process.execPath, '-e', SCRIPT, DIST, String(gso), JSON.stringify(DATAGRAMS), String(rounds), String(rx.gro ?? false), String(rx.cap ?? 64)], {
       timeoutMs: 20_000,
     });
     return JSON.parse(r.stdout.trim().split('\n').pop()!) as Result;
@@ -152,5 +158,21 @@ describe.skipIf(!canNetns)('UdpBatchIo with UDP GSO, real kernel', () => {
     expectAllDelivered(r, GSO_GIVE_UP + 2);
     expect(r.gsoRefused).toBe(GSO_GIVE_UP);
     expect(r.gso).toBe(false);
+  });
+
+  it('receives with UDP GRO: a GSO run arrives as one buffer and is cut into the same datagrams, also across small batches', async () => {
+    for (const cap of [64, 4]) {
+      const r = await run(true, 65536, 2, { gro: true, cap });
+      expectAllDelivered(r, 2);
+      expect(r.gro.every((g) => g.on)).toBe(true);
+      // at least the 13-datagram run to receiver 0 and the 5-datagram run to receiver 1, each round
+      expect(r.gro[0]!.coalesced).toBeGreaterThanOrEqual(2);
+      expect(r.gro[1]!.coalesced).toBeGreaterThanOrEqual(2);
+    }
+  });
+
+  it('receives with UDP GRO from a sender without GSO: every datagram still arrives on its own', async () => {
+    const r = await run(false, 65536, 1, { gro: true, cap: 8 });
+    expectAllDelivered(r);
   });
 });

@@ -55,7 +55,7 @@ describe('loadAgentConfig', () => {
       batch: 64,
       crypto: 'auto',
       offload: true,
-      udpGso: true,
+      udpOffload: true,
       advertise: [],
       cert: '/var/lib/cladnet/host.cert',
       stun: [],

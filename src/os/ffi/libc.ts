@@ -133,6 +133,8 @@ export const SO_RCVBUFFORCE = 33;
 export const SOL_UDP = 17;
 /** cmsg (SOL_UDP): the segment size of a UDP GSO send (Linux 4.18+). */
 export const UDP_SEGMENT = 103;
+/** sockopt and cmsg (SOL_UDP): receive runs of datagrams as one coalesced buffer (Linux 5.0+). */
+export const UDP_GRO = 104;
 export const EIO = 5;
 export const EINVAL = 22;
 export const EOPNOTSUPP = 95;

@@ -98,7 +98,19 @@ export interface UdpBatchOptions {
    * one; after GSO_GIVE_UP refusals with no GSO send accepted, GSO is turned off. Default true.
    */
   gso?: boolean;
+  /**
+   * Receive with UDP GRO (UDP_GRO): the kernel hands over a run of datagrams from one sender as
+   * one buffer (up to 64 KiB) with their size in a cmsg, and recvBatch cuts it into slots. Saves
+   * the kernel's per-datagram socket work when the sender used GSO. Default false.
+   */
+  gro?: boolean;
 }
+
+/** Landing buffers for GRO receives: each holds one (possibly coalesced) message. */
+const GRO_MSGS = 8;
+const GRO_BUF = 65536;
+// cmsg with an int: 16-byte header + 4 bytes, padded to 8
+const CMSG_SPACE_INT = 24;
 
 /**
  * Batched datagram I/O over one socket for one batch (one thread). The batch must live in native
@@ -133,6 +145,9 @@ export class UdpBatchIo implements UdpIo {
   gsoSegments = 0;
   /** GSO messages the kernel refused (their datagrams were then sent one by one). */
   gsoRefused = 0;
+  /** UDP GRO in use on receive (see UdpBatchOptions.gro). */
+  readonly gro: boolean;
+  private groLand?: GroLanding;
 
   constructor(
     private readonly fd: number,
@@ -161,6 +176,8 @@ export class UdpBatchIo implements UdpIo {
     [this.slotLo, this.slotHi] = split(capacity, (i) => batch.basePtr + BigInt(batch.offset(i)));
     [this.iovLo, this.iovHi] = split(capacity, (i) => this.vec + BigInt(this.iovOff + i * IOVEC));
     [this.ctrlLo, this.ctrlHi] = split(capacity, (i) => this.vec + BigInt(this.ctrlOff + i * CMSG_SPACE_U16));
+    this.gro = opts.gro === true && setUdpGro(fd);
+    if (this.gro) this.groLand = new GroLanding();
     this.msgFirst = new Int32Array(capacity);
     this.msgSegs = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
@@ -204,8 +221,19 @@ export class UdpBatchIo implements UdpIo {
     this.m.writeUInt32LE(0, io + 12);
   }
 
+  /** GRO: messages received that held more than one datagram. */
+  get groCoalesced(): number {
+    return this.groLand?.coalesced ?? 0;
+  }
+
+  /** GRO: datagrams already received wait in the landing buffers (call recvBatch again). */
+  get pendingRecv(): boolean {
+    return this.groLand?.pending ?? false;
+  }
+
   recvBatch(batch: PacketBatch): number {
     if (batch !== this.batch) throw new Error('UdpBatchIo used with a foreign batch');
+    if (this.groLand) return this.groLand.recv(this.fd, batch, this);
     const m = this.m;
     const n0 = batch.capacity;
     if (!this.recvReady) {
@@ -313,5 +341,115 @@ export class UdpBatchIo implements UdpIo {
 
   close(): void {
     this.meta.free();
+    this.groLand?.free();
+  }
+}
+
+function setUdpGro(fd: number): boolean {
+  const v = new Uint8Array(4);
+  new DataView(v.buffer).setInt32(0, 1, true);
+  return libc.setsockopt(fd, libc.SOL_UDP, libc.UDP_GRO, v, 4) === 0;
+}
+
+/**
+ * recvmmsg into GRO_MSGS landing buffers of 64 KiB, then each message cut at its segment size
+ * (the UDP_GRO cmsg; a message without one is one datagram) and copied into the batch's slots.
+ * What does not fit in this batch waits for the next one.
+ */
+class GroLanding {
+  private readonly meta: NativeBlock;
+  private readonly land: NativeBlock;
+  private readonly m: Buffer;
+  private readonly iovOff = GRO_MSGS * MMSG;
+  private readonly namesOff = this.iovOff + GRO_MSGS * IOVEC;
+  private readonly ctrlOff = this.namesOff + GRO_MSGS * SOCKADDR_IN;
+  /** Messages received by the last recvmmsg, the one being cut, and the offset reached in it. */
+  private count = 0;
+  private cur = 0;
+  private off = 0;
+  /** Coalesced messages received, and the datagrams they held. */
+  coalesced = 0;
+  segments = 0;
+
+  constructor() {
+    this.meta = allocNative(this.ctrlOff + GRO_MSGS * CMSG_SPACE_INT);
+    this.land = allocNative(GRO_MSGS * GRO_BUF);
+    this.m = this.meta.buf;
+    for (let i = 0; i < GRO_MSGS; i++) {
+      const h = i * MMSG;
+      const io = this.iovOff + i * IOVEC;
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * SOCKADDR_IN), h);
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(io), h + 16);
+      this.m.writeBigUInt64LE(1n, h + 24);
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.ctrlOff + i * CMSG_SPACE_INT), h + 32);
+      this.m.writeBigUInt64LE(this.land.ptr + BigInt(i * GRO_BUF), io);
+      this.m.writeBigUInt64LE(BigInt(GRO_BUF), io + 8);
+    }
+  }
+
+  get pending(): boolean {
+    return this.cur < this.count;
+  }
+
+  recv(fd: number, batch: PacketBatch, errs: { lastErrno: number }): number {
+    const m = this.m;
+    let n = 0;
+    for (;;) {
+      if (this.cur >= this.count) {
+        if (n > 0) return n; // one recvmmsg per call: a caller that got a full batch comes back
+        for (let i = 0; i < GRO_MSGS; i++) {
+          m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8); // msg_namelen
+          m.writeUInt32LE(CMSG_SPACE_INT, i * MMSG + 40); // msg_controllen
+          m.writeUInt32LE(0, i * MMSG + 44);
+        }
+        const r = libc.recvmmsg(fd, this.meta.ptr, GRO_MSGS, libc.MSG_DONTWAIT, 0n);
+        if (r <= 0) {
+          if (r < 0) {
+            const e = libc.errno();
+            if (e !== libc.EAGAIN && e !== libc.EINTR) errs.lastErrno = e;
+          }
+          return 0;
+        }
+        this.count = r;
+        this.cur = 0;
+        this.off = 0;
+      }
+      const i = this.cur;
+      const h = i * MMSG;
+      const len = m.readUInt32LE(h + 56);
+      let seg = len;
+      if (m.readUInt32LE(h + 40) >= CMSG_SPACE_INT - 4) {
+        const c = this.ctrlOff + i * CMSG_SPACE_INT;
+        if (m.readInt32LE(c + 8) === libc.SOL_UDP && m.readInt32LE(c + 12) === libc.UDP_GRO) seg = m.readInt32LE(c + 16);
+      }
+      if (seg <= 0) seg = len;
+      if (this.off === 0 && seg < len) {
+        this.coalesced++;
+        this.segments += Math.ceil(len / seg);
+      }
+      const a = this.namesOff + i * SOCKADDR_IN;
+      const port = m.readUInt16BE(a + 2);
+      const ip = m.readUInt32BE(a + 4);
+      const base = i * GRO_BUF;
+      const room = batch.slotSize;
+      while (this.off < len && n < batch.capacity) {
+        const l = Math.min(seg, len - this.off);
+        // a datagram larger than a slot is cut short, as recvmmsg into the slot would have
+        this.land.buf.copy(batch.buf, batch.offset(n), base + this.off, base + this.off + Math.min(l, room));
+        batch.len[n] = Math.min(l, room);
+        batch.ip[n] = ip;
+        batch.port[n] = port;
+        n++;
+        this.off += l;
+      }
+      if (this.off < len) return n; // the batch is full; the rest of this message waits
+      this.cur++;
+      this.off = 0;
+    }
+  }
+
+  free(): void {
+    this.meta.free();
+    this.land.free();
   }
 }
