@@ -40,7 +40,21 @@ export const T_TX_BYTES = 3;
 /** Datagrams (and their bytes) this host passed on as a relay. */
 export const T_RELAY_PKTS = 4;
 export const T_RELAY_BYTES = 5;
-const TOTALS = 6;
+/**
+ * Offload counters, copied from the worker's TUN and UDP wrappers every timer tick: UDP GSO
+ * messages sent and the datagrams they carried, GSO runs the kernel refused, whether GSO is still
+ * on (1/0); UDP GRO buffers received holding more than one datagram and those datagrams; TUN
+ * writes of coalesced super-packets and the segments they held.
+ */
+export const T_GSO_MSGS = 6;
+export const T_GSO_DATAGRAMS = 7;
+export const T_GSO_REFUSED = 8;
+export const T_GSO_ON = 9;
+export const T_GRO_MSGS = 10;
+export const T_GRO_DATAGRAMS = 11;
+export const T_TUN_SUPER = 12;
+export const T_TUN_COALESCED = 13;
+const TOTALS = 14;
 
 export class DataplaneStats {
   readonly sab: SharedArrayBuffer;

@@ -16,7 +16,17 @@ import { UdpBatchIo } from '../os/udp/udp';
 import { PacketBatch, slotSizeFor } from './batch';
 import { CTRL_SLOTS, Duplex } from './duplex';
 import { systemClock, type WorkerPeer } from './peer';
-import { DataplaneStats } from './stats';
+import {
+  DataplaneStats,
+  T_GRO_DATAGRAMS,
+  T_GRO_MSGS,
+  T_GSO_DATAGRAMS,
+  T_GSO_MSGS,
+  T_GSO_ON,
+  T_GSO_REFUSED,
+  T_TUN_COALESCED,
+  T_TUN_SUPER,
+} from './stats';
 
 export const CTRL_STOP = 0;
 export const CTRL_MAIL = 1;
@@ -139,11 +149,20 @@ async function main(init: WorkerInit): Promise<void> {
     }
   };
   let lastTimers = 0;
+  const t = stats.totals;
   const runTimers = () => {
     const mono = clock.mono();
     if (mono - lastTimers < TIMER_MS) return;
     lastTimers = mono;
     d.timers();
+    t[T_GSO_MSGS] = udpOut.gsoMessages + udpCtrl.gsoMessages;
+    t[T_GSO_DATAGRAMS] = udpOut.gsoSegments + udpCtrl.gsoSegments;
+    t[T_GSO_REFUSED] = udpOut.gsoRefused + udpCtrl.gsoRefused;
+    t[T_GSO_ON] = udpOut.gso ? 1 : 0;
+    t[T_GRO_MSGS] = udpIn.groCoalesced;
+    t[T_GRO_DATAGRAMS] = udpIn.groSegments;
+    t[T_TUN_SUPER] = tunWrite.superPackets;
+    t[T_TUN_COALESCED] = tunWrite.coalesced;
   };
 
   drain();

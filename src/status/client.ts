@@ -83,6 +83,14 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   const d = doc.dataplane;
   lines.push('');
   lines.push(`traffic: rx ${d.rxPackets} pkts (${bytes(d.rxBytes)}), tx ${d.txPackets} pkts (${bytes(d.txBytes)})`);
+  if (d.offloads) {
+    const o = d.offloads;
+    const refused = o.gsoRefused > 0 ? `, ${o.gsoRefused} refused` : '';
+    lines.push(
+      `offloads: udp gso ${o.udpGso ? 'on' : 'off'} (${o.gsoDatagrams} datagrams in ${o.gsoMessages} sends${refused}), ` +
+        `gro ${o.groDatagrams} datagrams in ${o.groMessages} receives, tun ${o.tunCoalesced} segments in ${o.tunSuperPackets} writes`,
+    );
+  }
   const drops = Object.entries(d.drops).filter(([, n]) => n > 0);
   lines.push(`drops: ${drops.length === 0 ? 'none' : drops.map(([k, n]) => `${k}=${n}`).join(' ')}`);
   if (doc.handshake) {

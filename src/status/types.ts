@@ -72,6 +72,24 @@ export interface StatusDocument {
     /** Datagrams this host passed on between two other peers (as a relay). */
     relayedPackets?: number;
     relayedBytes?: number;
+    /** What the offloads did (absent from agents that predate them). */
+    offloads?: StatusOffloads;
     drops: Record<string, number>;
   };
+}
+
+/** Offload counters of the data plane (docs/performance.md). */
+export interface StatusOffloads {
+  /** UDP GSO is on (it turns itself off when the kernel keeps refusing it). */
+  udpGso: boolean;
+  /** GSO messages sent, the datagrams they carried, and runs the kernel refused. */
+  gsoMessages: number;
+  gsoDatagrams: number;
+  gsoRefused: number;
+  /** UDP GRO buffers that held more than one datagram, and those datagrams. */
+  groMessages: number;
+  groDatagrams: number;
+  /** Coalesced super-packets written to the TUN, and the segments they held. */
+  tunSuperPackets: number;
+  tunCoalesced: number;
 }

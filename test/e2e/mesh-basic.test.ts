@@ -70,6 +70,22 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
     expect(r.receivedSha256).toBe(r.sentSha256);
   });
 
+  it('moved that transfer with the offloads: UDP GSO runs from h1, GRO buffers and coalesced TUN writes at h3', async () => {
+    await new Promise((r) => setTimeout(r, 200)); // the worker copies its counters out every 50 ms
+    const tx = (await bed.agent('h1').statusCli()).dataplane.offloads!;
+    const rx = (await bed.agent('h3').statusCli()).dataplane.offloads!;
+    console.log(`offloads h1 ${JSON.stringify(tx)}; h3 ${JSON.stringify(rx)}`);
+    expect(tx.udpGso).toBe(true);
+    expect(tx.gsoRefused).toBe(0);
+    // 20 MiB is about 14,800 datagrams: most of them leave in runs
+    expect(tx.gsoMessages).toBeGreaterThan(0);
+    expect(tx.gsoDatagrams).toBeGreaterThan(10_000);
+    expect(rx.groMessages).toBeGreaterThan(0);
+    expect(rx.groDatagrams).toBeGreaterThan(2 * rx.groMessages);
+    expect(rx.tunSuperPackets).toBeGreaterThan(0);
+    expect(rx.tunCoalesced).toBeGreaterThan(2 * rx.tunSuperPackets);
+  });
+
   it('shows the router only ciphertext: a marker sent over the overlay never appears in a capture', async () => {
     const file = path.join(bed.topo.workDir, 'marker.bin');
     const received = path.join(bed.topo.workDir, 'marker.received');

@@ -98,6 +98,19 @@ describe('renderStatus', () => {
     ]);
   });
 
+  it('shows what the offloads did when the agent reports it, and says when UDP GSO gave up', () => {
+    const doc = sample();
+    const offloads = { udpGso: true, gsoMessages: 12, gsoDatagrams: 480, gsoRefused: 0, groMessages: 10, groDatagrams: 400, tunSuperPackets: 5, tunCoalesced: 200 };
+    doc.dataplane.offloads = offloads;
+    expect(renderStatus(doc, NOW).split('\n')).toContain(
+      'offloads: udp gso on (480 datagrams in 12 sends), gro 400 datagrams in 10 receives, tun 200 segments in 5 writes',
+    );
+    doc.dataplane.offloads = { ...offloads, udpGso: false, gsoMessages: 0, gsoDatagrams: 0, gsoRefused: 3 };
+    expect(renderStatus(doc, NOW).split('\n')).toContain(
+      'offloads: udp gso off (0 datagrams in 0 sends, 3 refused), gro 400 datagrams in 10 receives, tun 200 segments in 5 writes',
+    );
+  });
+
   it('lists each peer with its path and state on its own row', () => {
     const rows = renderStatus(sample(), NOW).split('\n');
     const paths: Record<string, string> = { bravo: 'direct public (65s ago)', 'charlie-long-name': '-', delta: 'relayed via bravo (10m ago)' };

@@ -221,9 +221,12 @@ export class UdpBatchIo implements UdpIo {
     this.m.writeUInt32LE(0, io + 12);
   }
 
-  /** GRO: messages received that held more than one datagram. */
+  /** GRO: messages received that held more than one datagram, and the datagrams in them. */
   get groCoalesced(): number {
     return this.groLand?.coalesced ?? 0;
+  }
+  get groSegments(): number {
+    return this.groLand?.segments ?? 0;
   }
 
   /** GRO: datagrams already received wait in the landing buffers (call recvBatch again). */
