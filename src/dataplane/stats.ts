@@ -2,6 +2,8 @@
  * Data-plane counters in shared memory: the worker writes, the control thread reads for status.
  * Each field has exactly one writer (the data-plane worker), so no locks are needed.
  */
+import type { StatusOffloads } from '../status/types';
+
 export const MAX_PEERS = 4096;
 export const PEER_STRIDE = 8;
 export const P_RX_BYTES = 0;
@@ -78,6 +80,21 @@ export class DataplaneStats {
   resetPeer(slot: number): void {
     this.peers.fill(0, slot * PEER_STRIDE, (slot + 1) * PEER_STRIDE);
     this.peers[slot * PEER_STRIDE + P_RTT] = NaN;
+  }
+
+  /** The offload counters by name. */
+  offloadCounts(): StatusOffloads {
+    const t = this.totals;
+    return {
+      udpGso: t[T_GSO_ON] === 1,
+      gsoMessages: t[T_GSO_MSGS]!,
+      gsoDatagrams: t[T_GSO_DATAGRAMS]!,
+      gsoRefused: t[T_GSO_REFUSED]!,
+      groMessages: t[T_GRO_MSGS]!,
+      groDatagrams: t[T_GRO_DATAGRAMS]!,
+      tunSuperPackets: t[T_TUN_SUPER]!,
+      tunCoalesced: t[T_TUN_COALESCED]!,
+    };
   }
 
   dropCounts(): Record<DropReason, number> {

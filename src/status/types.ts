@@ -78,7 +78,7 @@ export interface StatusDocument {
   };
 }
 
-/** Offload counters of the data plane (docs/performance.md). */
+/** What the data plane's offloads did (docs/performance.md). */
 export interface StatusOffloads {
   /** UDP GSO is on (it turns itself off when the kernel keeps refusing it). */
   udpGso: boolean;
