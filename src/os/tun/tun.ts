@@ -101,10 +101,12 @@ const LANDING = 65536 + VNET_HDR_LEN;
 export class TunBatchIo implements TunIo {
   private readonly slotPtr: bigint[] = [];
   private readonly vnetPtr: bigint[] = [];
-  private readonly landing?: NativeBlock;
+  // Offload buffers, allocated on first use: a TunBatchIo that only reads never needs the
+  // coalescer, one that only writes never needs the landing buffer (the worker has one of each).
+  private landing?: NativeBlock;
   private pending = 0;
-  private readonly groMem?: NativeBlock;
-  private readonly gro?: TcpCoalescer;
+  private groMem?: NativeBlock;
+  private gro?: TcpCoalescer;
   private groPtr = 0n;
   /** Segments written as part of coalesced super-packets, and super-packets written. */
   coalesced = 0;
@@ -125,12 +127,6 @@ export class TunBatchIo implements TunIo {
       const p = batch.basePtr + BigInt(batch.offset(i) + HEADER_LEN);
       this.slotPtr.push(p);
       this.vnetPtr.push(p - BigInt(VNET_HDR_LEN));
-    }
-    if (vnet) {
-      this.landing = allocNative(LANDING);
-      this.groMem = allocNative(GRO_MAX + HEADER_LEN);
-      this.gro = new TcpCoalescer(this.groMem.buf, HEADER_LEN);
-      this.groPtr = this.groMem.ptr + BigInt(HEADER_LEN - VNET_HDR_LEN);
     }
   }
 
@@ -161,7 +157,7 @@ export class TunBatchIo implements TunIo {
   }
 
   private readOffload(batch: PacketBatch, maxReads: number): number {
-    const land = this.landing!;
+    const land = (this.landing ??= allocNative(LANDING));
     let n = 0;
     let reads = 0;
     while (n < batch.capacity && reads++ < maxReads) {
@@ -205,7 +201,7 @@ export class TunBatchIo implements TunIo {
     let ptr = this.slotPtr[i]!;
     let n = len;
     if (this.vnet) {
-      const gro = this.gro!;
+      const gro = this.gro ?? this.startCoalescer();
       if (gro.append(batch.buf, pkt, len)) return true;
       const ok = this.flush() === 0;
       if (TcpCoalescer.eligible(batch.buf, pkt, len)) {
@@ -222,6 +218,12 @@ export class TunBatchIo implements TunIo {
       completeChecksum(batch.buf, pkt, len, ihl, off);
     }
     return this.write(ptr, n);
+  }
+
+  private startCoalescer(): TcpCoalescer {
+    const mem = (this.groMem = allocNative(GRO_MAX + HEADER_LEN));
+    this.groPtr = mem.ptr + BigInt(HEADER_LEN - VNET_HDR_LEN);
+    return (this.gro = new TcpCoalescer(mem.buf, HEADER_LEN));
   }
 
   private write(ptr: bigint, n: number): boolean {
