@@ -25,6 +25,7 @@ import type { KeyPair } from '../crypto/keys';
 import { Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
+import { FileTimestamps } from './hs-timestamps';
 import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
@@ -68,6 +69,8 @@ import { loadOrCreateKeyPair } from './keystore';
 import { checkNetworkMembership, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
+/** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
+const HS_TIMESTAMPS_FILE = 'hs-timestamps.json';
 
 interface SavedState {
   version: 1;
@@ -99,6 +102,7 @@ export class Agent {
   private keys!: KeyPair;
   private member!: Membership;
   private hs?: HandshakeManager;
+  private hsTimestamps?: FileTimestamps;
   private hsTimer?: NodeJS.Timeout;
   private pathTimer?: NodeJS.Timeout;
   private discoveryTimer?: NodeJS.Timeout;
@@ -227,6 +231,7 @@ export class Agent {
       onChange: (now) => (now ? this.pushPeers() : this.schedulePush()),
       log: this.log,
       timers: timersFromEnv(process.env),
+      timestamps: (this.hsTimestamps = new FileTimestamps(path.join(cfg.stateDir, HS_TIMESTAMPS_FILE), this.log)),
     });
     this.hsTimer = setInterval(() => this.hs?.tick(), 100);
     this.hsTimer.unref();
@@ -600,14 +605,16 @@ export class Agent {
     });
   }
 
-  /** Gives the workers every peer that has a session: the send session plus receive-only ones. */
+  /**
+   * Gives the workers every peer that has a session, with all its sessions. Which one to send on
+   * is the data plane's choice (it sees confirmations first), never this list's.
+   */
   private pushPeers(): void {
     if (!this.engine || !this.hs) return;
     const list: WorkerPeer[] = [];
     for (const [name, p] of this.peers) {
-      const u = this.hs.usable(name);
-      if (!u) continue;
-      const send = u.send;
+      const sessions = this.hs.sessionsOf(name);
+      if (sessions.length === 0) continue;
       const via = p.endpoint.via === undefined ? DIRECT : (this.peers.get(p.endpoint.via)?.slot ?? DIRECT);
       list.push({
         slot: p.slot,
@@ -617,19 +624,14 @@ export class Agent {
         endpointIp: p.endpoint.ip,
         endpointPort: p.endpoint.port,
         endpointVia: via,
-        keyId: send.keyId,
-        txKey: send.sendKey,
-        rxKey: send.recvKey,
-        txIndex: send.remoteIndex,
-        rxIndex: send.localIndex,
-        unconfirmed: !send.confirmed,
-        receiveOnly: u.others.map((o) => ({
-          keyId: o.keyId,
-          rxKey: o.recvKey,
-          rxIndex: o.localIndex,
-          promote: !o.confirmed && o.created >= send.created,
-          txKey: o.sendKey,
-          txIndex: o.remoteIndex,
+        sessions: sessions.map((s) => ({
+          keyId: s.keyId,
+          txKey: s.sendKey,
+          rxKey: s.recvKey,
+          txIndex: s.remoteIndex,
+          rxIndex: s.localIndex,
+          confirmed: s.confirmed,
+          sendUntil: this.hs!.sendDeadline(s),
         })),
       });
     }
@@ -775,7 +777,10 @@ export class Agent {
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());
-    await step('handshakes', () => this.hs?.close());
+    await step('handshakes', () => {
+      this.hs?.close();
+      this.hsTimestamps?.flush();
+    });
     await step('tun', () => this.tun?.close());
     await step('udp', () => this.udp?.close());
     await step('etcd', () => this.etcd?.close());

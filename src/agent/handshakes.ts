@@ -8,21 +8,31 @@
  *                 and when our current session passes REKEY_AFTER
  *   2. retry      unanswered initiations, with exponential backoff from RETRY_MIN_MS to RETRY_MAX_MS
  *   3. respond    to a valid initiation from a known peer whose timestamp is newer than any before
- *                 (a replayed initiation is refused and counted)
+ *                 (a replayed initiation is refused and counted; the newest timestamps outlive
+ *                 a restart in the state dir, see ./hs-timestamps.ts). The session it makes is
+ *                 unconfirmed: it replaces only an earlier unconfirmed one, never a confirmed
+ *                 session, and moves no endpoint
  *   4. complete   our initiation with the matching response: the new session is used at once
  *   5. confirm    a session we answered is used for sending once the initiator's first packet on
- *                 it arrives (the data plane tells us), so a rekey loses nothing
+ *                 it arrives (the data plane sees it first, switches, and tells us), so a rekey
+ *                 loses nothing; only then does the initiation's source count as path evidence
  *   6. expire     sessions older than REJECT_AFTER are forgotten; the data plane erases their keys
  *   7. cookies    under load (more than UNDER_LOAD_PER_S initiations a second) an initiation
  *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman
  */
 import type { Logger } from '../log';
 import type { Endpoint } from './paths';
+import { MemoryTimestamps, type TimestampStore } from './hs-timestamps';
 import { compareTimestamps, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, Noise, timestamp, type PendingInitiation, type SessionSecrets } from '../crypto/noise';
 
 export interface HandshakeTimers {
   rekeyAfterMs: number;
   rejectAfterMs: number;
+  /**
+   * Tests only (CLADNET_REKEY_BOTH=1): the responder of the current session rekeys at the same
+   * age as its initiator instead of a tenth later, so both often initiate at once.
+   */
+  bothSides?: boolean;
 }
 
 /** WireGuard's: rekey after 2 minutes, never use a session after 3. */
@@ -32,7 +42,13 @@ export const RETRY_MAX_MS = 5_000;
 export const INITIATE_DELAY_MS = 250;
 export const UNDER_LOAD_PER_S = 50;
 const COOKIE_SECRET_MS = 120_000;
-const MAX_SESSIONS = 3;
+/** Confirmed sessions kept per peer (the current one and those still draining). */
+const MAX_CONFIRMED = 3;
+/**
+ * An unconfirmed session this young counts as a rekey in progress (the initiator may be idle and
+ * send its first packet only with its next ping): we do not start one of our own meanwhile.
+ */
+const UNCONFIRMED_GRACE_MS = 10_000;
 /** Fraction of a session's life at the end during which it only receives. */
 const SEND_MARGIN = 1 / 12;
 
@@ -43,11 +59,12 @@ const SEND_MARGIN = 1 / 12;
 export function timersFromEnv(env: NodeJS.ProcessEnv): HandshakeTimers {
   const v = Number(env.CLADNET_REKEY_AFTER_MS);
   if (!Number.isFinite(v) || v < 500) return DEFAULT_TIMERS;
-  return { rekeyAfterMs: v, rejectAfterMs: Math.round(v * 1.5) };
+  return { rekeyAfterMs: v, rejectAfterMs: Math.round(v * 1.5), ...(env.CLADNET_REKEY_BOTH === '1' ? { bothSides: true } : {}) };
 }
 
 export interface Session {
-  readonly keyId: string;
+  /** Unique for the life of the process, increasing with creation (see WorkerSession.keyId). */
+  readonly keyId: number;
   readonly localIndex: number;
   readonly remoteIndex: number;
   readonly sendKey: Uint8Array;
@@ -55,6 +72,8 @@ export interface Session {
   readonly created: number;
   readonly initiator: boolean;
   confirmed: boolean;
+  /** Where the initiation we answered came from: path evidence once the session is confirmed. */
+  readonly from?: Endpoint;
 }
 
 interface PeerState {
@@ -64,15 +83,13 @@ interface PeerState {
   addedAt: number;
   /** Where the peer's last valid handshake message came from (or its control-plane endpoint). */
   endpoint: Endpoint;
-  sessions: Session[]; // newest first
+  /** Newest first: at most MAX_CONFIRMED confirmed ones and one unconfirmed one. */
+  sessions: Session[];
   pending: (PendingInitiation & { sentAt: number }) | null;
   attempts: number;
   nextAttempt: number;
-  lastTimestamp: Uint8Array | null;
   cookie: { value: Uint8Array; at: number } | null;
-  /** The send session the workers were last told about (by keyId). */
-  lastSendId: string | null;
-  /** A handshake is due regardless of session age (set by rekeyAll, cleared when one completes). */
+  /** A handshake is due regardless of session age (set by rekeyAll, cleared when one is confirmed). */
   forceAt: number | null;
 }
 
@@ -114,6 +131,8 @@ export interface HandshakeDeps {
   now?: () => number;
   timers?: HandshakeTimers;
   random?: () => number;
+  /** The newest initiation timestamp seen per peer key; default in memory (lost on restart). */
+  timestamps?: TimestampStore;
 }
 
 function ipPort(ip: number, port: number): string {
@@ -127,6 +146,7 @@ export class HandshakeManager {
   private readonly now: () => number;
   private readonly timers: HandshakeTimers;
   private readonly random: () => number;
+  private readonly timestamps: TimestampStore;
   private lastTimestamp = 0;
   private cookieSecret: Uint8Array;
   private cookieSecretAt: number;
@@ -145,6 +165,7 @@ export class HandshakeManager {
     this.now = d.now ?? Date.now;
     this.timers = d.timers ?? DEFAULT_TIMERS;
     this.random = d.random ?? Math.random;
+    this.timestamps = d.timestamps ?? new MemoryTimestamps();
     this.cookieSecret = this.freshSecret();
     this.cookieSecretAt = this.now();
   }
@@ -177,9 +198,7 @@ export class HandshakeManager {
         pending: null,
         attempts: 0,
         nextAttempt: 0,
-        lastTimestamp: null,
         cookie: null,
-        lastSendId: null,
         forceAt: null,
       });
     }
@@ -191,6 +210,7 @@ export class HandshakeManager {
     for (const [idx, e] of this.byIndex) if (e.peer === st) this.byIndex.delete(idx);
     for (const s of st.sessions) this.wipe(s);
     st.sessions = [];
+    this.dropPending(st);
     this.peers.delete(st.name);
     this.d.onChange();
   }
@@ -198,6 +218,15 @@ export class HandshakeManager {
   private wipe(s: Session): void {
     s.sendKey.fill(0);
     s.recvKey.fill(0);
+  }
+
+  /** Forgets an initiation in flight and erases its ephemeral secret. */
+  private dropPending(st: PeerState): void {
+    if (!st.pending) return;
+    this.byIndex.delete(st.pending.localIndex);
+    st.pending.ephemeralPrivate.fill(0);
+    st.pending.ck.fill(0);
+    st.pending = null;
   }
 
   /** The data plane moved a peer (roaming) or the path choice did: later handshakes go there. */
@@ -233,9 +262,19 @@ export class HandshakeManager {
     const stopAt = this.timers.rejectAfterMs * (1 - SEND_MARGIN);
     const now = this.now();
     const fresh = st.sessions.filter((s) => now - s.created < stopAt);
-    const send = fresh.find((s) => s.initiator || s.confirmed) ?? fresh[0];
+    const send = fresh.find((s) => s.confirmed) ?? fresh[0];
     if (!send) return null;
     return { send, others: st.sessions.filter((s) => s !== send) };
+  }
+
+  /** Every live session with a peer, newest first (the data plane chooses which to send on). */
+  sessionsOf(name: string): readonly Session[] {
+    return this.peers.get(name)?.sessions ?? [];
+  }
+
+  /** When a session stops sealing: SEND_MARGIN of its life before it is erased. */
+  sendDeadline(s: Session): number {
+    return s.created + this.timers.rejectAfterMs * (1 - SEND_MARGIN);
   }
 
   lastHandshake(name: string): number | null {
@@ -261,21 +300,20 @@ export class HandshakeManager {
         }
         return keep;
       });
-      // A session that ages past its send limit hands sending to the next one: tell the workers.
-      const sendId = this.usable(st.name)?.send.keyId ?? null;
-      if (st.sessions.length !== before || sendId !== st.lastSendId) {
-        st.lastSendId = sendId;
-        this.d.onChange();
-      }
-      // 1, 2. initiate or retry
-      const newest = st.sessions[0];
-      const usable = this.usable(st.name);
+      // (the data plane moves sending off a session past its deadline by itself)
+      if (st.sessions.length !== before) this.d.onChange();
+      // 1, 2. initiate or retry: measured on the newest confirmed session, or an unconfirmed one
+      //    young enough to be a rekey in progress (a replayed initiation cannot hold one off long)
+      const stopAt = this.timers.rejectAfterMs * (1 - SEND_MARGIN);
+      const newest = st.sessions.find(
+        (s) => now - s.created < stopAt && (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS),
+      );
       let due = false;
-      if (!usable) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
-      else if (st.forceAt !== null && newest!.created < st.forceAt) due = true;
+      if (!newest) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
+      else if (st.forceAt !== null && newest.created < st.forceAt) due = true;
       else {
-        const age = now - newest!.created;
-        const mine = usable.send.initiator;
+        const age = now - newest.created;
+        const mine = newest.initiator || this.timers.bothSides === true;
         due = age >= this.timers.rekeyAfterMs + (mine ? 0 : this.timers.rekeyAfterMs / 10);
       }
       if (!due) {
@@ -288,7 +326,7 @@ export class HandshakeManager {
   }
 
   private initiate(st: PeerState, now: number): void {
-    if (st.pending) this.byIndex.delete(st.pending.localIndex);
+    this.dropPending(st);
     const localIndex = this.freeIndex();
     const cookie = st.cookie && now - st.cookie.at < COOKIE_SECRET_MS ? st.cookie.value : null;
     const ts = Math.max(now, this.lastTimestamp + 1);
@@ -304,7 +342,7 @@ export class HandshakeManager {
     st.attempts++;
     st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     this.stats.initiationsSent++;
-    const targets = this.d.targets?.(st.name, this.usable(st.name) !== null) ?? [];
+    const targets = this.d.targets?.(st.name, st.sessions.some((s) => s.confirmed)) ?? [];
     if (targets.length === 0) targets.push(st.endpoint);
     for (const e of targets) this.sendTo(st, r.msg, e);
   }
@@ -316,10 +354,28 @@ export class HandshakeManager {
     }
   }
 
-  private addSession(st: PeerState, secrets: SessionSecrets, initiator: boolean): void {
+  /**
+   * Keeps a peer's sessions within bounds: at most one unconfirmed session (the newest initiation
+   * we answered; an earlier unconfirmed one is dropped) and MAX_CONFIRMED confirmed ones (the
+   * oldest go). An unconfirmed session never pushes out a confirmed one.
+   */
+  private prune(st: PeerState): void {
+    let unconfirmed = 0;
+    let confirmed = 0;
+    st.sessions = st.sessions.filter((s) => {
+      const keep = s.confirmed ? ++confirmed <= MAX_CONFIRMED : ++unconfirmed <= 1;
+      if (!keep) {
+        this.byIndex.delete(s.localIndex);
+        this.wipe(s);
+      }
+      return keep;
+    });
+  }
+
+  private addSession(st: PeerState, secrets: SessionSecrets, initiator: boolean, from?: Endpoint): void {
     // (see HandshakeDeps.onChange: a responder's session goes to the workers before its response)
     const s: Session = {
-      keyId: `hs${++this.keySeq}`,
+      keyId: ++this.keySeq,
       localIndex: secrets.localIndex,
       remoteIndex: secrets.remoteIndex,
       sendKey: secrets.sendKey,
@@ -327,26 +383,35 @@ export class HandshakeManager {
       created: this.now(),
       initiator,
       confirmed: initiator,
+      ...(from ? { from } : {}),
     };
     if (st.sessions.length > 0) this.stats.rekeys++;
     st.sessions.unshift(s);
     this.byIndex.set(s.localIndex, { peer: st, pending: false });
-    while (st.sessions.length > MAX_SESSIONS) {
-      const old = st.sessions.pop()!;
-      this.byIndex.delete(old.localIndex);
-      this.wipe(old);
-    }
+    if (initiator) this.onConfirmed(st, s);
+    this.prune(st);
     this.stats.completed++;
     this.d.onChange(!initiator);
   }
 
-  /** 5. The data plane saw the first packet on a session we answered. */
-  confirmed(name: string, keyId: string): void {
-    const s = this.peers.get(name)?.sessions.find((x) => x.keyId === keyId);
-    if (s && !s.confirmed) {
-      s.confirmed = true;
-      this.d.onChange();
+  /** A session is confirmed: a pending rekeyAll is satisfied, and an answered one's source is path evidence. */
+  private onConfirmed(st: PeerState, s: Session): void {
+    if (st.forceAt !== null && s.created >= st.forceAt) st.forceAt = null;
+    if (s.from) {
+      st.endpoint = s.from;
+      this.d.onEndpoint?.(st.name, s.from);
     }
+  }
+
+  /** 5. The data plane saw the first packet on a session we answered (and already sends on it). */
+  confirmed(name: string, keyId: number): void {
+    const st = this.peers.get(name);
+    const s = st?.sessions.find((x) => x.keyId === keyId);
+    if (!st || !s || s.confirmed) return;
+    s.confirmed = true;
+    this.onConfirmed(st, s);
+    this.prune(st);
+    this.d.onChange();
   }
 
   // ---- 3, 4, 7: messages ----------------------------------------------------------------------
@@ -398,7 +463,8 @@ export class HandshakeManager {
       this.stats.drops.unknownPeer++;
       return;
     }
-    if (st.lastTimestamp && compareTimestamps(init.timestamp, st.lastTimestamp) <= 0) {
+    const last = this.timestamps.get(st.publicKey);
+    if (last && compareTimestamps(init.timestamp, last) <= 0) {
       this.stats.drops.replay++;
       return;
     }
@@ -407,11 +473,10 @@ export class HandshakeManager {
       this.stats.drops.decrypt++;
       return;
     }
-    st.lastTimestamp = init.timestamp;
-    st.endpoint = from;
-    st.forceAt = null;
-    this.d.onEndpoint?.(st.name, from);
-    this.addSession(st, r.session, false);
+    this.timestamps.set(st.publicKey, init.timestamp);
+    // The endpoint moves, and a pending rekeyAll counts as done, only when the initiator uses
+    // the session (confirmed): a replayed initiation never gets that far.
+    this.addSession(st, r.session, false, from);
     this.stats.responsesSent++;
     this.sendTo(st, r.msg, from);
   }
@@ -429,10 +494,8 @@ export class HandshakeManager {
       this.stats.drops.decrypt++;
       return;
     }
-    this.byIndex.delete(st.pending.localIndex);
-    st.pending = null;
+    this.dropPending(st);
     st.attempts = 0;
-    st.forceAt = null;
     st.endpoint = from;
     this.d.onEndpoint?.(st.name, from);
     this.addSession(st, secrets, true);

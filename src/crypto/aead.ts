@@ -135,7 +135,9 @@ export class WasmAead implements Aead {
  */
 export class NativeAead implements Aead {
   readonly name = 'sodium-native';
-  private readonly keys: (Buffer | null)[] = [];
+  /** Guarded key buffers by handle; a dropped one is zeroed and waits on `free` for reuse. */
+  private readonly keys: Buffer[] = [];
+  private readonly live: number[] = [];
   private readonly free: number[] = [];
   private readonly nonce = Buffer.alloc(12);
 
@@ -153,18 +155,21 @@ export class NativeAead implements Aead {
 
   loadKey(key: Uint8Array): number {
     if (key.length !== KEY_LEN) throw new RangeError('AEAD key must be 32 bytes');
-    const k = this.s.sodium_malloc(KEY_LEN);
-    k.set(key);
+    // A dropped key's guarded buffer is reused: secure memory (mlocked pages, freed only by GC)
+    // stays bounded by the most keys ever live at once, however often sessions turn over.
     const handle = this.free.pop() ?? this.keys.length;
+    const k = this.keys[handle] ?? this.s.sodium_malloc(KEY_LEN);
+    k.set(key);
     this.keys[handle] = k;
+    this.live[handle] = 1;
     return handle;
   }
 
   dropKey(handle: number): void {
     const k = this.keys[handle];
-    if (!k) return;
+    if (!k || this.live[handle] !== 1) return;
     this.s.sodium_memzero(k);
-    this.keys[handle] = null;
+    this.live[handle] = 0;
     this.free.push(handle);
   }
 

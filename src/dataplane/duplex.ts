@@ -5,10 +5,11 @@
  *   fromUdp    UDP -> Inbound (open, check, deliver) -> TUN, one batch; what the inbound stages
  *              ask of the outbound side (answer a ping, follow a roam, use a confirmed session,
  *              pass a datagram on as a relay) is done at once, on a control batch sent at the end
- *   timers     pings that are due
+ *   timers     pings that are due; sending moves off sessions past their deadline
  *   probe, forward, pingAll   requests from the control thread
  *
- * It owns no thread and makes no system call itself: the worker (worker.ts) gives it the real
+ * Both directions share one session table (./sessions.ts): the duplex alone chooses the send
+ * session and owns the counters. It owns no thread and makes no system call itself: the worker (worker.ts) gives it the real
  * TUN and UDP, tests give it fakes (fakes.ts). Everything the control thread must hear about is
  * reported through `events` after it has been acted on here.
  */
@@ -18,6 +19,7 @@ import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
 import { Outbound } from './outbound';
 import type { Clock, WorkerPeer } from './peer';
+import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
 
 /** What the duplex reports; each is called after the duplex acted on it (see InboundEvents). */
@@ -46,6 +48,7 @@ export interface DuplexOptions {
 export const CTRL_SLOTS = 32;
 
 export class Duplex {
+  readonly sessions: Sessions;
   readonly out: Outbound;
   readonly inb: Inbound;
   private readonly list: SendList;
@@ -61,7 +64,8 @@ export class Duplex {
   ) {
     this.list = new SendList(io.out.batch.capacity);
     this.clist = new SendList(io.ctrl.batch.capacity);
-    this.out = new Outbound(aead, stats, clock);
+    this.sessions = new Sessions(aead, clock);
+    this.out = new Outbound(aead, stats, clock, this.sessions);
     this.out.setMtu(opts.mtu);
     const out = this.out;
     const cb = io.ctrl.batch;
@@ -70,6 +74,7 @@ export class Duplex {
       aead,
       stats,
       clock,
+      this.sessions,
       {
         ping: (slot, t0, ip, port, via) => {
           this.room();
@@ -88,10 +93,7 @@ export class Duplex {
           out.relay(slot, from, data, cb, cl);
           events.relay?.(slot, from, data);
         },
-        confirmed: (slot, keyId) => {
-          out.promote(slot, keyId);
-          events.confirmed?.(slot, keyId);
-        },
+        confirmed: (...a) => events.confirmed?.(...a),
       },
       { relay: opts.relay ?? false },
     );
@@ -99,6 +101,7 @@ export class Duplex {
 
   /** Both directions get the same peer set (declarative: what is not listed is removed). */
   setPeers(peers: readonly WorkerPeer[]): void {
+    this.sessions.set(peers);
     this.out.setPeers(peers);
     this.inb.setPeers(peers);
   }
@@ -128,6 +131,7 @@ export class Duplex {
 
   /** Pings that are due. */
   timers(): void {
+    this.sessions.expire();
     this.clist.count = 0;
     this.out.timers(this.io.ctrl.batch, this.clist);
     this.flushControl();
@@ -155,6 +159,7 @@ export class Duplex {
   close(): void {
     this.out.close();
     this.inb.close();
+    this.sessions.close();
   }
 
   /** Sends the control batch when it is full, so the next control message has a slot. */

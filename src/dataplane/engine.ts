@@ -33,7 +33,7 @@ export interface EngineOptions {
   /** A pong: path evidence (rtt on ip:port or via) and our address as the peer saw it. */
   onPong?: (p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }) => void;
   /** A responder session carried its first packet (the data plane now sends on it). */
-  onConfirmed?: (slot: number, keyId: string) => void;
+  onConfirmed?: (slot: number, keyId: number) => void;
   onFatal?: (message: string) => void;
 }
 

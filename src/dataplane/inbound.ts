@@ -2,10 +2,11 @@
  * Inbound: UDP -> TUN. Per batch of datagrams from recvmmsg, each one goes through:
  *
  *   1. header     long enough, type data, reserved bytes zero; else drop (short, badType)
- *   2. peer       receiver index -> peer; else drop (unknownPeer)
+ *   2. peer       receiver index -> session and peer; else drop (unknownPeer)
  *   3. replay     counter not seen and not too old (pre-check, no state change); else drop (replay)
  *   4. open       authenticate and decrypt in place; else drop (auth)
- *   5. commit     record the counter in the replay window; the peer is alive (stats)
+ *   5. commit     record the counter in the replay window; the peer is alive (stats); the first
+ *                 packet on a session we answered confirms it (./sessions.ts may now send on it)
  *   6. roam       the newest authenticated packet from a new source address moves the endpoint
  *                 (not a pong or a probe: those answer or test a path, they do not choose one)
  *   7. deliver    control message (ping, probe, pong, keepalive) handled here; a relayed
@@ -23,7 +24,7 @@ import type { PacketBatch } from './batch';
 import type { TunIo } from './io';
 import type { Clock, WorkerPeer } from './peer';
 import { DIRECT, PrefixTable } from './peer';
-import { ReplayWindow } from './replay';
+import type { Session, Sessions } from './sessions';
 import {
   DROP,
   type DataplaneStats,
@@ -42,7 +43,6 @@ import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, R
 import { isStunPacket } from '../control/stun';
 import {
   checkHeader,
-  COUNTER_LIMIT,
   CTRL_FORWARD,
   CTRL_LEN,
   CTRL_PING,
@@ -72,8 +72,8 @@ export interface InboundEvents {
   stun?(data: Buffer, ip: number, port: number): void;
   /** We relay: pass `data` (sealed by the peer with overlay address `from`) on to the peer in `slot`. */
   relay?(slot: number, from: number, data: Buffer): void;
-  /** The first packet arrived on a session marked `promote`: it may be used for sending. */
-  confirmed(slot: number, keyId: string): void;
+  /** The first packet arrived on a session we answered: the data plane may now send on it. */
+  confirmed(slot: number, keyId: number): void;
 }
 
 export interface InboundOptions {
@@ -86,23 +86,16 @@ export const HS_RATE = 20;
 export const HS_BURST = 10;
 const HS_SOURCES_MAX = 4096;
 
-/** One receive key of a peer, with its own replay window. */
-class RxSession {
-  readonly replay = new ReplayWindow(COUNTER_LIMIT);
-  constructor(
-    readonly peer: InPeer,
-    readonly keyId: string,
-    readonly key: number,
-    public promote: boolean,
-  ) {}
+/** A receiver index's session and the peer it belongs to. */
+interface RxEntry {
+  readonly session: Session;
+  readonly peer: InPeer;
 }
 
 class InPeer {
   ip: number;
   port: number;
   via: number;
-  /** keyId -> session: the current one and any receive-only ones. */
-  sessions = new Map<string, RxSession>();
   constructor(public cfg: WorkerPeer) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
@@ -111,7 +104,7 @@ class InPeer {
 }
 
 export class Inbound {
-  private readonly byIndex = new Map<number, RxSession>();
+  private readonly byIndex = new Map<number, RxEntry>();
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
   private readonly sources = new Map<number, InPeer>();
@@ -124,6 +117,7 @@ export class Inbound {
     private readonly aead: Aead,
     private readonly stats: DataplaneStats,
     private readonly clock: Clock,
+    private readonly sessions: Sessions,
     private readonly events: InboundEvents,
     opts: InboundOptions = {},
   ) {
@@ -131,8 +125,7 @@ export class Inbound {
   }
 
   /**
-   * Replaces the peer set. Sessions are matched by keyId: an unchanged one keeps its key and
-   * replay window, a new one is loaded, a missing one is erased. A peer keeps an endpoint it
+   * Replaces the peer set (apply it to the session table first). A peer keeps an endpoint it
    * roamed to unless the control plane names a new one (exactly as Outbound does).
    */
   setPeers(peers: readonly WorkerPeer[]): void {
@@ -154,24 +147,7 @@ export class Inbound {
         }
         old.cfg = cfg;
       }
-      const want: { keyId: string; rxKey: Uint8Array; rxIndex: number; promote: boolean }[] = [
-        { keyId: cfg.keyId, rxKey: cfg.rxKey, rxIndex: cfg.rxIndex, promote: cfg.unconfirmed ?? false },
-        ...(cfg.receiveOnly ?? []).map((r) => ({ ...r, promote: r.promote ?? false })),
-      ];
-      const sessions = new Map<string, RxSession>();
-      for (const w of want) {
-        const had = p.sessions.get(w.keyId);
-        if (had) {
-          had.promote = had.promote && w.promote;
-          sessions.set(w.keyId, had);
-        } else sessions.set(w.keyId, new RxSession(p, w.keyId, this.aead.loadKey(w.rxKey), w.promote));
-      }
-      for (const [id, old2] of p.sessions) if (!sessions.has(id)) this.aead.dropKey(old2.key);
-      p.sessions = sessions;
       next.set(cfg.slot, p);
-    }
-    for (const [slot, old] of this.bySlot) {
-      if (!next.has(slot)) for (const r of old.sessions.values()) this.aead.dropKey(r.key);
     }
     this.bySlot.clear();
     this.byIndex.clear();
@@ -179,8 +155,7 @@ export class Inbound {
     const prefixes: { prefix: { base: number; len: number }; value: InPeer }[] = [];
     for (const [slot, p] of next) {
       this.bySlot.set(slot, p);
-      this.byIndex.set(p.cfg.rxIndex, p.sessions.get(p.cfg.keyId)!);
-      for (const r of p.cfg.receiveOnly ?? []) this.byIndex.set(r.rxIndex, p.sessions.get(r.keyId)!);
+      for (const session of this.sessions.peer(slot)?.byKey.values() ?? []) this.byIndex.set(session.rxIndex, { session, peer: p });
       this.sources.set(p.cfg.overlayIp, p);
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
@@ -246,12 +221,12 @@ export class Inbound {
       return;
     }
     // 2. peer (and which of its sessions)
-    const session = this.byIndex.get(buf.readUInt32LE(off + 4));
-    if (session === undefined) {
+    const entry = this.byIndex.get(buf.readUInt32LE(off + 4));
+    if (entry === undefined) {
       drops[DROP.unknownPeer]! += 1;
       return;
     }
-    const peer = session.peer;
+    const { session, peer } = entry;
     if (via === peer.cfg.slot) {
       // a relay passing on its own datagram under another peer's name
       drops[DROP.spoofed]! += 1;
@@ -264,7 +239,7 @@ export class Inbound {
       return;
     }
     // 4. open
-    const plen = this.aead.open(session.key, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
@@ -275,9 +250,8 @@ export class Inbound {
       drops[DROP.replay]! += 1;
       return;
     }
-    if (session.promote) {
+    if (!session.confirmed && this.sessions.confirm(session)) {
       // The initiator sends on the session it just completed: we may now send on it too.
-      session.promote = false;
       this.events.confirmed(peer.cfg.slot, session.keyId);
     }
     const s = this.stats.peers;
@@ -377,7 +351,6 @@ export class Inbound {
   }
 
   close(): void {
-    for (const p of this.bySlot.values()) for (const r of p.sessions.values()) this.aead.dropKey(r.key);
     this.bySlot.clear();
     this.byIndex.clear();
   }

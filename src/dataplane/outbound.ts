@@ -3,10 +3,12 @@
  *
  *   1. classify   IPv4 with a whole header, else drop (notIpv4, malformed)
  *   2. route      destination overlay address -> peer (exact match, then advertised prefixes),
- *                 else drop (noRoute); a peer whose only session awaits the initiator's first
- *                 packet takes nothing yet (noSession, a few milliseconds after a handshake);
- *                 a TCP SYN to a relayed peer gets its MSS clamped to fit the relay's wrapping
- *   3. number     take the peer's next counter; write the 16-byte header in the slot's headroom
+ *                 else drop (noRoute); a peer with no confirmed session (its only one awaits the
+ *                 initiator's first packet) takes nothing yet (noSession, a few milliseconds
+ *                 after a handshake); a TCP SYN to a relayed peer gets its MSS clamped to fit
+ *                 the relay's wrapping
+ *   3. number     take the next counter of the peer's send session (chosen and counted by
+ *                 ./sessions.ts alone); write the 16-byte header in the slot's headroom
  *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended
  *   5. address    the peer's current endpoint; queue the slot on the send list. A peer reached
  *                 through a relay: the sealed datagram moves up in its slot, gets a forward
@@ -22,6 +24,7 @@ import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
 import { DIRECT, PrefixTable } from './peer';
+import type { PeerSessions, Sessions } from './sessions';
 import {
   DROP,
   type DataplaneStats,
@@ -67,10 +70,7 @@ export const SILENCE_PING_MS = 300;
 export const ACTIVE_WINDOW_MS = 3_000;
 
 class OutPeer {
-  counter = 0;
   lastPingMono = -Infinity;
-  /** False while the send session is one we answered and the initiator has not used yet. */
-  sendable: boolean;
   ip: number;
   port: number;
   /** Slot of the relay this peer is reached through, or DIRECT. */
@@ -80,12 +80,16 @@ class OutPeer {
   busyAt = -Infinity;
   constructor(
     public cfg: WorkerPeer,
-    public key: number,
+    /** Its sessions; `sessions.send` is the one to seal with (null: none confirmed yet). */
+    readonly sessions: PeerSessions,
   ) {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
     this.via = cfg.endpointVia ?? DIRECT;
-    this.sendable = !cfg.unconfirmed;
+  }
+
+  get sendable(): boolean {
+    return this.sessions.send !== null;
   }
 }
 
@@ -104,6 +108,7 @@ export class Outbound {
     private readonly aead: Aead,
     private readonly stats: DataplaneStats,
     private readonly clock: Clock,
+    private readonly sessions: Sessions,
   ) {}
 
   /**
@@ -115,42 +120,28 @@ export class Outbound {
   }
 
   /**
-   * Replaces the peer set. A peer whose keys are unchanged keeps its key handle and counter, and
-   * keeps an endpoint it roamed to unless the control plane names a new one.
+   * Replaces the peer set (apply it to the session table first). A peer keeps an endpoint it
+   * roamed to unless the control plane names a new one: a fresher data-plane observation
+   * survives a control-plane update that repeats what it said before.
    */
   setPeers(peers: readonly WorkerPeer[]): void {
     const next = new Map<number, OutPeer>();
     for (const cfg of peers) {
+      const sessions = this.sessions.peer(cfg.slot);
+      if (sessions === undefined) continue;
       const old = this.bySlot.get(cfg.slot);
       let p: OutPeer;
-      if (old && old.cfg.keyId === cfg.keyId) {
+      if (old && old.sessions === sessions) {
         p = old;
-        // A fresher data-plane observation (roaming) survives a control-plane update that
-        // repeats the endpoint it already named; a new endpoint from the control plane wins.
         if (!sameEndpoint(old.cfg, cfg)) {
           p.ip = cfg.endpointIp;
           p.port = cfg.endpointPort;
           p.via = cfg.endpointVia ?? DIRECT;
         }
         p.cfg = cfg;
-        if (!cfg.unconfirmed) p.sendable = true;
-      } else {
-        if (old) this.aead.dropKey(old.key);
-        p = new OutPeer(cfg, this.aead.loadKey(cfg.txKey));
-        if (old && sameEndpoint(old.cfg, cfg)) {
-          // New keys, same control-plane endpoint: keep where the data plane last saw the peer.
-          p.ip = old.ip;
-          p.port = old.port;
-          p.via = old.via;
-        }
-        if (old) {
-          p.rxSeen = old.rxSeen;
-          p.busyAt = old.busyAt;
-        }
-      }
+      } else p = new OutPeer(cfg, sessions);
       next.set(cfg.slot, p);
     }
-    for (const [slot, old] of this.bySlot) if (!next.has(slot)) this.aead.dropKey(old.key);
     this.bySlot.clear();
     this.byIp.clear();
     const prefixes: { prefix: { base: number; len: number }; value: OutPeer }[] = [];
@@ -160,26 +151,6 @@ export class Outbound {
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
     this.prefixes.set(prefixes);
-  }
-
-  /**
-   * The peer sent its first packet on a session we answered as responder: send on it from now on
-   * (its keys came with the peer set as a `promote` receive-only session).
-   */
-  promote(slot: number, keyId: string): void {
-    const p = this.bySlot.get(slot);
-    if (!p) return;
-    if (p.cfg.keyId === keyId) {
-      p.sendable = true; // our only session, answered by us: the initiator has used it now
-      return;
-    }
-    const r = p.cfg.receiveOnly?.find((x) => x.keyId === keyId);
-    if (!r || !r.txKey || r.txIndex === undefined) return;
-    this.aead.dropKey(p.key);
-    p.key = this.aead.loadKey(r.txKey);
-    p.counter = 0;
-    p.sendable = true;
-    p.cfg = { ...p.cfg, keyId, txKey: r.txKey, rxKey: r.rxKey, txIndex: r.txIndex, rxIndex: r.rxIndex };
   }
 
   /** The data plane saw an authenticated packet from a new source: send there from now on. */
@@ -238,14 +209,19 @@ export class Outbound {
 
   /** Stages 3-4 for `peer` over the plaintext at slot i + HEADER: header, counter, seal, peer stats. */
   private sealAt(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number): boolean {
-    if (peer.counter >= COUNTER_LIMIT) {
+    const session = peer.sessions.send;
+    if (session === null) {
+      this.drop(DROP.noSession);
+      return false;
+    }
+    if (session.counter >= COUNTER_LIMIT) {
       this.drop(DROP.sendFailed);
       return false;
     }
     const off = batch.offset(i);
-    const counter = peer.counter++;
-    writeHeader(batch.buf, off, peer.cfg.txIndex, counter, flags);
-    this.aead.seal(peer.key, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen);
+    const counter = session.counter++;
+    writeHeader(batch.buf, off, session.txIndex, counter, flags);
+    this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen);
     const total = HEADER_LEN + plainLen + TAG_LEN;
     batch.len[i] = total;
     const s = this.stats.peers;
@@ -411,7 +387,6 @@ export class Outbound {
   }
 
   close(): void {
-    for (const p of this.bySlot.values()) this.aead.dropKey(p.key);
     this.bySlot.clear();
     this.byIp.clear();
   }

@@ -1,5 +1,29 @@
 import type { Prefix } from '../util/ipv4';
 
+/**
+ * One session as the control plane describes it. The worker wipes the key bytes of its copy of
+ * the message once the peer set is applied.
+ */
+export interface WorkerSession {
+  /**
+   * Names this session, and only this one, for the life of the process; a larger keyId is a
+   * newer session. The data plane never loads a keyId again once it has erased it.
+   */
+  keyId: number;
+  txKey: Uint8Array;
+  rxKey: Uint8Array;
+  /** The peer's index (written into our packets) and ours (in the peer's packets). */
+  txIndex: number;
+  rxIndex: number;
+  /**
+   * We initiated it, or the initiator's first packet on it has arrived: it may be sent on. A
+   * session we answered waits for that packet, so that both ends switch without losing any.
+   */
+  confirmed: boolean;
+  /** Wall-clock ms from which it only receives (the other end erases it a little later). */
+  sendUntil: number;
+}
+
 /** What the control plane tells the workers about one peer (structured-cloned to each worker). */
 export interface WorkerPeer {
   /** Stats slot, stable for the life of the peer in this process. */
@@ -13,31 +37,8 @@ export interface WorkerPeer {
   endpointPort: number;
   /** Slot of the relay peer this peer is reached through (endpointIp/Port unused); absent: direct. */
   endpointVia?: number;
-  /** Changes whenever the keys change; equal ids mean equal keys (no reload, no counter reset). */
-  keyId: string;
-  txKey: Uint8Array;
-  rxKey: Uint8Array;
-  txIndex: number;
-  rxIndex: number;
-  /**
-   * The send session is one we answered and the initiator has not used yet (we send on it only
-   * because there is no other): report its first received packet so it counts as confirmed.
-   */
-  unconfirmed?: boolean;
-  /**
-   * Further sessions accepted on receive only: the previous one while packets sealed under it
-   * drain after a rekey, and (with `promote`) one we answered as responder, which becomes
-   * usable for sending once the initiator's first packet on it arrives.
-   */
-  receiveOnly?: {
-    keyId: string;
-    rxKey: Uint8Array;
-    rxIndex: number;
-    promote?: boolean;
-    /** For a `promote` session: its send half, used once it is confirmed. */
-    txKey?: Uint8Array;
-    txIndex?: number;
-  }[];
+  /** Every live session with this peer, in any order; the data plane picks the one to send on. */
+  sessions: WorkerSession[];
 }
 
 /** An endpoint's `via` when the peer is reached directly, not through a relay. */

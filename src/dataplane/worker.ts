@@ -64,7 +64,7 @@ export type FromWorker =
   | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number }
   | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
-  | { t: 'confirmed'; slot: number; keyId: string }
+  | { t: 'confirmed'; slot: number; keyId: number }
   | { t: 'fatal'; message: string };
 
 /** Segments of the largest TSO super-packet at the smallest IPv4 MSS, rounded up. */
@@ -135,7 +135,16 @@ async function main(init: WorkerInit): Promise<void> {
     let m;
     while ((m = receiveMessageOnPort(init.control))) {
       const msg = m.message as ToWorker;
-      if (msg.t === 'peers') d.setPeers(msg.peers);
+      if (msg.t === 'peers') {
+        d.setPeers(msg.peers);
+        // This message is the worker's own copy: its key bytes are loaded now, erase them.
+        for (const p of msg.peers) {
+          for (const x of p.sessions) {
+            x.txKey.fill(0);
+            x.rxKey.fill(0);
+          }
+        }
+      }
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
       else if (msg.t === 'pingAll') d.pingAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);

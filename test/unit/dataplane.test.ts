@@ -18,7 +18,7 @@ import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../.
 import { HS_BURST, type Inbound } from '../../src/dataplane/inbound';
 import { ACTIVE_WINDOW_MS, type Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS, SILENCE_PING_MS } from '../../src/dataplane/outbound';
 import { encodeBindingSuccess } from '../../src/control/stun';
-import { DIRECT, type WorkerPeer } from '../../src/dataplane/peer';
+import { DIRECT, type WorkerPeer, type WorkerSession } from '../../src/dataplane/peer';
 import {
   DataplaneStats,
   DROP_REASONS,
@@ -139,7 +139,7 @@ class Node {
   readonly handshakes: Buffer[] = [];
   readonly handshakeFrom: { ip: number; port: number; via: number }[] = [];
   /** Sessions the peer used first (after which we send on them). */
-  readonly confirmed: { slot: number; keyId: string }[] = [];
+  readonly confirmed: { slot: number; keyId: number }[] = [];
   /** More observers a test may set; each is called after the event is recorded above. */
   readonly observers: DuplexEvents = {};
 
@@ -260,7 +260,7 @@ function noDrops(): Record<DropReason, number> {
 }
 
 /** A peer as the control plane describes it: at its underlay address, or (viaSlot) through a relay peer. */
-function workerPeer(slot: number, peer: Identity, keys: SessionKeys, keyId = 'k1', viaSlot?: number): WorkerPeer {
+function workerPeer(slot: number, peer: Identity, keys: SessionKeys, keyId = 1, viaSlot?: number): WorkerPeer {
   return {
     slot,
     name: peer.name,
@@ -269,12 +269,13 @@ function workerPeer(slot: number, peer: Identity, keys: SessionKeys, keyId = 'k1
     endpointIp: viaSlot === undefined ? ip(peer.underlayIp) : 0,
     endpointPort: viaSlot === undefined ? peer.port : 0,
     ...(viaSlot === undefined ? {} : { endpointVia: viaSlot }),
-    keyId,
-    txKey: keys.txKey,
-    rxKey: keys.rxKey,
-    txIndex: keys.txIndex,
-    rxIndex: keys.rxIndex,
+    sessions: [session(keys, keyId)],
   };
+}
+
+/** One confirmed session with no send deadline. */
+function session(keys: SessionKeys, keyId: number, confirmed = true): WorkerSession {
+  return { keyId, txKey: keys.txKey, rxKey: keys.rxKey, txIndex: keys.txIndex, rxIndex: keys.rxIndex, confirmed, sendUntil: Infinity };
 }
 
 // Slots are deliberately different on each side and not 0, so a slot mix-up shows.
@@ -379,8 +380,8 @@ async function relayMesh(opts: { relay?: boolean } = {}): Promise<RelayMesh> {
     ra: kx[2]!.derive(A.keys.publicKey, RUN, RUN),
     rb: kx[2]!.derive(B.keys.publicKey, RUN, RUN),
   };
-  const peersOfA = () => [workerPeer(SLOT_OF_B_AT_A, B, keys.ab, 'k1', SLOT_OF_R_AT_A), workerPeer(SLOT_OF_R_AT_A, R, keys.ar)];
-  const peersOfB = () => [workerPeer(SLOT_OF_A_AT_B, A, keys.ba, 'k1', SLOT_OF_R_AT_B), workerPeer(SLOT_OF_R_AT_B, R, keys.br)];
+  const peersOfA = () => [workerPeer(SLOT_OF_B_AT_A, B, keys.ab, 1, SLOT_OF_R_AT_A), workerPeer(SLOT_OF_R_AT_A, R, keys.ar)];
+  const peersOfB = () => [workerPeer(SLOT_OF_A_AT_B, A, keys.ba, 1, SLOT_OF_R_AT_B), workerPeer(SLOT_OF_R_AT_B, R, keys.br)];
   a!.setPeers(peersOfA());
   b!.setPeers(peersOfB());
   r!.setPeers([workerPeer(SLOT_OF_A_AT_R, A, keys.ra), workerPeer(SLOT_OF_B_AT_R, B, keys.rb)]);
@@ -610,8 +611,7 @@ describe('data plane over fakes', () => {
     it('a peer whose counter reached the limit gets nothing more (sendFailed)', () => {
       const { a } = m;
       // No test can send 2^52 packets: set the counter the way it would be after that many.
-      const peers = Reflect.get(a.out, 'bySlot') as Map<number, { counter: number }>;
-      peers.get(SLOT_OF_B_AT_A)!.counter = COUNTER_LIMIT;
+      a.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.counter = COUNTER_LIMIT;
       a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'), ipv4('100.64.0.1', '100.64.0.3'));
       expect(a.send()).toBe(1);
       expect(m.net.captured.map((d) => d.dstPort)).toEqual([51822]);
@@ -1010,10 +1010,10 @@ describe('data plane over fakes', () => {
       const ab2 = (await StaticKeyAgreement.create(newA)).derive(b.id.keys.publicKey, RUN, RUN);
       const ba2 = (await StaticKeyAgreement.create(b.id.keys)).derive(newA.publicKey, RUN, RUN);
       const peersOfA = m.peersOfA();
-      peersOfA[0] = workerPeer(SLOT_OF_B_AT_A, b.id, ab2, 'k2');
+      peersOfA[0] = workerPeer(SLOT_OF_B_AT_A, b.id, ab2, 2);
       a.setPeers(peersOfA);
       const peersOfB = m.peersOfB();
-      peersOfB[0] = workerPeer(SLOT_OF_A_AT_B, a.id, ba2, 'k2');
+      peersOfB[0] = workerPeer(SLOT_OF_A_AT_B, a.id, ba2, 2);
       b.setPeers(peersOfB);
 
       const before = net.captured.length;
@@ -1041,13 +1041,13 @@ describe('data plane over fakes', () => {
       // Same index (keys are not what the index is derived from here), new key material.
       const fresh = { ...m.ba, rxKey: randomBytes(32), txKey: randomBytes(32) };
       const peersOfB = m.peersOfB();
-      peersOfB[0] = workerPeer(SLOT_OF_A_AT_B, a.id, fresh, 'k2');
+      peersOfB[0] = workerPeer(SLOT_OF_A_AT_B, a.id, fresh, 2);
       b.setPeers(peersOfB);
       net.deliver(oldDatagram);
       b.receive();
       expect(b.drops()).toEqual({ ...noDrops(), auth: 1 });
       // With the old key back under yet another keyId, counter 0 is accepted again: fresh window.
-      b.setPeers(m.peersOfB().map((p) => ({ ...p, keyId: 'k3' })));
+      b.setPeers(m.peersOfB().map((p) => ({ ...p, sessions: p.sessions.map((x) => ({ ...x, keyId: 3 })) })));
       net.deliver(oldDatagram);
       b.receive();
       expect(b.tun.take()).toEqual([ipv4('100.64.0.1', '100.64.0.2', 1)]);
@@ -1497,10 +1497,10 @@ describe('relaying over fakes (A -> R -> B)', () => {
   it('a peer whose relay is not reached directly, or unknown, gets nothing (noRoute)', () => {
     const { a, net } = rm;
     // R itself is now only reachable through B: relays do not chain.
-    a.setPeers([rm.peersOfA()[0]!, workerPeer(SLOT_OF_R_AT_A, rm.r.id, rm.keys.ar, 'k1', SLOT_OF_B_AT_A)]);
+    a.setPeers([rm.peersOfA()[0]!, workerPeer(SLOT_OF_R_AT_A, rm.r.id, rm.keys.ar, 1, SLOT_OF_B_AT_A)]);
     a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 10));
     expect(a.send()).toBe(0);
-    a.setPeers([workerPeer(SLOT_OF_B_AT_A, rm.b.id, rm.keys.ab, 'k1', 99)]);
+    a.setPeers([workerPeer(SLOT_OF_B_AT_A, rm.b.id, rm.keys.ab, 1, 99)]);
     a.tun.inject(ipv4(A_OVERLAY, B_OVERLAY, 10));
     expect(a.send()).toBe(0);
     expect(a.forward(99, ip(B_OVERLAY), Buffer.alloc(148, 1))).toBe(0);
@@ -1617,7 +1617,7 @@ describe('Duplex wiring', () => {
   it('the confirmed observer runs after the outbound side took the session: a packet sent from it goes out', async () => {
     const { a, b, peersOfB } = await mesh();
     // B answered a handshake from A: it may send on the new session once A has used it.
-    b.setPeers(peersOfB().map((p) => (p.slot === SLOT_OF_A_AT_B ? { ...p, keyId: 'k2', unconfirmed: true } : p)));
+    b.setPeers(peersOfB().map((p) => (p.slot === SLOT_OF_A_AT_B ? { ...p, sessions: [{ ...p.sessions[0]!, keyId: 2, confirmed: false }] } : p)));
     b.tun.inject(ipv4('100.64.0.2', '100.64.0.1', 12));
     expect(b.send()).toBe(0);
     expect(b.drops()).toEqual({ ...noDrops(), noSession: 1 });
@@ -1629,7 +1629,7 @@ describe('Duplex wiring', () => {
     a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 11));
     a.send();
     b.receive();
-    expect(b.confirmed).toEqual([{ slot: SLOT_OF_A_AT_B, keyId: 'k2' }]);
+    expect(b.confirmed).toEqual([{ slot: SLOT_OF_A_AT_B, keyId: 2 }]);
     expect(sent).toBe(1);
     a.receive();
     expect(a.tun.take()).toEqual([ipv4('100.64.0.2', '100.64.0.1', 13)]);

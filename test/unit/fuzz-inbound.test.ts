@@ -36,7 +36,8 @@ import { FakeClock } from '../../src/dataplane/fakes';
 import { HS_BURST, HS_RATE, Inbound } from '../../src/dataplane/inbound';
 import type { TunIo } from '../../src/dataplane/io';
 import { Outbound, PING_INTERVAL_CONNECTING_MS } from '../../src/dataplane/outbound';
-import type { WorkerPeer } from '../../src/dataplane/peer';
+import type { WorkerPeer, WorkerSession } from '../../src/dataplane/peer';
+import { Sessions } from '../../src/dataplane/sessions';
 import { REPLAY_WINDOW } from '../../src/dataplane/replay';
 import {
   DataplaneStats,
@@ -143,7 +144,7 @@ class RefSession {
   readonly win = new RefWindow();
   constructor(
     readonly peer: RefPeer,
-    readonly keyId: string,
+    readonly keyId: number,
     public promote: boolean,
   ) {}
 }
@@ -178,7 +179,7 @@ interface Expected {
   handshakes: Handoff[];
   stuns: Handoff[];
   relays: RelayRequest[];
-  confirmed: { slot: number; keyId: string }[];
+  confirmed: { slot: number; keyId: number }[];
   /** Authenticated packets with no visible effect. */
   keepalives: number;
   /** Relayed messages whose datagram went through the stages again, as its sender's own. */
@@ -274,9 +275,9 @@ function workerPeer(
   overlay: number,
   allowed: string[],
   ep: { ip: number; port: number },
-  keyId: string,
+  keyId: number,
   k: SessionKeys,
-  receiveOnly: WorkerPeer['receiveOnly'] = [],
+  others: WorkerSession[] = [],
 ): WorkerPeer {
   return {
     slot,
@@ -285,19 +286,19 @@ function workerPeer(
     allowed: allowed.map((s) => parsePrefix(s)!),
     endpointIp: ep.ip,
     endpointPort: ep.port,
-    keyId,
-    txKey: k.txKey,
-    rxKey: k.rxKey,
-    txIndex: k.txIndex,
-    rxIndex: k.rxIndex,
-    receiveOnly,
+    sessions: [session(keyId, k, true), ...others],
   };
+}
+
+function session(keyId: number, k: SessionKeys, confirmed: boolean): WorkerSession {
+  return { keyId, txKey: k.txKey, rxKey: k.rxKey, txIndex: k.txIndex, rxIndex: k.rxIndex, confirmed, sendUntil: Infinity };
 }
 
 class Harness {
   readonly clock = new FakeClock(1_700_000_000_000, 50_000);
   readonly stats = new DataplaneStats();
   readonly inb: Inbound;
+  private readonly bSessions: Sessions;
   readonly tun: FuzzTun;
   readonly batch = new PacketBatch(Buffer.alloc(SLOT * CAP), SLOT, CAP);
   readonly peersOfB: WorkerPeer[];
@@ -308,7 +309,7 @@ class Harness {
   readonly handshakes: Handoff[] = [];
   readonly stuns: Handoff[] = [];
   readonly relays: RelayRequest[] = [];
-  readonly confirmed: { slot: number; keyId: string }[] = [];
+  readonly confirmed: { slot: number; keyId: number }[] = [];
 
   // A's side: a real Outbound that sends to B
   private readonly aClock = new FakeClock(1_600_000_000_000, 7_000);
@@ -385,10 +386,12 @@ class Harness {
     const cbNew = kx.c.derive(keys.b.publicKey, next, next);
 
     this.tun = new FuzzTun(new Rand(r.u32()));
+    this.bSessions = new Sessions(aead, this.clock);
     this.inb = new Inbound(
       aead,
       this.stats,
       this.clock,
+      this.bSessions,
       {
         ping: (slot, t0, ipv, port, via) => this.pings.push({ slot, t0, ip: ipv, port, via }),
         pong: (slot, rtt, ipv, port, via, seenIp, seenPort) => this.pongs.push({ slot, rtt, ip: ipv, port, via, seenIp, seenPort }),
@@ -402,20 +405,23 @@ class Harness {
       { relay: relayEnabled },
     );
     this.peersOfB = [
-      workerPeer(A_SLOT, 'a', A_OVERLAY, A_ALLOWED, A_ENDPOINT, 'a1', ba, [{ keyId: 'a0', rxKey: baOld.rxKey, rxIndex: baOld.rxIndex }]),
-      workerPeer(C_SLOT, 'c', C_OVERLAY, C_ALLOWED, C_ENDPOINT, 'c1', bc, [
-        { keyId: 'c2', rxKey: bcNew.rxKey, rxIndex: bcNew.rxIndex, promote: true, txKey: bcNew.txKey, txIndex: bcNew.txIndex },
-      ]),
+      // a's current session (2) and the one before it, still draining (1); c's current one (3)
+      // and one B answered that c has not used yet (4)
+      workerPeer(A_SLOT, 'a', A_OVERLAY, A_ALLOWED, A_ENDPOINT, 2, ba, [session(1, baOld, true)]),
+      workerPeer(C_SLOT, 'c', C_OVERLAY, C_ALLOWED, C_ENDPOINT, 3, bc, [session(4, bcNew, false)]),
     ];
-    this.inb.setPeers(structuredClone(this.peersOfB));
-    this.sessions.set(ba.rxIndex, new RefSession(this.refA, 'a1', false));
-    this.sessions.set(baOld.rxIndex, new RefSession(this.refA, 'a0', false));
-    this.sessions.set(bc.rxIndex, new RefSession(this.refC, 'c1', false));
-    this.sessions.set(bcNew.rxIndex, new RefSession(this.refC, 'c2', true));
+    this.refreshPeers();
+    this.sessions.set(ba.rxIndex, new RefSession(this.refA, 2, false));
+    this.sessions.set(baOld.rxIndex, new RefSession(this.refA, 1, false));
+    this.sessions.set(bc.rxIndex, new RefSession(this.refC, 3, false));
+    this.sessions.set(bcNew.rxIndex, new RefSession(this.refC, 4, true));
     expect(this.sessions.size).toBe(4);
 
-    this.aOut = new Outbound(aOutAead, new DataplaneStats(), this.aClock);
-    this.aOut.setPeers([workerPeer(this.A_SLOT_OF_B, 'b', B_OVERLAY, [], { ip: ip('203.0.113.2'), port: 51821 }, 'b1', ab)]);
+    const aSessions = new Sessions(aOutAead, this.aClock);
+    this.aOut = new Outbound(aOutAead, new DataplaneStats(), this.aClock, aSessions);
+    const peersOfA = [workerPeer(this.A_SLOT_OF_B, 'b', B_OVERLAY, [], { ip: ip('203.0.113.2'), port: 51821 }, 1, ab)];
+    aSessions.set(peersOfA);
+    this.aOut.setPeers(peersOfA);
     this.aIndex = ab.txIndex;
     this.aOld = new RawSender(senderAead, abOld.txKey, abOld.txIndex);
     this.cCur = new RawSender(senderAead, cb.txKey, cb.txIndex);
@@ -958,7 +964,9 @@ class Harness {
 
   /** Re-applies the same peer set (as a control-plane refresh does): no state may change. */
   refreshPeers(): void {
-    this.inb.setPeers(structuredClone(this.peersOfB));
+    const peers = structuredClone(this.peersOfB);
+    this.bSessions.set(peers);
+    this.inb.setPeers(peers);
   }
 }
 

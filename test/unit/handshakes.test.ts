@@ -16,16 +16,20 @@ interface Sent {
 
 /**
  * Two handshake managers joined by an in-memory wire with a hand-driven clock. A message sent
- * through a relay (`via`) arrives as passed on by the relay peer named 'relay'.
+ * through a relay (`via`) arrives as passed on by the relay peer named 'relay'. Unless `confirm`
+ * is false, the data plane is played too: once an initiator holds a session, the responder's
+ * side of it is confirmed (as when the initiator's first packet arrives).
  */
-async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps?: (side: Side) => Partial<HandshakeDeps> } = {}) {
+async function world(
+  opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps?: (side: Side) => Partial<HandshakeDeps>; confirm?: boolean } = {},
+) {
   const s = await loadSodium();
   let now = 1_000_000;
   const kps = [s.crypto_box_keypair(), s.crypto_box_keypair()].sort((x, y) => Buffer.compare(Buffer.from(x.publicKey), Buffer.from(y.publicKey)));
   const wire: { to: Side; msg: Uint8Array; ip: number; port: number; via?: string }[] = [];
   const log: Sent[] = [];
   const timers = { rekeyAfterMs: 10_000, rejectAfterMs: 15_000 };
-  const mk = (i: number, name: Side, other: Side) => {
+  const mk = (i: number, name: Side, other: Side, extra: Partial<HandshakeDeps> = {}) => {
     const changes = { n: 0 };
     const m = new HandshakeManager({
       noise: new Noise(s, kps[i]!.privateKey, kps[i]!.publicKey),
@@ -41,6 +45,7 @@ async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps
       timers,
       random: () => 0.5,
       ...opts.deps?.(name),
+      ...extra,
     });
     return { m, changes };
   };
@@ -48,11 +53,21 @@ async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps
   const hi = mk(1, 'hi', 'lo');
   lo.m.setPeers([{ name: 'hi', publicKey: kps[1]!.publicKey, ip: 2, port: 51820 }]);
   hi.m.setPeers([{ name: 'lo', publicKey: kps[0]!.publicKey, ip: 1, port: 51820 }]);
+  const confirmUsed = (x: HandshakeManager, xPeer: Side, y: HandshakeManager, yPeer: Side) => {
+    for (const s of x.sessionsOf(xPeer)) {
+      // (the initiator's packets open only under the keys both derived in one handshake)
+      const used = y.sessionsOf(yPeer).some((o) => o.initiator && o.localIndex === s.remoteIndex && hex(o.sendKey) === hex(s.recvKey));
+      if (!s.confirmed && used) x.confirmed(xPeer, s.keyId);
+    }
+  };
   const deliver = () => {
     while (wire.length > 0) {
       const w = wire.shift()!;
       (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via);
     }
+    if (opts.confirm === false) return;
+    confirmUsed(lo.m, 'hi', hi.m, 'lo');
+    confirmUsed(hi.m, 'lo', lo.m, 'hi');
   };
   const advance = (ms: number) => {
     now += ms;
@@ -60,7 +75,17 @@ async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps
     hi.m.tick();
     deliver();
   };
-  return { s, lo, hi, deliver, advance, log, kps, timers, wire, now: () => now };
+  /** The agent on `side` restarts: a new manager with the same key (sessions gone). */
+  const restart = (side: Side, extra: Partial<HandshakeDeps> = {}) => {
+    const x = side === 'lo' ? lo : hi;
+    x.m.close();
+    const fresh = side === 'lo' ? mk(0, 'lo', 'hi', extra) : mk(1, 'hi', 'lo', extra);
+    x.m = fresh.m;
+    x.changes = fresh.changes;
+    if (side === 'lo') x.m.setPeers([{ name: 'hi', publicKey: kps[1]!.publicKey, ip: 2, port: 51820 }]);
+    else x.m.setPeers([{ name: 'lo', publicKey: kps[0]!.publicKey, ip: 1, port: 51820 }]);
+  };
+  return { s, lo, hi, deliver, advance, restart, log, kps, timers, wire, now: () => now };
 }
 
 const hex = (u: Uint8Array) => Buffer.from(u).toString('hex');
@@ -122,8 +147,9 @@ describe('HandshakeManager', () => {
   });
 
   it('a responder session is for receiving until the initiator uses it', async () => {
-    const w = await world();
+    const w = await world({ confirm: false });
     w.deliver();
+    w.hi.m.confirmed('lo', w.hi.m.usable('lo')!.send.keyId); // lo used the first session
     w.advance(w.timers.rekeyAfterMs); // lo rekeys: hi answers and now holds two sessions
     const b = w.hi.m.usable('lo')!;
     const newest = [b.send, ...b.others].sort((x, y) => y.created - x.created)[0]!;
@@ -133,7 +159,7 @@ describe('HandshakeManager', () => {
   });
 
   it('a responder whose only session is unconfirmed keeps sending on it once confirmed, not on the next one', async () => {
-    const w = await world();
+    const w = await world({ confirm: false });
     w.deliver();
     const first = w.hi.m.usable('lo')!.send;
     expect(first.confirmed).toBe(false); // the only session: used for sending all the same
@@ -263,13 +289,15 @@ describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
     });
     const init = w.log.find((l) => l.msg[0] === 1)!.msg;
     w.hi.m.receive(init, 0, 0, 'relay');
-    expect(seen).toEqual([['hi', 'lo', RELAY]]);
+    expect(seen).toEqual([]); // an initiation alone proves nothing (it could be a replay)
     const resp = w.log.at(-1)!;
     expect([resp.to, resp.msg[0], resp.ip, resp.port, resp.via]).toEqual(['lo', 2, 0, 0, { relay: 'relay', peer: 'lo' }]);
     w.lo.m.receive(resp.msg, 0, 0, 'relay');
+    expect(seen).toEqual([['lo', 'hi', RELAY]]);
+    w.deliver(); // lo's first packet on the session reaches hi: now it is evidence
     expect(seen).toEqual([
-      ['hi', 'lo', RELAY],
       ['lo', 'hi', RELAY],
+      ['hi', 'lo', RELAY],
     ]);
     expect(w.lo.m.usable('hi')!.send.initiator).toBe(true);
     // Later handshakes follow: lo's next initiation (no targets dep) goes through the relay.
@@ -277,13 +305,13 @@ describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
     expect(w.log.at(-1)).toMatchObject({ to: 'hi', ip: 0, port: 0, via: { relay: 'relay', peer: 'hi' } });
   });
 
-  it('onEndpoint gets the source of a direct handshake message', async () => {
+  it('onEndpoint gets the source of a response at once, of an initiation once its session is confirmed', async () => {
     const seen: [Side, string, Endpoint][] = [];
     const w = await world({ deps: (side) => ({ onEndpoint: (name: string, from: Endpoint) => seen.push([side, name, from]) }) });
     w.deliver();
     expect(seen).toEqual([
-      ['hi', 'lo', { ip: 1, port: 51820 }],
       ['lo', 'hi', { ip: 2, port: 51820 }],
+      ['hi', 'lo', { ip: 1, port: 51820 }],
     ]);
     // Messages that fail (a replayed initiation) are no evidence.
     w.hi.m.receive(w.log.find((l) => l.msg[0] === 1)!.msg, 9, 9);
@@ -340,5 +368,134 @@ describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
     const done = w.lo.m.stats.initiationsSent;
     for (let t = 0; t < 3_000; t += 50) w.advance(50);
     expect(w.lo.m.stats.initiationsSent).toBe(done);
+  });
+});
+
+describe('HandshakeManager and replayed initiations (issue 10, hole 3)', () => {
+  /** lo's initiations that hi answered, captured on the wire, oldest first. */
+  const answeredInits = (w: Awaited<ReturnType<typeof world>>) => {
+    const answered = new Set(w.log.filter((l) => l.msg[0] === 2).map((l) => Buffer.from(l.msg).readUInt32LE(8)));
+    return w.log.filter((l) => l.msg[0] === 1 && l.to === 'hi' && answered.has(Buffer.from(l.msg).readUInt32LE(4))).map((l) => l.msg);
+  };
+
+  async function capturedThree() {
+    const seen: [Side, string, Endpoint][] = [];
+    const w = await world({ deps: (side) => ({ onEndpoint: (name: string, from: Endpoint) => seen.push([side, name, from]) }) });
+    w.deliver();
+    for (let i = 0; i < 3; i++) w.advance(w.timers.rekeyAfterMs); // lo rekeys: three more initiations
+    const inits = answeredInits(w);
+    expect(inits.length).toBeGreaterThanOrEqual(3);
+    return { w, seen, inits };
+  }
+
+  it('after a restart with the timestamps kept, replayed initiations are refused', async () => {
+    const { MemoryTimestamps } = await import('../../src/agent/hs-timestamps');
+    const store = new MemoryTimestamps();
+    const w = await world({ deps: (side) => (side === 'hi' ? { timestamps: store } : {}) });
+    w.deliver();
+    for (let i = 0; i < 3; i++) w.advance(w.timers.rekeyAfterMs);
+    const inits = answeredInits(w);
+    w.restart('hi', { timestamps: store });
+    for (const m of inits) w.hi.m.receive(m, 66, 6666);
+    expect(w.hi.m.stats.drops.replay).toBe(inits.length);
+    expect(w.hi.m.stats.responsesSent).toBe(0);
+  });
+
+  it('a peer that leaves and comes back is still held to its newest timestamp', async () => {
+    const { w, inits } = await capturedThree();
+    w.hi.m.setPeers([]);
+    w.hi.m.setPeers([{ name: 'lo', publicKey: w.kps[0]!.publicKey, ip: 1, port: 51820 }]);
+    const before = w.hi.m.stats.drops.replay;
+    for (const m of inits) w.hi.m.receive(m, 66, 6666);
+    expect(w.hi.m.stats.drops.replay - before).toBe(inits.length);
+  });
+
+  it('with the timestamps lost, replays neither displace the working session nor move the endpoint', async () => {
+    const { w, seen, inits } = await capturedThree();
+    w.restart('hi'); // the worst case: nothing remembered
+    w.advance(INITIATE_DELAY_MS); // hi initiates itself; lo answers; both have a working session
+    const working = w.hi.m.usable('lo')!.send;
+    expect(working.initiator && working.confirmed).toBe(true);
+    const seenBefore = seen.length;
+    for (const m of inits) w.hi.m.receive(m, 66, 6666); // from the attacker's address
+    // Each was "new" to the restarted host and answered, but each answer replaced the previous
+    // unconfirmed session: one unconfirmed at most, and the working one still sends.
+    const all = w.hi.m.sessionsOf('lo');
+    expect(all.filter((x) => !x.confirmed).length).toBe(1);
+    expect(all).toContain(working);
+    expect(w.hi.m.usable('lo')!.send).toBe(working);
+    expect(seen.slice(seenBefore)).toEqual([]); // no path evidence from a replay
+    // The next initiation goes to lo, not to the attacker.
+    w.advance(1);
+    w.hi.m.rekeyAll();
+    expect(w.log.filter((l) => l.msg[0] === 1).at(-1)).toMatchObject({ to: 'lo', ip: 1, port: 51820 });
+  });
+
+  it('an unconfirmed session never pushes out a confirmed one, however many arrive', async () => {
+    const w = await world({ confirm: false });
+    w.deliver();
+    const first = w.hi.m.usable('lo')!.send;
+    w.hi.m.confirmed('lo', first.keyId);
+    // lo initiates again and again, and never uses any of the new sessions
+    for (let i = 0; i < 6; i++) {
+      w.advance(1);
+      w.lo.m.rekeyAll();
+      w.deliver();
+    }
+    expect(w.hi.m.stats.responsesSent).toBe(7);
+    const all = w.hi.m.sessionsOf('lo');
+    expect(all).toContain(first);
+    expect(all.filter((x) => !x.confirmed).length).toBe(1);
+    expect(w.hi.m.usable('lo')!.send).toBe(first);
+  });
+
+  it('erases the ephemeral secret of an initiation that a retry replaces', async () => {
+    const w = await world({ drop: () => true });
+    const pendingOf = () => (Reflect.get(w.lo.m, 'peers') as Map<string, { pending: { ephemeralPrivate: Uint8Array } | null }>).get('hi')!.pending!;
+    const first = pendingOf().ephemeralPrivate;
+    expect(first.some((b) => b !== 0)).toBe(true);
+    w.advance(RETRY_MIN_MS * 2);
+    expect(pendingOf().ephemeralPrivate).not.toBe(first);
+    expect(first.every((b) => b === 0)).toBe(true);
+  });
+});
+
+describe('FileTimestamps', () => {
+  it('keeps the newest timestamp per key across a restart, skips malformed entries with a warning, stays bounded', async () => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { FileTimestamps, MAX_ENTRIES } = await import('../../src/agent/hs-timestamps');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-hsts-'));
+    try {
+      const file = path.join(dir, 'hs-timestamps.json');
+      const warnings: unknown[] = [];
+      const log = { ...silentLogger, warn: (o: unknown) => void warnings.push(o) } as unknown as typeof silentLogger;
+      const key = new Uint8Array(32).fill(7);
+      const a = new FileTimestamps(file, log);
+      a.set(key, new Uint8Array(12).fill(9));
+      a.flush();
+      expect((fs.statSync(file).mode & 0o777).toString(8)).toBe('600');
+      const body = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, string>;
+      body['not base64!'] = '00';
+      body[Buffer.alloc(32, 1).toString('base64')] = 'zz';
+      fs.writeFileSync(file, JSON.stringify(body));
+      const b = new FileTimestamps(file, log);
+      expect(Buffer.from(b.get(key)!).toString('hex')).toBe('09'.repeat(12));
+      expect(b.size).toBe(1);
+      expect(warnings).toEqual([expect.objectContaining({ skipped: 2 })]);
+      for (let i = 0; i < MAX_ENTRIES + 10; i++) {
+        const k = Buffer.alloc(32);
+        k.writeUInt32LE(i + 1);
+        b.set(k, new Uint8Array(12));
+      }
+      expect(b.size).toBe(MAX_ENTRIES);
+      expect(b.get(key)).toBeNull(); // the least recently updated went first
+      fs.writeFileSync(file, '{oops');
+      expect(new FileTimestamps(file, log).size).toBe(0);
+      expect(warnings.length).toBe(2);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
