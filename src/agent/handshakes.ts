@@ -29,8 +29,9 @@ export interface HandshakeTimers {
   rekeyAfterMs: number;
   rejectAfterMs: number;
   /**
-   * Tests only (CLADNET_REKEY_BOTH=1): the responder of the current session rekeys at the same
-   * age as its initiator instead of a tenth later, so both often initiate at once.
+   * Tests only (CLADNET_REKEY_BOTH=1): each side rekeys on its own schedule, counting only the
+   * sessions it initiated, so both initiate and both answer every rekeyAfterMs (and now and then
+   * the two initiations cross in flight).
    */
   bothSides?: boolean;
 }
@@ -306,14 +307,17 @@ export class HandshakeManager {
       //    young enough to be a rekey in progress (a replayed initiation cannot hold one off long)
       const stopAt = this.timers.rejectAfterMs * (1 - SEND_MARGIN);
       const newest = st.sessions.find(
-        (s) => now - s.created < stopAt && (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS),
+        (s) =>
+          now - s.created < stopAt &&
+          (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS) &&
+          (s.initiator || this.timers.bothSides !== true),
       );
       let due = false;
       if (!newest) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
       else if (st.forceAt !== null && newest.created < st.forceAt) due = true;
       else {
         const age = now - newest.created;
-        const mine = newest.initiator || this.timers.bothSides === true;
+        const mine = newest.initiator;
         due = age >= this.timers.rekeyAfterMs + (mine ? 0 : this.timers.rekeyAfterMs / 10);
       }
       if (!due) {

@@ -255,9 +255,10 @@ export interface Capture {
 export async function startCapture(
   topo: Topology,
   ns: string,
-  opts: { file: string; iface?: string; filter?: readonly string[]; count?: number },
+  opts: { file: string; iface?: string; filter?: readonly string[]; count?: number; snapLen?: number },
 ): Promise<Capture> {
-  const args = ['tcpdump', '-n', '-U', '--immediate-mode', '-B', '65536', '-s', '65535', '-i', opts.iface ?? 'any', '-w', opts.file];
+  // snapLen: bytes kept of each packet (headers only makes a long capture small)
+  const args = ['tcpdump', '-n', '-U', '--immediate-mode', '-B', '65536', '-s', String(opts.snapLen ?? 65535), '-i', opts.iface ?? 'any', '-w', opts.file];
   if (opts.count !== undefined) args.push('-c', String(opts.count));
   const child = topo.spawn(ns, [...args, ...(opts.filter ?? [])], { stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';
@@ -306,6 +307,7 @@ export interface UdpDatagram {
 /**
  * The IPv4/UDP datagrams in a classic pcap file (link types Ethernet, raw IP, Linux SLL and
  * SLL2, i.e. what `tcpdump -i DEV` and `-i any` write). Fragments and other protocols are skipped.
+ * A payload is what was captured of it (a short snap length cuts it).
  */
 export function udpDatagrams(pcap: Buffer): UdpDatagram[] {
   if (pcap.length < 24) return [];
