@@ -8,6 +8,7 @@ import { parseOverlayCidr, Prefix } from '../util/ipv4';
 import { etcdCall, toEtcdError } from './etcd';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
+import type { AddressConflict } from './holders';
 import { computePeers, HostEntry, revocationOf } from './peers';
 import {
   checkOverlayIpInNetwork,
@@ -77,6 +78,7 @@ export interface RegistryStats {
   invalidRecords: number; // distinct (key, mod revision) pairs skipped as invalid (untrusted ones included)
   untrustedRecords: number; // of those, the ones that parsed but failed the certificate checks
   revokedHosts: number; // hosts currently skipped because their certificate is revoked
+  addressConflicts: number; // certificates currently refused because an earlier one holds their address
   revocations: number; // verified revocations held (sticky)
   invalidRevocations: number; // distinct (key, mod revision) revocation records ignored as invalid
   reloads: number; // full prefix loads that succeeded (the first one included)
@@ -185,6 +187,8 @@ export class Registry {
   private invalidRecords = 0;
   private untrustedRecords = 0;
   private revokedHosts = 0;
+  private conflicts: AddressConflict[] = [];
+  private readonly warnedConflicts = new Set<string>(); // "ip winnerSerial loserSerial" warned about
   private invalidRevocations = 0;
   private reloads = 0;
   private watchEvents = 0;
@@ -400,6 +404,11 @@ export class Registry {
     return this.loadedOk && this.watcher !== null && !this.watchLost;
   }
 
+  /** Addresses claimed by two valid certificates, as of the last peer computation (copies). */
+  addressConflicts(): AddressConflict[] {
+    return this.conflicts.map((c) => ({ overlayIp: c.overlayIp, winner: { ...c.winner }, loser: { ...c.loser } }));
+  }
+
   /** The last snapshot handed to `onPeers` (empty before the first). */
   peers(): PeerSnapshot {
     return this.snapshot;
@@ -410,6 +419,7 @@ export class Registry {
       invalidRecords: this.invalidRecords,
       untrustedRecords: this.untrustedRecords,
       revokedHosts: this.revokedHosts,
+      addressConflicts: this.conflicts.length,
       revocations: [...this.revocations.values()].reduce((n, l) => n + l.length, 0),
       invalidRevocations: this.invalidRevocations,
       reloads: this.reloads,
@@ -639,7 +649,7 @@ export class Registry {
       this.emitScheduled = null;
     }
     const now = this.now();
-    const { peers, rejected, selfProblem } = computePeers({
+    const { peers, rejected, selfProblem, conflicts } = computePeers({
       self: this.self,
       cidr: this.cidr,
       cidrText: this.spec.cidr,
@@ -649,7 +659,9 @@ export class Registry {
       trust: this.trust ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert } : undefined,
     });
     let revoked = 0;
+    this.noteConflicts(conflicts);
     for (const r of rejected) {
+      if (r.trust === 'conflict') continue; // valid records: reported by noteConflicts
       if (r.trust === 'revoked') revoked++;
       if (this.warned.get(r.name) === r.modRevision) continue;
       this.warned.set(r.name, r.modRevision);
@@ -680,6 +692,31 @@ export class Registry {
       this.revocationsDirty = false;
       this.saveCache(this.snapshot);
     }
+  }
+
+  /** Keeps the current address conflicts and warns once about each new one. */
+  private noteConflicts(conflicts: AddressConflict[]): void {
+    this.conflicts = conflicts;
+    const current = new Set<string>();
+    for (const c of conflicts) {
+      const id = `${c.overlayIp} ${c.winner.serial} ${c.loser.serial}`;
+      current.add(id);
+      if (this.warnedConflicts.has(id)) continue;
+      this.log.warn(
+        {
+          overlayIp: c.overlayIp,
+          holder: c.winner.name,
+          holderSerial: c.winner.serial,
+          holderIssued: c.winner.issued,
+          refused: c.loser.name,
+          refusedSerial: c.loser.serial,
+          refusedIssued: c.loser.issued,
+        },
+        'two valid certificates claim one overlay address; the earlier one holds it',
+      );
+    }
+    for (const id of this.warnedConflicts) if (!current.has(id)) this.warnedConflicts.delete(id);
+    for (const id of current) this.warnedConflicts.add(id);
   }
 
   /** Recomputes the peer set when the next certificate becomes valid or expires. */

@@ -114,12 +114,76 @@ describe('computePeers with a trust anchor', () => {
     expect(r['c']).toEqual(['untrusted', 'name: "c" differs from the certificate\'s "a"']);
   });
 
-  it('two valid certificates for one address: the lease holder wins, as without certificates', () => {
-    const out = computePeers(
-      inputs([rec('a', certFor('a')), rec('b', certFor('b', { overlayIp: IP['a'] }), { overlayIp: IP['a'] })], {}, { leases: new Map([[IP['a']!, 'a']]) }),
-    );
-    expect([...out.peers.keys()]).toEqual(['a']);
-    expect(out.rejected).toEqual([{ name: 'b', modRevision: '5', error: `overlayIp: ${IP['a']} is leased to a` }]);
+  it('two valid certificates for one address: the earlier one holds it, whatever the lease says; the conflict is reported', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const records = [rec('a', a), rec('b', b, { overlayIp: IP['a'] }), rec('c', certFor('c'))];
+    // The lease names the newer holder, as an etcd writer would make it; it must not matter.
+    for (const leases of [new Map([[IP['a']!, 'b']]), new Map<string, string | null>(), new Map([[IP['a']!, null]])]) {
+      const out = computePeers(inputs(records, {}, { leases }));
+      expect([...out.peers.keys()]).toEqual(['a', 'c']);
+      expect(out.rejected).toEqual([
+        { name: 'b', modRevision: '5', trust: 'conflict', error: `overlayIp: ${IP['a']} is held by the earlier certificate of a (certificate ${a.serial}, issued ${a.issued})` },
+      ]);
+      expect(out.conflicts).toEqual([
+        { overlayIp: IP['a'], winner: { name: 'a', serial: a.serial, issued: a.issued }, loser: { name: 'b', serial: b.serial, issued: b.issued } },
+      ]);
+    }
+    // Issued the other way round, the other one holds it: content decides, not names or order.
+    const a2 = certFor('a', { now: T0 + 2000 });
+    const out = computePeers(inputs([rec('a', a2), rec('b', b, { overlayIp: IP['a'] })], {}, { leases: new Map([[IP['a']!, 'a']]) }));
+    expect([...out.peers.keys()]).toEqual(['b']);
+    expect(out.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['b', 'a']]);
+  });
+
+  it('a dead holder still holds its address against a live newcomer', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const out = computePeers(inputs([rec('a', a), rec('b', b, { overlayIp: IP['a'] })], {}, { alive: new Set(['b']) }));
+    expect(out.peers.size).toBe(0);
+    expect(out.rejected.map((r) => [r.name, r.trust])).toEqual([['b', 'conflict']]);
+  });
+
+  it('equal issue times: the lower serial holds the address; three claimants give two conflicts', () => {
+    const certs = ['a', 'b', 'c'].map((n) => certFor(n, { overlayIp: IP['a'], now: T0 }));
+    const lowest = [...certs].sort((x, y) => (x.serial < y.serial ? -1 : 1))[0]!;
+    const records = certs.map((c) => rec(c.name, c, { overlayIp: IP['a'] }));
+    const out = computePeers(inputs(records));
+    expect([...out.peers.keys()]).toEqual([lowest.name]);
+    expect(out.conflicts).toHaveLength(2);
+    for (const c of out.conflicts) expect(c.winner.serial).toBe(lowest.serial);
+    // The same inputs in another order give the same answer.
+    const again = computePeers(inputs([...records].reverse()));
+    expect(again.conflicts).toEqual(out.conflicts);
+  });
+
+  it('when our own certificate loses its address we drop every peer and say why; when it wins the newcomer is refused', () => {
+    const mine = certFor('me', { now: T0 + 1000 });
+    const older = certFor('a', { overlayIp: IP['me'], now: T0 });
+    const out = computePeers(inputs([rec('me', mine), rec('a', older, { overlayIp: IP['me'] }), rec('b', certFor('b'))], { selfCert: mine }));
+    expect(out.peers.size).toBe(0);
+    expect(out.selfProblem).toBe(`our own certificate (${mine.serial}) lost ${IP['me']} to a (certificate ${older.serial}, issued ${older.issued})`);
+    expect(out.conflicts.map((c) => [c.overlayIp, c.winner.name, c.loser.name])).toEqual([[IP['me'], 'a', 'me']]);
+
+    const mineFirst = certFor('me', { now: T0 });
+    const newer = certFor('a', { overlayIp: IP['me'], now: T0 + 1000 });
+    // Our own record is not even in etcd yet: our certificate still counts.
+    const won = computePeers(inputs([rec('a', newer, { overlayIp: IP['me'] }), rec('b', certFor('b'))], { selfCert: mineFirst }));
+    expect(won.selfProblem).toBeUndefined();
+    expect([...won.peers.keys()]).toEqual(['b']);
+    expect(won.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['me', 'a']]);
+  });
+
+  it('a revoked or expired older certificate holds nothing: the newer one is the only claimant', () => {
+    const a = certFor('a', { now: T0, validDays: 1 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const expired = computePeers(inputs([rec('a', a), rec('b', b, { overlayIp: IP['a'] })], { now: T0 + 2 * DAY }));
+    expect([...expired.peers.keys()]).toEqual(['b']);
+    expect(expired.conflicts).toEqual([]);
+    const rev = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', now: new Date(T0 + 500) });
+    const revoked = computePeers(inputs([rec('a', certFor('a', { now: T0 })), rec('b', b, { overlayIp: IP['a'] })], { revocations: new Map([['a', [rev]]]) }));
+    expect([...revoked.peers.keys()]).toEqual(['b']);
+    expect(revoked.conflicts).toEqual([]);
   });
 
   it('a revoked host is gone at once: by name, or by its serial only', () => {
