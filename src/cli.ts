@@ -212,9 +212,11 @@ export function buildProgram(): Command {
         throw new CladnetError('ECONFIG', `validDays: "${o.validDays}" is not a positive number of days`, { field: 'validDays' });
       }
       const r = await withEtcd(o, (c) =>
-        issueHostFiles(c, { name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays }),
+        issueHostFiles(c, {
+          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays },
+          onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
+        }),
       );
-      for (const w of r.warnings) process.stderr.write(`cladnet: warning: ${w}\n`);
       print(r, !!o.json, () =>
         [
           `issued a certificate for ${r.cert.name} in network ${r.cert.network}: overlay ${r.cert.overlayIp}, serial ${r.cert.serial}, valid until ${r.cert.notAfter}`,

@@ -24,6 +24,7 @@ export interface IssueFilesOptions {
   publicKey?: string;
   out?: string;
   validDays?: number;
+  onWarning?: (warning: string) => void;
 }
 
 export interface IssueFilesResult {

@@ -76,6 +76,8 @@ export interface IssueOptions {
   now?: Date;
   /** The issuer's ledger (default `<networkKeyFile>.issued`). */
   ledgerFile?: string;
+  /** Called with each warning as soon as it is known, also when the issue then fails. */
+  onWarning?: (warning: string) => void;
 }
 
 export interface IssueResult {
@@ -100,8 +102,14 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
   const ledgerFile = o.ledgerFile ?? ledgerFileFor(o.networkKeyFile);
   const now = o.now ?? new Date();
   try {
+    const warnings: string[] = [];
+    const warn = (list: string[]) => {
+      for (const w of list) o.onWarning?.(w);
+      warnings.push(...list);
+    };
     const view = await loadIssuerView(client, spec, anchor, ledgerFile, now.getTime());
-    const warnings = [...view.warnings, ...(await restoreHolderLeases(client, spec, view, now.toISOString()))];
+    warn(view.warnings);
+    warn(await restoreHolderLeases(client, spec, view, now.toISOString()));
     const overlayIp = await leaseOverlayIp(client, spec, o.name, o.publicKey, { reserved: reservedFor(view, o.name) });
     assertAddressFree(view, overlayIp, o.name);
     const cert = issueCert(ed, key.secretKey, {
