@@ -49,6 +49,12 @@ export interface PeerTrust {
   readonly revocations: ReadonlyMap<string, readonly RevocationRecord[]>;
   /** Our own certificate: when it is revoked or invalid, no peers. */
   readonly selfCert?: HostCert;
+  /**
+   * Certificates seen earlier (the registry remembers every certified record it accepted). They
+   * take part in address decisions while valid and unrevoked, even when their record is gone, so
+   * an etcd writer who deletes a holder's record cannot hand its address to a newer certificate.
+   */
+  readonly knownCerts?: Iterable<HostCert>;
 }
 
 export interface Rejection {
@@ -69,6 +75,8 @@ export interface PeerSet {
   readonly selfProblem?: string;
   /** Addresses claimed by two or more valid certificates, sorted by address then loser. */
   readonly conflicts: AddressConflict[];
+  /** Certificates of the records that passed the trust and revocation checks (for `knownCerts`). */
+  readonly certified: HostCert[];
 }
 
 /** The revocation covering `cert`, if any. */
@@ -82,6 +90,7 @@ function describeRevocation(r: RevocationRecord): string {
 
 export function computePeers(inp: PeerInputs): PeerSet {
   const rejected: Rejection[] = [];
+  const certified: HostCert[] = [];
   const valid = new Map<string, HostRecord>();
   const names = [...inp.hosts.keys()].sort();
   const trust = inp.trust;
@@ -112,6 +121,7 @@ export function computePeers(inp: PeerInputs): PeerSet {
         rejected.push({ name, modRevision: e.modRevision, error: `cert: ${describeRevocation(rev)}`, trust: 'revoked' });
         continue;
       }
+      certified.push(rec.cert!);
     }
     const why = checkOverlayIpInNetwork(rec, inp.cidr, inp.cidrText);
     if (why !== null) {
@@ -133,9 +143,9 @@ export function computePeers(inp: PeerInputs): PeerSet {
     const lost = resolveByCertificate(inp, valid, trust, rejected, conflicts);
     if (lost !== undefined) selfProblem ??= lost;
     const peers = new Map<string, HostRecord>();
-    if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts };
+    if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
     for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
-    return { peers, rejected, conflicts };
+    return { peers, rejected, conflicts, certified };
   }
 
   // Without trust: duplicates among the hosts that matter now (live ones and self). Lease holders
@@ -164,14 +174,16 @@ export function computePeers(inp: PeerInputs): PeerSet {
   }
 
   const peers = new Map<string, HostRecord>();
-  if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts };
+  if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
   for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
-  return { peers, rejected, conflicts };
+  return { peers, rejected, conflicts, certified };
 }
 
 /**
- * With trust: groups the valid records (and our own certificate) by address and keeps only the
- * holder of each (`certPrecedence`); the others leave `valid`, go to `rejected` and `conflicts`.
+ * With trust: groups the valid records, our own certificate and the still valid known
+ * certificates by address; per address each name counts with its earliest certificate there, and
+ * the name whose certificate comes first (`certPrecedence`) holds it. Current claimants of other
+ * names (records in `valid`, or us) leave `valid` and go to `rejected` and `conflicts`.
  * Returns why we have no address, when our own certificate lost.
  */
 function resolveByCertificate(
@@ -182,31 +194,53 @@ function resolveByCertificate(
   conflicts: AddressConflict[],
 ): string | undefined {
   const claims = new Map<string, HostCert[]>();
+  const seen = new Set<string>();
   const claim = (c: HostCert) => {
+    const id = `${c.name}/${c.serial}`;
+    if (seen.has(id)) return;
+    seen.add(id);
     const list = claims.get(c.overlayIp);
     if (list) list.push(c);
     else claims.set(c.overlayIp, [c]);
   };
-  for (const [name, rec] of valid) if (name !== inp.self || !trust.selfCert) claim(rec.cert!);
-  if (trust.selfCert) claim(trust.selfCert);
+  /** Name -> the certificate it currently claims with (its record's, or ours). */
+  const current = new Map<string, HostCert>();
+  for (const [name, rec] of valid) {
+    if (name === inp.self && trust.selfCert) continue;
+    claim(rec.cert!);
+    current.set(name, rec.cert!);
+  }
+  if (trust.selfCert) {
+    claim(trust.selfCert);
+    current.set(inp.self, trust.selfCert);
+  }
+  for (const c of trust.knownCerts ?? []) {
+    if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.anchor.network) continue;
+    if (checkOverlayIpInNetwork(c, inp.cidr, inp.cidrText) !== null) continue;
+    if (trust.anchor.verifyCert(c, trust.now) !== null || revocationOf(trust.revocations, c)) continue;
+    claim(c);
+  }
 
   let selfLost: string | undefined;
   const ips = [...claims.keys()].sort((a, b) => parseIpv4(a)! - parseIpv4(b)!);
   for (const ip of ips) {
-    const list = claims.get(ip)!;
-    if (list.length < 2) continue;
-    list.sort(certPrecedence);
+    const list = claims.get(ip)!.sort(certPrecedence);
     const winner = list[0]!;
-    for (const loser of list.slice(1)) {
-      conflicts.push({ overlayIp: ip, winner: certRef(winner), loser: certRef(loser) });
+    const counted = new Set<string>([winner.name]);
+    for (const c of list) {
+      if (counted.has(c.name)) continue; // a name counts once, with its earliest certificate here
+      counted.add(c.name);
+      const claimant = current.get(c.name);
+      if (claimant?.overlayIp !== ip) continue; // only a remembered certificate: nobody claims with it now
+      conflicts.push({ overlayIp: ip, winner: certRef(winner), loser: certRef(claimant) });
       const why = `overlayIp: ${ip} is held by the earlier certificate of ${describeCert(winner)}`;
-      if (loser.name === inp.self) {
-        selfLost = `our own certificate (${loser.serial}) lost ${ip} to ${describeCert(winner)}`;
+      if (c.name === inp.self) {
+        selfLost = `our own certificate (${claimant.serial}) lost ${ip} to ${describeCert(winner)}`;
         if (!valid.has(inp.self)) continue;
       }
-      valid.delete(loser.name);
-      const e = inp.hosts.get(loser.name);
-      rejected.push({ name: loser.name, modRevision: e?.modRevision ?? '0', error: why, trust: 'conflict' });
+      valid.delete(c.name);
+      const e = inp.hosts.get(c.name);
+      rejected.push({ name: c.name, modRevision: e?.modRevision ?? '0', error: why, trust: 'conflict' });
     }
   }
   return selfLost;

@@ -9,6 +9,7 @@ import { etcdCall, toEtcdError } from './etcd';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
 import type { AddressConflict } from './holders';
+import { KnownCerts } from './known-certs';
 import { computePeers, HostEntry, revocationOf } from './peers';
 import {
   checkOverlayIpInNetwork,
@@ -38,7 +39,9 @@ import {
  *             revocations under /revoked/ remove hosts at once. Revocations are sticky: once
  *             verified, deleting them from etcd does not bring the host back (they are also kept
  *             in the cache file). A network spec without a trust anchor (made before certificates)
- *             is not verified at all; the agent refuses to join such a network.
+ *             is not verified at all; the agent refuses to join such a network. Two valid
+ *             certificates for one address: the earlier holds it (peers.ts); accepted certificates
+ *             are remembered (known-certs.ts) so a deleted record does not give its address away.
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
@@ -107,6 +110,7 @@ interface CacheDoc {
   cidr?: unknown;
   peers: unknown[];
   revocations?: unknown;
+  certs?: unknown;
 }
 
 interface AliveState {
@@ -189,6 +193,8 @@ export class Registry {
   private revokedHosts = 0;
   private conflicts: AddressConflict[] = [];
   private readonly warnedConflicts = new Set<string>(); // "ip winnerSerial loserSerial" warned about
+  /** Certificates accepted so far; they keep holding their address after their record is gone. */
+  private readonly knownCerts = new KnownCerts();
   private invalidRevocations = 0;
   private reloads = 0;
   private watchEvents = 0;
@@ -380,6 +386,7 @@ export class Registry {
     if (!this.trust) this.log.warn('network has no trust anchor: host records are NOT verified (made before certificates?)');
     const doc = await this.readCache();
     if (doc) this.loadCachedRevocations(doc);
+    if (doc) this.knownCerts.load(doc.certs, this.spec.name);
     if (await this.loadOnce()) {
       if (this.closed) return 'none';
       const w = this.startWatcher(this.revision + 1);
@@ -649,15 +656,19 @@ export class Registry {
       this.emitScheduled = null;
     }
     const now = this.now();
-    const { peers, rejected, selfProblem, conflicts } = computePeers({
+    const { peers, rejected, selfProblem, conflicts, certified } = computePeers({
       self: this.self,
       cidr: this.cidr,
       cidrText: this.spec.cidr,
       hosts: this.hosts,
       alive: this.aliveNames,
       leases: this.leases,
-      trust: this.trust ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert } : undefined,
+      trust: this.trust
+        ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert, knownCerts: this.knownCerts.values() }
+        : undefined,
     });
+    this.knownCerts.remember(certified);
+    this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined);
     let revoked = 0;
     this.noteConflicts(conflicts);
     for (const r of rejected) {
@@ -688,8 +699,9 @@ export class Registry {
     this.armCertTimer(now);
     const snap = freezeMap(peers);
     const delivered = this.deliver(snap);
-    if (delivered || this.revocationsDirty) {
+    if (delivered || this.revocationsDirty || this.knownCerts.dirty) {
       this.revocationsDirty = false;
+      this.knownCerts.clean();
       this.saveCache(this.snapshot);
     }
   }
@@ -725,6 +737,7 @@ export class Registry {
     const certs: HostCert[] = [];
     for (const e of this.hosts.values()) if (e.parsed.ok && e.parsed.value.cert) certs.push(e.parsed.value.cert);
     if (this.selfCert) certs.push(this.selfCert);
+    certs.push(...this.knownCerts.values()); // a remembered holder expiring frees its address
     const next = nextCertChange(certs, now);
     if (next === null || (this.certTimer && this.certTimerAt === next)) return;
     if (this.certTimer) clearTimeout(this.certTimer);
@@ -768,6 +781,7 @@ export class Registry {
         savedAt: new Date(this.now()).toISOString(),
         peers: [...latest.values()],
         revocations: [...this.revocations.values()].flat(),
+        certs: this.knownCerts.list(),
       };
       const tmp = `${this.cacheFile}.tmp-${process.pid}`;
       try {

@@ -174,6 +174,28 @@ describe('computePeers with a trust anchor', () => {
     expect(won.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['me', 'a']]);
   });
 
+  it('a remembered certificate keeps holding its address after its record is deleted', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const records = [rec('b', b, { overlayIp: IP['a'] }), rec('c', certFor('c'))];
+    // Control: without the memory the newcomer takes the address once a's record is gone.
+    expect([...computePeers(inputs(records)).peers.keys()]).toEqual(['b', 'c']);
+    const out = computePeers(inputs(records, { knownCerts: [a] }));
+    expect([...out.peers.keys()]).toEqual(['c']);
+    expect(out.conflicts.map((c) => [c.overlayIp, c.winner.name, c.loser.name])).toEqual([[IP['a'], 'a', 'b']]);
+    expect(out.certified.map((c) => c.name).sort()).toEqual(['b', 'c']);
+    // Expired or revoked, the memory holds nothing; a remembered loser alone makes no conflict.
+    expect([...computePeers(inputs(records, { knownCerts: [certFor('a', { now: T0, validDays: 1 })], now: T0 + 2 * DAY })).peers.keys()]).toEqual(['b', 'c']);
+    const rev = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', now: new Date(T0 + 1) });
+    expect([...computePeers(inputs(records, { knownCerts: [a], revocations: new Map([['a', [rev]]]) })).peers.keys()]).toEqual(['b', 'c']);
+    const alone = computePeers(inputs([rec('a', a), rec('c', certFor('c'))], { knownCerts: [b] }));
+    expect([...alone.peers.keys()]).toEqual(['a', 'c']);
+    expect(alone.conflicts).toEqual([]);
+    // A forged certificate in the memory (a tampered cache file) is ignored.
+    const forged = certFor('z', { key: attacker.secretKey, overlayIp: IP['a'], now: T0 - 1000 });
+    expect([...computePeers(inputs(records, { knownCerts: [forged] })).peers.keys()]).toEqual(['b', 'c']);
+  });
+
   it('a revoked or expired older certificate holds nothing: the newer one is the only claimant', () => {
     const a = certFor('a', { now: T0, validDays: 1 });
     const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });

@@ -5,6 +5,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
 import { addressesHeldByOthers, certPrecedence, groupByAddress, otherHolder } from '../../src/control/holders';
 import { assertAddressFree, reservedFor, type IssuerView } from '../../src/control/issuance';
+import { KnownCerts } from '../../src/control/known-certs';
 import { appendLedger, ledgerFileFor, parseLedger, readLedger } from '../../src/control/ledger';
 import type { HostCert } from '../../src/control/records';
 import { CladnetError } from '../../src/errors';
@@ -174,5 +175,35 @@ describe('the issuer ledger', () => {
     expect(read).toThrow(`ledger: ${file} is readable by group or others (mode 644); run: chmod 600 ${file}`);
     expect(() => appendLedger(file, { cert: cert('a', '100.64.0.2', T0) })).toThrow(/ledger: .* is readable by group or others/);
     expect(fs.readFileSync(file, 'utf8')).toBe('');
+  });
+});
+
+describe('KnownCerts', () => {
+  it('remembers each certificate once, forgets expired and revoked ones, and stays bounded (oldest first)', () => {
+    const k = new KnownCerts(3);
+    const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((n, i) => cert(n, `100.64.0.${i + 2}`, T0 + i));
+    k.remember([a!, a!, b!]);
+    expect(k.size).toBe(2);
+    expect(k.dirty).toBe(true);
+    k.clean();
+    k.remember([b!]);
+    expect(k.dirty).toBe(false);
+    k.remember([c!, d!]);
+    expect(k.list().map((x) => x.name)).toEqual(['b', 'c', 'd']);
+    k.prune(T0, (x) => x.name === 'c');
+    expect(k.list().map((x) => x.name)).toEqual(['b', 'd']);
+    k.prune(Date.parse(d!.notAfter) + 1, () => false);
+    expect(k.size).toBe(0);
+  });
+
+  it('loads what it saved, dropping junk and other networks', () => {
+    const a = cert('a', '100.64.0.2', T0);
+    const other = issueCert(ed, net.secretKey, { network: 'other', name: 'x', publicKey: X(3), overlayIp: '100.64.0.3', now: new Date(T0) });
+    const k = new KnownCerts();
+    k.load(JSON.parse(JSON.stringify([a, other, null, 5, { name: 'x' }])), 'demo');
+    expect(k.list()).toEqual([a]);
+    expect(k.dirty).toBe(false);
+    k.load('not an array', 'demo');
+    expect(k.size).toBe(1);
   });
 });
