@@ -4,17 +4,21 @@ import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueCert } from '../../src/control/cert';
+import { readNetworkKey } from '../../src/control/credentials';
 import { createEtcd } from '../../src/control/etcd';
-import { hostKey, issuedKey, leaseKey } from '../../src/control/keys';
+import { aliveKey, hostKey, issuedKey, leaseKey } from '../../src/control/keys';
 import { readLedger, ledgerFileFor } from '../../src/control/ledger';
 import { TrustAnchor } from '../../src/control/cert';
 import { listLeases } from '../../src/control/leases';
 import { createNetworkWithKey, issueHost, revokeHost } from '../../src/control/membership';
+import { getNetwork } from '../../src/control/networks';
+import { Registry } from '../../src/control/registry';
+import { createRootLogger } from '../../src/log';
 import { HostCert, HostRecord, serializeHostCert, serializeHostRecord, serializeLeaseRecord } from '../../src/control/records';
 import { loadEd25519 } from '../../src/crypto/sign';
 import { CladnetError } from '../../src/errors';
 import { formatIpv4, parseIpv4 } from '../../src/util/ipv4';
-import { EtcdHandle, startEtcd } from '../helpers/etcd';
+import { EtcdHandle, startEtcd, waitFor } from '../helpers/etcd';
 
 /**
  * Issue 10, hole 2, at the operator's seat against a real etcd: an etcd writer (this test's own
@@ -219,5 +223,73 @@ describe('host issue never certifies an address another valid certificate holds'
     await client.delete().key(leaseKey(n.name, n.ips.find((x) => x !== h1.cert.overlayIp)!));
     const nb = await n.issue('newbie', 9);
     expect(nb.warnings).toContainEqual(expect.stringMatching(new RegExp(`^ledger: skipped ${file.replace(/[.]/g, '\\.')}:2: cert.signature: not signed`)));
+  });
+});
+
+describe('agents decide by certificates and remember them (Registry against a real etcd)', () => {
+  it("an etcd writer deletes the holder's record: a registry that saw it keeps refusing the newer certificate, and so does a fresh one with its cache file", async () => {
+    const n = await newNetwork();
+    const spec = await getNetwork(client, n.name);
+    const h2 = await n.issue('h2', 2);
+    const ip = h2.cert.overlayIp;
+    // The operator signs a second certificate for h2's address by hand (host issue would refuse).
+    const ed = await loadEd25519();
+    const key = readNetworkKey(n.keyFile, ed);
+    const second = issueCert(ed, key.secretKey, { network: n.name, name: 'thief', publicKey: X(66), overlayIp: ip, now: new Date(Date.parse(h2.cert.issued) + 1000) });
+    key.secretKey.fill(0);
+    const put = async (cert: HostCert) => {
+      await client.put(hostKey(n.name, cert.name)).value(serializeHostRecord(hostRecordFor(cert)));
+      await client.put(aliveKey(n.name, cert.name)).value('{}');
+    };
+    await put(h2.cert);
+    await forgeLease(n.name, ip, 'thief'); // the lease favours the newcomer; it must not matter
+
+    const opened: { reg: Registry; c: Etcd3 }[] = [];
+    const observe = async (cacheFile?: string) => {
+      const c = createEtcd({ endpoints: [etcd.endpoint] });
+      const lines: { msg: string }[] = [];
+      const log = createRootLogger('info', { write: (line: string) => void lines.push(JSON.parse(line) as { msg: string }) });
+      const reg = new Registry({ client: c, network: spec, self: 'obs', log, cacheFile });
+      opened.push({ reg, c });
+      let peers: string[] = [];
+      await reg.watch((p) => (peers = [...p.keys()]));
+      return { reg, lines, peers: () => peers };
+    };
+    try {
+      const cacheFile = path.join(dir, `${n.name}-obs-peers.json`);
+      const seen = await observe(cacheFile);
+      await waitFor(() => seen.peers().includes('h2'), 3_000, 'h2 as a peer');
+      await put(second);
+      await waitFor(() => seen.reg.addressConflicts().length === 1, 3_000, 'the conflict');
+      const want = [{ overlayIp: ip, winner: { name: 'h2', serial: h2.cert.serial, issued: h2.cert.issued }, loser: { name: 'thief', serial: second.serial, issued: second.issued } }];
+      expect(seen.reg.addressConflicts()).toEqual(want);
+      expect(seen.peers()).toEqual(['h2']);
+      expect(seen.reg.stats().addressConflicts).toBe(1);
+      expect(seen.lines.filter((l) => l.msg === 'two valid certificates claim one overlay address; the earlier one holds it')).toHaveLength(1);
+
+      // The etcd writer deletes h2's record (and its liveness).
+      await client.delete().key(hostKey(n.name, 'h2'));
+      await client.delete().key(aliveKey(n.name, 'h2'));
+      await waitFor(() => !seen.peers().includes('h2'), 3_000, 'h2 gone');
+      await new Promise((r) => setTimeout(r, 300));
+      expect(seen.peers()).toEqual([]);
+      expect(seen.reg.addressConflicts()).toEqual(want);
+
+      // A registry that never saw h2 (no cache) accepts the newcomer: the memory is what holds.
+      const fresh = await observe();
+      await waitFor(() => fresh.peers().includes('thief'), 3_000, 'a fresh registry to accept thief');
+      // One that starts from the first one's cache file refuses it.
+      await seen.reg.close();
+      const restarted = await observe(cacheFile);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(restarted.peers()).toEqual([]);
+      expect(restarted.reg.addressConflicts()).toEqual(want);
+      console.log(`deleted holder record: remembered by the registry and its cache; a registry without either took thief (${fresh.peers().join(',')})`);
+    } finally {
+      for (const o of opened) {
+        await o.reg.close();
+        o.c.close();
+      }
+    }
   });
 });
