@@ -73,7 +73,7 @@ export interface PeerSet {
   readonly rejected: Rejection[];
   /** Why we have no peers because of our own certificate (revoked, expired, lost its address), if so. */
   readonly selfProblem?: string;
-  /** Addresses claimed by two or more valid certificates, sorted by address then loser. */
+  /** Addresses claimed by two or more valid certificates: by address, then losers in precedence order. */
   readonly conflicts: AddressConflict[];
   /** Certificates of the records that passed the trust and revocation checks (for `knownCerts`). */
   readonly certified: HostCert[];

@@ -4,6 +4,8 @@ import { computePeers, HostEntry, PeerInputs, PeerTrust } from '../../src/contro
 import { HostCert, HostRecord, parseHostRecord, RevocationRecord, serializeHostRecord } from '../../src/control/records';
 import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
 import { parsePrefix } from '../../src/util/ipv4';
+import { certPrecedence } from '../../src/control/holders';
+import { rng } from '../helpers/rng';
 
 /** computePeers with trust: which records become peers, and why the others do not. */
 
@@ -194,6 +196,29 @@ describe('computePeers with a trust anchor', () => {
     // A forged certificate in the memory (a tampered cache file) is ignored.
     const forged = certFor('z', { key: attacker.secretKey, overlayIp: IP['a'], now: T0 - 1000 });
     expect([...computePeers(inputs(records, { knownCerts: [forged] })).peers.keys()]).toEqual(['b', 'c']);
+  });
+
+  it('random claims, orders and leases: the holder of each address is always its earliest certificate, and leases never change the outcome', () => {
+    const r = rng(10);
+    const names = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
+    const ips = ['100.64.0.2', '100.64.0.3', '100.64.0.4'];
+    const pool = names.map((n) => certFor(n, { overlayIp: ips[Math.floor(r() * ips.length)]!, now: T0 + Math.floor(r() * 4) * 1000 }));
+    for (let round = 0; round < 200; round++) {
+      const chosen = pool.filter(() => r() < 0.6);
+      const shuffled = [...chosen].sort(() => r() - 0.5);
+      const records = shuffled.map((c) => rec(c.name, c, { overlayIp: c.overlayIp }));
+      const leases = new Map<string, string | null>(ips.map((ip) => [ip, r() < 0.3 ? null : names[Math.floor(r() * names.length)]!]));
+      const out = computePeers(inputs(records, {}, { leases }));
+      const plain = computePeers(inputs([...records].reverse(), {}, { leases: new Map() }));
+      expect([...out.peers.keys()]).toEqual([...plain.peers.keys()]);
+      expect(out.conflicts).toEqual(plain.conflicts);
+      for (const ip of ips) {
+        const claimants = chosen.filter((c) => c.overlayIp === ip).sort(certPrecedence);
+        const holders = [...out.peers.values()].filter((p) => p.overlayIp === ip).map((p) => p.name);
+        expect(holders).toEqual(claimants.slice(0, 1).map((c) => c.name));
+        expect(out.conflicts.filter((c) => c.overlayIp === ip).map((c) => c.loser.name)).toEqual(claimants.slice(1).map((c) => c.name));
+      }
+    }
   });
 
   it('a revoked or expired older certificate holds nothing: the newer one is the only claimant', () => {
