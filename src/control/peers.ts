@@ -210,9 +210,10 @@ function resolveByCertificate(
     claim(rec.cert!);
     current.set(name, rec.cert!);
   }
-  if (trust.selfCert) {
-    claim(trust.selfCert);
-    current.set(inp.self, trust.selfCert);
+  const self = trust.selfCert;
+  if (self && trust.anchor.verifyCert(self, trust.now) === null && !revocationOf(trust.revocations, self)) {
+    claim(self);
+    current.set(inp.self, self);
   }
   for (const c of trust.knownCerts ?? []) {
     if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.anchor.network) continue;

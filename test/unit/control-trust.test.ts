@@ -174,6 +174,12 @@ describe('computePeers with a trust anchor', () => {
     expect(won.selfProblem).toBeUndefined();
     expect([...won.peers.keys()]).toEqual(['b']);
     expect(won.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['me', 'a']]);
+
+    // Our own certificate, once expired, holds nothing: no conflict, only the problem it has.
+    const short = certFor('me', { now: T0, validDays: 1 });
+    const late = computePeers(inputs([rec('a', certFor('a', { overlayIp: IP['me'], now: T0 + DAY }), { overlayIp: IP['me'] })], { selfCert: short, now: T0 + 2 * DAY }));
+    expect(late.conflicts).toEqual([]);
+    expect(late.selfProblem).toMatch(/^our own certificate: cert\.notAfter: expired/);
   });
 
   it('a remembered certificate keeps holding its address after its record is deleted', () => {
