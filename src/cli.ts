@@ -199,7 +199,7 @@ export function buildProgram(): Command {
       .command('issue <name>')
       .description('lease an overlay address for a host and sign its certificate with the network key')
       .requiredOption('--network <net>', 'the network')
-      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600); certificates are also recorded in <file>.issued')
       .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
       .option('--valid-days <n>', 'certificate lifetime in days (default 365)'),
@@ -212,7 +212,10 @@ export function buildProgram(): Command {
         throw new CladnetError('ECONFIG', `validDays: "${o.validDays}" is not a positive number of days`, { field: 'validDays' });
       }
       const r = await withEtcd(o, (c) =>
-        issueHostFiles(c, { name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays }),
+        issueHostFiles(c, {
+          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays },
+          onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
+        }),
       );
       print(r, !!o.json, () =>
         [

@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'ENETEXISTS' // a network with that name already exists
   | 'ENONET' // no such network
   | 'EEXHAUSTED' // no free overlay address left in the network's range
+  | 'EADDRHELD' // an overlay address is held by another host's valid certificate
   | 'ERECORD' // an etcd record failed validation
   | 'EETCD' // etcd could not be reached or refused the request
   | 'EOS' // a system call failed

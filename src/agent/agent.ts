@@ -723,6 +723,7 @@ export class Agent {
       },
       handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
       peers,
+      conflicts: this.registry?.addressConflicts() ?? [],
       dataplane: {
         rxPackets: stats.totals[T_RX_PKTS]!,
         rxBytes: stats.totals[T_RX_BYTES]!,

@@ -24,6 +24,7 @@ export interface IssueFilesOptions {
   publicKey?: string;
   out?: string;
   validDays?: number;
+  onWarning?: (warning: string) => void;
 }
 
 export interface IssueFilesResult {
@@ -32,6 +33,8 @@ export interface IssueFilesResult {
   certFile: string;
   privateKeyFile?: string;
   keyCreated?: boolean;
+  /** Leases repaired, ledger lines or etcd records skipped (see issueHost). */
+  warnings: string[];
 }
 
 function isDir(p: string): boolean {
@@ -47,9 +50,9 @@ export async function issueHostFiles(client: Etcd3, o: IssueFilesOptions): Promi
   if (o.publicKey !== undefined) {
     const out = o.out ?? `./${o.name}.cert`;
     const certFile = isDir(out) ? path.join(out, CERT_FILE) : out;
-    const { cert, trustAnchor } = await issueHost(client, { ...o, publicKey: o.publicKey });
+    const { cert, trustAnchor, warnings } = await issueHost(client, { ...o, publicKey: o.publicKey });
     writeCertFile(certFile, { trustAnchor, cert });
-    return { cert, trustAnchor, certFile };
+    return { cert, trustAnchor, certFile, warnings };
   }
   const dir = o.out ?? `./${o.name}`;
   // The network key first (mode, shape), so a refusal leaves no new host key behind.
@@ -61,9 +64,9 @@ export async function issueHostFiles(client: Etcd3, o: IssueFilesOptions): Promi
   const keyFile = path.join(dir, KEY_FILE);
   const certFile = path.join(dir, CERT_FILE);
   try {
-    const { cert, trustAnchor } = await issueHost(client, { ...o, publicKey });
+    const { cert, trustAnchor, warnings } = await issueHost(client, { ...o, publicKey });
     writeCertFile(certFile, { trustAnchor, cert });
-    return { cert, trustAnchor, certFile, privateKeyFile: keyFile, keyCreated: created };
+    return { cert, trustAnchor, certFile, privateKeyFile: keyFile, keyCreated: created, warnings };
   } catch (e) {
     if (created) fs.rmSync(keyFile, { force: true });
     throw e;

@@ -9,6 +9,8 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *   /cladnet/v1/networks/<net>/leases/<ip>     LeaseRecord JSON (overlay IP lease, create-if-absent)
  *   /cladnet/v1/networks/<net>/alive/<name>    liveness, bound to an etcd lease
  *   /cladnet/v1/networks/<net>/revoked/<name>  RevocationRecord JSON, signed by the network key
+ *   /cladnet/v1/networks/<net>/issued/<name>   HostCert JSON: the newest certificate `host issue`
+ *                                              signed for <name> (signed; agents ignore it)
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -84,12 +86,21 @@ export function revokedKey(net: string, name: string): string {
   return revokedPrefix(net) + checkName(name, 'host');
 }
 
+export function issuedPrefix(net: string): string {
+  return `${networkPrefix(net)}issued/`;
+}
+
+export function issuedKey(net: string, name: string): string {
+  return issuedPrefix(net) + checkName(name, 'host');
+}
+
 export type ParsedKey =
   | { kind: 'network'; network: string }
   | { kind: 'host'; network: string; name: string }
   | { kind: 'lease'; network: string; ip: string }
   | { kind: 'alive'; network: string; name: string }
-  | { kind: 'revoked'; network: string; name: string };
+  | { kind: 'revoked'; network: string; name: string }
+  | { kind: 'issued'; network: string; name: string };
 
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
@@ -108,6 +119,8 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
       return isValidName(leaf) ? { kind: 'alive', network, name: leaf } : null;
     case 'revoked':
       return isValidName(leaf) ? { kind: 'revoked', network, name: leaf } : null;
+    case 'issued':
+      return isValidName(leaf) ? { kind: 'issued', network, name: leaf } : null;
     case 'leases': {
       const v = parseIpv4(leaf);
       return v !== null && formatIpv4(v) === leaf ? { kind: 'lease', network, ip: leaf } : null;

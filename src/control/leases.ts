@@ -14,7 +14,8 @@ import { isPublicKey, LeaseRecord, NetworkSpec, parseLeaseRecord, serializeLease
  *    address, so agents starting together rarely try the same address.
  * 2. `leaseOverlayIp`: reuse this host name's lease if there is one (a restart keeps its IP), else
  *    claim a free address with a create-if-absent transaction on /leases/<ip>, moving on when
- *    another host won the race.
+ *    another host won the race. Addresses in `reserved` (held by another host's certificate, for
+ *    `host issue`) are never handed out, even when this host's lease names one.
  * 3. `releaseOverlayIp`: for `host remove`; never called on a normal shutdown.
  */
 
@@ -82,11 +83,11 @@ export async function listLeases(client: Etcd3, net: string): Promise<Map<string
   return out;
 }
 
-/** The lowest IP leased to `host`, if any (there is normally at most one). */
-function leaseOf(leases: ReadonlyMap<string, LeaseEntry>, host: string): LeaseEntry | undefined {
+/** The lowest IP leased to `host` and not reserved, if any (there is normally at most one). */
+function leaseOf(leases: ReadonlyMap<string, LeaseEntry>, host: string, reserved?: ReadonlyMap<string, string>): LeaseEntry | undefined {
   let best: LeaseEntry | undefined;
   for (const e of leases.values()) {
-    if (e.record?.host !== host) continue;
+    if (e.record?.host !== host || reserved?.has(e.ip)) continue;
     if (!best || parseIpv4(e.ip)! < parseIpv4(best.ip)!) best = e;
   }
   return best;
@@ -97,6 +98,12 @@ export interface LeaseOptions {
   maxAttempts?: number;
   clock?: () => Date;
   log?: Logger;
+  /**
+   * Addresses this host must not get, whatever the leases say (ip -> who holds it): `host issue`
+   * passes those held by another host's valid certificate (issuance.ts). A lease of this host on
+   * one of them is passed over, and the search for a free address skips them.
+   */
+  reserved?: ReadonlyMap<string, string>;
 }
 
 /** Returns this host's overlay IP in the network, leasing one if it has none. */
@@ -119,7 +126,15 @@ export async function leaseOverlayIp(
   for (let attempt = 0; attempt < maxAttempts; attempt++) {
     const leases = await listLeases(client, net);
 
-    const mine = leaseOf(leases, hostName);
+    const reserved = opts.reserved;
+    if (reserved) {
+      for (const e of leases.values()) {
+        if (e.record?.host === hostName && reserved.has(e.ip)) {
+          opts.log?.warn({ network: net, host: hostName, overlayIp: e.ip, heldBy: reserved.get(e.ip) }, 'passing over a lease on an address another certificate holds');
+        }
+      }
+    }
+    const mine = leaseOf(leases, hostName, reserved);
     if (mine) {
       if (mine.record!.publicKey !== publicKey) await refreshLeaseKey(client, net, mine, publicKey, opts.log);
       return mine.ip;
@@ -127,13 +142,22 @@ export async function leaseOverlayIp(
 
     const taken = new Set<number>();
     for (const ip of leases.keys()) taken.add(parseIpv4(ip)!);
+    let heldOnly = 0; // reserved addresses without a lease
+    for (const ip of reserved?.keys() ?? []) {
+      const v = parseIpv4(ip);
+      if (v === null || taken.has(v)) continue;
+      taken.add(v);
+      if (v >= range.first && v <= range.last) heldOnly++;
+    }
     const ip = pickAddress(prefix, taken, hint);
     if (ip === null) {
       let leased = 0;
       for (const v of taken) if (v >= range.first && v <= range.last) leased++;
+      leased -= heldOnly;
+      const held = heldOnly > 0 ? `, ${heldOnly} more held by certificates without a lease` : '';
       throw new CladnetError(
         'EEXHAUSTED',
-        `network ${net} (${spec.cidr}) has no free overlay address: ${leased} of ${range.count} leased`,
+        `network ${net} (${spec.cidr}) has no free overlay address: ${leased} of ${range.count} leased${held}`,
       );
     }
     const ipText = formatIpv4(ip);

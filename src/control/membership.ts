@@ -6,9 +6,12 @@
  *             network cannot be created), never into etcd.
  * 2. issue:   the network key must be private (0600), well formed and the network's anchor; the host
  *             gets (or keeps) its overlay address lease, and a certificate binding name, X25519 key
- *             and address, signed by the network key.
- * 3. revoke:  a signed revocation under /revoked/<name>, then the host's lease is released. An etcd
- *             writer without the network key can neither forge nor alter either.
+ *             and address, signed by the network key. An address that an unexpired, unrevoked
+ *             certificate of another name holds (in the issuer's ledger or in etcd; issuance.ts) is
+ *             never handed out, whatever the leases say. The certificate is recorded in the ledger
+ *             and under /issued/<name> before it is returned.
+ * 3. revoke:  a signed revocation under /revoked/<name> (and in the ledger), then the host's lease
+ *             is released. An etcd writer without the network key can neither forge nor alter either.
  */
 import * as fs from 'node:fs';
 import type { Etcd3 } from 'etcd3';
@@ -18,6 +21,8 @@ import { issueCert, signRevocation, TrustAnchor } from './cert';
 import { readNetworkKey, writeNetworkKey, type NetworkKey } from './credentials';
 import { etcdCall } from './etcd';
 import { checkName, revokedKey } from './keys';
+import { assertAddressFree, loadIssuerView, recordIssued, reservedFor, restoreHolderLeases } from './issuance';
+import { appendLedger, ledgerFileFor } from './ledger';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
 import { createNetwork, getNetwork, type CreateNetworkInput } from './networks';
 import { HostCert, isPublicKey, NetworkSpec, parseRevocationRecord, RevocationRecord, serializeRevocationRecord } from './records';
@@ -69,28 +74,54 @@ export interface IssueOptions {
   publicKey: string;
   validDays?: number;
   now?: Date;
+  /** The issuer's ledger (default `<networkKeyFile>.issued`). */
+  ledgerFile?: string;
+  /** Called with each warning as soon as it is known, also when the issue then fails. */
+  onWarning?: (warning: string) => void;
 }
 
-/** `host issue`: leases the host's overlay address (same name, same address) and signs its certificate. */
-export async function issueHost(client: Etcd3, o: IssueOptions): Promise<{ cert: HostCert; trustAnchor: string }> {
+export interface IssueResult {
+  cert: HostCert;
+  trustAnchor: string;
+  /** Things the operator should know: leases repaired, ledger lines or etcd records skipped. */
+  warnings: string[];
+}
+
+/**
+ * `host issue`: leases the host's overlay address (same name, same address) and signs its
+ * certificate, never over an address that another name's valid certificate holds.
+ */
+export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueResult> {
   checkName(o.name, 'name');
   checkName(o.network, 'network');
   if (!isPublicKey(o.publicKey)) {
     throw new CladnetError('ECONFIG', `publicKey: ${JSON.stringify(o.publicKey)} is not base64 of a 32-byte X25519 key`, { field: 'publicKey' });
   }
-  const { spec, key } = await networkAndKey(client, o.network, o.networkKeyFile);
+  const { spec, key, anchor } = await networkAndKey(client, o.network, o.networkKeyFile);
   const ed = await loadEd25519();
+  const ledgerFile = o.ledgerFile ?? ledgerFileFor(o.networkKeyFile);
+  const now = o.now ?? new Date();
   try {
-    const overlayIp = await leaseOverlayIp(client, spec, o.name, o.publicKey);
+    const warnings: string[] = [];
+    const warn = (list: string[]) => {
+      for (const w of list) o.onWarning?.(w);
+      warnings.push(...list);
+    };
+    const view = await loadIssuerView(client, spec, anchor, ledgerFile, now.getTime());
+    warn(view.warnings);
+    warn(await restoreHolderLeases(client, spec, view, now.toISOString()));
+    const overlayIp = await leaseOverlayIp(client, spec, o.name, o.publicKey, { reserved: reservedFor(view, o.name) });
+    assertAddressFree(view, overlayIp, o.name);
     const cert = issueCert(ed, key.secretKey, {
       network: spec.name,
       name: o.name,
       publicKey: o.publicKey,
       overlayIp,
       validDays: o.validDays,
-      now: o.now,
+      now,
     });
-    return { cert, trustAnchor: key.publicKey };
+    await recordIssued(client, ledgerFile, cert);
+    return { cert, trustAnchor: key.publicKey, warnings };
   } finally {
     key.secretKey.fill(0);
   }
@@ -103,6 +134,8 @@ export interface RevokeOptions {
   /** Revoke only this certificate; default: every certificate of the host issued until now. */
   serial?: string;
   now?: Date;
+  /** The issuer's ledger (default `<networkKeyFile>.issued`). */
+  ledgerFile?: string;
 }
 
 /**
@@ -128,6 +161,7 @@ export async function revokeHost(client: Etcd3, o: RevokeOptions): Promise<{ rev
       }
     }
     const revocation = signRevocation(ed, key.secretKey, { network: o.network, name: o.name, serial: o.serial ?? null, now: o.now });
+    appendLedger(o.ledgerFile ?? ledgerFileFor(o.networkKeyFile), { revocation });
     await etcdCall(`write ${k}`, () => client.put(k).value(serializeRevocationRecord(revocation)).exec());
     const released = await releaseOverlayIp(client, o.network, o.name);
     return { revocation, released };

@@ -1,5 +1,6 @@
 import { parseIpv4, Prefix } from '../util/ipv4';
 import { revokes, type TrustAnchor } from './cert';
+import { AddressConflict, certPrecedence, certRef, describeCert } from './holders';
 import { checkOverlayIpInNetwork, HostCert, HostRecord, Parsed, RevocationRecord } from './records';
 
 /**
@@ -7,15 +8,23 @@ import { checkOverlayIpInNetwork, HostCert, HostRecord, Parsed, RevocationRecord
  *
  * A host is a peer when it is not `self`, has an alive key, and has a valid record. A record is
  * valid when it parses, is trusted (below), is not revoked, its overlayIp is a usable address of
- * the network CIDR, and no other host holds the lease for that overlayIp. Among live hosts (and
- * self) claiming the same overlayIp, the lease holder wins; when no lease decides, every claimant
- * is rejected.
+ * the network CIDR, and it holds that address.
  *
  * Trust (when `trust` is given, which the agent always does): the record carries a certificate
  * that verifies against the network's trust anchor, is within its validity period at `trust.now`,
  * and binds the record's network, name, public key and overlayIp. A host with a verified
  * revocation covering its certificate is gone. When our own certificate (`trust.selfCert`) is
  * revoked or no longer valid, we have no peers at all.
+ *
+ * Who holds an address (with trust): certificates alone decide (holders.ts). When two valid
+ * records of different names (self included, with `trust.selfCert`) claim one address, alive or
+ * not, the earlier-issued certificate holds it (then the lower serial); the others are rejected
+ * and reported in `conflicts`. Leases, etcd revisions and liveness play no part: an etcd writer
+ * can neither pick the winner nor make one. When we lose, we have no peers (`selfProblem`).
+ *
+ * Without trust (a network made before certificates, which the agent refuses; kept for tools and
+ * tests) the old rule stands: the lease holder wins, and with no lease deciding every live
+ * claimant is rejected.
  */
 export interface HostEntry {
   readonly modRevision: string;
@@ -40,21 +49,34 @@ export interface PeerTrust {
   readonly revocations: ReadonlyMap<string, readonly RevocationRecord[]>;
   /** Our own certificate: when it is revoked or invalid, no peers. */
   readonly selfCert?: HostCert;
+  /**
+   * Certificates seen earlier (the registry remembers every certified record it accepted). They
+   * take part in address decisions while valid and unrevoked, even when their record is gone, so
+   * an etcd writer who deletes a holder's record cannot hand its address to a newer certificate.
+   */
+  readonly knownCerts?: Iterable<HostCert>;
 }
 
 export interface Rejection {
   readonly name: string;
   readonly modRevision: string;
   readonly error: string;
-  /** Set when the record parsed but failed the trust checks ('untrusted') or was revoked. */
-  readonly trust?: 'untrusted' | 'revoked';
+  /**
+   * Set when the record parsed but failed the trust checks ('untrusted'), was revoked, or is valid
+   * but lost its address to an earlier certificate ('conflict', also listed in `conflicts`).
+   */
+  readonly trust?: 'untrusted' | 'revoked' | 'conflict';
 }
 
 export interface PeerSet {
   readonly peers: Map<string, HostRecord>; // sorted by name
   readonly rejected: Rejection[];
-  /** Why we have no peers because of our own certificate (revoked, expired), if so. */
+  /** Why we have no peers because of our own certificate (revoked, expired, lost its address), if so. */
   readonly selfProblem?: string;
+  /** Addresses claimed by two or more valid certificates: by address, then losers in precedence order. */
+  readonly conflicts: AddressConflict[];
+  /** Certificates of the records that passed the trust and revocation checks (for `knownCerts`). */
+  readonly certified: HostCert[];
 }
 
 /** The revocation covering `cert`, if any. */
@@ -68,6 +90,7 @@ function describeRevocation(r: RevocationRecord): string {
 
 export function computePeers(inp: PeerInputs): PeerSet {
   const rejected: Rejection[] = [];
+  const certified: HostCert[] = [];
   const valid = new Map<string, HostRecord>();
   const names = [...inp.hosts.keys()].sort();
   const trust = inp.trust;
@@ -98,22 +121,36 @@ export function computePeers(inp: PeerInputs): PeerSet {
         rejected.push({ name, modRevision: e.modRevision, error: `cert: ${describeRevocation(rev)}`, trust: 'revoked' });
         continue;
       }
+      certified.push(rec.cert!);
     }
     const why = checkOverlayIpInNetwork(rec, inp.cidr, inp.cidrText);
     if (why !== null) {
       rejected.push({ name, modRevision: e.modRevision, error: why });
       continue;
     }
-    const holder = inp.leases.get(rec.overlayIp);
-    if (typeof holder === 'string' && holder !== name) {
-      rejected.push({ name, modRevision: e.modRevision, error: `overlayIp: ${rec.overlayIp} is leased to ${holder}` });
-      continue;
+    if (!trust) {
+      const holder = inp.leases.get(rec.overlayIp);
+      if (typeof holder === 'string' && holder !== name) {
+        rejected.push({ name, modRevision: e.modRevision, error: `overlayIp: ${rec.overlayIp} is leased to ${holder}` });
+        continue;
+      }
     }
     valid.set(name, rec);
   }
 
-  // Duplicates among the hosts that matter now (live ones and self). Lease holders were kept above
-  // and every other claimant of a leased IP was rejected, so what is left unresolved has no lease.
+  const conflicts: AddressConflict[] = [];
+  if (trust) {
+    const lost = resolveByCertificate(inp, valid, trust, rejected, conflicts);
+    if (lost !== undefined) selfProblem ??= lost;
+    const peers = new Map<string, HostRecord>();
+    if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
+    for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
+    return { peers, rejected, conflicts, certified };
+  }
+
+  // Without trust: duplicates among the hosts that matter now (live ones and self). Lease holders
+  // were kept above and every other claimant of a leased IP was rejected, so what is left
+  // unresolved has no lease.
   const byIp = new Map<number, string[]>();
   for (const [name, rec] of valid) {
     if (name !== inp.self && !inp.alive.has(name)) continue;
@@ -137,7 +174,75 @@ export function computePeers(inp: PeerInputs): PeerSet {
   }
 
   const peers = new Map<string, HostRecord>();
-  if (selfProblem !== undefined) return { peers, rejected, selfProblem };
+  if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
   for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
-  return { peers, rejected };
+  return { peers, rejected, conflicts, certified };
+}
+
+/**
+ * With trust: groups the valid records, our own certificate and the still valid known
+ * certificates by address; per address each name counts with its earliest certificate there, and
+ * the name whose certificate comes first (`certPrecedence`) holds it. Current claimants of other
+ * names (records in `valid`, or us) leave `valid` and go to `rejected` and `conflicts`.
+ * Returns why we have no address, when our own certificate lost.
+ */
+function resolveByCertificate(
+  inp: PeerInputs,
+  valid: Map<string, HostRecord>,
+  trust: PeerTrust,
+  rejected: Rejection[],
+  conflicts: AddressConflict[],
+): string | undefined {
+  const claims = new Map<string, HostCert[]>();
+  const seen = new Set<string>();
+  const claim = (c: HostCert) => {
+    const id = `${c.name}/${c.serial}`;
+    if (seen.has(id)) return;
+    seen.add(id);
+    const list = claims.get(c.overlayIp);
+    if (list) list.push(c);
+    else claims.set(c.overlayIp, [c]);
+  };
+  /** Name -> the certificate it currently claims with (its record's, or ours). */
+  const current = new Map<string, HostCert>();
+  for (const [name, rec] of valid) {
+    if (name === inp.self && trust.selfCert) continue;
+    claim(rec.cert!);
+    current.set(name, rec.cert!);
+  }
+  const self = trust.selfCert;
+  if (self && trust.anchor.verifyCert(self, trust.now) === null && !revocationOf(trust.revocations, self)) {
+    claim(self);
+    current.set(inp.self, self);
+  }
+  for (const c of trust.knownCerts ?? []) {
+    if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.anchor.network) continue;
+    if (checkOverlayIpInNetwork(c, inp.cidr, inp.cidrText) !== null) continue;
+    if (trust.anchor.verifyCert(c, trust.now) !== null || revocationOf(trust.revocations, c)) continue;
+    claim(c);
+  }
+
+  let selfLost: string | undefined;
+  const ips = [...claims.keys()].sort((a, b) => parseIpv4(a)! - parseIpv4(b)!);
+  for (const ip of ips) {
+    const list = claims.get(ip)!.sort(certPrecedence);
+    const winner = list[0]!;
+    const counted = new Set<string>([winner.name]);
+    for (const c of list) {
+      if (counted.has(c.name)) continue; // a name counts once, with its earliest certificate here
+      counted.add(c.name);
+      const claimant = current.get(c.name);
+      if (claimant?.overlayIp !== ip) continue; // only a remembered certificate: nobody claims with it now
+      conflicts.push({ overlayIp: ip, winner: certRef(winner), loser: certRef(claimant) });
+      const why = `overlayIp: ${ip} is held by the earlier certificate of ${describeCert(winner)}`;
+      if (c.name === inp.self) {
+        selfLost = `our own certificate (${claimant.serial}) lost ${ip} to ${describeCert(winner)}`;
+        if (!valid.has(inp.self)) continue;
+      }
+      valid.delete(c.name);
+      const e = inp.hosts.get(c.name);
+      rejected.push({ name: c.name, modRevision: e?.modRevision ?? '0', error: why, trust: 'conflict' });
+    }
+  }
+  return selfLost;
 }

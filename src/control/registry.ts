@@ -8,6 +8,8 @@ import { parseOverlayCidr, Prefix } from '../util/ipv4';
 import { etcdCall, toEtcdError } from './etcd';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
+import type { AddressConflict } from './holders';
+import { KnownCerts } from './known-certs';
 import { computePeers, HostEntry, revocationOf } from './peers';
 import {
   checkOverlayIpInNetwork,
@@ -37,7 +39,9 @@ import {
  *             revocations under /revoked/ remove hosts at once. Revocations are sticky: once
  *             verified, deleting them from etcd does not bring the host back (they are also kept
  *             in the cache file). A network spec without a trust anchor (made before certificates)
- *             is not verified at all; the agent refuses to join such a network.
+ *             is not verified at all; the agent refuses to join such a network. Two valid
+ *             certificates for one address: the earlier holds it (peers.ts); accepted certificates
+ *             are remembered (known-certs.ts) so a deleted record does not give its address away.
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
@@ -77,6 +81,7 @@ export interface RegistryStats {
   invalidRecords: number; // distinct (key, mod revision) pairs skipped as invalid (untrusted ones included)
   untrustedRecords: number; // of those, the ones that parsed but failed the certificate checks
   revokedHosts: number; // hosts currently skipped because their certificate is revoked
+  addressConflicts: number; // certificates currently refused because an earlier one holds their address
   revocations: number; // verified revocations held (sticky)
   invalidRevocations: number; // distinct (key, mod revision) revocation records ignored as invalid
   reloads: number; // full prefix loads that succeeded (the first one included)
@@ -105,6 +110,7 @@ interface CacheDoc {
   cidr?: unknown;
   peers: unknown[];
   revocations?: unknown;
+  certs?: unknown;
 }
 
 interface AliveState {
@@ -185,6 +191,10 @@ export class Registry {
   private invalidRecords = 0;
   private untrustedRecords = 0;
   private revokedHosts = 0;
+  private conflicts: AddressConflict[] = [];
+  private readonly warnedConflicts = new Set<string>(); // "ip winnerSerial loserSerial" warned about
+  /** Certificates accepted so far; they keep holding their address after their record is gone. */
+  private readonly knownCerts = new KnownCerts();
   private invalidRevocations = 0;
   private reloads = 0;
   private watchEvents = 0;
@@ -376,6 +386,7 @@ export class Registry {
     if (!this.trust) this.log.warn('network has no trust anchor: host records are NOT verified (made before certificates?)');
     const doc = await this.readCache();
     if (doc) this.loadCachedRevocations(doc);
+    if (doc) this.knownCerts.load(doc.certs, this.spec.name);
     if (await this.loadOnce()) {
       if (this.closed) return 'none';
       const w = this.startWatcher(this.revision + 1);
@@ -400,6 +411,11 @@ export class Registry {
     return this.loadedOk && this.watcher !== null && !this.watchLost;
   }
 
+  /** Addresses claimed by two valid certificates, as of the last peer computation (copies). */
+  addressConflicts(): AddressConflict[] {
+    return this.conflicts.map((c) => ({ overlayIp: c.overlayIp, winner: { ...c.winner }, loser: { ...c.loser } }));
+  }
+
   /** The last snapshot handed to `onPeers` (empty before the first). */
   peers(): PeerSnapshot {
     return this.snapshot;
@@ -410,6 +426,7 @@ export class Registry {
       invalidRecords: this.invalidRecords,
       untrustedRecords: this.untrustedRecords,
       revokedHosts: this.revokedHosts,
+      addressConflicts: this.conflicts.length,
       revocations: [...this.revocations.values()].reduce((n, l) => n + l.length, 0),
       invalidRevocations: this.invalidRevocations,
       reloads: this.reloads,
@@ -639,17 +656,23 @@ export class Registry {
       this.emitScheduled = null;
     }
     const now = this.now();
-    const { peers, rejected, selfProblem } = computePeers({
+    const { peers, rejected, selfProblem, conflicts, certified } = computePeers({
       self: this.self,
       cidr: this.cidr,
       cidrText: this.spec.cidr,
       hosts: this.hosts,
       alive: this.aliveNames,
       leases: this.leases,
-      trust: this.trust ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert } : undefined,
+      trust: this.trust
+        ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert, knownCerts: this.knownCerts.values() }
+        : undefined,
     });
+    this.knownCerts.remember(certified);
+    this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined);
     let revoked = 0;
+    this.noteConflicts(conflicts);
     for (const r of rejected) {
+      if (r.trust === 'conflict') continue; // valid records: reported by noteConflicts
       if (r.trust === 'revoked') revoked++;
       if (this.warned.get(r.name) === r.modRevision) continue;
       this.warned.set(r.name, r.modRevision);
@@ -676,10 +699,36 @@ export class Registry {
     this.armCertTimer(now);
     const snap = freezeMap(peers);
     const delivered = this.deliver(snap);
-    if (delivered || this.revocationsDirty) {
+    if (delivered || this.revocationsDirty || this.knownCerts.dirty) {
       this.revocationsDirty = false;
+      this.knownCerts.clean();
       this.saveCache(this.snapshot);
     }
+  }
+
+  /** Keeps the current address conflicts and warns once about each new one. */
+  private noteConflicts(conflicts: AddressConflict[]): void {
+    this.conflicts = conflicts;
+    const current = new Set<string>();
+    for (const c of conflicts) {
+      const id = `${c.overlayIp} ${c.winner.serial} ${c.loser.serial}`;
+      current.add(id);
+      if (this.warnedConflicts.has(id)) continue;
+      this.log.warn(
+        {
+          overlayIp: c.overlayIp,
+          holder: c.winner.name,
+          holderSerial: c.winner.serial,
+          holderIssued: c.winner.issued,
+          refused: c.loser.name,
+          refusedSerial: c.loser.serial,
+          refusedIssued: c.loser.issued,
+        },
+        'two valid certificates claim one overlay address; the earlier one holds it',
+      );
+    }
+    for (const id of this.warnedConflicts) if (!current.has(id)) this.warnedConflicts.delete(id);
+    for (const id of current) this.warnedConflicts.add(id);
   }
 
   /** Recomputes the peer set when the next certificate becomes valid or expires. */
@@ -688,6 +737,7 @@ export class Registry {
     const certs: HostCert[] = [];
     for (const e of this.hosts.values()) if (e.parsed.ok && e.parsed.value.cert) certs.push(e.parsed.value.cert);
     if (this.selfCert) certs.push(this.selfCert);
+    certs.push(...this.knownCerts.values()); // a remembered holder expiring frees its address
     const next = nextCertChange(certs, now);
     if (next === null || (this.certTimer && this.certTimerAt === next)) return;
     if (this.certTimer) clearTimeout(this.certTimer);
@@ -731,6 +781,7 @@ export class Registry {
         savedAt: new Date(this.now()).toISOString(),
         peers: [...latest.values()],
         revocations: [...this.revocations.values()].flat(),
+        certs: this.knownCerts.list(),
       };
       const tmp = `${this.cacheFile}.tmp-${process.pid}`;
       try {

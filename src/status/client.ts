@@ -59,6 +59,12 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
     lines.push(`  reflexive: ${s.reflexive ?? '-'} (${nat})${s.relay ? ', relays for peers' : ''}`);
   }
   lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : 'DISCONNECTED (data plane keeps running)'}`);
+  for (const c of doc.conflicts ?? []) {
+    lines.push(
+      `  CONFLICT: ${c.overlayIp} is held by ${c.winner.name} (certificate ${c.winner.serial}, issued ${c.winner.issued}); ` +
+        `refused ${c.loser.name} (certificate ${c.loser.serial}, issued ${c.loser.issued})`,
+    );
+  }
   lines.push('');
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {

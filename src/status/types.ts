@@ -64,6 +64,12 @@ export interface StatusDocument {
     drops: Record<string, number>;
   };
   peers: StatusPeer[];
+  /**
+   * Overlay addresses claimed by two valid certificates of different names: `winner` (issued
+   * earlier, then lower serial) holds the address, `loser` is refused by this agent. Normally empty;
+   * an entry means the network key signed two certificates for one address (docs/security.md).
+   */
+  conflicts?: StatusConflict[];
   dataplane: {
     rxPackets: number;
     rxBytes: number;
@@ -92,4 +98,17 @@ export interface StatusOffloads {
   /** Coalesced super-packets written to the TUN, and the segments they held. */
   tunSuperPackets: number;
   tunCoalesced: number;
+}
+
+/** A certificate as the status shows it. */
+export interface StatusCertRef {
+  name: string;
+  serial: string;
+  issued: string;
+}
+
+export interface StatusConflict {
+  overlayIp: string;
+  winner: StatusCertRef;
+  loser: StatusCertRef;
 }

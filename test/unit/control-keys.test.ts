@@ -4,6 +4,7 @@ import {
   aliveKey,
   checkName,
   hostKey,
+  issuedKey,
   isValidName,
   leaseKey,
   networkKey,
@@ -61,10 +62,12 @@ describe('parseKey', () => {
     expect(parseKey(Buffer.from('/cladnet/v1/networks/demo/hosts/a'))).toEqual({ kind: 'host', network: 'demo', name: 'a' });
     expect(parseKey('/cladnet/v1/networks/demo/alive/b')).toEqual({ kind: 'alive', network: 'demo', name: 'b' });
     expect(parseKey('/cladnet/v1/networks/demo/leases/100.64.0.9')).toEqual({ kind: 'lease', network: 'demo', ip: '100.64.0.9' });
+    expect(parseKey('/cladnet/v1/networks/demo/issued/c')).toEqual({ kind: 'issued', network: 'demo', name: 'c' });
+    expect(parseKey('/cladnet/v1/networks/demo/issued/C')).toBeNull();
   });
 
   it('round-trips every builder', () => {
-    for (const k of [networkKey('n1'), hostKey('n1', 'h'), aliveKey('n1', 'h'), leaseKey('n1', '10.0.0.1')]) {
+    for (const k of [networkKey('n1'), hostKey('n1', 'h'), aliveKey('n1', 'h'), leaseKey('n1', '10.0.0.1'), issuedKey('n1', 'h')]) {
       expect(parseKey(k)).not.toBeNull();
     }
   });

@@ -4,6 +4,8 @@ import { computePeers, HostEntry, PeerInputs, PeerTrust } from '../../src/contro
 import { HostCert, HostRecord, parseHostRecord, RevocationRecord, serializeHostRecord } from '../../src/control/records';
 import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
 import { parsePrefix } from '../../src/util/ipv4';
+import { certPrecedence } from '../../src/control/holders';
+import { rng } from '../helpers/rng';
 
 /** computePeers with trust: which records become peers, and why the others do not. */
 
@@ -114,12 +116,127 @@ describe('computePeers with a trust anchor', () => {
     expect(r['c']).toEqual(['untrusted', 'name: "c" differs from the certificate\'s "a"']);
   });
 
-  it('two valid certificates for one address: the lease holder wins, as without certificates', () => {
-    const out = computePeers(
-      inputs([rec('a', certFor('a')), rec('b', certFor('b', { overlayIp: IP['a'] }), { overlayIp: IP['a'] })], {}, { leases: new Map([[IP['a']!, 'a']]) }),
-    );
-    expect([...out.peers.keys()]).toEqual(['a']);
-    expect(out.rejected).toEqual([{ name: 'b', modRevision: '5', error: `overlayIp: ${IP['a']} is leased to a` }]);
+  it('two valid certificates for one address: the earlier one holds it, whatever the lease says; the conflict is reported', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const records = [rec('a', a), rec('b', b, { overlayIp: IP['a'] }), rec('c', certFor('c'))];
+    // The lease names the newer holder, as an etcd writer would make it; it must not matter.
+    for (const leases of [new Map([[IP['a']!, 'b']]), new Map<string, string | null>(), new Map([[IP['a']!, null]])]) {
+      const out = computePeers(inputs(records, {}, { leases }));
+      expect([...out.peers.keys()]).toEqual(['a', 'c']);
+      expect(out.rejected).toEqual([
+        { name: 'b', modRevision: '5', trust: 'conflict', error: `overlayIp: ${IP['a']} is held by the earlier certificate of a (certificate ${a.serial}, issued ${a.issued})` },
+      ]);
+      expect(out.conflicts).toEqual([
+        { overlayIp: IP['a'], winner: { name: 'a', serial: a.serial, issued: a.issued }, loser: { name: 'b', serial: b.serial, issued: b.issued } },
+      ]);
+    }
+    // Issued the other way round, the other one holds it: content decides, not names or order.
+    const a2 = certFor('a', { now: T0 + 2000 });
+    const out = computePeers(inputs([rec('a', a2), rec('b', b, { overlayIp: IP['a'] })], {}, { leases: new Map([[IP['a']!, 'a']]) }));
+    expect([...out.peers.keys()]).toEqual(['b']);
+    expect(out.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['b', 'a']]);
+  });
+
+  it('a dead holder still holds its address against a live newcomer', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const out = computePeers(inputs([rec('a', a), rec('b', b, { overlayIp: IP['a'] })], {}, { alive: new Set(['b']) }));
+    expect(out.peers.size).toBe(0);
+    expect(out.rejected.map((r) => [r.name, r.trust])).toEqual([['b', 'conflict']]);
+  });
+
+  it('equal issue times: the lower serial holds the address; three claimants give two conflicts', () => {
+    const certs = ['a', 'b', 'c'].map((n) => certFor(n, { overlayIp: IP['a'], now: T0 }));
+    const lowest = [...certs].sort((x, y) => (x.serial < y.serial ? -1 : 1))[0]!;
+    const records = certs.map((c) => rec(c.name, c, { overlayIp: IP['a'] }));
+    const out = computePeers(inputs(records));
+    expect([...out.peers.keys()]).toEqual([lowest.name]);
+    expect(out.conflicts).toHaveLength(2);
+    for (const c of out.conflicts) expect(c.winner.serial).toBe(lowest.serial);
+    // The same inputs in another order give the same answer.
+    const again = computePeers(inputs([...records].reverse()));
+    expect(again.conflicts).toEqual(out.conflicts);
+  });
+
+  it('when our own certificate loses its address we drop every peer and say why; when it wins the newcomer is refused', () => {
+    const mine = certFor('me', { now: T0 + 1000 });
+    const older = certFor('a', { overlayIp: IP['me'], now: T0 });
+    const out = computePeers(inputs([rec('me', mine), rec('a', older, { overlayIp: IP['me'] }), rec('b', certFor('b'))], { selfCert: mine }));
+    expect(out.peers.size).toBe(0);
+    expect(out.selfProblem).toBe(`our own certificate (${mine.serial}) lost ${IP['me']} to a (certificate ${older.serial}, issued ${older.issued})`);
+    expect(out.conflicts.map((c) => [c.overlayIp, c.winner.name, c.loser.name])).toEqual([[IP['me'], 'a', 'me']]);
+
+    const mineFirst = certFor('me', { now: T0 });
+    const newer = certFor('a', { overlayIp: IP['me'], now: T0 + 1000 });
+    // Our own record is not even in etcd yet: our certificate still counts.
+    const won = computePeers(inputs([rec('a', newer, { overlayIp: IP['me'] }), rec('b', certFor('b'))], { selfCert: mineFirst }));
+    expect(won.selfProblem).toBeUndefined();
+    expect([...won.peers.keys()]).toEqual(['b']);
+    expect(won.conflicts.map((c) => [c.winner.name, c.loser.name])).toEqual([['me', 'a']]);
+
+    // Our own certificate, once expired, holds nothing: no conflict, only the problem it has.
+    const short = certFor('me', { now: T0, validDays: 1 });
+    const late = computePeers(inputs([rec('a', certFor('a', { overlayIp: IP['me'], now: T0 + DAY }), { overlayIp: IP['me'] })], { selfCert: short, now: T0 + 2 * DAY }));
+    expect(late.conflicts).toEqual([]);
+    expect(late.selfProblem).toMatch(/^our own certificate: cert\.notAfter: expired/);
+  });
+
+  it('a remembered certificate keeps holding its address after its record is deleted', () => {
+    const a = certFor('a', { now: T0 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const records = [rec('b', b, { overlayIp: IP['a'] }), rec('c', certFor('c'))];
+    // Control: without the memory the newcomer takes the address once a's record is gone.
+    expect([...computePeers(inputs(records)).peers.keys()]).toEqual(['b', 'c']);
+    const out = computePeers(inputs(records, { knownCerts: [a] }));
+    expect([...out.peers.keys()]).toEqual(['c']);
+    expect(out.conflicts.map((c) => [c.overlayIp, c.winner.name, c.loser.name])).toEqual([[IP['a'], 'a', 'b']]);
+    expect(out.certified.map((c) => c.name).sort()).toEqual(['b', 'c']);
+    // Expired or revoked, the memory holds nothing; a remembered loser alone makes no conflict.
+    expect([...computePeers(inputs(records, { knownCerts: [certFor('a', { now: T0, validDays: 1 })], now: T0 + 2 * DAY })).peers.keys()]).toEqual(['b', 'c']);
+    const rev = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', now: new Date(T0 + 1) });
+    expect([...computePeers(inputs(records, { knownCerts: [a], revocations: new Map([['a', [rev]]]) })).peers.keys()]).toEqual(['b', 'c']);
+    const alone = computePeers(inputs([rec('a', a), rec('c', certFor('c'))], { knownCerts: [b] }));
+    expect([...alone.peers.keys()]).toEqual(['a', 'c']);
+    expect(alone.conflicts).toEqual([]);
+    // A forged certificate in the memory (a tampered cache file) is ignored.
+    const forged = certFor('z', { key: attacker.secretKey, overlayIp: IP['a'], now: T0 - 1000 });
+    expect([...computePeers(inputs(records, { knownCerts: [forged] })).peers.keys()]).toEqual(['b', 'c']);
+  });
+
+  it('random claims, orders and leases: the holder of each address is always its earliest certificate, and leases never change the outcome', () => {
+    const r = rng(10);
+    const names = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
+    const ips = ['100.64.0.2', '100.64.0.3', '100.64.0.4'];
+    const pool = names.map((n) => certFor(n, { overlayIp: ips[Math.floor(r() * ips.length)]!, now: T0 + Math.floor(r() * 4) * 1000 }));
+    for (let round = 0; round < 200; round++) {
+      const chosen = pool.filter(() => r() < 0.6);
+      const shuffled = [...chosen].sort(() => r() - 0.5);
+      const records = shuffled.map((c) => rec(c.name, c, { overlayIp: c.overlayIp }));
+      const leases = new Map<string, string | null>(ips.map((ip) => [ip, r() < 0.3 ? null : names[Math.floor(r() * names.length)]!]));
+      const out = computePeers(inputs(records, {}, { leases }));
+      const plain = computePeers(inputs([...records].reverse(), {}, { leases: new Map() }));
+      expect([...out.peers.keys()]).toEqual([...plain.peers.keys()]);
+      expect(out.conflicts).toEqual(plain.conflicts);
+      for (const ip of ips) {
+        const claimants = chosen.filter((c) => c.overlayIp === ip).sort(certPrecedence);
+        const holders = [...out.peers.values()].filter((p) => p.overlayIp === ip).map((p) => p.name);
+        expect(holders).toEqual(claimants.slice(0, 1).map((c) => c.name));
+        expect(out.conflicts.filter((c) => c.overlayIp === ip).map((c) => c.loser.name)).toEqual(claimants.slice(1).map((c) => c.name));
+      }
+    }
+  });
+
+  it('a revoked or expired older certificate holds nothing: the newer one is the only claimant', () => {
+    const a = certFor('a', { now: T0, validDays: 1 });
+    const b = certFor('b', { overlayIp: IP['a'], now: T0 + 1000 });
+    const expired = computePeers(inputs([rec('a', a), rec('b', b, { overlayIp: IP['a'] })], { now: T0 + 2 * DAY }));
+    expect([...expired.peers.keys()]).toEqual(['b']);
+    expect(expired.conflicts).toEqual([]);
+    const rev = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', now: new Date(T0 + 500) });
+    const revoked = computePeers(inputs([rec('a', certFor('a', { now: T0 })), rec('b', b, { overlayIp: IP['a'] })], { revocations: new Map([['a', [rev]]]) }));
+    expect([...revoked.peers.keys()]).toEqual(['b']);
+    expect(revoked.conflicts).toEqual([]);
   });
 
   it('a revoked host is gone at once: by name, or by its serial only', () => {

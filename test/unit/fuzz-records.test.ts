@@ -21,7 +21,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLOCK_SKEW_MS, issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
-import { aliveKey, hostKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, revokedKey, type ParsedKey } from '../../src/control/keys';
+import { aliveKey, hostKey, issuedKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, revokedKey, type ParsedKey } from '../../src/control/keys';
 import {
   MAX_ENDPOINTS,
   MAX_HOST_CIDRS,
@@ -772,15 +772,19 @@ describe('fuzz: etcd records', () => {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-const KINDS = ['hosts', 'alive', 'leases', 'revoked', 'host', 'lease', 'revoke', 'HOSTS', '', '..', 'hosts ', 'networks'];
+const KINDS = ['hosts', 'alive', 'leases', 'revoked', 'issued', 'host', 'lease', 'revoke', 'issue', 'HOSTS', '', '..', 'hosts ', 'networks'];
 
 function keyInput(r: Rand): { raw: string | Buffer; built: ParsedKey | null } {
   const net = r.chance(0.85) ? validName(r) : nearName(r);
   switch (r.weighted([3, 3, 2, 2, 2])) {
     case 0: { // built by the key builders from valid parts: must parse back to them
       const network = validName(r);
-      const k = r.int(0, 4);
+      const k = r.int(0, 5);
       if (k === 0) return { raw: networkKey(network), built: { kind: 'network', network } };
+      if (k === 5) {
+        const name = validName(r);
+        return { raw: issuedKey(network, name), built: { kind: 'issued', network, name } };
+      }
       if (k === 4) {
         const name = validName(r);
         return { raw: revokedKey(network, name), built: { kind: 'revoked', network, name } };
@@ -833,6 +837,8 @@ function rebuild(k: ParsedKey): string {
       return leaseKey(k.network, k.ip);
     case 'revoked':
       return revokedKey(k.network, k.name);
+    case 'issued':
+      return issuedKey(k.network, k.name);
   }
 }
 
@@ -842,6 +848,7 @@ const KEY_FIELDS: Record<ParsedKey['kind'], string[]> = {
   alive: ['kind', 'network', 'name'],
   lease: ['kind', 'network', 'ip'],
   revoked: ['kind', 'network', 'name'],
+  issued: ['kind', 'network', 'name'],
 };
 
 describe('fuzz: etcd keys', () => {
@@ -861,7 +868,7 @@ describe('fuzz: etcd keys', () => {
       // The builders validate their parts (they throw on a bad name or ip): a parsed key rebuilds exactly.
       check(rebuild(k) === text, () => `parsed ${JSON.stringify(k)} rebuilds to ${rebuild(k)}`);
     });
-    for (const kind of ['null', 'network', 'host', 'alive', 'lease', 'revoked']) expect(kinds.get(kind) ?? 0, kind).toBeGreaterThan(run.cases / 50);
+    for (const kind of ['null', 'network', 'host', 'alive', 'lease', 'revoked', 'issued']) expect(kinds.get(kind) ?? 0, kind).toBeGreaterThan(run.cases / 50);
   });
 });
 

@@ -173,6 +173,24 @@ describe('renderStatus', () => {
     expect(out).not.toContain('etcd: connected');
   });
 
+  it('shows each address conflict after the etcd line, and nothing when there is none', () => {
+    const doc = sample();
+    expect(renderStatus(doc, NOW)).not.toContain('CONFLICT');
+    doc.conflicts = [
+      {
+        overlayIp: '100.64.0.2',
+        winner: { name: 'h2', serial: 'a'.repeat(32), issued: '2026-11-21T00:00:00.000Z' },
+        loser: { name: 'h4', serial: 'b'.repeat(32), issued: '2026-11-22T00:00:00.000Z' },
+      },
+    ];
+    const lines = renderStatus(doc, NOW).split('\n');
+    expect(lines[4]).toBe(
+      `  CONFLICT: 100.64.0.2 is held by h2 (certificate ${'a'.repeat(32)}, issued 2026-11-21T00:00:00.000Z); ` +
+        `refused h4 (certificate ${'b'.repeat(32)}, issued 2026-11-22T00:00:00.000Z)`,
+    );
+    expect(lines[3]).toMatch(/^ {2}etcd: /);
+  });
+
   it('handles no peers and no endpoints', () => {
     const doc = sample();
     doc.peers = [];
