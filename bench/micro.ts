@@ -21,6 +21,7 @@ import { FakeTun } from '../src/dataplane/fakes';
 import { Inbound } from '../src/dataplane/inbound';
 import type { TunIo } from '../src/dataplane/io';
 import { Outbound } from '../src/dataplane/outbound';
+import { Sessions } from '../src/dataplane/sessions';
 import { systemClock, type WorkerPeer } from '../src/dataplane/peer';
 import { DataplaneStats } from '../src/dataplane/stats';
 import { HEADER_LEN, TAG_LEN } from '../src/dataplane/wire';
@@ -146,8 +147,8 @@ function openCases(aead: Aead, key: number, size: number): { open: Case; restore
   return { open, restore, bad: () => bad };
 }
 
-function peer(o: Partial<WorkerPeer> & Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp' | 'txKey' | 'rxKey' | 'txIndex' | 'rxIndex'>): WorkerPeer {
-  return { allowed: [], endpointIp: 0xc6120202, endpointPort: 51820, keyId: 'bench', ...o };
+function peer(o: Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp'>, k: { txKey: Uint8Array; rxKey: Uint8Array; txIndex: number; rxIndex: number }): WorkerPeer {
+  return { allowed: [], endpointIp: 0xc6120202, endpointPort: 51820, sessions: [{ keyId: 1, confirmed: true, sendUntil: Infinity, ...k }], ...o };
 }
 
 /** Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. */
@@ -157,11 +158,17 @@ function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; cl
   const kAB = randomBytes(32);
   const kBA = randomBytes(32);
   const stats = new DataplaneStats();
-  const out = new Outbound(aead, stats, systemClock);
-  const inb = new Inbound(aead, stats, systemClock, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
+  const aSessions = new Sessions(aead, systemClock);
+  const bSessions = new Sessions(aead, systemClock);
+  const out = new Outbound(aead, stats, systemClock, aSessions);
+  const inb = new Inbound(aead, stats, systemClock, bSessions, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
   // A's view of B, and B's view of A; both sides see the same underlay endpoint, so no roaming.
-  out.setPeers([peer({ slot: 0, name: 'b', overlayIp: ipB, txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })]);
-  inb.setPeers([peer({ slot: 1, name: 'a', overlayIp: ipA, txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })]);
+  const peersOfA = [peer({ slot: 0, name: 'b', overlayIp: ipB }, { txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })];
+  const peersOfB = [peer({ slot: 1, name: 'a', overlayIp: ipA }, { txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })];
+  aSessions.set(peersOfA);
+  out.setPeers(peersOfA);
+  bSessions.set(peersOfB);
+  inb.setPeers(peersOfB);
 
   const slotSize = slotSizeFor(MTU);
   const batch = new PacketBatch(Buffer.alloc(slotSize * BATCH), slotSize, BATCH);
