@@ -22,11 +22,11 @@ from nacl.bindings import (
     crypto_scalarmult_base,
 )
 
-CONSTRUCTION = b"Noise_IK_25519_ChaChaPoly_BLAKE2b"
+CONSTRUCTION = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b"
 IDENTIFIER = b"cladnet v1 handshake"
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
-PSK = bytes(32)
+PSK = bytes(32)  # the psk2 step with no pre-shared key
 
 
 def HASH(*parts):
