@@ -142,6 +142,11 @@ export class Noise {
     return (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
   }
 
+  /** 32 bytes from libsodium's CSPRNG, for secrets such as the cookie secret. */
+  randomSecret(): Uint8Array {
+    return this.s.randombytes_buf(32);
+  }
+
   // ---- mac1 / mac2 / cookies -------------------------------------------------------------------
 
   /** mac1 for a message to `peerStatic`, over msg[0, macOffset). */
