@@ -145,6 +145,34 @@ export function buildProgram(): Command {
         ].join('\n'),
       );
     });
+  etcdOptions(
+    network
+      .command('sign <name>')
+      .description('sign the network spec (cidr, mtu, port) with the network key; for specs made before specs were signed')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .requiredOption('--cidr <cidr>', 'the overlay range you vouch for; refused when etcd holds another')
+      .option('--mtu <n>', 'the overlay MTU you vouch for (default 1420)')
+      .option('--port <n>', 'the default UDP port you vouch for (default 51820)')
+      .option('--rewrite', 'write the stated values even when etcd holds others'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: EtcdFlags & { networkKey: string; cidr: string; mtu?: string; port?: string; rewrite?: boolean; json?: boolean }) => {
+      const { signNetwork } = await import('./control/membership');
+      const num = (v: string | undefined, field: string) => {
+        if (v === undefined) return undefined;
+        if (!/^\d+$/.test(v)) throw new CladnetError('ECONFIG', `${field}: "${v}" is not a number`, { field });
+        return Number(v);
+      };
+      const r = await withEtcd(o, (c) =>
+        signNetwork(c, { network: name, networkKeyFile: o.networkKey, cidr: o.cidr, mtu: num(o.mtu, 'mtu'), port: num(o.port, 'port'), rewrite: o.rewrite }),
+      );
+      print(r.spec, !!o.json, () =>
+        [
+          `signed network ${r.spec.name}: ${r.spec.cidr}, mtu ${r.spec.mtu}, port ${r.spec.port}`,
+          ...(r.rewritten.length > 0 ? [`rewrote ${r.rewritten.join(', ')} (etcd held other values)`] : []),
+        ].join('\n'),
+      );
+    });
   etcdOptions(network.command('list').description('list networks'))
     .option('--json', 'print JSON')
     .action(async (o: EtcdFlags & { json?: boolean }) => {
@@ -202,17 +230,18 @@ export function buildProgram(): Command {
       .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
       .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
-      .option('--valid-days <n>', 'certificate lifetime in days (default 365)'),
+      .option('--valid-days <n>', 'certificate lifetime in days (default 365)')
+      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)'),
   )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; json?: boolean }) => {
       const { issueHostFiles } = await import('./cli/host-issue');
       const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
       if (validDays !== undefined && !(Number.isFinite(validDays) && validDays > 0)) {
         throw new CladnetError('ECONFIG', `validDays: "${o.validDays}" is not a positive number of days`, { field: 'validDays' });
       }
       const r = await withEtcd(o, (c) =>
-        issueHostFiles(c, { name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays }),
+        issueHostFiles(c, { name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay }),
       );
       print(r, !!o.json, () =>
         [

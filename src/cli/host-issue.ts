@@ -24,6 +24,7 @@ export interface IssueFilesOptions {
   publicKey?: string;
   out?: string;
   validDays?: number;
+  relay?: boolean;
 }
 
 export interface IssueFilesResult {
