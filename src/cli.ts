@@ -18,6 +18,7 @@ interface EtcdFlags {
   etcdUser?: string;
   etcdPassword?: string;
   etcdPasswordFile?: string;
+  etcdAllowInsecurePassword?: boolean;
 }
 
 /** Adds --etcd and the etcd TLS/auth flags (each also read from its CLADNET_* variable). */
@@ -29,7 +30,12 @@ function etcdOptions(cmd: Command): Command {
     .addOption(new Option('--etcd-key <file>', 'client certificate key (PEM) for etcd').env('CLADNET_ETCD_KEY'))
     .addOption(new Option('--etcd-user <name>', 'etcd user').env('CLADNET_ETCD_USER'))
     .addOption(new Option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)').env('CLADNET_ETCD_PASSWORD'))
-    .addOption(new Option('--etcd-password-file <file>', 'file holding the etcd password').env('CLADNET_ETCD_PASSWORD_FILE'));
+    .addOption(new Option('--etcd-password-file <file>', 'file holding the etcd password').env('CLADNET_ETCD_PASSWORD_FILE'))
+    .addOption(
+      new Option('--etcd-allow-insecure-password', 'send the etcd password over plain http:// to a non-loopback endpoint anyway').env(
+        'CLADNET_ETCD_ALLOW_INSECURE_PASSWORD',
+      ),
+    );
 }
 
 function urls(s: string): string[] {
@@ -86,6 +92,7 @@ export function buildProgram(): Command {
     .option('--etcd-user <name>', 'etcd user')
     .option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)')
     .option('--etcd-password-file <file>', 'file holding the etcd password')
+    .option('--etcd-allow-insecure-password [bool]', 'send the etcd password over plain http:// to a non-loopback endpoint anyway (default false)')
     .action(async (opts: Record<string, unknown>) => {
       // First of all: restart this process (same pid) with the agent's Node flags, unless it has them.
       (await import('./agent/node-flags')).reexecWithAgentFlags();

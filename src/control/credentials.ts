@@ -124,6 +124,49 @@ export function parseCertFile(text: string, file: string): CertFile {
   return { trustAnchor: doc['trustAnchor'], cert: cert.value };
 }
 
+const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]|::1|localhost)$/i;
+
+/** Of etcd endpoints ("scheme://host:port"), those a password would cross in the clear: plain http:// to anything but loopback. */
+export function cleartextEndpoints(hosts: readonly string[]): string[] {
+  return hosts.filter((h) => {
+    let u: URL;
+    try {
+      u = new URL(h);
+    } catch {
+      return true;
+    }
+    return u.protocol !== 'https:' && !LOOPBACK.test(u.hostname);
+  });
+}
+
+const warned = new Set<string>();
+
+/**
+ * An etcd password must not cross a network in the clear: with a user and a plain http:// endpoint
+ * that is not loopback, throws EINSECURE unless `allowInsecure` (etcdAllowInsecurePassword), and
+ * then warns on stderr, once per endpoint list. Returns the warning text, or null when nothing is wrong.
+ */
+export function checkPasswordTransport(hosts: readonly string[], hasPassword: boolean, allowInsecure: boolean): string | null {
+  if (!hasPassword) return null;
+  const bad = cleartextEndpoints(hosts);
+  if (bad.length === 0) return null;
+  const what = `the etcd password would be sent unencrypted to ${bad.join(', ')} (plain http://)`;
+  if (!allowInsecure) {
+    throw new CladnetError(
+      'EINSECURE',
+      `etcd: ${what}; use https:// endpoints (etcdCa), or a client certificate instead of a password, ` +
+        'or accept the risk with --etcd-allow-insecure-password (CLADNET_ETCD_ALLOW_INSECURE_PASSWORD=true)',
+      { field: 'etcd' },
+    );
+  }
+  const text = `WARNING: ${what}: anyone on the path can read it and act as this etcd user (etcdAllowInsecurePassword is set)`;
+  if (!warned.has(text)) {
+    warned.add(text);
+    process.emitWarning(text, { code: 'CLADNET_INSECURE_ETCD_PASSWORD' });
+  }
+  return text;
+}
+
 export function readCertFile(file: string): CertFile {
   let text: string;
   try {
