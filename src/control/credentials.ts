@@ -10,6 +10,7 @@
  * Key files are created with mode 0600 and never overwritten; one that group or others can read
  * is refused.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Ed25519, SigningKeyPair } from '../crypto/sign';
@@ -101,12 +102,34 @@ export function serializeCertFile(c: CertFile): string {
   return `${JSON.stringify({ version: 1, trustAnchor: c.trustAnchor, cert: c.cert }, null, 2)}\n`;
 }
 
-/** Writes a certificate file (replacing an older one atomically: renewal). */
+/**
+ * Writes a certificate file (replacing an older one atomically: renewal). The temporary file has
+ * a random name and is created with O_CREAT|O_EXCL, mode 0600: a file or symlink planted at that
+ * name makes the open fail instead of being written through. Made public (0644) before the rename.
+ */
 export function writeCertFile(file: string, c: CertFile): void {
   fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, serializeCertFile(c), { mode: 0o644 });
-  fs.renameSync(tmp, file);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(8).toString('hex')}.tmp`);
+  const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
+  const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o600);
+  let done = false;
+  try {
+    fs.writeFileSync(fd, serializeCertFile(c));
+    fs.fchmodSync(fd, 0o644); // a certificate is public; the umask must not decide
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+    done = true;
+  } finally {
+    if (!done) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+      fs.rmSync(tmp, { force: true });
+    }
+  }
 }
 
 /** Parses a certificate file's text; throws EKEY naming the file and field (`cert` for the setting). */
