@@ -199,6 +199,7 @@ export function buildProgram(): Command {
         [
           `${spec.name}: ${spec.cidr}, mtu ${spec.mtu}, port ${spec.port}, created ${spec.created}`,
           `  trust anchor ${spec.trustAnchor ?? 'none (made before certificates: agents refuse this network)'}`,
+          `  ${spec.signature ? 'spec signed by the network key (agents verify it)' : `spec unsigned: agents refuse it; run cladnet network sign ${spec.name} --network-key FILE --cidr ${spec.cidr} --mtu ${spec.mtu} --port ${spec.port}`}`,
           ...hosts.map((h) => `  ${h.name}\t${h.overlayIp}\t${h.alive ? 'alive' : 'gone'}\t${h.endpoints.join(',')}`),
         ].join('\n'),
       );
