@@ -28,7 +28,9 @@ export const INITIATION_LEN = 148;
 export const RESPONSE_LEN = 92;
 export const COOKIE_LEN = 64;
 
-const CONSTRUCTION = new TextEncoder().encode('Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b');
+/** The Noise protocol name; hashed into the first chaining key, so it is part of the construction. */
+export const PROTOCOL_NAME = 'Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b';
+const CONSTRUCTION = new TextEncoder().encode(PROTOCOL_NAME);
 const IDENTIFIER = new TextEncoder().encode('cladnet v1 handshake');
 const LABEL_MAC1 = new TextEncoder().encode('mac1----');
 const LABEL_COOKIE = new TextEncoder().encode('cookie--');
