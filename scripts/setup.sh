@@ -85,6 +85,11 @@ missing=()
 for entry in "${PKGS[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
 done
+# PyNaCl has no command: test/unit/noise-kat.test.ts regenerates the handshake vectors with
+# Debian's python3 (test/vectors/noise_kat.py) when it can import nacl.
+if [ "$MODE" = test ] && ! /usr/bin/python3 -c 'import nacl.bindings' >/dev/null 2>&1; then
+  missing+=(python3-nacl)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then

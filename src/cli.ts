@@ -18,6 +18,7 @@ interface EtcdFlags {
   etcdUser?: string;
   etcdPassword?: string;
   etcdPasswordFile?: string;
+  etcdAllowInsecurePassword?: boolean;
 }
 
 /** Adds --etcd and the etcd TLS/auth flags (each also read from its CLADNET_* variable). */
@@ -29,7 +30,12 @@ function etcdOptions(cmd: Command): Command {
     .addOption(new Option('--etcd-key <file>', 'client certificate key (PEM) for etcd').env('CLADNET_ETCD_KEY'))
     .addOption(new Option('--etcd-user <name>', 'etcd user').env('CLADNET_ETCD_USER'))
     .addOption(new Option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)').env('CLADNET_ETCD_PASSWORD'))
-    .addOption(new Option('--etcd-password-file <file>', 'file holding the etcd password').env('CLADNET_ETCD_PASSWORD_FILE'));
+    .addOption(new Option('--etcd-password-file <file>', 'file holding the etcd password').env('CLADNET_ETCD_PASSWORD_FILE'))
+    .addOption(
+      new Option('--etcd-allow-insecure-password', 'send the etcd password over plain http:// to a non-loopback endpoint anyway').env(
+        'CLADNET_ETCD_ALLOW_INSECURE_PASSWORD',
+      ),
+    );
 }
 
 function urls(s: string): string[] {
@@ -86,6 +92,7 @@ export function buildProgram(): Command {
     .option('--etcd-user <name>', 'etcd user')
     .option('--etcd-password <password>', 'etcd password (prefer --etcd-password-file)')
     .option('--etcd-password-file <file>', 'file holding the etcd password')
+    .option('--etcd-allow-insecure-password [bool]', 'send the etcd password over plain http:// to a non-loopback endpoint anyway (default false)')
     .action(async (opts: Record<string, unknown>) => {
       // First of all: restart this process (same pid) with the agent's Node flags, unless it has them.
       (await import('./agent/node-flags')).reexecWithAgentFlags();
@@ -145,6 +152,34 @@ export function buildProgram(): Command {
         ].join('\n'),
       );
     });
+  etcdOptions(
+    network
+      .command('sign <name>')
+      .description('sign the network spec (cidr, mtu, port) with the network key; for specs made before specs were signed')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .requiredOption('--cidr <cidr>', 'the overlay range you vouch for; refused when etcd holds another')
+      .option('--mtu <n>', 'the overlay MTU you vouch for (default 1420)')
+      .option('--port <n>', 'the default UDP port you vouch for (default 51820)')
+      .option('--rewrite', 'write the stated values even when etcd holds others'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (name: string, o: EtcdFlags & { networkKey: string; cidr: string; mtu?: string; port?: string; rewrite?: boolean; json?: boolean }) => {
+      const { signNetwork } = await import('./control/membership');
+      const num = (v: string | undefined, field: string) => {
+        if (v === undefined) return undefined;
+        if (!/^\d+$/.test(v)) throw new CladnetError('ECONFIG', `${field}: "${v}" is not a number`, { field });
+        return Number(v);
+      };
+      const r = await withEtcd(o, (c) =>
+        signNetwork(c, { network: name, networkKeyFile: o.networkKey, cidr: o.cidr, mtu: num(o.mtu, 'mtu'), port: num(o.port, 'port'), rewrite: o.rewrite }),
+      );
+      print(r.spec, !!o.json, () =>
+        [
+          `signed network ${r.spec.name}: ${r.spec.cidr}, mtu ${r.spec.mtu}, port ${r.spec.port}`,
+          ...(r.rewritten.length > 0 ? [`rewrote ${r.rewritten.join(', ')} (etcd held other values)`] : []),
+        ].join('\n'),
+      );
+    });
   etcdOptions(network.command('list').description('list networks'))
     .option('--json', 'print JSON')
     .action(async (o: EtcdFlags & { json?: boolean }) => {
@@ -164,6 +199,7 @@ export function buildProgram(): Command {
         [
           `${spec.name}: ${spec.cidr}, mtu ${spec.mtu}, port ${spec.port}, created ${spec.created}`,
           `  trust anchor ${spec.trustAnchor ?? 'none (made before certificates: agents refuse this network)'}`,
+          `  ${spec.signature ? 'spec signed by the network key (agents verify it)' : `spec unsigned: agents refuse it; run cladnet network sign ${spec.name} --network-key FILE --cidr ${spec.cidr} --mtu ${spec.mtu} --port ${spec.port}`}`,
           ...hosts.map((h) => `  ${h.name}\t${h.overlayIp}\t${h.alive ? 'alive' : 'gone'}\t${h.endpoints.join(',')}`),
         ].join('\n'),
       );
@@ -202,10 +238,11 @@ export function buildProgram(): Command {
       .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600); certificates are also recorded in <file>.issued')
       .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
-      .option('--valid-days <n>', 'certificate lifetime in days (default 365)'),
+      .option('--valid-days <n>', 'certificate lifetime in days (default 365)')
+      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)'),
   )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; json?: boolean }) => {
       const { issueHostFiles } = await import('./cli/host-issue');
       const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
       if (validDays !== undefined && !(Number.isFinite(validDays) && validDays > 0)) {
@@ -213,7 +250,7 @@ export function buildProgram(): Command {
       }
       const r = await withEtcd(o, (c) =>
         issueHostFiles(c, {
-          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays },
+          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay },
           onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
         }),
       );

@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'EETCD' // etcd could not be reached or refused the request
   | 'EOS' // a system call failed
   | 'EKEY' // key material missing, malformed or with unsafe permissions
+  | 'EINSECURE' // a secret would travel in the clear (etcd password over plain http://)
   | 'ESTATUS' // the status socket could not be reached
   | 'ESTATE'; // local state (state dir) unusable
 

@@ -7,7 +7,11 @@ import pino from 'pino';
  */
 export type Logger = pino.Logger;
 
-const REDACT = ['privateKey', 'secretKey', '*.privateKey', '*.secretKey', 'key', '*.key', 'sendKey', 'recvKey'];
+const REDACT = [
+  ...['privateKey', 'secretKey', '*.privateKey', '*.secretKey', 'key', '*.key', 'sendKey', 'recvKey', '*.sendKey', '*.recvKey'],
+  // etcd credentials: an options object ({auth: {password}}) or the agent config ({etcdPassword}).
+  ...['password', '*.password', '*.*.password', 'etcdPassword', '*.etcdPassword'],
+];
 
 export function createRootLogger(level: string = 'info', destination?: pino.DestinationStream): Logger {
   return pino(

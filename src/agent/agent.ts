@@ -33,6 +33,7 @@ import { StunClient } from '../control/stun-client';
 import { discoverPublicIp } from '../control/metadata';
 import { openRouteMonitor, type RouteMonitor } from '../os/netlink';
 import { createEtcd, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
+import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
@@ -66,7 +67,7 @@ import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
-import { checkNetworkMembership, loadMembership, type Membership } from './membership';
+import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
 /** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
@@ -152,6 +153,9 @@ export class Agent {
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
+    if (cfg.relay && this.member.cert.relay !== true) {
+      this.log.warn('relay is on, but the certificate does not allow this host to relay: peers will not use it (issue it with host issue --relay)');
+    }
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
     this.etcd = createEtcd(etcdOptionsFrom(cfg));
@@ -163,7 +167,7 @@ export class Agent {
       this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
       this.network = saved.network;
     }
-    checkNetworkMembership(this.network, this.member);
+    this.network = chooseNetworkSpec(this.network, saved?.network ?? null, this.member, this.log);
     this.overlayIp = this.member.cert.overlayIp;
     this.writeState();
     const prefix = parseOverlayCidr(this.network.cidr);
@@ -556,7 +560,7 @@ export class Agent {
         continue;
       }
       seen.add(name);
-      this.paths.setPeer(name, cands, rec.relay === true);
+      this.paths.setPeer(name, cands, mayRelay(rec));
       const endpoint = this.paths.current(name) ?? { ip: ep.ip, port: ep.port };
       const old = this.peers.get(name);
       if (old) {

@@ -131,6 +131,7 @@ export interface HandshakeDeps {
   log: Logger;
   now?: () => number;
   timers?: HandshakeTimers;
+  /** Retry jitter only (default Math.random); never used for secrets. */
   random?: () => number;
   /** The newest initiation timestamp seen per peer key; default in memory (lost on restart). */
   timestamps?: TimestampStore;
@@ -171,10 +172,9 @@ export class HandshakeManager {
     this.cookieSecretAt = this.now();
   }
 
+  /** The cookie secret comes from the CSPRNG, never from `random` (jitter only). */
   private freshSecret(): Uint8Array {
-    const b = new Uint8Array(32);
-    for (let i = 0; i < 32; i++) b[i] = Math.floor(this.random() * 256);
-    return this.d.noise.hash(b);
+    return this.d.noise.randomSecret();
   }
 
   /** Declarative peer set: name -> static public key and endpoint. A changed key starts over. */
@@ -287,6 +287,7 @@ export class HandshakeManager {
   tick(): void {
     const now = this.now();
     if (now - this.cookieSecretAt > COOKIE_SECRET_MS) {
+      this.cookieSecret.fill(0);
       this.cookieSecret = this.freshSecret();
       this.cookieSecretAt = now;
     }

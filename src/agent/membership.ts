@@ -6,7 +6,9 @@
  * 2. the certificate is for this network, this host name and this host's own X25519 key, is
  *    signed by that anchor and is valid now;
  * 3. once the network spec is known (from etcd or the saved state), its trust anchor must be the
- *    pinned one: an etcd writer who swaps the spec's anchor for their own gets a refusal.
+ *    pinned one and its signature (over cidr, mtu, port) must verify against it: an etcd writer
+ *    who swaps the anchor or re-addresses the network gets a refusal. When the spec in etcd fails
+ *    and the saved one passes, the agent keeps the saved one (`chooseNetworkSpec`).
  *
  * Every refusal is a CladnetError (ECONFIG for a certificate meant for another network or name,
  * EKEY for anything about keys and signatures) whose message says what to do.
@@ -68,7 +70,10 @@ export async function loadMembership(
   return { cert, anchor, file };
 }
 
-/** Throws unless `spec` carries the pinned trust anchor and the certificate's address fits its CIDR. */
+/**
+ * Throws unless `spec` carries the pinned trust anchor, is signed by it, and the certificate's
+ * address fits its CIDR.
+ */
 export function checkNetworkMembership(spec: NetworkSpec, m: Membership): void {
   if (spec.trustAnchor === undefined) {
     throw new CladnetError('EKEY', `network ${spec.name} has no trust anchor (made before certificates or rewritten in etcd); refusing to join`, {
@@ -82,6 +87,40 @@ export function checkNetworkMembership(spec: NetworkSpec, m: Membership): void {
       { field: 'trustAnchor' },
     );
   }
+  const unsigned = m.anchor.verifySpec(spec);
+  if (unsigned !== null) {
+    throw new CladnetError(
+      'EKEY',
+      `network ${spec.name}: the spec does not verify against the trust anchor in ${m.file}: ${unsigned}; refusing to join. ` +
+        `If the network was made before specs were signed, the operator checks its cidr, mtu and port and runs: ` +
+        `cladnet network sign ${spec.name} --network-key NET.netkey --cidr ${spec.cidr} --mtu ${spec.mtu} --port ${spec.port}`,
+      { field: 'signature' },
+    );
+  }
   const why = checkOverlayIpInNetwork(m.cert, parseOverlayCidr(spec.cidr), spec.cidr);
   if (why !== null) throw new CladnetError('EKEY', `cert: ${m.file}: ${why}`, { field: 'cert' });
+}
+
+/**
+ * The spec to run with: `current` (from etcd) when it passes `checkNetworkMembership`; else the
+ * last good one from the saved state when that passes (an etcd writer's rewrite then changes
+ * nothing here, and is logged as an error); else the refusal for `current`.
+ */
+export function chooseNetworkSpec(current: NetworkSpec, saved: NetworkSpec | null, m: Membership, log: Logger): NetworkSpec {
+  try {
+    checkNetworkMembership(current, m);
+    return current;
+  } catch (e) {
+    if (!(e instanceof CladnetError) || saved === null || saved === current) throw e;
+    try {
+      checkNetworkMembership(saved, m);
+    } catch {
+      throw e;
+    }
+    log.error(
+      { err: e.message, cidr: saved.cidr, mtu: saved.mtu, port: saved.port },
+      'the network spec in etcd is refused; keeping the last good spec from the saved state',
+    );
+    return saved;
+  }
 }

@@ -25,6 +25,7 @@ export interface IssueFilesOptions {
   out?: string;
   validDays?: number;
   onWarning?: (warning: string) => void;
+  relay?: boolean;
 }
 
 export interface IssueFilesResult {

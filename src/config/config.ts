@@ -39,6 +39,8 @@ export interface AgentConfig {
   readonly etcdUser?: string;
   readonly etcdPassword?: string;
   readonly etcdPasswordFile?: string;
+  /** Send the etcd password over plain http:// to a non-loopback endpoint anyway (else refused: EINSECURE). */
+  readonly etcdAllowInsecurePassword: boolean;
   /** STUN servers ("a.b.c.d:port") asked for this host's public endpoint; none by default. */
   readonly stun: readonly string[];
   /** Cloud instance metadata to ask for this host's public IPv4 (src/control/metadata.ts); off by default. */
@@ -92,6 +94,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'etcdUser', flag: 'etcdUser', env: 'CLADNET_ETCD_USER', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdPassword', flag: 'etcdPassword', env: 'CLADNET_ETCD_PASSWORD', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdPasswordFile', flag: 'etcdPasswordFile', env: 'CLADNET_ETCD_PASSWORD_FILE', kind: 'string', def: () => undefined, optional: true },
+  { key: 'etcdAllowInsecurePassword', flag: 'etcdAllowInsecurePassword', env: 'CLADNET_ETCD_ALLOW_INSECURE_PASSWORD', kind: 'bool', def: () => false },
   { key: 'stun', flag: 'stun', env: 'CLADNET_STUN', kind: 'endpoints', def: () => [] },
   { key: 'metadata', flag: 'metadata', env: 'CLADNET_METADATA', kind: 'enum', values: ['off', 'aws', 'gcp', 'azure', 'auto'], def: () => 'off' },
   { key: 'relay', flag: 'relay', env: 'CLADNET_RELAY', kind: 'bool', def: () => false },

@@ -2,11 +2,11 @@ import { randomBytes } from 'node:crypto';
 import type { Ed25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import { checkName } from './keys';
-import { HostCert, HostRecord, isBase64Of, isPublicKey, parseHostCert, parseRevocationRecord, RevocationRecord } from './records';
+import { HostCert, HostRecord, isBase64Of, isPublicKey, NetworkSpec, parseHostCert, parseNetworkSpec, parseRevocationRecord, RevocationRecord, serializeNetworkSpec } from './records';
 
 /**
- * Host certificates and revocations, signed by the network key (Ed25519), and the checks every
- * agent applies to every host record before it becomes a peer.
+ * Host certificates, revocations and the network spec, signed by the network key (Ed25519), and
+ * the checks every agent applies to every host record before it becomes a peer.
  *
  * Canonical form: a domain label line, then JSON of the signed fields in a fixed order (the
  * order of the interfaces in records.ts, `signature` left out). The label keeps a certificate's
@@ -16,6 +16,7 @@ import { HostCert, HostRecord, isBase64Of, isPublicKey, parseHostCert, parseRevo
 
 export const CERT_LABEL = 'cladnet host certificate v1\n';
 export const REVOCATION_LABEL = 'cladnet revocation v1\n';
+export const SPEC_LABEL = 'cladnet network spec v1\n';
 /** Default certificate lifetime (`cladnet host issue --valid-days`). */
 export const DEFAULT_VALID_DAYS = 365;
 export const MAX_VALID_DAYS = 3650;
@@ -27,10 +28,19 @@ const utf8 = new TextEncoder();
 
 export type UnsignedCert = Omit<HostCert, 'signature'>;
 export type UnsignedRevocation = Omit<RevocationRecord, 'signature'>;
+export type UnsignedNetworkSpec = Omit<NetworkSpec, 'signature'>;
 
+/** `relay` is only ever true or absent (then JSON.stringify leaves it out: older certificates keep their bytes). */
 export function canonicalCert(c: UnsignedCert): Uint8Array {
   const { version, network, name, publicKey, overlayIp, issued, notAfter, serial } = c;
-  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial }));
+  const relay = c.relay === true ? true : undefined;
+  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay }));
+}
+
+/** Everything in the spec but the signature, the trust anchor included. */
+export function canonicalNetworkSpec(s: UnsignedNetworkSpec): Uint8Array {
+  const { version, name, cidr, mtu, port, created, trustAnchor } = s;
+  return utf8.encode(SPEC_LABEL + JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor }));
 }
 
 export function canonicalRevocation(r: UnsignedRevocation): Uint8Array {
@@ -56,6 +66,8 @@ export interface IssueInput {
   now?: Date;
   /** 32 hex digits; random by default. */
   serial?: string;
+  /** The host may relay for others (`host issue --relay`). */
+  relay?: boolean;
 }
 
 /** Builds and signs a certificate; throws ECONFIG naming the bad field. */
@@ -79,6 +91,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     issued: now.toISOString(),
     notAfter: new Date(now.getTime() + Math.round(days * DAY_MS)).toISOString(),
     serial: input.serial ?? randomBytes(16).toString('hex'),
+    ...(input.relay === true ? { relay: true as const } : {}),
   };
   const cert = { ...unsigned, signature: b64(ed.sign(canonicalCert(unsigned), secretKey)) };
   const checked = parseHostCert(cert);
@@ -103,6 +116,24 @@ export function signRevocation(
   const checked = parseRevocationRecord(JSON.stringify(rev));
   if (!checked.ok) throw new CladnetError('ECONFIG', `revocation: ${checked.error}`, { field: 'serial' });
   return checked.value;
+}
+
+/** Signs a spec (its trust anchor must be the key's public half); throws ECONFIG when it does not parse. */
+export function signNetworkSpec(ed: Ed25519, secretKey: Uint8Array, spec: UnsignedNetworkSpec): NetworkSpec {
+  const { version, name, cidr, mtu, port, created, trustAnchor } = spec;
+  const unsigned: UnsignedNetworkSpec = { version, name, cidr, mtu, port, created, trustAnchor };
+  const signed = { ...unsigned, signature: b64(ed.sign(canonicalNetworkSpec(unsigned), secretKey)) };
+  const checked = parseNetworkSpec(serializeNetworkSpec(signed), { name });
+  if (!checked.ok) throw new CladnetError('ECONFIG', `network spec: ${checked.error}`, { field: checked.error.split(':')[0] });
+  return checked.value;
+}
+
+/**
+ * Whether peers may use a (trusted) record's host as a relay: it says so and its certificate,
+ * signed by the network key, allows it. An etcd writer can clear the flag but not grant it.
+ */
+export function mayRelay(rec: HostRecord): boolean {
+  return rec.relay === true && rec.cert?.relay === true;
 }
 
 /** True when `rev` (already verified) covers `cert`. */
@@ -165,6 +196,20 @@ export class TrustAnchor {
     if (rev.network !== this.network) return `network: ${JSON.stringify(rev.network)} is not this network (${JSON.stringify(this.network)})`;
     if (!this.verifySignature(canonicalRevocation(rev), rev.signature)) {
       return `signature: not signed by this network's key (trust anchor ${this.publicKey})`;
+    }
+    return null;
+  }
+
+  /**
+   * The network spec names this network and this anchor and carries the network key's signature
+   * over cidr, mtu, port, created and the anchor. A spec from before specs were signed has none.
+   */
+  verifySpec(spec: NetworkSpec): string | null {
+    if (spec.name !== this.network) return `name: ${JSON.stringify(spec.name)} is not this network (${JSON.stringify(this.network)})`;
+    if (spec.trustAnchor !== this.publicKey) return `trustAnchor: ${spec.trustAnchor ?? 'none'} is not the pinned anchor ${this.publicKey}`;
+    if (spec.signature === undefined) return 'signature: missing (the spec was written before specs were signed, or rewritten without the network key)';
+    if (!this.verifySignature(canonicalNetworkSpec(spec), spec.signature)) {
+      return `signature: cidr, mtu or port not signed by this network's key (trust anchor ${this.publicKey})`;
     }
     return null;
   }

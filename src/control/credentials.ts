@@ -10,6 +10,7 @@
  * Key files are created with mode 0600 and never overwritten; one that group or others can read
  * is refused.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Ed25519, SigningKeyPair } from '../crypto/sign';
@@ -101,12 +102,34 @@ export function serializeCertFile(c: CertFile): string {
   return `${JSON.stringify({ version: 1, trustAnchor: c.trustAnchor, cert: c.cert }, null, 2)}\n`;
 }
 
-/** Writes a certificate file (replacing an older one atomically: renewal). */
+/**
+ * Writes a certificate file (replacing an older one atomically: renewal). The temporary file has
+ * a random name and is created with O_CREAT|O_EXCL, mode 0600: a file or symlink planted at that
+ * name makes the open fail instead of being written through. Made public (0644) before the rename.
+ */
 export function writeCertFile(file: string, c: CertFile): void {
   fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, serializeCertFile(c), { mode: 0o644 });
-  fs.renameSync(tmp, file);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(8).toString('hex')}.tmp`);
+  const { O_WRONLY, O_CREAT, O_EXCL } = fs.constants;
+  const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL, 0o600);
+  let done = false;
+  try {
+    fs.writeFileSync(fd, serializeCertFile(c));
+    fs.fchmodSync(fd, 0o644); // a certificate is public; the umask must not decide
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fs.renameSync(tmp, file);
+    done = true;
+  } finally {
+    if (!done) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already closed
+      }
+      fs.rmSync(tmp, { force: true });
+    }
+  }
 }
 
 /** Parses a certificate file's text; throws EKEY naming the file and field (`cert` for the setting). */
@@ -122,6 +145,49 @@ export function parseCertFile(text: string, file: string): CertFile {
   const cert = parseHostCert((doc['cert'] ?? null) as object);
   if (!cert.ok) throw ekey('cert', `${file}: cert.${cert.error}`);
   return { trustAnchor: doc['trustAnchor'], cert: cert.value };
+}
+
+const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]|::1|localhost)$/i;
+
+/** Of etcd endpoints ("scheme://host:port"), those a password would cross in the clear: plain http:// to anything but loopback. */
+export function cleartextEndpoints(hosts: readonly string[]): string[] {
+  return hosts.filter((h) => {
+    let u: URL;
+    try {
+      u = new URL(h);
+    } catch {
+      return true;
+    }
+    return u.protocol !== 'https:' && !LOOPBACK.test(u.hostname);
+  });
+}
+
+const warned = new Set<string>();
+
+/**
+ * An etcd password must not cross a network in the clear: with a user and a plain http:// endpoint
+ * that is not loopback, throws EINSECURE unless `allowInsecure` (etcdAllowInsecurePassword), and
+ * then warns on stderr, once per endpoint list. Returns the warning text, or null when nothing is wrong.
+ */
+export function checkPasswordTransport(hosts: readonly string[], hasPassword: boolean, allowInsecure: boolean): string | null {
+  if (!hasPassword) return null;
+  const bad = cleartextEndpoints(hosts);
+  if (bad.length === 0) return null;
+  const what = `the etcd password would be sent unencrypted to ${bad.join(', ')} (plain http://)`;
+  if (!allowInsecure) {
+    throw new CladnetError(
+      'EINSECURE',
+      `etcd: ${what}; use https:// endpoints (etcdCa), or a client certificate instead of a password, ` +
+        'or accept the risk with --etcd-allow-insecure-password (CLADNET_ETCD_ALLOW_INSECURE_PASSWORD=true)',
+      { field: 'etcd' },
+    );
+  }
+  const text = `WARNING: ${what}: anyone on the path can read it and act as this etcd user (etcdAllowInsecurePassword is set)`;
+  if (!warned.has(text)) {
+    warned.add(text);
+    process.emitWarning(text, { code: 'CLADNET_INSECURE_ETCD_PASSWORD' });
+  }
+  return text;
 }
 
 export function readCertFile(file: string): CertFile {

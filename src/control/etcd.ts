@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
 import { CladnetError, isCladnetError } from '../errors';
+import { checkPasswordTransport } from './credentials';
 
 /**
  * The etcd client factory and the one place etcd errors become CladnetErrors.
@@ -22,6 +23,8 @@ export interface EtcdOptions {
   dialTimeoutMs?: number;
   tls?: { ca?: string; cert?: string; key?: string };
   auth?: { username: string; password?: string; passwordFile?: string };
+  /** Send the password over plain http:// to a non-loopback endpoint anyway (warns); else EINSECURE. */
+  allowInsecurePassword?: boolean;
 }
 
 /** The etcd settings of the agent config or of a CLI command's flags, in the shape createEtcd takes. */
@@ -33,6 +36,7 @@ export interface EtcdSettings {
   readonly etcdUser?: string;
   readonly etcdPassword?: string;
   readonly etcdPasswordFile?: string;
+  readonly etcdAllowInsecurePassword?: boolean;
 }
 
 export function etcdOptionsFrom(s: EtcdSettings): EtcdOptions {
@@ -41,6 +45,7 @@ export function etcdOptionsFrom(s: EtcdSettings): EtcdOptions {
     opts.tls = { ca: s.etcdCa, cert: s.etcdCert, key: s.etcdKey };
   }
   if (s.etcdUser !== undefined) opts.auth = { username: s.etcdUser, password: s.etcdPassword, passwordFile: s.etcdPasswordFile };
+  if (s.etcdAllowInsecurePassword === true) opts.allowInsecurePassword = true;
   return opts;
 }
 
@@ -133,6 +138,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   if (!Number.isInteger(timeout) || timeout <= 0) {
     throw new CladnetError('ECONFIG', `dialTimeoutMs: ${timeout} must be a positive integer`, { field: 'dialTimeoutMs' });
   }
+  checkPasswordTransport(hosts, opts.auth !== undefined, opts.allowInsecurePassword === true);
   const faultHandling: FaultHandling = { watchBackoff: watchBackoff() };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({

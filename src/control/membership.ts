@@ -12,20 +12,31 @@
  *             and under /issued/<name> before it is returned.
  * 3. revoke:  a signed revocation under /revoked/<name> (and in the ledger), then the host's lease
  *             is released. An etcd writer without the network key can neither forge nor alter either.
+ * 4. sign:    the spec's cidr, mtu, port, created and trust anchor, signed by the network key
+ *             (`network create` signs; `network sign` signs a spec written before specs were).
  */
 import * as fs from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { loadEd25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
-import { issueCert, signRevocation, TrustAnchor } from './cert';
+import { issueCert, signNetworkSpec, signRevocation, TrustAnchor } from './cert';
 import { readNetworkKey, writeNetworkKey, type NetworkKey } from './credentials';
 import { etcdCall } from './etcd';
-import { checkName, revokedKey } from './keys';
+import { checkName, networkKey, revokedKey } from './keys';
 import { assertAddressFree, loadIssuerView, recordIssued, reservedFor, restoreHolderLeases } from './issuance';
 import { appendLedger, ledgerFileFor } from './ledger';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
-import { createNetwork, getNetwork, type CreateNetworkInput } from './networks';
-import { HostCert, isPublicKey, NetworkSpec, parseRevocationRecord, RevocationRecord, serializeRevocationRecord } from './records';
+import { buildNetworkSpec, createNetwork, getNetwork, type CreateNetworkInput } from './networks';
+import {
+  HostCert,
+  isPublicKey,
+  NetworkSpec,
+  parseNetworkSpec,
+  parseRevocationRecord,
+  RevocationRecord,
+  serializeNetworkSpec,
+  serializeRevocationRecord,
+} from './records';
 
 /** `network create`: spec with a trust anchor in etcd, network key in `keyFile` (0600, never overwritten). */
 export async function createNetworkWithKey(
@@ -39,7 +50,9 @@ export async function createNetworkWithKey(
   const kp = ed.generate();
   writeNetworkKey(keyFile, input.name, kp);
   try {
-    return await createNetwork(client, { ...input, trustAnchor: Buffer.from(kp.publicKey).toString('base64') }, clock);
+    return await createNetwork(client, { ...input, trustAnchor: Buffer.from(kp.publicKey).toString('base64') }, clock, (spec) =>
+      signNetworkSpec(ed, kp.secretKey, spec),
+    );
   } catch (e) {
     fs.rmSync(keyFile, { force: true }); // the network was not made: its key must not linger
     throw e;
@@ -63,7 +76,73 @@ async function networkAndKey(client: Etcd3, network: string, keyFile: string): P
       { field: 'networkKey' },
     );
   }
-  return { spec, key, anchor: new TrustAnchor(ed, spec.name, spec.trustAnchor) };
+  const anchor = new TrustAnchor(ed, spec.name, spec.trustAnchor);
+  const bad = anchor.verifySpec(spec);
+  if (bad !== null) {
+    key.secretKey.fill(0);
+    throw new CladnetError('EKEY', `network ${network}: the spec in etcd does not verify (${bad}); ${SIGN_HINT(network)}`, { field: 'network' });
+  }
+  return { spec, key, anchor };
+}
+
+const SIGN_HINT = (network: string) =>
+  `if it was made before specs were signed, check its values and run: cladnet network sign ${network} --network-key NET.netkey --cidr CIDR [--mtu N] [--port N]`;
+
+export interface SignOptions {
+  network: string;
+  networkKeyFile: string;
+  /** The values the operator vouches for; mtu and port default as in `network create`. */
+  cidr: string;
+  mtu?: number;
+  port?: number;
+  /** Write these values even when etcd holds others (else that is refused). */
+  rewrite?: boolean;
+}
+
+/**
+ * `network sign`: signs the spec in etcd with the network key. The operator states cidr, mtu and
+ * port; when etcd holds other values (an etcd writer may have changed them) the command refuses,
+ * naming both, unless `rewrite`. Written only if the spec did not change meanwhile.
+ */
+export async function signNetwork(client: Etcd3, o: SignOptions): Promise<{ spec: NetworkSpec; rewritten: string[] }> {
+  checkName(o.network, 'network');
+  const ed = await loadEd25519();
+  const key = readNetworkKey(o.networkKeyFile, ed);
+  try {
+    const k = networkKey(o.network);
+    const res = await etcdCall(`read ${k}`, () => client.get(k).exec());
+    const kv = res.kvs[0];
+    if (!kv) throw new CladnetError('ENONET', `network ${o.network} does not exist`, { field: 'network' });
+    const parsed = parseNetworkSpec(kv.value, { name: o.network });
+    if (!parsed.ok) throw new CladnetError('ERECORD', `network ${o.network}: stored spec is invalid: ${parsed.error}`);
+    const stored = parsed.value;
+    if (stored.trustAnchor === undefined) {
+      throw new CladnetError('ECONFIG', `network: ${o.network} has no trust anchor (made before certificates); create a new network`, { field: 'network' });
+    }
+    if (stored.trustAnchor !== key.publicKey) {
+      throw new CladnetError(
+        'EKEY',
+        `networkKey: ${o.networkKeyFile} is not the key of network ${o.network} (its public key ${key.publicKey}, the network's trust anchor ${stored.trustAnchor})`,
+        { field: 'networkKey' },
+      );
+    }
+    const want = buildNetworkSpec({ name: o.network, cidr: o.cidr, mtu: o.mtu, port: o.port });
+    const rewritten = (['cidr', 'mtu', 'port'] as const).filter((f) => want[f] !== stored[f]);
+    if (rewritten.length > 0 && !o.rewrite) {
+      const diff = rewritten.map((f) => `${f}: etcd has ${stored[f]}, you said ${want[f]}`).join('; ');
+      throw new CladnetError('ECONFIG', `network ${o.network}: ${diff}. Refusing to sign values you did not state (pass --rewrite to write yours)`, {
+        field: rewritten[0]!,
+      });
+    }
+    const spec = signNetworkSpec(ed, key.secretKey, { ...stored, cidr: want.cidr, mtu: want.mtu, port: want.port });
+    const done = await etcdCall(`sign ${k}`, () =>
+      client.if(k, 'Mod', '==', kv.mod_revision).then(client.put(k).value(serializeNetworkSpec(spec))).commit(),
+    );
+    if (!done.succeeded) throw new CladnetError('EETCD', `network ${o.network}: the spec changed while it was being signed; run the command again`, { transient: true });
+    return { spec, rewritten };
+  } finally {
+    key.secretKey.fill(0);
+  }
 }
 
 export interface IssueOptions {
@@ -78,6 +157,8 @@ export interface IssueOptions {
   ledgerFile?: string;
   /** Called with each warning as soon as it is known, also when the issue then fails. */
   onWarning?: (warning: string) => void;
+  /** Certify the host as a relay for others (`host issue --relay`). */
+  relay?: boolean;
 }
 
 export interface IssueResult {
@@ -119,6 +200,7 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       overlayIp,
       validDays: o.validDays,
       now,
+      relay: o.relay,
     });
     await recordIssued(client, ledgerFile, cert);
     return { cert, trustAnchor: key.publicKey, warnings };

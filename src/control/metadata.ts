@@ -16,6 +16,9 @@
  * Contract: never throws and never waits longer than `timeoutMs` (per call, all requests of a
  * provider included, also when the injected fetch ignores its AbortSignal). A non-2xx status, a
  * network error, a timeout, or an answer that is not a usable unicast dotted IPv4 all give null.
+ * Redirects are never followed (`redirect: 'manual'`; a 3xx is not 2xx, so null): a metadata
+ * service answers in place, and a redirect would send the request and its headers (the AWS
+ * token) elsewhere and take the answer from there.
  */
 import { parseIpv4 } from '../util/ipv4';
 
@@ -25,8 +28,8 @@ export const METADATA_PROVIDERS: readonly MetadataProvider[] = Object.freeze(['a
 /** The part of the global fetch this module uses (global fetch satisfies it; tests pass a fake). */
 export type FetchLike = (
   url: string,
-  init: { method?: string; headers?: Record<string, string>; signal?: AbortSignal },
-) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+  init: { method?: string; headers?: Record<string, string>; signal?: AbortSignal; redirect?: 'manual' },
+) => Promise<{ ok: boolean; status: number; redirected?: boolean; text(): Promise<string> }>;
 
 export interface MetadataAnswer {
   readonly provider: MetadataProvider;
@@ -59,8 +62,8 @@ export function usableIpv4(text: string): string | null {
 }
 
 async function getText(fetch: FetchLike, url: string, init: Parameters<FetchLike>[1]): Promise<string | null> {
-  const res = await fetch(url, init);
-  if (!res.ok) return null;
+  const res = await fetch(url, { ...init, redirect: 'manual' });
+  if (!res.ok || res.redirected === true) return null; // a fetch that followed a redirect anyway
   const body = await res.text();
   return typeof body === 'string' && body.length <= MAX_ANSWER ? body : null;
 }

@@ -45,8 +45,15 @@ export function buildNetworkSpec(input: CreateNetworkInput, clock: () => Date = 
   return Object.freeze(spec);
 }
 
-export async function createNetwork(client: Etcd3, input: CreateNetworkInput, clock?: () => Date): Promise<NetworkSpec> {
-  const spec = buildNetworkSpec(input, clock);
+/** `seal` signs the spec before it is written (`createNetworkWithKey` passes the network key's). */
+export async function createNetwork(
+  client: Etcd3,
+  input: CreateNetworkInput,
+  clock?: () => Date,
+  seal?: (spec: NetworkSpec) => NetworkSpec,
+): Promise<NetworkSpec> {
+  const built = buildNetworkSpec(input, clock);
+  const spec = seal ? seal(built) : built;
   const key = networkKey(spec.name);
   const res = await etcdCall(`create network ${spec.name}`, () =>
     client.if(key, 'Create', '==', 0).then(client.put(key).value(serializeNetworkSpec(spec))).commit(),

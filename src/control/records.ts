@@ -33,6 +33,12 @@ export interface NetworkSpec {
    * revocations. Absent only in networks made before certificates existed: agents refuse those.
    */
   trustAnchor?: string;
+  /**
+   * Base64 Ed25519 signature by the network key over `canonicalNetworkSpec` (src/control/cert.ts):
+   * cidr, mtu and port cannot be changed by an etcd writer. Agents refuse a spec without one
+   * (made before specs were signed: `cladnet network sign` adds it).
+   */
+  signature?: string;
 }
 
 /**
@@ -49,6 +55,12 @@ export interface HostCert {
   issued: string; // ISO 8601; not valid before
   notAfter: string; // ISO 8601; not valid after
   serial: string; // 32 lowercase hex digits, random
+  /**
+   * The host may relay for others (`cladnet host issue --relay`). Only `true` or absent, so
+   * certificates without it keep their canonical bytes. A record's `relay` flag counts only
+   * when its certificate carries this.
+   */
+  relay?: true;
   signature: string; // base64 Ed25519 signature, 64 bytes
 }
 
@@ -239,7 +251,7 @@ function prefixed<T>(prefix: string, f: () => T): T {
 }
 
 function certFields(o: Record<string, unknown>, expect: { network?: string; name?: string }): HostCert {
-  return Object.freeze({
+  const cert: HostCert = {
     version: version1(o),
     network: name(o, 'network', expect.network),
     name: name(o, 'name', expect.name),
@@ -249,7 +261,12 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     notAfter: isoTime(o, 'notAfter'),
     serial: serial(o, 'serial'),
     signature: base64Of(o, 'signature', 64),
-  });
+  };
+  if (o['relay'] !== undefined) {
+    if (o['relay'] !== true) fail('relay', `expected true or absent, got ${show(o['relay'])}`);
+    cert.relay = true;
+  }
+  return Object.freeze(cert);
 }
 
 function guard<T>(f: () => T): Parsed<T> {
@@ -278,6 +295,7 @@ export function parseNetworkSpec(raw: string | Buffer, expect: { name?: string }
       created: isoTime(o, 'created'),
     };
     if (o['trustAnchor'] !== undefined) spec.trustAnchor = base64Of(o, 'trustAnchor', 32);
+    if (o['signature'] !== undefined) spec.signature = base64Of(o, 'signature', 64);
     return freezeDeep(spec);
   });
 }
@@ -384,14 +402,14 @@ export function checkOverlayIpInNetwork(rec: Pick<HostRecord, 'overlayIp'>, cidr
 
 /** Canonical JSON of a record: known fields only, in declaration order. */
 export function serializeNetworkSpec(s: NetworkSpec): string {
-  const { version, name, cidr, mtu, port, created, trustAnchor } = s;
-  return JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor });
+  const { version, name, cidr, mtu, port, created, trustAnchor, signature } = s;
+  return JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor, signature });
 }
 
 /** Known fields only, in declaration order (the signature last). */
 export function certObject(c: HostCert): HostCert {
-  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, signature } = c;
-  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, signature };
+  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, signature } = c;
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, signature };
 }
 
 export function serializeHostCert(c: HostCert): string {

@@ -1,5 +1,9 @@
 /**
- * The handshake: Noise IK (as WireGuard uses it) over libsodium primitives. One round trip gives
+ * The handshake: Noise IKpsk2 with an all-zero PSK (WireGuard's construction; the PSK step is kept
+ * so a real PSK can be added later without changing anything else), with BLAKE2b-256 where
+ * WireGuard has BLAKE2s-256, over libsodium primitives. docs/security.md ("Handshake") says why
+ * and how it differs from the Noise specification; test/vectors/handshake.json pins the bytes
+ * (made by test/vectors/noise_kat.py, an independent implementation). One round trip gives
  * both hosts fresh ChaCha20-Poly1305 keys from ephemeral X25519 keys (forward secrecy), with the
  * initiator's static key encrypted and its identity bound to both static keys.
  *
@@ -24,12 +28,15 @@ export const INITIATION_LEN = 148;
 export const RESPONSE_LEN = 92;
 export const COOKIE_LEN = 64;
 
-const CONSTRUCTION = new TextEncoder().encode('Noise_IK_25519_ChaChaPoly_BLAKE2b');
+/** The Noise protocol name; hashed into the first chaining key, so it is part of the construction. */
+export const PROTOCOL_NAME = 'Noise_IKpsk2_25519_ChaChaPoly_BLAKE2b';
+const CONSTRUCTION = new TextEncoder().encode(PROTOCOL_NAME);
 const IDENTIFIER = new TextEncoder().encode('cladnet v1 handshake');
 const LABEL_MAC1 = new TextEncoder().encode('mac1----');
 const LABEL_COOKIE = new TextEncoder().encode('cookie--');
 const EMPTY = new Uint8Array(0);
-const ZERO32 = new Uint8Array(32);
+/** The pre-shared key mixed in by the psk2 step of the response: none yet, so all zero. */
+const PSK = new Uint8Array(32);
 const NONCE0 = new Uint8Array(12);
 
 function cat(...parts: Uint8Array[]): Uint8Array {
@@ -135,6 +142,11 @@ export class Noise {
   randomIndex(): number {
     const b = this.s.randombytes_buf(4);
     return (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+  }
+
+  /** 32 bytes from libsodium's CSPRNG, for secrets such as the cookie secret. */
+  randomSecret(): Uint8Array {
+    return this.s.randombytes_buf(32);
   }
 
   // ---- mac1 / mac2 / cookies -------------------------------------------------------------------
@@ -276,7 +288,7 @@ export class Noise {
     if (!ee || !se) return null;
     ck = this.kdf(ck, ee, 1)[0]!;
     ck = this.kdf(ck, se, 1)[0]!;
-    const [ck2, tau, k] = this.kdf(ck, ZERO32, 3) as [Uint8Array, Uint8Array, Uint8Array];
+    const [ck2, tau, k] = this.kdf(ck, PSK, 3) as [Uint8Array, Uint8Array, Uint8Array];
     h = this.hash(cat(h, tau));
     const encEmpty = this.seal(k, EMPTY, h);
     const msg = new Uint8Array(RESPONSE_LEN);
@@ -314,7 +326,7 @@ export class Noise {
     if (!ee || !se) return null;
     ck = this.kdf(ck, ee, 1)[0]!;
     ck = this.kdf(ck, se, 1)[0]!;
-    const [ck2, tau, k] = this.kdf(ck, ZERO32, 3) as [Uint8Array, Uint8Array, Uint8Array];
+    const [ck2, tau, k] = this.kdf(ck, PSK, 3) as [Uint8Array, Uint8Array, Uint8Array];
     h = this.hash(cat(h, tau));
     if (this.open(k, msg.subarray(44, 60), h) === null) return null;
     const [send, recv] = this.kdf(ck2, EMPTY, 2) as [Uint8Array, Uint8Array];

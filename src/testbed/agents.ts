@@ -42,14 +42,15 @@ export async function createNetwork(topo: Topology, opts: { name: string; cidr: 
 }
 
 /**
- * `host issue NAME --network NET --network-key <workDir>/NET.netkey --out DIR`, run from the router
- * namespace (the operator's seat): DIR gets private.key (kept when present) and host.cert.
+ * `host issue NAME --network NET --network-key <workDir>/NET.netkey --out DIR [--relay]`, run from
+ * the router namespace (the operator's seat): DIR gets private.key (kept when present) and host.cert.
  */
-export async function issueHostCert(topo: Topology, opts: { name: string; network: string; etcd: string; out: string }): Promise<void> {
+export async function issueHostCert(topo: Topology, opts: { name: string; network: string; etcd: string; out: string; relay?: boolean }): Promise<void> {
   await runOk(
     [
       ...['ip', 'netns', 'exec', topo.routerNs, process.execPath, cliPath()],
       ...['host', 'issue', opts.name, '--network', opts.network, '--network-key', networkKeyFile(topo, opts.network), '--out', opts.out, '--etcd', opts.etcd],
+      ...(opts.relay ? ['--relay'] : []),
     ],
     { timeoutMs: 20_000 },
   );
@@ -112,7 +113,9 @@ export async function startAgent(topo: Topology, host: TopologyHost, opts: Agent
   fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const socket = path.join(stateDir, 'cladnet.sock');
   const logFile = path.join(stateDir, 'agent.log');
-  if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir });
+  // An agent started with --relay gets a certificate that allows it (peers ignore the flag otherwise).
+  const relay = opts.extraArgs?.includes('--relay') ?? false;
+  if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir, relay });
   const args = [
     process.execPath,
     cliPath(),

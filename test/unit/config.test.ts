@@ -58,6 +58,7 @@ describe('loadAgentConfig', () => {
       udpOffload: true,
       advertise: [],
       cert: '/var/lib/cladnet/host.cert',
+      etcdAllowInsecurePassword: false,
       stun: [],
       metadata: 'off',
       relay: false,

@@ -209,7 +209,7 @@ function intNear(r: Rand, min: number, max: number): number {
 
 type Kind =
   | 'name' | 'ip' | 'key' | 'time' | 'session' | 'endpoints' | 'cidrs' | 'overlayCidr' | 'version' | 'port' | 'mtu' | 'epoch'
-  | 'serial' | 'serialOrNull' | 'sig' | 'anchor' | 'cert';
+  | 'serial' | 'serialOrNull' | 'sig' | 'anchor' | 'cert' | 'trueFlag';
 
 function validSerial(r: Rand): string {
   let s = '';
@@ -244,6 +244,7 @@ function validOf(r: Rand, k: Kind): J {
     case 'sig': return r.bytes(64).toString('base64');
     case 'anchor': return r.bytes(32).toString('base64');
     case 'cert': return validRecord(r, CERT_FIELDS);
+    case 'trueFlag': return true;
   }
 }
 
@@ -278,6 +279,7 @@ function nearOf(r: Rand, k: Kind): J {
     }
     case 'sig': return nearBase64(r, 64);
     case 'anchor': return r.chance(0.2) ? null : nearBase64(r, 32);
+    case 'trueFlag': return r.pick<J>([false, 'true', 1, null, [true], 0]);
     case 'cert': {
       if (r.chance(0.2)) return r.pick<J>([null, [], 'cert', 0, obj({})]);
       const c = validRecord(r, CERT_FIELDS);
@@ -353,11 +355,11 @@ type Field = [string, Kind, 'optional'?];
 
 const SPEC_FIELDS: Field[] = [
   ['version', 'version'], ['name', 'name'], ['cidr', 'overlayCidr'], ['mtu', 'mtu'], ['port', 'port'], ['created', 'time'],
-  ['trustAnchor', 'anchor', 'optional'],
+  ['trustAnchor', 'anchor', 'optional'], ['signature', 'sig', 'optional'],
 ];
 const CERT_FIELDS: Field[] = [
   ['version', 'version'], ['network', 'name'], ['name', 'name'], ['publicKey', 'key'], ['overlayIp', 'ip'], ['issued', 'time'],
-  ['notAfter', 'time'], ['serial', 'serial'], ['signature', 'sig'],
+  ['notAfter', 'time'], ['serial', 'serial'], ['signature', 'sig'], ['relay', 'trueFlag', 'optional'],
 ];
 const HOST_FIELDS: Field[] = [
   ['version', 'version'], ['name', 'name'], ['network', 'name'], ['overlayIp', 'ip'], ['publicKey', 'key'], ['endpoints', 'endpoints'],
@@ -444,6 +446,7 @@ function refValue(k: Kind, v: unknown): boolean {
     case 'serialOrNull': return v === null || refValue('serial', v);
     case 'sig': return typeof v === 'string' && refBase64(v, 64);
     case 'anchor': return typeof v === 'string' && refBase64(v, 32);
+    case 'trueFlag': return v === true;
     case 'cert': return typeof v === 'object' && v !== null && !Array.isArray(v) && refObject(v as Record<string, unknown>, CERT_FIELDS, {});
   }
 }

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkNetworkMembership, loadMembership } from '../../src/agent/membership';
 import { loadOrCreateKeyPair } from '../../src/agent/keystore';
 import { AGENT_FIELDS, kebab, loadAgentConfig } from '../../src/config/config';
-import { issueCert } from '../../src/control/cert';
+import { issueCert, signNetworkSpec } from '../../src/control/cert';
 import { parseCertFile, readCertFile, readNetworkKey, writeCertFile, writeNetworkKey } from '../../src/control/credentials';
 import { etcdOptionsFrom, securityOptions } from '../../src/control/etcd';
 import type { HostCert, NetworkSpec } from '../../src/control/records';
@@ -107,7 +107,8 @@ describe('the agent at start (loadMembership, checkNetworkMembership)', () => {
     stateDir = fresh();
     const { keys } = await loadOrCreateKeyPair(stateDir);
     publicKey = b64(keys.publicKey);
-    spec = { version: 1, name: 'demo', cidr: '100.64.0.0/24', mtu: 1420, port: 51820, created: '2026-11-21T00:00:00Z', trustAnchor: b64(net.publicKey) };
+    const unsigned = { version: 1 as const, name: 'demo', cidr: '100.64.0.0/24', mtu: 1420, port: 51820, created: '2026-11-21T00:00:00Z', trustAnchor: b64(net.publicKey) };
+    spec = signNetworkSpec(ed, net.secretKey, unsigned);
   });
 
   function certFile(over: Partial<Parameters<typeof issueCert>[2]> = {}, key = net.secretKey, anchor = b64(net.publicKey)): string {
