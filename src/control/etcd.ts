@@ -12,6 +12,9 @@ import { CladnetError, isCladnetError } from '../errors';
  * - With a single endpoint the per-host circuit breaker is replaced by a pass-through: breaking the
  *   only host just adds up to 5 s of refusals after etcd comes back.
  * - Watch reconnect backoff is capped at 2 s (etcd3's default grows to 30 s).
+ * - The gRPC receive limit is 16 MiB (`maxReceiveBytes`; grpc-js defaults to 4 MiB). Whole-prefix
+ *   reads are paginated (range.ts) so they never need more; the headroom is for a page or a watch
+ *   message that carries a few values stuffed up to etcd's own request limit (1.5 MiB by default).
  *
  * Security (all optional): TLS with a CA bundle and/or a client certificate (`tls`, PEM file
  * paths), and etcd user/password authentication (`auth`). The files are read here, once; a missing
@@ -20,6 +23,8 @@ import { CladnetError, isCladnetError } from '../errors';
 export interface EtcdOptions {
   endpoints: string[];
   dialTimeoutMs?: number;
+  /** Largest gRPC message accepted from etcd, in bytes (default 16 MiB). */
+  maxReceiveBytes?: number;
   tls?: { ca?: string; cert?: string; key?: string };
   auth?: { username: string; password?: string; passwordFile?: string };
 }
@@ -84,6 +89,7 @@ export function securityOptions(opts: Pick<EtcdOptions, 'tls' | 'auth'>): Pick<I
 }
 
 export const DEFAULT_DIAL_TIMEOUT_MS = 5000;
+export const DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
@@ -133,6 +139,10 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   if (!Number.isInteger(timeout) || timeout <= 0) {
     throw new CladnetError('ECONFIG', `dialTimeoutMs: ${timeout} must be a positive integer`, { field: 'dialTimeoutMs' });
   }
+  const maxReceive = opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES;
+  if (!Number.isInteger(maxReceive) || maxReceive < 64 * 1024) {
+    throw new CladnetError('ECONFIG', `maxReceiveBytes: ${maxReceive} must be an integer >= 65536`, { field: 'maxReceiveBytes' });
+  }
   const faultHandling: FaultHandling = { watchBackoff: watchBackoff() };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({
@@ -145,6 +155,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 2_000,
+      'grpc.max_receive_message_length': maxReceive,
     },
   });
 }
