@@ -94,6 +94,7 @@ export const DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
 type WatchBackoff = NonNullable<FaultHandling['watchBackoff']>;
+type GlobalPolicy = NonNullable<FaultHandling['global']>;
 
 /** Normalises "host:port" or "http(s)://host:port[/]" to what etcd3 expects; throws ECONFIG. */
 export function normalizeEndpoint(s: string): string {
@@ -121,6 +122,34 @@ function passThroughPolicy(): HostPolicy {
   return policy as unknown as HostPolicy;
 }
 
+/** gRPC's "Received message larger than max" (status 8, RESOURCE_EXHAUSTED), as etcd3 casts it or raw. */
+export function isTooLargeError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return err.name === 'GRPCResourceExhastedError' || err.constructor?.name === 'GRPCResourceExhastedError' || (err as { code?: unknown }).code === 8 || /larger than max/i.test(err.message);
+}
+
+/**
+ * etcd3's default call policy (retry a recoverable error 3 times at once), except that a response
+ * too large for the client is not asked for again: it would be just as large (range.ts asks for a
+ * smaller page instead).
+ */
+function retryPolicy(retries = 3): GlobalPolicy {
+  const policy = {
+    onSuccess: () => ({ dispose: () => undefined }),
+    onFailure: () => ({ dispose: () => undefined }),
+    execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await fn({ signal: new AbortController().signal, attempt });
+        } catch (e) {
+          if (attempt >= retries || !(e instanceof Error) || !isRecoverableError(e) || isTooLargeError(e)) throw e;
+        }
+      }
+    },
+  };
+  return policy as unknown as GlobalPolicy;
+}
+
 /** Exponential backoff 100 ms .. 2 s with +-20 % jitter, in cockatiel's IBackoff shape. */
 function watchBackoff(initialMs = 100, maxMs = 2000): WatchBackoff {
   const make = (base: number): { duration: number; next: () => unknown } => ({
@@ -143,7 +172,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   if (!Number.isInteger(maxReceive) || maxReceive < 64 * 1024) {
     throw new CladnetError('ECONFIG', `maxReceiveBytes: ${maxReceive} must be an integer >= 65536`, { field: 'maxReceiveBytes' });
   }
-  const faultHandling: FaultHandling = { watchBackoff: watchBackoff() };
+  const faultHandling: FaultHandling = { watchBackoff: watchBackoff(), global: retryPolicy() };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({
     ...securityOptions(opts),

@@ -1,5 +1,5 @@
 import type { Etcd3, IKeyValue } from 'etcd3';
-import { toEtcdError } from './etcd';
+import { isTooLargeError, toEtcdError } from './etcd';
 
 /**
  * Paginated, consistent reads of a key range. Every read of a whole prefix goes through here.
@@ -16,10 +16,10 @@ import { toEtcdError } from './etcd';
  *    pages form one snapshot, so a watch from R + 1 misses nothing and sees nothing twice.
  * 3. A page refused as too large (RESOURCE_EXHAUSTED) is asked again with half as many keys, down
  *    to one. A single key whose value alone is too large is listed keys-only (keys are small),
- *    reported in `unreadable`, and the read goes on after it. The smaller page size is kept for
- *    the rest of this read. This is the last line of defence, not the normal path: etcd3 resets
- *    the client's channels (watch and lease streams included) on that error, so page size and
- *    receive limit are chosen so it does not happen (docs/security.md, "Record sizes").
+ *    reported in `unreadable`, and the read goes on after it. After each page that fits, the page
+ *    size doubles again (up to `pageKeys`). This is the last line of defence, not the normal path:
+ *    etcd3 resets the client's channels (watch and lease streams included) on that error, so page
+ *    size and receive limit are chosen so it does not happen (docs/security.md, "Record sizes").
  * 4. If R is compacted away between pages, the read starts over at a new revision (at most
  *    `MAX_RESTARTS` times, then the compaction error is thrown as EETCD, transient).
  *
@@ -84,13 +84,6 @@ function after(key: Buffer): Buffer {
   return Buffer.concat([key, Buffer.from([0])]);
 }
 
-/** gRPC's "Received message larger than max" (status 8), as etcd3 casts it. */
-export function isTooLargeError(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  const name = err.constructor?.name ?? err.name;
-  return name === 'GRPCResourceExhastedError' || (err as { code?: unknown }).code === 8 || /larger than max/i.test(err.message);
-}
-
 function isCompactedError(err: unknown): boolean {
   return err instanceof Error && /required revision has been compacted/i.test(err.message);
 }
@@ -132,6 +125,7 @@ export async function readRange(fetch: PageFetcher, start: Buffer, end: Buffer, 
           const kv = page.kvs[0];
           if (!kv) break;
           unreadable.push(kv);
+          limit = Math.min(pageKeys, 2);
           if (!page.more) break;
           from = after(kv.key);
           continue;
@@ -139,6 +133,7 @@ export async function readRange(fetch: PageFetcher, start: Buffer, end: Buffer, 
         pages++;
         revision ??= page.revision;
         kvs.push(...page.kvs);
+        limit = Math.min(pageKeys, limit * 2);
         const last = page.kvs[page.kvs.length - 1];
         if (!page.more || !last) break;
         from = after(last.key);

@@ -22,6 +22,7 @@ class ModelEtcd {
   compacted = 0;
   private readonly log: Version[] = [];
   readonly requests: PageRequest[] = [];
+  readonly refused: boolean[] = []; // per request: refused as too large
   /** Called after each answered page (writes "between pages" go here). */
   afterPage: (n: number) => void = () => undefined;
 
@@ -47,6 +48,7 @@ class ModelEtcd {
 
   readonly fetch: PageFetcher = async (req) => {
     this.requests.push(req);
+    this.refused.push(false);
     const at = req.revision === undefined ? this.rev : Number(req.revision);
     if (at < this.compacted) throw new Error('etcdserver: mvcc: required revision has been compacted');
     const inRange = this.stateAt(at).filter((kv) => Buffer.compare(kv.key, req.start) >= 0 && Buffer.compare(kv.key, req.end) < 0);
@@ -55,6 +57,7 @@ class ModelEtcd {
     if (bytes > this.maxMessageBytes) {
       const e = new Error(`Received message larger than max (${bytes} vs ${this.maxMessageBytes})`) as Error & { code: number };
       e.code = 8;
+      this.refused[this.refused.length - 1] = true;
       throw e;
     }
     const res = { kvs: page, more: inRange.length > req.limit, revision: String(this.rev) };
@@ -120,9 +123,18 @@ describe('readPrefix (paginated consistent range reads)', () => {
     expect(res.unreadable.map((kv) => [kv.key.toString(), kv.mod_revision])).toEqual([[name(200), bigRev]]);
     expect(keysOf(res.kvs)).toEqual(Array.from({ length: 400 }, (_, i) => name(i)).filter((k) => k !== name(200)));
     expect(res.kvs.find((kv) => kv.key.toString() === name(11))!.value.length).toBe(12_000);
-    // Each answered page fitted the limit, and no page was asked for more keys than the last refusal allowed.
-    const limits = m.requests.map((r) => r.limit);
-    for (let i = 1; i < limits.length; i++) expect(limits[i]).toBeLessThanOrEqual(limits[i - 1]!);
+    // After a refusal the same start is asked again with fewer keys (or keys-only at one key);
+    // after a page that fits, the page size grows back (by doubling) to 500.
+    for (let i = 0; i + 1 < m.requests.length; i++) {
+      const [a, b] = [m.requests[i]!, m.requests[i + 1]!];
+      if (m.refused[i]) {
+        expect(b.start).toEqual(a.start);
+        expect(b.limit < a.limit || (a.limit === 1 && b.keysOnly)).toBe(true);
+      } else if (!a.keysOnly) {
+        expect(b.limit).toBe(Math.min(500, a.limit * 2));
+      }
+    }
+    expect(res.refusedPages).toBe(m.refused.filter(Boolean).length);
   });
 
   it('starts over at a new revision when the pinned one is compacted between pages', async () => {
