@@ -20,7 +20,7 @@ import { etcdCall } from './etcd';
 import { checkName, revokedKey } from './keys';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
 import { createNetwork, getNetwork, type CreateNetworkInput } from './networks';
-import { HostCert, isPublicKey, NetworkSpec, parseRevocationRecord, RevocationRecord, serializeRevocationRecord } from './records';
+import { checkRecordSize, HostCert, isPublicKey, NetworkSpec, parseRevocationRecord, RevocationRecord, serializeRevocationRecord } from './records';
 
 /** `network create`: spec with a trust anchor in etcd, network key in `keyFile` (0600, never overwritten). */
 export async function createNetworkWithKey(
@@ -128,7 +128,9 @@ export async function revokeHost(client: Etcd3, o: RevokeOptions): Promise<{ rev
       }
     }
     const revocation = signRevocation(ed, key.secretKey, { network: o.network, name: o.name, serial: o.serial ?? null, now: o.now });
-    await etcdCall(`write ${k}`, () => client.put(k).value(serializeRevocationRecord(revocation)).exec());
+    const value = serializeRevocationRecord(revocation);
+    checkRecordSize('revoked', value);
+    await etcdCall(`write ${k}`, () => client.put(k).value(value).exec());
     const released = await releaseOverlayIp(client, o.network, o.name);
     return { revocation, released };
   } finally {
