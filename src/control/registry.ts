@@ -29,7 +29,8 @@ import {
  *
  * 1. publish: write our host record with a monotonic epoch, never over a newer writer's.
  * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost.
- * 3. watch:   load the network prefix at revision R, watch from R+1, keep hosts/alive/leases, and
+ * 3. watch:   load the network prefix at revision R (in pages, range.ts), watch from R+1, keep
+ *             hosts/alive/leases (values over their size cap skipped), and
  *             hand out a frozen peer snapshot after each change (same-tick bursts coalesced).
  *             On reconnect: reload (etcd3 resumes the stream itself, but a reload also covers
  *             events a reconnect can skip). On watch cancel (compaction): reload and re-watch.
