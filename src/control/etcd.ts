@@ -13,6 +13,9 @@ import { checkPasswordTransport } from './credentials';
  * - With a single endpoint the per-host circuit breaker is replaced by a pass-through: breaking the
  *   only host just adds up to 5 s of refusals after etcd comes back.
  * - Watch reconnect backoff is capped at 2 s (etcd3's default grows to 30 s).
+ * - The gRPC receive limit is 16 MiB (`maxReceiveBytes`; grpc-js defaults to 4 MiB). Whole-prefix
+ *   reads are paginated (range.ts) so they never need more; the headroom is for a page or a watch
+ *   message that carries a few values stuffed up to etcd's own request limit (1.5 MiB by default).
  *
  * Security (all optional): TLS with a CA bundle and/or a client certificate (`tls`, PEM file
  * paths), and etcd user/password authentication (`auth`). The files are read here, once; a missing
@@ -21,6 +24,8 @@ import { checkPasswordTransport } from './credentials';
 export interface EtcdOptions {
   endpoints: string[];
   dialTimeoutMs?: number;
+  /** Largest gRPC message accepted from etcd, in bytes (default 16 MiB). */
+  maxReceiveBytes?: number;
   tls?: { ca?: string; cert?: string; key?: string };
   auth?: { username: string; password?: string; passwordFile?: string };
   /** Send the password over plain http:// to a non-loopback endpoint anyway (warns); else EINSECURE. */
@@ -89,10 +94,12 @@ export function securityOptions(opts: Pick<EtcdOptions, 'tls' | 'auth'>): Pick<I
 }
 
 export const DEFAULT_DIAL_TIMEOUT_MS = 5000;
+export const DEFAULT_MAX_RECEIVE_BYTES = 16 * 1024 * 1024;
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
 type WatchBackoff = NonNullable<FaultHandling['watchBackoff']>;
+type GlobalPolicy = NonNullable<FaultHandling['global']>;
 
 /** Normalises "host:port" or "http(s)://host:port[/]" to what etcd3 expects; throws ECONFIG. */
 export function normalizeEndpoint(s: string): string {
@@ -120,6 +127,34 @@ function passThroughPolicy(): HostPolicy {
   return policy as unknown as HostPolicy;
 }
 
+/** gRPC's "Received message larger than max" (status 8, RESOURCE_EXHAUSTED), as etcd3 casts it or raw. */
+export function isTooLargeError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return err.name === 'GRPCResourceExhastedError' || err.constructor?.name === 'GRPCResourceExhastedError' || (err as { code?: unknown }).code === 8 || /larger than max/i.test(err.message);
+}
+
+/**
+ * etcd3's default call policy (retry a recoverable error 3 times at once), except that a response
+ * too large for the client is not asked for again: it would be just as large (range.ts asks for a
+ * smaller page instead).
+ */
+function retryPolicy(retries = 3): GlobalPolicy {
+  const policy = {
+    onSuccess: () => ({ dispose: () => undefined }),
+    onFailure: () => ({ dispose: () => undefined }),
+    execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> => {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await fn({ signal: new AbortController().signal, attempt });
+        } catch (e) {
+          if (attempt >= retries || !(e instanceof Error) || !isRecoverableError(e) || isTooLargeError(e)) throw e;
+        }
+      }
+    },
+  };
+  return policy as unknown as GlobalPolicy;
+}
+
 /** Exponential backoff 100 ms .. 2 s with +-20 % jitter, in cockatiel's IBackoff shape. */
 function watchBackoff(initialMs = 100, maxMs = 2000): WatchBackoff {
   const make = (base: number): { duration: number; next: () => unknown } => ({
@@ -139,7 +174,11 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
     throw new CladnetError('ECONFIG', `dialTimeoutMs: ${timeout} must be a positive integer`, { field: 'dialTimeoutMs' });
   }
   checkPasswordTransport(hosts, opts.auth !== undefined, opts.allowInsecurePassword === true);
-  const faultHandling: FaultHandling = { watchBackoff: watchBackoff() };
+  const maxReceive = opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES;
+  if (!Number.isInteger(maxReceive) || maxReceive < 64 * 1024) {
+    throw new CladnetError('ECONFIG', `maxReceiveBytes: ${maxReceive} must be an integer >= 65536`, { field: 'maxReceiveBytes' });
+  }
+  const faultHandling: FaultHandling = { watchBackoff: watchBackoff(), global: retryPolicy() };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({
     ...securityOptions(opts),
@@ -151,6 +190,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
       'grpc.keepalive_timeout_ms': 5_000,
       'grpc.initial_reconnect_backoff_ms': 200,
       'grpc.max_reconnect_backoff_ms': 2_000,
+      'grpc.max_receive_message_length': maxReceive,
     },
   });
 }

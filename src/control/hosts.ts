@@ -1,6 +1,6 @@
 /** Read-only listing of a network's hosts, for `cladnet network show`. */
 import type { Etcd3 } from 'etcd3';
-import { etcdCall } from './etcd';
+import { etcdPages, readPrefix } from './range';
 import { networkPrefix, parseKey } from './keys';
 import { parseHostRecord, type HostRecord } from './records';
 
@@ -9,7 +9,7 @@ export interface HostListing extends HostRecord {
 }
 
 export async function listHosts(client: Etcd3, net: string): Promise<HostListing[]> {
-  const res = await etcdCall('list hosts', () => client.getAll().prefix(networkPrefix(net)).exec());
+  const res = await readPrefix(etcdPages(client), networkPrefix(net));
   const records: HostRecord[] = [];
   const alive = new Set<string>();
   for (const kv of res.kvs) {

@@ -3,6 +3,7 @@ import { CladnetError } from '../errors';
 import type { Logger } from '../log';
 import { formatIpv4, parseIpv4, parseOverlayCidr, Prefix, prefixSize } from '../util/ipv4';
 import { etcdCall } from './etcd';
+import { etcdPages, readPrefix } from './range';
 import { checkName, leaseKey, leasesPrefix, parseKey } from './keys';
 import { isPublicKey, LeaseRecord, NetworkSpec, parseLeaseRecord, serializeLeaseRecord } from './records';
 
@@ -67,7 +68,7 @@ export interface LeaseEntry {
 
 /** Every lease of a network, keyed by IP. Invalid values still occupy their address. */
 export async function listLeases(client: Etcd3, net: string): Promise<Map<string, LeaseEntry>> {
-  const res = await etcdCall(`list leases of ${net}`, () => client.getAll().prefix(leasesPrefix(net)).exec());
+  const res = await readPrefix(etcdPages(client), leasesPrefix(net));
   const out = new Map<string, LeaseEntry>();
   for (const kv of res.kvs) {
     const k = parseKey(kv.key);

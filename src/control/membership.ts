@@ -28,6 +28,7 @@ import { appendLedger, ledgerFileFor } from './ledger';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
 import { buildNetworkSpec, createNetwork, getNetwork, type CreateNetworkInput } from './networks';
 import {
+  checkRecordSize,
   HostCert,
   isPublicKey,
   NetworkSpec,
@@ -243,8 +244,10 @@ export async function revokeHost(client: Etcd3, o: RevokeOptions): Promise<{ rev
       }
     }
     const revocation = signRevocation(ed, key.secretKey, { network: o.network, name: o.name, serial: o.serial ?? null, now: o.now });
+    const value = serializeRevocationRecord(revocation);
+    checkRecordSize('revoked', value);
     appendLedger(o.ledgerFile ?? ledgerFileFor(o.networkKeyFile), { revocation });
-    await etcdCall(`write ${k}`, () => client.put(k).value(serializeRevocationRecord(revocation)).exec());
+    await etcdCall(`write ${k}`, () => client.put(k).value(value).exec());
     const released = await releaseOverlayIp(client, o.network, o.name);
     return { revocation, released };
   } finally {

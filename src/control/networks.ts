@@ -3,6 +3,7 @@ import { CladnetError } from '../errors';
 import type { Logger } from '../log';
 import { formatPrefix, parseOverlayCidr } from '../util/ipv4';
 import { etcdCall } from './etcd';
+import { etcdPages, readPrefix } from './range';
 import { checkName, networkKey, networkPrefix, NETWORKS_ROOT, parseKey } from './keys';
 import { DEFAULT_MTU, DEFAULT_PORT, isBase64Of, MTU_MAX, MTU_MIN, NetworkSpec, parseNetworkSpec, serializeNetworkSpec } from './records';
 
@@ -79,7 +80,7 @@ export async function getNetwork(client: Etcd3, name: string): Promise<NetworkSp
  * (the children share the prefix). Invalid specs are skipped and reported through `log`.
  */
 export async function listNetworks(client: Etcd3, log?: Logger): Promise<NetworkSpec[]> {
-  const res = await etcdCall('list networks', () => client.getAll().prefix(NETWORKS_ROOT).exec());
+  const res = await readPrefix(etcdPages(client), NETWORKS_ROOT);
   const out: NetworkSpec[] = [];
   for (const kv of res.kvs) {
     const parsedKey = parseKey(kv.key);

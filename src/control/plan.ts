@@ -1,7 +1,7 @@
 import type { Etcd3 } from 'etcd3';
 import { CladnetError } from '../errors';
 import { formatPrefix, parseEndpoint, parseIpv4, parsePrefix, Prefix, prefixSize } from '../util/ipv4';
-import { etcdCall } from './etcd';
+import { etcdPages, readPrefix } from './range';
 import { NETWORKS_ROOT, parseKey } from './keys';
 import { parseHostRecord, parseNetworkSpec } from './records';
 
@@ -141,7 +141,7 @@ export interface Recommendation {
 /** Reads every network and host record under /cladnet/v1/networks/ and plans around them. */
 export async function recommend(client: Etcd3, opts: { prefixLen?: number; limit?: number } = {}): Promise<Recommendation> {
   const prefixLen = checkPrefixLen(opts.prefixLen ?? DEFAULT_PLAN_PREFIX_LEN);
-  const res = await etcdCall('read networks and hosts', () => client.getAll().prefix(NETWORKS_ROOT).exec());
+  const res = await readPrefix(etcdPages(client), NETWORKS_ROOT);
   const used: Prefix[] = [];
   let skippedRecords = 0;
   for (const kv of res.kvs) {

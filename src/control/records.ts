@@ -1,4 +1,4 @@
-import { isCladnetError } from '../errors';
+import { CladnetError, isCladnetError } from '../errors';
 import { contains, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, Prefix } from '../util/ipv4';
 import { isValidName } from './keys';
 
@@ -16,8 +16,33 @@ export const DEFAULT_MTU = 1420;
 export const DEFAULT_PORT = 51820;
 export const MTU_MIN = 576;
 export const MTU_MAX = 9000;
-/** A record larger than this is refused before parsing. */
+/** A record larger than this is refused before parsing (the default; record types have their own caps below). */
 export const MAX_RECORD_BYTES = 64 * 1024;
+/**
+ * Largest stored value per record type, in bytes: refused on write (`checkRecordSize`, ERECORD
+ * with field 'size') and skipped on read (the parsers refuse it before JSON.parse). At least
+ * twice the largest valid record (test/unit/control-record-size.test.ts measures them): a host
+ * record with a certificate, 32 endpoints, 64 host CIDRs and 63-character names is 2,949 bytes
+ * (a typical one about 1 KB); a revocation 346 bytes, a lease 182, a network spec 231.
+ */
+export const RECORD_CAPS = Object.freeze({ network: 4096, host: 8192, lease: 1024, revoked: 1024, alive: 1024 });
+export type RecordKind = keyof typeof RECORD_CAPS;
+
+function byteSize(raw: string | Buffer): number {
+  return typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
+}
+
+/** Null when `value` fits the cap of its record type, else the reason. */
+export function recordSizeError(kind: RecordKind, value: string | Buffer): string | null {
+  const size = byteSize(value);
+  return size > RECORD_CAPS[kind] ? `${kind} record is ${size} bytes, more than ${RECORD_CAPS[kind]}` : null;
+}
+
+/** Throws ERECORD (field 'size') when `value` is larger than its record type allows: call before every put. */
+export function checkRecordSize(kind: RecordKind, value: string | Buffer): void {
+  const why = recordSizeError(kind, value);
+  if (why !== null) throw new CladnetError('ERECORD', why, { field: 'size' });
+}
 export const MAX_ENDPOINTS = 32;
 export const MAX_HOST_CIDRS = 64;
 
@@ -127,9 +152,9 @@ function show(v: unknown): string {
   return typeof v === 'object' ? 'an object' : String(v);
 }
 
-function parseJsonObject(raw: string | Buffer): Record<string, unknown> {
-  const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
-  if (size > MAX_RECORD_BYTES) throw new FieldError(`record is ${size} bytes, more than ${MAX_RECORD_BYTES}`);
+function parseJsonObject(raw: string | Buffer, maxBytes = MAX_RECORD_BYTES): Record<string, unknown> {
+  const size = byteSize(raw);
+  if (size > maxBytes) throw new FieldError(`record is ${size} bytes, more than ${maxBytes}`);
   let v: unknown;
   try {
     v = JSON.parse(typeof raw === 'string' ? raw : raw.toString('utf8'));
@@ -285,7 +310,7 @@ function freezeDeep<T extends object>(v: T): Readonly<T> {
 
 export function parseNetworkSpec(raw: string | Buffer, expect: { name?: string } = {}): Parsed<NetworkSpec> {
   return guard(() => {
-    const o = parseJsonObject(raw);
+    const o = parseJsonObject(raw, RECORD_CAPS.network);
     const spec: NetworkSpec = {
       version: version1(o),
       name: name(o, 'name', expect.name),
@@ -313,7 +338,7 @@ function overlayCidr(o: Record<string, unknown>, field: string): string {
 
 export function parseHostRecord(raw: string | Buffer, expect: { network?: string; name?: string } = {}): Parsed<HostRecord> {
   return guard(() => {
-    const o = parseJsonObject(raw);
+    const o = parseJsonObject(raw, RECORD_CAPS.host);
     const rec: HostRecord = {
       version: version1(o),
       name: name(o, 'name', expect.name),
@@ -361,7 +386,7 @@ export function parseHostCert(raw: string | Buffer | object, expect: { network?:
 
 export function parseRevocationRecord(raw: string | Buffer, expect: { network?: string; name?: string } = {}): Parsed<RevocationRecord> {
   return guard(() => {
-    const o = parseJsonObject(raw);
+    const o = parseJsonObject(raw, RECORD_CAPS.revoked);
     const s = o['serial'];
     const rec: RevocationRecord = {
       version: version1(o),
@@ -377,7 +402,7 @@ export function parseRevocationRecord(raw: string | Buffer, expect: { network?: 
 
 export function parseLeaseRecord(raw: string | Buffer, expect: { host?: string } = {}): Parsed<LeaseRecord> {
   return guard(() => {
-    const o = parseJsonObject(raw);
+    const o = parseJsonObject(raw, RECORD_CAPS.lease);
     const rec: LeaseRecord = {
       version: version1(o),
       host: name(o, 'host', expect.host),

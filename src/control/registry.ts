@@ -5,7 +5,8 @@ import { loadEd25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import type { Logger } from '../log';
 import { parseOverlayCidr, Prefix } from '../util/ipv4';
-import { etcdCall, toEtcdError } from './etcd';
+import { etcdCall, isTooLargeError, toEtcdError } from './etcd';
+import { etcdPages, readPrefix } from './range';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
 import type { AddressConflict } from './holders';
@@ -13,12 +14,14 @@ import { KnownCerts } from './known-certs';
 import { computePeers, HostEntry, revocationOf } from './peers';
 import {
   checkOverlayIpInNetwork,
+  checkRecordSize,
   HostCert,
   HostRecord,
   NetworkSpec,
   parseHostRecord,
   parseLeaseRecord,
   parseRevocationRecord,
+  recordSizeError,
   RevocationRecord,
   serializeHostRecord,
 } from './records';
@@ -28,7 +31,8 @@ import {
  *
  * 1. publish: write our host record with a monotonic epoch, never over a newer writer's.
  * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost.
- * 3. watch:   load the network prefix at revision R, watch from R+1, keep hosts/alive/leases, and
+ * 3. watch:   load the network prefix at revision R (in pages, range.ts), watch from R+1, keep
+ *             hosts/alive/leases (values over their size cap skipped), and
  *             hand out a frozen peer snapshot after each change (same-tick bursts coalesced).
  *             On reconnect: reload (etcd3 resumes the stream itself, but a reload also covers
  *             events a reconnect can skip). On watch cancel (compaction): reload and re-watch.
@@ -85,6 +89,8 @@ export interface RegistryStats {
   revocations: number; // verified revocations held (sticky)
   invalidRevocations: number; // distinct (key, mod revision) revocation records ignored as invalid
   reloads: number; // full prefix loads that succeeded (the first one included)
+  loadPages: number; // etcd Range calls made by the last successful load (it reads in pages)
+  oversizedRecords: number; // of invalidRecords, values over their type's size cap or too large to fetch
   watchEvents: number;
   peers: number;
   revision: number; // newest etcd revision applied
@@ -197,6 +203,9 @@ export class Registry {
   private readonly knownCerts = new KnownCerts();
   private invalidRevocations = 0;
   private reloads = 0;
+  private loadPages = 0;
+  private oversizedRecords = 0;
+  private readonly warnedKeys = new Map<string, string>(); // etcd key -> mod revision warned about (alive, unreadable)
   private watchEvents = 0;
   private cacheWriting: Promise<void> = Promise.resolve();
   private cacheDirty: PeerSnapshot | null = null;
@@ -277,6 +286,7 @@ export class Registry {
       if (inNet !== null) throw new CladnetError('ERECORD', `host record: ${inNet}`, { field: 'overlayIp' });
 
       const value = serializeHostRecord(checked.value);
+      checkRecordSize('host', value);
       this.maxEpoch = epoch;
       this.triedWrites = [...this.triedWrites.slice(-3), value];
       const put = this.client.put(key).value(value);
@@ -322,6 +332,7 @@ export class Registry {
     try {
       await lease.grant();
       const value = JSON.stringify({ version: 1, host: this.self, since: new Date(this.now()).toISOString() });
+      checkRecordSize('alive', value);
       await lease.put(aliveKey(this.spec.name, this.self)).value(value).exec();
       if (st.stopped) {
         await lease.revoke().catch(() => lease.release());
@@ -430,6 +441,8 @@ export class Registry {
       revocations: [...this.revocations.values()].reduce((n, l) => n + l.length, 0),
       invalidRevocations: this.invalidRevocations,
       reloads: this.reloads,
+      loadPages: this.loadPages,
+      oversizedRecords: this.oversizedRecords,
       watchEvents: this.watchEvents,
       peers: this.snapshot.size,
       revision: this.revision,
@@ -438,12 +451,15 @@ export class Registry {
     };
   }
 
-  /** Loads the whole network prefix once; false (logged once per outage) when etcd fails. */
+  /**
+   * Loads the whole network prefix once, in pages at one revision (range.ts); false (logged once
+   * per outage) when etcd fails.
+   */
   private async loadOnce(): Promise<boolean> {
     this.pending = [];
     let res;
     try {
-      res = await etcdCall(`load ${this.prefix}`, () => this.client.getAll().prefix(this.prefix).exec());
+      res = await readPrefix(etcdPages(this.client), this.prefix);
     } catch (e) {
       this.pending = null;
       this.loadedOk = false;
@@ -458,15 +474,51 @@ export class Registry {
     this.aliveNames.clear();
     this.leases.clear();
     for (const kv of res.kvs) this.applyKv(kv, false);
-    this.floor = this.revision = Number(res.header.revision);
+    for (const kv of res.unreadable) this.skipUnreadable(kv);
+    this.floor = this.revision = Number(res.revision);
     for (const r of buffered) this.applyResponse(r);
     if (this.outageLogged) this.log.info({ revision: this.revision }, 'peers reloaded from etcd');
+    if (res.refusedPages > 0) {
+      this.log.warn({ refusedPages: res.refusedPages, unreadable: res.unreadable.length }, 'etcd pages too large for the client: read them in smaller pages (records stuffed by a member?)');
+    }
+    this.log.debug({ revision: this.revision, keys: res.kvs.length, pages: res.pages, restarts: res.restarts }, 'network loaded');
+    this.loadPages = res.pages;
     this.outageLogged = false;
     this.loadedOk = true;
     this.source = 'etcd';
     this.reloads++;
     this.scheduleEmit();
     return true;
+  }
+
+  /** A key whose value alone was too large to fetch: a host is rejected (counted in emit), others are warned about here. */
+  private skipUnreadable(kv: IKeyValue): void {
+    const k = parseKey(kv.key);
+    if (!k || k.network !== this.spec.name) return;
+    const why = 'value too large for the etcd client to fetch';
+    if (k.kind === 'host') {
+      this.countOversized(kv);
+      this.hosts.set(k.name, { modRevision: kv.mod_revision, parsed: { ok: false, error: why } });
+    } else {
+      this.warnOversized(kv, why);
+    }
+  }
+
+  /** Counts an oversized value once per (key, mod revision); true the first time. */
+  private countOversized(kv: IKeyValue): boolean {
+    const key = kv.key.toString('utf8');
+    if (this.warnedKeys.get(key) === kv.mod_revision) return false;
+    this.warnedKeys.set(key, kv.mod_revision);
+    if (this.warnedKeys.size > 4096) this.warnedKeys.delete(this.warnedKeys.keys().next().value!);
+    this.oversizedRecords++;
+    return true;
+  }
+
+  /** Skips a non-host value over its cap: warned about and counted as invalid once per (key, mod revision). */
+  private warnOversized(kv: IKeyValue, error: string): void {
+    if (!this.countOversized(kv)) return;
+    this.invalidRecords++;
+    this.log.warn({ etcdKey: kv.key.toString('utf8'), modRevision: kv.mod_revision, error }, 'skipping oversized record');
   }
 
   private requestSync(newWatcher: boolean): void {
@@ -543,6 +595,19 @@ export class Registry {
     });
     w.on('disconnected', (err) => {
       if (w !== this.watcher) return;
+      if (isTooLargeError(err)) {
+        // A catch-up batch (events since our revision, sent as one message) over the receive
+        // limit: resuming would ask for the same batch again, forever. Drop the watcher, reload
+        // in pages and watch from the new revision instead.
+        this.log.warn({ err: err.message }, 'etcd watch message too large (records stuffed by a member?); reloading and watching from now');
+        w.removeAllListeners();
+        w.on('error', () => undefined);
+        void w.cancel().catch(() => undefined);
+        this.watcher = null;
+        this.watchConnected = false;
+        this.requestSync(true);
+        return;
+      }
       if (!this.watchLost) this.log.warn({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
       this.watchConnected = false;
       this.watchLost = true;
@@ -583,14 +648,25 @@ export class Registry {
     const k = parseKey(kv.key);
     if (!k || k.network !== this.spec.name) return false;
     switch (k.kind) {
-      case 'host':
-        if (deleted) this.hosts.delete(k.name);
-        else this.hosts.set(k.name, { modRevision: kv.mod_revision, parsed: parseHostRecord(kv.value, { network: k.network, name: k.name }) });
+      case 'host': {
+        if (deleted) {
+          this.hosts.delete(k.name);
+          return true;
+        }
+        // Over the cap: keep only the reason, not the value (it is warned about and counted in emit).
+        const big = recordSizeError('host', kv.value);
+        if (big !== null) this.countOversized(kv);
+        const parsed = big !== null ? ({ ok: false, error: big } as const) : parseHostRecord(kv.value, { network: k.network, name: k.name });
+        this.hosts.set(k.name, { modRevision: kv.mod_revision, parsed });
         return true;
-      case 'alive':
-        if (deleted) this.aliveNames.delete(k.name);
+      }
+      case 'alive': {
+        const big = deleted ? null : recordSizeError('alive', kv.value);
+        if (big !== null) this.warnOversized(kv, big);
+        if (deleted || big !== null) this.aliveNames.delete(k.name);
         else this.aliveNames.add(k.name);
         return true;
+      }
       case 'lease': {
         if (deleted) {
           this.leases.delete(k.ip);

@@ -77,7 +77,7 @@ describe('parseNetworkSpec', () => {
     expect(errorOf(parseNetworkSpec('{'))).toMatch(/^not JSON: /);
     expect(errorOf(parseNetworkSpec('[]'))).toBe('expected a JSON object, got an array');
     expect(errorOf(parseNetworkSpec('null'))).toBe('expected a JSON object, got null');
-    expect(errorOf(parseNetworkSpec('x'.repeat(70_000)))).toMatch(/more than 65536/);
+    expect(errorOf(parseNetworkSpec('x'.repeat(70_000)))).toMatch(/more than 4096/);
   });
 });
 

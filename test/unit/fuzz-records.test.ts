@@ -33,6 +33,7 @@ import {
   parseLeaseRecord,
   parseNetworkSpec,
   parseRevocationRecord,
+  RECORD_CAPS,
   serializeHostCert,
   serializeHostRecord,
   serializeLeaseRecord,
@@ -371,6 +372,15 @@ const REVOCATION_FIELDS: Field[] = [
   ['version', 'version'], ['network', 'name'], ['name', 'name'], ['serial', 'serialOrNull'], ['revoked', 'time'], ['signature', 'sig'],
 ];
 
+/** The size cap the parser of a schema applies (a certificate parsed on its own keeps the generic one). */
+function capOf(fields: Field[]): number {
+  if (fields === HOST_FIELDS) return RECORD_CAPS.host;
+  if (fields === SPEC_FIELDS) return RECORD_CAPS.network;
+  if (fields === LEASE_FIELDS) return RECORD_CAPS.lease;
+  if (fields === REVOCATION_FIELDS) return RECORD_CAPS.revoked;
+  return MAX_RECORD_BYTES;
+}
+
 function hasOwn(o: object, f: string): boolean {
   return Object.prototype.hasOwnProperty.call(o, f);
 }
@@ -481,7 +491,7 @@ function decode(raw: string | Buffer): { value: unknown } | null {
 /** The reference: would a record with these fields be accepted? (Expected names as the parser gets them.) */
 function refAccepts(raw: string | Buffer, fields: Field[], expect: Record<string, string | undefined>): boolean {
   const size = typeof raw === 'string' ? Buffer.byteLength(raw) : raw.length;
-  if (size > MAX_RECORD_BYTES) return false;
+  if (size > capOf(fields)) return false;
   const d = decode(raw);
   if (d === null) return false;
   const v = d.value;
@@ -645,7 +655,7 @@ function recordInput(r: Rand, fields: Field[]): string | Buffer {
     }
     default: { // a valid record behind a BOM, in latin1, UTF-16, or padded to the size limit
       const base = toJson(r, validRecord(r, fields));
-      const pad = Math.max(0, MAX_RECORD_BYTES - Buffer.byteLength(base) - 16 + r.int(-8, 40));
+      const pad = Math.max(0, capOf(fields) - Buffer.byteLength(base) - 16 + r.int(-8, 40));
       return r.pick([
         Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(base)]),
         Buffer.from(base, 'utf16le'),
