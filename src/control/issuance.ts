@@ -7,6 +7,7 @@ import { addressesHeldByOthers, describeCert, groupByAddress, otherHolder } from
 import { hostsPrefix, issuedKey, issuedPrefix, leaseKey, parseKey, revokedPrefix } from './keys';
 import { appendLedger, readLedger } from './ledger';
 import { listLeases } from './leases';
+import { etcdPages, readPrefix } from './range';
 import {
   checkOverlayIpInNetwork,
   HostCert,
@@ -53,9 +54,10 @@ export async function loadIssuerView(client: Etcd3, spec: NetworkSpec, anchor: T
   const revocations: RevocationRecord[] = [...ledger.revocations];
   const counts = { ledger: ledger.certs.length, issued: 0, hosts: 0, revocations: 0 };
 
-  const [hosts, issued, revoked] = await Promise.all(
-    [hostsPrefix(net), issuedPrefix(net), revokedPrefix(net)].map((p) => etcdCall(`list ${p}`, () => client.getAll().prefix(p).exec())),
-  );
+  // Paginated (src/control/range.ts): a network of any size, or a member stuffing its own keys,
+  // cannot push one answer over the client's receive limit.
+  const [hosts, issued, revoked] = await Promise.all([hostsPrefix(net), issuedPrefix(net), revokedPrefix(net)].map((p) => readPrefix(etcdPages(client), p)));
+  for (const r of [hosts!, issued!, revoked!]) for (const kv of r.unreadable) warnings.push(`etcd: skipped ${kv.key.toString()}: too large to read`);
   for (const kv of issued!.kvs) {
     const k = parseKey(kv.key);
     if (k?.kind !== 'issued' || k.network !== net) continue;
