@@ -49,6 +49,7 @@ import {
   P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
+  T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
   T_RX_BYTES,
@@ -186,12 +187,14 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
       onHandshake: (data, ip, port, via) => {
         if (via === DIRECT) this.hs?.receive(data, ip, port);
         else {
+          // ip: the overlay address the relay names as the sender (a cookie reply goes back there)
           const relay = this.nameOfSlot(via);
-          if (relay) this.hs?.receive(data, 0, 0, relay);
+          if (relay) this.hs?.receive(data, 0, 0, relay, this.nameOfOverlay(ip));
         }
       },
       onStun: (data, ip, port) => this.stun?.receive(Buffer.from(data), ip, port),
@@ -590,6 +593,11 @@ export class Agent {
     return undefined;
   }
 
+  private nameOfOverlay(ip: number): string | undefined {
+    for (const [name, p] of this.peers) if (p.overlayIp >>> 0 === ip >>> 0) return name;
+    return undefined;
+  }
+
   /** Coalesces the changes of one tick into one peer-set message to the workers. */
   private schedulePush(): void {
     if (this.pushScheduled) return;
@@ -728,6 +736,7 @@ export class Agent {
         txBytes: stats.totals[T_TX_BYTES]!,
         relayedPackets: stats.totals[T_RELAY_PKTS]!,
         relayedBytes: stats.totals[T_RELAY_BYTES]!,
+        handshakesPassed: stats.totals[T_HS_PASSED]!,
         offloads: stats.offloadCounts(),
         drops: stats.dropCounts(),
       },

@@ -13,6 +13,8 @@
  * reported through `events` after it has been acted on here.
  */
 import type { Aead } from '../crypto/aead';
+import type { Mac1Check } from '../crypto/mac1';
+import type { HandshakeLimiter } from './hslimit';
 import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
@@ -40,6 +42,10 @@ export interface DuplexOptions {
   mtu: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** mac1 check for handshake messages before they cross to the control thread (inbound.ts). */
+  mac1?: Mac1Check;
+  /** The handshake flood limits (default: a fresh HandshakeLimiter on `clock`). */
+  limiter?: HandshakeLimiter;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -93,7 +99,7 @@ export class Duplex {
           events.confirmed?.(slot, keyId);
         },
       },
-      { relay: opts.relay ?? false },
+      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter },
     );
   }
 

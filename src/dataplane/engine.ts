@@ -24,6 +24,8 @@ export interface EngineOptions {
   batch?: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** Our static public key: the worker drops handshake messages without its mac1 before they cross. */
+  publicKey?: Uint8Array;
   /** A peer's packets now come from ip:port, or through the relay in slot `via` (DIRECT: -1). */
   onRoam?: (slot: number, ip: number, port: number, via: number) => void;
   /** A handshake message arrived from ip:port or through relay `via` (the control thread answers it). */
@@ -73,6 +75,7 @@ export class DataplaneEngine {
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,
+      hsPublicKey: this.opts.publicKey ?? null,
       statsSab: this.stats.sab,
       ctrlSab,
       control: chan.port2,

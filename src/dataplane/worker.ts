@@ -9,6 +9,7 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type AeadBackend } from '../crypto/aead';
+import { createMac1Check } from '../crypto/mac1';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -45,6 +46,8 @@ export interface WorkerInit {
   crypto: AeadBackend;
   /** This host relays for its peers. */
   relay: boolean;
+  /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
+  hsPublicKey: Uint8Array | null;
   statsSab: SharedArrayBuffer;
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
@@ -92,6 +95,7 @@ async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
   const stats = new DataplaneStats(init.statsSab);
   const aead = await createAead(init.crypto);
+  const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
   const clock = systemClock;
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
@@ -129,7 +133,7 @@ async function main(init: WorkerInit): Promise<void> {
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
     },
-    { mtu: init.mtu, relay: init.relay },
+    { mtu: init.mtu, relay: init.relay, mac1 },
   );
   const drain = () => {
     let m;
