@@ -48,11 +48,12 @@ describe.skipIf(!isRoot)('an agent under a handshake flood from spoofed sources'
   it('lets at most the configured rate through, keeps handshaking with its real peer, and stays bounded in memory', async () => {
     const pid = victim.proc.pid!;
     expect(fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8')).toContain('agent');
+    // Every message counted between the two status reads crossed between t0 and the second read.
+    const t0 = Date.now();
     const s0 = await victim.status();
     const peerName = (d: AgentStatus) => d.peers.find((p) => p.name === 'h2')!;
     expect(peerName(s0).state).toBe('up');
     const rss0 = rssKiB(pid);
-    const t0 = Date.now();
     // Sample h1's memory while the flood runs.
     let rssMax = rss0;
     let sampling = true;
