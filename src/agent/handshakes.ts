@@ -380,10 +380,12 @@ export class HandshakeManager {
       const cookie = noise.cookieFor(this.cookieSecret, via === undefined ? ipPort(ip, port) : `via:${via}`);
       if (!noise.checkMac2(msg, cookie)) {
         this.stats.drops.cookieRequired++;
-        if (via === undefined) this.d.send(noise.cookieReply(msg, cookie), ip, port);
-        else if (origin !== undefined) this.d.send(noise.cookieReply(msg, cookie), 0, 0, { relay: via, peer: origin });
-        else return;
-        this.stats.cookiesSent++;
+        // (a relayed message whose sender the relay did not name gets no reply: nowhere to send it)
+        const to = via === undefined ? undefined : origin === undefined ? null : { relay: via, peer: origin };
+        if (to !== null) {
+          this.stats.cookiesSent++;
+          this.d.send(noise.cookieReply(msg, cookie), ip, port, to);
+        }
         return;
       }
     }

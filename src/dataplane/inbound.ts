@@ -20,8 +20,8 @@
  * step 4 trusts the datagram, and nothing here throws or allocates per packet (relaying copies:
  * it is the fallback path).
  */
-import type { Mac1Check } from '../crypto/mac1';
 import type { Aead } from '../crypto/aead';
+import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
 import type { TunIo } from './io';
 import type { Clock, WorkerPeer } from './peer';
@@ -249,9 +249,9 @@ export class Inbound {
     //    per relay, and the global budget); so do STUN answers (limits only); anything else
     //    falls through to the data checks
     const type = len > 0 ? buf[off]! : 0;
-    const mac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
-    if (mac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
-      if (mac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
+    const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
+    if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
+      if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
       else if (this.allowHandshake(ip, via)) {
         if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via);
         else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via);
