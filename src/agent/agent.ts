@@ -49,6 +49,7 @@ import {
   P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
+  T_HS_COOKIES,
   T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
@@ -189,12 +190,12 @@ export class Agent {
       relay: cfg.relay,
       publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
-      onHandshake: (data, ip, port, via) => {
-        if (via === DIRECT) this.hs?.receive(data, ip, port);
+      onHandshake: (data, ip, port, via, proven) => {
+        if (via === DIRECT) this.hs?.receive(data, ip, port, undefined, { proven });
         else {
           // ip: the overlay address the relay names as the sender (a cookie reply goes back there)
           const relay = this.nameOfSlot(via);
-          if (relay) this.hs?.receive(data, 0, 0, relay, this.nameOfOverlay(ip));
+          if (relay) this.hs?.receive(data, 0, 0, relay, { origin: this.nameOfOverlay(ip) });
         }
       },
       onStun: (data, ip, port) => this.stun?.receive(Buffer.from(data), ip, port),
@@ -737,6 +738,7 @@ export class Agent {
         relayedPackets: stats.totals[T_RELAY_PKTS]!,
         relayedBytes: stats.totals[T_RELAY_BYTES]!,
         handshakesPassed: stats.totals[T_HS_PASSED]!,
+        handshakeCookies: stats.totals[T_HS_COOKIES]!,
         offloads: stats.offloadCounts(),
         drops: stats.dropCounts(),
       },

@@ -358,9 +358,11 @@ export class HandshakeManager {
 
   /**
    * A handshake message from ip:port, or passed on by the relay peer `via` from the peer it names
-   * as `origin` (where a cookie reply goes; without it none can be sent).
+   * as `origin` (where a cookie reply goes; without it none can be sent). `proven`: the data
+   * plane found our worker cookie for ip:port in its mac2, so no cookie round is needed here.
    */
-  receive(msg: Uint8Array, ip: number, port: number, via?: string, origin?: string): void {
+  receive(msg: Uint8Array, ip: number, port: number, via?: string, opts: { origin?: string; proven?: boolean } = {}): void {
+    const { origin, proven = false } = opts;
     const noise = this.d.noise;
     const type = msg[0];
     const from: Endpoint = via === undefined ? { ip, port } : { ip: 0, port: 0, via };
@@ -376,7 +378,7 @@ export class HandshakeManager {
     // Under load a message needs mac2. A relayed one is bound to its relay (an authenticated
     // peer of ours; the source address inside the network is the relay's word), so one member
     // cannot make us do unlimited Diffie-Hellman work through a relay either.
-    if (this.underLoad()) {
+    if (this.underLoad() && !(proven && via === undefined)) {
       const cookie = noise.cookieFor(this.cookieSecret, via === undefined ? ipPort(ip, port) : `via:${via}`);
       if (!noise.checkMac2(msg, cookie)) {
         this.stats.drops.cookieRequired++;

@@ -13,6 +13,7 @@
  * reported through `events` after it has been acted on here.
  */
 import type { Aead } from '../crypto/aead';
+import type { WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
 import type { HandshakeLimiter } from './hslimit';
 import { SendList, type PacketBatch } from './batch';
@@ -46,6 +47,8 @@ export interface DuplexOptions {
   mac1?: Mac1Check;
   /** The handshake flood limits (default: a fresh HandshakeLimiter on `clock`). */
   limiter?: HandshakeLimiter;
+  /** Cookie replies for initiations over the handshake budget (inbound.ts). */
+  cookies?: WorkerCookies;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -88,6 +91,17 @@ export class Duplex {
           events.roam?.(slot, ip, port, via);
         },
         handshake: (...a) => events.handshake?.(...a),
+        cookieReply: (data, ip, port) => {
+          this.room();
+          const k = cl.count;
+          cb.buf.set(data, cb.offset(k));
+          cb.len[k] = data.length;
+          cb.ip[k] = ip;
+          cb.port[k] = port;
+          cl.idx[k] = k;
+          cl.count++;
+          events.cookieReply?.(data, ip, port);
+        },
         stun: (...a) => events.stun?.(...a),
         relay: (slot, from, data) => {
           this.room();
@@ -99,7 +113,7 @@ export class Duplex {
           events.confirmed?.(slot, keyId);
         },
       },
-      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter },
+      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
     );
   }
 

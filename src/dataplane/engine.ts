@@ -28,8 +28,11 @@ export interface EngineOptions {
   publicKey?: Uint8Array;
   /** A peer's packets now come from ip:port, or through the relay in slot `via` (DIRECT: -1). */
   onRoam?: (slot: number, ip: number, port: number, via: number) => void;
-  /** A handshake message arrived from ip:port or through relay `via` (the control thread answers it). */
-  onHandshake?: (data: Uint8Array, ip: number, port: number, via: number) => void;
+  /**
+   * A handshake message arrived from ip:port or through relay `via` (the control thread answers
+   * it); `proven`: it carried the worker's cookie for ip:port (inbound.ts).
+   */
+  onHandshake?: (data: Uint8Array, ip: number, port: number, via: number, proven: boolean) => void;
   /** A STUN message arrived. */
   onStun?: (data: Uint8Array, ip: number, port: number) => void;
   /** A pong: path evidence (rtt on ip:port or via) and our address as the peer saw it. */
@@ -93,7 +96,7 @@ export class DataplaneEngine {
           resolve();
         }
         else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
-        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via);
+        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via, m.proven);
         else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
         else if (m.t === 'pong') this.opts.onPong?.(m);
         else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);

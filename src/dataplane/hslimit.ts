@@ -6,8 +6,14 @@
  *                   relaying peer (its slot) for a handshake that came through a relay
  *   2. global       one token bucket for everything that crosses (HS_GLOBAL_RATE per second,
  *                   HS_GLOBAL_BURST deep); its last HS_GLOBAL_RESERVE tokens are kept for
- *                   messages from a peer's known endpoint and from relays (both peers we hold a
- *                   session with), so a flood from unknown addresses cannot starve them
+ *                   messages from a peer's known endpoint, from relays (both peers we hold a
+ *                   session with), and initiations whose mac2 carries the worker's cookie for
+ *                   their source, so a flood from spoofed addresses cannot starve them
+ *   3. cookies      an initiation refused by the global budget may get a cookie reply from the
+ *                   worker instead (inbound.ts): at most HS_COOKIE_RATE a second (burst
+ *                   HS_COOKIE_BURST), each taking a token of its source's bucket too, so no
+ *                   address gets more than HS_RATE replies a second (a reply is smaller than
+ *                   the message it answers: nothing is amplified)
  *
  * A message is let through only when both allow it, and only then are tokens taken from both.
  * So at most HS_GLOBAL_RATE * seconds + HS_GLOBAL_BURST messages cross in any span, however many
@@ -31,8 +37,11 @@ export const HS_BURST = 10;
 /** Messages crossing to the control thread, all sources together: rate per second, burst. */
 export const HS_GLOBAL_RATE = 500;
 export const HS_GLOBAL_BURST = 250;
-/** Global tokens (messages) only known peers' endpoints and relays may use. */
+/** Global tokens (messages) only known peers' endpoints, relays and cookie holders may use. */
 export const HS_GLOBAL_RESERVE = 50;
+/** Cookie replies the worker sends instead of letting an initiation cross: rate per second, burst. */
+export const HS_COOKIE_RATE = 10_000;
+export const HS_COOKIE_BURST = 1_000;
 /** Per-source table: sets (a power of two) times entries per set = sources remembered. */
 export const HS_TABLE_SETS = 1024;
 export const HS_TABLE_WAYS = 4;
@@ -62,6 +71,8 @@ export class HandshakeLimiter {
   private readonly relayAt = new Float64Array(MAX_PEERS).fill(NaN);
   private globalTokens = HS_GLOBAL_BURST;
   private globalAt = NaN;
+  private cookieTokens = HS_COOKIE_BURST;
+  private cookieAt = NaN;
   private readonly seed0: number;
   private readonly seed1: number;
   private inUse = 0;
@@ -108,6 +119,26 @@ export class HandshakeLimiter {
     if (!this.takeGlobal(now, true)) return HS_OVER_BUDGET;
     this.relayTokens[slot] = t - 1;
     return HS_ALLOW;
+  }
+
+  /**
+   * A cookie reply to `ip` (whose initiation the global budget refused): takes a token from the
+   * source's bucket and from the cookie budget when both have one.
+   */
+  allowCookieReply(ip: number): boolean {
+    const now = this.clock.mono();
+    const e = this.entry(ip >>> 0, now);
+    const t = Math.min(HS_BURST, this.tokens[e]! + ((now - this.at[e]!) / 1000) * HS_RATE);
+    this.tokens[e] = t;
+    this.at[e] = now;
+    if (t < 1) return false;
+    const last = this.cookieAt;
+    if (last === last) this.cookieTokens = Math.min(HS_COOKIE_BURST, this.cookieTokens + ((now - last) / 1000) * HS_COOKIE_RATE);
+    this.cookieAt = now;
+    if (this.cookieTokens < 1) return false;
+    this.cookieTokens -= 1;
+    this.tokens[e] = t - 1;
+    return true;
   }
 
   /** Refills the global bucket and takes one token, leaving the reserve to `known` senders. */

@@ -21,6 +21,7 @@
  * it is the fallback path).
  */
 import type { Aead } from '../crypto/aead';
+import { COOKIE_REPLY_LEN, type WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
 import type { TunIo } from './io';
@@ -36,6 +37,7 @@ import {
   P_RTT,
   P_RX_BYTES,
   P_RX_PKTS,
+  T_HS_COOKIES,
   T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
@@ -44,7 +46,7 @@ import {
 } from './stats';
 import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, RESPONSE_LEN } from '../crypto/noise';
 import { isStunPacket } from '../control/stun';
-import { HandshakeLimiter, HS_ALLOW, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
+import { HandshakeLimiter, HS_ALLOW, HS_OVER_BUDGET, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
 import {
   checkHeader,
   COUNTER_LIMIT,
@@ -74,8 +76,12 @@ export interface InboundEvents {
   /**
    * A handshake message (type 1-3) arrived; `data` is only valid during the call. Through a
    * relay (`via` its slot), `ip` is the overlay address the relay names as the sender, port 0.
+   * `proven`: an initiation whose mac2 carries the worker's cookie for ip:port (its sender
+   * receives there; the control thread need not ask for a cookie of its own).
    */
-  handshake(data: Buffer, ip: number, port: number, via: number): void;
+  handshake(data: Buffer, ip: number, port: number, via: number, proven?: boolean): void;
+  /** Send `data` (a cookie reply, valid only during the call) to ip:port. */
+  cookieReply?(data: Buffer, ip: number, port: number): void;
   /** A STUN message arrived (answers to our binding requests); `data` is only valid during the call. */
   stun?(data: Buffer, ip: number, port: number): void;
   /** We relay: pass `data` (sealed by the peer with overlay address `from`) on to the peer in `slot`. */
@@ -89,6 +95,8 @@ export interface InboundOptions {
   relay?: boolean;
   /** Checks mac1 of initiations and responses before they cross (absent: not checked here). */
   mac1?: Mac1Check;
+  /** Cookies for initiations over the budget (absent: none; they are only refused). */
+  cookies?: WorkerCookies;
   /** The flood limits (default: a HandshakeLimiter on this Inbound's clock). */
   limiter?: HandshakeLimiter;
 }
@@ -129,6 +137,10 @@ export class Inbound {
   private readonly endpoints = new Map<number, number>();
   private readonly limiter: HandshakeLimiter;
   private readonly mac1: Mac1Check | undefined;
+  private readonly cookies: WorkerCookies | undefined;
+  private readonly cookieOut = Buffer.alloc(COOKIE_REPLY_LEN);
+  /** Set by admit(): the message that may cross carried our cookie. */
+  private proven = false;
   /** While a relayed datagram is checked: the overlay address its relay names as the sender. */
   private relayOrigin = 0;
   private readonly relayEnabled: boolean;
@@ -142,6 +154,7 @@ export class Inbound {
   ) {
     this.relayEnabled = opts.relay ?? false;
     this.mac1 = opts.mac1;
+    this.cookies = opts.cookies;
     this.limiter = opts.limiter ?? new HandshakeLimiter(clock);
   }
 
@@ -209,9 +222,26 @@ export class Inbound {
     for (const p of this.bySlot.values()) if (p.via === DIRECT) this.endpoints.set(p.ip | 0, p.cfg.slot);
   }
 
-  /** The flood limits for a handshake or STUN message: counts a refusal, true when it may cross. */
-  private allowHandshake(ip: number, via: number): boolean {
-    const v: HsVerdict = via === DIRECT ? this.limiter.allowDirect(ip, this.endpoints.has(ip | 0)) : this.limiter.allowRelayed(via);
+  /**
+   * The flood limits for a handshake or STUN message at buf[off, off+len): counts a refusal,
+   * true when it may cross. An initiation over the global budget from an address that is no
+   * peer's endpoint may still cross when its mac2 carries our cookie (`proven`); without one it
+   * gets a cookie reply, within the cookie budget.
+   */
+  private allowHandshake(buf: Buffer, off: number, len: number, ip: number, port: number, via: number): boolean {
+    this.proven = false;
+    const known = via === DIRECT && this.endpoints.has(ip | 0);
+    let v: HsVerdict = via === DIRECT ? this.limiter.allowDirect(ip, known) : this.limiter.allowRelayed(via);
+    if (v === HS_OVER_BUDGET && via === DIRECT && !known && this.cookies !== undefined && len === INITIATION_LEN && buf[off] === MSG_INITIATION) {
+      if (this.cookies.checkMac2(buf, off, len, ip, port)) {
+        v = this.limiter.allowDirect(ip, true);
+        this.proven = v === HS_ALLOW;
+      } else if (this.events.cookieReply !== undefined && this.limiter.allowCookieReply(ip)) {
+        this.cookies.reply(buf, off, len, ip, port, this.cookieOut, 0);
+        this.events.cookieReply(this.cookieOut, ip, port);
+        this.stats.totals[T_HS_COOKIES]! += 1;
+      }
+    }
     if (v === HS_ALLOW) {
       this.stats.totals[T_HS_PASSED]! += 1;
       return true;
@@ -231,6 +261,7 @@ export class Inbound {
 
   /** Steps 1-7 over n datagrams received into `batch`. */
   process(batch: PacketBatch, n: number, tun: TunIo): void {
+    this.cookies?.tick(this.clock.mono());
     for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun);
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
@@ -252,14 +283,14 @@ export class Inbound {
     const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
     if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
       if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
-      else if (this.allowHandshake(ip, via)) {
-        if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via);
-        else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via);
+      else if (this.allowHandshake(buf, off, len, ip, port, via)) {
+        if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven);
+        else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false);
       }
       return;
     }
     if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len)) {
-      if (this.allowHandshake(ip, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
+      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
       return;
     }
     // 1. header

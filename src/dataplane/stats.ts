@@ -60,7 +60,9 @@ export const T_TUN_SUPER = 12;
 export const T_TUN_COALESCED = 13;
 /** Handshake messages and STUN answers the worker passed to the control thread. */
 export const T_HS_PASSED = 14;
-const TOTALS = 15;
+/** Cookie replies the worker sent to initiations over the handshake budget (./hslimit.ts). */
+export const T_HS_COOKIES = 15;
+const TOTALS = 16;
 
 export class DataplaneStats {
   readonly sab: SharedArrayBuffer;

@@ -9,6 +9,7 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type AeadBackend } from '../crypto/aead';
+import { createWorkerCookies } from '../crypto/cookie';
 import { createMac1Check } from '../crypto/mac1';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
@@ -64,7 +65,7 @@ export type ToWorker =
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
-  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number }
+  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number }
   | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
   | { t: 'confirmed'; slot: number; keyId: string }
@@ -96,6 +97,7 @@ async function main(init: WorkerInit): Promise<void> {
   const stats = new DataplaneStats(init.statsSab);
   const aead = await createAead(init.crypto);
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
+  const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
   const clock = systemClock;
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
@@ -129,11 +131,11 @@ async function main(init: WorkerInit): Promise<void> {
     {
       pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
       roam: (slot, ip, port, via) => post({ t: 'roam', slot, ip, port, via }),
-      handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
+      handshake: (data, ip, port, via, proven) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true }),
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
     },
-    { mtu: init.mtu, relay: init.relay, mac1 },
+    { mtu: init.mtu, relay: init.relay, mac1, cookies },
   );
   const drain = () => {
     let m;

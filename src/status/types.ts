@@ -77,6 +77,8 @@ export interface StatusDocument {
      * (within the flood limits, docs/security.md); the refused ones are under drops.
      */
     handshakesPassed?: number;
+    /** Cookie replies the data plane sent to initiations over that budget. */
+    handshakeCookies?: number;
     /** What the offloads did (absent from agents that predate them). */
     offloads?: StatusOffloads;
     drops: Record<string, number>;

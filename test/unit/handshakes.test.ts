@@ -51,7 +51,7 @@ async function world(opts: { drop?: (msg: Uint8Array, to: Side) => boolean; deps
   const deliver = () => {
     while (wire.length > 0) {
       const w = wire.shift()!;
-      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via, w.origin);
+      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via, { origin: w.origin });
     }
   };
   const advance = (ms: number) => {
