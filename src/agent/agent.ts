@@ -22,7 +22,7 @@ import type { AgentConfig } from '../config/config';
 import { CladnetError, isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
-import { Noise } from '../crypto/noise';
+import { MSG_INITIATION, Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
 import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
@@ -217,6 +217,7 @@ export class Agent {
       send: (data, ip, port, via) => {
         if (!via) {
           sendDatagram(udpFd, data, ip, port);
+          if (data[0] === MSG_INITIATION) this.engine?.expectHandshake(ip);
           return;
         }
         const relay = this.peers.get(via.relay);

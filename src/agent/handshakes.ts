@@ -375,10 +375,12 @@ export class HandshakeManager {
       this.stats.drops.mac1++;
       return;
     }
-    // Under load a message needs mac2. A relayed one is bound to its relay (an authenticated
+    // Under load an initiation needs mac2. A relayed one is bound to its relay (an authenticated
     // peer of ours; the source address inside the network is the relay's word), so one member
-    // cannot make us do unlimited Diffie-Hellman work through a relay either.
-    if (this.underLoad() && !(proven && via === undefined)) {
+    // cannot make us do unlimited Diffie-Hellman work through a relay either. A response needs
+    // none: it costs a Diffie-Hellman only when it names an initiation of ours in flight (a
+    // random 32-bit index), and its sender could not use a cookie (it does not resend it).
+    if (type === MSG_INITIATION && this.underLoad() && !(proven && via === undefined)) {
       const cookie = noise.cookieFor(this.cookieSecret, via === undefined ? ipPort(ip, port) : `via:${via}`);
       if (!noise.checkMac2(msg, cookie)) {
         this.stats.drops.cookieRequired++;

@@ -167,6 +167,11 @@ export class Duplex {
     this.flushControl();
   }
 
+  /** The control thread sent an initiation to `ip`: its answer may use the reserved budget. */
+  expect(ip: number): void {
+    this.inb.expect(ip);
+  }
+
   /** Pings every peer at the next timer tick (our address or NAT mapping changed). */
   pingAll(): void {
     this.out.pingAllSoon();

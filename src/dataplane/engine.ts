@@ -144,6 +144,11 @@ export class DataplaneEngine {
     this.tell({ t: 'forward', via, target, data });
   }
 
+  /** We sent an initiation to `ip`: its answer may pass the handshake flood limits' reserve. */
+  expectHandshake(ip: number): void {
+    this.tell({ t: 'expect', ip });
+  }
+
   private tell(msg: ToWorker): void {
     const h = this.handle;
     if (this.stopped || !h) return;

@@ -6,9 +6,10 @@
  *                   relaying peer (its slot) for a handshake that came through a relay
  *   2. global       one token bucket for everything that crosses (HS_GLOBAL_RATE per second,
  *                   HS_GLOBAL_BURST deep); its last HS_GLOBAL_RESERVE tokens are kept for
- *                   messages from a peer's known endpoint, from relays (both peers we hold a
- *                   session with), and initiations whose mac2 carries the worker's cookie for
- *                   their source, so a flood from spoofed addresses cannot starve them
+ *                   messages from a peer's known endpoint or from an address we just sent an
+ *                   initiation to (HS_EXPECT_MS), from relays, and initiations whose mac2
+ *                   carries the worker's cookie for their source, so a flood from spoofed
+ *                   addresses cannot starve them
  *   3. cookies      an initiation refused by the global budget may get a cookie reply from the
  *                   worker instead (inbound.ts): at most HS_COOKIE_RATE a second (burst
  *                   HS_COOKIE_BURST), each taking a token of its source's bucket too, so no
@@ -39,9 +40,15 @@ export const HS_GLOBAL_RATE = 500;
 export const HS_GLOBAL_BURST = 250;
 /** Global tokens (messages) only known peers' endpoints, relays and cookie holders may use. */
 export const HS_GLOBAL_RESERVE = 50;
+/**
+ * After the control thread sends an initiation to an address, messages from there count as from
+ * a known endpoint (the response is awaited) for this long, ms; at most HS_EXPECT_MAX addresses.
+ */
+export const HS_EXPECT_MS = 10_000;
+export const HS_EXPECT_MAX = 4096;
 /** Cookie replies the worker sends instead of letting an initiation cross: rate per second, burst. */
-export const HS_COOKIE_RATE = 10_000;
-export const HS_COOKIE_BURST = 1_000;
+export const HS_COOKIE_RATE = 100_000;
+export const HS_COOKIE_BURST = 10_000;
 /** Per-source table: sets (a power of two) times entries per set = sources remembered. */
 export const HS_TABLE_SETS = 1024;
 export const HS_TABLE_WAYS = 4;

@@ -46,7 +46,7 @@ import {
 } from './stats';
 import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, RESPONSE_LEN } from '../crypto/noise';
 import { isStunPacket } from '../control/stun';
-import { HandshakeLimiter, HS_ALLOW, HS_OVER_BUDGET, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
+import { HandshakeLimiter, HS_ALLOW, HS_EXPECT_MAX, HS_EXPECT_MS, HS_OVER_BUDGET, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
 import {
   checkHeader,
   COUNTER_LIMIT,
@@ -135,6 +135,8 @@ export class Inbound {
   private readonly sourcePrefixes = new PrefixTable<InPeer>();
   /** Peers' current direct endpoint addresses (int32 keys), for the limiter's reserve. */
   private readonly endpoints = new Map<number, number>();
+  /** Addresses (int32 keys) we sent an initiation to, until when (monotonic ms): see expect(). */
+  private readonly expected = new Map<number, number>();
   private readonly limiter: HandshakeLimiter;
   private readonly mac1: Mac1Check | undefined;
   private readonly cookies: WorkerCookies | undefined;
@@ -230,7 +232,7 @@ export class Inbound {
    */
   private allowHandshake(buf: Buffer, off: number, len: number, ip: number, port: number, via: number): boolean {
     this.proven = false;
-    const known = via === DIRECT && this.endpoints.has(ip | 0);
+    const known = via === DIRECT && this.isKnown(ip);
     let v: HsVerdict = via === DIRECT ? this.limiter.allowDirect(ip, known) : this.limiter.allowRelayed(via);
     if (v === HS_OVER_BUDGET && via === DIRECT && !known && this.cookies !== undefined && len === INITIATION_LEN && buf[off] === MSG_INITIATION) {
       if (this.cookies.checkMac2(buf, off, len, ip, port)) {
@@ -248,6 +250,27 @@ export class Inbound {
     }
     this.stats.drops[v === HS_SOURCE_LIMITED ? DROP.handshakeRateLimited : DROP.handshakeOverBudget]! += 1;
     return false;
+  }
+
+  /**
+   * The control thread sent an initiation to `ip`: for HS_EXPECT_MS, handshake messages from
+   * there count as from a known endpoint (the response must not starve behind a flood).
+   */
+  expect(ip: number): void {
+    const now = this.clock.mono();
+    const key = ip | 0;
+    if (this.expected.size >= HS_EXPECT_MAX && !this.expected.has(key)) {
+      for (const [k, until] of this.expected) if (until <= now) this.expected.delete(k);
+      if (this.expected.size >= HS_EXPECT_MAX) return;
+    }
+    this.expected.set(key, now + HS_EXPECT_MS);
+  }
+
+  private isKnown(ip: number): boolean {
+    const key = ip | 0;
+    if (this.endpoints.has(key)) return true;
+    const until = this.expected.get(key);
+    return until !== undefined && until > this.clock.mono();
   }
 
   /** Per-source entries the flood limiter holds (bounded by its capacity). */

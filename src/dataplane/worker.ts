@@ -61,7 +61,9 @@ export type ToWorker =
   /** ping every peer now (our address or NAT mapping changed) */
   | { t: 'pingAll' }
   /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
-  | { t: 'forward'; via: number; target: number; data: Uint8Array };
+  | { t: 'forward'; via: number; target: number; data: Uint8Array }
+  /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
+  | { t: 'expect'; ip: number };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
@@ -145,6 +147,7 @@ async function main(init: WorkerInit): Promise<void> {
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
       else if (msg.t === 'pingAll') d.pingAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
+      else if (msg.t === 'expect') d.expect(msg.ip);
     }
   };
   const checkMail = () => {

@@ -9,16 +9,17 @@
 import { randomBytes } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createAead, type Aead } from '../../src/crypto/aead';
+import { createWorkerCookies, type WorkerCookies } from '../../src/crypto/cookie';
 import { createMac1Check, type Mac1Check } from '../../src/crypto/mac1';
-import { Noise } from '../../src/crypto/noise';
+import { MSG_INITIATION, Noise } from '../../src/crypto/noise';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { HandshakeManager } from '../../src/agent/handshakes';
 import { PacketBatch, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock, FakeTun } from '../../src/dataplane/fakes';
-import { HS_GLOBAL_BURST, HS_GLOBAL_RATE, HS_GLOBAL_RESERVE, HS_TABLE_SETS, HS_TABLE_WAYS } from '../../src/dataplane/hslimit';
+import { HS_COOKIE_BURST, HS_COOKIE_RATE, HS_GLOBAL_BURST, HS_GLOBAL_RATE, HS_GLOBAL_RESERVE, HS_TABLE_SETS, HS_TABLE_WAYS } from '../../src/dataplane/hslimit';
 import { Inbound } from '../../src/dataplane/inbound';
 import type { WorkerPeer } from '../../src/dataplane/peer';
-import { DataplaneStats, DROP, T_HS_PASSED } from '../../src/dataplane/stats';
+import { DataplaneStats, DROP, T_HS_COOKIES, T_HS_PASSED } from '../../src/dataplane/stats';
 import { silentLogger } from '../../src/log';
 import { parseIpv4 } from '../../src/util/ipv4';
 
@@ -51,12 +52,28 @@ beforeAll(async () => {
   });
 });
 
-/** The victim's data-plane side: one Inbound, what crossed to its control thread, and a batch. */
-function victim(clock: FakeClock) {
+/**
+ * The victim's data-plane side: one Inbound, what crossed to its control thread, the cookie
+ * replies its worker sent (with `cookies`), and a batch.
+ */
+function victim(clock: FakeClock, cookies?: WorkerCookies) {
   const stats = new DataplaneStats();
-  const crossed: { data: Uint8Array; ip: number; port: number }[] = [];
+  const crossed: { data: Uint8Array; ip: number; port: number; proven: boolean }[] = [];
+  const replies: { data: Uint8Array; ip: number; port: number }[] = [];
   const noop = () => {};
-  const inb = new Inbound(aead, stats, clock, { ping: noop, roam: noop, confirmed: noop, handshake: (d, ipv, port) => crossed.push({ data: Uint8Array.from(d), ip: ipv, port }) }, { mac1 });
+  const inb = new Inbound(
+    aead,
+    stats,
+    clock,
+    {
+      ping: noop,
+      roam: noop,
+      confirmed: noop,
+      handshake: (d, ipv, port, _via, proven) => crossed.push({ data: Uint8Array.from(d), ip: ipv, port, proven: proven === true }),
+      cookieReply: (d, ipv, port) => replies.push({ data: Uint8Array.from(d), ip: ipv, port }),
+    },
+    { mac1, cookies },
+  );
   const slot = slotSizeFor(1420);
   const batch = new PacketBatch(Buffer.alloc(slot * CAP), slot, CAP);
   const tun = new FakeTun();
@@ -73,7 +90,7 @@ function victim(clock: FakeClock) {
     if (n > 0) inb.process(batch, n, tun);
     n = 0;
   };
-  return { stats, crossed, inb, put, flush };
+  return { stats, crossed, replies, inb, put, flush };
 }
 
 describe('a handshake flood from 5,000 rotating spoofed sources', () => {
@@ -231,5 +248,90 @@ describe('a handshake flood from 5,000 rotating spoofed sources', () => {
     expect(hsV.stats.drops.cookieRequired).toBeGreaterThan(0);
     // Memory stays bounded: the limiter's table, never larger.
     expect(v.inb.limiterSources).toBeLessThanOrEqual(HS_TABLE_SETS * HS_TABLE_WAYS);
+  }, 60_000);
+  // Who starts: the victim (it knows the new peer's address; the answer comes from an address it
+  // just sent an initiation to), or the new peer (its address unknown to the victim, as for a host
+  // behind a NAT: only the worker's cookie lets it past the spoofed flood).
+  it.each(['victim', 'peer'] as const)('a new peer (no session yet) completes a handshake while the flood goes on; %s initiates', async (who) => {
+    const clock = new FakeClock();
+    const v = victim(clock, await createWorkerCookies(victimKeys.publicKey));
+    const now = () => clock.mono();
+    const NEW_IP = ip('198.18.0.9');
+    const VICTIM_IP = ip('198.18.0.3');
+    const toPeer: Uint8Array[] = [];
+    const fromPeer: Uint8Array[] = [];
+    const hsV: HandshakeManager = new HandshakeManager({
+      noise: new Noise(s, victimKeys.privateKey, victimKeys.publicKey),
+      send: (data, dip) => {
+        if (data[0] === MSG_INITIATION) v.inb.expect(dip); // as the agent tells its worker
+        if (dip === NEW_IP) toPeer.push(Uint8Array.from(data));
+      },
+      onChange: () => {},
+      log: silentLogger,
+      now,
+    });
+    const hsN = new HandshakeManager({
+      noise: new Noise(s, peerKeys.privateKey, peerKeys.publicKey),
+      send: (data) => fromPeer.push(Uint8Array.from(data)),
+      onChange: () => {},
+      log: silentLogger,
+      now,
+    });
+    let sent = 0;
+    let proven = 0;
+    let repliesToPeer = 0;
+    const floodMs = (ms: number, withPeer: boolean) => {
+      for (let t = 0; t < ms; t++) {
+        clock.advance(1);
+        for (let k = 0; k < PER_MS; k++, sent++) {
+          v.put(strangers[sent % strangers.length]!, SPOOF_BASE + (sent % SOURCES), 1024 + (sent % 50_000));
+          if (withPeer && k === PER_MS / 2) for (const m of fromPeer.splice(0)) v.put(m, NEW_IP, PEER_PORT);
+        }
+        v.flush();
+        for (const c of v.crossed.splice(0)) {
+          if (c.ip === NEW_IP && c.proven) proven++;
+          hsV.receive(c.data, c.ip, c.port, undefined, { proven: c.proven });
+        }
+        for (const r of v.replies.splice(0)) {
+          if (r.ip === NEW_IP) {
+            repliesToPeer++;
+            hsN.receive(r.data, VICTIM_IP, 51820);
+          }
+        }
+        for (const m of toPeer.splice(0)) hsN.receive(m, VICTIM_IP, 51820);
+        if (clock.mono() % 100 === 0) {
+          hsV.tick();
+          hsN.tick();
+        }
+      }
+    };
+    // The flood is on (and has used up the budget) before the new peer appears.
+    floodMs(500, false);
+    expect(v.stats.drops[DROP.handshakeOverBudget]).toBeGreaterThan(0);
+    hsV.setPeers([{ name: 'n', publicKey: peerKeys.publicKey, ip: who === 'victim' ? NEW_IP : 0, port: who === 'victim' ? PEER_PORT : 0 }]);
+    hsN.setPeers([{ name: 'v', publicKey: victimKeys.publicKey, ip: VICTIM_IP, port: 51820 }]);
+    const start = clock.mono();
+    for (let i = 0; i < 100 && !(hsN.usable('v') && hsV.usable('n')); i++) floodMs(100, true);
+    const took = clock.mono() - start;
+    const cookies = v.stats.totals[T_HS_COOKIES]!;
+    console.log(
+      `new peer under the flood, ${who} initiates: handshake after ${took} ms (${hsN.stats.initiationsSent} initiations, ${repliesToPeer} worker cookie ` +
+        `replies to it, ${proven} of its messages proven); worker cookie replies ${cookies} in ${(clock.mono() - 1000) / 1000} s, ` +
+        `${v.stats.totals[T_HS_PASSED]} crossed`,
+    );
+    expect(hsN.usable('v')).not.toBeNull();
+    expect(hsV.usable('n')).not.toBeNull();
+    if (who === 'peer') {
+      // its first initiation got the worker's cookie; the retry carried it and crossed as proven
+      expect(repliesToPeer).toBeGreaterThanOrEqual(1);
+      expect(proven).toBeGreaterThanOrEqual(1);
+      expect(hsN.stats.initiationsSent).toBeGreaterThanOrEqual(2);
+    } else expect(hsV.stats.completed).toBe(1);
+    // Within a few retries (backoff from 250 ms), not by luck after many.
+    expect(took).toBeLessThan(3_000);
+    // The worker's cookie replies stay within their budget, and the crossing within its own.
+    const secs = (clock.mono() - 1000) / 1000;
+    expect(cookies).toBeLessThanOrEqual(HS_COOKIE_RATE * secs + HS_COOKIE_BURST);
+    expect(v.stats.totals[T_HS_PASSED]).toBeLessThanOrEqual(HS_GLOBAL_RATE * secs + HS_GLOBAL_BURST);
   }, 60_000);
 });
