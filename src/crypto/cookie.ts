@@ -104,9 +104,13 @@ class Cookies implements WorkerCookies {
 
   checkMac2(buf: Uint8Array, off: number, len: number, ip: number, port: number): boolean {
     if (len !== INITIATION_LEN || off < 0 || off + len > buf.length || this.secretAt === -Infinity) return false;
+    const end = off + len - MAC_LEN;
+    // No cookie at all (mac2 is zero, as an initiator without one leaves it): nothing to hash.
+    let any = 0;
+    for (let i = 0; i < MAC_LEN; i++) any |= buf[end + i]!;
+    if (any === 0) return false;
     const covered = this.covered;
     for (let i = 0; i < covered.length; i++) covered[i] = buf[off + i]!;
-    const end = off + len - MAC_LEN;
     return this.mac2Is(buf, end, ip, port, this.secret) || this.mac2Is(buf, end, ip, port, this.previous);
   }
 

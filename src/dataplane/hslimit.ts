@@ -14,7 +14,10 @@
  *                   worker instead (inbound.ts): at most HS_COOKIE_RATE a second (burst
  *                   HS_COOKIE_BURST), each taking a token of its source's bucket too, so no
  *                   address gets more than HS_RATE replies a second (a reply is smaller than
- *                   the message it answers: nothing is amplified)
+ *                   the message it answers: nothing is amplified). A reply costs the worker
+ *                   about 2.5 us (three libsodium calls), so the budget caps that at about an
+ *                   eighth of a core; above it, an initiation gets a reply with probability
+ *                   HS_COOKIE_RATE / (initiations a second over the budget)
  *
  * A message is let through only when both allow it, and only then are tokens taken from both.
  * So at most HS_GLOBAL_RATE * seconds + HS_GLOBAL_BURST messages cross in any span, however many
@@ -47,8 +50,8 @@ export const HS_GLOBAL_RESERVE = 50;
 export const HS_EXPECT_MS = 10_000;
 export const HS_EXPECT_MAX = 4096;
 /** Cookie replies the worker sends instead of letting an initiation cross: rate per second, burst. */
-export const HS_COOKIE_RATE = 100_000;
-export const HS_COOKIE_BURST = 10_000;
+export const HS_COOKIE_RATE = 50_000;
+export const HS_COOKIE_BURST = 5_000;
 /** Per-source table: sets (a power of two) times entries per set = sources remembered. */
 export const HS_TABLE_SETS = 1024;
 export const HS_TABLE_WAYS = 4;

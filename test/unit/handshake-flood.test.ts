@@ -30,6 +30,7 @@ const PEER_PORT = 51820;
 const SOURCES = 5000;
 const SPOOF_BASE = ip('198.19.0.0');
 const PER_MS = 100; // flood datagrams per simulated millisecond
+const NEW_PEER_PER_MS = 40;
 const CAP = 128;
 
 let s: Sodium;
@@ -251,7 +252,10 @@ describe('a handshake flood from 5,000 rotating spoofed sources', () => {
   }, 60_000);
   // Who starts: the victim (it knows the new peer's address; the answer comes from an address it
   // just sent an initiation to), or the new peer (its address unknown to the victim, as for a host
-  // behind a NAT: only the worker's cookie lets it past the spoofed flood).
+  // behind a NAT: only the worker's cookie lets it past the spoofed flood). The flood here is
+  // 40,000 initiations a second, all over the global budget and all within the worker's cookie
+  // budget (HS_COOKIE_RATE); above that, each attempt of the peer gets a cookie with probability
+  // HS_COOKIE_RATE / flood rate, and it retries with backoff.
   it.each(['victim', 'peer'] as const)('a new peer (no session yet) completes a handshake while the flood goes on; %s initiates', async (who) => {
     const clock = new FakeClock();
     const v = victim(clock, await createWorkerCookies(victimKeys.publicKey));
@@ -283,9 +287,9 @@ describe('a handshake flood from 5,000 rotating spoofed sources', () => {
     const floodMs = (ms: number, withPeer: boolean) => {
       for (let t = 0; t < ms; t++) {
         clock.advance(1);
-        for (let k = 0; k < PER_MS; k++, sent++) {
+        for (let k = 0; k < NEW_PEER_PER_MS; k++, sent++) {
           v.put(strangers[sent % strangers.length]!, SPOOF_BASE + (sent % SOURCES), 1024 + (sent % 50_000));
-          if (withPeer && k === PER_MS / 2) for (const m of fromPeer.splice(0)) v.put(m, NEW_IP, PEER_PORT);
+          if (withPeer && k === NEW_PEER_PER_MS / 2) for (const m of fromPeer.splice(0)) v.put(m, NEW_IP, PEER_PORT);
         }
         v.flush();
         for (const c of v.crossed.splice(0)) {
