@@ -257,6 +257,7 @@ export class Inbound {
    * there count as from a known endpoint (the response must not starve behind a flood).
    */
   expect(ip: number): void {
+    if (ip === 0) return;
     const now = this.clock.mono();
     const key = ip | 0;
     if (this.expected.size >= HS_EXPECT_MAX && !this.expected.has(key)) {
