@@ -188,6 +188,38 @@ describe('HandshakeManager', () => {
     expect(w.lo.m.stats.completed).toBe(before + 1);
     expect(w.hi.m.stats.cookiesSent).toBe(1);
   });
+
+  it('under load a response needs no cookie (the responder could not use one), and our initiations still complete', async () => {
+    const w = await world();
+    w.deliver();
+    w.advance(1000); // a new second of lo's load window
+    // lo is under load: initiations from a stranger, more than UNDER_LOAD_PER_S this second
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    for (let i = 0; i <= UNDER_LOAD_PER_S; i++) w.lo.m.receive(stranger.initiate(w.kps[0]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
+    expect(w.lo.m.stats.cookiesSent).toBe(1);
+    const completed = w.lo.m.stats.completed;
+    w.advance(10);
+    w.lo.m.rekeyAll(); // lo initiates; hi (not loaded) answers; the response reaches loaded lo
+    w.deliver();
+    expect(w.hi.m.stats.responsesSent).toBe(2);
+    expect(w.lo.m.stats.completed).toBe(completed + 1);
+    expect(w.lo.m.stats.cookiesSent).toBe(1); // no cookie reply to hi's response
+    expect(w.lo.m.stats.drops.cookieRequired).toBe(1);
+  });
+
+  it('under load an initiation the data plane proved (worker cookie for its source) needs no cookie round; a relayed one is not proven that way', async () => {
+    const w = await world({ drop: () => true });
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    for (let i = 0; i <= UNDER_LOAD_PER_S; i++) w.hi.m.receive(stranger.initiate(w.kps[1]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
+    expect(w.hi.m.stats.cookiesSent).toBe(1);
+    const init = w.log.find((l) => l.to === 'hi' && l.msg[0] === 1)!.msg;
+    w.hi.m.receive(init, 0, 0, 'relay', { origin: 'lo', proven: true });
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.hi.m.stats.responsesSent).toBe(0);
+    w.hi.m.receive(init, 1, 51820, undefined, { proven: true });
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.hi.m.stats.responsesSent).toBe(1);
+  });
 });
 
 describe('HandshakeManager keys after a rekey', () => {
