@@ -22,7 +22,7 @@ import type { AgentConfig } from '../config/config';
 import { CladnetError, isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
-import { Noise } from '../crypto/noise';
+import { MSG_INITIATION, Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
 import { FileTimestamps } from './hs-timestamps';
@@ -51,6 +51,8 @@ import {
   P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
+  T_HS_COOKIES,
+  T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
   T_RX_BYTES,
@@ -194,12 +196,14 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
-      onHandshake: (data, ip, port, via) => {
-        if (via === DIRECT) this.hs?.receive(data, ip, port);
+      onHandshake: (data, ip, port, via, proven) => {
+        if (via === DIRECT) this.hs?.receive(data, ip, port, undefined, { proven });
         else {
+          // ip: the overlay address the relay names as the sender (a cookie reply goes back there)
           const relay = this.nameOfSlot(via);
-          if (relay) this.hs?.receive(data, 0, 0, relay);
+          if (relay) this.hs?.receive(data, 0, 0, relay, { origin: this.nameOfOverlay(ip) });
         }
       },
       onStun: (data, ip, port) => this.stun?.receive(Buffer.from(data), ip, port),
@@ -221,6 +225,7 @@ export class Agent {
       send: (data, ip, port, via) => {
         if (!via) {
           sendDatagram(udpFd, data, ip, port);
+          if (data[0] === MSG_INITIATION) this.engine?.expectHandshake(ip);
           return;
         }
         const relay = this.peers.get(via.relay);
@@ -599,6 +604,11 @@ export class Agent {
     return undefined;
   }
 
+  private nameOfOverlay(ip: number): string | undefined {
+    for (const [name, p] of this.peers) if (p.overlayIp >>> 0 === ip >>> 0) return name;
+    return undefined;
+  }
+
   /** Coalesces the changes of one tick into one peer-set message to the workers. */
   private schedulePush(): void {
     if (this.pushScheduled) return;
@@ -735,6 +745,8 @@ export class Agent {
         txBytes: stats.totals[T_TX_BYTES]!,
         relayedPackets: stats.totals[T_RELAY_PKTS]!,
         relayedBytes: stats.totals[T_RELAY_BYTES]!,
+        handshakesPassed: stats.totals[T_HS_PASSED]!,
+        handshakeCookies: stats.totals[T_HS_COOKIES]!,
         offloads: stats.offloadCounts(),
         drops: stats.dropCounts(),
       },

@@ -18,7 +18,12 @@
  *                 loses nothing; only then does the initiation's source count as path evidence
  *   6. expire     sessions older than REJECT_AFTER are forgotten; the data plane erases their keys
  *   7. cookies    under load (more than UNDER_LOAD_PER_S initiations a second) an initiation
- *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman
+ *                 without a valid mac2 gets a cookie reply instead of a Diffie-Hellman; the
+ *                 cookie is bound to the source ip:port, or for a relayed message to the relay
+ *                 ("via:<relay name>"), and the reply goes back the way the message came
+ *
+ * The data-plane worker has already checked mac1 and the flood limits (src/dataplane/hslimit.ts)
+ * before a message gets here; mac1 is checked again below (defence in depth, one hash).
  */
 import type { Logger } from '../log';
 import type { Endpoint } from './paths';
@@ -421,8 +426,13 @@ export class HandshakeManager {
 
   // ---- 3, 4, 7: messages ----------------------------------------------------------------------
 
-  /** A handshake message from ip:port, or passed on by the relay peer `via`. */
-  receive(msg: Uint8Array, ip: number, port: number, via?: string): void {
+  /**
+   * A handshake message from ip:port, or passed on by the relay peer `via` from the peer it names
+   * as `origin` (where a cookie reply goes; without it none can be sent). `proven`: the data
+   * plane found our worker cookie for ip:port in its mac2, so no cookie round is needed here.
+   */
+  receive(msg: Uint8Array, ip: number, port: number, via?: string, opts: { origin?: string; proven?: boolean } = {}): void {
+    const { origin, proven = false } = opts;
     const noise = this.d.noise;
     const type = msg[0];
     const from: Endpoint = via === undefined ? { ip, port } : { ip: 0, port: 0, via };
@@ -435,14 +445,21 @@ export class HandshakeManager {
       this.stats.drops.mac1++;
       return;
     }
-    // Relayed messages come from an authenticated peer of ours: no cookie round (and none could
-    // be bound to an address).
-    if (via === undefined && this.underLoad()) {
-      const cookie = noise.cookieFor(this.cookieSecret, ipPort(ip, port));
+    // Under load an initiation needs mac2. A relayed one is bound to its relay (an authenticated
+    // peer of ours; the source address inside the network is the relay's word), so one member
+    // cannot make us do unlimited Diffie-Hellman work through a relay either. A response needs
+    // none: it costs a Diffie-Hellman only when it names an initiation of ours in flight (a
+    // random 32-bit index), and its sender could not use a cookie (it does not resend it).
+    if (type === MSG_INITIATION && this.underLoad() && !(proven && via === undefined)) {
+      const cookie = noise.cookieFor(this.cookieSecret, via === undefined ? ipPort(ip, port) : `via:${via}`);
       if (!noise.checkMac2(msg, cookie)) {
         this.stats.drops.cookieRequired++;
-        this.stats.cookiesSent++;
-        this.d.send(noise.cookieReply(msg, cookie), ip, port);
+        // (a relayed message whose sender the relay did not name gets no reply: nowhere to send it)
+        const to = via === undefined ? undefined : origin === undefined ? null : { relay: via, peer: origin };
+        if (to !== null) {
+          this.stats.cookiesSent++;
+          this.d.send(noise.cookieReply(msg, cookie), ip, port, to);
+        }
         return;
       }
     }

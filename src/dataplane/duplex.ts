@@ -14,6 +14,9 @@
  * reported through `events` after it has been acted on here.
  */
 import type { Aead } from '../crypto/aead';
+import type { WorkerCookies } from '../crypto/cookie';
+import type { Mac1Check } from '../crypto/mac1';
+import type { HandshakeLimiter } from './hslimit';
 import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
@@ -42,6 +45,12 @@ export interface DuplexOptions {
   mtu: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** mac1 check for handshake messages before they cross to the control thread (inbound.ts). */
+  mac1?: Mac1Check;
+  /** The handshake flood limits (default: a fresh HandshakeLimiter on `clock`). */
+  limiter?: HandshakeLimiter;
+  /** Cookie replies for initiations over the handshake budget (inbound.ts). */
+  cookies?: WorkerCookies;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -87,6 +96,17 @@ export class Duplex {
           events.roam?.(slot, ip, port, via);
         },
         handshake: (...a) => events.handshake?.(...a),
+        cookieReply: (data, ip, port) => {
+          this.room();
+          const k = cl.count;
+          cb.buf.set(data, cb.offset(k));
+          cb.len[k] = data.length;
+          cb.ip[k] = ip;
+          cb.port[k] = port;
+          cl.idx[k] = k;
+          cl.count++;
+          events.cookieReply?.(data, ip, port);
+        },
         stun: (...a) => events.stun?.(...a),
         relay: (slot, from, data) => {
           this.room();
@@ -95,7 +115,7 @@ export class Duplex {
         },
         confirmed: (...a) => events.confirmed?.(...a),
       },
-      { relay: opts.relay ?? false },
+      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
     );
   }
 
@@ -149,6 +169,11 @@ export class Duplex {
     this.clist.count = 0;
     this.out.forward(via, target, data, this.io.ctrl.batch, this.clist);
     this.flushControl();
+  }
+
+  /** The control thread sent an initiation to `ip`: its answer may use the reserved budget. */
+  expect(ip: number): void {
+    this.inb.expect(ip);
   }
 
   /** Pings every peer at the next timer tick (our address or NAT mapping changed). */

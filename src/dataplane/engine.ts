@@ -24,10 +24,15 @@ export interface EngineOptions {
   batch?: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** Our static public key: the worker drops handshake messages without its mac1 before they cross. */
+  publicKey?: Uint8Array;
   /** A peer's packets now come from ip:port, or through the relay in slot `via` (DIRECT: -1). */
   onRoam?: (slot: number, ip: number, port: number, via: number) => void;
-  /** A handshake message arrived from ip:port or through relay `via` (the control thread answers it). */
-  onHandshake?: (data: Uint8Array, ip: number, port: number, via: number) => void;
+  /**
+   * A handshake message arrived from ip:port or through relay `via` (the control thread answers
+   * it); `proven`: it carried the worker's cookie for ip:port (inbound.ts).
+   */
+  onHandshake?: (data: Uint8Array, ip: number, port: number, via: number, proven: boolean) => void;
   /** A STUN message arrived. */
   onStun?: (data: Uint8Array, ip: number, port: number) => void;
   /** A pong: path evidence (rtt on ip:port or via) and our address as the peer saw it. */
@@ -73,6 +78,7 @@ export class DataplaneEngine {
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,
+      hsPublicKey: this.opts.publicKey ?? null,
       statsSab: this.stats.sab,
       ctrlSab,
       control: chan.port2,
@@ -90,7 +96,7 @@ export class DataplaneEngine {
           resolve();
         }
         else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
-        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via);
+        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via, m.proven);
         else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
         else if (m.t === 'pong') this.opts.onPong?.(m);
         else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
@@ -136,6 +142,11 @@ export class DataplaneEngine {
   /** Sends `data` to the peer with overlay address `target` through the relay peer in slot `via`. */
   forward(via: number, target: number, data: Uint8Array): void {
     this.tell({ t: 'forward', via, target, data });
+  }
+
+  /** We sent an initiation to `ip`: its answer may pass the handshake flood limits' reserve. */
+  expectHandshake(ip: number): void {
+    this.tell({ t: 'expect', ip });
   }
 
   private tell(msg: ToWorker): void {

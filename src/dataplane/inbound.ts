@@ -15,11 +15,15 @@
  *                 relays; an IPv4 packet whose source the peer may use is written to the TUN;
  *                 anything else is dropped (spoofed, malformed, relayRefused)
  *
- * Before step 1, handshake messages (exact sizes) and STUN messages go to the control thread,
- * rate-limited per source address. Nothing before step 4 trusts the datagram, and nothing here
- * throws or allocates per packet (relaying copies: it is the fallback path).
+ * Before step 1, handshake messages (exact sizes) and STUN messages go to the control thread:
+ * initiations and responses only with a valid mac1, and all of them within the flood limits of
+ * ./hslimit.ts (per source address or relaying peer, and one global budget). Nothing before
+ * step 4 trusts the datagram, and nothing here throws or allocates per packet (relaying copies:
+ * it is the fallback path).
  */
 import type { Aead } from '../crypto/aead';
+import { COOKIE_REPLY_LEN, type WorkerCookies } from '../crypto/cookie';
+import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
 import type { TunIo } from './io';
 import type { Clock, WorkerPeer } from './peer';
@@ -34,6 +38,8 @@ import {
   P_RTT,
   P_RX_BYTES,
   P_RX_PKTS,
+  T_HS_COOKIES,
+  T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
   T_RX_BYTES,
@@ -41,6 +47,7 @@ import {
 } from './stats';
 import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, RESPONSE_LEN } from '../crypto/noise';
 import { isStunPacket } from '../control/stun';
+import { HandshakeLimiter, HS_ALLOW, HS_EXPECT_MAX, HS_EXPECT_MS, HS_OVER_BUDGET, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
 import {
   checkHeader,
   CTRL_FORWARD,
@@ -66,8 +73,15 @@ export interface InboundEvents {
   pong?(slot: number, rttMs: number, ip: number, port: number, via: number, seenIp: number, seenPort: number): void;
   /** The peer's packets now come from a new address (or through relay `via`). */
   roam(slot: number, ip: number, port: number, via: number): void;
-  /** A handshake message (type 1-3) arrived; `data` is only valid during the call. */
-  handshake(data: Buffer, ip: number, port: number, via: number): void;
+  /**
+   * A handshake message (type 1-3) arrived; `data` is only valid during the call. Through a
+   * relay (`via` its slot), `ip` is the overlay address the relay names as the sender, port 0.
+   * `proven`: an initiation whose mac2 carries the worker's cookie for ip:port (its sender
+   * receives there; the control thread need not ask for a cookie of its own).
+   */
+  handshake(data: Buffer, ip: number, port: number, via: number, proven?: boolean): void;
+  /** Send `data` (a cookie reply, valid only during the call) to ip:port. */
+  cookieReply?(data: Buffer, ip: number, port: number): void;
   /** A STUN message arrived (answers to our binding requests); `data` is only valid during the call. */
   stun?(data: Buffer, ip: number, port: number): void;
   /** We relay: pass `data` (sealed by the peer with overlay address `from`) on to the peer in `slot`. */
@@ -79,12 +93,15 @@ export interface InboundEvents {
 export interface InboundOptions {
   /** This host relays for its peers (accepts forward requests). */
   relay?: boolean;
+  /** Checks mac1 of initiations and responses before they cross (absent: not checked here). */
+  mac1?: Mac1Check;
+  /** Cookies for initiations over the budget (absent: none; they are only refused). */
+  cookies?: WorkerCookies;
+  /** The flood limits (default: a HandshakeLimiter on this Inbound's clock). */
+  limiter?: HandshakeLimiter;
 }
 
-/** Handshake messages accepted per source address: rate per second and burst. */
-export const HS_RATE = 20;
-export const HS_BURST = 10;
-const HS_SOURCES_MAX = 4096;
+export { HS_BURST, HS_RATE } from './hslimit';
 
 /** A receiver index's session and the peer it belongs to. */
 interface RxEntry {
@@ -109,8 +126,18 @@ export class Inbound {
   /** Which peer may send from which inner source address. */
   private readonly sources = new Map<number, InPeer>();
   private readonly sourcePrefixes = new PrefixTable<InPeer>();
-  /** Handshake messages allowed per source address (token bucket). */
-  private readonly buckets = new Map<number, { tokens: number; at: number }>();
+  /** Peers' current direct endpoint addresses (int32 keys), for the limiter's reserve. */
+  private readonly endpoints = new Map<number, number>();
+  /** Addresses (int32 keys) we sent an initiation to, until when (monotonic ms): see expect(). */
+  private readonly expected = new Map<number, number>();
+  private readonly limiter: HandshakeLimiter;
+  private readonly mac1: Mac1Check | undefined;
+  private readonly cookies: WorkerCookies | undefined;
+  private readonly cookieOut = Buffer.alloc(COOKIE_REPLY_LEN);
+  /** Set by admit(): the message that may cross carried our cookie. */
+  private proven = false;
+  /** While a relayed datagram is checked: the overlay address its relay names as the sender. */
+  private relayOrigin = 0;
   private readonly relayEnabled: boolean;
 
   constructor(
@@ -122,6 +149,9 @@ export class Inbound {
     opts: InboundOptions = {},
   ) {
     this.relayEnabled = opts.relay ?? false;
+    this.mac1 = opts.mac1;
+    this.cookies = opts.cookies;
+    this.limiter = opts.limiter ?? new HandshakeLimiter(clock);
   }
 
   /**
@@ -160,22 +190,68 @@ export class Inbound {
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
     this.sourcePrefixes.set(prefixes);
+    this.indexEndpoints();
   }
 
-  /** Token bucket per source address for handshake messages: HS_RATE per second, HS_BURST deep. */
-  private allowHandshake(ip: number): boolean {
-    const now = this.clock.mono();
-    let b = this.buckets.get(ip);
-    if (!b) {
-      if (this.buckets.size >= HS_SOURCES_MAX) this.buckets.clear();
-      b = { tokens: HS_BURST, at: now };
-      this.buckets.set(ip, b);
+  /** Which addresses are a peer's direct endpoint now (after a peer set or a roam). */
+  private indexEndpoints(): void {
+    this.endpoints.clear();
+    for (const p of this.bySlot.values()) if (p.via === DIRECT) this.endpoints.set(p.ip | 0, p.cfg.slot);
+  }
+
+  /**
+   * The flood limits for a handshake or STUN message at buf[off, off+len): counts a refusal,
+   * true when it may cross. An initiation over the global budget from an address that is no
+   * peer's endpoint may still cross when its mac2 carries our cookie (`proven`); without one it
+   * gets a cookie reply, within the cookie budget.
+   */
+  private allowHandshake(buf: Buffer, off: number, len: number, ip: number, port: number, via: number): boolean {
+    this.proven = false;
+    const known = via === DIRECT && this.isKnown(ip);
+    let v: HsVerdict = via === DIRECT ? this.limiter.allowDirect(ip, known) : this.limiter.allowRelayed(via);
+    if (v === HS_OVER_BUDGET && via === DIRECT && !known && this.cookies !== undefined && len === INITIATION_LEN && buf[off] === MSG_INITIATION) {
+      if (this.cookies.checkMac2(buf, off, len, ip, port)) {
+        v = this.limiter.allowDirect(ip, true);
+        this.proven = v === HS_ALLOW;
+      } else if (this.events.cookieReply !== undefined && this.limiter.allowCookieReply(ip)) {
+        this.cookies.reply(buf, off, len, ip, port, this.cookieOut, 0);
+        this.events.cookieReply(this.cookieOut, ip, port);
+        this.stats.totals[T_HS_COOKIES]! += 1;
+      }
     }
-    b.tokens = Math.min(HS_BURST, b.tokens + ((now - b.at) / 1000) * HS_RATE);
-    b.at = now;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+    if (v === HS_ALLOW) {
+      this.stats.totals[T_HS_PASSED]! += 1;
+      return true;
+    }
+    this.stats.drops[v === HS_SOURCE_LIMITED ? DROP.handshakeRateLimited : DROP.handshakeOverBudget]! += 1;
+    return false;
+  }
+
+  /**
+   * The control thread sent an initiation to `ip`: for HS_EXPECT_MS, handshake messages from
+   * there count as from a known endpoint (the response must not starve behind a flood).
+   */
+  expect(ip: number): void {
+    if (ip === 0) return;
+    const now = this.clock.mono();
+    const key = ip | 0;
+    if (this.expected.size >= HS_EXPECT_MAX && !this.expected.has(key)) {
+      for (const [k, until] of this.expected) if (until <= now) this.expected.delete(k);
+      if (this.expected.size >= HS_EXPECT_MAX) return;
+    }
+    this.expected.set(key, now + HS_EXPECT_MS);
+  }
+
+  private isKnown(ip: number): boolean {
+    const key = ip | 0;
+    if (this.endpoints.has(key)) return true;
+    const until = this.expected.get(key);
+    return until !== undefined && until > this.clock.mono();
+  }
+
+  /** Per-source entries the flood limiter holds (bounded by its capacity). */
+  get limiterSources(): number {
+    return this.limiter.sources;
   }
 
   get peerCount(): number {
@@ -184,6 +260,7 @@ export class Inbound {
 
   /** Steps 1-7 over n datagrams received into `batch`. */
   process(batch: PacketBatch, n: number, tun: TunIo): void {
+    this.cookies?.tick(this.clock.mono());
     for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun);
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
@@ -197,21 +274,22 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
-    // 0. handshake messages (right type and exact size) go to the control thread, rate-limited
-    //    per source address; so do STUN answers; anything else falls through to the data checks
+    // 0. handshake messages (right type and exact size) go to the control thread: initiations
+    //    and responses only with our mac1, all within the flood limits (per source address, or
+    //    per relay, and the global budget); so do STUN answers (limits only); anything else
+    //    falls through to the data checks
     const type = len > 0 ? buf[off]! : 0;
-    if (
-      (type === MSG_INITIATION && len === INITIATION_LEN) ||
-      (type === MSG_RESPONSE && len === RESPONSE_LEN) ||
-      (type === MSG_COOKIE && len === COOKIE_LEN)
-    ) {
-      if (via === DIRECT && !this.allowHandshake(ip)) drops[DROP.handshakeRateLimited]! += 1;
-      else this.events.handshake(buf.subarray(off, off + len), ip, port, via);
+    const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
+    if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
+      if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
+      else if (this.allowHandshake(buf, off, len, ip, port, via)) {
+        if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven);
+        else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false);
+      }
       return;
     }
     if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len)) {
-      if (!this.allowHandshake(ip)) drops[DROP.handshakeRateLimited]! += 1;
-      else this.events.stun?.(buf.subarray(off, off + len), ip, port);
+      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
       return;
     }
     // 1. header
@@ -271,6 +349,7 @@ export class Inbound {
       peer.ip = ip;
       peer.port = port;
       peer.via = via;
+      this.indexEndpoints();
       s[base + P_LAST_ROAM] = now;
       this.events.roam(peer.cfg.slot, ip, port, via);
     }
@@ -321,6 +400,7 @@ export class Inbound {
       const off = batch.offset(i);
       const inner = plen - RELAY_PREFIX;
       buf.copyWithin(off, pkt + RELAY_PREFIX, pkt + plen);
+      this.relayOrigin = addr;
       this.one(batch, i, inner, 0, 0, peer.cfg.slot, tun);
       return;
     }

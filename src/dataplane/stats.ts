@@ -25,7 +25,9 @@ export const DROP_REASONS = [
   'spoofed', // inner source address not allowed for that peer
   'malformed', // inner packet not a valid IP packet
   'tunWrite', // the kernel refused the packet on the TUN
-  'handshakeRateLimited', // handshake or STUN messages from one source beyond the per-source rate
+  'handshakeRateLimited', // handshake or STUN messages from one source (or relay) beyond the per-source rate
+  'handshakeBadMac1', // initiation or response whose mac1 is not for us (checked before the control thread)
+  'handshakeOverBudget', // handshake or STUN messages beyond the global budget (./hslimit.ts)
   'relayRefused', // a forward request we may not serve (not a relay, unknown target, loop)
   'noRoute', // TUN packet for an address no peer owns
   'noSession', // TUN packet for a peer whose session the initiator has not confirmed yet
@@ -56,7 +58,11 @@ export const T_GRO_MSGS = 10;
 export const T_GRO_DATAGRAMS = 11;
 export const T_TUN_SUPER = 12;
 export const T_TUN_COALESCED = 13;
-const TOTALS = 14;
+/** Handshake messages and STUN answers the worker passed to the control thread. */
+export const T_HS_PASSED = 14;
+/** Cookie replies the worker sent to initiations over the handshake budget (./hslimit.ts). */
+export const T_HS_COOKIES = 15;
+const TOTALS = 16;
 
 export class DataplaneStats {
   readonly sab: SharedArrayBuffer;

@@ -9,6 +9,8 @@
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type AeadBackend } from '../crypto/aead';
+import { createWorkerCookies } from '../crypto/cookie';
+import { createMac1Check } from '../crypto/mac1';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -45,6 +47,8 @@ export interface WorkerInit {
   crypto: AeadBackend;
   /** This host relays for its peers. */
   relay: boolean;
+  /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
+  hsPublicKey: Uint8Array | null;
   statsSab: SharedArrayBuffer;
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
@@ -57,11 +61,13 @@ export type ToWorker =
   /** ping every peer now (our address or NAT mapping changed) */
   | { t: 'pingAll' }
   /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
-  | { t: 'forward'; via: number; target: number; data: Uint8Array };
+  | { t: 'forward'; via: number; target: number; data: Uint8Array }
+  /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
+  | { t: 'expect'; ip: number };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
-  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number }
+  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number }
   | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
   | { t: 'confirmed'; slot: number; keyId: number }
@@ -92,6 +98,8 @@ async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
   const stats = new DataplaneStats(init.statsSab);
   const aead = await createAead(init.crypto);
+  const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
+  const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
   const clock = systemClock;
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
@@ -125,11 +133,11 @@ async function main(init: WorkerInit): Promise<void> {
     {
       pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
       roam: (slot, ip, port, via) => post({ t: 'roam', slot, ip, port, via }),
-      handshake: (data, ip, port, via) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via }),
+      handshake: (data, ip, port, via, proven) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true }),
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
     },
-    { mtu: init.mtu, relay: init.relay },
+    { mtu: init.mtu, relay: init.relay, mac1, cookies },
   );
   const drain = () => {
     let m;
@@ -148,6 +156,7 @@ async function main(init: WorkerInit): Promise<void> {
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
       else if (msg.t === 'pingAll') d.pingAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
+      else if (msg.t === 'expect') d.expect(msg.ip);
     }
   };
   const checkMail = () => {

@@ -78,6 +78,13 @@ export interface StatusDocument {
     /** Datagrams this host passed on between two other peers (as a relay). */
     relayedPackets?: number;
     relayedBytes?: number;
+    /**
+     * Handshake messages and STUN answers the data plane let through to the control thread
+     * (within the flood limits, docs/security.md); the refused ones are under drops.
+     */
+    handshakesPassed?: number;
+    /** Cookie replies the data plane sent to initiations over that budget. */
+    handshakeCookies?: number;
     /** What the offloads did (absent from agents that predate them). */
     offloads?: StatusOffloads;
     drops: Record<string, number>;

@@ -1466,7 +1466,7 @@ describe('relaying over fakes (A -> R -> B)', () => {
     expect(b.drops().noRoute).toBe(0);
   });
 
-  it('a relayed handshake-size message reaches events.handshake with via = R\'s slot, not rate-limited', () => {
+  it('a relayed handshake-size message reaches events.handshake with via = R\'s slot and the sender R names, limited per relay', () => {
     const { a, b, r } = rm;
     const msgs: Buffer[] = [];
     for (let i = 0; i < HS_BURST + 3; i++) {
@@ -1482,16 +1482,18 @@ describe('relaying over fakes (A -> R -> B)', () => {
     r.receive();
     expect(r.relays.length).toBe(msgs.length);
     b.receive();
-    expect(b.handshakes).toEqual(msgs);
-    expect(b.handshakeFrom).toEqual(msgs.map(() => ({ ip: 0, port: 0, via: SLOT_OF_R_AT_B })));
-    expect(b.drops()).toEqual(noDrops());
+    // The clock stands still: R's bucket lets HS_BURST through, the rest is refused (a member
+    // cannot make B do unlimited handshake work through a relay).
+    expect(b.handshakes).toEqual(msgs.slice(0, HS_BURST));
+    expect(b.handshakeFrom).toEqual(msgs.slice(0, HS_BURST).map(() => ({ ip: ip(A_OVERLAY), port: 0, via: SLOT_OF_R_AT_B })));
+    expect(b.drops()).toEqual({ ...noDrops(), handshakeRateLimited: msgs.length - HS_BURST });
     // A STUN message through a relay is not a STUN answer (those come straight from the server).
     const stun = encodeBindingSuccess(Buffer.alloc(12, 1), ip(A_UNDERLAY), 51820);
     a.forward(SLOT_OF_R_AT_A, ip(B_OVERLAY), stun);
     r.receive();
     b.receive();
     expect(b.stuns).toEqual([]);
-    expect(b.drops()).toEqual({ ...noDrops(), badType: 1 });
+    expect(b.drops()).toEqual({ ...noDrops(), handshakeRateLimited: msgs.length - HS_BURST, badType: 1 });
   });
 
   it('a peer whose relay is not reached directly, or unknown, gets nothing (noRoute)', () => {

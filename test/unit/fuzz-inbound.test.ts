@@ -33,7 +33,8 @@ import { generateKeyPair, type KeyPair } from '../../src/crypto/keys';
 import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeClock } from '../../src/dataplane/fakes';
-import { HS_BURST, HS_RATE, Inbound } from '../../src/dataplane/inbound';
+import { Inbound } from '../../src/dataplane/inbound';
+import { HandshakeLimiter, HS_ALLOW, HS_SOURCE_LIMITED } from '../../src/dataplane/hslimit';
 import type { TunIo } from '../../src/dataplane/io';
 import { Outbound, PING_INTERVAL_CONNECTING_MS } from '../../src/dataplane/outbound';
 import type { WorkerPeer, WorkerSession } from '../../src/dataplane/peer';
@@ -49,6 +50,7 @@ import {
   P_RTT,
   P_RX_BYTES,
   P_RX_PKTS,
+  T_HS_PASSED,
   T_RELAY_BYTES,
   T_RELAY_PKTS,
   T_RX_BYTES,
@@ -337,7 +339,13 @@ class Harness {
   private relayBytes = 0;
   /** Depth of plaintext generation (a relayed message carries a datagram made for it). */
   private depth = 0;
-  private readonly buckets = new Map<number, { tokens: number; at: number }>();
+  /**
+   * The flood limits as B's Inbound must consult them: a second limiter with the same seed and
+   * clock, asked the same questions in the same order (hslimit.test.ts tests the limiter itself).
+   */
+  private readonly limiter: HandshakeLimiter;
+  private readonly limiterSeed: Uint32Array;
+  private hsPassed = 0;
   /** Genuine datagrams by `${index}:${counter}`; `pool` holds the same ones for picking. */
   private readonly genuine = new Map<string, Genuine>();
   readonly pool: Genuine[] = [];
@@ -387,6 +395,7 @@ class Harness {
 
     this.tun = new FuzzTun(new Rand(r.u32()));
     this.bSessions = new Sessions(aead, this.clock);
+    this.limiterSeed = new Uint32Array([r.u32(), r.u32()]);
     this.inb = new Inbound(
       aead,
       this.stats,
@@ -402,8 +411,9 @@ class Harness {
         relay: (slot, from, data) => this.relays.push({ slot, from, data: Buffer.from(data) }),
         confirmed: (slot, keyId) => this.confirmed.push({ slot, keyId }),
       },
-      { relay: relayEnabled },
+      { relay: relayEnabled, limiter: new HandshakeLimiter(this.clock, { seed: this.limiterSeed }) },
     );
+    this.limiter = new HandshakeLimiter(this.clock, { seed: this.limiterSeed });
     this.peersOfB = [
       // a's current session (2) and the one before it, still draining (1); c's current one (3)
       // and one B answered that c has not used yet (4)
@@ -693,41 +703,43 @@ class Harness {
 
   // ---- the oracle -----------------------------------------------------------------------------
 
-  private allowHandshake(src: number): boolean {
-    const now = this.clock.mono();
-    let b = this.buckets.get(src);
-    if (!b) {
-      b = { tokens: HS_BURST, at: now };
-      this.buckets.set(src, b);
+  /**
+   * The flood limits: per source address (a peer's current direct endpoint may use the global
+   * reserve) or per relaying peer, then the global budget; a refusal is counted by its reason.
+   */
+  private allowHandshake(src: number, via: number, drop: (reason: keyof typeof DROP) => void): boolean {
+    const known = [this.refA, this.refC].some((p) => p.via === DIRECT && p.ip === src);
+    const v = via === DIRECT ? this.limiter.allowDirect(src, known) : this.limiter.allowRelayed(via);
+    if (v === HS_ALLOW) {
+      this.hsPassed++;
+      return true;
     }
-    b.tokens = Math.min(HS_BURST, b.tokens + ((now - b.at) / 1000) * HS_RATE);
-    b.at = now;
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+    drop(v === HS_SOURCE_LIMITED ? 'handshakeRateLimited' : 'handshakeOverBudget');
+    return false;
   }
 
   /**
    * Predicts what B does with datagram `d` (already as long as the slot allows) in slot i, received
    * from src (via DIRECT), or unwrapped from a relayed message that the peer in slot `via` sent.
    */
-  predict(d: Buffer, i: number, src: { ip: number; port: number }, e: Expected, via = DIRECT): void {
+  predict(d: Buffer, i: number, src: { ip: number; port: number }, e: Expected, via = DIRECT, origin = 0): void {
     const len = d.length;
     const drop = (reason: keyof typeof DROP): void => {
       e.drops[DROP[reason]]! += 1;
     };
     const type = len > 0 ? d[0]! : 0;
-    // Only a handshake type at its exact message size goes to the control thread; one passed on by
-    // a relay (an authenticated peer) is not rate-limited.
+    // Only a handshake type at its exact message size goes to the control thread, within the
+    // flood limits; one passed on by a relay is limited per relay, and names the overlay address
+    // the relay gave as its sender (no mac1 check: this harness gives Inbound no mac1 key).
     if ((type === 1 && len === 148) || (type === 2 && len === 92) || (type === 3 && len === 64)) {
-      if (via !== DIRECT || this.allowHandshake(src.ip)) e.handshakes.push({ data: d, ip: src.ip, port: src.port, via });
-      else drop('handshakeRateLimited');
+      if (this.allowHandshake(src.ip, via, drop)) {
+        e.handshakes.push(via === DIRECT ? { data: d, ip: src.ip, port: src.port, via } : { data: d, ip: origin, port: 0, via });
+      }
       return;
     }
     // STUN answers come straight from the server, rate-limited with the handshakes.
     if (via === DIRECT && isStun(d)) {
-      if (this.allowHandshake(src.ip)) e.stuns.push({ data: d, ip: src.ip, port: src.port, via });
-      else drop('handshakeRateLimited');
+      if (this.allowHandshake(src.ip, DIRECT, drop)) e.stuns.push({ data: d, ip: src.ip, port: src.port, via });
       return;
     }
     if (len < OVERHEAD) return drop('short');
@@ -802,7 +814,7 @@ class Harness {
         }
         if (addr === peer.overlay) return drop('spoofed'); // "from the relay, through the relay"
         e.unwrapped++;
-        return this.predict(Buffer.from(inner), i, { ip: 0, port: 0 }, e, peer.slot);
+        return this.predict(Buffer.from(inner), i, { ip: 0, port: 0 }, e, peer.slot, addr);
       }
       return drop('malformed'); // wrong length, unknown kind, or a relay message inside a relayed one
     }
@@ -893,6 +905,7 @@ class Harness {
     const s = this.stats;
     check(s.totals[T_RX_PKTS] === this.totalPkts && s.totals[T_RX_BYTES] === this.totalBytes, 'rx totals differ');
     check(s.totals[T_RELAY_PKTS] === this.relayPkts && s.totals[T_RELAY_BYTES] === this.relayBytes, 'relay totals differ');
+    check(s.totals[T_HS_PASSED] === this.hsPassed, 'handshakes passed differ');
     for (const p of [this.refA, this.refC]) {
       const at = (f: number) => s.peers[p.slot * PEER_STRIDE + f]!;
       check(at(P_RX_PKTS) === p.rxPkts && at(P_RX_BYTES) === p.rxBytes, () => `peer ${p.name} rx counters differ`);

@@ -26,7 +26,7 @@ async function world(
   const s = await loadSodium();
   let now = 1_000_000;
   const kps = [s.crypto_box_keypair(), s.crypto_box_keypair()].sort((x, y) => Buffer.compare(Buffer.from(x.publicKey), Buffer.from(y.publicKey)));
-  const wire: { to: Side; msg: Uint8Array; ip: number; port: number; via?: string }[] = [];
+  const wire: { to: Side; msg: Uint8Array; ip: number; port: number; via?: string; origin?: string }[] = [];
   const log: Sent[] = [];
   const timers = { rekeyAfterMs: 10_000, rejectAfterMs: 15_000 };
   const mk = (i: number, name: Side, other: Side, extra: Partial<HandshakeDeps> = {}) => {
@@ -36,7 +36,7 @@ async function world(
       send: (msg, ip, port, via) => {
         log.push({ to: other, msg: msg.slice(), ip, port, ...(via ? { via } : {}) });
         if (opts.drop?.(msg, other)) return;
-        if (via) wire.push({ to: other, msg: msg.slice(), ip: 0, port: 0, via: 'relay' });
+        if (via) wire.push({ to: other, msg: msg.slice(), ip: 0, port: 0, via: 'relay', origin: name });
         else wire.push({ to: other, msg: msg.slice(), ip: i + 1, port: 51820 });
       },
       onChange: () => changes.n++,
@@ -63,7 +63,7 @@ async function world(
   const deliver = () => {
     while (wire.length > 0) {
       const w = wire.shift()!;
-      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via);
+      (w.to === 'lo' ? lo : hi).m.receive(w.msg, w.ip, w.port, w.via, { origin: w.origin });
     }
     if (opts.confirm === false) return;
     confirmUsed(lo.m, 'hi', hi.m, 'lo');
@@ -214,6 +214,38 @@ describe('HandshakeManager', () => {
     expect(w.lo.m.stats.completed).toBe(before + 1);
     expect(w.hi.m.stats.cookiesSent).toBe(1);
   });
+
+  it('under load a response needs no cookie (the responder could not use one), and our initiations still complete', async () => {
+    const w = await world();
+    w.deliver();
+    w.advance(1000); // a new second of lo's load window
+    // lo is under load: initiations from a stranger, more than UNDER_LOAD_PER_S this second
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    for (let i = 0; i <= UNDER_LOAD_PER_S; i++) w.lo.m.receive(stranger.initiate(w.kps[0]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
+    expect(w.lo.m.stats.cookiesSent).toBe(1);
+    const completed = w.lo.m.stats.completed;
+    w.advance(10);
+    w.lo.m.rekeyAll(); // lo initiates; hi (not loaded) answers; the response reaches loaded lo
+    w.deliver();
+    expect(w.hi.m.stats.responsesSent).toBe(2);
+    expect(w.lo.m.stats.completed).toBe(completed + 1);
+    expect(w.lo.m.stats.cookiesSent).toBe(1); // no cookie reply to hi's response
+    expect(w.lo.m.stats.drops.cookieRequired).toBe(1);
+  });
+
+  it('under load an initiation the data plane proved (worker cookie for its source) needs no cookie round; a relayed one is not proven that way', async () => {
+    const w = await world({ drop: () => true });
+    const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
+    for (let i = 0; i <= UNDER_LOAD_PER_S; i++) w.hi.m.receive(stranger.initiate(w.kps[1]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
+    expect(w.hi.m.stats.cookiesSent).toBe(1);
+    const init = w.log.find((l) => l.to === 'hi' && l.msg[0] === 1)!.msg;
+    w.hi.m.receive(init, 0, 0, 'relay', { origin: 'lo', proven: true });
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.hi.m.stats.responsesSent).toBe(0);
+    w.hi.m.receive(init, 1, 51820, undefined, { proven: true });
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.hi.m.stats.responsesSent).toBe(1);
+  });
 });
 
 describe('HandshakeManager keys after a rekey', () => {
@@ -318,17 +350,46 @@ describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
     expect(seen.length).toBe(2);
   });
 
-  it('under load a relayed initiation gets no cookie reply (it comes from a peer of ours)', async () => {
-    const w = await world({ drop: () => true });
+  it('under load a relayed initiation needs mac2 too: the cookie, bound to the relay, goes back through it', async () => {
+    const w = await world();
+    w.deliver();
+    expect(w.lo.m.usable('hi')).not.toBeNull();
+    w.advance(1000); // a new second of hi's load window
+    // Load hi: one initiation too many this second (from a stranger) gets a cookie reply.
     const stranger = new Noise(w.s, ...((k) => [k.privateKey, k.publicKey] as const)(w.s.crypto_box_keypair()));
     for (let i = 0; i <= UNDER_LOAD_PER_S; i++) {
       w.hi.m.receive(stranger.initiate(w.kps[1]!.publicKey, i, new Uint8Array(12).fill(i), null)!.msg, 9, 1);
     }
-    expect(w.hi.m.stats.cookiesSent).toBe(1); // loaded
-    w.hi.m.receive(w.log.find((l) => l.msg[0] === 1)!.msg, 0, 0, 'relay');
     expect(w.hi.m.stats.cookiesSent).toBe(1);
-    expect(w.hi.m.stats.responsesSent).toBe(1);
+    const responses = w.hi.m.stats.responsesSent;
+    // lo now reaches hi only through the relay, and rekeys.
+    w.lo.m.moveEndpoint('hi', 0, 0, 'relay');
+    w.lo.m.rekeyAll();
+    expect(w.log.at(-1)).toMatchObject({ to: 'hi', via: { relay: 'relay', peer: 'hi' } });
+    expect(w.log.at(-1)!.msg[0]).toBe(1);
+    w.deliver();
+    // No Diffie-Hellman for it: a cookie reply, back through the relay to the sender it named.
+    expect(w.hi.m.stats.responsesSent).toBe(responses);
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.hi.m.stats.cookiesSent).toBe(2);
     expect(w.log.at(-1)).toMatchObject({ to: 'lo', via: { relay: 'relay', peer: 'lo' } });
+    expect(w.log.at(-1)!.msg[0]).toBe(3);
+    // lo retries with mac2 from that cookie (still through the relay) and gets through the load.
+    w.advance(1);
+    expect(w.hi.m.stats.responsesSent).toBe(responses + 1);
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(2);
+    expect(w.lo.m.stats.completed).toBe(2);
+    // The relay's cookie is no good from an address (nor the reverse): replayed direct, the
+    // same initiation needs a cookie of its own.
+    const withMac2 = w.log.filter((l) => l.to === 'hi' && l.msg[0] === 1).at(-1)!.msg;
+    w.hi.m.receive(withMac2, 1, 51820);
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(3);
+    // A relayed message whose sender the relay did not name gets no reply (there is nowhere to
+    // send one) and no Diffie-Hellman either.
+    const sent = w.log.length;
+    w.hi.m.receive(withMac2.slice().fill(0, 132), 0, 0, 'relay');
+    expect(w.hi.m.stats.drops.cookieRequired).toBe(4);
+    expect(w.log.length).toBe(sent);
   });
 
   it.each(['lo', 'hi'] as const)('rekeyAll on %s starts a new handshake at once for a peer with a fresh session', async (side) => {

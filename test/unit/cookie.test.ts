@@ -1,0 +1,69 @@
+import { describe, expect, it } from 'vitest';
+import { COOKIE_REPLY_LEN, COOKIE_SECRET_MS, createWorkerCookies } from '../../src/crypto/cookie';
+import { Noise, timestamp } from '../../src/crypto/noise';
+import { loadSodium } from '../../src/crypto/sodium';
+
+/**
+ * The worker's cookies (src/crypto/cookie.ts) against the initiator's real code: Noise.openCookie
+ * opens the worker's reply, and an initiation built with that cookie passes the worker's mac2
+ * check for the same source only, across one secret rotation but not two. Both backends.
+ */
+describe('worker cookies', () => {
+  for (const backend of ['native', 'wasm'] as const) {
+    it(`${backend}: a reply the initiator opens, a mac2 bound to its source, secrets that rotate`, async () => {
+      const s = await loadSodium();
+      const [us, them] = [s.crypto_box_keypair(), s.crypto_box_keypair()];
+      const nThem = new Noise(s, them.privateKey, them.publicKey);
+      const jar = await createWorkerCookies(us.publicKey, backend);
+      const SRC = 0xc6120002; // 198.18.0.2
+      const PORT = 51820;
+      let now = 5_000;
+      // before the first tick there is no secret: nothing passes
+      const first = nThem.initiate(us.publicKey, 41, timestamp(1_700_000_000_000), null)!;
+      expect(jar.checkMac2(first.msg, 0, first.msg.length, SRC, PORT)).toBe(false);
+      jar.tick(now);
+      expect(jar.checkMac2(first.msg, 0, first.msg.length, SRC, PORT)).toBe(false);
+      // the reply, written at an offset inside a larger buffer as in a packet batch
+      const at = 17;
+      const inBuf = new Uint8Array(first.msg.length + 40).fill(0xaa);
+      inBuf.set(first.msg, at);
+      const out = new Uint8Array(200).fill(0xbb);
+      expect(jar.reply(inBuf, at, first.msg.length, SRC, PORT, out, 50)).toBe(COOKIE_REPLY_LEN);
+      const reply = out.slice(50, 50 + COOKIE_REPLY_LEN);
+      expect(out[49]).toBe(0xbb);
+      expect(out[50 + COOKIE_REPLY_LEN]).toBe(0xbb);
+      expect(Noise.receiverOf(reply)).toBe(41); // back to the initiator's sender index
+      const cookie = nThem.openCookie(reply, us.publicKey, first.pending.mac1);
+      expect(cookie).not.toBeNull();
+      // a tampered reply does not open
+      const bad = reply.slice();
+      bad[40] ^= 1;
+      expect(nThem.openCookie(bad, us.publicKey, first.pending.mac1)).toBeNull();
+      // the retry carries mac2 from that cookie: it passes, for this source only
+      const retry = nThem.initiate(us.publicKey, 42, timestamp(1_700_000_000_001), cookie)!.msg;
+      expect(jar.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(true);
+      expect(jar.checkMac2(retry, 0, retry.length, SRC + 1, PORT)).toBe(false);
+      expect(jar.checkMac2(retry, 0, retry.length, SRC, PORT + 1)).toBe(false);
+      const flipped = retry.slice();
+      flipped[60] ^= 1;
+      expect(jar.checkMac2(flipped, 0, flipped.length, SRC, PORT)).toBe(false);
+      expect(jar.checkMac2(retry, 0, 92, SRC, PORT)).toBe(false);
+      // one rotation: the previous secret still counts; two: it does not
+      now += COOKIE_SECRET_MS - 1;
+      jar.tick(now);
+      expect(jar.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(true);
+      now += 1;
+      jar.tick(now);
+      expect(jar.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(true);
+      now += COOKIE_SECRET_MS;
+      jar.tick(now);
+      expect(jar.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(false);
+      // two replies to one message differ (a fresh nonce each)
+      const r1 = new Uint8Array(64);
+      const r2 = new Uint8Array(64);
+      jar.reply(first.msg, 0, first.msg.length, SRC, PORT, r1, 0);
+      jar.reply(first.msg, 0, first.msg.length, SRC, PORT, r2, 0);
+      expect(Buffer.from(r1).equals(Buffer.from(r2))).toBe(false);
+    });
+  }
+});
