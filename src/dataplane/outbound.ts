@@ -356,8 +356,9 @@ export class Outbound {
   }
 
   /**
-   * Timers: pings peers that are due: fast while a peer is not answering, every 300 ms while a
-   * peer that was sending steadily has gone quiet, slowly once it is up.
+   * Timers: pings peers that are due: at once on a new send session, fast while a peer is not
+   * answering, every 300 ms while a peer that was sending steadily has gone quiet, slowly once it
+   * is up.
    * Appends to `list` (slots of the control batch) and returns when the batch is full.
    */
   timers(batch: PacketBatch, list: SendList): void {
@@ -378,7 +379,12 @@ export class Outbound {
           : quiet >= SILENCE_PING_MS && mono - p.busyAt < ACTIVE_WINDOW_MS
             ? SILENCE_PING_MS
             : PING_INTERVAL_MS;
-      if (mono - p.lastPingMono < interval) continue;
+      // A send session nothing went out on yet (a handshake we initiated just completed): ping
+      // at once, so that the responder sees its side of it used and may send on it too. Without
+      // this an idle initiator left the responder without a sendable session once its previous
+      // one reached its send deadline, until the next regular ping.
+      const unused = p.sessions.send!.counter === 0;
+      if (!unused && mono - p.lastPingMono < interval) continue;
       p.lastPingMono = mono;
       const i = list.count;
       const len = this.control(CTRL_PING, mono, batch, i);

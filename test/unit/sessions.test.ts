@@ -223,6 +223,27 @@ describe('data-plane sessions: the worker chooses the send session and owns the 
     expect(bed.bSends()).toEqual({ index: x.txIndex, counter: 1 });
   });
 
+  it("a new session we initiated is used at the next timer run (a ping), so the responder can confirm its side at once", async () => {
+    const bed = await Bed.create();
+    const y = session(true);
+    known(bed, y);
+    bed.push([y]);
+    bed.bSends();
+    bed.b.timers(); // the first ping of the pair
+    bed.clock.advance(100);
+    bed.b.timers(); // no ping due yet (the next one is 500 ms after the first)
+    expect(bed.checkSent().map((d) => d.index)).toEqual([y.txIndex]);
+    const z = session(true); // a rekey we initiated completed
+    known(bed, z);
+    bed.push([y, z]);
+    bed.clock.advance(50);
+    bed.b.timers();
+    expect(bed.checkSent()).toEqual([{ index: z.txIndex, counter: 0 }]);
+    bed.clock.advance(50);
+    bed.b.timers();
+    expect(bed.checkSent()).toEqual([]);
+  });
+
   it('moves sending off a session at its deadline, to the newest one still sendable', async () => {
     const bed = await Bed.create();
     const now = bed.clock.now();
