@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
-import type { Agent } from '../../src/testbed/agents';
+import { waitUntil, type Agent } from '../../src/testbed/agents';
 
 /**
  * What a local unprivileged user on a member host can reach (docs/security.md, threat model): a
@@ -38,8 +38,11 @@ describe.skipIf(!isRoot)('a local unprivileged user on a member host', () => {
 
   beforeAll(async () => {
     bed = await startMeshBed({ topology: { hosts: 2 } });
-    agent = bed.agent('h1');
-    await new Promise((r) => setTimeout(r, 1_500)); // the peer cache and saved state are written
+    // The agent that answered the first handshake has every state file (the handshake timestamps
+    // are written, within a second, by a responder); wait for the cache and state writes too.
+    const files = (a: Agent) => ['hs-timestamps.json', 'peers.json', 'state.json'].every((f) => fs.existsSync(path.join(a.stateDir, f)));
+    await waitUntil('an agent with all its state files', () => bed.agents.find(files) ?? false, { timeoutMs: 10_000, intervalMs: 100 });
+    agent = bed.agents.find(files)!;
     // Let everyone traverse the test bed's own directories above the state dir.
     for (let d = path.dirname(agent.stateDir); d.startsWith(bed.topo.workDir); d = path.dirname(d)) {
       opened.push({ p: d, mode: fs.statSync(d).mode & 0o777 });
