@@ -196,6 +196,8 @@ export class Registry {
   // membership (roster.ts): members, their last valid records, byes
   private readonly roster = new Roster();
   private kept = new Map<string, HostRecord>();
+  /** Records of members that said bye, for their return (bounded by the roster: one per name). */
+  private readonly departed = new Map<string, HostRecord>();
   private views = new Map<string, MemberView>();
   private readonly heardAt: ((name: string) => number | null) | undefined;
   private silenceTimer: NodeJS.Timeout | null = null;
@@ -774,6 +776,7 @@ export class Registry {
     for (const [name, m] of roster.members) peers.set(name, m.record);
     this.kept = new Map(peers);
     this.views = roster.members;
+    for (const name of this.departed.keys()) if (roster.members.has(name)) this.departed.delete(name);
     this.armSilenceTimer(now, roster.nextCheck);
     this.knownCerts.remember(certified);
     this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined);
@@ -860,8 +863,27 @@ export class Registry {
   bye(name: string): boolean {
     const rec = this.kept.get(name);
     if (!rec || !this.roster.bye(name, rec.epoch)) return false;
+    this.departed.set(name, rec);
     if (!this.closed && this.onPeers) this.emit();
     return true;
+  }
+
+  /**
+   * A host that said bye sent a fresh, valid handshake from its key (it restarted, perhaps while
+   * etcd is out of reach): it is a member again with the record it left with. The name, or null
+   * when the key is no departed host's.
+   */
+  returned(publicKey: string): string | null {
+    for (const [name, rec] of this.departed) {
+      if (rec.publicKey !== publicKey) continue;
+      this.departed.delete(name);
+      if (!this.roster.returned(name, this.now())) return null;
+      this.kept.set(name, rec);
+      this.log.info({ host: name }, 'member that said bye is back (fresh handshake)');
+      if (!this.closed && this.onPeers) this.emit();
+      return name;
+    }
+    return null;
   }
 
   /** What etcd holds for a member now (its record present, absent or invalid; its alive key), or null. */

@@ -18,8 +18,9 @@ import type { HostRecord } from './records';
  *            candidate), when it says bye over the encrypted tunnel (an etcd writer holds no
  *            session key, so it cannot fake one), or after SILENCE_MS with no valid record in
  *            etcd, no alive key and no authenticated packet from it.
- * 4. return  a member that said bye comes back only with a record newer than the one it had
- *            when it left (a restarted agent always publishes a higher epoch), then an alive key.
+ * 4. return  a member that said bye comes back with a record newer than the one it had when it
+ *            left (a restarted agent always publishes a higher epoch) and an alive key, or, while
+ *            etcd is out of reach, with a fresh handshake from its key (`returned`).
  */
 
 /** Without a valid record, an alive key or a packet for this long, a member leaves. */
@@ -80,6 +81,16 @@ export class Roster {
     this.members.delete(name);
     this.byes.set(name, epoch);
     this.pendingLeaves.push({ name, why: 'bye' });
+    return true;
+  }
+
+  /**
+   * A host that said bye proved it is back (a fresh handshake from its key): a member again.
+   * False when it had not said bye.
+   */
+  returned(name: string, at: number): boolean {
+    if (!this.byes.delete(name)) return false;
+    this.members.set(name, { lastSign: at });
     return true;
   }
 

@@ -43,6 +43,7 @@ import { COOKIE_LEN, INITIATION_LEN, MSG_COOKIE, MSG_INITIATION, MSG_RESPONSE, R
 import { isStunPacket } from '../control/stun';
 import {
   checkHeader,
+  CTRL_BYE,
   CTRL_FORWARD,
   CTRL_LEN,
   CTRL_PING,
@@ -74,6 +75,8 @@ export interface InboundEvents {
   relay?(slot: number, from: number, data: Buffer): void;
   /** The first packet arrived on a session we answered: the data plane may now send on it. */
   confirmed(slot: number, keyId: number): void;
+  /** The peer said bye (its agent is stopping on purpose). */
+  bye?(slot: number): void;
 }
 
 export interface InboundOptions {
@@ -285,6 +288,10 @@ export class Inbound {
     const drops = this.stats.drops;
     if ((kind === CTRL_PING || kind === CTRL_PROBE) && plen === CTRL_LEN) {
       this.events.ping(peer.cfg.slot, buf.readDoubleLE(pkt + 2), ip, port, via);
+      return;
+    }
+    if (kind === CTRL_BYE && plen === CTRL_LEN) {
+      this.events.bye?.(peer.cfg.slot);
       return;
     }
     if (kind === CTRL_PONG && plen === PONG_LEN) {
