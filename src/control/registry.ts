@@ -47,6 +47,9 @@ import {
  *             is not verified at all; the agent refuses to join such a network. Two valid
  *             certificates for one address: the earlier holds it (peers.ts); accepted certificates
  *             are remembered (known-certs.ts) so a deleted record does not give its address away.
+ *             Membership (roster.ts): etcd introduces a host (valid record + alive key); it then
+ *             stays while its certificate is valid, on its last valid record when etcd deletes or
+ *             spoils it, and leaves on revocation, expiry, a bye (`bye()`) or a long silence.
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
