@@ -710,7 +710,7 @@ export class Agent {
           txPackets: stats.peer(p.slot, P_TX_PKTS),
           rttMs: Number.isNaN(rtt) ? null : Math.round(rtt * 1000) / 1000,
           lastEndpointChange: lastRoam > 0 ? new Date(lastRoam).toISOString() : null,
-          etcd: this.registry?.etcdView(name) ?? { record: 'absent', alive: false },
+          etcd: this.registry?.etcdView(name) ?? undefined,
         };
       });
     const reg = this.registry?.stats();

@@ -770,7 +770,7 @@ export class Registry {
         : undefined,
       kept: this.kept,
     });
-    const roster = this.roster.update({ candidates, alive: this.aliveNames, now, heardAt: this.heardAt });
+    const roster = this.roster.update({ candidates, alive: this.aliveNames, now, heardAt: this.heardAt, etcdRead: this.reloads > 0 });
     for (const l of roster.left) {
       const why = l.why === 'bye' ? 'it said bye' : l.why === 'silent' ? 'no record, no alive key and no packet for a long time' : 'its certificate is no longer valid';
       this.log.info({ host: l.name, reason: l.why }, `member left: ${why}`);
@@ -889,10 +889,13 @@ export class Registry {
     return null;
   }
 
-  /** What etcd holds for a member now (its record present, absent or invalid; its alive key), or null. */
+  /**
+   * What etcd holds for a member as of the last read (its record present, absent or invalid; its
+   * alive key), or null when it is no member or etcd was never read (started from the cache).
+   */
   etcdView(name: string): { record: 'present' | 'absent' | 'invalid'; alive: boolean } | null {
     const v = this.views.get(name);
-    if (!v) return null;
+    if (!v || this.reloads === 0) return null;
     return { record: v.etcd.record, alive: this.aliveNames.has(name) };
   }
 

@@ -43,6 +43,11 @@ export interface RosterInput {
   readonly now: number;
   /** When the newest authenticated packet from a host arrived (ms since the epoch), or 0/null. */
   readonly heardAt?: (name: string) => number | null;
+  /**
+   * False until etcd has been read once (the agent started from its cache while etcd is out of
+   * reach): a missing record then says nothing, and nobody falls silent. Default true.
+   */
+  readonly etcdRead?: boolean;
 }
 
 export interface MemberView {
@@ -125,7 +130,7 @@ export class Roster {
       }
       if (c.etcd === 'present' || alive) m.lastSign = inp.now;
       if (heard > m.lastSign) m.lastSign = heard;
-      if (c.etcd !== 'present' && !alive) {
+      if (c.etcd !== 'present' && !alive && inp.etcdRead !== false) {
         const at = m.lastSign + SILENCE_MS;
         if (inp.now >= at) {
           this.members.delete(name);

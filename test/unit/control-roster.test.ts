@@ -191,3 +191,16 @@ describe('Roster', () => {
     expect(names(r2.update({ candidates: one('absent'), alive: new Set(), now: T0 + SILENCE_MS }))).toEqual([]);
   });
 });
+
+describe('Roster before etcd was ever read', () => {
+  it('nobody falls silent while the record state is unknown (started from the cache, etcd out of reach)', () => {
+    const r = new Roster();
+    r.seed(['a'], T0);
+    const cand = new Map([['a', { record: rec('a', undefined), etcd: 'absent' as const }]]);
+    const out = r.update({ candidates: cand, alive: new Set(), now: T0 + 5 * SILENCE_MS, etcdRead: false });
+    expect([...out.members.keys()]).toEqual(['a']);
+    expect(out.nextCheck).toBeNull();
+    // Once etcd has been read and has no record, the silence counts from the seed.
+    expect([...r.update({ candidates: cand, alive: new Set(), now: T0 + 5 * SILENCE_MS }).members.keys()]).toEqual([]);
+  });
+});
