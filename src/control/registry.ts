@@ -772,7 +772,7 @@ export class Registry {
     });
     const roster = this.roster.update({ candidates, alive: this.aliveNames, now, heardAt: this.heardAt, etcdRead: this.reloads > 0 });
     for (const l of roster.left) {
-      const why = l.why === 'bye' ? 'it said bye' : l.why === 'silent' ? 'no record, no alive key and no packet for a long time' : 'its certificate is no longer valid';
+      const why = l.why === 'bye' ? 'it said bye' : l.why === 'silent' ? 'no record, no alive key and no packet for a long time' : 'no valid certificate for it now (revoked, expired, or its address held by an earlier one)';
       this.log.info({ host: l.name, reason: l.why }, `member left: ${why}`);
     }
     const peers = new Map<string, HostRecord>();
