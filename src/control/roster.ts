@@ -99,10 +99,6 @@ export class Roster {
     return true;
   }
 
-  isMember(name: string): boolean {
-    return this.members.has(name);
-  }
-
   update(inp: RosterInput): RosterOutput {
     const left: RosterOutput['left'] = this.pendingLeaves.splice(0);
     const members = new Map<string, MemberView>();
