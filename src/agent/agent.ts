@@ -10,8 +10,9 @@
  *   5. registry    publish our record, hold liveness, watch peers -> derive keys -> workers
  *   6. status      local API on the unix socket
  *
- * Stop (SIGTERM/SIGINT) runs it backwards: liveness released (the host record stays, so a
- * restart reuses key and address), workers stopped, TUN closed (the kernel removes the device
+ * Stop (SIGTERM/SIGINT) runs it backwards: a bye to every peer over its tunnel (they drop us at
+ * once; a restart brings us back, see src/control/roster.ts), liveness released (the host record
+ * stays), workers stopped, TUN closed (the kernel removes the device
  * with its addresses and routes), socket closed.
  */
 import { randomBytes } from 'node:crypto';
@@ -90,6 +91,8 @@ interface PeerEntry {
   addedAt: number;
 }
 
+/** How long a stop waits for the data plane to send its byes before it stops the workers. */
+const BYE_FLUSH_MS = 50;
 /** How often the path choice runs (probes, moves). */
 const PATH_TICK_MS = 250;
 /** How often configured STUN servers and cloud metadata are asked again. */
@@ -212,6 +215,11 @@ export class Agent {
         const name = this.nameOfSlot(slot);
         if (name) this.hs?.confirmed(name, keyId);
       },
+      onBye: (slot) => {
+        // Authenticated by the peer's session: an etcd writer cannot send it (roster.ts).
+        const name = this.nameOfSlot(slot);
+        if (name && this.registry?.bye(name)) this.log.info({ peer: name }, 'peer said bye');
+      },
       onFatal: (message) => {
         this.log.fatal({ message }, 'data plane failed; stopping');
         void this.stop().then(() => process.exit(1));
@@ -241,6 +249,7 @@ export class Agent {
       log: this.log,
       timers: timersFromEnv(process.env),
       timestamps: (this.hsTimestamps = new FileTimestamps(path.join(cfg.stateDir, HS_TIMESTAMPS_FILE), this.log)),
+      onUnknownInitiator: (key) => void this.registry?.returned(Buffer.from(key).toString('base64')),
     });
     this.hsTimer = setInterval(() => this.hs?.tick(), 100);
     this.hsTimer.unref();
@@ -264,6 +273,10 @@ export class Agent {
       cacheFile: path.join(cfg.stateDir, 'peers.json'),
       trust: this.member.anchor,
       selfCert: this.member.cert,
+      heardAt: (name) => {
+        const p = this.peers.get(name);
+        return p && this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : null;
+      },
     });
     this.updateLocal();
     void this.register();
@@ -707,6 +720,7 @@ export class Agent {
           txPackets: stats.peer(p.slot, P_TX_PKTS),
           rttMs: Number.isNaN(rtt) ? null : Math.round(rtt * 1000) / 1000,
           lastEndpointChange: lastRoam > 0 ? new Date(lastRoam).toISOString() : null,
+          etcd: this.registry?.etcdView(name) ?? undefined,
         };
       });
     const reg = this.registry?.stats();
@@ -785,6 +799,12 @@ export class Agent {
         this.log.warn({ err: (e as Error).message }, `stop: ${what} failed`);
       }
     };
+    // A stop on purpose: tell every peer over its tunnel first (they drop us at once; etcd
+    // cannot say this for us, see roster.ts). The worker sends within a poll wake-up.
+    await step('bye', async () => {
+      this.engine?.byeAll();
+      await new Promise((r) => setTimeout(r, BYE_FLUSH_MS));
+    });
     await step('status', () => this.status?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));

@@ -140,6 +140,12 @@ export interface HandshakeDeps {
   random?: () => number;
   /** The newest initiation timestamp seen per peer key; default in memory (lost on restart). */
   timestamps?: TimestampStore;
+  /**
+   * A valid initiation (its sender proved its static key) with a newer timestamp than any seen
+   * from that key came from a key that is not a peer. The caller may make it a peer (a member
+   * that said bye and came back); its next initiation is then answered.
+   */
+  onUnknownInitiator?(publicKey: Uint8Array): void;
 }
 
 function ipPort(ip: number, port: number): string {
@@ -483,6 +489,8 @@ export class HandshakeManager {
     const st = [...this.peers.values()].find((p) => key.equals(Buffer.from(p.publicKey)));
     if (!st) {
       this.stats.drops.unknownPeer++;
+      const seen = this.timestamps.get(init.peerStatic);
+      if (!seen || compareTimestamps(init.timestamp, seen) > 0) this.d.onUnknownInitiator?.(init.peerStatic);
       return;
     }
     const last = this.timestamps.get(st.publicKey);

@@ -2,11 +2,15 @@ import { parseIpv4, Prefix } from '../util/ipv4';
 import { revokes, type TrustAnchor } from './cert';
 import { AddressConflict, certPrecedence, certRef, describeCert } from './holders';
 import { checkOverlayIpInNetwork, HostCert, HostRecord, Parsed, RevocationRecord } from './records';
+import type { Candidate, RecordView } from './roster';
 
 /**
  * The peer set, as a pure function of what the registry has read from etcd.
  *
- * A host is a peer when it is not `self`, has an alive key, and has a valid record. A record is
+ * `candidates`: every host but `self` with a valid record, alive or not, where a member's last
+ * valid record (`kept`) stands in when etcd holds none, an invalid one or an older one; the
+ * roster (roster.ts) decides membership from them. `peers` (kept for tools and tests): the
+ * candidates with an alive key and a record in etcd, the rule before issue 11. A record is
  * valid when it parses, is trusted (below), is not revoked, its overlayIp is a usable address of
  * the network CIDR, and it holds that address.
  *
@@ -39,6 +43,12 @@ export interface PeerInputs {
   readonly alive: ReadonlySet<string>; // host names with an alive key
   readonly leases: ReadonlyMap<string, string | null>; // overlay ip -> holder (null: unreadable lease)
   readonly trust?: PeerTrust;
+  /**
+   * The last valid record of each member (roster.ts). When etcd holds no record for a name, or
+   * one that fails the checks, or a valid one with an older epoch, the held record stands in
+   * for it while it passes the same checks (certificate valid, unrevoked, holding its address).
+   */
+  readonly kept?: ReadonlyMap<string, HostRecord>;
 }
 
 export interface PeerTrust {
@@ -65,7 +75,7 @@ export interface Rejection {
    * Set when the record parsed but failed the trust checks ('untrusted'), was revoked, or is valid
    * but lost its address to an earlier certificate ('conflict', also listed in `conflicts`).
    */
-  readonly trust?: 'untrusted' | 'revoked' | 'conflict';
+  readonly trust?: 'untrusted' | 'revoked' | 'conflict' | 'stale';
 }
 
 export interface PeerSet {
@@ -77,6 +87,11 @@ export interface PeerSet {
   readonly conflicts: AddressConflict[];
   /** Certificates of the records that passed the trust and revocation checks (for `knownCerts`). */
   readonly certified: HostCert[];
+  /**
+   * Every valid host but self (alive or not; held records included), with what etcd holds for it:
+   * the roster (roster.ts) decides membership from these. Empty when `selfProblem`.
+   */
+  readonly candidates: Map<string, Candidate>;
 }
 
 /** The revocation covering `cert`, if any. */
@@ -88,11 +103,40 @@ function describeRevocation(r: RevocationRecord): string {
   return r.serial === null ? `revoked at ${r.revoked} (every certificate issued until then)` : `certificate ${r.serial} revoked at ${r.revoked}`;
 }
 
+/** One record through the checks: parse, trust, revocation, address in the network, lease (without trust). */
+function checkEntry(inp: PeerInputs, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
+  if (!e.parsed.ok) return { error: e.parsed.error };
+  const rec = e.parsed.value;
+  const trust = inp.trust;
+  if (trust) {
+    const bad = trust.anchor.checkRecord(rec, trust.now);
+    if (bad !== null) return { error: bad, trust: 'untrusted' };
+    const rev = revocationOf(trust.revocations, rec.cert!);
+    if (rev) return { error: `cert: ${describeRevocation(rev)}`, trust: 'revoked' };
+  }
+  const why = checkOverlayIpInNetwork(rec, inp.cidr, inp.cidrText);
+  if (why !== null) return { error: why };
+  if (!trust) {
+    const holder = inp.leases.get(rec.overlayIp);
+    if (typeof holder === 'string' && holder !== rec.name) return { error: `overlayIp: ${rec.overlayIp} is leased to ${holder}` };
+  }
+  return { rec, cert: trust ? rec.cert! : undefined };
+}
+
+/** The valid hosts other than self, each with what etcd holds for it (see roster.ts). */
+function candidatesOf(inp: PeerInputs, valid: Map<string, HostRecord>, views: Map<string, RecordView>, selfProblem: string | undefined): Map<string, Candidate> {
+  const out = new Map<string, Candidate>();
+  if (selfProblem !== undefined) return out;
+  for (const [name, record] of valid) if (name !== inp.self) out.set(name, { record, etcd: views.get(name) ?? 'present' });
+  return out;
+}
+
 export function computePeers(inp: PeerInputs): PeerSet {
   const rejected: Rejection[] = [];
   const certified: HostCert[] = [];
   const valid = new Map<string, HostRecord>();
-  const names = [...inp.hosts.keys()].sort();
+  const views = new Map<string, RecordView>();
+  const names = [...new Set([...inp.hosts.keys(), ...(inp.kept?.keys() ?? [])])].sort();
   const trust = inp.trust;
 
   let selfProblem: string | undefined;
@@ -104,38 +148,32 @@ export function computePeers(inp: PeerInputs): PeerSet {
   }
 
   for (const name of names) {
-    const e = inp.hosts.get(name)!;
-    if (!e.parsed.ok) {
-      rejected.push({ name, modRevision: e.modRevision, error: e.parsed.error });
-      continue;
-    }
-    const rec = e.parsed.value;
-    if (trust) {
-      const bad = trust.anchor.checkRecord(rec, trust.now);
-      if (bad !== null) {
-        rejected.push({ name, modRevision: e.modRevision, error: bad, trust: 'untrusted' });
-        continue;
-      }
-      const rev = revocationOf(trust.revocations, rec.cert!);
-      if (rev) {
-        rejected.push({ name, modRevision: e.modRevision, error: `cert: ${describeRevocation(rev)}`, trust: 'revoked' });
-        continue;
-      }
-      certified.push(rec.cert!);
-    }
-    const why = checkOverlayIpInNetwork(rec, inp.cidr, inp.cidrText);
-    if (why !== null) {
-      rejected.push({ name, modRevision: e.modRevision, error: why });
-      continue;
-    }
-    if (!trust) {
-      const holder = inp.leases.get(rec.overlayIp);
-      if (typeof holder === 'string' && holder !== name) {
-        rejected.push({ name, modRevision: e.modRevision, error: `overlayIp: ${rec.overlayIp} is leased to ${holder}` });
+    const e = inp.hosts.get(name);
+    const held = name === inp.self ? undefined : inp.kept?.get(name);
+    let view: RecordView = 'absent';
+    if (e) {
+      const r = checkEntry(inp, e);
+      if ('error' in r) {
+        rejected.push({ name, modRevision: e.modRevision, error: r.error, trust: r.trust });
+        view = 'invalid';
+      } else if (held && r.rec.epoch < held.epoch) {
+        // A valid record older than the one we hold (replayed by an etcd writer?): keep ours.
+        rejected.push({ name, modRevision: e.modRevision, error: `epoch: ${r.rec.epoch} is older than the record held (${held.epoch})`, trust: 'stale' });
+        view = 'invalid';
+      } else {
+        if (r.cert) certified.push(r.cert);
+        valid.set(name, r.rec);
+        views.set(name, 'present');
         continue;
       }
     }
-    valid.set(name, rec);
+    if (!held) continue;
+    // No valid record in etcd: the last valid one stands while it passes the same checks.
+    const r = checkEntry(inp, { modRevision: '0', parsed: { ok: true, value: held } });
+    if ('error' in r) continue;
+    if (r.cert) certified.push(r.cert);
+    valid.set(name, r.rec);
+    views.set(name, view);
   }
 
   const conflicts: AddressConflict[] = [];
@@ -143,9 +181,10 @@ export function computePeers(inp: PeerInputs): PeerSet {
     const lost = resolveByCertificate(inp, valid, trust, rejected, conflicts);
     if (lost !== undefined) selfProblem ??= lost;
     const peers = new Map<string, HostRecord>();
-    if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
+    const candidates = candidatesOf(inp, valid, views, selfProblem);
+    if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified, candidates };
     for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
-    return { peers, rejected, conflicts, certified };
+    return { peers, rejected, conflicts, certified, candidates };
   }
 
   // Without trust: duplicates among the hosts that matter now (live ones and self). Lease holders
@@ -166,7 +205,7 @@ export function computePeers(inp: PeerInputs): PeerSet {
       const others = claimants.filter((n) => n !== name).join(', ');
       rejected.push({
         name,
-        modRevision: inp.hosts.get(name)!.modRevision,
+        modRevision: inp.hosts.get(name)?.modRevision ?? '0',
         error: `overlayIp: ${rec.overlayIp} is also claimed by ${others} and no lease decides`,
       });
       valid.delete(name);
@@ -174,9 +213,10 @@ export function computePeers(inp: PeerInputs): PeerSet {
   }
 
   const peers = new Map<string, HostRecord>();
-  if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified };
+  const candidates = candidatesOf(inp, valid, views, selfProblem);
+  if (selfProblem !== undefined) return { peers, rejected, selfProblem, conflicts, certified, candidates };
   for (const [name, rec] of valid) if (name !== inp.self && inp.alive.has(name)) peers.set(name, rec);
-  return { peers, rejected, conflicts, certified };
+  return { peers, rejected, conflicts, certified, candidates };
 }
 
 /**

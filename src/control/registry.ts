@@ -12,6 +12,7 @@ import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } fro
 import type { AddressConflict } from './holders';
 import { KnownCerts } from './known-certs';
 import { computePeers, HostEntry, revocationOf } from './peers';
+import { Roster, type MemberView } from './roster';
 import {
   checkOverlayIpInNetwork,
   checkRecordSize,
@@ -46,6 +47,9 @@ import {
  *             is not verified at all; the agent refuses to join such a network. Two valid
  *             certificates for one address: the earlier holds it (peers.ts); accepted certificates
  *             are remembered (known-certs.ts) so a deleted record does not give its address away.
+ *             Membership (roster.ts): etcd introduces a host (valid record + alive key); it then
+ *             stays while its certificate is valid, on its last valid record when etcd deletes or
+ *             spoils it, and leaves on revocation, expiry, a bye (`bye()`) or a long silence.
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
@@ -68,6 +72,11 @@ export interface RegistryOptions {
   trust?: TrustAnchor;
   /** Our own certificate: if it is revoked or expires, we drop every peer. */
   selfCert?: HostCert;
+  /**
+   * When the newest authenticated packet from a peer arrived (ms since the epoch; 0 or null:
+   * never). A member with no record and no alive key stays while it was heard within SILENCE_MS.
+   */
+  heardAt?: (name: string) => number | null;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -187,6 +196,16 @@ export class Registry {
   private emitScheduled: NodeJS.Immediate | null = null;
   private outageLogged = false;
 
+  // membership (roster.ts): members, their last valid records, byes
+  private readonly roster = new Roster();
+  private kept = new Map<string, HostRecord>();
+  /** Records of members that said bye, for their return (bounded by the roster: one per name). */
+  private readonly departed = new Map<string, HostRecord>();
+  private views = new Map<string, MemberView>();
+  private readonly heardAt: ((name: string) => number | null) | undefined;
+  private silenceTimer: NodeJS.Timeout | null = null;
+  private silenceAt = 0;
+
   // output
   private snapshot: PeerSnapshot = freezeMap(new Map());
   private lastSignature: string | null = null;
@@ -226,6 +245,7 @@ export class Registry {
     this.prefix = networkPrefix(opts.network.name);
     this.trust = opts.trust ?? null;
     this.selfCert = opts.selfCert;
+    this.heardAt = opts.heardAt;
     if (this.trust && this.trust.network !== opts.network.name) {
       throw new CladnetError('ECONFIG', `trust: anchor of network ${this.trust.network}, not ${opts.network.name}`, { field: 'trust' });
     }
@@ -398,6 +418,13 @@ export class Registry {
     const doc = await this.readCache();
     if (doc) this.loadCachedRevocations(doc);
     if (doc) this.knownCerts.load(doc.certs, this.spec.name);
+    const cached = doc ? this.cachedPeers(doc) : null;
+    if (cached) {
+      // The last peer set stays the membership: its records stand in for missing ones in etcd.
+      const savedAt = Date.parse(String((doc as { savedAt?: unknown }).savedAt));
+      this.kept = new Map(cached);
+      this.roster.seed(cached.keys(), Number.isFinite(savedAt) ? Math.min(savedAt, this.now()) : this.now());
+    }
     if (await this.loadOnce()) {
       if (this.closed) return 'none';
       const w = this.startWatcher(this.revision + 1);
@@ -406,7 +433,6 @@ export class Registry {
       return this.source;
     }
     if (this.closed) return 'none';
-    const cached = doc ? this.cachedPeers(doc) : null;
     if (cached && !this.loadedOk && !this.closed) {
       this.source = 'cache';
       this.deliver(cached);
@@ -732,7 +758,7 @@ export class Registry {
       this.emitScheduled = null;
     }
     const now = this.now();
-    const { peers, rejected, selfProblem, conflicts, certified } = computePeers({
+    const { rejected, selfProblem, conflicts, certified, candidates } = computePeers({
       self: this.self,
       cidr: this.cidr,
       cidrText: this.spec.cidr,
@@ -742,7 +768,19 @@ export class Registry {
       trust: this.trust
         ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert, knownCerts: this.knownCerts.values() }
         : undefined,
+      kept: this.kept,
     });
+    const roster = this.roster.update({ candidates, alive: this.aliveNames, now, heardAt: this.heardAt, etcdRead: this.reloads > 0 });
+    for (const l of roster.left) {
+      const why = l.why === 'bye' ? 'it said bye' : l.why === 'silent' ? 'no record, no alive key and no packet for a long time' : 'no valid certificate for it now (revoked, expired, or its address held by an earlier one)';
+      this.log.info({ host: l.name, reason: l.why }, `member left: ${why}`);
+    }
+    const peers = new Map<string, HostRecord>();
+    for (const [name, m] of roster.members) peers.set(name, m.record);
+    this.kept = new Map(peers);
+    this.views = roster.members;
+    for (const name of this.departed.keys()) if (roster.members.has(name)) this.departed.delete(name);
+    this.armSilenceTimer(now, roster.nextCheck);
     this.knownCerts.remember(certified);
     this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined);
     let revoked = 0;
@@ -761,6 +799,8 @@ export class Registry {
       if (r.trust === 'untrusted') {
         this.untrustedRecords++;
         this.log.warn({ etcdKey, modRevision: r.modRevision, error: r.error }, 'skipping untrusted host record');
+      } else if (r.trust === 'stale') {
+        this.log.warn({ etcdKey, modRevision: r.modRevision, error: r.error }, 'skipping host record older than the one held');
       } else {
         this.log.warn({ etcdKey, modRevision: r.modRevision, error: r.error }, 'skipping invalid host record');
       }
@@ -805,6 +845,58 @@ export class Registry {
     }
     for (const id of this.warnedConflicts) if (!current.has(id)) this.warnedConflicts.delete(id);
     for (const id of current) this.warnedConflicts.add(id);
+  }
+
+  /** Recomputes the peer set when the next silent member (no record, no alive key) is due to leave. */
+  private armSilenceTimer(now: number, at: number | null): void {
+    if (at === null || (this.silenceTimer && this.silenceAt === at)) return;
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.silenceAt = at;
+    this.silenceTimer = setTimeout(() => {
+      this.silenceTimer = null;
+      this.emit();
+    }, Math.min(Math.max(at - now, 0) + 1, MAX_TIMER_MS));
+    this.silenceTimer.unref();
+  }
+
+  /**
+   * A member said bye over its encrypted tunnel (the data plane authenticated it): it leaves now,
+   * and comes back only with a newer record (roster.ts). False when it is not a member.
+   */
+  bye(name: string): boolean {
+    const rec = this.kept.get(name);
+    if (!rec || !this.roster.bye(name, rec.epoch)) return false;
+    this.departed.set(name, rec);
+    if (!this.closed && this.onPeers) this.emit();
+    return true;
+  }
+
+  /**
+   * A host that said bye sent a fresh, valid handshake from its key (it restarted, perhaps while
+   * etcd is out of reach): it is a member again with the record it left with. The name, or null
+   * when the key is no departed host's.
+   */
+  returned(publicKey: string): string | null {
+    for (const [name, rec] of this.departed) {
+      if (rec.publicKey !== publicKey) continue;
+      this.departed.delete(name);
+      if (!this.roster.returned(name, this.now())) return null;
+      this.kept.set(name, rec);
+      this.log.info({ host: name }, 'member that said bye is back (fresh handshake)');
+      if (!this.closed && this.onPeers) this.emit();
+      return name;
+    }
+    return null;
+  }
+
+  /**
+   * What etcd holds for a member as of the last read (its record present, absent or invalid; its
+   * alive key), or null when it is no member or etcd was never read (started from the cache).
+   */
+  etcdView(name: string): { record: 'present' | 'absent' | 'invalid'; alive: boolean } | null {
+    const v = this.views.get(name);
+    if (!v || this.reloads === 0) return null;
+    return { record: v.etcd.record, alive: this.aliveNames.has(name) };
   }
 
   /** Recomputes the peer set when the next certificate becomes valid or expires. */
@@ -929,6 +1021,8 @@ export class Registry {
     this.emitScheduled = null;
     if (this.certTimer) clearTimeout(this.certTimer);
     this.certTimer = null;
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.silenceTimer = null;
     if (this.sleepTimer) clearTimeout(this.sleepTimer);
     this.sleepTimer = null;
     this.sleepWake?.();

@@ -6,7 +6,7 @@
  *              ask of the outbound side (answer a ping, follow a roam, use a confirmed session,
  *              pass a datagram on as a relay) is done at once, on a control batch sent at the end
  *   timers     pings that are due; sending moves off sessions past their deadline
- *   probe, forward, pingAll   requests from the control thread
+ *   probe, forward, pingAll, byeAll   requests from the control thread
  *
  * Both directions share one session table (./sessions.ts): the duplex alone chooses the send
  * session and owns the counters. It owns no thread and makes no system call itself: the worker (worker.ts) gives it the real
@@ -114,6 +114,7 @@ export class Duplex {
           events.relay?.(slot, from, data);
         },
         confirmed: (...a) => events.confirmed?.(...a),
+        bye: (...a) => events.bye?.(...a),
       },
       { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
     );
@@ -179,6 +180,16 @@ export class Duplex {
   /** Pings every peer at the next timer tick (our address or NAT mapping changed). */
   pingAll(): void {
     this.out.pingAllSoon();
+  }
+
+  /** Says bye to every peer with a session now (the agent is stopping on purpose). */
+  byeAll(): void {
+    let next = 0;
+    do {
+      this.clist.count = 0;
+      next = this.out.bye(next, this.io.ctrl.batch, this.clist);
+      this.flushControl();
+    } while (next >= 0);
   }
 
   close(): void {

@@ -39,6 +39,8 @@ export interface EngineOptions {
   onPong?: (p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }) => void;
   /** A responder session carried its first packet (the data plane now sends on it). */
   onConfirmed?: (slot: number, keyId: number) => void;
+  /** The peer in `slot` said bye over its session (it is leaving on purpose). */
+  onBye?: (slot: number) => void;
   onFatal?: (message: string) => void;
 }
 
@@ -100,6 +102,7 @@ export class DataplaneEngine {
         else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
         else if (m.t === 'pong') this.opts.onPong?.(m);
         else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
+        else if (m.t === 'bye') this.opts.onBye?.(m.slot);
         else if (m.t === 'fatal') {
           reject(new Error(`data-plane worker failed: ${m.message}`));
           this.opts.onFatal?.(m.message);
@@ -137,6 +140,11 @@ export class DataplaneEngine {
   /** Pings every peer now. */
   pingAll(): void {
     this.tell({ t: 'pingAll' });
+  }
+
+  /** Says bye to every peer with a session (before a stop on purpose). */
+  byeAll(): void {
+    this.tell({ t: 'byeAll' });
   }
 
   /** Sends `data` to the peer with overlay address `target` through the relay peer in slot `via`. */

@@ -50,6 +50,7 @@ import { isStunPacket } from '../control/stun';
 import { HandshakeLimiter, HS_ALLOW, HS_EXPECT_MAX, HS_EXPECT_MS, HS_OVER_BUDGET, HS_SOURCE_LIMITED, type HsVerdict } from './hslimit';
 import {
   checkHeader,
+  CTRL_BYE,
   CTRL_FORWARD,
   CTRL_LEN,
   CTRL_PING,
@@ -88,6 +89,8 @@ export interface InboundEvents {
   relay?(slot: number, from: number, data: Buffer): void;
   /** The first packet arrived on a session we answered: the data plane may now send on it. */
   confirmed(slot: number, keyId: number): void;
+  /** The peer said bye (its agent is stopping on purpose). */
+  bye?(slot: number): void;
 }
 
 export interface InboundOptions {
@@ -364,6 +367,10 @@ export class Inbound {
     const drops = this.stats.drops;
     if ((kind === CTRL_PING || kind === CTRL_PROBE) && plen === CTRL_LEN) {
       this.events.ping(peer.cfg.slot, buf.readDoubleLE(pkt + 2), ip, port, via);
+      return;
+    }
+    if (kind === CTRL_BYE && plen === CTRL_LEN) {
+      this.events.bye?.(peer.cfg.slot);
       return;
     }
     if (kind === CTRL_PONG && plen === PONG_LEN) {

@@ -39,6 +39,7 @@ import {
 } from './stats';
 import {
   COUNTER_LIMIT,
+  CTRL_BYE,
   CTRL_FORWARD,
   CTRL_LEN,
   CTRL_PING,
@@ -331,6 +332,23 @@ export class Outbound {
     const i = list.count;
     const len = this.control(CTRL_PROBE, this.clock.mono(), batch, i);
     this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, DIRECT));
+  }
+
+  /**
+   * Says bye to every peer we can send to, at its current endpoint, from peer `from` on (the
+   * slot order); returns the next `from` when the batch filled up, else -1.
+   */
+  bye(from: number, batch: PacketBatch, list: SendList): number {
+    const peers = [...this.bySlot.values()];
+    for (let k = from; k < peers.length; k++) {
+      const p = peers[k]!;
+      if (!p.sendable) continue;
+      if (list.count >= batch.capacity) return k;
+      const i = list.count;
+      const len = this.control(CTRL_BYE, this.clock.mono(), batch, i);
+      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via));
+    }
+    return -1;
   }
 
   /**

@@ -24,6 +24,9 @@
  *                                      overlay address is ip (only relay-enabled hosts accept)
  *   0x00 0x05 <ip u32> <datagram>      relayed: <datagram> comes from the peer with overlay address
  *                                      ip, through the sender of this message (the relay)
+ *   0x00 0x06 <f64 t0>                 bye: the sender is leaving the network on purpose (its agent
+ *                                      stops); sealed like any packet, so only the peer itself can
+ *                                      send it (src/control/roster.ts)
  *
  * A relayed datagram is sealed end to end by its two peers; each hop wraps it in a message sealed
  * for that hop, so a relay sees only ciphertext and only peers of the network can use it. Network
@@ -41,7 +44,8 @@ export const CTRL_PONG = 2;
 export const CTRL_PROBE = 3;
 export const CTRL_FORWARD = 4;
 export const CTRL_RELAYED = 5;
-/** Length of a ping or probe. */
+export const CTRL_BYE = 6;
+/** Length of a ping, probe or bye. */
 export const CTRL_LEN = 10;
 export const PONG_LEN = 16;
 /** forward/relayed prefix before the carried datagram. */

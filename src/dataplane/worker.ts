@@ -60,6 +60,8 @@ export type ToWorker =
   | { t: 'probe'; slot: number; ip: number; port: number }
   /** ping every peer now (our address or NAT mapping changed) */
   | { t: 'pingAll' }
+  /** say bye to every peer now (the agent is stopping on purpose) */
+  | { t: 'byeAll' }
   /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
   | { t: 'forward'; via: number; target: number; data: Uint8Array }
   /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
@@ -71,6 +73,7 @@ export type FromWorker =
   | { t: 'stun'; data: Uint8Array; ip: number; port: number }
   | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
   | { t: 'confirmed'; slot: number; keyId: number }
+  | { t: 'bye'; slot: number }
   | { t: 'fatal'; message: string };
 
 /** Segments of the largest TSO super-packet at the smallest IPv4 MSS, rounded up. */
@@ -136,6 +139,7 @@ async function main(init: WorkerInit): Promise<void> {
       handshake: (data, ip, port, via, proven) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true }),
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
+      bye: (slot) => post({ t: 'bye', slot }),
     },
     { mtu: init.mtu, relay: init.relay, mac1, cookies },
   );
@@ -155,6 +159,7 @@ async function main(init: WorkerInit): Promise<void> {
       }
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
       else if (msg.t === 'pingAll') d.pingAll();
+      else if (msg.t === 'byeAll') d.byeAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
       else if (msg.t === 'expect') d.expect(msg.ip);
     }

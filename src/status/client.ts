@@ -1,7 +1,7 @@
 /** `cladnet status`: reads the local API and renders it. */
 import * as http from 'node:http';
 import { CladnetError } from '../errors';
-import type { StatusDocument } from './types';
+import type { StatusDocument, StatusPeer } from './types';
 
 export function fetchStatus(socketPath: string, timeoutMs = 3_000): Promise<StatusDocument> {
   return new Promise((resolve, reject) => {
@@ -48,6 +48,17 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
 }
 
+/**
+ * What etcd holds for a peer, in a few words: 'known' (record and alive key), else what is
+ * missing. The peer stays a member either way while its certificate is valid.
+ */
+export function etcdMarker(e: StatusPeer['etcd']): string {
+  if (!e) return '-';
+  if (e.record === 'present') return e.alive ? 'known' : 'record, not alive';
+  const rec = e.record === 'absent' ? 'NO RECORD' : 'INVALID RECORD';
+  return e.alive ? `${rec}, alive` : rec;
+}
+
 export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   const s = doc.self;
   const lines: string[] = [];
@@ -68,7 +79,8 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   lines.push('');
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {
-    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'PATH', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX']];
+    const withEtcd = doc.peers.some((p) => p.etcd !== undefined);
+    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'PATH', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX', ...(withEtcd ? ['ETCD'] : [])]];
     for (const p of doc.peers) {
       const path =
         p.path === 'relayed' ? `relayed via ${p.via ?? '?'}` : p.path === 'direct' ? `direct${p.pathScope ? ` ${p.pathScope}` : ''}` : '-';
@@ -82,6 +94,7 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
         ago(p.lastRx, now),
         bytes(p.rxBytes),
         bytes(p.txBytes),
+        ...(withEtcd ? [etcdMarker(p.etcd)] : []),
       ]);
     }
     lines.push(table(rows));

@@ -24,6 +24,14 @@ export interface StatusPeer {
   txPackets: number;
   rttMs: number | null;
   lastEndpointChange: string | null;
+  /**
+   * What etcd holds for this peer now: its record ('present'; 'absent' when deleted, 'invalid'
+   * when replaced by one that fails the checks: the last valid record is used meanwhile) and
+   * whether its alive key is there, as of the last read of etcd (absent when the agent started
+   * from its cache and has not read etcd yet). Hints only: membership is the certificate
+   * (docs/security.md).
+   */
+  etcd?: { record: 'present' | 'absent' | 'invalid'; alive: boolean };
 }
 
 export interface StatusDocument {

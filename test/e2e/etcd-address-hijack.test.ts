@@ -270,9 +270,11 @@ describe('agents decide by certificates and remember them (Registry against a re
       // The etcd writer deletes h2's record (and its liveness).
       await client.delete().key(hostKey(n.name, 'h2'));
       await client.delete().key(aliveKey(n.name, 'h2'));
-      await waitFor(() => !seen.peers().includes('h2'), 3_000, 'h2 gone');
+      await waitFor(() => seen.reg.etcdView('h2')?.record === 'absent', 3_000, "h2's record gone from etcd");
       await new Promise((r) => setTimeout(r, 300));
-      expect(seen.peers()).toEqual([]);
+      // Membership is the certificate (roster.ts): h2 stays, on its last valid record.
+      expect(seen.peers()).toEqual(['h2']);
+      expect(seen.reg.etcdView('h2')).toEqual({ record: 'absent', alive: false });
       expect(seen.reg.addressConflicts()).toEqual(want);
 
       // A registry that never saw h2 (no cache) accepts the newcomer: the memory is what holds.
@@ -282,7 +284,7 @@ describe('agents decide by certificates and remember them (Registry against a re
       await seen.reg.close();
       const restarted = await observe(cacheFile);
       await new Promise((r) => setTimeout(r, 300));
-      expect(restarted.peers()).toEqual([]);
+      expect(restarted.peers()).toEqual(['h2']); // the cached member, on its cached record
       expect(restarted.reg.addressConflicts()).toEqual(want);
       console.log(`deleted holder record: remembered by the registry and its cache; a registry without either took thief (${fresh.peers().join(',')})`);
     } finally {

@@ -144,7 +144,7 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     await denied('web-1 reads another network', w1.c.get('/cladnet/v1/networks/other').exec());
     // Stopping works: the liveness lease is revoked with the host's own rights.
     await w1.reg.stopAlive();
-    await waitFor(() => w2.snaps.at(-1)?.size === 0, 3000, 'web-2 sees web-1 go');
+    await waitFor(() => w2.reg.etcdView('web-1')?.alive === false, 3000, "web-2 sees web-1's alive key go");
 
     // No user: no access at all. A wrong password: refused.
     await rejection(client({}).get(networkKey('prod')).exec());

@@ -188,14 +188,17 @@ describe('a network larger than one gRPC message', () => {
     await admin.put(aliveKey(NET, hostName(evil))).value(stuffed);
     await admin.put(leaseKey(NET, overlayIp(evil))).value(stuffed);
 
-    // The watching registry: the host is skipped with a warning naming the cap; others stay.
-    await waitFor(() => !watching.peers().has(hostName(evil)), 20_000, 'the stuffed host to leave the peer set');
-    console.log(`stuffed host dropped by the watching registry after ${(performance.now() - at).toFixed(0)} ms`);
+    // The watching registry: the record is skipped with a warning naming the cap; the host stays a
+    // member on its last valid record (membership is the certificate, roster.ts); others stay.
+    await waitFor(() => watching.reg.etcdView(hostName(evil))?.record === 'invalid', 20_000, 'the stuffed record to be refused');
+    console.log(`stuffed record refused by the watching registry after ${(performance.now() - at).toFixed(0)} ms`);
     const hk = hostKey(NET, hostName(evil));
     await waitFor(() => watching.reg.stats().oversizedRecords === 2, 20_000, 'the stuffed alive key to be skipped too');
     expect(warnings(watching.lines, 'skipping invalid host record', hk).at(-1)?.['error']).toBe(`host record is ${STUFFED} bytes, more than ${RECORD_CAPS.host}`);
     expect(warnings(watching.lines, 'skipping oversized record', aliveKey(NET, hostName(evil)))).toHaveLength(1);
-    expect(watching.peers().size).toBe(N - 2);
+    expect(watching.reg.etcdView(hostName(evil))).toEqual({ record: 'invalid', alive: false });
+    expect(watching.peers().get(hostName(evil))?.overlayIp).toBe(overlayIp(evil));
+    expect(watching.peers().size).toBe(N - 1);
     expect(watching.reg.stats()).toMatchObject({ connected: true, invalidRecords: 2, oversizedRecords: 2 });
 
     // Still following etcd: a host added afterwards arrives.
@@ -204,7 +207,7 @@ describe('a network larger than one gRPC message', () => {
     await putHosts(N, N + 1);
     await waitFor(() => watching.peers().has(hostName(N)), 20_000, 'a host added after the stuffing');
     console.log(`a host added afterwards reached the watching registry in ${(performance.now() - added).toFixed(0)} ms`);
-    expect(watching.peers().size).toBe(N - 1);
+    expect(watching.peers().size).toBe(N);
 
     // A new agent starts: its load completes on a 4 MiB client and skips the same records.
     const fresh = registry(2, client(4 * MiB));
@@ -248,13 +251,15 @@ describe('a network larger than one gRPC message', () => {
 
     await admin.put(hostKey(NET, hostName(5))).value('U'.repeat(STUFFED)); // one event, 1.4 MiB: over this client's limit
     await waitFor(() => small.lines.some((l) => l.msg.startsWith('etcd watch message too large')), 20_000, 'the too-large watch message');
-    await waitFor(() => !small.peers().has(hostName(5)), 30_000, 'the stuffed host to be skipped after the reload');
+    // Refused after the reload; host 5 stays a member on the record this registry saw valid.
+    await waitFor(() => small.reg.etcdView(hostName(5))?.record === 'invalid', 30_000, 'the stuffed record to be refused after the reload');
+    expect(small.peers().has(hostName(5))).toBe(true);
     expect(small.reg.stats().reloads).toBeGreaterThan(loadsBefore);
 
     issue(N + 1);
     await putHosts(N + 1, N + 2);
     await waitFor(() => small.peers().has(hostName(N + 1)), 30_000, 'a host added after the too-large message');
     expect(small.reg.stats().connected).toBe(true);
-    expect(small.peers().size).toBe(N + 2 - 1 - 5);
+    expect(small.peers().size).toBe(N + 2 - 1 - 4);
   });
 });

@@ -112,10 +112,40 @@ describe('Registry against a real etcd', () => {
     expect(() => (rec.last() as Map<string, HostRecord>).set('x', seen)).toThrow(/read-only/);
 
     await peer.reg.stopAlive();
-    await waitFor(() => rec.last()?.size === 0, 2000, 'peer p to go');
+    await waitFor(() => watcher.reg.etcdView('p')?.alive === false, 2000, 'p seen without its alive key');
     // Only liveness went; the record stays for the next start.
     expect(await client.get(aliveKey('demo', 'p')).string()).toBeNull();
     expect(await client.get(hostKey('demo', 'p')).string()).not.toBeNull();
+    // Liveness is a hint: p stays a member (its certificate would decide; this network has none).
+    expect(rec.names()).toEqual(['p']);
+    expect(watcher.reg.etcdView('p')).toEqual({ record: 'present', alive: false });
+    // It leaves when it says so (the agent passes on a bye that came over p's tunnel)...
+    expect(watcher.reg.bye('p')).toBe(true);
+    expect(rec.names()).toEqual([]);
+    expect(watcher.reg.bye('p')).toBe(false);
+    // ...and comes back with a newer record and an alive key (a restart).
+    await peer.reg.publish(record('p', ip, { publicKey: key(9) }));
+    await client.put(aliveKey('demo', 'p')).value('{}');
+    await waitFor(() => rec.last()?.has('p'), 2000, 'peer p back');
+  });
+
+  it('keeps a member whose record is deleted, with its last record, until a new one arrives', async () => {
+    const watcher = newRegistry('w');
+    const rec = recorder();
+    await watcher.reg.watch(rec.onPeers);
+    const peer = newRegistry('p');
+    await peer.reg.publish(record('p', '100.64.0.20', { publicKey: key(9) }));
+    await peer.reg.startAlive();
+    await waitFor(() => rec.last()?.has('p'), 2000, 'peer p');
+    await client.delete().key(hostKey('demo', 'p'));
+    await waitFor(() => watcher.reg.etcdView('p')?.record === 'absent', 2000, 'p without a record');
+    expect(rec.last()!.get('p')).toMatchObject({ overlayIp: '100.64.0.20', endpoints: ['198.18.1.2:51820'] });
+    await peer.reg.stopAlive();
+    await waitFor(() => watcher.reg.etcdView('p')?.alive === false, 2000, 'p without its alive key');
+    expect(rec.names()).toEqual(['p']);
+    await peer.reg.publish(record('p', '100.64.0.20', { publicKey: key(9), endpoints: ['198.18.1.7:51820'] }));
+    await waitFor(() => rec.last()?.get('p')?.endpoints[0] === '198.18.1.7:51820', 2000, 'the new record');
+    expect(watcher.reg.etcdView('p')).toEqual({ record: 'present', alive: false });
   });
 
   it('needs both a record and an alive key, and never lists itself', async () => {

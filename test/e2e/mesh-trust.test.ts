@@ -106,7 +106,7 @@ describe.skipIf(!isRoot)('membership certified by the network key', () => {
     await expectIgnored('attacker-signed', { ...rec, cert });
   });
 
-  it("refuses h2's record rewritten in etcd to claim h3's overlay IP; h3 stays reachable", async () => {
+  it("refuses h2's record rewritten in etcd to claim h3's overlay IP; h2 keeps its last valid record, h3 stays reachable", async () => {
     const original = await get(hostKey(NET, 'h2'));
     const tampered = { ...(JSON.parse(original) as HostRecord), overlayIp: ip.get('h3')! };
     const before = await bed.agent('h1').status();
@@ -116,14 +116,19 @@ describe.skipIf(!isRoot)('membership certified by the network key', () => {
       'h1 and h3 to refuse the tampered h2 record',
       async () => {
         const docs = await Promise.all(others.map((a) => a.status()));
-        return docs.every((d) => !d.peers.some((p) => p.name === 'h2'));
+        return docs.every((d) => d.peers.find((p) => p.name === 'h2')?.etcd?.record === 'invalid');
       },
       { timeoutMs: 5_000, intervalMs: 100 },
     );
     const h1 = await bed.agent('h1').status();
     expect(untrusted(h1)).toBeGreaterThan(untrusted(before));
-    expect(h1.peers.map((p) => [p.name, p.overlayIp])).toEqual([['h3', ip.get('h3')]]);
+    // Membership is the certificate: h2 stays at the address its certificate binds.
+    expect(h1.peers.map((p) => [p.name, p.overlayIp])).toEqual([
+      ['h2', ip.get('h2')],
+      ['h3', ip.get('h3')],
+    ]);
     expect((await ping(bed.topo, bed.agent('h1').host.ns, ip.get('h3')!, { count: 2, intervalS: 0.1 })).received, 'h1 -> h3').toBe(2);
+    expect((await ping(bed.topo, bed.agent('h1').host.ns, ip.get('h2')!, { count: 2, intervalS: 0.1 })).received, 'h1 -> h2').toBe(2);
     const h1log = bed.agent('h1').logTail(200);
     expect(h1log).toContain(`overlayIp: ${ip.get('h3')} differs from the certificate's ${ip.get('h2')}`);
 

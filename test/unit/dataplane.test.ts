@@ -41,6 +41,7 @@ import {
 import {
   COUNTER_LIMIT,
   CTRL_LEN,
+  CTRL_BYE,
   CTRL_PING,
   CTRL_PONG,
   CTRL_PROBE,
@@ -140,6 +141,8 @@ class Node {
   readonly handshakeFrom: { ip: number; port: number; via: number }[] = [];
   /** Sessions the peer used first (after which we send on them). */
   readonly confirmed: { slot: number; keyId: number }[] = [];
+  /** Peers that said bye (by slot). */
+  readonly byes: number[] = [];
   /** More observers a test may set; each is called after the event is recorded above. */
   readonly observers: DuplexEvents = {};
 
@@ -190,6 +193,10 @@ class Node {
         confirmed: (slot, keyId) => {
           this.confirmed.push({ slot, keyId });
           o.confirmed?.(slot, keyId);
+        },
+        bye: (slot) => {
+          this.byes.push(slot);
+          o.bye?.(slot);
         },
       },
       { mtu: MTU, relay: opts.relay ?? false },
@@ -518,6 +525,27 @@ describe('data plane over fakes', () => {
       expect(a.send()).toBe(packets.length);
       expect(b.receive()).toBe(packets.length);
       expect(b.tun.take()).toEqual(packets);
+    });
+
+    it('a bye goes sealed to every peer, is reported with the sender\'s slot, and a replayed one is dropped', async () => {
+      const { a, b, c, net } = m;
+      const before = net.captured.length;
+      a.duplex.byeAll();
+      const sent = net.captured.slice(before);
+      expect(sent.map((d) => d.data.length)).toEqual([HEADER_LEN + CTRL_LEN + TAG_LEN, HEADER_LEN + CTRL_LEN + TAG_LEN]);
+      const toB = sent.find((d) => d.dstPort === b.udp.port)!;
+      const plain = await unseal(m.ba.rxKey, toB.data);
+      expect([plain![0], plain![1]]).toEqual([0, CTRL_BYE]);
+      b.receive();
+      c.receive();
+      expect(b.byes).toEqual([SLOT_OF_A_AT_B]);
+      expect(c.byes).toEqual([SLOT_OF_A_AT_C]);
+      expect(b.pings).toEqual([]); // not answered: a bye is no ping
+      // Captured and sent again (an attacker on the path): the replay window refuses it.
+      net.deliver(toB);
+      b.receive();
+      expect(b.byes).toEqual([SLOT_OF_A_AT_B]);
+      expect(b.drops()).toMatchObject({ replay: 1 });
     });
 
     it('a ping is answered by a pong and the RTT is measured on the pinger\'s clock', async () => {

@@ -58,6 +58,7 @@ import {
 } from '../../src/dataplane/stats';
 import {
   COUNTER_LIMIT,
+  CTRL_BYE,
   CTRL_FORWARD,
   CTRL_LEN,
   CTRL_PING,
@@ -182,6 +183,7 @@ interface Expected {
   stuns: Handoff[];
   relays: RelayRequest[];
   confirmed: { slot: number; keyId: number }[];
+  byes: { slot: number }[];
   /** Authenticated packets with no visible effect. */
   keepalives: number;
   /** Relayed messages whose datagram went through the stages again, as its sender's own. */
@@ -201,6 +203,7 @@ function emptyExpected(): Expected {
     stuns: [],
     relays: [],
     confirmed: [],
+    byes: [],
     keepalives: 0,
     unwrapped: 0,
     preAuthSpoofed: 0,
@@ -312,6 +315,7 @@ class Harness {
   readonly stuns: Handoff[] = [];
   readonly relays: RelayRequest[] = [];
   readonly confirmed: { slot: number; keyId: number }[] = [];
+  readonly byes: { slot: number }[] = [];
 
   // A's side: a real Outbound that sends to B
   private readonly aClock = new FakeClock(1_600_000_000_000, 7_000);
@@ -403,6 +407,7 @@ class Harness {
       this.bSessions,
       {
         ping: (slot, t0, ipv, port, via) => this.pings.push({ slot, t0, ip: ipv, port, via }),
+        bye: (slot) => this.byes.push({ slot }),
         pong: (slot, rtt, ipv, port, via, seenIp, seenPort) => this.pongs.push({ slot, rtt, ip: ipv, port, via, seenIp, seenPort }),
         roam: (slot, ipv, port, via) => this.roams.push({ slot, ip: ipv, port, via }),
         // event data is only valid during the call: copies
@@ -501,7 +506,7 @@ class Harness {
       case 6: // keepalive
         return Buffer.alloc(0);
       case 7:
-        return this.control(CTRL_PING, this.t0());
+        return this.control(r.chance(0.2) ? CTRL_BYE : CTRL_PING, this.t0());
       case 8:
         return this.pong(this.t0(), this.seenIp(), r.int(0, 0xffff));
       case 9: { // control message of the wrong length
@@ -510,7 +515,7 @@ class Harness {
         return p;
       }
       case 10: // unknown control kind
-        return this.control(r.pick([0, 6, 0x7f, 0xff]), this.t0());
+        return this.control(r.pick([0, 7, 0x7f, 0xff]), this.t0());
       case 11:
         return this.control(CTRL_PROBE, this.t0());
       case 12: { // a known kind at the other kinds' length: an old 10-byte pong, a 16-byte ping or probe
@@ -792,6 +797,10 @@ class Harness {
         e.pings.push({ slot: peer.slot, t0: p.readDoubleLE(2), ip: src.ip, port: src.port, via });
         return;
       }
+      if (kind === CTRL_BYE && p.length === CTRL_LEN) {
+        e.byes.push({ slot: peer.slot });
+        return;
+      }
       if (kind === CTRL_PONG && p.length === PONG_LEN) {
         const rtt = this.clock.mono() - p.readDoubleLE(2);
         if (!(rtt >= 0 && rtt < 60_000)) return drop('malformed');
@@ -876,6 +885,7 @@ class Harness {
       stuns: this.stuns.length,
       relays: this.relays.length,
       confirmed: this.confirmed.length,
+      byes: this.byes.length,
     };
     this.inb.process(b, list.length, this.tun);
 
@@ -899,6 +909,7 @@ class Harness {
     sameList('pongs', this.pongs.slice(before.pongs), e.pongs);
     sameList('roams', this.roams.slice(before.roams), e.roams);
     sameList('confirmed', this.confirmed.slice(before.confirmed), e.confirmed);
+    sameList('byes', this.byes.slice(before.byes), e.byes);
     sameList('handshakes', this.handshakes.slice(before.handshakes), e.handshakes);
     sameList('stuns', this.stuns.slice(before.stuns), e.stuns);
     sameList('relays', this.relays.slice(before.relays), e.relays);
@@ -923,10 +934,11 @@ class Harness {
     const pings = this.pings.length - before.pings;
     const pongs = this.pongs.length - before.pongs;
     const relays = this.relays.length - before.relays;
-    const keepalives = authenticated - attempts.length - postAuthDrops - pings - pongs - relays - e.unwrapped;
+    const byes = this.byes.length - before.byes;
+    const keepalives = authenticated - attempts.length - postAuthDrops - pings - pongs - relays - byes - e.unwrapped;
     check(keepalives === e.keepalives, () => `${keepalives} keepalives, model ${e.keepalives}`);
     const handoffs = this.handshakes.length - before.handshakes + (this.stuns.length - before.stuns);
-    const control = pings + pongs + keepalives + relays + handoffs;
+    const control = pings + pongs + keepalives + relays + byes + handoffs;
     check(dDrops + delivered + control === list.length, () => `accounting: ${dDrops} dropped + ${delivered} delivered + ${control} control != ${list.length} fed`);
 
     const seen = this.seen;
@@ -955,6 +967,7 @@ class Harness {
     this.stuns.length = 0;
     this.relays.length = 0;
     this.confirmed.length = 0;
+    this.byes.length = 0;
     return e;
   }
 

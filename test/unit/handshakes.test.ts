@@ -560,3 +560,29 @@ describe('FileTimestamps', () => {
     }
   });
 });
+
+describe('HandshakeManager and departed peers (issue 11, bye)', () => {
+  it('a fresh initiation from a key that is no peer is reported once per new timestamp; a replayed one is not', async () => {
+    const unknown: string[] = [];
+    const w = await world({ deps: (side) => (side === 'hi' ? { onUnknownInitiator: (k: Uint8Array) => void unknown.push(hex(k)) } : {}) });
+    w.deliver();
+    w.advance(w.timers.rekeyAfterMs); // one rekey: an initiation hi answered, with a newer timestamp
+    const old = w.log.filter((l) => l.msg[0] === 1 && l.to === 'hi').map((l) => l.msg);
+    expect(old.length).toBeGreaterThanOrEqual(2);
+    // lo said bye: hi drops it as a peer.
+    w.hi.m.setPeers([]);
+    for (const m of old) w.hi.m.receive(m, 66, 6666); // an attacker replays what it captured
+    expect(unknown).toEqual([]);
+    expect(w.hi.m.stats.drops.unknownPeer).toBe(old.length);
+    // lo restarts and initiates anew: a timestamp newer than any hi saw from it.
+    w.advance(1_000);
+    w.restart('lo');
+    w.deliver();
+    expect(unknown).toEqual([hex(w.kps[0]!.publicKey)]);
+    // The agent makes it a peer again; lo's retry completes.
+    w.hi.m.setPeers([{ name: 'lo', publicKey: w.kps[0]!.publicKey, ip: 1, port: 51820 }]);
+    w.advance(RETRY_MIN_MS * 4);
+    expect(w.lo.m.usable('hi')).not.toBeNull();
+    expect(w.hi.m.usable('lo')).not.toBeNull();
+  });
+});

@@ -213,3 +213,20 @@ describe('renderStatus', () => {
     expect(row.split(/\s{2,}/)[6]).toBe(text);
   });
 });
+
+describe('etcd column', () => {
+  it('appears only when the agent reports etcd per peer, and says what etcd lacks', () => {
+    const doc = sample();
+    doc.peers = [
+      peer({ name: 'p1', etcd: { record: 'present', alive: true } }),
+      peer({ name: 'p2', etcd: { record: 'present', alive: false } }),
+      peer({ name: 'p3', etcd: { record: 'absent', alive: false } }),
+      peer({ name: 'p4', etcd: { record: 'invalid', alive: true } }),
+    ];
+    const rows = renderStatus(doc, NOW).split('\n');
+    expect(rows.find((r) => r.startsWith('PEER'))!.split(/\s{2,}/).at(-1)).toBe('ETCD');
+    const marker = (n: string) => rows.find((r) => r.startsWith(`${n} `))!.split(/\s{2,}/).at(-1);
+    expect([marker('p1'), marker('p2'), marker('p3'), marker('p4')]).toEqual(['known', 'record, not alive', 'NO RECORD', 'INVALID RECORD, alive']);
+    expect(renderStatus(sample(), NOW)).not.toContain('ETCD');
+  });
+});
