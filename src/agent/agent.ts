@@ -479,6 +479,8 @@ export class Agent {
     this.log.info({ reason: c.reason, before: c.before, after: c.after, gapMs: c.gapMs }, 'local network changed');
     this.engine?.pingAll();
     this.paths.localChanged();
+    // Any change of our network (a route too) may make etcd reachable again: retry it now.
+    this.etcdLink?.kick();
     if (c.reason === 'route') return;
     this.reflexive.reset();
     this.hs?.rekeyAll();
