@@ -152,6 +152,10 @@ function retryPolicy(retries = 3, link?: EtcdLink): GlobalPolicy {
     onSuccess: () => ({ dispose: () => undefined }),
     onFailure: () => ({ dispose: () => undefined }),
     execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> => {
+      // A call made while etcd is known to be down gets one attempt: the caller's loop waits for
+      // the link's next round. A call made while it was up keeps its retries (with several
+      // endpoints each one may land on another member), and reports a failure only when it gives up.
+      const wasDown = link !== undefined && !link.up();
       for (let attempt = 0; ; attempt++) {
         try {
           const out = await fn({ signal: new AbortController().signal, attempt });
@@ -163,8 +167,10 @@ function retryPolicy(retries = 3, link?: EtcdLink): GlobalPolicy {
             if (answeredByEtcd(e)) link?.ok();
             throw e;
           }
-          link?.failed(e);
-          if (attempt >= retries || (link && !link.up())) throw e;
+          if (attempt >= retries || wasDown) {
+            link?.failed(e);
+            throw e;
+          }
         }
       }
     },

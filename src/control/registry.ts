@@ -441,6 +441,7 @@ export class Registry {
     }
     this.log.debug({ revision: this.revision, keys: res.kvs.length, pages: res.pages, restarts: res.restarts }, 'network loaded');
     this.loadPages = res.pages;
+    this.link.ok(); // (a registry with a private link hears of no other call)
     this.outageLogged = false;
     this.loadedOk = true;
     this.source = 'etcd';
