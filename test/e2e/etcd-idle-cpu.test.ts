@@ -20,15 +20,17 @@ import { recoveryMs, startPings } from '../../src/testbed/traffic';
  *   refused     etcd stopped (ECONNREFUSED)
  *
  * Bounds: a down state may cost at most DOWN_EXTRA_PP percentage points more than `up` measured in
- * the same run (the retries themselves: a few calls per backoff round, rounds up to 30 s), and never
- * more than ABS_MAX_PCT. Reconnecting: at most 30 s (the longest backoff round) + 5 s (one call
+ * the same run (the retries themselves: one call per loop per backoff round, rounds 0.5 s doubling
+ * to 30 s, so about five rounds in the first 20 s; measured +0.35 +-0.35 points, and repeated runs
+ * of one state differ by about 0.5 points on this shared machine), and never more than ABS_MAX_PCT.
+ * Before the fix: 35-42 % with etcd stopped. Reconnecting: at most 30 s (the longest backoff round) + 5 s (one call
  * deadline) after etcd is back, and within ROUTE_FAST_MS when it came back through a change of the
  * agent's own network (a route: the agent retries at once).
  */
 const isRoot = process.getuid?.() === 0;
 const WINDOW_MS = 20_000;
-const DOWN_EXTRA_PP = 0.5;
-const ABS_MAX_PCT = 2;
+const DOWN_EXTRA_PP = 1;
+const ABS_MAX_PCT = 2.5;
 const RECONNECT_MAX_MS = 35_000;
 const ROUTE_FAST_MS = 5_000;
 const CLK_TCK = Number(runSync(['getconf', 'CLK_TCK']).stdout.trim()) || 100;
