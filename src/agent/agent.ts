@@ -290,6 +290,12 @@ export class Agent {
     );
   }
 
+  private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {
+    if (!this.etcdLink) return {};
+    const st = this.etcdLink.stats();
+    return { link: st.state, downSince: st.downSince === null ? null : new Date(st.downSince).toISOString(), outages: st.outages };
+  }
+
   /** Publishes our record and holds liveness, retrying on the etcd link's schedule while etcd is unreachable. */
   private async register(): Promise<void> {
     let logged = false;
@@ -738,6 +744,7 @@ export class Agent {
         invalidRecords: reg?.invalidRecords ?? 0,
         untrustedRecords: reg?.untrustedRecords ?? 0,
         revokedHosts: reg?.revokedHosts ?? 0,
+        ...this.linkStatus(),
       },
       handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
       peers,

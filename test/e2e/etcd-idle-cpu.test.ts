@@ -133,7 +133,10 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
       let pct: number;
       try {
         pct = await cpuPercent(h1.proc.pid!, WINDOW_MS);
-        expect((await h1.status()).etcd.connected, `h1 noticed within ${WINDOW_MS / 1000} s\n${h1.logTail(10)}`).toBe(false);
+        const doc = await h1.status();
+        expect(doc.etcd.connected, `h1 noticed within ${WINDOW_MS / 1000} s\n${h1.logTail(10)}`).toBe(false);
+        expect(doc.etcd.link).toBe('down');
+        expect(Date.parse(doc.etcd.downSince ?? '')).toBeGreaterThan(Date.now() - WINDOW_MS - 2_000);
       } finally {
         await c.leave();
       }
@@ -143,6 +146,7 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
       results.push(`${c.name}: ${pct.toFixed(2)} % (up ${up.toFixed(2)} %), reconnected ${(reconnectMs / 1000).toFixed(1)} s after etcd was back`);
       expect(pct).toBeLessThan(Math.min(ABS_MAX_PCT, Math.max(1, up + DOWN_EXTRA_PP)));
       expect(reconnectMs).toBeLessThan(c.boundMs);
+      expect((await h1.status()).etcd).toMatchObject({ connected: true, link: 'up', downSince: null });
 
       const msgs = logMessages(h1).slice(mark);
       const count = (m: string) => msgs.filter((l) => l.msg === m).length;
