@@ -34,6 +34,7 @@ import { StunClient } from '../control/stun-client';
 import { discoverPublicIp } from '../control/metadata';
 import { openRouteMonitor, type RouteMonitor } from '../os/netlink';
 import { createEtcd, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
+import { EtcdLink } from '../control/etcd-link';
 import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
@@ -100,6 +101,8 @@ const DISCOVERY_EVERY_MS = 60_000;
 
 export class Agent {
   private etcd?: Etcd3;
+  /** Whether etcd answers, and the one retry schedule every etcd loop here follows. */
+  private etcdLink?: EtcdLink;
   private registry?: Registry;
   private engine?: DataplaneEngine;
   private tun?: TunDevice;
@@ -163,7 +166,8 @@ export class Agent {
     }
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
-    this.etcd = createEtcd(etcdOptionsFrom(cfg));
+    this.etcdLink = new EtcdLink({ log: this.log });
+    this.etcd = createEtcd({ ...etcdOptionsFrom(cfg), link: this.etcdLink });
     const saved = this.readState();
     try {
       this.network = await getNetwork(this.etcd, cfg.network);
@@ -277,6 +281,7 @@ export class Agent {
         const p = this.peers.get(name);
         return p && this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : null;
       },
+      link: this.etcdLink,
     });
     this.updateLocal();
     void this.register();
@@ -303,9 +308,15 @@ export class Agent {
     );
   }
 
-  /** Publishes our record and holds liveness, retrying while etcd is unreachable. */
+  private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {
+    if (!this.etcdLink) return {};
+    const st = this.etcdLink.stats();
+    return { link: st.state, downSince: st.downSince === null ? null : new Date(st.downSince).toISOString(), outages: st.outages };
+  }
+
+  /** Publishes our record and holds liveness, retrying on the etcd link's schedule while etcd is unreachable. */
   private async register(): Promise<void> {
-    let delay = 250;
+    let logged = false;
     while (!this.stopping && this.registry) {
       try {
         const res = await this.registry.publish(this.hostRecord());
@@ -318,13 +329,15 @@ export class Agent {
         }
         await this.registry.startAlive();
         this.registered = true;
+        if (logged) this.log.info('registered with etcd');
         if (this.publishAgain) void this.republish();
         return;
       } catch (e) {
         if (this.stopping) return;
-        this.log.warn({ err: (e as Error).message, retryMs: delay }, 'registration failed; retrying');
-        await new Promise((r) => setTimeout(r, delay).unref());
-        delay = Math.min(delay * 2, 5_000);
+        // Once per outage: the etcd link logs the outage itself.
+        if (!logged) this.log.warn({ err: (e as Error).message }, 'registration failed; retrying when etcd answers');
+        logged = true;
+        await this.etcdLink!.wait();
       }
     }
   }
@@ -378,8 +391,10 @@ export class Agent {
     // at a new address): connections to etcd made from an address we may no longer have are
     // dead, and a publish on them would wait out its deadline. Dial again before publishing.
     const addrKey = list.map((a) => `${a.address}/${a.prefixLen}`).sort().join(',');
-    if (this.addrKey !== null && addrKey !== this.addrKey && this.etcd && resetEtcdConnections(this.etcd)) {
-      this.log.debug('etcd connections reset');
+    if (this.addrKey !== null && addrKey !== this.addrKey && this.etcd) {
+      if (resetEtcdConnections(this.etcd)) this.log.debug('etcd connections reset');
+      // A new address may reach etcd where the old one did not: retry now, not at the next round.
+      this.etcdLink?.kick();
     }
     this.addrKey = addrKey;
     for (const a of list) {
@@ -408,7 +423,7 @@ export class Agent {
       return;
     }
     this.publishing = true;
-    let delay = 250;
+    let logged = false;
     try {
       do {
         this.publishAgain = false;
@@ -416,13 +431,13 @@ export class Agent {
           const res = await this.registry!.publish(this.hostRecord());
           if (!res.written) return;
           this.log.info({ endpoints: this.endpoints, epoch: res.record.epoch }, 'republished host record');
-          delay = 250;
+          logged = false;
         } catch (e) {
           if (this.stopping) return;
-          this.log.warn({ err: (e as Error).message, retryMs: delay }, 'republish failed; retrying');
+          if (!logged) this.log.warn({ err: (e as Error).message }, 'republish failed; retrying when etcd answers');
+          logged = true;
           this.publishAgain = true;
-          await new Promise((r) => setTimeout(r, delay).unref());
-          delay = Math.min(delay * 2, 5_000);
+          await this.etcdLink!.wait();
         }
       } while (this.publishAgain && !this.stopping);
     } finally {
@@ -488,12 +503,17 @@ export class Agent {
     this.log.info({ reason: c.reason, before: c.before, after: c.after, gapMs: c.gapMs }, 'local network changed');
     this.engine?.pingAll();
     this.paths.localChanged();
+    // Any change of our network (a route too) may make etcd reachable again: retry it now.
+    this.etcdLink?.kick();
     if (c.reason === 'route') return;
     this.reflexive.reset();
     this.hs?.rekeyAll();
     // After a stop the connections to etcd may be dead even at the same address: dial again (an
     // address change does that in updateLocal).
-    if (c.reason === 'resume' && this.etcd) resetEtcdConnections(this.etcd);
+    if (c.reason === 'resume' && this.etcd) {
+      resetEtcdConnections(this.etcd);
+      this.etcdLink?.kick();
+    }
     this.updateLocal();
     void this.republish();
     void this.discover();
@@ -748,6 +768,7 @@ export class Agent {
         invalidRecords: reg?.invalidRecords ?? 0,
         untrustedRecords: reg?.untrustedRecords ?? 0,
         revokedHosts: reg?.revokedHosts ?? 0,
+        ...this.linkStatus(),
       },
       handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
       peers,
@@ -808,6 +829,7 @@ export class Agent {
     await step('status', () => this.status?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
+    this.etcdLink?.close(); // ends the register/republish waits
     clearInterval(this.hsTimer);
     clearInterval(this.pathTimer);
     clearInterval(this.discoveryTimer);

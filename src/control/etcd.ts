@@ -1,7 +1,9 @@
 import * as fs from 'node:fs';
 import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
 import { CladnetError, isCladnetError } from '../errors';
+import { BACKOFF_MAX_MS } from './backoff';
 import { checkPasswordTransport } from './credentials';
+import type { EtcdLink } from './etcd-link';
 
 /**
  * The etcd client factory and the one place etcd errors become CladnetErrors.
@@ -12,7 +14,11 @@ import { checkPasswordTransport } from './credentials';
  *   Streams (watch, lease keepalive) get no deadline; gRPC keepalive pings detect a dead peer.
  * - With a single endpoint the per-host circuit breaker is replaced by a pass-through: breaking the
  *   only host just adds up to 5 s of refusals after etcd comes back.
- * - Watch reconnect backoff is capped at 2 s (etcd3's default grows to 30 s).
+ * - Watch reconnect backoff grows from 0.5 s to 30 s with jitter (the registry does not lean on
+ *   it: it drops a disconnected watcher and reconnects on the shared `EtcdLink` schedule).
+ * - With a `link` (etcd-link.ts), every unary call reports there: an answer marks etcd up, a
+ *   recoverable failure marks it down, and while it is down a failed call is not retried at once
+ *   (each immediate retry dials a fresh gRPC channel; the callers' loops wait for the next round).
  * - The gRPC receive limit is 16 MiB (`maxReceiveBytes`; grpc-js defaults to 4 MiB). Whole-prefix
  *   reads are paginated (range.ts) so they never need more; the headroom is for a page or a watch
  *   message that carries a few values stuffed up to etcd's own request limit (1.5 MiB by default).
@@ -30,6 +36,8 @@ export interface EtcdOptions {
   auth?: { username: string; password?: string; passwordFile?: string };
   /** Send the password over plain http:// to a non-loopback endpoint anyway (warns); else EINSECURE. */
   allowInsecurePassword?: boolean;
+  /** Where calls report whether etcd answers (and which stops immediate retries while it does not). */
+  link?: EtcdLink;
 }
 
 /** The etcd settings of the agent config or of a CLI command's flags, in the shape createEtcd takes. */
@@ -136,18 +144,33 @@ export function isTooLargeError(err: unknown): boolean {
 /**
  * etcd3's default call policy (retry a recoverable error 3 times at once), except that a response
  * too large for the client is not asked for again: it would be just as large (range.ts asks for a
- * smaller page instead).
+ * smaller page instead), and that nothing is retried at once while `link` says etcd is down.
+ * Every outcome is reported to `link`.
  */
-function retryPolicy(retries = 3): GlobalPolicy {
+function retryPolicy(retries = 3, link?: EtcdLink): GlobalPolicy {
   const policy = {
     onSuccess: () => ({ dispose: () => undefined }),
     onFailure: () => ({ dispose: () => undefined }),
     execute: async <T>(fn: (ctx: { signal: AbortSignal; attempt: number }) => PromiseLike<T> | T): Promise<T> => {
+      // A call made while etcd is known to be down gets one attempt: the caller's loop waits for
+      // the link's next round. A call made while it was up keeps its retries (with several
+      // endpoints each one may land on another member), and reports a failure only when it gives up.
+      const wasDown = link !== undefined && !link.up();
       for (let attempt = 0; ; attempt++) {
         try {
-          return await fn({ signal: new AbortController().signal, attempt });
+          const out = await fn({ signal: new AbortController().signal, attempt });
+          link?.ok();
+          return out;
         } catch (e) {
-          if (attempt >= retries || !(e instanceof Error) || !isRecoverableError(e) || isTooLargeError(e)) throw e;
+          if (!(e instanceof Error && isRecoverableError(e)) || isTooLargeError(e)) {
+            // etcd answered, with an error of its own (too large, permission, no such lease).
+            if (answeredByEtcd(e)) link?.ok();
+            throw e;
+          }
+          if (attempt >= retries || wasDown) {
+            link?.failed(e);
+            throw e;
+          }
         }
       }
     },
@@ -155,8 +178,15 @@ function retryPolicy(retries = 3): GlobalPolicy {
   return policy as unknown as GlobalPolicy;
 }
 
-/** Exponential backoff 100 ms .. 2 s with +-20 % jitter, in cockatiel's IBackoff shape. */
-function watchBackoff(initialMs = 100, maxMs = 2000): WatchBackoff {
+/** An error etcd itself sent back (as opposed to a connection failure or a local one). */
+function answeredByEtcd(e: unknown): boolean {
+  if (!(e instanceof Error)) return false;
+  if (isTooLargeError(e)) return true;
+  return !isRecoverableError(e) && /^(Etcd|GRPC)/.test(e.constructor.name) && e.constructor.name !== 'EtcdWatchStreamEnded';
+}
+
+/** Exponential backoff 500 ms .. 30 s with +-20 % jitter, in cockatiel's IBackoff shape. */
+function watchBackoff(initialMs = 500, maxMs = BACKOFF_MAX_MS): WatchBackoff {
   const make = (base: number): { duration: number; next: () => unknown } => ({
     duration: Math.round(base * (0.8 + Math.random() * 0.4)),
     next: () => make(Math.min(maxMs, base * 2)),
@@ -178,7 +208,7 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
   if (!Number.isInteger(maxReceive) || maxReceive < 64 * 1024) {
     throw new CladnetError('ECONFIG', `maxReceiveBytes: ${maxReceive} must be an integer >= 65536`, { field: 'maxReceiveBytes' });
   }
-  const faultHandling: FaultHandling = { watchBackoff: watchBackoff(), global: retryPolicy() };
+  const faultHandling: FaultHandling = { watchBackoff: watchBackoff(), global: retryPolicy(3, opts.link) };
   if (hosts.length === 1) faultHandling.host = () => passThroughPolicy();
   return new Etcd3({
     ...securityOptions(opts),

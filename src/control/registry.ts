@@ -1,11 +1,13 @@
 import { promises as fsp } from 'fs';
 import * as path from 'path';
-import type { Etcd3, IKeyValue, IWatchResponse, Lease, Watcher } from 'etcd3';
+import type { Etcd3, IKeyValue, IWatchResponse, Watcher } from 'etcd3';
 import { loadEd25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import type { Logger } from '../log';
 import { parseOverlayCidr, Prefix } from '../util/ipv4';
-import { etcdCall, isTooLargeError, toEtcdError } from './etcd';
+import { etcdCall, isTooLargeError, isTransientEtcdError } from './etcd';
+import { EtcdLink } from './etcd-link';
+import { Liveness } from './liveness';
 import { etcdPages, readPrefix } from './range';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
@@ -31,12 +33,14 @@ import {
  * One network's registry, seen from one host:
  *
  * 1. publish: write our host record with a monotonic epoch, never over a newer writer's.
- * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost.
+ * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost
+ *             (liveness.ts).
  * 3. watch:   load the network prefix at revision R (in pages, range.ts), watch from R+1, keep
  *             hosts/alive/leases (values over their size cap skipped), and
  *             hand out a frozen peer snapshot after each change (same-tick bursts coalesced).
- *             On reconnect: reload (etcd3 resumes the stream itself, but a reload also covers
- *             events a reconnect can skip). On watch cancel (compaction): reload and re-watch.
+ *             On disconnect the watcher is dropped (etcd3 would redial on its own clock) and the
+ *             load is retried on the shared `EtcdLink` schedule (backoff with jitter up to 30 s);
+ *             once it works: reload and watch again. On watch cancel (compaction): the same.
  *             While etcd is down the last snapshot stays; a disconnect never empties the peer set.
  * 4. cache:   optionally the last snapshot on disk, used at start when etcd is unreachable.
  * 5. trust:   every host record must carry a certificate signed by the network key (the trust
@@ -77,6 +81,8 @@ export interface RegistryOptions {
    * never). A member with no record and no alive key stays while it was heard within SILENCE_MS.
    */
   heardAt?: (name: string) => number | null;
+  /** Shared etcd up/down state and retry schedule (give the same one to createEtcd); default a private one. */
+  link?: EtcdLink;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -109,8 +115,6 @@ export interface RegistryStats {
 
 export const ALIVE_TTL_SEC = 10;
 const PUBLISH_ATTEMPTS = 8;
-const RETRY_MIN_MS = 250;
-const RETRY_MAX_MS = 5000;
 const CANCEL_WAIT_MS = 1000;
 const WATCH_ATTACH_WAIT_MS = 2000;
 const CACHE_VERSION = 1;
@@ -126,13 +130,6 @@ interface CacheDoc {
   peers: unknown[];
   revocations?: unknown;
   certs?: unknown;
-}
-
-interface AliveState {
-  stopped: boolean;
-  lease: Lease | null;
-  timer: NodeJS.Timeout | null;
-  delay: number;
 }
 
 function freezeMap<K, V>(m: Map<K, V>): ReadonlyMap<K, V> {
@@ -169,7 +166,9 @@ export class Registry {
   private lastWriteRevision: string | null = null; // mod revision of our last successful write
 
   // alive
-  private alive: AliveState | null = null;
+  private alive: Liveness | null = null;
+  private readonly link: EtcdLink;
+  private readonly ownLink: boolean;
 
   // watch state, mirrored from etcd
   private onPeers: PeersCallback | null = null;
@@ -191,7 +190,6 @@ export class Registry {
   private syncing = false;
   private syncAgain = false;
   private needWatcher = false;
-  private sleepTimer: NodeJS.Timeout | null = null;
   private sleepWake: (() => void) | null = null;
   private emitScheduled: NodeJS.Immediate | null = null;
   private outageLogged = false;
@@ -246,6 +244,8 @@ export class Registry {
     this.trust = opts.trust ?? null;
     this.selfCert = opts.selfCert;
     this.heardAt = opts.heardAt;
+    this.ownLink = opts.link === undefined;
+    this.link = opts.link ?? new EtcdLink({ log: opts.log });
     if (this.trust && this.trust.network !== opts.network.name) {
       throw new CladnetError('ECONFIG', `trust: anchor of network ${this.trust.network}, not ${opts.network.name}`, { field: 'trust' });
     }
@@ -333,71 +333,27 @@ export class Registry {
    */
   async startAlive(): Promise<void> {
     if (this.closed) throw new Error('registry is closed');
-    if (this.alive && !this.alive.stopped) return;
-    const st: AliveState = { stopped: false, lease: null, timer: null, delay: RETRY_MIN_MS };
-    this.alive = st;
-    await this.establishAlive(st);
-  }
-
-  private async establishAlive(st: AliveState): Promise<void> {
-    const lease = this.client.lease(this.aliveTtl);
-    st.lease = lease;
-    let up = false;
-    lease.on('lost', (err) => {
-      if (!up || st.stopped || st.lease !== lease) return;
-      this.log.warn({ err: err.message }, 'liveness lease lost; granting a new one');
-      st.lease = null;
-      this.retryAlive(st);
+    if (this.alive) return;
+    this.alive = new Liveness({
+      client: this.client,
+      key: aliveKey(this.spec.name, this.self),
+      value: () => {
+        const value = JSON.stringify({ version: 1, host: this.self, since: new Date(this.now()).toISOString() });
+        checkRecordSize('alive', value);
+        return value;
+      },
+      ttlSec: this.aliveTtl,
+      log: this.log,
+      link: this.link,
     });
-    try {
-      await lease.grant();
-      const value = JSON.stringify({ version: 1, host: this.self, since: new Date(this.now()).toISOString() });
-      checkRecordSize('alive', value);
-      await lease.put(aliveKey(this.spec.name, this.self)).value(value).exec();
-      if (st.stopped) {
-        await lease.revoke().catch(() => lease.release());
-        return;
-      }
-      up = true;
-      st.delay = RETRY_MIN_MS;
-      this.log.info({ ttl: this.aliveTtl }, 'liveness established');
-    } catch (e) {
-      lease.release();
-      if (st.lease === lease) st.lease = null;
-      if (st.stopped) return;
-      this.retryAlive(st);
-      throw toEtcdError(e, 'establish liveness');
-    }
-  }
-
-  private retryAlive(st: AliveState): void {
-    if (st.stopped || st.timer) return;
-    const delay = st.delay;
-    st.delay = Math.min(st.delay * 2, RETRY_MAX_MS);
-    st.timer = setTimeout(() => {
-      st.timer = null;
-      if (st.stopped) return;
-      this.establishAlive(st).catch((e: unknown) => this.log.debug({ err: (e as Error).message }, 'liveness retry failed'));
-    }, delay);
+    await this.alive.start();
   }
 
   /** Revokes the lease, so /alive/<self> disappears now (the host record stays). */
   async stopAlive(): Promise<void> {
-    const st = this.alive;
-    if (!st || st.stopped) return;
-    st.stopped = true;
-    if (st.timer) clearTimeout(st.timer);
-    st.timer = null;
-    const lease = st.lease;
-    st.lease = null;
-    if (!lease) return;
-    try {
-      await lease.revoke();
-      this.log.info('liveness revoked');
-    } catch (e) {
-      lease.release(); // etcd unreachable: the key expires with the lease TTL
-      this.log.warn({ err: (e as Error).message }, 'could not revoke liveness lease; it will expire');
-    }
+    const alive = this.alive;
+    this.alive = null;
+    await alive?.stop();
   }
 
   // ---- 3. watch -----------------------------------------------------------------------------
@@ -489,7 +445,9 @@ export class Registry {
     } catch (e) {
       this.pending = null;
       this.loadedOk = false;
-      if (!this.outageLogged) this.log.warn({ err: (e as Error).message }, 'cannot load peers from etcd; will retry');
+      if (isTransientEtcdError(e)) this.link.failed(e);
+      // (the link logs the outage itself; this says what waits for it)
+      if (!this.outageLogged) this.log.debug({ err: (e as Error).message }, 'cannot load peers from etcd; will retry');
       this.outageLogged = true;
       return false;
     }
@@ -503,12 +461,13 @@ export class Registry {
     for (const kv of res.unreadable) this.skipUnreadable(kv);
     this.floor = this.revision = Number(res.revision);
     for (const r of buffered) this.applyResponse(r);
-    if (this.outageLogged) this.log.info({ revision: this.revision }, 'peers reloaded from etcd');
+    if (this.outageLogged) this.log.debug({ revision: this.revision }, 'peers reloaded from etcd');
     if (res.refusedPages > 0) {
       this.log.warn({ refusedPages: res.refusedPages, unreadable: res.unreadable.length }, 'etcd pages too large for the client: read them in smaller pages (records stuffed by a member?)');
     }
     this.log.debug({ revision: this.revision, keys: res.kvs.length, pages: res.pages, restarts: res.restarts }, 'network loaded');
     this.loadPages = res.pages;
+    this.link.ok(); // (a registry with a private link hears of no other call)
     this.outageLogged = false;
     this.loadedOk = true;
     this.source = 'etcd';
@@ -559,7 +518,6 @@ export class Registry {
   private async runSync(): Promise<void> {
     if (this.syncing) return;
     this.syncing = true;
-    let delay = RETRY_MIN_MS;
     try {
       while (!this.closed) {
         this.syncAgain = false;
@@ -568,27 +526,27 @@ export class Registry {
         if (ok) {
           if (this.needWatcher) {
             this.needWatcher = false;
+            if (this.watchLost) this.log.debug('etcd watch reconnected; reloading');
             this.startWatcher(this.revision + 1);
           }
           if (!this.syncAgain) break;
           continue;
         }
-        await this.sleep(delay);
-        delay = Math.min(delay * 2, RETRY_MAX_MS);
+        await this.sleep();
       }
     } finally {
       this.syncing = false;
     }
   }
 
-  private sleep(ms: number): Promise<void> {
+  /** Until the link's next retry round (or close()). */
+  private sleep(): Promise<void> {
     return new Promise((resolve) => {
       this.sleepWake = resolve;
-      this.sleepTimer = setTimeout(() => {
-        this.sleepTimer = null;
-        this.sleepWake = null;
+      void this.link.wait().then(() => {
+        if (this.sleepWake === resolve) this.sleepWake = null;
         resolve();
-      }, ms);
+      });
     });
   }
 
@@ -613,30 +571,23 @@ export class Registry {
     w.on('connected', () => {
       if (w !== this.watcher) return;
       this.watchConnected = true;
-      if (this.watchLost) {
-        this.watchLost = false;
-        this.log.info('etcd watch reconnected; reloading');
-        this.requestSync(false);
-      }
     });
     w.on('disconnected', (err) => {
       if (w !== this.watcher) return;
+      // Left attached, etcd3 would redial on its own clock (and each failed dial opens a fresh
+      // gRPC channel). Drop the watcher; runSync retries on the link's schedule and watches again.
+      this.dropWatcher(w, true);
       if (isTooLargeError(err)) {
         // A catch-up batch (events since our revision, sent as one message) over the receive
-        // limit: resuming would ask for the same batch again, forever. Drop the watcher, reload
-        // in pages and watch from the new revision instead.
+        // limit: resuming would ask for the same batch again, forever. Reload in pages and watch
+        // from the new revision instead.
         this.log.warn({ err: err.message }, 'etcd watch message too large (records stuffed by a member?); reloading and watching from now');
-        w.removeAllListeners();
-        w.on('error', () => undefined);
-        void w.cancel().catch(() => undefined);
-        this.watcher = null;
-        this.watchConnected = false;
-        this.requestSync(true);
-        return;
+      } else {
+        if (!this.watchLost) this.log.debug({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
+        this.watchLost = true;
+        this.link.failed(err);
       }
-      if (!this.watchLost) this.log.warn({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
-      this.watchConnected = false;
-      this.watchLost = true;
+      this.requestSync(true);
     });
     w.on('data', (res) => {
       if (w !== this.watcher) return;
@@ -648,13 +599,19 @@ export class Registry {
       this.log.warn({ err: err.message }, 'etcd watch cancelled (compacted?); reloading and watching again');
       // etcd3 has already dropped a cancelled watcher; cancelling it again would send a cancel for
       // a watch id the stream no longer knows.
-      w.removeAllListeners();
-      w.on('error', () => undefined);
-      this.watcher = null;
-      this.watchConnected = false;
+      this.dropWatcher(w, false);
       this.requestSync(true);
     });
     return w;
+  }
+
+  /** Forgets `w` (and detaches it from etcd3 when `cancel`), ignoring its later events. */
+  private dropWatcher(w: Watcher, cancel: boolean): void {
+    w.removeAllListeners();
+    w.on('error', () => undefined);
+    if (cancel) void w.cancel().catch(() => undefined);
+    if (this.watcher === w) this.watcher = null;
+    this.watchConnected = false;
   }
 
   private applyResponse(res: IWatchResponse): void {
@@ -1023,8 +980,7 @@ export class Registry {
     this.certTimer = null;
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     this.silenceTimer = null;
-    if (this.sleepTimer) clearTimeout(this.sleepTimer);
-    this.sleepTimer = null;
+    if (this.ownLink) this.link.close();
     this.sleepWake?.();
     this.sleepWake = null;
     const w = this.watcher;

@@ -69,7 +69,8 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
     const nat = { none: 'no NAT', eim: 'NAT, same mapping for every peer', varies: 'NAT, mapping varies by peer', unknown: 'not known yet' }[s.nat];
     lines.push(`  reflexive: ${s.reflexive ?? '-'} (${nat})${s.relay ? ', relays for peers' : ''}`);
   }
-  lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : 'DISCONNECTED (data plane keeps running)'}`);
+  const since = doc.etcd.downSince ? `, unreachable since ${doc.etcd.downSince}, retrying with backoff` : '';
+  lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : `DISCONNECTED (data plane keeps running${since})`}`);
   for (const c of doc.conflicts ?? []) {
     lines.push(
       `  CONFLICT: ${c.overlayIp} is held by ${c.winner.name} (certificate ${c.winner.serial}, issued ${c.winner.issued}); ` +

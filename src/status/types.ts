@@ -61,7 +61,18 @@ export interface StatusDocument {
    * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those
    * that failed the certificate checks; revokedHosts the hosts skipped now as revoked.
    */
-  etcd: { connected: boolean; invalidRecords: number; untrustedRecords?: number; revokedHosts?: number };
+  etcd: {
+    connected: boolean;
+    invalidRecords: number;
+    untrustedRecords?: number;
+    revokedHosts?: number;
+    /** Whether etcd answers calls ('unknown' before the first); retries back off up to 30 s while 'down'. */
+    link?: 'unknown' | 'up' | 'down';
+    /** While down: since when (ISO time). */
+    downSince?: string | null;
+    /** Outages seen since start. */
+    outages?: number;
+  };
   /** Handshake counters (sent, completed, rekeys) and refusals by reason. */
   handshake?: {
     initiationsSent: number;

@@ -1,0 +1,186 @@
+import type { Etcd3, Lease } from 'etcd3';
+import { CladnetError } from '../errors';
+import type { Logger } from '../log';
+import { DEFAULT_DIAL_TIMEOUT_MS, isTransientEtcdError, toEtcdError } from './etcd';
+import type { EtcdLink } from './etcd-link';
+
+/**
+ * Our liveness key: /alive/<self> on an etcd lease, kept alive by us, not by etcd3.
+ *
+ * etcd3's automatic keepalive retries a failed keepalive stream every 100 ms and each failure
+ * makes it dial a fresh gRPC channel: ten connects a second for two TTLs whenever etcd is away.
+ * Here the lease is granted without it and kept alive with one short keepalive exchange every
+ * TTL/3. A failed exchange reports to the `EtcdLink` and waits for its next retry round (shared
+ * backoff up to 30 s), on the same lease, so a short outage keeps the lease. The lease counts as
+ * lost when etcd says it expired, or after two TTLs without an answer (etcd3's rule); then a new
+ * one is granted, again on the link's schedule.
+ *
+ *   1. grant a lease, put the key on it   (retried on the link's schedule until it works)
+ *   2. every TTL/3: one keepalive         (failure: wait for the link; 2 TTLs silent: back to 1)
+ */
+export interface LivenessOptions {
+  client: Etcd3;
+  key: string;
+  /** The key's value, asked for at each grant. */
+  value: () => string;
+  ttlSec: number;
+  log: Logger;
+  link: EtcdLink;
+  /** Deadline of one keepalive exchange (default the client's dial timeout, 5 s). */
+  callTimeoutMs?: number;
+  now?: () => number;
+}
+
+export class Liveness {
+  private readonly opts: LivenessOptions;
+  private readonly now: () => number;
+  private readonly callTimeout: number;
+  private stopped = false;
+  private lease: Lease | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(opts: LivenessOptions) {
+    this.opts = opts;
+    this.now = opts.now ?? Date.now;
+    this.callTimeout = opts.callTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS;
+  }
+
+  /** Starts; resolves once the key is written, rejects (EETCD) if the first attempt fails (retrying on regardless). */
+  start(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      let first: ((e?: Error) => void) | null = (e) => (e ? reject(e) : resolve());
+      void this.run((e) => {
+        first?.(e);
+        first = null;
+      });
+    });
+  }
+
+  /** Revokes the lease, so the key disappears now; if etcd does not answer, it expires with its TTL. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.wake?.();
+    const lease = this.lease;
+    this.lease = null;
+    if (!lease) return;
+    try {
+      await lease.revoke({ deadline: this.now() + this.callTimeout });
+      this.opts.log.info('liveness revoked');
+    } catch (e) {
+      lease.release();
+      this.opts.log.warn({ err: (e as Error).message }, 'could not revoke liveness lease; it will expire');
+    }
+  }
+
+  private async run(settled: (e?: Error) => void): Promise<void> {
+    const { log, link } = this.opts;
+    while (!this.stopped) {
+      // 1. grant and put
+      let lease: Lease;
+      try {
+        lease = await this.establish();
+      } catch (e) {
+        if (this.stopped) break;
+        settled(toEtcdError(e, 'establish liveness'));
+        log.debug({ err: (e as Error).message }, 'liveness not established; retrying');
+        await this.pause(link.wait());
+        continue;
+      }
+      if (this.stopped) {
+        // stop() came while we were granting: revoke this one ourselves.
+        void lease.revoke({ deadline: this.now() + this.callTimeout }).catch(() => lease.release());
+        break;
+      }
+      this.lease = lease;
+      settled();
+      log.info({ ttl: this.opts.ttlSec }, 'liveness established');
+      // 2. keep alive until lost
+      await this.keepAlive(lease);
+      if (!this.stopped && this.lease === lease) {
+        this.lease = null;
+        lease.release();
+      }
+    }
+    settled(new Error('liveness stopped'));
+  }
+
+  private async establish(): Promise<Lease> {
+    const lease = this.opts.client.lease(this.opts.ttlSec, { autoKeepAlive: false });
+    lease.on('lost', () => undefined); // reported through grant() and keepaliveOnce()
+    try {
+      await lease.grant();
+      await lease.put(this.opts.key).value(this.opts.value()).exec();
+      return lease;
+    } catch (e) {
+      lease.release();
+      throw e;
+    }
+  }
+
+  /** Returns when the lease is lost (or we stop). */
+  private async keepAlive(lease: Lease): Promise<void> {
+    const { log, link } = this.opts;
+    const ttlMs = this.opts.ttlSec * 1000;
+    let lastOk = this.now();
+    let retrying = false;
+    for (;;) {
+      // Until the next keepalive (TTL/3, or the link's next round after a failure), but no longer
+      // than the moment the lease must count as lost.
+      const untilLost = lastOk + 2 * ttlMs - this.now();
+      await this.pause(retrying ? link.wait() : null, retrying ? untilLost : Math.min(ttlMs / 3, untilLost));
+      if (this.stopped) return;
+      if (this.now() - lastOk >= 2 * ttlMs) {
+        log.warn({ silentMs: this.now() - lastOk }, 'liveness lease lost; granting a new one');
+        return;
+      }
+      try {
+        await this.keepaliveOnce(lease);
+        lastOk = this.now();
+        retrying = false;
+        link.ok();
+      } catch (e) {
+        if (this.stopped) return;
+        if ((e as Error).constructor?.name === 'EtcdLeaseInvalidError' || (e as Error).name === 'EtcdLeaseInvalidError') {
+          link.ok();
+          log.warn({ err: (e as Error).message }, 'liveness lease lost; granting a new one');
+          return;
+        }
+        if (isTransientEtcdError(e)) link.failed(e);
+        log.debug({ err: (e as Error).message }, 'liveness keepalive failed');
+        retrying = true;
+      }
+    }
+  }
+
+  /** One keepalive exchange with a deadline (etcd3's has none of its own). */
+  private keepaliveOnce(lease: Lease): Promise<unknown> {
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([
+      lease.keepaliveOnce({ deadline: this.now() + this.callTimeout }),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new CladnetError('EETCD', 'etcd: keepalive timed out', { transient: true })), this.callTimeout + 1000);
+        timer.unref();
+      }),
+    ]).finally(() => clearTimeout(timer));
+  }
+
+  /** Waits for `p` (if any), at most `maxMs` (if given), and returns early on stop(). */
+  private pause(p: Promise<void> | null, maxMs?: number): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        if (this.wake === done) this.wake = null;
+        resolve();
+      };
+      this.wake = done;
+      if (maxMs !== undefined) {
+        timer = setTimeout(done, Math.max(0, maxMs));
+        timer.unref();
+      }
+      void p?.then(done);
+    });
+  }
+}
