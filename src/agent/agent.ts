@@ -94,6 +94,7 @@ interface PeerEntry {
 
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
 const BYE_FLUSH_MS = 50;
+const BYE_COPIES = 2;
 /** How often the path choice runs (probes, moves). */
 const PATH_TICK_MS = 250;
 /** How often configured STUN servers and cloud metadata are asked again. */
@@ -822,9 +823,13 @@ export class Agent {
     };
     // A stop on purpose: tell every peer over its tunnel first (they drop us at once; etcd
     // cannot say this for us, see roster.ts). The worker sends within a poll wake-up.
+    // Twice, BYE_FLUSH_MS apart: one lost datagram must not leave a peer holding us until its
+    // silence timer (a repeat finds our sessions gone at the other end and is dropped there).
     await step('bye', async () => {
-      this.engine?.byeAll();
-      await new Promise((r) => setTimeout(r, BYE_FLUSH_MS));
+      for (let i = 0; i < BYE_COPIES; i++) {
+        this.engine?.byeAll();
+        await new Promise((r) => setTimeout(r, BYE_FLUSH_MS));
+      }
     });
     await step('status', () => this.status?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
