@@ -39,17 +39,11 @@ function ipv4(src: number, dst: number, seq: number): Buffer {
   return p;
 }
 
-/** A session as the control thread of B holds it. */
-interface Ctl {
-  keyId: number;
-  /** B seals with txKey under txIndex (A's index); A seals with rxKey under rxIndex (B's). */
-  txKey: Uint8Array;
-  rxKey: Uint8Array;
-  txIndex: number;
-  rxIndex: number;
-  confirmed: boolean;
-  sendUntil: number;
-}
+/**
+ * A session as the control thread of B holds it: exactly what a peer set carries. B seals with
+ * txKey under txIndex (A's index); A seals with rxKey under rxIndex (B's).
+ */
+type Ctl = WorkerSession;
 
 class Bed {
   readonly clock = new FakeClock();
