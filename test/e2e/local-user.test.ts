@@ -41,7 +41,7 @@ describe.skipIf(!isRoot)('a local unprivileged user on a member host', () => {
     // The agent that answered the first handshake has every state file (the handshake timestamps
     // are written, within a second, by a responder); wait for the cache and state writes too.
     const files = (a: Agent) => ['hs-timestamps.json', 'peers.json', 'state.json'].every((f) => fs.existsSync(path.join(a.stateDir, f)));
-    await waitUntil('an agent with all its state files', () => bed.agents.find(files) ?? false, { timeoutMs: 10_000, intervalMs: 100 });
+    await waitUntil('an agent with all its state files', async () => bed.agents.find(files) ?? false, { timeoutMs: 10_000, intervalMs: 100 });
     agent = bed.agents.find(files)!;
     // Let everyone traverse the test bed's own directories above the state dir.
     for (let d = path.dirname(agent.stateDir); d.startsWith(bed.topo.workDir); d = path.dirname(d)) {

@@ -1,53 +1,24 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
-import { computePeers, HostEntry, PeerInputs } from '../../src/control/peers';
-import { HostCert, HostRecord, parseHostRecord, serializeHostRecord } from '../../src/control/records';
+import { signRevocation, type TrustAnchor } from '../../src/control/cert';
+import { computePeers, type HostEntry, type PeerInputs } from '../../src/control/peers';
+import type { HostCert, HostRecord } from '../../src/control/records';
 import { Candidate, Roster, SILENCE_MS } from '../../src/control/roster';
-import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
 import { parsePrefix } from '../../src/util/ipv4';
+import { DAY, hostEntry, hostRecord, T0, trustFixture, type TrustFixture } from '../helpers/trust';
 
 /** Membership is the certificate: etcd's record and alive key are hints (roster.ts, peers.ts `kept`). */
 
-const X = (n: number) => Buffer.alloc(32, n).toString('base64');
-const T0 = Date.parse('2026-11-21T00:00:00.000Z');
-const DAY = 86_400_000;
-const IP: Record<string, string> = { me: '100.64.0.1', a: '100.64.0.2', b: '100.64.0.3' };
-
-let ed: Ed25519;
-let net: SigningKeyPair;
 let anchor: TrustAnchor;
+let fx: TrustFixture;
 
 beforeAll(async () => {
-  ed = await loadEd25519();
-  net = ed.generate();
-  anchor = new TrustAnchor(ed, 'demo', Buffer.from(net.publicKey).toString('base64'));
+  fx = await trustFixture();
+  anchor = fx.anchor;
 });
 
-function certFor(name: string, validDays?: number): HostCert {
-  return issueCert(ed, net.secretKey, { network: 'demo', name, publicKey: X(name.charCodeAt(0)), overlayIp: IP[name]!, validDays, now: new Date(T0) });
-}
-
-function rec(name: string, cert: HostCert | undefined, over: Partial<HostRecord> = {}): HostRecord {
-  return {
-    version: 1,
-    name,
-    network: 'demo',
-    overlayIp: IP[name]!,
-    publicKey: X(name.charCodeAt(0)),
-    endpoints: ['198.18.1.2:51820'],
-    hostCidrs: [],
-    listenPort: 51820,
-    epoch: 10,
-    updated: '2026-11-21T00:00:00Z',
-    session: '0123456789abcdef',
-    ...(cert ? { cert } : {}),
-    ...over,
-  };
-}
-
-function entry(r: HostRecord): HostEntry {
-  return { modRevision: '5', parsed: parseHostRecord(serializeHostRecord(r)) };
-}
+const certFor = (name: string, validDays?: number): HostCert => fx.certFor(name, { validDays });
+const rec = (name: string, cert: HostCert | undefined, over: Partial<HostRecord> = {}): HostRecord => hostRecord(name, cert, { epoch: 10, ...over });
+const entry = (r: HostRecord): HostEntry => hostEntry(r);
 
 function inputs(records: (HostRecord | HostEntry)[], p: Partial<PeerInputs> = {}, now = T0 + DAY): PeerInputs {
   const hosts = new Map<string, HostEntry>();
@@ -103,7 +74,7 @@ describe('computePeers with held records', () => {
     const kept = new Map([['a', rec('a', cert)]]);
     expect(computePeers(inputs([], { kept }, T0 + DAY / 2)).candidates.size).toBe(1);
     expect(computePeers(inputs([], { kept }, T0 + 2 * DAY)).candidates.size).toBe(0);
-    const revocation = signRevocation(ed, net.secretKey, { network: 'demo', name: 'a', serial: null, now: new Date(T0 + DAY / 4) });
+    const revocation = signRevocation(fx.ed, fx.net.secretKey, { network: 'demo', name: 'a', serial: null, now: new Date(T0 + DAY / 4) });
     const p = inputs([], { kept }, T0 + DAY / 2);
     expect(computePeers({ ...p, trust: { ...p.trust!, revocations: new Map([['a', [revocation]]]) } }).candidates.size).toBe(0);
   });

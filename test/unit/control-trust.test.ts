@@ -1,63 +1,29 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
-import { computePeers, HostEntry, PeerInputs, PeerTrust } from '../../src/control/peers';
-import { HostCert, HostRecord, parseHostRecord, RevocationRecord, serializeHostRecord } from '../../src/control/records';
-import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
+import { signRevocation, type TrustAnchor } from '../../src/control/cert';
+import { computePeers, PeerInputs, PeerTrust } from '../../src/control/peers';
+import type { HostRecord, RevocationRecord } from '../../src/control/records';
+import type { Ed25519, SigningKeyPair } from '../../src/crypto/sign';
 import { parsePrefix } from '../../src/util/ipv4';
 import { certPrecedence } from '../../src/control/holders';
 import { rng } from '../helpers/rng';
+import { DAY, hostEntry, hostRecord, IP, T0, trustFixture, type TrustFixture } from '../helpers/trust';
 
 /** computePeers with trust: which records become peers, and why the others do not. */
-
-const X = (n: number) => Buffer.alloc(32, n).toString('base64');
-const T0 = Date.parse('2026-11-21T00:00:00.000Z');
-const DAY = 86_400_000;
-const IP: Record<string, string> = { me: '100.64.0.1', a: '100.64.0.2', b: '100.64.0.3', c: '100.64.0.4' };
 
 let ed: Ed25519;
 let net: SigningKeyPair;
 let attacker: SigningKeyPair;
 let anchor: TrustAnchor;
+let certFor: TrustFixture['certFor'];
 
 beforeAll(async () => {
-  ed = await loadEd25519();
-  net = ed.generate();
+  const fx = await trustFixture();
+  ({ ed, net, anchor, certFor } = fx);
   attacker = ed.generate();
-  anchor = new TrustAnchor(ed, 'demo', Buffer.from(net.publicKey).toString('base64'));
 });
 
-function certFor(name: string, over: { key?: Uint8Array; overlayIp?: string; validDays?: number; now?: number } = {}): HostCert {
-  return issueCert(ed, over.key ?? net.secretKey, {
-    network: 'demo',
-    name,
-    publicKey: X(name.charCodeAt(0)),
-    overlayIp: over.overlayIp ?? IP[name]!,
-    validDays: over.validDays,
-    now: new Date(over.now ?? T0),
-  });
-}
-
-function rec(name: string, cert: HostCert | undefined, over: Partial<HostRecord> = {}): HostRecord {
-  return {
-    version: 1,
-    name,
-    network: 'demo',
-    overlayIp: IP[name]!,
-    publicKey: X(name.charCodeAt(0)),
-    endpoints: ['198.18.1.2:51820'],
-    hostCidrs: [],
-    listenPort: 51820,
-    epoch: 1,
-    updated: '2026-11-21T00:00:00Z',
-    session: '0123456789abcdef',
-    ...(cert ? { cert } : {}),
-    ...over,
-  };
-}
-
-function entry(r: HostRecord, modRevision = '5'): HostEntry {
-  return { modRevision, parsed: parseHostRecord(serializeHostRecord(r)) };
-}
+const rec = hostRecord;
+const entry = hostEntry;
 
 function inputs(records: HostRecord[], trust: Partial<PeerTrust> = {}, p: Partial<PeerInputs> = {}): PeerInputs {
   return {
