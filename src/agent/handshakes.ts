@@ -317,10 +317,9 @@ export class HandshakeManager {
       if (st.sessions.length !== before) this.d.onChange();
       // 1, 2. initiate or retry: measured on the newest confirmed session, or an unconfirmed one
       //    young enough to be a rekey in progress (a replayed initiation cannot hold one off long)
-      const stopAt = this.timers.rejectAfterMs * (1 - SEND_MARGIN);
       const newest = st.sessions.find(
         (s) =>
-          now - s.created < stopAt &&
+          now < this.sendDeadline(s) &&
           (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS) &&
           (s.initiator || this.timers.bothSides !== true),
       );
