@@ -8,7 +8,7 @@ import { parseOverlayCidr, Prefix } from '../util/ipv4';
 import { etcdCall, isTooLargeError, isTransientEtcdError } from './etcd';
 import { EtcdLink } from './etcd-link';
 import { Liveness } from './liveness';
-import { etcdPages, readPrefix } from './range';
+import { etcdPages, prefixEnd, readPrefix, type PageFetcher } from './range';
 import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
 import type { AddressConflict } from './holders';
@@ -38,9 +38,11 @@ import {
  * 3. watch:   load the network prefix at revision R (in pages, range.ts), watch from R+1, keep
  *             hosts/alive/leases (values over their size cap skipped), and
  *             hand out a frozen peer snapshot after each change (same-tick bursts coalesced).
- *             On disconnect the watcher is dropped (etcd3 would redial on its own clock) and the
- *             load is retried on the shared `EtcdLink` schedule (backoff with jitter up to 30 s);
- *             once it works: reload and watch again. On watch cancel (compaction): the same.
+ *             On disconnect the watcher is dropped (etcd3 would redial on its own clock); on the
+ *             shared `EtcdLink` schedule (backoff with jitter up to 30 s) a one-key read probes
+ *             etcd, and once it answers the watch resumes from the last applied revision + 1: no
+ *             reload, the events of the outage arrive on the resumed watch. Only a watch cancel
+ *             (its revision compacted) or a watch message too large reloads the prefix (in pages).
  *             While etcd is down the last snapshot stays; a disconnect never empties the peer set.
  * 4. cache:   optionally the last snapshot on disk, used at start when etcd is unreachable.
  * 5. trust:   every host record must carry a certificate signed by the network key (the trust
@@ -105,6 +107,10 @@ export interface RegistryStats {
   invalidRevocations: number; // distinct (key, mod revision) revocation records ignored as invalid
   reloads: number; // full prefix loads that succeeded (the first one included)
   loadPages: number; // etcd Range calls made by the last successful load (it reads in pages)
+  loadKeys: number; // keys read by the last successful load
+  resumes: number; // watches resumed from the last applied revision after a disconnect (no reload)
+  rangeKeys: number; // keys returned by every Range this registry made (loads and probes)
+  rangeBytes: number; // bytes of those keys and values
   oversizedRecords: number; // of invalidRecords, values over their type's size cap or too large to fetch
   watchEvents: number;
   peers: number;
@@ -221,6 +227,12 @@ export class Registry {
   private invalidRevocations = 0;
   private reloads = 0;
   private loadPages = 0;
+  private loadKeys = 0;
+  private resumes = 0;
+  private rangeKeys = 0;
+  private rangeBytes = 0;
+  /** After a plain disconnect: probe etcd and resume the watch instead of reloading. */
+  private resumeNext = false;
   private oversizedRecords = 0;
   private readonly warnedKeys = new Map<string, string>(); // etcd key -> mod revision warned about (alive, unreadable)
   private watchEvents = 0;
@@ -424,6 +436,10 @@ export class Registry {
       invalidRevocations: this.invalidRevocations,
       reloads: this.reloads,
       loadPages: this.loadPages,
+      loadKeys: this.loadKeys,
+      resumes: this.resumes,
+      rangeKeys: this.rangeKeys,
+      rangeBytes: this.rangeBytes,
       oversizedRecords: this.oversizedRecords,
       watchEvents: this.watchEvents,
       peers: this.snapshot.size,
@@ -441,7 +457,7 @@ export class Registry {
     this.pending = [];
     let res;
     try {
-      res = await readPrefix(etcdPages(this.client), this.prefix);
+      res = await readPrefix(this.pages(), this.prefix);
     } catch (e) {
       this.pending = null;
       this.loadedOk = false;
@@ -467,6 +483,8 @@ export class Registry {
     }
     this.log.debug({ revision: this.revision, keys: res.kvs.length, pages: res.pages, restarts: res.restarts }, 'network loaded');
     this.loadPages = res.pages;
+    this.loadKeys = res.kvs.length;
+    this.resumeNext = false;
     this.link.ok(); // (a registry with a private link hears of no other call)
     this.outageLogged = false;
     this.loadedOk = true;
@@ -506,6 +524,36 @@ export class Registry {
     this.log.warn({ etcdKey: kv.key.toString('utf8'), modRevision: kv.mod_revision, error }, 'skipping oversized record');
   }
 
+  /** etcd's Range calls, counted (keys and bytes read). */
+  private pages(): PageFetcher {
+    const fetch = etcdPages(this.client);
+    return async (req) => {
+      const res = await fetch(req);
+      this.rangeKeys += res.kvs.length;
+      for (const kv of res.kvs) this.rangeBytes += kv.key.length + kv.value.length;
+      return res;
+    };
+  }
+
+  /**
+   * Before resuming a watch: one Range of a single key, so a down etcd costs one cheap call per
+   * retry round (and the link hears of it) instead of a watch stream etcd3 would redial itself.
+   */
+  private async probe(): Promise<boolean> {
+    try {
+      await this.pages()({ start: Buffer.from(this.prefix), end: prefixEnd(Buffer.from(this.prefix)), limit: 1, keysOnly: true });
+    } catch (e) {
+      if (isTransientEtcdError(e)) this.link.failed(e);
+      else this.resumeNext = false; // not a connection problem: let the reload path deal with it
+      if (!this.outageLogged) this.log.debug({ err: (e as Error).message }, 'cannot reach etcd to resume the watch; will retry');
+      this.outageLogged = true;
+      return false;
+    }
+    this.link.ok();
+    this.outageLogged = false;
+    return true;
+  }
+
   private requestSync(newWatcher: boolean): void {
     if (newWatcher) this.needWatcher = true;
     if (this.syncing) {
@@ -521,12 +569,17 @@ export class Registry {
     try {
       while (!this.closed) {
         this.syncAgain = false;
-        const ok = await this.loadOnce();
+        const resume = this.resumeNext && this.needWatcher;
+        const ok = resume ? await this.probe() : await this.loadOnce();
         if (this.closed) break;
         if (ok) {
           if (this.needWatcher) {
             this.needWatcher = false;
-            if (this.watchLost) this.log.debug('etcd watch reconnected; reloading');
+            if (resume) {
+              this.resumes++;
+              this.log.debug({ revision: this.revision }, 'etcd watch reconnected; resuming from the last applied revision');
+            } else if (this.watchLost) this.log.debug('etcd watch reconnected; reloaded');
+            this.resumeNext = false;
             this.startWatcher(this.revision + 1);
           }
           if (!this.syncAgain) break;
@@ -582,7 +635,10 @@ export class Registry {
         // limit: resuming would ask for the same batch again, forever. Reload in pages and watch
         // from the new revision instead.
         this.log.warn({ err: err.message }, 'etcd watch message too large (records stuffed by a member?); reloading and watching from now');
+        this.resumeNext = false;
       } else {
+        // Every event up to this.revision is applied: the resumed watch brings the rest.
+        this.resumeNext = this.reloads > 0;
         if (!this.watchLost) this.log.debug({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
         this.watchLost = true;
         this.link.failed(err);
@@ -600,6 +656,7 @@ export class Registry {
       // etcd3 has already dropped a cancelled watcher; cancelling it again would send a cancel for
       // a watch id the stream no longer knows.
       this.dropWatcher(w, false);
+      this.resumeNext = false;
       this.requestSync(true);
     });
     return w;
@@ -616,12 +673,18 @@ export class Registry {
 
   private applyResponse(res: IWatchResponse): void {
     let changed = false;
+    let rev = 0;
     for (const ev of res.events) {
-      if (Number(ev.kv.mod_revision) <= this.floor) continue;
+      const mod = Number(ev.kv.mod_revision);
+      if (mod > rev) rev = mod;
+      if (mod <= this.floor) continue;
       this.watchEvents++;
       changed = this.applyKv(ev.kv, ev.type === 'Delete') || changed;
     }
-    const rev = Number(res.header.revision);
+    // The resume point. With events, their newest revision: a catch-up batch's header carries
+    // etcd's current revision although later batches may still be on their way. Without events
+    // (a progress notification, sent only to a watch that has caught up), the header's.
+    if (res.events.length === 0) rev = Number(res.header.revision);
     if (rev > this.revision) this.revision = rev;
     if (changed) this.scheduleEmit();
   }

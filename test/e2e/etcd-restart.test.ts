@@ -88,7 +88,7 @@ describe('registry across an etcd restart', () => {
 
     await etcd.startProcess();
     await waitFor(() => me.reg.connected(), 10_000, 'the registry to reconnect');
-    expect(me.msgs).toContain('etcd watch reconnected; reloading');
+    expect(me.msgs).toContain('etcd watch reconnected; resuming from the last applied revision');
     // Nothing changed while etcd was away, so nothing was delivered: in particular no empty set.
     expect(calls.length).toBe(callsBefore);
 
