@@ -17,7 +17,9 @@ import type { HostRecord } from './records';
  * 3. leave   a member leaves when its certificate is revoked or expires (it is no longer a
  *            candidate), when it says bye over the encrypted tunnel (an etcd writer holds no
  *            session key, so it cannot fake one), or after SILENCE_MS with no valid record in
- *            etcd, no alive key and no authenticated packet from it.
+ *            etcd, no alive key and no authenticated packet from it. A member we never heard
+ *            from (no session came up in this process) leaves with its alive key: only etcd
+ *            vouched for it.
  * 4. return  a member that said bye comes back with a record newer than the one it had when it
  *            left (a restarted agent always publishes a higher epoch) and an alive key, or, while
  *            etcd is out of reach, with a fresh handshake from its key (`returned`).
@@ -123,6 +125,14 @@ export class Roster {
         if (c.etcd !== 'present' || !alive) continue;
         m = { lastSign: inp.now };
         this.members.set(name, m);
+      }
+      if (!alive && inp.heardAt !== undefined && !(heard > 0) && inp.etcdRead !== false) {
+        // Never a working tunnel from it in this process: nothing but etcd vouched for it, so
+        // its alive key going is news enough (a host that stops before any session came up can
+        // say bye to no one).
+        this.members.delete(name);
+        left.push({ name, why: 'silent' });
+        continue;
       }
       if (c.etcd === 'present' || alive) m.lastSign = inp.now;
       if (heard > m.lastSign) m.lastSign = heard;

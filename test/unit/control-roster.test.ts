@@ -104,6 +104,23 @@ describe('Roster', () => {
     expect(forged.members.get('a')!.etcd).toEqual({ record: 'invalid', alive: false });
   });
 
+  it('a member never heard from in this process leaves with its alive key (only etcd vouched for it); one heard from stays', () => {
+    const r = new Roster();
+    let heard = 0;
+    const heardAt = () => heard;
+    expect(names(r.update({ candidates: one('present'), alive: new Set(['a']), now: T0, heardAt }))).toEqual(['a']);
+    const gone = r.update({ candidates: one('present'), alive: new Set(), now: T0 + 1000, heardAt });
+    expect(names(gone)).toEqual([]);
+    expect(gone.left).toEqual([{ name: 'a', why: 'silent' }]);
+    heard = T0 + 1500; // back with an alive key, and a session this time
+    expect(names(r.update({ candidates: one('present', 11), alive: new Set(['a']), now: T0 + 2000, heardAt }))).toEqual(['a']);
+    expect(names(r.update({ candidates: one('present', 11), alive: new Set(), now: T0 + 3000, heardAt }))).toEqual(['a']);
+    // before etcd was read at all (start from the cache while etcd is down), nothing leaves
+    const cold = new Roster();
+    cold.seed(['a'], T0);
+    expect(names(cold.update({ candidates: one('present'), alive: new Set(), now: T0 + 10, heardAt: () => 0, etcdRead: false }))).toEqual(['a']);
+  });
+
   it('without a record, an alive key or a packet for SILENCE_MS, a member leaves; a packet keeps it', () => {
     const r = new Roster();
     r.update({ candidates: one('present'), alive: new Set(['a']), now: T0 });
@@ -113,7 +130,7 @@ describe('Roster', () => {
     const still = r.update({ candidates: one('absent'), alive: new Set(), now: t1, heardAt });
     expect(names(still)).toEqual(['a']);
     expect(still.nextCheck).toBe(heard + SILENCE_MS);
-    heard = 0; // silence from here on
+    // silence from here on: the last packet stays at `heard`
     const justBefore = r.update({ candidates: one('absent'), alive: new Set(), now: T0 + 2 * SILENCE_MS - 1001, heardAt });
     expect(names(justBefore)).toEqual(['a']);
     const after = r.update({ candidates: one('absent'), alive: new Set(), now: T0 + 2 * SILENCE_MS - 1000, heardAt });
