@@ -17,7 +17,8 @@ import { run, runOk, type RunResult } from '../../src/testbed/run';
  * Known pitfalls (issue 12): `--keep-unit --register=no` (there is no systemd on the host to
  * register with, and the test's own scope is kept), `systemd.firstboot=off` (else firstboot asks
  * for a locale and root password on the console), and `--volatile=overlay` is refused for `/`,
- * so the overlay is mounted here.
+ * so the overlay is mounted here. With --network-namespace-path, nspawn keeps no CAP_NET_ADMIN
+ * unless --capability says so.
  */
 export const ROOTFS_SUITE = 'bookworm';
 /** cloud-init's python3-cryptography depends on a virtual package debootstrap cannot resolve: python3-cffi-backend provides it. */
@@ -129,6 +130,9 @@ export async function bootContainer(o: BootOptions): Promise<Container> {
     const args = [
       ...['-D', root, '--keep-unit', '--register=no', `--machine=${o.machine}`],
       `--network-namespace-path=/run/netns/${o.netns}`,
+      // A joined namespace does not count as private networking for nspawn's capability set
+      // (systemd 252 drops CAP_NET_ADMIN then; TUNSETIFF fails with EPERM): ask for it.
+      '--capability=CAP_NET_ADMIN',
       ...binds,
       ...['-b', 'systemd.firstboot=off'],
     ];
