@@ -174,14 +174,19 @@ export function parseNode(v: string | undefined): NodeMode {
   return mode;
 }
 
-/** The unit's ExecStart: the Node binary and the package's dist/cli.js it runs. */
+/**
+ * The unit's ExecStart: the Node binary, the package's script it runs (the first absolute `.js`
+ * path: dist/cli.js, or bin/cladnet.js), and the package root (the script's directory's parent),
+ * where a tarball is unpacked. Read from the unit, so whatever path the unit names is where
+ * cladnet goes.
+ */
 export function unitExec(unitText: string): { node: string; cli: string; root: string } {
   const line = unitText.split('\n').find((l) => /^ExecStart=/.test(l));
   if (!line) throw bad('unit', 'systemd/cladnet.service has no ExecStart= line');
   const argv = line.slice('ExecStart='.length).replace(/^[-@:+!]+/, '').trim().split(/\s+/);
-  const cli = argv.find((a) => /^\/\S*\/dist\/cli\.js$/.test(a));
-  if (!argv[0]?.startsWith('/') || cli === undefined) throw bad('unit', `ExecStart "${line}" does not run an absolute node path with an absolute .../dist/cli.js`);
-  return { node: argv[0], cli, root: cli.slice(0, -'/dist/cli.js'.length) };
+  const cli = argv.slice(1).find((a) => /^\/\S+\/[^/]+\/[^/]+\.js$/.test(a));
+  if (!argv[0]?.startsWith('/') || cli === undefined) throw bad('unit', `ExecStart "${line}" does not run an absolute node path with an absolute DIR/SUBDIR/SCRIPT.js`);
+  return { node: argv[0], cli, root: path.posix.dirname(path.posix.dirname(cli)) };
 }
 
 function readBundle(dir: string, name: string, network: string, field: string): Credential {
@@ -359,7 +364,7 @@ function runcmd(plan: CloudInitPlan): YamlValue[] {
   if (plan.install.kind === 'present') {
     cmds.push(`test -f ${shellQuote(cli)} || { echo "cladnet: --install present, but ${cli} (the unit's ExecStart) is missing" >&2; exit 1; }`);
   } else {
-    // The unit runs <root>/dist/cli.js: unpack the npm pack tarball (package/...) there and
+    // The unit runs <root>/<dir>/<script>.js: unpack the npm pack tarball (package/...) in <root> and
     // install its dependencies from the registry (Node's npm).
     const r = shellQuote(root);
     cmds.push(`mkdir -p ${r}`);

@@ -74,7 +74,7 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
     expect(gen.stderr).toMatch(/warning: this user data holds secrets/);
     const userData = fs.readFileSync(userDataFile, 'utf8');
 
-    const { node, root } = unitExec(UNIT);
+    const { node, cli: script, root } = unitExec(UNIT);
     const binds = [
       { src: process.execPath, dst: node },
       { src: REPO, dst: root },
@@ -164,7 +164,7 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
     }
     if (!WATCHDOG) console.log('cloudinit-boot: systemd/cladnet.service has no WatchdogSec= in this build: the SIGSTOP/watchdog test is skipped');
     // From inside the VM as well: the agent's status socket answers `cladnet status`.
-    const s = await c.exec(['/usr/bin/node', `${root}/dist/cli.js`, 'status', '--json']);
+    const s = await c.exec([node, script, 'status', '--json']);
     expect(s.code, s.stderr).toBe(0);
     expect((JSON.parse(s.stdout) as AgentStatus).self.name).toBe('h3');
   }, 300_000);

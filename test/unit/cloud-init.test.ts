@@ -270,6 +270,18 @@ describe('cladnet cloud-init', () => {
     expect(bad.stderr).toBe('cladnet: cloud-init: install: "rpm" is not one of: present, tarball=URL, tarball=FILE [ECONFIG]\n');
   });
 
+  it("follows the unit's ExecStart: script and package root, whichever script it names", () => {
+    const unit = (exec: string) => `[Service]\nExecStart=${exec}\n`;
+    expect(unitExec(unit('/usr/bin/node --optimize-for-size /opt/cladnet/dist/cli.js agent --config /etc/cladnet/config.json'))).toEqual({
+      node: '/usr/bin/node',
+      cli: '/opt/cladnet/dist/cli.js',
+      root: '/opt/cladnet',
+    });
+    expect(unitExec(unit('/usr/local/bin/node /srv/c/bin/cladnet.js agent')).root).toBe('/srv/c');
+    expect(errorOf(() => unitExec(unit('cladnet agent'))).field).toBe('unit');
+    expect(errorOf(() => unitExec('[Service]\nType=simple\n')).message).toMatch(/no ExecStart= line/);
+  });
+
   it('names the field of bad input', () => {
     const cases: [Partial<CloudInitFlags>, string, RegExp][] = [
       [{ install: 'rpm' }, 'install', /"rpm" is not one of: present, tarball=URL, tarball=FILE/],
