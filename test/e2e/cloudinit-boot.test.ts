@@ -75,7 +75,7 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
     const userData = fs.readFileSync(userDataFile, 'utf8');
 
     const { node, cli: script, root } = unitExec(UNIT);
-    const binds = [
+    const binds: { src: string; dst?: string }[] = [
       { src: process.execPath, dst: node },
       { src: REPO, dst: root },
     ];
