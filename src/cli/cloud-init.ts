@@ -45,10 +45,16 @@ export const VM_PATHS = Object.freeze({
   unit: '/etc/systemd/system/cladnet.service',
   tarball: '/var/tmp/cladnet.tgz',
   command: '/usr/local/bin/cladnet',
+  /** NodeSource's signing key, armored: apt (2.4+) reads .asc keyrings itself, so the VM needs no gpg. */
+  nodesourceKey: '/etc/apt/keyrings/nodesource.asc',
 });
 
-/** NodeSource's Node 20 apt repository; its signing key is systemd/nodesource.asc (fingerprint below). */
-export const NODESOURCE_SOURCE = 'deb [signed-by=$KEY_FILE] https://deb.nodesource.com/node_20.x nodistro main';
+/**
+ * NodeSource's Node 20 apt repository, signed by the key in systemd/nodesource.asc (fingerprint
+ * below). The key goes to the VM by write_files (init stage), before cloud-init's apt module
+ * (config stage) writes this line: cloud-init's own `key:` would need gpg on the image to dearmor it.
+ */
+export const NODESOURCE_SOURCE = 'deb [signed-by=/etc/apt/keyrings/nodesource.asc] https://deb.nodesource.com/node_20.x nodistro main';
 export const NODESOURCE_FINGERPRINT = '6F71F525282841EEDAF851B42F59B5F99B1BE0B4';
 /** User data above this many bytes is refused by EC2 (16 KiB); other clouds allow more. */
 export const EC2_USER_DATA_LIMIT = 16_384;
@@ -395,11 +401,12 @@ export function buildUserData(plan: CloudInitPlan, name: string): string {
         ]
       : [{ path: VM_PATHS.token, content: cred.token + '\n', permissions: '0600' as const }]),
     { path: VM_PATHS.unit, content: plan.unitText, permissions: '0644' },
+    ...(plan.node === 'nodesource' ? [{ path: VM_PATHS.nodesourceKey, content: plan.nodesourceKey, permissions: '0644' as const }] : []),
     ...(plan.tarball ? [{ path: VM_PATHS.tarball, content: plan.tarball.toString('base64'), permissions: '0600' as const, b64: true }] : []),
   ];
   const doc: Record<string, YamlValue> = {};
   if (plan.node === 'nodesource') {
-    doc['apt'] = { sources: { nodesource: { source: NODESOURCE_SOURCE, key: plan.nodesourceKey } } };
+    doc['apt'] = { sources: { nodesource: { source: NODESOURCE_SOURCE } } };
   }
   const packages = plan.node === 'nodesource' ? ['nodejs'] : plan.node === 'debian' ? (plan.install.kind === 'present' ? ['nodejs'] : ['nodejs', 'npm']) : [];
   if (packages.length > 0) {

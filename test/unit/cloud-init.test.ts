@@ -126,7 +126,7 @@ describe('toYaml', () => {
 
 describe('cladnet cloud-init', () => {
   it('one VM: the config, etcd files, bundle and unit with their modes, owner root; runcmd enables the unit', () => {
-    const plan = planCloudInit(flags({ agentConfig: path.join(dir, 'extra.json') }));
+    const plan = planCloudInit(flags({ agentConfig: path.join(dir, 'extra.json'), node: 'present' }));
     const text = buildUserData(plan, 'a');
     expect(text.startsWith('#cloud-config\n')).toBe(true);
     const doc = readYaml(text);
@@ -168,12 +168,14 @@ describe('cladnet cloud-init', () => {
 
   it('--node nodesource (the default) adds the NodeSource Node 20 repository with its signing key, and nodejs', () => {
     const doc = readYaml(buildUserData(planCloudInit(flags()), 'a'));
-    const apt = doc['apt'] as { sources: Record<string, { source: string; key: string }> };
-    expect(apt.sources['nodesource']!.source).toBe('deb [signed-by=$KEY_FILE] https://deb.nodesource.com/node_20.x nodistro main');
-    expect(apt.sources['nodesource']!.key).toMatch(/^-----BEGIN PGP PUBLIC KEY BLOCK-----\n/);
+    const apt = doc['apt'] as { sources: Record<string, { source: string; key?: string }> };
+    expect(apt).toEqual({ sources: { nodesource: { source: 'deb [signed-by=/etc/apt/keyrings/nodesource.asc] https://deb.nodesource.com/node_20.x nodistro main' } } });
+    const key = filesOf(doc).get('/etc/apt/keyrings/nodesource.asc')!;
+    expect(key).toMatchObject({ owner: 'root:root', permissions: '0644' });
+    expect(key.content).toMatch(/^-----BEGIN PGP PUBLIC KEY BLOCK-----\n/);
     expect(doc['packages']).toEqual(['nodejs']);
     expect(doc['package_update']).toBe(true);
-    const gpg = spawnSync('gpg', ['--show-keys', '--with-colons'], { input: apt.sources['nodesource']!.key, encoding: 'utf8' });
+    const gpg = spawnSync('gpg', ['--show-keys', '--with-colons'], { input: key.content, encoding: 'utf8' });
     if (gpg.error === undefined) expect(gpg.stdout.split('\n').find((l) => l.startsWith('fpr:'))).toContain(NODESOURCE_FINGERPRINT);
     // --node debian: the distribution's nodejs (Debian 13 has 20), npm too when a tarball is installed.
     const deb = readYaml(buildUserData(planCloudInit(flags({ node: 'debian', install: 'tarball=https://example.com/cladnet-0.1.0.tgz' })), 'a'));
