@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  agentTakesToken,
   buildUserData,
   cloudInitCommand,
   CLOUD_CONFIG_KEYS,
@@ -270,6 +271,27 @@ describe('cladnet cloud-init', () => {
     expect(bad.status).toBe(1);
     expect(bad.stdout).toBe('');
     expect(bad.stderr).toBe('cladnet: cloud-init: install: "rpm" is not one of: present, tarball=URL, tarball=FILE [ECONFIG]\n');
+  });
+
+  it('--token-file: ships the join token (0600, in the state dir) and no key when the agent takes one (tokenFile); refused, naming the field, when it does not', () => {
+    const tokenFile = path.join(dir, 'join.token');
+    fs.writeFileSync(tokenFile, 'cladnet-token-example\n', { mode: 0o600 });
+    const f = flags({ bundle: undefined, tokenFile, name: undefined, names: 'a,b', out: path.join(dir, 'tok') });
+    if (!agentTakesToken()) {
+      const e = errorOf(() => cloudInitCommand(f));
+      expect(e.field).toBe('tokenFile');
+      expect(e.message).toMatch(/no join-token setting/);
+      return;
+    }
+    const r = cloudInitCommand(f);
+    for (const file of r.files) {
+      expect(schema(file)).toMatchObject({ status: 0, stderr: '' });
+      const files = filesOf(readYaml(fs.readFileSync(file, 'utf8')));
+      expect(files.get(VM_PATHS.token)).toMatchObject({ permissions: '0600', owner: 'root:root', content: 'cladnet-token-example\n' });
+      expect(files.has('/var/lib/cladnet/private.key')).toBe(false);
+      expect(JSON.parse(files.get(VM_PATHS.config)!.content).tokenFile).toBe(VM_PATHS.token);
+    }
+    expect(r.warnings[0]).toMatch(/a join token/);
   });
 
   it("follows the unit's ExecStart: script and package root, whichever script it names", () => {
