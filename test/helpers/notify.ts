@@ -19,6 +19,8 @@ export class NotifyReceiver {
   readonly got: NotifyDatagram[] = [];
   private proc?: ChildProcess;
   private waiters: (() => void)[] = [];
+  /** Called for each datagram as it arrives (before any waitFor resolves). */
+  onDatagram?: (d: NotifyDatagram) => void;
 
   private constructor(readonly addr: string) {}
 
@@ -33,7 +35,9 @@ export class NotifyReceiver {
         const j = JSON.parse(line) as { bound?: boolean; pid?: number | null; msg?: string };
         if (j.bound) resolve();
         else {
-          r.got.push({ pid: j.pid ?? null, msg: j.msg ?? '', at: performance.now() });
+          const d = { pid: j.pid ?? null, msg: j.msg ?? '', at: performance.now() };
+          r.got.push(d);
+          r.onDatagram?.(d);
           for (const w of r.waiters.splice(0)) w();
         }
       });
