@@ -13,6 +13,8 @@ import { NotifyReceiver, type NotifyDatagram } from '../helpers/notify';
  * flags first), with NOTIFY_SOCKET pointing at a python3 receiver that records every datagram
  * and its sender's pid, WATCHDOG_USEC set, and WATCHDOG_PID exported by the launching shell as
  * systemd would (the shell execs the agent: one pid all the way, through the re-exec too).
+ * Like the unit's CapabilityBoundingSet=CAP_NET_ADMIN and NoNewPrivileges=yes, setpriv leaves the
+ * agent CAP_NET_ADMIN and nothing else: it must still come up and mesh.
  */
 const isRoot = process.getuid?.() === 0;
 const WATCHDOG_MS = 1_000;
@@ -56,7 +58,8 @@ describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a
         CLADNET_TEST_HOOKS: '1',
         CLADNET_TEST_STALL_MS: String(STALL_MS),
       },
-      launcher: ['sh', '-c', 'export WATCHDOG_PID=$$; exec "$0" "$@"'],
+      // As the unit runs it: root with CAP_NET_ADMIN as the only capability, no new privileges.
+      launcher: ['setpriv', '--bounding-set=-all,+net_admin', '--inh-caps=-all', '--no-new-privs', 'sh', '-c', 'export WATCHDOG_PID=$$; exec "$0" "$@"'],
     });
     await recv.waitFor(/^READY=1$/, 30_000).catch((e: Error) => {
       throw new Error(`${e.message}\n${h3.logTail()}`);
@@ -88,6 +91,11 @@ describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a
 
   it('keeps STATUS= current: both peers come up, and one leaving is counted', async () => {
     await recv.waitFor(/^STATUS=2 peers, 2 up, etcd connected$/, 15_000);
+    // ... with CAP_NET_ADMIN as its only capability (CapabilityBoundingSet=CAP_NET_ADMIN is enough).
+    const caps = fs.readFileSync(`/proc/${h3.proc.pid}/status`, 'utf8');
+    expect(caps).toMatch(/^CapBnd:\s+0000000000001000$/m);
+    expect(caps).toMatch(/^CapEff:\s+0000000000001000$/m);
+    expect(caps).toMatch(/^NoNewPrivs:\s+1$/m);
     const from = recv.got.length;
     await bed.agent('h1').stop();
     await recv.waitFor(/^STATUS=1 peer, 1 up, etcd connected$/, 15_000, from);
