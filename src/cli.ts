@@ -338,12 +338,15 @@ export function buildProgram(): Command {
   return program;
 }
 
-if (require.main === module) {
+/** Runs the command line (bin/cladnet.js calls this after its Node version check). */
+export function main(argv: readonly string[]): void {
   buildProgram()
-    .parseAsync(process.argv)
+    .parseAsync([...argv])
     .catch((e: unknown) => {
       if (e instanceof CladnetError) process.stderr.write(`cladnet: ${e.message} [${e.code}]\n`);
       else process.stderr.write(`cladnet: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
       process.exit(1);
     });
 }
+
+if (require.main === module) main(process.argv);

@@ -96,7 +96,9 @@ describe('systemd/cladnet.service', () => {
 
   it('starts node with exactly the agent\'s own Node flags (no re-exec needed under systemd)', () => {
     const exec = settings('ExecStart')[0]!.split(/\s+/);
-    const flags = exec.slice(1, exec.findIndex((a) => a.endsWith('cli.js')));
+    const script = exec.findIndex((a) => a === '/opt/cladnet/bin/cladnet.js');
+    expect(script).toBeGreaterThan(0);
+    const flags = exec.slice(1, script);
     expect(flags).toEqual([...AGENT_NODE_FLAGS]);
   });
 });
