@@ -85,6 +85,8 @@ describe('systemd/cladnet.service', () => {
     expect(settings('DeviceAllow')).toEqual(['/dev/net/tun rw']);
     expect(settings('RestrictAddressFamilies')).toEqual(['AF_UNIX AF_INET AF_INET6 AF_NETLINK']);
     expect(settings('ProtectSystem')).toEqual(['strict']);
+    // Writable besides StateDirectory/RuntimeDirectory: only the overlay's disable_ipv6 switch.
+    expect(settings('ReadWritePaths')).toEqual(['-/proc/sys/net/ipv6/conf']);
     expect(settings('UMask')).toEqual(['0077']);
   });
 
