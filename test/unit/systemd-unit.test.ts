@@ -90,7 +90,7 @@ describe('systemd/cladnet.service', () => {
     expect(settings('UMask')).toEqual(['0077']);
   });
 
-  it('leaves out the settings that kill Node (an allow-list syscall filter, MemoryDenyWriteExecute)', () => {
+  it('leaves out MemoryDenyWriteExecute (kills V8) and any allow-list syscall filter (SIGSYS on a call outside it)', () => {
     expect(settings('MemoryDenyWriteExecute')).toEqual([]);
     for (const f of settings('SystemCallFilter')) expect(f.startsWith('~')).toBe(true);
     expect(settings('SystemCallFilter').join(' ')).not.toMatch(/@system-service|@resources/);
