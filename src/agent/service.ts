@@ -57,7 +57,7 @@ export function watchdogMs(env: NodeJS.ProcessEnv, pid: number): number | null {
 
 /** The longest the data-plane worker may sleep per poll under this watchdog (undefined: no limit). */
 export function heartbeatMs(watchdog: number | null): number | undefined {
-  return watchdog === null ? undefined : Math.max(MIN_HEARTBEAT_MS, watchdog / 4);
+  return watchdog === null ? undefined : Math.max(MIN_HEARTBEAT_MS, Math.floor(watchdog / 4)); // poll(2) takes whole ms
 }
 
 export interface Ticker {

@@ -105,6 +105,7 @@ describe('ServiceNotifier (sd_notify protocol over a fake socket)', () => {
     expect(heartbeatMs(2_000)).toBe(500);
     expect(heartbeatMs(null)).toBeUndefined();
     expect(heartbeatMs(1)).toBe(10);
+    expect(heartbeatMs(1_234.5)).toBe(308); // whole ms for poll(2)
   });
 
   it('keeps pings under the watchdog period for a worker that beats every W/4, with ticks every W/2 or faster', () => {
