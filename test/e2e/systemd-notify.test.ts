@@ -18,7 +18,7 @@ import { NotifyReceiver, type NotifyDatagram } from '../helpers/notify';
  */
 const isRoot = process.getuid?.() === 0;
 const WATCHDOG_MS = 1_000;
-const STALL_MS = 3_000;
+const STALL_MS = 4_000;
 
 describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a real agent', () => {
   let bed: MeshBed;
@@ -104,7 +104,7 @@ describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a
     for (let i = 1; i < statuses.length; i++) expect(statuses[i]).not.toBe(statuses[i - 1]);
   });
 
-  it('pings WATCHDOG=1 at least every WATCHDOG_USEC/2 while the data plane runs, none while it is wedged, then again', async () => {
+  it('pings WATCHDOG=1 less than WATCHDOG_USEC apart while the data plane runs, none while it is wedged, then again', async () => {
     const pings = () => recv.got.filter((d) => d.msg.split('\n').includes('WATCHDOG=1')).map((d) => d.at);
     const t0 = performance.now();
     await sleep(3 * WATCHDOG_MS);
@@ -116,8 +116,9 @@ describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a
     const stalledAt = performance.now();
     h3.proc.kill('SIGUSR2');
     await sleep(STALL_MS + 2 * WATCHDOG_MS);
-    // A ping may still leave within one tick of the signal (its beat came before the stall).
-    const during = pings().filter((t) => t > stalledAt + WATCHDOG_MS / 2 + 200 && t < stalledAt + STALL_MS - 200);
+    // A ping may still leave within a tick or two of the signal (its beat came before the stall,
+    // and a loaded machine may take a moment to deliver the signal and the stall message).
+    const during = pings().filter((t) => t > stalledAt + WATCHDOG_MS + 200 && t < stalledAt + STALL_MS - 200);
     expect(during).toEqual([]);
     const after = pings().filter((t) => t > stalledAt + STALL_MS);
     expect(after.length).toBeGreaterThanOrEqual(1);
