@@ -99,12 +99,31 @@ export function buildProgram(): Command {
       const { config, ...flags } = opts;
       const cfg = loadAgentConfig({ file: config as string | undefined, env: process.env, flags });
       const log = createRootLogger(cfg.logLevel);
+      // systemd (Type=notify): READY/STATUS/WATCHDOG/STOPPING, src/agent/service.ts. The variables
+      // came through the re-exec above unchanged, and the pid WATCHDOG_PID names is still ours.
+      const service = await import('./agent/service');
+      const watchdog = service.watchdogMs(process.env, process.pid);
+      const notify = (await import('./os/notify')).openNotify(process.env);
       const { Agent } = await import('./agent/agent');
-      const agent = new Agent(cfg, log);
+      const agent = new Agent(cfg, log, undefined, service.heartbeatMs(watchdog));
+      const notifier =
+        notify &&
+        new service.ServiceNotifier({
+          notify,
+          watchdogMs: watchdog,
+          summary: () => agent.serviceSummary(),
+          heartbeat: () => agent.dataplane?.heartbeat() ?? 0,
+          log,
+        });
+      if (process.env.CLADNET_TEST_HOOKS === '1') {
+        // Tests only: SIGUSR2 wedges the data-plane worker for CLADNET_TEST_STALL_MS (watchdog tests).
+        process.on('SIGUSR2', () => agent.dataplane?.stallForTest(Number(process.env.CLADNET_TEST_STALL_MS ?? 3_000)));
+      }
       let signalled = false;
       const onSignal = (sig: NodeJS.Signals) => {
         if (signalled) return;
         signalled = true;
+        notifier?.stopping();
         log.info({ signal: sig }, 'signal received');
         agent.stop().then(
           () => process.exit(0),
@@ -115,7 +134,14 @@ export function buildProgram(): Command {
       process.on('SIGINT', onSignal);
       try {
         await agent.start();
+        if (notifier) {
+          // "Ready" includes a status socket that answers: ask it, as `cladnet status` would.
+          const { fetchStatus } = await import('./status/client');
+          await fetchStatus(cfg.socket);
+          if (!signalled) notifier.ready();
+        }
       } catch (e) {
+        notifier?.stopping();
         await agent.stop();
         throw e;
       }
@@ -312,12 +338,15 @@ export function buildProgram(): Command {
   return program;
 }
 
-if (require.main === module) {
+/** Runs the command line (bin/cladnet.js calls this after its Node version check). */
+export function main(argv: readonly string[]): void {
   buildProgram()
-    .parseAsync(process.argv)
+    .parseAsync([...argv])
     .catch((e: unknown) => {
       if (e instanceof CladnetError) process.stderr.write(`cladnet: ${e.message} [${e.code}]\n`);
       else process.stderr.write(`cladnet: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
       process.exit(1);
     });
 }
+
+if (require.main === module) main(process.argv);

@@ -71,6 +71,7 @@ import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
+import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
@@ -147,6 +148,8 @@ export class Agent {
     private readonly cfg: AgentConfig,
     log: Logger,
     private readonly addresses: AddressSource = systemAddresses([cfg.interface]),
+    /** The data-plane worker's heartbeat moves at least this often (the systemd watchdog's need). */
+    private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
     this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
@@ -204,6 +207,7 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      heartbeatMs: this.heartbeatMs,
       publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
       onHandshake: (data, ip, port, via, proven) => {
@@ -307,6 +311,22 @@ export class Agent {
       },
       'agent up',
     );
+  }
+
+  /** The data plane, for the service watchdog (heartbeat) and its test hook; undefined before step 4. */
+  get dataplane(): DataplaneEngine | undefined {
+    return this.engine;
+  }
+
+  /** The systemd STATUS= line's numbers; cheap (no status document), as statusDocument() counts them. */
+  serviceSummary(): ServiceSummary {
+    const now = Date.now();
+    let up = 0;
+    for (const p of this.peers.values()) {
+      const lastRx = this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
+      if (lastRx > 0 && now - lastRx < PEER_UP_MS) up++;
+    }
+    return { peers: this.peers.size, up, etcd: this.registry?.connected() ?? false };
   }
 
   private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {
