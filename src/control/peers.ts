@@ -117,7 +117,7 @@ function revokedWhy(trust: PeerTrust, cert: HostCert): string | undefined {
   const rev = revocationOf(trust.revocations, cert);
   if (rev) return describeRevocation(rev);
   const t = trust.tokens?.revocationOf(cert);
-  if (t) return `its join token ${t.token} was revoked at ${t.revoked}`;
+  if (t) return `revoked with its join token ${t.token} at ${t.revoked}`;
   return undefined;
 }
 
@@ -187,7 +187,7 @@ export function computePeers(inp: PeerInputs): PeerSet {
     const bad = trust.anchor.verifyCert(trust.selfCert, trust.now);
     const rev = revokedWhy(trust, trust.selfCert);
     if (bad !== null) selfProblem = `our own certificate: ${bad}`;
-    else if (rev) selfProblem = `our own certificate was revoked: ${rev}`;
+    else if (rev) selfProblem = `our own certificate was ${rev}`;
   }
 
   for (const name of names) {
