@@ -131,15 +131,22 @@ function useTaken(trust: PeerTrust, cert: HostCert): string | undefined {
 
 /**
  * A certificate made under a join token never takes a name that another valid, unrevoked
- * certificate of another key holds (remembered in `knownCerts`): a token cannot take over a host.
+ * certificate of another key holds (remembered in `knownCerts`, in the order first seen): one
+ * signed by the network key always keeps the name (the operator's word), one under a token keeps
+ * it when it was seen first. (`issued` is no guide: whoever holds a token's secret picks it.)
  */
 function nameTaken(trust: PeerTrust, cert: HostCert): string | undefined {
   if (cert.token === undefined) return undefined;
+  let seenSelf = false;
   for (const c of trust.knownCerts ?? []) {
-    if (c.name !== cert.name || c.serial === cert.serial || c.publicKey === cert.publicKey) continue;
-    if (Date.parse(c.issued) > Date.parse(cert.issued)) continue;
+    if (c.serial === cert.serial && c.name === cert.name) {
+      seenSelf = true;
+      continue;
+    }
+    if (c.name !== cert.name || c.publicKey === cert.publicKey) continue;
+    if (c.token !== undefined && seenSelf) continue;
     if (trust.anchor.verifyCert(c, trust.now) !== null || revokedWhy(trust, c) !== undefined) continue;
-    return `cert.name: ${cert.name} is held by the earlier certificate ${c.serial} of another key; a join token cannot take over a host`;
+    return `cert.name: ${cert.name} is held by certificate ${c.serial} of another key; a join token cannot take over a host`;
   }
   return undefined;
 }

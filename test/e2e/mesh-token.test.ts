@@ -1,6 +1,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { issueCert } from '../../src/control/cert';
+import { aliveKey, hostKey } from '../../src/control/keys';
+import { serializeHostRecord } from '../../src/control/records';
+import { decodeToken } from '../../src/control/token';
+import { loadEd25519 } from '../../src/crypto/sign';
 import { cli, networkKeyFile, sleep, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { ping, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
@@ -102,6 +108,44 @@ describe.skipIf(!isRoot)('join tokens: a host joins without the network key; bad
     const entry = (JSON.parse(list.stdout) as { grant: { id: string }; used: { use: number; name: string }[] }[]).find((x) => x.grant.id === t.id);
     expect(entry?.used).toEqual([expect.objectContaining({ use: 1, name: 'web-1' })]);
   }, 120_000);
+
+  it('the token leaked after first boot is worth nothing: a thief who signs its taken use for another key and writes it to etcd is refused by every member', async () => {
+    expect(joined).toBeDefined();
+    const ed = await loadEd25519();
+    const t = decodeToken(firstToken, ed); // the thief has the token (and etcd write access)
+    const before = new Map<string, number>();
+    for (const n of ['h1', 'h2', 'web-1']) before.set(n, (await bed.agents.find((a) => a.name === n)!.status()).etcd.untrustedRecords ?? 0);
+    const pub = randomBytes(32).toString('base64');
+    // Use 1 again (the only one), another name in the pattern, back-dated to the token's start.
+    const cert = issueCert(ed, t.secret, { network: NET, name: 'web-9', publicKey: pub, overlayIp: '100.64.0.200', now: new Date(Date.parse(t.grant.issued) + 1000), token: { grant: t.grant, use: 1 } });
+    t.secret.fill(0);
+    const record = {
+      version: 1 as const,
+      name: 'web-9',
+      network: NET,
+      overlayIp: cert.overlayIp,
+      publicKey: pub,
+      endpoints: [`${bed.topo.host('h4').underlayIp}:51820`],
+      hostCidrs: [],
+      listenPort: 51820,
+      epoch: 1,
+      updated: new Date().toISOString(),
+      session: randomBytes(8).toString('hex'),
+      cert,
+    };
+    const etcdctl = (args: string[], input?: string) =>
+      bed.topo.exec(bed.topo.routerNs, ['etcdctl', `--endpoints=${bed.etcd.endpoint}`, ...args], { input, env: { ...process.env, ETCDCTL_API: '3' }, timeoutMs: 10_000 });
+    await etcdctl(['put', hostKey(NET, 'web-9')], serializeHostRecord(record));
+    await etcdctl(['put', aliveKey(NET, 'web-9')], '{}');
+    for (const n of ['h1', 'h2', 'web-1']) {
+      const a = bed.agents.find((x) => x.name === n)!;
+      await waitUntil(`${n} to count the thief's record as untrusted`, async () => ((await a.status()).etcd.untrustedRecords ?? 0) > before.get(n)!, { timeoutMs: 10_000 });
+      expect((await a.status()).peers.some((p) => p.name === 'web-9'), `${n} lists web-9`).toBe(false);
+      expect(fs.readFileSync(a.logFile, 'utf8')).toMatch(/use 1 of token [0-9a-f]{32} was first taken by certificate/);
+    }
+    await etcdctl(['del', hostKey(NET, 'web-9')]);
+    await etcdctl(['del', aliveKey(NET, 'web-9')]);
+  }, 60_000);
 
   it('a second use beyond --uses is refused (ETOKENUSEDUP)', async () => {
     expect(firstToken).not.toBe('');

@@ -271,6 +271,20 @@ describe('the peer computation: first certificate per (token, use), token revoca
     expect(out.peers.has('a')).toBe(false);
     expect(out.rejected.find((r) => r.name === 'a')?.error).toMatch(/cannot take over a host/);
   });
+
+  it('nor a name an earlier token host holds, even on an unused use and back-dated', () => {
+    const first = tokenCert('web-1', 1);
+    const mem = new TokenMemory();
+    const out1 = computePeers(inputs([first], { tokens: mem, knownCerts: [] }));
+    mem.bind(out1.certified);
+    const known = [...out1.certified];
+    const thief = tokenCert('web-1', 2, { pub: X(123), at: T0, ip: '100.64.0.70' }); // earlier issued than the first
+    const out2 = computePeers(inputs([thief], { tokens: mem, knownCerts: known }));
+    expect(out2.peers.has('web-1')).toBe(false);
+    expect(out2.rejected.find((r) => r.name === 'web-1')?.error).toMatch(/held by certificate .* of another key; a join token cannot take over a host/);
+    // The first host itself is still fine with the same memory.
+    expect(computePeers(inputs([first], { tokens: mem, knownCerts: known })).peers.has('web-1')).toBe(true);
+  });
 });
 
 describe('etcd keys of tokens', () => {
