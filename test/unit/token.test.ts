@@ -4,8 +4,12 @@ import { checkTokenScope } from '../../src/control/enroll';
 import { matchesNamePattern, parseKey, tokenUseKey } from '../../src/control/keys';
 import { computePeers, type PeerInputs, type PeerTrust } from '../../src/control/peers';
 import { parseHostCert, parseHostRecord, serializeHostCert, serializeHostRecord, type HostCert, type TokenGrant } from '../../src/control/records';
-import { decodeToken, encodeToken, parseDuration, TOKEN_PREFIX, type JoinToken } from '../../src/control/token';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { decodeToken, encodeToken, parseDuration, readTokenFile, TOKEN_PREFIX, wipeTokenFile, type JoinToken } from '../../src/control/token';
 import { TokenMemory } from '../../src/control/token-memory';
+import { loadAgentConfig } from '../../src/config/config';
 import { CladnetError } from '../../src/errors';
 import type { Ed25519, SigningKeyPair } from '../../src/crypto/sign';
 import { parsePrefix } from '../../src/util/ipv4';
@@ -293,5 +297,41 @@ describe('etcd keys of tokens', () => {
     expect(parseKey(k)).toEqual({ kind: 'tokenUse', network: 'demo', token: grant.id, use: 7 });
     expect(parseKey(k.replace('-7', '-07'))).toBeNull();
     expect(() => tokenUseKey('demo', 'nope', 1)).toThrow(/token: "nope" is not a token id/);
+  });
+});
+
+describe('agent settings', () => {
+  it('token and tokenFile come from flags, CLADNET_TOKEN / CLADNET_TOKEN_FILE or the file; both at once are refused', () => {
+    const base = { network: 'demo', name: 'web-1' };
+    expect(loadAgentConfig({ env: { CLADNET_TOKEN_FILE: '/var/lib/cladnet/join.token' }, flags: base }).tokenFile).toBe('/var/lib/cladnet/join.token');
+    expect(loadAgentConfig({ env: { CLADNET_TOKEN: 'cladnet-token-v1.abc' }, flags: base }).token).toBe('cladnet-token-v1.abc');
+    const none = loadAgentConfig({ env: {}, flags: base });
+    expect([none.token, none.tokenFile]).toEqual([undefined, undefined]);
+    expect(() => loadAgentConfig({ env: { CLADNET_TOKEN: 'x' }, flags: { ...base, tokenFile: '/f' } })).toThrow(/config: token: give token or tokenFile, not both/);
+  });
+});
+
+describe('the token file', () => {
+  it('must be 0600; once used it is overwritten and removed', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-token-'));
+    try {
+      const f = path.join(dir, 'join.token');
+      fs.writeFileSync(f, `${encodeToken(token)}\n`, { mode: 0o644 });
+      fs.chmodSync(f, 0o644);
+      expect(() => readTokenFile(f)).toThrow(expect.objectContaining({ code: 'ETOKEN', field: 'tokenFile' }));
+      fs.chmodSync(f, 0o600);
+      expect(decodeToken(readTokenFile(f), ed).grant.id).toBe(grant.id);
+      const link = path.join(dir, 'same-inode');
+      fs.linkSync(f, link); // a second name for the file shows what wiping did to its bytes
+      expect(wipeTokenFile(f)).toBeNull();
+      expect(fs.existsSync(f)).toBe(false);
+      const left = fs.readFileSync(link);
+      expect(left.length).toBeGreaterThan(100);
+      expect(left.every((b) => b === 0)).toBe(true);
+      expect(wipeTokenFile(f)).toBeNull(); // already gone: nothing to do
+      expect(() => readTokenFile(f)).toThrow(/tokenFile: cannot read/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
