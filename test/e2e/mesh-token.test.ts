@@ -214,4 +214,15 @@ describe.skipIf(!isRoot)('join tokens: a host joins without the network key; bad
     // The agent is still a member (the check above did not run against a stopped host).
     await waitUntil('web-1 to list h1 up', async () => (await joined!.status()).peers.some((p) => p.name === 'h1' && p.state === 'up'), { timeoutMs: 10_000 });
   }, 60_000);
+
+  it('restarted with no token at all, the joined host comes back on its stored certificate, same key and address', async () => {
+    const before = await joined!.status();
+    await joined!.stop();
+    joined = await bed.start(bed.topo.host('h3'), { name: 'web-1', issueCert: false });
+    await bed.waitUp([bed.agent('h1'), bed.agent('h2'), joined], 30_000);
+    const after = await joined.status();
+    expect([after.self.publicKey, after.self.overlayIp]).toEqual([before.self.publicKey, before.self.overlayIp]);
+    const there = await ping(bed.topo, bed.agent('h2').host.ns, after.self.overlayIp, { count: 3 });
+    expect(there.received).toBe(3);
+  }, 60_000);
 });
