@@ -71,6 +71,7 @@ import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
+import { enrolIfNeeded } from './enrol';
 import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
@@ -163,6 +164,8 @@ export class Agent {
     this.keys = keys;
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
+    // First boot with a join token (src/agent/enrol.ts): certify our own key, store the certificate.
+    await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
     if (cfg.relay && this.member.cert.relay !== true) {
@@ -170,11 +173,10 @@ export class Agent {
     }
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
-    this.etcdLink = new EtcdLink({ log: this.log });
-    this.etcd = createEtcd({ ...etcdOptionsFrom(cfg), link: this.etcdLink });
+    const etcd = this.etcdClient();
     const saved = this.readState();
     try {
-      this.network = await getNetwork(this.etcd, cfg.network);
+      this.network = await getNetwork(etcd, cfg.network);
     } catch (e) {
       if (!(isCladnetError(e) && e.transient && saved)) throw e;
       this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
@@ -275,7 +277,7 @@ export class Agent {
       random: (n) => randomBytes(n),
     });
     this.registry = new Registry({
-      client: this.etcd,
+      client: etcd,
       network: this.network,
       self: cfg.name,
       log: this.log,
@@ -311,6 +313,15 @@ export class Agent {
       },
       'agent up',
     );
+  }
+
+  /** The etcd client (made on first use: enrolment may need it before the certificate is loaded). */
+  private etcdClient(): Etcd3 {
+    if (!this.etcd) {
+      this.etcdLink = new EtcdLink({ log: this.log });
+      this.etcd = createEtcd({ ...etcdOptionsFrom(this.cfg), link: this.etcdLink });
+    }
+    return this.etcd;
   }
 
   /** The data plane, for the service watchdog (heartbeat) and its test hook; undefined before step 4. */
