@@ -71,6 +71,8 @@ import { StatusServer } from '../status/server';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { loadOrCreateKeyPair } from './keystore';
+import { enrolIfNeeded } from './enrol';
+import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
@@ -147,6 +149,8 @@ export class Agent {
     private readonly cfg: AgentConfig,
     log: Logger,
     private readonly addresses: AddressSource = systemAddresses([cfg.interface]),
+    /** The data-plane worker's heartbeat moves at least this often (the systemd watchdog's need). */
+    private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
     this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
@@ -160,6 +164,8 @@ export class Agent {
     this.keys = keys;
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
+    // First boot with a join token (src/agent/enrol.ts): certify our own key, store the certificate.
+    await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
     if (cfg.relay && this.member.cert.relay !== true) {
@@ -167,11 +173,10 @@ export class Agent {
     }
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
-    this.etcdLink = new EtcdLink({ log: this.log });
-    this.etcd = createEtcd({ ...etcdOptionsFrom(cfg), link: this.etcdLink });
+    const etcd = this.etcdClient();
     const saved = this.readState();
     try {
-      this.network = await getNetwork(this.etcd, cfg.network);
+      this.network = await getNetwork(etcd, cfg.network);
     } catch (e) {
       if (!(isCladnetError(e) && e.transient && saved)) throw e;
       this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
@@ -204,6 +209,7 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      heartbeatMs: this.heartbeatMs,
       publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
       onHandshake: (data, ip, port, via, proven) => {
@@ -271,7 +277,7 @@ export class Agent {
       random: (n) => randomBytes(n),
     });
     this.registry = new Registry({
-      client: this.etcd,
+      client: etcd,
       network: this.network,
       self: cfg.name,
       log: this.log,
@@ -307,6 +313,31 @@ export class Agent {
       },
       'agent up',
     );
+  }
+
+  /** The etcd client (made on first use: enrolment may need it before the certificate is loaded). */
+  private etcdClient(): Etcd3 {
+    if (!this.etcd) {
+      this.etcdLink = new EtcdLink({ log: this.log });
+      this.etcd = createEtcd({ ...etcdOptionsFrom(this.cfg), link: this.etcdLink });
+    }
+    return this.etcd;
+  }
+
+  /** The data plane, for the service watchdog (heartbeat) and its test hook; undefined before step 4. */
+  get dataplane(): DataplaneEngine | undefined {
+    return this.engine;
+  }
+
+  /** The systemd STATUS= line's numbers; cheap (no status document), as statusDocument() counts them. */
+  serviceSummary(): ServiceSummary {
+    const now = Date.now();
+    let up = 0;
+    for (const p of this.peers.values()) {
+      const lastRx = this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
+      if (lastRx > 0 && now - lastRx < PEER_UP_MS) up++;
+    }
+    return { peers: this.peers.size, up, etcd: this.registry?.connected() ?? false };
   }
 
   private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {

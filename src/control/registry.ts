@@ -13,6 +13,7 @@ import { nextCertChange, TrustAnchor } from './cert';
 import { aliveKey, checkName, hostKey, networkPrefix, parseKey, revokedKey } from './keys';
 import type { AddressConflict } from './holders';
 import { KnownCerts } from './known-certs';
+import { TokenMemory } from './token-memory';
 import { computePeers, HostEntry, revocationOf } from './peers';
 import { Roster, type MemberView } from './roster';
 import {
@@ -24,6 +25,7 @@ import {
   parseHostRecord,
   parseLeaseRecord,
   parseRevocationRecord,
+  parseTokenRevocation,
   recordSizeError,
   RevocationRecord,
   serializeHostRecord,
@@ -136,6 +138,7 @@ interface CacheDoc {
   peers: unknown[];
   revocations?: unknown;
   certs?: unknown;
+  tokens?: unknown;
 }
 
 function freezeMap<K, V>(m: Map<K, V>): ReadonlyMap<K, V> {
@@ -224,6 +227,8 @@ export class Registry {
   private readonly warnedConflicts = new Set<string>(); // "ip winnerSerial loserSerial" warned about
   /** Certificates accepted so far; they keep holding their address after their record is gone. */
   private readonly knownCerts = new KnownCerts();
+  /** Join tokens: first certificate per (token, use), and token revocations (token-memory.ts). */
+  private readonly tokens = new TokenMemory();
   private invalidRevocations = 0;
   private reloads = 0;
   private loadPages = 0;
@@ -255,6 +260,7 @@ export class Registry {
     this.prefix = networkPrefix(opts.network.name);
     this.trust = opts.trust ?? null;
     this.selfCert = opts.selfCert;
+    if (opts.selfCert) this.tokens.bind([opts.selfCert]); // our own use of a join token is ours
     this.heardAt = opts.heardAt;
     this.ownLink = opts.link === undefined;
     this.link = opts.link ?? new EtcdLink({ log: opts.log });
@@ -386,6 +392,7 @@ export class Registry {
     const doc = await this.readCache();
     if (doc) this.loadCachedRevocations(doc);
     if (doc) this.knownCerts.load(doc.certs, this.spec.name);
+    if (doc && this.trust) this.tokens.load(doc.tokens, this.trust);
     const cached = doc ? this.cachedPeers(doc) : null;
     if (cached) {
       // The last peer set stays the membership: its records stand in for missing ones in etcd.
@@ -722,6 +729,22 @@ export class Registry {
         }
         return true;
       }
+      case 'tokenRevoked': {
+        if (deleted) return false; // sticky, like host revocations
+        const r = parseTokenRevocation(kv.value, { network: this.spec.name, token: k.token });
+        const error = !r.ok ? r.error : this.trust ? this.trust.verifyTokenRevocation(r.value) : 'the network has no trust anchor to verify it against';
+        if (error !== null || !r.ok) {
+          if (this.warnedRevocations.get(`token:${k.token}`) !== kv.mod_revision) {
+            this.warnedRevocations.set(`token:${k.token}`, kv.mod_revision);
+            this.invalidRevocations++;
+            this.log.warn({ etcdKey: kv.key.toString(), modRevision: kv.mod_revision, error }, 'ignoring invalid token revocation');
+          }
+          return false;
+        }
+        if (!this.tokens.addRevocation(r.value)) return false;
+        this.log.info({ tokenId: r.value.token, revoked: r.value.revoked, kept: r.value.keep.length }, 'join token revoked');
+        return true;
+      }
       case 'revoked':
         if (deleted) {
           if (this.revocations.has(k.name)) this.log.warn({ host: k.name }, 'revocation deleted from etcd; still honouring it');
@@ -786,7 +809,7 @@ export class Registry {
       alive: this.aliveNames,
       leases: this.leases,
       trust: this.trust
-        ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert, knownCerts: this.knownCerts.values() }
+        ? { anchor: this.trust, now, revocations: this.revocations, selfCert: this.selfCert, knownCerts: this.knownCerts.values(), tokens: this.tokens }
         : undefined,
       kept: this.kept,
     });
@@ -802,7 +825,8 @@ export class Registry {
     for (const name of this.departed.keys()) if (roster.members.has(name)) this.departed.delete(name);
     this.armSilenceTimer(now, roster.nextCheck);
     this.knownCerts.remember(certified);
-    this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined);
+    this.tokens.bind(certified);
+    this.knownCerts.prune(now, (c) => revocationOf(this.revocations, c) !== undefined || this.tokens.revocationOf(c) !== undefined);
     let revoked = 0;
     this.noteConflicts(conflicts);
     for (const r of rejected) {
@@ -835,9 +859,10 @@ export class Registry {
     this.armCertTimer(now);
     const snap = freezeMap(peers);
     const delivered = this.deliver(snap);
-    if (delivered || this.revocationsDirty || this.knownCerts.dirty) {
+    if (delivered || this.revocationsDirty || this.knownCerts.dirty || this.tokens.dirty) {
       this.revocationsDirty = false;
       this.knownCerts.clean();
+      this.tokens.clean();
       this.saveCache(this.snapshot);
     }
   }
@@ -970,6 +995,7 @@ export class Registry {
         peers: [...latest.values()],
         revocations: [...this.revocations.values()].flat(),
         certs: this.knownCerts.list(),
+        tokens: this.tokens.toJSON(),
       };
       const tmp = `${this.cacheFile}.tmp-${process.pid}`;
       try {
