@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unitExec } from '../../src/cli/cloud-init';
-import { cli, issueHostCert, waitUntil, type AgentStatus } from '../../src/testbed/agents';
+import { cli, networkKeyFile, waitUntil, type AgentStatus } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { firstReply, ping } from '../../src/testbed/traffic';
 import { bootContainer, ensureRootfs, type Container } from '../helpers/nspawn';
@@ -13,13 +13,15 @@ import { bootContainer, ensureRootfs, type Container } from '../helpers/nspawn';
  * running mesh.
  *
  * The test bed runs etcd and agents h1, h2 in their namespaces; the container joins h3's namespace
- * (--network-namespace-path). Its user data comes from the CLI: `cloud-init --name h3 --bundle DIR
- * --install present --node present`, DIR from `host issue h3`. "present": the rootfs has neither
+ * (--network-namespace-path). The operator's path: `token create --name h3 --uses 1`, then
+ * `cloud-init --name h3 --token-file FILE --install present --node present`; the VM makes its own
+ * key and enrols with the token (no key in the user data). "present": the rootfs has neither
  * Node 20 nor cladnet, so this host's /usr/bin/node and this checkout are bound read-only where the
  * unit (the package's systemd/cladnet.service, shipped in the user data) runs them: an image with
  * cladnet baked in. cloud-init's modules (write_files, runcmd) write the files and enable the unit.
  *
- * Checked: cloud-init finished without errors, the files have their modes, the unit is active
+ * Checked: cloud-init finished without errors, the files have their modes, the host enrolled (its
+ * key made on the VM, the token file removed), the unit is active
  * (and, when the unit is Type=notify, has its STATUS line), h1 and h2 see h3 up and ping it. When
  * the unit has WatchdogSec=: the agent is SIGSTOPped, the watchdog restarts it (NRestarts >= 1),
  * and it answers pings again.
@@ -62,16 +64,21 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
     const h3 = bed.topo.host('h3');
     const work = path.join(bed.topo.workDir, 'vm-h3');
     fs.mkdirSync(work, { recursive: true, mode: 0o700 });
-    // The operator's side: a bundle for h3, then the user data (from the CLI, as a person runs it).
-    const bundle = path.join(work, 'bundle');
-    await issueHostCert(bed.topo, { name: 'h3', network: NET, etcd: bed.etcd.endpoint, out: bundle });
+    // The operator's side: a join token for h3 (one use), then the user data (from the CLI, as a
+    // person runs it). No key is made here: the VM makes its own.
+    const tokenFile = path.join(work, 'h3.token');
+    const tok = await cli(bed.topo, bed.topo.routerNs, [
+      ...['token', 'create', '--network', NET, '--network-key', networkKeyFile(bed.topo, NET)],
+      ...['--name', 'h3', '--uses', '1', '--ttl', '10m', '--out', tokenFile, '--etcd', bed.etcd.endpoint],
+    ]);
+    expect(tok.code, tok.stderr).toBe(0);
     const userDataFile = path.join(work, 'user-data.yaml');
     const gen = await cli(bed.topo, null, [
-      ...['cloud-init', '--name', 'h3', '--network', NET, '--etcd', bed.etcd.endpoint, '--bundle', bundle],
+      ...['cloud-init', '--name', 'h3', '--network', NET, '--etcd', bed.etcd.endpoint, '--token-file', tokenFile],
       ...['--install', 'present', '--node', 'present', '--out', userDataFile],
     ]);
     expect(gen.code, gen.stderr).toBe(0);
-    expect(gen.stderr).toMatch(/warning: this user data holds secrets/);
+    expect(gen.stderr).toMatch(/warning: this user data holds secrets \(a join token\)/);
     const userData = fs.readFileSync(userDataFile, 'utf8');
 
     const { node, cli: script, root } = unitExec(UNIT);
@@ -111,19 +118,13 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
     expect(result.v1.datasource).toMatch(/NoCloud/);
     expect(await c.exec(['cloud-init', 'status']).then((r) => r.stdout)).toMatch(/status: done/);
 
-    // write_files: contents and modes as the user data says, owner root.
+    // write_files: modes as the user data says, owner root; the unit is the package's.
     const mode = (p: string) => (fs.statSync(path.join(c.root, p)).mode & 0o777).toString(8);
-    const own = (p: string) => fs.statSync(path.join(c.root, p)).uid;
-    expect(fs.readFileSync(path.join(c.root, 'var/lib/cladnet/private.key'), 'utf8')).toBe(fs.readFileSync(path.join(bundle, 'private.key'), 'utf8'));
-    expect({ key: mode('var/lib/cladnet/private.key'), cert: mode('var/lib/cladnet/host.cert'), config: mode('etc/cladnet/config.json'), unit: mode('etc/systemd/system/cladnet.service') }).toEqual({
-      key: '600',
-      cert: '644',
-      config: '644',
-      unit: '644',
-    });
-    expect(own('var/lib/cladnet/private.key')).toBe(0);
-    expect(mode('var/lib/cladnet')).toBe('700');
+    expect({ config: mode('etc/cladnet/config.json'), unit: mode('etc/systemd/system/cladnet.service') }).toEqual({ config: '644', unit: '644' });
+    expect(fs.statSync(path.join(c.root, 'etc/cladnet/config.json')).uid).toBe(0);
     expect(fs.readFileSync(path.join(c.root, 'etc/systemd/system/cladnet.service'), 'utf8')).toBe(UNIT);
+    expect(userData).toContain('path: "/var/lib/cladnet/join.token"');
+    expect(userData).not.toContain('path: "/var/lib/cladnet/private.key"');
 
     // The unit: enabled, active (with its STATUS line when it is Type=notify).
     const st = await waitUntil(
@@ -158,6 +159,12 @@ describe.skipIf(!isRoot)('a Debian VM booted by systemd with `cladnet cloud-init
       throw new Error(`${String(e)}\n--- journal\n${j.stdout}`);
     });
     const ip3 = peerH3(docs[0]!)!.overlayIp;
+    // Enrolled by the token: the key was made on the VM (0600), the certificate written beside it,
+    // and the token file wiped and removed.
+    expect(mode('var/lib/cladnet/private.key')).toBe('600');
+    expect(fs.existsSync(path.join(c.root, 'var/lib/cladnet/host.cert'))).toBe(true);
+    expect(fs.existsSync(path.join(c.root, 'var/lib/cladnet/join.token'))).toBe(false);
+    expect(mode('var/lib/cladnet')).toBe('700');
     for (const a of [h1, h2]) {
       const p = await ping(bed.topo, a.host.ns, ip3, { count: 5 });
       expect(p.received, `${a.name} -> h3 ${ip3}\n${p.output}`).toBe(5);
