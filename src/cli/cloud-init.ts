@@ -437,8 +437,9 @@ export function secretWarning(plan: CloudInitPlan, sizes: readonly number[]): st
   if (plan.etcdFiles.some((x) => x.path === VM_PATHS.etcdPasswordFile)) what.push('the etcd password');
   const lines = [
     `warning: this user data holds secrets (${what.join(', ')}): anyone who can read the instance's user data ` +
-      '(the metadata service from inside the VM, the cloud console or API) can read them. Keep the files 0600, ' +
-      'do not commit them, and prefer a join token: it is worth nothing once used.',
+      '(the metadata service from inside the VM, the cloud console or API) can read them. Keep the files 0600 ' +
+      'and do not commit them.' +
+      (cred.kind === 'bundle' ? ' Prefer a join token (--token-file): once used it is worth nothing.' : ' The token is worth nothing once its uses are spent or it expires.'),
   ];
   const big = Math.max(0, ...sizes);
   if (big > EC2_USER_DATA_LIMIT) lines.push(`warning: user data is ${big} bytes, over EC2's ${EC2_USER_DATA_LIMIT}-byte limit (an embedded tarball? use --install tarball=URL there)`);
