@@ -79,6 +79,12 @@ if [ "$MODE" = test ] || [ "$MODE" = bench ]; then
   PKGS+=(python3-minimal:python3) # the raw-socket flood of spoofed sources (e2e mesh-flood), the sd_notify receiver
   PKGS+=(systemd:systemd-analyze) # verify and security-rate systemd/cladnet.service (unit systemd-unit)
 fi
+if [ "$MODE" = test ]; then
+  # `cladnet cloud-init` output checked by `cloud-init schema` (unit test cloud-init, python3-yaml
+  # comes with it); the boot test (e2e cloudinit-boot) debootstraps a Debian rootfs and boots it
+  # with systemd-nspawn.
+  PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
+fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)
 fi

@@ -384,6 +384,34 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('cloud-init')
+    .description('print #cloud-config user data that installs, configures and starts cladnet on a VM (or write one file per VM of a fleet)')
+    .option('--name <host>', 'one VM: its name in the network')
+    .option('--names <list>', 'a fleet: names, comma separated')
+    .option('--count <n>', 'a fleet of N VMs named by --pattern')
+    .option('--pattern <pattern>', "with --count: names with {n} counting from 1, e.g. 'web-{n}'")
+    .option('--network <net>', 'the network to join')
+    .option('--etcd <urls>', 'etcd endpoints as the VMs reach them, comma separated')
+    .option('--etcd-ca <file>', 'CA bundle (PEM) of etcd\'s TLS certificate: /etc/cladnet/etcd-ca.pem on the VM')
+    .option('--etcd-cert <file>', 'etcd client certificate (PEM): /etc/cladnet/etcd-client.pem')
+    .option('--etcd-key <file>', 'etcd client key (PEM): /etc/cladnet/etcd-client.key, 0600')
+    .option('--etcd-user <name>', 'etcd user (with --etcd-password-file)')
+    .option('--etcd-password-file <file>', 'etcd password: /etc/cladnet/etcd.pw, 0600')
+    .option('--bundle <dir>', 'enrollment from `cladnet host issue NAME --out DIR`: DIR for one VM, DIR/NAME for each VM of a fleet')
+    .option('--token-file <file>', 'enrollment by a join token from `cladnet token create` (when the agent supports it)')
+    .option('--install <how>', 'present (cladnet already on the image at the unit\'s path) | tarball=URL | tarball=FILE (from `npm pack`; a FILE is embedded)')
+    .option('--node <how>', 'Node 20: nodesource (NodeSource apt repository; Debian 12) | debian (the distribution\'s nodejs; Debian 13+) | present', 'nodesource')
+    .option('--agent-config <file>', 'more agent settings (JSON, as /etc/cladnet/config.json) for every VM')
+    .option('--out <path>', 'write here instead of stdout: a file (one VM) or a directory, DIR/NAME.yaml per VM (a fleet; required)')
+    .action(async (o: import('./cli/cloud-init').CloudInitFlags) => {
+      const { cloudInitCommand } = await import('./cli/cloud-init');
+      const r = cloudInitCommand(o);
+      for (const w of r.warnings) process.stderr.write(`cladnet: ${w}\n`);
+      if (r.stdout !== undefined) process.stdout.write(r.stdout);
+      else process.stderr.write(`cladnet: wrote ${r.files.length === 1 ? r.files[0] : `${r.files.length} files (${r.files[0]} ...)`} (mode 0600)\n`);
+    });
+
+  program
     .command('status')
     .description('show this host\'s agent: peers, paths, traffic, drops')
     .option('--socket <path>', 'status socket', process.env.CLADNET_SOCKET ?? DEFAULT_SOCKET)
