@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { AgentConfig } from '../config/config';
-import { CladnetError, isCladnetError } from '../errors';
+import { isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
@@ -42,34 +42,18 @@ import { parseNetworkSpec } from '../control/records';
 import { Registry, type PeerSnapshot } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
-import { PEER_UP_MS } from '../dataplane/outbound';
 import { DIRECT } from '../dataplane/peer';
-import {
-  MAX_PEERS,
-  P_LAST_ROAM,
-  P_LAST_RX,
-  P_RTT,
-  P_RX_BYTES,
-  P_RX_PKTS,
-  P_TX_BYTES,
-  P_TX_PKTS,
-  T_HS_COOKIES,
-  T_HS_PASSED,
-  T_RELAY_BYTES,
-  T_RELAY_PKTS,
-  T_RX_BYTES,
-  T_RX_PKTS,
-  T_TX_BYTES,
-  T_TX_PKTS,
-} from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
-import type { StatusDocument, StatusPeer } from '../status/types';
+import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
+import { PeerTable } from './peer-table';
+import { buildStatus } from './status';
 import { loadOrCreateKeyPair } from './keystore';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
@@ -81,15 +65,6 @@ interface SavedState {
   version: 1;
   network: NetworkSpec;
   overlayIp: string;
-}
-
-interface PeerEntry {
-  slot: number;
-  record: HostRecord;
-  overlayIp: number;
-  /** Where the data plane sends: the path choice's (src/agent/paths.ts), or where it roamed. */
-  endpoint: Endpoint;
-  addedAt: number;
 }
 
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
@@ -134,9 +109,8 @@ export class Agent {
   private overlayIp = '';
   private mtu = 0;
   private endpoints: string[] = [];
-  private readonly peers = new Map<string, PeerEntry>();
-  private readonly freeSlots: number[] = [];
-  private nextSlot = 0;
+  /** Set in start() once our key is known. */
+  private peers!: PeerTable;
   private readonly startedAt = new Date();
   /** This run's id, published in the host record (operators and peers see a restart by it). */
   private readonly session = randomBytes(8).toString('hex');
@@ -159,6 +133,7 @@ export class Agent {
     const { keys, created } = await loadOrCreateKeyPair(cfg.stateDir);
     this.keys = keys;
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
+    this.peers = new PeerTable({ maxPeers: MAX_PEERS, resetSlot: (s) => this.engine!.stats.resetPeer(s), ownKey: publicKey });
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
@@ -309,8 +284,8 @@ export class Agent {
     );
   }
 
-  private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {
-    if (!this.etcdLink) return {};
+  private linkStatus(): { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number } | undefined {
+    if (!this.etcdLink) return undefined;
     const st = this.etcdLink.stats();
     return { link: st.state, downSince: st.downSince === null ? null : new Date(st.downSince).toISOString(), outages: st.outages };
   }
@@ -575,50 +550,11 @@ export class Agent {
     }
   }
 
-  private allocSlot(): number {
-    const s = this.freeSlots.pop() ?? this.nextSlot++;
-    if (s >= MAX_PEERS) throw new CladnetError('ESTATE', `more than ${MAX_PEERS} peers`);
-    this.engine!.stats.resetPeer(s);
-    return s;
-  }
-
   /** The control plane's view of the peers changed: update the peer table and handshakes. */
   private onPeers(snap: PeerSnapshot): void {
     const seen = new Set<string>();
-    const ownKey = Buffer.from(this.keys.publicKey).toString('base64');
-    for (const [name, rec] of snap) {
-      const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
-      const ep = cands[0];
-      const overlay = parseIpv4(rec.overlayIp);
-      if (!ep || overlay === null) {
-        this.log.warn({ peer: name }, 'peer has no usable endpoint; skipped');
-        continue;
-      }
-      if (rec.publicKey === ownKey) {
-        this.log.warn({ peer: name }, 'peer claims our own public key (cloned VM image?); skipped');
-        continue;
-      }
-      seen.add(name);
-      this.paths.setPeer(name, cands, mayRelay(rec));
-      const endpoint = this.paths.current(name) ?? { ip: ep.ip, port: ep.port };
-      const old = this.peers.get(name);
-      if (old) {
-        old.record = rec;
-        old.overlayIp = overlay;
-        continue;
-      }
-      const slot = this.allocSlot();
-      this.peers.set(name, { slot, record: rec, overlayIp: overlay, endpoint, addedAt: Date.now() });
-      this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
-    }
-    for (const [name, p] of this.peers) {
-      if (seen.has(name)) continue;
-      this.peers.delete(name);
-      this.paths.removePeer(name);
-      this.reflexive.forget(name);
-      this.freeSlots.push(p.slot);
-      this.log.info({ peer: name }, 'peer removed');
-    }
+    for (const [name, rec] of snap) if (this.upsertPeer(name, rec)) seen.add(name);
+    for (const name of [...this.peers.names()]) if (!seen.has(name)) this.removePeer(name);
     this.hs?.setPeers(
       [...this.peers.entries()].map(([name, p]) => ({
         name,
@@ -633,14 +569,34 @@ export class Agent {
     setImmediate(() => this.pathTick());
   }
 
+  /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
+  private upsertPeer(name: string, rec: HostRecord): boolean {
+    const why = this.peers.usable(rec);
+    if (why !== null) {
+      this.log.warn({ peer: name }, why);
+      return false;
+    }
+    const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
+    this.paths.setPeer(name, cands, mayRelay(rec));
+    const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
+    const { added } = this.peers.upsert(name, rec, endpoint);
+    if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
+    return true;
+  }
+
+  private removePeer(name: string): void {
+    if (!this.peers.remove(name)) return;
+    this.paths.removePeer(name);
+    this.reflexive.forget(name);
+    this.log.info({ peer: name }, 'peer removed');
+  }
+
   private nameOfSlot(slot: number): string | undefined {
-    for (const [name, p] of this.peers) if (p.slot === slot) return name;
-    return undefined;
+    return this.peers.nameOfSlot(slot);
   }
 
   private nameOfOverlay(ip: number): string | undefined {
-    for (const [name, p] of this.peers) if (p.overlayIp >>> 0 === ip >>> 0) return name;
-    return undefined;
+    return this.peers.nameOfOverlay(ip);
   }
 
   /** Coalesces the changes of one tick into one peer-set message to the workers. */
@@ -710,43 +666,15 @@ export class Agent {
   }
 
   statusDocument(): StatusDocument {
-    const stats = this.engine!.stats;
     const view = this.reflexive.view();
-    const now = Date.now();
-    const peers: StatusPeer[] = [...this.peers.entries()]
-      .sort(([a], [b]) => a.localeCompare(b))
-      .map(([name, p]) => {
-        const lastRx = stats.peer(p.slot, P_LAST_RX);
-        const rtt = stats.peer(p.slot, P_RTT);
-        const lastRoam = stats.peer(p.slot, P_LAST_ROAM);
-        const hsAt = this.hs?.lastHandshake(name) ?? null;
-        const path = this.paths.state(name);
-        const state: StatusPeer['state'] =
-          lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - p.addedAt < 30_000 ? 'connecting' : 'down';
-        return {
-          name,
-          overlayIp: p.record.overlayIp,
-          publicKey: p.record.publicKey,
-          endpoint: describeEndpoint(p.endpoint),
-          path: path.kind,
-          pathScope: path.scope,
-          via: p.endpoint.via ?? null,
-          lastPathChange: path.since === null ? null : new Date(path.since).toISOString(),
-          state,
-          lastHandshake: hsAt === null ? null : new Date(hsAt).toISOString(),
-          lastRx: lastRx > 0 ? new Date(lastRx).toISOString() : null,
-          rxBytes: stats.peer(p.slot, P_RX_BYTES),
-          txBytes: stats.peer(p.slot, P_TX_BYTES),
-          rxPackets: stats.peer(p.slot, P_RX_PKTS),
-          txPackets: stats.peer(p.slot, P_TX_PKTS),
-          rttMs: Number.isNaN(rtt) ? null : Math.round(rtt * 1000) / 1000,
-          lastEndpointChange: lastRoam > 0 ? new Date(lastRoam).toISOString() : null,
-          etcd: this.registry?.etcdView(name) ?? undefined,
-        };
-      });
-    const reg = this.registry?.stats();
-    return {
-      version: 1,
+    return buildStatus({
+      now: Date.now(),
+      stats: this.engine!.stats,
+      peers: this.peers,
+      hs: this.hs,
+      paths: this.paths,
+      registry: this.registry,
+      link: this.linkStatus(),
       self: {
         name: this.cfg.name,
         network: this.network.name,
@@ -764,29 +692,7 @@ export class Agent {
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
       },
-      etcd: {
-        connected: this.registry?.connected() ?? false,
-        invalidRecords: reg?.invalidRecords ?? 0,
-        untrustedRecords: reg?.untrustedRecords ?? 0,
-        revokedHosts: reg?.revokedHosts ?? 0,
-        ...this.linkStatus(),
-      },
-      handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
-      peers,
-      conflicts: this.registry?.addressConflicts() ?? [],
-      dataplane: {
-        rxPackets: stats.totals[T_RX_PKTS]!,
-        rxBytes: stats.totals[T_RX_BYTES]!,
-        txPackets: stats.totals[T_TX_PKTS]!,
-        txBytes: stats.totals[T_TX_BYTES]!,
-        relayedPackets: stats.totals[T_RELAY_PKTS]!,
-        relayedBytes: stats.totals[T_RELAY_BYTES]!,
-        handshakesPassed: stats.totals[T_HS_PASSED]!,
-        handshakeCookies: stats.totals[T_HS_COOKIES]!,
-        offloads: stats.offloadCounts(),
-        drops: stats.dropCounts(),
-      },
-    };
+    });
   }
 
   private readState(): SavedState | null {
