@@ -99,12 +99,12 @@ export function revocationOf(revocations: ReadonlyMap<string, readonly Revocatio
   return revocations.get(cert.name)?.find((r) => revokes(r, cert));
 }
 
-function describeRevocation(r: RevocationRecord): string {
+export function describeRevocation(r: RevocationRecord): string {
   return r.serial === null ? `revoked at ${r.revoked} (every certificate issued until then)` : `certificate ${r.serial} revoked at ${r.revoked}`;
 }
 
 /** One record through the checks: parse, trust, revocation, address in the network, lease (without trust). */
-function checkEntry(inp: PeerInputs, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
+export function checkEntry(inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' | 'trust'>, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
   if (!e.parsed.ok) return { error: e.parsed.error };
   const rec = e.parsed.value;
   const trust = inp.trust;

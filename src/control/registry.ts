@@ -5,13 +5,13 @@ import type { Logger } from '../log';
 import { parseOverlayCidr, Prefix } from '../util/ipv4';
 import { TrustAnchor } from './cert';
 import { EtcdLink } from './etcd-link';
-import { MemberEvaluator } from './evaluator';
+import { MemberEvaluator, type EvaluatorWork, type PeerDelta } from './evaluator';
 import type { AddressConflict } from './holders';
 import { aliveKey, checkName, networkPrefix } from './keys';
 import { Liveness } from './liveness';
 import { PeerCache } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
-import { checkRecordSize, HostCert, HostRecord, NetworkSpec, serializeHostRecord } from './records';
+import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
 import { NetworkWatch } from './watch';
 
@@ -24,15 +24,29 @@ export type { PublishResult } from './publisher';
  * 2. alive:   an etcd lease (TTL 10 s, keepalive) carrying /alive/<self>; re-granted if lost
  *             (liveness.ts).
  * 3. watch:   the etcd mirror of the network prefix: paged load, watch, resume after a disconnect
- *             from the last applied revision (watch.ts). After each change a frozen peer snapshot
- *             is handed out (same-tick bursts coalesced). While etcd is down the last snapshot
- *             stays; a disconnect never empties the peer set.
+ *             from the last applied revision (watch.ts). After each change of the peer set (same-
+ *             tick bursts coalesced) the watcher hears of it. While etcd is down the last peer set
+ *             stays; a disconnect never empties it.
  * 4. cache:   optionally the last snapshot on disk, used at start when etcd is unreachable
  *             (peer-cache.ts).
  * 5. trust:   certificates, sticky revocations (revocations.ts), address holders, remembered
  *             certificates and membership (evaluator.ts over peers.ts and roster.ts). A network
  *             spec without a trust anchor (made before certificates) is not verified at all; the
  *             agent refuses to join such a network.
+ *
+ * Two ways to watch, one per registry:
+ *
+ * - `watch(onPeers)`: a fresh frozen snapshot of every peer after each change (simple; O(N) per
+ *   change to build, for tools and tests).
+ * - `watchChanges(onChange)`: only what changed (`PeerChange`: added, changed, removed), with
+ *   work proportional to the change all the way: the watch records which keys changed, the
+ *   evaluator re-checks those hosts and the ones whose outcome can depend on them (the claimants
+ *   of the same overlay address), and the peer set is patched. The agent uses this one.
+ *   `peers()` still gives a full snapshot on demand (built once per change, when asked).
+ *
+ * Full evaluations (every host) happen only after a (re)load of the prefix, on a certificate or
+ * silence timer, when a revocation arrives or our own standing changes (evaluator.ts). The cache
+ * file is written at most once every few seconds and on close (peer-cache.ts).
  *
  * The registry does not own the etcd client: `close()` stops timers, watch and liveness only.
  */
@@ -66,6 +80,16 @@ export interface RegistryOptions {
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
 export type PeersCallback = (peers: PeerSnapshot) => void;
+
+/** One change of the peer set (`watchChanges`). The first one lists every peer as added. */
+export interface PeerChange {
+  /** New peers with their records. */
+  readonly added: ReadonlyMap<string, HostRecord>;
+  /** Peers whose record changed (a republish), with the new record. */
+  readonly changed: ReadonlyMap<string, HostRecord>;
+  readonly removed: ReadonlySet<string>;
+}
+export type PeerChangeCallback = (change: PeerChange) => void;
 
 /** Where the first snapshot came from: etcd, the cache file (etcd unreachable), or nowhere yet. */
 export type WatchSource = 'etcd' | 'cache' | 'none';
@@ -101,8 +125,8 @@ function freezeMap<K, V>(m: Map<K, V>): ReadonlyMap<K, V> {
   return Object.freeze(m);
 }
 
-function signature(peers: PeerSnapshot): string {
-  return [...peers.values()].map(serializeHostRecord).join('\n');
+function sortedCopy(m: ReadonlyMap<string, HostRecord>): Map<string, HostRecord> {
+  return new Map([...m.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
 }
 
 export class Registry {
@@ -125,10 +149,13 @@ export class Registry {
   private readonly revocations: Revocations;
   private readonly evaluator: MemberEvaluator;
 
-  private onPeers: PeersCallback | null = null;
+  private onChange: PeerChangeCallback | null = null;
   private emitScheduled: NodeJS.Immediate | null = null;
-  private snapshot: PeerSnapshot = freezeMap(new Map());
-  private lastSignature: string | null = null;
+  /** The full snapshot, built when asked for (null: stale). */
+  private snapshot: PeerSnapshot | null = freezeMap(new Map());
+  private delivered = false;
+  /** The next evaluation re-checks every host (a revocation arrived, a timer fired). */
+  private fullNext = false;
   private source: WatchSource = 'none';
 
   constructor(opts: RegistryOptions) {
@@ -173,7 +200,10 @@ export class Registry {
       revocations: this.revocations,
       selfCert: opts.selfCert,
       heardAt: opts.heardAt,
-      onTimer: () => this.emit(),
+      onTimer: () => {
+        this.fullNext = true;
+        this.emit();
+      },
     });
     this.evaluator.trust = trust;
     this.mirror = new NetworkWatch({
@@ -187,7 +217,9 @@ export class Registry {
           if (this.revocations.has(name)) this.log.warn({ host: name }, 'revocation deleted from etcd; still honouring it');
           return false;
         }
-        return this.revocations.apply(this.evaluator.trust, name, value, modRevision);
+        const added = this.revocations.apply(this.evaluator.trust, name, value, modRevision);
+        if (added) this.fullNext = true;
+        return added;
       },
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
@@ -245,10 +277,18 @@ export class Registry {
    * Resolves once a first snapshot was delivered: from etcd, else from the cache file ('cache'),
    * else none ('none', etcd unreachable and no cache); etcd is retried in the background.
    */
-  async watch(onPeers: PeersCallback): Promise<WatchSource> {
+  watch(onPeers: PeersCallback): Promise<WatchSource> {
+    return this.watchChanges(() => onPeers(this.peers()));
+  }
+
+  /**
+   * Starts watching; `onChange` gets what changed in the peer set after every change (the first
+   * call lists every peer as added, and comes even when there are none). Resolves like `watch`.
+   */
+  async watchChanges(onChange: PeerChangeCallback): Promise<WatchSource> {
     if (this.closed) throw new Error('registry is closed');
-    if (this.onPeers) throw new Error('registry is already watching');
-    this.onPeers = onPeers;
+    if (this.onChange) throw new Error('registry is already watching');
+    this.onChange = onChange;
     if (!this.evaluator.trust && this.spec.trustAnchor !== undefined) {
       this.evaluator.trust = new TrustAnchor(await loadEd25519(), this.spec.name, this.spec.trustAnchor);
     }
@@ -274,7 +314,7 @@ export class Registry {
     if (this.closed) return 'none';
     if (cached && !this.mirror.loaded && !this.closed) {
       this.source = 'cache';
-      this.deliver(cached);
+      this.deliver({ added: new Map(cached), changed: new Map(), removed: new Set() });
       this.log.warn({ peers: cached.size, file: this.cacheFile }, 'etcd unreachable: using cached peers');
     }
     return this.source;
@@ -290,9 +330,15 @@ export class Registry {
     return this.evaluator.addressConflicts();
   }
 
-  /** The last snapshot handed to `onPeers` (empty before the first). */
+  /** The peer set as last handed out, frozen and sorted by name (empty before the first). */
   peers(): PeerSnapshot {
+    this.snapshot ??= freezeMap(sortedCopy(this.evaluator.members()));
     return this.snapshot;
+  }
+
+  /** What the evaluations cost so far, and the cache file's writes (for tests and benches). */
+  work(): EvaluatorWork & { cacheWrites: number; cacheBytes: number } {
+    return { ...this.evaluator.work, cacheWrites: this.cache?.writes ?? 0, cacheBytes: this.cache?.bytesWritten ?? 0 };
   }
 
   stats(): RegistryStats {
@@ -313,7 +359,7 @@ export class Registry {
       rangeBytes: c.rangeBytes,
       oversizedRecords: c.oversizedRecords,
       watchEvents: c.watchEvents,
-      peers: this.snapshot.size,
+      peers: this.delivered ? this.evaluator.members().size : 0,
       revision: c.revision,
       connected: this.connected(),
       source: this.source,
@@ -323,7 +369,7 @@ export class Registry {
   // ---- 5. trust and membership (evaluator.ts) --------------------------------------------------
 
   private scheduleEmit(): void {
-    if (this.emitScheduled || this.closed || !this.onPeers) return;
+    if (this.emitScheduled || this.closed || !this.onChange) return;
     this.emitScheduled = setImmediate(() => {
       this.emitScheduled = null;
       this.emit();
@@ -331,17 +377,21 @@ export class Registry {
   }
 
   private emit(): void {
-    if (this.closed || !this.onPeers) return;
+    if (this.closed || !this.onChange) return;
     if (this.emitScheduled) {
       clearImmediate(this.emitScheduled);
       this.emitScheduled = null;
     }
-    this.mirror.takeTouched();
-    const peers = this.evaluator.evaluate(
+    const t = this.mirror.takeTouched();
+    // With a trust anchor leases play no part (holders.ts): hosts and alive keys are what changed.
+    const names = this.fullNext || t.all ? null : t.alive.size === 0 ? t.hosts : new Set([...t.hosts, ...t.alive]);
+    this.fullNext = false;
+    const delta = this.evaluator.evaluate(
       { hosts: this.mirror.hosts, alive: this.mirror.aliveNames, leases: this.mirror.leases, etcdRead: this.mirror.counters.reloads > 0 },
       this.now(),
+      names,
     );
-    const delivered = this.deliver(freezeMap(peers));
+    const delivered = this.deliver(delta);
     const known = this.evaluator.knownCerts;
     if (delivered || this.revocations.dirty || known.dirty) {
       this.revocations.clean();
@@ -356,7 +406,7 @@ export class Registry {
    */
   bye(name: string): boolean {
     if (!this.evaluator.bye(name)) return false;
-    if (!this.closed && this.onPeers) this.emit();
+    if (!this.closed && this.onChange) this.emit();
     return true;
   }
 
@@ -367,7 +417,7 @@ export class Registry {
    */
   returned(publicKey: string): string | null {
     const name = this.evaluator.returned(publicKey, this.now());
-    if (name !== null && !this.closed && this.onPeers) this.emit();
+    if (name !== null && !this.closed && this.onChange) this.emit();
     return name;
   }
 
@@ -381,14 +431,13 @@ export class Registry {
     return { record: v.etcd.record, alive: this.mirror.aliveNames.has(name) };
   }
 
-  /** Hands `snap` to the callback unless it equals the last one; true when delivered. */
-  private deliver(snap: PeerSnapshot): boolean {
-    const sig = signature(snap);
-    if (sig === this.lastSignature) return false;
-    this.lastSignature = sig;
-    this.snapshot = snap;
+  /** Hands the change to the callback unless nothing changed (the first one always); true when delivered. */
+  private deliver(delta: PeerDelta): boolean {
+    if (this.delivered && delta.added.size === 0 && delta.changed.size === 0 && delta.removed.size === 0) return false;
+    this.delivered = true;
+    this.snapshot = null;
     try {
-      this.onPeers?.(snap);
+      this.onChange?.(delta);
     } catch (e) {
       this.log.error({ err: (e as Error).message }, 'peer callback threw');
     }
@@ -399,7 +448,7 @@ export class Registry {
 
   private saveCache(): void {
     this.cache?.save(() => ({
-      peers: this.snapshot.values(),
+      peers: sortedCopy(this.evaluator.members()).values(),
       revocations: this.revocations.list(),
       certs: this.evaluator.knownCerts.list(),
     }));
@@ -418,6 +467,6 @@ export class Registry {
     if (this.ownLink) this.link.close();
     await this.mirror.close();
     await this.publisher.settled();
-    await this.cache?.flush();
+    await this.cache?.close();
   }
 }
