@@ -39,7 +39,7 @@ import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
-import { Registry, type PeerSnapshot } from '../control/registry';
+import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT } from '../dataplane/peer';
@@ -54,6 +54,7 @@ import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
 import { buildStatus } from './status';
+import { writeFileAtomicSync } from '../util/atomic-file';
 import { loadOrCreateKeyPair } from './keystore';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
@@ -261,7 +262,7 @@ export class Agent {
     });
     this.updateLocal();
     void this.register();
-    await this.registry.watch((snap) => this.onPeers(snap));
+    await this.registry.watchChanges((c) => this.onPeerChange(c));
     this.startChangeMonitor();
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
@@ -506,20 +507,23 @@ export class Agent {
     });
   }
 
-  private pathTick(): void {
+  /** Runs the path choice for every peer, or for `only` (peers just added or changed). */
+  private pathTick(only?: readonly string[]): void {
     if (!this.engine || !this.hs) return;
-    const actions = this.paths.tick((name) => this.hs?.usable(name) !== null);
+    const actions = this.paths.tick((name) => this.hs?.usable(name) !== null, only);
     for (const p of actions.probes) {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
-    this.syncPaths();
+    this.syncPaths(only);
   }
 
-  /** Carries the path choice to the handshakes and the data plane. */
-  private syncPaths(): void {
+  /** Carries the path choice to the handshakes and the data plane (for every peer, or for `only`). */
+  private syncPaths(only?: readonly string[]): void {
     let changed = false;
-    for (const [name, p] of this.peers) {
+    const list = only ? only.map((n) => [n, this.peers.get(n)] as const) : this.peers.entries();
+    for (const [name, p] of list) {
+      if (!p) continue;
       const cur = this.paths.current(name);
       if (cur === null || sameEndpoint(cur, p.endpoint)) continue;
       const st = this.paths.state(name);
@@ -550,23 +554,34 @@ export class Agent {
     }
   }
 
-  /** The control plane's view of the peers changed: update the peer table and handshakes. */
-  private onPeers(snap: PeerSnapshot): void {
-    const seen = new Set<string>();
-    for (const [name, rec] of snap) if (this.upsertPeer(name, rec)) seen.add(name);
-    for (const name of [...this.peers.names()]) if (!seen.has(name)) this.removePeer(name);
-    this.hs?.setPeers(
-      [...this.peers.entries()].map(([name, p]) => ({
-        name,
-        publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')),
-        ip: p.endpoint.ip,
-        port: p.endpoint.port,
-      })),
+  /**
+   * The control plane's view of the peers changed: update the peer table, paths and handshakes
+   * for the peers that changed only (one host's republish costs one peer's work here).
+   */
+  private onPeerChange(c: PeerChange): void {
+    const upserted: string[] = [];
+    const removed: string[] = [];
+    for (const m of [c.added, c.changed]) {
+      for (const [name, rec] of m) {
+        if (this.upsertPeer(name, rec)) upserted.push(name);
+        else if (this.peers.has(name)) removed.push(name);
+      }
+    }
+    for (const name of c.removed) if (this.peers.has(name)) removed.push(name);
+    for (const name of removed) this.removePeer(name);
+    this.hs?.updatePeers(
+      upserted.map((name) => {
+        const p = this.peers.get(name)!;
+        return { name, publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')), ip: p.endpoint.ip, port: p.endpoint.port };
+      }),
+      removed,
     );
-    this.syncPaths();
-    this.schedulePush();
+    this.syncPaths(upserted);
+    // The workers hold the peers with sessions only: a new peer has none yet, and a removed one
+    // with sessions was pushed by the handshakes' onChange when they forgot it.
+    if (this.hs && upserted.some((n) => this.hs!.sessionsOf(n).length > 0)) this.schedulePush();
     // New candidates get their first probes now, not at the next path tick.
-    setImmediate(() => this.pathTick());
+    if (upserted.length > 0) setImmediate(() => this.pathTick(upserted));
   }
 
   /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
@@ -709,8 +724,7 @@ export class Agent {
   private writeState(): void {
     const file = path.join(this.cfg.stateDir, STATE_FILE);
     const body: SavedState = { version: 1, network: this.network, overlayIp: this.overlayIp };
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify(body, null, 2) + '\n', { mode: 0o600 });
-    fs.renameSync(`${file}.tmp`, file);
+    writeFileAtomicSync(file, JSON.stringify(body, null, 2) + '\n');
   }
 
   stop(): Promise<void> {

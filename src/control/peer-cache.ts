@@ -1,7 +1,7 @@
-import { randomBytes } from 'crypto';
 import { promises as fsp } from 'fs';
 import * as path from 'path';
 import type { Logger } from '../log';
+import { writeFileAtomic } from '../util/atomic-file';
 import type { Prefix } from '../util/ipv4';
 import type { TrustAnchor } from './cert';
 import type { Revocations } from './revocations';
@@ -24,21 +24,6 @@ import { checkOverlayIpInNetwork, HostCert, HostRecord, NetworkSpec, parseHostRe
 const CACHE_VERSION = 1;
 /** Shortest time between two writes of the cache file. */
 export const CACHE_MIN_INTERVAL_MS = 5_000;
-
-/**
- * Writes `body` to `file` atomically: an exclusive 0600 temporary file with a random name in the
- * same directory, then a rename. The temporary file is removed when anything fails.
- */
-export async function writeFileAtomic(file: string, body: string): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(8).toString('hex')}.tmp`);
-  try {
-    await fsp.writeFile(tmp, body, { mode: 0o600, flag: 'wx' });
-    await fsp.rename(tmp, file);
-  } catch (e) {
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
-    throw e;
-  }
-}
 
 export interface CacheDoc {
   version?: unknown;
