@@ -434,6 +434,10 @@ export class Registry {
   /** Hands the change to the callback unless nothing changed (the first one always); true when delivered. */
   private deliver(delta: PeerDelta): boolean {
     if (this.delivered && delta.added.size === 0 && delta.changed.size === 0 && delta.removed.size === 0) return false;
+    if (!this.delivered) {
+      // The first change lists every peer: members seeded from the cache file are news to the watcher too.
+      delta = { added: new Map(this.evaluator.members()), changed: new Map(), removed: new Set() };
+    }
     this.delivered = true;
     this.snapshot = null;
     try {
