@@ -76,7 +76,8 @@ PKGS=(
 )
 if [ "$MODE" = test ] || [ "$MODE" = bench ]; then
   PKGS+=(conntrack:conntrack) # flushes a NAT site's mappings (roaming tests, npm run bench:roam)
-  PKGS+=(python3-minimal:python3) # the raw-socket flood of spoofed sources (e2e mesh-flood)
+  PKGS+=(python3-minimal:python3) # the raw-socket flood of spoofed sources (e2e mesh-flood), the sd_notify receiver
+  PKGS+=(systemd:systemd-analyze) # verify and security-rate systemd/cladnet.service (unit systemd-unit)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)

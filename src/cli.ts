@@ -86,6 +86,8 @@ export function buildProgram(): Command {
     .option('--metadata <provider>', 'ask cloud instance metadata for our public IPv4: off|aws|gcp|azure|auto (default off)')
     .option('--relay [bool]', 'relay encrypted traffic for peers that cannot reach each other directly (default false)')
     .option('--cert <file>', 'this host\'s certificate from `cladnet host issue` (default <state-dir>/host.cert)')
+    .option('--token <token>', 'join token from `cladnet token create`: used only when --cert does not exist yet, to enrol this host (prefer --token-file)')
+    .option('--token-file <file>', 'file (mode 0600) holding the join token; wiped and removed once the host has enrolled')
     .option('--etcd-ca <file>', 'CA bundle (PEM) to verify etcd\'s TLS certificate')
     .option('--etcd-cert <file>', 'client certificate (PEM) for etcd')
     .option('--etcd-key <file>', 'client certificate key (PEM) for etcd')
@@ -99,12 +101,31 @@ export function buildProgram(): Command {
       const { config, ...flags } = opts;
       const cfg = loadAgentConfig({ file: config as string | undefined, env: process.env, flags });
       const log = createRootLogger(cfg.logLevel);
+      // systemd (Type=notify): READY/STATUS/WATCHDOG/STOPPING, src/agent/service.ts. The variables
+      // came through the re-exec above unchanged, and the pid WATCHDOG_PID names is still ours.
+      const service = await import('./agent/service');
+      const watchdog = service.watchdogMs(process.env, process.pid);
+      const notify = (await import('./os/notify')).openNotify(process.env);
       const { Agent } = await import('./agent/agent');
-      const agent = new Agent(cfg, log);
+      const agent = new Agent(cfg, log, undefined, service.heartbeatMs(watchdog));
+      const notifier =
+        notify &&
+        new service.ServiceNotifier({
+          notify,
+          watchdogMs: watchdog,
+          summary: () => agent.serviceSummary(),
+          heartbeat: () => agent.dataplane?.heartbeat() ?? 0,
+          log,
+        });
+      if (process.env.CLADNET_TEST_HOOKS === '1') {
+        // Tests only: SIGUSR2 wedges the data-plane worker for CLADNET_TEST_STALL_MS (watchdog tests).
+        process.on('SIGUSR2', () => agent.dataplane?.stallForTest(Number(process.env.CLADNET_TEST_STALL_MS ?? 3_000)));
+      }
       let signalled = false;
       const onSignal = (sig: NodeJS.Signals) => {
         if (signalled) return;
         signalled = true;
+        notifier?.stopping();
         log.info({ signal: sig }, 'signal received');
         agent.stop().then(
           () => process.exit(0),
@@ -115,7 +136,14 @@ export function buildProgram(): Command {
       process.on('SIGINT', onSignal);
       try {
         await agent.start();
+        if (notifier) {
+          // "Ready" includes a status socket that answers: ask it, as `cladnet status` would.
+          const { fetchStatus } = await import('./status/client');
+          await fetchStatus(cfg.socket);
+          if (!signalled) notifier.ready();
+        }
       } catch (e) {
+        notifier?.stopping();
         await agent.stop();
         throw e;
       }
@@ -279,6 +307,82 @@ export function buildProgram(): Command {
       );
     });
 
+  const token = program.command('token').description('join tokens: let new hosts enrol themselves (needs the network key to make or revoke)');
+  etcdOptions(
+    token
+      .command('create')
+      .description('make a scoped, expiring, limited-use join token signed by the network key (the token is a secret)')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--name <pattern>', 'host names it may enrol; * stands for any run of name characters (default *)')
+      .option('--uses <n>', 'how many hosts may enrol with it (default 1)')
+      .option('--ttl <duration>', 'how long hosts may enrol with it: 90s, 30m, 2h, 7d (default 1h, at most 30d)')
+      .option('--valid-days <n>', 'lifetime of each host certificate made under it (default 365)')
+      .option('--out <file>', 'write the token to this new file (mode 0600) instead of stdout'),
+  )
+    .option('--json', 'print JSON')
+    .action(
+      async (o: EtcdFlags & { network: string; networkKey: string; name?: string; uses?: string; ttl?: string; validDays?: string; out?: string; json?: boolean }) => {
+        const { createToken } = await import('./control/token');
+        const { writeSecretFile } = await import('./control/credentials');
+        const int = (v: string | undefined, field: string) => {
+          if (v === undefined) return undefined;
+          if (!/^\d+$/.test(v)) throw new CladnetError('ECONFIG', `${field}: "${v}" is not a whole number`, { field });
+          return Number(v);
+        };
+        const input = { network: o.network, networkKeyFile: o.networkKey, names: o.name, uses: int(o.uses, 'uses'), ttl: o.ttl, certDays: int(o.validDays, 'validDays') };
+        const r = await withEtcd(o, (c) => createToken(c, input));
+        const g = r.grant;
+        const about = `token ${g.id}: network ${g.network}, names ${g.names}, ${g.uses} use(s), hosts may enrol until ${g.notAfter}, certificates valid ${g.certDays} day(s)`;
+        if (o.out !== undefined) {
+          writeSecretFile(o.out, `${r.token}\n`, 'out');
+          print({ grant: g, tokenFile: o.out }, !!o.json, () => `${about}\ntoken written to ${o.out} (mode 0600)`);
+          return;
+        }
+        process.stderr.write(`cladnet: ${about}\ncladnet: the token below is a secret until it is used up or expires: pass it to the agent as a 0600 file (--token-file)\n`);
+        print({ grant: g, token: r.token }, !!o.json, () => r.token);
+      },
+    );
+  etcdOptions(
+    token
+      .command('revoke <id>')
+      .description('revoke a join token (signed with the network key): no host enrols with it any more')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--all', 'also revoke the certificates of hosts that already enrolled with it (default: keep them)'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (id: string, o: EtcdFlags & { network: string; networkKey: string; all?: boolean; json?: boolean }) => {
+      const { revokeToken } = await import('./control/token');
+      const r = await withEtcd(o, (c) => revokeToken(c, { network: o.network, networkKeyFile: o.networkKey, token: id, all: o.all }));
+      print(r, !!o.json, () =>
+        [
+          `revoked token ${id} in network ${o.network} at ${r.revocation.revoked}`,
+          r.kept.length === 0
+            ? 'no host keeps a certificate made under it'
+            : `kept (enrolled before the revocation; check these are yours, else cladnet host revoke NAME): ${r.kept.map((c) => `use ${c.use}: ${c.name} ${c.overlayIp} (${c.serial})`).join(', ')}`,
+        ].join('\n'),
+      );
+    });
+  etcdOptions(token.command('list').description('list the join tokens of a network, their uses and revocations').requiredOption('--network <net>', 'the network'))
+    .option('--json', 'print JSON')
+    .action(async (o: EtcdFlags & { network: string; json?: boolean }) => {
+      const { listTokens } = await import('./control/token');
+      const r = await withEtcd(o, (c) => listTokens(c, o.network));
+      for (const s of r.skipped) process.stderr.write(`cladnet: warning: skipped ${s}\n`);
+      print(r.tokens, !!o.json, () =>
+        r.tokens.length === 0
+          ? 'no tokens'
+          : r.tokens
+              .map((t) => {
+                const state = t.revoked ? `revoked ${t.revoked}` : t.expired ? 'expired' : t.used.length >= t.grant.uses ? 'used up' : 'open';
+                const used = t.used.map((u) => `${u.use}:${u.name}`).join(',') || '-';
+                return `${t.grant.id}\t${t.grant.names}\t${t.used.length}/${t.grant.uses} used (${used})\tuntil ${t.grant.notAfter}\t${state}`;
+              })
+              .join('\n'),
+      );
+    });
+
   program
     .command('status')
     .description('show this host\'s agent: peers, paths, traffic, drops')
@@ -312,12 +416,15 @@ export function buildProgram(): Command {
   return program;
 }
 
-if (require.main === module) {
+/** Runs the command line (bin/cladnet.js calls this after its Node version check). */
+export function main(argv: readonly string[]): void {
   buildProgram()
-    .parseAsync(process.argv)
+    .parseAsync([...argv])
     .catch((e: unknown) => {
       if (e instanceof CladnetError) process.stderr.write(`cladnet: ${e.message} [${e.code}]\n`);
       else process.stderr.write(`cladnet: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
       process.exit(1);
     });
 }
+
+if (require.main === module) main(process.argv);

@@ -15,6 +15,11 @@ export type ErrorCode =
   | 'EKEY' // key material missing, malformed or with unsafe permissions
   | 'EINSECURE' // a secret would travel in the clear (etcd password over plain http://)
   | 'ESTATUS' // the status socket could not be reached
+  | 'ETOKEN' // a join token is malformed, for another network, or does not verify
+  | 'ETOKENEXPIRED' // a join token's enrolment period is over
+  | 'ETOKENUSEDUP' // every use of a join token is taken
+  | 'ETOKENSCOPE' // the host name is outside a join token's name pattern (or already certified)
+  | 'ETOKENREVOKED' // the operator revoked the join token
   | 'ESTATE'; // local state (state dir) unusable
 
 export class CladnetError extends Error {

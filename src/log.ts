@@ -11,6 +11,8 @@ const REDACT = [
   ...['privateKey', 'secretKey', '*.privateKey', '*.secretKey', 'key', '*.key', 'sendKey', 'recvKey', '*.sendKey', '*.recvKey'],
   // etcd credentials: an options object ({auth: {password}}) or the agent config ({etcdPassword}).
   ...['password', '*.password', '*.*.password', 'etcdPassword', '*.etcdPassword'],
+  // join tokens (a token id is logged as `tokenId`) and their delegate secret.
+  ...['token', '*.token', 'secret', '*.secret'],
 ];
 
 export function createRootLogger(level: string = 'info', destination?: pino.DestinationStream): Logger {

@@ -43,6 +43,7 @@ import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT } from '../dataplane/peer';
+import { PEER_UP_MS } from '../dataplane/outbound';
 import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
@@ -56,6 +57,8 @@ import { PeerTable } from './peer-table';
 import { buildStatus } from './status';
 import { writeFileAtomicSync } from '../util/atomic-file';
 import { loadOrCreateKeyPair } from './keystore';
+import { enrolIfNeeded } from './enrol';
+import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 
 const STATE_FILE = 'state.json';
@@ -122,6 +125,8 @@ export class Agent {
     private readonly cfg: AgentConfig,
     log: Logger,
     private readonly addresses: AddressSource = systemAddresses([cfg.interface]),
+    /** The data-plane worker's heartbeat moves at least this often (the systemd watchdog's need). */
+    private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
     this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
@@ -136,6 +141,8 @@ export class Agent {
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
     this.peers = new PeerTable({ maxPeers: MAX_PEERS, resetSlot: (s) => this.engine!.stats.resetPeer(s), ownKey: publicKey });
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
+    // First boot with a join token (src/agent/enrol.ts): certify our own key, store the certificate.
+    await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
     if (cfg.relay && this.member.cert.relay !== true) {
@@ -143,11 +150,10 @@ export class Agent {
     }
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
-    this.etcdLink = new EtcdLink({ log: this.log });
-    this.etcd = createEtcd({ ...etcdOptionsFrom(cfg), link: this.etcdLink });
+    const etcd = this.etcdClient();
     const saved = this.readState();
     try {
-      this.network = await getNetwork(this.etcd, cfg.network);
+      this.network = await getNetwork(etcd, cfg.network);
     } catch (e) {
       if (!(isCladnetError(e) && e.transient && saved)) throw e;
       this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
@@ -180,6 +186,7 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      heartbeatMs: this.heartbeatMs,
       publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
       onHandshake: (data, ip, port, via, proven) => {
@@ -247,7 +254,7 @@ export class Agent {
       random: (n) => randomBytes(n),
     });
     this.registry = new Registry({
-      client: this.etcd,
+      client: etcd,
       network: this.network,
       self: cfg.name,
       log: this.log,
@@ -283,6 +290,33 @@ export class Agent {
       },
       'agent up',
     );
+  }
+
+  /** The etcd client (made on first use: enrolment may need it before the certificate is loaded). */
+  private etcdClient(): Etcd3 {
+    if (!this.etcd) {
+      this.etcdLink = new EtcdLink({ log: this.log });
+      this.etcd = createEtcd({ ...etcdOptionsFrom(this.cfg), link: this.etcdLink });
+    }
+    return this.etcd;
+  }
+
+  /** The data plane, for the service watchdog (heartbeat) and its test hook; undefined before step 4. */
+  get dataplane(): DataplaneEngine | undefined {
+    return this.engine;
+  }
+
+  /** The systemd STATUS= line's numbers; cheap (no status document), as statusDocument() counts them. */
+  serviceSummary(): ServiceSummary {
+    const now = Date.now();
+    let up = 0;
+    const table = this.peers as PeerTable | undefined; // (set in start())
+    if (!table) return { peers: 0, up: 0, etcd: false };
+    for (const p of table.values()) {
+      const lastRx = this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
+      if (lastRx > 0 && now - lastRx < PEER_UP_MS) up++;
+    }
+    return { peers: table.size, up, etcd: this.registry?.connected() ?? false };
   }
 
   private linkStatus(): { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number } | undefined {

@@ -15,14 +15,35 @@ export const AGENT_NODE_FLAGS: readonly string[] = [
 export const REEXEC_ENV = 'CLADNET_REEXEC';
 
 /**
+ * What the re-exec runs: the argv (flags missing from execArgv added before the script) and the
+ * whole environment plus REEXEC_ENV, in execve's form (null-terminated). Everything systemd set is
+ * passed on as it is: NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID (execve keeps the pid, so
+ * WATCHDOG_PID still names this process and NotifyAccess=main still accepts its datagrams).
+ * null: nothing to do (no flag missing, or REEXEC_ENV set).
+ */
+export function reexecPlan(
+  execPath: string,
+  execArgv: readonly string[],
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv,
+): { argv: (string | null)[]; env: (string | null)[] } | null {
+  if (env[REEXEC_ENV] !== undefined) return null;
+  const missing = AGENT_NODE_FLAGS.filter((f) => !execArgv.includes(f));
+  if (missing.length === 0) return null;
+  return {
+    argv: [execPath, ...execArgv, ...missing, ...argv.slice(1), null],
+    env: [...Object.entries({ ...env, [REEXEC_ENV]: '1' }).map(([k, v]) => `${k}=${v ?? ''}`), null],
+  };
+}
+
+/**
  * Re-executes this process with the AGENT_NODE_FLAGS missing from process.execArgv, before the
  * script. Returns only when it does not (nothing missing, turned off, or execve failed: the agent
  * then runs as it is, with about 10 MiB more RSS).
  */
 export function reexecWithAgentFlags(): void {
-  if (process.env[REEXEC_ENV] !== undefined) return;
-  const missing = AGENT_NODE_FLAGS.filter((f) => !process.execArgv.includes(f));
-  if (missing.length === 0) return;
+  const plan = reexecPlan(process.execPath, process.execArgv, process.argv, process.env);
+  if (!plan) return;
   try {
     // (loaded here, not at the top: the CLI's other commands need no FFI)
     // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -30,9 +51,7 @@ export function reexecWithAgentFlags(): void {
     // Node marks stdin/stdout/stderr close-on-exec at startup (uv_disable_stdio_inheritance); the
     // new image must keep them (the journal, the test bed's log file, a terminal).
     for (const fd of [0, 1, 2]) libc.fcntl(fd, libc.F_SETFD, 0);
-    const argv = [process.execPath, ...process.execArgv, ...missing, ...process.argv.slice(1), null];
-    const env = Object.entries({ ...process.env, [REEXEC_ENV]: '1' }).map(([k, v]) => `${k}=${v ?? ''}`);
-    libc.execve(process.execPath, argv, [...env, null]);
+    libc.execve(process.execPath, plan.argv, plan.env);
   } catch {
     // koffi or libc not usable here: run without the flags
   }

@@ -31,6 +31,13 @@ export interface AgentConfig {
   readonly advertise: readonly string[];
   /** This host's certificate file from `cladnet host issue` (default <stateDir>/host.cert). */
   readonly cert: string;
+  /**
+   * A join token (`cladnet token create`), used only while `cert` does not exist: the agent then
+   * enrols itself (src/control/enroll.ts) and writes `cert`. Prefer `tokenFile`.
+   */
+  readonly token?: string;
+  /** A file holding the join token (mode 0600); wiped and removed once the host has enrolled. */
+  readonly tokenFile?: string;
   /** etcd TLS: CA bundle to verify the server, client certificate and key (PEM files), optional. */
   readonly etcdCa?: string;
   readonly etcdCert?: string;
@@ -88,6 +95,8 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'udpOffload', flag: 'udpOffload', env: 'CLADNET_UDP_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },
   { key: 'cert', flag: 'cert', env: 'CLADNET_CERT', kind: 'string', def: (b) => path.join(String(b['stateDir']), 'host.cert') },
+  { key: 'token', flag: 'token', env: 'CLADNET_TOKEN', kind: 'string', def: () => undefined, optional: true },
+  { key: 'tokenFile', flag: 'tokenFile', env: 'CLADNET_TOKEN_FILE', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdCa', flag: 'etcdCa', env: 'CLADNET_ETCD_CA', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdCert', flag: 'etcdCert', env: 'CLADNET_ETCD_CERT', kind: 'string', def: () => undefined, optional: true },
   { key: 'etcdKey', flag: 'etcdKey', env: 'CLADNET_ETCD_KEY', kind: 'string', def: () => undefined, optional: true },
@@ -243,6 +252,9 @@ export function loadAgentConfig(src: ConfigSources): AgentConfig {
     out[spec.key] = Array.isArray(value) ? Object.freeze(value) : value;
   }
   checkEtcdSecurity(out);
+  if (out['token'] !== undefined && out['tokenFile'] !== undefined) {
+    throw new CladnetError('ECONFIG', 'config: token: give token or tokenFile, not both', { field: 'token' });
+  }
   return Object.freeze(out) as unknown as AgentConfig;
 }
 

@@ -1,8 +1,24 @@
 import { randomBytes } from 'node:crypto';
 import type { Ed25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
-import { checkName } from './keys';
-import { HostCert, HostRecord, isBase64Of, isPublicKey, NetworkSpec, parseHostCert, parseNetworkSpec, parseRevocationRecord, RevocationRecord, serializeNetworkSpec } from './records';
+import { checkName, matchesNamePattern } from './keys';
+import {
+  HostCert,
+  HostRecord,
+  isBase64Of,
+  isPublicKey,
+  NetworkSpec,
+  parseHostCert,
+  parseNetworkSpec,
+  parseRevocationRecord,
+  parseTokenGrant,
+  parseTokenRevocation,
+  RevocationRecord,
+  serializeNetworkSpec,
+  serializeTokenRevocation,
+  TokenGrant,
+  TokenRevocation,
+} from './records';
 
 /**
  * Host certificates, revocations and the network spec, signed by the network key (Ed25519), and
@@ -17,6 +33,10 @@ import { HostCert, HostRecord, isBase64Of, isPublicKey, NetworkSpec, parseHostCe
 export const CERT_LABEL = 'cladnet host certificate v1\n';
 export const REVOCATION_LABEL = 'cladnet revocation v1\n';
 export const SPEC_LABEL = 'cladnet network spec v1\n';
+/** A join token's grant (network key), a certificate made under one (the grant's delegate key), a token's revocation. */
+export const GRANT_LABEL = 'cladnet join token grant v1\n';
+export const TOKEN_CERT_LABEL = 'cladnet token host certificate v1\n';
+export const TOKEN_REVOCATION_LABEL = 'cladnet token revocation v1\n';
 /** Default certificate lifetime (`cladnet host issue --valid-days`). */
 export const DEFAULT_VALID_DAYS = 365;
 export const MAX_VALID_DAYS = 3650;
@@ -29,12 +49,32 @@ const utf8 = new TextEncoder();
 export type UnsignedCert = Omit<HostCert, 'signature'>;
 export type UnsignedRevocation = Omit<RevocationRecord, 'signature'>;
 export type UnsignedNetworkSpec = Omit<NetworkSpec, 'signature'>;
+export type UnsignedGrant = Omit<TokenGrant, 'signature'>;
+export type UnsignedTokenRevocation = Omit<TokenRevocation, 'signature'>;
 
-/** `relay` is only ever true or absent (then JSON.stringify leaves it out: older certificates keep their bytes). */
+/**
+ * `relay` is only ever true or absent (then JSON.stringify leaves it out: older certificates keep
+ * their bytes). A certificate made under a join token has its own label and adds the token's id
+ * and the use it consumed (the grant itself is signed by the network key on its own).
+ */
 export function canonicalCert(c: UnsignedCert): Uint8Array {
   const { version, network, name, publicKey, overlayIp, issued, notAfter, serial } = c;
   const relay = c.relay === true ? true : undefined;
+  if (c.token !== undefined) {
+    const { token, use } = c;
+    return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use }));
+  }
   return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay }));
+}
+
+export function canonicalGrant(g: UnsignedGrant): Uint8Array {
+  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey } = g;
+  return utf8.encode(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey }));
+}
+
+export function canonicalTokenRevocation(r: UnsignedTokenRevocation): Uint8Array {
+  const { version, network, token, revoked, keep } = r;
+  return utf8.encode(TOKEN_REVOCATION_LABEL + JSON.stringify({ version, network, token, revoked, keep }));
 }
 
 /** Everything in the spec but the signature, the trust anchor included. */
@@ -68,18 +108,33 @@ export interface IssueInput {
   serial?: string;
   /** The host may relay for others (`host issue --relay`). */
   relay?: boolean;
+  /**
+   * Made under a join token: `secretKey` is then the grant's delegate key, and the certificate
+   * names the token and the use it consumes. Never a relay; at most the grant's certDays.
+   */
+  token?: { grant: TokenGrant; use: number };
 }
 
 /** Builds and signs a certificate; throws ECONFIG naming the bad field. */
 export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput): HostCert {
   checkName(input.network, 'network');
   checkName(input.name, 'name');
+  const t = input.token;
+  if (t) {
+    if (input.relay === true) throw new CladnetError('ECONFIG', 'relay: a join token cannot certify a relay', { field: 'relay' });
+    if (!matchesNamePattern(t.grant.names, input.name)) {
+      throw new CladnetError('ETOKENSCOPE', `name: ${JSON.stringify(input.name)} does not match the token's pattern ${JSON.stringify(t.grant.names)}`, { field: 'name' });
+    }
+    if (!(Number.isInteger(t.use) && t.use >= 1 && t.use <= t.grant.uses)) {
+      throw new CladnetError('ETOKENUSEDUP', `use: ${t.use} is outside the token's 1..${t.grant.uses}`, { field: 'use' });
+    }
+  }
   if (!isPublicKey(input.publicKey)) {
     throw new CladnetError('ECONFIG', `publicKey: ${JSON.stringify(input.publicKey)} is not base64 of a 32-byte X25519 key`, { field: 'publicKey' });
   }
-  const days = input.validDays ?? DEFAULT_VALID_DAYS;
-  if (!(days > 0 && days <= MAX_VALID_DAYS)) {
-    throw new CladnetError('ECONFIG', `validDays: ${days} must be more than 0 and at most ${MAX_VALID_DAYS}`, { field: 'validDays' });
+  const days = input.validDays ?? t?.grant.certDays ?? DEFAULT_VALID_DAYS;
+  if (!(days > 0 && days <= (t?.grant.certDays ?? MAX_VALID_DAYS))) {
+    throw new CladnetError('ECONFIG', `validDays: ${days} must be more than 0 and at most ${t?.grant.certDays ?? MAX_VALID_DAYS}`, { field: 'validDays' });
   }
   const now = input.now ?? new Date();
   const unsigned: UnsignedCert = {
@@ -92,6 +147,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     notAfter: new Date(now.getTime() + Math.round(days * DAY_MS)).toISOString(),
     serial: input.serial ?? randomBytes(16).toString('hex'),
     ...(input.relay === true ? { relay: true as const } : {}),
+    ...(t ? { token: t.grant.id, use: t.use, grant: t.grant } : {}),
   };
   const cert = { ...unsigned, signature: b64(ed.sign(canonicalCert(unsigned), secretKey)) };
   const checked = parseHostCert(cert);
@@ -116,6 +172,66 @@ export function signRevocation(
   const checked = parseRevocationRecord(JSON.stringify(rev));
   if (!checked.ok) throw new CladnetError('ECONFIG', `revocation: ${checked.error}`, { field: 'serial' });
   return checked.value;
+}
+
+export interface GrantInput {
+  network: string;
+  names: string;
+  uses: number;
+  /** How long hosts may enroll with it, in milliseconds. */
+  ttlMs: number;
+  certDays: number;
+  /** Base64 Ed25519 public key the grant delegates to. */
+  delegateKey: string;
+  now?: Date;
+  id?: string;
+}
+
+/** Signs a join token's grant with the network key; throws ECONFIG naming the bad field. */
+export function signGrant(ed: Ed25519, secretKey: Uint8Array, input: GrantInput): TokenGrant {
+  if (!(Number.isFinite(input.ttlMs) && input.ttlMs > 0)) {
+    throw new CladnetError('ECONFIG', `ttl: ${input.ttlMs} ms is not a positive duration`, { field: 'ttl' });
+  }
+  const now = input.now ?? new Date();
+  const unsigned: UnsignedGrant = {
+    version: 1,
+    network: checkName(input.network, 'network'),
+    id: input.id ?? randomBytes(16).toString('hex'),
+    names: input.names,
+    uses: input.uses,
+    issued: now.toISOString(),
+    notAfter: new Date(now.getTime() + input.ttlMs).toISOString(),
+    certDays: input.certDays,
+    delegateKey: input.delegateKey,
+  };
+  const signed = { ...unsigned, signature: b64(ed.sign(canonicalGrant(unsigned), secretKey)) };
+  const checked = parseTokenGrant(signed);
+  if (!checked.ok) throw new CladnetError('ECONFIG', `token: ${checked.error}`, { field: checked.error.split(':')[0] });
+  return checked.value;
+}
+
+/** Signs a token's revocation (keeping the certificates whose serials are in `keep`). */
+export function signTokenRevocation(
+  ed: Ed25519,
+  secretKey: Uint8Array,
+  input: { network: string; token: string; keep: string[]; now?: Date },
+): TokenRevocation {
+  const unsigned: UnsignedTokenRevocation = {
+    version: 1,
+    network: checkName(input.network, 'network'),
+    token: input.token,
+    revoked: (input.now ?? new Date()).toISOString(),
+    keep: [...new Set(input.keep)].sort(),
+  };
+  const rev = { ...unsigned, signature: b64(ed.sign(canonicalTokenRevocation(unsigned), secretKey)) };
+  const checked = parseTokenRevocation(serializeTokenRevocation(rev));
+  if (!checked.ok) throw new CladnetError('ECONFIG', `token revocation: ${checked.error}`, { field: 'token' });
+  return checked.value;
+}
+
+/** True when `rev` (already verified) covers `cert`: made under its token and not kept. */
+export function tokenRevokes(rev: TokenRevocation, cert: HostCert): boolean {
+  return cert.token === rev.token && cert.network === rev.network && !rev.keep.includes(cert.serial);
 }
 
 /** Signs a spec (its trust anchor must be the key's public half); throws ECONFIG when it does not parse. */
@@ -186,7 +302,10 @@ export class TrustAnchor {
   /** Signature by this network's key, network name, and validity period at `nowMs`. */
   verifyCert(cert: HostCert, nowMs: number, field = 'cert'): string | null {
     if (cert.network !== this.network) return `${field}.network: ${JSON.stringify(cert.network)} is not this network (${JSON.stringify(this.network)})`;
-    if (!this.verifySignature(canonicalCert(cert), cert.signature)) {
+    if (cert.token !== undefined) {
+      const bad = this.verifyTokenCert(cert, field);
+      if (bad !== null) return bad;
+    } else if (!this.verifySignature(canonicalCert(cert), cert.signature)) {
       return `${field}.signature: not signed by this network's key (trust anchor ${this.publicKey})`;
     }
     const issued = Date.parse(cert.issued);
@@ -194,6 +313,56 @@ export class TrustAnchor {
     if (notAfter <= issued) return `${field}.notAfter: ${cert.notAfter} is not after issued ${cert.issued}`;
     if (nowMs + CLOCK_SKEW_MS < issued) return `${field}.issued: not valid before ${cert.issued}`;
     if (nowMs > notAfter) return `${field}.notAfter: expired at ${cert.notAfter}`;
+    return null;
+  }
+
+  /**
+   * The chain of a certificate made under a join token: network key -> grant -> certificate, and
+   * the grant's scope: the certificate's use within 1..uses, its name matching the pattern, made
+   * while the grant was valid, for at most certDays, and never a relay. (Who got a use first, and
+   * the token's revocation, are the peer computation's business: peers.ts.)
+   */
+  private verifyTokenCert(cert: HostCert, field: string): string | null {
+    const g = cert.grant;
+    if (!g || cert.use === undefined) return `${field}.grant: missing (a certificate under token ${cert.token} must carry its grant)`;
+    if (g.id !== cert.token) return `${field}.grant.id: ${g.id} is not the certificate's token ${cert.token}`;
+    const bad = this.verifyGrant(g);
+    if (bad !== null) return `${field}.grant.${bad}`;
+    if (!this.verifyWith(canonicalCert(cert), cert.signature, g.delegateKey)) {
+      return `${field}.signature: not signed by the delegate key of token ${g.id}`;
+    }
+    if (cert.use < 1 || cert.use > g.uses) return `${field}.use: ${cert.use} is beyond the token's ${g.uses} use(s)`;
+    if (!matchesNamePattern(g.names, cert.name)) return `${field}.name: ${JSON.stringify(cert.name)} is outside the token's pattern ${JSON.stringify(g.names)}`;
+    if (cert.relay === true) return `${field}.relay: a join token cannot certify a relay`;
+    const issued = Date.parse(cert.issued);
+    if (issued + CLOCK_SKEW_MS < Date.parse(g.issued)) return `${field}.issued: ${cert.issued} is before the token was made (${g.issued})`;
+    if (issued > Date.parse(g.notAfter)) return `${field}.issued: ${cert.issued} is after the token expired (${g.notAfter})`;
+    if (Date.parse(cert.notAfter) - issued > g.certDays * DAY_MS) return `${field}.notAfter: longer than the token's ${g.certDays} day(s)`;
+    return null;
+  }
+
+  private verifyWith(message: Uint8Array, signature: string, publicKey: string): boolean {
+    const id = `${publicKey}\n${signature}\n${Buffer.from(message).toString('latin1')}`;
+    const hit = this.cache.get(id);
+    if (hit !== undefined) return hit;
+    const ok = isBase64Of(publicKey, 32) && this.ed.verify(bytes(signature), message, bytes(publicKey));
+    if (this.cache.size >= VERIFY_CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(id, ok);
+    return ok;
+  }
+
+  /** A join token's grant: this network's, signed by its key (its expiry is for enrolment: see token.ts). */
+  verifyGrant(g: TokenGrant): string | null {
+    if (g.network !== this.network) return `network: ${JSON.stringify(g.network)} is not this network (${JSON.stringify(this.network)})`;
+    if (!this.verifySignature(canonicalGrant(g), g.signature)) return `signature: not signed by this network's key (trust anchor ${this.publicKey})`;
+    if (Date.parse(g.notAfter) <= Date.parse(g.issued)) return `notAfter: ${g.notAfter} is not after issued ${g.issued}`;
+    return null;
+  }
+
+  /** Signature by this network's key over a revocation of one of its tokens. */
+  verifyTokenRevocation(rev: TokenRevocation): string | null {
+    if (rev.network !== this.network) return `network: ${JSON.stringify(rev.network)} is not this network (${JSON.stringify(this.network)})`;
+    if (!this.verifySignature(canonicalTokenRevocation(rev), rev.signature)) return `signature: not signed by this network's key (trust anchor ${this.publicKey})`;
     return null;
   }
 

@@ -4,10 +4,11 @@ import { nextCertChange, type TrustAnchor } from './cert';
 import { certPrecedence, certRef, describeCert, type AddressConflict } from './holders';
 import { hostKey } from './keys';
 import { KnownCerts } from './known-certs';
-import { checkEntry, computePeers, describeRevocation, type HostEntry, type Rejection } from './peers';
+import { checkEntry, computePeers, revokedWhy, type HostEntry, type PeerTrust, type Rejection } from './peers';
 import { checkOverlayIpInNetwork, HostCert, HostRecord, serializeHostRecord } from './records';
 import type { Revocations } from './revocations';
 import { Roster, type Candidate, type MemberView, type RecordView } from './roster';
+import { TokenMemory } from './token-memory';
 
 /**
  * Trust and membership (registry job 5): from the etcd mirror (watch.ts), the sticky revocations
@@ -30,6 +31,11 @@ import { Roster, type Candidate, type MemberView, type RecordView } from './rost
  * timer, when a revocation arrives, when our own standing changes, and always for a network
  * without a trust anchor (its lease and liveness rules are not tracked per address). Both give
  * the same peer set as computePeers + Roster.update over everything (the unit tests compare).
+ *
+ * Join tokens (token-memory.ts) add rules across names (first certificate per token use, a token
+ * certificate never takes a held name): once a token certificate is seen (ours included), every
+ * evaluation is a full one through computePeers, as before issue 11's incremental work. Networks
+ * whose hosts are certified by the network key alone get the incremental path.
  */
 
 export interface Mirror {
@@ -86,6 +92,10 @@ export class MemberEvaluator {
   trust: TrustAnchor | null = null;
   /** Certificates accepted so far; they keep holding their address after their record is gone. */
   readonly knownCerts = new KnownCerts();
+  /** Join tokens: the first certificate per (token, use), and token revocations (sticky). */
+  readonly tokens = new TokenMemory();
+  /** A token certificate was seen: full evaluations through computePeers from now on. */
+  private tokenMode = false;
   readonly work: EvaluatorWork = { fullEvaluations: 0, partialEvaluations: 0, recordsChecked: 0, addressesResolved: 0, rosterSteps: 0 };
   private readonly roster = new Roster();
   /** The members' records: the peer set. */
@@ -121,7 +131,12 @@ export class MemberEvaluator {
   untrustedRecords = 0;
   revokedHosts = 0;
 
-  constructor(private readonly opts: EvaluatorOptions) {}
+  constructor(private readonly opts: EvaluatorOptions) {
+    if (opts.selfCert) {
+      this.tokens.bind([opts.selfCert]); // our own use of a join token is ours
+      if (opts.selfCert.token !== undefined) this.tokenMode = true;
+    }
+  }
 
   /** The last peer set (the cache file's at start) stays the membership until etcd says otherwise. */
   seed(cached: ReadonlyMap<string, HostRecord>, at: number): void {
@@ -140,9 +155,10 @@ export class MemberEvaluator {
    * trust, and when our own standing changes).
    */
   evaluate(m: Mirror, now: number, names: Iterable<string> | null): PeerDelta {
-    if (names === null || !this.evaluated || !this.trust) return this.full(m, now);
+    if (names === null || !this.evaluated || !this.trust || this.tokenMode) return this.full(m, now);
     const base = this.selfBase;
     const touched = new Set<string>(names);
+    for (const n of touched) if (hasToken(m.hosts.get(n))) return this.full(m, now);
     for (const n of this.pending) touched.add(n);
     this.pending.clear();
     this.work.partialEvaluations++;
@@ -225,10 +241,14 @@ export class MemberEvaluator {
     ips.add(ip);
   }
 
-  private peerTrust(now: number) {
+  private peerTrust(now: number): PeerTrust | undefined {
     return this.trust
-      ? { anchor: this.trust, now, revocations: this.opts.revocations.map, selfCert: this.opts.selfCert, knownCerts: this.knownCerts.values() }
+      ? { anchor: this.trust, now, revocations: this.opts.revocations.map, selfCert: this.opts.selfCert, knownCerts: this.knownCerts.values(), tokens: this.tokens }
       : undefined;
+  }
+
+  private isRevoked(c: HostCert): boolean {
+    return this.opts.revocations.of(c) !== undefined || this.tokens.revocationOf(c) !== undefined;
   }
 
   /**
@@ -264,7 +284,7 @@ export class MemberEvaluator {
     for (const c of this.knownCerts.at(ip)) {
       if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.network) continue;
       if (checkOverlayIpInNetwork(c, cidr, cidrText) !== null) continue;
-      if (trust.verifyCert(c, now) !== null || this.opts.revocations.of(c)) continue;
+      if (trust.verifyCert(c, now) !== null || this.isRevoked(c)) continue;
       claim(c);
     }
     const conflicts: AddressConflict[] = [];
@@ -314,14 +334,17 @@ export class MemberEvaluator {
     this.work.fullEvaluations++;
     this.evaluated = true;
     this.pending.clear();
-    if (!this.trust) return this.fullWithoutTrust(m, now);
-    const { selfCert, revocations } = this.opts;
+    if (!this.tokenMode && this.tokens.uses.size > 0) this.tokenMode = true;
+    if (!this.tokenMode) for (const e of m.hosts.values()) if (hasToken(e)) this.tokenMode = true;
+    if (!this.trust || this.tokenMode) return this.fullByComputePeers(m, now);
+    const { selfCert } = this.opts;
+    const trust = this.peerTrust(now)!;
     this.selfBase = undefined;
     if (selfCert) {
       const bad = this.trust.verifyCert(selfCert, now);
-      const rev = revocations.of(selfCert);
+      const rev = revokedWhy(trust, selfCert);
       if (bad !== null) this.selfBase = `our own certificate: ${bad}`;
-      else if (rev) this.selfBase = `our own certificate was ${describeRevocation(rev)}`;
+      else if (rev) this.selfBase = `our own certificate was ${rev}`;
     }
     this.valid.clear();
     this.claimants.clear();
@@ -344,28 +367,39 @@ export class MemberEvaluator {
     this.work.rosterSteps += candidates.size;
     const out = this.roster.update({ candidates, alive: m.alive, now, heardAt: this.opts.heardAt, etcdRead: m.etcdRead });
     this.knownCerts.remember(this.certsOf(this.valid.keys()));
-    this.knownCerts.prune(now, (c) => revocations.of(c) !== undefined);
+    this.knownCerts.prune(now, (c) => this.isRevoked(c));
     this.revokedHosts = this.revokedNames.size;
     return this.finishFull(out.members, out.left, out.nextCheck, m, now);
   }
 
-  /** A network without a trust anchor (tools and tests only): the old whole-set rules of peers.ts. */
-  private fullWithoutTrust(m: Mirror, now: number): PeerDelta {
-    const { rejected, selfProblem, conflicts, candidates } = computePeers({
+  /**
+   * Everything through computePeers (peers.ts) and Roster.update: for a network without a trust
+   * anchor (tools and tests only: the old lease rules) and once join tokens are in play.
+   */
+  private fullByComputePeers(m: Mirror, now: number): PeerDelta {
+    const { rejected, selfProblem, conflicts, candidates, certified } = computePeers({
       self: this.opts.self,
       cidr: this.opts.cidr,
       cidrText: this.opts.cidrText,
       hosts: m.hosts,
       alive: m.alive,
       leases: m.leases,
+      trust: this.peerTrust(now),
       kept: this.returning.size > 0 ? new Map([...this.returning, ...this.kept]) : this.kept,
     });
     this.work.recordsChecked += m.hosts.size;
     this.work.rosterSteps += candidates.size;
     const out = this.roster.update({ candidates, alive: m.alive, now, heardAt: this.opts.heardAt, etcdRead: m.etcdRead });
-    this.conflictsAt.clear();
-    for (const c of conflicts) this.noteConflicts(c.overlayIp, [c]);
+    this.knownCerts.remember(certified);
+    this.tokens.bind(certified);
+    this.knownCerts.prune(now, (c) => this.isRevoked(c));
+    const byIp = new Map<string, AddressConflict[]>();
+    for (const c of conflicts) byIp.set(c.overlayIp, [...(byIp.get(c.overlayIp) ?? []), c]);
+    for (const ip of [...this.conflictsAt.keys()]) if (!byIp.has(ip)) this.conflictsAt.delete(ip);
+    for (const [ip, list] of byIp) this.noteConflicts(ip, list);
+    this.revokedNames.clear();
     this.warnRejected(rejected);
+    this.revokedHosts = this.revokedNames.size;
     for (const name of this.warned.keys()) if (!m.hosts.has(name)) this.warned.delete(name);
     this.noteSelfProblem(selfProblem);
     return this.finishFull(out.members, out.left, out.nextCheck, m, now);
@@ -566,4 +600,9 @@ export class MemberEvaluator {
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     this.silenceTimer = null;
   }
+}
+
+/** A host entry whose record carries a certificate made under a join token. */
+function hasToken(e: HostEntry | undefined): boolean {
+  return e !== undefined && e.parsed.ok && e.parsed.value.cert?.token !== undefined;
 }

@@ -1,10 +1,10 @@
 import type { Etcd3 } from 'etcd3';
 import { CladnetError } from '../errors';
 import { formatIpv4, parseIpv4, parseOverlayCidr } from '../util/ipv4';
-import { revokes, type TrustAnchor } from './cert';
+import { revokes, tokenRevokes, type TrustAnchor } from './cert';
 import { etcdCall } from './etcd';
 import { addressesHeldByOthers, describeCert, groupByAddress, otherHolder } from './holders';
-import { hostsPrefix, issuedKey, issuedPrefix, leaseKey, parseKey, revokedPrefix } from './keys';
+import { hostsPrefix, issuedKey, issuedPrefix, leaseKey, parseKey, revokedPrefix, tokensRevokedPrefix, tokenUsesPrefix } from './keys';
 import { appendLedger, readLedger } from './ledger';
 import { listLeases } from './leases';
 import { etcdPages, readPrefix } from './range';
@@ -15,8 +15,10 @@ import {
   parseHostCert,
   parseHostRecord,
   parseRevocationRecord,
+  parseTokenRevocation,
   RevocationRecord,
   serializeHostCert,
+  TokenRevocation,
   serializeLeaseRecord,
 } from './records';
 
@@ -24,8 +26,9 @@ import {
  * The operator's view of who holds which overlay address, for `host issue`:
  *
  * 1. gather: certificates from the issuer's ledger (local, append-only; see ledger.ts), from the
- *    signed issuance records under /issued/ and from host records in etcd; revocations from the
- *    ledger and from /revoked/. Only what verifies against the network's anchor counts, so an etcd
+ *    signed issuance records under /issued/, from the certificates that consumed join-token uses
+ *    (/token-uses/) and from host records in etcd; revocations from the ledger, from /revoked/
+ *    and from /tokens-revoked/. Only what verifies against the network's anchor counts, so an etcd
  *    writer can hide certificates (the ledger still has them) but never add one.
  * 2. held: the addresses held now by an unexpired, unrevoked certificate, per address in the
  *    order of `certPrecedence`. Leases play no part.
@@ -44,10 +47,11 @@ export interface IssuerView {
   readonly warnings: string[];
 }
 
-export async function loadIssuerView(client: Etcd3, spec: NetworkSpec, anchor: TrustAnchor, ledgerFile: string, nowMs: number): Promise<IssuerView> {
+/** `ledgerFile` null: no ledger (a host enrolling with a join token has none). */
+export async function loadIssuerView(client: Etcd3, spec: NetworkSpec, anchor: TrustAnchor, ledgerFile: string | null, nowMs: number): Promise<IssuerView> {
   const net = spec.name;
   const warnings: string[] = [];
-  const ledger = readLedger(ledgerFile, anchor);
+  const ledger = ledgerFile === null ? { certs: [], revocations: [], skipped: [] } : readLedger(ledgerFile, anchor);
   warnings.push(...ledger.skipped.map((s) => `ledger: skipped ${s}`));
 
   const certs: HostCert[] = [...ledger.certs];
@@ -56,8 +60,32 @@ export async function loadIssuerView(client: Etcd3, spec: NetworkSpec, anchor: T
 
   // Paginated (src/control/range.ts): a network of any size, or a member stuffing its own keys,
   // cannot push one answer over the client's receive limit.
-  const [hosts, issued, revoked] = await Promise.all([hostsPrefix(net), issuedPrefix(net), revokedPrefix(net)].map((p) => readPrefix(etcdPages(client), p)));
-  for (const r of [hosts!, issued!, revoked!]) for (const kv of r.unreadable) warnings.push(`etcd: skipped ${kv.key.toString()}: too large to read`);
+  const prefixes = [hostsPrefix(net), issuedPrefix(net), revokedPrefix(net), tokenUsesPrefix(net), tokensRevokedPrefix(net)];
+  const [hosts, issued, revoked, uses, tokensRevoked] = await Promise.all(prefixes.map((p) => readPrefix(etcdPages(client), p)));
+  for (const r of [hosts!, issued!, revoked!, uses!, tokensRevoked!]) for (const kv of r.unreadable) warnings.push(`etcd: skipped ${kv.key.toString()}: too large to read`);
+  for (const kv of uses!.kvs) {
+    const k = parseKey(kv.key);
+    if (k?.kind !== 'tokenUse' || k.network !== net) continue;
+    const c = parseHostCert(kv.value, { network: net });
+    const bad = !c.ok ? c.error : c.value.token !== k.token || c.value.use !== k.use ? 'token or use differs from the key' : anchor.verifyCert(c.value, Date.parse(c.value.issued));
+    if (bad !== null || !c.ok) {
+      warnings.push(`etcd: skipped ${kv.key.toString()}: ${bad}`);
+      continue;
+    }
+    certs.push(c.value);
+  }
+  const tokenRevocations: TokenRevocation[] = [];
+  for (const kv of tokensRevoked!.kvs) {
+    const k = parseKey(kv.key);
+    if (k?.kind !== 'tokenRevoked' || k.network !== net) continue;
+    const r = parseTokenRevocation(kv.value, { network: net, token: k.token });
+    const bad = r.ok ? anchor.verifyTokenRevocation(r.value) : r.error;
+    if (bad !== null || !r.ok) {
+      warnings.push(`etcd: ignored an invalid revocation of token ${k.token}: ${bad}`);
+      continue;
+    }
+    tokenRevocations.push(r.value);
+  }
   for (const kv of issued!.kvs) {
     const k = parseKey(kv.key);
     if (k?.kind !== 'issued' || k.network !== net) continue;
@@ -98,6 +126,7 @@ export async function loadIssuerView(client: Etcd3, spec: NetworkSpec, anchor: T
       c.network === net &&
       anchor.verifyCert(c, nowMs) === null &&
       !revocations.some((r) => revokes(r, c)) &&
+      !tokenRevocations.some((r) => tokenRevokes(r, c)) &&
       checkOverlayIpInNetwork(c, prefix, spec.cidr) === null,
   );
   return { held, counts, warnings };

@@ -11,6 +11,13 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *   /cladnet/v1/networks/<net>/revoked/<name>  RevocationRecord JSON, signed by the network key
  *   /cladnet/v1/networks/<net>/issued/<name>   HostCert JSON: the newest certificate `host issue`
  *                                              signed for <name> (signed; agents ignore it)
+ *   /cladnet/v1/networks/<net>/tokens/<id>     TokenGrant JSON: a join token's public half
+ *                                              (`token create`; for `token list`, grants nothing)
+ *   /cladnet/v1/networks/<net>/token-uses/<id>-<use>
+ *                                              HostCert JSON: the certificate that consumed use
+ *                                              <use> of token <id> (create-if-absent txn)
+ *   /cladnet/v1/networks/<net>/tokens-revoked/<id>
+ *                                              TokenRevocation JSON, signed by the network key
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -94,13 +101,57 @@ export function issuedKey(net: string, name: string): string {
   return issuedPrefix(net) + checkName(name, 'host');
 }
 
+export function tokensPrefix(net: string): string {
+  return `${networkPrefix(net)}tokens/`;
+}
+
+export function tokenKey(net: string, id: string): string {
+  return tokensPrefix(net) + checkTokenId(id);
+}
+
+export function tokenUsesPrefix(net: string, id?: string): string {
+  return `${networkPrefix(net)}token-uses/${id === undefined ? '' : `${checkTokenId(id)}-`}`;
+}
+
+export function tokenUseKey(net: string, id: string, use: number): string {
+  if (!Number.isInteger(use) || use < 1) throw new CladnetError('ECONFIG', `use: ${use} is not a positive integer`, { field: 'use' });
+  return `${tokenUsesPrefix(net, id)}${use}`;
+}
+
+export function tokensRevokedPrefix(net: string): string {
+  return `${networkPrefix(net)}tokens-revoked/`;
+}
+
+export function tokenRevokedKey(net: string, id: string): string {
+  return tokensRevokedPrefix(net) + checkTokenId(id);
+}
+
+const TOKEN_ID = /^[0-9a-f]{32}$/;
+
+function checkTokenId(id: string): string {
+  if (!TOKEN_ID.test(id)) throw new CladnetError('ECONFIG', `token: ${JSON.stringify(id)} is not a token id (32 lowercase hex digits)`, { field: 'token' });
+  return id;
+}
+
+/**
+ * Whether `name` matches a token's name pattern: '*' stands for any run (possibly empty) of name
+ * characters, everything else for itself. "web-*" matches "web-1" and "web-", never "db-1".
+ */
+export function matchesNamePattern(pattern: string, name: string): boolean {
+  if (!/^[a-z0-9*-]{1,63}$/.test(pattern)) return false; // only name characters and '*': nothing to escape
+  return new RegExp(`^${pattern.split('*').join('[a-z0-9-]*')}$`).test(name);
+}
+
 export type ParsedKey =
   | { kind: 'network'; network: string }
   | { kind: 'host'; network: string; name: string }
   | { kind: 'lease'; network: string; ip: string }
   | { kind: 'alive'; network: string; name: string }
   | { kind: 'revoked'; network: string; name: string }
-  | { kind: 'issued'; network: string; name: string };
+  | { kind: 'issued'; network: string; name: string }
+  | { kind: 'token'; network: string; token: string }
+  | { kind: 'tokenUse'; network: string; token: string; use: number }
+  | { kind: 'tokenRevoked'; network: string; token: string };
 
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
@@ -121,6 +172,14 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
       return isValidName(leaf) ? { kind: 'revoked', network, name: leaf } : null;
     case 'issued':
       return isValidName(leaf) ? { kind: 'issued', network, name: leaf } : null;
+    case 'tokens':
+      return TOKEN_ID.test(leaf) ? { kind: 'token', network, token: leaf } : null;
+    case 'tokens-revoked':
+      return TOKEN_ID.test(leaf) ? { kind: 'tokenRevoked', network, token: leaf } : null;
+    case 'token-uses': {
+      const m = /^([0-9a-f]{32})-([1-9][0-9]{0,3})$/.exec(leaf);
+      return m ? { kind: 'tokenUse', network, token: m[1]!, use: Number(m[2]) } : null;
+    }
     case 'leases': {
       const v = parseIpv4(leaf);
       return v !== null && formatIpv4(v) === leaf ? { kind: 'lease', network, ip: leaf } : null;

@@ -33,6 +33,7 @@ export interface CacheDoc {
   peers: unknown[];
   revocations?: unknown;
   certs?: unknown;
+  tokens?: unknown;
 }
 
 /** What a write contains. */
@@ -40,6 +41,7 @@ export interface CacheContent {
   peers: Iterable<HostRecord>;
   revocations: RevocationRecord[];
   certs: HostCert[];
+  tokens: unknown;
 }
 
 export interface PeerCacheOptions {
@@ -119,6 +121,7 @@ export class PeerCache {
       peers: [...c.peers],
       revocations: c.revocations,
       certs: c.certs,
+      tokens: c.tokens,
     };
     try {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });

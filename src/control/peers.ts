@@ -1,8 +1,9 @@
 import { parseIpv4, Prefix } from '../util/ipv4';
 import { revokes, type TrustAnchor } from './cert';
 import { AddressConflict, certPrecedence, certRef, describeCert } from './holders';
-import { checkOverlayIpInNetwork, HostCert, HostRecord, Parsed, RevocationRecord } from './records';
+import { checkOverlayIpInNetwork, HostCert, HostRecord, Parsed, RevocationRecord, TokenRevocation } from './records';
 import type { Candidate, RecordView } from './roster';
+import { useId } from './token-memory';
 
 /**
  * The peer set, as a pure function of what the registry has read from etcd.
@@ -65,6 +66,14 @@ export interface PeerTrust {
    * an etcd writer who deletes a holder's record cannot hand its address to a newer certificate.
    */
   readonly knownCerts?: Iterable<HostCert>;
+  /** Join tokens (token-memory.ts): the first certificate seen per (token, use), and revocations. */
+  readonly tokens?: TokenView;
+}
+
+export interface TokenView {
+  /** "token/use" -> serial of the first certificate accepted for it. */
+  readonly uses: ReadonlyMap<string, string>;
+  revocationOf(cert: HostCert): TokenRevocation | undefined;
 }
 
 export interface Rejection {
@@ -103,6 +112,45 @@ export function describeRevocation(r: RevocationRecord): string {
   return r.serial === null ? `revoked at ${r.revoked} (every certificate issued until then)` : `certificate ${r.serial} revoked at ${r.revoked}`;
 }
 
+/** Why `cert` is revoked (as a host or through its join token), or undefined. */
+export function revokedWhy(trust: PeerTrust, cert: HostCert): string | undefined {
+  const rev = revocationOf(trust.revocations, cert);
+  if (rev) return describeRevocation(rev);
+  const t = trust.tokens?.revocationOf(cert);
+  if (t) return `revoked with its join token ${t.token} at ${t.revoked}`;
+  return undefined;
+}
+
+/** Why a token certificate may not hold its use: another certificate was seen first for it. */
+function useTaken(trust: PeerTrust, cert: HostCert): string | undefined {
+  if (cert.token === undefined) return undefined;
+  const first = trust.tokens?.uses.get(useId(cert));
+  if (first === undefined || first === cert.serial) return undefined;
+  return `cert.use: use ${cert.use} of token ${cert.token} was first taken by certificate ${first}; a second certificate for it is refused`;
+}
+
+/**
+ * A certificate made under a join token never takes a name that another valid, unrevoked
+ * certificate of another key holds (remembered in `knownCerts`, in the order first seen): one
+ * signed by the network key always keeps the name (the operator's word), one under a token keeps
+ * it when it was seen first. (`issued` is no guide: whoever holds a token's secret picks it.)
+ */
+function nameTaken(trust: PeerTrust, cert: HostCert): string | undefined {
+  if (cert.token === undefined) return undefined;
+  let seenSelf = false;
+  for (const c of trust.knownCerts ?? []) {
+    if (c.serial === cert.serial && c.name === cert.name) {
+      seenSelf = true;
+      continue;
+    }
+    if (c.name !== cert.name || c.publicKey === cert.publicKey) continue;
+    if (c.token !== undefined && seenSelf) continue;
+    if (trust.anchor.verifyCert(c, trust.now) !== null || revokedWhy(trust, c) !== undefined) continue;
+    return `cert.name: ${cert.name} is held by certificate ${c.serial} of another key; a join token cannot take over a host`;
+  }
+  return undefined;
+}
+
 /** One record through the checks: parse, trust, revocation, address in the network, lease (without trust). */
 export function checkEntry(inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' | 'trust'>, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
   if (!e.parsed.ok) return { error: e.parsed.error };
@@ -111,8 +159,10 @@ export function checkEntry(inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' 
   if (trust) {
     const bad = trust.anchor.checkRecord(rec, trust.now);
     if (bad !== null) return { error: bad, trust: 'untrusted' };
-    const rev = revocationOf(trust.revocations, rec.cert!);
-    if (rev) return { error: `cert: ${describeRevocation(rev)}`, trust: 'revoked' };
+    const rev = revokedWhy(trust, rec.cert!);
+    if (rev) return { error: `cert: ${rev}`, trust: 'revoked' };
+    const taken = useTaken(trust, rec.cert!) ?? nameTaken(trust, rec.cert!);
+    if (taken) return { error: taken, trust: 'untrusted' };
   }
   const why = checkOverlayIpInNetwork(rec, inp.cidr, inp.cidrText);
   if (why !== null) return { error: why };
@@ -142,9 +192,9 @@ export function computePeers(inp: PeerInputs): PeerSet {
   let selfProblem: string | undefined;
   if (trust?.selfCert) {
     const bad = trust.anchor.verifyCert(trust.selfCert, trust.now);
-    const rev = revocationOf(trust.revocations, trust.selfCert);
+    const rev = revokedWhy(trust, trust.selfCert);
     if (bad !== null) selfProblem = `our own certificate: ${bad}`;
-    else if (rev) selfProblem = `our own certificate was ${describeRevocation(rev)}`;
+    else if (rev) selfProblem = `our own certificate was ${rev}`;
   }
 
   for (const name of names) {
@@ -178,6 +228,7 @@ export function computePeers(inp: PeerInputs): PeerSet {
 
   const conflicts: AddressConflict[] = [];
   if (trust) {
+    firstPerTokenUse(inp, valid, trust, rejected, certified);
     const lost = resolveByCertificate(inp, valid, trust, rejected, conflicts);
     if (lost !== undefined) selfProblem ??= lost;
     const peers = new Map<string, HostRecord>();
@@ -220,6 +271,41 @@ export function computePeers(inp: PeerInputs): PeerSet {
 }
 
 /**
+ * Two valid records whose certificates claim one use of one join token, neither seen before
+ * (the sticky binding in `trust.tokens` already refused any other): our own certificate wins,
+ * else the first by `certPrecedence`; the others leave `valid` and `certified`.
+ */
+function firstPerTokenUse(inp: PeerInputs, valid: Map<string, HostRecord>, trust: PeerTrust, rejected: Rejection[], certified: HostCert[]): void {
+  const byUse = new Map<string, HostCert[]>();
+  for (const rec of valid.values()) {
+    const c = rec.cert;
+    if (c?.token === undefined) continue;
+    const list = byUse.get(useId(c));
+    if (list) list.push(c);
+    else byUse.set(useId(c), [c]);
+  }
+  const self = trust.selfCert;
+  for (const [id, list] of byUse) {
+    if (self?.token !== undefined && useId(self) === id && !list.some((c) => c.serial === self.serial)) list.push(self);
+    if (list.length < 2) continue;
+    list.sort((a, b) => (a === self ? -1 : b === self ? 1 : certPrecedence(a, b)));
+    const winner = list[0]!;
+    for (const c of list.slice(1)) {
+      if (c === self || c.name === inp.self) continue;
+      valid.delete(c.name);
+      const i = certified.indexOf(c);
+      if (i >= 0) certified.splice(i, 1);
+      rejected.push({
+        name: c.name,
+        modRevision: inp.hosts.get(c.name)?.modRevision ?? '0',
+        error: `cert.use: use ${c.use} of token ${c.token} is also claimed by certificate ${winner.serial} of ${winner.name}, which comes first`,
+        trust: 'untrusted',
+      });
+    }
+  }
+}
+
+/**
  * With trust: groups the valid records, our own certificate and the still valid known
  * certificates by address; per address each name counts with its earliest certificate there, and
  * the name whose certificate comes first (`certPrecedence`) holds it. Current claimants of other
@@ -251,14 +337,14 @@ function resolveByCertificate(
     current.set(name, rec.cert!);
   }
   const self = trust.selfCert;
-  if (self && trust.anchor.verifyCert(self, trust.now) === null && !revocationOf(trust.revocations, self)) {
+  if (self && trust.anchor.verifyCert(self, trust.now) === null && !revokedWhy(trust, self)) {
     claim(self);
     current.set(inp.self, self);
   }
   for (const c of trust.knownCerts ?? []) {
     if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.anchor.network) continue;
     if (checkOverlayIpInNetwork(c, inp.cidr, inp.cidrText) !== null) continue;
-    if (trust.anchor.verifyCert(c, trust.now) !== null || revocationOf(trust.revocations, c)) continue;
+    if (trust.anchor.verifyCert(c, trust.now) !== null || revokedWhy(trust, c) !== undefined || useTaken(trust, c) !== undefined) continue;
     claim(c);
   }
 

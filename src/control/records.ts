@@ -25,7 +25,7 @@ export const MAX_RECORD_BYTES = 64 * 1024;
  * record with a certificate, 32 endpoints, 64 host CIDRs and 63-character names is 2,949 bytes
  * (a typical one about 1 KB); a revocation 346 bytes, a lease 182, a network spec 231.
  */
-export const RECORD_CAPS = Object.freeze({ network: 4096, host: 8192, lease: 1024, revoked: 1024, alive: 1024 });
+export const RECORD_CAPS = Object.freeze({ network: 4096, host: 8192, lease: 1024, revoked: 1024, alive: 1024, token: 2048, tokenUse: 4096, tokenRevoked: 65536 });
 export type RecordKind = keyof typeof RECORD_CAPS;
 
 function byteSize(raw: string | Buffer): number {
@@ -86,8 +86,56 @@ export interface HostCert {
    * when its certificate carries this.
    */
   relay?: true;
+  /**
+   * Set on a certificate a host made for itself under a join token (src/control/token.ts): the
+   * token's id, the use it consumed (1..grant.uses) and the grant itself (signed by the network
+   * key). Such a certificate is signed by the grant's delegate key, not the network key. All three
+   * or none.
+   */
+  token?: string;
+  use?: number;
+  grant?: TokenGrant;
   signature: string; // base64 Ed25519 signature, 64 bytes
 }
+
+/**
+ * A join token's public half (`cladnet token create`), signed by the network key: it delegates
+ * to `delegateKey` the right to certify up to `uses` hosts whose names match `names`, until
+ * `notAfter`, each certificate valid at most `certDays` days. Signed over `canonicalGrant`
+ * (src/control/cert.ts). Also the value of /tokens/<id>.
+ */
+export interface TokenGrant {
+  version: 1;
+  network: string;
+  id: string; // 32 lowercase hex digits, random
+  names: string; // name pattern: a-z, 0-9, '-' and '*' (any run of name characters)
+  uses: number; // 1..MAX_TOKEN_USES
+  issued: string; // ISO 8601
+  notAfter: string; // ISO 8601: no host enrolls with the token after this
+  certDays: number; // lifetime of each certificate made under it
+  delegateKey: string; // base64 Ed25519 public key, 32 bytes
+  signature: string; // base64 Ed25519 signature by the network key, 64 bytes
+}
+
+/**
+ * Value of /tokens-revoked/<id>, signed by the network key: every certificate made under the token
+ * is revoked except those whose serial is in `keep` (the hosts that had enrolled when the
+ * operator revoked it), and no host enrolls with it any more.
+ */
+export interface TokenRevocation {
+  version: 1;
+  network: string;
+  token: string;
+  revoked: string; // ISO 8601
+  keep: string[]; // serials
+  signature: string;
+}
+
+export const MAX_TOKEN_USES = 1000;
+export const MAX_TOKEN_CERT_DAYS = 3650;
+export const TOKEN_ID_RE = /^[0-9a-f]{32}$/;
+/** A name pattern: name characters and '*'. */
+export const NAME_PATTERN_RE = /^[a-z0-9*-]{1,63}$/;
 
 /**
  * Value of /revoked/<name>, signed by the network key. `serial` null revokes every certificate for
@@ -291,7 +339,77 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     if (o['relay'] !== true) fail('relay', `expected true or absent, got ${show(o['relay'])}`);
     cert.relay = true;
   }
+  if (o['token'] !== undefined || o['use'] !== undefined || o['grant'] !== undefined) {
+    cert.token = tokenId(o, 'token');
+    cert.use = int(o, 'use', 1, MAX_TOKEN_USES);
+    const g = object(o, 'grant');
+    cert.grant = prefixed('grant', () => grantFields(g));
+  }
   return Object.freeze(cert);
+}
+
+function tokenId(o: Record<string, unknown>, field: string): string {
+  const v = str(o, field);
+  if (!TOKEN_ID_RE.test(v)) fail(field, `${show(v)} is not 32 lowercase hex digits`);
+  return v;
+}
+
+function grantFields(o: Record<string, unknown>, expect: { network?: string; id?: string } = {}): TokenGrant {
+  const g: TokenGrant = {
+    version: version1(o),
+    network: name(o, 'network', expect.network),
+    id: tokenId(o, 'id'),
+    names: namePattern(o, 'names'),
+    uses: int(o, 'uses', 1, MAX_TOKEN_USES),
+    issued: isoTime(o, 'issued'),
+    notAfter: isoTime(o, 'notAfter'),
+    certDays: int(o, 'certDays', 1, MAX_TOKEN_CERT_DAYS),
+    delegateKey: base64Of(o, 'delegateKey', 32),
+    signature: base64Of(o, 'signature', 64),
+  };
+  if (expect.id !== undefined && g.id !== expect.id) fail('id', `${show(g.id)} does not match the key (${show(expect.id)})`);
+  return Object.freeze(g);
+}
+
+function namePattern(o: Record<string, unknown>, field: string): string {
+  const v = str(o, field);
+  if (!NAME_PATTERN_RE.test(v)) fail(field, `${show(v)} is not a name pattern (a-z, 0-9, '-' and '*', 1-63 characters)`);
+  return v;
+}
+
+/** A grant on its own (a JSON string or an already parsed object): shape only, see TrustAnchor.verifyGrant. */
+export function parseTokenGrant(raw: string | Buffer | object, expect: { network?: string; id?: string } = {}): Parsed<TokenGrant> {
+  return guard(() => {
+    const o = typeof raw === 'string' || Buffer.isBuffer(raw) ? parseJsonObject(raw, RECORD_CAPS.token) : (raw as Record<string, unknown>);
+    if (typeof o !== 'object' || o === null || Array.isArray(o)) throw new FieldError(`expected a JSON object, got ${show(o)}`);
+    return grantFields(o, expect);
+  });
+}
+
+export function parseTokenRevocation(raw: string | Buffer, expect: { network?: string; token?: string } = {}): Parsed<TokenRevocation> {
+  return guard(() => {
+    const o = parseJsonObject(raw, RECORD_CAPS.tokenRevoked);
+    const rev: TokenRevocation = {
+      version: version1(o),
+      network: name(o, 'network', expect.network),
+      token: tokenId(o, 'token'),
+      revoked: isoTime(o, 'revoked'),
+      keep: stringArray(o, 'keep', MAX_TOKEN_USES, (s) => (SERIAL_RE.test(s) ? null : 'is not 32 lowercase hex digits')),
+      signature: base64Of(o, 'signature', 64),
+    };
+    if (expect.token !== undefined && rev.token !== expect.token) fail('token', `${show(rev.token)} does not match the key (${show(expect.token)})`);
+    return freezeDeep(rev);
+  });
+}
+
+export function serializeTokenGrant(g: TokenGrant): string {
+  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature } = g;
+  return JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature });
+}
+
+export function serializeTokenRevocation(r: TokenRevocation): string {
+  const { version, network, token, revoked, keep, signature } = r;
+  return JSON.stringify({ version, network, token, revoked, keep, signature });
 }
 
 function guard<T>(f: () => T): Parsed<T> {
@@ -433,8 +551,9 @@ export function serializeNetworkSpec(s: NetworkSpec): string {
 
 /** Known fields only, in declaration order (the signature last). */
 export function certObject(c: HostCert): HostCert {
-  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, signature } = c;
-  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, signature };
+  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, signature } = c;
+  const grant = c.grant === undefined ? undefined : (JSON.parse(serializeTokenGrant(c.grant)) as TokenGrant);
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, grant, signature };
 }
 
 export function serializeHostCert(c: HostCert): string {

@@ -221,6 +221,12 @@ export class Registry {
         if (added) this.fullNext = true;
         return added;
       },
+      onTokenRevocation: (token, value, modRevision, deleted) => {
+        if (deleted) return false; // sticky, like host revocations
+        const added = this.revocations.applyToken(this.evaluator.trust, this.evaluator.tokens, token, value, modRevision);
+        if (added) this.fullNext = true;
+        return added;
+      },
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
         this.scheduleEmit();
@@ -299,6 +305,7 @@ export class Registry {
     if (doc && this.cache) {
       this.revocations.load(trust, doc.revocations);
       this.evaluator.knownCerts.load(doc.certs, this.spec.name);
+      if (trust) this.evaluator.tokens.load(doc.tokens, trust);
       cached = freezeMap(this.cache.peersOf(doc, trust, this.revocations));
       // The last peer set stays the membership: its records stand in for missing ones in etcd.
       const savedAt = Date.parse(String(doc.savedAt));
@@ -393,9 +400,11 @@ export class Registry {
     );
     const delivered = this.deliver(delta);
     const known = this.evaluator.knownCerts;
-    if (delivered || this.revocations.dirty || known.dirty) {
+    const tokens = this.evaluator.tokens;
+    if (delivered || this.revocations.dirty || known.dirty || tokens.dirty) {
       this.revocations.clean();
       known.clean();
+      tokens.clean();
       this.saveCache();
     }
   }
@@ -455,6 +464,7 @@ export class Registry {
       peers: sortedCopy(this.evaluator.members()).values(),
       revocations: this.revocations.list(),
       certs: this.evaluator.knownCerts.list(),
+      tokens: this.evaluator.tokens.toJSON(),
     }));
   }
 

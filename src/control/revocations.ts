@@ -1,8 +1,9 @@
 import type { Logger } from '../log';
 import type { TrustAnchor } from './cert';
-import { revokedKey } from './keys';
+import { revokedKey, tokenRevokedKey } from './keys';
 import { revocationOf } from './peers';
-import { HostCert, parseRevocationRecord, RevocationRecord } from './records';
+import { HostCert, parseRevocationRecord, parseTokenRevocation, RevocationRecord } from './records';
+import type { TokenMemory } from './token-memory';
 
 /**
  * The verified revocations one registry holds (part of registry job 5, trust).
@@ -70,6 +71,26 @@ export class Revocations {
       return false;
     }
     return this.add(parsed.value);
+  }
+
+  /**
+   * An etcd value under /tokens-revoked/<id>: verified against `trust` and added to `tokens`
+   * (sticky, like host revocations); true when it is new. Invalid ones are warned about once.
+   */
+  applyToken(trust: TrustAnchor | null, tokens: TokenMemory, token: string, value: Buffer | string, modRevision: string): boolean {
+    const r = parseTokenRevocation(value, { network: this.network, token });
+    const error = !r.ok ? r.error : trust ? trust.verifyTokenRevocation(r.value) : 'the network has no trust anchor to verify it against';
+    if (error !== null || !r.ok) {
+      if (this.warned.get(`token:${token}`) !== modRevision) {
+        this.warned.set(`token:${token}`, modRevision);
+        this.invalid++;
+        this.log.warn({ etcdKey: tokenRevokedKey(this.network, token), modRevision, error }, 'ignoring invalid token revocation');
+      }
+      return false;
+    }
+    if (!tokens.addRevocation(r.value)) return false;
+    this.log.info({ tokenId: r.value.token, revoked: r.value.revoked, kept: r.value.keep.length }, 'join token revoked');
+    return true;
   }
 
   /** Revocations saved with the cache, verified again (a file is no more trusted than etcd). */

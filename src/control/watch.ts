@@ -41,6 +41,8 @@ export interface NetworkWatchOptions {
   link: EtcdLink;
   /** A /revoked/<name> key was put or deleted; true when that changed what the trust side holds. */
   onRevocation: (name: string, value: Buffer, modRevision: string, deleted: boolean) => boolean;
+  /** A /tokens-revoked/<id> key was put or deleted; true when that changed what the trust side holds. */
+  onTokenRevocation: (token: string, value: Buffer, modRevision: string, deleted: boolean) => boolean;
   /** Something of this network changed (called after each batch or load). */
   onChange: () => void;
 }
@@ -415,6 +417,8 @@ export class NetworkWatch {
       }
       case 'revoked':
         return this.opts.onRevocation(k.name, kv.value, kv.mod_revision, deleted);
+      case 'tokenRevoked':
+        return this.opts.onTokenRevocation(k.token, kv.value, kv.mod_revision, deleted);
       default:
         return false;
     }

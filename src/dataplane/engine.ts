@@ -9,7 +9,7 @@ import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
 import { DataplaneStats } from './stats';
-import { CTRL_MAIL, CTRL_STOP, CTRL_WORDS, type FromWorker, type ToWorker, type WorkerInit } from './worker';
+import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS, type FromWorker, type ToWorker, type WorkerInit } from './worker';
 
 export interface EngineOptions {
   tunFd: number;
@@ -24,6 +24,8 @@ export interface EngineOptions {
   batch?: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** The worker's heartbeat moves at least this often (default: the loop's own idle sleep). */
+  heartbeatMs?: number;
   /** Our static public key: the worker drops handshake messages without its mac1 before they cross. */
   publicKey?: Uint8Array;
   /** A peer's packets now come from ip:port, or through the relay in slot `via` (DIRECT: -1). */
@@ -80,6 +82,7 @@ export class DataplaneEngine {
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,
+      maxSleepMs: this.opts.heartbeatMs ?? Infinity,
       hsPublicKey: this.opts.publicKey ?? null,
       statsSab: this.stats.sab,
       ctrlSab,
@@ -155,6 +158,19 @@ export class DataplaneEngine {
   /** We sent an initiation to `ip`: its answer may pass the handshake flood limits' reserve. */
   expectHandshake(ip: number): void {
     this.tell({ t: 'expect', ip });
+  }
+
+  /**
+   * The worker's loop counter: it moves at least every heartbeatMs while the worker runs, idle or
+   * not, and stops when the worker is wedged (or stopped).
+   */
+  heartbeat(): number {
+    return this.handle ? Atomics.load(this.handle.ctrl, CTRL_HEARTBEAT) : 0;
+  }
+
+  /** Tests only: blocks the worker thread for `ms` (its heartbeat stops meanwhile). */
+  stallForTest(ms: number): void {
+    this.tell({ t: 'stall', ms });
   }
 
   private tell(msg: ToWorker): void {

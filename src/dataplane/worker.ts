@@ -32,7 +32,9 @@ import {
 
 export const CTRL_STOP = 0;
 export const CTRL_MAIL = 1;
-export const CTRL_WORDS = 2;
+/** Bumped once per loop turn, busy or idle: the service watchdog pings only while it moves. */
+export const CTRL_HEARTBEAT = 2;
+export const CTRL_WORDS = 3;
 
 export interface WorkerInit {
   tunFd: number;
@@ -45,6 +47,11 @@ export interface WorkerInit {
   /** UDP GSO for the outbound and control sends, GRO for receives. */
   udpOffload: boolean;
   crypto: AeadBackend;
+  /**
+   * The longest one poll may sleep, so the heartbeat moves at least this often (the service
+   * watchdog's period / 4, src/agent/service.ts). Infinity: no limit beyond the loop's own.
+   */
+  maxSleepMs: number;
   /** This host relays for its peers. */
   relay: boolean;
   /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
@@ -65,7 +72,9 @@ export type ToWorker =
   /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
   | { t: 'forward'; via: number; target: number; data: Uint8Array }
   /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
-  | { t: 'expect'; ip: number };
+  | { t: 'expect'; ip: number }
+  /** tests only (CLADNET_TEST_HOOKS=1): block this thread for `ms`, as a wedged data plane would */
+  | { t: 'stall'; ms: number };
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
@@ -162,6 +171,7 @@ async function main(init: WorkerInit): Promise<void> {
       else if (msg.t === 'byeAll') d.byeAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
       else if (msg.t === 'expect') d.expect(msg.ip);
+      else if (msg.t === 'stall') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, msg.ms);
     }
   };
   const checkMail = () => {
@@ -196,7 +206,9 @@ async function main(init: WorkerInit): Promise<void> {
   let lastPacket = -Infinity;
   while (Atomics.load(ctrl, CTRL_STOP) === 0) {
     const t0 = performance.now();
-    const ready = poller.wait(again ? 0 : t0 - lastPacket < ACTIVE_SPAN_MS ? ACTIVE_TICK_MS : IDLE_POLL_MS);
+    Atomics.add(ctrl, CTRL_HEARTBEAT, 1);
+    const sleep = again ? 0 : t0 - lastPacket < ACTIVE_SPAN_MS ? ACTIVE_TICK_MS : IDLE_POLL_MS;
+    const ready = poller.wait(Math.min(sleep, init.maxSleepMs));
     // A lone packet after a sleep costs poll + read + send, nothing more; when poll returned at
     // once, packets were queued already: read until the TUN is empty.
     const greedy = performance.now() - t0 < GREEDY_BELOW_MS;

@@ -65,6 +65,13 @@ export interface AgentOptions {
   readonly listenPort?: number;
   readonly logLevel?: string;
   readonly extraArgs?: readonly string[];
+  /** Variables added to the agent's environment (e.g. NOTIFY_SOCKET, WATCHDOG_USEC). */
+  readonly env?: Readonly<Record<string, string>>;
+  /**
+   * A command the agent's argv is appended to, run in the namespace instead of the agent itself
+   * (e.g. a shell that exports WATCHDOG_PID=$$ and execs, as systemd would set it).
+   */
+  readonly launcher?: readonly string[];
   /** Issue a certificate bundle into the state dir before starting (default true). */
   readonly issueCert?: boolean;
   /** Wait until `status --json` answers (default true). */
@@ -139,7 +146,10 @@ export async function startAgent(topo: Topology, host: TopologyHost, opts: Agent
     ...(opts.extraArgs ?? []),
   ];
   const spawnedAt = Date.now();
-  const proc = topo.spawn(host.ns, args, { logFile });
+  const proc = topo.spawn(host.ns, [...(opts.launcher ?? []), ...args], {
+    logFile,
+    env: opts.env ? { ...process.env, ...opts.env } : undefined,
+  });
   const exited = new Promise<ExitInfo>((resolve) => {
     if (proc.exitCode !== null || proc.signalCode !== null) resolve({ code: proc.exitCode, signal: proc.signalCode });
     else proc.once('exit', (code, signal) => resolve({ code, signal }));
