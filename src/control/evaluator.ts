@@ -113,6 +113,12 @@ export class MemberEvaluator {
   private silenceAt = 0;
   /** Names with a bye or return since the last evaluation: stepped through the roster next time. */
   private readonly pending = new Set<string>();
+  /**
+   * Names whose member record changed in the last evaluation: a record check depends on the held
+   * record (stale epochs, a held record standing in), so a full evaluation would see them anew
+   * next time; the partial one re-checks them too.
+   */
+  private readonly recheck = new Set<string>();
   /** Records of departed members back with a fresh handshake: held records until the next evaluation. */
   private readonly returning = new Map<string, HostRecord>();
   private evaluated = false;
@@ -160,7 +166,9 @@ export class MemberEvaluator {
     const touched = new Set<string>(names);
     for (const n of touched) if (hasToken(m.hosts.get(n))) return this.full(m, now);
     for (const n of this.pending) touched.add(n);
+    for (const n of this.recheck) touched.add(n);
     this.pending.clear();
+    this.recheck.clear();
     this.work.partialEvaluations++;
     const ips = new Set<string>();
     for (const name of touched) this.check(m, name, now, ips);
@@ -334,6 +342,7 @@ export class MemberEvaluator {
     this.work.fullEvaluations++;
     this.evaluated = true;
     this.pending.clear();
+    this.recheck.clear();
     if (!this.tokenMode && this.tokens.uses.size > 0) this.tokenMode = true;
     if (!this.tokenMode) for (const e of m.hosts.values()) if (hasToken(e)) this.tokenMode = true;
     if (!this.trust || this.tokenMode) return this.fullByComputePeers(m, now);
@@ -423,6 +432,7 @@ export class MemberEvaluator {
       this.views.delete(name);
       if (old) {
         this.kept.delete(name);
+        this.recheck.add(name);
         delta.removed.add(name);
       }
       return;
@@ -430,6 +440,7 @@ export class MemberEvaluator {
     this.views.set(name, view);
     this.departed.delete(name);
     this.kept.set(name, view.record);
+    if (old !== view.record) this.recheck.add(name);
     if (!old) delta.added.set(name, view.record);
     else if (old !== view.record && serializeHostRecord(old) !== serializeHostRecord(view.record)) delta.changed.set(name, view.record);
   }

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { issueCert } from '../../src/control/cert';
+import { issueCert, signGrant } from '../../src/control/cert';
 import { MemberEvaluator, type Mirror } from '../../src/control/evaluator';
 import type { HostEntry } from '../../src/control/peers';
 import { serializeHostRecord, type HostCert, type HostRecord } from '../../src/control/records';
@@ -7,7 +7,7 @@ import { Revocations } from '../../src/control/revocations';
 import { createRootLogger } from '../../src/log';
 import { parsePrefix } from '../../src/util/ipv4';
 import { rng } from '../helpers/rng';
-import { DAY, hostEntry, T0, trustFixture, type TrustFixture } from '../helpers/trust';
+import { DAY, hostEntry, hostRecord, T0, trustFixture, type TrustFixture } from '../helpers/trust';
 
 /**
  * The evaluator's partial evaluations (only the names etcd changed) must agree with a full one
@@ -30,7 +30,7 @@ function key(name: string): string {
 }
 
 describe('partial evaluation equals full evaluation', () => {
-  for (const seed of [1, 2, 3, 4, 5, 6]) {
+  for (const seed of [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]) {
     it(`random changes, seed ${seed}`, () => {
       const rand = rng(seed);
       const pick = <T>(a: readonly T[]): T => a[Math.floor(rand() * a.length)]!;
@@ -119,4 +119,57 @@ describe('partial evaluation equals full evaluation', () => {
       expect(partial.work.partialEvaluations).toBeGreaterThan(100);
     });
   }
+});
+
+describe('join tokens', () => {
+  it('once a token certificate appears, evaluations are full ones with the token rules (first certificate per use wins)', () => {
+    const now = T0 + 2 * 60_000;
+    const delegate = fx.ed.generate();
+    const grant = signGrant(fx.ed, fx.net.secretKey, {
+      network: 'demo',
+      names: 'web-*',
+      uses: 2,
+      ttlMs: 3_600_000,
+      certDays: 30,
+      delegateKey: Buffer.from(delegate.publicKey).toString('base64'),
+      now: new Date(T0),
+    });
+    const tokenCert = (name: string, use: number, ip: string, at: number) =>
+      issueCert(fx.ed, delegate.secretKey, { network: 'demo', name, publicKey: key(name.at(-1)!), overlayIp: ip, now: new Date(at), token: { grant, use } });
+    const ev = new MemberEvaluator({
+      self: 'me',
+      cidr: parsePrefix('100.64.0.0/24')!,
+      cidrText: '100.64.0.0/24',
+      network: 'demo',
+      log,
+      revocations: new Revocations('demo', log),
+      selfCert: fx.certFor('me'),
+      onTimer: () => undefined,
+    });
+    ev.trust = fx.anchor;
+    const hosts = new Map<string, HostEntry>();
+    const alive = new Set<string>();
+    const m: Mirror = { hosts, alive, leases: new Map(), etcdRead: true };
+    const put = (c: HostCert) => {
+      hosts.set(c.name, hostEntry(hostRecord(c.name, c, { publicKey: c.publicKey, overlayIp: c.overlayIp })));
+      alive.add(c.name);
+    };
+    put(fx.certFor('a'));
+    ev.evaluate(m, now, null);
+    put(fx.certFor('b'));
+    ev.evaluate(m, now, ['b']);
+    expect(ev.work).toMatchObject({ fullEvaluations: 1, partialEvaluations: 1 });
+    put(tokenCert('web-1', 1, '100.64.0.11', T0 + 60_000));
+    expect([...ev.evaluate(m, now, ['web-1']).added.keys()]).toEqual(['web-1']);
+    expect(ev.work.fullEvaluations).toBe(2);
+    // A second certificate for use 1 (another name, key and address): refused, web-1 keeps it.
+    put(tokenCert('web-2', 1, '100.64.0.40', T0 + 90_000));
+    const d = ev.evaluate(m, now, ['web-2']);
+    expect(d.added.size + d.changed.size + d.removed.size).toBe(0);
+    expect([...ev.members().keys()].sort()).toEqual(['a', 'b', 'web-1']);
+    expect(ev.work.fullEvaluations).toBe(3); // token mode is sticky: full from now on
+    put(fx.certFor('c'));
+    ev.evaluate(m, now, ['c']);
+    expect(ev.work.fullEvaluations).toBe(4);
+  });
 });
