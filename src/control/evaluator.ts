@@ -440,7 +440,8 @@ export class MemberEvaluator {
     this.views.set(name, view);
     this.departed.delete(name);
     this.kept.set(name, view.record);
-    if (old !== view.record) this.recheck.add(name);
+    // (a record etcd holds now is its own held record: checking it again changes nothing)
+    if (old !== view.record && view.etcd.record !== 'present') this.recheck.add(name);
     if (!old) delta.added.set(name, view.record);
     else if (old !== view.record && serializeHostRecord(old) !== serializeHostRecord(view.record)) delta.changed.set(name, view.record);
   }
