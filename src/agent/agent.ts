@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { AgentConfig } from '../config/config';
-import { CladnetError, isCladnetError } from '../errors';
+import { isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
@@ -39,37 +39,23 @@ import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
-import { Registry, type PeerSnapshot } from '../control/registry';
+import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
-import { PEER_UP_MS } from '../dataplane/outbound';
 import { DIRECT } from '../dataplane/peer';
-import {
-  MAX_PEERS,
-  P_LAST_ROAM,
-  P_LAST_RX,
-  P_RTT,
-  P_RX_BYTES,
-  P_RX_PKTS,
-  P_TX_BYTES,
-  P_TX_PKTS,
-  T_HS_COOKIES,
-  T_HS_PASSED,
-  T_RELAY_BYTES,
-  T_RELAY_PKTS,
-  T_RX_BYTES,
-  T_RX_PKTS,
-  T_TX_BYTES,
-  T_TX_PKTS,
-} from '../dataplane/stats';
+import { PEER_UP_MS } from '../dataplane/outbound';
+import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
-import type { StatusDocument, StatusPeer } from '../status/types';
+import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
+import { PeerTable } from './peer-table';
+import { buildStatus } from './status';
+import { writeFileAtomicSync } from '../util/atomic-file';
 import { loadOrCreateKeyPair } from './keystore';
 import { enrolIfNeeded } from './enrol';
 import type { ServiceSummary } from './service';
@@ -83,15 +69,6 @@ interface SavedState {
   version: 1;
   network: NetworkSpec;
   overlayIp: string;
-}
-
-interface PeerEntry {
-  slot: number;
-  record: HostRecord;
-  overlayIp: number;
-  /** Where the data plane sends: the path choice's (src/agent/paths.ts), or where it roamed. */
-  endpoint: Endpoint;
-  addedAt: number;
 }
 
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
@@ -136,9 +113,8 @@ export class Agent {
   private overlayIp = '';
   private mtu = 0;
   private endpoints: string[] = [];
-  private readonly peers = new Map<string, PeerEntry>();
-  private readonly freeSlots: number[] = [];
-  private nextSlot = 0;
+  /** Set in start() once our key is known. */
+  private peers!: PeerTable;
   private readonly startedAt = new Date();
   /** This run's id, published in the host record (operators and peers see a restart by it). */
   private readonly session = randomBytes(8).toString('hex');
@@ -163,6 +139,7 @@ export class Agent {
     const { keys, created } = await loadOrCreateKeyPair(cfg.stateDir);
     this.keys = keys;
     const publicKey = Buffer.from(keys.publicKey).toString('base64');
+    this.peers = new PeerTable({ maxPeers: MAX_PEERS, resetSlot: (s) => this.engine!.stats.resetPeer(s), ownKey: publicKey });
     this.log.info({ publicKey, created }, created ? 'created host key' : 'loaded host key');
     // First boot with a join token (src/agent/enrol.ts): certify our own key, store the certificate.
     await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
@@ -292,7 +269,7 @@ export class Agent {
     });
     this.updateLocal();
     void this.register();
-    await this.registry.watch((snap) => this.onPeers(snap));
+    await this.registry.watchChanges((c) => this.onPeerChange(c));
     this.startChangeMonitor();
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
@@ -333,15 +310,17 @@ export class Agent {
   serviceSummary(): ServiceSummary {
     const now = Date.now();
     let up = 0;
-    for (const p of this.peers.values()) {
+    const table = this.peers as PeerTable | undefined; // (set in start())
+    if (!table) return { peers: 0, up: 0, etcd: false };
+    for (const p of table.values()) {
       const lastRx = this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
       if (lastRx > 0 && now - lastRx < PEER_UP_MS) up++;
     }
-    return { peers: this.peers.size, up, etcd: this.registry?.connected() ?? false };
+    return { peers: table.size, up, etcd: this.registry?.connected() ?? false };
   }
 
-  private linkStatus(): { link?: 'unknown' | 'up' | 'down'; downSince?: string | null; outages?: number } {
-    if (!this.etcdLink) return {};
+  private linkStatus(): { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number } | undefined {
+    if (!this.etcdLink) return undefined;
     const st = this.etcdLink.stats();
     return { link: st.state, downSince: st.downSince === null ? null : new Date(st.downSince).toISOString(), outages: st.outages };
   }
@@ -562,20 +541,23 @@ export class Agent {
     });
   }
 
-  private pathTick(): void {
+  /** Runs the path choice for every peer, or for `only` (peers just added or changed). */
+  private pathTick(only?: readonly string[]): void {
     if (!this.engine || !this.hs) return;
-    const actions = this.paths.tick((name) => this.hs?.usable(name) !== null);
+    const actions = this.paths.tick((name) => this.hs?.usable(name) !== null, only);
     for (const p of actions.probes) {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
-    this.syncPaths();
+    this.syncPaths(only);
   }
 
-  /** Carries the path choice to the handshakes and the data plane. */
-  private syncPaths(): void {
+  /** Carries the path choice to the handshakes and the data plane (for every peer, or for `only`). */
+  private syncPaths(only?: readonly string[]): void {
     let changed = false;
-    for (const [name, p] of this.peers) {
+    const list = only ? only.map((n) => [n, this.peers.get(n)] as const) : this.peers.entries();
+    for (const [name, p] of list) {
+      if (!p) continue;
       const cur = this.paths.current(name);
       if (cur === null || sameEndpoint(cur, p.endpoint)) continue;
       const st = this.paths.state(name);
@@ -606,72 +588,64 @@ export class Agent {
     }
   }
 
-  private allocSlot(): number {
-    const s = this.freeSlots.pop() ?? this.nextSlot++;
-    if (s >= MAX_PEERS) throw new CladnetError('ESTATE', `more than ${MAX_PEERS} peers`);
-    this.engine!.stats.resetPeer(s);
-    return s;
+  /**
+   * The control plane's view of the peers changed: update the peer table, paths and handshakes
+   * for the peers that changed only (one host's republish costs one peer's work here).
+   */
+  private onPeerChange(c: PeerChange): void {
+    const upserted: string[] = [];
+    const removed: string[] = [];
+    for (const m of [c.added, c.changed]) {
+      for (const [name, rec] of m) {
+        if (this.upsertPeer(name, rec)) upserted.push(name);
+        else if (this.peers.has(name)) removed.push(name);
+      }
+    }
+    for (const name of c.removed) if (this.peers.has(name)) removed.push(name);
+    for (const name of removed) this.removePeer(name);
+    this.hs?.updatePeers(
+      upserted.map((name) => {
+        const p = this.peers.get(name)!;
+        return { name, publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')), ip: p.endpoint.ip, port: p.endpoint.port };
+      }),
+      removed,
+    );
+    this.syncPaths(upserted);
+    // The workers hold the peers with sessions only: a new peer has none yet, and a removed one
+    // with sessions was pushed by the handshakes' onChange when they forgot it.
+    if (this.hs && upserted.some((n) => this.hs!.sessionsOf(n).length > 0)) this.schedulePush();
+    // New candidates get their first probes now, not at the next path tick.
+    if (upserted.length > 0) setImmediate(() => this.pathTick(upserted));
   }
 
-  /** The control plane's view of the peers changed: update the peer table and handshakes. */
-  private onPeers(snap: PeerSnapshot): void {
-    const seen = new Set<string>();
-    const ownKey = Buffer.from(this.keys.publicKey).toString('base64');
-    for (const [name, rec] of snap) {
-      const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
-      const ep = cands[0];
-      const overlay = parseIpv4(rec.overlayIp);
-      if (!ep || overlay === null) {
-        this.log.warn({ peer: name }, 'peer has no usable endpoint; skipped');
-        continue;
-      }
-      if (rec.publicKey === ownKey) {
-        this.log.warn({ peer: name }, 'peer claims our own public key (cloned VM image?); skipped');
-        continue;
-      }
-      seen.add(name);
-      this.paths.setPeer(name, cands, mayRelay(rec));
-      const endpoint = this.paths.current(name) ?? { ip: ep.ip, port: ep.port };
-      const old = this.peers.get(name);
-      if (old) {
-        old.record = rec;
-        old.overlayIp = overlay;
-        continue;
-      }
-      const slot = this.allocSlot();
-      this.peers.set(name, { slot, record: rec, overlayIp: overlay, endpoint, addedAt: Date.now() });
-      this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
+  /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
+  private upsertPeer(name: string, rec: HostRecord): boolean {
+    const why = this.peers.usable(rec);
+    if (why !== null) {
+      this.log.warn({ peer: name }, why);
+      return false;
     }
-    for (const [name, p] of this.peers) {
-      if (seen.has(name)) continue;
-      this.peers.delete(name);
-      this.paths.removePeer(name);
-      this.reflexive.forget(name);
-      this.freeSlots.push(p.slot);
-      this.log.info({ peer: name }, 'peer removed');
-    }
-    this.hs?.setPeers(
-      [...this.peers.entries()].map(([name, p]) => ({
-        name,
-        publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')),
-        ip: p.endpoint.ip,
-        port: p.endpoint.port,
-      })),
-    );
-    this.syncPaths();
-    this.schedulePush();
-    // New candidates get their first probes now, not at the next path tick.
-    setImmediate(() => this.pathTick());
+    const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
+    this.paths.setPeer(name, cands, mayRelay(rec));
+    const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
+    const { added } = this.peers.upsert(name, rec, endpoint);
+    if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
+    return true;
+  }
+
+  private removePeer(name: string): void {
+    if (!this.peers.remove(name)) return;
+    this.paths.removePeer(name);
+    this.reflexive.forget(name);
+    this.log.info({ peer: name }, 'peer removed');
   }
 
   private nameOfSlot(slot: number): string | undefined {
-    for (const [name, p] of this.peers) if (p.slot === slot) return name;
-    return undefined;
+    return this.peers.nameOfSlot(slot);
   }
 
   private nameOfOverlay(ip: number): string | undefined {
-    for (const [name, p] of this.peers) if (p.overlayIp >>> 0 === ip >>> 0) return name;
-    return undefined;
+    return this.peers.nameOfOverlay(ip);
   }
 
   /** Coalesces the changes of one tick into one peer-set message to the workers. */
@@ -741,43 +715,15 @@ export class Agent {
   }
 
   statusDocument(): StatusDocument {
-    const stats = this.engine!.stats;
     const view = this.reflexive.view();
-    const now = Date.now();
-    const peers: StatusPeer[] = [...this.peers.entries()]
-      .sort(([a], [b]) => a.localeCompare(b))
-      .map(([name, p]) => {
-        const lastRx = stats.peer(p.slot, P_LAST_RX);
-        const rtt = stats.peer(p.slot, P_RTT);
-        const lastRoam = stats.peer(p.slot, P_LAST_ROAM);
-        const hsAt = this.hs?.lastHandshake(name) ?? null;
-        const path = this.paths.state(name);
-        const state: StatusPeer['state'] =
-          lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - p.addedAt < 30_000 ? 'connecting' : 'down';
-        return {
-          name,
-          overlayIp: p.record.overlayIp,
-          publicKey: p.record.publicKey,
-          endpoint: describeEndpoint(p.endpoint),
-          path: path.kind,
-          pathScope: path.scope,
-          via: p.endpoint.via ?? null,
-          lastPathChange: path.since === null ? null : new Date(path.since).toISOString(),
-          state,
-          lastHandshake: hsAt === null ? null : new Date(hsAt).toISOString(),
-          lastRx: lastRx > 0 ? new Date(lastRx).toISOString() : null,
-          rxBytes: stats.peer(p.slot, P_RX_BYTES),
-          txBytes: stats.peer(p.slot, P_TX_BYTES),
-          rxPackets: stats.peer(p.slot, P_RX_PKTS),
-          txPackets: stats.peer(p.slot, P_TX_PKTS),
-          rttMs: Number.isNaN(rtt) ? null : Math.round(rtt * 1000) / 1000,
-          lastEndpointChange: lastRoam > 0 ? new Date(lastRoam).toISOString() : null,
-          etcd: this.registry?.etcdView(name) ?? undefined,
-        };
-      });
-    const reg = this.registry?.stats();
-    return {
-      version: 1,
+    return buildStatus({
+      now: Date.now(),
+      stats: this.engine!.stats,
+      peers: this.peers,
+      hs: this.hs,
+      paths: this.paths,
+      registry: this.registry,
+      link: this.linkStatus(),
       self: {
         name: this.cfg.name,
         network: this.network.name,
@@ -795,29 +741,7 @@ export class Agent {
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
       },
-      etcd: {
-        connected: this.registry?.connected() ?? false,
-        invalidRecords: reg?.invalidRecords ?? 0,
-        untrustedRecords: reg?.untrustedRecords ?? 0,
-        revokedHosts: reg?.revokedHosts ?? 0,
-        ...this.linkStatus(),
-      },
-      handshake: this.hs ? structuredClone(this.hs.stats) : undefined,
-      peers,
-      conflicts: this.registry?.addressConflicts() ?? [],
-      dataplane: {
-        rxPackets: stats.totals[T_RX_PKTS]!,
-        rxBytes: stats.totals[T_RX_BYTES]!,
-        txPackets: stats.totals[T_TX_PKTS]!,
-        txBytes: stats.totals[T_TX_BYTES]!,
-        relayedPackets: stats.totals[T_RELAY_PKTS]!,
-        relayedBytes: stats.totals[T_RELAY_BYTES]!,
-        handshakesPassed: stats.totals[T_HS_PASSED]!,
-        handshakeCookies: stats.totals[T_HS_COOKIES]!,
-        offloads: stats.offloadCounts(),
-        drops: stats.dropCounts(),
-      },
-    };
+    });
   }
 
   private readState(): SavedState | null {
@@ -834,8 +758,7 @@ export class Agent {
   private writeState(): void {
     const file = path.join(this.cfg.stateDir, STATE_FILE);
     const body: SavedState = { version: 1, network: this.network, overlayIp: this.overlayIp };
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify(body, null, 2) + '\n', { mode: 0o600 });
-    fs.renameSync(`${file}.tmp`, file);
+    writeFileAtomicSync(file, JSON.stringify(body, null, 2) + '\n');
   }
 
   stop(): Promise<void> {

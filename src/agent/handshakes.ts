@@ -194,28 +194,50 @@ export class HandshakeManager {
     const now = this.now();
     for (const p of list) {
       seen.add(p.name);
-      const old = this.peers.get(p.name);
-      if (old && Buffer.from(old.publicKey).equals(Buffer.from(p.publicKey))) {
-        if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) old.endpoint = { ip: p.ip, port: p.port };
-        continue;
-      }
-      if (old) this.forget(old);
-      this.peers.set(p.name, {
-        name: p.name,
-        publicKey: p.publicKey,
-        lowerThanPeer: Buffer.compare(Buffer.from(this.d.noise.staticPublic), Buffer.from(p.publicKey)) < 0,
-        addedAt: now,
-        endpoint: { ip: p.ip, port: p.port },
-        sessions: [],
-        pending: null,
-        attempts: 0,
-        nextAttempt: 0,
-        cookie: null,
-        forceAt: null,
-      });
+      this.upsertPeer(p, now);
     }
     for (const [name, st] of this.peers) if (!seen.has(name)) this.forget(st);
     this.tick();
+  }
+
+  /**
+   * Changes some peers only (work proportional to the change, not to the peer set): adds or
+   * updates `upserts` (a changed key starts over) and forgets `removed`; then runs the tick for
+   * the peers it touched.
+   */
+  updatePeers(upserts: readonly { name: string; publicKey: Uint8Array; ip: number; port: number }[], removed: Iterable<string>): void {
+    const now = this.now();
+    for (const name of removed) {
+      const st = this.peers.get(name);
+      if (st) this.forget(st);
+    }
+    const touched: PeerState[] = [];
+    for (const p of upserts) touched.push(this.upsertPeer(p, now));
+    this.tickPeers(touched, now);
+  }
+
+  private upsertPeer(p: { name: string; publicKey: Uint8Array; ip: number; port: number }, now: number): PeerState {
+    const old = this.peers.get(p.name);
+    if (old && Buffer.from(old.publicKey).equals(Buffer.from(p.publicKey))) {
+      if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) old.endpoint = { ip: p.ip, port: p.port };
+      return old;
+    }
+    if (old) this.forget(old);
+    const st: PeerState = {
+      name: p.name,
+      publicKey: p.publicKey,
+      lowerThanPeer: Buffer.compare(Buffer.from(this.d.noise.staticPublic), Buffer.from(p.publicKey)) < 0,
+      addedAt: now,
+      endpoint: { ip: p.ip, port: p.port },
+      sessions: [],
+      pending: null,
+      attempts: 0,
+      nextAttempt: 0,
+      cookie: null,
+      forceAt: null,
+    };
+    this.peers.set(p.name, st);
+    return st;
   }
 
   private forget(st: PeerState): void {
@@ -302,7 +324,12 @@ export class HandshakeManager {
       this.cookieSecret = this.freshSecret();
       this.cookieSecretAt = now;
     }
-    for (const st of this.peers.values()) {
+    this.tickPeers(this.peers.values(), now);
+  }
+
+  /** Steps 6, 1, 2 of the tick for `peers`. */
+  private tickPeers(peers: Iterable<PeerState>, now: number): void {
+    for (const st of peers) {
       // 6. expire
       const before = st.sessions.length;
       st.sessions = st.sessions.filter((s) => {

@@ -158,6 +158,13 @@ export class PathManager {
     this.peers.delete(name);
   }
 
+  private *some(names: Iterable<string>): Iterable<[string, PeerPaths]> {
+    for (const n of names) {
+      const p = this.peers.get(n);
+      if (p) yield [n, p];
+    }
+  }
+
   /** Our own addresses changed (or we woke up): probe everything fast again. */
   localChanged(): void {
     const now = this.d.now();
@@ -220,11 +227,14 @@ export class PathManager {
     return true;
   }
 
-  /** Probes due now and endpoint moves to carry out. `reachable(name)`: we have a session with it. */
-  tick(hasSession: (name: string) => boolean): PathActions {
+  /**
+   * Probes due now and endpoint moves to carry out. `reachable(name)`: we have a session with it.
+   * `only`: look at these peers alone (peers the control plane just added or changed).
+   */
+  tick(hasSession: (name: string) => boolean, only?: Iterable<string>): PathActions {
     const now = this.d.now();
     const out: PathActions = { probes: [], moves: [] };
-    for (const [name, p] of this.peers) {
+    for (const [name, p] of only ? this.some(only) : this.peers) {
       const currentDead = now - p.currentSeen > PATH_DEAD_MS;
       const cur = p.current;
       const curDirect = cur !== null && cur.via === undefined ? p.candidates.get(key(cur.ip, cur.port)) : undefined;

@@ -12,6 +12,7 @@ export const MAX_KNOWN_CERTS = 8192;
 
 export class KnownCerts {
   private readonly certs = new Map<string, HostCert>(); // "name/serial" -> certificate, oldest first
+  private readonly byIp = new Map<string, Map<string, HostCert>>(); // overlay ip -> "name/serial" -> certificate
   /** Set when the set changed since the last `clean()`: the cache file should be written. */
   dirty = false;
 
@@ -19,6 +20,11 @@ export class KnownCerts {
 
   values(): IterableIterator<HostCert> {
     return this.certs.values();
+  }
+
+  /** The remembered certificates for one overlay address. */
+  at(overlayIp: string): Iterable<HostCert> {
+    return this.byIp.get(overlayIp)?.values() ?? [];
   }
 
   get size(): number {
@@ -31,8 +37,11 @@ export class KnownCerts {
       const id = `${c.name}/${c.serial}`;
       if (this.certs.has(id)) continue;
       this.certs.set(id, c);
+      let group = this.byIp.get(c.overlayIp);
+      if (!group) this.byIp.set(c.overlayIp, (group = new Map()));
+      group.set(id, c);
       this.dirty = true;
-      if (this.certs.size > this.max) this.certs.delete(this.certs.keys().next().value!);
+      if (this.certs.size > this.max) this.drop(this.certs.keys().next().value!);
     }
   }
 
@@ -40,10 +49,19 @@ export class KnownCerts {
   prune(nowMs: number, isRevoked: (c: HostCert) => boolean): void {
     for (const [id, c] of this.certs) {
       if (Date.parse(c.notAfter) < nowMs || isRevoked(c)) {
-        this.certs.delete(id);
+        this.drop(id);
         this.dirty = true;
       }
     }
+  }
+
+  private drop(id: string): void {
+    const c = this.certs.get(id);
+    if (!c) return;
+    this.certs.delete(id);
+    const group = this.byIp.get(c.overlayIp);
+    group?.delete(id);
+    if (group?.size === 0) this.byIp.delete(c.overlayIp);
   }
 
   clean(): void {

@@ -108,12 +108,12 @@ export function revocationOf(revocations: ReadonlyMap<string, readonly Revocatio
   return revocations.get(cert.name)?.find((r) => revokes(r, cert));
 }
 
-function describeRevocation(r: RevocationRecord): string {
+export function describeRevocation(r: RevocationRecord): string {
   return r.serial === null ? `revoked at ${r.revoked} (every certificate issued until then)` : `certificate ${r.serial} revoked at ${r.revoked}`;
 }
 
 /** Why `cert` is revoked (as a host or through its join token), or undefined. */
-function revokedWhy(trust: PeerTrust, cert: HostCert): string | undefined {
+export function revokedWhy(trust: PeerTrust, cert: HostCert): string | undefined {
   const rev = revocationOf(trust.revocations, cert);
   if (rev) return describeRevocation(rev);
   const t = trust.tokens?.revocationOf(cert);
@@ -152,7 +152,7 @@ function nameTaken(trust: PeerTrust, cert: HostCert): string | undefined {
 }
 
 /** One record through the checks: parse, trust, revocation, address in the network, lease (without trust). */
-function checkEntry(inp: PeerInputs, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
+export function checkEntry(inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' | 'trust'>, e: HostEntry): { rec: HostRecord; cert?: HostCert } | { error: string; trust?: Rejection['trust'] } {
   if (!e.parsed.ok) return { error: e.parsed.error };
   const rec = e.parsed.value;
   const trust = inp.trust;

@@ -66,6 +66,14 @@ export interface RosterOutput {
   readonly nextCheck: number | null;
 }
 
+/** What `updateSome` says about the names it was given. */
+export interface RosterDelta {
+  /** For each name given: its view when it is a member now, else null. */
+  readonly members: Map<string, MemberView | null>;
+  readonly left: { name: string; why: 'silent' | 'bye' | 'certificate' }[];
+  readonly nextCheck: number | null;
+}
+
 interface Member {
   /** Last moment etcd showed a valid record or an alive key for it, or it was heard from. */
   lastSign: number;
@@ -76,6 +84,8 @@ export class Roster {
   /** Names that said bye, with the epoch of their record then. */
   private readonly byes = new Map<string, number>();
   private readonly pendingLeaves: { name: string; why: 'bye' }[] = [];
+  /** Members with no valid record and no alive key, with when they fall silent. */
+  private readonly silentAt = new Map<string, number>();
 
   /** Makes `names` members (from the cache file), last seen at `at`. */
   seed(names: Iterable<string>, at: number): void {
@@ -86,6 +96,7 @@ export class Roster {
   bye(name: string, epoch: number): boolean {
     if (!this.members.has(name)) return false;
     this.members.delete(name);
+    this.silentAt.delete(name);
     this.byes.set(name, epoch);
     this.pendingLeaves.push({ name, why: 'bye' });
     return true;
@@ -101,10 +112,11 @@ export class Roster {
     return true;
   }
 
+  /** Every name at once: `inp.candidates` holds every candidate. */
   update(inp: RosterInput): RosterOutput {
     const left: RosterOutput['left'] = this.pendingLeaves.splice(0);
     const members = new Map<string, MemberView>();
-    let nextCheck: number | null = null;
+    this.silentAt.clear();
     for (const name of this.members.keys()) {
       if (inp.candidates.has(name)) continue;
       this.members.delete(name);
@@ -112,41 +124,75 @@ export class Roster {
     }
     const names = [...inp.candidates.keys()].sort();
     for (const name of names) {
-      const c = inp.candidates.get(name)!;
-      const alive = inp.alive.has(name);
-      const byeEpoch = this.byes.get(name);
-      if (byeEpoch !== undefined) {
-        if (c.etcd !== 'present' || c.record.epoch <= byeEpoch) continue;
-        this.byes.delete(name); // it published again after its bye: a restart, not a leave
-      }
-      let m = this.members.get(name);
-      const heard = inp.heardAt?.(name) ?? 0;
-      if (!m) {
-        if (c.etcd !== 'present' || !alive) continue;
-        m = { lastSign: inp.now };
-        this.members.set(name, m);
-      }
-      if (!alive && inp.heardAt !== undefined && !(heard > 0) && inp.etcdRead !== false) {
-        // Never a working tunnel from it in this process: nothing but etcd vouched for it, so
-        // its alive key going is news enough (a host that stops before any session came up can
-        // say bye to no one).
-        this.members.delete(name);
-        left.push({ name, why: 'silent' });
+      const v = this.step(name, inp.candidates.get(name)!, inp, left);
+      if (v) members.set(name, v);
+    }
+    return { members, left, nextCheck: this.nextCheck() };
+  }
+
+  /**
+   * Only `names` (the hosts whose candidacy, record or alive key may have changed, and the ones
+   * that said bye): work proportional to them, not to the membership. `inp.candidates` must hold
+   * the current candidacy of each of them (absent: no candidate); other names are not looked at.
+   */
+  updateSome(names: Iterable<string>, inp: RosterInput): RosterDelta {
+    const left: RosterDelta['left'] = this.pendingLeaves.splice(0);
+    const members = new Map<string, MemberView | null>();
+    for (const l of left) members.set(l.name, null);
+    for (const name of names) {
+      const c = inp.candidates.get(name);
+      if (!c) {
+        if (this.members.delete(name)) left.push({ name, why: 'certificate' });
+        this.silentAt.delete(name);
+        members.set(name, null);
         continue;
       }
-      if (c.etcd === 'present' || alive) m.lastSign = inp.now;
-      if (heard > m.lastSign) m.lastSign = heard;
-      if (c.etcd !== 'present' && !alive && inp.etcdRead !== false) {
-        const at = m.lastSign + SILENCE_MS;
-        if (inp.now >= at) {
-          this.members.delete(name);
-          left.push({ name, why: 'silent' });
-          continue;
-        }
-        nextCheck = nextCheck === null ? at : Math.min(nextCheck, at);
-      }
-      members.set(name, { record: c.record, etcd: { record: c.etcd, alive } });
+      this.silentAt.delete(name);
+      members.set(name, this.step(name, c, inp, left));
     }
-    return { members, left, nextCheck };
+    return { members, left, nextCheck: this.nextCheck() };
+  }
+
+  private nextCheck(): number | null {
+    let next: number | null = null;
+    for (const at of this.silentAt.values()) if (next === null || at < next) next = at;
+    return next;
+  }
+
+  /** One candidate: its view when it is (or becomes) a member, else null (left ones pushed to `left`). */
+  private step(name: string, c: Candidate, inp: RosterInput, left: RosterOutput['left']): MemberView | null {
+    const alive = inp.alive.has(name);
+    const byeEpoch = this.byes.get(name);
+    if (byeEpoch !== undefined) {
+      if (c.etcd !== 'present' || c.record.epoch <= byeEpoch) return null;
+      this.byes.delete(name); // it published again after its bye: a restart, not a leave
+    }
+    let m = this.members.get(name);
+    const heard = inp.heardAt?.(name) ?? 0;
+    if (!m) {
+      if (c.etcd !== 'present' || !alive) return null;
+      m = { lastSign: inp.now };
+      this.members.set(name, m);
+    }
+    if (!alive && inp.heardAt !== undefined && !(heard > 0) && inp.etcdRead !== false) {
+      // Never a working tunnel from it in this process: nothing but etcd vouched for it, so
+      // its alive key going is news enough (a host that stops before any session came up can
+      // say bye to no one).
+      this.members.delete(name);
+      left.push({ name, why: 'silent' });
+      return null;
+    }
+    if (c.etcd === 'present' || alive) m.lastSign = inp.now;
+    if (heard > m.lastSign) m.lastSign = heard;
+    if (c.etcd !== 'present' && !alive && inp.etcdRead !== false) {
+      const at = m.lastSign + SILENCE_MS;
+      if (inp.now >= at) {
+        this.members.delete(name);
+        left.push({ name, why: 'silent' });
+        return null;
+      }
+      this.silentAt.set(name, at);
+    }
+    return { record: c.record, etcd: { record: c.etcd, alive } };
   }
 }
