@@ -218,8 +218,8 @@ export class NetworkWatch {
   }
 
   /** etcd's Range calls, counted (keys and bytes read). */
-  private pages(): PageFetcher {
-    const fetch = etcdPages(this.opts.client);
+  private pages(client: Etcd3 = this.opts.client): PageFetcher {
+    const fetch = etcdPages(client);
     return async (req) => {
       const res = await fetch(req);
       this.counters.rangeKeys += res.kvs.length;
@@ -231,13 +231,16 @@ export class NetworkWatch {
   /**
    * Before resuming a watch: one Range of a single key, so a down etcd costs one cheap call per
    * retry round (and the link hears of it) instead of a watch stream etcd3 would redial itself.
+   * With several members it asks the member the watch will run on; if that one fails, the next
+   * retry asks the next member.
    */
   private async probe(): Promise<boolean> {
-    const { prefix, link, log } = this.opts;
+    const { prefix, link, log, health } = this.opts;
     try {
-      await this.pages()({ start: Buffer.from(prefix), end: prefixEnd(Buffer.from(prefix)), limit: 1, keysOnly: true });
+      await this.pages(health?.client())({ start: Buffer.from(prefix), end: prefixEnd(Buffer.from(prefix)), limit: 1, keysOnly: true });
     } catch (e) {
       if (isTransientEtcdError(e)) link.failed(e);
+      if (health && !this.closed) health.fail((e as Error).message);
       else this.resumeNext = false; // not a connection problem: let the reload path deal with it
       if (!this.outageLogged) log.debug({ err: (e as Error).message }, 'cannot reach etcd to resume the watch; will retry');
       this.outageLogged = true;
