@@ -15,6 +15,7 @@ import { join } from 'node:path';
  *   const c = await startEtcdCluster();       // fresh data dirs, unique names, waits for a leader
  *   c.endpoints                               // ['http://198.19.X.10:2379', ...]
  *   await c.kill(i); await c.restart(i);      // SIGKILL member i; start it again on its data dir
+ *   c.pause(i); c.resume(i);                  // SIGSTOP / SIGCONT member i (hung, not gone)
  *   await c.partition(i); await c.heal(i);    // cut member i off from the other two (peer traffic
  *                                             // dropped, not refused); clients still reach it
  *   await c.leader()                          // index of the member the others follow, or null
@@ -46,6 +47,10 @@ export interface EtcdCluster {
   kill(i: number): Promise<void>;
   /** Starts member i again on its data dir; resolves when it serves clients. */
   restart(i: number): Promise<void>;
+  /** SIGSTOPs member i (a hung member: connections stay open, nothing answers). */
+  pause(i: number): void;
+  /** SIGCONTs member i. */
+  resume(i: number): void;
   /** Drops all traffic between member i and the other members (clients still reach it). */
   partition(i: number): Promise<void>;
   /** Undoes partition(i). */
@@ -299,6 +304,8 @@ export async function startEtcdCluster(opts: StartEtcdClusterOptions = {}): Prom
       launch(m);
       await waitReady([m]);
     },
+    pause: (i) => void members[i]!.proc?.kill('SIGSTOP'),
+    resume: (i) => void members[i]!.proc?.kill('SIGCONT'),
     partition: async (i) => {
       const m = members[i]!;
       const others = members.filter((o) => o !== m).map((o) => o.ip).join(', ');
