@@ -240,8 +240,8 @@ export class NetworkWatch {
       await this.pages(health?.client())({ start: Buffer.from(prefix), end: prefixEnd(Buffer.from(prefix)), limit: 1, keysOnly: true });
     } catch (e) {
       if (isTransientEtcdError(e)) link.failed(e);
-      if (health && !this.closed) health.fail((e as Error).message);
       else this.resumeNext = false; // not a connection problem: let the reload path deal with it
+      if (health && !this.closed) health.fail((e as Error).message);
       if (!this.outageLogged) log.debug({ err: (e as Error).message }, 'cannot reach etcd to resume the watch; will retry');
       this.outageLogged = true;
       return false;
