@@ -21,8 +21,8 @@ import type { EtcdLink } from './etcd-link';
  * With `via` (several etcd members, watch-health.ts) the keepalive goes to the member `via` holds
  * for the watch, which is probed, instead of a member etcd3 picks at random (a keepalive sent to a
  * member cut off from its cluster hangs until its deadline, and a random retry may pick the same
- * member again: two such misses outlast the TTL). A move to another member ends a hung keepalive
- * at once and retries it there, without counting as an etcd outage.
+ * member again: two such misses outlast the TTL). A move to another member ends a hung keepalive,
+ * or the wait after a failed one, and retries it there at once; a move is not an etcd outage.
  */
 /** Where keepalives go with several members: the current member's client, and its moves. */
 export interface KeepaliveRoute {
@@ -142,11 +142,13 @@ export class Liveness {
     const ttlMs = this.opts.ttlSec * 1000;
     let lastOk = this.now();
     let retrying = false;
+    let now = false; // the last exchange was abandoned for a move to another member: retry there at once
     for (;;) {
       // Until the next keepalive (TTL/3, or the link's next round after a failure), but no longer
       // than the moment the lease must count as lost.
       const untilLost = lastOk + 2 * ttlMs - this.now();
-      await this.pause(retrying ? link.wait() : null, retrying ? untilLost : Math.min(ttlMs / 3, untilLost));
+      if (!now) await this.pause(retrying ? this.retryRound() : null, retrying ? untilLost : Math.min(ttlMs / 3, untilLost));
+      now = false;
       if (this.stopped) return;
       if (this.now() - lastOk >= 2 * ttlMs) {
         log.warn({ silentMs: this.now() - lastOk }, 'liveness lease lost; granting a new one');
@@ -161,7 +163,8 @@ export class Liveness {
         if (this.stopped) return;
         if (e === MOVED) {
           log.debug('liveness keepalive moves to another etcd member');
-          continue; // at once, on the new member
+          now = true;
+          continue;
         }
         if ((e as Error).constructor?.name === 'EtcdLeaseInvalidError' || (e as Error).name === 'EtcdLeaseInvalidError') {
           link.ok();
@@ -173,6 +176,15 @@ export class Liveness {
         retrying = true;
       }
     }
+  }
+
+  /** The link's next round, or a move to another member (`via`), whichever comes first. */
+  private retryRound(): Promise<void> {
+    const via = this.opts.via;
+    if (!via) return this.opts.link.wait();
+    let unsubscribe = (): void => undefined;
+    const moved = new Promise<void>((resolve) => (unsubscribe = via.onMove(resolve)));
+    return Promise.race([this.opts.link.wait(), moved]).finally(() => unsubscribe());
   }
 
   /** One keepalive exchange with a deadline (etcd3's has none of its own); MOVED when `via` moves first. */
