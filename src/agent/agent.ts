@@ -33,8 +33,9 @@ import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes'
 import { StunClient } from '../control/stun-client';
 import { discoverPublicIp } from '../control/metadata';
 import { openRouteMonitor, type RouteMonitor } from '../os/netlink';
-import { createEtcd, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
+import { createEtcd, createMemberClient, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
 import { EtcdLink } from '../control/etcd-link';
+import { WatchHealth } from '../control/watch-health';
 import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
 import type { HostRecord, NetworkSpec } from '../control/records';
@@ -81,6 +82,8 @@ const DISCOVERY_EVERY_MS = 60_000;
 
 export class Agent {
   private etcd?: Etcd3;
+  /** With several etcd endpoints: the member the watch and the keepalive use (watch-health.ts). */
+  private etcdMember?: WatchHealth;
   /** Whether etcd answers, and the one retry schedule every etcd loop here follows. */
   private etcdLink?: EtcdLink;
   private registry?: Registry;
@@ -151,6 +154,9 @@ export class Agent {
 
     // 2. network; the address is the one our certificate binds (`cladnet host issue` leased it)
     const etcd = this.etcdClient();
+    if (cfg.etcd.length > 1) {
+      this.etcdMember = new WatchHealth({ endpoints: cfg.etcd, connect: (e) => createMemberClient(etcdOptionsFrom(cfg), e), log: this.log });
+    }
     const saved = this.readState();
     try {
       this.network = await getNetwork(etcd, cfg.network);
@@ -266,6 +272,7 @@ export class Agent {
         return p && this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : null;
       },
       link: this.etcdLink,
+      health: this.etcdMember,
     });
     this.updateLocal();
     void this.register();
@@ -801,7 +808,10 @@ export class Agent {
     });
     await step('tun', () => this.tun?.close());
     await step('udp', () => this.udp?.close());
-    await step('etcd', () => this.etcd?.close());
+    await step('etcd', () => {
+      this.etcdMember?.close();
+      this.etcd?.close();
+    });
     this.log.info('stopped');
   }
 }

@@ -1,5 +1,5 @@
 import * as fs from 'node:fs';
-import { Etcd3, IOptions, isRecoverableError } from 'etcd3';
+import { castGrpcError, Etcd3, EtcdLeaseInvalidError, IOptions, isRecoverableError } from 'etcd3';
 import { CladnetError, isCladnetError } from '../errors';
 import { BACKOFF_MAX_MS } from './backoff';
 import { checkPasswordTransport } from './credentials';
@@ -108,6 +108,7 @@ type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type HostPolicy = ReturnType<NonNullable<FaultHandling['host']>>;
 type WatchBackoff = NonNullable<FaultHandling['watchBackoff']>;
 type GlobalPolicy = NonNullable<FaultHandling['global']>;
+type CallOptions = Exclude<NonNullable<IOptions['defaultCallOptions']>, (...args: never[]) => unknown>;
 
 /** Normalises "host:port" or "http(s)://host:port[/]" to what etcd3 expects; throws ECONFIG. */
 export function normalizeEndpoint(s: string): string {
@@ -215,13 +216,86 @@ export function createEtcd(opts: EtcdOptions): Etcd3 {
     hosts,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
     faultHandling,
-    grpcOptions: {
-      'grpc.keepalive_time_ms': 10_000,
-      'grpc.keepalive_timeout_ms': 5_000,
-      'grpc.initial_reconnect_backoff_ms': 200,
-      'grpc.max_reconnect_backoff_ms': 2_000,
-      'grpc.max_receive_message_length': maxReceive,
-    },
+    grpcOptions: grpcOptions(maxReceive),
+  });
+}
+
+function grpcOptions(maxReceive: number): NonNullable<IOptions['grpcOptions']> {
+  return {
+    'grpc.keepalive_time_ms': 10_000,
+    'grpc.keepalive_timeout_ms': 5_000,
+    'grpc.initial_reconnect_backoff_ms': 200,
+    'grpc.max_reconnect_backoff_ms': 2_000,
+    'grpc.max_receive_message_length': maxReceive,
+  };
+}
+
+/** The part of @grpc/grpc-js used here: per-call credentials that add metadata. */
+interface GrpcMetadataApi {
+  Metadata: new () => { set(key: string, value: string): void };
+  credentials: { createFromMetadataGenerator(gen: (params: unknown, cb: (err: Error | null, md?: unknown) => void) => void): unknown };
+}
+
+let requireLeaderCreds: unknown = null;
+
+/**
+ * Call credentials that add etcd's require-leader metadata (`hasleader: true`) to every call.
+ * A member without a leader then refuses the call at once ("etcdserver: no leader") instead of
+ * hanging, and cancels a watch stream carrying it once it has had no leader for three election
+ * timeouts. etcd3 has no option for per-call metadata; grpc-js's call credentials are the public
+ * way in (they are sent on insecure channels too). The grpc-js loaded is the one etcd3 itself
+ * uses, found from etcd3's own location.
+ */
+function requireLeaderCredentials(): unknown {
+  if (requireLeaderCreds) return requireLeaderCreds;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const grpc = require(require.resolve('@grpc/grpc-js', { paths: [require.resolve('etcd3')] })) as GrpcMetadataApi;
+  requireLeaderCreds = grpc.credentials.createFromMetadataGenerator((_params, cb) => {
+    const md = new grpc.Metadata();
+    md.set('hasleader', 'true');
+    cb(null, md);
+  });
+  return requireLeaderCreds;
+}
+
+/**
+ * A client bound to one member of an etcd cluster (`endpoint`, one of `opts.endpoints` or not),
+ * for the watch and the liveness keepalive when there are several members (watch-health.ts picks
+ * the member). Unlike createEtcd's client it never retries a call (the caller moves to another
+ * member instead), reports nothing to a link, and sends etcd's require-leader flag on every call
+ * and stream (requireLeaderCredentials). Unary calls get the `dialTimeoutMs` deadline unless the
+ * caller gives its own.
+ */
+export function createMemberClient(opts: EtcdOptions, endpoint: string): Etcd3 {
+  const host = normalizeEndpoint(endpoint);
+  const timeout = opts.dialTimeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS;
+  const maxReceive = opts.maxReceiveBytes ?? DEFAULT_MAX_RECEIVE_BYTES;
+  checkPasswordTransport([host], opts.auth !== undefined, opts.allowInsecurePassword === true);
+  const credentials = requireLeaderCredentials() as CallOptions['credentials'];
+  return new Etcd3({
+    ...securityOptions(opts),
+    hosts: [host],
+    defaultCallOptions: (ctx) => (ctx.isStream ? { credentials } : { deadline: Date.now() + timeout, credentials }),
+    faultHandling: { watchBackoff: watchBackoff(), global: retryPolicy(0), host: () => passThroughPolicy() },
+    grpcOptions: grpcOptions(maxReceive),
+  });
+}
+
+/**
+ * One LeaseKeepAlive exchange for lease `id` over `client` (any client, e.g. a member client: etcd3's
+ * Lease objects keep a lease alive only through the client that granted it). Resolves when etcd
+ * renewed the lease; EtcdLeaseInvalidError when etcd says it has expired; the gRPC error otherwise.
+ */
+export async function keepaliveLease(client: Etcd3, id: string, deadline: number): Promise<void> {
+  const stream = await client.leaseClient.leaseKeepAlive({ deadline });
+  await new Promise<void>((resolve, reject) => {
+    stream.on('data', (res) => {
+      stream.end();
+      if (Number(res.TTL) <= 0) reject(new EtcdLeaseInvalidError(id));
+      else resolve();
+    });
+    stream.on('error', (err: Error) => reject(castGrpcError(err)));
+    stream.write({ ID: id });
   });
 }
 

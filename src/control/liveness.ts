@@ -1,7 +1,7 @@
 import type { Etcd3, Lease } from 'etcd3';
 import { CladnetError } from '../errors';
 import type { Logger } from '../log';
-import { DEFAULT_DIAL_TIMEOUT_MS, isTransientEtcdError, toEtcdError } from './etcd';
+import { DEFAULT_DIAL_TIMEOUT_MS, isTransientEtcdError, keepaliveLease, toEtcdError } from './etcd';
 import type { EtcdLink } from './etcd-link';
 
 /**
@@ -17,7 +17,20 @@ import type { EtcdLink } from './etcd-link';
  *
  *   1. grant a lease, put the key on it   (retried on the link's schedule until it works)
  *   2. every TTL/3: one keepalive         (failure: wait for the link; 2 TTLs silent: back to 1)
+ *
+ * With `via` (several etcd members, watch-health.ts) the keepalive goes to the member `via` holds
+ * for the watch, which is probed, instead of a member etcd3 picks at random (a keepalive sent to a
+ * member cut off from its cluster hangs until its deadline, and a random retry may pick the same
+ * member again: two such misses outlast the TTL). A move to another member ends a hung keepalive,
+ * or the wait after a failed one, and retries it there at once; a move is not an etcd outage.
  */
+/** Where keepalives go with several members: the current member's client, and its moves. */
+export interface KeepaliveRoute {
+  client(): Etcd3;
+  /** Calls `fn` once at the next move; returns the way to take it back. */
+  onMove(fn: () => void): () => void;
+}
+
 export interface LivenessOptions {
   client: Etcd3;
   key: string;
@@ -26,10 +39,15 @@ export interface LivenessOptions {
   ttlSec: number;
   log: Logger;
   link: EtcdLink;
+  /** Send keepalives through this member's client (watch-health.ts) instead of `client`'s pool. */
+  via?: KeepaliveRoute;
   /** Deadline of one keepalive exchange (default the client's dial timeout, 5 s). */
   callTimeoutMs?: number;
   now?: () => number;
 }
+
+/** The keepalive was abandoned because its member was left (not an etcd failure). */
+const MOVED = new Error('etcd member changed');
 
 export class Liveness {
   private readonly opts: LivenessOptions;
@@ -124,11 +142,13 @@ export class Liveness {
     const ttlMs = this.opts.ttlSec * 1000;
     let lastOk = this.now();
     let retrying = false;
+    let now = false; // the last exchange was abandoned for a move to another member: retry there at once
     for (;;) {
       // Until the next keepalive (TTL/3, or the link's next round after a failure), but no longer
       // than the moment the lease must count as lost.
       const untilLost = lastOk + 2 * ttlMs - this.now();
-      await this.pause(retrying ? link.wait() : null, retrying ? untilLost : Math.min(ttlMs / 3, untilLost));
+      if (!now) await this.pause(retrying ? this.retryRound() : null, retrying ? untilLost : Math.min(ttlMs / 3, untilLost));
+      now = false;
       if (this.stopped) return;
       if (this.now() - lastOk >= 2 * ttlMs) {
         log.warn({ silentMs: this.now() - lastOk }, 'liveness lease lost; granting a new one');
@@ -141,6 +161,11 @@ export class Liveness {
         link.ok();
       } catch (e) {
         if (this.stopped) return;
+        if (e === MOVED) {
+          log.debug('liveness keepalive moves to another etcd member');
+          now = true;
+          continue;
+        }
         if ((e as Error).constructor?.name === 'EtcdLeaseInvalidError' || (e as Error).name === 'EtcdLeaseInvalidError') {
           link.ok();
           log.warn({ err: (e as Error).message }, 'liveness lease lost; granting a new one');
@@ -153,16 +178,33 @@ export class Liveness {
     }
   }
 
-  /** One keepalive exchange with a deadline (etcd3's has none of its own). */
+  /** The link's next round, or a move to another member (`via`), whichever comes first. */
+  private retryRound(): Promise<void> {
+    const via = this.opts.via;
+    if (!via) return this.opts.link.wait();
+    let unsubscribe = (): void => undefined;
+    const moved = new Promise<void>((resolve) => (unsubscribe = via.onMove(resolve)));
+    return Promise.race([this.opts.link.wait(), moved]).finally(() => unsubscribe());
+  }
+
+  /** One keepalive exchange with a deadline (etcd3's has none of its own); MOVED when `via` moves first. */
   private keepaliveOnce(lease: Lease): Promise<unknown> {
     let timer: NodeJS.Timeout | undefined;
-    return Promise.race([
-      lease.keepaliveOnce({ deadline: this.now() + this.callTimeout }),
+    let unsubscribe = (): void => undefined;
+    const deadline = this.now() + this.callTimeout;
+    const via = this.opts.via;
+    const attempts: Promise<unknown>[] = [
+      via ? lease.grant().then((id) => keepaliveLease(via.client(), id, deadline)) : lease.keepaliveOnce({ deadline }),
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new CladnetError('EETCD', 'etcd: keepalive timed out', { transient: true })), this.callTimeout + 1000);
         timer.unref();
       }),
-    ]).finally(() => clearTimeout(timer));
+    ];
+    if (via) attempts.push(new Promise<never>((_, reject) => (unsubscribe = via.onMove(() => reject(MOVED)))));
+    return Promise.race(attempts).finally(() => {
+      clearTimeout(timer);
+      unsubscribe();
+    });
   }
 
   /** Waits for `p` (if any), at most `maxMs` (if given), and returns early on stop(). */

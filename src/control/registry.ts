@@ -14,6 +14,7 @@ import { Publisher, type PublishResult } from './publisher';
 import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
 import { NetworkWatch } from './watch';
+import type { WatchHealth } from './watch-health';
 
 export type { PublishResult } from './publisher';
 
@@ -76,6 +77,12 @@ export interface RegistryOptions {
   heardAt?: (name: string) => number | null;
   /** Shared etcd up/down state and retry schedule (give the same one to createEtcd); default a private one. */
   link?: EtcdLink;
+  /**
+   * With several etcd members: the member the watch and the liveness keepalive run on, probed so a
+   * watch held by a member cut off from its cluster moves (watch-health.ts). Not owned: the caller
+   * closes it after the registry.
+   */
+  health?: WatchHealth;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -143,6 +150,7 @@ export class Registry {
   private readonly publisher: Publisher;
   private alive: Liveness | null = null;
   private readonly link: EtcdLink;
+  private readonly health: WatchHealth | undefined;
   private readonly ownLink: boolean;
   private readonly mirror: NetworkWatch;
   private readonly cache: PeerCache | null;
@@ -173,6 +181,7 @@ export class Registry {
     const trust = opts.trust ?? null;
     this.ownLink = opts.link === undefined;
     this.link = opts.link ?? new EtcdLink({ log: opts.log });
+    this.health = opts.health;
     if (trust && trust.network !== opts.network.name) {
       throw new CladnetError('ECONFIG', `trust: anchor of network ${trust.network}, not ${opts.network.name}`, { field: 'trust' });
     }
@@ -212,6 +221,7 @@ export class Registry {
       prefix: networkPrefix(this.spec.name),
       log: this.log,
       link: this.link,
+      health: opts.health,
       onRevocation: (name, value, modRevision, deleted) => {
         if (deleted) {
           if (this.revocations.has(name)) this.log.warn({ host: name }, 'revocation deleted from etcd; still honouring it');
@@ -265,6 +275,7 @@ export class Registry {
       ttlSec: this.aliveTtl,
       log: this.log,
       link: this.link,
+      via: this.health,
     });
     await this.alive.start();
   }

@@ -6,6 +6,7 @@ import { parseKey } from './keys';
 import type { HostEntry } from './peers';
 import { etcdPages, prefixEnd, readPrefix, type PageFetcher } from './range';
 import { parseHostRecord, parseLeaseRecord, recordSizeError } from './records';
+import type { WatchHealth } from './watch-health';
 
 /**
  * The etcd mirror of one network (registry job 3, watch): load the network prefix at revision R
@@ -18,6 +19,10 @@ import { parseHostRecord, parseLeaseRecord, recordSizeError } from './records';
  * outage arrive on the resumed watch. Only a watch cancel (its revision compacted) or a watch
  * message too large reloads the prefix (in pages). While etcd is down the mirror keeps its last
  * state; a disconnect never empties it.
+ *
+ * With several etcd members (`health`, watch-health.ts) the watch runs on the member `health`
+ * holds and is probed there: a broken stream or a failed probe moves it to the next member, where
+ * it resumes the same way (the probe before the resume tells the link whether etcd answers at all).
  *
  * Deltas: every applied key is recorded in `touched` (host names, alive names, lease addresses;
  * `all` after a (re)load replaced the whole mirror) until the owner takes it with `takeTouched()`.
@@ -45,6 +50,8 @@ export interface NetworkWatchOptions {
   onTokenRevocation: (token: string, value: Buffer, modRevision: string, deleted: boolean) => boolean;
   /** Something of this network changed (called after each batch or load). */
   onChange: () => void;
+  /** With several etcd members: where the watch runs, and its health check (not owned). */
+  health?: WatchHealth;
 }
 
 export interface WatchCounters {
@@ -213,8 +220,8 @@ export class NetworkWatch {
   }
 
   /** etcd's Range calls, counted (keys and bytes read). */
-  private pages(): PageFetcher {
-    const fetch = etcdPages(this.opts.client);
+  private pages(client: Etcd3 = this.opts.client): PageFetcher {
+    const fetch = etcdPages(client);
     return async (req) => {
       const res = await fetch(req);
       this.counters.rangeKeys += res.kvs.length;
@@ -226,14 +233,17 @@ export class NetworkWatch {
   /**
    * Before resuming a watch: one Range of a single key, so a down etcd costs one cheap call per
    * retry round (and the link hears of it) instead of a watch stream etcd3 would redial itself.
+   * With several members it asks the member the watch will run on; if that one fails, the next
+   * retry asks the next member.
    */
   private async probe(): Promise<boolean> {
-    const { prefix, link, log } = this.opts;
+    const { prefix, link, log, health } = this.opts;
     try {
-      await this.pages()({ start: Buffer.from(prefix), end: prefixEnd(Buffer.from(prefix)), limit: 1, keysOnly: true });
+      await this.pages(health?.client())({ start: Buffer.from(prefix), end: prefixEnd(Buffer.from(prefix)), limit: 1, keysOnly: true });
     } catch (e) {
       if (isTransientEtcdError(e)) link.failed(e);
       else this.resumeNext = false; // not a connection problem: let the reload path deal with it
+      if (health && !this.closed) health.fail((e as Error).message);
       if (!this.outageLogged) log.debug({ err: (e as Error).message }, 'cannot reach etcd to resume the watch; will retry');
       this.outageLogged = true;
       return false;
@@ -307,13 +317,15 @@ export class NetworkWatch {
   }
 
   private startWatcher(fromRevision: number): Watcher {
-    const { client, prefix, log, link } = this.opts;
+    const { prefix, log, link, health } = this.opts;
+    const client = health?.client() ?? this.opts.client;
     const w = client.watch().prefix(prefix).startRevision(String(fromRevision)).watcher();
     this.watcher = w;
     this.watchLost = false;
     w.on('connected', () => {
       if (w !== this.watcher) return;
       this.watchConnected = true;
+      health?.attached(prefix, () => this.watchHung(w));
     });
     w.on('disconnected', (err) => {
       if (w !== this.watcher) return;
@@ -331,7 +343,8 @@ export class NetworkWatch {
         this.resumeNext = this.counters.reloads > 0;
         if (!this.watchLost) log.debug({ err: err.message }, 'etcd watch disconnected; keeping the last peer set');
         this.watchLost = true;
-        link.failed(err);
+        if (health) health.fail(err.message);
+        else link.failed(err);
       }
       this.requestSync(true);
     });
@@ -352,8 +365,18 @@ export class NetworkWatch {
     return w;
   }
 
+  /** The member under `w` failed a probe (watch-health.ts has moved on): resume on the next one. */
+  private watchHung(w: Watcher): void {
+    if (w !== this.watcher) return;
+    this.dropWatcher(w, true);
+    this.resumeNext = this.counters.reloads > 0;
+    this.watchLost = true;
+    this.requestSync(true);
+  }
+
   /** Forgets `w` (and detaches it from etcd3 when `cancel`), ignoring its later events. */
   private dropWatcher(w: Watcher, cancel: boolean): void {
+    if (this.watcher === w) this.opts.health?.detached();
     w.removeAllListeners();
     w.on('error', () => undefined);
     if (cancel) void w.cancel().catch(() => undefined);
@@ -432,6 +455,7 @@ export class NetworkWatch {
     const w = this.watcher;
     this.watcher = null;
     this.watchConnected = false;
+    this.opts.health?.detached();
     if (w) {
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
