@@ -32,11 +32,14 @@ const USAGE = `usage: npm run bench:swarm -- [options]
   --n LIST             comma-separated swarm sizes (default ${DEFAULT_NS.join(',')}; --quick: 20)
   --quick              smoke test: N=20, 2 workers, 5 changes, 5 s at 10/s, 2 s idle
   --workers N          worker processes (default 4)
-  --changes N          one-change phase: changes, each waited for by every agent (default 40)
+  --changes N          one-change phase: changes, each waited for by every agent
+                       (default 3000/N, at least 5 and at most 40: 30 at N=100, 5 at N=1000)
   --sustain-seconds S  sustained phase length (default 180; 0 skips it)
   --rate R             sustained changes per second (default 10)
   --idle-seconds S     idle CPU window (default 10)
-  --drain-seconds S    how long the backlog may take to drain before the run fails (default 120)
+  --drain-seconds S    how long to wait for the sustained phase's backlog to drain (default 120)
+  --cold-start-limit S how long to wait for the cold start before going on (default 1800)
+  --settle-seconds S   final check: how long agents may take to agree with etcd (default 300)
   --no-cache           agents keep no peer cache file (the agent keeps one)
   --consumer KIND      what sits behind each registry: ${CONSUMER_KINDS.join(', ')} (default agent-table)
   --json               print the JSON document instead of the table
@@ -46,11 +49,14 @@ interface SwarmBenchOptions {
   readonly ns: readonly number[];
   readonly quick: boolean;
   readonly workers: number;
-  readonly changes: number;
+  /** null: by N (changesFor). */
+  readonly changes: number | null;
   readonly sustainSeconds: number;
   readonly rate: number;
   readonly idleSeconds: number;
   readonly drainSeconds: number;
+  readonly coldStartLimitSeconds: number;
+  readonly settleSeconds: number;
   readonly cache: boolean;
   readonly consumer: ConsumerKind;
   readonly json: boolean;
@@ -84,6 +90,8 @@ function parseSwarmOptions(argv: readonly string[]): SwarmBenchOptions {
         rate: { type: 'string' },
         'idle-seconds': { type: 'string' },
         'drain-seconds': { type: 'string' },
+        'cold-start-limit': { type: 'string' },
+        'settle-seconds': { type: 'string' },
         'no-cache': { type: 'boolean', default: false },
         consumer: { type: 'string' },
         json: { type: 'boolean', default: false },
@@ -108,16 +116,23 @@ function parseSwarmOptions(argv: readonly string[]): SwarmBenchOptions {
     ns: Object.freeze(ns),
     quick,
     workers: num('workers', values.workers, quick ? 2 : 4, 1, 64),
-    changes: num('changes', values.changes, quick ? 5 : 40, 0, 10_000),
+    changes: values.changes === undefined ? (quick ? 5 : null) : num('changes', values.changes, 0, 0, 10_000),
     sustainSeconds: num('sustain-seconds', values['sustain-seconds'], quick ? 5 : 180, 0, 3600),
     rate: num('rate', values.rate, 10, 0.1, 1000, false),
     idleSeconds: num('idle-seconds', values['idle-seconds'], quick ? 2 : 10, 1, 600),
     drainSeconds: num('drain-seconds', values['drain-seconds'], 120, 1, 3600),
+    coldStartLimitSeconds: num('cold-start-limit', values['cold-start-limit'], 1800, 1, 36_000),
+    settleSeconds: num('settle-seconds', values['settle-seconds'], 300, 0, 36_000),
     cache: !(values['no-cache'] ?? false),
     consumer: consumer as ConsumerKind,
     json: values.json ?? false,
     help: values.help ?? false,
   });
+}
+
+/** One-change phase length by N: each change costs every agent, so fewer at large N (p99 over 5 x 999 deliveries still). */
+function changesFor(n: number): number {
+  return Math.min(40, Math.max(5, Math.round(3000 / n)));
 }
 
 const t0 = Date.now();
@@ -157,11 +172,13 @@ async function main(): Promise<number> {
     const r = await runSwarm({
       n,
       workers: opts.workers,
-      changes: opts.changes,
+      changes: opts.changes ?? changesFor(n),
       sustainSeconds: opts.sustainSeconds,
       rate: opts.rate,
       idleSeconds: opts.idleSeconds,
       drainSeconds: opts.drainSeconds,
+      coldStartLimitSeconds: opts.coldStartLimitSeconds,
+      settleSeconds: opts.settleSeconds,
       cache: opts.cache,
       consumer: opts.consumer,
       log,

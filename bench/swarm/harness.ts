@@ -152,6 +152,8 @@ export interface VerifyResult {
   readonly mismatched: number;
   readonly examples: readonly string[];
   readonly etcdHosts: number;
+  /** How long the agents took to agree with etcd after the last phase (verifySettled). */
+  readonly settleMs: number;
 }
 
 export interface WorkerStats extends Omit<StatsReply, 'firstWarnings'> {
@@ -368,10 +370,11 @@ export class Swarm {
 
   // ---- 3. cold start ------------------------------------------------------------------------
 
-  async coldStart(): Promise<ColdStartResult> {
+  /** Every agent starts at once; waits up to `limitMs` for all of them to hold N - 1 peers. */
+  async coldStart(limitMs: number): Promise<ColdStartResult> {
     const before = this.cpu();
     const t0 = now();
-    const replies = await this.askAll<StartReply>({ type: 'start', id: 0 });
+    const replies = await this.askAll<StartReply>({ type: 'start', id: 0, limitMs });
     const after = this.cpu();
     const done: number[] = [];
     let incomplete = 0;
@@ -583,7 +586,21 @@ export class Swarm {
     const r = await this.askAll<VerifyReply>({ type: 'verify', id: 0, expected: [...want.entries()] });
     const mismatched = r.reduce((s, x) => s + x.mismatched, 0);
     const agents = r.reduce((s, x) => s + x.agents, 0);
-    return { ok: mismatched === 0 && agents === this.o.n, agents, mismatched, examples: r.flatMap((x) => x.examples).slice(0, 5), etcdHosts: want.size };
+    return { ok: mismatched === 0 && agents === this.o.n, agents, mismatched, examples: r.flatMap((x) => x.examples).slice(0, 5), etcdHosts: want.size, settleMs: 0 };
+  }
+
+  /**
+   * The final check: verify() against a fresh read of etcd, again every 2 s while it differs, for
+   * up to `settleMs` (agents that are behind may still catch up; correctness, not speed, is
+   * checked here). The last answer, with how long it took to agree.
+   */
+  async verifySettled(settleMs: number): Promise<VerifyResult> {
+    const t0 = now();
+    for (;;) {
+      const v = await this.verify();
+      if (v.ok || now() - t0 >= settleMs) return { ...v, settleMs: now() - t0 };
+      await sleep(2000);
+    }
   }
 
   async stats(): Promise<WorkerStats> {

@@ -36,6 +36,8 @@ export interface InitRequest {
 export interface StartRequest {
   readonly type: 'start';
   readonly id: number;
+  /** Answer after this long even if some agents are not complete yet (ms). */
+  readonly limitMs: number;
 }
 
 /** One change as the coordinator tracked it: the host, the epoch it published, when the put started. */

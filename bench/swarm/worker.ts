@@ -32,8 +32,6 @@ import type {
 
 const now = (): number => performance.timeOrigin + performance.now();
 
-/** How long `start` waits for every agent of this worker to hold all its peers. */
-const START_WAIT_MS = 600_000;
 const MAX_WARNINGS_KEPT = 5;
 
 /** Observations of one host: which agent saw which epoch when (parallel arrays). */
@@ -67,7 +65,7 @@ class Worker {
       case 'init':
         return this.init(req);
       case 'start':
-        return this.start();
+        return this.start(req.limitMs);
       case 'collect':
         return this.collect(req);
       case 'verify':
@@ -140,7 +138,7 @@ class Worker {
   }
 
   /** Watch, publish, alive: the order of Agent.start (register runs beside the watch). */
-  private async start(): Promise<StartReply> {
+  private async start(limitMs: number): Promise<StartReply> {
     const errors: string[] = [];
     const all = new Promise<void>((resolve) => {
       if (this.remaining === 0) resolve();
@@ -161,7 +159,7 @@ class Worker {
       }),
     );
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, START_WAIT_MS)))]);
+    await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, limitMs)))]);
     clearTimeout(timer);
     return { completeAt: Float64Array.from(this.agents.map((a) => a.completeAt)), errors };
   }
