@@ -236,6 +236,15 @@ function write(doc: ReturnType<typeof document>): string {
   return file;
 }
 
+// Ctrl-C or a kill: exit through 'exit', whose hooks stop etcd and remove the temp dirs (the
+// workers follow when their IPC channel closes).
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`bench:swarm: ${sig}, stopping\n`);
+    process.exit(130);
+  });
+}
+
 main().then(
   (code) => {
     process.exitCode = code;

@@ -208,6 +208,8 @@ export class Swarm {
     this.admin = createEtcd({ endpoints: [o.endpoint] });
     this.log = o.log ?? (() => undefined);
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-swarm-'));
+    liveDirs.add(this.dir);
+    installExitHook();
   }
 
   /** Sets up the network and hosts, forks the workers and builds their agents (not started yet). */
@@ -640,5 +642,18 @@ export class Swarm {
     );
     this.admin.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
+    liveDirs.delete(this.dir);
   }
+}
+
+/** Temp dirs of swarms not closed yet: removed if the process exits first (workers exit on their own when the IPC channel closes). */
+const liveDirs = new Set<string>();
+let exitHook = false;
+
+function installExitHook(): void {
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const d of liveDirs) fs.rmSync(d, { recursive: true, force: true });
+  });
 }

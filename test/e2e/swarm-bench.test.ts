@@ -1,6 +1,6 @@
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Swarm } from '../../bench/swarm/harness';
@@ -12,7 +12,7 @@ import { runSwarm, type RunResult } from '../../bench/swarm/run';
  * every agent's peer set against etcd, which must also catch an expected set that is wrong.
  *
  * The workers run compiled JavaScript: the worker and what it imports are compiled into a
- * temporary directory first (not dist-bench/, which a bench run may be using).
+ * directory of its own under dist-bench/ first (not dist-bench/bench/, which a bench run may be using).
  */
 
 const REPO = path.resolve(__dirname, '..', '..');
@@ -20,19 +20,22 @@ const N = 20;
 let outDir: string;
 let workerScript: string;
 
-beforeAll(() => {
-  outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-swarm-test-'));
+beforeAll(async () => {
+  // inside the repository, so the compiled files find node_modules/
+  fs.mkdirSync(path.join(REPO, 'dist-bench'), { recursive: true });
+  outDir = fs.mkdtempSync(path.join(REPO, 'dist-bench', 'swarm-test-'));
   const tsconfig = path.join(outDir, 'tsconfig.json');
   fs.writeFileSync(
     tsconfig,
     JSON.stringify({
       extends: path.join(REPO, 'bench', 'tsconfig.json'),
-      compilerOptions: { rootDir: REPO, outDir, incremental: false, tsBuildInfoFile: null },
+      compilerOptions: { rootDir: REPO, outDir, incremental: false, tsBuildInfoFile: null, typeRoots: [path.join(REPO, 'node_modules', '@types')] },
       files: [path.join(REPO, 'bench', 'swarm', 'worker.ts')],
       include: [],
     }),
   );
-  execFileSync(path.join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', tsconfig], { stdio: 'inherit' });
+  // async: a synchronous compile would block vitest's worker past its RPC timeout
+  await promisify(execFile)(path.join(REPO, 'node_modules', '.bin', 'tsc'), ['-p', tsconfig]);
   workerScript = path.join(outDir, 'bench', 'swarm', 'worker.js');
   expect(fs.existsSync(workerScript)).toBe(true);
 }, 180_000);
