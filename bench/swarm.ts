@@ -31,6 +31,8 @@ const DEFAULT_NS = [100, 250, 500, 1000];
 const USAGE = `usage: npm run bench:swarm -- [options]
   --n LIST             comma-separated swarm sizes (default ${DEFAULT_NS.join(',')}; --quick: 20)
   --quick              smoke test: N=20, 2 workers, 5 changes, 5 s at 10/s, 2 s idle
+  --agents K           run K virtual agents in a network of N hosts (the others published by the
+                       bench, alive on its lease); default all N
   --workers N          worker processes (default 4)
   --changes N          one-change phase: changes, each waited for by every agent
                        (default 3000/N, at least 5 and at most 40: 30 at N=100, 5 at N=1000)
@@ -49,6 +51,8 @@ interface SwarmBenchOptions {
   readonly ns: readonly number[];
   readonly quick: boolean;
   readonly workers: number;
+  /** Virtual agents per run (at most N); null: all. */
+  readonly agents: number | null;
   /** null: by N (changesFor). */
   readonly changes: number | null;
   readonly sustainSeconds: number;
@@ -85,6 +89,7 @@ function parseSwarmOptions(argv: readonly string[]): SwarmBenchOptions {
         n: { type: 'string' },
         quick: { type: 'boolean', default: false },
         workers: { type: 'string' },
+        agents: { type: 'string' },
         changes: { type: 'string' },
         'sustain-seconds': { type: 'string' },
         rate: { type: 'string' },
@@ -116,6 +121,7 @@ function parseSwarmOptions(argv: readonly string[]): SwarmBenchOptions {
     ns: Object.freeze(ns),
     quick,
     workers: num('workers', values.workers, quick ? 2 : 4, 1, 64),
+    agents: values.agents === undefined ? null : num('agents', values.agents, 0, 2, 5000),
     changes: values.changes === undefined ? (quick ? 5 : null) : num('changes', values.changes, 0, 0, 10_000),
     sustainSeconds: num('sustain-seconds', values['sustain-seconds'], quick ? 5 : 180, 0, 3600),
     rate: num('rate', values.rate, 10, 0.1, 1000, false),
@@ -171,6 +177,7 @@ async function main(): Promise<number> {
   for (const n of opts.ns) {
     const r = await runSwarm({
       n,
+      agents: opts.agents === null ? undefined : Math.min(opts.agents, n),
       workers: opts.workers,
       changes: opts.changes ?? changesFor(n),
       sustainSeconds: opts.sustainSeconds,

@@ -2,6 +2,8 @@
  * The swarm bench's coordinator: N virtual agents in a few worker processes against one etcd.
  *
  *   1. setup      a network made as `cladnet network create` makes it (network key, signed spec);
+ *                 (with `agents` < n, the hosts without an agent are published here, alive on a
+ *                 lease this process keeps: a sample of agents watching a network of n hosts)
  *                 per host an X25519 key, a certificate signed by the network key with issueCert
  *                 (what `cladnet host issue` signs), its lease and its /issued/ record, written in
  *                 batches; endpoints in 198.18.0.0/15 that nothing ever contacts
@@ -24,11 +26,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Etcd3 } from 'etcd3';
+import type { Etcd3, Lease } from 'etcd3';
 import { issueCert, TrustAnchor } from '../../src/control/cert';
 import { readNetworkKey } from '../../src/control/credentials';
 import { createEtcd } from '../../src/control/etcd';
-import { hostKey, hostsPrefix, alivePrefix, issuedKey, leaseKey, networkKey, parseKey } from '../../src/control/keys';
+import { aliveKey, hostKey, hostsPrefix, alivePrefix, issuedKey, leaseKey, networkKey, parseKey } from '../../src/control/keys';
 import { createNetworkWithKey } from '../../src/control/membership';
 import { etcdPages, readPrefix } from '../../src/control/range';
 import {
@@ -61,7 +63,14 @@ export const now = (): number => performance.timeOrigin + performance.now();
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface SwarmOptions {
+  /** Hosts in the network. */
   readonly n: number;
+  /**
+   * How many of them run as virtual agents (default n: all). The others are published by the
+   * coordinator before the cold start (records, alive keys on one lease it keeps alive): a network
+   * of n hosts seen by a sample of agents, for sizes whose n agents do not fit on this machine.
+   */
+  readonly agents?: number;
   readonly workers: number;
   /** etcd's client URL (http://host:port) and pid (for its CPU; null: not measured). */
   readonly endpoint: string;
@@ -96,6 +105,8 @@ export interface ColdStartResult {
   readonly ms: number | null;
   /** Agents that did not reach N - 1 peers within the limit. */
   readonly incomplete: number;
+  /** Agents that started (all n, or the sample). */
+  readonly agents: number;
   readonly p50AgentMs: number | null;
   readonly errors: readonly string[];
   readonly cpu: { readonly agentsS: number; readonly etcdS: number | null };
@@ -105,6 +116,7 @@ export interface IdleResult {
   readonly seconds: number;
   /** Percent of one core: all agents' workers together, per agent, and etcd. */
   readonly agentsPct: number;
+  /** agentsPct / the number of agents running. */
   readonly perAgentPct: number;
   readonly etcdPct: number | null;
   readonly etcdSentBytesPerS: number;
@@ -116,8 +128,11 @@ export interface ChangePhaseCost {
   readonly etcdSentBytesPerChange: number;
   /** The same, less what etcd sends when idle (keepalives) over the phase's duration. */
   readonly etcdSentBytesPerChangeNet: number;
-  /** CPU seconds per change, less the idle rate over the phase's duration. */
+  /** CPU seconds per change of the agents that ran, less the idle rate over the phase's duration. */
   readonly agentsCpuSPerChange: number;
+  /** The same per agent, and times n: what every agent of an n-host network spends on one change. */
+  readonly perAgentCpuSPerChange: number;
+  readonly networkCpuSPerChange: number;
   readonly etcdCpuSPerChange: number | null;
 }
 
@@ -203,11 +218,15 @@ export class Swarm {
   /** Changes picked so far (which host moves next). */
   private picked = 0;
   private closed = false;
+  /** Agents that run (n, or the sample). */
+  readonly live: number;
+  private othersLease: Lease | null = null;
 
   private constructor(private readonly o: SwarmOptions) {
     this.admin = createEtcd({ endpoints: [o.endpoint] });
     this.log = o.log ?? (() => undefined);
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-swarm-'));
+    this.live = o.agents ?? o.n;
     liveDirs.add(this.dir);
     installExitHook();
   }
@@ -216,10 +235,12 @@ export class Swarm {
   static async create(o: SwarmOptions): Promise<Swarm> {
     if (!Number.isInteger(o.n) || o.n < 2) throw new Error(`n: ${o.n} must be an integer >= 2`);
     if (!Number.isInteger(o.workers) || o.workers < 1) throw new Error(`workers: ${o.workers} must be an integer >= 1`);
+    if (o.agents !== undefined && (!Number.isInteger(o.agents) || o.agents < 2 || o.agents > o.n)) throw new Error(`agents: ${o.agents} must be an integer from 2 to n (${o.n})`);
     const s = new Swarm(o);
     try {
       const agents = await s.setup();
-      await s.forkWorkers(agents);
+      await s.publishOthers(agents.slice(s.live));
+      await s.forkWorkers(agents.slice(0, s.live));
     } catch (e) {
       await s.close();
       throw e;
@@ -281,6 +302,28 @@ export class Swarm {
     }
     this.log(`setup: network ${NETWORK}, ${this.o.n} certificates signed and leased in ${((now() - t) / 1000).toFixed(1)} s`);
     return agents;
+  }
+
+  /** Hosts without an agent: records (as Registry.publish writes them) and alive keys on one lease of ours. */
+  private async publishOthers(others: AgentSpec[]): Promise<void> {
+    if (others.length === 0) return;
+    const lease = this.admin.lease(10);
+    this.othersLease = lease;
+    lease.on('lost', (e) => this.log(`the lease of the hosts without an agent was lost: ${e.message}`));
+    await lease.grant();
+    for (let i = 0; i < others.length; i += SETUP_BATCH) {
+      const puts = others.slice(i, i + SETUP_BATCH).map((a) => {
+        const t = Date.now();
+        const value = serializeHostRecord({ ...a.record, epoch: t, updated: new Date(t).toISOString() });
+        checkRecordSize('host', value);
+        return this.admin.put(hostKey(NETWORK, a.name)).value(value);
+      });
+      await this.admin.if(networkKey(NETWORK), 'Create', '>', 0).then(...puts).commit();
+      for (const a of others.slice(i, i + SETUP_BATCH)) {
+        await lease.put(aliveKey(NETWORK, a.name)).value(JSON.stringify({ version: 1, host: a.name, since: new Date().toISOString() }));
+      }
+    }
+    this.log(`setup: ${others.length} hosts without an agent published, alive on one lease; ${this.live} agents will run`);
   }
 
   // ---- 2. workers ---------------------------------------------------------------------------
@@ -387,6 +430,7 @@ export class Swarm {
     return {
       ms: incomplete === 0 ? done[done.length - 1]! : null,
       incomplete,
+      agents: this.live,
       p50AgentMs: percentile(done, 50),
       errors: replies.flatMap((r) => r.errors).slice(0, 10),
       cpu: { agentsS: after.agentsS - before.agentsS, etcdS: after.etcdS === null ? null : after.etcdS - before.etcdS! },
@@ -409,7 +453,7 @@ export class Swarm {
     return {
       seconds: dt,
       agentsPct: agents * 100,
-      perAgentPct: (agents * 100) / this.o.n,
+      perAgentPct: (agents * 100) / this.live,
       etcdPct: etcd === null ? null : etcd * 100,
       etcdSentBytesPerS: sentBytes,
     };
@@ -472,12 +516,15 @@ export class Swarm {
     const idle = this.idleRate ?? { agents: 0, etcd: 0, sentBytes: 0 };
     const per = (x: number) => (changes > 0 ? x / changes : 0);
     const sent = c1.sent - c0.sent;
+    const agentsCpu = per(cpu1.agentsS - cpu0.agentsS - idle.agents * dt);
     return {
       changes,
       revisionsPerChange: per(c1.revision - c0.revision),
       etcdSentBytesPerChange: per(sent),
       etcdSentBytesPerChangeNet: per(sent - idle.sentBytes * dt),
-      agentsCpuSPerChange: per(cpu1.agentsS - cpu0.agentsS - idle.agents * dt),
+      agentsCpuSPerChange: agentsCpu,
+      perAgentCpuSPerChange: agentsCpu / this.live,
+      networkCpuSPerChange: (agentsCpu / this.live) * this.o.n,
       etcdCpuSPerChange: cpu1.etcdS === null || idle.etcd === null ? null : per(cpu1.etcdS - cpu0.etcdS! - idle.etcd * dt),
     };
   }
@@ -588,7 +635,7 @@ export class Swarm {
     const r = await this.askAll<VerifyReply>({ type: 'verify', id: 0, expected: [...want.entries()] });
     const mismatched = r.reduce((s, x) => s + x.mismatched, 0);
     const agents = r.reduce((s, x) => s + x.agents, 0);
-    return { ok: mismatched === 0 && agents === this.o.n, agents, mismatched, examples: r.flatMap((x) => x.examples).slice(0, 5), etcdHosts: want.size, settleMs: 0 };
+    return { ok: mismatched === 0 && agents === this.live, agents, mismatched, examples: r.flatMap((x) => x.examples).slice(0, 5), etcdHosts: want.size, settleMs: 0 };
   }
 
   /**
@@ -640,6 +687,7 @@ export class Swarm {
         clearTimeout(timer);
       }),
     );
+    await this.othersLease?.revoke().catch(() => undefined);
     this.admin.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
     liveDirs.delete(this.dir);

@@ -32,8 +32,9 @@ export interface GrowthPoint {
   readonly exponent: number | null;
 }
 
+/** CPU all N agents of the network spend on one change (measured, or per agent x N with a sample). */
 export function cpuPerChange(r: RunResult): number | null {
-  const v = r.oneChange?.agentsCpuSPerChange;
+  const v = r.oneChange?.networkCpuSPerChange;
   return v === undefined || !(v > 0) ? null : v;
 }
 
@@ -74,14 +75,15 @@ export function table(results: readonly RunResult[]): string {
     ['etcd revisions per change', (r) => f(r.oneChange?.revisionsPerChange, 2)],
     ['etcd sent per change, KiB (less idle)', (r) => `${kb(r.oneChange?.etcdSentBytesPerChange)} (${kb(r.oneChange?.etcdSentBytesPerChangeNet)})`],
     ['agents CPU per change (ms)', (r) => f(r.oneChange ? r.oneChange.agentsCpuSPerChange * 1000 : null, 1)],
+    ['  per agent (ms) / x N (ms)', (r) => `${f(r.oneChange ? r.oneChange.perAgentCpuSPerChange * 1000 : null, 2)} / ${f(r.oneChange ? r.oneChange.networkCpuSPerChange * 1000 : null, 0)}`],
     ['etcd CPU per change (ms)', (r) => f(r.oneChange?.etcdCpuSPerChange === null || !r.oneChange ? null : r.oneChange.etcdCpuSPerChange * 1000, 2)],
     ['agents CPU per change at 10/s (ms)', (r) => f(r.sustained ? r.sustained.agentsCpuSPerChange * 1000 : null, 1)],
     ['idle CPU: all agents / per agent / etcd (% core)', (r) => `${f(r.idle?.agentsPct, 1)} / ${f(r.idle?.perAgentPct, 3)} / ${f(r.idle?.etcdPct, 2)}`],
-    ['worker RSS total (MiB)', (r) => f(r.agents?.rssMiB)],
-    ['registry warnings', (r) => f(r.agents?.warnings)],
+    ['worker RSS total (MiB)', (r) => f(r.agentStats?.rssMiB)],
+    ['registry warnings', (r) => f(r.agentStats?.warnings)],
     ['final peer sets = etcd', (r) => (r.verify ? (r.verify.ok ? 'yes' : `NO (${r.verify.mismatched} agents)`) : '-')],
   ];
-  const head = ['N', ...results.map((r) => String(r.n))];
+  const head = ['N', ...results.map((r) => (r.agents < r.n ? `${r.n} (${r.agents} agents)` : String(r.n)))];
   const body = rows.map(([label, fn]) => [label, ...results.map(fn)]);
   const width = head.map((_, i) => Math.max(head[i]!.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: readonly string[]) => '| ' + cells.map((c, i) => c.padEnd(width[i]!)).join(' | ') + ' |';
@@ -108,8 +110,8 @@ export function growthLines(results: readonly RunResult[]): string[] {
   const lines = results
     .slice()
     .sort((a, b) => a.n - b.n)
-    .map((r) => `  N=${r.n}: ${f(cpuPerChange(r) === null ? null : cpuPerChange(r)! * 1000, 1)} ms of agents' CPU per change (${f(cpuPerChange(r) === null ? null : (cpuPerChange(r)! * 1e6) / r.n, 1)} us per agent)`);
+    .map((r) => `  N=${r.n}: ${f(cpuPerChange(r) === null ? null : cpuPerChange(r)! * 1000, 1)} ms of CPU per change over all N agents (${f(cpuPerChange(r) === null ? null : (cpuPerChange(r)! * 1e3) / r.n, 2)} ms per agent${r.agents < r.n ? `, measured on ${r.agents} agents` : ''})`);
   for (const s of steps) lines.push(`  exponent ${s.from} -> ${s.to}: ${f(s.exponent, 2)}`);
   if (target) lines.push(`CPU per change grows as N^${f(target.exponent, 2)} from 250 to 1000; target N^${GROWTH_LIMIT}: ${target.exponent === null ? '-' : target.exponent <= GROWTH_LIMIT ? 'met' : 'MISSED'}`);
-  return ['CPU per change against N (one-change phase, less idle):', ...lines];
+  return ['CPU per change against N (one-change phase, less idle, all N agents):', ...lines];
 }

@@ -8,6 +8,8 @@ import { Swarm, type ColdStartResult, type IdleResult, type OneChangeResult, typ
 
 export interface RunOptions {
   readonly n: number;
+  /** Virtual agents that run (default n); see SwarmOptions.agents. */
+  readonly agents?: number;
   readonly workers: number;
   /** Changes in the one-change phase (each waits for every agent). */
   readonly changes: number;
@@ -29,6 +31,8 @@ export interface RunOptions {
 
 export interface RunResult {
   readonly n: number;
+  /** Virtual agents that ran: n, or a sample of the n hosts. */
+  readonly agents: number;
   readonly workers: number;
   readonly ok: boolean;
   /** Why the run failed (empty when ok). */
@@ -38,7 +42,7 @@ export interface RunResult {
   readonly oneChange: OneChangeResult | null;
   readonly sustained: SustainedResult | null;
   readonly verify: VerifyResult | null;
-  readonly agents: WorkerStats | null;
+  readonly agentStats: WorkerStats | null;
   readonly etcd: { readonly version: string | null; readonly dbSizeBytes: number | null };
   readonly startedAt: string;
   readonly seconds: number;
@@ -58,18 +62,18 @@ export async function runSwarm(o: RunOptions): Promise<RunResult> {
     oneChange: OneChangeResult | null;
     sustained: SustainedResult | null;
     verify: VerifyResult | null;
-    agents: WorkerStats | null;
+    agentStats: WorkerStats | null;
     etcd: { version: string | null; dbSizeBytes: number | null };
-  } = { coldStart: null, idle: null, oneChange: null, sustained: null, verify: null, agents: null, etcd: { version: null, dbSizeBytes: null } };
-  const log = (m: string) => o.log(`N=${o.n}: ${m}`);
+  } = { coldStart: null, idle: null, oneChange: null, sustained: null, verify: null, agentStats: null, etcd: { version: null, dbSizeBytes: null } };
+  const log = (m: string) => o.log(`N=${o.n}${o.agents !== undefined && o.agents < o.n ? ` (${o.agents} agents)` : ''}: ${m}`);
   try {
     etcd = await startEtcd({ extraArgs: ['--quota-backend-bytes=8589934592'] });
-    swarm = await Swarm.create({ n: o.n, workers: o.workers, endpoint: etcd.endpoint, etcdPid: etcd.pid(), consumer: o.consumer, cache: o.cache, log, workerScript: o.workerScript });
+    swarm = await Swarm.create({ n: o.n, agents: o.agents, workers: o.workers, endpoint: etcd.endpoint, etcdPid: etcd.pid(), consumer: o.consumer, cache: o.cache, log, workerScript: o.workerScript });
 
     log('cold start');
     r.coldStart = await swarm.coldStart(o.coldStartLimitSeconds * 1000);
-    log(`cold start: ${r.coldStart.ms === null ? `${r.coldStart.incomplete} agents never held ${o.n - 1} peers` : `every agent holds ${o.n - 1} peers after ${fmt(r.coldStart.ms)} ms`}`);
-    if (r.coldStart.ms === null) failures.push(`cold start: ${r.coldStart.incomplete} of ${o.n} agents did not hold ${o.n - 1} peers within ${o.coldStartLimitSeconds} s`);
+    log(`cold start: ${r.coldStart.ms === null ? `${r.coldStart.incomplete} agents never held ${o.n - 1} peers` : `every agent holds ${o.n - 1} peers after ${fmt(r.coldStart.ms)} ms (${fmt(r.coldStart.cpu.agentsS, 1)} s CPU)`}`);
+    if (r.coldStart.ms === null) failures.push(`cold start: ${r.coldStart.incomplete} of ${r.coldStart.agents} agents did not hold ${o.n - 1} peers within ${o.coldStartLimitSeconds} s`);
     if (r.coldStart.errors.length > 0) failures.push(`cold start errors: ${r.coldStart.errors.slice(0, 3).join('; ')}`);
 
     // let the tail of the start settle (cache writes, late emits) before the quiet window
@@ -79,7 +83,7 @@ export async function runSwarm(o: RunOptions): Promise<RunResult> {
 
     if (o.changes > 0) {
       r.oneChange = await swarm.oneChanges(o.changes);
-      log(`one change x${o.changes}: p50 ${fmt(r.oneChange.p50Ms, 1)} p99 ${fmt(r.oneChange.p99Ms, 1)} max ${fmt(r.oneChange.maxMs, 1)} ms; agents ${fmt(r.oneChange.agentsCpuSPerChange * 1000, 1)} ms CPU per change`);
+      log(`one change x${o.changes}: p50 ${fmt(r.oneChange.p50Ms, 1)} p99 ${fmt(r.oneChange.p99Ms, 1)} max ${fmt(r.oneChange.maxMs, 1)} ms; agents ${fmt(r.oneChange.agentsCpuSPerChange * 1000, 1)} ms CPU per change (${fmt(r.oneChange.networkCpuSPerChange * 1000, 1)} ms for all ${o.n})`);
       if (r.oneChange.undelivered > 0) failures.push(`one change: ${r.oneChange.undelivered} deliveries never happened`);
     }
     if (o.sustainSeconds > 0) {
@@ -92,7 +96,7 @@ export async function runSwarm(o: RunOptions): Promise<RunResult> {
     r.verify = await swarm.verifySettled(o.settleSeconds * 1000);
     log(`verify: ${r.verify.ok ? `every agent's peer set matches etcd (${r.verify.etcdHosts} hosts; agreed ${fmt(r.verify.settleMs)} ms after the last phase)` : `${r.verify.mismatched} agents differ from etcd`}`);
     if (!r.verify.ok) failures.push(`final peer sets: ${r.verify.mismatched} of ${r.verify.agents} agents still differ from etcd ${o.settleSeconds} s after the last phase (${r.verify.examples.join(' | ')})`);
-    r.agents = await swarm.stats();
+    r.agentStats = await swarm.stats();
     r.etcd = await etcdStatus(etcd.endpoint);
     if (o.beforeClose) await o.beforeClose(swarm);
   } catch (e) {
@@ -101,7 +105,7 @@ export async function runSwarm(o: RunOptions): Promise<RunResult> {
     await swarm?.close().catch((e: unknown) => void failures.push(`teardown: ${(e as Error).message}`));
     await etcd?.stop();
   }
-  return { n: o.n, workers: o.workers, ok: failures.length === 0, failures, ...r, startedAt, seconds: (Date.now() - t0) / 1000 };
+  return { n: o.n, agents: o.agents ?? o.n, workers: o.workers, ok: failures.length === 0, failures, ...r, startedAt, seconds: (Date.now() - t0) / 1000 };
 }
 
 /** etcd's version and database size, from its HTTP endpoints. */

@@ -99,7 +99,7 @@ describe('bench:swarm in quick mode', () => {
     expect(result.sustained!.undelivered).toBe(0);
     expect(result.idle!.etcdPct).not.toBeNull();
     expect(result.verify).toMatchObject({ ok: true, agents: N, mismatched: 0, etcdHosts: N });
-    expect(result.agents).toMatchObject({ peersMin: N - 1, peersMax: N - 1, connected: N, invalidRecords: 0 });
+    expect(result.agentStats).toMatchObject({ peersMin: N - 1, peersMax: N - 1, connected: N, invalidRecords: 0 });
   }, 240_000);
 
   it('the final check fails on an expected set that differs from what the agents hold', () => {
