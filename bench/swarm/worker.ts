@@ -250,7 +250,10 @@ class Worker {
 function main(): void {
   if (!process.send) throw new Error('bench/swarm/worker: run me with child_process.fork');
   const w = new Worker();
-  const reply = (r: Reply) => process.send!(r);
+  // The coordinator may be gone by the time an answer is ready (killed, crashed): drop it.
+  const reply = (r: Reply) => {
+    if (process.connected) process.send!(r, undefined, {}, () => undefined);
+  };
   process.on('message', (msg: Request) => {
     w.handle(msg).then(
       (value) => reply({ id: msg.id, ok: true, value }),
