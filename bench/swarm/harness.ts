@@ -665,6 +665,7 @@ export class Swarm {
       invalidRecords: sum((x) => x.invalidRecords),
       connected: sum((x) => x.connected),
       warnings: sum((x) => x.warnings),
+      registerRetries: sum((x) => x.registerRetries),
       firstWarnings: r.flatMap((x) => x.firstWarnings).slice(0, 5),
       rssBytes: sum((x) => x.rssBytes),
       rssMiB: sum((x) => x.rssBytes) / 2 ** 20,

@@ -110,6 +110,8 @@ export interface StatsReply {
   readonly invalidRecords: number;
   readonly connected: number;
   readonly warnings: number;
+  /** Registrations retried after a failure (Agent.register's loop). */
+  readonly registerRetries: number;
   readonly firstWarnings: readonly string[];
   readonly rssBytes: number;
 }

@@ -80,7 +80,7 @@ export function table(results: readonly RunResult[]): string {
     ['agents CPU per change at 10/s (ms)', (r) => f(r.sustained ? r.sustained.agentsCpuSPerChange * 1000 : null, 1)],
     ['idle CPU: all agents / per agent / etcd (% core)', (r) => `${f(r.idle?.agentsPct, 1)} / ${f(r.idle?.perAgentPct, 3)} / ${f(r.idle?.etcdPct, 2)}`],
     ['worker RSS total (MiB)', (r) => f(r.agentStats?.rssMiB)],
-    ['registry warnings', (r) => f(r.agentStats?.warnings)],
+    ['registry warnings / registrations retried', (r) => `${f(r.agentStats?.warnings)} / ${f(r.agentStats?.registerRetries)}`],
     ['final peer sets = etcd', (r) => (r.verify ? (r.verify.ok ? 'yes' : `NO (${r.verify.mismatched} agents)`) : '-')],
   ];
   const head = ['N', ...results.map((r) => (r.agents < r.n ? `${r.n} (${r.agents} agents)` : String(r.n)))];

@@ -45,6 +45,7 @@ interface VirtualAgent {
   readonly spec: AgentSpec;
   readonly slot: number; // position in this worker
   readonly client: Etcd3;
+  readonly link: EtcdLink;
   readonly registry: Registry;
   readonly consumer: PeerConsumer;
   completeAt: number;
@@ -59,6 +60,9 @@ class Worker {
   private ed: Ed25519 | null = null;
   private completeWaiters: (() => void)[] = [];
   private remaining = 0;
+  /** Registrations (publish, then alive key) that failed and were retried, as Agent.register does. */
+  private registerRetries = 0;
+  private stopping = false;
 
   async handle(req: Request): Promise<unknown> {
     switch (req.type) {
@@ -109,6 +113,7 @@ class Worker {
         spec,
         slot,
         client,
+        link,
         registry,
         completeAt: NaN,
         consumer: createConsumer(req.consumer, {
@@ -146,10 +151,7 @@ class Worker {
     });
     await Promise.all(
       this.agents.map(async (a) => {
-        const register = (async () => {
-          await a.registry.publish(a.spec.record);
-          await a.registry.startAlive();
-        })();
+        const register = this.register(a);
         try {
           await a.consumer.attach(a.registry);
           await register;
@@ -162,6 +164,25 @@ class Worker {
     await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, limitMs)))]);
     clearTimeout(timer);
     return { completeAt: Float64Array.from(this.agents.map((a) => a.completeAt)), errors };
+  }
+
+  /**
+   * Agent.register: publish, then the alive key; on failure wait for the link's next round and
+   * try again (a starved process can miss its first lease). Never rejects.
+   */
+  private async register(a: VirtualAgent): Promise<void> {
+    while (!this.stopping) {
+      try {
+        const res = await a.registry.publish(a.spec.record);
+        if (!res.written) throw new Error(`${a.spec.name}: another writer published under this name`);
+        await a.registry.startAlive();
+        return;
+      } catch {
+        if (this.stopping) return;
+        this.registerRetries++;
+        await a.link.wait();
+      }
+    }
   }
 
   private collect(req: CollectRequest): CollectReply {
@@ -235,12 +256,14 @@ class Worker {
       peersMax,
       ...sum,
       warnings: this.warnings,
+      registerRetries: this.registerRetries,
       firstWarnings: [...this.firstWarnings],
       rssBytes: process.memoryUsage.rss(),
     };
   }
 
   private async stop(): Promise<void> {
+    this.stopping = true;
     await Promise.all(this.agents.map((a) => a.registry.close().catch(() => undefined)));
     for (const a of this.agents) a.client.close();
     this.agents = [];
