@@ -43,7 +43,7 @@ const USAGE = `usage: npm run bench:swarm -- [options]
   --cold-start-limit S how long to wait for the cold start before going on (default 1800)
   --settle-seconds S   final check: how long agents may take to agree with etcd (default 300)
   --no-cache           agents keep no peer cache file (the agent keeps one)
-  --consumer KIND      what sits behind each registry: ${CONSUMER_KINDS.join(', ')} (default agent-table)
+  --consumer KIND      what sits behind each registry: ${CONSUMER_KINDS.join(', ')} (default peer-table)
   --json               print the JSON document instead of the table
   -h, --help`;
 
@@ -115,7 +115,7 @@ function parseSwarmOptions(argv: readonly string[]): SwarmBenchOptions {
     if (list.length === 0) throw new OptionsError('--n: empty list');
     ns = list.map((s) => num('n', s, 0, 2, 5000));
   }
-  const consumer = values.consumer ?? 'agent-table';
+  const consumer = values.consumer ?? 'peer-table';
   if (!(CONSUMER_KINDS as readonly string[]).includes(consumer)) throw new OptionsError(`--consumer: "${consumer}" is not one of ${CONSUMER_KINDS.join(', ')}`);
   return Object.freeze({
     ns: Object.freeze(ns),

@@ -4,7 +4,13 @@
  * (a peer-table module of its own, a delta callback instead of whole snapshots) plugs in as one
  * more kind here without touching the harness.
  *
- * 'agent-table' (the only kind today) is Agent.onPeers of src/agent/agent.ts as of 2026-12-02,
+ * 'peer-table' (the default) is the agent's pipeline since issue 11: `Registry.watchChanges` hands
+ * over only what changed, and each changed peer goes through the agent's own `PeerTable`
+ * (src/agent/peer-table.ts) and a real PathManager, as Agent.onPeerChange does, minus the data
+ * plane and the handshakes (a list of the changed peers is still built, as the agent hands it to
+ * HandshakeManager.updatePeers).
+ *
+ * 'agent-table' (the pipeline before issue 11, kept for A/B runs) is Agent.onPeers of src/agent/agent.ts as of 2026-12-02,
  * minus what needs a data plane: for every record of every snapshot it parses the endpoints and
  * the overlay address, skips records without a usable endpoint or with our own key, declares the
  * candidates to a real PathManager (src/agent/paths.ts), updates or adds the table entry (a slot
@@ -16,11 +22,12 @@
  */
 import { mayRelay } from '../../src/control/cert';
 import type { HostRecord } from '../../src/control/records';
-import type { PeerSnapshot, Registry, WatchSource } from '../../src/control/registry';
+import type { PeerChange, PeerSnapshot, Registry, WatchSource } from '../../src/control/registry';
+import { PeerTable } from '../../src/agent/peer-table';
 import { PathManager, type Endpoint } from '../../src/agent/paths';
 import { parseEndpoint, parseIpv4 } from '../../src/util/ipv4';
 
-export const CONSUMER_KINDS = ['agent-table'] as const;
+export const CONSUMER_KINDS = ['peer-table', 'agent-table'] as const;
 export type ConsumerKind = (typeof CONSUMER_KINDS)[number];
 
 export type PeerEventKind = 'added' | 'updated' | 'removed';
@@ -42,6 +49,8 @@ export interface ConsumerOptions {
 
 export function createConsumer(kind: ConsumerKind, opts: ConsumerOptions): PeerConsumer {
   switch (kind) {
+    case 'peer-table':
+      return new PeerTableConsumer(opts);
     case 'agent-table':
       return new AgentTableConsumer(opts);
   }
@@ -124,5 +133,54 @@ class AgentTableConsumer implements PeerConsumer {
       ip: p.endpoint.ip,
       port: p.endpoint.port,
     }));
+  }
+}
+
+class PeerTableConsumer implements PeerConsumer {
+  private readonly peers: PeerTable;
+  private readonly paths: PathManager;
+  private readonly view = new Map<string, HostRecord>();
+  /** The last list the agent would have handed to HandshakeManager.updatePeers. */
+  handshakeList: readonly HandshakePeer[] = [];
+
+  constructor(private readonly o: ConsumerOptions) {
+    this.peers = new PeerTable({ maxPeers: 1 << 16, resetSlot: () => undefined, ownKey: o.publicKey, now: o.now });
+    this.paths = new PathManager({ now: o.now ?? Date.now, isLocal: () => false });
+  }
+
+  attach(registry: Registry): Promise<WatchSource> {
+    return registry.watchChanges((c) => this.onChange(c));
+  }
+
+  table(): ReadonlyMap<string, HostRecord> {
+    return this.view;
+  }
+
+  private onChange(c: PeerChange): void {
+    const upserted: HandshakePeer[] = [];
+    for (const m of [c.added, c.changed]) {
+      for (const [name, rec] of m) {
+        if (this.peers.usable(rec) !== null) {
+          this.remove(name);
+          continue;
+        }
+        const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
+        this.paths.setPeer(name, cands, mayRelay(rec));
+        const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
+        const { added } = this.peers.upsert(name, rec, endpoint);
+        this.view.set(name, rec);
+        this.o.onEvent(added ? 'added' : 'updated', name, rec);
+        upserted.push({ name, publicKey: new Uint8Array(Buffer.from(rec.publicKey, 'base64')), ip: endpoint.ip, port: endpoint.port });
+      }
+    }
+    for (const name of c.removed) this.remove(name);
+    this.handshakeList = upserted;
+  }
+
+  private remove(name: string): void {
+    if (!this.peers.remove(name)) return;
+    this.paths.removePeer(name);
+    this.view.delete(name);
+    this.o.onEvent('removed', name, null);
   }
 }

@@ -64,7 +64,7 @@ describe('bench:swarm in quick mode', () => {
       coldStartLimitSeconds: 60,
       settleSeconds: 30,
       cache: true,
-      consumer: 'agent-table',
+      consumer: 'peer-table',
       workerScript,
       log: (m) => console.log(m),
       beforeClose: async (swarm) => {
