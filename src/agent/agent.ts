@@ -26,6 +26,7 @@ import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
+import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
 import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
@@ -95,8 +96,6 @@ interface PeerEntry {
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
 const BYE_FLUSH_MS = 50;
 const BYE_COPIES = 2;
-/** How often the path choice runs (probes, moves). */
-const PATH_TICK_MS = 250;
 /** How often configured STUN servers and cloud metadata are asked again. */
 const DISCOVERY_EVERY_MS = 60_000;
 
@@ -113,14 +112,17 @@ export class Agent {
   private member!: Membership;
   private hs?: HandshakeManager;
   private hsTimestamps?: FileTimestamps;
-  private hsTimer?: NodeJS.Timeout;
-  private pathTimer?: NodeJS.Timeout;
+  /** Handshake and path timers run when one of their peers is due, not on a fixed tick. */
+  private readonly hsTimer = new DeadlineTimer(() => this.hs?.tick());
+  private readonly pathTimer = new DeadlineTimer(() => this.pathTick());
   private discoveryTimer?: NodeJS.Timeout;
   private paths!: PathManager;
   private reflexive!: ReflexiveTracker;
   private stun?: StunClient;
   private changes?: LocalChangeMonitor;
   private routeEvents?: RouteMonitor;
+  /** Called once when the route monitor's socket turns readable (the data-plane worker watches it). */
+  private onRouteReadable: (() => void) | null = null;
   private localPrefixes: Prefix[] = [];
   /** Our underlay address set when last read ("ip/len,..."), null before the first read. */
   private addrKey: string | null = null;
@@ -149,7 +151,7 @@ export class Agent {
     private readonly addresses: AddressSource = systemAddresses([cfg.interface]),
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
-    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
+    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip), wake: (at) => this.pathTimer.arm(at) });
     this.reflexive = new ReflexiveTracker(Date.now, () => this.addresses.list().map((a) => a.address));
   }
 
@@ -220,6 +222,16 @@ export class Agent {
         const name = this.nameOfSlot(slot);
         if (name) this.hs?.confirmed(name, keyId);
       },
+      onReadable: () => {
+        const fn = this.onRouteReadable;
+        this.onRouteReadable = null;
+        fn?.();
+      },
+      onWant: (ip) => {
+        // A packet for a peer with no session to send it on: handshake now, not at its retry.
+        const name = this.nameOfOverlay(ip);
+        if (name) this.hs?.demand(name);
+      },
       onBye: (slot) => {
         // Authenticated by the peer's session: an etcd writer cannot send it (roster.ts).
         const name = this.nameOfSlot(slot);
@@ -250,16 +262,22 @@ export class Agent {
         this.paths.onHandshake(name, from);
         this.syncPaths();
       },
-      onChange: (now) => (now ? this.pushPeers() : this.schedulePush()),
+      onChange: (now) => {
+        if (now) this.pushPeers();
+        else this.schedulePush();
+        // A peer with a session now is probed (or one without is not): the path choice looks again.
+        this.pathTimer.arm(Date.now());
+      },
+      lastRx: (name) => {
+        const p = this.peers.get(name);
+        return p && this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
+      },
+      wake: (at) => this.hsTimer.arm(at),
       log: this.log,
       timers: timersFromEnv(process.env),
       timestamps: (this.hsTimestamps = new FileTimestamps(path.join(cfg.stateDir, HS_TIMESTAMPS_FILE), this.log)),
       onUnknownInitiator: (key) => void this.registry?.returned(Buffer.from(key).toString('base64')),
     });
-    this.hsTimer = setInterval(() => this.hs?.tick(), 100);
-    this.hsTimer.unref();
-    this.pathTimer = setInterval(() => this.pathTick(), PATH_TICK_MS);
-    this.pathTimer.unref();
     this.stun = new StunClient({
       send: (data, ip, port) => sendDatagram(udpFd, data, ip, port),
       now: () => performance.now(),
@@ -484,8 +502,23 @@ export class Agent {
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'no netlink route events; relying on periodic address checks');
     }
+    const events = this.routeEvents;
     this.changes = new LocalChangeMonitor({
-      events: this.routeEvents ?? null,
+      events: events ?? null,
+      // The worker's poll set watches the netlink socket: no 100 ms poll on this thread.
+      readable:
+        events && this.engine
+          ? {
+              arm: (fn) => {
+                this.onRouteReadable = fn;
+                this.engine?.watch(events.fd);
+              },
+              disarm: () => {
+                this.onRouteReadable = null;
+                this.engine?.watch(-1);
+              },
+            }
+          : undefined,
       addresses: this.addresses,
       clock: { now: Date.now, mono: () => performance.now() },
       timers: intervalTimers,
@@ -538,13 +571,16 @@ export class Agent {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
-    this.syncPaths();
+    this.syncPaths(actions.moves.map((m) => m.name));
+    this.pathTimer.arm(this.paths.nextDue());
   }
 
-  /** Carries the path choice to the handshakes and the data plane. */
-  private syncPaths(): void {
+  /** Carries the path choice to the handshakes and the data plane (for `names`, default every peer). */
+  private syncPaths(names?: readonly string[]): void {
     let changed = false;
-    for (const [name, p] of this.peers) {
+    for (const name of names ?? this.peers.keys()) {
+      const p = this.peers.get(name);
+      if (!p) continue;
       const cur = this.paths.current(name);
       if (cur === null || sameEndpoint(cur, p.endpoint)) continue;
       const st = this.paths.state(name);
@@ -835,8 +871,8 @@ export class Agent {
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     this.etcdLink?.close(); // ends the register/republish waits
-    clearInterval(this.hsTimer);
-    clearInterval(this.pathTimer);
+    this.hsTimer.close();
+    this.pathTimer.close();
     clearInterval(this.discoveryTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
