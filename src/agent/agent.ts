@@ -124,6 +124,8 @@ export class Agent {
   /** Called once when the route monitor's socket turns readable (the data-plane worker watches it). */
   private onRouteReadable: (() => void) | null = null;
   private localPrefixes: Prefix[] = [];
+  /** Our underlay addresses ("a.b.c.d") as of the last updateLocal(). */
+  private ownAddresses: string[] = [];
   /** Our underlay address set when last read ("ip/len,..."), null before the first read. */
   private addrKey: string | null = null;
   private metadataIp: string | null = null;
@@ -152,7 +154,8 @@ export class Agent {
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
     this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip), wake: (at) => this.pathTimer.arm(at) });
-    this.reflexive = new ReflexiveTracker(Date.now, () => this.addresses.list().map((a) => a.address));
+    // (our addresses as of the last updateLocal(): every pong asks, and a fresh list costs a netlink dump)
+    this.reflexive = new ReflexiveTracker(Date.now, () => this.ownAddresses);
   }
 
   async start(): Promise<void> {
@@ -416,6 +419,7 @@ export class Agent {
       this.etcdLink?.kick();
     }
     this.addrKey = addrKey;
+    this.ownAddresses = list.map((a) => a.address);
     for (const a of list) {
       const ip = parseIpv4(a.address);
       if (ip === null || a.address === this.overlayIp) continue;

@@ -70,6 +70,12 @@ export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
 export const SILENCE_PING_MS = 300;
 /** How long after its last burst a peer counts as "was sending steadily". */
 export const ACTIVE_WINDOW_MS = 3_000;
+/**
+ * A peer counts as busy when at least two packets came from it between two timer runs at most
+ * this far apart (the worker runs them every 50 ms while traffic flows, and may sleep for seconds
+ * when idle: a ping and a pong over seconds are no burst).
+ */
+const BUSY_SPAN_MS = 100;
 /** A destination without a session is reported to the control thread at most this often. */
 export const WANT_EVERY_MS = 1_000;
 /** Destinations remembered for that limit; the memory is cleared when it holds more. */
@@ -111,6 +117,8 @@ export class Outbound {
   private readonly prefixes = new PrefixTable<OutPeer>();
   /** When each destination without a session was last reported (mono ms). */
   private readonly wanted = new Map<number, number>();
+  /** When timers() last ran (mono ms). */
+  private lastTimers = -Infinity;
   /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
   onWant: ((dst: number) => void) | null = null;
 
@@ -407,12 +415,14 @@ export class Outbound {
     const now = this.clock.now();
     const s = this.stats.peers;
     let next = Infinity;
+    const short = mono - this.lastTimers <= BUSY_SPAN_MS;
+    this.lastTimers = mono;
     for (const p of this.bySlot.values()) {
       if (list.count >= batch.capacity) return mono;
       if (!p.sendable) continue;
       const base = p.cfg.slot * PEER_STRIDE;
       const rx = s[base + P_RX_PKTS]!;
-      if (rx - p.rxSeen >= 2) p.busyAt = mono;
+      if (short && rx - p.rxSeen >= 2) p.busyAt = mono;
       p.rxSeen = rx;
       const quiet = now - s[base + P_LAST_RX]!;
       const interval =
