@@ -56,7 +56,7 @@ export const RETRY_MAX_MS = 5_000;
 export const QUIET_RETRY_MAX_MS = 120_000;
 /** A peer heard from (a packet or a completed handshake) this recently is retried at RETRY_MAX_MS at most. */
 export const HEARD_RECENTLY_MS = 60_000;
-/** A session due for a rekey with nothing received on it yet is looked at again this often. */
+/** A session due for a rekey with nothing received on it yet is looked at again this often (at most a tenth of rekeyAfter). */
 const IDLE_RECHECK_MS = 10_000;
 export const INITIATE_DELAY_MS = 250;
 export const UNDER_LOAD_PER_S = 50;
@@ -376,7 +376,7 @@ export class HandshakeManager {
    */
   tick(): void {
     const now = this.now();
-    if (now - this.cookieSecretAt > COOKIE_SECRET_MS) {
+    if (now - this.cookieSecretAt >= COOKIE_SECRET_MS) {
       this.cookieSecret.fill(0);
       this.cookieSecret = this.freshSecret();
       this.cookieSecretAt = now;
@@ -438,7 +438,7 @@ export class HandshakeManager {
       if (now < at) next = Math.min(next, at);
       else if ((this.d.lastRx?.(st.name) ?? Infinity) > newest.created) due = true;
       // Nothing came back on it: no rekey (it expires unless the peer speaks up; then we rekey).
-      else next = Math.min(next, now + IDLE_RECHECK_MS);
+      else next = Math.min(next, now + Math.min(IDLE_RECHECK_MS, this.timers.rekeyAfterMs / 10));
     }
     if (!due) {
       st.attempts = 0;
