@@ -643,6 +643,8 @@ export class Agent {
       const endpoint = this.paths.current(name) ?? { ip: ep.ip, port: ep.port };
       const old = this.peers.get(name);
       if (old) {
+        // A new record (a restart, a move): a peer we were backing off from may answer now.
+        if (old.record.session !== rec.session || old.record.epoch !== rec.epoch) this.hs?.nudge(name);
         old.record = rec;
         old.overlayIp = overlay;
         continue;

@@ -303,10 +303,24 @@ export class HandshakeManager {
     if (!st) return;
     const now = this.now();
     if (this.current(st, now)) return;
-    if (st.pending && now - st.pending.sentAt < RETRY_MIN_MS) return;
     st.attempts = 0;
+    if (st.pending && now - st.pending.sentAt < RETRY_MIN_MS) {
+      // (one in flight: the next try comes RETRY_MIN_MS after it, not at its old backoff)
+      st.nextAttempt = Math.min(st.nextAttempt, st.pending.sentAt + RETRY_MIN_MS);
+      this.due(st, st.nextAttempt);
+      return;
+    }
     this.initiate(st, now);
     this.due(st, st.nextAttempt);
+  }
+
+  /**
+   * The peer's record changed (it restarted, or moved): whatever it did not answer before, it
+   * may answer now. A peer we were backing off from is tried at once and on the fast schedule.
+   */
+  nudge(name: string): void {
+    const st = this.peers.get(name);
+    if (st && !this.current(st, this.now())) this.hurry(st, this.now());
   }
 
   /** A peer that may answer now (new endpoint): retry at once and on the fast schedule. */

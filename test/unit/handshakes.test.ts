@@ -679,3 +679,47 @@ describe('HandshakeManager: timers by deadline, quiet peers, handshakes on deman
     expect(w.lo.m.usable('hi')!.send.created).toBeGreaterThan(created);
   });
 });
+
+describe('HandshakeManager: a waiting packet and a new record restart the fast schedule (issue 11)', () => {
+  it('demand() while an initiation is in flight brings the next try to RETRY_MIN_MS after it', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => 0 }) });
+    c.t = w.now();
+    for (let i = 0; i < 12; i++) {
+      c.t = w.lo.m.nextDue();
+      w.lo.m.tick(); // the backoff grows past a minute
+    }
+    c.t += 1_000;
+    w.lo.m.tick();
+    expect(w.lo.m.nextDue() - c.t).toBeGreaterThan(60_000);
+    w.lo.m.demand('hi');
+    const sentAt = c.t;
+    c.t += 100;
+    w.lo.m.demand('hi'); // in flight for 100 ms: no new one, but the next comes soon
+    expect(w.lo.m.nextDue()).toBeLessThanOrEqual(sentAt + RETRY_MIN_MS);
+  });
+
+  it('nudge() (a new record) tries a peer in slow backoff at once; a peer with a session is left alone', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => 0 }) });
+    c.t = w.now();
+    for (let i = 0; i < 12; i++) {
+      c.t = w.lo.m.nextDue();
+      w.lo.m.tick();
+    }
+    expect(w.lo.m.nextDue() - c.t).toBeGreaterThan(60_000);
+    w.lo.m.nudge('hi');
+    expect(w.lo.m.nextDue()).toBe(c.t);
+    const sent = w.lo.m.stats.initiationsSent;
+    w.lo.m.tick();
+    expect(w.lo.m.stats.initiationsSent).toBe(sent + 1);
+    expect(w.lo.m.nextDue() - c.t).toBeLessThanOrEqual(RETRY_MIN_MS * 1.2 + 1);
+
+    const ok = await world();
+    ok.deliver();
+    ok.lo.m.tick();
+    const due = ok.lo.m.nextDue();
+    ok.lo.m.nudge('hi');
+    expect(ok.lo.m.nextDue()).toBe(due);
+  });
+});
