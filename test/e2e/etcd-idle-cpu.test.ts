@@ -31,7 +31,6 @@ const WINDOW_MS = 30_000;
 const MAX_PCT = 1;
 const RECONNECT_MAX_MS = 35_000;
 const ROUTE_FAST_MS = 5_000;
-const CLK_TCK = Number(runSync(['getconf', 'CLK_TCK']).stdout.trim()) || 100;
 
 function logMessages(a: Agent): { level: number; msg: string }[] {
   return fs
