@@ -150,7 +150,7 @@ export class PathManager {
         discoverUntil: now + DISCOVER_MS,
         lastProbe: -Infinity,
         directLostAt: now,
-        dueAt: now,
+        dueAt: Infinity, // (due at once, below)
         hadSession: false,
         relaying: false,
       };
