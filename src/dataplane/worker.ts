@@ -169,6 +169,7 @@ async function main(init: WorkerInit): Promise<void> {
       const msg = m.message as ToWorker;
       if (msg.t === 'peers') {
         d.setPeers(msg.peers);
+        nextTimer = -Infinity; // new sessions want their first ping: look at the timers soon
         // This message is the worker's own copy: its key bytes are loaded now, erase them.
         for (const p of msg.peers) {
           for (const x of p.sessions) {
@@ -178,14 +179,15 @@ async function main(init: WorkerInit): Promise<void> {
         }
       }
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
-      else if (msg.t === 'pingAll') d.pingAll();
+      else if (msg.t === 'pingAll') {
+        d.pingAll();
+        nextTimer = -Infinity;
+      }
       else if (msg.t === 'byeAll') d.byeAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
       else if (msg.t === 'expect') d.expect(msg.ip);
       else if (msg.t === 'watch') poller.setFd(WATCHED, msg.fd);
     }
-    // New sessions want their first ping, a pingAll its pings: look at the timers soon.
-    nextTimer = -Infinity;
   };
   const checkMail = () => {
     const m = Atomics.load(ctrl, CTRL_MAIL);

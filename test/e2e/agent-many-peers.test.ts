@@ -12,18 +12,22 @@ import { cpuPercent, rssBytes } from '../helpers/proc';
  *
  *   memory     RSS < 110 MiB
  *   idle CPU   < 2 % of a core over WINDOW_MS (all threads, /proc/<pid>/stat)
- *   no storm   at most 2 handshake initiations per quiet peer in WINDOW_MS (its own counter).
- *              Before (retries every 5 s forever): about 12 per peer a minute, ~200 a second.
+ *   no storm   at most 1.5 handshake initiations per quiet peer in WINDOW_MS (its own counter).
+ *              Before (retries every 5 s forever): 24 per peer in 120 s, ~200 a second.
+ *
+ * The window starts SETTLE_MS after the peers were loaded, when the retries of a peer that never
+ * answered are about a minute apart and growing to two: [80 s, 200 s] holds one of them (near
+ * 140 s), so the rate measured is the steady one, about N per two minutes.
  *   on demand  a packet for one of them starts handshakes at once and keeps them coming while
  *              packets wait (counted on the wire, nft in the agent's namespace)
  */
 const isRoot = process.getuid?.() === 0;
 const N = 999;
-const SETTLE_MS = 40_000;
-const WINDOW_MS = 60_000;
+const SETTLE_MS = 80_000;
+const WINDOW_MS = 120_000;
 const RSS_MAX = 110 * 1024 * 1024;
 const CPU_MAX_PCT = 2;
-const INITIATIONS_PER_PEER_MAX = 2;
+const INITIATIONS_PER_PEER_MAX = 1.5;
 const FLEET_BASE = '100.64.4.0';
 const FLEET_ENDPOINTS = '198.19.128.0';
 const FLEET_JS = path.resolve(__dirname, '..', '..', 'dist', 'testbed', 'fleet.js');
