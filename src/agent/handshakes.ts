@@ -459,7 +459,7 @@ export class HandshakeManager {
       st.dueAt = next;
       return;
     }
-    if (!st.pending || now >= st.nextAttempt) this.initiate(st, now);
+    if (now >= st.nextAttempt) this.initiate(st, now);
     st.dueAt = Math.min(next, st.nextAttempt);
   }
 
@@ -476,6 +476,11 @@ export class HandshakeManager {
     const cookie = st.cookie && now - st.cookie.at < COOKIE_SECRET_MS ? st.cookie.value : null;
     const ts = Math.max(now, this.lastTimestamp + 1);
     this.lastTimestamp = ts;
+    // (the next try is scheduled even when this one fails: a key that cannot be used, a
+    // low-order point, must not be retried at every timer turn)
+    const backoff = this.backoff(st, now);
+    st.attempts++;
+    st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     const r = this.d.noise.initiate(st.publicKey, localIndex, timestamp(ts), cookie);
     if (!r) {
       st.pending = null;
@@ -483,9 +488,6 @@ export class HandshakeManager {
     }
     st.pending = { ...r.pending, sentAt: now };
     this.byIndex.set(localIndex, { peer: st, pending: true });
-    const backoff = this.backoff(st, now);
-    st.attempts++;
-    st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     this.stats.initiationsSent++;
     const targets = this.d.targets?.(st.name, st.sessions.some((s) => s.confirmed)) ?? [];
     if (targets.length === 0) targets.push(st.endpoint);

@@ -723,3 +723,27 @@ describe('HandshakeManager: a waiting packet and a new record restart the fast s
     expect(ok.lo.m.nextDue()).toBe(due);
   });
 });
+
+describe('HandshakeManager: a peer key that cannot be used (issue 11)', () => {
+  it('an initiation that fails (a low-order public key) is retried on the backoff, not at every timer turn', async () => {
+    const s = await loadSodium();
+    const me = s.crypto_box_keypair();
+    let now = 1_000_000;
+    const m = new HandshakeManager({ noise: new Noise(s, me.privateKey, me.publicKey), send: () => {}, onChange: () => {}, log: silentLogger, now: () => now, random: () => 0 });
+    m.setPeers([{ name: 'bad', publicKey: new Uint8Array(32), ip: 1, port: 51820 }]); // the zero point: every DH with it fails
+    expect(m.stats.initiationsSent).toBe(0);
+    const dues: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const due = m.nextDue();
+      expect(due).toBeGreaterThan(now);
+      dues.push(due - now);
+      now = due;
+      m.tick();
+    }
+    // (the zero key sorts below ours: we wait INITIATE_DELAY_MS first, then back off from RETRY_MIN_MS)
+    expect(dues[0]).toBe(INITIATE_DELAY_MS);
+    expect(dues[1]).toBe(RETRY_MIN_MS);
+    for (let i = 2; i < dues.length; i++) expect(dues[i]!).toBe(dues[i - 1]! * 2);
+    expect(m.stats.initiationsSent).toBe(0);
+  });
+});
