@@ -26,6 +26,7 @@ import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
 import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
+import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
 import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
@@ -75,8 +76,6 @@ interface SavedState {
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
 const BYE_FLUSH_MS = 50;
 const BYE_COPIES = 2;
-/** How often the path choice runs (probes, moves). */
-const PATH_TICK_MS = 250;
 /** How often configured STUN servers and cloud metadata are asked again. */
 const DISCOVERY_EVERY_MS = 60_000;
 
@@ -95,15 +94,20 @@ export class Agent {
   private member!: Membership;
   private hs?: HandshakeManager;
   private hsTimestamps?: FileTimestamps;
-  private hsTimer?: NodeJS.Timeout;
-  private pathTimer?: NodeJS.Timeout;
+  /** Handshake and path timers run when one of their peers is due, not on a fixed tick. */
+  private readonly hsTimer = new DeadlineTimer(() => this.hs?.tick());
+  private readonly pathTimer = new DeadlineTimer(() => this.pathTick());
   private discoveryTimer?: NodeJS.Timeout;
   private paths!: PathManager;
   private reflexive!: ReflexiveTracker;
   private stun?: StunClient;
   private changes?: LocalChangeMonitor;
   private routeEvents?: RouteMonitor;
+  /** Called once when the route monitor's socket turns readable (the data-plane worker watches it). */
+  private onRouteReadable: (() => void) | null = null;
   private localPrefixes: Prefix[] = [];
+  /** Our underlay addresses ("a.b.c.d") as of the last updateLocal(). */
+  private ownAddresses: string[] = [];
   /** Our underlay address set when last read ("ip/len,..."), null before the first read. */
   private addrKey: string | null = null;
   private metadataIp: string | null = null;
@@ -132,8 +136,9 @@ export class Agent {
     private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
-    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip) });
-    this.reflexive = new ReflexiveTracker(Date.now, () => this.addresses.list().map((a) => a.address));
+    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip), wake: (at) => this.pathTimer.arm(at) });
+    // (our addresses as of the last updateLocal(): every pong asks, and a fresh list costs a netlink dump)
+    this.reflexive = new ReflexiveTracker(Date.now, () => this.ownAddresses);
   }
 
   async start(): Promise<void> {
@@ -209,6 +214,16 @@ export class Agent {
         const name = this.nameOfSlot(slot);
         if (name) this.hs?.confirmed(name, keyId);
       },
+      onReadable: () => {
+        const fn = this.onRouteReadable;
+        this.onRouteReadable = null;
+        fn?.();
+      },
+      onWant: (ip) => {
+        // A packet for a peer with no session to send it on: handshake now, not at its retry.
+        const name = this.nameOfOverlay(ip);
+        if (name) this.hs?.demand(name);
+      },
       onBye: (slot) => {
         // Authenticated by the peer's session: an etcd writer cannot send it (roster.ts).
         const name = this.nameOfSlot(slot);
@@ -239,16 +254,22 @@ export class Agent {
         this.paths.onHandshake(name, from);
         this.syncPaths();
       },
-      onChange: (now) => (now ? this.pushPeers() : this.schedulePush()),
+      onChange: (now) => {
+        if (now) this.pushPeers();
+        else this.schedulePush();
+        // A peer with a session now is probed (or one without is not): the path choice looks again.
+        this.pathTimer.arm(Date.now());
+      },
+      lastRx: (name) => {
+        const p = this.peers.get(name);
+        return p && this.engine ? this.engine.stats.peer(p.slot, P_LAST_RX) : 0;
+      },
+      wake: (at) => this.hsTimer.arm(at),
       log: this.log,
       timers: timersFromEnv(process.env),
       timestamps: (this.hsTimestamps = new FileTimestamps(path.join(cfg.stateDir, HS_TIMESTAMPS_FILE), this.log)),
       onUnknownInitiator: (key) => void this.registry?.returned(Buffer.from(key).toString('base64')),
     });
-    this.hsTimer = setInterval(() => this.hs?.tick(), 100);
-    this.hsTimer.unref();
-    this.pathTimer = setInterval(() => this.pathTick(), PATH_TICK_MS);
-    this.pathTimer.unref();
     this.stun = new StunClient({
       send: (data, ip, port) => sendDatagram(udpFd, data, ip, port),
       now: () => performance.now(),
@@ -415,6 +436,7 @@ export class Agent {
       this.etcdLink?.kick();
     }
     this.addrKey = addrKey;
+    this.ownAddresses = list.map((a) => a.address);
     for (const a of list) {
       const ip = parseIpv4(a.address);
       if (ip === null || a.address === this.overlayIp) continue;
@@ -501,8 +523,23 @@ export class Agent {
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'no netlink route events; relying on periodic address checks');
     }
+    const events = this.routeEvents;
     this.changes = new LocalChangeMonitor({
-      events: this.routeEvents ?? null,
+      events: events ?? null,
+      // The worker's poll set watches the netlink socket: no 100 ms poll on this thread.
+      readable:
+        events && this.engine
+          ? {
+              arm: (fn) => {
+                this.onRouteReadable = fn;
+                this.engine?.watch(events.fd);
+              },
+              disarm: () => {
+                this.onRouteReadable = null;
+                this.engine?.watch(-1);
+              },
+            }
+          : undefined,
       addresses: this.addresses,
       clock: { now: Date.now, mono: () => performance.now() },
       timers: intervalTimers,
@@ -556,14 +593,15 @@ export class Agent {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
-    this.syncPaths(only);
+    this.syncPaths(actions.moves.map((m) => m.name));
+    this.pathTimer.arm(this.paths.nextDue());
   }
 
-  /** Carries the path choice to the handshakes and the data plane (for every peer, or for `only`). */
-  private syncPaths(only?: readonly string[]): void {
+  /** Carries the path choice to the handshakes and the data plane (for `names`, default every peer). */
+  private syncPaths(names?: readonly string[]): void {
     let changed = false;
-    const list = only ? only.map((n) => [n, this.peers.get(n)] as const) : this.peers.entries();
-    for (const [name, p] of list) {
+    for (const name of names ?? this.peers.names()) {
+      const p = this.peers.get(name);
       if (!p) continue;
       const cur = this.paths.current(name);
       if (cur === null || sameEndpoint(cur, p.endpoint)) continue;
@@ -602,8 +640,12 @@ export class Agent {
   private onPeerChange(c: PeerChange): void {
     const upserted: string[] = [];
     const removed: string[] = [];
+    const renewed: string[] = [];
     for (const m of [c.added, c.changed]) {
       for (const [name, rec] of m) {
+        const old = this.peers.get(name)?.record;
+        // A new record (a restart, a move): a peer we were backing off from may answer now.
+        if (old && (old.session !== rec.session || old.epoch !== rec.epoch)) renewed.push(name);
         if (this.upsertPeer(name, rec)) upserted.push(name);
         else if (this.peers.has(name)) removed.push(name);
       }
@@ -617,6 +659,7 @@ export class Agent {
       }),
       removed,
     );
+    for (const name of renewed) this.hs?.nudge(name);
     this.syncPaths(upserted);
     // The workers hold the peers with sessions only: a new peer has none yet, and a removed one
     // with sessions was pushed by the handshakes' onChange when they forgot it.
@@ -796,8 +839,8 @@ export class Agent {
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     this.etcdLink?.close(); // ends the register/republish waits
-    clearInterval(this.hsTimer);
-    clearInterval(this.pathTimer);
+    this.hsTimer.close();
+    this.pathTimer.close();
     clearInterval(this.discoveryTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());

@@ -5,8 +5,11 @@
  * (re-discover endpoints, re-publish, re-handshake).
  *
  * Three timers:
- * 1. poll (every `pollMs`): drain netlink notifications. The first event opens a settle window;
- *    at the first poll tick at least `settleMs` later the window closes with one emission at most:
+ * 1. poll (every `pollMs`): drain netlink notifications. With `readable` (a signal that the
+ *    source's descriptor turned readable, e.g. from the data-plane worker's poll set) there is no
+ *    poll timer: the monitor drains when told, and a one-shot timer closes the settle window.
+ *    The first event opens a settle window;
+ *    at the first poll at least `settleMs` later the window closes with one emission at most:
  *    - `overflow` when notifications were lost (always emitted: anything may have changed);
  *    - else `address` when the re-read address set differs from the last one;
  *    - else `route` when any route message arrived (before == after);
@@ -56,11 +59,25 @@ export interface ChangeClock {
 export interface ChangeTimers {
   /** Calls fn every ms until cancelled. A late timer fires once, not once per missed period. */
   every(ms: number, fn: () => void): { cancel(): void };
+  /** Calls fn once after ms (needed with `readable` only). */
+  after?(ms: number, fn: () => void): { cancel(): void };
+}
+
+/**
+ * Tells the monitor when its event source has something to read, so that it need not poll.
+ * `arm(fn)` calls fn once, the next time the source's descriptor is readable (at once if it is
+ * now); the monitor drains the source and arms again. `disarm()` forgets a pending arm.
+ */
+export interface ReadableSignal {
+  arm(fn: () => void): void;
+  disarm(): void;
 }
 
 export interface ChangeMonitorDeps {
   /** null: no netlink; only the periodic re-read and the jump detector run. */
   events: RouteEventSource | null;
+  /** When `events` has something to read (no poll timer then; `timers.after` is required). */
+  readable?: ReadableSignal;
   /** Our underlay addresses (exclude the TUN there). */
   addresses: AddressSource;
   clock: ChangeClock;
@@ -93,6 +110,11 @@ export const intervalTimers: ChangeTimers = {
     h.unref();
     return { cancel: () => clearInterval(h) };
   },
+  after(ms, fn) {
+    const h = setTimeout(fn, ms);
+    h.unref();
+    return { cancel: () => clearTimeout(h) };
+  },
 };
 
 /** What one settle window collected. */
@@ -110,6 +132,9 @@ export class LocalChangeMonitor {
   private readonly jumpTickMs: number;
   private readonly jumpSlackMs: number;
   private timers: { cancel(): void }[] = [];
+  private running = false;
+  /** The one-shot that closes a settle window (readable mode). */
+  private settle: { cancel(): void } | null = null;
   private set: string[] = [];
   private pending: Pending | null = null;
   private lastWall = 0;
@@ -121,11 +146,13 @@ export class LocalChangeMonitor {
     this.rereadMs = positive(d.rereadMs, CHANGE_DEFAULTS.rereadMs, 'rereadMs');
     this.jumpTickMs = positive(d.jumpTickMs, CHANGE_DEFAULTS.jumpTickMs, 'jumpTickMs');
     this.jumpSlackMs = nonNegative(d.jumpSlackMs, CHANGE_DEFAULTS.jumpSlackMs, 'jumpSlackMs');
+    if (d.readable && !d.timers.after) throw new CladnetError('ECONFIG', 'change monitor: readable needs timers.after', { field: 'timers' });
   }
 
   /** Reads the current addresses (no emission) and starts the timers. A second call does nothing. */
   start(): void {
-    if (this.timers.length > 0) return;
+    if (this.running) return;
+    this.running = true;
     this.set = this.read() ?? [];
     this.pending = null;
     this.d.events?.drain(); // notifications queued before our baseline are part of it
@@ -139,16 +166,44 @@ export class LocalChangeMonitor {
     const reread = () => {
       if (!this.jumped()) this.reread();
     };
-    if (this.d.events) this.timers.push(t.every(this.pollMs, poll));
+    if (this.d.events && this.d.readable) this.armReadable();
+    else if (this.d.events) this.timers.push(t.every(this.pollMs, poll));
     this.timers.push(t.every(this.rereadMs, reread));
     this.timers.push(t.every(this.jumpTickMs, () => void this.jumped()));
   }
 
   /** Cancels every timer and forgets pending events. Does not close `events` (the caller's). */
   stop(): void {
+    this.running = false;
     for (const t of this.timers) t.cancel();
     this.timers = [];
+    this.settle?.cancel();
+    this.settle = null;
+    this.d.readable?.disarm();
     this.pending = null;
+  }
+
+  /** Readable mode: drain when the source has something, then wait for the next time. */
+  private armReadable(): void {
+    this.d.readable!.arm(() => {
+      if (!this.running) return;
+      if (!this.jumped()) this.poll();
+      this.armReadable();
+    });
+  }
+
+  /**
+   * Readable mode: a window left open (settling, or the address list failed) is closed by a
+   * one-shot timer, since no poll tick comes.
+   */
+  private scheduleSettle(): void {
+    if (!this.d.readable || !this.running || this.pending === null || this.settle !== null) return;
+    const left = this.pending.sinceMono + this.settleMs - this.d.clock.mono();
+    this.settle = this.d.timers.after!(Math.max(left, 0) > 0 ? Math.ceil(left) : this.pollMs, () => {
+      this.settle = null;
+      if (!this.running) return;
+      if (!this.jumped()) this.poll();
+    });
   }
 
   /** The address set as last read (a copy). */
@@ -167,9 +222,10 @@ export class LocalChangeMonitor {
       p.overflow ||= ev.overflow;
     }
     const p = this.pending;
-    if (!p || mono - p.sinceMono < this.settleMs) return;
+    if (!p) return;
+    if (mono - p.sinceMono < this.settleMs) return this.scheduleSettle();
     const after = this.read();
-    if (!after) return; // the address list failed: keep the window open, try on the next tick
+    if (!after) return this.scheduleSettle(); // the address list failed: keep the window open, try on the next tick
     this.pending = null;
     const before = this.set;
     const changed = !sameSet(before, after);

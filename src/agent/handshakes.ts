@@ -4,9 +4,16 @@
  *
  *   1. initiate   when a peer has no usable session (the host with the lower public key at once,
  *                 the other after INITIATE_DELAY_MS, so two hosts that meet rarely both start;
- *                 simultaneous initiations are harmless: each side then sends on its own),
- *                 and when our current session passes REKEY_AFTER
- *   2. retry      unanswered initiations, with exponential backoff from RETRY_MIN_MS to RETRY_MAX_MS
+ *                 simultaneous initiations are harmless: each side then sends on its own), at
+ *                 once when the data plane has a packet for it (demand()), and when our current
+ *                 session passes REKEY_AFTER, but only if the peer sent us anything on it since
+ *                 it was made (a session nothing came back on is left to expire: no rekeys
+ *                 toward a peer that went away; its next packet or our retries start anew)
+ *   2. retry      unanswered initiations, with exponential backoff from RETRY_MIN_MS: up to
+ *                 RETRY_MAX_MS while the peer was heard from within HEARD_RECENTLY_MS, up to
+ *                 QUIET_RETRY_MAX_MS for a peer that never answered or has long been silent
+ *                 (a host that comes up initiates itself; a new record or endpoint, a local
+ *                 change, or a packet to send starts the fast schedule again)
  *   3. respond    to a valid initiation from a known peer whose timestamp is newer than any before
  *                 (a replayed initiation is refused and counted; the newest timestamps outlive
  *                 a restart in the state dir, see ./hs-timestamps.ts). The session it makes is
@@ -45,6 +52,12 @@ export interface HandshakeTimers {
 export const DEFAULT_TIMERS: HandshakeTimers = { rekeyAfterMs: 120_000, rejectAfterMs: 180_000 };
 export const RETRY_MIN_MS = 250;
 export const RETRY_MAX_MS = 5_000;
+/** Retry backoff cap for a peer not heard from within HEARD_RECENTLY_MS (or never). */
+export const QUIET_RETRY_MAX_MS = 120_000;
+/** A peer heard from (a packet or a completed handshake) this recently is retried at RETRY_MAX_MS at most. */
+export const HEARD_RECENTLY_MS = 60_000;
+/** A session due for a rekey with nothing received on it yet is looked at again this often (at most a tenth of rekeyAfter). */
+const IDLE_RECHECK_MS = 10_000;
 export const INITIATE_DELAY_MS = 250;
 export const UNDER_LOAD_PER_S = 50;
 const COOKIE_SECRET_MS = 120_000;
@@ -97,6 +110,10 @@ interface PeerState {
   cookie: { value: Uint8Array; at: number } | null;
   /** A handshake is due regardless of session age (set by rekeyAll, cleared when one is confirmed). */
   forceAt: number | null;
+  /** When tick() must look at this peer next (its timers; earlier is harmless, later is a bug). */
+  dueAt: number;
+  /** Last time a handshake with it completed (ms; 0: never in this process). */
+  heardAt: number;
 }
 
 export interface HandshakeStats {
@@ -138,6 +155,16 @@ export interface HandshakeDeps {
   timers?: HandshakeTimers;
   /** Retry jitter only (default Math.random); never used for secrets. */
   random?: () => number;
+  /**
+   * When the data plane last received an authenticated packet from the peer (ms, the `now`
+   * clock; 0: never). A session nothing came back on is not rekeyed. Default: always traffic.
+   */
+  lastRx?(name: string): number;
+  /**
+   * Something became due earlier than nextDue() said before: tick() should run at `at` (ms,
+   * the `now` clock). The owner of the timer re-arms it; tick() itself never schedules.
+   */
+  wake?(at: number): void;
   /** The newest initiation timestamp seen per peer key; default in memory (lost on restart). */
   timestamps?: TimestampStore;
   /**
@@ -213,13 +240,20 @@ export class HandshakeManager {
     }
     const touched: PeerState[] = [];
     for (const p of upserts) touched.push(this.upsertPeer(p, now));
-    this.tickPeers(touched, now);
+    for (const st of touched) if (st.dueAt <= now) this.tickPeer(st, now);
+    let next = Infinity;
+    for (const st of touched) next = Math.min(next, st.dueAt);
+    if (next < Infinity) this.d.wake?.(next);
   }
 
   private upsertPeer(p: { name: string; publicKey: Uint8Array; ip: number; port: number }, now: number): PeerState {
     const old = this.peers.get(p.name);
     if (old && Buffer.from(old.publicKey).equals(Buffer.from(p.publicKey))) {
-      if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) old.endpoint = { ip: p.ip, port: p.port };
+      if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) {
+        old.endpoint = { ip: p.ip, port: p.port };
+        // Somewhere new to try: a peer we were backing off from gets the fast schedule again.
+        this.hurry(old, now);
+      }
       return old;
     }
     if (old) this.forget(old);
@@ -235,6 +269,8 @@ export class HandshakeManager {
       nextAttempt: 0,
       cookie: null,
       forceAt: null,
+      dueAt: now,
+      heardAt: 0,
     };
     this.peers.set(p.name, st);
     return st;
@@ -276,8 +312,64 @@ export class HandshakeManager {
       st.forceAt = now;
       st.attempts = 0;
       st.nextAttempt = now;
+      st.dueAt = now;
     }
     this.tick();
+  }
+
+  /**
+   * The data plane has a packet for `name` and no session to send it on: handshake now, and
+   * retry on the fast schedule again (the caller limits how often it asks). Nothing happens
+   * while a session is usable or in the making (an initiation younger than RETRY_MIN_MS, or an
+   * answered one awaiting its first packet).
+   */
+  demand(name: string): void {
+    const st = this.peers.get(name);
+    if (!st) return;
+    const now = this.now();
+    if (this.current(st, now)) return;
+    st.attempts = 0;
+    if (st.pending && now - st.pending.sentAt < RETRY_MIN_MS) {
+      // (one in flight: the next try comes RETRY_MIN_MS after it, not at its old backoff)
+      st.nextAttempt = Math.min(st.nextAttempt, st.pending.sentAt + RETRY_MIN_MS);
+      this.due(st, st.nextAttempt);
+      return;
+    }
+    this.initiate(st, now);
+    this.due(st, st.nextAttempt);
+  }
+
+  /**
+   * The peer's record changed (it restarted, or moved): whatever it did not answer before, it
+   * may answer now. A peer we were backing off from is tried at once and on the fast schedule.
+   */
+  nudge(name: string): void {
+    const st = this.peers.get(name);
+    if (st && !this.current(st, this.now())) this.hurry(st, this.now());
+  }
+
+  /** A peer that may answer now (new endpoint): retry at once and on the fast schedule. */
+  private hurry(st: PeerState, now: number): void {
+    st.attempts = 0;
+    if (st.pending) st.nextAttempt = now;
+    this.due(st, now);
+  }
+
+  /** `st` must be looked at by `at`: records it and tells the timer's owner. */
+  private due(st: PeerState, at: number): void {
+    if (at >= st.dueAt) return;
+    st.dueAt = at;
+    this.d.wake?.(at);
+  }
+
+  /**
+   * When tick() must run next (ms, the `now` clock): the earliest of every peer's timers and the
+   * cookie secret's rotation. Between events, calling tick() before then does nothing.
+   */
+  nextDue(): number {
+    let at = this.cookieSecretAt + COOKIE_SECRET_MS;
+    for (const st of this.peers.values()) if (st.dueAt < at) at = st.dueAt;
+    return at;
   }
 
   private sendTo(st: PeerState, msg: Uint8Array, e: Endpoint): void {
@@ -317,54 +409,90 @@ export class HandshakeManager {
 
   // ---- 1, 2, 6: timers ------------------------------------------------------------------------
 
+  /**
+   * Runs the timers of every peer that is due (see nextDue()). Safe to call at any time: a peer
+   * that is not due is skipped, so calling it late or often changes nothing but the cost.
+   */
   tick(): void {
     const now = this.now();
-    if (now - this.cookieSecretAt > COOKIE_SECRET_MS) {
+    if (now - this.cookieSecretAt >= COOKIE_SECRET_MS) {
       this.cookieSecret.fill(0);
       this.cookieSecret = this.freshSecret();
       this.cookieSecretAt = now;
     }
-    this.tickPeers(this.peers.values(), now);
+    for (const st of this.peers.values()) {
+      if (st.dueAt > now) continue;
+      this.tickPeer(st, now);
+    }
+    this.d.wake?.(this.nextDue());
   }
 
-  /** Steps 6, 1, 2 of the tick for `peers`. */
-  private tickPeers(peers: Iterable<PeerState>, now: number): void {
-    for (const st of peers) {
-      // 6. expire
-      const before = st.sessions.length;
-      st.sessions = st.sessions.filter((s) => {
-        const keep = now - s.created < this.timers.rejectAfterMs;
-        if (!keep) {
-          this.byIndex.delete(s.localIndex);
-          this.wipe(s);
-        }
-        return keep;
-      });
-      // (the data plane moves sending off a session past its deadline by itself)
-      if (st.sessions.length !== before) this.d.onChange();
-      // 1, 2. initiate or retry: measured on the newest confirmed session, or an unconfirmed one
-      //    young enough to be a rekey in progress (a replayed initiation cannot hold one off long)
-      const newest = st.sessions.find(
-        (s) =>
-          now < this.sendDeadline(s) &&
-          (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS) &&
-          (s.initiator || this.timers.bothSides !== true),
-      );
-      let due = false;
-      if (!newest) due = st.lowerThanPeer || now - st.addedAt >= INITIATE_DELAY_MS;
-      else if (st.forceAt !== null && newest.created < st.forceAt) due = true;
-      else {
-        const age = now - newest.created;
-        const mine = newest.initiator;
-        due = age >= this.timers.rekeyAfterMs + (mine ? 0 : this.timers.rekeyAfterMs / 10);
+  /**
+   * The session a handshake is measured on: the newest confirmed one, or an unconfirmed one
+   * young enough to be a rekey in progress (a replayed initiation cannot hold one off long).
+   */
+  private current(st: PeerState, now: number): Session | undefined {
+    return st.sessions.find(
+      (s) =>
+        now < this.sendDeadline(s) &&
+        (s.confirmed || now - s.created < UNCONFIRMED_GRACE_MS) &&
+        (s.initiator || this.timers.bothSides !== true),
+    );
+  }
+
+  /** When a rekey of `s` falls due (the responder waits a little longer, so the initiator usually goes first). */
+  private rekeyAt(s: Session): number {
+    return s.created + this.timers.rekeyAfterMs + (s.initiator ? 0 : this.timers.rekeyAfterMs / 10);
+  }
+
+  private tickPeer(st: PeerState, now: number): void {
+    // 6. expire
+    const before = st.sessions.length;
+    st.sessions = st.sessions.filter((s) => {
+      const keep = now - s.created < this.timers.rejectAfterMs;
+      if (!keep) {
+        this.byIndex.delete(s.localIndex);
+        this.wipe(s);
       }
-      if (!due) {
-        st.attempts = 0;
-        continue;
-      }
-      if (st.pending && now < st.nextAttempt) continue;
-      this.initiate(st, now);
+      return keep;
+    });
+    // (the data plane moves sending off a session past its deadline by itself)
+    if (st.sessions.length !== before) this.d.onChange();
+    // 1, 2. initiate or retry
+    const newest = this.current(st, now);
+    let due = false;
+    // When this peer's state changes by time alone: a session leaves `current` or expires.
+    let next = Infinity;
+    for (const s of st.sessions) {
+      next = Math.min(next, s.created + this.timers.rejectAfterMs, this.sendDeadline(s));
+      if (!s.confirmed && now - s.created < UNCONFIRMED_GRACE_MS) next = Math.min(next, s.created + UNCONFIRMED_GRACE_MS);
     }
+    if (!newest) {
+      const startAt = st.lowerThanPeer ? now : st.addedAt + INITIATE_DELAY_MS;
+      due = now >= startAt;
+      if (!due) next = Math.min(next, startAt);
+    } else if (st.forceAt !== null && newest.created < st.forceAt) due = true;
+    else {
+      const at = this.rekeyAt(newest);
+      if (now < at) next = Math.min(next, at);
+      else if ((this.d.lastRx?.(st.name) ?? Infinity) > newest.created) due = true;
+      // Nothing came back on it: no rekey (it expires unless the peer speaks up; then we rekey).
+      else next = Math.min(next, now + Math.min(IDLE_RECHECK_MS, this.timers.rekeyAfterMs / 10));
+    }
+    if (!due) {
+      st.attempts = 0;
+      st.dueAt = next;
+      return;
+    }
+    if (now >= st.nextAttempt) this.initiate(st, now);
+    st.dueAt = Math.min(next, st.nextAttempt);
+  }
+
+  /** Backoff before the next try: doubling from RETRY_MIN_MS, capped by how recently the peer spoke. */
+  private backoff(st: PeerState, now: number): number {
+    const heard = Math.max(st.heardAt, this.d.lastRx?.(st.name) ?? 0);
+    const cap = heard > 0 && now - heard < HEARD_RECENTLY_MS ? RETRY_MAX_MS : QUIET_RETRY_MAX_MS;
+    return Math.min(cap, RETRY_MIN_MS * 2 ** Math.min(st.attempts, 30));
   }
 
   private initiate(st: PeerState, now: number): void {
@@ -373,6 +501,11 @@ export class HandshakeManager {
     const cookie = st.cookie && now - st.cookie.at < COOKIE_SECRET_MS ? st.cookie.value : null;
     const ts = Math.max(now, this.lastTimestamp + 1);
     this.lastTimestamp = ts;
+    // (the next try is scheduled even when this one fails: a key that cannot be used, a
+    // low-order point, must not be retried at every timer turn)
+    const backoff = this.backoff(st, now);
+    st.attempts++;
+    st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     const r = this.d.noise.initiate(st.publicKey, localIndex, timestamp(ts), cookie);
     if (!r) {
       st.pending = null;
@@ -380,9 +513,6 @@ export class HandshakeManager {
     }
     st.pending = { ...r.pending, sentAt: now };
     this.byIndex.set(localIndex, { peer: st, pending: true });
-    const backoff = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** st.attempts);
-    st.attempts++;
-    st.nextAttempt = now + backoff * (1 + this.random() * 0.2);
     this.stats.initiationsSent++;
     const targets = this.d.targets?.(st.name, st.sessions.some((s) => s.confirmed)) ?? [];
     if (targets.length === 0) targets.push(st.endpoint);
@@ -428,11 +558,13 @@ export class HandshakeManager {
       ...(from ? { from } : {}),
     };
     if (st.sessions.length > 0) this.stats.rekeys++;
+    st.heardAt = s.created;
     st.sessions.unshift(s);
     this.byIndex.set(s.localIndex, { peer: st, pending: false });
     if (initiator) this.onConfirmed(st, s);
     this.prune(st);
     this.stats.completed++;
+    this.due(st, s.created); // its timers start now
     this.d.onChange(!initiator);
   }
 
@@ -453,6 +585,7 @@ export class HandshakeManager {
     s.confirmed = true;
     this.onConfirmed(st, s);
     this.prune(st);
+    this.due(st, this.now());
     this.d.onChange();
   }
 
@@ -572,6 +705,7 @@ export class HandshakeManager {
     }
     st.cookie = { value: cookie, at: this.now() };
     st.nextAttempt = this.now(); // retry with mac2 at the next tick
+    this.due(st, st.nextAttempt);
   }
 
   close(): void {

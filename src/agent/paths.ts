@@ -17,7 +17,11 @@
  *                  path died): go through a relay-capable peer we reach directly, and keep probing
  *                  the direct candidates so the first pong moves us back
  *
- * Pure logic: time is injected, actions come back from tick() for the agent to carry out.
+ * Pure logic: time is injected, actions come back from tick() for the agent to carry out. tick()
+ * looks only at peers that are due (each peer keeps the time its next probe, death or fallback
+ * falls due; evidence makes it due at once) and at peers that had no session when last looked at
+ * (a session makes probing start): nextDue() says when to call it, so an idle host with many
+ * quiet peers wakes rarely and cheaply.
  */
 import { formatEndpoint } from '../util/ipv4';
 
@@ -80,12 +84,20 @@ interface PeerPaths {
   lastProbe: number;
   /** Since when no direct path has been alive (for the relay fallback). */
   directLostAt: number;
+  /** When tick() must look at it next. */
+  dueAt: number;
+  /** It had a session when tick() last looked at it. */
+  hadSession: boolean;
+  /** It could relay for others when tick() last looked at it (see relays()). */
+  relaying: boolean;
 }
 
 export interface PathDeps {
   now(): number;
   /** True when ip is on one of our own networks (a private path). */
   isLocal(ip: number): boolean;
+  /** Something fell due earlier than nextDue() said: call tick() at `at` (ms, the `now` clock). */
+  wake?(at: number): void;
 }
 
 const key = (ip: number, port: number) => `${ip >>> 0}:${port}`;
@@ -103,8 +115,24 @@ export function describeEndpoint(e: Endpoint | null): string {
 
 export class PathManager {
   private readonly peers = new Map<string, PeerPaths>();
+  /** Relay-capable peers with a live direct path, best first; built once per tick when needed. */
+  private relayList: { name: string; rtt: number }[] | null = null;
 
   constructor(private readonly d: PathDeps) {}
+
+  /** `p` must be looked at by `at`. */
+  private due(p: PeerPaths, at: number): void {
+    if (at >= p.dueAt) return;
+    p.dueAt = at;
+    this.d.wake?.(at);
+  }
+
+  /** When tick() must run next (ms, the `now` clock; Infinity: only after an event). */
+  nextDue(): number {
+    let at = Infinity;
+    for (const p of this.peers.values()) if (p.dueAt < at) at = p.dueAt;
+    return at;
+  }
 
   /** Declares a peer's published candidates (and whether it relays). Evidence for known ones stays. */
   setPeer(name: string, candidates: readonly { ip: number; port: number }[], relayCapable: boolean): void {
@@ -122,9 +150,13 @@ export class PathManager {
         discoverUntil: now + DISCOVER_MS,
         lastProbe: -Infinity,
         directLostAt: now,
+        dueAt: Infinity, // (due at once, below)
+        hadSession: false,
+        relaying: false,
       };
       this.peers.set(name, p);
     }
+    this.due(p, now);
     p.relayCapable = relayCapable;
     const want = new Set<string>();
     let added = false;
@@ -158,13 +190,6 @@ export class PathManager {
     this.peers.delete(name);
   }
 
-  private *some(names: Iterable<string>): Iterable<[string, PeerPaths]> {
-    for (const n of names) {
-      const p = this.peers.get(n);
-      if (p) yield [n, p];
-    }
-  }
-
   /** Our own addresses changed (or we woke up): probe everything fast again. */
   localChanged(): void {
     const now = this.d.now();
@@ -174,6 +199,7 @@ export class PathManager {
   private discover(p: PeerPaths, now: number): void {
     p.discoverUntil = now + DISCOVER_MS;
     p.lastProbe = -Infinity; // probe the new state of things at once
+    this.due(p, now);
   }
 
   /** A pong came back from `from` (a probe's answer or a ping's) after rttMs. */
@@ -181,6 +207,7 @@ export class PathManager {
     const p = this.peers.get(name);
     if (!p) return;
     const now = this.d.now();
+    this.due(p, now);
     if (sameEndpoint(from, p.current)) p.currentSeen = now;
     if (from.via !== undefined) return;
     const c = this.evidence(p, from, now);
@@ -192,6 +219,7 @@ export class PathManager {
     const p = this.peers.get(name);
     if (!p) return;
     const now = this.d.now();
+    this.due(p, now);
     if (from.via === undefined) this.evidence(p, from, now);
     if (p.kind === 'none' || now - p.currentSeen > PATH_DEAD_MS) this.setCurrent(p, from, now);
     if (sameEndpoint(from, p.current)) p.currentSeen = now;
@@ -202,6 +230,7 @@ export class PathManager {
     const p = this.peers.get(name);
     if (!p) return;
     const now = this.d.now();
+    this.due(p, now);
     if (to.via === undefined) this.evidence(p, to, now);
     this.setCurrent(p, to, now);
     p.currentSeen = now;
@@ -224,17 +253,66 @@ export class PathManager {
     p.current = to;
     p.kind = kind;
     p.since = now;
+    if (p.relayCapable) this.relayList = null;
     return true;
   }
 
   /**
    * Probes due now and endpoint moves to carry out. `reachable(name)`: we have a session with it.
-   * `only`: look at these peers alone (peers the control plane just added or changed).
+   * `only`: peers the control plane just added or changed, due now whatever their timers say
+   * (the others are looked at only when their own due time has come).
    */
   tick(hasSession: (name: string) => boolean, only?: Iterable<string>): PathActions {
     const now = this.d.now();
     const out: PathActions = { probes: [], moves: [] };
-    for (const [name, p] of only ? this.some(only) : this.peers) {
+    if (only) {
+      for (const n of only) {
+        const p = this.peers.get(n);
+        if (p) p.dueAt = now;
+      }
+    }
+    this.relayList = null;
+    // A relay came or went: every peer looks again (one waiting for a relay has no timer of its
+    // own), in this same tick. Relays do not chain, so a second pass settles it.
+    for (let pass = 0; pass < 2; pass++) {
+      let relaysChanged = false;
+      for (const [name, p] of this.peers) {
+        if (p.dueAt > now && (p.hadSession || !hasSession(name))) continue;
+        p.dueAt = Infinity;
+        this.tickPeer(name, p, now, hasSession(name), out);
+        const relaying = this.canRelay(p, now);
+        if (relaying !== p.relaying) {
+          p.relaying = relaying;
+          relaysChanged = true;
+        }
+      }
+      if (!relaysChanged) break;
+      for (const p of this.peers.values()) p.dueAt = now;
+    }
+    return out;
+  }
+
+  /** Time points at which `p`'s state changes by time alone (after `now`), as its next due time. */
+  private schedule(p: PeerPaths, now: number, probeEvery: number | null, ...more: number[]): void {
+    let at = Infinity;
+    const later = (t: number) => {
+      if (t > now && t < at) at = t;
+    };
+    if (probeEvery !== null) later(Math.max(p.lastProbe + probeEvery, now + 1));
+    later(p.currentSeen + PATH_DEAD_MS + 1);
+    later(p.discoverUntil);
+    for (const c of p.candidates.values()) later(c.lastSeen + ALIVE_MS);
+    for (const t of more) later(t);
+    p.dueAt = Math.min(p.dueAt, at);
+  }
+
+  private canRelay(p: PeerPaths, now: number): boolean {
+    return p.relayCapable && p.kind === 'direct' && now - p.currentSeen <= PATH_DEAD_MS;
+  }
+
+  private tickPeer(name: string, p: PeerPaths, now: number, session: boolean, out: PathActions): void {
+    p.hadSession = session;
+    {
       const currentDead = now - p.currentSeen > PATH_DEAD_MS;
       const cur = p.current;
       const curDirect = cur !== null && cur.via === undefined ? p.candidates.get(key(cur.ip, cur.port)) : undefined;
@@ -246,10 +324,11 @@ export class PathManager {
       // 2. probe
       const settled = p.kind === 'direct' && !currentDead && now >= p.discoverUntil;
       const interval = settled ? PROBE_SLOW_MS : PROBE_FAST_MS;
-      if (hasSession(name) && now - p.lastProbe >= interval) {
+      if (session && now - p.lastProbe >= interval) {
         p.lastProbe = now;
         for (const c of p.candidates.values()) out.probes.push({ name, ip: c.ip, port: c.port });
       }
+      this.schedule(p, now, session ? interval : null);
       // 4. choose among live direct candidates
       const best = alive.sort((a, b) => this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
       if (best) {
@@ -267,19 +346,20 @@ export class PathManager {
           p.currentSeen = Math.max(p.currentSeen, best.lastSeen);
           out.moves.push({ name, endpoint: p.current! });
         }
-        continue;
+        return;
       }
-      // 5. relay
-      if (p.kind === 'relayed' && !currentDead) continue;
-      if (now - p.directLostAt < RELAY_AFTER_MS && now - p.addedAt < RELAY_AFTER_MS) continue;
-      if (p.kind === 'direct' && !currentDead) continue;
+      // 5. relay (when none is up yet, a relay that comes up makes every peer due: see tick())
+      this.schedule(p, now, null, p.directLostAt + RELAY_AFTER_MS, p.addedAt + RELAY_AFTER_MS);
+      if (p.kind === 'relayed' && !currentDead) return;
+      if (now - p.directLostAt < RELAY_AFTER_MS && now - p.addedAt < RELAY_AFTER_MS) return;
+      if (p.kind === 'direct' && !currentDead) return;
       const relay = this.pickRelay(name, now);
       if (relay && this.setCurrent(p, { ip: 0, port: 0, via: relay }, now)) {
         p.currentSeen = now; // give the relayed path its own PATH_DEAD_MS to prove itself
         out.moves.push({ name, endpoint: p.current! });
+        this.schedule(p, now, session ? PROBE_FAST_MS : null);
       }
     }
-    return out;
   }
 
   private rank(c: Candidate): number {
@@ -288,15 +368,17 @@ export class PathManager {
 
   /** A relay-capable peer with a live direct path, the fastest first (ties by name). */
   private pickRelay(exclude: string, now: number): string | undefined {
-    let best: { name: string; rtt: number } | undefined;
-    for (const [name, p] of this.peers) {
-      if (name === exclude || !p.relayCapable || p.kind !== 'direct' || now - p.currentSeen > PATH_DEAD_MS) continue;
-      const cur = p.current!;
-      const rtt = p.candidates.get(key(cur.ip, cur.port))?.rtt ?? Infinity;
-      const r = Number.isNaN(rtt) ? Infinity : rtt;
-      if (!best || r < best.rtt || (r === best.rtt && name < best.name)) best = { name, rtt: r };
+    if (this.relayList === null) {
+      const list: { name: string; rtt: number }[] = [];
+      for (const [name, p] of this.peers) {
+        if (!this.canRelay(p, now)) continue;
+        const cur = p.current!;
+        const rtt = p.candidates.get(key(cur.ip, cur.port))?.rtt ?? Infinity;
+        list.push({ name, rtt: Number.isNaN(rtt) ? Infinity : rtt });
+      }
+      this.relayList = list.sort((a, b) => a.rtt - b.rtt || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     }
-    return best?.name;
+    return this.relayList.find((r) => r.name !== exclude)?.name;
   }
 
   /** Where handshake initiations for the peer go: the current path, plus every candidate while it has no session. */

@@ -5,7 +5,8 @@
  *   fromUdp    UDP -> Inbound (open, check, deliver) -> TUN, one batch; what the inbound stages
  *              ask of the outbound side (answer a ping, follow a roam, use a confirmed session,
  *              pass a datagram on as a relay) is done at once, on a control batch sent at the end
- *   timers     pings that are due; sending moves off sessions past their deadline
+ *   timers     pings that are due; sending moves off sessions past their deadline; says when the
+ *              next ping is due (the worker sleeps until then)
  *   probe, forward, pingAll, byeAll   requests from the control thread
  *
  * Both directions share one session table (./sessions.ts): the duplex alone chooses the send
@@ -26,7 +27,10 @@ import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
 
 /** What the duplex reports; each is called after the duplex acted on it (see InboundEvents). */
-export type DuplexEvents = Partial<InboundEvents>;
+export type DuplexEvents = Partial<InboundEvents> & {
+  /** A packet from the TUN for `dst` found no session to send on (rate-limited, see outbound.ts). */
+  want?(dst: number): void;
+};
 
 /**
  * The batches and the OS boundaries that move them. The real TUN and UDP wrappers are bound to
@@ -66,7 +70,7 @@ export class Duplex {
   constructor(
     aead: Aead,
     private readonly stats: DataplaneStats,
-    clock: Clock,
+    private readonly clock: Clock,
     private readonly io: DuplexIo,
     events: DuplexEvents,
     opts: DuplexOptions,
@@ -75,6 +79,7 @@ export class Duplex {
     this.clist = new SendList(io.ctrl.batch.capacity);
     this.sessions = new Sessions(aead, clock);
     this.out = new Outbound(aead, stats, clock, this.sessions);
+    if (events.want) this.out.onWant = events.want;
     this.out.setMtu(opts.mtu);
     const out = this.out;
     const cb = io.ctrl.batch;
@@ -150,12 +155,16 @@ export class Duplex {
     return n;
   }
 
-  /** Pings that are due. */
-  timers(): void {
-    this.sessions.expire();
+  /**
+   * Pings that are due. Returns when (mono ms) the next one falls due as things stand (a packet,
+   * a new session or a pingAll may make one due sooner; Infinity: no peer to ping).
+   */
+  timers(): number {
+    const deadline = this.sessions.expire();
     this.clist.count = 0;
-    this.out.timers(this.io.ctrl.batch, this.clist);
+    const next = this.out.timers(this.io.ctrl.batch, this.clist);
     this.flushControl();
+    return Math.min(next, this.clock.mono() + (deadline - this.clock.now()));
   }
 
   /** Tests a path: a probe to the peer in `slot` at ip:port. */

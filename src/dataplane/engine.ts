@@ -43,6 +43,10 @@ export interface EngineOptions {
   onConfirmed?: (slot: number, keyId: number) => void;
   /** The peer in `slot` said bye over its session (it is leaving on purpose). */
   onBye?: (slot: number) => void;
+  /** A packet from the TUN for overlay address `ip` found no session to send on (rate-limited). */
+  onWant?: (ip: number) => void;
+  /** The descriptor given to watch() turned readable (it is watched no more until watch() again). */
+  onReadable?: () => void;
   onFatal?: (message: string) => void;
 }
 
@@ -106,6 +110,8 @@ export class DataplaneEngine {
         else if (m.t === 'pong') this.opts.onPong?.(m);
         else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
         else if (m.t === 'bye') this.opts.onBye?.(m.slot);
+        else if (m.t === 'want') this.opts.onWant?.(m.ip);
+        else if (m.t === 'readable') this.opts.onReadable?.();
         else if (m.t === 'fatal') {
           reject(new Error(`data-plane worker failed: ${m.message}`));
           this.opts.onFatal?.(m.message);
@@ -171,6 +177,14 @@ export class DataplaneEngine {
   /** Tests only: blocks the worker thread for `ms` (its heartbeat stops meanwhile). */
   stallForTest(ms: number): void {
     this.tell({ t: 'stall', ms });
+  }
+
+  /**
+   * The worker watches `fd` (in its own poll set) and calls onReadable once when it is readable;
+   * call again after draining it to hear of the next time. -1 stops watching (before closing fd).
+   */
+  watch(fd: number): void {
+    this.tell({ t: 'watch', fd });
   }
 
   private tell(msg: ToWorker): void {

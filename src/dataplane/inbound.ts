@@ -124,6 +124,8 @@ class InPeer {
 }
 
 export class Inbound {
+  /** Packets that reached the deliver stage (data for the TUN, not control messages). */
+  dataPackets = 0;
   private readonly byIndex = new Map<number, RxEntry>();
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
@@ -415,6 +417,7 @@ export class Inbound {
   }
 
   private deliver(peer: InPeer, batch: PacketBatch, i: number, pkt: number, plen: number, tun: TunIo): void {
+    this.dataPackets++;
     const buf = batch.buf;
     const drops = this.stats.drops;
     const first = buf[pkt]!;

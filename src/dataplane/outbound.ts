@@ -5,7 +5,8 @@
  *   2. route      destination overlay address -> peer (exact match, then advertised prefixes),
  *                 else drop (noRoute); a peer with no confirmed session (its only one awaits the
  *                 initiator's first packet) takes nothing yet (noSession, a few milliseconds
- *                 after a handshake); a TCP SYN to a relayed peer gets its MSS clamped to fit
+ *                 after a handshake). Either drop tells the control thread (`onWant`, at most
+ *                 once per WANT_EVERY_MS per destination) that a handshake is wanted now; a TCP SYN to a relayed peer gets its MSS clamped to fit
  *                 the relay's wrapping
  *   3. number     take the next counter of the peer's send session (chosen and counted by
  *                 ./sessions.ts alone); write the 16-byte header in the slot's headroom
@@ -69,6 +70,16 @@ export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
 export const SILENCE_PING_MS = 300;
 /** How long after its last burst a peer counts as "was sending steadily". */
 export const ACTIVE_WINDOW_MS = 3_000;
+/**
+ * A peer counts as busy when at least two packets came from it between two timer runs at most
+ * this far apart (the worker runs them every 50 ms while traffic flows, and may sleep for seconds
+ * when idle: a ping and a pong over seconds are no burst).
+ */
+const BUSY_SPAN_MS = 100;
+/** A destination without a session is reported to the control thread at most this often. */
+export const WANT_EVERY_MS = 1_000;
+/** Destinations remembered for that limit; the memory is cleared when it holds more. */
+const WANT_MEMORY = 4_096;
 
 class OutPeer {
   lastPingMono = -Infinity;
@@ -104,6 +115,12 @@ export class Outbound {
   private readonly byIp = new Map<number, OutPeer>();
   private readonly bySlot = new Map<number, OutPeer>();
   private readonly prefixes = new PrefixTable<OutPeer>();
+  /** When each destination without a session was last reported (mono ms). */
+  private readonly wanted = new Map<number, number>();
+  /** When timers() last ran (mono ms). */
+  private lastTimers = -Infinity;
+  /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
+  onWant: ((dst: number) => void) | null = null;
 
   constructor(
     private readonly aead: Aead,
@@ -194,10 +211,12 @@ export class Outbound {
       const peer = this.byIp.get(dst) ?? (this.prefixes.size > 0 ? this.prefixes.lookup(dst) : undefined);
       if (peer === undefined) {
         this.drop(DROP.noRoute);
+        this.want(dst);
         continue;
       }
       if (!peer.sendable) {
         this.drop(DROP.noSession);
+        this.want(dst);
         continue;
       }
       if (peer.via !== DIRECT && this.relayMss > 0) clampTcpMss(buf, pkt, len, this.relayMss, (batch.flags[i]! & FLAG_CSUM_PARTIAL) !== 0);
@@ -292,6 +311,17 @@ export class Outbound {
     this.stats.drops[reason]! += 1;
   }
 
+  /** Tells the control thread, at most once per WANT_EVERY_MS per destination, that `dst` wants a session. */
+  private want(dst: number): void {
+    if (this.onWant === null) return;
+    const mono = this.clock.mono();
+    const last = this.wanted.get(dst);
+    if (last !== undefined && mono - last < WANT_EVERY_MS) return;
+    if (this.wanted.size >= WANT_MEMORY) this.wanted.clear();
+    this.wanted.set(dst, mono);
+    this.onWant(dst);
+  }
+
   /** Writes a ping/probe/pong for a peer into slot i of `batch`; returns its plaintext length. */
   private control(kind: number, t0: number, batch: PacketBatch, i: number, seenIp = 0, seenPort = 0): number {
     const pkt = batch.offset(i) + HEADER_LEN;
@@ -377,18 +407,22 @@ export class Outbound {
    * Timers: pings peers that are due: at once on a new send session, fast while a peer is not
    * answering, every 300 ms while a peer that was sending steadily has gone quiet, slowly once it
    * is up.
-   * Appends to `list` (slots of the control batch) and returns when the batch is full.
+   * Appends to `list` (slots of the control batch) and returns when the batch is full. Returns
+   * when (mono ms) the next ping falls due as things stand, or `mono` when the batch filled up.
    */
-  timers(batch: PacketBatch, list: SendList): void {
+  timers(batch: PacketBatch, list: SendList): number {
     const mono = this.clock.mono();
     const now = this.clock.now();
     const s = this.stats.peers;
+    let next = Infinity;
+    const short = mono - this.lastTimers <= BUSY_SPAN_MS;
+    this.lastTimers = mono;
     for (const p of this.bySlot.values()) {
-      if (list.count >= batch.capacity) return;
+      if (list.count >= batch.capacity) return mono;
       if (!p.sendable) continue;
       const base = p.cfg.slot * PEER_STRIDE;
       const rx = s[base + P_RX_PKTS]!;
-      if (rx - p.rxSeen >= 2) p.busyAt = mono;
+      if (short && rx - p.rxSeen >= 2) p.busyAt = mono;
       p.rxSeen = rx;
       const quiet = now - s[base + P_LAST_RX]!;
       const interval =
@@ -402,12 +436,21 @@ export class Outbound {
       // this an idle initiator left the responder without a sendable session once its previous
       // one reached its send deadline, until the next regular ping.
       const unused = p.sessions.send!.counter === 0;
-      if (!unused && mono - p.lastPingMono < interval) continue;
+      // When this peer's interval may shorten by time alone: it goes quiet after a burst, or
+      // quiet long enough to count as not answering.
+      if (quiet < PEER_UP_MS) next = Math.min(next, mono + (PEER_UP_MS - quiet));
+      if (quiet < SILENCE_PING_MS && mono - p.busyAt < ACTIVE_WINDOW_MS) next = Math.min(next, mono + (SILENCE_PING_MS - quiet));
+      if (!unused && mono - p.lastPingMono < interval) {
+        next = Math.min(next, p.lastPingMono + interval);
+        continue;
+      }
       p.lastPingMono = mono;
+      next = Math.min(next, mono + interval);
       const i = list.count;
       const len = this.control(CTRL_PING, mono, batch, i);
       this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via));
     }
+    return next;
   }
 
   close(): void {

@@ -147,10 +147,18 @@ export class Sessions {
     return true;
   }
 
-  /** Moves sending off sessions past their deadline (run from the timers). */
-  expire(): void {
+  /**
+   * Moves sending off sessions past their deadline (run from the timers). Returns the earliest
+   * deadline of a send session still ahead (wall ms; Infinity: none).
+   */
+  expire(): number {
     const now = this.clock.now();
-    for (const ps of this.bySlot.values()) ps.choose(now);
+    let next = Infinity;
+    for (const ps of this.bySlot.values()) {
+      ps.choose(now);
+      if (ps.send !== null && ps.send.sendUntil < next) next = ps.send.sendUntil;
+    }
+    return next;
   }
 
   close(): void {

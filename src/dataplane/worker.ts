@@ -5,7 +5,12 @@
  * the TUN at once (a ping, a TCP ACK), the answer is read and sent without another thread having
  * to wake. The loop never returns to the event loop while running; control messages arrive on a
  * MessagePort and are taken with receiveMessageOnPort when the shared mailbox counter moves, and
- * an eventfd in the poll set wakes the worker when it is idle.
+ * an eventfd in the poll set wakes the worker when it is idle. An idle worker sleeps in poll until
+ * a packet, a message, or its next timer (a ping due; at most IDLE_POLL_MS).
+ *
+ * The poll set also watches one descriptor for the control thread (the netlink route monitor):
+ * when it turns readable the worker says so once ('readable') and stops watching it until told
+ * to watch again (after the control thread has drained it), so the control thread need not poll.
  */
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type AeadBackend } from '../crypto/aead';
@@ -74,7 +79,10 @@ export type ToWorker =
   /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
   | { t: 'expect'; ip: number }
   /** tests only (CLADNET_TEST_HOOKS=1): block this thread for `ms`, as a wedged data plane would */
-  | { t: 'stall'; ms: number };
+  | { t: 'stall'; ms: number }
+  /** report once when fd turns readable (-1: watch nothing) */
+  | { t: 'watch'; fd: number };
+
 export type FromWorker =
   | { t: 'ready'; crypto: string }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
@@ -83,12 +91,20 @@ export type FromWorker =
   | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
   | { t: 'confirmed'; slot: number; keyId: number }
   | { t: 'bye'; slot: number }
+  /** a packet from the TUN for overlay address ip found no session (outbound.ts onWant) */
+  | { t: 'want'; ip: number }
+  /** the watched descriptor is readable (it is no longer watched) */
+  | { t: 'readable' }
   | { t: 'fatal'; message: string };
 
 /** Segments of the largest TSO super-packet at the smallest IPv4 MSS, rounded up. */
 const MAX_TSO_SEGMENTS = 128;
-/** How long an idle worker sleeps in poll before looking at its mailbox again. */
-const IDLE_POLL_MS = 100;
+/**
+ * The longest an idle worker sleeps in poll (it wakes sooner for a packet, a message through the
+ * eventfd, or a timer that is due); the shared counters it publishes are at most this old.
+ */
+const IDLE_POLL_MS = 1_000;
+
 /**
  * While packets flowed in the last ACTIVE_SPAN_MS, the worker sleeps at most ACTIVE_TICK_MS at a
  * time. Measured (docs/performance.md, Latency): a worker that sleeps through the 10 ms between
@@ -96,15 +112,19 @@ const IDLE_POLL_MS = 100;
  * 2-vCPU VM. The cost is at most 200 empty wake-ups a second, and only while traffic flows.
  */
 const ACTIVE_SPAN_MS = 100;
+// (Traffic only: a lone ping or pong does not start that span; the timers see bursts of those
+// at their TIMER_MS grain anyway, since every packet wakes the loop.)
 const ACTIVE_TICK_MS = 5;
 /** A poll that returned faster than this found packets already queued: read them all. */
 const GREEDY_BELOW_MS = 0.02;
 /** How often timers run while busy. */
 const TIMER_MS = 50;
-/** Poll set: bit 0 TUN, bit 1 UDP, bit 2 the wake eventfd. */
+/** Poll set: bit 0 TUN, bit 1 UDP, bit 2 the wake eventfd, bit 3 the watched descriptor. */
 const READY_TUN = 1;
 const READY_UDP = 2;
 const READY_WAKE = 4;
+const READY_WATCHED = 8;
+const WATCHED = 3;
 
 async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
@@ -129,7 +149,7 @@ async function main(init: WorkerInit): Promise<void> {
   const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpOffload });
   const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpOffload });
   const wake = new WakeFd(init.wakeFd);
-  const poller = new Poller([init.tunFd, init.udpFd, init.wakeFd]);
+  const poller = new Poller([init.tunFd, init.udpFd, init.wakeFd, -1]);
   let mail = Atomics.load(ctrl, CTRL_MAIL);
 
   const post = (m: FromWorker) => init.control.postMessage(m);
@@ -149,6 +169,7 @@ async function main(init: WorkerInit): Promise<void> {
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
       bye: (slot) => post({ t: 'bye', slot }),
+      want: (ip) => post({ t: 'want', ip }),
     },
     { mtu: init.mtu, relay: init.relay, mac1, cookies },
   );
@@ -158,6 +179,7 @@ async function main(init: WorkerInit): Promise<void> {
       const msg = m.message as ToWorker;
       if (msg.t === 'peers') {
         d.setPeers(msg.peers);
+        nextTimer = -Infinity; // new sessions want their first ping: look at the timers soon
         // This message is the worker's own copy: its key bytes are loaded now, erase them.
         for (const p of msg.peers) {
           for (const x of p.sessions) {
@@ -167,11 +189,15 @@ async function main(init: WorkerInit): Promise<void> {
         }
       }
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
-      else if (msg.t === 'pingAll') d.pingAll();
+      else if (msg.t === 'pingAll') {
+        d.pingAll();
+        nextTimer = -Infinity;
+      }
       else if (msg.t === 'byeAll') d.byeAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
       else if (msg.t === 'expect') d.expect(msg.ip);
       else if (msg.t === 'stall') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, msg.ms);
+      else if (msg.t === 'watch') poller.setFd(WATCHED, msg.fd);
     }
   };
   const checkMail = () => {
@@ -182,12 +208,14 @@ async function main(init: WorkerInit): Promise<void> {
     }
   };
   let lastTimers = 0;
+  /** When (mono ms) a timer falls due next, as of the last run. */
+  let nextTimer = -Infinity;
   const t = stats.totals;
   const runTimers = () => {
     const mono = clock.mono();
     if (mono - lastTimers < TIMER_MS) return;
     lastTimers = mono;
-    d.timers();
+    nextTimer = d.timers();
     t[T_GSO_MSGS] = udpOut.gsoMessages + udpCtrl.gsoMessages;
     t[T_GSO_DATAGRAMS] = udpOut.gsoSegments + udpCtrl.gsoSegments;
     t[T_GSO_REFUSED] = udpOut.gsoRefused + udpCtrl.gsoRefused;
@@ -204,23 +232,37 @@ async function main(init: WorkerInit): Promise<void> {
   // and the kernel may have answered at once, as it does a ping): look without sleeping.
   let again = false;
   let lastPacket = -Infinity;
+  /**
+   * How long to sleep when nothing is queued: until the next timer, at most IDLE_POLL_MS. (For
+   * ACTIVE_SPAN_MS after a packet the loop ticks every ACTIVE_TICK_MS instead, so the timers see
+   * a burst end at their usual TIMER_MS grain and schedule its silence pings.)
+   */
+  const idleMs = (): number => {
+    // (timers run at most every TIMER_MS: waking earlier would only spin)
+    const due = Math.max(nextTimer, lastTimers + TIMER_MS) - clock.mono();
+    return Math.max(0, Math.min(IDLE_POLL_MS, Math.ceil(due)));
+  };
   while (Atomics.load(ctrl, CTRL_STOP) === 0) {
     const t0 = performance.now();
     Atomics.add(ctrl, CTRL_HEARTBEAT, 1);
-    const sleep = again ? 0 : t0 - lastPacket < ACTIVE_SPAN_MS ? ACTIVE_TICK_MS : IDLE_POLL_MS;
+    const sleep = again ? 0 : t0 - lastPacket < ACTIVE_SPAN_MS ? ACTIVE_TICK_MS : idleMs();
     const ready = poller.wait(Math.min(sleep, init.maxSleepMs));
     // A lone packet after a sleep costs poll + read + send, nothing more; when poll returned at
     // once, packets were queued already: read until the TUN is empty.
     const greedy = performance.now() - t0 < GREEDY_BELOW_MS;
     if ((ready & READY_WAKE) !== 0) wake.drain();
+    if ((ready & READY_WATCHED) !== 0) {
+      poller.setFd(WATCHED, -1); // once: watched again when the control thread asks
+      post({ t: 'readable' });
+    }
     checkMail();
     again = false;
     if ((ready & READY_UDP) !== 0 || udpIn.pendingRecv) {
+      const data = d.inb.dataPackets;
       const n = d.fromUdp();
-      if (n > 0) {
-        again = true;
-        lastPacket = t0;
-      }
+      if (n > 0) again = true;
+      // Only traffic keeps the loop ticking fast (a ping or pong alone does not).
+      if (d.inb.dataPackets !== data) lastPacket = t0;
     }
     if ((ready & READY_TUN) !== 0 || tunRead.pendingRead) {
       const n = d.fromTun(greedy ? outBatch.capacity : 1);

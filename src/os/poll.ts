@@ -19,6 +19,12 @@ export class Poller {
 
   private readonly count: number;
 
+  /** Replaces descriptor k (a negative fd is skipped by poll: no events until set again). */
+  setFd(k: number, fd: number): void {
+    if (k < 0 || k >= this.count) throw new RangeError(`poll set has no descriptor ${k}`);
+    this.mem.buf.writeInt32LE(fd, k * POLLFD);
+  }
+
   /** Waits up to timeoutMs. Returns a bitmask: bit k set when descriptor k has an event. */
   wait(timeoutMs: number): number {
     const r = libc.poll(this.mem.ptr, this.count, timeoutMs);

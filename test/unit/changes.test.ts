@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { LocalChangeMonitor, type ChangeClock, type ChangeMonitorDeps, type ChangeTimers, type LocalChange } from '../../src/agent/changes';
+import { LocalChangeMonitor, type ChangeClock, type ChangeMonitorDeps, type ChangeTimers, type LocalChange, type ReadableSignal } from '../../src/agent/changes';
 import { FakeRouteEvents } from '../../src/os/netlink';
 import type { AddressSource, LocalAddress } from '../../src/os/netmon';
 
@@ -11,7 +11,7 @@ import type { AddressSource, LocalAddress } from '../../src/os/netmon';
 class FakeTime implements ChangeClock, ChangeTimers {
   wall = 1_700_000_000_000;
   monoMs = 50_000;
-  private timers: { ms: number; fn: () => void; due: number; live: boolean; seq: number }[] = [];
+  private timers: { ms: number; fn: () => void; due: number; live: boolean; seq: number; once?: boolean }[] = [];
   private seq = 0;
 
   now(): number {
@@ -23,6 +23,12 @@ class FakeTime implements ChangeClock, ChangeTimers {
 
   every(ms: number, fn: () => void): { cancel(): void } {
     const t = { ms, fn, due: this.monoMs + ms, live: true, seq: this.seq++ };
+    this.timers.push(t);
+    return { cancel: () => (t.live = false) };
+  }
+
+  after(ms: number, fn: () => void): { cancel(): void } {
+    const t = { ms, fn, due: this.monoMs + ms, live: true, seq: this.seq++, once: true };
     this.timers.push(t);
     return { cancel: () => (t.live = false) };
   }
@@ -47,6 +53,7 @@ class FakeTime implements ChangeClock, ChangeTimers {
       this.wall += t.due - this.monoMs;
       this.monoMs = t.due;
       t.due += t.ms;
+      if (t.once) t.live = false;
       t.fn();
     }
     this.wall += end - this.monoMs;
@@ -60,7 +67,9 @@ class FakeTime implements ChangeClock, ChangeTimers {
     const overdue = this.timers.filter((t) => t.live && t.due <= this.monoMs).sort((a, b) => a.due - b.due || a.seq - b.seq);
     for (const t of overdue) {
       t.due = this.monoMs + t.ms;
-      if (t.live) t.fn();
+      if (!t.live) continue;
+      if (t.once) t.live = false;
+      t.fn();
     }
   }
 
@@ -355,5 +364,84 @@ describe('LocalChangeMonitor: lifecycle', () => {
     expect(() => new LocalChangeMonitor({ ...base, jumpSlackMs: -1 })).toThrow(expect.objectContaining({ field: 'jumpSlackMs' }));
     expect(() => new LocalChangeMonitor({ ...base, rereadMs: Number.NaN })).toThrow(expect.objectContaining({ field: 'rereadMs' }));
     expect(() => new LocalChangeMonitor({ ...base, settleMs: 0 })).not.toThrow();
+  });
+});
+
+/** The data-plane worker's side of `readable`: arm() once, fire() when the socket is readable. */
+class FakeReadable implements ReadableSignal {
+  armed: (() => void) | null = null;
+  arms = 0;
+  disarms = 0;
+  arm(fn: () => void): void {
+    this.arms++;
+    this.armed = fn;
+  }
+  disarm(): void {
+    this.disarms++;
+    this.armed = null;
+  }
+  fire(): void {
+    const fn = this.armed;
+    this.armed = null;
+    fn?.();
+  }
+}
+
+describe('LocalChangeMonitor: woken by a readable socket instead of polling (issue 11)', () => {
+  it('drains only when told, closes the settle window with a one-shot timer, and arms again', () => {
+    const sig = new FakeReadable();
+    const { time, events, addresses, changes, mon } = setup({ readable: sig });
+    expect(sig.arms).toBe(1);
+    expect(time.live()).toBe(2); // re-read and jump detector; no poll timer
+    const drains = events.drains;
+    time.advance(5_000);
+    expect(events.drains).toBe(drains); // nothing polled meanwhile
+    addresses.set('198.18.0.10/24', '198.18.7.10/24');
+    events.push({ addr: 1 });
+    sig.fire();
+    expect(events.drains).toBe(drains + 1);
+    expect(sig.arms).toBe(2); // armed again after draining
+    time.advance(49);
+    expect(changes).toEqual([]);
+    time.advance(1);
+    expect(changes.map((c) => [c.reason, c.after])).toEqual([['address', ['198.18.0.10/24', '198.18.7.10/24']]]);
+    // route only: one emission after the window
+    events.push({ route: 2 });
+    sig.fire();
+    time.advance(50);
+    expect(changes.at(-1)!.reason).toBe('route');
+    expect(changes.length).toBe(2);
+    mon.stop();
+    expect(sig.disarms).toBe(1);
+    expect(time.live()).toBe(0);
+  });
+
+  it('a failed address list keeps the window open and retries after pollMs', () => {
+    const sig = new FakeReadable();
+    const { time, events, addresses, changes } = setup({ readable: sig });
+    addresses.failing = true;
+    addresses.set('198.18.9.10/24');
+    events.push({ addr: 1 });
+    sig.fire();
+    time.advance(200);
+    expect(changes).toEqual([]);
+    addresses.failing = false;
+    time.advance(100);
+    expect(changes.map((c) => c.reason)).toEqual(['address']);
+  });
+
+  it('a resume is still reported by the jump detector', () => {
+    const sig = new FakeReadable();
+    const { time, changes } = setup({ readable: sig });
+    time.stall(10_000);
+    expect(changes.map((c) => c.reason)).toEqual(['resume']);
+  });
+
+  it('readable without one-shot timers is refused, naming the field', () => {
+    const time = new FakeTime();
+    const timers = { every: time.every.bind(time) };
+    expect(
+      () => new LocalChangeMonitor({ events: new FakeRouteEvents(), readable: new FakeReadable(), addresses: new FakeAddresses(), clock: time, timers, onChange: () => {} }),
+    ).toThrow(expect.objectContaining({ code: 'ECONFIG', field: 'timers' }));
   });
 });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log';
 import { loadSodium } from '../../src/crypto/sodium';
 import { Noise } from '../../src/crypto/noise';
-import { HandshakeManager, INITIATE_DELAY_MS, RETRY_MIN_MS, UNDER_LOAD_PER_S, type HandshakeDeps } from '../../src/agent/handshakes';
+import { HandshakeManager, INITIATE_DELAY_MS, QUIET_RETRY_MAX_MS, RETRY_MAX_MS, RETRY_MIN_MS, UNDER_LOAD_PER_S, type HandshakeDeps } from '../../src/agent/handshakes';
 import type { Endpoint } from '../../src/agent/paths';
 
 type Side = 'lo' | 'hi';
@@ -584,5 +584,166 @@ describe('HandshakeManager and departed peers (issue 11, bye)', () => {
     w.advance(RETRY_MIN_MS * 4);
     expect(w.lo.m.usable('hi')).not.toBeNull();
     expect(w.hi.m.usable('lo')).not.toBeNull();
+  });
+});
+
+describe('HandshakeManager: timers by deadline, quiet peers, handshakes on demand (issue 11)', () => {
+  /** Runs only lo's timer, the way the agent does: jump to lo's nextDue(), tick, repeat. Returns lo's initiation times. */
+  function runByDeadline(w: Awaited<ReturnType<typeof world>>, clock: { t: number }, untilMs: number): number[] {
+    const at: number[] = [];
+    const end = clock.t + untilMs;
+    for (let guard = 0; guard < 10_000; guard++) {
+      const due = w.lo.m.nextDue();
+      if (due > end) break;
+      // one millisecond before it is due, nothing happens
+      const sent = w.lo.m.stats.initiationsSent;
+      if (due - 1 > clock.t) {
+        clock.t = due - 1;
+        w.lo.m.tick();
+        expect(w.lo.m.stats.initiationsSent).toBe(sent);
+      }
+      clock.t = Math.max(due, clock.t);
+      w.lo.m.tick();
+      if (w.lo.m.stats.initiationsSent > sent) at.push(clock.t);
+    }
+    return at;
+  }
+
+  it('a peer that never answered is retried ever more rarely, up to QUIET_RETRY_MAX_MS apart, and never between its due times', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => 0 }) });
+    c.t = w.now();
+    const at = runByDeadline(w, c, 20 * 60_000);
+    const gaps = at.slice(1).map((x, i) => x - at[i]!);
+    for (let i = 1; i < gaps.length; i++) expect(gaps[i]!).toBeGreaterThanOrEqual(gaps[i - 1]! / 1.2 - 1);
+    expect(Math.max(...gaps)).toBeGreaterThanOrEqual(QUIET_RETRY_MAX_MS);
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(QUIET_RETRY_MAX_MS * 1.2 + 1);
+    // 20 minutes: the first ten tries within about four minutes, then one every two minutes.
+    // (Retrying every RETRY_MAX_MS forever, as before, would have been 240.)
+    expect(at.length).toBeGreaterThan(10);
+    expect(at.length).toBeLessThanOrEqual(20);
+  });
+
+  it('a peer heard from within HEARD_RECENTLY_MS is retried at least every RETRY_MAX_MS', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => c.t - 1_000 }) });
+    c.t = w.now();
+    const at = runByDeadline(w, c, 60_000);
+    const gaps = at.slice(1).map((x, i) => x - at[i]!);
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(RETRY_MAX_MS * 1.2 + 1);
+    expect(at.length).toBeGreaterThan(10);
+  });
+
+  it('demand(): a packet for a peer in slow backoff starts a handshake at once and the fast schedule again', async () => {
+    const c = { t: 0 };
+    const wakes: number[] = [];
+    const w = await world({ drop: () => true, deps: (side) => ({ now: () => c.t, lastRx: () => 0, ...(side === 'lo' ? { wake: (at: number) => void wakes.push(at) } : {}) }) });
+    c.t = w.now();
+    runByDeadline(w, c, 10 * 60_000);
+    expect(w.lo.m.nextDue() - c.t).toBeGreaterThan(RETRY_MAX_MS);
+    const sent = w.lo.m.stats.initiationsSent;
+    w.lo.m.demand('hi');
+    expect(w.lo.m.stats.initiationsSent).toBe(sent + 1);
+    w.lo.m.demand('hi'); // an initiation younger than RETRY_MIN_MS is in flight: no second one
+    expect(w.lo.m.stats.initiationsSent).toBe(sent + 1);
+    // the retry comes after RETRY_MIN_MS (+ jitter), and the timer's owner was told
+    expect(w.lo.m.nextDue() - c.t).toBeLessThanOrEqual(RETRY_MIN_MS * 1.2 + 1);
+    expect(wakes.at(-1)).toBe(w.lo.m.nextDue());
+    w.lo.m.demand('nobody'); // not a peer: nothing
+    expect(w.lo.m.stats.initiationsSent).toBe(sent + 1);
+  });
+
+  it('demand() does nothing while a session is usable', async () => {
+    const w = await world();
+    w.deliver();
+    const sent = w.lo.m.stats.initiationsSent;
+    w.lo.m.demand('hi');
+    expect(w.lo.m.stats.initiationsSent).toBe(sent);
+  });
+
+  it('a session nothing came back on is not rekeyed; once the peer sends, it is', async () => {
+    const rx = { lo: 0, hi: 0 };
+    const w = await world({ deps: (side) => ({ lastRx: () => rx[side] }) });
+    w.deliver();
+    const created = w.lo.m.usable('hi')!.send.created;
+    // nextDue (after the tick that looks at the new session): the rekey time
+    w.lo.m.tick();
+    expect(w.lo.m.nextDue()).toBe(created + w.timers.rekeyAfterMs);
+    const sent = w.lo.m.stats.initiationsSent + w.hi.m.stats.initiationsSent;
+    for (let i = 0; i < 12; i++) w.advance(1_000); // past both sides' rekey times (10 s and 11 s)
+    expect(w.lo.m.stats.initiationsSent + w.hi.m.stats.initiationsSent).toBe(sent);
+    expect(w.lo.m.stats.rekeys).toBe(0);
+    rx.lo = w.now(); // hi sent lo a packet: lo rekeys within a tenth of rekeyAfter
+    for (let i = 0; i < 10 && w.lo.m.stats.rekeys === 0; i++) w.advance(100);
+    expect(w.lo.m.stats.rekeys).toBe(1);
+    expect(w.lo.m.usable('hi')!.send.created).toBeGreaterThan(created);
+  });
+});
+
+describe('HandshakeManager: a waiting packet and a new record restart the fast schedule (issue 11)', () => {
+  it('demand() while an initiation is in flight brings the next try to RETRY_MIN_MS after it', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => 0 }) });
+    c.t = w.now();
+    for (let i = 0; i < 12; i++) {
+      c.t = w.lo.m.nextDue();
+      w.lo.m.tick(); // the backoff grows past a minute
+    }
+    c.t += 1_000;
+    w.lo.m.tick();
+    expect(w.lo.m.nextDue() - c.t).toBeGreaterThan(60_000);
+    w.lo.m.demand('hi');
+    const sentAt = c.t;
+    c.t += 100;
+    w.lo.m.demand('hi'); // in flight for 100 ms: no new one, but the next comes soon
+    expect(w.lo.m.nextDue()).toBeLessThanOrEqual(sentAt + RETRY_MIN_MS);
+  });
+
+  it('nudge() (a new record) tries a peer in slow backoff at once; a peer with a session is left alone', async () => {
+    const c = { t: 0 };
+    const w = await world({ drop: () => true, deps: () => ({ now: () => c.t, lastRx: () => 0 }) });
+    c.t = w.now();
+    for (let i = 0; i < 12; i++) {
+      c.t = w.lo.m.nextDue();
+      w.lo.m.tick();
+    }
+    expect(w.lo.m.nextDue() - c.t).toBeGreaterThan(60_000);
+    w.lo.m.nudge('hi');
+    expect(w.lo.m.nextDue()).toBe(c.t);
+    const sent = w.lo.m.stats.initiationsSent;
+    w.lo.m.tick();
+    expect(w.lo.m.stats.initiationsSent).toBe(sent + 1);
+    expect(w.lo.m.nextDue() - c.t).toBeLessThanOrEqual(RETRY_MIN_MS * 1.2 + 1);
+
+    const ok = await world();
+    ok.deliver();
+    ok.lo.m.tick();
+    const due = ok.lo.m.nextDue();
+    ok.lo.m.nudge('hi');
+    expect(ok.lo.m.nextDue()).toBe(due);
+  });
+});
+
+describe('HandshakeManager: a peer key that cannot be used (issue 11)', () => {
+  it('an initiation that fails (a low-order public key) is retried on the backoff, not at every timer turn', async () => {
+    const s = await loadSodium();
+    const me = s.crypto_box_keypair();
+    let now = 1_000_000;
+    const m = new HandshakeManager({ noise: new Noise(s, me.privateKey, me.publicKey), send: () => {}, onChange: () => {}, log: silentLogger, now: () => now, random: () => 0 });
+    m.setPeers([{ name: 'bad', publicKey: new Uint8Array(32), ip: 1, port: 51820 }]); // the zero point: every DH with it fails
+    expect(m.stats.initiationsSent).toBe(0);
+    const dues: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const due = m.nextDue();
+      expect(due).toBeGreaterThan(now);
+      dues.push(due - now);
+      now = due;
+      m.tick();
+    }
+    // (the zero key sorts below ours: we wait INITIATE_DELAY_MS first, then back off from RETRY_MIN_MS)
+    expect(dues[0]).toBe(INITIATE_DELAY_MS);
+    expect(dues[1]).toBe(RETRY_MIN_MS);
+    for (let i = 2; i < dues.length; i++) expect(dues[i]!).toBe(dues[i - 1]! * 2);
+    expect(m.stats.initiationsSent).toBe(0);
   });
 });

@@ -592,3 +592,39 @@ describe('PathManager', () => {
     });
   });
 });
+
+describe('PathManager: ticks by deadline (issue 11)', () => {
+  it('a quiet peer without a session needs no tick once its discovery and relay timers passed', () => {
+    const wakes: number[] = [];
+    const pm2 = new PathManager({ now: () => now, isLocal, wake: (at) => void wakes.push(at) });
+    pm2.setPeer('quiet', [PUB], false);
+    expect(wakes).toEqual([now]); // a new peer is due at once
+    const none = () => false;
+    pm2.tick(none);
+    // its timers: the relay fallback after RELAY_AFTER_MS, the end of discovery after DISCOVER_MS
+    expect(pm2.nextDue()).toBe(now + RELAY_AFTER_MS);
+    advance(RELAY_AFTER_MS);
+    pm2.tick(none);
+    expect(pm2.nextDue()).toBe(now - RELAY_AFTER_MS + DISCOVER_MS);
+    advance(DISCOVER_MS);
+    pm2.tick(none);
+    expect(pm2.nextDue()).toBe(Infinity);
+    // a session makes it probe at the next tick, whatever nextDue said
+    const actions = pm2.tick(() => true);
+    expect(probed(actions, 'quiet')).toEqual([describeEndpoint(PUB)]);
+    expect(pm2.nextDue()).toBe(now + PROBE_FAST_MS);
+  });
+
+  it('a settled peer is looked at when its slow probe is due, and evidence makes it due at once', () => {
+    settle('b', PUB);
+    const due = pm.nextDue();
+    expect(due).toBeGreaterThan(now);
+    expect(due).toBeLessThanOrEqual(now + PROBE_SLOW_MS);
+    // between due times a tick does nothing
+    advance(due - now - 1);
+    expect(tick().probes).toEqual([]);
+    advance(1);
+    pm.onPong('b', PUB, 10); // (keeps the path alive)
+    expect(pm.nextDue()).toBe(now);
+  });
+});
