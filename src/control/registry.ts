@@ -9,7 +9,7 @@ import { MemberEvaluator, type EvaluatorWork, type PeerDelta } from './evaluator
 import type { AddressConflict } from './holders';
 import { aliveKey, checkName, networkPrefix } from './keys';
 import { Liveness } from './liveness';
-import { PeerCache } from './peer-cache';
+import { PeerCache, type CacheChange } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
 import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
@@ -413,10 +413,12 @@ export class Registry {
     const known = this.evaluator.knownCerts;
     const tokens = this.evaluator.tokens;
     if (delivered || this.revocations.dirty || known.dirty || tokens.dirty) {
+      // Members alone changed: the cache may journal just them (peer-cache.ts).
+      const membersOnly = !(this.revocations.dirty || known.dirty || tokens.dirty);
       this.revocations.clean();
       known.clean();
       tokens.clean();
-      this.saveCache();
+      this.saveCache(membersOnly ? { put: [...delta.added.values(), ...delta.changed.values()], removed: delta.removed } : undefined);
     }
   }
 
@@ -470,13 +472,16 @@ export class Registry {
 
   // ---- 4. cache (peer-cache.ts) ----------------------------------------------------------------
 
-  private saveCache(): void {
-    this.cache?.save(() => ({
-      peers: sortedCopy(this.evaluator.members()).values(),
-      revocations: this.revocations.list(),
-      certs: this.evaluator.knownCerts.list(),
-      tokens: this.evaluator.tokens.toJSON(),
-    }));
+  private saveCache(change?: CacheChange): void {
+    this.cache?.save(
+      () => ({
+        peers: sortedCopy(this.evaluator.members()).values(),
+        revocations: this.revocations.list(),
+        certs: this.evaluator.knownCerts.list(),
+        tokens: this.evaluator.tokens.toJSON(),
+      }),
+      change,
+    );
   }
 
   // ---- lifecycle -------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { issueCert } from '../../src/control/cert';
 import { aliveKey, hostKey } from '../../src/control/keys';
 import { serializeHostRecord, type HostCert, type HostRecord, type NetworkSpec } from '../../src/control/records';
+import { PeerCache } from '../../src/control/peer-cache';
 import { Registry, type PeerChange } from '../../src/control/registry';
 import { createRootLogger } from '../../src/log';
-import { formatIpv4 } from '../../src/util/ipv4';
+import { formatIpv4, parseOverlayCidr } from '../../src/util/ipv4';
 import { FakeEtcd } from '../helpers/fake-etcd';
 import { DAY, T0, trustFixture, type TrustFixture } from '../helpers/trust';
 
@@ -128,7 +129,8 @@ describe('one host change in a network of 1,000 hosts', () => {
       expect(after.addressesResolved - before.addressesResolved).toBeLessThanOrEqual(2);
       expect(after.rosterSteps - before.rosterSteps).toBeLessThanOrEqual(2);
     }
-    // The cache file: one write for the load, then at most one for the whole burst (coalesced).
+    // The cache file: one write for the load, then at most one for the whole burst (coalesced;
+    // what a write of member changes alone costs: test/unit/peer-cache.test.ts).
     expect(reg.work().cacheWrites - loaded.cacheWrites).toBeLessThanOrEqual(1);
     times.sort((a, b) => a - b);
     console.log(`N=${N}: one republish, registry to callback: p50 ${times[100]!.toFixed(3)} ms, max ${times.at(-1)!.toFixed(3)} ms`);
@@ -184,13 +186,17 @@ describe('one host change in a network of 1,000 hosts', () => {
     const writes = reg.work().cacheWrites;
     await reg.close();
     expect(reg.work().cacheWrites).toBe(writes + 1);
-    const doc = JSON.parse(fs.readFileSync(cacheFile, 'utf8')) as { peers: HostRecord[] };
+    // (the snapshot and its journal, read as the next start reads them)
+    const reader = new PeerCache({ file: cacheFile, network: spec, cidr: parseOverlayCidr(spec.cidr), self: 'me', log: silent, now });
+    const doc = (await reader.read()) as unknown as { peers: HostRecord[] };
+    expect(doc).not.toBeNull();
     const last = (changes.at(-2)!.changed.values().next().value ?? null) as HostRecord | null;
     expect(last).not.toBeNull();
     expect(doc.peers.find((p) => p.name === last!.name)?.epoch).toBe(last!.epoch);
     expect(doc.peers.map((p) => p.name)).toContain('early');
     expect(fs.statSync(cacheFile).mode & 0o777).toBe(0o600);
-    expect(fs.readdirSync(path.dirname(cacheFile))).toEqual(['peers.json']);
+    expect(fs.statSync(`${cacheFile}.journal`).mode & 0o777).toBe(0o600);
+    expect(fs.readdirSync(path.dirname(cacheFile)).sort()).toEqual(['peers.json', 'peers.json.journal']);
 
     // Restarted with that cache and etcd up: the first change still lists every peer as added
     // (the cached members are the starting point of the evaluation, not news already delivered).
