@@ -362,10 +362,17 @@ describe('Registry against a real etcd', () => {
       await peer.reg.startAlive();
       await waitFor(() => rec.last()?.has('p1'), 2000, 'peer p1');
       await me.reg.close(); // flushes the cache
-      const doc = JSON.parse(readFileSync(cacheFile, 'utf8')) as { network: string; peers: HostRecord[] };
+      // The snapshot, and the journal of member changes written after it (peer-cache.ts).
+      const doc = JSON.parse(readFileSync(cacheFile, 'utf8')) as { network: string; generation: string; peers: HostRecord[] };
+      const journal = readFileSync(`${cacheFile}.journal`, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as { g: string; put?: HostRecord });
       expect(doc.network).toBe('demo');
-      expect(doc.peers.map((p) => p.name)).toEqual(['p1']);
+      const names = [...doc.peers, ...journal.filter((l) => l.g === doc.generation && l.put).map((l) => l.put!)].map((p) => p.name);
+      expect([...new Set(names)]).toEqual(['p1']);
       expect(statSync(cacheFile).mode & 0o777).toBe(0o600);
+      expect(statSync(`${cacheFile}.journal`).mode & 0o777).toBe(0o600);
 
       // Control plane down: a client pointing at a port nobody listens on.
       const dead = createEtcd({ endpoints: [`127.0.0.1:${await freePort()}`], dialTimeoutMs: 500 });
