@@ -258,7 +258,7 @@ describe('one host change in a network of 1,000 hosts that all joined with a tok
     // 2. a thief signs h0005's use again (another name, key and address): refused, nobody else looked at
     let before = reg.work();
     const n0 = changes.length;
-    const thief = tokenCert('thief', 6, keyOf(7000), '100.64.0.9');
+    const thief = tokenCert('thief', 6, keyOf(7000), '100.64.0.9', T0 + 60_000); // (later: a fresh registry picks h0005 too)
     fake.put(hostKey('demo', 'thief'), serializeHostRecord(record(7000, 50, thief)));
     fake.put(aliveKey('demo', 'thief'), '{"version":1}');
     await settle();
