@@ -4,11 +4,11 @@ import { nextCertChange, type TrustAnchor } from './cert';
 import { certPrecedence, certRef, describeCert, type AddressConflict } from './holders';
 import { hostKey } from './keys';
 import { KnownCerts } from './known-certs';
-import { checkEntry, computePeers, revokedWhy, type HostEntry, type PeerTrust, type Rejection } from './peers';
+import { checkEntry, computePeers, revokedWhy, tokenUseLosers, tokenUseLostWhy, type HostEntry, type PeerTrust, type Rejection } from './peers';
 import { checkOverlayIpInNetwork, HostCert, HostRecord, serializeHostRecord } from './records';
 import type { Revocations } from './revocations';
 import { Roster, type Candidate, type MemberView, type RecordView } from './roster';
-import { TokenMemory } from './token-memory';
+import { TokenMemory, useId } from './token-memory';
 
 /**
  * Trust and membership (registry job 5): from the etcd mirror (watch.ts), the sticky revocations
@@ -32,10 +32,16 @@ import { TokenMemory } from './token-memory';
  * without a trust anchor (its lease and liveness rules are not tracked per address). Both give
  * the same peer set as computePeers + Roster.update over everything (the unit tests compare).
  *
- * Join tokens (token-memory.ts) add rules across names (first certificate per token use, a token
- * certificate never takes a held name): once a token certificate is seen (ours included), every
- * evaluation is a full one through computePeers, as before issue 11's incremental work. Networks
- * whose hosts are certified by the network key alone get the incremental path.
+ * Join tokens (token-memory.ts) take the same path. Their rules reach other names in two ways
+ * only, and both are tracked: (1) the first certificate per (token, use) wins (`firstPerTokenUse`):
+ * the certificates of valid records are bound to their use at the end of every evaluation, so
+ * only records re-checked together can share a use not bound yet. (2) A remembered
+ * certificate whose use is bound to another one holds no address (`resolve`). The other rule, a
+ * token certificate never takes a name another key holds, looks only at the remembered
+ * certificates of that same name (records are keyed by name), which change only when that name
+ * is re-checked. A new token revocation asks for a full evaluation like a host revocation
+ * (registry.ts). Not replayed by the partial path: the memories' bounds (KnownCerts and
+ * TokenMemory drop their oldest entries beyond 8,192 certificates / 65,536 uses).
  */
 
 export interface Mirror {
@@ -76,6 +82,11 @@ export interface EvaluatorOptions {
   heardAt?: (name: string) => number | null;
   /** A timer (certificate validity, silence) asks for a new (full) evaluation. */
   onTimer: () => void;
+  /**
+   * Tests only: every evaluation is a full one through computePeers + Roster.update, the
+   * reference the evaluator's own (full and partial) evaluations are compared with.
+   */
+  viaComputePeers?: boolean;
 }
 
 /** Longest setTimeout delay Node accepts; a later certificate change re-arms the timer. */
@@ -94,8 +105,6 @@ export class MemberEvaluator {
   readonly knownCerts = new KnownCerts();
   /** Join tokens: the first certificate per (token, use), and token revocations (sticky). */
   readonly tokens = new TokenMemory();
-  /** A token certificate was seen: full evaluations through computePeers from now on. */
-  private tokenMode = false;
   readonly work: EvaluatorWork = { fullEvaluations: 0, partialEvaluations: 0, recordsChecked: 0, addressesResolved: 0, rosterSteps: 0 };
   private readonly roster = new Roster();
   /** The members' records: the peer set. */
@@ -138,10 +147,7 @@ export class MemberEvaluator {
   revokedHosts = 0;
 
   constructor(private readonly opts: EvaluatorOptions) {
-    if (opts.selfCert) {
-      this.tokens.bind([opts.selfCert]); // our own use of a join token is ours
-      if (opts.selfCert.token !== undefined) this.tokenMode = true;
-    }
+    if (opts.selfCert) this.tokens.bind([opts.selfCert]); // our own use of a join token is ours
   }
 
   /** The last peer set (the cache file's at start) stays the membership until etcd says otherwise. */
@@ -161,10 +167,9 @@ export class MemberEvaluator {
    * trust, and when our own standing changes).
    */
   evaluate(m: Mirror, now: number, names: Iterable<string> | null): PeerDelta {
-    if (names === null || !this.evaluated || !this.trust || this.tokenMode) return this.full(m, now);
+    if (names === null || !this.evaluated || !this.trust || this.opts.viaComputePeers) return this.full(m, now);
     const base = this.selfBase;
     const touched = new Set<string>(names);
-    for (const n of touched) if (hasToken(m.hosts.get(n))) return this.full(m, now);
     for (const n of this.pending) touched.add(n);
     for (const n of this.recheck) touched.add(n);
     this.pending.clear();
@@ -172,6 +177,7 @@ export class MemberEvaluator {
     this.work.partialEvaluations++;
     const ips = new Set<string>();
     for (const name of touched) this.check(m, name, now, ips);
+    this.firstPerTokenUse(m, touched, ips);
     const reach = new Set<string>(touched);
     for (const ip of ips) {
       for (const n of this.lostAt.get(ip) ?? []) reach.add(n);
@@ -181,6 +187,7 @@ export class MemberEvaluator {
     const problem = base ?? this.firstSelfLost();
     if (problem !== this.selfProblem) return this.full(m, now);
     this.knownCerts.remember(this.certsOf(touched));
+    this.tokens.bind(this.certsOf(touched));
     const candidates = new Map<string, Candidate>();
     for (const n of reach) {
       const c = this.candidateOf(n);
@@ -196,6 +203,25 @@ export class MemberEvaluator {
     const delta: PeerDelta = { added: new Map(), changed: new Map(), removed: new Set() };
     for (const [name, view] of out.members) this.apply(name, view, delta);
     return delta;
+  }
+
+  /**
+   * computePeers' first certificate per token use (peers.ts `tokenUseLosers`) among the valid
+   * records of `names`: the losers leave `valid` (their addresses go to `ips`). Enough for a
+   * partial evaluation: every other valid record's use is bound to it already (the certificates
+   * of valid records are bound at the end of each evaluation), so no name outside `names` can
+   * share an unbound use with one inside, and a bound use admits only its own certificate. A
+   * loser needs no re-check later: with no valid record it leaves the roster now, so no held
+   * record of it is left to stand in when the binding refuses its record from then on.
+   */
+  private firstPerTokenUse(m: Mirror, names: Iterable<string>, ips: Set<string>): void {
+    const rejected: Rejection[] = [];
+    for (const { loser, winner } of tokenUseLosers(this.certsOf(names), this.opts.selfCert, this.opts.self)) {
+      this.unclaim(loser.name, loser.overlayIp, ips);
+      this.valid.delete(loser.name);
+      rejected.push({ name: loser.name, modRevision: m.hosts.get(loser.name)?.modRevision ?? '0', error: tokenUseLostWhy(loser, winner), trust: 'untrusted' });
+    }
+    this.warnRejected(rejected);
   }
 
   /** Re-checks one name's record (etcd's, or the held one); adds the addresses it claimed before and claims now to `ips`. */
@@ -251,12 +277,27 @@ export class MemberEvaluator {
 
   private peerTrust(now: number): PeerTrust | undefined {
     return this.trust
-      ? { anchor: this.trust, now, revocations: this.opts.revocations.map, selfCert: this.opts.selfCert, knownCerts: this.knownCerts.values(), tokens: this.tokens }
+      ? {
+          anchor: this.trust,
+          now,
+          revocations: this.opts.revocations.map,
+          selfCert: this.opts.selfCert,
+          knownCerts: this.knownCerts.values(),
+          knownCertsNamed: (name) => this.knownCerts.named(name),
+          tokens: this.tokens,
+        }
       : undefined;
   }
 
   private isRevoked(c: HostCert): boolean {
     return this.opts.revocations.of(c) !== undefined || this.tokens.revocationOf(c) !== undefined;
+  }
+
+  /** A token certificate whose use is bound to another certificate (peers.ts `useTaken`). */
+  private useBoundElsewhere(c: HostCert): boolean {
+    if (c.token === undefined) return false;
+    const first = this.tokens.uses.get(useId(c));
+    return first !== undefined && first !== c.serial;
   }
 
   /**
@@ -292,7 +333,7 @@ export class MemberEvaluator {
     for (const c of this.knownCerts.at(ip)) {
       if (seen.has(`${c.name}/${c.serial}`) || c.network !== trust.network) continue;
       if (checkOverlayIpInNetwork(c, cidr, cidrText) !== null) continue;
-      if (trust.verifyCert(c, now) !== null || this.isRevoked(c)) continue;
+      if (trust.verifyCert(c, now) !== null || this.isRevoked(c) || this.useBoundElsewhere(c)) continue;
       claim(c);
     }
     const conflicts: AddressConflict[] = [];
@@ -343,9 +384,7 @@ export class MemberEvaluator {
     this.evaluated = true;
     this.pending.clear();
     this.recheck.clear();
-    if (!this.tokenMode && this.tokens.uses.size > 0) this.tokenMode = true;
-    if (!this.tokenMode) for (const e of m.hosts.values()) if (hasToken(e)) this.tokenMode = true;
-    if (!this.trust || this.tokenMode) return this.fullByComputePeers(m, now);
+    if (!this.trust || this.opts.viaComputePeers) return this.fullByComputePeers(m, now);
     const { selfCert } = this.opts;
     const trust = this.peerTrust(now)!;
     this.selfBase = undefined;
@@ -364,6 +403,7 @@ export class MemberEvaluator {
     const names = [...new Set([...m.hosts.keys(), ...this.kept.keys(), ...this.returning.keys()])].sort();
     const ips = new Set<string>(this.conflictsAt.keys()); // old conflicts are re-decided (and cleared) too
     for (const name of names) this.check(m, name, now, ips);
+    this.firstPerTokenUse(m, [...this.valid.keys()].sort(), ips);
     for (const name of this.warned.keys()) if (!m.hosts.has(name)) this.warned.delete(name);
     if (selfCert) ips.add(selfCert.overlayIp);
     for (const ip of [...ips].sort((a, b) => parseIpv4(a)! - parseIpv4(b)!)) this.resolve(ip, now);
@@ -375,7 +415,8 @@ export class MemberEvaluator {
     }
     this.work.rosterSteps += candidates.size;
     const out = this.roster.update({ candidates, alive: m.alive, now, heardAt: this.opts.heardAt, etcdRead: m.etcdRead });
-    this.knownCerts.remember(this.certsOf(this.valid.keys()));
+    this.knownCerts.remember(this.certsOf(names));
+    this.tokens.bind(this.certsOf(names));
     this.knownCerts.prune(now, (c) => this.isRevoked(c));
     this.revokedHosts = this.revokedNames.size;
     return this.finishFull(out.members, out.left, out.nextCheck, m, now);
@@ -383,7 +424,7 @@ export class MemberEvaluator {
 
   /**
    * Everything through computePeers (peers.ts) and Roster.update: for a network without a trust
-   * anchor (tools and tests only: the old lease rules) and once join tokens are in play.
+   * anchor (tools and tests only: the old lease rules), and with `viaComputePeers` (tests).
    */
   private fullByComputePeers(m: Mirror, now: number): PeerDelta {
     const { rejected, selfProblem, conflicts, candidates, certified } = computePeers({
@@ -612,9 +653,4 @@ export class MemberEvaluator {
     if (this.silenceTimer) clearTimeout(this.silenceTimer);
     this.silenceTimer = null;
   }
-}
-
-/** A host entry whose record carries a certificate made under a join token. */
-function hasToken(e: HostEntry | undefined): boolean {
-  return e !== undefined && e.parsed.ok && e.parsed.value.cert?.token !== undefined;
 }

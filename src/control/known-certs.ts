@@ -13,6 +13,7 @@ export const MAX_KNOWN_CERTS = 8192;
 export class KnownCerts {
   private readonly certs = new Map<string, HostCert>(); // "name/serial" -> certificate, oldest first
   private readonly byIp = new Map<string, Map<string, HostCert>>(); // overlay ip -> "name/serial" -> certificate
+  private readonly byName = new Map<string, Map<string, HostCert>>(); // host name -> "name/serial" -> certificate, oldest first
   /** Set when the set changed since the last `clean()`: the cache file should be written. */
   dirty = false;
 
@@ -25,6 +26,11 @@ export class KnownCerts {
   /** The remembered certificates for one overlay address. */
   at(overlayIp: string): Iterable<HostCert> {
     return this.byIp.get(overlayIp)?.values() ?? [];
+  }
+
+  /** The remembered certificates for one host name, in the order first seen (as in `values()`). */
+  named(name: string): Iterable<HostCert> {
+    return this.byName.get(name)?.values() ?? [];
   }
 
   get size(): number {
@@ -40,6 +46,9 @@ export class KnownCerts {
       let group = this.byIp.get(c.overlayIp);
       if (!group) this.byIp.set(c.overlayIp, (group = new Map()));
       group.set(id, c);
+      let named = this.byName.get(c.name);
+      if (!named) this.byName.set(c.name, (named = new Map()));
+      named.set(id, c);
       this.dirty = true;
       if (this.certs.size > this.max) this.drop(this.certs.keys().next().value!);
     }
@@ -62,6 +71,9 @@ export class KnownCerts {
     const group = this.byIp.get(c.overlayIp);
     group?.delete(id);
     if (group?.size === 0) this.byIp.delete(c.overlayIp);
+    const named = this.byName.get(c.name);
+    named?.delete(id);
+    if (named?.size === 0) this.byName.delete(c.name);
   }
 
   clean(): void {

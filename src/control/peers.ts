@@ -66,6 +66,11 @@ export interface PeerTrust {
    * an etcd writer who deletes a holder's record cannot hand its address to a newer certificate.
    */
   readonly knownCerts?: Iterable<HostCert>;
+  /**
+   * The same certificates for one name, in the same order (an index, so that checking one record
+   * does not walk every remembered certificate); `knownCerts` filtered by name when absent.
+   */
+  readonly knownCertsNamed?: (name: string) => Iterable<HostCert>;
   /** Join tokens (token-memory.ts): the first certificate seen per (token, use), and revocations. */
   readonly tokens?: TokenView;
 }
@@ -138,7 +143,7 @@ function useTaken(trust: PeerTrust, cert: HostCert): string | undefined {
 function nameTaken(trust: PeerTrust, cert: HostCert): string | undefined {
   if (cert.token === undefined) return undefined;
   let seenSelf = false;
-  for (const c of trust.knownCerts ?? []) {
+  for (const c of trust.knownCertsNamed?.(cert.name) ?? trust.knownCerts ?? []) {
     if (c.serial === cert.serial && c.name === cert.name) {
       seenSelf = true;
       continue;
@@ -276,33 +281,43 @@ export function computePeers(inp: PeerInputs): PeerSet {
  * else the first by `certPrecedence`; the others leave `valid` and `certified`.
  */
 function firstPerTokenUse(inp: PeerInputs, valid: Map<string, HostRecord>, trust: PeerTrust, rejected: Rejection[], certified: HostCert[]): void {
+  const certs: HostCert[] = [];
+  for (const rec of valid.values()) if (rec.cert) certs.push(rec.cert);
+  for (const { loser: c, winner } of tokenUseLosers(certs, trust.selfCert, inp.self)) {
+    valid.delete(c.name);
+    const i = certified.indexOf(c);
+    if (i >= 0) certified.splice(i, 1);
+    rejected.push({ name: c.name, modRevision: inp.hosts.get(c.name)?.modRevision ?? '0', error: tokenUseLostWhy(c, winner), trust: 'untrusted' });
+  }
+}
+
+/**
+ * The rule of `firstPerTokenUse` over the certificates of valid records (one per name): per
+ * (token, use), with our own certificate added when it is of that use, ours wins, else the
+ * first by `certPrecedence`; every other certificate but ours loses. (evaluator.ts applies it to
+ * the records it re-checks.)
+ */
+export function tokenUseLosers(certs: Iterable<HostCert>, self: HostCert | undefined, selfName: string): { loser: HostCert; winner: HostCert }[] {
   const byUse = new Map<string, HostCert[]>();
-  for (const rec of valid.values()) {
-    const c = rec.cert;
-    if (c?.token === undefined) continue;
+  for (const c of certs) {
+    if (c.token === undefined) continue;
     const list = byUse.get(useId(c));
     if (list) list.push(c);
     else byUse.set(useId(c), [c]);
   }
-  const self = trust.selfCert;
+  const out: { loser: HostCert; winner: HostCert }[] = [];
   for (const [id, list] of byUse) {
     if (self?.token !== undefined && useId(self) === id && !list.some((c) => c.serial === self.serial)) list.push(self);
     if (list.length < 2) continue;
     list.sort((a, b) => (a === self ? -1 : b === self ? 1 : certPrecedence(a, b)));
     const winner = list[0]!;
-    for (const c of list.slice(1)) {
-      if (c === self || c.name === inp.self) continue;
-      valid.delete(c.name);
-      const i = certified.indexOf(c);
-      if (i >= 0) certified.splice(i, 1);
-      rejected.push({
-        name: c.name,
-        modRevision: inp.hosts.get(c.name)?.modRevision ?? '0',
-        error: `cert.use: use ${c.use} of token ${c.token} is also claimed by certificate ${winner.serial} of ${winner.name}, which comes first`,
-        trust: 'untrusted',
-      });
-    }
+    for (const c of list.slice(1)) if (c !== self && c.name !== selfName) out.push({ loser: c, winner });
   }
+  return out;
+}
+
+export function tokenUseLostWhy(c: HostCert, winner: HostCert): string {
+  return `cert.use: use ${c.use} of token ${c.token} is also claimed by certificate ${winner.serial} of ${winner.name}, which comes first`;
 }
 
 /**
