@@ -4,7 +4,7 @@ import { nextCertChange, type TrustAnchor } from './cert';
 import { certPrecedence, certRef, describeCert, type AddressConflict } from './holders';
 import { hostKey } from './keys';
 import { KnownCerts } from './known-certs';
-import { checkEntry, computePeers, revokedWhy, tokenUseLosers, tokenUseLostWhy, type HostEntry, type PeerTrust, type Rejection } from './peers';
+import { computePeers, judgeName, revokedWhy, tokenUseLosers, tokenUseLostWhy, type HostEntry, type PeerTrust, type Rejection } from './peers';
 import { checkOverlayIpInNetwork, HostCert, HostRecord, serializeHostRecord } from './records';
 import type { Revocations } from './revocations';
 import { Roster, type Candidate, type MemberView, type RecordView } from './roster';
@@ -232,31 +232,11 @@ export class MemberEvaluator {
     this.revokedNames.delete(name);
     if (!m.hosts.has(name)) this.warned.delete(name);
     const inp = { cidr: this.opts.cidr, cidrText: this.opts.cidrText, leases: m.leases, trust: this.peerTrust(now) };
-    const e = m.hosts.get(name);
     const held = name === this.opts.self ? undefined : (this.kept.get(name) ?? this.returning.get(name));
-    let view: RecordView = 'absent';
-    const rejected: Rejection[] = [];
-    if (e) {
-      this.work.recordsChecked++;
-      const r = checkEntry(inp, e);
-      if ('error' in r) {
-        rejected.push({ name, modRevision: e.modRevision, error: r.error, trust: r.trust });
-        view = 'invalid';
-      } else if (held && r.rec.epoch < held.epoch) {
-        // A valid record older than the one we hold (replayed by an etcd writer?): keep ours.
-        rejected.push({ name, modRevision: e.modRevision, error: `epoch: ${r.rec.epoch} is older than the record held (${held.epoch})`, trust: 'stale' });
-        view = 'invalid';
-      } else {
-        this.claim(name, { rec: r.rec, view: 'present', cert: r.cert }, ips);
-      }
-    }
-    if (!this.valid.has(name) && held) {
-      // No valid record in etcd: the last valid one stands while it passes the same checks.
-      this.work.recordsChecked++;
-      const r = checkEntry(inp, { modRevision: '0', parsed: { ok: true, value: held } });
-      if (!('error' in r)) this.claim(name, { rec: r.rec, view, cert: r.cert }, ips);
-    }
-    this.warnRejected(rejected);
+    const v = judgeName(inp, name, m.hosts.get(name), held);
+    this.work.recordsChecked += v.checked;
+    if (v.accepted) this.claim(name, { rec: v.accepted.rec, view: v.accepted.view, cert: v.accepted.cert }, ips);
+    if (v.rejected) this.warnRejected([v.rejected]);
   }
 
   private claim(name: string, v: Valid, ips: Set<string>): void {

@@ -179,6 +179,49 @@ export function checkEntry(inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' 
 }
 
 /** The valid hosts other than self, each with what etcd holds for it (see roster.ts). */
+/** One name's verdict from etcd's entry and the record held from before (if any). */
+export interface NameVerdict {
+  /** The record that stands, with its certificate and what etcd holds ('present' when etcd's own). */
+  accepted: { rec: HostRecord; cert?: HostCert; view: RecordView } | null;
+  /** Why etcd's entry was refused, when it was. */
+  rejected: Rejection | null;
+  /** Records checked (for the evaluator's work counters). */
+  checked: number;
+}
+
+/**
+ * etcd's record when it passes the checks and is not older than the one held; otherwise the held
+ * record while it passes the same checks (a deleted or forged record never drops a member).
+ */
+export function judgeName(
+  inp: Pick<PeerInputs, 'cidr' | 'cidrText' | 'leases' | 'trust'>,
+  name: string,
+  e: HostEntry | undefined,
+  held: HostRecord | undefined,
+): NameVerdict {
+  let view: RecordView = 'absent';
+  let rejected: Rejection | null = null;
+  let checked = 0;
+  if (e) {
+    checked++;
+    const r = checkEntry(inp, e);
+    if ('error' in r) {
+      rejected = { name, modRevision: e.modRevision, error: r.error, trust: r.trust };
+      view = 'invalid';
+    } else if (held && r.rec.epoch < held.epoch) {
+      // A valid record older than the one we hold (replayed by an etcd writer?): keep ours.
+      rejected = { name, modRevision: e.modRevision, error: `epoch: ${r.rec.epoch} is older than the record held (${held.epoch})`, trust: 'stale' };
+      view = 'invalid';
+    } else {
+      return { accepted: { rec: r.rec, cert: r.cert, view: 'present' }, rejected: null, checked };
+    }
+  }
+  if (!held) return { accepted: null, rejected, checked };
+  checked++;
+  const r = checkEntry(inp, { modRevision: '0', parsed: { ok: true, value: held } });
+  return { accepted: 'error' in r ? null : { rec: r.rec, cert: r.cert, view }, rejected, checked };
+}
+
 function candidatesOf(inp: PeerInputs, valid: Map<string, HostRecord>, views: Map<string, RecordView>, selfProblem: string | undefined): Map<string, Candidate> {
   const out = new Map<string, Candidate>();
   if (selfProblem !== undefined) return out;
@@ -203,32 +246,12 @@ export function computePeers(inp: PeerInputs): PeerSet {
   }
 
   for (const name of names) {
-    const e = inp.hosts.get(name);
-    const held = name === inp.self ? undefined : inp.kept?.get(name);
-    let view: RecordView = 'absent';
-    if (e) {
-      const r = checkEntry(inp, e);
-      if ('error' in r) {
-        rejected.push({ name, modRevision: e.modRevision, error: r.error, trust: r.trust });
-        view = 'invalid';
-      } else if (held && r.rec.epoch < held.epoch) {
-        // A valid record older than the one we hold (replayed by an etcd writer?): keep ours.
-        rejected.push({ name, modRevision: e.modRevision, error: `epoch: ${r.rec.epoch} is older than the record held (${held.epoch})`, trust: 'stale' });
-        view = 'invalid';
-      } else {
-        if (r.cert) certified.push(r.cert);
-        valid.set(name, r.rec);
-        views.set(name, 'present');
-        continue;
-      }
-    }
-    if (!held) continue;
-    // No valid record in etcd: the last valid one stands while it passes the same checks.
-    const r = checkEntry(inp, { modRevision: '0', parsed: { ok: true, value: held } });
-    if ('error' in r) continue;
-    if (r.cert) certified.push(r.cert);
-    valid.set(name, r.rec);
-    views.set(name, view);
+    const v = judgeName(inp, name, inp.hosts.get(name), name === inp.self ? undefined : inp.kept?.get(name));
+    if (v.rejected) rejected.push(v.rejected);
+    if (!v.accepted) continue;
+    if (v.accepted.cert) certified.push(v.accepted.cert);
+    valid.set(name, v.accepted.rec);
+    views.set(name, v.accepted.view);
   }
 
   const conflicts: AddressConflict[] = [];
