@@ -3,18 +3,17 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { issueCert } from '../../src/control/cert';
 import { readNetworkKey, type NetworkKey } from '../../src/control/credentials';
 import { createEtcd, createMemberClient } from '../../src/control/etcd';
 import { EtcdLink } from '../../src/control/etcd-link';
-import { aliveKey, hostKey, leaseKey, networkKey, networkPrefix, parseKey } from '../../src/control/keys';
+import { aliveKey, hostKey, networkPrefix, parseKey } from '../../src/control/keys';
 import { createNetworkWithKey } from '../../src/control/membership';
-import { HostCert, HostRecord, NetworkSpec, serializeHostRecord, serializeLeaseRecord } from '../../src/control/records';
+import { NetworkSpec } from '../../src/control/records';
 import { Registry } from '../../src/control/registry';
 import { WatchHealth } from '../../src/control/watch-health';
 import { loadEd25519, type Ed25519 } from '../../src/crypto/sign';
 import { createRootLogger } from '../../src/log';
-import { formatIpv4 } from '../../src/util/ipv4';
+import { fleetHost, seedFleet, type FleetOptions } from '../../src/testbed/fleet';
 import { waitFor } from '../helpers/etcd';
 import { EtcdCluster, startEtcdCluster } from '../helpers/etcd-cluster';
 
@@ -55,44 +54,17 @@ interface TestAgent {
 const agents: TestAgent[] = [];
 
 let nextHost = 100;
-const hostName = (i: number) => `h${String(i).padStart(4, '0')}`;
-const overlayIp = (i: number) => formatIpv4((100 << 24) + (67 << 16) + 256 + i); // 100.67.1.0 + i
-const x25519 = (i: number) => {
-  const b = Buffer.alloc(32, 0x5a);
-  b.writeUInt32BE(i, 0);
-  return b.toString('base64');
+const fleet: FleetOptions = {
+  network: NET,
+  name: (i) => `h${String(i).padStart(4, '0')}`,
+  overlayBase: '100.67.1.0',
+  endpointBase: '198.18.9.0',
+  updated: '2026-12-02T12:00:00.000Z',
 };
-
-function signedRecord(i: number): HostRecord {
-  const cert: HostCert = issueCert(ed, netKey.secretKey, { network: NET, name: hostName(i), publicKey: x25519(i), overlayIp: overlayIp(i) });
-  return {
-    version: 1,
-    name: hostName(i),
-    network: NET,
-    overlayIp: overlayIp(i),
-    publicKey: x25519(i),
-    endpoints: [`198.18.9.${i & 255}:51820`],
-    hostCidrs: [],
-    listenPort: 51820,
-    epoch: 1_764_000_000_000 + i,
-    updated: '2026-12-02T12:00:00.000Z',
-    session: '0123456789abcdef',
-    cert,
-  };
-}
+const hostName = (i: number) => fleetHost(i, fleet).name;
 
 /** Record, alive key and lease of host i in one transaction. */
-async function addHost(i: number): Promise<void> {
-  const lease = serializeLeaseRecord({ version: 1, host: hostName(i), publicKey: x25519(i), created: '2026-12-02T12:00:00.000Z' });
-  await admin
-    .if(networkKey(NET), 'Create', '>', 0)
-    .then(
-      admin.put(hostKey(NET, hostName(i))).value(serializeHostRecord(signedRecord(i))),
-      admin.put(aliveKey(NET, hostName(i))).value('{"version":1}'),
-      admin.put(leaseKey(NET, overlayIp(i))).value(lease),
-    )
-    .commit();
-}
+const addHost = (i: number) => seedFleet(admin, ed, netKey.secretKey, i, i + 1, fleet);
 
 function agentEndpoints(k: number): string[] {
   // Each agent lists the members from a different one first, so each member holds one agent's watch.

@@ -3,18 +3,17 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { issueCert } from '../../src/control/cert';
 import { readNetworkKey, type NetworkKey } from '../../src/control/credentials';
 import { createEtcd } from '../../src/control/etcd';
 import { listHosts } from '../../src/control/hosts';
-import { aliveKey, hostKey, leaseKey, networkKey, networkPrefix } from '../../src/control/keys';
+import { aliveKey, hostKey, leaseKey, networkPrefix } from '../../src/control/keys';
 import { createNetworkWithKey } from '../../src/control/membership';
 import { etcdPages, readPrefix } from '../../src/control/range';
-import { HostCert, HostRecord, NetworkSpec, RECORD_CAPS, serializeHostRecord, serializeLeaseRecord } from '../../src/control/records';
+import { HostCert, NetworkSpec, RECORD_CAPS } from '../../src/control/records';
 import { PeerSnapshot, Registry } from '../../src/control/registry';
 import { loadEd25519, type Ed25519 } from '../../src/crypto/sign';
 import { createRootLogger, Logger } from '../../src/log';
-import { formatIpv4 } from '../../src/util/ipv4';
+import { fleetCert, fleetHost, seedFleet, type FleetOptions } from '../../src/testbed/fleet';
 import { EtcdHandle, startEtcd, waitFor } from '../helpers/etcd';
 
 /**
@@ -47,12 +46,18 @@ const certs: HostCert[] = [];
 const closers: { close(): unknown }[] = [];
 
 const hostName = (i: number) => `h${String(i).padStart(5, '0')}`;
-const overlayIp = (i: number) => formatIpv4((100 << 24) + (64 << 16) + 256 + i); // 100.64.1.0 + i
-const x25519 = (i: number) => {
-  const b = Buffer.alloc(32, 0x5a);
-  b.writeUInt32BE(i, 0);
-  return b.toString('base64');
+const octets = (i: number) => `${(i >> 8) & 255}.${i & 255}`;
+const fleet: FleetOptions = {
+  network: NET,
+  name: hostName,
+  overlayBase: '100.64.1.0',
+  endpointBase: '198.18.0.0',
+  endpoints: (i) => [`198.18.${octets(i)}:51820`, `198.19.${octets(i)}:51820`],
+  hostCidrs: (i) => [`198.18.${(i >> 8) & 255}.0/24`, `198.19.${(i >> 8) & 255}.0/24`],
+  nat: 'eim',
+  updated: '2026-12-02T11:00:00.000Z',
 };
+const overlayIp = (i: number) => fleetHost(i, fleet).overlayIp;
 
 function client(maxReceiveBytes?: number): Etcd3 {
   const c = createEtcd({ endpoints: [etcd.endpoint], ...(maxReceiveBytes ? { maxReceiveBytes } : {}) });
@@ -74,52 +79,12 @@ function registry(self: number, c: Etcd3) {
   return { reg, lines, watch, peers: () => last };
 }
 
-function record(i: number): HostRecord {
-  const a = (i >> 8) & 255;
-  const b = i & 255;
-  return {
-    version: 1,
-    name: hostName(i),
-    network: NET,
-    overlayIp: overlayIp(i),
-    publicKey: x25519(i),
-    endpoints: [`198.18.${a}.${b}:51820`, `198.19.${a}.${b}:51820`],
-    hostCidrs: [`198.18.${a}.0/24`, `198.19.${a}.0/24`],
-    listenPort: 51820,
-    epoch: 1_764_000_000_000 + i,
-    updated: '2026-12-02T11:00:00.000Z',
-    session: '0123456789abcdef',
-    nat: 'eim',
-    cert: certs[i],
-  };
-}
-
 function issue(i: number): HostCert {
-  const c = issueCert(ed, netKey.secretKey, { network: NET, name: hostName(i), publicKey: x25519(i), overlayIp: overlayIp(i) });
-  certs[i] = c;
-  return c;
+  return (certs[i] = fleetCert(ed, netKey.secretKey, i, fleet));
 }
 
-/** Writes host records, alive keys and leases, 42 hosts (126 puts) per transaction; returns the bytes of values. */
-async function putHosts(from: number, to: number): Promise<number> {
-  let bytes = 0;
-  for (let i = from; i < to; i += 42) {
-    const puts = [];
-    for (let j = i; j < Math.min(to, i + 42); j++) {
-      const host = serializeHostRecord(record(j));
-      const lease = serializeLeaseRecord({ version: 1, host: hostName(j), publicKey: x25519(j), created: '2026-12-02T10:00:00.000Z' });
-      const alive = '{"version":1}';
-      bytes += Buffer.byteLength(host) + Buffer.byteLength(lease) + alive.length;
-      puts.push(
-        admin.put(hostKey(NET, hostName(j))).value(host),
-        admin.put(aliveKey(NET, hostName(j))).value(alive),
-        admin.put(leaseKey(NET, overlayIp(j))).value(lease),
-      );
-    }
-    await admin.if(networkKey(NET), 'Create', '>', 0).then(...puts).commit(); // the spec exists: always true
-  }
-  return bytes;
-}
+/** Writes host records, alive keys and leases of hosts [from, to) with their issued certificates; returns the bytes of values. */
+const putHosts = (from: number, to: number) => seedFleet(admin, ed, netKey.secretKey, from, to, fleet, (i) => certs[i]!);
 
 function warnings(lines: LogLine[], msg: string, etcdKey: string): LogLine[] {
   return lines.filter((l) => l.msg === msg && l['etcdKey'] === etcdKey);

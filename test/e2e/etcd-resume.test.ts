@@ -3,17 +3,16 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { issueCert } from '../../src/control/cert';
 import { readNetworkKey, type NetworkKey } from '../../src/control/credentials';
 import { createEtcd } from '../../src/control/etcd';
 import { EtcdLink, type LinkTimers } from '../../src/control/etcd-link';
-import { aliveKey, hostKey, leaseKey, networkKey } from '../../src/control/keys';
+import { aliveKey, hostKey, networkKey } from '../../src/control/keys';
 import { createNetworkWithKey } from '../../src/control/membership';
-import { HostCert, HostRecord, NetworkSpec, serializeHostRecord, serializeLeaseRecord } from '../../src/control/records';
+import { NetworkSpec } from '../../src/control/records';
 import { Registry } from '../../src/control/registry';
 import { loadEd25519, type Ed25519 } from '../../src/crypto/sign';
 import { createRootLogger } from '../../src/log';
-import { formatIpv4 } from '../../src/util/ipv4';
+import { fleetHost, seedFleet, type FleetOptions } from '../../src/testbed/fleet';
 import { EtcdHandle, startEtcd, waitFor } from '../helpers/etcd';
 
 /**
@@ -37,49 +36,19 @@ let netKey: NetworkKey;
 let spec: NetworkSpec;
 const closers: { close(): unknown }[] = [];
 
-const hostName = (i: number) => `r${String(i).padStart(4, '0')}`;
-const overlayIp = (i: number) => formatIpv4((100 << 24) + (66 << 16) + 256 + i); // 100.66.1.0 + i
-const x25519 = (i: number) => {
-  const b = Buffer.alloc(32, 0x3c);
-  b.writeUInt32BE(i, 0);
-  return b.toString('base64');
+const fleet: FleetOptions = {
+  network: NET,
+  name: (i) => `r${String(i).padStart(4, '0')}`,
+  overlayBase: '100.66.1.0',
+  endpointBase: '198.18.0.0',
+  keyFill: 0x3c,
+  updated: '2026-12-02T12:00:00.000Z',
 };
+const hostName = (i: number) => fleetHost(i, fleet).name;
 
-function signedRecord(i: number): HostRecord {
-  const cert: HostCert = issueCert(ed, netKey.secretKey, { network: NET, name: hostName(i), publicKey: x25519(i), overlayIp: overlayIp(i) });
-  return {
-    version: 1,
-    name: hostName(i),
-    network: NET,
-    overlayIp: overlayIp(i),
-    publicKey: x25519(i),
-    endpoints: [`198.18.${(i >> 8) & 255}.${i & 255}:51820`],
-    hostCidrs: [],
-    listenPort: 51820,
-    epoch: 1_764_000_000_000 + i,
-    updated: '2026-12-02T12:00:00.000Z',
-    session: '0123456789abcdef',
-    cert,
-  };
-}
+/** Record, alive key and lease of hosts [from, to). */
+const putHosts = (from: number, to: number) => seedFleet(admin, ed, netKey.secretKey, from, to, fleet);
 
-/** Record, alive key and lease of hosts [from, to), 40 hosts per transaction. */
-async function putHosts(from: number, to: number): Promise<void> {
-  for (let i = from; i < to; i += 40) {
-    const puts = [];
-    for (let j = i; j < Math.min(to, i + 40); j++) {
-      const lease = serializeLeaseRecord({ version: 1, host: hostName(j), publicKey: x25519(j), created: '2026-12-02T12:00:00.000Z' });
-      puts.push(
-        admin.put(hostKey(NET, hostName(j))).value(serializeHostRecord(signedRecord(j))),
-        admin.put(aliveKey(NET, hostName(j))).value('{"version":1}'),
-        admin.put(leaseKey(NET, overlayIp(j))).value(lease),
-      );
-    }
-    await admin.if(networkKey(NET), 'Create', '>', 0).then(...puts).commit();
-  }
-}
-
-/** Link timers that hold every retry round while the gate is closed. */
 function gatedTimers() {
   let open = true;
   const held: Array<() => void> = [];
