@@ -114,7 +114,8 @@ export function tokenUsesPrefix(net: string, id?: string): string {
 }
 
 export function tokenUseKey(net: string, id: string, use: number): string {
-  if (!Number.isInteger(use) || use < 1) throw new CladnetError('ECONFIG', `use: ${use} is not a positive integer`, { field: 'use' });
+  // parseKey reads at most four digits back (uses are capped at MAX_TOKEN_USES, far below)
+  if (!Number.isInteger(use) || use < 1 || use > 9999) throw new CladnetError('ECONFIG', `use: ${use} is not an integer in 1..9999`, { field: 'use' });
   return `${tokenUsesPrefix(net, id)}${use}`;
 }
 

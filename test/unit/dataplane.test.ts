@@ -704,7 +704,7 @@ describe('data plane over fakes', () => {
     it('well-formed headers with random indices are unknownPeer; with A\'s index and garbage, auth', () => {
       const { b, net } = m;
       const r = rng(11);
-      const known = new Set([m.ba.rxIndex, ...m.peersOfB().map((p) => p.rxIndex)]);
+      const known = new Set([m.ba.rxIndex, ...m.peersOfB().flatMap((p) => p.sessions.map((x) => x.rxIndex))]);
       for (let i = 0; i < 50; i++) {
         const d = randomBytes(OVERHEAD + Math.floor(r() * 100));
         let index: number;

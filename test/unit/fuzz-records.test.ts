@@ -21,7 +21,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLOCK_SKEW_MS, issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
-import { aliveKey, hostKey, issuedKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, revokedKey, type ParsedKey } from '../../src/control/keys';
+import { aliveKey, hostKey, issuedKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, revokedKey, tokenKey, tokenRevokedKey, tokenUseKey, type ParsedKey } from '../../src/control/keys';
 import {
   MAX_ENDPOINTS,
   MAX_HOST_CIDRS,
@@ -785,14 +785,21 @@ describe('fuzz: etcd records', () => {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-const KINDS = ['hosts', 'alive', 'leases', 'revoked', 'issued', 'host', 'lease', 'revoke', 'issue', 'HOSTS', '', '..', 'hosts ', 'networks'];
+const KINDS = ['hosts', 'alive', 'leases', 'revoked', 'issued', 'tokens', 'token-uses', 'tokens-revoked', 'host', 'lease', 'revoke', 'issue', 'HOSTS', '', '..', 'hosts ', 'networks'];
 
 function keyInput(r: Rand): { raw: string | Buffer; built: ParsedKey | null } {
   const net = r.chance(0.85) ? validName(r) : nearName(r);
   switch (r.weighted([3, 3, 2, 2, 2])) {
     case 0: { // built by the key builders from valid parts: must parse back to them
       const network = validName(r);
-      const k = r.int(0, 5);
+      const k = r.int(0, 8);
+      if (k >= 6) {
+        const token = Array.from({ length: 32 }, () => '0123456789abcdef'[r.int(0, 15)]).join('');
+        if (k === 6) return { raw: tokenKey(network, token), built: { kind: 'token', network, token } };
+        if (k === 7) return { raw: tokenRevokedKey(network, token), built: { kind: 'tokenRevoked', network, token } };
+        const use = r.int(1, 9999);
+        return { raw: tokenUseKey(network, token, use), built: { kind: 'tokenUse', network, token, use } };
+      }
       if (k === 0) return { raw: networkKey(network), built: { kind: 'network', network } };
       if (k === 5) {
         const name = validName(r);
@@ -852,6 +859,12 @@ function rebuild(k: ParsedKey): string {
       return revokedKey(k.network, k.name);
     case 'issued':
       return issuedKey(k.network, k.name);
+    case 'token':
+      return tokenKey(k.network, k.token);
+    case 'tokenUse':
+      return tokenUseKey(k.network, k.token, k.use);
+    case 'tokenRevoked':
+      return tokenRevokedKey(k.network, k.token);
   }
 }
 
@@ -862,6 +875,9 @@ const KEY_FIELDS: Record<ParsedKey['kind'], string[]> = {
   lease: ['kind', 'network', 'ip'],
   revoked: ['kind', 'network', 'name'],
   issued: ['kind', 'network', 'name'],
+  token: ['kind', 'network', 'token'],
+  tokenUse: ['kind', 'network', 'token', 'use'],
+  tokenRevoked: ['kind', 'network', 'token'],
 };
 
 describe('fuzz: etcd keys', () => {
