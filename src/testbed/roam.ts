@@ -83,9 +83,16 @@ export async function replaceAddress(topo: Topology, host: TopologyHost | string
 
 /**
  * replaceAddress, also returning `at`: Date.now() once the address was swapped (before the
- * checks that follow), the moment to time a recovery from.
+ * checks that follow), the moment to time a recovery from. With `stepMs`, the three steps (add
+ * the new address, remove the old ones, re-point the default route) are separate commands that
+ * far apart, as a DHCP client or an operator makes them, and `at` is when the old address went.
  */
-export async function replaceAddressTimed(topo: Topology, host: TopologyHost | string, newIp?: string): Promise<{ ip: string; at: number }> {
+export async function replaceAddressTimed(
+  topo: Topology,
+  host: TopologyHost | string,
+  newIp?: string,
+  opts: { stepMs?: number } = {},
+): Promise<{ ip: string; at: number }> {
   const h = hostPlan(topo, host);
   const old = await currentAddresses(topo, h.name);
   const net24 = (ip: string) => octets(ip).slice(0, 3).join('.');
@@ -106,8 +113,18 @@ export async function replaceAddressTimed(topo: Topology, host: TopologyHost | s
     ...old.map((o) => `addr del ${o}/24 dev ${h.dev}`),
     `route replace default via ${h.gateway} dev ${h.dev}`,
   ];
-  await topo.exec(h.ns, ['ip', '-batch', '-'], { input: batch.join('\n') + '\n' });
-  const at = Date.now();
+  let at: number;
+  if (opts.stepMs === undefined) {
+    await topo.exec(h.ns, ['ip', '-batch', '-'], { input: batch.join('\n') + '\n' });
+    at = Date.now();
+  } else {
+    await topo.exec(h.ns, ['ip', ...batch[0]!.split(' ')]);
+    await new Promise((r) => setTimeout(r, opts.stepMs));
+    await topo.exec(h.ns, ['ip', '-batch', '-'], { input: batch.slice(1, -1).join('\n') + '\n' });
+    at = Date.now();
+    await new Promise((r) => setTimeout(r, opts.stepMs));
+    await topo.exec(h.ns, ['ip', ...batch[batch.length - 1]!.split(' ')]);
+  }
   const now = await currentAddresses(topo, h.name);
   const route = (await topo.exec(h.ns, ['ip', '-4', 'route', 'show', 'default'])).stdout;
   if (now.join(',') !== ip || !route.includes(`via ${h.gateway}`)) {

@@ -1,0 +1,67 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { replaceAddressTimed } from '../../src/testbed/roam';
+import { recoveryMs, startPings } from '../../src/testbed/traffic';
+import { cliPath } from '../../src/testbed/agents';
+
+const isRoot = process.getuid?.() === 0;
+const RUNS = Number(process.env['CLADNET_READDRESS_RUNS'] ?? 10);
+
+/**
+ * Issue 16, "address-change recovery is bimodal": five hosts (pub on the internet with --relay,
+ * a and b behind two MASQUERADE NATs, c and d behind two port-randomizing NATs). While a pings
+ * pub's overlay address every 10 ms, pub's underlay address is replaced (new address added, old
+ * one removed, default route re-pointed: in one batch in even runs, as three commands 200 or
+ * 400 ms apart in odd ones). Recovery = from the old address's removal to the first reply to a
+ * ping sent after it. Every run is printed; each must be under 1 s.
+ *
+ * (First runs, 2026-12-02, 8 runs each: 74-596 ms, the slow mode of 7-8 s the issue saw did not
+ * show up here yet.)
+ */
+describe.skipIf(!isRoot)('address change on the relay host', () => {
+  let bed: MeshBed;
+
+  beforeAll(async () => {
+    bed = await startMeshBed({
+      topology: {
+        hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'b', site: 's2' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
+        sites: [
+          { name: 's1', nat: 'masquerade' },
+          { name: 's2', nat: 'masquerade' },
+          { name: 's3', nat: 'random' },
+          { name: 's4', nat: 'random' },
+        ],
+      },
+      agents: 0,
+      waitUp: false,
+    });
+    const stun = `${bed.topo.routerIp}:3478`;
+    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
+    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
+    await Promise.all(['a', 'b', 'c', 'd'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
+    await bed.waitUp(bed.agents, 30_000);
+  }, 90_000);
+
+  afterAll(async () => {
+    await bed?.destroy();
+  }, 60_000);
+
+  it(`recovers in under 1 s, ${RUNS} runs out of ${RUNS}`, async () => {
+    const pubIp = (await bed.agent('pub').status()).self.overlayIp;
+    const results: number[] = [];
+    for (let run = 0; run < RUNS; run++) {
+      const pings = startPings(bed.topo, bed.topo.host('a').ns, pubIp, { intervalMs: 10 });
+      await new Promise((r) => setTimeout(r, 1_000));
+      const stepMs = run % 2 === 0 ? undefined : 100 + 100 * (run % 4);
+      const moved = await replaceAddressTimed(bed.topo, 'pub', undefined, { stepMs });
+      await pings.waitReplyAfter(moved.at, 15_000);
+      await new Promise((r) => setTimeout(r, 500));
+      const series = await pings.stop();
+      const rec = recoveryMs(series.replies, moved.at);
+      results.push(rec ?? Infinity);
+      console.log(`run ${run + 1}: pub moved to ${moved.ip} (${stepMs === undefined ? 'one batch' : `steps ${stepMs} ms apart`}), recovery ${rec === null ? 'none' : `${rec.toFixed(0)} ms`}`);
+      await new Promise((r) => setTimeout(r, 1_500));
+    }
+    expect(results.filter((r) => r >= 1_000)).toEqual([]);
+  }, 600_000);
+});
