@@ -432,6 +432,8 @@ export class Agent {
     const addrKey = list.map((a) => `${a.address}/${a.prefixLen}`).sort().join(',');
     if (this.addrKey !== null && addrKey !== this.addrKey && this.etcd) {
       if (resetEtcdConnections(this.etcd)) this.log.debug('etcd connections reset');
+      // A publish in flight went out on one of those connections: do not wait out its deadline.
+      if (this.registry?.abortPublish()) this.log.debug('publish in flight abandoned; publishing again');
       // A new address may reach etcd where the old one did not: retry now, not at the next round.
       this.etcdLink?.kick();
     }
@@ -474,6 +476,10 @@ export class Agent {
           logged = false;
         } catch (e) {
           if (this.stopping) return;
+          if (isCladnetError(e) && e.code === 'EABORTED') {
+            this.publishAgain = true; // at once, on the fresh connections
+            continue;
+          }
           if (!logged) this.log.warn({ err: (e as Error).message }, 'republish failed; retrying when etcd answers');
           logged = true;
           this.publishAgain = true;

@@ -15,6 +15,12 @@ import { checkOverlayIpInNetwork, checkRecordSize, HostRecord, NetworkSpec, pars
  * another writer for the same host name (a newer process after a restart, a cloned VM) has
  * written since, this one is the older writer and does not overwrite: it returns `superseded`.
  * The first publish always takes over. Calls are serialised (the last call wins).
+ *
+ * `abort()` gives up on the publish in flight: when our own address goes away, a call already
+ * sent on a connection from that address waits out its whole deadline (5 s) before anyone
+ * retries, and the peers would learn our new endpoint that much later. The abandoned call may
+ * still land; the mod-revision guard makes it harmless (it fails once a newer write is in, and a
+ * value we sent is recognised as ours).
  */
 
 export type PublishResult =
@@ -40,6 +46,7 @@ export class Publisher {
   private maxEpoch = 0; // highest epoch this publisher has tried to write
   private triedWrites: string[] = []; // the last few values sent, to recognise our own write
   private lastWriteRevision: string | null = null; // mod revision of our last successful write
+  private abortInFlight: ((e: Error) => void) | null = null;
 
   constructor(private readonly opts: PublisherOptions) {}
 
@@ -51,6 +58,27 @@ export class Publisher {
     const run = this.chain.then(() => this.publishOnce(record));
     this.chain = run.catch(() => undefined);
     return run;
+  }
+
+  /**
+   * Makes the publish in flight (if any) reject at once with EABORTED, so the next one starts
+   * without waiting for an etcd call that may never answer. True if there was one.
+   */
+  abort(): boolean {
+    const abort = this.abortInFlight;
+    if (!abort) return false;
+    abort(new CladnetError('EABORTED', 'publish abandoned: our addresses changed while it was in flight', { transient: true }));
+    return true;
+  }
+
+  /** `p`, unless abort() comes first. */
+  private abortable<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.abortInFlight = reject;
+      p.then(resolve, reject).finally(() => {
+        if (this.abortInFlight === reject) this.abortInFlight = null;
+      });
+    });
   }
 
   /** Resolves when no publish is in flight any more. */
@@ -69,7 +97,7 @@ export class Publisher {
     }
     const key = hostKey(spec.name, self);
     for (let attempt = 0; attempt < PUBLISH_ATTEMPTS; attempt++) {
-      const res = await etcdCall(`read ${key}`, () => client.get(key).exec());
+      const res = await this.abortable(etcdCall(`read ${key}`, () => client.get(key).exec()));
       const kv = res.kvs[0];
       const stored = kv ? parseHostRecord(kv.value, { network: spec.name, name: self }) : null;
       const storedEpoch = stored?.ok ? stored.value.epoch : 0;
@@ -99,7 +127,7 @@ export class Publisher {
       this.triedWrites = [...this.triedWrites.slice(-3), value];
       const put = client.put(key).value(value);
       const txn = kv ? client.if(key, 'Mod', '==', kv.mod_revision) : client.if(key, 'Create', '==', 0);
-      const done = await etcdCall(`publish ${key}`, () => txn.then(put).commit());
+      const done = await this.abortable(etcdCall(`publish ${key}`, () => txn.then(put).commit()));
       if (done.succeeded) {
         this.lastWriteRevision = done.header.revision;
         log.debug({ host: self, epoch }, 'published host record');

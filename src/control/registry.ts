@@ -254,6 +254,11 @@ export class Registry {
     return this.publisher.publish(record);
   }
 
+  /** Abandons the publish in flight (see Publisher.abort): our addresses changed under it. */
+  abortPublish(): boolean {
+    return this.publisher.abort();
+  }
+
   // ---- 2. alive (liveness.ts) ------------------------------------------------------------------
 
   /**
