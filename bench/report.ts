@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { METRICS, type MetricKey, type Metrics } from './metrics';
 import type { MicroResult } from './micro';
 import { MICRO_SIZES } from './micro';
+import type { SocketBuffers } from './probes';
 import type { RoundResult } from './suite';
 import { ratio, sig } from './stats';
 import { IMPLEMENTATIONS, type ImplName } from './tunnels/types';
@@ -45,11 +46,13 @@ export interface BenchResults {
   micro: MicroResult | null;
 }
 
-export const ANCHORS = ['wireguard-go', 'nebula'] as const;
+/** The anchors cladnet is compared with, in column order, and their short column labels. */
+export const ANCHORS = ['wireguard-go-new', 'wireguard-go', 'nebula'] as const;
+const SHORT: Record<string, string> = { 'wireguard-go-new': 'wg-go-new', 'wireguard-go': 'wg-go', nebula: 'nebula' };
 
 /** cladnet-rekey / cladnet: the throughput metrics it is computed for, and its key in `ratios`. */
 export const REKEY_RATIO = 'cladnet-rekey/cladnet';
-export const REKEY_METRICS = ['tcp1Gbps', 'tcp4Gbps'] as const satisfies readonly MetricKey[];
+export const REKEY_METRICS = ['tcp1Mbps', 'tcp4Mbps'] as const satisfies readonly MetricKey[];
 /** Issue 4: the handshake and rekey machinery may cost at most 5% throughput. */
 export const REKEY_BUDGET = 0.95;
 
@@ -79,6 +82,9 @@ export function computeRatios(impls: BenchResults['implementations']): BenchResu
   }
   return out;
 }
+
+/** Units of metrics that count things (printed whole). */
+const COUNT_UNITS: readonly string[] = ['segments', 'datagrams'];
 
 function num(x: number | null | undefined): string {
   if (x === null || x === undefined || !Number.isFinite(x)) return '-';
@@ -115,13 +121,14 @@ export function formatReport(res: BenchResults): string {
     );
     lines.push('');
     const ratioCols = ANCHORS.filter((a) => res.ratios[`cladnet/${a}`] !== undefined);
-    const header = ['metric', '', 'unit', ...impls, ...ratioCols.map((a) => `cladnet/${a === 'wireguard-go' ? 'wg-go' : a}`)];
+    const header = ['metric', '', 'unit', ...impls, ...ratioCols.map((a) => `cladnet/${SHORT[a] ?? a}`)];
     const rows: string[][] = [header];
     for (const def of METRICS) {
       const row = [def.label, def.better === 'higher' ? '↑' : '↓', def.unit];
       for (const n of impls) {
         const r = res.implementations[n]!;
-        row.push(r.status === 'missing' ? 'missing' : num(r.median[def.key]));
+        const v = r.median[def.key];
+        row.push(r.status === 'missing' ? 'missing' : COUNT_UNITS.includes(def.unit) && v !== null ? v.toFixed(0) : num(v));
       }
       for (const a of ratioCols) {
         const v = def.ratio ? res.ratios[`cladnet/${a}`]![def.key] : undefined;
@@ -130,12 +137,17 @@ export function formatReport(res: BenchResults): string {
       rows.push(row);
     }
     lines.push(table(rows, 3));
+    lines.push(...factLines(res, impls));
     const notes = impls.filter((n) => res.implementations[n]!.status !== 'ok');
     if (notes.length) lines.push('');
     for (const n of notes) {
       const r = res.implementations[n]!;
       const why = (r.reason ?? '').replace(/\s*\n\s*/g, ' | ');
-      lines.push(`${n}: ${r.status}: ${why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why}`);
+      const anchor = r.status === 'missing' && (ANCHORS as readonly string[]).includes(n);
+      lines.push(
+        `${anchor ? '!! ' : ''}${n}: ${r.status}${anchor ? ' (no ratio against it in this run)' : ''}: ` +
+          (why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why),
+      );
     }
     lines.push(...rekeyLines(res, impls));
   }
@@ -154,6 +166,32 @@ export function formatReport(res: BenchResults): string {
     for (const e of mi.errors) lines.push(`micro: ${e}`);
   }
   return lines.join('\n');
+}
+
+function mib(bytes: number | null | undefined): string {
+  return typeof bytes === 'number' ? `${sig(bytes / 2 ** 20, 3)}` : '?';
+}
+
+/**
+ * Under the table, what ran: each implementation's cipher (cladnet's from its agents' status) and
+ * the receive/send buffers its UDP sockets had in the kernel (first measured round; the kernel
+ * doubles what a process asks for).
+ */
+function factLines(res: BenchResults, impls: readonly ImplName[]): string[] {
+  const lines: string[] = [];
+  for (const n of impls) {
+    const r = res.implementations[n]!;
+    const first = r.rounds.find((x): x is RoundResult => !('error' in x));
+    if (n === 'veth' || !first) continue;
+    const bufs = first.detail['socketBuffers'] as Record<string, SocketBuffers | null> | undefined;
+    const b = bufs
+      ? Object.entries(bufs)
+          .map(([h, x]) => `${h} ${x ? `${mib(x.rcvbuf)}/${mib(x.sndbuf)}` : '?'}`)
+          .join(', ')
+      : '?';
+    lines.push(`  ${n}: cipher ${r.notes['cipher'] ?? '?'}; UDP socket buffers rcv/snd MiB: ${b}`);
+  }
+  return lines.length > 0 ? ['', 'what ran:', ...lines] : [];
 }
 
 /** Per-round value of `key` from a round (null for a failed round or a missing metric). */
