@@ -24,6 +24,9 @@ export const METRICS = [
   { key: 'rssMiB', label: 'tunnel RSS idle, one peer, per process', unit: 'MiB', better: 'lower', ratio: true },
 ] as const;
 
+/** Units of metrics that count things: medians kept whole (never rounded to 4 digits), printed whole. */
+export const COUNT_UNITS: readonly string[] = ['segments', 'datagrams'];
+
 export type MetricKey = (typeof METRICS)[number]['key'];
 export type Metrics = Record<MetricKey, number | null>;
 

@@ -1,7 +1,7 @@
 /** The results document, the table printed from it, and where it is written. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { METRICS, type MetricKey, type Metrics } from './metrics';
+import { COUNT_UNITS, METRICS, type MetricKey, type Metrics } from './metrics';
 import type { MicroResult } from './micro';
 import { MICRO_SIZES } from './micro';
 import type { SocketBuffers } from './probes';
@@ -82,9 +82,6 @@ export function computeRatios(impls: BenchResults['implementations']): BenchResu
   }
   return out;
 }
-
-/** Units of metrics that count things (printed whole). */
-const COUNT_UNITS: readonly string[] = ['segments', 'datagrams'];
 
 function num(x: number | null | undefined): string {
   if (x === null || x === undefined || !Number.isFinite(x)) return '-';

@@ -19,7 +19,7 @@ import * as path from 'node:path';
 import { startMeshBed, type MeshBed } from '../src/testbed/mesh';
 import { run } from '../src/testbed/run';
 import { createTopology, type Topology } from '../src/testbed/topology';
-import { emptyMetrics, METRICS } from './metrics';
+import { COUNT_UNITS, emptyMetrics, METRICS } from './metrics';
 import { runMicro } from './micro';
 import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
 import { ANCHORS, computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
@@ -165,7 +165,7 @@ function summarise(r: ImplResult): void {
   const ok = r.rounds.filter((x): x is RoundResult => !('error' in x));
   for (const m of METRICS) {
     const v = median(ok.map((x) => x.metrics[m.key]));
-    r.median[m.key] = v === null ? null : sig(v);
+    r.median[m.key] = v === null ? null : COUNT_UNITS.includes(m.unit) ? Math.round(v) : sig(v);
   }
   const first = ok[0];
   if (first) r.notes = (first.detail['notes'] as Record<string, string | number>) ?? {};
