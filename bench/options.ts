@@ -19,12 +19,15 @@ export interface BenchOptions {
   readonly help: boolean;
 }
 
+/** Single rounds vary by about 10 % on a shared 2-core machine: the table shows medians of three. */
+export const DEFAULT_ROUNDS = 3;
+
 export const USAGE = `usage: npm run bench -- [options]
 
   --only LIST        comma-separated subset of: ${IMPLEMENTATIONS.join(', ')}, micro
                      (default: all of them)
   --micro            only the micro-benchmark (AEAD and stage path, no namespaces)
-  --rounds N         rounds over every implementation; medians are reported (default 1)
+  --rounds N         rounds over every implementation; medians are reported (default 3)
   --seconds S        length of each iperf3 test (default 8)
   --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
   --nebula-cipher C  aes (nebula's default) or chachapoly (default aes)
@@ -102,7 +105,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
   return Object.freeze({
     only: Object.freeze(only),
     micro,
-    rounds: int('rounds', values.rounds, 1, 1, 20),
+    rounds: int('rounds', values.rounds, DEFAULT_ROUNDS, 1, 20),
     seconds: int('seconds', values.seconds, 8, 1, 120),
     pings: int('pings', values.pings, 200, 10, 10_000),
     pingIntervalMs: 10,
