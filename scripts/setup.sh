@@ -32,6 +32,9 @@ quietly() {
 # --- node modules ------------------------------------------------------------------------------
 # npm writes node_modules/.package-lock.json on every install; our stamp covers `npm install`.
 node_modules_stale() {
+  # A symlinked node_modules (a worktree sharing another checkout's) is that checkout's to install:
+  # npm ci here would empty the directory it points to, under everyone who shares it.
+  [ -L node_modules ] && return 1
   [ -d node_modules ] || return 0
   [ -f package-lock.json ] || return 1
   local ref=node_modules/.cladnet-installed
