@@ -146,6 +146,7 @@ export function formatReport(res: BenchResults): string {
           (why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why),
       );
     }
+    lines.push(...targetLines(res));
     lines.push(...rekeyLines(res, impls));
   }
   if (res.micro) {
@@ -163,6 +164,35 @@ export function formatReport(res: BenchResults): string {
     for (const e of mi.errors) lines.push(`micro: ${e}`);
   }
   return lines.join('\n');
+}
+
+/**
+ * Issue 14's targets, all against upstream's newest wireguard-go in the same run: a ratio bound
+ * (cladnet / wireguard-go-new) or, for RSS, an absolute one in MiB.
+ */
+export const TARGETS: readonly { key: MetricKey; label: string; op: '>=' | '<='; bound: number; kind: 'ratio' | 'MiB' }[] = [
+  { key: 'tcp1Mbps', label: 'TCP 1 stream', op: '>=', bound: 1.2, kind: 'ratio' },
+  { key: 'tcp4Mbps', label: 'TCP 4 streams', op: '>=', bound: 1.2, kind: 'ratio' },
+  { key: 'cpuSPerGb', label: 'tunnel CPU per GB', op: '<=', bound: 0.8, kind: 'ratio' },
+  { key: 'rttP50Ms', label: 'ping p50', op: '<=', bound: 1.0, kind: 'ratio' },
+  { key: 'rttP99Ms', label: 'ping p99', op: '<=', bound: 1.2, kind: 'ratio' },
+  { key: 'rssMiB', label: 'idle RSS, one peer', op: '<=', bound: 55, kind: 'MiB' },
+];
+
+/** Under the table: each issue-14 target, the value this run measured, and whether it is met. */
+export function targetLines(res: BenchResults): string[] {
+  const c = res.implementations.cladnet;
+  const row = res.ratios['cladnet/wireguard-go-new'];
+  if (!c || c.status === 'missing') return [];
+  const lines = ['', 'issue 14 targets (cladnet / wireguard-go-new in this run; RSS absolute):'];
+  const width = Math.max(...TARGETS.map((t) => t.label.length));
+  for (const t of TARGETS) {
+    const v = t.kind === 'MiB' ? c.median[t.key] : (row?.[t.key] ?? null);
+    const shown = v === null ? (t.kind === 'ratio' && !row ? 'no wireguard-go-new' : '-') : t.kind === 'MiB' ? `${num(v)} MiB` : `${v.toFixed(2)}x`;
+    const met = v === null ? '' : (t.op === '>=' ? v >= t.bound : v <= t.bound) ? '  met' : '  NOT met';
+    lines.push(`  ${t.label.padEnd(width)}  ${t.op} ${t.bound}${t.kind === 'MiB' ? ' MiB' : 'x'}: ${shown}${met}`);
+  }
+  return lines;
 }
 
 function mib(bytes: number | null | undefined): string {

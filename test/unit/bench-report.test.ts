@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { emptyMetrics, METRICS, type Metrics } from '../../bench/metrics';
 import { OptionsError, parseOptions } from '../../bench/options';
 import { parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
-import { computeRatios, formatReport, type BenchResults, type ImplResult } from '../../bench/report';
+import { computeRatios, formatReport, targetLines, type BenchResults, type ImplResult } from '../../bench/report';
 import { defaultWgNewPath, parseWgVersion } from '../../bench/tunnels/wireguard';
 import { IMPLEMENTATIONS } from '../../bench/tunnels/types';
 
@@ -69,8 +69,8 @@ describe('bench: options', () => {
 
 describe('bench: ratios and the table', () => {
   const implementations: BenchResults['implementations'] = {
-    cladnet: impl('ok', { tcp1Mbps: 2000, tcp1Drops: 0, rttP50Ms: 0.6 }),
-    'wireguard-go-new': impl('ok', { tcp1Mbps: 2500, tcp1Drops: 3, rttP50Ms: 0.5 }),
+    cladnet: impl('ok', { tcp1Mbps: 2000, tcp1Drops: 0, rttP50Ms: 0.6, tcp4Mbps: 3000, rssMiB: 54 }),
+    'wireguard-go-new': impl('ok', { tcp1Mbps: 2500, tcp1Drops: 3, rttP50Ms: 0.5, tcp4Mbps: 2400 }),
     'wireguard-go': impl('ok', { tcp1Mbps: 400, tcp1Drops: 13308, rttP50Ms: 0.6 }),
     nebula: impl('missing', {}, { reason: 'not installed: nebula' }),
   };
@@ -105,5 +105,16 @@ describe('bench: ratios and the table', () => {
     expect(lines.find((l) => l.includes('UDP socket drops, both hosts'))).toMatch(/0\s+3\s+13308\s+missing\s+-\s+-$/);
     expect(text).toContain('!! nebula: missing (no ratio against it in this run): not installed: nebula');
     expect(text).toContain('cladnet: cipher x; UDP socket buffers rcv/snd MiB: a 8/8, b ?');
+  });
+
+  it("prints issue 14's targets against wireguard-go-new, met or not, and says so when that anchor is missing", () => {
+    const lines = targetLines(res).map((l) => l.trim());
+    expect(lines).toContain('TCP 1 stream        >= 1.2x: 0.80x  NOT met');
+    expect(lines).toContain('TCP 4 streams       >= 1.2x: 1.25x  met');
+    expect(lines).toContain('ping p50            <= 1x: 1.20x  NOT met');
+    expect(lines).toContain('tunnel CPU per GB   <= 0.8x: -');
+    expect(lines).toContain('idle RSS, one peer  <= 55 MiB: 54.0 MiB  met');
+    const without = { ...res, ratios: computeRatios({ ...implementations, 'wireguard-go-new': undefined }) };
+    expect(targetLines(without).map((l) => l.trim())).toContain('TCP 1 stream        >= 1.2x: no wireguard-go-new');
   });
 });
