@@ -12,20 +12,29 @@ export interface BenchOptions {
   readonly pings: number;
   readonly pingIntervalMs: number;
   readonly nebulaCipher: 'aes' | 'chachapoly';
+  /** The newest wireguard-go's binary (--wireguard-go-new); null: $CLADNET_BENCH_WG_NEW, else the project's anchor. */
+  readonly wgNewPath: string | null;
   /** Print the results JSON on stdout instead of the table. */
   readonly json: boolean;
   readonly help: boolean;
 }
+
+/** Single rounds vary by about 10 % on a shared 2-core machine: the table shows medians of three. */
+export const DEFAULT_ROUNDS = 3;
 
 export const USAGE = `usage: npm run bench -- [options]
 
   --only LIST        comma-separated subset of: ${IMPLEMENTATIONS.join(', ')}, micro
                      (default: all of them)
   --micro            only the micro-benchmark (AEAD and stage path, no namespaces)
-  --rounds N         rounds over every implementation; medians are reported (default 1)
+  --rounds N         rounds over every implementation; medians are reported (default 3)
   --seconds S        length of each iperf3 test (default 8)
   --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
   --nebula-cipher C  aes (nebula's default) or chachapoly (default aes)
+  --wireguard-go-new PATH
+                     upstream's newest wireguard-go to measure as wireguard-go-new
+                     (default: $CLADNET_BENCH_WG_NEW, else ../shared/anchors/wireguard-go/wireguard-go
+                     next to the checkout; noted as missing when absent)
   --json             print the results JSON instead of the table (progress goes to stderr)
   -h, --help         this text
 
@@ -61,6 +70,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
         seconds: { type: 'string' },
         pings: { type: 'string' },
         'nebula-cipher': { type: 'string' },
+        'wireguard-go-new': { type: 'string' },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -90,14 +100,17 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
   }
   const cipher = values['nebula-cipher'] ?? 'aes';
   if (cipher !== 'aes' && cipher !== 'chachapoly') throw new OptionsError(`--nebula-cipher: "${cipher}" must be aes or chachapoly`);
+  const wgNew = values['wireguard-go-new'] ?? null;
+  if (wgNew !== null && wgNew.trim() === '') throw new OptionsError('--wireguard-go-new: empty path');
   return Object.freeze({
     only: Object.freeze(only),
     micro,
-    rounds: int('rounds', values.rounds, 1, 1, 20),
+    rounds: int('rounds', values.rounds, DEFAULT_ROUNDS, 1, 20),
     seconds: int('seconds', values.seconds, 8, 1, 120),
     pings: int('pings', values.pings, 200, 10, 10_000),
     pingIntervalMs: 10,
     nebulaCipher: cipher,
+    wgNewPath: wgNew,
     json: values.json ?? false,
     help: values.help ?? false,
   });

@@ -219,9 +219,40 @@ export function parseSnmpUdp(snmp: string): Record<string, number> {
   return Object.fromEntries(names.map((n, i) => [n, values[i] ?? 0]));
 }
 
-/** UDP counters of namespace `ns` (InDatagrams, InErrors, RcvbufErrors, SndbufErrors, ...). */
-export async function udpCounters(topo: Topology, ns: string): Promise<Record<string, number>> {
+/** The Udp: counters of one namespace, by name (InDatagrams, InErrors, RcvbufErrors, SndbufErrors, ...). */
+export type Snmp = Record<string, number>;
+
+/** UDP counters of namespace `ns` (its own /proc/net/snmp: the counters are per network namespace). */
+export async function udpCounters(topo: Topology, ns: string): Promise<Snmp> {
   return parseSnmpUdp((await topo.exec(ns, ['cat', '/proc/net/snmp'])).stdout);
+}
+
+export interface HostUdpDrops {
+  readonly rcvbufErrors: number;
+  readonly sndbufErrors: number;
+  readonly inErrors: number;
+}
+
+/** One test's kernel UDP drops on hosts a and b, and their total (see metrics.ts). */
+export interface UdpDrops {
+  readonly a: HostUdpDrops;
+  readonly b: HostUdpDrops;
+  /**
+   * InErrors + SndbufErrors over both hosts. The kernel counts a datagram dropped for a full
+   * receive buffer in both RcvbufErrors and InErrors, so RcvbufErrors is not added again.
+   */
+  readonly total: number;
+}
+
+/** The differences of two readings of both hosts' counters (before, after). */
+export function udpDrops(before: readonly [Snmp, Snmp], after: readonly [Snmp, Snmp]): UdpDrops {
+  const host = (x: Snmp, y: Snmp): HostUdpDrops => {
+    const d = (k: string) => (y[k] ?? 0) - (x[k] ?? 0);
+    return { rcvbufErrors: d('RcvbufErrors'), sndbufErrors: d('SndbufErrors'), inErrors: d('InErrors') };
+  };
+  const a = host(before[0], after[0]);
+  const b = host(before[1], after[1]);
+  return { a, b, total: a.inErrors + a.sndbufErrors + b.inErrors + b.sndbufErrors };
 }
 
 /**
@@ -252,6 +283,26 @@ export async function udpSocketDrops(topo: Topology, ns: string, port: number): 
   );
   const found = counts.filter((c): c is number => c !== null);
   return found.length > 0 ? found.reduce((a, b) => a + b, 0) : null;
+}
+
+/** A UDP socket's buffer sizes as the kernel holds them (after its doubling of what was asked). */
+export interface SocketBuffers {
+  readonly rcvbuf: number;
+  readonly sndbuf: number;
+}
+
+/**
+ * rb and tb of the first socket in `ss -H -u -a -m -n` output (`skmem:(r0,rb8388608,t0,tb8388608,...)`):
+ * what the tunnel's UDP socket really got, to show an anchor's buffer tuning took effect.
+ */
+export function parseSsSkmem(out: string): SocketBuffers | null {
+  const m = /skmem:\([^)]*\brb(\d+),[^)]*\btb(\d+)/.exec(out);
+  return m ? { rcvbuf: Number(m[1]), sndbuf: Number(m[2]) } : null;
+}
+
+/** Buffer sizes of the UDP socket bound to `port` in `ns` (null when none is). */
+export async function udpSocketBuffers(topo: Topology, ns: string, port: number): Promise<SocketBuffers | null> {
+  return parseSsSkmem((await topo.exec(ns, ['ss', '-H', '-u', '-a', '-m', '-n', `sport = :${port}`])).stdout);
 }
 
 export interface LinkDrops {

@@ -1,9 +1,10 @@
 /** The results document, the table printed from it, and where it is written. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { METRICS, type MetricKey, type Metrics } from './metrics';
+import { COUNT_UNITS, METRICS, type MetricKey, type Metrics } from './metrics';
 import type { MicroResult } from './micro';
 import { MICRO_SIZES } from './micro';
+import type { SocketBuffers } from './probes';
 import type { RoundResult } from './suite';
 import { ratio, sig } from './stats';
 import { IMPLEMENTATIONS, type ImplName } from './tunnels/types';
@@ -45,11 +46,13 @@ export interface BenchResults {
   micro: MicroResult | null;
 }
 
-export const ANCHORS = ['wireguard-go', 'nebula'] as const;
+/** The anchors cladnet is compared with, in column order, and their short column labels. */
+export const ANCHORS = ['wireguard-go-new', 'wireguard-go', 'nebula'] as const;
+const SHORT: Record<string, string> = { 'wireguard-go-new': 'wg-go-new', 'wireguard-go': 'wg-go', nebula: 'nebula' };
 
 /** cladnet-rekey / cladnet: the throughput metrics it is computed for, and its key in `ratios`. */
 export const REKEY_RATIO = 'cladnet-rekey/cladnet';
-export const REKEY_METRICS = ['tcp1Gbps', 'tcp4Gbps'] as const satisfies readonly MetricKey[];
+export const REKEY_METRICS = ['tcp1Mbps', 'tcp4Mbps'] as const satisfies readonly MetricKey[];
 /** Issue 4: the handshake and rekey machinery may cost at most 5% throughput. */
 export const REKEY_BUDGET = 0.95;
 
@@ -115,13 +118,14 @@ export function formatReport(res: BenchResults): string {
     );
     lines.push('');
     const ratioCols = ANCHORS.filter((a) => res.ratios[`cladnet/${a}`] !== undefined);
-    const header = ['metric', '', 'unit', ...impls, ...ratioCols.map((a) => `cladnet/${a === 'wireguard-go' ? 'wg-go' : a}`)];
+    const header = ['metric', '', 'unit', ...impls, ...ratioCols.map((a) => `cladnet/${SHORT[a] ?? a}`)];
     const rows: string[][] = [header];
     for (const def of METRICS) {
       const row = [def.label, def.better === 'higher' ? '↑' : '↓', def.unit];
       for (const n of impls) {
         const r = res.implementations[n]!;
-        row.push(r.status === 'missing' ? 'missing' : num(r.median[def.key]));
+        const v = r.median[def.key];
+        row.push(r.status === 'missing' ? 'missing' : COUNT_UNITS.includes(def.unit) && v !== null ? v.toFixed(0) : num(v));
       }
       for (const a of ratioCols) {
         const v = def.ratio ? res.ratios[`cladnet/${a}`]![def.key] : undefined;
@@ -130,13 +134,19 @@ export function formatReport(res: BenchResults): string {
       rows.push(row);
     }
     lines.push(table(rows, 3));
+    lines.push(...factLines(res, impls));
     const notes = impls.filter((n) => res.implementations[n]!.status !== 'ok');
     if (notes.length) lines.push('');
     for (const n of notes) {
       const r = res.implementations[n]!;
       const why = (r.reason ?? '').replace(/\s*\n\s*/g, ' | ');
-      lines.push(`${n}: ${r.status}: ${why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why}`);
+      const anchor = r.status === 'missing' && (ANCHORS as readonly string[]).includes(n);
+      lines.push(
+        `${anchor ? '!! ' : ''}${n}: ${r.status}${anchor ? ' (no ratio against it in this run)' : ''}: ` +
+          (why.length > 300 ? why.slice(0, 300) + '... (full text in the JSON)' : why),
+      );
     }
+    lines.push(...targetLines(res));
     lines.push(...rekeyLines(res, impls));
   }
   if (res.micro) {
@@ -154,6 +164,61 @@ export function formatReport(res: BenchResults): string {
     for (const e of mi.errors) lines.push(`micro: ${e}`);
   }
   return lines.join('\n');
+}
+
+/**
+ * Issue 14's targets, all against upstream's newest wireguard-go in the same run: a ratio bound
+ * (cladnet / wireguard-go-new) or, for RSS, an absolute one in MiB.
+ */
+export const TARGETS: readonly { key: MetricKey; label: string; op: '>=' | '<='; bound: number; kind: 'ratio' | 'MiB' }[] = [
+  { key: 'tcp1Mbps', label: 'TCP 1 stream', op: '>=', bound: 1.2, kind: 'ratio' },
+  { key: 'tcp4Mbps', label: 'TCP 4 streams', op: '>=', bound: 1.2, kind: 'ratio' },
+  { key: 'cpuSPerGb', label: 'tunnel CPU per GB', op: '<=', bound: 0.8, kind: 'ratio' },
+  { key: 'rttP50Ms', label: 'ping p50', op: '<=', bound: 1.0, kind: 'ratio' },
+  { key: 'rttP99Ms', label: 'ping p99', op: '<=', bound: 1.2, kind: 'ratio' },
+  { key: 'rssMiB', label: 'idle RSS, one peer', op: '<=', bound: 55, kind: 'MiB' },
+];
+
+/** Under the table: each issue-14 target, the value this run measured, and whether it is met. */
+export function targetLines(res: BenchResults): string[] {
+  const c = res.implementations.cladnet;
+  const row = res.ratios['cladnet/wireguard-go-new'];
+  if (!c || c.status === 'missing') return [];
+  const lines = ['', 'issue 14 targets (cladnet / wireguard-go-new in this run; RSS absolute):'];
+  const width = Math.max(...TARGETS.map((t) => t.label.length));
+  for (const t of TARGETS) {
+    const v = t.kind === 'MiB' ? c.median[t.key] : (row?.[t.key] ?? null);
+    const shown = v === null ? (t.kind === 'ratio' && !row ? 'no wireguard-go-new' : '-') : t.kind === 'MiB' ? `${num(v)} MiB` : `${v.toFixed(2)}x`;
+    const met = v === null ? '' : (t.op === '>=' ? v >= t.bound : v <= t.bound) ? '  met' : '  NOT met';
+    lines.push(`  ${t.label.padEnd(width)}  ${t.op} ${t.bound}${t.kind === 'MiB' ? ' MiB' : 'x'}: ${shown}${met}`);
+  }
+  return lines;
+}
+
+function mib(bytes: number | null | undefined): string {
+  return typeof bytes === 'number' ? `${sig(bytes / 2 ** 20, 3)}` : '?';
+}
+
+/**
+ * Under the table, what ran: each implementation's cipher (cladnet's from its agents' status) and
+ * the receive/send buffers its UDP sockets had in the kernel (first measured round; the kernel
+ * doubles what a process asks for).
+ */
+function factLines(res: BenchResults, impls: readonly ImplName[]): string[] {
+  const lines: string[] = [];
+  for (const n of impls) {
+    const r = res.implementations[n]!;
+    const first = r.rounds.find((x): x is RoundResult => !('error' in x));
+    if (n === 'veth' || !first) continue;
+    const bufs = first.detail['socketBuffers'] as Record<string, SocketBuffers | null> | undefined;
+    const b = bufs
+      ? Object.entries(bufs)
+          .map(([h, x]) => `${h} ${x ? `${mib(x.rcvbuf)}/${mib(x.sndbuf)}` : '?'}`)
+          .join(', ')
+      : '?';
+    lines.push(`  ${n}: cipher ${r.notes['cipher'] ?? '?'}; UDP socket buffers rcv/snd MiB: ${b}`);
+  }
+  return lines.length > 0 ? ['', 'what ran:', ...lines] : [];
 }
 
 /** Per-round value of `key` from a round (null for a failed round or a missing metric). */

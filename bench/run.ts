@@ -19,20 +19,32 @@ import * as path from 'node:path';
 import { startMeshBed, type MeshBed } from '../src/testbed/mesh';
 import { run } from '../src/testbed/run';
 import { createTopology, type Topology } from '../src/testbed/topology';
-import { emptyMetrics, METRICS } from './metrics';
+import { COUNT_UNITS, emptyMetrics, METRICS } from './metrics';
 import { runMicro } from './micro';
 import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
-import { computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
+import { ANCHORS, computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
 import { median, sig } from './stats';
 import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
 import { nebula } from './tunnels/nebula';
 import type { BenchContext, ImplName, Implementation } from './tunnels/types';
 import { veth } from './tunnels/veth';
-import { wireguardGo } from './tunnels/wireguard';
+import { defaultWgNewPath, WG_NEW_ENV, wireguardGo, wireguardGoNew } from './tunnels/wireguard';
 
-const ALL: Record<ImplName, Implementation> = { veth, cladnet, 'cladnet-rekey': cladnetRekey, 'wireguard-go': wireguardGo, nebula };
 const REPO = path.resolve(__dirname, '..', '..');
+
+/** Every implementation, the newest wireguard-go at the path the options (or environment) give. */
+function allImplementations(opts: BenchOptions): Record<ImplName, Implementation> {
+  const wgNew = opts.wgNewPath ?? process.env[WG_NEW_ENV] ?? defaultWgNewPath(REPO);
+  return {
+    veth,
+    cladnet,
+    'cladnet-rekey': cladnetRekey,
+    'wireguard-go-new': wireguardGoNew(path.resolve(wgNew)),
+    'wireguard-go': wireguardGo,
+    nebula,
+  };
+}
 const RESULTS_DIR = path.join(REPO, 'bench', 'results');
 
 const t0 = Date.now();
@@ -61,25 +73,35 @@ function missing(reason: string, version: string | null = null): ImplResult {
 }
 
 /** Step 2: which of the selected implementations can run here, and why not the others. */
-async function preflight(opts: BenchOptions, results: BenchResults['implementations']): Promise<Implementation[]> {
+async function preflight(
+  opts: BenchOptions,
+  all: Record<ImplName, Implementation>,
+  results: BenchResults['implementations'],
+): Promise<Implementation[]> {
   const runnable: Implementation[] = [];
   if (opts.only.length === 0) return runnable;
   if (process.getuid?.() !== 0) throw new Error('the bench builds network namespaces: run it as root');
   const tun = fs.existsSync('/dev/net/tun');
   for (const name of opts.only) {
-    const impl = ALL[name];
-    const version = await impl.version().catch(() => null);
+    const impl = all[name];
     const absent: string[] = [];
     for (const c of impl.needs) if (!(await commandExists(c))) absent.push(c);
+    const unavailable = impl.available ? await impl.available() : null;
+    const version = unavailable === null ? await impl.version().catch(() => null) : null;
     if (absent.length > 0) {
       results[name] = missing(`not installed: ${absent.join(', ')} (scripts/setup.sh bench installs them)`, version);
+    } else if (unavailable !== null) {
+      results[name] = missing(unavailable, version);
     } else if (name !== 'veth' && !tun) {
       results[name] = missing('/dev/net/tun is missing', version);
     } else {
       results[name] = { status: 'ok', version, notes: {}, median: emptyMetrics(), rounds: [] };
       runnable.push(impl);
     }
-    if (results[name]!.status === 'missing') log(`${name}: missing: ${results[name]!.reason}`);
+    if (results[name]!.status === 'missing') {
+      const loud = ANCHORS.includes(name as (typeof ANCHORS)[number]) ? ' (!! NO RATIO AGAINST THIS ANCHOR IN THIS RUN !!)' : '';
+      log(`${name}: MISSING${loud}: ${results[name]!.reason}`);
+    }
   }
   return runnable;
 }
@@ -143,7 +165,7 @@ function summarise(r: ImplResult): void {
   const ok = r.rounds.filter((x): x is RoundResult => !('error' in x));
   for (const m of METRICS) {
     const v = median(ok.map((x) => x.metrics[m.key]));
-    r.median[m.key] = v === null ? null : sig(v);
+    r.median[m.key] = v === null ? null : COUNT_UNITS.includes(m.unit) ? Math.round(v) : sig(v);
   }
   const first = ok[0];
   if (first) r.notes = (first.detail['notes'] as Record<string, string | number>) ?? {};
@@ -187,7 +209,7 @@ async function main(): Promise<number> {
   const implementations: BenchResults['implementations'] = {};
 
   // 2. preflight
-  const runnable = await preflight(opts, implementations);
+  const runnable = await preflight(opts, allImplementations(opts), implementations);
 
   // 3.-5. test bed, rounds, teardown
   if (runnable.length > 0) {

@@ -12,7 +12,9 @@
  *   5. TCP x4    iperf3 -P 4
  *   6. UDP       iperf3 -u -b 0 -l 1372 (1400-byte IP packets): datagrams received per second, loss
  *
- * Also recorded, since packets the kernel drops before a tunnel reads them appear in no tunnel
+ * Around each of 4.-6., each host's kernel UDP counters (/proc/net/snmp, read inside its namespace
+ * just before and just after the test): the test's socket drops (metrics.ts), beside iperf3's TCP
+ * retransmits. Also recorded, since packets the kernel drops before a tunnel reads them appear in no tunnel
  * counter: the receive-buffer drops of each end's tunnel socket (/proc/net/udp, for the life of the
  * socket, i.e. this round), the rx/tx drops of each end's tunnel device over the round (a TUN's tx
  * drops are packets its process did not read in time), and each host's UDP buffer errors over the
@@ -25,7 +27,24 @@
 import { ping } from '../src/testbed/traffic';
 import { sleep, waitUntil } from '../src/testbed/agents';
 import { emptyMetrics, type Metrics } from './metrics';
-import { cpuSeconds, iperf, parseIperfTcp, parseIperfUdp, pingSeries, procComm, rssBytes, udpCounters, udpSocketDrops, linkDrops, type IperfUdp, type RttSummary } from './probes';
+import {
+  cpuSeconds,
+  iperf,
+  linkDrops,
+  parseIperfTcp,
+  parseIperfUdp,
+  pingSeries,
+  procComm,
+  rssBytes,
+  udpCounters,
+  udpDrops,
+  udpSocketBuffers,
+  udpSocketDrops,
+  type IperfUdp,
+  type RttSummary,
+  type Snmp,
+  type UdpDrops,
+} from './probes';
 import { sig } from './stats';
 import type { BenchContext, Tunnel, TunnelProc } from './tunnels/types';
 
@@ -101,11 +120,25 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     }
   };
   const tcp = { serverNs: t.b.ns, clientNs: t.a.ns, serverIp: t.b.ip, seconds: opts.seconds };
+  // Each test's kernel UDP drops on both hosts (before and after it, inside each namespace).
+  const dropsAround = async <T>(f: () => Promise<T>): Promise<{ value: T; drops: UdpDrops }> => {
+    const before = await Promise.all([t.a.ns, t.b.ns].map((ns) => udpCounters(ctx.topo, ns)));
+    const value = await f();
+    const after = await Promise.all([t.a.ns, t.b.ns].map((ns) => udpCounters(ctx.topo, ns)));
+    return { value, drops: udpDrops(before as [Snmp, Snmp], after as [Snmp, Snmp]) };
+  };
   // Kernel UDP drops on each host over the round (socket buffers full: loss the tunnel never saw).
   const hosts = [t.a.ns, t.b.ns];
   const udp0 = await Promise.all(hosts.map((ns) => udpCounters(ctx.topo, ns).catch(() => null)));
   const ends = [t.a, t.b];
   const link0 = await Promise.all(ends.map((e) => linkDrops(ctx.topo, e.ns, e.dev).catch(() => null)));
+
+  // The tunnel sockets' buffer sizes as the kernel has them (an anchor's tuning took effect or not).
+  if (t.udpPort !== undefined) {
+    const port = t.udpPort;
+    const bufs = await Promise.all(hosts.map((ns) => udpSocketBuffers(ctx.topo, ns, port).catch(() => null)));
+    detail['socketBuffers'] = { a: bufs[0], b: bufs[1] };
+  }
 
   // 2. idle RSS
   if (t.procs.length > 0) {
@@ -143,23 +176,23 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     let cpu1 = 0;
     let t0 = 0n;
     let wall = 0;
-    const out = await iperf(ctx.topo, {
-      ...tcp,
-      around: {
-        before: () => {
-          cpu0 = cpuOf(t.procs);
-          t0 = process.hrtime.bigint();
-        },
-        after: () => {
-          cpu1 = cpuOf(t.procs);
-          wall = Number(process.hrtime.bigint() - t0) / 1e9;
-        },
+    const around = {
+      before: () => {
+        cpu0 = cpuOf(t.procs);
+        t0 = process.hrtime.bigint();
       },
-    });
+      after: () => {
+        cpu1 = cpuOf(t.procs);
+        wall = Number(process.hrtime.bigint() - t0) / 1e9;
+      },
+    };
+    const { value: out, drops } = await dropsAround(() => iperf(ctx.topo, { ...tcp, around }));
     const rk1 = await readRekeys();
     alive(t.procs);
     const r = parseIperfTcp(out);
-    metrics.tcp1Gbps = sig(r.gbps);
+    metrics.tcp1Mbps = sig(r.gbps * 1e3);
+    metrics.tcp1Retrans = r.retransmits;
+    metrics.tcp1Drops = drops.total;
     const cpu = cpu1 - cpu0;
     if (t.procs.length > 0) metrics.cpuSPerGb = sig(cpu / (r.bytes / 1e9));
     const rekeys = rk0 && rk1 ? { before: rk0, after: rk1, delta: Object.fromEntries(Object.keys(rk1).map((h) => [h, rk1[h]! - (rk0[h] ?? 0)])) } : undefined;
@@ -167,12 +200,13 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
       bytes: r.bytes,
       seconds: sig(r.seconds),
       retransmits: r.retransmits,
+      udpDrops: drops,
       tunnelCpuS: sig(cpu),
       tunnelCpuPct: sig((100 * cpu) / wall, 3),
       ...(rekeys ? { rekeys } : {}),
     };
     ctx.log(
-      `  tcp x1    ${r.gbps.toFixed(3)} Gbit/s` +
+      `  tcp x1    ${(r.gbps * 1e3).toFixed(0)} Mbit/s, ${r.retransmits ?? '?'} retransmits, ${drops.total} socket drops` +
         (t.procs.length ? `, tunnel CPU ${cpu.toFixed(2)} s (${((100 * cpu) / wall).toFixed(0)}% of one core)` : '') +
         (rekeys ? `, rekeys ${Object.entries(rekeys.delta).map(([h, n]) => `${h} ${n}`).join(', ')}` : ''),
     );
@@ -180,20 +214,32 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
 
   // 5. TCP, four streams
   await step('tcp4', twice('tcp4', async () => {
-    const r = parseIperfTcp(await iperf(ctx.topo, { ...tcp, streams: 4 }));
+    const { value: out, drops } = await dropsAround(() => iperf(ctx.topo, { ...tcp, streams: 4 }));
+    const r = parseIperfTcp(out);
     alive(t.procs);
-    metrics.tcp4Gbps = sig(r.gbps);
-    detail['tcp4'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits };
-    ctx.log(`  tcp x4    ${r.gbps.toFixed(3)} Gbit/s`);
+    metrics.tcp4Mbps = sig(r.gbps * 1e3);
+    metrics.tcp4Retrans = r.retransmits;
+    metrics.tcp4Drops = drops.total;
+    detail['tcp4'] = { bytes: r.bytes, seconds: sig(r.seconds), retransmits: r.retransmits, udpDrops: drops };
+    ctx.log(`  tcp x4    ${(r.gbps * 1e3).toFixed(0)} Mbit/s, ${r.retransmits ?? '?'} retransmits, ${drops.total} socket drops`);
   }));
 
   // 6. UDP flood of 1400-byte packets
   await step('udp', twice('udp', async () => {
-    const r: IperfUdp = parseIperfUdp(await iperf(ctx.topo, { ...tcp, udpLen: UDP_PAYLOAD }), UDP_PAYLOAD);
+    const { value: out, drops } = await dropsAround(() => iperf(ctx.topo, { ...tcp, udpLen: UDP_PAYLOAD }));
+    const r: IperfUdp = parseIperfUdp(out, UDP_PAYLOAD);
     alive(t.procs);
     metrics.udpKpps = sig(r.rxPps / 1e3);
     metrics.udpLossPct = sig(r.lossPct, 3);
-    detail['udp'] = { rxKpps: sig(r.rxPps / 1e3), txKpps: sig(r.txPps / 1e3), lossPct: sig(r.lossPct, 3), rxGbps: sig(r.gbps), payload: UDP_PAYLOAD };
+    metrics.udpDrops = drops.total;
+    detail['udp'] = {
+      rxKpps: sig(r.rxPps / 1e3),
+      txKpps: sig(r.txPps / 1e3),
+      lossPct: sig(r.lossPct, 3),
+      rxGbps: sig(r.gbps),
+      payload: UDP_PAYLOAD,
+      udpDrops: drops,
+    };
     ctx.log(`  udp       ${(r.rxPps / 1e3).toFixed(1)} kpps received of ${(r.txPps / 1e3).toFixed(1)} kpps sent (loss ${r.lossPct.toFixed(1)}%)`);
   }));
 

@@ -32,6 +32,9 @@ quietly() {
 # --- node modules ------------------------------------------------------------------------------
 # npm writes node_modules/.package-lock.json on every install; our stamp covers `npm install`.
 node_modules_stale() {
+  # A symlinked node_modules (a worktree sharing another checkout's) is that checkout's to install:
+  # npm ci here would empty the directory it points to, under everyone who shares it.
+  [ -L node_modules ] && return 1
   [ -d node_modules ] || return 0
   [ -f package-lock.json ] || return 1
   local ref=node_modules/.cladnet-installed
@@ -84,6 +87,7 @@ if [ "$MODE" = test ]; then
   # comes with it); the boot test (e2e cloudinit-boot) debootstraps a Debian rootfs and boots it
   # with systemd-nspawn.
   PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
+  PKGS+=(gcc:gcc) # compiles native/abi-check.c (unit native-abi)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)
@@ -97,6 +101,10 @@ done
 # Debian's python3 (test/vectors/noise_kat.py) when it can import nacl.
 if [ "$MODE" = test ] && ! /usr/bin/python3 -c 'import nacl.bindings' >/dev/null 2>&1; then
   missing+=(python3-nacl)
+fi
+# The C headers native/abi-check.c includes (libc6-dev brings linux-libc-dev): no command proves them.
+if [ "$MODE" = test ] && { [ ! -e /usr/include/stdio.h ] || [ ! -e /usr/include/linux/virtio_net.h ]; }; then
+  missing+=(libc6-dev)
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -67,6 +67,10 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null): Implementatio
           }
         });
         const docs = await bed.waitUp(agents, 20_000);
+        // The AEAD each agent's data plane actually uses (its status self.crypto), not what we asked for.
+        const cryptos = agents.map((ag) => docs.get(ag.name)!.self.crypto || '(none in status)');
+        const crypto = cryptos.every((c) => c === cryptos[0]) ? cryptos[0]! : agents.map((ag, i) => `${ag.name}: ${cryptos[i]}`).join(', ');
+        const offloads = agents.map((ag) => (docs.get(ag.name)!.self.offload ? 'on' : 'off'));
         const [ea, eb] = agents.map((ag) => {
           const d = docs.get(ag.name)!;
           return { ns: ag.host.ns, ip: d.self.overlayIp, dev: d.self.interface, mtu: d.self.mtu };
@@ -78,7 +82,9 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null): Implementatio
           procs: agents.map((ag) => ({ host: ag.host.name, pid: ag.proc.pid!, comm: 'node' })),
           notes: {
             mtu: ea.mtu,
-            cipher: 'chacha20-poly1305 (libsodium wasm)',
+            cipher: `chacha20-poly1305 (${crypto}, from status self.crypto)`,
+            crypto,
+            tunOffloads: offloads.every((o) => o === offloads[0]) ? offloads[0]! : offloads.join(', '),
             network: CLADNET_CIDR,
             rekeyAfterMs: rekeyAfterMs ?? DEFAULT_REKEY_MS,
             ...(rekeyAfterMs === null ? {} : { env: `${REKEY_ENV}=${rekeyAfterMs}` }),

@@ -5,7 +5,7 @@ import type { Topology, TopologyHost } from '../../src/testbed/topology';
  * One implementation under test, brought up between two host namespaces of the test bed.
  * `a` is the client side (h1), `b` the server side (h2); traffic flows a -> b.
  */
-export const IMPLEMENTATIONS = ['veth', 'cladnet', 'cladnet-rekey', 'wireguard-go', 'nebula'] as const;
+export const IMPLEMENTATIONS = ['veth', 'cladnet', 'cladnet-rekey', 'wireguard-go-new', 'wireguard-go', 'nebula'] as const;
 export type ImplName = (typeof IMPLEMENTATIONS)[number];
 
 export interface TunnelEnd {
@@ -61,6 +61,8 @@ export interface Implementation {
   readonly name: ImplName;
   /** Commands that must be on PATH. */
   readonly needs: readonly string[];
+  /** Beyond `needs`: why it cannot run here (e.g. a binary outside PATH is absent), or null. */
+  available?(): Promise<string | null>;
   /** Anchor version, for the results (null when unknown). */
   version(): Promise<string | null>;
   start(ctx: BenchContext): Promise<Tunnel>;

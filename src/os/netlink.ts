@@ -10,6 +10,7 @@
  * A netlink socket belongs to the network namespace of the thread that opened it.
  */
 import * as libc from './ffi/libc';
+import { NLMSGHDR, SOCKADDR_NL as SA_NL } from './ffi/abi';
 import { allocNative, type NativeBlock } from './ffi/mem';
 import { osError } from './errors';
 
@@ -32,10 +33,12 @@ export const RTM_DELADDR = 21;
 export const RTM_NEWROUTE = 24;
 export const RTM_DELROUTE = 25;
 
-/** struct nlmsghdr { u32 len; u16 type; u16 flags; u32 seq; u32 pid; } */
-export const NLMSG_HDRLEN = 16;
-/** struct sockaddr_nl { u16 family; u16 pad; u32 pid; u32 groups; } */
-const SOCKADDR_NL = 12;
+/** sizeof(struct nlmsghdr) (16; src/os/ffi/abi.ts, checked against the C headers). */
+export const NLMSG_HDRLEN = NLMSGHDR.size;
+/** sizeof(struct sockaddr_nl) (12), and where its nl_pid and nl_groups sit. */
+const SOCKADDR_NL = SA_NL.size;
+const NL_PID = SA_NL.off.nl_pid;
+const NL_GROUPS = SA_NL.off.nl_groups;
 
 /** Receive buffer (bytes): far above one notification (< 1 KiB); the kernel's own batches fit. */
 const RECV_BYTES = 32 * 1024;
@@ -146,7 +149,7 @@ export class RouteMonitor implements RouteEventSource {
     const m = this.mem.buf;
     for (let i = 0; i < MAX_DATAGRAMS_PER_DRAIN; i++) {
       m.writeUInt32LE(SOCKADDR_NL, this.alenOff);
-      m.writeUInt32LE(0xffffffff, this.addrOff + 4); // a sender we did not learn is not the kernel
+      m.writeUInt32LE(0xffffffff, this.addrOff + NL_PID); // a sender we did not learn is not the kernel
       // MSG_TRUNC: the result is the datagram's real length, so truncation is visible.
       const n = libc.recvfromPtr(this.fd, this.mem.ptr, RECV_BYTES, libc.MSG_DONTWAIT | libc.MSG_TRUNC, this.addrPtr, this.alenPtr);
       if (n < 0) {
@@ -161,7 +164,7 @@ export class RouteMonitor implements RouteEventSource {
         if (e !== libc.EAGAIN) this.lastErrno = e;
         break;
       }
-      if (m.readUInt32LE(this.addrOff + 4) !== 0) {
+      if (m.readUInt32LE(this.addrOff + NL_PID) !== 0) {
         this.foreign++;
         continue;
       }
@@ -197,9 +200,9 @@ export function openRouteMonitor(opts: RouteMonitorOptions = {}): RouteMonitor {
     const bytes = opts.socketBytes ?? 1 << 20;
     if (!setIntOpt(fd, libc.SO_RCVBUFFORCE, bytes)) setIntOpt(fd, libc.SO_RCVBUF, bytes);
     const sa = Buffer.alloc(SOCKADDR_NL);
-    sa.writeUInt16LE(libc.AF_NETLINK, 0);
-    sa.writeUInt32LE(0, 4); // nl_pid 0: the kernel assigns our port id
-    sa.writeUInt32LE((opts.groups ?? RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) >>> 0, 8);
+    sa.writeUInt16LE(libc.AF_NETLINK, SA_NL.off.nl_family);
+    sa.writeUInt32LE(0, NL_PID); // nl_pid 0: the kernel assigns our port id
+    sa.writeUInt32LE((opts.groups ?? RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) >>> 0, NL_GROUPS);
     if (libc.bind(fd, sa, SOCKADDR_NL) !== 0) throw osError('bind(AF_NETLINK)');
     return new RouteMonitor(fd);
   } catch (e) {

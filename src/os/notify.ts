@@ -12,6 +12,7 @@
  */
 import { CladnetError } from '../errors';
 import * as libc from './ffi/libc';
+import { SOCKADDR_UN } from './ffi/abi';
 
 export interface ServiceNotify {
   /** The socket's address as given ("/run/systemd/notify" or "@abstract"). */
@@ -20,9 +21,10 @@ export interface ServiceNotify {
   close(): void;
 }
 
-/** sizeof(struct sockaddr_un): a 2-byte family and 108 bytes of path. */
-const SOCKADDR_UN_SIZE = 110;
-const SUN_PATH_MAX = 108;
+/** sizeof(struct sockaddr_un) (110): a 2-byte family and 108 bytes of path (src/os/ffi/abi.ts). */
+const SOCKADDR_UN_SIZE = SOCKADDR_UN.size;
+const SUN_PATH = SOCKADDR_UN.off.sun_path;
+const SUN_PATH_MAX = SOCKADDR_UN_SIZE - SUN_PATH;
 
 /**
  * struct sockaddr_un for $NOTIFY_SOCKET and the length to pass with it. A path starts with '/'
@@ -45,8 +47,8 @@ export function notifySockaddr(value: string): { addr: Uint8Array; len: number }
   }
   const addr = new Uint8Array(SOCKADDR_UN_SIZE);
   new Uint16Array(addr.buffer, 0, 1)[0] = libc.AF_UNIX; // sa_family_t, host byte order
-  addr.set(name, abstract ? 3 : 2);
-  return { addr, len: 2 + 1 + name.length };
+  addr.set(name, abstract ? SUN_PATH + 1 : SUN_PATH);
+  return { addr, len: SUN_PATH + 1 + name.length };
 }
 
 class UnixDatagramNotify implements ServiceNotify {

@@ -1,9 +1,13 @@
 /** poll(2) over a fixed set of descriptors, and eventfd wake-ups for worker threads. */
 import * as libc from './ffi/libc';
+import { POLLFD as POLLFD_T } from './ffi/abi';
 import { allocNative, type NativeBlock } from './ffi/mem';
 import { osError } from './errors';
 
-const POLLFD = 8; // struct pollfd { int fd; short events; short revents; }
+// struct pollfd { int fd; short events; short revents; } (src/os/ffi/abi.ts)
+const POLLFD = POLLFD_T.size;
+const EVENTS = POLLFD_T.off.events;
+const REVENTS = POLLFD_T.off.revents;
 
 export class Poller {
   private readonly mem: NativeBlock;
@@ -12,7 +16,7 @@ export class Poller {
     this.mem = allocNative(fds.length * POLLFD);
     fds.forEach((fd, i) => {
       this.mem.buf.writeInt32LE(fd, i * POLLFD);
-      this.mem.buf.writeInt16LE(events[i]!, i * POLLFD + 4);
+      this.mem.buf.writeInt16LE(events[i]!, i * POLLFD + EVENTS);
     });
     this.count = fds.length;
   }
@@ -30,7 +34,7 @@ export class Poller {
     const r = libc.poll(this.mem.ptr, this.count, timeoutMs);
     if (r <= 0) return 0;
     let mask = 0;
-    for (let i = 0; i < this.count; i++) if (this.mem.buf.readInt16LE(i * POLLFD + 6) !== 0) mask |= 1 << i;
+    for (let i = 0; i < this.count; i++) if (this.mem.buf.readInt16LE(i * POLLFD + REVENTS) !== 0) mask |= 1 << i;
     return mask;
   }
 

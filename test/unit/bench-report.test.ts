@@ -1,0 +1,120 @@
+import { describe, expect, it } from 'vitest';
+import { emptyMetrics, METRICS, type Metrics } from '../../bench/metrics';
+import { OptionsError, parseOptions } from '../../bench/options';
+import { parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
+import { computeRatios, formatReport, targetLines, type BenchResults, type ImplResult } from '../../bench/report';
+import { defaultWgNewPath, parseWgVersion } from '../../bench/tunnels/wireguard';
+import { IMPLEMENTATIONS } from '../../bench/tunnels/types';
+
+/** The bench's pure parts (issue 14): anchors, drops, options, ratios and the printed table. */
+
+const SNMP = (inErrors: number, rcvbuf: number, sndbuf: number) =>
+  'Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors\n' +
+  `Udp: 1000 0 ${inErrors} 900 ${rcvbuf} ${sndbuf} 0 0 0\n`;
+
+function impl(status: ImplResult['status'], m: Partial<Metrics>, extra: Partial<ImplResult> = {}): ImplResult {
+  const median = { ...emptyMetrics(), ...m };
+  const round = { metrics: median, detail: { socketBuffers: { a: { rcvbuf: 8 << 20, sndbuf: 8 << 20 }, b: null } }, errors: [] };
+  return { status, version: '1', notes: { cipher: 'x' }, median, rounds: status === 'missing' ? [] : [round], ...extra };
+}
+
+describe('bench: socket drops, buffers and anchor versions', () => {
+  it('counts a full receive buffer once (the kernel adds it to InErrors too) and adds send-buffer drops', () => {
+    const before = [parseSnmpUdp(SNMP(10, 10, 0)), parseSnmpUdp(SNMP(0, 0, 5))] as const;
+    const after = [parseSnmpUdp(SNMP(110, 100, 0)), parseSnmpUdp(SNMP(2, 0, 25))] as const;
+    const d = udpDrops(before, after);
+    expect(d.a).toEqual({ rcvbufErrors: 90, sndbufErrors: 0, inErrors: 100 });
+    expect(d.b).toEqual({ rcvbufErrors: 0, sndbufErrors: 20, inErrors: 2 });
+    expect(d.total).toBe(122);
+  });
+
+  it('reads the kernel-held buffer sizes from ss -m output', () => {
+    expect(parseSsSkmem('UNCONN 0 0 0.0.0.0:4242 0.0.0.0:*\n\t skmem:(r0,rb8388608,t0,tb8388608,f0,w0,o0,bl0,d0)\n')).toEqual({
+      rcvbuf: 8388608,
+      sndbuf: 8388608,
+    });
+    expect(parseSsSkmem('')).toBeNull();
+  });
+
+  it('reads wireguard-go --version and finds the anchor next to the checkout', () => {
+    expect(parseWgVersion('wireguard-go v0.0.20250522\n\nUserspace WireGuard daemon for linux-amd64.\n')).toBe('0.0.20250522');
+    expect(parseWgVersion('nothing')).toBeNull();
+    expect(defaultWgNewPath('/work/main')).toBe('/work/shared/anchors/wireguard-go/wireguard-go');
+  });
+});
+
+describe('bench: options', () => {
+  it('measures both wireguard-go builds by default and takes the newest one from --wireguard-go-new', () => {
+    expect(parseOptions([]).only).toEqual([...IMPLEMENTATIONS]);
+    expect(IMPLEMENTATIONS).toContain('wireguard-go-new');
+    expect(parseOptions([]).wgNewPath).toBeNull();
+    expect(parseOptions(['--wireguard-go-new', '/opt/wg/wireguard-go']).wgNewPath).toBe('/opt/wg/wireguard-go');
+    const o = parseOptions(['--only', 'cladnet,wireguard-go-new,micro', '--rounds', '3']);
+    expect(o.only).toEqual(['cladnet', 'wireguard-go-new']);
+    expect(o.micro).toBe(true);
+    expect(o.rounds).toBe(3);
+  });
+
+  it('refuses an empty path and an unknown implementation with EUSAGE', () => {
+    expect(() => parseOptions(['--wireguard-go-new', ' '])).toThrow(OptionsError);
+    try {
+      parseOptions(['--only', 'wireguard-go-newest']);
+      expect.unreachable();
+    } catch (e) {
+      expect((e as OptionsError).code).toBe('EUSAGE');
+      expect((e as Error).message).toContain('wireguard-go-newest');
+    }
+  });
+});
+
+describe('bench: ratios and the table', () => {
+  const implementations: BenchResults['implementations'] = {
+    cladnet: impl('ok', { tcp1Mbps: 2000, tcp1Drops: 0, rttP50Ms: 0.6, tcp4Mbps: 3000, rssMiB: 54 }),
+    'wireguard-go-new': impl('ok', { tcp1Mbps: 2500, tcp1Drops: 3, rttP50Ms: 0.5, tcp4Mbps: 2400 }),
+    'wireguard-go': impl('ok', { tcp1Mbps: 400, tcp1Drops: 13308, rttP50Ms: 0.6 }),
+    nebula: impl('missing', {}, { reason: 'not installed: nebula' }),
+  };
+  const res: BenchResults = {
+    version: 1,
+    kind: 'full',
+    startedAt: '2026-12-02T00:00:00.000Z',
+    finishedAt: '2026-12-02T00:01:00.000Z',
+    durationS: 60,
+    options: { rounds: 3, seconds: 8, pings: 200, pingIntervalMs: 10, only: ['cladnet', 'wireguard-go-new', 'wireguard-go', 'nebula'], nebulaCipher: 'aes' },
+    machine: { kernel: 'k', cpus: 2, cpuModel: 'cpu', node: 'v20', iperf3: '3.12' },
+    metrics: METRICS,
+    implementations,
+    ratios: computeRatios(implementations),
+    micro: null,
+  };
+
+  it('has a ratio against each wireguard-go build, none against a missing anchor, none for drop counts', () => {
+    expect(res.ratios['cladnet/wireguard-go-new']!.tcp1Mbps).toBe(0.8);
+    expect(res.ratios['cladnet/wireguard-go']!.tcp1Mbps).toBe(5);
+    expect(res.ratios['cladnet/wireguard-go-new']!.rttP50Ms).toBe(1.2);
+    expect(res.ratios['cladnet/nebula']).toBeUndefined();
+    expect(res.ratios['cladnet/wireguard-go-new']!).not.toHaveProperty('tcp1Drops');
+  });
+
+  it('prints throughput in Mbit/s with drops beside it, ratio columns per anchor, and a loud line for a missing anchor', () => {
+    const text = formatReport(res);
+    const lines = text.split('\n');
+    const header = lines.find((l) => l.startsWith('metric'))!;
+    expect(header).toMatch(/cladnet\s+wireguard-go-new\s+wireguard-go\s+nebula\s+cladnet\/wg-go-new\s+cladnet\/wg-go$/);
+    expect(lines.find((l) => l.startsWith('TCP, 1 stream'))).toMatch(/Mbit\/s\s+2000\s+2500\s+400\s+missing\s+0\.80x\s+5\.00x$/);
+    expect(lines.find((l) => l.includes('UDP socket drops, both hosts'))).toMatch(/0\s+3\s+13308\s+missing\s+-\s+-$/);
+    expect(text).toContain('!! nebula: missing (no ratio against it in this run): not installed: nebula');
+    expect(text).toContain('cladnet: cipher x; UDP socket buffers rcv/snd MiB: a 8/8, b ?');
+  });
+
+  it("prints issue 14's targets against wireguard-go-new, met or not, and says so when that anchor is missing", () => {
+    const lines = targetLines(res).map((l) => l.trim());
+    expect(lines).toContain('TCP 1 stream        >= 1.2x: 0.80x  NOT met');
+    expect(lines).toContain('TCP 4 streams       >= 1.2x: 1.25x  met');
+    expect(lines).toContain('ping p50            <= 1x: 1.20x  NOT met');
+    expect(lines).toContain('tunnel CPU per GB   <= 0.8x: -');
+    expect(lines).toContain('idle RSS, one peer  <= 55 MiB: 54.0 MiB  met');
+    const without = { ...res, ratios: computeRatios({ ...implementations, 'wireguard-go-new': undefined }) };
+    expect(targetLines(without).map((l) => l.trim())).toContain('TCP 1 stream        >= 1.2x: no wireguard-go-new');
+  });
+});
