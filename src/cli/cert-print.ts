@@ -99,6 +99,8 @@ function certCheck(ed: Ed25519, cert: HostCert, a: AnchorChoice): SignatureCheck
 
 function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string | null, given: AnchorChoice | null, nowMs: number): CertInfo {
   const anchor = given ?? (fileAnchor ? { publicKey: fileAnchor, source: 'file' as const } : null);
+  // The issuer is who the file says signed it (its anchor); a key given on the command line is what we check against.
+  const issuerKey = fileAnchor ?? given?.publicKey ?? null;
   const g = cert.grant;
   return {
     kind: 'certificate',
@@ -113,8 +115,8 @@ function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string 
     serial: cert.serial,
     issuer:
       cert.token !== undefined && g
-        ? { kind: 'join-token', token: cert.token, use: cert.use ?? 0, delegateKeyId: keyId(g.delegateKey), grantIssuerKeyId: anchor ? keyId(anchor.publicKey) : null }
-        : { kind: 'network-key', keyId: anchor ? keyId(anchor.publicKey) : 'unknown (a bare certificate: pass --network-key or --trust-anchor)' },
+        ? { kind: 'join-token', token: cert.token, use: cert.use ?? 0, delegateKeyId: keyId(g.delegateKey), grantIssuerKeyId: issuerKey ? keyId(issuerKey) : null }
+        : { kind: 'network-key', keyId: issuerKey ? keyId(issuerKey) : 'unknown (a bare certificate names no trust anchor)' },
     fileTrustAnchor: fileAnchor,
     signature: anchor ? certCheck(ed, cert, anchor) : null,
   };
@@ -164,7 +166,7 @@ export function inspectFile(ed: Ed25519, file: string, given: AnchorChoice | nul
   try {
     doc = JSON.parse(s);
   } catch {
-    throw bad(file, `is neither a certificate (JSON) nor a join token (${TOKEN_PREFIX}...)`);
+    throw bad(file, `is neither a certificate (JSON) nor a join token (starting ${TOKEN_PREFIX})`);
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad(file, 'is JSON but not an object: not a certificate file');
   const o = doc as Record<string, unknown>;
