@@ -259,6 +259,7 @@ export function agentDiagnosticsDeps(a: AgentParts): DiagnosticsDeps {
     mono: a.mono,
     setTimer: (fn, ms) => {
       const t = setTimeout(fn, ms);
+      t.unref();
       return { cancel: () => clearTimeout(t) };
     },
     peer: (q) => {

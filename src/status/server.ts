@@ -62,8 +62,10 @@ export class StatusServer {
     const s = this.server;
     this.server = undefined;
     if (!s) return;
-    await new Promise<void>((r) => s.close(() => r()));
+    // (a request still in flight, a ping or netcheck waiting for answers, must not hold the stop up)
+    const closed = new Promise<void>((r) => s.close(() => r()));
     s.closeAllConnections?.();
+    await closed;
     try {
       fs.unlinkSync(this.socketPath);
     } catch {
