@@ -91,6 +91,9 @@ describe.skipIf(!isRoot)('cladnet ping and netcheck in the test bed', () => {
     // pub carried them (a probe and its pong per reply, at least).
     const relayedAfter = (await bed.agent('pub').status()).dataplane.relayedPackets ?? 0;
     expect(relayedAfter - relayedBefore).toBeGreaterThanOrEqual(2 * replies.length);
+    // ...and the path choice did not move: still relayed through pub at both ends.
+    expect(peer(await bed.agent('c').status(), 'd')).toMatchObject({ path: 'relayed', via: 'pub' });
+    expect(peer(await bed.agent('d').status(), 'c')).toMatchObject({ path: 'relayed', via: 'pub' });
   });
 
   it('an unknown peer exits 2 with a clear message', async () => {
@@ -122,6 +125,13 @@ describe.skipIf(!isRoot)('cladnet ping and netcheck in the test bed', () => {
     expect(pub).toMatchObject({ relay: true, state: 'up', seen: want });
     expect(pub.reply?.rttMs).toBeGreaterThan(0);
     expect(rep.tookMs).toBeLessThan(4_000);
+  });
+
+  it('netcheck on the public host: no NAT, its own address is what everyone sees', async () => {
+    const rep = JSON.parse((await run('pub', ['netcheck', '--json'])).stdout) as NetcheckReport;
+    expect(rep.nat).toBe('none');
+    expect(rep.reflexive).toBe(`${bed.topo.host('pub').underlayIp}:51820`);
+    expect(rep.observations.length).toBeGreaterThanOrEqual(2);
   });
 
   it('netcheck behind a port-randomizing NAT: the mapping varies', async () => {
