@@ -423,6 +423,40 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('ping <peer>')
+    .description('ping a peer (name or overlay IP) with the agent\'s own ping/pong on its current path; exit 1 if nothing answers, 2 for an unknown peer')
+    .option('-c, --count <n>', 'pings to send (default: until interrupted)')
+    .option('-i, --interval <seconds>', 'between pings (default 1)')
+    .option('--timeout <seconds>', 'wait for each reply (default 1)')
+    .option('--socket <path>', 'status socket', process.env.CLADNET_SOCKET ?? DEFAULT_SOCKET)
+    .option('--json', 'print the replies and summary as JSON')
+    .action(async (peer: string, o: { count?: string; interval?: string; timeout?: string; socket: string; json?: boolean }) => {
+      process.exitCode = await (await import('./cli/ping')).pingCommand(peer, o);
+    });
+
+  program
+    .command('netcheck')
+    .description('measure afresh: reflexive address, NAT kind, round trips to STUN servers and peers, relays')
+    .option('--timeout <seconds>', 'how long the agent measures at most (default 3)')
+    .option('--socket <path>', 'status socket', process.env.CLADNET_SOCKET ?? DEFAULT_SOCKET)
+    .option('--json', 'print JSON')
+    .action(async (o: { socket: string; json?: boolean; timeout?: string }) => {
+      await (await import('./cli/netcheck')).netcheckCommand(o);
+    });
+
+  program
+    .command('cert')
+    .description('host certificates and join tokens')
+    .command('print <file>')
+    .description('show a host certificate or join token (never key material); exit 1 when its signature does not verify')
+    .option('--network-key <file>', 'check the signature against this network key (its public half)')
+    .option('--trust-anchor <base64>', 'check the signature against this trust anchor (the network key\'s public half)')
+    .option('--json', 'print JSON')
+    .action(async (file: string, o: { json?: boolean; networkKey?: string; trustAnchor?: string }) => {
+      process.exitCode = await (await import('./cli/cert-print')).certPrintCommand(file, o);
+    });
+
+  program
     .command('stun-server')
     .description('answer STUN binding requests (RFC 5389) so agents behind NAT learn their public endpoint')
     .requiredOption('--listen <ip:port>', 'UDP address to listen on, e.g. 0.0.0.0:3478')

@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'EKEY' // key material missing, malformed or with unsafe permissions
   | 'EINSECURE' // a secret would travel in the clear (etcd password over plain http://)
   | 'ESTATUS' // the status socket could not be reached
+  | 'ENOPEER' // no peer by that name or overlay address (cladnet ping)
+  | 'ECERTFILE' // a file is neither a well-formed host certificate nor a join token (cladnet cert print)
   | 'ETOKEN' // a join token is malformed, for another network, or does not verify
   | 'ETOKENEXPIRED' // a join token's enrolment period is over
   | 'ETOKENUSEDUP' // every use of a join token is taken

@@ -30,6 +30,7 @@ import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
 import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
+import { agentDiagnosticsDeps, Diagnostics, diagnosticsRoutes } from './diagnostics';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
 import { StunClient } from '../control/stun-client';
 import { discoverPublicIp } from '../control/metadata';
@@ -44,7 +45,7 @@ import { parseNetworkSpec } from '../control/records';
 import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
-import { DIRECT } from '../dataplane/peer';
+import { DIRECT, systemClock } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
 import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
@@ -101,6 +102,8 @@ export class Agent {
   private paths!: PathManager;
   private reflexive!: ReflexiveTracker;
   private stun?: StunClient;
+  /** `cladnet ping` and `netcheck` (src/agent/diagnostics.ts). */
+  private diag?: Diagnostics;
   private changes?: LocalChangeMonitor;
   private routeEvents?: RouteMonitor;
   /** Called once when the route monitor's socket turns readable (the data-plane worker watches it). */
@@ -303,8 +306,23 @@ export class Agent {
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
     this.discoveryTimer.unref();
 
-    // 6. status
-    this.status = new StatusServer(cfg.socket, () => this.statusDocument());
+    // 6. status (and the diagnostics behind ping and netcheck)
+    const stun = this.stun;
+    this.diag = new Diagnostics(
+      agentDiagnosticsDeps({
+        peers: this.peers,
+        mono: systemClock.mono,
+        hasSession: (name) => this.hs?.usable(name) != null,
+        handshake: (name) => this.hs?.demand(name),
+        send: (slot, t0) => this.engine?.diag(slot, t0),
+        isLocal: (ip) => this.isLocal(ip),
+        ownAddresses: () => this.ownAddresses,
+        stunServers: cfg.stun,
+        stunQuery: (server, opts) => stun.query(server, opts),
+        status: () => this.statusDocument(),
+      }),
+    );
+    this.status = new StatusServer(cfg.socket, () => this.statusDocument(), diagnosticsRoutes(() => this.diag));
     await this.status.start();
     this.log.info(
       {
@@ -620,7 +638,9 @@ export class Agent {
     if (changed) this.schedulePush();
   }
 
-  private onPong(p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }): void {
+  private onPong(p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number }): void {
+    // The answer to a diagnostic ping is the diagnostics' alone: it must not steer the path choice.
+    if (this.diag?.onPong(p)) return;
     const name = this.nameOfSlot(p.slot);
     if (!name) return;
     const relay = p.via === DIRECT ? undefined : this.nameOfSlot(p.via);

@@ -174,6 +174,13 @@ export class Duplex {
     this.flushControl();
   }
 
+  /** A diagnostic ping stamped t0 on the peer's current path (Outbound.diag). */
+  diag(slot: number, t0: number): void {
+    this.clist.count = 0;
+    this.out.diag(slot, t0, this.io.ctrl.batch, this.clist);
+    this.flushControl();
+  }
+
   /** A datagram from the control thread (a handshake message) for `target`, through relay `via`. */
   forward(via: number, target: number, data: Uint8Array): void {
     this.clist.count = 0;

@@ -37,8 +37,8 @@ export interface EngineOptions {
   onHandshake?: (data: Uint8Array, ip: number, port: number, via: number, proven: boolean) => void;
   /** A STUN message arrived. */
   onStun?: (data: Uint8Array, ip: number, port: number) => void;
-  /** A pong: path evidence (rtt on ip:port or via) and our address as the peer saw it. */
-  onPong?: (p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }) => void;
+  /** A pong: path evidence (rtt on ip:port or via), our address as the peer saw it, and its ping's stamp t0. */
+  onPong?: (p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number }) => void;
   /** A responder session carried its first packet (the data plane now sends on it). */
   onConfirmed?: (slot: number, keyId: number) => void;
   /** The peer in `slot` said bye over its session (it is leaving on purpose). */
@@ -144,6 +144,14 @@ export class DataplaneEngine {
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
   probe(slot: number, ip: number, port: number): void {
     this.tell({ t: 'probe', slot, ip, port });
+  }
+
+  /**
+   * A diagnostic ping to the peer in `slot` on its current path, stamped `t0` (systemClock.mono()
+   * of this thread: every thread shares its scale); its pong comes back through onPong with t0.
+   */
+  diag(slot: number, t0: number): void {
+    this.tell({ t: 'diag', slot, t0 });
   }
 
   /** Pings every peer now. */

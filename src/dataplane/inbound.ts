@@ -69,9 +69,9 @@ export interface InboundEvents {
   ping(slot: number, t0: number, ip: number, port: number, via: number): void;
   /**
    * A pong arrived: rttMs on the path it came back on (ip:port or relay `via`); seenIp:seenPort is
-   * our address as the peer saw our ping (0:0 when relayed).
+   * our address as the peer saw our ping (0:0 when relayed); t0 is the stamp the ping carried.
    */
-  pong?(slot: number, rttMs: number, ip: number, port: number, via: number, seenIp: number, seenPort: number): void;
+  pong?(slot: number, rttMs: number, ip: number, port: number, via: number, seenIp: number, seenPort: number, t0: number): void;
   /** The peer's packets now come from a new address (or through relay `via`). */
   roam(slot: number, ip: number, port: number, via: number): void;
   /**
@@ -376,13 +376,14 @@ export class Inbound {
       return;
     }
     if (kind === CTRL_PONG && plen === PONG_LEN) {
-      const rtt = this.clock.mono() - buf.readDoubleLE(pkt + 2);
+      const t0 = buf.readDoubleLE(pkt + 2);
+      const rtt = this.clock.mono() - t0;
       if (!(rtt >= 0 && rtt < 60_000)) {
         drops[DROP.malformed]! += 1;
         return;
       }
       if (ip === peer.ip && port === peer.port && via === peer.via) this.stats.peers[peer.cfg.slot * PEER_STRIDE + P_RTT] = rtt;
-      this.events.pong?.(peer.cfg.slot, rtt, ip, port, via, buf.readUInt32BE(pkt + 10), buf.readUInt16BE(pkt + 14));
+      this.events.pong?.(peer.cfg.slot, rtt, ip, port, via, buf.readUInt32BE(pkt + 10), buf.readUInt16BE(pkt + 14), t0);
       return;
     }
     if ((kind === CTRL_FORWARD || kind === CTRL_RELAYED) && plen > RELAY_PREFIX && via === DIRECT) {

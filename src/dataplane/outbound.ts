@@ -365,6 +365,21 @@ export class Outbound {
   }
 
   /**
+   * A diagnostic ping (`cladnet ping`): a probe stamped `t0` (the control thread's mono clock, so
+   * it can match the pong) on the peer's current path, direct or relayed. A probe, so the peer's
+   * answer moves no endpoint at either end. False when there is no session to send it on.
+   */
+  diag(slot: number, t0: number, batch: PacketBatch, list: SendList): boolean {
+    const p = this.bySlot.get(slot);
+    if (!p || !p.sendable || list.count >= batch.capacity) return false;
+    const i = list.count;
+    const len = this.control(CTRL_PROBE, t0, batch, i);
+    const ok = this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via);
+    this.queue(batch, list, ok);
+    return ok;
+  }
+
+  /**
    * Says bye to every peer we can send to, at its current endpoint, from peer `from` on (the
    * slot order); returns the next `from` when the batch filled up, else -1.
    */

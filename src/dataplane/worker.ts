@@ -70,6 +70,8 @@ export type ToWorker =
   | { t: 'peers'; peers: WorkerPeer[] }
   /** test the path to a peer at ip:port */
   | { t: 'probe'; slot: number; ip: number; port: number }
+  /** a diagnostic ping stamped t0 on the peer's current path (cladnet ping) */
+  | { t: 'diag'; slot: number; t0: number }
   /** ping every peer now (our address or NAT mapping changed) */
   | { t: 'pingAll' }
   /** say bye to every peer now (the agent is stopping on purpose) */
@@ -88,7 +90,7 @@ export type FromWorker =
   | { t: 'roam'; slot: number; ip: number; port: number; via: number }
   | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number }
-  | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }
+  | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number }
   | { t: 'confirmed'; slot: number; keyId: number }
   | { t: 'bye'; slot: number }
   /** a packet from the TUN for overlay address ip found no session (outbound.ts onWant) */
@@ -163,7 +165,7 @@ async function main(init: WorkerInit): Promise<void> {
       ctrl: { batch: ctrlBatch, udp: udpCtrl },
     },
     {
-      pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort }),
+      pong: (slot, rttMs, ip, port, via, seenIp, seenPort, t0) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort, t0 }),
       roam: (slot, ip, port, via) => post({ t: 'roam', slot, ip, port, via }),
       handshake: (data, ip, port, via, proven) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true }),
       stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
@@ -189,6 +191,7 @@ async function main(init: WorkerInit): Promise<void> {
         }
       }
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
+      else if (msg.t === 'diag') d.diag(msg.slot, msg.t0);
       else if (msg.t === 'pingAll') {
         d.pingAll();
         nextTimer = -Infinity;

@@ -5,9 +5,12 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { isCladnetError } from '../errors';
 import type { StatusDocument } from './types';
 
 export type StatusProvider = () => StatusDocument;
+/** A route's handler: the query string in, a JSON-able answer (or its promise) out. */
+export type RouteHandler = (query: URLSearchParams) => unknown;
 
 export class StatusServer {
   private server?: http.Server;
@@ -15,6 +18,8 @@ export class StatusServer {
   constructor(
     private readonly socketPath: string,
     private readonly provider: StatusProvider,
+    /** More routes ("METHOD /path"), e.g. the diagnostics (src/agent/diagnostics.ts). */
+    private readonly extra: Record<string, RouteHandler> = {},
   ) {}
 
   async start(): Promise<void> {
@@ -24,20 +29,27 @@ export class StatusServer {
     } catch {
       /* none */
     }
-    const routes: Record<string, () => unknown> = {
+    const routes: Record<string, RouteHandler> = {
       'GET /v1/status': () => this.provider(),
+      ...this.extra,
     };
     this.server = http.createServer((req, res) => {
-      const handler = routes[`${req.method} ${(req.url ?? '').split('?')[0]}`];
+      const url = new URL(req.url ?? '/', 'http://local');
+      const handler = routes[`${req.method} ${url.pathname}`];
       if (!handler) {
         res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found' }));
         return;
       }
-      try {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(handler()));
-      } catch (e) {
-        res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: (e as Error).message }));
-      }
+      // A handler's error with a code is the caller's (404 for an unknown peer, 503 while starting, 400 else); others are ours.
+      Promise.resolve()
+        .then(() => handler(url.searchParams))
+        .then(
+          (body) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body)),
+          (e: Error) => {
+            const status = isCladnetError(e) ? (e.code === 'ENOPEER' ? 404 : e.transient ? 503 : 400) : 500;
+            res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message, code: isCladnetError(e) ? e.code : undefined }));
+          },
+        );
     });
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
@@ -50,8 +62,10 @@ export class StatusServer {
     const s = this.server;
     this.server = undefined;
     if (!s) return;
-    await new Promise<void>((r) => s.close(() => r()));
+    // (a request still in flight, a ping or netcheck waiting for answers, must not hold the stop up)
+    const closed = new Promise<void>((r) => s.close(() => r()));
     s.closeAllConnections?.();
+    await closed;
     try {
       fs.unlinkSync(this.socketPath);
     } catch {
