@@ -169,9 +169,9 @@ class Node {
           this.pings.push({ slot, t0, ip, port, via });
           o.ping?.(slot, t0, ip, port, via);
         },
-        pong: (slot, rttMs, ip, port, via, seenIp, seenPort) => {
+        pong: (slot, rttMs, ip, port, via, seenIp, seenPort, t0) => {
           this.pongs.push({ slot, rttMs, ip, port, via, seenIp, seenPort });
-          o.pong?.(slot, rttMs, ip, port, via, seenIp, seenPort);
+          o.pong?.(slot, rttMs, ip, port, via, seenIp, seenPort, t0);
         },
         roam: (slot, ip, port, via) => {
           this.roams.push({ slot, ip, port, via });
