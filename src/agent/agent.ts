@@ -78,6 +78,9 @@ const BYE_FLUSH_MS = 50;
 const BYE_COPIES = 2;
 /** How often configured STUN servers and cloud metadata are asked again. */
 const DISCOVERY_EVERY_MS = 60_000;
+/** package.json's version (the same path from src/agent and dist/agent), for the status and cladnet_info. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const PACKAGE_VERSION = (require('../../package.json') as { version: string }).version;
 
 export class Agent {
   private etcd?: Etcd3;
@@ -784,6 +787,8 @@ export class Agent {
         interface: this.cfg.interface,
         mtu: this.mtu,
         startedAt: this.startedAt.toISOString(),
+        version: PACKAGE_VERSION,
+        nodeVersion: process.versions.node,
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
         reflexive: view.reflexive,

@@ -5,9 +5,18 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics';
 import type { StatusDocument } from './types';
 
 export type StatusProvider = () => StatusDocument;
+
+/** A handler's answer that is not JSON: sent as it is, with its own content type. */
+export class TextBody {
+  constructor(
+    readonly contentType: string,
+    readonly text: string,
+  ) {}
+}
 
 export class StatusServer {
   private server?: http.Server;
@@ -26,6 +35,7 @@ export class StatusServer {
     }
     const routes: Record<string, () => unknown> = {
       'GET /v1/status': () => this.provider(),
+      'GET /v1/metrics': () => new TextBody(METRICS_CONTENT_TYPE, renderMetrics(this.provider())),
     };
     this.server = http.createServer((req, res) => {
       const handler = routes[`${req.method} ${(req.url ?? '').split('?')[0]}`];
@@ -34,7 +44,9 @@ export class StatusServer {
         return;
       }
       try {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(handler()));
+        const body = handler();
+        if (body instanceof TextBody) res.writeHead(200, { 'content-type': body.contentType }).end(body.text);
+        else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
       } catch (e) {
         res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: (e as Error).message }));
       }
