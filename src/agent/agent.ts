@@ -8,7 +8,7 @@
  *   3. sockets     UDP socket bound, TUN opened, link/address/MTU applied declaratively
  *   4. data plane  the worker thread starts on those descriptors
  *   5. registry    publish our record, hold liveness, watch peers -> derive keys -> workers
- *   6. status      local API on the unix socket
+ *   6. status      local API on the unix socket; Prometheus metrics on TCP when metricsListen is set
  *
  * Stop (SIGTERM/SIGINT) runs it backwards: a bye to every peer over its tunnel (they drop us at
  * once; a restart brings us back, see src/control/roster.ts), liveness released (the host record
@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import type { AgentConfig } from '../config/config';
+import { parseListenAddress, type AgentConfig } from '../config/config';
 import { isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
@@ -53,6 +53,7 @@ import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
+import { MetricsServer } from '../status/metrics-server';
 import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
@@ -93,6 +94,7 @@ export class Agent {
   private tun?: TunDevice;
   private udp?: UdpSocket;
   private status?: StatusServer;
+  private metrics?: MetricsServer;
   private keys!: KeyPair;
   private member!: Membership;
   private hs?: HandshakeManager;
@@ -309,6 +311,11 @@ export class Agent {
     // 6. status
     this.status = new StatusServer(cfg.socket, () => this.statusDocument());
     await this.status.start();
+    const metricsAt = cfg.metricsListen === undefined ? null : parseListenAddress(cfg.metricsListen);
+    if (metricsAt) {
+      this.metrics = new MetricsServer(metricsAt.host, metricsAt.port, () => this.statusDocument());
+      await this.metrics.start();
+    }
     this.log.info(
       {
         overlayIp: this.overlayIp,
@@ -318,6 +325,7 @@ export class Agent {
         endpoints: this.endpoints,
         crypto: this.engine.cryptoName,
         offload: this.tun.offload,
+        metrics: cfg.metricsListen,
       },
       'agent up',
     );
@@ -841,6 +849,7 @@ export class Agent {
       }
     });
     await step('status', () => this.status?.stop());
+    await step('metrics', () => this.metrics?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     this.etcdLink?.close(); // ends the register/republish waits
