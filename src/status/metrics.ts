@@ -91,7 +91,7 @@ const PATHS = ['direct_private', 'direct_public', 'direct', 'relayed', 'none'] a
 const STATES: readonly StatusPeer['state'][] = ['up', 'connecting', 'down'];
 
 /** camelCase reason or event names from the status document as snake_case label values. */
-function snake(s: string): string {
+export function snakeCase(s: string): string {
   return s.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 }
 
@@ -234,7 +234,7 @@ export function renderMetrics(doc: StatusDocument): string {
     'cladnet_packet_drops_total',
     'counter',
     'Packets the data plane dropped, by reason (src/dataplane/stats.ts lists them).',
-    Object.entries(d.drops).map(([reason, n]): Sample => [{ reason: snake(reason) }, n]),
+    Object.entries(d.drops).map(([reason, n]): Sample => [{ reason: snakeCase(reason) }, n]),
   );
   m.one(
     'cladnet_dataplane_handshakes_passed_total',
@@ -270,7 +270,7 @@ export function renderMetrics(doc: StatusDocument): string {
       'cladnet_handshake_refusals_total',
       'counter',
       'Handshake messages the control thread refused, by reason.',
-      Object.entries(h.drops).map(([reason, n]): Sample => [{ reason: snake(reason) }, n]),
+      Object.entries(h.drops).map(([reason, n]): Sample => [{ reason: snakeCase(reason) }, n]),
     );
   }
   return m.text();

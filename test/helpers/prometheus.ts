@@ -19,3 +19,26 @@ export function parseSamples(text: string): Map<string, number> {
   }
   return out;
 }
+
+export interface Series {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly value: number;
+}
+
+/** Samples of the text format with their labels read back (escapes undone). */
+export function parseSeries(text: string): Series[] {
+  const out: Series[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`not a sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    const re = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?/g;
+    for (let l = re.exec(m[2] ?? ''); l; l = re.exec(m[2] ?? '')) {
+      labels[l[1]!] = l[2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+    }
+    out.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return out;
+}
