@@ -80,6 +80,11 @@ function seconds(iso: string | null | undefined): number | null {
   return Number.isNaN(ms) ? null : ms / 1000;
 }
 
+/** Milliseconds (to the microsecond, as the status rounds them) as seconds without float noise: 0.346 -> 0.000346. */
+export function msToSeconds(ms: number): number {
+  return Math.round(ms * 1000) / 1e6;
+}
+
 /** How packets reach a peer, as one label value: direct_private, direct_public, direct (scope unknown), relayed or none. */
 export function pathLabel(p: Pick<StatusPeer, 'path' | 'pathScope'>): string {
   if (p.path === 'direct') return p.pathScope ? `direct_${p.pathScope}` : 'direct';
@@ -203,7 +208,7 @@ export function renderMetrics(doc: StatusDocument): string {
     'cladnet_peer_rtt_seconds',
     'gauge',
     'Round-trip time to the peer from the last ping and pong (absent before the first).',
-    perPeer(peers, keys, (p) => (p.rttMs === null ? null : p.rttMs / 1000)),
+    perPeer(peers, keys, (p) => (p.rttMs === null ? null : msToSeconds(p.rttMs))),
   );
   m.family('cladnet_peer_receive_bytes_total', 'counter', 'Bytes received from the peer (decrypted).', perPeer(peers, keys, (p) => p.rxBytes));
   m.family('cladnet_peer_transmit_bytes_total', 'counter', 'Bytes sent to the peer (before encryption).', perPeer(peers, keys, (p) => p.txBytes));

@@ -5,7 +5,7 @@ import { cli, cliPath, waitUntil, type Agent, type AgentStatus } from '../../src
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { startPings, type PingRun } from '../../src/testbed/traffic';
 import { fetchMetrics } from '../../src/status/client';
-import { METRICS_CONTENT_TYPE, pathLabel, snakeCase } from '../../src/status/metrics';
+import { METRICS_CONTENT_TYPE, msToSeconds, pathLabel, snakeCase } from '../../src/status/metrics';
 import type { StatusPeer } from '../../src/status/types';
 import { parseSeries, promtool, type Series } from '../helpers/prometheus';
 
@@ -167,7 +167,7 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
       if (path[0]!.labels['path'] === 'relayed') expect(path[0]!.labels['via']).toBe(p1.via ?? p2.via);
       const rtt = all('cladnet_peer_rtt_seconds', { peer });
       expect(rtt.length, `${host}: rtt of ${peer}`).toBe(p1.rttMs === null && p2.rttMs === null ? 0 : 1);
-      if (rtt.length === 1) expect([p1.rttMs, p2.rttMs].map((r) => (r === null ? null : r / 1000))).toContain(rtt[0]!.value);
+      if (rtt.length === 1) expect([p1.rttMs, p2.rttMs].map((r) => (r === null ? null : msToSeconds(r)))).toContain(rtt[0]!.value);
       between(`${peer} rx bytes`, p1.rxBytes, one('cladnet_peer_receive_bytes_total', { peer }), p2.rxBytes);
       between(`${peer} tx bytes`, p1.txBytes, one('cladnet_peer_transmit_bytes_total', { peer }), p2.txBytes);
       between(`${peer} rx packets`, p1.rxPackets, one('cladnet_peer_receive_packets_total', { peer }), p2.rxPackets);

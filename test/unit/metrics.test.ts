@@ -47,7 +47,8 @@ describe('Prometheus metrics from the status document', () => {
     expect(v.get('cladnet_peer_path{peer="h3",path="direct_public"}')).toBe(1);
     expect(v.get('cladnet_peer_path{peer="h4",path="relayed",via="h3"}')).toBe(1);
     expect(v.get('cladnet_peer_path{peer="h5",path="none"}')).toBe(1);
-    expect(v.get('cladnet_peer_rtt_seconds{peer="h2"}')).toBeCloseTo(0.00021, 9);
+    expect(v.get('cladnet_peer_rtt_seconds{peer="h2"}')).toBe(0.00021);
+    expect(renderMetrics(sample([peer({ name: 'x', rttMs: 0.346 })]))).toContain('cladnet_peer_rtt_seconds{peer="x"} 0.000346\n'); // no float noise
     expect(v.has('cladnet_peer_rtt_seconds{peer="h5"}')).toBe(false); // never answered: absent, not 0
     expect(v.get('cladnet_peer_receive_bytes_total{peer="h2"}')).toBe(1_234_567);
     expect(v.get('cladnet_peer_transmit_bytes_total{peer="h2"}')).toBe(7_654_321);
