@@ -3,6 +3,7 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAgentConfig, parseListenAddress } from '../../src/config/config';
 import { isCladnetError } from '../../src/errors';
@@ -12,12 +13,25 @@ import { MetricsServer } from '../../src/status/metrics-server';
 import { StatusServer } from '../../src/status/server';
 import { sampleStatus } from '../helpers/status-doc';
 
-function get(port: number, urlPath: string, method = 'GET'): Promise<{ status: number; type: string; body: string }> {
+interface Answer {
+  status: number;
+  type: string;
+  encoding?: string;
+  raw: Buffer;
+  body: string;
+}
+
+function get(port: number, urlPath: string, method = 'GET', headers: Record<string, string> = {}): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: urlPath, method, agent: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, path: urlPath, method, headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode!, type: String(res.headers['content-type']), body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks);
+        const encoding = res.headers['content-encoding'];
+        const body = (encoding === 'gzip' ? zlib.gunzipSync(raw) : raw).toString('utf8');
+        resolve({ status: res.statusCode!, type: String(res.headers['content-type']), encoding, raw, body });
+      });
     });
     req.on('error', reject);
     req.end();
@@ -64,6 +78,12 @@ describe('metrics over the status socket and --metrics-listen', () => {
       doc = { ...doc, etcd: { ...doc.etcd, connected: false } }; // fresh on every scrape
       expect((await get(port, '/metrics?x=1')).body).toContain('cladnet_etcd_connected 0\n');
       expect((await get(port, '/metrics', 'HEAD')).status).toBe(200);
+      // gzip when asked, as Prometheus does (Accept-Encoding: gzip); plain otherwise.
+      const gz = await get(port, '/metrics', 'GET', { 'accept-encoding': 'gzip' });
+      expect([gz.status, gz.encoding, gz.type]).toEqual([200, 'gzip', METRICS_CONTENT_TYPE]);
+      expect(gz.body).toBe(renderMetrics(doc));
+      expect(gz.raw.length).toBeLessThan(Buffer.byteLength(gz.body));
+      expect((await get(port, '/metrics')).encoding).toBeUndefined();
       for (const [method, p] of [['GET', '/'], ['GET', '/v1/status'], ['GET', '/metricsx'], ['POST', '/metrics']] as const) {
         expect((await get(port, p, method)).status, `${method} ${p}`).toBe(404);
       }
