@@ -84,7 +84,7 @@ if [ "$MODE" = test ]; then
   # comes with it); the boot test (e2e cloudinit-boot) debootstraps a Debian rootfs and boots it
   # with systemd-nspawn.
   PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
-  PKGS+=(prometheus:promtool) # `promtool check metrics` on the agent's metrics (unit metrics, e2e mesh-metrics)
+  PKGS+=(prometheus:promtool) # `promtool check metrics` on the agent's metrics, and a real scrape (unit metrics, e2e mesh-metrics)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)

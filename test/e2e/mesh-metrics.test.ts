@@ -19,16 +19,16 @@ import { parseSeries, promtool, type Series } from '../helpers/prometheus';
  * Gauges in the metrics equal the status (or one of the two readings when it changed between
  * them), counters and timestamps lie between the two readings, every peer has its series, and
  * the info labels are the status's. The same holds over --metrics-listen, and promtool is clean
- * on every live output.
+ * on every live output. Last, Debian's prometheus scrapes pub and answers queries about it.
  */
 const isRoot = process.getuid?.() === 0;
 const METRICS_PORT = 9821;
 const PKG_VERSION = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 
-/** GET http://127.0.0.1:9821<urlPath> from inside `ns` (the listener is on that namespace's loopback). */
+/** GET http://127.0.0.1:PORT/PATH from inside a namespace (argv: port, path): the listener is on that namespace's loopback. */
 const GET_SCRIPT = `
 const http = require('node:http');
-http.get({ host: '127.0.0.1', port: ${METRICS_PORT}, path: process.argv[1], agent: false }, (res) => {
+http.get({ host: '127.0.0.1', port: Number(process.argv[1]), path: process.argv[2], agent: false }, (res) => {
   const chunks = [];
   res.on('data', (c) => chunks.push(c));
   res.on('end', () => process.stdout.write(JSON.stringify({ status: res.statusCode, type: res.headers['content-type'], body: Buffer.concat(chunks).toString() })));
@@ -89,6 +89,12 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     await Promise.all(pings.map((p) => p.stop().catch(() => undefined)));
     await bed?.destroy();
   });
+
+  async function getIn(agent: Agent, urlPath: string, port = METRICS_PORT): Promise<{ status: number; type: string; body: string }> {
+    const r = await bed.topo.tryExec(agent.host.ns, [process.execPath, '-e', GET_SCRIPT, String(port), urlPath], { timeoutMs: 10_000 });
+    expect(r.code, `${agent.name}: ${r.stderr}`).toBe(0);
+    return JSON.parse(r.stdout) as { status: number; type: string; body: string };
+  }
 
   /** Three readings as close together as the socket allows: status, then `metrics()`, then status. */
   async function triple(agent: Agent, metrics: () => Promise<string>): Promise<[AgentStatus, string, AgentStatus]> {
@@ -227,11 +233,6 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
   });
 
   it('serves the same on --metrics-listen in each host namespace, promtool clean, 404 elsewhere', async () => {
-    const getIn = async (agent: Agent, urlPath: string) => {
-      const r = await bed.topo.tryExec(agent.host.ns, [process.execPath, '-e', GET_SCRIPT, urlPath], { timeoutMs: 10_000 });
-      expect(r.code, `${agent.name}: ${r.stderr}`).toBe(0);
-      return JSON.parse(r.stdout) as { status: number; type: string; body: string };
-    };
     for (const agent of bed.agents) {
       const before = parseSeries(await fetchMetrics(agent.socket));
       let answer = { status: 0, type: '', body: '' };
@@ -266,5 +267,37 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     expect(promtool(r.stdout)).toEqual({ code: 0, output: '' });
     expect(parseSeries(r.stdout).find((s) => s.name === 'cladnet_info')?.labels['host']).toBe('pub');
     expect(r.stdout).toMatch(/^cladnet_relay_enabled 1$/m);
+  });
+
+  it('is scraped by a real Prometheus: the target is up and the peers and the relay show in queries', async () => {
+    const pub = bed.agent('pub');
+    const dir = path.join(bed.topo.workDir, 'prometheus');
+    fs.mkdirSync(dir, { recursive: true });
+    const config = path.join(dir, 'prometheus.yml');
+    fs.writeFileSync(
+      config,
+      ['global:', '  scrape_interval: 1s', 'scrape_configs:', '  - job_name: cladnet', '    static_configs:', `      - targets: ['127.0.0.1:${METRICS_PORT}']`, ''].join('\n'),
+    );
+    bed.topo.spawn(
+      pub.host.ns,
+      ['prometheus', `--config.file=${config}`, `--storage.tsdb.path=${path.join(dir, 'data')}`, '--web.listen-address=127.0.0.1:9090', '--log.level=warn'],
+      { logFile: path.join(dir, 'prometheus.log') },
+    );
+    const query = async (q: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]> => {
+      const r = await getIn(pub, `/api/v1/query?query=${encodeURIComponent(q)}`, 9090);
+      expect(r.status, r.body).toBe(200);
+      return (JSON.parse(r.body) as { data: { result: { metric: Record<string, string>; value: [number, string] }[] } }).data.result;
+    };
+    const up = await waitUntil('Prometheus to scrape pub', async () => {
+      const res = await query('up{job="cladnet"}').catch(() => []);
+      return res.length === 1 ? res : undefined;
+    }, { timeoutMs: 30_000, intervalMs: 500 });
+    expect(up[0]!.value[1]).toBe('1');
+    const scraped = await query('scrape_samples_post_metric_relabeling{job="cladnet"}');
+    const samplesNow = parseSeries(await fetchMetrics(pub.socket)).length;
+    expect(Number(scraped[0]!.value[1])).toBe(samplesNow);
+    expect((await query('cladnet_peer_up == 1')).map((r) => r.metric['peer']).sort()).toEqual(['a', 'c', 'd', 'e']);
+    expect((await query('cladnet_info'))[0]!.metric).toMatchObject({ host: 'pub', version: PKG_VERSION });
+    expect(Number((await query('cladnet_relayed_packets_total'))[0]!.value[1])).toBeGreaterThan(10);
   });
 });
