@@ -269,6 +269,15 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     expect(r.stdout).toMatch(/^cladnet_relay_enabled 1$/m);
   });
 
+  it('refuses a bad --metrics-listen before touching the host, naming the field', async () => {
+    const r = await cli(bed.topo, null, ['agent', '--network', 'mesh', '--metrics-listen', 'localhost:9821', '--state-dir', path.join(bed.topo.workDir, 'bad')]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(
+      'cladnet: config: metricsListen (from --metrics-listen): "localhost:9821" is not an IP address and port (a.b.c.d:port or [v6]:port, port 1-65535) [ECONFIG]',
+    );
+    expect(fs.existsSync(path.join(bed.topo.workDir, 'bad'))).toBe(false);
+  });
+
   it('is scraped by a real Prometheus: the target is up and the peers and the relay show in queries', async () => {
     const pub = bed.agent('pub');
     const dir = path.join(bed.topo.workDir, 'prometheus');
