@@ -14,7 +14,7 @@
  * path, RTT, four traffic counters, last handshake, last receive), plus about 160 lines that do
  * not grow. Measured on this machine (2 cores, Node 20; test/unit/metrics.test.ts prints it): at
  * 1,000 peers the output is 584 kB in 9,657 lines (56 kB gzipped, as --metrics-listen sends it to
- * Prometheus), one render takes about 5 ms from dist/ (16 ms under vitest's transform), and
+ * Prometheus), one render takes 5 to 17 ms from dist/ (the high end at a load average of 9), and
  * promtool passes it. That is about 9,700 series for each host scraped.
  *
  * Pure: imports only the status types, keeps no state, reads no clock.
