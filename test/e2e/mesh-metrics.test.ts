@@ -25,10 +25,10 @@ const isRoot = process.getuid?.() === 0;
 const METRICS_PORT = 9821;
 const PKG_VERSION = (JSON.parse(fs.readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 
-/** GET http://127.0.0.1:PORT/PATH from inside a namespace (argv: port, path): the listener is on that namespace's loopback. */
+/** GET http://HOST:PORT/PATH from inside a namespace (argv: host, port, path); by default the listener on that namespace's loopback. */
 const GET_SCRIPT = `
 const http = require('node:http');
-http.get({ host: '127.0.0.1', port: Number(process.argv[1]), path: process.argv[2], agent: false }, (res) => {
+http.get({ host: process.argv[1], port: Number(process.argv[2]), path: process.argv[3], agent: false }, (res) => {
   const chunks = [];
   res.on('data', (c) => chunks.push(c));
   res.on('end', () => process.stdout.write(JSON.stringify({ status: res.statusCode, type: res.headers['content-type'], body: Buffer.concat(chunks).toString() })));
@@ -90,8 +90,8 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     await bed?.destroy();
   });
 
-  async function getIn(agent: Agent, urlPath: string, port = METRICS_PORT): Promise<{ status: number; type: string; body: string }> {
-    const r = await bed.topo.tryExec(agent.host.ns, [process.execPath, '-e', GET_SCRIPT, String(port), urlPath], { timeoutMs: 10_000 });
+  async function getIn(agent: Agent, urlPath: string, port = METRICS_PORT, host = '127.0.0.1'): Promise<{ status: number; type: string; body: string }> {
+    const r = await bed.topo.tryExec(agent.host.ns, [process.execPath, '-e', GET_SCRIPT, host, String(port), urlPath], { timeoutMs: 10_000 });
     expect(r.code, `${agent.name}: ${r.stderr}`).toBe(0);
     return JSON.parse(r.stdout) as { status: number; type: string; body: string };
   }
@@ -309,5 +309,28 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     expect((await query('cladnet_peer_up == 1')).map((r) => r.metric['peer']).sort()).toEqual(['a', 'c', 'd', 'e']);
     expect((await query('cladnet_info'))[0]!.metric).toMatchObject({ host: 'pub', version: PKG_VERSION });
     expect(Number((await query('cladnet_relayed_packets_total'))[0]!.value[1])).toBeGreaterThan(10);
+  });
+
+  // Last: it restarts e.
+  it('listens on the overlay address too, so a scraper in the mesh reaches it through the tunnel', async () => {
+    const e = bed.agent('e');
+    const ip = ips.get('e')!;
+    await e.stop();
+    const again = await bed.start(e.host, {
+      listenPort: 51821,
+      issueCert: false, // the certificate it has
+      extraArgs: ['--metrics-listen', `${ip}:${METRICS_PORT}`],
+    });
+    expect((await again.status()).self.overlayIp).toBe(ip);
+    const answer = await waitUntil(
+      `a to scrape e at ${ip}:${METRICS_PORT} over the tunnel`,
+      async () => {
+        const r = await getIn(bed.agent('a'), '/metrics', METRICS_PORT, ip).catch(() => undefined);
+        return r?.status === 200 ? r : undefined;
+      },
+      { timeoutMs: 20_000, intervalMs: 500 },
+    );
+    expect(promtool(answer.body)).toEqual({ code: 0, output: '' });
+    expect(parseSeries(answer.body).find((x) => x.name === 'cladnet_info')?.labels).toMatchObject({ host: 'e', overlay_ip: ip });
   });
 });
