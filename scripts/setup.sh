@@ -88,6 +88,7 @@ if [ "$MODE" = test ]; then
   # with systemd-nspawn.
   PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
   PKGS+=(gcc:gcc) # compiles native/abi-check.c (unit native-abi)
+  PKGS+=(prometheus:promtool) # `promtool check metrics` on the agent's metrics, and a real scrape (unit metrics, e2e mesh-metrics)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)

@@ -85,6 +85,7 @@ export function buildProgram(): Command {
     .option('--stun <servers>', 'STUN servers (ip:port, comma separated) to learn our public address from (default none)')
     .option('--metadata <provider>', 'ask cloud instance metadata for our public IPv4: off|aws|gcp|azure|auto (default off)')
     .option('--relay [bool]', 'relay encrypted traffic for peers that cannot reach each other directly (default false)')
+    .option('--metrics-listen <addr>', 'serve Prometheus metrics on GET /metrics at this TCP address, e.g. 127.0.0.1:9821 (default off)')
     .option('--cert <file>', 'this host\'s certificate from `cladnet host issue` (default <state-dir>/host.cert)')
     .option('--token <token>', 'join token from `cladnet token create`: used only when --cert does not exist yet, to enrol this host (prefer --token-file)')
     .option('--token-file <file>', 'file (mode 0600) holding the join token; wiped and removed once the host has enrolled')
@@ -416,8 +417,13 @@ export function buildProgram(): Command {
     .description('show this host\'s agent: peers, paths, traffic, drops')
     .option('--socket <path>', 'status socket', process.env.CLADNET_SOCKET ?? DEFAULT_SOCKET)
     .option('--json', 'print the status document (version 1)')
-    .action(async (o: { socket: string; json?: boolean }) => {
-      const { fetchStatus, renderStatus } = await import('./status/client');
+    .option('--metrics', 'print Prometheus metrics (text format 0.0.4) instead')
+    .action(async (o: { socket: string; json?: boolean; metrics?: boolean }) => {
+      const { fetchMetrics, fetchStatus, renderStatus } = await import('./status/client');
+      if (o.metrics) {
+        process.stdout.write(await fetchMetrics(o.socket));
+        return;
+      }
       const doc = await fetchStatus(o.socket);
       print(doc, !!o.json, () => renderStatus(doc));
     });

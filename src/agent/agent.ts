@@ -8,7 +8,7 @@
  *   3. sockets     UDP socket bound, TUN opened, link/address/MTU applied declaratively
  *   4. data plane  the worker thread starts on those descriptors
  *   5. registry    publish our record, hold liveness, watch peers -> derive keys -> workers
- *   6. status      local API on the unix socket
+ *   6. status      local API on the unix socket; Prometheus metrics on TCP when metricsListen is set
  *
  * Stop (SIGTERM/SIGINT) runs it backwards: a bye to every peer over its tunnel (they drop us at
  * once; a restart brings us back, see src/control/roster.ts), liveness released (the host record
@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
-import type { AgentConfig } from '../config/config';
+import { parseListenAddress, type AgentConfig } from '../config/config';
 import { isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
@@ -54,6 +54,7 @@ import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
+import { MetricsServer } from '../status/metrics-server';
 import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
@@ -79,6 +80,9 @@ const BYE_FLUSH_MS = 50;
 const BYE_COPIES = 2;
 /** How often configured STUN servers and cloud metadata are asked again. */
 const DISCOVERY_EVERY_MS = 60_000;
+/** package.json's version (the same path from src/agent and dist/agent), for the status and cladnet_info. */
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const PACKAGE_VERSION = (require('../../package.json') as { version: string }).version;
 
 export class Agent {
   private etcd?: Etcd3;
@@ -91,6 +95,7 @@ export class Agent {
   private tun?: TunDevice;
   private udp?: UdpSocket;
   private status?: StatusServer;
+  private metrics?: MetricsServer;
   private keys!: KeyPair;
   private member!: Membership;
   private hs?: HandshakeManager;
@@ -324,6 +329,11 @@ export class Agent {
     );
     this.status = new StatusServer(cfg.socket, () => this.statusDocument(), diagnosticsRoutes(() => this.diag));
     await this.status.start();
+    const metricsAt = cfg.metricsListen === undefined ? null : parseListenAddress(cfg.metricsListen);
+    if (metricsAt) {
+      this.metrics = new MetricsServer(metricsAt.host, metricsAt.port, () => this.statusDocument());
+      await this.metrics.start();
+    }
     this.log.info(
       {
         overlayIp: this.overlayIp,
@@ -333,6 +343,7 @@ export class Agent {
         endpoints: this.endpoints,
         crypto: this.engine.cryptoName,
         offload: this.tun.offload,
+        metrics: cfg.metricsListen,
       },
       'agent up',
     );
@@ -810,6 +821,8 @@ export class Agent {
         interface: this.cfg.interface,
         mtu: this.mtu,
         startedAt: this.startedAt.toISOString(),
+        version: PACKAGE_VERSION,
+        nodeVersion: process.versions.node,
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
         reflexive: view.reflexive,
@@ -862,6 +875,7 @@ export class Agent {
       }
     });
     await step('status', () => this.status?.stop());
+    await step('metrics', () => this.metrics?.stop());
     await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     this.etcdLink?.close(); // ends the register/republish waits

@@ -4,6 +4,7 @@
  * host is touched, into a frozen object. A bad value is named by field and by where it came from.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CladnetError } from '../errors';
@@ -54,9 +55,11 @@ export interface AgentConfig {
   readonly metadata: 'off' | 'aws' | 'gcp' | 'azure' | 'auto';
   /** Forward encrypted traffic between peers that cannot reach each other directly. */
   readonly relay: boolean;
+  /** TCP address ("a.b.c.d:port" or "[v6]:port") to serve Prometheus metrics on (GET /metrics); off when unset. */
+  readonly metricsListen?: string;
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints' | 'listen';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -107,6 +110,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'stun', flag: 'stun', env: 'CLADNET_STUN', kind: 'endpoints', def: () => [] },
   { key: 'metadata', flag: 'metadata', env: 'CLADNET_METADATA', kind: 'enum', values: ['off', 'aws', 'gcp', 'azure', 'auto'], def: () => 'off' },
   { key: 'relay', flag: 'relay', env: 'CLADNET_RELAY', kind: 'bool', def: () => false },
+  { key: 'metricsListen', flag: 'metricsListen', env: 'CLADNET_METRICS_LISTEN', kind: 'listen', def: () => undefined, optional: true },
 ];
 
 function fail(field: string, source: string, why: string): never {
@@ -197,7 +201,23 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
       });
       return list;
     }
+    case 'listen': {
+      const s = asString();
+      if (!parseListenAddress(s)) fail(f, source, `"${s}" is not an IP address and port (a.b.c.d:port or [v6]:port, port 1-65535)`);
+      return s;
+    }
   }
+}
+
+/** "a.b.c.d:port" or "[v6]:port" (port 1-65535) as host and port for net.Server.listen; null when malformed. */
+export function parseListenAddress(s: string): { host: string; port: number } | null {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|(\d{1,3}(?:\.\d{1,3}){3})):(\d{1,5})$/.exec(s);
+  if (!m) return null;
+  const host = m[1] ?? m[2]!;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return null;
+  if (!(m[1] !== undefined ? net.isIPv6(host) : net.isIPv4(host))) return null;
+  return { host, port };
 }
 
 /** Reads a JSON config file; `//` comment lines are allowed. Unknown keys are an error. */

@@ -3,17 +3,16 @@ import * as http from 'node:http';
 import { CladnetError } from '../errors';
 import type { StatusDocument, StatusPeer } from './types';
 
-export function fetchStatus(socketPath: string, timeoutMs = 3_000): Promise<StatusDocument> {
+/** GET `urlPath` on the agent's socket: the body of a 200 answer, else an ESTATUS error. */
+function socketGet(socketPath: string, urlPath: string, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ socketPath, path: '/v1/status', timeout: timeoutMs }, (res) => {
+    const req = http.get({ socketPath, path: urlPath, timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
-        try {
-          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as StatusDocument);
-        } catch (e) {
-          reject(new CladnetError('ESTATUS', `bad answer from ${socketPath}: ${(e as Error).message}`));
-        }
+        const body = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode === 200) resolve(body);
+        else reject(new CladnetError('ESTATUS', `${socketPath} answered ${urlPath} with ${res.statusCode}: ${body.slice(0, 200)} (an older agent?)`));
       });
     });
     req.on('timeout', () => req.destroy(new Error('timed out')));
@@ -25,6 +24,20 @@ export function fetchStatus(socketPath: string, timeoutMs = 3_000): Promise<Stat
       ),
     );
   });
+}
+
+export async function fetchStatus(socketPath: string, timeoutMs = 3_000): Promise<StatusDocument> {
+  const body = await socketGet(socketPath, '/v1/status', timeoutMs);
+  try {
+    return JSON.parse(body) as StatusDocument;
+  } catch (e) {
+    throw new CladnetError('ESTATUS', `bad answer from ${socketPath}: ${(e as Error).message}`);
+  }
+}
+
+/** The agent's Prometheus metrics (GET /v1/metrics), as text. */
+export function fetchMetrics(socketPath: string, timeoutMs = 3_000): Promise<string> {
+  return socketGet(socketPath, '/v1/metrics', timeoutMs);
 }
 
 function bytes(n: number): string {

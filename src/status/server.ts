@@ -6,11 +6,20 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { isCladnetError } from '../errors';
+import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics';
 import type { StatusDocument } from './types';
 
 export type StatusProvider = () => StatusDocument;
 /** A route's handler: the query string in, a JSON-able answer (or its promise) out. */
 export type RouteHandler = (query: URLSearchParams) => unknown;
+
+/** A handler's answer that is not JSON: sent as it is, with its own content type. */
+export class TextBody {
+  constructor(
+    readonly contentType: string,
+    readonly text: string,
+  ) {}
+}
 
 export class StatusServer {
   private server?: http.Server;
@@ -31,6 +40,7 @@ export class StatusServer {
     }
     const routes: Record<string, RouteHandler> = {
       'GET /v1/status': () => this.provider(),
+      'GET /v1/metrics': () => new TextBody(METRICS_CONTENT_TYPE, renderMetrics(this.provider())),
       ...this.extra,
     };
     this.server = http.createServer((req, res) => {
@@ -44,7 +54,10 @@ export class StatusServer {
       Promise.resolve()
         .then(() => handler(url.searchParams))
         .then(
-          (body) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body)),
+          (body) => {
+            if (body instanceof TextBody) res.writeHead(200, { 'content-type': body.contentType }).end(body.text);
+            else res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+          },
           (e: Error) => {
             const status = isCladnetError(e) ? (e.code === 'ENOPEER' ? 404 : e.transient ? 503 : 400) : 500;
             res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message, code: isCladnetError(e) ? e.code : undefined }));

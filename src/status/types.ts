@@ -46,6 +46,9 @@ export interface StatusDocument {
     interface: string;
     mtu: number;
     startedAt: string;
+    /** The cladnet package version and the Node.js version the agent runs on. */
+    version?: string;
+    nodeVersion?: string;
     /** AEAD implementation in use and whether TUN offloads are on. */
     crypto: string;
     offload: boolean;

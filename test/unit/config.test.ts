@@ -142,6 +142,8 @@ describe('loadAgentConfig', () => {
       ['stun', '198.51.100.1:0', '--stun', 'CLADNET_STUN', '"198.51.100.1:0" is not an IPv4 address and port (a.b.c.d:port)', 'stun[0]'],
       ['metadata', 'ec2', '--metadata', 'CLADNET_METADATA', '"ec2" is not one of off, aws, gcp, azure, auto'],
       ['relay', 'maybe', '--relay', 'CLADNET_RELAY', '"maybe" is not a boolean (true/false)'],
+      ['metricsListen', '127.0.0.1', '--metrics-listen', 'CLADNET_METRICS_LISTEN', '"127.0.0.1" is not an IP address and port (a.b.c.d:port or [v6]:port, port 1-65535)'],
+      ['metricsListen', 'localhost:9821', '--metrics-listen', 'CLADNET_METRICS_LISTEN', '"localhost:9821" is not an IP address and port (a.b.c.d:port or [v6]:port, port 1-65535)'],
     ];
 
     it.each(cases)('%s = %j from a flag', (field, bad, flag, _env, why, reported) => {
