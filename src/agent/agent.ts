@@ -62,6 +62,8 @@ import { loadOrCreateKeyPair } from './keystore';
 import { enrolIfNeeded } from './enrol';
 import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
+import { VIEW_OFFER_EVERY_MS, ViewGate, viewFromStatus } from './view';
+import { serializeViewRecord } from '../control/views';
 
 const STATE_FILE = 'state.json';
 /** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
@@ -98,6 +100,7 @@ export class Agent {
   private readonly hsTimer = new DeadlineTimer(() => this.hs?.tick());
   private readonly pathTimer = new DeadlineTimer(() => this.pathTick());
   private discoveryTimer?: NodeJS.Timeout;
+  private viewTimer?: NodeJS.Timeout;
   private paths!: PathManager;
   private reflexive!: ReflexiveTracker;
   private stun?: StunClient;
@@ -302,6 +305,12 @@ export class Agent {
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
     this.discoveryTimer.unref();
+    // Our view of the peers for `cladnet dashboard` (agent/view.ts): offered every second, written on change.
+    const gate = new ViewGate({ now: () => performance.now(), write: (v) => this.registry?.publishView(serializeViewRecord(v)) });
+    this.viewTimer = setInterval(() => {
+      if (this.engine && !this.stopping) gate.offer(viewFromStatus(this.statusDocument(), Date.now()));
+    }, VIEW_OFFER_EVERY_MS);
+    this.viewTimer.unref();
 
     // 6. status
     this.status = new StatusServer(cfg.socket, () => this.statusDocument());
@@ -842,6 +851,7 @@ export class Agent {
     this.hsTimer.close();
     this.pathTimer.close();
     clearInterval(this.discoveryTimer);
+    clearInterval(this.viewTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());

@@ -18,6 +18,9 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *                                              <use> of token <id> (create-if-absent txn)
  *   /cladnet/v1/networks/<net>/tokens-revoked/<id>
  *                                              TokenRevocation JSON, signed by the network key
+ *   /cladnet/v1/networks/<net>/views/<name>    ViewRecord JSON: what <name> sees of its peers
+ *                                              (state, RTT, path), on its liveness lease; for
+ *                                              `cladnet dashboard` only (agents grant it nothing)
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -101,6 +104,14 @@ export function issuedKey(net: string, name: string): string {
   return issuedPrefix(net) + checkName(name, 'host');
 }
 
+export function viewsPrefix(net: string): string {
+  return `${networkPrefix(net)}views/`;
+}
+
+export function viewKey(net: string, name: string): string {
+  return viewsPrefix(net) + checkName(name, 'host');
+}
+
 export function tokensPrefix(net: string): string {
   return `${networkPrefix(net)}tokens/`;
 }
@@ -149,6 +160,7 @@ export type ParsedKey =
   | { kind: 'alive'; network: string; name: string }
   | { kind: 'revoked'; network: string; name: string }
   | { kind: 'issued'; network: string; name: string }
+  | { kind: 'view'; network: string; name: string }
   | { kind: 'token'; network: string; token: string }
   | { kind: 'tokenUse'; network: string; token: string; use: number }
   | { kind: 'tokenRevoked'; network: string; token: string };
@@ -172,6 +184,8 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
       return isValidName(leaf) ? { kind: 'revoked', network, name: leaf } : null;
     case 'issued':
       return isValidName(leaf) ? { kind: 'issued', network, name: leaf } : null;
+    case 'views':
+      return isValidName(leaf) ? { kind: 'view', network, name: leaf } : null;
     case 'tokens':
       return TOKEN_ID.test(leaf) ? { kind: 'token', network, token: leaf } : null;
     case 'tokens-revoked':

@@ -7,13 +7,13 @@ import { TrustAnchor } from './cert';
 import { EtcdLink } from './etcd-link';
 import { MemberEvaluator, type EvaluatorWork, type PeerDelta } from './evaluator';
 import type { AddressConflict } from './holders';
-import { aliveKey, checkName, networkPrefix } from './keys';
+import { aliveKey, checkName, networkPrefix, viewKey } from './keys';
 import { Liveness } from './liveness';
 import { PeerCache, type CacheChange } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
 import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
-import { NetworkWatch } from './watch';
+import { NetworkWatch, type RawView } from './watch';
 import type { WatchHealth } from './watch-health';
 
 export type { PublishResult } from './publisher';
@@ -55,7 +55,15 @@ export type { PublishResult } from './publisher';
 export interface RegistryOptions {
   client: Etcd3;
   network: NetworkSpec;
-  self: string;
+  /** Our host name; none for an observer. */
+  self?: string;
+  /**
+   * Watch only, as no host (`cladnet dashboard`): every valid host is a member, nothing is
+   * published, and the hosts' views are kept (`views()`).
+   */
+  observer?: boolean;
+  /** Called after every change etcd brought (coalesced by the caller), peer set changed or not. */
+  onMirrorChange?: () => void;
   log: Logger;
   /** Milliseconds since the Unix epoch; drives epochs and `updated`. */
   now?: () => number;
@@ -145,6 +153,8 @@ export class Registry {
   private readonly aliveTtl: number;
   private readonly cidr: Prefix;
   private readonly cacheFile: string | undefined;
+  private readonly observer: boolean;
+  private viewValue: string | null = null;
   private closed = false;
 
   private readonly publisher: Publisher;
@@ -169,7 +179,9 @@ export class Registry {
   constructor(opts: RegistryOptions) {
     this.client = opts.client;
     this.spec = opts.network;
-    this.self = checkName(opts.self, 'self');
+    this.observer = opts.observer === true;
+    if (this.observer && opts.self !== undefined) throw new CladnetError('ECONFIG', 'self: an observer is no host', { field: 'self' });
+    this.self = this.observer ? '' : checkName(opts.self, 'self');
     this.log = opts.log.child({ component: 'registry', network: opts.network.name });
     this.now = opts.now ?? Date.now;
     this.aliveTtl = opts.aliveTtlSec ?? ALIVE_TTL_SEC;
@@ -222,6 +234,7 @@ export class Registry {
       log: this.log,
       link: this.link,
       health: opts.health,
+      keepViews: this.observer,
       onRevocation: (name, value, modRevision, deleted) => {
         if (deleted) {
           if (this.revocations.has(name)) this.log.warn({ host: name }, 'revocation deleted from etcd; still honouring it');
@@ -240,6 +253,7 @@ export class Registry {
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
         this.scheduleEmit();
+        opts.onMirrorChange?.();
       },
     });
     this.cache = opts.cacheFile
@@ -263,6 +277,7 @@ export class Registry {
    */
   async startAlive(): Promise<void> {
     if (this.closed) throw new Error('registry is closed');
+    if (this.observer) throw new Error('an observer has no liveness');
     if (this.alive) return;
     this.alive = new Liveness({
       client: this.client,
@@ -277,7 +292,19 @@ export class Registry {
       link: this.link,
       via: this.health,
     });
+    if (this.viewValue !== null) this.alive.attach(viewKey(this.spec.name, this.self), this.viewValue);
     await this.alive.start();
+  }
+
+  /**
+   * Our view of the peers (views.ts, serialized), put on the liveness lease: written once etcd
+   * answers and we hold the lease, again on every new lease, gone with it. Fire and forget
+   * (Liveness.attach): never waits, never throws, coalesced.
+   */
+  publishView(value: string): void {
+    if (this.closed || this.observer) return;
+    this.viewValue = value;
+    this.alive?.attach(viewKey(this.spec.name, this.self), value);
   }
 
   /** Revokes the lease, so /alive/<self> disappears now (the host record stays). */
@@ -341,6 +368,21 @@ export class Registry {
   /** True while etcd answers: the last load succeeded and the watch stream has not been lost since. */
   connected(): boolean {
     return this.mirror.connected();
+  }
+
+  /** The hosts' views as stored (an observer's only; empty otherwise). */
+  views(): ReadonlyMap<string, RawView> {
+    return this.mirror.views;
+  }
+
+  /** Hosts whose alive key is in etcd now. */
+  aliveHosts(): ReadonlySet<string> {
+    return this.mirror.aliveNames;
+  }
+
+  /** Hosts skipped now because their certificate is revoked. */
+  revokedHosts(): string[] {
+    return this.evaluator.revoked();
   }
 
   /** Addresses claimed by two valid certificates, as of the last peer computation (copies). */
