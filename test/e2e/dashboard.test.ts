@@ -1,0 +1,165 @@
+import type { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Snapshot } from '../../src/dashboard/snapshot';
+import { cliPath, sleep } from '../../src/testbed/agents';
+import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+
+/**
+ * The dashboard in a real browser: three agents with real etcd, `cladnet dashboard` as its own
+ * process in the router namespace (where etcd is), Debian's chromium driven by playwright-core
+ * (started in the same namespace through a small wrapper, so it reaches 127.0.0.1 there). The page
+ * shows 3 hosts and 6 RTT cells with numbers; an agent stopped gracefully turns its row and column
+ * to "down" within 5 s without a reload (its alive and view keys go with its lease).
+ */
+const isRoot = process.getuid?.() === 0;
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
+  let bed: MeshBed;
+  let dash: ChildProcess;
+  let context: BrowserContext;
+  let page: Page;
+  let outDir: string;
+  let dashLog: string;
+  const port = 18_000 + Math.floor(Math.random() * 2_000);
+  const url = `http://127.0.0.1:${port}`;
+
+  /** GET `p` from inside the router namespace (the dashboard listens on its loopback). */
+  const fetchIn = async (p: string): Promise<string> => {
+    const r = await bed.topo.tryExec(bed.topo.routerNs, ['curl', '-fsS', '--max-time', '3', `${url}${p}`], { timeoutMs: 5_000 });
+    if (r.code !== 0) throw new Error(`GET ${p}: exit ${r.code} ${r.stderr}`);
+    return r.stdout;
+  };
+
+  beforeAll(async () => {
+    outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-dashboard-test-'));
+    bed = await startMeshBed({ topology: { hosts: 3 } });
+    dashLog = path.join(outDir, 'dashboard.log');
+    dash = bed.topo.spawn(
+      bed.topo.routerNs,
+      [process.execPath, cliPath(), 'dashboard', '--listen', `127.0.0.1:${port}`, '--etcd', bed.etcd.endpoint, '--network', bed.network],
+      { logFile: dashLog },
+    );
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      try {
+        await fetchIn('/api/snapshot');
+        break;
+      } catch (e) {
+        if (Date.now() > deadline || dash.exitCode !== null) throw new Error(`dashboard not up: ${(e as Error).message}\n${fs.readFileSync(dashLog, 'utf8')}`);
+        await sleep(200);
+      }
+    }
+    // chromium in the router namespace: playwright talks to it over inherited pipes, which `ip netns exec` keeps.
+    const wrapper = path.join(outDir, 'chromium-in-netns.sh');
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${bed.topo.routerNs} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+    context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(outDir, 'profile-')), {
+      executablePath: wrapper,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 1280, height: 860 },
+    });
+    page = await context.newPage();
+  }, 120_000);
+
+  afterAll(async () => {
+    await context?.close().catch(() => undefined);
+    if (dash && dash.exitCode === null) {
+      dash.kill('SIGTERM');
+      await new Promise((r) => {
+        const t = setTimeout(() => {
+          dash.kill('SIGKILL');
+          r(undefined);
+        }, 3_000);
+        dash.once('exit', () => {
+          clearTimeout(t);
+          r(undefined);
+        });
+      });
+    }
+    await bed?.destroy();
+  });
+
+  it('serves a snapshot with the three hosts up and every ordered pair measured', async () => {
+    let snap: Snapshot | undefined;
+    const deadline = Date.now() + 15_000;
+    do {
+      snap = JSON.parse(await fetchIn('/api/snapshot')) as Snapshot;
+      if (snap.links.filter((l) => l.state === 'up' && l.rttMs !== null).length === 6) break;
+      await sleep(250);
+    } while (Date.now() < deadline);
+    expect(snap!.hosts.map((h) => [h.name, h.status])).toEqual([
+      ['h1', 'up'],
+      ['h2', 'up'],
+      ['h3', 'up'],
+    ]);
+    expect(snap!.links).toHaveLength(6);
+    for (const l of snap!.links) {
+      expect(l.state, `${l.from} -> ${l.to}`).toBe('up');
+      expect(['private', 'public']).toContain(l.path); // one router, no NAT: direct
+      expect(l.rttMs).toBeGreaterThan(0);
+    }
+    expect(snap!.counters.invalidViews).toBe(0);
+  });
+
+  it('shows 3 hosts and 6 RTT cells with numbers, and turns a stopped host\'s row and column to down within 5 s without a reload', async () => {
+    await page.goto(`${url}/`);
+    await page.waitForFunction(
+      () => {
+        const cells = [...document.querySelectorAll('td[data-from][data-to]')];
+        return document.querySelectorAll('tr[data-host]').length === 3 && cells.length === 6 && cells.every((c) => /^\d+(\.\d+)? ms/.test(c.textContent ?? ''));
+      },
+      undefined,
+      { timeout: 15_000 },
+    );
+    expect(await page.locator('svg g[data-host]').count()).toBe(3);
+    expect(await page.locator('svg line[data-state="up"]').count()).toBe(3);
+    expect(await page.getAttribute('body', 'data-live')).toBe('1');
+    const texts = await page.locator('td[data-from][data-to]').allTextContents();
+    console.log(`RTT cells: ${texts.join(' | ')}`);
+    await page.screenshot({ path: path.join(outDir, 'dashboard-up.png'), fullPage: true });
+
+    // A mark on the window: it survives only if the page is not reloaded.
+    await page.evaluate(() => ((window as unknown as { mark: number }).mark = 42));
+    const t0 = Date.now();
+    const stopping = bed.agent('h3').stop();
+    await page.waitForFunction(
+      () => {
+        const cells = [...document.querySelectorAll('td[data-from][data-to]')].filter(
+          (c) => c.getAttribute('data-from') === 'h3' || c.getAttribute('data-to') === 'h3',
+        );
+        return cells.length === 4 && cells.every((c) => c.getAttribute('data-state') === 'down' && c.textContent === 'down');
+      },
+      undefined,
+      { timeout: 5_000, polling: 50 },
+    );
+    const ms = Date.now() - t0;
+    await stopping;
+    console.log(`h3's cells down in the browser ${ms} ms after SIGTERM`);
+    expect(ms).toBeLessThan(5_000);
+    expect(await page.evaluate(() => (window as unknown as { mark?: number }).mark)).toBe(42);
+    // The other pairs stay up; h3 is greyed out as silent.
+    for (const [a, b] of [['h1', 'h2'], ['h2', 'h1']]) {
+      expect(await page.getAttribute(`td[data-from="${a}"][data-to="${b}"]`, 'data-state')).toBe('up');
+    }
+    expect(await page.getAttribute('tr[data-host="h3"]', 'data-state')).toBe('silent');
+    expect(await page.getAttribute('svg g[data-host="h3"]', 'data-state')).toBe('silent');
+    const shot = path.join(outDir, 'dashboard.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`screenshots: ${shot} (and dashboard-up.png beside it)`);
+    expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
+  });
+});
