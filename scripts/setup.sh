@@ -84,6 +84,9 @@ if [ "$MODE" = test ]; then
   # comes with it); the boot test (e2e cloudinit-boot) debootstraps a Debian rootfs and boots it
   # with systemd-nspawn.
   PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
+  # The dashboard's browser test (e2e dashboard) drives Debian's chromium with playwright-core
+  # (executablePath /usr/bin/chromium; playwright's own browser downloads are not used).
+  PKGS+=(chromium:chromium)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)

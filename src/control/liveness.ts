@@ -60,6 +60,7 @@ export class Liveness {
   private readonly extra = new Map<string, string>();
   private readonly unwritten = new Set<string>();
   private writing = false;
+  private readonly refused = new Set<string>(); // keys etcd refused (warned about once)
 
   constructor(opts: LivenessOptions) {
     this.opts = opts;
@@ -103,11 +104,19 @@ export class Liveness {
         try {
           await lease.put(key).value(value).exec();
         } catch (e) {
-          if (this.extra.get(key) === value) this.unwritten.add(key); // (unless a newer value came meanwhile)
-          if (isTransientEtcdError(e)) this.opts.link.failed(e);
-          this.opts.log.debug({ err: (e as Error).message, etcdKey: key }, 'could not write a key on the liveness lease; will retry');
+          if (isTransientEtcdError(e)) {
+            // Retried after the next keepalive that gets through (unless a newer value came meanwhile).
+            if (this.extra.get(key) === value) this.unwritten.add(key);
+            this.opts.link.failed(e);
+            this.opts.log.debug({ err: (e as Error).message, etcdKey: key }, 'could not write a key on the liveness lease; will retry');
+          } else if (!this.refused.has(key)) {
+            // etcd said no (permission denied: an RBAC role without this key): tried again only with the next value.
+            this.refused.add(key);
+            this.opts.log.warn({ err: (e as Error).message, etcdKey: key }, 'etcd refused a key on the liveness lease; not retrying it');
+          }
           return;
         }
+        this.refused.delete(key);
       }
     } finally {
       this.writing = false;

@@ -20,6 +20,8 @@ function fakeClient() {
   let grants = 0;
   let hold: Promise<void> | null = null;
   let lostNext = false;
+  let refuse = false;
+  let attempts = 0;
   const revoked: string[] = [];
   const client = {
     lease: () => {
@@ -30,6 +32,8 @@ function fakeClient() {
         put: (key: string) => ({
           value: (value: string) => ({
             exec: async () => {
+              if (key !== '/alive/h1') attempts++;
+              if (refuse && key !== '/alive/h1') throw new Error('etcdserver: permission denied');
               if (hold && key !== '/alive/h1') await hold;
               puts.push({ lease: id, key, value });
               return {};
@@ -63,6 +67,8 @@ function fakeClient() {
       };
     },
     loseLease: () => (lostNext = true),
+    refuse: (on: boolean) => (refuse = on),
+    attempts: () => attempts,
   };
 }
 
@@ -128,6 +134,26 @@ describe('Liveness.attach', () => {
       await new Promise((r) => setTimeout(r, 1200));
       expect(f.puts.map((p) => `${p.lease}:${p.key}`)).toEqual(['1:/alive/h1', '1:/views/h1', '2:/alive/h1', '2:/views/h1']);
       expect(viewPuts(f.puts)).toEqual(['1:v1', '2:v1']);
+    } finally {
+      await alive.stop();
+    }
+  });
+
+  it('tries a key etcd refuses (no RBAC grant) once per value, not after every keepalive', async () => {
+    const log = createRootLogger('silent');
+    const f = fakeClient();
+    const alive = new Liveness({ client: f.client, key: '/alive/h1', value: () => 'a', ttlSec: 3, log, link: new EtcdLink({ log }) });
+    try {
+      await alive.start();
+      f.refuse(true);
+      alive.attach('/views/h1', 'v1');
+      await new Promise((r) => setTimeout(r, 2300)); // two keepalives
+      expect(f.attempts()).toBe(1);
+      f.refuse(false);
+      alive.attach('/views/h1', 'v2');
+      await settle();
+      expect(f.attempts()).toBe(2);
+      expect(viewPuts(f.puts)).toEqual(['1:v2']);
     } finally {
       await alive.stop();
     }
