@@ -162,4 +162,98 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
     console.log(`screenshots: ${shot} (and dashboard-up.png beside it)`);
     expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
   });
+
+  it('turns a killed agent\'s cells down once its liveness lease expires (TTL 10 s), without a reload', async () => {
+    const t0 = Date.now();
+    await bed.agent('h2').stop({ signal: 'SIGKILL' });
+    await page.waitForFunction(
+      () => ['h1 h2', 'h2 h1'].every((p) => {
+        const [a, b] = p.split(' ');
+        return document.querySelector(`td[data-from="${a}"][data-to="${b}"]`)?.getAttribute('data-state') === 'down';
+      }),
+      undefined,
+      { timeout: 15_000, polling: 100 },
+    );
+    const ms = Date.now() - t0;
+    console.log(`h2's cells down in the browser ${ms} ms after SIGKILL`);
+    expect(ms).toBeLessThan(12_000); // lease TTL 10 s, plus the watch and a rebuild
+    expect(await page.evaluate(() => (window as unknown as { mark?: number }).mark)).toBe(42);
+  }, 30_000);
+});
+
+describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
+  let bed: MeshBed;
+  let context: BrowserContext;
+  let outDir: string;
+  const port = 20_000 + Math.floor(Math.random() * 2_000);
+
+  afterAll(async () => {
+    await context?.close().catch(() => undefined);
+    await bed?.destroy(); // (ends the dashboard too: the topology tracks what it spawned)
+  });
+
+  it('colours each cell by its path and shows the reflexive address and NAT kind of hosts behind NAT', async () => {
+    outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-dashboard-nat-'));
+    bed = await startMeshBed({
+      topology: {
+        hosts: [{ name: 'relay' }, { name: 'office', site: 's1' }, { name: 'laptop', site: 's2' }],
+        sites: [
+          { name: 's1', nat: 'masquerade' },
+          { name: 's2', nat: 'random' },
+        ],
+      },
+      agents: 0,
+      waitUp: false,
+    });
+    const stun = `${bed.topo.routerIp}:3478`;
+    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
+    await bed.start(bed.topo.host('relay'), { extraArgs: ['--relay', '--stun', stun] });
+    await Promise.all(['office', 'laptop'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
+    await bed.waitUp(bed.agents, 40_000);
+    bed.topo.spawn(
+      bed.topo.routerNs,
+      [process.execPath, cliPath(), 'dashboard', '--listen', `127.0.0.1:${port}`, '--etcd', bed.etcd.endpoint, '--network', bed.network],
+      { logFile: path.join(outDir, 'dashboard.log') },
+    );
+    const wrapper = path.join(outDir, 'chromium-in-netns.sh');
+    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${bed.topo.routerNs} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+    context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(outDir, 'profile-')), {
+      executablePath: wrapper,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 1280, height: 860 },
+    });
+    const page = await context.newPage();
+    for (let i = 0; ; i++) {
+      try {
+        await page.goto(`http://127.0.0.1:${port}/`);
+        break;
+      } catch (e) {
+        if (i > 50) throw e;
+        await sleep(200);
+      }
+    }
+    const wan = (site: string) => bed.topo.plan.sites.find((x) => x.name === site)!.wanIp;
+    // Every cell up with an RTT, and the hosts behind NAT with what their peers saw of them.
+    await page.waitForFunction(
+      (officeWan) => {
+        const cells = [...document.querySelectorAll('td[data-from][data-to]')];
+        const refl = document.querySelector('tr[data-host="office"] td[data-field="reflexive"]')?.textContent ?? '';
+        const nat = document.querySelector('tr[data-host="laptop"] td[data-field="nat"]')?.textContent ?? '';
+        return cells.length === 6 && cells.every((c) => /^\d+(\.\d+)? ms/.test(c.textContent ?? '')) && refl.startsWith(officeWan + ':') && /varies/.test(nat);
+      },
+      wan('s1'),
+      { timeout: 30_000, polling: 200 },
+    );
+    expect(await page.textContent('tr[data-host="office"] td[data-field="nat"]')).toMatch(/same mapping/);
+    const cells = await page.$$eval('td[data-from][data-to]', (tds) =>
+      tds.map((td) => ({ from: td.getAttribute('data-from'), to: td.getAttribute('data-to'), path: td.getAttribute('data-path'), cls: td.className, text: td.textContent })),
+    );
+    console.log(cells.map((c) => `${c.from}->${c.to} ${c.path} ${c.text}`).join('\n'));
+    for (const c of cells) expect(c.cls, `${c.from}->${c.to}`).toBe(c.path); // the colour is the path
+    // The relay reaches both directly, over public addresses.
+    for (const c of cells.filter((x) => x.from === 'relay')) expect(c.path).toBe('public');
+    const shot = path.join(outDir, 'dashboard.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`screenshot: ${shot}`);
+  }, 120_000);
 });
