@@ -7,8 +7,8 @@ import type { StatusDocument } from '../status/types';
  * The view is taken from the status document (state, path, RTT per peer; our reflexive address
  * and NAT kind). It is written only when it changed materially and at most once every
  * `minIntervalMs` (3 s): a peer's state or path (kind, scope, relay) changed, its RTT moved to
- * another bucket (RTT_BUCKETS_MS), a peer came or went, or our reflexive address or NAT kind
- * changed. A change held back by the interval goes out at the first offer after it. The gate
+ * another bucket (RTT_BUCKETS_MS) by more than a little (hysteresis: RTT_MIN_MOVE_*), a peer came
+ * or went, or our reflexive address or NAT kind changed. A change held back by the interval goes out at the first offer after it. The gate
  * only decides; the write is the registry's fire-and-forget put on the liveness lease.
  */
 
@@ -54,14 +54,31 @@ export function viewFromStatus(doc: StatusDocument, now: number): ViewRecord {
   };
 }
 
-/** What makes two views materially different: everything but the time and the exact RTTs. */
-export function viewFingerprint(v: ViewRecord): string {
-  const parts = [v.reflexive ?? '-', v.nat];
-  for (const name of Object.keys(v.peers).sort()) {
-    const p = v.peers[name]!;
-    parts.push(`${name}:${p.state}:${p.path}:${p.via ?? ''}:${rttBucket(p.rttMs)}`);
+/** An RTT change must also be at least this large (ms, and RTT_MIN_MOVE_RATIO of the old value) to count. */
+export const RTT_MIN_MOVE_MS = 0.25;
+export const RTT_MIN_MOVE_RATIO = 0.25;
+
+function rttMoved(was: number | null, now: number | null): boolean {
+  if (was === null || now === null) return was !== now;
+  if (rttBucket(was) === rttBucket(now)) return false;
+  // Hysteresis: an RTT jittering around a bucket edge (0.95, 1.05, 0.98 ms) is no change.
+  return Math.abs(now - was) >= Math.max(RTT_MIN_MOVE_MS, RTT_MIN_MOVE_RATIO * was);
+}
+
+/**
+ * Whether `next` differs materially from `prev` (the last view written): everything but the time
+ * and RTT moves within a bucket or smaller than the hysteresis.
+ */
+export function materialChange(prev: ViewRecord | null, next: ViewRecord): boolean {
+  if (prev === null || prev.reflexive !== next.reflexive || prev.nat !== next.nat) return true;
+  const names = Object.keys(next.peers);
+  if (names.length !== Object.keys(prev.peers).length) return true;
+  for (const name of names) {
+    const a = prev.peers[name];
+    const b = next.peers[name]!;
+    if (!a || a.state !== b.state || a.path !== b.path || a.via !== b.via || rttMoved(a.rttMs, b.rttMs)) return true;
   }
-  return parts.join('|');
+  return false;
 }
 
 export interface ViewGateOptions {
@@ -73,7 +90,7 @@ export interface ViewGateOptions {
 }
 
 export class ViewGate {
-  private lastPrint: string | null = null;
+  private last: ViewRecord | null = null;
   private lastWrite = -Infinity;
   private readonly minInterval: number;
   /** Views written, and offers held back by the interval. */
@@ -85,14 +102,13 @@ export class ViewGate {
 
   /** Offers the current view; writes it when it changed materially and the interval allows. True when written. */
   offer(view: ViewRecord): boolean {
-    const print = viewFingerprint(view);
-    if (print === this.lastPrint) return false;
+    if (!materialChange(this.last, view)) return false;
     const t = this.opts.now();
     if (t - this.lastWrite < this.minInterval) {
       this.counters.deferred++;
       return false;
     }
-    this.lastPrint = print;
+    this.last = view;
     this.lastWrite = t;
     this.counters.writes++;
     this.opts.write(view);

@@ -18,9 +18,12 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *                                              <use> of token <id> (create-if-absent txn)
  *   /cladnet/v1/networks/<net>/tokens-revoked/<id>
  *                                              TokenRevocation JSON, signed by the network key
- *   /cladnet/v1/networks/<net>/views/<name>    ViewRecord JSON: what <name> sees of its peers
- *                                              (state, RTT, path), on its liveness lease; for
- *                                              `cladnet dashboard` only (agents grant it nothing)
+
+ * and, outside the networks' prefix so that agents watching their network never receive them:
+ *
+ *   /cladnet/v1/views/<net>/<name>             ViewRecord JSON: what <name> sees of its peers
+ *                                              (state, RTT, path), on its liveness lease; read
+ *                                              by `cladnet dashboard` only (grants nothing)
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -104,8 +107,11 @@ export function issuedKey(net: string, name: string): string {
   return issuedPrefix(net) + checkName(name, 'host');
 }
 
+/** Root of the hosts' views (views.ts), one folder per network. */
+export const VIEWS_ROOT = '/cladnet/v1/views/';
+
 export function viewsPrefix(net: string): string {
-  return `${networkPrefix(net)}views/`;
+  return `${VIEWS_ROOT}${checkName(net, 'network')}/`;
 }
 
 export function viewKey(net: string, name: string): string {
@@ -168,6 +174,10 @@ export type ParsedKey =
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
   const k = typeof key === 'string' ? key : key.toString('utf8');
+  if (k.startsWith(VIEWS_ROOT)) {
+    const [network, name, ...rest] = k.slice(VIEWS_ROOT.length).split('/');
+    return rest.length === 0 && isValidName(network) && isValidName(name) ? { kind: 'view', network, name } : null;
+  }
   if (!k.startsWith(NETWORKS_ROOT)) return null;
   const parts = k.slice(NETWORKS_ROOT.length).split('/');
   const network = parts[0]!;
@@ -184,8 +194,6 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
       return isValidName(leaf) ? { kind: 'revoked', network, name: leaf } : null;
     case 'issued':
       return isValidName(leaf) ? { kind: 'issued', network, name: leaf } : null;
-    case 'views':
-      return isValidName(leaf) ? { kind: 'view', network, name: leaf } : null;
     case 'tokens':
       return TOKEN_ID.test(leaf) ? { kind: 'token', network, token: leaf } : null;
     case 'tokens-revoked':

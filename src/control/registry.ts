@@ -7,7 +7,7 @@ import { TrustAnchor } from './cert';
 import { EtcdLink } from './etcd-link';
 import { MemberEvaluator, type EvaluatorWork, type PeerDelta } from './evaluator';
 import type { AddressConflict } from './holders';
-import { aliveKey, checkName, networkPrefix, viewKey } from './keys';
+import { aliveKey, checkName, networkPrefix, viewKey, viewsPrefix } from './keys';
 import { Liveness } from './liveness';
 import { PeerCache, type CacheChange } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
@@ -163,6 +163,8 @@ export class Registry {
   private readonly health: WatchHealth | undefined;
   private readonly ownLink: boolean;
   private readonly mirror: NetworkWatch;
+  /** An observer's second watch: the hosts' views (outside the network's prefix, keys.ts). */
+  private readonly viewsWatch: NetworkWatch | null;
   private readonly cache: PeerCache | null;
   private readonly revocations: Revocations;
   private readonly evaluator: MemberEvaluator;
@@ -234,7 +236,6 @@ export class Registry {
       log: this.log,
       link: this.link,
       health: opts.health,
-      keepViews: this.observer,
       onRevocation: (name, value, modRevision, deleted) => {
         if (deleted) {
           if (this.revocations.has(name)) this.log.warn({ host: name }, 'revocation deleted from etcd; still honouring it');
@@ -256,6 +257,19 @@ export class Registry {
         opts.onMirrorChange?.();
       },
     });
+    this.viewsWatch = this.observer
+      ? new NetworkWatch({
+          client: this.client,
+          network: this.spec.name,
+          prefix: viewsPrefix(this.spec.name),
+          log: this.log,
+          link: this.link,
+          keepViews: true,
+          onRevocation: () => false,
+          onTokenRevocation: () => false,
+          onChange: () => opts.onMirrorChange?.(),
+        })
+      : null;
     this.cache = opts.cacheFile
       ? new PeerCache({ file: opts.cacheFile, network: this.spec, cidr: this.cidr, self: this.self, log: this.log, now: this.now })
       : null;
@@ -350,6 +364,10 @@ export class Registry {
       this.evaluator.seed(cached, Number.isFinite(savedAt) ? Math.min(savedAt, this.now()) : this.now());
     }
     const started = await this.mirror.start();
+    if (this.viewsWatch) {
+      const views = await this.viewsWatch.start(); // (retried in the background when etcd does not answer)
+      if (views.ok) await views.attach();
+    }
     if (started.ok) {
       if (this.closed) return 'none';
       this.emit();
@@ -372,7 +390,7 @@ export class Registry {
 
   /** The hosts' views as stored (an observer's only; empty otherwise). */
   views(): ReadonlyMap<string, RawView> {
-    return this.mirror.views;
+    return this.viewsWatch?.views ?? new Map<string, RawView>();
   }
 
   /** Hosts whose alive key is in etcd now. */
@@ -538,6 +556,7 @@ export class Registry {
     this.evaluator.close();
     if (this.ownLink) this.link.close();
     await this.mirror.close();
+    await this.viewsWatch?.close();
     await this.publisher.settled();
     await this.cache?.close();
   }

@@ -172,13 +172,13 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
         return document.querySelector(`td[data-from="${a}"][data-to="${b}"]`)?.getAttribute('data-state') === 'down';
       }),
       undefined,
-      { timeout: 15_000, polling: 100 },
+      { timeout: 20_000, polling: 100 },
     );
     const ms = Date.now() - t0;
     console.log(`h2's cells down in the browser ${ms} ms after SIGKILL`);
-    expect(ms).toBeLessThan(12_000); // lease TTL 10 s, plus the watch and a rebuild
+    expect(ms).toBeLessThan(14_000); // lease TTL 10 s (etcd expires it within ~0.5 s after), plus the watch and a rebuild
     expect(await page.evaluate(() => (window as unknown as { mark?: number }).mark)).toBe(42);
-  }, 30_000);
+  }, 40_000);
 });
 
 describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {

@@ -100,7 +100,7 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
       root('role', 'grant-permission', role, '--prefix=true', 'read', '/cladnet/v1/networks/prod/');
       root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/networks/prod/hosts/${h}`);
       root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/networks/prod/alive/${h}`);
-      root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/networks/prod/views/${h}`);
+      root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/views/prod/${h}`);
       root('user', 'add', `host-prod-${h}`, `--new-user-password=${h}-pw`);
       root('user', 'grant-role', `host-prod-${h}`, role);
     }
@@ -108,6 +108,7 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     root('role', 'add', 'cladnet-prod-dashboard');
     root('role', 'grant-permission', 'cladnet-prod-dashboard', 'read', '/cladnet/v1/networks/prod');
     root('role', 'grant-permission', 'cladnet-prod-dashboard', '--prefix=true', 'read', '/cladnet/v1/networks/prod/');
+    root('role', 'grant-permission', 'cladnet-prod-dashboard', '--prefix=true', 'read', '/cladnet/v1/views/prod/');
     root('user', 'add', 'dashboard-prod', '--new-user-password=dash-pw');
     root('user', 'grant-role', 'dashboard-prod', 'cladnet-prod-dashboard');
 
@@ -159,6 +160,7 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     await denied("web-1 writes web-2's record", w1.c.put(hostKey('prod', 'web-2')).value('{}').exec());
     await denied('web-1 writes a revocation', w1.c.put(revokedKey('prod', 'web-2')).value('{}').exec());
     await denied("web-1 writes web-2's view", w1.c.put(viewKey('prod', 'web-2')).value('{}').exec());
+    await denied("web-1 reads web-2's view", w1.c.get(viewKey('prod', 'web-2')).exec());
     await denied('web-1 writes a lease', w1.c.put(leaseKey('prod', '100.64.0.9')).value('{}').exec());
     await denied('web-1 rewrites the network spec', w1.c.put(networkKey('prod')).value('{}').exec());
     await denied('web-1 deletes the network', w1.c.delete().prefix('/cladnet/v1/networks/prod').exec());

@@ -142,8 +142,8 @@ describe('buildSnapshot', () => {
     expect(s.counters.invalidViews).toBe(2);
     const warned = lines.filter((l) => l['msg'] === 'skipping invalid view');
     expect(warned.map((l) => [l['etcdKey'], l['modRevision']])).toEqual([
-      ['/cladnet/v1/networks/net/views/h2', '12'],
-      ['/cladnet/v1/networks/net/views/h3', '11'],
+      ['/cladnet/v1/views/net/h2', '12'],
+      ['/cladnet/v1/views/net/h3', '11'],
     ]);
     expect(String(warned[1]!['error'])).toMatch(/host: "h1" does not match the key \(h3\)/);
     // The same revisions again: not counted or warned again; a new bad revision is.

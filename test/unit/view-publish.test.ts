@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { rttBucket, ViewGate, viewFingerprint, viewFromStatus } from '../../src/agent/view';
+import { rttBucket, ViewGate, viewFromStatus } from '../../src/agent/view';
 import { parseViewRecord, serializeViewRecord, type ViewPeer, type ViewRecord } from '../../src/control/views';
 import type { StatusDocument } from '../../src/status/types';
 
@@ -47,7 +47,7 @@ describe('ViewGate', () => {
     g.offer(view({ h2: {} }));
     for (const c of changes) {
       advance(3000);
-      expect(g.offer(c), viewFingerprint(c)).toBe(true);
+      expect(g.offer(c), JSON.stringify(c.peers) + c.reflexive + c.nat).toBe(true);
       advance(3000);
       expect(g.offer(view({ h2: {} }))).toBe(true); // and back
     }
@@ -75,6 +75,24 @@ describe('ViewGate', () => {
     advance(5000);
     expect(g.offer(view({ h2: { state: 'down', rttMs: null } }))).toBe(false);
     expect(written).toHaveLength(2);
+  });
+
+  it('ignores an RTT jittering around a bucket edge, and counts a move across it that is large enough', () => {
+    const { g, written, advance } = gate();
+    g.offer(view({ h2: { rttMs: 0.9 } }));
+    for (const rtt of [1.05, 0.95, 1.1, 0.85]) {
+      advance(3000);
+      expect(g.offer(view({ h2: { rttMs: rtt } })), `${rtt} ms`).toBe(false);
+    }
+    advance(3000);
+    expect(g.offer(view({ h2: { rttMs: 1.2 } }))).toBe(true); // +0.3 ms and across 1 ms
+    advance(3000);
+    expect(g.offer(view({ h2: { rttMs: 40 } }))).toBe(true);
+    advance(3000);
+    expect(g.offer(view({ h2: { rttMs: 55 } }))).toBe(true); // across 50 ms, +15 ms >= 25 % of 40
+    advance(3000);
+    expect(g.offer(view({ h2: { rttMs: 49 } }))).toBe(false); // back across, but -6 ms < 25 % of 55
+    expect(written.map((v) => v.peers['h2']!.rttMs)).toEqual([0.9, 1.2, 40, 55]);
   });
 
   it('buckets RTTs on fixed edges', () => {
