@@ -7,7 +7,7 @@ import { createEtcd, etcdOptionsFrom, type EtcdSettings } from '../control/etcd'
 import { EtcdLink } from '../control/etcd-link';
 import { checkName } from '../control/keys';
 import { getNetwork } from '../control/networks';
-import { startDashboard } from '../dashboard/server';
+import { parseHttpListen, startDashboard } from '../dashboard/server';
 import { createRootLogger } from '../log';
 
 export interface DashboardFlags extends Omit<EtcdSettings, 'etcd'> {
@@ -19,6 +19,7 @@ export interface DashboardFlags extends Omit<EtcdSettings, 'etcd'> {
 
 export async function dashboardCommand(o: DashboardFlags): Promise<void> {
   const network = checkName(o.network, 'network');
+  parseHttpListen(o.listen); // (before anything connects: a typo is named at once)
   const log = createRootLogger(o.logLevel);
   const link = new EtcdLink({ log });
   const etcd = o.etcd.split(',').map((s) => s.trim()).filter(Boolean);

@@ -113,6 +113,16 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
       expect(l.rttMs).toBeGreaterThan(0);
     }
     expect(snap!.counters.invalidViews).toBe(0);
+    // The other routes: the page (self-contained, strict CSP), an event stream, 404 and 405.
+    const head = async (args: string[]) =>
+      (await bed.topo.tryExec(bed.topo.routerNs, ['curl', '-sS', '-o', '/dev/null', '-D', '-', '--max-time', '1', ...args], { timeoutMs: 5_000 })).stdout;
+    const page = await head([`${url}/`]);
+    expect(page).toMatch(/^HTTP\/1.1 200/);
+    expect(page).toMatch(/content-security-policy: default-src 'none';/i);
+    expect(await fetchIn('/')).not.toMatch(/<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!www\.w3\.org\/2000\/svg)/);
+    expect(await head([`${url}/api/events`])).toMatch(/content-type: text\/event-stream/i);
+    expect(await head([`${url}/nope`])).toMatch(/^HTTP\/1.1 404/);
+    expect(await head(['-X', 'POST', `${url}/api/snapshot`])).toMatch(/^HTTP\/1.1 405/);
   });
 
   it('shows 3 hosts and 6 RTT cells with numbers, and turns a stopped host\'s row and column to down within 5 s without a reload', async () => {
