@@ -28,6 +28,29 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
 ];
 
+/** `cladnet dashboard` in the router namespace (where etcd is), listening on its loopback. */
+function spawnDashboard(bed: MeshBed, port: number, logFile: string): ChildProcess {
+  return bed.topo.spawn(
+    bed.topo.routerNs,
+    [process.execPath, cliPath(), 'dashboard', '--listen', `127.0.0.1:${port}`, '--etcd', bed.etcd.endpoint, '--network', bed.network],
+    { logFile },
+  );
+}
+
+/**
+ * Debian's chromium inside namespace `ns` with a fresh profile under `outDir`: playwright talks to
+ * it over inherited pipes, which `ip netns exec` keeps.
+ */
+function launchChromiumIn(ns: string, outDir: string): Promise<BrowserContext> {
+  const wrapper = path.join(outDir, 'chromium-in-netns.sh');
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+  return chromium.launchPersistentContext(fs.mkdtempSync(path.join(outDir, 'profile-')), {
+    executablePath: wrapper,
+    args: CHROMIUM_ARGS,
+    viewport: { width: 1280, height: 860 },
+  });
+}
+
 describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
   let bed: MeshBed;
   let dash: ChildProcess;
@@ -49,11 +72,7 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
     outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-dashboard-test-'));
     bed = await startMeshBed({ topology: { hosts: 3 } });
     dashLog = path.join(outDir, 'dashboard.log');
-    dash = bed.topo.spawn(
-      bed.topo.routerNs,
-      [process.execPath, cliPath(), 'dashboard', '--listen', `127.0.0.1:${port}`, '--etcd', bed.etcd.endpoint, '--network', bed.network],
-      { logFile: dashLog },
-    );
+    dash = spawnDashboard(bed, port, dashLog);
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
@@ -64,14 +83,7 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
         await sleep(200);
       }
     }
-    // chromium in the router namespace: playwright talks to it over inherited pipes, which `ip netns exec` keeps.
-    const wrapper = path.join(outDir, 'chromium-in-netns.sh');
-    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${bed.topo.routerNs} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
-    context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(outDir, 'profile-')), {
-      executablePath: wrapper,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 860 },
-    });
+    context = await launchChromiumIn(bed.topo.routerNs, outDir);
     page = await context.newPage();
   }, 120_000);
 
@@ -220,18 +232,8 @@ describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
     await bed.start(bed.topo.host('relay'), { extraArgs: ['--relay', '--stun', stun] });
     await Promise.all(['office', 'laptop'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
     await bed.waitUp(bed.agents, 40_000);
-    bed.topo.spawn(
-      bed.topo.routerNs,
-      [process.execPath, cliPath(), 'dashboard', '--listen', `127.0.0.1:${port}`, '--etcd', bed.etcd.endpoint, '--network', bed.network],
-      { logFile: path.join(outDir, 'dashboard.log') },
-    );
-    const wrapper = path.join(outDir, 'chromium-in-netns.sh');
-    fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${bed.topo.routerNs} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
-    context = await chromium.launchPersistentContext(fs.mkdtempSync(path.join(outDir, 'profile-')), {
-      executablePath: wrapper,
-      args: CHROMIUM_ARGS,
-      viewport: { width: 1280, height: 860 },
-    });
+    spawnDashboard(bed, port, path.join(outDir, 'dashboard.log'));
+    context = await launchChromiumIn(bed.topo.routerNs, outDir);
     const page = await context.newPage();
     for (let i = 0; ; i++) {
       try {
