@@ -18,10 +18,12 @@ import { SseHub } from './sse';
  *   GET /api/events    server-sent events (sse.ts): event "snapshot" with the whole snapshot,
  *                      at once and after every change
  *
- * Changes from etcd are coalesced (REBUILD_DELAY_MS) into one rebuild; a snapshot equal to the
- * last one (but for its time) is not sent again.
+ * Changes from etcd are coalesced (REBUILD_DELAY_MS) into one rebuild, and it looks again every
+ * RECHECK_EVERY_MS (etcd's reachability); a snapshot equal to the last one (but for its time) is
+ * not sent again.
  */
 export const REBUILD_DELAY_MS = 100;
+export const RECHECK_EVERY_MS = 5_000;
 
 export interface DashboardOptions {
   client: Etcd3;
@@ -98,6 +100,10 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
     timer = setTimeout(rebuild, REBUILD_DELAY_MS);
   }
   current = build();
+  // etcd's reachability changes without a change of data: look again now and then (an equal
+  // snapshot is not sent).
+  const tick = setInterval(schedule, RECHECK_EVERY_MS);
+  tick.unref();
 
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
@@ -136,6 +142,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
     address,
     snapshot: () => current,
     async close() {
+      clearInterval(tick);
       if (timer) clearTimeout(timer);
       timer = null;
       hub.close();
