@@ -13,6 +13,7 @@ import { PeerCache, type CacheChange } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
 import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
+import { VIEW_CAP_BYTES } from './views';
 import { NetworkWatch, type RawView } from './watch';
 import type { WatchHealth } from './watch-health';
 
@@ -317,6 +318,10 @@ export class Registry {
    */
   publishView(value: string): void {
     if (this.closed || this.observer) return;
+    if (Buffer.byteLength(value) > VIEW_CAP_BYTES) {
+      this.log.debug({ bytes: Buffer.byteLength(value) }, 'view too large to publish; skipped');
+      return;
+    }
     this.viewValue = value;
     this.alive?.attach(viewKey(this.spec.name, this.self), value);
   }
