@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Snapshot } from '../../src/dashboard/snapshot';
-import { cliPath, sleep } from '../../src/testbed/agents';
+import { cli, cliPath, networkKeyFile, sleep } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 
 /**
@@ -201,6 +201,20 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
     expect(ms).toBeLessThan(14_000); // lease TTL 10 s (etcd expires it within ~0.5 s after), plus the watch and a rebuild
     expect(await page.evaluate(() => (window as unknown as { mark?: number }).mark)).toBe(42);
   }, 40_000);
+
+  it('greys out a revoked host as revoked (the revocation verified against the network key, as agents do)', async () => {
+    const r = await cli(bed.topo, bed.topo.routerNs, [
+      ...['host', 'revoke', 'h1', '--network', bed.network, '--network-key', networkKeyFile(bed.topo, bed.network), '--etcd', bed.etcd.endpoint],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    await page.waitForFunction(() => document.querySelector('tr[data-host="h1"]')?.getAttribute('data-state') === 'revoked', undefined, {
+      timeout: 5_000,
+    });
+    expect(await page.getAttribute('tr[data-host="h1"]', 'class')).toBe('grey');
+    expect(await page.getAttribute('svg g[data-host="h1"]', 'data-state')).toBe('revoked');
+    expect(await page.evaluate(() => (window as unknown as { mark?: number }).mark)).toBe(42);
+    await page.screenshot({ path: path.join(outDir, 'dashboard-revoked.png'), fullPage: true });
+  });
 });
 
 describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
