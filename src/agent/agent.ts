@@ -46,7 +46,7 @@ import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
-import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX, P_RTT } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
@@ -62,8 +62,8 @@ import { loadOrCreateKeyPair } from './keystore';
 import { enrolIfNeeded } from './enrol';
 import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
-import { VIEW_OFFER_EVERY_MS, ViewGate, viewFromStatus } from './view';
-import { serializeViewRecord } from '../control/views';
+import { VIEW_OFFER_EVERY_MS, ViewGate, viewFromAgent } from './view';
+import { serializeViewRecord, type ViewRecord } from '../control/views';
 
 const STATE_FILE = 'state.json';
 /** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
@@ -308,7 +308,7 @@ export class Agent {
     // Our view of the peers for `cladnet dashboard` (agent/view.ts): offered every second, written on change.
     const gate = new ViewGate({ now: () => performance.now(), write: (v) => this.registry?.publishView(serializeViewRecord(v)) });
     this.viewTimer = setInterval(() => {
-      if (this.engine && !this.stopping) gate.offer(viewFromStatus(this.statusDocument(), Date.now()));
+      if (this.engine && !this.stopping) gate.offer(this.view());
     }, VIEW_OFFER_EVERY_MS);
     this.viewTimer.unref();
 
@@ -771,6 +771,23 @@ export class Agent {
     } catch {
       /* no IPv6 on this host: nothing to disable */
     }
+  }
+
+  /** What we see of our peers, for the dashboard (agent/view.ts): the status document's values, cheaply. */
+  private view(): ViewRecord {
+    const stats = this.engine!.stats;
+    const r = this.reflexive.view();
+    return viewFromAgent({
+      now: Date.now(),
+      self: this.cfg.name,
+      network: this.network.name,
+      reflexive: r.reflexive,
+      nat: r.nat,
+      peers: this.peers.entries(),
+      lastRx: (slot) => stats.peer(slot, P_LAST_RX),
+      rttSec: (slot) => stats.peer(slot, P_RTT),
+      path: (name) => this.paths.state(name),
+    });
   }
 
   statusDocument(): StatusDocument {

@@ -1,5 +1,7 @@
-import type { ViewPath, ViewPeer, ViewRecord } from '../control/views';
+import type { NatKind, ViewPath, ViewPeer, ViewRecord } from '../control/views';
 import type { StatusDocument } from '../status/types';
+import type { PathState } from './paths';
+import { peerState } from './status';
 
 /**
  * What this agent tells `cladnet dashboard` about its peers (control/views.ts), and when.
@@ -25,24 +27,50 @@ export function rttBucket(ms: number | null): number {
   return i;
 }
 
-function pathOf(p: StatusDocument['peers'][number]): ViewPath {
-  if (p.path === 'relayed') return 'relayed';
-  if (p.path === 'direct') return p.pathScope === 'private' ? 'private' : 'public';
-  return 'none';
+/**
+ * The agent's parts a view is made of: what buildStatus reads for the same fields, without the
+ * rest of the status document (a view is offered every second; at 1,000 peers the whole document
+ * costs a few ms, this a fraction of one).
+ */
+export interface ViewSources {
+  now: number;
+  self: string;
+  network: string;
+  reflexive: string | null;
+  nat: NatKind;
+  peers: Iterable<[string, { readonly slot: number; readonly addedAt: number; readonly endpoint: { readonly via?: string } }]>;
+  /** When the last authenticated packet from the peer in `slot` came (ms; 0: never), and its RTT in seconds (NaN: none). */
+  lastRx(slot: number): number;
+  rttSec(slot: number): number;
+  path(name: string): Pick<PathState, 'kind' | 'scope'>;
+}
+
+/** The agent's view now (the same values `cladnet status` shows; viewFromStatus gives an equal one). */
+export function viewFromAgent(src: ViewSources): ViewRecord {
+  const peers: Record<string, ViewPeer> = {};
+  for (const [name, p] of src.peers) {
+    const path = src.path(name);
+    const rtt = src.rttSec(p.slot);
+    peers[name] = viewPeer(
+      peerState(src.lastRx(p.slot), p.addedAt, src.now),
+      path.kind,
+      path.scope,
+      p.endpoint.via ?? null,
+      Number.isNaN(rtt) ? null : rtt * 1000,
+    );
+  }
+  return { version: 1, host: src.self, network: src.network, at: new Date(src.now).toISOString(), reflexive: src.reflexive, nat: src.nat, peers };
+}
+
+function viewPeer(state: ViewPeer['state'], kind: 'direct' | 'relayed' | 'none', scope: 'private' | 'public' | null | undefined, via: string | null, rttMs: number | null): ViewPeer {
+  const path: ViewPath = kind === 'relayed' ? 'relayed' : kind === 'direct' ? (scope === 'private' ? 'private' : 'public') : 'none';
+  return { state, path, ...(path === 'relayed' && via ? { via } : {}), rttMs: rttMs === null ? null : Math.round(rttMs * 100) / 100 };
 }
 
 /** The view of the status document `doc`, stamped `now` (ms since the epoch). */
 export function viewFromStatus(doc: StatusDocument, now: number): ViewRecord {
   const peers: Record<string, ViewPeer> = {};
-  for (const p of doc.peers) {
-    const path = pathOf(p);
-    peers[p.name] = {
-      state: p.state,
-      path,
-      ...(path === 'relayed' && p.via ? { via: p.via } : {}),
-      rttMs: p.rttMs === null ? null : Math.round(p.rttMs * 100) / 100,
-    };
-  }
+  for (const p of doc.peers) peers[p.name] = viewPeer(p.state, p.path, p.pathScope, p.via ?? null, p.rttMs);
   return {
     version: 1,
     host: doc.self.name,

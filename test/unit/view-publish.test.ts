@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { rttBucket, ViewGate, viewFromStatus } from '../../src/agent/view';
+import { rttBucket, ViewGate, viewFromAgent, viewFromStatus } from '../../src/agent/view';
 import { parseViewRecord, serializeViewRecord, type ViewPeer, type ViewRecord } from '../../src/control/views';
 import type { StatusDocument } from '../../src/status/types';
 
@@ -124,6 +124,47 @@ describe('viewFromStatus', () => {
     });
     const back = parseViewRecord(serializeViewRecord(v), { network: 'net', host: 'h1' });
     expect(back).toEqual({ ok: true, value: v });
+  });
+});
+
+describe('viewFromAgent', () => {
+  it('reads state, path, relay and RTT from the agent’s parts as the status document does', () => {
+    const now = Date.parse('2026-12-02T18:00:00Z');
+    const peers: Array<[string, { slot: number; addedAt: number; endpoint: { via?: string } }]> = [
+      ['up', { slot: 0, addedAt: now - 60_000, endpoint: {} }],
+      ['relayed', { slot: 1, addedAt: now - 60_000, endpoint: { via: 'up' } }],
+      ['new', { slot: 2, addedAt: now - 5_000, endpoint: {} }],
+      ['silent', { slot: 3, addedAt: now - 60_000, endpoint: {} }],
+      ['gone', { slot: 4, addedAt: now - 60_000, endpoint: {} }],
+    ];
+    const lastRx = [now - 1_000, now - 2_000, 0, 0, now - 17_000];
+    const rtt = [0.000412, 0.0031, NaN, NaN, 0.002];
+    const path: Record<string, { kind: 'direct' | 'relayed' | 'none'; scope: 'private' | 'public' | null }> = {
+      up: { kind: 'direct', scope: 'private' },
+      relayed: { kind: 'relayed', scope: null },
+      new: { kind: 'none', scope: null },
+      silent: { kind: 'none', scope: null },
+      gone: { kind: 'direct', scope: 'public' },
+    };
+    const v = viewFromAgent({
+      now,
+      self: 'h1',
+      network: 'net',
+      reflexive: null,
+      nat: 'unknown',
+      peers,
+      lastRx: (slot) => lastRx[slot]!,
+      rttSec: (slot) => rtt[slot]!,
+      path: (name) => path[name]!,
+    });
+    expect(v.peers).toEqual({
+      up: { state: 'up', path: 'private', rttMs: 0.41 },
+      relayed: { state: 'up', path: 'relayed', via: 'up', rttMs: 3.1 },
+      new: { state: 'connecting', path: 'none', rttMs: null },
+      silent: { state: 'down', path: 'none', rttMs: null }, // never heard, added over 30 s ago
+      gone: { state: 'down', path: 'public', rttMs: 2 }, // last packet 17 s ago: past the 16 s up timeout
+    });
+    expect(v.at).toBe('2026-12-02T18:00:00.000Z');
   });
 });
 
