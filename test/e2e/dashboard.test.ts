@@ -16,6 +16,19 @@ import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
  * to "down" within 5 s without a reload (its alive and view keys go with its lease).
  */
 const isRoot = process.getuid?.() === 0;
+
+// The little of the DOM that the page functions below use: they run in the browser, and the tests'
+// type check has no DOM library (module-scoped, so they shadow nothing elsewhere).
+interface PageElement {
+  readonly textContent: string | null;
+  readonly className: string;
+  getAttribute(name: string): string | null;
+}
+declare const document: {
+  querySelectorAll(selector: string): ArrayLike<PageElement> & Iterable<PageElement>;
+  querySelector(selector: string): PageElement | null;
+};
+declare const window: object;
 const CHROMIUM = '/usr/bin/chromium';
 const CHROMIUM_ARGS = [
   '--headless',
