@@ -54,6 +54,12 @@ function spawnDashboard(bed: MeshBed, port: number, logFile: string): ChildProce
  * Debian's chromium inside namespace `ns` with a fresh profile under `outDir`: playwright talks to
  * it over inherited pipes, which `ip netns exec` keeps.
  */
+/** Removes the browser profiles under `outDir` (the screenshots and logs stay for a look). */
+function removeProfiles(outDir: string | undefined): void {
+  if (!outDir || !fs.existsSync(outDir)) return;
+  for (const f of fs.readdirSync(outDir)) if (f.startsWith('profile-')) fs.rmSync(path.join(outDir, f), { recursive: true, force: true });
+}
+
 function launchChromiumIn(ns: string, outDir: string): Promise<BrowserContext> {
   const wrapper = path.join(outDir, 'chromium-in-netns.sh');
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
@@ -102,6 +108,7 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
 
   afterAll(async () => {
     await context?.close().catch(() => undefined);
+    removeProfiles(outDir);
     if (dash && dash.exitCode === null) {
       dash.kill('SIGTERM');
       await new Promise((r) => {
@@ -238,6 +245,7 @@ describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
 
   afterAll(async () => {
     await context?.close().catch(() => undefined);
+    removeProfiles(outDir);
     await bed?.destroy(); // (ends the dashboard too: the topology tracks what it spawned)
   });
 
