@@ -89,6 +89,9 @@ if [ "$MODE" = test ]; then
   PKGS+=(cloud-init:cloud-init debootstrap:debootstrap systemd-container:systemd-nspawn)
   PKGS+=(gcc:gcc) # compiles native/abi-check.c (unit native-abi)
   PKGS+=(prometheus:promtool) # `promtool check metrics` on the agent's metrics, and a real scrape (unit metrics, e2e mesh-metrics)
+  # The dashboard's browser test (e2e dashboard) drives Debian's chromium with playwright-core
+  # (executablePath /usr/bin/chromium; playwright's own browser downloads are not used).
+  PKGS+=(chromium:chromium)
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)

@@ -472,6 +472,18 @@ export function buildProgram(): Command {
       await stunServerCommand(o);
     });
 
+  etcdOptions(
+    program
+      .command('dashboard')
+      .description('serve a live topology page of a network: hosts, links by path, RTT matrix (read-only etcd access)')
+      .addOption(new Option('--listen <ip:port>', 'HTTP address').env('CLADNET_DASHBOARD_LISTEN').default('127.0.0.1:8080'))
+      .addOption(new Option('--network <net>', 'the network to show').env('CLADNET_NETWORK').makeOptionMandatory())
+      .addOption(new Option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent').env('CLADNET_LOG_LEVEL').default('info')),
+  ).action(async (o: import('./cli/dashboard').DashboardFlags) => {
+    const { dashboardCommand } = await import('./cli/dashboard');
+    await dashboardCommand(o);
+  });
+
   program
     .command('demo')
     .description('a local demo: etcd and three hosts in network namespaces (the last behind a NAT), meshed, one of them moved (root)')

@@ -47,7 +47,7 @@ import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT, systemClock } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
-import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX, P_RTT } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
@@ -64,6 +64,8 @@ import { loadOrCreateKeyPair } from './keystore';
 import { enrolIfNeeded } from './enrol';
 import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
+import { VIEW_OFFER_EVERY_MS, ViewGate, viewFromAgent } from './view';
+import { serializeViewRecord, type ViewRecord } from '../control/views';
 
 const STATE_FILE = 'state.json';
 /** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
@@ -104,6 +106,7 @@ export class Agent {
   private readonly hsTimer = new DeadlineTimer(() => this.hs?.tick());
   private readonly pathTimer = new DeadlineTimer(() => this.pathTick());
   private discoveryTimer?: NodeJS.Timeout;
+  private viewTimer?: NodeJS.Timeout;
   private paths!: PathManager;
   private reflexive!: ReflexiveTracker;
   private stun?: StunClient;
@@ -310,6 +313,12 @@ export class Agent {
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
     this.discoveryTimer.unref();
+    // Our view of the peers for `cladnet dashboard` (agent/view.ts): offered every second, written on change.
+    const gate = new ViewGate({ now: () => performance.now(), write: (v) => this.registry?.publishView(serializeViewRecord(v)) });
+    this.viewTimer = setInterval(() => {
+      if (this.engine && !this.stopping) gate.offer(this.view());
+    }, VIEW_OFFER_EVERY_MS);
+    this.viewTimer.unref();
 
     // 6. status (and the diagnostics behind ping and netcheck)
     const stun = this.stun;
@@ -801,6 +810,23 @@ export class Agent {
     }
   }
 
+  /** What we see of our peers, for the dashboard (agent/view.ts): the status document's values, cheaply. */
+  private view(): ViewRecord {
+    const stats = this.engine!.stats;
+    const r = this.reflexive.view();
+    return viewFromAgent({
+      now: Date.now(),
+      self: this.cfg.name,
+      network: this.network.name,
+      reflexive: r.reflexive,
+      nat: r.nat,
+      peers: this.peers.entries(),
+      lastRx: (slot) => stats.peer(slot, P_LAST_RX),
+      rttSec: (slot) => stats.peer(slot, P_RTT),
+      path: (name) => this.paths.state(name),
+    });
+  }
+
   statusDocument(): StatusDocument {
     const view = this.reflexive.view();
     return buildStatus({
@@ -882,6 +908,7 @@ export class Agent {
     this.hsTimer.close();
     this.pathTimer.close();
     clearInterval(this.discoveryTimer);
+    clearInterval(this.viewTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());

@@ -44,6 +44,11 @@ export interface StatusSources {
   link?: { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number };
 }
 
+/** A peer's state from when its last authenticated packet came (0: never) and when it was added. */
+export function peerState(lastRx: number, addedAt: number, now: number): StatusPeer['state'] {
+  return lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - addedAt < CONNECTING_MS ? 'connecting' : 'down';
+}
+
 export function buildStatus(src: StatusSources): StatusDocument {
   const { stats, now, hs, paths, registry } = src;
   const peers: StatusPeer[] = [...src.peers.entries()]
@@ -54,8 +59,7 @@ export function buildStatus(src: StatusSources): StatusDocument {
       const lastRoam = stats.peer(p.slot, P_LAST_ROAM);
       const hsAt = hs?.lastHandshake(name) ?? null;
       const path = paths.state(name);
-      const state: StatusPeer['state'] =
-        lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - p.addedAt < CONNECTING_MS ? 'connecting' : 'down';
+      const state = peerState(lastRx, p.addedAt, now);
       return {
         name,
         overlayIp: p.record.overlayIp,

@@ -139,6 +139,11 @@ export class MemberEvaluator {
   private readonly lostAt = new Map<string, Set<string>>(); // overlay ip -> names that lost it
   private readonly selfLost = new Map<string, string>(); // overlay ip -> why we lost it
   private readonly revokedNames = new Set<string>();
+
+  /** Hosts skipped now because their certificate is revoked (a copy). */
+  revoked(): string[] {
+    return [...this.revokedNames].sort();
+  }
   private selfBase: string | undefined; // our own certificate's problem (invalid or revoked)
 
   /** Distinct (name, mod revision) host records skipped as invalid (untrusted ones included). */

@@ -18,6 +18,12 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *                                              <use> of token <id> (create-if-absent txn)
  *   /cladnet/v1/networks/<net>/tokens-revoked/<id>
  *                                              TokenRevocation JSON, signed by the network key
+
+ * and, outside the networks' prefix so that agents watching their network never receive them:
+ *
+ *   /cladnet/v1/views/<net>/<name>             ViewRecord JSON: what <name> sees of its peers
+ *                                              (state, RTT, path), on its liveness lease; read
+ *                                              by `cladnet dashboard` only (grants nothing)
  *
  * A network's spec key is also the prefix of its children, so "every key under networks/" is NOT
  * "every network": use `parseKey` and keep only `kind === 'network'`.
@@ -101,6 +107,17 @@ export function issuedKey(net: string, name: string): string {
   return issuedPrefix(net) + checkName(name, 'host');
 }
 
+/** Root of the hosts' views (views.ts), one folder per network. */
+export const VIEWS_ROOT = '/cladnet/v1/views/';
+
+export function viewsPrefix(net: string): string {
+  return `${VIEWS_ROOT}${checkName(net, 'network')}/`;
+}
+
+export function viewKey(net: string, name: string): string {
+  return viewsPrefix(net) + checkName(name, 'host');
+}
+
 export function tokensPrefix(net: string): string {
   return `${networkPrefix(net)}tokens/`;
 }
@@ -150,6 +167,7 @@ export type ParsedKey =
   | { kind: 'alive'; network: string; name: string }
   | { kind: 'revoked'; network: string; name: string }
   | { kind: 'issued'; network: string; name: string }
+  | { kind: 'view'; network: string; name: string }
   | { kind: 'token'; network: string; token: string }
   | { kind: 'tokenUse'; network: string; token: string; use: number }
   | { kind: 'tokenRevoked'; network: string; token: string };
@@ -157,6 +175,10 @@ export type ParsedKey =
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
   const k = typeof key === 'string' ? key : key.toString('utf8');
+  if (k.startsWith(VIEWS_ROOT)) {
+    const [network, name, ...rest] = k.slice(VIEWS_ROOT.length).split('/');
+    return rest.length === 0 && isValidName(network) && isValidName(name) ? { kind: 'view', network, name } : null;
+  }
   if (!k.startsWith(NETWORKS_ROOT)) return null;
   const parts = k.slice(NETWORKS_ROOT.length).split('/');
   const network = parts[0]!;

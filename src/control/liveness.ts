@@ -56,6 +56,11 @@ export class Liveness {
   private stopped = false;
   private lease: Lease | null = null;
   private wake: (() => void) | null = null;
+  /** More keys on the lease (attach()): their values, those not written since, and a write in flight. */
+  private readonly extra = new Map<string, string>();
+  private readonly unwritten = new Set<string>();
+  private writing = false;
+  private readonly refused = new Set<string>(); // keys etcd refused (warned about once)
 
   constructor(opts: LivenessOptions) {
     this.opts = opts;
@@ -72,6 +77,50 @@ export class Liveness {
         first = null;
       });
     });
+  }
+
+  /**
+   * Puts `key` = `value` on the lease beside the alive key, so it vanishes with it (a revoke on
+   * stop, an expiry), and again on every new lease. Fire and forget: nothing is written while there
+   * is no lease or the etcd link is down (the newest value goes out once it is back), one write at
+   * a time, and values given meanwhile are coalesced to the newest. Never throws.
+   */
+  attach(key: string, value: string): void {
+    if (this.stopped) return;
+    this.extra.set(key, value);
+    this.unwritten.add(key);
+    void this.writeExtra();
+  }
+
+  private async writeExtra(): Promise<void> {
+    if (this.writing) return;
+    this.writing = true;
+    try {
+      while (this.unwritten.size > 0 && !this.stopped && this.lease && this.opts.link.up()) {
+        const lease = this.lease;
+        const key = this.unwritten.values().next().value!;
+        const value = this.extra.get(key)!;
+        this.unwritten.delete(key);
+        try {
+          await lease.put(key).value(value).exec();
+        } catch (e) {
+          if (isTransientEtcdError(e)) {
+            // Retried after the next keepalive that gets through (unless a newer value came meanwhile).
+            if (this.extra.get(key) === value) this.unwritten.add(key);
+            this.opts.link.failed(e);
+            this.opts.log.debug({ err: (e as Error).message, etcdKey: key }, 'could not write a key on the liveness lease; will retry');
+          } else if (!this.refused.has(key)) {
+            // etcd said no (permission denied: an RBAC role without this key): tried again only with the next value.
+            this.refused.add(key);
+            this.opts.log.warn({ err: (e as Error).message, etcdKey: key }, 'etcd refused a key on the liveness lease; not retrying it');
+          }
+          return;
+        }
+        this.refused.delete(key);
+      }
+    } finally {
+      this.writing = false;
+    }
   }
 
   /** Revokes the lease, so the key disappears now; if etcd does not answer, it expires with its TTL. */
@@ -113,6 +162,8 @@ export class Liveness {
       this.lease = lease;
       settled();
       log.info({ ttl: this.opts.ttlSec }, 'liveness established');
+      for (const k of this.extra.keys()) this.unwritten.add(k); // (a new lease carries none of them)
+      void this.writeExtra();
       // 2. keep alive until lost
       await this.keepAlive(lease);
       if (!this.stopped && this.lease === lease) {
@@ -159,6 +210,7 @@ export class Liveness {
         lastOk = this.now();
         retrying = false;
         link.ok();
+        if (this.unwritten.size > 0) void this.writeExtra(); // (held back while etcd was down)
       } catch (e) {
         if (this.stopped) return;
         if (e === MOVED) {

@@ -4,7 +4,7 @@ import type { Logger } from '../log';
 import { formatPrefix, parseOverlayCidr } from '../util/ipv4';
 import { etcdCall } from './etcd';
 import { etcdPages, readPrefix } from './range';
-import { checkName, networkKey, networkPrefix, NETWORKS_ROOT, parseKey } from './keys';
+import { checkName, networkKey, networkPrefix, NETWORKS_ROOT, parseKey, viewsPrefix } from './keys';
 import { DEFAULT_MTU, DEFAULT_PORT, isBase64Of, MTU_MAX, MTU_MIN, NetworkSpec, parseNetworkSpec, serializeNetworkSpec } from './records';
 
 /** Network specs: create (atomically, refusing an existing name), get, list, delete. */
@@ -93,7 +93,7 @@ export async function listNetworks(client: Etcd3, log?: Logger): Promise<Network
 }
 
 /**
- * Deletes the spec and everything under it (hosts, leases, alive keys) in one transaction.
+ * Deletes the spec and everything under it (hosts, leases, alive keys), and the hosts' views, in one transaction.
  * Throws ENONET when there was no spec (orphaned children are removed anyway).
  */
 export async function deleteNetwork(client: Etcd3, name: string): Promise<void> {
@@ -101,8 +101,8 @@ export async function deleteNetwork(client: Etcd3, name: string): Promise<void> 
   const res = await etcdCall(`delete network ${name}`, () =>
     client
       .if(key, 'Create', '>', 0)
-      .then(client.delete().key(key), client.delete().prefix(networkPrefix(name)))
-      .else(client.delete().prefix(networkPrefix(name)))
+      .then(client.delete().key(key), client.delete().prefix(networkPrefix(name)), client.delete().prefix(viewsPrefix(name)))
+      .else(client.delete().prefix(networkPrefix(name)), client.delete().prefix(viewsPrefix(name)))
       .commit(),
   );
   if (!res.succeeded) throw new CladnetError('ENONET', `network ${name} does not exist`, { field: 'network' });

@@ -7,13 +7,14 @@ import { TrustAnchor } from './cert';
 import { EtcdLink } from './etcd-link';
 import { MemberEvaluator, type EvaluatorWork, type PeerDelta } from './evaluator';
 import type { AddressConflict } from './holders';
-import { aliveKey, checkName, networkPrefix } from './keys';
+import { aliveKey, checkName, networkPrefix, viewKey, viewsPrefix } from './keys';
 import { Liveness } from './liveness';
 import { PeerCache, type CacheChange } from './peer-cache';
 import { Publisher, type PublishResult } from './publisher';
 import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
-import { NetworkWatch } from './watch';
+import { VIEW_CAP_BYTES } from './views';
+import { NetworkWatch, type RawView } from './watch';
 import type { WatchHealth } from './watch-health';
 
 export type { PublishResult } from './publisher';
@@ -55,7 +56,15 @@ export type { PublishResult } from './publisher';
 export interface RegistryOptions {
   client: Etcd3;
   network: NetworkSpec;
-  self: string;
+  /** Our host name; none for an observer. */
+  self?: string;
+  /**
+   * Watch only, as no host (`cladnet dashboard`): every valid host is a member, nothing is
+   * published, and the hosts' views are kept (`views()`).
+   */
+  observer?: boolean;
+  /** Called after every change etcd brought (coalesced by the caller), peer set changed or not. */
+  onMirrorChange?: () => void;
   log: Logger;
   /** Milliseconds since the Unix epoch; drives epochs and `updated`. */
   now?: () => number;
@@ -145,6 +154,8 @@ export class Registry {
   private readonly aliveTtl: number;
   private readonly cidr: Prefix;
   private readonly cacheFile: string | undefined;
+  private readonly observer: boolean;
+  private viewValue: string | null = null;
   private closed = false;
 
   private readonly publisher: Publisher;
@@ -153,6 +164,8 @@ export class Registry {
   private readonly health: WatchHealth | undefined;
   private readonly ownLink: boolean;
   private readonly mirror: NetworkWatch;
+  /** An observer's second watch: the hosts' views (outside the network's prefix, keys.ts). */
+  private readonly viewsWatch: NetworkWatch | null;
   private readonly cache: PeerCache | null;
   private readonly revocations: Revocations;
   private readonly evaluator: MemberEvaluator;
@@ -169,7 +182,9 @@ export class Registry {
   constructor(opts: RegistryOptions) {
     this.client = opts.client;
     this.spec = opts.network;
-    this.self = checkName(opts.self, 'self');
+    this.observer = opts.observer === true;
+    if (this.observer && opts.self !== undefined) throw new CladnetError('ECONFIG', 'self: an observer is no host', { field: 'self' });
+    this.self = this.observer ? '' : checkName(opts.self, 'self');
     this.log = opts.log.child({ component: 'registry', network: opts.network.name });
     this.now = opts.now ?? Date.now;
     this.aliveTtl = opts.aliveTtlSec ?? ALIVE_TTL_SEC;
@@ -240,8 +255,22 @@ export class Registry {
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
         this.scheduleEmit();
+        opts.onMirrorChange?.();
       },
     });
+    this.viewsWatch = this.observer
+      ? new NetworkWatch({
+          client: this.client,
+          network: this.spec.name,
+          prefix: viewsPrefix(this.spec.name),
+          log: this.log,
+          link: this.link,
+          keepViews: true,
+          onRevocation: () => false,
+          onTokenRevocation: () => false,
+          onChange: () => opts.onMirrorChange?.(),
+        })
+      : null;
     this.cache = opts.cacheFile
       ? new PeerCache({ file: opts.cacheFile, network: this.spec, cidr: this.cidr, self: this.self, log: this.log, now: this.now })
       : null;
@@ -268,6 +297,7 @@ export class Registry {
    */
   async startAlive(): Promise<void> {
     if (this.closed) throw new Error('registry is closed');
+    if (this.observer) throw new Error('an observer has no liveness');
     if (this.alive) return;
     this.alive = new Liveness({
       client: this.client,
@@ -282,7 +312,23 @@ export class Registry {
       link: this.link,
       via: this.health,
     });
+    if (this.viewValue !== null) this.alive.attach(viewKey(this.spec.name, this.self), this.viewValue);
     await this.alive.start();
+  }
+
+  /**
+   * Our view of the peers (views.ts, serialized), put on the liveness lease: written once etcd
+   * answers and we hold the lease, again on every new lease, gone with it. Fire and forget
+   * (Liveness.attach): never waits, never throws, coalesced.
+   */
+  publishView(value: string): void {
+    if (this.closed || this.observer) return;
+    if (Buffer.byteLength(value) > VIEW_CAP_BYTES) {
+      this.log.debug({ bytes: Buffer.byteLength(value) }, 'view too large to publish; skipped');
+      return;
+    }
+    this.viewValue = value;
+    this.alive?.attach(viewKey(this.spec.name, this.self), value);
   }
 
   /** Revokes the lease, so /alive/<self> disappears now (the host record stays). */
@@ -328,6 +374,10 @@ export class Registry {
       this.evaluator.seed(cached, Number.isFinite(savedAt) ? Math.min(savedAt, this.now()) : this.now());
     }
     const started = await this.mirror.start();
+    if (this.viewsWatch) {
+      const views = await this.viewsWatch.start(); // (retried in the background when etcd does not answer)
+      if (views.ok) await views.attach();
+    }
     if (started.ok) {
       if (this.closed) return 'none';
       this.emit();
@@ -346,6 +396,21 @@ export class Registry {
   /** True while etcd answers: the last load succeeded and the watch stream has not been lost since. */
   connected(): boolean {
     return this.mirror.connected();
+  }
+
+  /** The hosts' views as stored (an observer's only; empty otherwise). */
+  views(): ReadonlyMap<string, RawView> {
+    return this.viewsWatch?.views ?? new Map<string, RawView>();
+  }
+
+  /** Hosts whose alive key is in etcd now. */
+  aliveHosts(): ReadonlySet<string> {
+    return this.mirror.aliveNames;
+  }
+
+  /** Hosts skipped now because their certificate is revoked. */
+  revokedHosts(): string[] {
+    return this.evaluator.revoked();
   }
 
   /** Addresses claimed by two valid certificates, as of the last peer computation (copies). */
@@ -501,6 +566,7 @@ export class Registry {
     this.evaluator.close();
     if (this.ownLink) this.link.close();
     await this.mirror.close();
+    await this.viewsWatch?.close();
     await this.publisher.settled();
     await this.cache?.close();
   }

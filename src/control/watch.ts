@@ -52,6 +52,17 @@ export interface NetworkWatchOptions {
   onChange: () => void;
   /** With several etcd members: where the watch runs, and its health check (not owned). */
   health?: WatchHealth;
+  /**
+   * Keep the hosts' views (/views/<name>, raw) in `views` (the dashboard). Off for agents: they
+   * skip those keys without a look.
+   */
+  keepViews?: boolean;
+}
+
+/** A host's view as stored (views.ts parses it). */
+export interface RawView {
+  readonly modRevision: string;
+  readonly value: Buffer;
 }
 
 export interface WatchCounters {
@@ -78,6 +89,8 @@ export class NetworkWatch {
   readonly hosts = new Map<string, HostEntry>();
   readonly aliveNames = new Set<string>();
   readonly leases = new Map<string, string | null>();
+  /** Hosts' views, only with `keepViews`. */
+  readonly views = new Map<string, RawView>();
   readonly counters: WatchCounters = {
     reloads: 0,
     loadPages: 0,
@@ -167,6 +180,7 @@ export class NetworkWatch {
     this.hosts.clear();
     this.aliveNames.clear();
     this.leases.clear();
+    this.views.clear();
     this.touched = emptyTouched(true);
     for (const kv of res.kvs) this.applyKv(kv, false);
     for (const kv of res.unreadable) this.skipUnreadable(kv);
@@ -436,6 +450,12 @@ export class NetworkWatch {
           const lease = parseLeaseRecord(kv.value);
           this.leases.set(k.ip, lease.ok ? lease.value.host : null);
         }
+        return true;
+      }
+      case 'view': {
+        if (!this.opts.keepViews) return false;
+        if (deleted) this.views.delete(k.name);
+        else this.views.set(k.name, { modRevision: kv.mod_revision, value: kv.value });
         return true;
       }
       case 'revoked':

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createEtcd, type EtcdOptions } from '../../src/control/etcd';
-import { hostKey, leaseKey, networkKey, revokedKey } from '../../src/control/keys';
+import { hostKey, leaseKey, networkKey, revokedKey, viewKey } from '../../src/control/keys';
 import { createNetworkWithKey, issueHost } from '../../src/control/membership';
 import { getNetwork } from '../../src/control/networks';
 import { HostCert, HostRecord, NetworkSpec } from '../../src/control/records';
@@ -100,9 +100,17 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
       root('role', 'grant-permission', role, '--prefix=true', 'read', '/cladnet/v1/networks/prod/');
       root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/networks/prod/hosts/${h}`);
       root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/networks/prod/alive/${h}`);
+      root('role', 'grant-permission', role, 'readwrite', `/cladnet/v1/views/prod/${h}`);
       root('user', 'add', `host-prod-${h}`, `--new-user-password=${h}-pw`);
       root('user', 'grant-role', `host-prod-${h}`, role);
     }
+    // The dashboard (`cladnet dashboard`): read only.
+    root('role', 'add', 'cladnet-prod-dashboard');
+    root('role', 'grant-permission', 'cladnet-prod-dashboard', 'read', '/cladnet/v1/networks/prod');
+    root('role', 'grant-permission', 'cladnet-prod-dashboard', '--prefix=true', 'read', '/cladnet/v1/networks/prod/');
+    root('role', 'grant-permission', 'cladnet-prod-dashboard', '--prefix=true', 'read', '/cladnet/v1/views/prod/');
+    root('user', 'add', 'dashboard-prod', '--new-user-password=dash-pw');
+    root('user', 'grant-role', 'dashboard-prod', 'cladnet-prod-dashboard');
 
     // The operator creates the network and issues both hosts (password from a file, as documented).
     const pwFile = path.join(dir, 'operator.pw');
@@ -131,6 +139,19 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     }
     await waitFor(() => w1.snaps.at(-1)?.has('web-2') && w2.snaps.at(-1)?.has('web-1'), 3000, 'web-1 and web-2 see each other');
 
+    // Each host writes its own view on its liveness lease; the dashboard's user reads them all.
+    const viewOf = (host: string, peer: string) =>
+      JSON.stringify({ version: 1, host, network: 'prod', at: new Date().toISOString(), reflexive: null, nat: 'unknown', peers: { [peer]: { state: 'up', path: 'public', rttMs: 1 } } });
+    w1.reg.publishView(viewOf('web-1', 'web-2'));
+    w2.reg.publishView(viewOf('web-2', 'web-1'));
+    const dash = new Registry({ client: client({ auth: { username: 'dashboard-prod', password: 'dash-pw' } }), network: spec, observer: true, log: silentLogger });
+    registries.push(dash);
+    expect(await dash.watch(() => undefined)).toBe('etcd');
+    await waitFor(() => dash.views().size === 2 && dash.peers().size === 2, 3000, 'the dashboard sees both hosts and their views');
+    const dc = client({ auth: { username: 'dashboard-prod', password: 'dash-pw' } });
+    const dashDenied = await rejection(dc.put(viewKey('prod', 'web-1')).value('{}').exec());
+    expect(dashDenied.message).toMatch(/permission denied/i);
+
     // ...and nothing else: no other host's record, no revocation, no lease, no network spec.
     const denied = async (what: string, p: PromiseLike<unknown>) => {
       const err = await rejection(p);
@@ -138,6 +159,8 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     };
     await denied("web-1 writes web-2's record", w1.c.put(hostKey('prod', 'web-2')).value('{}').exec());
     await denied('web-1 writes a revocation', w1.c.put(revokedKey('prod', 'web-2')).value('{}').exec());
+    await denied("web-1 writes web-2's view", w1.c.put(viewKey('prod', 'web-2')).value('{}').exec());
+    await denied("web-1 reads web-2's view", w1.c.get(viewKey('prod', 'web-2')).exec());
     await denied('web-1 writes a lease', w1.c.put(leaseKey('prod', '100.64.0.9')).value('{}').exec());
     await denied('web-1 rewrites the network spec', w1.c.put(networkKey('prod')).value('{}').exec());
     await denied('web-1 deletes the network', w1.c.delete().prefix('/cladnet/v1/networks/prod').exec());
@@ -145,6 +168,7 @@ describe('etcd RBAC: each agent may write its own keys only', () => {
     // Stopping works: the liveness lease is revoked with the host's own rights.
     await w1.reg.stopAlive();
     await waitFor(() => w2.reg.etcdView('web-1')?.alive === false, 3000, "web-2 sees web-1's alive key go");
+    await waitFor(() => !dash.views().has('web-1') && dash.views().has('web-2'), 3000, "web-1's view goes with its lease");
 
     // No user: no access at all. A wrong password: refused.
     await rejection(client({}).get(networkKey('prod')).exec());

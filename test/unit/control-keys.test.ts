@@ -10,6 +10,8 @@ import {
   networkKey,
   networkPrefix,
   parseKey,
+  viewKey,
+  viewsPrefix,
 } from '../../src/control/keys';
 
 describe('name validation', () => {
@@ -64,10 +66,18 @@ describe('parseKey', () => {
     expect(parseKey('/cladnet/v1/networks/demo/leases/100.64.0.9')).toEqual({ kind: 'lease', network: 'demo', ip: '100.64.0.9' });
     expect(parseKey('/cladnet/v1/networks/demo/issued/c')).toEqual({ kind: 'issued', network: 'demo', name: 'c' });
     expect(parseKey('/cladnet/v1/networks/demo/issued/C')).toBeNull();
+    expect(parseKey('/cladnet/v1/views/demo/h1')).toEqual({ kind: 'view', network: 'demo', name: 'h1' });
+  });
+
+  it('keeps views outside the network prefix (agents watching their network never receive them)', () => {
+    expect(viewKey('demo', 'h1')).toBe('/cladnet/v1/views/demo/h1');
+    expect(viewsPrefix('demo')).toBe('/cladnet/v1/views/demo/');
+    expect(viewKey('demo', 'h1').startsWith(networkPrefix('demo'))).toBe(false);
+    expect(() => viewKey('demo', 'a/b')).toThrow(/not a valid name/);
   });
 
   it('round-trips every builder', () => {
-    for (const k of [networkKey('n1'), hostKey('n1', 'h'), aliveKey('n1', 'h'), leaseKey('n1', '10.0.0.1'), issuedKey('n1', 'h')]) {
+    for (const k of [networkKey('n1'), hostKey('n1', 'h'), aliveKey('n1', 'h'), leaseKey('n1', '10.0.0.1'), issuedKey('n1', 'h'), viewKey('n1', 'h')]) {
       expect(parseKey(k)).not.toBeNull();
     }
   });
@@ -83,6 +93,10 @@ describe('parseKey', () => {
     '/cladnet/v1/networks/demo/other/a',
     '/cladnet/v1/networks/Demo',
     '/cladnet/v2/networks/demo',
+    '/cladnet/v1/views/demo',
+    '/cladnet/v1/views/demo/',
+    '/cladnet/v1/views/demo/h1/x',
+    '/cladnet/v1/views/Demo/h1',
     'demo',
   ])('returns null for %s', (k) => {
     expect(parseKey(k)).toBeNull();

@@ -45,6 +45,7 @@ import {
   type RevocationRecord,
 } from '../../src/control/records';
 import { loadEd25519 } from '../../src/crypto/sign';
+import { viewKey } from '../../src/control/keys';
 import { casesFor, check, fuzz, mutate, type Rand } from '../helpers/fuzz';
 
 // ---------------------------------------------------------------------------------------------
@@ -847,6 +848,8 @@ function keyInput(r: Rand): { raw: string | Buffer; built: ParsedKey | null } {
 /** What a parsed key must look like: exactly the documented fields, and its builder gives back the key. */
 function rebuild(k: ParsedKey): string {
   switch (k.kind) {
+    case 'view':
+      return viewKey(k.network, k.name);
     case 'network':
       return networkKey(k.network);
     case 'host':
@@ -869,6 +872,7 @@ function rebuild(k: ParsedKey): string {
 }
 
 const KEY_FIELDS: Record<ParsedKey['kind'], string[]> = {
+  view: ['kind', 'network', 'name'],
   network: ['kind', 'network'],
   host: ['kind', 'network', 'name'],
   alive: ['kind', 'network', 'name'],
