@@ -93,6 +93,11 @@ missing=()
 for entry in "${PKGS[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
 done
+# The data plane seals with Debian's libsodium through koffi (src/os/ffi/libsodium.ts; without it
+# the agent falls back to sodium-native, slower per packet). A library has no command either.
+if ! dpkg-query -W -f='${Status}' libsodium23 2>/dev/null | grep -q 'ok installed'; then
+  missing+=(libsodium23)
+fi
 # PyNaCl has no command: test/unit/noise-kat.test.ts regenerates the handshake vectors with
 # Debian's python3 (test/vectors/noise_kat.py) when it can import nacl.
 if [ "$MODE" = test ] && ! /usr/bin/python3 -c 'import nacl.bindings' >/dev/null 2>&1; then

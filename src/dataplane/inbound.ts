@@ -322,7 +322,7 @@ export class Inbound {
       return;
     }
     // 4. open
-    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
