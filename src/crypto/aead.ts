@@ -32,6 +32,7 @@ export interface Aead {
 
 /** Largest packet a scratch region must hold (jumbo-frame MTUs included). */
 const SCRATCH_MAX = 65536;
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const AD_MAX = 64;
 
 /**
@@ -225,12 +226,15 @@ export class FfiAead implements Aead {
   private readonly free: number[] = [];
   private readonly noncePtr: number;
   private readonly nonce: Buffer;
+  /** The nonce as 32-bit words, on a little-endian host (one store per word); else null. */
+  private readonly nonce32: Uint32Array | null;
 
   private constructor(private readonly lib: Libsodium) {
     this.noncePtr = lib.sodiumMalloc(16);
     if (this.noncePtr === 0) throw new Error('sodium_malloc failed');
     this.nonce = lib.view(this.noncePtr, 12);
     this.nonce.fill(0);
+    this.nonce32 = LITTLE_ENDIAN && this.noncePtr % 4 === 0 ? new Uint32Array(this.nonce.buffer, this.nonce.byteOffset, 3) : null;
   }
 
   /** Null when libsodium.so.23 is not installed. */
@@ -264,8 +268,16 @@ export class FfiAead implements Aead {
 
   private setNonce(counter: number): void {
     // counter < 2^53: `>>> 0` takes it modulo 2^32
-    this.nonce.writeUInt32LE(counter >>> 0, 4);
-    this.nonce.writeUInt32LE((counter / 0x1_0000_0000) >>> 0, 8);
+    const lo = counter >>> 0;
+    const hi = (counter / 0x1_0000_0000) >>> 0;
+    const w = this.nonce32;
+    if (w !== null) {
+      w[1] = lo;
+      w[2] = hi;
+    } else {
+      this.nonce.writeUInt32LE(lo, 4);
+      this.nonce.writeUInt32LE(hi, 8);
+    }
   }
 
   seal(handle: number, counter: number, buf: Buffer, adOff: number, adLen: number, off: number, len: number, addr = 0): number {
