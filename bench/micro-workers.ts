@@ -2,10 +2,11 @@
  * `npm run bench:workers`: does the stage path scale over cores? Without the kernel, W worker
  * threads each run micro.ts's stage path (Outbound on host A -> Inbound on host B, batches of 64
  * packets in native memory, the AEAD the agent would pick) as fast as they can for a fixed time,
- * W = 1 and W = 2, rounds interleaved. Each worker has its own peers, sessions, keys and counters,
- * as in the multi-worker design (docs/performance.md, "Many cores"): nothing is shared between
- * workers but the process, so this measures what the design leaves to contention (allocator, GC,
- * memory bandwidth, the cores themselves).
+ * W = 1 and W = 2, rounds interleaved. Each worker has its own peers, sessions and keys; as in
+ * the multi-worker design (docs/design.md, "Many cores"), every batch first reserves its 64
+ * counters from one word shared by all workers with Atomics.add (the send counter of a session
+ * all workers seal for). Nothing else is shared, so this measures what the design leaves to
+ * contention (that cache line, allocator, GC, memory bandwidth, the cores themselves).
  *
  * Reported per W (best round by throughput): packets per second of wall time (all workers), CPU
  * time per packet (each worker's own thread time, /proc/thread-self/schedstat), and the cores the
@@ -31,6 +32,8 @@ interface WorkerJob {
   readonly backend: AeadBackend;
   /** [0] start flag, [1] stop flag. */
   readonly flags: SharedArrayBuffer;
+  /** The shared send counter (BigInt64, one word), reserved per batch. */
+  readonly counter: SharedArrayBuffer;
 }
 
 interface WorkerReport {
@@ -48,6 +51,8 @@ function threadCpuNs(): number {
 
 async function workerMain(job: WorkerJob): Promise<void> {
   const flags = new Int32Array(job.flags);
+  const counter = new BigInt64Array(job.counter);
+  const block = BigInt(BATCH);
   const aead = await createAead(job.backend);
   const c = stagesCase(aead, job.size);
   const warmEnd = performance.now() + 300;
@@ -57,6 +62,7 @@ async function workerMain(job: WorkerJob): Promise<void> {
   const cpu0 = threadCpuNs();
   let batches = 0;
   while (Atomics.load(flags, 1) === 0) {
+    Atomics.add(counter, 0, block);
     c.stages.fn();
     batches++;
   }
@@ -86,8 +92,9 @@ interface RunResult {
 /** One timed run of `n` workers. */
 async function runOnce(n: number, size: number, backend: AeadBackend, seconds: number): Promise<RunResult> {
   const flags = new SharedArrayBuffer(8);
+  const counter = new SharedArrayBuffer(8);
   const f = new Int32Array(flags);
-  const workers = Array.from({ length: n }, () => new Worker(__filename, { workerData: { size, backend, flags } satisfies WorkerJob }));
+  const workers = Array.from({ length: n }, () => new Worker(__filename, { workerData: { size, backend, flags, counter } satisfies WorkerJob }));
   const reports: Promise<WorkerReport>[] = [];
   const ready: Promise<void>[] = [];
   for (const w of workers) {
@@ -112,6 +119,7 @@ async function runOnce(n: number, size: number, backend: AeadBackend, seconds: n
     const bad = rs.find((r) => r.error !== undefined);
     if (bad) throw new Error(`a worker's stage path failed its check: ${bad.error}`);
     const packets = rs.reduce((a, r) => a + r.packets, 0);
+    if (new BigInt64Array(counter)[0] !== BigInt(packets)) throw new Error('the shared counter does not add up to the packets sealed');
     const cpuNs = rs.reduce((a, r) => a + r.cpuNs, 0);
     return { workers: n, wallMs, packets, pps: packets / (wallMs / 1000), cpuNsPerPacket: cpuNs / packets, cores: cpuNs / 1e6 / wallMs, aead: rs[0]!.aead };
   } finally {
