@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Aead, createAead, FfiAead, KEY_LEN, NativeAead, TAG_BYTES, WasmAead } from '../../src/crypto/aead';
+import { type Aead, createAead, EVP_MIN, FfiAead, KEY_LEN, NativeAead, TAG_BYTES, WasmAead } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { COUNTER_LIMIT } from '../../src/dataplane/wire';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
@@ -47,15 +47,17 @@ const ffiHere = FfiAead.tryCreate() !== null;
 const backends: Backend[] = [
   { label: 'WasmAead', name: 'libsodium-wasm', make: () => WasmAead.create(), native: false, wipes: false },
   { label: 'NativeAead', name: 'sodium-native', make: async () => NativeAead.tryCreate()!, native: false, wipes: true },
-  { label: 'FfiAead on Buffers', name: 'libsodium-ffi', make: async () => FfiAead.tryCreate()!, native: false, wipes: true },
-  { label: 'FfiAead on native memory', name: 'libsodium-ffi', make: async () => FfiAead.tryCreate()!, native: true, wipes: true },
+  { label: 'FfiAead on Buffers', name: 'libsodium+openssl-ffi', make: async () => FfiAead.tryCreate()!, native: false, wipes: true },
+  // On native memory, packets of EVP_MIN bytes and more go through OpenSSL
+  { label: 'FfiAead on native memory', name: 'libsodium+openssl-ffi', make: async () => FfiAead.tryCreate()!, native: true, wipes: true },
+  { label: 'FfiAead without OpenSSL on native memory', name: 'libsodium-ffi', make: async () => FfiAead.tryCreate(false)!, native: true, wipes: true },
 ];
 
 describe('createAead', () => {
   it('prefers Debian libsodium through koffi, then sodium-native, and honours a forced backend', async () => {
     expect(ffiHere).toBe(true); // libsodium23 is installed by scripts/setup.sh
-    expect((await createAead()).name).toBe('libsodium-ffi');
-    expect((await createAead('ffi')).name).toBe('libsodium-ffi');
+    expect((await createAead()).name).toBe('libsodium+openssl-ffi'); // libcrypto.so.3 comes with Debian
+    expect((await createAead('ffi')).name).toBe('libsodium+openssl-ffi');
     expect((await createAead('native')).name).toBe('sodium-native');
     expect((await createAead('wasm')).name).toBe('libsodium-wasm');
   });
@@ -103,7 +105,7 @@ describe.each(backends)('$label', (backend) => {
     expect(aead.name).toBe(backend.name);
   });
 
-  it.each([0, 1, 64, 1400, 9000, 65536])('seals and opens %d bytes in place, matching libsodium', (len) => {
+  it.each([0, 1, 64, EVP_MIN - 1, EVP_MIN, 1400, 9000, 65536])('seals and opens %d bytes in place, matching libsodium', (len) => {
     const key = randomBytes(32);
     const h = aead.loadKey(key);
     const plain = randomBytes(len);
@@ -131,12 +133,16 @@ describe.each(backends)('$label', (backend) => {
     (counter) => {
       const key = randomBytes(32);
       const h = aead.loadKey(key);
-      const plain = randomBytes(100);
-      const ad = randomBytes(AD_LEN);
-      const { buf, adOff, off } = slot(plain, ad);
-      aead.seal(h, counter, buf, adOff, AD_LEN, off, plain.length, addrOf(buf));
-      const reference = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plain, ad, null, nonceFor(counter), key);
-      expect(Buffer.from(buf.subarray(off, off + plain.length + TAG_BYTES)).equals(Buffer.from(reference))).toBe(true);
+      for (const size of [100, EVP_MIN + 10]) {
+        const plain = randomBytes(size);
+        const ad = randomBytes(AD_LEN);
+        const { buf, adOff, off } = slot(plain, ad);
+        aead.seal(h, counter, buf, adOff, AD_LEN, off, plain.length, addrOf(buf));
+        const reference = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(plain, ad, null, nonceFor(counter), key);
+        expect(Buffer.from(buf.subarray(off, off + plain.length + TAG_BYTES)).equals(Buffer.from(reference))).toBe(true);
+        expect(aead.open(h, counter, buf, adOff, AD_LEN, off, size + TAG_BYTES, addrOf(buf))).toBe(size);
+        expect(buf.subarray(off, off + size).equals(plain)).toBe(true);
+      }
       aead.dropKey(h);
     },
   );
@@ -155,7 +161,7 @@ describe.each(backends)('$label', (backend) => {
   });
 
   describe('refuses forgeries and leaves the buffer untouched', () => {
-    const len = 200;
+    const len = EVP_MIN + 88; // on native memory, OpenSSL's path (the small-packet path: 'a dropped key', 64 B)
     const counter = 42;
     function sealed(): { key: Buffer; h: number; buf: Buffer; adOff: number; off: number } {
       const key = randomBytes(32);
