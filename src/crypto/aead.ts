@@ -34,7 +34,7 @@ export interface Aead {
 /** Largest packet a scratch region must hold (jumbo-frame MTUs included). */
 const SCRATCH_MAX = 65536;
 /** Packets (plaintext bytes) from this size on are sealed and opened by OpenSSL in FfiAead. */
-export const EVP_MIN = 512;
+export const EVP_MIN = 640;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const AD_MAX = 64;
 
