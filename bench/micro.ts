@@ -15,7 +15,7 @@
  * machine only ever adds time), the trials of all cases interleaved so that it falls on all alike.
  */
 import { randomBytes } from 'node:crypto';
-import { createAead, type Aead } from '../src/crypto/aead';
+import { type AeadBackend, createAead, type Aead } from '../src/crypto/aead';
 import { PacketBatch, SendList, slotSizeFor } from '../src/dataplane/batch';
 import { FakeTun } from '../src/dataplane/fakes';
 import { Inbound } from '../src/dataplane/inbound';
@@ -25,10 +25,11 @@ import { Sessions } from '../src/dataplane/sessions';
 import { systemClock, type WorkerPeer } from '../src/dataplane/peer';
 import { DataplaneStats } from '../src/dataplane/stats';
 import { HEADER_LEN, TAG_LEN } from '../src/dataplane/wire';
+import { allocNative, type NativeBlock } from '../src/os/ffi/mem';
 import { sig } from './stats';
 
 export const MICRO_SIZES = [64, 1400] as const;
-const BATCH = 64;
+export const BATCH = 64;
 const MTU = 1420;
 const TRIALS = 7;
 
@@ -47,7 +48,7 @@ export interface MicroResult {
   readonly errors: string[];
 }
 
-interface Case {
+export interface Case {
   readonly fn: () => void;
   /** Packets handled by one call of fn. */
   readonly perCall: number;
@@ -116,12 +117,22 @@ interface SizeCases {
   close(): void;
 }
 
+/** Native memory for the cases, as the worker's batches are (the AEAD gets its address); freed by close(). */
+const blocks: NativeBlock[] = [];
+function native(size: number): NativeBlock {
+  const b = allocNative(size);
+  blocks.push(b);
+  return b;
+}
+
 function sealCase(aead: Aead, key: number, size: number): Case {
   // One slot sealed over and over (the cipher does not care what the bytes are).
-  const one = Buffer.alloc(HEADER_LEN + size + TAG_LEN);
+  const mem = native(HEADER_LEN + size + TAG_LEN);
+  const one = mem.buf;
+  const addr = Number(mem.ptr);
   randomBytes(size).copy(one, HEADER_LEN);
   let counter = 0;
-  return newCase(() => void aead.seal(key, counter++, one, 0, HEADER_LEN, HEADER_LEN, size), 1);
+  return newCase(() => void aead.seal(key, counter++, one, 0, HEADER_LEN, HEADER_LEN, size, addr), 1);
 }
 
 /** A batch of distinct ciphertexts, restored (one memcpy) before each pass; `restore` times that copy alone. */
@@ -134,13 +145,15 @@ function openCases(aead: Aead, key: number, size: number): { open: Case; restore
     randomBytes(size).copy(pristine, off + HEADER_LEN);
     aead.seal(key, i, pristine, off, HEADER_LEN, off + HEADER_LEN, size);
   }
-  const work = Buffer.alloc(pristine.length);
+  const mem = native(pristine.length);
+  const work = mem.buf;
+  const addr = Number(mem.ptr);
   let bad = 0;
   const open = newCase(() => {
     pristine.copy(work);
     for (let i = 0; i < BATCH; i++) {
       const off = i * slot;
-      if (aead.open(key, i, work, off, HEADER_LEN, off + HEADER_LEN, size + TAG_LEN) !== size) bad++;
+      if (aead.open(key, i, work, off, HEADER_LEN, off + HEADER_LEN, size + TAG_LEN, addr) !== size) bad++;
     }
   }, BATCH);
   const restore = newCase(() => void pristine.copy(work), BATCH);
@@ -151,8 +164,11 @@ function peer(o: Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp'>, k: { txKey: Ui
   return { allowed: [], endpointIp: 0xc6120202, endpointPort: 51820, sessions: [{ keyId: 1, confirmed: true, sendUntil: Infinity, ...k }], ...o };
 }
 
-/** Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. */
-function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
+/**
+ * Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. `stages.fn`
+ * moves one batch of BATCH packets; close() also frees the case's native memory.
+ */
+export function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
   const ipA = 0x64400001; // 100.64.0.1
   const ipB = 0x64400002;
   const kAB = randomBytes(32);
@@ -171,7 +187,8 @@ function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; cl
   inb.setPeers(peersOfB);
 
   const slotSize = slotSizeFor(MTU);
-  const batch = new PacketBatch(Buffer.alloc(slotSize * BATCH), slotSize, BATCH);
+  const mem = native(slotSize * BATCH);
+  const batch = new PacketBatch(mem.buf, slotSize, BATCH, mem.ptr);
   const list = new SendList(BATCH);
   const pkt = ipv4Packet(size, ipA, ipB);
   let delivered = 0;
@@ -206,6 +223,9 @@ function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; cl
     close() {
       out.setPeers([]);
       inb.close();
+      const k = blocks.indexOf(mem);
+      if (k >= 0) blocks.splice(k, 1);
+      mem.free();
     },
   };
 }
@@ -231,8 +251,8 @@ function sizeCases(aead: Aead, size: number): SizeCases {
   };
 }
 
-export async function runMicro(log: (msg: string) => void): Promise<MicroResult> {
-  const aead = await createAead();
+export async function runMicro(log: (msg: string) => void, backend: AeadBackend = 'auto'): Promise<MicroResult> {
+  const aead = await createAead(backend);
   const r: MicroResult = { aead: aead.name, batch: BATCH, statistic: `fastest of ${TRIALS} interleaved trials`, sealNs: {}, openNs: {}, stagesNs: {}, stageOverheadNs: {}, restoreNs: {}, errors: [] };
   const bySize = MICRO_SIZES.map((size) => ({ size, c: sizeCases(aead, size) }));
   try {
@@ -259,6 +279,7 @@ export async function runMicro(log: (msg: string) => void): Promise<MicroResult>
     }
   } finally {
     for (const { c } of bySize) c.close();
+    for (const b of blocks.splice(0)) b.free();
   }
   return r;
 }

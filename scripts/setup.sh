@@ -101,6 +101,12 @@ missing=()
 for entry in "${PKGS[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
 done
+# The data plane seals with Debian's libsodium and OpenSSL through koffi (src/os/ffi/libsodium.ts,
+# libcrypto.ts; without them the agent falls back to sodium-native, slower per packet). Libraries
+# have no command either.
+for lib in libsodium23 libssl3; do
+  dpkg-query -W -f='${Status}' "$lib" 2>/dev/null | grep -q 'ok installed' || missing+=("$lib")
+done
 # PyNaCl has no command: test/unit/noise-kat.test.ts regenerates the handshake vectors with
 # Debian's python3 (test/vectors/noise_kat.py) when it can import nacl.
 if [ "$MODE" = test ] && ! /usr/bin/python3 -c 'import nacl.bindings' >/dev/null 2>&1; then

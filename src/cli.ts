@@ -78,7 +78,7 @@ export function buildProgram(): Command {
     .option('--socket <path>', `status socket (default ${DEFAULT_SOCKET})`)
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)')
     .option('--batch <n>', 'packets per data-plane batch (default 64)')
-    .option('--crypto <backend>', 'AEAD backend: auto|native|wasm (default auto)')
+    .option('--crypto <backend>', 'AEAD backend: auto|ffi|native|wasm (default auto)')
     .option('--offload <bool>', 'TUN segmentation/checksum offloads (default true)')
     .option('--udp-offload <bool>', 'UDP GSO on send and GRO on receive: runs of datagrams to one peer cross the kernel as one (default true)')
     .option('--advertise <endpoints>', 'endpoints to publish instead of interface addresses (ip or ip:port, comma separated)')

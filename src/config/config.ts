@@ -23,7 +23,7 @@ export interface AgentConfig {
   /** Packets per data-plane batch. */
   readonly batch: number;
   /** AEAD implementation: auto (fastest that loads), native (sodium-native), wasm (libsodium-wrappers). */
-  readonly crypto: 'auto' | 'native' | 'wasm';
+  readonly crypto: 'auto' | 'ffi' | 'native' | 'wasm';
   /** Use TUN offloads (TSO/checksum) when the kernel offers them. */
   readonly offload: boolean;
   /** UDP GSO on send (runs of datagrams to one peer as one message) and GRO on receive, when the kernel allows. */
@@ -93,7 +93,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'socket', flag: 'socket', env: 'CLADNET_SOCKET', kind: 'string', def: () => '/run/cladnet/cladnet.sock' },
   { key: 'logLevel', flag: 'logLevel', env: 'CLADNET_LOG_LEVEL', kind: 'level', def: () => 'info' },
   { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
-  { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'enum', values: ['auto', 'native', 'wasm'], def: () => 'auto' },
+  { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'enum', values: ['auto', 'ffi', 'native', 'wasm'], def: () => 'auto' },
   { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'udpOffload', flag: 'udpOffload', env: 'CLADNET_UDP_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'advertise', flag: 'advertise', env: 'CLADNET_ADVERTISE', kind: 'list', def: () => [] },

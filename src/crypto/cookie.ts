@@ -139,7 +139,7 @@ class Cookies implements WorkerCookies {
 }
 
 /** Worker cookies for the host whose static public key is `staticPublic`; call tick() before use. */
-export async function createWorkerCookies(staticPublic: Uint8Array, backend: 'auto' | 'native' | 'wasm' = 'auto'): Promise<WorkerCookies> {
+export async function createWorkerCookies(staticPublic: Uint8Array, backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto'): Promise<WorkerCookies> {
   const s = await loadSodium();
   const label = new Uint8Array(LABEL_COOKIE.length + staticPublic.length);
   label.set(LABEL_COOKIE);

@@ -67,7 +67,7 @@ class PortableMac1 implements Mac1Check {
 }
 
 /** The mac1 check for messages to the host whose static public key is `staticPublic`. */
-export async function createMac1Check(staticPublic: Uint8Array, backend: 'auto' | 'native' | 'wasm' = 'auto'): Promise<Mac1Check> {
+export async function createMac1Check(staticPublic: Uint8Array, backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto'): Promise<Mac1Check> {
   const s = await loadSodium();
   const label = new Uint8Array(LABEL_MAC1.length + staticPublic.length);
   label.set(LABEL_MAC1);

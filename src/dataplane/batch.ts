@@ -21,6 +21,8 @@ export class PacketBatch {
   readonly port: Uint16Array;
   /** Wire flags of each slot's packet (FLAG_CSUM_PARTIAL). */
   readonly flags: Uint8Array;
+  /** `basePtr` as a number (0: not native memory), what the AEAD takes. */
+  readonly addr: number;
 
   constructor(
     /** All slots, back to back. May be a view of native memory (then `basePtr` is its address). */
@@ -34,6 +36,7 @@ export class PacketBatch {
     this.ip = new Uint32Array(capacity);
     this.port = new Uint16Array(capacity);
     this.flags = new Uint8Array(capacity);
+    this.addr = Number(basePtr);
   }
 
   offset(i: number): number {

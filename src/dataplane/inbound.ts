@@ -144,6 +144,8 @@ export class Inbound {
   /** While a relayed datagram is checked: the overlay address its relay names as the sender. */
   private relayOrigin = 0;
   private readonly relayEnabled: boolean;
+  /** Wall clock (ms) for the batch being processed: the peers' last-receive time. */
+  private now = 0;
 
   constructor(
     private readonly aead: Aead,
@@ -266,6 +268,7 @@ export class Inbound {
   /** Steps 1-7 over n datagrams received into `batch`. */
   process(batch: PacketBatch, n: number, tun: TunIo): void {
     this.cookies?.tick(this.clock.mono());
+    this.now = this.clock.now(); // one reading per batch (ms resolution; a batch takes well under that)
     for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun);
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
@@ -322,7 +325,7 @@ export class Inbound {
       return;
     }
     // 4. open
-    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
@@ -339,7 +342,7 @@ export class Inbound {
     }
     const s = this.stats.peers;
     const base = peer.cfg.slot * PEER_STRIDE;
-    const now = this.clock.now();
+    const now = this.now;
     s[base + P_RX_BYTES] += len;
     s[base + P_RX_PKTS]! += 1;
     s[base + P_LAST_RX] = now;

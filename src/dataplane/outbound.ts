@@ -117,6 +117,8 @@ export class Outbound {
   private readonly prefixes = new PrefixTable<OutPeer>();
   /** When each destination without a session was last reported (mono ms). */
   private readonly wanted = new Map<number, number>();
+  /** Wall clock (ms) read once for the batch process() is sealing, else -1 (read per message). */
+  private batchNow = -1;
   /** When timers() last ran (mono ms). */
   private lastTimers = -Infinity;
   /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
@@ -193,6 +195,15 @@ export class Outbound {
   process(batch: PacketBatch, n: number, list: SendList): void {
     const buf = batch.buf;
     list.count = 0;
+    this.batchNow = this.clock.now();
+    try {
+      this.processBatch(batch, buf, n, list);
+    } finally {
+      this.batchNow = -1;
+    }
+  }
+
+  private processBatch(batch: PacketBatch, buf: Buffer, n: number, list: SendList): void {
     for (let i = 0; i < n; i++) {
       const off = batch.offset(i);
       const pkt = off + HEADER_LEN;
@@ -241,14 +252,14 @@ export class Outbound {
     const off = batch.offset(i);
     const counter = session.counter++;
     writeHeader(batch.buf, off, session.txIndex, counter, flags);
-    this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen);
+    this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen, batch.addr);
     const total = HEADER_LEN + plainLen + TAG_LEN;
     batch.len[i] = total;
     const s = this.stats.peers;
     const base = peer.cfg.slot * PEER_STRIDE;
     s[base + P_TX_BYTES] += total;
     s[base + P_TX_PKTS]! += 1;
-    s[base + P_LAST_TX] = this.clock.now();
+    s[base + P_LAST_TX] = this.batchNow >= 0 ? this.batchNow : this.clock.now();
     return true;
   }
 

@@ -136,7 +136,7 @@ describe('loadAgentConfig', () => {
       ['etcd', 'ftp://x:1', '--etcd', 'CLADNET_ETCD', '"ftp://x:1" must use http or https', 'etcd[0]'],
       ['etcd', 'http://a:1,nope', '--etcd', 'CLADNET_ETCD', '"nope" is not a URL (expected http://host:port)', 'etcd[1]'],
       ['etcd', ' , ', '--etcd', 'CLADNET_ETCD', 'needs at least one URL'],
-      ['crypto', 'openssl', '--crypto', 'CLADNET_CRYPTO', '"openssl" is not one of auto, native, wasm'],
+      ['crypto', 'openssl', '--crypto', 'CLADNET_CRYPTO', '"openssl" is not one of auto, ffi, native, wasm'],
       ['stun', '198.51.100.1', '--stun', 'CLADNET_STUN', '"198.51.100.1" is not an IPv4 address and port (a.b.c.d:port)', 'stun[0]'],
       ['stun', '198.51.100.1:3478,stun.example.com:3478', '--stun', 'CLADNET_STUN', '"stun.example.com:3478" is not an IPv4 address and port (a.b.c.d:port)', 'stun[1]'],
       ['stun', '198.51.100.1:0', '--stun', 'CLADNET_STUN', '"198.51.100.1:0" is not an IPv4 address and port (a.b.c.d:port)', 'stun[0]'],

@@ -28,7 +28,7 @@
  */
 import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { NativeAead, WasmAead, type Aead } from '../../src/crypto/aead';
+import { FfiAead, NativeAead, WasmAead, type Aead } from '../../src/crypto/aead';
 import { generateKeyPair, type KeyPair } from '../../src/crypto/keys';
 import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
@@ -1180,18 +1180,18 @@ beforeAll(async () => {
   };
 });
 
-// The production AEAD is sodium-native; where it does not load, the WASM build (the agent's own
-// fallback) takes its cases, so the budget is always spent.
+// The production AEAD is Debian's libsodium through koffi (else sodium-native); where neither
+// loads, the WASM build (the agent's own fallback) takes its cases, so the budget is always spent.
 // B relays in the first run (forwards to A or C are passed on), not in the second (all refused).
 describe.each<[FuzzTarget, () => Promise<Aead>, boolean]>([
-  ['inbound.native', async () => NativeAead.tryCreate() ?? WasmAead.create(), true],
+  ['inbound.native', async () => FfiAead.tryCreate() ?? NativeAead.tryCreate() ?? WasmAead.create(), true],
   ['inbound.wasm', async () => WasmAead.create(), false],
 ])('fuzz: %s', (target, makeAead, relay) => {
   it('Inbound.process: no throw, every datagram accounted for, only authenticated plaintext on the TUN', async () => {
     const aead = await makeAead();
     const sender = await makeAead();
     const aOut = await makeAead();
-    if (aead.name !== (target === 'inbound.native' ? 'sodium-native' : 'libsodium-wasm')) console.log(`fuzz ${target}: running on ${aead.name}`);
+    if (aead.name !== (target === 'inbound.native' ? 'libsodium+openssl-ffi' : 'libsodium-wasm')) console.log(`fuzz ${target}: running on ${aead.name}`);
     const cases = casesFor(target);
     let h: Harness | undefined;
     let pending: { d: Buffer; src: { ip: number; port: number } }[] = [];

@@ -1,0 +1,69 @@
+/**
+ * Debian's libsodium (libsodium23) through koffi, for the data plane's AEAD: the few functions that
+ * seal and open a packet in place where it lies in native memory. Pointers are plain numbers (user
+ * addresses on x86-64 and arm64 fit in 2^53), so a call creates no Buffer views and no BigInts; a
+ * sync koffi call costs ~0.2 us against ~0.7 us for sodium-native's checks and views (see
+ * docs/performance.md, 2026-12-02). The `Buf` variants take Buffers, for memory that is not native
+ * (tests, the micro-benchmark's plain batches).
+ *
+ * Only src/crypto/aead.ts uses this; `loadLibsodium()` returns null when the library is absent.
+ */
+import koffi from 'koffi';
+
+export interface Libsodium {
+  /** crypto_aead_chacha20poly1305_ietf_encrypt_detached over addresses; 0 on success. */
+  encrypt(c: number, mac: number, maclenP: number, m: number, mlen: number, ad: number, adlen: number, nsec: number, npub: number, k: number): number;
+  /** crypto_aead_chacha20poly1305_ietf_decrypt_detached over addresses; 0 on success, -1 when it does not verify. */
+  decrypt(m: number, nsec: number, c: number, clen: number, mac: number, ad: number, adlen: number, npub: number, k: number): number;
+  encryptBuf(c: Uint8Array, mac: Uint8Array, maclenP: null, m: Uint8Array, mlen: number, ad: Uint8Array, adlen: number, nsec: null, npub: number, k: number): number;
+  decryptBuf(m: Uint8Array, nsec: null, c: Uint8Array, clen: number, mac: Uint8Array, ad: Uint8Array, adlen: number, npub: number, k: number): number;
+  /** Guarded, locked allocation (sodium_malloc); 0 on failure. */
+  sodiumMalloc(size: number): number;
+  sodiumFree(ptr: number): void;
+  memzero(ptr: number, len: number): void;
+  /** A Buffer over native memory (no copy). */
+  view(ptr: number, len: number): Buffer;
+}
+
+let loaded: Libsodium | null | undefined;
+
+/** The library, loaded once per thread; null when libsodium.so.23 is not installed. */
+export function loadLibsodium(): Libsodium | null {
+  if (loaded !== undefined) return loaded;
+  try {
+    const lib = koffi.load('libsodium.so.23');
+    if ((lib.func('int sodium_init(void)') as () => number)() < 0) throw new Error('sodium_init failed');
+    const encrypt = lib.func(
+      'int crypto_aead_chacha20poly1305_ietf_encrypt_detached(uintptr_t c, uintptr_t mac, uintptr_t maclen_p, uintptr_t m, ' +
+        'uint64_t mlen, uintptr_t ad, uint64_t adlen, uintptr_t nsec, uintptr_t npub, uintptr_t k)',
+    ) as Libsodium['encrypt'];
+    const decrypt = lib.func(
+      'int crypto_aead_chacha20poly1305_ietf_decrypt_detached(uintptr_t m, uintptr_t nsec, uintptr_t c, uint64_t clen, ' +
+        'uintptr_t mac, uintptr_t ad, uint64_t adlen, uintptr_t npub, uintptr_t k)',
+    ) as Libsodium['decrypt'];
+    const encryptBuf = lib.func(
+      'int crypto_aead_chacha20poly1305_ietf_encrypt_detached(uint8_t *c, uint8_t *mac, void *maclen_p, const uint8_t *m, ' +
+        'uint64_t mlen, const uint8_t *ad, uint64_t adlen, void *nsec, uintptr_t npub, uintptr_t k)',
+    ) as Libsodium['encryptBuf'];
+    const decryptBuf = lib.func(
+      'int crypto_aead_chacha20poly1305_ietf_decrypt_detached(uint8_t *m, void *nsec, const uint8_t *c, uint64_t clen, ' +
+        'const uint8_t *mac, const uint8_t *ad, uint64_t adlen, uintptr_t npub, uintptr_t k)',
+    ) as Libsodium['decryptBuf'];
+    const sodiumMalloc = lib.func('uintptr_t sodium_malloc(size_t size)') as (n: number) => number | bigint;
+    const sodiumFree = lib.func('void sodium_free(uintptr_t ptr)') as Libsodium['sodiumFree'];
+    const memzero = lib.func('void sodium_memzero(uintptr_t ptr, size_t len)') as Libsodium['memzero'];
+    loaded = {
+      encrypt,
+      decrypt,
+      encryptBuf,
+      decryptBuf,
+      sodiumMalloc: (n) => Number(sodiumMalloc(n)),
+      sodiumFree,
+      memzero,
+      view: (ptr, len) => Buffer.from(koffi.view(ptr, len) as ArrayBuffer),
+    };
+  } catch {
+    loaded = null;
+  }
+  return loaded;
+}
