@@ -18,7 +18,9 @@ export interface Aead {
   dropKey(handle: number): void;
   /**
    * Encrypts buf[off, off+len) in place and writes the tag at buf[off+len, off+len+16).
-   * Associated data is buf[adOff, adOff+adLen). Returns len + 16. `addr`: the native address of
+   * Associated data is buf[adOff, adOff+adLen). Returns len + 16, or -1 when the backend failed to
+   * seal (never seen; the plaintext is wiped and the caller drops the packet, which must not be
+   * sealed again under the same counter). `addr`: the native address of
    * buf[0] when buf lies in native memory (the worker's batches), else 0 or absent; a backend that
    * can use it makes no Buffer views per call.
    */
@@ -339,9 +341,12 @@ export class FfiAead implements Aead {
         evp.update(ctx, m, o, m, len) === 1 &&
         evp.final(ctx, m + len, o) === 1 &&
         evp.ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, m + len) === 1;
-      // Never seen; but a half-done seal must not send plaintext, nor be redone under the same nonce:
-      // the packet goes out as zeros, which the receiver drops.
-      if (!ok) this.lib.memzero(m, len + TAG_BYTES);
+      // Never seen; but a half-done seal must not leave plaintext behind, nor be redone under the
+      // same nonce: wipe it, and the caller drops the packet (its counter stays used).
+      if (!ok) {
+        this.lib.memzero(m, len + TAG_BYTES);
+        return -1;
+      }
     } else if (addr !== 0) {
       const m = addr + off;
       this.lib.encrypt(m, m + len, 0, m, len, addr + adOff, adLen, 0, this.noncePtr, key);

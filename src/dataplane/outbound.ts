@@ -252,7 +252,10 @@ export class Outbound {
     const off = batch.offset(i);
     const counter = session.counter++;
     writeHeader(batch.buf, off, session.txIndex, counter, flags);
-    this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen, batch.addr);
+    if (this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen, batch.addr) < 0) {
+      this.drop(DROP.sealFailed);
+      return false;
+    }
     const total = HEADER_LEN + plainLen + TAG_LEN;
     batch.len[i] = total;
     const s = this.stats.peers;

@@ -13,7 +13,7 @@ import { ping, sendUdp, startCapture, udpDatagrams } from '../../src/testbed/tra
 const isRoot = process.getuid?.() === 0;
 const PORT = 51820;
 const HEADER_LEN = 16; // type, 3 reserved, receiver index, 64-bit counter (src/dataplane/wire.ts)
-const OUTBOUND_REASONS = new Set(['noRoute', 'noSession', 'notIpv4', 'sendFailed']);
+const OUTBOUND_REASONS = new Set(['noRoute', 'noSession', 'notIpv4', 'sendFailed', 'sealFailed']);
 
 describe.skipIf(!isRoot)('an agent under hostile datagrams', () => {
   let bed: MeshBed;

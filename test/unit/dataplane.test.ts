@@ -467,6 +467,21 @@ describe('data plane over fakes', () => {
   });
 
   describe('A -> B', () => {
+    it('a seal the AEAD backend fails is dropped (sealFailed), never sent, and its counter is not used again', async () => {
+      const { a, b, net } = m;
+      const packets = [ipv4('100.64.0.1', '100.64.0.2', 0), ipv4('100.64.0.1', '100.64.0.2', 100), ipv4('100.64.0.1', '100.64.0.2', 200)];
+      const seal = a.aead.seal.bind(a.aead);
+      let calls = 0;
+      a.aead.seal = (...args: Parameters<typeof seal>) => (++calls === 2 ? -1 : seal(...args));
+      a.tun.inject(...packets);
+      expect(a.send()).toBe(2);
+      expect(b.receive()).toBe(2);
+      expect(b.tun.take()).toEqual([packets[0], packets[2]]);
+      expect(net.captured.map((d) => readCounter(d.data, 0))).toEqual([0, 2]);
+      expect(a.drops().sealFailed).toBe(1);
+      expect(a.peerStat(SLOT_OF_B_AT_A, P_TX_PKTS)).toBe(2);
+    });
+
     it('an IPv4 packet from A\'s TUN arrives unchanged on B\'s TUN; counters and stats move', async () => {
       const { a, b, net } = m;
       const packets = [ipv4('100.64.0.1', '100.64.0.2', 0), ipv4('100.64.0.1', '100.64.0.2', 100), ipv4('100.64.0.1', '100.64.0.2', MTU - 20)];
