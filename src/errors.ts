@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'ETOKENUSEDUP' // every use of a join token is taken
   | 'ETOKENSCOPE' // the host name is outside a join token's name pattern (or already certified)
   | 'ETOKENREVOKED' // the operator revoked the join token
-  | 'ESTATE'; // local state (state dir) unusable
+  | 'ESTATE' // local state (state dir) unusable
+  | 'EROUTE'; // a route to advertise is not covered by the host's certificate
 
 export class CladnetError extends Error {
   readonly code: ErrorCode;

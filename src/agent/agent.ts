@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import type { AgentConfig } from '../config/config';
-import { isCladnetError } from '../errors';
+import { CladnetError, isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
@@ -46,15 +46,17 @@ import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
-import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX, P_LAST_TX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
+import { GatewayManager } from '../os/routes/gateway';
+import { allowedByGateway, covers, planSubnets, uncovered, type SubnetPlan } from './subnets';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
 import type { StatusDocument } from '../status/types';
-import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
+import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
 import { buildStatus } from './status';
 import { writeFileAtomicSync } from '../util/atomic-file';
@@ -78,6 +80,15 @@ const BYE_FLUSH_MS = 50;
 const BYE_COPIES = 2;
 /** How often configured STUN servers and cloud metadata are asked again. */
 const DISCOVERY_EVERY_MS = 60_000;
+/**
+ * A gateway we keep sending to without hearing anything back for this long counts as down for its
+ * failover group (the data plane pings a busy peer that went quiet every 300 ms, and we probe a
+ * silent gateway, so a live one answers well within it). With the check every SUBNET_CHECK_MS,
+ * a route moves to the standby gateway within about 1.3 s of the last packet from the failed one.
+ */
+const GATEWAY_SILENT_MS = 1_000;
+const GATEWAY_PROBE_MS = 400;
+const SUBNET_CHECK_MS = 100;
 
 export class Agent {
   private etcd?: Etcd3;
@@ -127,6 +138,15 @@ export class Agent {
   private readonly session = randomBytes(8).toString('hex');
   private stopping?: Promise<void>;
   private readonly log: Logger;
+  /** Which peer serves which advertised prefix (./subnets.ts), and each gateway's active prefixes. */
+  private subnets: SubnetPlan = { routes: [], refused: [] };
+  private allowed = new Map<string, Prefix[]>();
+  private subnetTimer?: NodeJS.Timeout;
+  /** Refusals already warned about ("gateway prefix reason"). */
+  private refusedSeen = new Set<string>();
+  private refusedCount = 0;
+  private routesApplied = '';
+  private readonly gateway = new GatewayManager(execRunner);
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -153,6 +173,15 @@ export class Agent {
     await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
+    const bad = uncovered(cfg.advertiseRoutes, this.member.cert.routes ?? []);
+    if (bad !== null) {
+      throw new CladnetError(
+        'EROUTE',
+        `advertiseRoutes: ${bad} is not covered by this host's certificate (it carries ${this.member.cert.routes?.join(', ') || 'no routes'}; ` +
+          `issue it with cladnet host issue ${cfg.name} --routes ...)`,
+        { field: 'advertiseRoutes' },
+      );
+    }
     if (cfg.relay && this.member.cert.relay !== true) {
       this.log.warn('relay is on, but the certificate does not allow this host to relay: peers will not use it (issue it with host issue --relay)');
     }
@@ -186,6 +215,10 @@ export class Agent {
       addresses: [`${this.overlayIp}/${prefix.len}`],
       routes: [],
     });
+    if (cfg.advertiseRoutes.length > 0) {
+      await this.gateway.set({ ifname: cfg.interface, forward: true, snat: cfg.snatRoutes ? cfg.advertiseRoutes : [] });
+      this.log.info({ routes: cfg.advertiseRoutes, snat: cfg.snatRoutes }, 'serving routes for the mesh');
+    }
 
     // 4. data plane
     this.engine = await DataplaneEngine.start({
@@ -302,6 +335,8 @@ export class Agent {
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
     this.discoveryTimer.unref();
+    this.subnetTimer = setInterval(() => this.checkGateways(), SUBNET_CHECK_MS);
+    this.subnetTimer.unref();
 
     // 6. status
     this.status = new StatusServer(cfg.socket, () => this.statusDocument());
@@ -400,6 +435,7 @@ export class Agent {
       relay: this.cfg.relay || undefined,
       nat: view.nat,
       reflexive: view.reflexive ?? undefined,
+      routes: this.cfg.advertiseRoutes.length > 0 ? [...this.cfg.advertiseRoutes] : undefined,
     };
   }
 
@@ -414,7 +450,7 @@ export class Agent {
         ? this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`))
         : this.addresses
             .list()
-            .filter((a) => a.address !== this.overlayIp)
+            .filter((a) => a.address !== this.overlayIp && !this.insideOwnRoutes(a.address))
             .map((a) => `${a.address}:${port}`);
     const view = this.reflexive.view();
     if (view.nat === 'eim' && view.reflexive) out.push(view.reflexive);
@@ -446,6 +482,15 @@ export class Agent {
     const changed = next.join(',') !== this.endpoints.join(',');
     this.endpoints = next;
     return changed;
+  }
+
+  /**
+   * An address of ours inside a prefix we route for the mesh is one peers reach through the tunnel
+   * to us: never a candidate for the tunnel itself (the tunnel would carry itself).
+   */
+  private insideOwnRoutes(address: string): boolean {
+    const ip = parseIpv4(address);
+    return ip !== null && this.cfg.advertiseRoutes.some((r) => covers(parsePrefix(r)!, { base: ip, len: 32 }));
   }
 
   private isLocal(ip: number): boolean {
@@ -577,12 +622,100 @@ export class Agent {
 
   private async applyLink(): Promise<void> {
     const prefix = parseOverlayCidr(this.network.cidr);
+    const routes = this.subnets.routes.map((r) => r.prefix);
     await new RouteManager(execRunner).set({
       ifname: this.cfg.interface,
       mtu: this.mtu,
       addresses: [`${this.overlayIp}/${prefix.len}`],
-      routes: [],
+      routes,
     });
+    this.routesApplied = routes.join(',');
+    if (this.cfg.advertiseRoutes.length > 0) {
+      await this.gateway.set({ ifname: this.cfg.interface, forward: true, snat: this.cfg.snatRoutes ? this.cfg.advertiseRoutes : [] });
+    }
+  }
+
+  /**
+   * Whether a gateway can serve its prefixes now, as the data plane sees it: we heard it within
+   * PEER_UP_MS, and we have not kept sending to it for GATEWAY_SILENT_MS past the last packet
+   * from it (a gateway that stops answering under traffic is down long before PEER_UP_MS).
+   */
+  private gatewayUp(name: string, now: number): boolean {
+    const p = this.peers.get(name);
+    if (!p || !this.engine || !this.hs || this.hs.sessionsOf(name).length === 0) return false;
+    const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
+    const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
+    if (rx === 0 || now - rx >= PEER_UP_MS) return false;
+    return tx - rx < GATEWAY_SILENT_MS;
+  }
+
+  /**
+   * Recomputes which peer serves which prefix (./subnets.ts) and applies a change: the data plane's
+   * allowed prefixes at once, the kernel routes (one per prefix, into the overlay) when the set of
+   * prefixes changed. A failover only moves the allowed set: the kernel route stays as it is.
+   */
+  private reconcileSubnets(): void {
+    if (!this.peers || this.stopping) return;
+    const now = Date.now();
+    const inputs = [];
+    for (const [name, p] of this.peers) {
+      const advertised = p.record.routes ?? [];
+      if (advertised.length === 0) continue;
+      inputs.push({ name, advertised, certified: p.record.cert?.routes ?? [], up: this.gatewayUp(name, now) });
+    }
+    const plan = planSubnets(inputs, { overlay: parseOverlayCidr(this.network.cidr), own: this.cfg.advertiseRoutes });
+    for (const r of plan.refused) {
+      const key = `${r.gateway} ${r.prefix} ${r.reason}`;
+      if (this.refusedSeen.has(key)) continue;
+      this.refusedSeen.add(key);
+      this.refusedCount++;
+      this.log.warn({ peer: r.gateway, prefix: r.prefix }, `advertised route refused: ${r.reason}`);
+    }
+    const before = new Map(this.subnets.routes.map((r) => [r.prefix, r.gateway]));
+    this.subnets = plan;
+    let moved = false;
+    for (const r of plan.routes) {
+      const was = before.get(r.prefix);
+      if (was === r.gateway) continue;
+      moved = true;
+      if (was !== undefined) this.log.info({ prefix: r.prefix, from: was, to: r.gateway }, 'route moved to another gateway');
+      else this.log.info({ prefix: r.prefix, gateway: r.gateway }, 'route added');
+    }
+    if (moved || before.size !== plan.routes.length) {
+      this.allowed = allowedByGateway(plan);
+      this.pushPeers();
+    }
+    if (plan.routes.map((r) => r.prefix).join(',') !== this.routesApplied) {
+      void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not apply subnet routes'));
+    }
+  }
+
+  /** The failover check: probes gateways that went quiet under traffic, then reconciles. */
+  private checkGateways(): void {
+    if (!this.engine || this.stopping) return;
+    const now = Date.now();
+    let groups = false;
+    for (const r of this.subnets.routes) {
+      if (r.standby.length === 0) continue;
+      groups = true;
+      for (const name of [r.gateway, ...r.standby]) {
+        const p = this.peers.get(name);
+        if (!p || p.endpoint.via !== undefined) continue;
+        const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
+        const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
+        if (tx - rx > GATEWAY_PROBE_MS || now - rx > GATEWAY_PROBE_MS * 10) this.engine.probe(p.slot, p.endpoint.ip, p.endpoint.port);
+      }
+    }
+    if (groups) this.reconcileSubnets();
+  }
+
+  /** Status: each installed route and who serves it, and how many advertised routes were refused. */
+  private subnetStatus(): { routes: { prefix: string; gateway: string; standby: string[] }[]; refused: { gateway: string; prefix: string; reason: string }[]; refusedTotal: number } {
+    return {
+      routes: this.subnets.routes.map((r) => ({ prefix: r.prefix, gateway: r.gateway, standby: [...r.standby] })),
+      refused: this.subnets.refused.map((r) => ({ ...r })),
+      refusedTotal: this.refusedCount,
+    };
   }
 
   /** Runs the path choice for every peer, or for `only` (peers just added or changed). */
@@ -666,6 +799,7 @@ export class Agent {
     if (this.hs && upserted.some((n) => this.hs!.sessionsOf(n).length > 0)) this.schedulePush();
     // New candidates get their first probes now, not at the next path tick.
     if (upserted.length > 0) setImmediate(() => this.pathTick(upserted));
+    this.reconcileSubnets();
   }
 
   /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
@@ -723,7 +857,7 @@ export class Agent {
         slot: p.slot,
         name,
         overlayIp: p.overlayIp,
-        allowed: [],
+        allowed: this.allowed.get(name) ?? [],
         endpointIp: p.endpoint.ip,
         endpointPort: p.endpoint.port,
         endpointVia: via,
@@ -790,7 +924,9 @@ export class Agent {
         nat: view.nat,
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
+        ...(this.cfg.advertiseRoutes.length > 0 ? { advertisedRoutes: [...this.cfg.advertiseRoutes], snatRoutes: this.cfg.snatRoutes } : {}),
       },
+      subnets: this.subnetStatus(),
     });
   }
 
@@ -842,6 +978,7 @@ export class Agent {
     this.hsTimer.close();
     this.pathTimer.close();
     clearInterval(this.discoveryTimer);
+    clearInterval(this.subnetTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());
@@ -850,6 +987,7 @@ export class Agent {
       this.hsTimestamps?.flush();
     });
     await step('tun', () => this.tun?.close());
+    if (this.cfg.snatRoutes && this.cfg.advertiseRoutes.length > 0) await step('snat', () => this.gateway.clear(this.cfg.interface));
     await step('udp', () => this.udp?.close());
     await step('etcd', () => {
       this.etcdMember?.close();

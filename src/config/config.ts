@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CladnetError } from '../errors';
-import { parseEndpoint } from '../util/ipv4';
+import { formatPrefix, parseEndpoint, parsePrefix } from '../util/ipv4';
 
 export interface AgentConfig {
   readonly etcd: readonly string[];
@@ -54,9 +54,16 @@ export interface AgentConfig {
   readonly metadata: 'off' | 'aws' | 'gcp' | 'azure' | 'auto';
   /** Forward encrypted traffic between peers that cannot reach each other directly. */
   readonly relay: boolean;
+  /**
+   * Prefixes this host serves as a gateway for the mesh (canonical "a.b.c.d/len"). Each must lie
+   * inside the certificate's routes (`host issue --routes`), else the agent refuses to start (EROUTE).
+   */
+  readonly advertiseRoutes: readonly string[];
+  /** Source-NAT traffic from the overlay into the advertised prefixes (for LANs that cannot route the overlay back). */
+  readonly snatRoutes: boolean;
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints' | 'prefixes';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -107,6 +114,8 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'stun', flag: 'stun', env: 'CLADNET_STUN', kind: 'endpoints', def: () => [] },
   { key: 'metadata', flag: 'metadata', env: 'CLADNET_METADATA', kind: 'enum', values: ['off', 'aws', 'gcp', 'azure', 'auto'], def: () => 'off' },
   { key: 'relay', flag: 'relay', env: 'CLADNET_RELAY', kind: 'bool', def: () => false },
+  { key: 'advertiseRoutes', flag: 'advertiseRoutes', env: 'CLADNET_ADVERTISE_ROUTES', kind: 'prefixes', def: () => [] },
+  { key: 'snatRoutes', flag: 'snatRoutes', env: 'CLADNET_SNAT_ROUTES', kind: 'bool', def: () => false },
 ];
 
 function fail(field: string, source: string, why: string): never {
@@ -196,6 +205,18 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
         if (!parseEndpoint(e)) fail(`${f}[${i}]`, source, `"${e}" is not an IPv4 address and port (a.b.c.d:port)`);
       });
       return list;
+    }
+    case 'prefixes': {
+      const list = asList();
+      list.forEach((e, i) => {
+        const p = parsePrefix(e, true);
+        if (!p || formatPrefix(p) !== e) {
+          const loose = parsePrefix(e, false);
+          const hint = loose ? ` (did you mean ${formatPrefix(loose)}?)` : '';
+          fail(`${f}[${i}]`, source, `"${e}" is not an IPv4 prefix a.b.c.d/len with host bits zero${hint}`);
+        }
+      });
+      return [...new Set(list)];
     }
   }
 }

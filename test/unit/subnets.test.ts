@@ -1,0 +1,153 @@
+import { beforeAll, describe, expect, it } from 'vitest';
+import { allowedByGateway, planSubnets, uncovered, type GatewayInput } from '../../src/agent/subnets';
+import { canonicalCert, CERT_LABEL, issueCert, TrustAnchor } from '../../src/control/cert';
+import { parseHostCert, parseHostRecord, serializeHostCert, serializeHostRecord, type HostRecord } from '../../src/control/records';
+import { loadAgentConfig } from '../../src/config/config';
+import { isCladnetError } from '../../src/errors';
+import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
+import { planGateway, GatewayManager } from '../../src/os/routes/gateway';
+import { RecordingRunner } from '../../src/os/runner';
+import { parsePrefix } from '../../src/util/ipv4';
+
+const X = (n: number) => Buffer.alloc(32, n).toString('base64');
+const T0 = Date.parse('2026-11-21T00:00:00.000Z');
+const OVERLAY = parsePrefix('100.64.0.0/24')!;
+const b64 = (u: Uint8Array) => Buffer.from(u).toString('base64');
+
+let ed: Ed25519;
+let net: SigningKeyPair;
+let anchor: TrustAnchor;
+beforeAll(async () => {
+  ed = await loadEd25519();
+  net = ed.generate();
+  anchor = new TrustAnchor(ed, 'demo', b64(net.publicKey));
+});
+
+const gw = (name: string, advertised: string[], certified = advertised, up = true): GatewayInput => ({ name, advertised, certified, up });
+
+describe('certified routes', () => {
+  it('a certificate without routes keeps the canonical bytes it had before routes existed', () => {
+    const c = issueCert(ed, net.secretKey, { network: 'demo', name: 'a', publicKey: X(1), overlayIp: '100.64.0.5', now: new Date(T0), serial: 'ab'.repeat(16) });
+    expect(c.routes).toBeUndefined();
+    const { version, network, name, publicKey, overlayIp, issued, notAfter, serial } = c;
+    const old = CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial });
+    expect(Buffer.from(canonicalCert(c)).toString()).toBe(old);
+    expect(serializeHostCert(c)).not.toContain('routes');
+  });
+
+  it('routes are stored sorted and deduplicated, signed, and survive a record round trip', () => {
+    const c = issueCert(ed, net.secretKey, {
+      network: 'demo', name: 'gw', publicKey: X(2), overlayIp: '100.64.0.6', now: new Date(T0),
+      routes: ['198.19.2.0/24', '198.19.1.0/24', '198.19.2.0/24'],
+    });
+    expect(c.routes).toEqual(['198.19.1.0/24', '198.19.2.0/24']);
+    expect(anchor.verifyCert(c, T0)).toBeNull();
+    const rec: HostRecord = {
+      version: 1, name: 'gw', network: 'demo', overlayIp: '100.64.0.6', publicKey: X(2), endpoints: ['198.18.1.2:51820'],
+      hostCidrs: [], listenPort: 51820, epoch: 1, updated: new Date(T0).toISOString(), session: '0123456789abcdef',
+      cert: c, routes: ['198.19.1.0/24'],
+    };
+    const back = parseHostRecord(serializeHostRecord(rec));
+    expect(back.ok && back.value.routes).toEqual(['198.19.1.0/24']);
+    expect(back.ok && anchor.checkRecord(back.value, T0)).toBeNull();
+  });
+
+  it('an etcd writer that adds a route to a certificate breaks its signature', () => {
+    const c = issueCert(ed, net.secretKey, { network: 'demo', name: 'gw', publicKey: X(2), overlayIp: '100.64.0.6', now: new Date(T0), routes: ['198.19.1.0/24'] });
+    const forged = parseHostCert({ ...JSON.parse(serializeHostCert(c)), routes: ['198.19.0.0/16'] });
+    expect(forged.ok).toBe(true);
+    expect(forged.ok && anchor.verifyCert(forged.value, T0)).toMatch(/^cert\.signature: not signed/);
+    const stripped = parseHostCert({ ...JSON.parse(serializeHostCert(c)), routes: undefined });
+    expect(stripped.ok && anchor.verifyCert(stripped.value, T0)).toMatch(/^cert\.signature/);
+  });
+
+  it('bad routes are refused with ECONFIG naming the field', () => {
+    for (const bad of ['198.19.1.1/24', 'x', '198.19.1.0/33']) {
+      let err: unknown;
+      try {
+        issueCert(ed, net.secretKey, { network: 'demo', name: 'gw', publicKey: X(2), overlayIp: '100.64.0.6', routes: [bad] });
+      } catch (e) {
+        err = e;
+      }
+      expect(isCladnetError(err, 'ECONFIG') && err.field).toBe('routes');
+    }
+    const unsorted = parseHostCert({ ...JSON.parse(serializeHostCert(issueCert(ed, net.secretKey, { network: 'demo', name: 'gw', publicKey: X(2), overlayIp: '100.64.0.6', routes: ['198.19.1.0/24', '198.19.2.0/24'] }))), routes: ['198.19.2.0/24', '198.19.1.0/24'] });
+    expect(unsorted.ok ? '' : unsorted.error).toBe('routes: not sorted without duplicates');
+  });
+
+  it('uncovered names the first advertised prefix the certificate does not cover', () => {
+    expect(uncovered(['198.19.1.0/24', '198.19.1.128/25'], ['198.19.0.0/16'])).toBeNull();
+    expect(uncovered(['198.19.1.0/24', '198.18.0.0/15'], ['198.19.0.0/16'])).toBe('198.18.0.0/15');
+    expect(uncovered(['198.19.1.0/24'], [])).toBe('198.19.1.0/24');
+  });
+
+  it('the agent config reads advertiseRoutes from flag, env and file, and names a bad prefix', () => {
+    const base = { flags: { network: 'demo' } };
+    expect(loadAgentConfig({ ...base, env: { CLADNET_ADVERTISE_ROUTES: '198.19.1.0/24,198.19.2.0/24' } }).advertiseRoutes).toEqual(['198.19.1.0/24', '198.19.2.0/24']);
+    expect(loadAgentConfig({ ...base, env: {} }).advertiseRoutes).toEqual([]);
+    let err: unknown;
+    try {
+      loadAgentConfig({ flags: { network: 'demo', advertiseRoutes: '198.19.1.1/24' }, env: {} });
+    } catch (e) {
+      err = e;
+    }
+    expect(isCladnetError(err, 'ECONFIG') && err.message).toContain('did you mean 198.19.1.0/24?');
+  });
+});
+
+describe('planSubnets', () => {
+  it('installs each certified prefix toward its gateway', () => {
+    const plan = planSubnets([gw('site-a', ['198.19.1.0/24']), gw('site-b', ['198.19.2.0/24'])], { overlay: OVERLAY, own: [] });
+    expect(plan.routes).toEqual([
+      { prefix: '198.19.1.0/24', gateway: 'site-a', standby: [] },
+      { prefix: '198.19.2.0/24', gateway: 'site-b', standby: [] },
+    ]);
+    expect(allowedByGateway(plan).get('site-a')).toEqual([parsePrefix('198.19.1.0/24')]);
+  });
+
+  it('refuses what the certificate does not cover, the overlay range and our own prefixes', () => {
+    const plan = planSubnets(
+      [gw('m', ['198.19.1.0/24'], []), gw('n', ['198.19.0.0/16', '100.64.0.0/10'], ['0.0.0.0/0']), gw('o', ['198.19.3.0/24'])],
+      { overlay: OVERLAY, own: ['198.19.3.0/24'] },
+    );
+    expect(plan.routes).toEqual([]);
+    expect(plan.refused).toEqual([
+      { gateway: 'm', prefix: '198.19.1.0/24', reason: 'not covered by its certificate' },
+      { gateway: 'n', prefix: '198.19.0.0/16', reason: 'overlaps a prefix this host serves' },
+      { gateway: 'n', prefix: '100.64.0.0/10', reason: 'overlaps the overlay range 100.64.0.0/24' },
+      { gateway: 'o', prefix: '198.19.3.0/24', reason: 'overlaps a prefix this host serves' },
+    ]);
+  });
+
+  it('one prefix from two gateways is a failover group: lowest name first, an up one before a down one', () => {
+    const both = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'])], { overlay: OVERLAY, own: [] });
+    expect(both.routes).toEqual([{ prefix: '198.19.5.0/24', gateway: 'gw-a', standby: ['gw-b'] }]);
+    const aDown = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'], undefined, false)], { overlay: OVERLAY, own: [] });
+    expect(aDown.routes).toEqual([{ prefix: '198.19.5.0/24', gateway: 'gw-b', standby: ['gw-a'] }]);
+    const allDown = planSubnets([gw('gw-b', ['198.19.5.0/24'], undefined, false), gw('gw-a', ['198.19.5.0/24'], undefined, false)], { overlay: OVERLAY, own: [] });
+    expect(allDown.routes[0]!.gateway).toBe('gw-a');
+  });
+
+  it('overlapping different prefixes are both installed (the more specific wins by longest match)', () => {
+    const plan = planSubnets([gw('wide', ['198.19.0.0/16']), gw('narrow', ['198.19.7.0/24'])], { overlay: OVERLAY, own: [] });
+    expect(plan.routes.map((r) => `${r.prefix}>${r.gateway}`)).toEqual(['198.19.0.0/16>wide', '198.19.7.0/24>narrow']);
+  });
+});
+
+describe('gateway host setup', () => {
+  it('forwarding, and source NAT into the advertised prefixes through one nftables table', async () => {
+    expect(planGateway({ ifname: 'cladnet0', forward: true, snat: [] })).toEqual([['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']]);
+    const r = new RecordingRunner();
+    await new GatewayManager(r).set({ ifname: 'cladnet0', forward: true, snat: ['198.19.1.0/24', '198.19.2.0/24'] });
+    await new GatewayManager(r).clear('cladnet0');
+    expect(r.transcript).toEqual([
+      'sysctl -q -w net.ipv4.ip_forward=1',
+      'nft add table ip cladnet_cladnet0',
+      'nft flush table ip cladnet_cladnet0',
+      'nft add chain ip cladnet_cladnet0 postrouting { type nat hook postrouting priority srcnat ; }',
+      'nft add rule ip cladnet_cladnet0 postrouting iifname cladnet0 ip daddr 198.19.1.0/24 masquerade',
+      'nft add rule ip cladnet_cladnet0 postrouting iifname cladnet0 ip daddr 198.19.2.0/24 masquerade',
+      'nft delete table ip cladnet_cladnet0',
+    ]);
+  });
+});
