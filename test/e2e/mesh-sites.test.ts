@@ -1,0 +1,114 @@
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sleep, waitUntil, type AgentStatus } from '../../src/testbed/agents';
+import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { addSiteLan, type SiteLan } from '../../src/testbed/sites';
+import { longestGapMs, ping, startPings, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
+
+/**
+ * Whole sites on the mesh (issue 15): LANs of plain hosts (no agent) behind gateway hosts that run
+ * the agent and advertise their LAN's prefix, certified by the network key.
+ *
+ *   site a 198.19.1.0/24: plain host .10 behind gwa          site b 198.19.2.0/24: behind gwb
+ *   site c 198.19.3.0/24: plain host .10 behind gx and gy (one prefix, a failover group, SNAT)
+ *   m: a member without routes; bad: a host asked to advertise what its certificate lacks
+ */
+const isRoot = process.getuid?.() === 0;
+const A = '198.19.1.0/24';
+const B = '198.19.2.0/24';
+const C = '198.19.3.0/24';
+
+describe.skipIf(!isRoot)('subnet routes through gateways', () => {
+  let bed: MeshBed;
+  let la: SiteLan;
+  let lb: SiteLan;
+  let lc: SiteLan;
+
+  beforeAll(async () => {
+    bed = await startMeshBed({ topology: { hosts: [{ name: 'gwa' }, { name: 'gwb' }, { name: 'm' }, { name: 'gx' }, { name: 'gy' }, { name: 'bad' }] }, agents: 0, waitUp: false });
+    const t = bed.topo;
+    la = await addSiteLan(t, { name: 'la', index: 1, gateways: ['gwa'] });
+    lb = await addSiteLan(t, { name: 'lb', index: 2, gateways: ['gwb'] });
+    lc = await addSiteLan(t, { name: 'lc', index: 3, gateways: ['gx', 'gy'] });
+    const gw = (prefix: string, more: string[] = []) => ({ certRoutes: [prefix], extraArgs: ['--advertise-routes', prefix, ...more] });
+    await Promise.all([
+      bed.start(t.host('gwa'), gw(A)),
+      bed.start(t.host('gwb'), gw(B)),
+      bed.start(t.host('m')),
+      bed.start(t.host('gx'), gw(C, ['--snat-routes'])),
+      bed.start(t.host('gy'), gw(C, ['--snat-routes'])),
+    ]);
+    await bed.waitUp(bed.agents, 30_000);
+  }, 90_000);
+  afterAll(async () => {
+    await bed?.destroy();
+  });
+
+  const routesOf = (s: AgentStatus) => s.subnets?.routes.map((r) => `${r.prefix}>${r.gateway}${r.standby.length ? `|${r.standby.join(',')}` : ''}`);
+
+  it('installs every certified prefix toward its gateway, a shared one once with a standby, and shows it in status', async () => {
+    const m = bed.agent('m');
+    await waitUntil('m to install three routes', async () => routesOf(await m.status())?.length === 3, { timeoutMs: 10_000 });
+    expect(routesOf(await m.statusCli())).toEqual([`${A}>gwa`, `${B}>gwb`, `${C}>gx|gy`]);
+    expect(routesOf(await bed.agent('gwa').status())).toEqual([`${B}>gwb`, `${C}>gx|gy`]);
+    expect((await bed.agent('gwa').status()).self.advertisedRoutes).toEqual([A]);
+    const kernel = await bed.topo.exec(bed.topo.host('m').ns, ['ip', 'route', 'show', 'dev', 'cladnet0', 'proto', '77']);
+    expect(kernel.stdout.trim().split('\n').map((l) => l.trim()).sort()).toEqual([`${A} scope link`, `${B} scope link`, `${C} scope link`]);
+    expect(await bed.topo.exec(bed.topo.host('gwa').ns, ['sysctl', '-n', 'net.ipv4.ip_forward']).then((r) => r.stdout.trim())).toBe('1');
+  });
+
+  it('the plain hosts of two sites ping each other and move 20 MB with a matching sha256 through the mesh', async () => {
+    for (const [from, to] of [[la, lb], [lb, la]] as const) {
+      const r = await ping(bed.topo, from.ns, to.hostIp, { count: 5, intervalS: 0.1 });
+      expect(r.received, `${from.hostIp} -> ${to.hostIp}`).toBe(5);
+    }
+    const file = path.join(bed.topo.workDir, 'site.bin');
+    writeRandomFile(file, 20 * 1024 * 1024);
+    const r = await tcpTransfer(bed.topo, { fromNs: la.ns, toNs: lb.ns, toIp: lb.hostIp, file, outFile: path.join(bed.topo.workDir, 'site.received') });
+    console.log(`20 MiB site a -> site b through gwa and gwb: ${r.mbitPerS.toFixed(0)} Mbit/s, sha256 ${r.receivedSha256.slice(0, 16)}...`);
+    expect(r.bytes).toBe(20 * 1024 * 1024);
+    expect(r.receivedSha256).toBe(r.sentSha256);
+  });
+
+  it('a member not certified for site a cannot inject packets with a source in it: gwb drops and counts them as spoofed', async () => {
+    const mNs = bed.topo.host('m').ns;
+    const gwb = bed.agent('gwb');
+    const before = (await gwb.status()).dataplane.drops['spoofed'] ?? 0;
+    await bed.topo.exec(mNs, ['ip', 'address', 'add', '198.19.1.77/32', 'dev', 'lo']);
+    const r = await ping(bed.topo, mNs, lb.hostIp, { count: 5, intervalS: 0.1, source: '198.19.1.77' });
+    expect(r.received).toBe(0);
+    await sleep(200);
+    const after = (await gwb.status()).dataplane.drops['spoofed'] ?? 0;
+    console.log(`spoofed drops at gwb: ${before} -> ${after}`);
+    expect(after - before).toBeGreaterThanOrEqual(5);
+    // m's own address still works, and so does site a's real host
+    expect((await ping(bed.topo, mNs, lb.hostIp, { count: 2, intervalS: 0.1 })).received).toBe(2);
+    expect((await ping(bed.topo, la.ns, lb.hostIp, { count: 2, intervalS: 0.1 })).received).toBe(2);
+  });
+
+  it('an agent asked to advertise a prefix its certificate does not carry refuses to start (EROUTE, naming it)', async () => {
+    const err = await bed.start(bed.topo.host('bad'), { certRoutes: [A], extraArgs: ['--advertise-routes', '198.19.9.0/24'] }).then(
+      () => null,
+      (e: Error) => e,
+    );
+    expect(err?.message).toMatch(/EROUTE/);
+    expect(err?.message).toContain('198.19.9.0/24 is not covered by this host\'s certificate');
+  });
+
+  it('gateway failover: the active gateway of a shared prefix is killed under a ping every 10 ms; the other takes over within 2 s', async () => {
+    const mNs = bed.topo.host('m').ns;
+    expect((await ping(bed.topo, mNs, lc.hostIp, { count: 3, intervalS: 0.1 })).received).toBe(3);
+    const run = startPings(bed.topo, mNs, lc.hostIp, { intervalMs: 10 });
+    await sleep(2_000);
+    const killedAt = Date.now();
+    await bed.agent('gx').stop({ signal: 'SIGKILL' });
+    await sleep(5_000);
+    const series = await run.stop();
+    const gap = longestGapMs(series.replies, killedAt, series.stoppedAt);
+    const before = series.replies.filter((r) => r.at < killedAt).length;
+    console.log(`failover gx -> gy: outage ${gap.toFixed(0)} ms (${series.replies.length}/${series.sent} replies, ${before} before the kill)`);
+    expect(before).toBeGreaterThan(50);
+    expect(gap).toBeLessThan(2_000);
+    expect(routesOf(await bed.agent('m').status())).toContain(`${C}>gy|gx`);
+  });
+});
