@@ -77,6 +77,11 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
         `refused ${c.loser.name} (certificate ${c.loser.serial}, issued ${c.loser.issued})`,
     );
   }
+  if (s.advertisedRoutes?.length) lines.push(`  serves routes: ${s.advertisedRoutes.join(', ')}${s.snatRoutes ? ' (source NAT)' : ''}`);
+  for (const r of doc.subnets?.routes ?? []) {
+    lines.push(`  route ${r.prefix} via ${r.gateway}${r.standby.length ? ` (standby ${r.standby.join(', ')})` : ''}`);
+  }
+  for (const r of doc.subnets?.refused ?? []) lines.push(`  REFUSED route ${r.prefix} from ${r.gateway}: ${r.reason}`);
   lines.push('');
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {

@@ -1,5 +1,7 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hostKey } from '../../src/control/keys';
+import type { HostRecord } from '../../src/control/records';
 import { sleep, waitUntil, type AgentStatus } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { addSiteLan, type SiteLan } from '../../src/testbed/sites';
@@ -84,6 +86,33 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     // m's own address still works, and so does site a's real host
     expect((await ping(bed.topo, mNs, lb.hostIp, { count: 2, intervalS: 0.1 })).received).toBe(2);
     expect((await ping(bed.topo, la.ns, lb.hostIp, { count: 2, intervalS: 0.1 })).received).toBe(2);
+  });
+
+  it('a record rewritten in etcd to advertise site a from m is refused for that prefix (warned, counted): etcd grants no route', async () => {
+    const NET = bed.network;
+    const etcdctl = (args: string[], input?: string) =>
+      bed.topo.exec(bed.topo.routerNs, ['etcdctl', `--endpoints=${bed.etcd.endpoint}`, ...args], { input, env: { ...process.env, ETCDCTL_API: '3' }, timeoutMs: 10_000 });
+    const key = hostKey(NET, 'm');
+    const original = (await etcdctl(['get', key, '--print-value-only'])).stdout.trim();
+    const rec = JSON.parse(original) as HostRecord;
+    expect(rec.routes).toBeUndefined();
+    const gwb = bed.agent('gwb');
+    await etcdctl(['put', key], JSON.stringify({ ...rec, routes: [A] }));
+    const doc = await waitUntil(
+      'gwb to refuse the route in m\'s record',
+      async () => {
+        const d = await gwb.status();
+        return d.subnets?.refused.some((r) => r.gateway === 'm' && r.prefix === A) ? d : undefined;
+      },
+      { timeoutMs: 5_000, intervalMs: 100 },
+    );
+    expect(doc.subnets!.refused).toEqual([{ gateway: 'm', prefix: A, reason: 'not covered by its certificate' }]);
+    expect(doc.subnets!.refusedTotal).toBeGreaterThanOrEqual(1);
+    expect(routesOf(doc)).toEqual([`${A}>gwa`, `${C}>gx|gy`]);
+    expect(gwb.logTail(100)).toContain('advertised route refused: not covered by its certificate');
+    expect((await ping(bed.topo, la.ns, lb.hostIp, { count: 2, intervalS: 0.1 })).received).toBe(2);
+    expect((await gwb.statusText())).toContain(`${A} via gwa`);
+    await etcdctl(['put', key], original);
   });
 
   it('an agent asked to advertise a prefix its certificate does not carry refuses to start (EROUTE, naming it)', async () => {
