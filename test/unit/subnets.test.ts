@@ -1,26 +1,22 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { allowedByGateway, planSubnets, uncovered, type GatewayInput } from '../../src/agent/subnets';
 import { canonicalCert, CERT_LABEL, issueCert, TrustAnchor } from '../../src/control/cert';
-import { parseHostCert, parseHostRecord, serializeHostCert, serializeHostRecord, type HostRecord } from '../../src/control/records';
+import { parseHostCert, parseHostRecord, serializeHostCert, serializeHostRecord } from '../../src/control/records';
 import { loadAgentConfig } from '../../src/config/config';
 import { isCladnetError } from '../../src/errors';
-import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
+import type { Ed25519, SigningKeyPair } from '../../src/crypto/sign';
 import { planGateway, GatewayManager } from '../../src/os/routes/gateway';
 import { RecordingRunner } from '../../src/os/runner';
 import { parsePrefix } from '../../src/util/ipv4';
+import { hostRecord, T0, trustFixture, X } from '../helpers/trust';
 
-const X = (n: number) => Buffer.alloc(32, n).toString('base64');
-const T0 = Date.parse('2026-11-21T00:00:00.000Z');
 const OVERLAY = parsePrefix('100.64.0.0/24')!;
-const b64 = (u: Uint8Array) => Buffer.from(u).toString('base64');
 
 let ed: Ed25519;
 let net: SigningKeyPair;
 let anchor: TrustAnchor;
 beforeAll(async () => {
-  ed = await loadEd25519();
-  net = ed.generate();
-  anchor = new TrustAnchor(ed, 'demo', b64(net.publicKey));
+  ({ ed, net, anchor } = await trustFixture());
 });
 
 const gw = (name: string, advertised: string[], certified = advertised, up = true): GatewayInput => ({ name, advertised, certified, up });
@@ -42,11 +38,7 @@ describe('certified routes', () => {
     });
     expect(c.routes).toEqual(['198.19.1.0/24', '198.19.2.0/24']);
     expect(anchor.verifyCert(c, T0)).toBeNull();
-    const rec: HostRecord = {
-      version: 1, name: 'gw', network: 'demo', overlayIp: '100.64.0.6', publicKey: X(2), endpoints: ['198.18.1.2:51820'],
-      hostCidrs: [], listenPort: 51820, epoch: 1, updated: new Date(T0).toISOString(), session: '0123456789abcdef',
-      cert: c, routes: ['198.19.1.0/24'],
-    };
+    const rec = hostRecord('gw', c, { overlayIp: '100.64.0.6', publicKey: X(2), routes: ['198.19.1.0/24'] });
     const back = parseHostRecord(serializeHostRecord(rec));
     expect(back.ok && back.value.routes).toEqual(['198.19.1.0/24']);
     expect(back.ok && anchor.checkRecord(back.value, T0)).toBeNull();
