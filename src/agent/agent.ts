@@ -615,6 +615,7 @@ export class Agent {
       this.etcdLink?.kick();
     }
     this.updateLocal();
+    this.reconcileSubnets();
     void this.republish();
     void this.discover();
     void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not re-apply link state'));
@@ -663,7 +664,7 @@ export class Agent {
       if (advertised.length === 0) continue;
       inputs.push({ name, advertised, certified: p.record.cert?.routes ?? [], up: this.gatewayUp(name, now) });
     }
-    const plan = planSubnets(inputs, { overlay: parseOverlayCidr(this.network.cidr), own: this.cfg.advertiseRoutes });
+    const plan = planSubnets(inputs, { overlay: parseOverlayCidr(this.network.cidr), own: this.cfg.advertiseRoutes, local: this.localPrefixes });
     for (const r of plan.refused) {
       const key = `${r.gateway} ${r.prefix} ${r.reason}`;
       if (this.refusedSeen.has(key)) continue;

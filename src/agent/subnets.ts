@@ -7,11 +7,14 @@
  *
  * Rules (docs/design.md, "Subnet routes"):
  *   1. A peer's advertised prefix counts only when its certificate's `routes` (signed by the network
- *      key) cover it; it never counts when it overlaps the overlay range or a prefix we serve
- *      ourselves. Anything else is refused, reported and counted: an etcd writer grants nothing.
+ *      key) cover it, and never when it overlaps the overlay range. Anything else is refused,
+ *      reported and counted: an etcd writer grants nothing.
  *   2. One exact prefix advertised by several peers is a failover group: exactly one member is
  *      active, the first by (up before down, then name). The others stand by.
- *   3. Different prefixes that overlap (10.0.0.0/16 and 10.0.1.0/24) are both installed: the more
+ *   3. A prefix equal to or inside one this host serves itself, or a network it is on (a connected
+ *      route), is not installed here: the host reaches it directly (and a route of ours would
+ *      replace the kernel's connected one). A wider one is; our own, more specific, still wins.
+ *   4. Different prefixes that overlap (10.0.0.0/16 and 10.0.1.0/24) are both installed: the more
  *      specific wins, in the kernel and in the data plane alike (longest-prefix match on both).
  *   So a prefix is installed once, toward one peer, never silently twice.
  */
@@ -62,7 +65,11 @@ export function uncovered(wanted: readonly string[], allowed: readonly string[])
   return null;
 }
 
-export function planSubnets(peers: readonly GatewayInput[], opts: { overlay: Prefix; own: readonly string[] }): SubnetPlan {
+export function planSubnets(
+  peers: readonly GatewayInput[],
+  opts: { overlay: Prefix; own: readonly string[]; local?: readonly Prefix[] },
+): SubnetPlan {
+  const local = opts.local ?? [];
   const own = opts.own.map((s) => parsePrefix(s, true)).filter((p) => p !== null);
   const refused: RefusedRoute[] = [];
   const groups = new Map<string, GatewayInput[]>();
@@ -74,7 +81,7 @@ export function planSubnets(peers: readonly GatewayInput[], opts: { overlay: Pre
       if (!p) refuse('not a prefix');
       else if (!cert.some((c) => covers(c, p))) refuse('not covered by its certificate');
       else if (overlaps(p, opts.overlay)) refuse(`overlaps the overlay range ${formatPrefix(opts.overlay)}`);
-      else if (own.some((o) => overlaps(o, p))) refuse('overlaps a prefix this host serves');
+      else if (own.some((o) => covers(o, p)) || local.some((l) => covers(l, p))) continue; // ours: reached directly (rule 3)
       else {
         const key = formatPrefix(p);
         const g = groups.get(key) ?? [];

@@ -54,6 +54,10 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     expect(routesOf(await m.statusCli())).toEqual([`${A}>gwa`, `${B}>gwb`, `${C}>gx|gy`]);
     expect(routesOf(await bed.agent('gwa').status())).toEqual([`${B}>gwb`, `${C}>gx|gy`]);
     expect((await bed.agent('gwa').status()).self.advertisedRoutes).toEqual([A]);
+    // gx and gy share site c: each reaches it directly, neither installs nor refuses the other's
+    const gx = await bed.agent('gx').status();
+    expect(routesOf(gx)).toEqual([`${A}>gwa`, `${B}>gwb`]);
+    expect(gx.subnets?.refused).toEqual([]);
     const kernel = await bed.topo.exec(bed.topo.host('m').ns, ['ip', 'route', 'show', 'dev', 'cladnet0', 'proto', '77']);
     expect(kernel.stdout.trim().split('\n').map((l) => l.trim()).sort()).toEqual([`${A} scope link`, `${B} scope link`, `${C} scope link`]);
     expect(await bed.topo.exec(bed.topo.host('gwa').ns, ['sysctl', '-n', 'net.ipv4.ip_forward']).then((r) => r.stdout.trim())).toBe('1');

@@ -97,17 +97,15 @@ describe('planSubnets', () => {
     expect(allowedByGateway(plan).get('site-a')).toEqual([parsePrefix('198.19.1.0/24')]);
   });
 
-  it('refuses what the certificate does not cover, the overlay range and our own prefixes', () => {
+  it('refuses what the certificate does not cover and the overlay range; skips what we serve ourselves', () => {
     const plan = planSubnets(
       [gw('m', ['198.19.1.0/24'], []), gw('n', ['198.19.0.0/16', '100.64.0.0/10'], ['0.0.0.0/0']), gw('o', ['198.19.3.0/24'])],
       { overlay: OVERLAY, own: ['198.19.3.0/24'] },
     );
-    expect(plan.routes).toEqual([]);
+    expect(plan.routes).toEqual([{ prefix: '198.19.0.0/16', gateway: 'n', standby: [] }]);
     expect(plan.refused).toEqual([
       { gateway: 'm', prefix: '198.19.1.0/24', reason: 'not covered by its certificate' },
-      { gateway: 'n', prefix: '198.19.0.0/16', reason: 'overlaps a prefix this host serves' },
       { gateway: 'n', prefix: '100.64.0.0/10', reason: 'overlaps the overlay range 100.64.0.0/24' },
-      { gateway: 'o', prefix: '198.19.3.0/24', reason: 'overlaps a prefix this host serves' },
     ]);
   });
 
@@ -118,6 +116,16 @@ describe('planSubnets', () => {
     expect(aDown.routes).toEqual([{ prefix: '198.19.5.0/24', gateway: 'gw-b', standby: ['gw-a'] }]);
     const allDown = planSubnets([gw('gw-b', ['198.19.5.0/24'], undefined, false), gw('gw-a', ['198.19.5.0/24'], undefined, false)], { overlay: OVERLAY, own: [] });
     expect(allDown.routes[0]!.gateway).toBe('gw-a');
+  });
+
+  it('a prefix on a network this host is on is not installed here (reached directly); a wider one is', () => {
+    const plan = planSubnets([gw('lan', ['198.19.4.0/24']), gw('wide', ['198.19.0.0/16'])], {
+      overlay: OVERLAY,
+      own: [],
+      local: [parsePrefix('198.19.4.0/24')!],
+    });
+    expect(plan.routes.map((r) => `${r.prefix}>${r.gateway}`)).toEqual(['198.19.0.0/16>wide']);
+    expect(plan.refused).toEqual([]);
   });
 
   it('overlapping different prefixes are both installed (the more specific wins by longest match)', () => {
