@@ -51,6 +51,7 @@ import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { GatewayManager } from '../os/routes/gateway';
+import { PinManager, type Pin } from '../os/routes/pins';
 import { allowedByGateway, covers, planSubnets, uncovered, type SubnetPlan } from './subnets';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
@@ -147,6 +148,10 @@ export class Agent {
   private refusedCount = 0;
   private routesApplied = '';
   private readonly gateway = new GatewayManager(execRunner);
+  /** Host routes keeping peer endpoints (and etcd) on the underlay when a subnet route covers them. */
+  private readonly pinManager = new PinManager(execRunner);
+  private pins: Pin[] = [];
+  private pinChain: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -605,6 +610,8 @@ export class Agent {
     this.paths.localChanged();
     // Any change of our network (a route too) may make etcd reachable again: retry it now.
     this.etcdLink?.kick();
+    // The underlay may route differently now: pins follow (a no-op without subnet routes).
+    void this.refreshPins();
     if (c.reason === 'route') return;
     this.reflexive.reset();
     this.hs?.rekeyAll();
@@ -624,6 +631,8 @@ export class Agent {
   private async applyLink(): Promise<void> {
     const prefix = parseOverlayCidr(this.network.cidr);
     const routes = this.subnets.routes.map((r) => r.prefix);
+    // Pins first: a new subnet route must never capture a tunnel endpoint, not even for a moment.
+    await this.refreshPins();
     await new RouteManager(execRunner).set({
       ifname: this.cfg.interface,
       mtu: this.mtu,
@@ -634,6 +643,34 @@ export class Agent {
     if (this.cfg.advertiseRoutes.length > 0) {
       await this.gateway.set({ ifname: this.cfg.interface, forward: true, snat: this.cfg.snatRoutes ? this.cfg.advertiseRoutes : [] });
     }
+  }
+
+  /**
+   * Brings the endpoint pins (src/os/routes/pins.ts) up to date: every peer's direct endpoint and
+   * every etcd address that an installed subnet route covers leaves by the route it would take
+   * without ours. Serialized; costs nothing while no subnet route is installed and no pin is left.
+   */
+  private refreshPins(): Promise<void> {
+    const next = this.pinChain.then(async () => {
+      if (this.stopping) return;
+      const covered = this.subnets.routes.map((r) => parsePrefix(r.prefix)!);
+      if (covered.length === 0 && this.pins.length === 0) return;
+      const endpoints: number[] = [];
+      for (const p of this.peers.values()) if (p.endpoint.via === undefined && p.endpoint.ip !== 0) endpoints.push(p.endpoint.ip);
+      for (const u of this.cfg.etcd) {
+        const ip = parseIpv4(hostOf(u));
+        if (ip !== null) endpoints.push(ip);
+      }
+      try {
+        const r = await this.pinManager.set(endpoints, covered, this.cfg.interface);
+        this.pins = r.pins;
+        if (r.commands.length > 0) this.log.info({ pins: r.pins.map((p) => `${p.dst} via ${p.gateway ?? '-'} dev ${p.dev}`) }, 'endpoint pins updated');
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, 'could not update endpoint pins');
+      }
+    });
+    this.pinChain = next;
+    return next;
   }
 
   /**
@@ -745,7 +782,10 @@ export class Agent {
       this.hs?.moveEndpoint(name, cur.ip, cur.port, cur.via);
       changed = true;
     }
-    if (changed) this.schedulePush();
+    if (changed) {
+      this.schedulePush();
+      void this.refreshPins();
+    }
   }
 
   private onPong(p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number }): void {
@@ -801,6 +841,7 @@ export class Agent {
     // New candidates get their first probes now, not at the next path tick.
     if (upserted.length > 0) setImmediate(() => this.pathTick(upserted));
     this.reconcileSubnets();
+    if (upserted.length > 0) void this.refreshPins();
   }
 
   /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
@@ -888,6 +929,7 @@ export class Agent {
     p.endpoint = to;
     this.hs?.moveEndpoint(name, to.ip, to.port, to.via);
     this.log.info({ peer: name, endpoint: describeEndpoint(to) }, 'peer endpoint moved');
+    void this.refreshPins();
   }
 
   private disableIpv6(ifname: string): void {
@@ -926,6 +968,7 @@ export class Agent {
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
         ...(this.cfg.advertiseRoutes.length > 0 ? { advertisedRoutes: [...this.cfg.advertiseRoutes], snatRoutes: this.cfg.snatRoutes } : {}),
+        ...(this.pins.length > 0 ? { endpointPins: this.pins.map((p) => ({ ...p })) } : {}),
       },
       subnets: this.subnetStatus(),
     });
@@ -995,6 +1038,15 @@ export class Agent {
       this.etcd?.close();
     });
     this.log.info('stopped');
+  }
+}
+
+/** The host of an etcd URL ("http://198.18.0.1:2379" -> "198.18.0.1"); '' when it does not parse. */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return '';
   }
 }
 

@@ -59,6 +59,8 @@ export interface StatusDocument {
     /** The prefixes this host serves as a gateway (`--advertise-routes`), and whether it source-NATs into them. */
     advertisedRoutes?: string[];
     snatRoutes?: boolean;
+    /** Host routes keeping peer endpoints on the underlay where a subnet route covers them (src/os/routes/pins.ts). */
+    endpointPins?: { dst: string; gateway?: string; dev: string }[];
   };
   /**
    * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those

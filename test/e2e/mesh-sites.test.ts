@@ -27,7 +27,7 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
   let lc: SiteLan;
 
   beforeAll(async () => {
-    bed = await startMeshBed({ topology: { hosts: [{ name: 'gwa' }, { name: 'gwb' }, { name: 'm' }, { name: 'gx' }, { name: 'gy' }, { name: 'bad' }] }, agents: 0, waitUp: false });
+    bed = await startMeshBed({ topology: { hosts: [{ name: 'gwa' }, { name: 'gwb' }, { name: 'm' }, { name: 'gx' }, { name: 'gy' }, { name: 'bad' }, { name: 'gu' }] }, agents: 0, waitUp: false });
     const t = bed.topo;
     la = await addSiteLan(t, { name: 'la', index: 1, gateways: ['gwa'] });
     lb = await addSiteLan(t, { name: 'lb', index: 2, gateways: ['gwb'] });
@@ -126,6 +126,41 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     );
     expect(err?.message).toMatch(/EROUTE/);
     expect(err?.message).toContain('198.19.9.0/24 is not covered by this host\'s certificate');
+  });
+
+  it("a gateway advertising m's underlay link does not break the mesh: peers pin m's endpoint to the underlay, and the pin follows a new underlay gateway within 1 s", async () => {
+    const t = bed.topo;
+    const M_LINK = '198.18.3.0/24'; // m's internet link (third host), now also "behind" gu
+    const mEndpoint = t.host('m').underlayIp;
+    await bed.start(t.host('gu'), { certRoutes: [M_LINK], extraArgs: ['--advertise-routes', M_LINK] });
+    const gwa = bed.agent('gwa');
+    const doc = await waitUntil(
+      'gwa to install the route and pin m',
+      async () => {
+        const d = await gwa.status();
+        return d.self.endpointPins?.some((p) => p.dst === mEndpoint) && routesOf(d)?.includes(`${M_LINK}>gu`) ? d : undefined;
+      },
+      { timeoutMs: 15_000, intervalMs: 100 },
+    );
+    expect(doc.self.endpointPins).toEqual([{ dst: mEndpoint, gateway: '198.18.1.1', dev: `${t.id}-x1` }]);
+    const viaOf = async () => (await t.exec(t.host('gwa').ns, ['ip', 'route', 'get', mEndpoint])).stdout;
+    expect(await viaOf()).toContain(`via 198.18.1.1 dev ${t.id}-x1`);
+    const mIp = (await bed.agent('m').status()).self.overlayIp;
+    const run = startPings(t, t.host('gwa').ns, mIp, { intervalMs: 10 });
+    await sleep(1_000);
+    // gwa's underlay gateway changes (a new router address on its link, as after a DHCP renewal)
+    await t.exec(t.routerNs, ['ip', 'address', 'add', '198.18.1.254/24', 'dev', `${t.id}-r1`]);
+    const changedAt = Date.now();
+    await t.exec(t.host('gwa').ns, ['ip', 'route', 'replace', 'default', 'via', '198.18.1.254']);
+    await waitUntil('the pin to follow', async () => (await viaOf()).includes('via 198.18.1.254'), { timeoutMs: 5_000, intervalMs: 20 });
+    const followMs = Date.now() - changedAt;
+    await sleep(1_000);
+    const series = await run.stop();
+    const gap = longestGapMs(series.replies, run.startedAt + 200, series.stoppedAt);
+    console.log(`pin of m's endpoint at gwa followed the new underlay gateway in ${followMs} ms; gwa -> m longest gap ${gap.toFixed(0)} ms (${series.replies.length}/${series.sent})`);
+    expect(followMs).toBeLessThan(1_000);
+    expect(gap).toBeLessThan(1_000);
+    expect((await gwa.status()).peers.find((p) => p.name === 'm')?.state).toBe('up');
   });
 
   it('gateway failover: the active gateway of a shared prefix is killed under a ping every 10 ms; the other takes over within 2 s', async () => {

@@ -7,7 +7,8 @@ import { isCladnetError } from '../../src/errors';
 import type { Ed25519, SigningKeyPair } from '../../src/crypto/sign';
 import { planGateway, GatewayManager } from '../../src/os/routes/gateway';
 import { RecordingRunner } from '../../src/os/runner';
-import { parsePrefix } from '../../src/util/ipv4';
+import { currentPins, PinManager, planPinCommands, planPins, underlayRoute, type MainRoute } from '../../src/os/routes/pins';
+import { parseIpv4, parsePrefix } from '../../src/util/ipv4';
 import { hostRecord, T0, trustFixture, X } from '../helpers/trust';
 
 const OVERLAY = parsePrefix('100.64.0.0/24')!;
@@ -148,6 +149,48 @@ describe('gateway host setup', () => {
       'nft add rule ip cladnet_cladnet0 postrouting iifname cladnet0 ip daddr 198.19.1.0/24 masquerade',
       'nft add rule ip cladnet_cladnet0 postrouting iifname cladnet0 ip daddr 198.19.2.0/24 masquerade',
       'nft delete table ip cladnet_cladnet0',
+    ]);
+  });
+});
+
+describe('endpoint pinning', () => {
+  const ip = (s: string) => parseIpv4(s)!;
+  const main: MainRoute[] = [
+    { dst: 'default', gateway: '198.18.1.1', dev: 'eth0' },
+    { dst: '198.18.1.0/24', dev: 'eth0', protocol: 'kernel' },
+    // ours: the overlay's subnet route and a stale pin must not count as the underlay
+    { dst: '198.18.0.0/15', dev: 'cladnet0', protocol: '77' },
+    { dst: '198.18.9.9', gateway: '198.18.1.254', dev: 'eth0', protocol: '77' },
+  ];
+
+  it('finds the route an endpoint takes without ours', () => {
+    expect(underlayRoute(ip('198.18.3.2'), main, 'cladnet0')).toEqual(main[0]);
+    expect(underlayRoute(ip('198.18.1.7'), main, 'cladnet0')).toEqual(main[1]);
+  });
+
+  it('pins only endpoints an installed subnet route covers, through their underlay route', () => {
+    const pins = planPins([ip('198.18.3.2'), ip('198.18.1.7'), ip('198.19.5.5')], [parsePrefix('198.18.0.0/16')!], main, 'cladnet0');
+    expect(pins).toEqual([
+      { dst: '198.18.1.7', dev: 'eth0' },
+      { dst: '198.18.3.2', gateway: '198.18.1.1', dev: 'eth0' },
+    ]);
+  });
+
+  it('applies the difference: new and changed pins first, stale ones deleted, nothing when it matches', async () => {
+    const r = new RecordingRunner((argv) => ({ code: 0, stdout: argv[1] === '-j' ? JSON.stringify(main) : '', stderr: '' }));
+    const out = await new PinManager(r).set([ip('198.18.3.2')], [parsePrefix('198.18.0.0/15')!], 'cladnet0');
+    expect(out.pins).toEqual([{ dst: '198.18.3.2', gateway: '198.18.1.1', dev: 'eth0' }]);
+    expect(r.transcript).toEqual([
+      'ip -j route show table main',
+      'ip route replace 198.18.3.2/32 via 198.18.1.1 dev eth0 proto 77',
+      'ip route del 198.18.9.9/32 dev eth0 proto 77',
+    ]);
+    const pinned = [...main.slice(0, 3), { dst: '198.18.3.2', gateway: '198.18.1.1', dev: 'eth0', protocol: 77 }];
+    expect(planPinCommands(currentPins(pinned, 'cladnet0'), planPins([ip('198.18.3.2')], [parsePrefix('198.18.0.0/15')!], pinned, 'cladnet0'))).toEqual([]);
+    // the underlay gateway changed (DHCP, a new network): the pin follows, replaced in place
+    const moved = [{ dst: 'default', gateway: '198.18.7.1', dev: 'eth1' }, ...pinned.slice(2)];
+    expect(planPinCommands(currentPins(moved, 'cladnet0'), planPins([ip('198.18.3.2')], [parsePrefix('198.18.0.0/15')!], moved, 'cladnet0'))).toEqual([
+      ['ip', 'route', 'replace', '198.18.3.2/32', 'via', '198.18.7.1', 'dev', 'eth1', 'proto', '77'],
     ]);
   });
 });
