@@ -22,7 +22,8 @@ export const MAX_RECORD_BYTES = 64 * 1024;
  * Largest stored value per record type, in bytes: refused on write (`checkRecordSize`, ERECORD
  * with field 'size') and skipped on read (the parsers refuse it before JSON.parse). At least
  * twice the largest valid record (test/unit/control-record-size.test.ts measures them): a host
- * record with a certificate, 32 endpoints, 64 host CIDRs and 63-character names is 2,949 bytes
+ * record with a certificate, 32 endpoints, 64 host CIDRs, 16 routes (in the record and in the
+ * certificate) and 63-character names is 3,611 bytes
  * (a typical one about 1 KB); a revocation 346 bytes, a lease 182, a network spec 231.
  */
 export const RECORD_CAPS = Object.freeze({ network: 4096, host: 8192, lease: 1024, revoked: 1024, alive: 1024, token: 2048, tokenUse: 4096, tokenRevoked: 65536 });
@@ -45,8 +46,11 @@ export function checkRecordSize(kind: RecordKind, value: string | Buffer): void 
 }
 export const MAX_ENDPOINTS = 32;
 export const MAX_HOST_CIDRS = 64;
-/** Most prefixes a certificate may carry, and a record advertise. */
-export const MAX_ROUTES = 64;
+/**
+ * Most prefixes a certificate may carry, and a record advertise (aggregate beyond that: a VPC's
+ * CIDR rather than each subnet). 16 keeps the largest host record within half its cap.
+ */
+export const MAX_ROUTES = 16;
 
 /** Null when `s` is a canonical IPv4 prefix a host may route ("a.b.c.d/len", host bits zero), else why not. */
 export function routePrefixError(s: string): string | null {
