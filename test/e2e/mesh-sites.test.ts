@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostKey } from '../../src/control/keys';
 import type { HostRecord } from '../../src/control/records';
-import { sleep, waitUntil, type AgentStatus } from '../../src/testbed/agents';
+import { cli, networkKeyFile, sleep, waitUntil, type AgentStatus } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { addSiteLan, type SiteLan } from '../../src/testbed/sites';
 import { longestGapMs, ping, startPings, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
@@ -53,7 +53,10 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     await waitUntil('m to install three routes', async () => routesOf(await m.status())?.length === 3, { timeoutMs: 10_000 });
     expect(routesOf(await m.statusCli())).toEqual([`${A}>gwa`, `${B}>gwb`, `${C}>gx|gy`]);
     expect(routesOf(await bed.agent('gwa').status())).toEqual([`${B}>gwb`, `${C}>gx|gy`]);
-    expect((await bed.agent('gwa').status()).self.advertisedRoutes).toEqual([A]);
+    const gwaDoc = await bed.agent('gwa').status();
+    expect(gwaDoc.self.advertisedRoutes).toEqual([A]);
+    // its LAN address is inside the prefix it routes: never a tunnel candidate (the tunnel would carry itself)
+    expect(gwaDoc.self.endpoints).toEqual([`${bed.topo.host('gwa').underlayIp}:51820`]);
     // gx and gy share site c: each reaches it directly, neither installs nor refuses the other's
     const gx = await bed.agent('gx').status();
     expect(routesOf(gx)).toEqual([`${A}>gwa`, `${B}>gwb`]);
@@ -126,6 +129,14 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     );
     expect(err?.message).toMatch(/EROUTE/);
     expect(err?.message).toContain('198.19.9.0/24 is not covered by this host\'s certificate');
+    // and the operator cannot certify a route over the overlay range itself
+    const t = bed.topo;
+    const issue = await cli(t, t.routerNs, [
+      ...['host', 'issue', 'bad2', '--network', bed.network, '--network-key', networkKeyFile(t, bed.network)],
+      ...['--out', `${t.workDir}/bad2`, '--etcd', bed.etcd.endpoint, '--routes', '100.64.0.0/16'],
+    ]);
+    expect(issue.code).not.toBe(0);
+    expect(issue.stderr).toContain(`routes: 100.64.0.0/16 overlaps the network's overlay range ${bed.cidr}`);
   });
 
   it("a gateway advertising m's underlay link does not break the mesh: peers pin m's endpoint to the underlay, and the pin follows a new underlay gateway within 1 s", async () => {

@@ -236,6 +236,7 @@ describe('subnet routes in the status text', () => {
     const doc = sample();
     doc.self.advertisedRoutes = ['198.19.1.0/24'];
     doc.self.snatRoutes = true;
+    doc.self.endpointPins = [{ dst: '198.18.3.2', gateway: '198.18.1.1', dev: 'eth0' }];
     doc.subnets = {
       routes: [
         { prefix: '198.19.2.0/24', gateway: 'gwb', standby: [] },
@@ -251,6 +252,7 @@ describe('subnet routes in the status text', () => {
         '  route 198.19.2.0/24 via gwb',
         '  route 198.19.3.0/24 via gx (standby gy)',
         '  REFUSED route 198.19.1.0/24 from m: not covered by its certificate',
+        '  pinned 198.18.3.2 via 198.18.1.1 dev eth0 (a subnet route covers it)',
       ]),
     );
     expect(renderStatus(sample(), NOW)).not.toContain('route');
