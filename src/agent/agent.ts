@@ -146,6 +146,8 @@ export class Agent {
   /** Refusals already warned about ("gateway prefix reason"). */
   private refusedSeen = new Set<string>();
   private refusedCount = 0;
+  /** When each gateway of a failover group was last probed (at most every GATEWAY_PROBE_MS). */
+  private readonly probedAt = new Map<string, number>();
   private routesApplied = '';
   private readonly gateway = new GatewayManager(execRunner);
   /** Host routes keeping peer endpoints (and etcd) on the underlay when a subnet route covers them. */
@@ -674,17 +676,18 @@ export class Agent {
   }
 
   /**
-   * Whether a gateway can serve its prefixes now, as the data plane sees it: we heard it within
-   * PEER_UP_MS, and we have not kept sending to it for GATEWAY_SILENT_MS past the last packet
-   * from it (a gateway that stops answering under traffic is down long before PEER_UP_MS).
+   * How a gateway looks to the data plane now: 'down' when we kept sending to it for
+   * GATEWAY_SILENT_MS past its last packet (a gateway that stops answering under traffic is down
+   * long before PEER_UP_MS), 'up' when we heard it within PEER_UP_MS on a session, else 'unknown'
+   * (quiet, or no session yet: a handshake on demand follows the first packet routed to it).
    */
-  private gatewayUp(name: string, now: number): boolean {
+  private gatewayHealth(name: string, now: number): 'up' | 'unknown' | 'down' {
     const p = this.peers.get(name);
-    if (!p || !this.engine || !this.hs || this.hs.sessionsOf(name).length === 0) return false;
+    if (!p || !this.engine) return 'unknown';
     const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
     const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
-    if (rx === 0 || now - rx >= PEER_UP_MS) return false;
-    return tx - rx < GATEWAY_SILENT_MS;
+    if (tx > 0 && tx - rx >= GATEWAY_SILENT_MS) return 'down';
+    return rx > 0 && now - rx < PEER_UP_MS && (this.hs?.sessionsOf(name).length ?? 0) > 0 ? 'up' : 'unknown';
   }
 
   /**
@@ -699,7 +702,7 @@ export class Agent {
     for (const [name, p] of this.peers) {
       const advertised = p.record.routes ?? [];
       if (advertised.length === 0) continue;
-      inputs.push({ name, advertised, certified: p.record.cert?.routes ?? [], up: this.gatewayUp(name, now) });
+      inputs.push({ name, advertised, certified: p.record.cert?.routes ?? [], health: this.gatewayHealth(name, now) });
     }
     const plan = planSubnets(inputs, { overlay: parseOverlayCidr(this.network.cidr), own: this.cfg.advertiseRoutes, local: this.localPrefixes });
     for (const r of plan.refused) {
@@ -741,7 +744,11 @@ export class Agent {
         if (!p || p.endpoint.via !== undefined) continue;
         const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
         const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
-        if (tx - rx > GATEWAY_PROBE_MS || now - rx > GATEWAY_PROBE_MS * 10) this.engine.probe(p.slot, p.endpoint.ip, p.endpoint.port);
+        if (now - (this.probedAt.get(name) ?? 0) < GATEWAY_PROBE_MS) continue;
+        if (tx - rx > GATEWAY_PROBE_MS || now - rx > GATEWAY_PROBE_MS * 10) {
+          this.probedAt.set(name, now);
+          this.engine.probe(p.slot, p.endpoint.ip, p.endpoint.port);
+        }
       }
     }
     if (groups) this.reconcileSubnets();
@@ -863,6 +870,7 @@ export class Agent {
     if (!this.peers.remove(name)) return;
     this.paths.removePeer(name);
     this.reflexive.forget(name);
+    this.probedAt.delete(name);
     this.log.info({ peer: name }, 'peer removed');
   }
 

@@ -10,7 +10,7 @@
  *      key) cover it, and never when it overlaps the overlay range. Anything else is refused,
  *      reported and counted: an etcd writer grants nothing.
  *   2. One exact prefix advertised by several peers is a failover group: exactly one member is
- *      active, the first by (up before down, then name). The others stand by.
+ *      active, the first by (up, then unknown, then down; then name). The others stand by.
  *   3. A prefix equal to or inside one this host serves itself, or a network it is on (a connected
  *      route), is not installed here: the host reaches it directly (and a route of ours would
  *      replace the kernel's connected one). A wider one is; our own, more specific, still wins.
@@ -26,8 +26,12 @@ export interface GatewayInput {
   readonly advertised: readonly string[];
   /** What the certificate allows (`cert.routes`). */
   readonly certified: readonly string[];
-  /** The data plane hears it (see gatewayUp in agent.ts). */
-  readonly up: boolean;
+  /**
+   * How the data plane sees it (gatewayHealth in agent.ts): 'up' heard recently, 'down' we kept
+   * sending to it past its last packet (it stopped answering), 'unknown' neither (no session yet,
+   * or quiet): a quiet standby is still a better choice than one known to be failing.
+   */
+  readonly health: 'up' | 'unknown' | 'down';
 }
 
 export interface SubnetRoute {
@@ -65,6 +69,8 @@ export function uncovered(wanted: readonly string[], allowed: readonly string[])
   return null;
 }
 
+const RANK = { up: 0, unknown: 1, down: 2 } as const;
+
 export function planSubnets(
   peers: readonly GatewayInput[],
   opts: { overlay: Prefix; own: readonly string[]; local?: readonly Prefix[] },
@@ -93,7 +99,7 @@ export function planSubnets(
   const routes: SubnetRoute[] = [...groups.entries()]
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(([prefix, g]) => {
-      const order = [...g].sort((a, b) => Number(b.up) - Number(a.up) || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const order = [...g].sort((a, b) => RANK[a.health] - RANK[b.health] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       return { prefix, gateway: order[0]!.name, standby: order.slice(1).map((x) => x.name) };
     });
   return { routes, refused };

@@ -20,7 +20,12 @@ beforeAll(async () => {
   ({ ed, net, anchor } = await trustFixture());
 });
 
-const gw = (name: string, advertised: string[], certified = advertised, up = true): GatewayInput => ({ name, advertised, certified, up });
+const gw = (name: string, advertised: string[], certified = advertised, health: GatewayInput['health'] = 'up'): GatewayInput => ({
+  name,
+  advertised,
+  certified,
+  health,
+});
 
 describe('certified routes', () => {
   it('a certificate without routes keeps the canonical bytes it had before routes existed', () => {
@@ -110,12 +115,17 @@ describe('planSubnets', () => {
     ]);
   });
 
-  it('one prefix from two gateways is a failover group: lowest name first, an up one before a down one', () => {
+  it('one prefix from two gateways is a failover group: lowest name first, up before unknown before down', () => {
     const both = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'])], { overlay: OVERLAY, own: [] });
     expect(both.routes).toEqual([{ prefix: '198.19.5.0/24', gateway: 'gw-a', standby: ['gw-b'] }]);
-    const aDown = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'], undefined, false)], { overlay: OVERLAY, own: [] });
+    const aDown = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'], undefined, 'down')], { overlay: OVERLAY, own: [] });
     expect(aDown.routes).toEqual([{ prefix: '198.19.5.0/24', gateway: 'gw-b', standby: ['gw-a'] }]);
-    const allDown = planSubnets([gw('gw-b', ['198.19.5.0/24'], undefined, false), gw('gw-a', ['198.19.5.0/24'], undefined, false)], { overlay: OVERLAY, own: [] });
+    // a quiet standby without a session yet beats one known to be failing
+    const quiet = planSubnets([gw('gw-b', ['198.19.5.0/24'], undefined, 'unknown'), gw('gw-a', ['198.19.5.0/24'], undefined, 'down')], { overlay: OVERLAY, own: [] });
+    expect(quiet.routes[0]!.gateway).toBe('gw-b');
+    const upFirst = planSubnets([gw('gw-b', ['198.19.5.0/24']), gw('gw-a', ['198.19.5.0/24'], undefined, 'unknown')], { overlay: OVERLAY, own: [] });
+    expect(upFirst.routes[0]!.gateway).toBe('gw-b');
+    const allDown = planSubnets([gw('gw-b', ['198.19.5.0/24'], undefined, 'down'), gw('gw-a', ['198.19.5.0/24'], undefined, 'down')], { overlay: OVERLAY, own: [] });
     expect(allDown.routes[0]!.gateway).toBe('gw-a');
   });
 
