@@ -190,4 +190,22 @@ describe.skipIf(!isRoot)('subnet routes through gateways', () => {
     expect(gap).toBeLessThan(2_000);
     expect(routesOf(await bed.agent('m').status())).toContain(`${C}>gy|gx`);
   });
+  it('failback: the preferred gateway comes back and takes its prefix again while pings keep flowing (gap under 2 s)', async () => {
+    const t = bed.topo;
+    const mNs = t.host('m').ns;
+    const run = startPings(t, mNs, lc.hostIp, { intervalMs: 10 });
+    await sleep(1_000);
+    const startedAt = Date.now();
+    await bed.start(t.host('gx'), { certRoutes: [C], extraArgs: ['--advertise-routes', C, '--snat-routes'] });
+    await waitUntil('m to route site c through gx again', async () => routesOf(await bed.agent('m').status())?.includes(`${C}>gx|gy`), {
+      timeoutMs: 20_000,
+      intervalMs: 50,
+    });
+    const backMs = Date.now() - startedAt;
+    await sleep(2_000);
+    const series = await run.stop();
+    const gap = longestGapMs(series.replies, run.startedAt + 200, series.stoppedAt);
+    console.log(`failback to gx ${backMs} ms after its start; longest gap ${gap.toFixed(0)} ms (${series.replies.length}/${series.sent})`);
+    expect(gap).toBeLessThan(2_000);
+  });
 });
