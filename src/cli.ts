@@ -86,6 +86,8 @@ export function buildProgram(): Command {
     .option('--metadata <provider>', 'ask cloud instance metadata for our public IPv4: off|aws|gcp|azure|auto (default off)')
     .option('--relay [bool]', 'relay encrypted traffic for peers that cannot reach each other directly (default false)')
     .option('--metrics-listen <addr>', 'serve Prometheus metrics on GET /metrics at this TCP address, e.g. 127.0.0.1:9821 (default off)')
+    .option('--advertise-routes <cidrs>', 'prefixes this host routes for the mesh (comma separated; each inside its certificate\'s --routes)')
+    .option('--snat-routes [bool]', 'source-NAT overlay traffic into the advertised prefixes (LANs that cannot route the overlay back; default false)')
     .option('--cert <file>', 'this host\'s certificate from `cladnet host issue` (default <state-dir>/host.cert)')
     .option('--token <token>', 'join token from `cladnet token create`: used only when --cert does not exist yet, to enrol this host (prefer --token-file)')
     .option('--token-file <file>', 'file (mode 0600) holding the join token; wiped and removed once the host has enrolled')
@@ -268,10 +270,12 @@ export function buildProgram(): Command {
       .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
       .option('--valid-days <n>', 'certificate lifetime in days (default 365)')
-      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)'),
+      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)')
+      .option('--routes <cidrs>', 'certify the host to route these prefixes for the mesh (comma separated; see agent --advertise-routes)'),
   )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; routes?: string; json?: boolean }) => {
+      const routes = o.routes === undefined ? undefined : o.routes.split(',').map((r) => r.trim()).filter(Boolean);
       const { issueHostFiles } = await import('./cli/host-issue');
       const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
       if (validDays !== undefined && !(Number.isFinite(validDays) && validDays > 0)) {
@@ -279,13 +283,14 @@ export function buildProgram(): Command {
       }
       const r = await withEtcd(o, (c) =>
         issueHostFiles(c, {
-          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay },
+          ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay, routes },
           onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
         }),
       );
       print(r, !!o.json, () =>
         [
           `issued a certificate for ${r.cert.name} in network ${r.cert.network}: overlay ${r.cert.overlayIp}, serial ${r.cert.serial}, valid until ${r.cert.notAfter}`,
+          ...(r.cert.routes ? [`routes: ${r.cert.routes.join(', ')}`] : []),
           `certificate: ${r.certFile}`,
           ...(r.privateKeyFile ? [`private key: ${r.privateKeyFile} (mode 0600${r.keyCreated ? ', new' : ', kept'}); ship both to the host's state dir`] : []),
         ].join('\n'),

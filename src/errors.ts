@@ -23,7 +23,8 @@ export type ErrorCode =
   | 'ETOKENSCOPE' // the host name is outside a join token's name pattern (or already certified)
   | 'ETOKENREVOKED' // the operator revoked the join token
   | 'ESTATE' // local state (state dir) unusable
-  | 'EABORTED'; // an operation given up on purpose (a publish overtaken by an address change)
+  | 'EABORTED' // an operation given up on purpose (a publish overtaken by an address change)
+  | 'EROUTE'; // a route to advertise is not covered by the host's certificate
 
 export class CladnetError extends Error {
   readonly code: ErrorCode;

@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Etcd3 } from 'etcd3';
 import { parseListenAddress, type AgentConfig } from '../config/config';
-import { isCladnetError } from '../errors';
+import { CladnetError, isCladnetError } from '../errors';
 import type { Logger } from '../log';
 import type { KeyPair } from '../crypto/keys';
 import { MSG_INITIATION, Noise } from '../crypto/noise';
@@ -47,16 +47,19 @@ import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT, systemClock } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
-import { MAX_PEERS, P_LAST_RX, P_RTT } from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX, P_LAST_TX, P_RTT } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
+import { GatewayManager } from '../os/routes/gateway';
+import { PinManager, type Pin } from '../os/routes/pins';
+import { allowedByGateway, covers, planSubnets, uncovered, type SubnetPlan } from './subnets';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
 import { MetricsServer } from '../status/metrics-server';
 import type { StatusDocument } from '../status/types';
-import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, type Prefix } from '../util/ipv4';
+import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
 import { buildStatus } from './status';
 import { writeFileAtomicSync } from '../util/atomic-file';
@@ -85,6 +88,15 @@ const DISCOVERY_EVERY_MS = 60_000;
 /** package.json's version (the same path from src/agent and dist/agent), for the status and cladnet_info. */
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const PACKAGE_VERSION = (require('../../package.json') as { version: string }).version;
+/**
+ * A gateway we keep sending to without hearing anything back for this long counts as down for its
+ * failover group (the data plane pings a busy peer that went quiet every 300 ms, and we probe a
+ * silent gateway, so a live one answers well within it). With the check every SUBNET_CHECK_MS,
+ * a route moves to the standby gateway within about 1.3 s of the last packet from the failed one.
+ */
+const GATEWAY_SILENT_MS = 1_000;
+const GATEWAY_PROBE_MS = 400;
+const SUBNET_CHECK_MS = 100;
 
 export class Agent {
   private etcd?: Etcd3;
@@ -138,6 +150,21 @@ export class Agent {
   private readonly session = randomBytes(8).toString('hex');
   private stopping?: Promise<void>;
   private readonly log: Logger;
+  /** Which peer serves which advertised prefix (./subnets.ts), and each gateway's active prefixes. */
+  private subnets: SubnetPlan = { routes: [], refused: [] };
+  private allowed = new Map<string, Prefix[]>();
+  private subnetTimer?: NodeJS.Timeout;
+  /** Refusals already warned about ("gateway prefix reason"). */
+  private refusedSeen = new Set<string>();
+  private refusedCount = 0;
+  /** When each gateway of a failover group was last probed (at most every GATEWAY_PROBE_MS). */
+  private readonly probedAt = new Map<string, number>();
+  private routesApplied = '';
+  private readonly gateway = new GatewayManager(execRunner);
+  /** Host routes keeping peer endpoints (and etcd) on the underlay when a subnet route covers them. */
+  private readonly pinManager = new PinManager(execRunner);
+  private pins: Pin[] = [];
+  private pinChain: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly cfg: AgentConfig,
@@ -164,6 +191,15 @@ export class Agent {
     await enrolIfNeeded(cfg, () => this.etcdClient(), publicKey, this.log);
     // Our certificate (src/agent/membership.ts): this network's, this name's, this key's, valid now.
     this.member = await loadMembership(cfg, publicKey, this.log);
+    const bad = uncovered(cfg.advertiseRoutes, this.member.cert.routes ?? []);
+    if (bad !== null) {
+      throw new CladnetError(
+        'EROUTE',
+        `advertiseRoutes: ${bad} is not covered by this host's certificate (it carries ${this.member.cert.routes?.join(', ') || 'no routes'}; ` +
+          `issue it with cladnet host issue ${cfg.name} --routes ...)`,
+        { field: 'advertiseRoutes' },
+      );
+    }
     if (cfg.relay && this.member.cert.relay !== true) {
       this.log.warn('relay is on, but the certificate does not allow this host to relay: peers will not use it (issue it with host issue --relay)');
     }
@@ -197,6 +233,10 @@ export class Agent {
       addresses: [`${this.overlayIp}/${prefix.len}`],
       routes: [],
     });
+    if (cfg.advertiseRoutes.length > 0) {
+      await this.gateway.set({ ifname: cfg.interface, forward: true, snat: cfg.snatRoutes ? cfg.advertiseRoutes : [] });
+      this.log.info({ routes: cfg.advertiseRoutes, snat: cfg.snatRoutes }, 'serving routes for the mesh');
+    }
 
     // 4. data plane
     this.engine = await DataplaneEngine.start({
@@ -319,6 +359,8 @@ export class Agent {
       if (this.engine && !this.stopping) gate.offer(this.view());
     }, VIEW_OFFER_EVERY_MS);
     this.viewTimer.unref();
+    this.subnetTimer = setInterval(() => this.checkGateways(), SUBNET_CHECK_MS);
+    this.subnetTimer.unref();
 
     // 6. status (and the diagnostics behind ping and netcheck)
     const stun = this.stun;
@@ -438,6 +480,7 @@ export class Agent {
       relay: this.cfg.relay || undefined,
       nat: view.nat,
       reflexive: view.reflexive ?? undefined,
+      routes: this.cfg.advertiseRoutes.length > 0 ? [...this.cfg.advertiseRoutes] : undefined,
     };
   }
 
@@ -452,7 +495,7 @@ export class Agent {
         ? this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`))
         : this.addresses
             .list()
-            .filter((a) => a.address !== this.overlayIp)
+            .filter((a) => a.address !== this.overlayIp && !this.insideOwnRoutes(a.address))
             .map((a) => `${a.address}:${port}`);
     const view = this.reflexive.view();
     if (view.nat === 'eim' && view.reflexive) out.push(view.reflexive);
@@ -486,6 +529,15 @@ export class Agent {
     const changed = next.join(',') !== this.endpoints.join(',');
     this.endpoints = next;
     return changed;
+  }
+
+  /**
+   * An address of ours inside a prefix we route for the mesh is one peers reach through the tunnel
+   * to us: never a candidate for the tunnel itself (the tunnel would carry itself).
+   */
+  private insideOwnRoutes(address: string): boolean {
+    const ip = parseIpv4(address);
+    return ip !== null && this.cfg.advertiseRoutes.some((r) => covers(parsePrefix(r)!, { base: ip, len: 32 }));
   }
 
   private isLocal(ip: number): boolean {
@@ -604,6 +656,8 @@ export class Agent {
     this.paths.localChanged();
     // Any change of our network (a route too) may make etcd reachable again: retry it now.
     this.etcdLink?.kick();
+    // The underlay may route differently now: pins follow (a no-op without subnet routes).
+    void this.refreshPins();
     if (c.reason === 'route') return;
     this.reflexive.reset();
     this.hs?.rekeyAll();
@@ -614,6 +668,7 @@ export class Agent {
       this.etcdLink?.kick();
     }
     this.updateLocal();
+    this.reconcileSubnets();
     void this.republish();
     void this.discover();
     void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not re-apply link state'));
@@ -621,12 +676,135 @@ export class Agent {
 
   private async applyLink(): Promise<void> {
     const prefix = parseOverlayCidr(this.network.cidr);
+    const routes = this.subnets.routes.map((r) => r.prefix);
+    // Pins first: a new subnet route must never capture a tunnel endpoint, not even for a moment.
+    await this.refreshPins();
     await new RouteManager(execRunner).set({
       ifname: this.cfg.interface,
       mtu: this.mtu,
       addresses: [`${this.overlayIp}/${prefix.len}`],
-      routes: [],
+      routes,
     });
+    this.routesApplied = routes.join(',');
+    if (this.cfg.advertiseRoutes.length > 0) {
+      await this.gateway.set({ ifname: this.cfg.interface, forward: true, snat: this.cfg.snatRoutes ? this.cfg.advertiseRoutes : [] });
+    }
+  }
+
+  /**
+   * Brings the endpoint pins (src/os/routes/pins.ts) up to date: every peer's direct endpoint and
+   * every etcd address that an installed subnet route covers leaves by the route it would take
+   * without ours. Serialized; costs nothing while no subnet route is installed and no pin is left.
+   */
+  private refreshPins(): Promise<void> {
+    const next = this.pinChain.then(async () => {
+      if (this.stopping) return;
+      const covered = this.subnets.routes.map((r) => parsePrefix(r.prefix)!);
+      if (covered.length === 0 && this.pins.length === 0) return;
+      const endpoints: number[] = [];
+      for (const p of this.peers.values()) if (p.endpoint.via === undefined && p.endpoint.ip !== 0) endpoints.push(p.endpoint.ip);
+      for (const u of this.cfg.etcd) {
+        const ip = parseIpv4(hostOf(u));
+        if (ip !== null) endpoints.push(ip);
+      }
+      try {
+        const r = await this.pinManager.set(endpoints, covered, this.cfg.interface);
+        this.pins = r.pins;
+        if (r.commands.length > 0) this.log.info({ pins: r.pins.map((p) => `${p.dst} via ${p.gateway ?? '-'} dev ${p.dev}`) }, 'endpoint pins updated');
+      } catch (e) {
+        this.log.warn({ err: (e as Error).message }, 'could not update endpoint pins');
+      }
+    });
+    this.pinChain = next;
+    return next;
+  }
+
+  /**
+   * How a gateway looks to the data plane now: 'down' when we kept sending to it for
+   * GATEWAY_SILENT_MS past its last packet (a gateway that stops answering under traffic is down
+   * long before PEER_UP_MS), 'up' when we heard it within PEER_UP_MS on a session, else 'unknown'
+   * (quiet, or no session yet: a handshake on demand follows the first packet routed to it).
+   */
+  private gatewayHealth(name: string, now: number): 'up' | 'unknown' | 'down' {
+    const p = this.peers.get(name);
+    if (!p || !this.engine) return 'unknown';
+    const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
+    const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
+    if (tx > 0 && tx - rx >= GATEWAY_SILENT_MS) return 'down';
+    return rx > 0 && now - rx < PEER_UP_MS && (this.hs?.sessionsOf(name).length ?? 0) > 0 ? 'up' : 'unknown';
+  }
+
+  /**
+   * Recomputes which peer serves which prefix (./subnets.ts) and applies a change: the data plane's
+   * allowed prefixes at once, the kernel routes (one per prefix, into the overlay) when the set of
+   * prefixes changed. A failover only moves the allowed set: the kernel route stays as it is.
+   */
+  private reconcileSubnets(): void {
+    if (!this.peers || this.stopping) return;
+    const now = Date.now();
+    const inputs = [];
+    for (const [name, p] of this.peers) {
+      const advertised = p.record.routes ?? [];
+      if (advertised.length === 0) continue;
+      inputs.push({ name, advertised, certified: p.record.cert?.routes ?? [], health: this.gatewayHealth(name, now) });
+    }
+    const plan = planSubnets(inputs, { overlay: parseOverlayCidr(this.network.cidr), own: this.cfg.advertiseRoutes, local: this.localPrefixes });
+    for (const r of plan.refused) {
+      const key = `${r.gateway} ${r.prefix} ${r.reason}`;
+      if (this.refusedSeen.has(key)) continue;
+      this.refusedSeen.add(key);
+      this.refusedCount++;
+      this.log.warn({ peer: r.gateway, prefix: r.prefix }, `advertised route refused: ${r.reason}`);
+    }
+    const before = new Map(this.subnets.routes.map((r) => [r.prefix, r.gateway]));
+    this.subnets = plan;
+    let moved = false;
+    for (const r of plan.routes) {
+      const was = before.get(r.prefix);
+      if (was === r.gateway) continue;
+      moved = true;
+      if (was !== undefined) this.log.info({ prefix: r.prefix, from: was, to: r.gateway }, 'route moved to another gateway');
+      else this.log.info({ prefix: r.prefix, gateway: r.gateway }, 'route added');
+    }
+    if (moved || before.size !== plan.routes.length) {
+      this.allowed = allowedByGateway(plan);
+      this.pushPeers();
+    }
+    if (plan.routes.map((r) => r.prefix).join(',') !== this.routesApplied) {
+      void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not apply subnet routes'));
+    }
+  }
+
+  /** The failover check: probes gateways that went quiet under traffic, then reconciles. */
+  private checkGateways(): void {
+    if (!this.engine || this.stopping) return;
+    const now = Date.now();
+    let groups = false;
+    for (const r of this.subnets.routes) {
+      if (r.standby.length === 0) continue;
+      groups = true;
+      for (const name of [r.gateway, ...r.standby]) {
+        const p = this.peers.get(name);
+        if (!p || p.endpoint.via !== undefined) continue;
+        const rx = this.engine.stats.peer(p.slot, P_LAST_RX);
+        const tx = this.engine.stats.peer(p.slot, P_LAST_TX);
+        if (now - (this.probedAt.get(name) ?? 0) < GATEWAY_PROBE_MS) continue;
+        if (tx - rx > GATEWAY_PROBE_MS || now - rx > GATEWAY_PROBE_MS * 10) {
+          this.probedAt.set(name, now);
+          this.engine.probe(p.slot, p.endpoint.ip, p.endpoint.port);
+        }
+      }
+    }
+    if (groups) this.reconcileSubnets();
+  }
+
+  /** Status: each installed route and who serves it, and how many advertised routes were refused. */
+  private subnetStatus(): { routes: { prefix: string; gateway: string; standby: string[] }[]; refused: { gateway: string; prefix: string; reason: string }[]; refusedTotal: number } {
+    return {
+      routes: this.subnets.routes.map((r) => ({ prefix: r.prefix, gateway: r.gateway, standby: [...r.standby] })),
+      refused: this.subnets.refused.map((r) => ({ ...r })),
+      refusedTotal: this.refusedCount,
+    };
   }
 
   /** Runs the path choice for every peer, or for `only` (peers just added or changed). */
@@ -655,7 +833,10 @@ export class Agent {
       this.hs?.moveEndpoint(name, cur.ip, cur.port, cur.via);
       changed = true;
     }
-    if (changed) this.schedulePush();
+    if (changed) {
+      this.schedulePush();
+      void this.refreshPins();
+    }
   }
 
   private onPong(p: { slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number }): void {
@@ -712,6 +893,8 @@ export class Agent {
     if (this.hs && upserted.some((n) => this.hs!.sessionsOf(n).length > 0)) this.schedulePush();
     // New candidates get their first probes now, not at the next path tick.
     if (upserted.length > 0) setImmediate(() => this.pathTick(upserted));
+    this.reconcileSubnets();
+    if (upserted.length > 0) void this.refreshPins();
   }
 
   /** Adds or updates one peer in the table and the path choice; false when its record cannot be a peer. */
@@ -733,6 +916,7 @@ export class Agent {
     if (!this.peers.remove(name)) return;
     this.paths.removePeer(name);
     this.reflexive.forget(name);
+    this.probedAt.delete(name);
     this.log.info({ peer: name }, 'peer removed');
   }
 
@@ -769,7 +953,7 @@ export class Agent {
         slot: p.slot,
         name,
         overlayIp: p.overlayIp,
-        allowed: [],
+        allowed: this.allowed.get(name) ?? [],
         endpointIp: p.endpoint.ip,
         endpointPort: p.endpoint.port,
         endpointVia: via,
@@ -799,6 +983,7 @@ export class Agent {
     p.endpoint = to;
     this.hs?.moveEndpoint(name, to.ip, to.port, to.via);
     this.log.info({ peer: name, endpoint: describeEndpoint(to) }, 'peer endpoint moved');
+    void this.refreshPins();
   }
 
   private disableIpv6(ifname: string): void {
@@ -855,7 +1040,10 @@ export class Agent {
         nat: view.nat,
         relay: this.cfg.relay,
         lastLocalChange: this.lastLocalChange,
+        ...(this.cfg.advertiseRoutes.length > 0 ? { advertisedRoutes: [...this.cfg.advertiseRoutes], snatRoutes: this.cfg.snatRoutes } : {}),
+        ...(this.pins.length > 0 ? { endpointPins: this.pins.map((p) => ({ ...p })) } : {}),
       },
+      subnets: this.subnetStatus(),
     });
   }
 
@@ -909,6 +1097,7 @@ export class Agent {
     this.pathTimer.close();
     clearInterval(this.discoveryTimer);
     clearInterval(this.viewTimer);
+    clearInterval(this.subnetTimer);
     this.changes?.stop();
     await step('netlink', () => this.routeEvents?.close());
     await step('data plane', () => this.engine?.stop());
@@ -917,12 +1106,22 @@ export class Agent {
       this.hsTimestamps?.flush();
     });
     await step('tun', () => this.tun?.close());
+    if (this.cfg.snatRoutes && this.cfg.advertiseRoutes.length > 0) await step('snat', () => this.gateway.clear(this.cfg.interface));
     await step('udp', () => this.udp?.close());
     await step('etcd', () => {
       this.etcdMember?.close();
       this.etcd?.close();
     });
     this.log.info('stopped');
+  }
+}
+
+/** The host of an etcd URL ("http://198.18.0.1:2379" -> "198.18.0.1"); '' when it does not parse. */
+function hostOf(url: string): string {
+  try {
+    return new URL(url).hostname;
+  } catch {
+    return '';
   }
 }
 

@@ -42,6 +42,8 @@ export interface StatusSources {
   registry?: Registry;
   /** The etcd link's state (EtcdLink.stats), when there is one. */
   link?: { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number };
+  /** Subnet routes: which peer serves which prefix, and advertised routes refused (./subnets.ts). */
+  subnets?: StatusDocument['subnets'];
 }
 
 /** A peer's state from when its last authenticated packet came (0: never) and when it was added. */
@@ -95,6 +97,7 @@ export function buildStatus(src: StatusSources): StatusDocument {
     handshake: hs ? structuredClone(hs.stats) : undefined,
     peers,
     conflicts: registry?.addressConflicts() ?? [],
+    ...(src.subnets ? { subnets: src.subnets } : {}),
     dataplane: {
       rxPackets: stats.totals[T_RX_PKTS]!,
       rxBytes: stats.totals[T_RX_BYTES]!,

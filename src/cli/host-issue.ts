@@ -26,6 +26,8 @@ export interface IssueFilesOptions {
   validDays?: number;
   onWarning?: (warning: string) => void;
   relay?: boolean;
+  /** Prefixes the host may route for the mesh (`--routes`). */
+  routes?: readonly string[];
 }
 
 export interface IssueFilesResult {

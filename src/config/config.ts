@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CladnetError } from '../errors';
-import { parseEndpoint } from '../util/ipv4';
+import { formatPrefix, parseEndpoint, parsePrefix } from '../util/ipv4';
 
 export interface AgentConfig {
   readonly etcd: readonly string[];
@@ -57,9 +57,16 @@ export interface AgentConfig {
   readonly relay: boolean;
   /** TCP address ("a.b.c.d:port" or "[v6]:port") to serve Prometheus metrics on (GET /metrics); off when unset. */
   readonly metricsListen?: string;
+  /**
+   * Prefixes this host serves as a gateway for the mesh (canonical "a.b.c.d/len"). Each must lie
+   * inside the certificate's routes (`host issue --routes`), else the agent refuses to start (EROUTE).
+   */
+  readonly advertiseRoutes: readonly string[];
+  /** Source-NAT traffic from the overlay into the advertised prefixes (for LANs that cannot route the overlay back). */
+  readonly snatRoutes: boolean;
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints' | 'listen';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints' | 'listen' | 'prefixes';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -111,6 +118,8 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'metadata', flag: 'metadata', env: 'CLADNET_METADATA', kind: 'enum', values: ['off', 'aws', 'gcp', 'azure', 'auto'], def: () => 'off' },
   { key: 'relay', flag: 'relay', env: 'CLADNET_RELAY', kind: 'bool', def: () => false },
   { key: 'metricsListen', flag: 'metricsListen', env: 'CLADNET_METRICS_LISTEN', kind: 'listen', def: () => undefined, optional: true },
+  { key: 'advertiseRoutes', flag: 'advertiseRoutes', env: 'CLADNET_ADVERTISE_ROUTES', kind: 'prefixes', def: () => [] },
+  { key: 'snatRoutes', flag: 'snatRoutes', env: 'CLADNET_SNAT_ROUTES', kind: 'bool', def: () => false },
 ];
 
 function fail(field: string, source: string, why: string): never {
@@ -205,6 +214,18 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
       const s = asString();
       if (!parseListenAddress(s)) fail(f, source, `"${s}" is not an IP address and port (a.b.c.d:port or [v6]:port, port 1-65535)`);
       return s;
+    }
+    case 'prefixes': {
+      const list = asList();
+      list.forEach((e, i) => {
+        const p = parsePrefix(e, true);
+        if (!p || formatPrefix(p) !== e) {
+          const loose = parsePrefix(e, false);
+          const hint = loose ? ` (did you mean ${formatPrefix(loose)}?)` : '';
+          fail(`${f}[${i}]`, source, `"${e}" is not an IPv4 prefix a.b.c.d/len with host bits zero${hint}`);
+        }
+      });
+      return [...new Set(list)];
     }
   }
 }

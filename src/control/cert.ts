@@ -2,8 +2,10 @@ import { randomBytes } from 'node:crypto';
 import type { Ed25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import { checkName, matchesNamePattern } from './keys';
+import { formatPrefix, parsePrefix } from '../util/ipv4';
 import {
   HostCert,
+  MAX_ROUTES,
   HostRecord,
   isBase64Of,
   isPublicKey,
@@ -60,11 +62,13 @@ export type UnsignedTokenRevocation = Omit<TokenRevocation, 'signature'>;
 export function canonicalCert(c: UnsignedCert): Uint8Array {
   const { version, network, name, publicKey, overlayIp, issued, notAfter, serial } = c;
   const relay = c.relay === true ? true : undefined;
+  // (absent on certificates without routes: JSON.stringify leaves undefined out, old bytes stay)
+  const routes = c.routes;
   if (c.token !== undefined) {
     const { token, use } = c;
     return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use }));
   }
-  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay }));
+  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes }));
 }
 
 export function canonicalGrant(g: UnsignedGrant): Uint8Array {
@@ -108,6 +112,8 @@ export interface IssueInput {
   serial?: string;
   /** The host may relay for others (`host issue --relay`). */
   relay?: boolean;
+  /** Prefixes the host may route for the mesh (`host issue --routes`); stored sorted, deduplicated. */
+  routes?: readonly string[];
   /**
    * Made under a join token: `secretKey` is then the grant's delegate key, and the certificate
    * names the token and the use it consumes. Never a relay; at most the grant's certDays.
@@ -122,6 +128,9 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   const t = input.token;
   if (t) {
     if (input.relay === true) throw new CladnetError('ECONFIG', 'relay: a join token cannot certify a relay', { field: 'relay' });
+    if (input.routes !== undefined && input.routes.length > 0) {
+      throw new CladnetError('ECONFIG', 'routes: a join token cannot certify routes (issue the gateway with host issue --routes)', { field: 'routes' });
+    }
     if (!matchesNamePattern(t.grant.names, input.name)) {
       throw new CladnetError('ETOKENSCOPE', `name: ${JSON.stringify(input.name)} does not match the token's pattern ${JSON.stringify(t.grant.names)}`, { field: 'name' });
     }
@@ -136,6 +145,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   if (!(days > 0 && days <= (t?.grant.certDays ?? MAX_VALID_DAYS))) {
     throw new CladnetError('ECONFIG', `validDays: ${days} must be more than 0 and at most ${t?.grant.certDays ?? MAX_VALID_DAYS}`, { field: 'validDays' });
   }
+  const routes = input.routes === undefined ? [] : canonicalRoutes(input.routes);
   const now = input.now ?? new Date();
   const unsigned: UnsignedCert = {
     version: 1,
@@ -147,12 +157,29 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     notAfter: new Date(now.getTime() + Math.round(days * DAY_MS)).toISOString(),
     serial: input.serial ?? randomBytes(16).toString('hex'),
     ...(input.relay === true ? { relay: true as const } : {}),
+    ...(routes.length > 0 ? { routes } : {}),
     ...(t ? { token: t.grant.id, use: t.use, grant: t.grant } : {}),
   };
   const cert = { ...unsigned, signature: b64(ed.sign(canonicalCert(unsigned), secretKey)) };
   const checked = parseHostCert(cert);
   if (!checked.ok) throw new CladnetError('ECONFIG', `certificate: ${checked.error}`, { field: checked.error.split(':')[0] });
   return checked.value;
+}
+
+/** Routes as a certificate stores them: each a canonical prefix, sorted, no duplicates; throws ECONFIG naming a bad one. */
+export function canonicalRoutes(list: readonly string[]): string[] {
+  const out = new Set<string>();
+  for (const r of list) {
+    const p = parsePrefix(r.trim(), true);
+    if (!p) {
+      const loose = parsePrefix(r.trim(), false);
+      const why = loose ? `host bits are set (did you mean ${formatPrefix(loose)}?)` : 'expected a.b.c.d/len';
+      throw new CladnetError('ECONFIG', `routes: "${r}" is not a valid IPv4 prefix: ${why}`, { field: 'routes' });
+    }
+    out.add(formatPrefix(p));
+  }
+  if (out.size > MAX_ROUTES) throw new CladnetError('ECONFIG', `routes: ${out.size} prefixes, at most ${MAX_ROUTES}`, { field: 'routes' });
+  return [...out].sort();
 }
 
 /** Signs a revocation of `name` (every certificate issued up to `now`, or only `serial`). */
@@ -334,6 +361,7 @@ export class TrustAnchor {
     if (cert.use < 1 || cert.use > g.uses) return `${field}.use: ${cert.use} is beyond the token's ${g.uses} use(s)`;
     if (!matchesNamePattern(g.names, cert.name)) return `${field}.name: ${JSON.stringify(cert.name)} is outside the token's pattern ${JSON.stringify(g.names)}`;
     if (cert.relay === true) return `${field}.relay: a join token cannot certify a relay`;
+    if (cert.routes !== undefined) return `${field}.routes: a join token cannot certify routes`;
     const issued = Date.parse(cert.issued);
     if (issued + CLOCK_SKEW_MS < Date.parse(g.issued)) return `${field}.issued: ${cert.issued} is before the token was made (${g.issued})`;
     if (issued > Date.parse(g.notAfter)) return `${field}.issued: ${cert.issued} is after the token expired (${g.notAfter})`;

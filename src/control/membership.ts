@@ -19,7 +19,7 @@ import * as fs from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import { loadEd25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
-import { issueCert, signNetworkSpec, signRevocation, TrustAnchor } from './cert';
+import { canonicalRoutes, issueCert, signNetworkSpec, signRevocation, TrustAnchor } from './cert';
 import { readNetworkKey, writeNetworkKey, type NetworkKey } from './credentials';
 import { etcdCall } from './etcd';
 import { checkName, networkKey, revokedKey } from './keys';
@@ -27,6 +27,7 @@ import { assertAddressFree, loadIssuerView, recordIssued, reservedFor, restoreHo
 import { appendLedger, ledgerFileFor } from './ledger';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
 import { buildNetworkSpec, createNetwork, getNetwork, type CreateNetworkInput } from './networks';
+import { overlaps, parseOverlayCidr, parsePrefix } from '../util/ipv4';
 import {
   checkRecordSize,
   HostCert,
@@ -160,6 +161,8 @@ export interface IssueOptions {
   onWarning?: (warning: string) => void;
   /** Certify the host as a relay for others (`host issue --relay`). */
   relay?: boolean;
+  /** Prefixes the host may route for the mesh (`host issue --routes`); none may overlap the overlay. */
+  routes?: readonly string[];
 }
 
 export interface IssueResult {
@@ -189,6 +192,13 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       for (const w of list) o.onWarning?.(w);
       warnings.push(...list);
     };
+    const routes = canonicalRoutes(o.routes ?? []);
+    const overlay = parseOverlayCidr(spec.cidr);
+    for (const r of routes) {
+      if (overlaps(parsePrefix(r)!, overlay)) {
+        throw new CladnetError('ECONFIG', `routes: ${r} overlaps the network's overlay range ${spec.cidr}`, { field: 'routes' });
+      }
+    }
     const view = await loadIssuerView(client, spec, anchor, ledgerFile, now.getTime());
     warn(view.warnings);
     warn(await restoreHolderLeases(client, spec, view, now.toISOString()));
@@ -202,6 +212,7 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       validDays: o.validDays,
       now,
       relay: o.relay,
+      routes,
     });
     await recordIssued(client, ledgerFile, cert);
     return { cert, trustAnchor: key.publicKey, warnings };

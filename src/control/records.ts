@@ -1,5 +1,5 @@
 import { CladnetError, isCladnetError } from '../errors';
-import { contains, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, Prefix } from '../util/ipv4';
+import { contains, formatPrefix, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, Prefix } from '../util/ipv4';
 import { isValidName } from './keys';
 
 /**
@@ -22,7 +22,8 @@ export const MAX_RECORD_BYTES = 64 * 1024;
  * Largest stored value per record type, in bytes: refused on write (`checkRecordSize`, ERECORD
  * with field 'size') and skipped on read (the parsers refuse it before JSON.parse). At least
  * twice the largest valid record (test/unit/control-record-size.test.ts measures them): a host
- * record with a certificate, 32 endpoints, 64 host CIDRs and 63-character names is 2,949 bytes
+ * record with a certificate, 32 endpoints, 64 host CIDRs, 16 routes (in the record and in the
+ * certificate) and 63-character names is 3,611 bytes
  * (a typical one about 1 KB); a revocation 346 bytes, a lease 182, a network spec 231.
  */
 export const RECORD_CAPS = Object.freeze({ network: 4096, host: 8192, lease: 1024, revoked: 1024, alive: 1024, token: 2048, tokenUse: 4096, tokenRevoked: 65536 });
@@ -45,6 +46,19 @@ export function checkRecordSize(kind: RecordKind, value: string | Buffer): void 
 }
 export const MAX_ENDPOINTS = 32;
 export const MAX_HOST_CIDRS = 64;
+/**
+ * Most prefixes a certificate may carry, and a record advertise (aggregate beyond that: a VPC's
+ * CIDR rather than each subnet). 16 keeps the largest host record within half its cap.
+ */
+export const MAX_ROUTES = 16;
+
+/** Null when `s` is a canonical IPv4 prefix a host may route ("a.b.c.d/len", host bits zero), else why not. */
+export function routePrefixError(s: string): string | null {
+  const p = parsePrefix(s, true);
+  if (!p) return 'is not a CIDR a.b.c.d/len with host bits zero';
+  if (formatPrefix(p) !== s) return `is not written canonically (${formatPrefix(p)})`;
+  return null;
+}
 
 export interface NetworkSpec {
   version: 1;
@@ -86,6 +100,13 @@ export interface HostCert {
    * when its certificate carries this.
    */
   relay?: true;
+  /**
+   * Prefixes the host may route for the mesh (`cladnet host issue --routes`): canonical
+   * "a.b.c.d/len" strings, sorted, no duplicates. Absent (never empty) on a certificate without
+   * any, so older certificates keep their canonical bytes. Peers accept a record's advertised
+   * `routes` only inside these.
+   */
+  routes?: string[];
   /**
    * Set on a certificate a host made for itself under a join token (src/control/token.ts): the
    * token's id, the use it consumed (1..grant.uses) and the grant itself (signed by the network
@@ -174,6 +195,11 @@ export interface HostRecord {
   nat?: 'none' | 'eim' | 'varies' | 'unknown';
   /** Its public address as peers or STUN servers see it ("a.b.c.d:port"), when known. */
   reflexive?: string;
+  /**
+   * Prefixes the host serves as a gateway (`--advertise-routes`). Peers use only those its
+   * certificate's `routes` cover (an etcd writer cannot grant more).
+   */
+  routes?: string[];
 }
 
 /** Value of /leases/<ip>. */
@@ -339,6 +365,13 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     if (o['relay'] !== true) fail('relay', `expected true or absent, got ${show(o['relay'])}`);
     cert.relay = true;
   }
+  if (o['routes'] !== undefined) {
+    const routes = stringArray(o, 'routes', MAX_ROUTES, routePrefixError);
+    if (routes.length === 0) fail('routes', 'an empty list (leave the field out instead)');
+    const sorted = [...new Set(routes)].sort();
+    if (sorted.join(',') !== routes.join(',')) fail('routes', 'not sorted without duplicates');
+    cert.routes = Object.freeze(routes) as string[];
+  }
   if (o['token'] !== undefined || o['use'] !== undefined || o['grant'] !== undefined) {
     cert.token = tokenId(o, 'token');
     cert.use = int(o, 'use', 1, MAX_TOKEN_USES);
@@ -484,6 +517,7 @@ export function parseHostRecord(raw: string | Buffer, expect: { network?: string
       if (!parseEndpoint(r)) fail('reflexive', `${show(r)} is not ip:port`);
       rec.reflexive = r;
     }
+    if (o['routes'] !== undefined) rec.routes = stringArray(o, 'routes', MAX_ROUTES, routePrefixError);
     // Shape only (the field names are those of the certificate); trust is the peer computation's call.
     if (o['cert'] !== undefined) {
       const c = object(o, 'cert');
@@ -552,8 +586,9 @@ export function serializeNetworkSpec(s: NetworkSpec): string {
 /** Known fields only, in declaration order (the signature last). */
 export function certObject(c: HostCert): HostCert {
   const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, signature } = c;
+  const routes = c.routes === undefined ? undefined : [...c.routes];
   const grant = c.grant === undefined ? undefined : (JSON.parse(serializeTokenGrant(c.grant)) as TokenGrant);
-  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, grant, signature };
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes, token, use, grant, signature };
 }
 
 export function serializeHostCert(c: HostCert): string {
@@ -562,9 +597,9 @@ export function serializeHostCert(c: HostCert): string {
 
 export function serializeHostRecord(r: HostRecord): string {
   const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session } = r;
-  const { relay, nat, reflexive } = r;
+  const { relay, nat, reflexive, routes } = r;
   const cert = r.cert === undefined ? undefined : certObject(r.cert);
-  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, relay, nat, reflexive, cert });
+  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, relay, nat, reflexive, routes, cert });
 }
 
 export function serializeRevocationRecord(r: RevocationRecord): string {

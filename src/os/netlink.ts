@@ -9,6 +9,7 @@
  *
  * A netlink socket belongs to the network namespace of the thread that opened it.
  */
+import { RTPROT_CLADNET } from './routes/routes';
 import * as libc from './ffi/libc';
 import { NLMSGHDR, SOCKADDR_NL as SA_NL } from './ffi/abi';
 import { allocNative, type NativeBlock } from './ffi/mem';
@@ -97,6 +98,9 @@ export function countRouteMessages(buf: Uint8Array, len: number, into: RouteEven
         break;
       case RTM_NEWROUTE:
       case RTM_DELROUTE:
+        // Our own routes (rtmsg.rtm_protocol, the payload's sixth byte, is cladnet's) are no news
+        // about the underlay: the overlay's subnet routes and endpoint pins would wake us for nothing.
+        if (msgLen >= NLMSG_HDRLEN + 8 && buf[off + NLMSG_HDRLEN + 5] === RTPROT_CLADNET) break;
         into.route++;
         break;
       case RTM_NEWLINK:

@@ -90,6 +90,12 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
         `refused ${c.loser.name} (certificate ${c.loser.serial}, issued ${c.loser.issued})`,
     );
   }
+  if (s.advertisedRoutes?.length) lines.push(`  serves routes: ${s.advertisedRoutes.join(', ')}${s.snatRoutes ? ' (source NAT)' : ''}`);
+  for (const r of doc.subnets?.routes ?? []) {
+    lines.push(`  route ${r.prefix} via ${r.gateway}${r.standby.length ? ` (standby ${r.standby.join(', ')})` : ''}`);
+  }
+  for (const r of doc.subnets?.refused ?? []) lines.push(`  REFUSED route ${r.prefix} from ${r.gateway}: ${r.reason}`);
+  for (const p of s.endpointPins ?? []) lines.push(`  pinned ${p.dst} via ${p.gateway ?? '-'} dev ${p.dev} (a subnet route covers it)`);
   lines.push('');
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {

@@ -59,6 +59,11 @@ export interface StatusDocument {
     relay?: boolean;
     /** When our own addresses last changed (or we woke from a suspend), and why. */
     lastLocalChange?: { at: string; reason: string } | null;
+    /** The prefixes this host serves as a gateway (`--advertise-routes`), and whether it source-NATs into them. */
+    advertisedRoutes?: string[];
+    snatRoutes?: boolean;
+    /** Host routes keeping peer endpoints on the underlay where a subnet route covers them (src/os/routes/pins.ts). */
+    endpointPins?: { dst: string; gateway?: string; dev: string }[];
   };
   /**
    * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those
@@ -92,6 +97,16 @@ export interface StatusDocument {
    * an entry means the network key signed two certificates for one address (docs/security.md).
    */
   conflicts?: StatusConflict[];
+  /**
+   * Subnet routes through gateways: each prefix installed into the overlay, the peer serving it and
+   * the peers standing by for it (same prefix, failover order); advertised routes refused now
+   * (not covered by the certificate, overlapping the overlay or our own), and refusals seen since start.
+   */
+  subnets?: {
+    routes: { prefix: string; gateway: string; standby: string[] }[];
+    refused: { gateway: string; prefix: string; reason: string }[];
+    refusedTotal: number;
+  };
   dataplane: {
     rxPackets: number;
     rxBytes: number;

@@ -45,12 +45,16 @@ export async function createNetwork(topo: Topology, opts: { name: string; cidr: 
  * `host issue NAME --network NET --network-key <workDir>/NET.netkey --out DIR [--relay]`, run from
  * the router namespace (the operator's seat): DIR gets private.key (kept when present) and host.cert.
  */
-export async function issueHostCert(topo: Topology, opts: { name: string; network: string; etcd: string; out: string; relay?: boolean }): Promise<void> {
+export async function issueHostCert(
+  topo: Topology,
+  opts: { name: string; network: string; etcd: string; out: string; relay?: boolean; routes?: readonly string[] },
+): Promise<void> {
   await runOk(
     [
       ...['ip', 'netns', 'exec', topo.routerNs, process.execPath, cliPath()],
       ...['host', 'issue', opts.name, '--network', opts.network, '--network-key', networkKeyFile(topo, opts.network), '--out', opts.out, '--etcd', opts.etcd],
       ...(opts.relay ? ['--relay'] : []),
+      ...(opts.routes?.length ? ['--routes', opts.routes.join(',')] : []),
     ],
     { timeoutMs: 20_000 },
   );
@@ -74,6 +78,8 @@ export interface AgentOptions {
   readonly launcher?: readonly string[];
   /** Issue a certificate bundle into the state dir before starting (default true). */
   readonly issueCert?: boolean;
+  /** Prefixes the issued certificate lets the host route (`host issue --routes`). */
+  readonly certRoutes?: readonly string[];
   /** Wait until `status --json` answers (default true). */
   readonly waitReady?: boolean;
   readonly readyTimeoutMs?: number;
@@ -122,7 +128,7 @@ export async function startAgent(topo: Topology, host: TopologyHost, opts: Agent
   const logFile = path.join(stateDir, 'agent.log');
   // An agent started with --relay gets a certificate that allows it (peers ignore the flag otherwise).
   const relay = opts.extraArgs?.includes('--relay') ?? false;
-  if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir, relay });
+  if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir, relay, routes: opts.certRoutes });
   const args = [
     process.execPath,
     cliPath(),

@@ -48,6 +48,11 @@ export interface Topology {
   spawn(ns: string, cmd: readonly string[], opts?: SpawnOpts): ChildProcess;
   /** Ends every process, deletes every namespace and the work dir. Safe to call twice. */
   destroy(): Promise<void>;
+  /**
+   * Creates one more namespace `<id>-<suffix>` owned by this topology (recorded in its marker, so
+   * destroy(), the exit hooks and cleanupStale() remove it too). Returns its name.
+   */
+  addNamespace(suffix: string): Promise<string>;
 }
 
 /** Where markers live: one JSON file per live run, naming its owner pid and its namespaces. */
@@ -181,6 +186,8 @@ class TopologyImpl implements Topology {
   readonly routerIp: string;
   readonly hosts: readonly TopologyHost[];
   private readonly children = new Set<ChildProcess>();
+  /** Namespaces added after setup (addNamespace). */
+  private readonly extra: string[] = [];
   private destroying: Promise<void> | undefined;
   private gone = false;
 
@@ -225,6 +232,20 @@ class TopologyImpl implements Topology {
     return child;
   }
 
+  async addNamespace(suffix: string): Promise<string> {
+    const ns = `${this.id}-${suffix}`;
+    if (this.plan.namespaces.includes(ns) || this.extra.includes(ns)) throw new Error(`namespace ${ns} is already part of topology ${this.id}`);
+    // Into the marker first, so a crash right after still finds it.
+    this.extra.push(ns);
+    const file = markerPath(this.id);
+    const m = JSON.parse(fs.readFileSync(file, 'utf8')) as Marker;
+    m.namespaces = [...this.plan.namespaces, ...this.extra];
+    fs.writeFileSync(file, JSON.stringify(m) + '\n');
+    await runOk(['ip', 'netns', 'add', ns]);
+    await runOk(inNs(ns, ['ip', 'link', 'set', 'lo', 'up']));
+    return ns;
+  }
+
   destroy(): Promise<void> {
     this.destroying ??= this.doDestroy();
     return this.destroying;
@@ -246,7 +267,7 @@ class TopologyImpl implements Topology {
     if (this.gone) return;
     this.gone = true;
     for (const c of this.children) if (!exited(c)) c.kill('SIGKILL');
-    wipeNamespacesSync(this.plan.namespaces);
+    wipeNamespacesSync([...this.extra, ...this.plan.namespaces]);
     // CLADNET_TESTBED_KEEP=1 keeps logs, captures and state for a post-mortem.
     if (process.env['CLADNET_TESTBED_KEEP'] === '1') process.stderr.write(`testbed ${this.id}: kept ${this.workDir}\n`);
     else removeWorkDir(this.workDir, this.id);

@@ -25,12 +25,12 @@ export async function ping(
   topo: Topology,
   ns: string,
   ip: string,
-  opts: { count?: number; intervalS?: number; waitS?: number } = {},
+  opts: { count?: number; intervalS?: number; waitS?: number; source?: string } = {},
 ): Promise<PingResult> {
   const count = opts.count ?? 3;
   const r = await topo.tryExec(
     ns,
-    ['ping', '-n', '-q', '-c', String(count), '-i', String(opts.intervalS ?? 0.2), '-W', String(opts.waitS ?? 1), ip],
+    ['ping', '-n', '-q', '-c', String(count), '-i', String(opts.intervalS ?? 0.2), '-W', String(opts.waitS ?? 1), ...(opts.source ? ['-I', opts.source] : []), ip],
     { timeoutMs: (count * (opts.intervalS ?? 0.2) + (opts.waitS ?? 1) + 5) * 1000 },
   );
   return parsePing(r.stdout, r.code);

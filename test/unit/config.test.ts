@@ -62,6 +62,8 @@ describe('loadAgentConfig', () => {
       stun: [],
       metadata: 'off',
       relay: false,
+      advertiseRoutes: [],
+      snatRoutes: false,
     } satisfies AgentConfig);
   });
 

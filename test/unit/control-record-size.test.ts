@@ -5,6 +5,7 @@ import {
   HostRecord,
   MAX_ENDPOINTS,
   MAX_HOST_CIDRS,
+  MAX_ROUTES,
   parseHostRecord,
   parseLeaseRecord,
   parseNetworkSpec,
@@ -34,7 +35,9 @@ beforeAll(async () => {
 
 /** The largest host record the validators accept (with its certificate), serialized as publish writes it. */
 function largestHost(): HostRecord {
-  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z') });
+  // the longest prefixes there are ("198.18.100.128/25"), as many as a certificate and a record may carry
+  const routes = Array.from({ length: MAX_ROUTES }, (_, i) => `198.18.${100 + i}.128/25`);
+  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z'), routes });
   return {
     version: 1,
     name: NAME63,
@@ -50,6 +53,7 @@ function largestHost(): HostRecord {
     relay: true,
     nat: 'unknown',
     reflexive: '198.18.255.255:65535',
+    routes,
     cert,
   };
 }

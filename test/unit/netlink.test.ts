@@ -48,6 +48,14 @@ describe('countRouteMessages', () => {
     expect(count(buf)).toEqual({ ok: true, addr: 2, route: 3, link: 2, overflow: false });
   });
 
+  it("does not count cladnet's own routes (protocol 77: subnet routes, endpoint pins)", () => {
+    const ours = msg(RTM_NEWROUTE, 12);
+    ours[NLMSG_HDRLEN + 5] = 77;
+    const kernel = msg(RTM_DELROUTE, 12);
+    kernel[NLMSG_HDRLEN + 5] = 2;
+    expect(count(Buffer.concat([ours, kernel, ours]))).toEqual({ ok: true, addr: 0, route: 1, link: 0, overflow: false });
+  });
+
   it('ignores control and unknown types, flags NLMSG_OVERRUN as an overflow', () => {
     expect(count(Buffer.concat([msg(NLMSG_DONE), msg(NLMSG_ERROR, 20), msg(999, 8), msg(RTM_NEWADDR)]))).toEqual({
       ok: true,

@@ -230,3 +230,31 @@ describe('etcd column', () => {
     expect(renderStatus(sample(), NOW)).not.toContain('ETCD');
   });
 });
+
+describe('subnet routes in the status text', () => {
+  it('shows what this host serves, each route with its gateway and standbys, and refused routes', () => {
+    const doc = sample();
+    doc.self.advertisedRoutes = ['198.19.1.0/24'];
+    doc.self.snatRoutes = true;
+    doc.self.endpointPins = [{ dst: '198.18.3.2', gateway: '198.18.1.1', dev: 'eth0' }];
+    doc.subnets = {
+      routes: [
+        { prefix: '198.19.2.0/24', gateway: 'gwb', standby: [] },
+        { prefix: '198.19.3.0/24', gateway: 'gx', standby: ['gy'] },
+      ],
+      refused: [{ gateway: 'm', prefix: '198.19.1.0/24', reason: 'not covered by its certificate' }],
+      refusedTotal: 1,
+    };
+    const lines = renderStatus(doc, NOW).split('\n');
+    expect(lines).toEqual(
+      expect.arrayContaining([
+        '  serves routes: 198.19.1.0/24 (source NAT)',
+        '  route 198.19.2.0/24 via gwb',
+        '  route 198.19.3.0/24 via gx (standby gy)',
+        '  REFUSED route 198.19.1.0/24 from m: not covered by its certificate',
+        '  pinned 198.18.3.2 via 198.18.1.1 dev eth0 (a subnet route covers it)',
+      ]),
+    );
+    expect(renderStatus(sample(), NOW)).not.toContain('route');
+  });
+});

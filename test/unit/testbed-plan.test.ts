@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { MAX_IFNAME, newRunId, planTopology, setupCommands, PlanError } from '../../src/testbed/plan';
 import { formatCmd, inNs, recordingRunner } from '../../src/testbed/run';
 import { parsePing, repeated, udpDatagrams } from '../../src/testbed/traffic';
+import { siteLanCommands } from '../../src/testbed/sites';
 
 const UNDERLAY = /^198\.1[89]\.\d{1,3}\.\d{1,3}$/;
 
@@ -211,5 +212,26 @@ describe('traffic parsers', () => {
     for (const file of [pcap(1, eth, ipUdp(payload)), pcap(276, sll2, ipUdp(payload))]) {
       expect(udpDatagrams(file)).toEqual([{ src: '198.18.1.2', dst: '198.18.3.2', srcPort: 40000, dstPort: 51820, payload }]);
     }
+  });
+});
+
+describe('site LANs behind gateways (src/testbed/sites.ts)', () => {
+  it('builds a bridge with the plain host, one veth per gateway, gateway k at .(1+k), default via the first', () => {
+    expect(siteLanCommands('cn1-la', 3, [{ name: 'gx', ns: 'cn1-gx' }, { name: 'gy', ns: 'cn1-gy' }]).map((c) => c.join(' '))).toEqual([
+      'ip -n cn1-la link add br0 type bridge',
+      'ip -n cn1-la link set br0 up',
+      'ip -n cn1-la address add 198.19.3.10/24 dev br0',
+      'ip -n cn1-la link add p0 type veth peer name lan3 netns cn1-gx',
+      'ip -n cn1-la link set p0 master br0 up',
+      'ip -n cn1-gx address add 198.19.3.1/24 dev lan3',
+      'ip -n cn1-gx link set lan3 up',
+      'ip -n cn1-la link add p1 type veth peer name lan3 netns cn1-gy',
+      'ip -n cn1-la link set p1 master br0 up',
+      'ip -n cn1-gy address add 198.19.3.2/24 dev lan3',
+      'ip -n cn1-gy link set lan3 up',
+      'ip -n cn1-la route add default via 198.19.3.1',
+    ]);
+    expect(() => siteLanCommands('cn1-la', 0, [{ name: 'g', ns: 'cn1-g' }])).toThrow('outside 1..254');
+    expect(() => siteLanCommands('cn1-la', 1, [])).toThrow('1 to 8 gateways');
   });
 });
