@@ -23,6 +23,9 @@ function write(name: string, text: string, mode = 0o644): string {
   return f;
 }
 
+/** The text with each label's padding (which depends on the longest label) reduced to one space. */
+const squash = (t: string): string => t.replace(/:[ ]+/g, ': ');
+
 function failure(fn: () => unknown): string {
   try {
     fn();
@@ -66,11 +69,20 @@ describe('cert print: a host certificate', () => {
     expect(text).toContain(`host certificate ${f}`);
     expect(text).toMatch(/name:\s+a\n/);
     expect(text).toMatch(/overlay IP:\s+100\.64\.0\.2\n/);
-    expect(text).toContain(`public key:    ${X(97)} (fingerprint ${info.fingerprint})`);
-    expect(text).toContain(`serial:        ${cert.serial}`);
-    expect(text).toContain(`expires:       ${cert.notAfter} (in 355 day(s))`);
-    expect(text).toContain(`issuer:        network key, key id ${keyId(fx.anchor.publicKey)}`);
-    expect(text).toContain('signature:     valid against the trust anchor in the file');
+    expect(squash(text)).toContain(`public key: ${X(97)} (fingerprint ${info.fingerprint})`);
+    expect(squash(text)).toContain(`serial: ${cert.serial}`);
+    expect(squash(text)).toContain(`expires: ${cert.notAfter} (in 355 day(s))`);
+    expect(squash(text)).toContain(`issuer: network key, key id ${keyId(fx.anchor.publicKey)}`);
+    expect(squash(text)).toContain('signature: valid against the trust anchor in the file');
+    expect(squash(text)).toContain('routes: none');
+  });
+
+  it('a gateway\'s certificate lists the prefixes it may route', () => {
+    const cert = issueCert(fx.ed, fx.net.secretKey, { network: 'demo', name: 'gw', publicKey: X(98), overlayIp: '100.64.0.9', routes: ['198.19.2.0/24', '198.19.1.0/24'], now: new Date(T0) });
+    const info = inspectFile(fx.ed, write('gw.cert', serializeCertFile({ trustAnchor: fx.anchor.publicKey, cert })), null, NOW) as CertInfo;
+    expect(info.routes).toEqual(['198.19.1.0/24', '198.19.2.0/24']);
+    expect(info.signature?.valid).toBe(true);
+    expect(squash(renderCertInfo(info, NOW))).toContain('routes: 198.19.1.0/24, 198.19.2.0/24');
   });
 
   it('against the right network key it is valid; against another key it is INVALID and names the field', () => {
@@ -85,7 +97,7 @@ describe('cert print: a host certificate', () => {
     const wrong = inspectFile(fx.ed, f, anchorFrom(fx.ed, { trustAnchor: other }), NOW) as CertInfo;
     expect(wrong.signature?.valid).toBe(false);
     expect(wrong.signature?.error).toMatch(/^cert\.signature: not signed by this network's key/);
-    expect(renderCertInfo(wrong, NOW)).toContain(`signature:     INVALID against the trust anchor given, key id ${keyId(other)}: cert.signature`);
+    expect(squash(renderCertInfo(wrong, NOW))).toContain(`signature: INVALID against the trust anchor given, key id ${keyId(other)}: cert.signature`);
     // The issuer stays the key the file names; only the check used the other one.
     expect(wrong.issuer).toEqual({ kind: 'network-key', keyId: keyId(fx.anchor.publicKey) });
     // A file whose certificate was altered after signing fails against its own anchor too.
@@ -100,7 +112,7 @@ describe('cert print: a host certificate', () => {
     const info = inspectFile(fx.ed, f, null, NOW) as CertInfo;
     expect(info.validity.state).toBe('expired');
     expect(info.signature?.valid).toBe(true);
-    expect(renderCertInfo(info, NOW)).toContain(`expires:       ${cert.notAfter} (EXPIRED 9 day(s) ago)`);
+    expect(squash(renderCertInfo(info, NOW))).toContain(`expires: ${cert.notAfter} (EXPIRED 9 day(s) ago)`);
   });
 
   it('a certificate made under a join token names the token, its use and the delegate key', () => {
@@ -110,7 +122,7 @@ describe('cert print: a host certificate', () => {
     const info = inspectFile(fx.ed, f, null, T0 + DAY) as CertInfo;
     expect(info.issuer).toEqual({ kind: 'join-token', token: grant.id, use: 1, delegateKeyId: keyId(grant.delegateKey), grantIssuerKeyId: keyId(fx.anchor.publicKey) });
     expect(info.signature?.valid).toBe(true);
-    expect(renderCertInfo(info, T0 + DAY)).toContain(`issuer:        join token ${grant.id} (use 1): delegate key id ${keyId(grant.delegateKey)}`);
+    expect(squash(renderCertInfo(info, T0 + DAY))).toContain(`issuer: join token ${grant.id} (use 1): delegate key id ${keyId(grant.delegateKey)}`);
   });
 });
 
