@@ -267,10 +267,11 @@ export function buildProgram(): Command {
       .option('--public-key <base64>', 'the host\'s X25519 public key; without it a key pair is made and written with the certificate')
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
       .option('--valid-days <n>', 'certificate lifetime in days (default 365)')
-      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)'),
+      .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)')
+      .option('--groups <names>', 'security groups the host belongs to, comma separated (network policies name them)'),
   )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; groups?: string; json?: boolean }) => {
       const { issueHostFiles } = await import('./cli/host-issue');
       const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
       if (validDays !== undefined && !(Number.isFinite(validDays) && validDays > 0)) {
@@ -279,6 +280,7 @@ export function buildProgram(): Command {
       const r = await withEtcd(o, (c) =>
         issueHostFiles(c, {
           ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay },
+          groups: o.groups === undefined ? undefined : urls(o.groups),
           onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
         }),
       );
@@ -305,6 +307,30 @@ export function buildProgram(): Command {
       print(r, !!o.json, () =>
         `revoked ${name} in network ${o.network} (${r.revocation.serial === null ? `every certificate issued until ${r.revocation.revoked}` : `certificate ${r.revocation.serial}`}); released ${r.released.join(', ') || 'no lease'}`,
       );
+    });
+
+  const policy = program.command('policy').description('the network policy (security groups), signed by the network key');
+  etcdOptions(
+    policy
+      .command('set <file>')
+      .description('sign the rules in FILE ({"rules": [...]}, JSON) with the network key and store them as the network policy')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--serial <n>', 'serial of the new policy (default: one more than the policy in etcd)'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (file: string, o: EtcdFlags & { network: string; networkKey: string; serial?: string; json?: boolean }) => {
+      const { policySet, renderPolicy } = await import('./cli/policy');
+      const serial = o.serial === undefined ? undefined : Number(o.serial);
+      const p = await withEtcd(o, (c) => policySet(c, { network: o.network, networkKeyFile: o.networkKey, file, serial }));
+      print(p, !!o.json, () => renderPolicy({ network: o.network, policy: p, error: null }));
+    });
+  etcdOptions(policy.command('show').description('print the network policy in etcd and whether it verifies').requiredOption('--network <net>', 'the network'))
+    .option('--json', 'print JSON')
+    .action(async (o: EtcdFlags & { network: string; json?: boolean }) => {
+      const { policyShow, renderPolicy } = await import('./cli/policy');
+      const s = await withEtcd(o, (c) => policyShow(c, o.network));
+      print(s, !!o.json, () => renderPolicy(s));
     });
 
   const token = program.command('token').description('join tokens: let new hosts enrol themselves (needs the network key to make or revoke)');

@@ -23,7 +23,8 @@ export type ErrorCode =
   | 'ETOKENSCOPE' // the host name is outside a join token's name pattern (or already certified)
   | 'ETOKENREVOKED' // the operator revoked the join token
   | 'ESTATE' // local state (state dir) unusable
-  | 'EABORTED'; // an operation given up on purpose (a publish overtaken by an address change)
+  | 'EABORTED' // an operation given up on purpose (a publish overtaken by an address change)
+  | 'EPOLICY'; // a network policy (file or etcd value) is malformed, or not newer than the one in etcd
 
 export class CladnetError extends Error {
   readonly code: ErrorCode;

@@ -18,7 +18,7 @@ import {
   T_TX_PKTS,
   type DataplaneStats,
 } from '../dataplane/stats';
-import type { StatusDocument, StatusPeer } from '../status/types';
+import type { StatusDocument, StatusPeer, StatusPolicy } from '../status/types';
 import type { HandshakeManager } from './handshakes';
 import { describeEndpoint, type PathManager } from './paths';
 import type { PeerTable } from './peer-table';
@@ -42,6 +42,8 @@ export interface StatusSources {
   registry?: Registry;
   /** The etcd link's state (EtcdLink.stats), when there is one. */
   link?: { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number };
+  /** The network policy's state and counters (src/agent/policy.ts). */
+  policy?: StatusPolicy;
 }
 
 export function buildStatus(src: StatusSources): StatusDocument {
@@ -103,5 +105,6 @@ export function buildStatus(src: StatusSources): StatusDocument {
       offloads: stats.offloadCounts(),
       drops: stats.dropCounts(),
     },
+    policy: src.policy,
   };
 }

@@ -26,6 +26,8 @@ export interface IssueFilesOptions {
   validDays?: number;
   onWarning?: (warning: string) => void;
   relay?: boolean;
+  /** Security groups written into the certificate (`--groups web,db`). */
+  groups?: string[];
 }
 
 export interface IssueFilesResult {

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { Ed25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import { checkName, matchesNamePattern } from './keys';
+import { canonicalPolicy, type NetworkPolicy } from './policy';
 import {
   HostCert,
   HostRecord,
@@ -60,11 +61,12 @@ export type UnsignedTokenRevocation = Omit<TokenRevocation, 'signature'>;
 export function canonicalCert(c: UnsignedCert): Uint8Array {
   const { version, network, name, publicKey, overlayIp, issued, notAfter, serial } = c;
   const relay = c.relay === true ? true : undefined;
+  const groups = c.groups !== undefined && c.groups.length > 0 ? c.groups : undefined; // like relay: absent keeps old bytes
   if (c.token !== undefined) {
     const { token, use } = c;
-    return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use }));
+    return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups, token, use }));
   }
-  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay }));
+  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups }));
 }
 
 export function canonicalGrant(g: UnsignedGrant): Uint8Array {
@@ -108,6 +110,8 @@ export interface IssueInput {
   serial?: string;
   /** The host may relay for others (`host issue --relay`). */
   relay?: boolean;
+  /** Security groups (`host issue --groups`); sorted and deduplicated here. */
+  groups?: readonly string[];
   /**
    * Made under a join token: `secretKey` is then the grant's delegate key, and the certificate
    * names the token and the use it consumes. Never a relay; at most the grant's certDays.
@@ -122,6 +126,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   const t = input.token;
   if (t) {
     if (input.relay === true) throw new CladnetError('ECONFIG', 'relay: a join token cannot certify a relay', { field: 'relay' });
+    if ((input.groups?.length ?? 0) > 0) throw new CladnetError('ECONFIG', 'groups: a join token cannot grant groups', { field: 'groups' });
     if (!matchesNamePattern(t.grant.names, input.name)) {
       throw new CladnetError('ETOKENSCOPE', `name: ${JSON.stringify(input.name)} does not match the token's pattern ${JSON.stringify(t.grant.names)}`, { field: 'name' });
     }
@@ -137,6 +142,8 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     throw new CladnetError('ECONFIG', `validDays: ${days} must be more than 0 and at most ${t?.grant.certDays ?? MAX_VALID_DAYS}`, { field: 'validDays' });
   }
   const now = input.now ?? new Date();
+  const groups = [...new Set(input.groups ?? [])].sort();
+  groups.forEach((g) => checkName(g, 'groups'));
   const unsigned: UnsignedCert = {
     version: 1,
     network: input.network,
@@ -147,6 +154,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     notAfter: new Date(now.getTime() + Math.round(days * DAY_MS)).toISOString(),
     serial: input.serial ?? randomBytes(16).toString('hex'),
     ...(input.relay === true ? { relay: true as const } : {}),
+    ...(groups.length > 0 ? { groups } : {}),
     ...(t ? { token: t.grant.id, use: t.use, grant: t.grant } : {}),
   };
   const cert = { ...unsigned, signature: b64(ed.sign(canonicalCert(unsigned), secretKey)) };
@@ -303,6 +311,7 @@ export class TrustAnchor {
   verifyCert(cert: HostCert, nowMs: number, field = 'cert'): string | null {
     if (cert.network !== this.network) return `${field}.network: ${JSON.stringify(cert.network)} is not this network (${JSON.stringify(this.network)})`;
     if (cert.token !== undefined) {
+      if (cert.groups !== undefined) return `${field}.groups: a certificate made under a join token cannot carry groups`;
       const bad = this.verifyTokenCert(cert, field);
       if (bad !== null) return bad;
     } else if (!this.verifySignature(canonicalCert(cert), cert.signature)) {
@@ -386,6 +395,13 @@ export class TrustAnchor {
     if (!this.verifySignature(canonicalNetworkSpec(spec), spec.signature)) {
       return `signature: cidr, mtu or port not signed by this network's key (trust anchor ${this.publicKey})`;
     }
+    return null;
+  }
+
+  /** A network policy (./policy.ts) names this network and carries the network key's signature. */
+  verifyPolicy(p: NetworkPolicy): string | null {
+    if (p.network !== this.network) return `network: ${JSON.stringify(p.network)} is not this network (${JSON.stringify(this.network)})`;
+    if (!this.verifySignature(canonicalPolicy(p), p.signature)) return `signature: not signed by this network's key (trust anchor ${this.publicKey})`;
     return null;
   }
 

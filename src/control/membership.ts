@@ -160,6 +160,8 @@ export interface IssueOptions {
   onWarning?: (warning: string) => void;
   /** Certify the host as a relay for others (`host issue --relay`). */
   relay?: boolean;
+  /** Security groups for the certificate (`host issue --groups`). */
+  groups?: readonly string[];
 }
 
 export interface IssueResult {
@@ -202,6 +204,7 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       validDays: o.validDays,
       now,
       relay: o.relay,
+      groups: o.groups,
     });
     await recordIssued(client, ledgerFile, cert);
     return { cert, trustAnchor: key.publicKey, warnings };

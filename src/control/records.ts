@@ -87,6 +87,12 @@ export interface HostCert {
    */
   relay?: true;
   /**
+   * Security groups the host belongs to (`cladnet host issue --groups web,db`): names, sorted,
+   * without duplicates, at most MAX_GROUPS; absent rather than empty, so certificates without
+   * groups keep their canonical bytes. Network policies (./policy.ts) name them.
+   */
+  groups?: string[];
+  /**
    * Set on a certificate a host made for itself under a join token (src/control/token.ts): the
    * token's id, the use it consumed (1..grant.uses) and the grant itself (signed by the network
    * key). Such a certificate is signed by the grant's delegate key, not the network key. All three
@@ -339,6 +345,7 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     if (o['relay'] !== true) fail('relay', `expected true or absent, got ${show(o['relay'])}`);
     cert.relay = true;
   }
+  if (o['groups'] !== undefined) cert.groups = groupList(o, 'groups');
   if (o['token'] !== undefined || o['use'] !== undefined || o['grant'] !== undefined) {
     cert.token = tokenId(o, 'token');
     cert.use = int(o, 'use', 1, MAX_TOKEN_USES);
@@ -346,6 +353,20 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     cert.grant = prefixed('grant', () => grantFields(g));
   }
   return Object.freeze(cert);
+}
+
+/** Most groups one certificate may name. */
+export const MAX_GROUPS = 32;
+
+/** A certificate's groups: 1..MAX_GROUPS valid names, sorted, no duplicates (the canonical form only). */
+function groupList(o: Record<string, unknown>, field: string): string[] {
+  const v = o[field];
+  if (!Array.isArray(v) || v.length === 0 || v.length > MAX_GROUPS) fail(field, `expected 1 to ${MAX_GROUPS} group names, got ${show(v)}`);
+  v.forEach((g, i) => {
+    if (!isValidName(g)) fail(`${field}[${i}]`, `${show(g)} is not a valid group name (1-63 of a-z, 0-9, '-')`);
+    if (i > 0 && !((v[i - 1] as string) < (g as string))) fail(field, 'must be sorted without duplicates');
+  });
+  return Object.freeze([...(v as string[])]) as string[];
 }
 
 function tokenId(o: Record<string, unknown>, field: string): string {
@@ -551,9 +572,9 @@ export function serializeNetworkSpec(s: NetworkSpec): string {
 
 /** Known fields only, in declaration order (the signature last). */
 export function certObject(c: HostCert): HostCert {
-  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, signature } = c;
+  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups, token, use, signature } = c;
   const grant = c.grant === undefined ? undefined : (JSON.parse(serializeTokenGrant(c.grant)) as TokenGrant);
-  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, grant, signature };
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups, token, use, grant, signature };
 }
 
 export function serializeHostCert(c: HostCert): string {

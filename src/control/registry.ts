@@ -83,6 +83,8 @@ export interface RegistryOptions {
    * closes it after the registry.
    */
   health?: WatchHealth;
+  /** The network's /policy key was put or deleted (the agent verifies it: src/control/policy.ts). */
+  onPolicy?: (value: Buffer, modRevision: string, deleted: boolean) => void;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -237,6 +239,7 @@ export class Registry {
         if (added) this.fullNext = true;
         return added;
       },
+      onPolicy: opts.onPolicy,
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
         this.scheduleEmit();
