@@ -1,7 +1,8 @@
 /**
  * `cladnet policy set FILE` and `cladnet policy show`: the network policy (security groups,
  * src/control/policy.ts) in etcd. `set` signs the file's rules with the network key under the
- * next serial (one more than the policy in etcd, whether or not that one verifies) and writes
+ * next serial (one more than the policy in etcd, whether or not that one verifies, and at least
+ * the Unix time in seconds) and writes
  * it only if the key did not change meanwhile; `show` prints the policy in etcd and whether it
  * verifies against the network's trust anchor.
  */
@@ -59,7 +60,11 @@ export async function policySet(client: Etcd3, o: PolicySetOptions): Promise<Net
     if (o.serial !== undefined && !(Number.isSafeInteger(o.serial) && o.serial > held)) {
       throw new CladnetError('EPOLICY', `serial: ${o.serial} is not above the serial in etcd (${held}); agents would ignore it`, { field: 'serial' });
     }
-    const policy = signPolicy(ed, key.secretKey, { network: o.network, serial: o.serial ?? held + 1, rules, now: o.now });
+    // Default: the next serial, and at least the time in seconds, so a policy set after the key was
+    // deleted (agents keep the last one they applied) is still newer than that one.
+    const now = o.now ?? new Date();
+    const serial = o.serial ?? Math.max(held + 1, Math.floor(now.getTime() / 1000));
+    const policy = signPolicy(ed, key.secretKey, { network: o.network, serial, rules, now });
     const value = serializePolicy(policy);
     const done = await etcdCall(`write ${k}`, () =>
       client

@@ -201,7 +201,9 @@ export class PacketFilter {
     if (!this.key(buf, pkt, len, true) || !this.pCache) return;
     // the reply's key: addresses and ports swapped; an echo request (type 8) expects type 0
     const ports = this.pProto === PROTO_ICMP ? this.pSp << 16 : (this.pDp << 16) | this.pSp;
-    this.insert(this.pDst, this.pSrc, this.pProto, ports, -1, 0);
+    // A TCP SYN (without ACK) starts a flow of ours whatever was there before.
+    const syn = this.pProto === PROTO_TCP && (buf[pkt + ((buf[pkt]! & 15) << 2) + 13]! & 0x12) === 0x02;
+    this.insert(this.pDst, this.pSrc, this.pProto, ports, -1, 0, syn);
   }
 
   /**
@@ -277,7 +279,12 @@ export class PacketFilter {
     return -1;
   }
 
-  private insert(src: number, dst: number, proto: number, ports: number, rule: number, gen: number): void {
+  /**
+   * Adds or refreshes the entry for a key. A reply entry (rule -1, from `track`) never replaces an
+   * unexpired entry a rule made, even of an older policy: that flow was started by the peer, and
+   * our answers must not keep it open once a new policy forbids it (unless `force`: a SYN of ours).
+   */
+  private insert(src: number, dst: number, proto: number, ports: number, rule: number, gen: number, force = false): void {
     const b = this.bucket(src, dst, proto, ports);
     let same = -1;
     let free = -1;
@@ -303,6 +310,8 @@ export class PacketFilter {
         this.exp[same] = this.now + ttlOf(proto);
         return;
       }
+      // the peer's flow (allowed by a rule, maybe of an older policy): our answers change nothing
+      if (rule < 0 && !force && this.fRule[same]! >= 0 && this.exp[same]! > this.now) return;
       slot = same;
     } else if (free >= 0) slot = free;
     else {

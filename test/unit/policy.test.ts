@@ -39,7 +39,7 @@ const OUT = '100.64.0.4';
 const WEB2 = '100.64.0.5';
 
 /** An IPv4 packet: TCP/UDP with ports, or ICMP with type and echo id. */
-function packet(src: string, dst: string, proto: number, a: number, b: number, opts: { frag?: number; len?: number } = {}): Buffer {
+function packet(src: string, dst: string, proto: number, a: number, b: number, opts: { frag?: number; len?: number; flags?: number } = {}): Buffer {
   const buf = Buffer.alloc(opts.len ?? 40);
   buf[0] = 0x45;
   buf.writeUInt16BE(buf.length, 2);
@@ -55,6 +55,7 @@ function packet(src: string, dst: string, proto: number, a: number, b: number, o
     } else {
       buf.writeUInt16BE(a, 20);
       buf.writeUInt16BE(b, 22);
+      if (proto === 6) buf[33] = opts.flags ?? 0x10; // ACK unless told
     }
   }
   return buf;
@@ -266,6 +267,25 @@ describe('PacketFilter', () => {
     c.t += FLOW_TTL_MS.tcp + 1;
     f.tick();
     expect(ok(tcp(OUT, DB, 443, 33000))).toBe(false);
+  });
+
+  it("our answers on a flow the peer started (a rule allowed it) count on that rule and do not keep it open under a new policy", () => {
+    const { f, ok, counters } = filterFor('db', WEB_DB);
+    expect(ok(packet(WEB, DB, 6, 40000, 5432, { flags: 0x02 }))).toBe(true); // SYN
+    const synAck = packet(DB, WEB, 6, 5432, 40000, { flags: 0x12 });
+    f.track(synAck, 0, synAck.length);
+    expect(ok(tcp(WEB, DB, 40000, 5432))).toBe(true);
+    expect(counters[C_RULES + 0]).toBe(2);
+    expect(counters[C_REPLIES]).toBe(0);
+    const p2 = signPolicy(ed, net.secretKey, { network: 'demo', serial: 2, rules: WEB_DB.slice(1), now: T0 });
+    f.set(compilePolicy(p2, members.db, [members.web]), new Float64Array(counterSlots(1)));
+    const ack = tcp(DB, WEB, 5432, 40000);
+    f.track(ack, 0, ack.length);
+    expect(ok(tcp(WEB, DB, 40000, 5432))).toBe(false);
+    // a SYN of ours on the same ports is a new flow of ours: its replies pass
+    const syn = packet(DB, WEB, 6, 5432, 40000, { flags: 0x02 });
+    f.track(syn, 0, syn.length);
+    expect(ok(tcp(WEB, DB, 40000, 5432))).toBe(true);
   });
 
   it('the flow table stays within its capacity, evicting the entry that expires first', () => {
