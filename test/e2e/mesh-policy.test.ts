@@ -214,4 +214,17 @@ describe.skipIf(!isRoot)('network policy (security groups) signed by the network
     const show = await cli(bed.topo, bed.topo.routerNs, ['policy', 'show', '--network', NET, '--etcd', bed.etcd.endpoint]);
     expect(show.stdout).toMatch(/no policy/);
   });
+
+  it('a restarted agent applies the last policy it verified (kept in its state dir) while etcd holds none', async () => {
+    const held = (await status('web')).policy!.serial!;
+    const host = bed.agent('db').host;
+    await bed.agent('db').stop();
+    await bed.start(host, { name: 'db', issueCert: false });
+    await bed.waitUp();
+    const s = await status('db');
+    expect(s.policy!.serial).toBe(held);
+    expect(await connect('out', 'db', 5432)).toBe('TIMEOUT');
+    expect(await connect('web', 'db', 5432)).toBe('OK');
+    expect((await status('db')).policy!.denied).toBeGreaterThan(0);
+  });
 });
