@@ -51,6 +51,8 @@ export interface CertInfo {
   publicKey: string;
   fingerprint: string;
   relay: boolean;
+  /** Security groups the certificate names (network policies refer to them). */
+  groups: string[];
   validity: Validity;
   serial: string;
   /** The key that signed it: the network key, or a join token's delegate key (whose grant the network key signed). */
@@ -111,6 +113,7 @@ function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string 
     publicKey: cert.publicKey,
     fingerprint: keyId(cert.publicKey),
     relay: cert.relay === true,
+    groups: [...(cert.groups ?? [])],
     validity: validity(cert.issued, cert.notAfter, nowMs),
     serial: cert.serial,
     issuer:
@@ -260,7 +263,7 @@ export function renderCertInfo(i: PrintInfo, nowMs = Date.now()): string {
       ['overlay IP', i.overlayIp],
       ['public key', `${i.publicKey} (fingerprint ${i.fingerprint})`],
       ['relay', i.relay ? 'yes (may relay for others)' : 'no'],
-      ['groups/routes', 'none (certificates carry none)'],
+      ['groups/routes', i.groups.length > 0 ? `groups ${i.groups.join(', ')}; no routes` : 'none (certificates carry none)'],
       ['issued', `${i.validity.issued}${i.validity.state === 'not yet valid' ? ' (NOT YET VALID)' : ''}`],
       ['expires', until(i.validity)],
       ['serial', i.serial],
