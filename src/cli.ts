@@ -344,11 +344,12 @@ export function buildProgram(): Command {
       .option('--uses <n>', 'how many hosts may enrol with it (default 1)')
       .option('--ttl <duration>', 'how long hosts may enrol with it: 90s, 30m, 2h, 7d (default 1h, at most 30d)')
       .option('--valid-days <n>', 'lifetime of each host certificate made under it (default 365)')
+      .option('--groups <names>', 'security groups the hosts enrolling with it get, comma separated')
       .option('--out <file>', 'write the token to this new file (mode 0600) instead of stdout'),
   )
     .option('--json', 'print JSON')
     .action(
-      async (o: EtcdFlags & { network: string; networkKey: string; name?: string; uses?: string; ttl?: string; validDays?: string; out?: string; json?: boolean }) => {
+      async (o: EtcdFlags & { network: string; networkKey: string; name?: string; uses?: string; ttl?: string; validDays?: string; groups?: string; out?: string; json?: boolean }) => {
         const { createToken } = await import('./control/token');
         const { writeSecretFile } = await import('./control/credentials');
         const int = (v: string | undefined, field: string) => {
@@ -357,7 +358,8 @@ export function buildProgram(): Command {
           return Number(v);
         };
         const input = { network: o.network, networkKeyFile: o.networkKey, names: o.name, uses: int(o.uses, 'uses'), ttl: o.ttl, certDays: int(o.validDays, 'validDays') };
-        const r = await withEtcd(o, (c) => createToken(c, input));
+        const groups = o.groups === undefined ? {} : { groups: urls(o.groups) };
+        const r = await withEtcd(o, (c) => createToken(c, { ...input, ...groups }));
         const g = r.grant;
         const about = `token ${g.id}: network ${g.network}, names ${g.names}, ${g.uses} use(s), hosts may enrol until ${g.notAfter}, certificates valid ${g.certDays} day(s)`;
         if (o.out !== undefined) {

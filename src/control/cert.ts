@@ -71,7 +71,8 @@ export function canonicalCert(c: UnsignedCert): Uint8Array {
 
 export function canonicalGrant(g: UnsignedGrant): Uint8Array {
   const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey } = g;
-  return utf8.encode(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey }));
+  const groups = g.groups !== undefined && g.groups.length > 0 ? g.groups : undefined; // absent keeps old bytes
+  return utf8.encode(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups }));
 }
 
 export function canonicalTokenRevocation(r: UnsignedTokenRevocation): Uint8Array {
@@ -126,7 +127,10 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   const t = input.token;
   if (t) {
     if (input.relay === true) throw new CladnetError('ECONFIG', 'relay: a join token cannot certify a relay', { field: 'relay' });
-    if ((input.groups?.length ?? 0) > 0) throw new CladnetError('ECONFIG', 'groups: a join token cannot grant groups', { field: 'groups' });
+    const outside = (input.groups ?? []).filter((x) => !(t.grant.groups ?? []).includes(x));
+    if (outside.length > 0) {
+      throw new CladnetError('ETOKENSCOPE', `groups: the token does not grant ${outside.join(', ')} (it grants ${t.grant.groups?.join(', ') || 'none'})`, { field: 'groups' });
+    }
     if (!matchesNamePattern(t.grant.names, input.name)) {
       throw new CladnetError('ETOKENSCOPE', `name: ${JSON.stringify(input.name)} does not match the token's pattern ${JSON.stringify(t.grant.names)}`, { field: 'name' });
     }
@@ -142,7 +146,8 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     throw new CladnetError('ECONFIG', `validDays: ${days} must be more than 0 and at most ${t?.grant.certDays ?? MAX_VALID_DAYS}`, { field: 'validDays' });
   }
   const now = input.now ?? new Date();
-  const groups = [...new Set(input.groups ?? [])].sort();
+  // Under a token: the groups asked for (within the grant's), by default all the grant's.
+  const groups = [...new Set(input.groups ?? (t ? (t.grant.groups ?? []) : []))].sort();
   groups.forEach((g) => checkName(g, 'groups'));
   const unsigned: UnsignedCert = {
     version: 1,
@@ -191,6 +196,8 @@ export interface GrantInput {
   certDays: number;
   /** Base64 Ed25519 public key the grant delegates to. */
   delegateKey: string;
+  /** Security groups certificates made under it may carry. */
+  groups?: readonly string[];
   now?: Date;
   id?: string;
 }
@@ -211,6 +218,7 @@ export function signGrant(ed: Ed25519, secretKey: Uint8Array, input: GrantInput)
     notAfter: new Date(now.getTime() + input.ttlMs).toISOString(),
     certDays: input.certDays,
     delegateKey: input.delegateKey,
+    ...((input.groups?.length ?? 0) > 0 ? { groups: [...new Set(input.groups)].sort() } : {}),
   };
   const signed = { ...unsigned, signature: b64(ed.sign(canonicalGrant(unsigned), secretKey)) };
   const checked = parseTokenGrant(signed);
@@ -311,7 +319,8 @@ export class TrustAnchor {
   verifyCert(cert: HostCert, nowMs: number, field = 'cert'): string | null {
     if (cert.network !== this.network) return `${field}.network: ${JSON.stringify(cert.network)} is not this network (${JSON.stringify(this.network)})`;
     if (cert.token !== undefined) {
-      if (cert.groups !== undefined) return `${field}.groups: a certificate made under a join token cannot carry groups`;
+      const extra = (cert.groups ?? []).filter((x) => !(cert.grant?.groups ?? []).includes(x));
+      if (extra.length > 0) return `${field}.groups: ${extra.join(', ')} not granted by token ${cert.token}`;
       const bad = this.verifyTokenCert(cert, field);
       if (bad !== null) return bad;
     } else if (!this.verifySignature(canonicalCert(cert), cert.signature)) {

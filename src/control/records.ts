@@ -120,6 +120,11 @@ export interface TokenGrant {
   notAfter: string; // ISO 8601: no host enrolls with the token after this
   certDays: number; // lifetime of each certificate made under it
   delegateKey: string; // base64 Ed25519 public key, 32 bytes
+  /**
+   * Security groups certificates made under the grant may carry (`token create --groups`): a
+   * subset of these, by default all. Absent: none (and the grant keeps its canonical bytes).
+   */
+  groups?: string[];
   signature: string; // base64 Ed25519 signature by the network key, 64 bytes
 }
 
@@ -356,7 +361,7 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
 }
 
 /** Most groups one certificate may name. */
-export const MAX_GROUPS = 32;
+export const MAX_GROUPS = 16; // 16 x 63-character names keep grants and token-use records within their caps
 
 /** A certificate's groups: 1..MAX_GROUPS valid names, sorted, no duplicates (the canonical form only). */
 function groupList(o: Record<string, unknown>, field: string): string[] {
@@ -388,6 +393,7 @@ function grantFields(o: Record<string, unknown>, expect: { network?: string; id?
     delegateKey: base64Of(o, 'delegateKey', 32),
     signature: base64Of(o, 'signature', 64),
   };
+  if (o['groups'] !== undefined) g.groups = groupList(o, 'groups');
   if (expect.id !== undefined && g.id !== expect.id) fail('id', `${show(g.id)} does not match the key (${show(expect.id)})`);
   return Object.freeze(g);
 }
@@ -424,8 +430,8 @@ export function parseTokenRevocation(raw: string | Buffer, expect: { network?: s
 }
 
 export function serializeTokenGrant(g: TokenGrant): string {
-  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature } = g;
-  return JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature });
+  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups, signature } = g;
+  return JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups, signature });
 }
 
 export function serializeTokenRevocation(r: TokenRevocation): string {

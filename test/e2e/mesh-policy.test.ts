@@ -84,7 +84,7 @@ describe.skipIf(!isRoot)('network policy (security groups) signed by the network
   }
 
   beforeAll(async () => {
-    bed = await startMeshBed({ topology: { hosts: 3 }, agents: 0, waitUp: false, network: NET, cidr: '100.64.0.0/24' });
+    bed = await startMeshBed({ topology: { hosts: 4 }, agents: 0, waitUp: false, network: NET, cidr: '100.64.0.0/24' });
     const groups: Record<string, string> = { web: 'web', db: 'db', out: '' };
     const names = Object.keys(groups);
     for (const [i, name] of names.entries()) {
@@ -213,6 +213,25 @@ describe.skipIf(!isRoot)('network policy (security groups) signed by the network
     // `policy show` says the value in etcd is gone; `policy set` writes the next serial after a delete too
     const show = await cli(bed.topo, bed.topo.routerNs, ['policy', 'show', '--network', NET, '--etcd', bed.etcd.endpoint]);
     expect(show.stdout).toMatch(/no policy/);
+  });
+
+  it('a host enrolling with a join token that grants group web reaches db as web does (groups ride in the grant)', async () => {
+    const out = `${bed.topo.workDir}/web.token`;
+    const r = await cli(bed.topo, bed.topo.routerNs, [
+      ...['token', 'create', '--network', NET, '--network-key', networkKeyFile(bed.topo, NET), '--etcd', bed.etcd.endpoint],
+      ...['--name', 'web-*', '--uses', '1', '--ttl', '10m', '--groups', 'web', '--out', out, '--json'],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { grant: { groups?: string[] } }).grant.groups).toEqual(['web']);
+    fs.chmodSync(out, 0o600);
+    const joined = await bed.start(bed.topo.hosts[3]!, { name: 'web-2', issueCert: false, extraArgs: ['--token-file', out], readyTimeoutMs: 30_000 });
+    for (const [name, doc] of await bed.waitUp(bed.agents, 30_000)) ip.set(name, doc.self.overlayIp);
+    const cert = JSON.parse(fs.readFileSync(`${joined.stateDir}/host.cert`, 'utf8')) as { cert: { groups?: string[]; token?: string } };
+    expect(cert.cert.groups).toEqual(['web']);
+    expect(cert.cert.token).toBeDefined();
+    await waitUntil('web-2 to reach db:5432', async () => (await connect('web-2', 'db', 5432, 500)) === 'OK', { timeoutMs: 5_000, intervalMs: 100 });
+    expect(await connect('web-2', 'db', 22)).toBe('TIMEOUT'); // the 20-22 rule names host web only
+    await joined.stop();
   });
 
   it('a restarted agent applies the last policy it verified (kept in its state dir) while etcd holds none', async () => {

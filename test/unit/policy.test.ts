@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { CERT_LABEL, canonicalCert, issueCert, TrustAnchor } from '../../src/control/cert';
+import { CERT_LABEL, canonicalCert, canonicalGrant, GRANT_LABEL, issueCert, signGrant, TrustAnchor } from '../../src/control/cert';
 import { parseHostCert } from '../../src/control/records';
 import {
   compilePolicy,
@@ -177,6 +177,38 @@ describe('certificate groups', () => {
     expect(unsorted.ok ? '' : unsorted.error).toMatch(/^groups: must be sorted/);
     const empty = parseHostCert({ ...grouped, groups: [] });
     expect(empty.ok).toBe(false);
+  });
+});
+
+describe('join-token grants with groups', () => {
+  it('hosts enrolling with a token get its groups (or fewer); more than granted is refused, even signed by the delegate key', () => {
+    const delegate = ed.generate();
+    const now = new Date(T0.getTime() + 1000);
+    const input = { network: 'demo', names: 'web-*', uses: 3, ttlMs: 3_600_000, certDays: 30, delegateKey: Buffer.from(delegate.publicKey).toString('base64'), now: T0 };
+    const plain = signGrant(ed, net.secretKey, input);
+    const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey } = plain;
+    expect(Buffer.from(canonicalGrant(plain)).toString()).toBe(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey }));
+    const grant = signGrant(ed, net.secretKey, { ...input, groups: ['web', 'edge'] });
+    expect(grant.groups).toEqual(['edge', 'web']);
+    expect(anchor.verifyGrant(grant)).toBeNull();
+    const base = { network: 'demo', name: 'web-1', publicKey: X(2), overlayIp: WEB, now };
+    const all = issueCert(ed, delegate.secretKey, { ...base, token: { grant, use: 1 } });
+    expect(all.groups).toEqual(['edge', 'web']);
+    expect(anchor.verifyCert(all, now.getTime())).toBeNull();
+    const fewer = issueCert(ed, delegate.secretKey, { ...base, groups: ['web'], token: { grant, use: 2 } });
+    expect(anchor.verifyCert(fewer, now.getTime())).toBeNull();
+    try {
+      issueCert(ed, delegate.secretKey, { ...base, groups: ['db'], token: { grant, use: 3 } });
+      expect.unreachable();
+    } catch (e) {
+      expect(isCladnetError(e, 'ETOKENSCOPE')).toBe(true);
+    }
+    // the token holder signs a certificate with a group the grant lacks: the delegate key's signature is not enough
+    const noGroups = issueCert(ed, delegate.secretKey, { ...base, token: { grant: plain, use: 1 } });
+    expect(noGroups.groups).toBeUndefined();
+    const { signature: _s, ...unsigned } = { ...noGroups, groups: ['db'] };
+    const smuggled = { ...unsigned, signature: Buffer.from(ed.sign(canonicalCert(unsigned), delegate.secretKey)).toString('base64') };
+    expect(anchor.verifyCert(smuggled, now.getTime())).toMatch(/^cert\.groups: db not granted by token/);
   });
 });
 
