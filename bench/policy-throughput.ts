@@ -17,6 +17,14 @@ import { streamTransfer } from '../src/testbed/traffic';
 // The agents and the CLI as built in dist/ (from dist-bench/bench/ two levels up).
 process.env['CLADNET_CLI'] ??= path.resolve(__dirname, '..', '..', 'dist', 'cli.js');
 const NET = 'polbench';
+const TICK = 100; // clock ticks per second (USER_HZ)
+
+/** CPU seconds (user + system) a process used so far, from /proc (its threads included). */
+function cpuSeconds(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICK;
+}
 const PORT = 5201;
 
 async function main(): Promise<void> {
@@ -45,21 +53,30 @@ async function main(): Promise<void> {
       { from: `host:${a.name}`, to: `host:${b.name}`, proto: 'tcp', ports: String(PORT) },
     ];
     const results: Record<string, number[]> = { none: [], policy100: [] };
+    const cpu: Record<string, number[]> = { none: [], policy100: [] };
     for (let r = 0; r < rounds; r++) {
       for (const [label, rules] of (r % 2 === 0 ? [['none', open], ['policy100', hundred]] : [['policy100', hundred], ['none', open]]) as [string, object[]][]) {
         await set(rules);
+        const c0 = cpuSeconds(a.proc.pid!) + cpuSeconds(b.proc.pid!);
         const t = await streamTransfer(bed.topo, { fromNs: a.host.ns, toNs: b.host.ns, toIp: bIp, port: PORT, streams: 1, seconds });
         const bytes = t.received.reduce((n, s) => n + s.bytes, 0);
         const gbit = (bytes * 8) / t.secs / 1e9;
         results[label]!.push(gbit);
+        const perGb = (cpuSeconds(a.proc.pid!) + cpuSeconds(b.proc.pid!) - c0) / (bytes / 1e9);
+        cpu[label]!.push(perGb);
         const pol = (await b.status()).policy!;
-        console.log(`round ${r + 1} ${label}: ${gbit.toFixed(3)} Gbit/s (policy serial ${pol.serial}, open ${pol.open}, denied ${pol.denied}, rule 99 packets ${pol.rules[99]?.packets ?? '-'})`);
+        console.log(`round ${r + 1} ${label}: ${gbit.toFixed(3)} Gbit/s, both agents ${perGb.toFixed(2)} CPU s/GB (policy serial ${pol.serial}, open ${pol.open}, denied ${pol.denied}, rule 99 packets ${pol.rules[99]?.packets ?? '-'})`);
       }
     }
     const median = (v: number[]) => [...v].sort((x, y) => x - y)[Math.floor(v.length / 2)]!;
     const none = median(results['none']!);
     const with100 = median(results['policy100']!);
-    console.log(`median of ${rounds}: none ${none.toFixed(3)} Gbit/s, 100-rule policy ${with100.toFixed(3)} Gbit/s (${(((with100 - none) / none) * 100).toFixed(1)} %)`);
+    const pct = (x: number, y: number) => `${(((y - x) / x) * 100).toFixed(1)} %`;
+    const [c1, c2] = [median(cpu['none']!), median(cpu['policy100']!)];
+    console.log(
+      `median of ${rounds}: none ${none.toFixed(3)} Gbit/s, ${c1.toFixed(2)} CPU s/GB; 100-rule policy ${with100.toFixed(3)} Gbit/s (${pct(none, with100)}), ` +
+        `${c2.toFixed(2)} CPU s/GB (${pct(c1, c2)})`,
+    );
   } finally {
     await bed.destroy();
   }
