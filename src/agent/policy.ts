@@ -96,6 +96,7 @@ export class AgentPolicy {
   status(): StatusPolicy {
     const p = this.holder.current;
     const c = this.counters;
+    const here = new Set(this.compiled?.rules.map((r) => r.index));
     return {
       serial: p?.serial ?? null,
       issued: p?.issued ?? null,
@@ -112,7 +113,7 @@ export class AgentPolicy {
         to: r.to,
         proto: r.proto,
         ports: r.ports ?? null,
-        here: this.compiled?.rules.some((x) => x.index === i) ?? false,
+        here: here.has(i),
         packets: c ? c[C_RULES + i]! : 0,
       })),
     };

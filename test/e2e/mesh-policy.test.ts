@@ -109,6 +109,15 @@ describe.skipIf(!isRoot)('network policy (security groups) signed by the network
     await bed?.destroy();
   });
 
+  it('a policy file with a bad rule is refused with EPOLICY naming the rule, and nothing is written', async () => {
+    const file = `${bed.topo.workDir}/bad-policy.json`;
+    fs.writeFileSync(file, JSON.stringify({ rules: [{ from: 'group:web', to: 'group:db', proto: 'tcp', ports: '5432-22' }] }));
+    const r = await cli(bed.topo, bed.topo.routerNs, ['policy', 'set', file, '--network', NET, '--network-key', networkKeyFile(bed.topo, NET), '--etcd', bed.etcd.endpoint]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/rules\[0\]\.ports: "5432-22" is not a port or a range .*\[EPOLICY\]/);
+    expect((await etcdctl(['get', policyKey(NET), '--print-value-only'])).stdout.trim()).toBe('');
+  });
+
   it('without a policy every member reaches every member (today\'s behaviour)', async () => {
     expect(await connect('out', 'db', 22)).toBe('OK');
     expect(await connect('web', 'db', 22)).toBe('OK');
@@ -184,6 +193,8 @@ describe.skipIf(!isRoot)('network policy (security groups) signed by the network
       async () => (await Promise.all(bed.agents.map((a) => a.status()))).every((d, i) => d.policy!.invalid > before[i]!.policy!.invalid),
       { timeoutMs: 3_000, intervalMs: 50 },
     );
+    const shown = await cli(bed.topo, bed.topo.routerNs, ['policy', 'show', '--network', NET, '--etcd', bed.etcd.endpoint, '--json']);
+    expect((JSON.parse(shown.stdout) as { error: string | null }).error).toMatch(/^signature: not signed by this network's key/);
     await etcdctl(['put', key], '{"version":1,"network":"policy","serial":');
     await waitUntil(
       'every agent to count the garbled policy',
