@@ -16,6 +16,7 @@ import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto
 import { isCladnetError } from '../../src/errors';
 import { createRootLogger } from '../../src/log';
 import { parseIpv4 } from '../../src/util/ipv4';
+import { rng } from '../helpers/rng';
 
 const X = (n: number) => Buffer.alloc(32, n).toString('base64');
 const T0 = new Date('2026-12-02T00:00:00.000Z');
@@ -155,6 +156,26 @@ describe('policy document', () => {
     expect(h.apply('', '16', true)).toBe(false);
     expect(h.current?.serial).toBe(2);
     expect(h.current?.rules).toHaveLength(1);
+  });
+});
+
+describe('garbled policies (fuzz)', () => {
+  it('parsePolicy never throws on damaged values, and nothing damaged both parses and verifies unless it is the signed text', () => {
+    const rand = rng(15);
+    const p = signPolicy(ed, net.secretKey, { network: 'demo', serial: 3, rules: [...WEB_DB, { from: '100.64.0.0/10', to: 'any', proto: 'udp', ports: '53' }], now: T0 });
+    const text = serializePolicy(p);
+    let parsed = 0;
+    for (let i = 0; i < 3000; i++) {
+      const b = Buffer.from(text);
+      const edits = 1 + Math.floor(rand() * 4);
+      for (let k = 0; k < edits; k++) b[Math.floor(rand() * b.length)] = 32 + Math.floor(rand() * 95);
+      const cut = rand() < 0.1 ? b.subarray(0, Math.floor(rand() * b.length)) : b;
+      const r = parsePolicy(cut, { network: 'demo' });
+      if (!r.ok) continue;
+      parsed++;
+      if (anchor.verifyPolicy(r.value) === null) expect(serializePolicy(r.value)).toBe(text); // still verifies: the signed policy itself (an edit wrote a character over itself)
+    }
+    expect(parsed).toBeGreaterThan(0);
   });
 });
 
