@@ -8,6 +8,8 @@ import {
   HostRecord,
   isBase64Of,
   isPublicKey,
+  isValidGroupName,
+  MAX_GROUPS,
   NetworkSpec,
   parseHostCert,
   parseNetworkSpec,
@@ -120,6 +122,15 @@ export interface IssueInput {
   token?: { grant: TokenGrant; use: number };
 }
 
+/** Throws ECONFIG naming the first bad group name, or too many groups. */
+function checkGroups(groups: readonly string[]): void {
+  const bad = groups.find((g) => !isValidGroupName(g));
+  if (bad !== undefined) {
+    throw new CladnetError('ECONFIG', `groups: ${JSON.stringify(bad)} is not a valid group name (1-32 of a-z, 0-9, '-', not starting or ending with '-')`, { field: 'groups' });
+  }
+  if (groups.length > MAX_GROUPS) throw new CladnetError('ECONFIG', `groups: ${groups.length} groups, more than ${MAX_GROUPS}`, { field: 'groups' });
+}
+
 /** Builds and signs a certificate; throws ECONFIG naming the bad field. */
 export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput): HostCert {
   checkName(input.network, 'network');
@@ -148,7 +159,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   const now = input.now ?? new Date();
   // Under a token: the groups asked for (within the grant's), by default all the grant's.
   const groups = [...new Set(input.groups ?? (t ? (t.grant.groups ?? []) : []))].sort();
-  groups.forEach((g) => checkName(g, 'groups'));
+  checkGroups(groups);
   const unsigned: UnsignedCert = {
     version: 1,
     network: input.network,
@@ -207,6 +218,7 @@ export function signGrant(ed: Ed25519, secretKey: Uint8Array, input: GrantInput)
   if (!(Number.isFinite(input.ttlMs) && input.ttlMs > 0)) {
     throw new CladnetError('ECONFIG', `ttl: ${input.ttlMs} ms is not a positive duration`, { field: 'ttl' });
   }
+  checkGroups(input.groups ?? []);
   const now = input.now ?? new Date();
   const unsigned: UnsignedGrant = {
     version: 1,

@@ -25,7 +25,7 @@ import { formatPrefix, parseIpv4, parsePrefix } from '../util/ipv4';
 import type { CompiledPolicy, CompiledRule } from '../dataplane/policy';
 import { PROTO_ANY, PROTO_ICMP, PROTO_TCP, PROTO_UDP } from '../dataplane/policy';
 import { checkName, isValidName, policyKey } from './keys';
-import type { HostCert, Parsed } from './records';
+import { isBase64Of, isValidGroupName, type HostCert, type Parsed } from './records';
 
 export const POLICY_LABEL = 'cladnet network policy v1\n';
 /** Rules one policy may hold. */
@@ -74,7 +74,7 @@ function checkSelector(v: unknown, field: string, cidrOk: boolean): string {
   if (v === 'any') return v;
   const m = /^(host|group):(.*)$/.exec(v);
   if (m) {
-    if (!isValidName(m[2])) fail(field, `${show(m[2])} is not a valid ${m[1]} name`);
+    if (!(m[1] === 'host' ? isValidName(m[2]) : isValidGroupName(m[2]))) fail(field, `${show(m[2])} is not a valid ${m[1]} name`);
     return v;
   }
   if (cidrOk && /^[0-9./]+$/.test(v)) {
@@ -166,7 +166,8 @@ export function parsePolicy(raw: string | Buffer | object, expect: { network?: s
       fail('issued', `${show(issued)} is not an ISO 8601 time`);
     }
     const signature = o['signature'];
-    if (typeof signature !== 'string' || !/^[A-Za-z0-9+/]{86}==$/.test(signature)) fail('signature', 'not base64 of 64 bytes');
+    // canonical base64 only: other spellings of the same bytes would be the same policy under another text
+    if (!isBase64Of(signature, 64)) fail('signature', 'not base64 of 64 bytes');
     const p: NetworkPolicy = { version: 1, network, serial, issued, rules: checkRules(o['rules']), signature };
     return Object.freeze(p);
   });

@@ -360,15 +360,24 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
   return Object.freeze(cert);
 }
 
-/** Most groups one certificate may name. */
-export const MAX_GROUPS = 16; // 16 x 63-character names keep grants and token-use records within their caps
+/**
+ * Most groups one certificate (or join-token grant) may name, and a group name's shape: like a
+ * host name but at most 32 characters. Both keep the largest host record (with routes) under half
+ * its cap.
+ */
+export const MAX_GROUPS = 8;
+const GROUP_RE = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+
+export function isValidGroupName(s: unknown): s is string {
+  return typeof s === 'string' && GROUP_RE.test(s);
+}
 
 /** A certificate's groups: 1..MAX_GROUPS valid names, sorted, no duplicates (the canonical form only). */
 function groupList(o: Record<string, unknown>, field: string): string[] {
   const v = o[field];
   if (!Array.isArray(v) || v.length === 0 || v.length > MAX_GROUPS) fail(field, `expected 1 to ${MAX_GROUPS} group names, got ${show(v)}`);
   v.forEach((g, i) => {
-    if (!isValidName(g)) fail(`${field}[${i}]`, `${show(g)} is not a valid group name (1-63 of a-z, 0-9, '-')`);
+    if (!isValidGroupName(g)) fail(`${field}[${i}]`, `${show(g)} is not a valid group name (1-32 of a-z, 0-9, '-', not starting or ending with '-')`);
     if (i > 0 && !((v[i - 1] as string) < (g as string))) fail(field, 'must be sorted without duplicates');
   });
   return Object.freeze([...(v as string[])]) as string[];

@@ -4,6 +4,7 @@ import {
   checkRecordSize,
   HostRecord,
   MAX_ENDPOINTS,
+  MAX_GROUPS,
   MAX_HOST_CIDRS,
   parseHostRecord,
   parseLeaseRecord,
@@ -34,7 +35,8 @@ beforeAll(async () => {
 
 /** The largest host record the validators accept (with its certificate), serialized as publish writes it. */
 function largestHost(): HostRecord {
-  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z') });
+  const groups = Array.from({ length: MAX_GROUPS }, (_, i) => `g${i}`.padEnd(32, 'x')); // the most, the longest
+  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z'), groups });
   return {
     version: 1,
     name: NAME63,

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CERT_LABEL, canonicalCert, canonicalGrant, GRANT_LABEL, issueCert, signGrant, TrustAnchor } from '../../src/control/cert';
-import { parseHostCert } from '../../src/control/records';
+import { MAX_GROUPS, parseHostCert, RECORD_CAPS, serializeHostCert, serializeTokenGrant } from '../../src/control/records';
 import {
   compilePolicy,
   memberOf,
@@ -193,7 +193,9 @@ describe('certificate groups', () => {
     // an etcd writer adding a group to a certificate breaks its signature
     const more = parseHostCert({ ...grouped, groups: ['db', 'edge', 'web'] });
     expect(more.ok && anchor.verifyCert(more.value, T0.getTime())).toMatch(/signature/);
-    expect(() => issueCert(ed, net.secretKey, { ...base, groups: ['Web'] })).toThrow(/groups: "Web" is not a valid name/);
+    expect(() => issueCert(ed, net.secretKey, { ...base, groups: ['Web'] })).toThrow(/groups: "Web" is not a valid group name/);
+    expect(() => issueCert(ed, net.secretKey, { ...base, groups: ['g'.repeat(33)] })).toThrow(/is not a valid group name \(1-32/);
+    expect(() => issueCert(ed, net.secretKey, { ...base, groups: Array.from({ length: MAX_GROUPS + 1 }, (_, i) => `g${i}`) })).toThrow(/more than 8/);
     const unsorted = parseHostCert({ ...grouped, groups: ['web', 'edge'] });
     expect(unsorted.ok ? '' : unsorted.error).toMatch(/^groups: must be sorted/);
     const empty = parseHostCert({ ...grouped, groups: [] });
@@ -230,6 +232,21 @@ describe('join-token grants with groups', () => {
     const { signature: _s, ...unsigned } = { ...noGroups, groups: ['db'] };
     const smuggled = { ...unsigned, signature: Buffer.from(ed.sign(canonicalCert(unsigned), delegate.secretKey)).toString('base64') };
     expect(anchor.verifyCert(smuggled, now.getTime())).toMatch(/^cert\.groups: db not granted by token/);
+  });
+
+  it('the largest grant and token-use certificate with groups fit their record caps with 2x headroom', () => {
+    const delegate = ed.generate();
+    const groups = Array.from({ length: MAX_GROUPS }, (_, i) => `g${i}`.padEnd(32, 'x'));
+    const network = `n${'y'.repeat(61)}z`;
+    const grant = signGrant(ed, net.secretKey, {
+      ...{ network, names: `h${'x'.repeat(60)}*`, uses: 1000, ttlMs: 3_600_000, certDays: 3650, groups },
+      delegateKey: Buffer.from(delegate.publicKey).toString('base64'),
+    });
+    const cert = issueCert(ed, delegate.secretKey, { network, name: `h${'x'.repeat(61)}z`, publicKey: X(3), overlayIp: '100.127.255.254', token: { grant, use: 1000 } });
+    const sizes = { token: serializeTokenGrant(grant).length, tokenUse: serializeHostCert(cert).length };
+    console.log(`largest grant with groups ${sizes.token} B (cap ${RECORD_CAPS.token}), token-use certificate ${sizes.tokenUse} B (cap ${RECORD_CAPS.tokenUse})`);
+    expect(sizes.token * 2).toBeLessThan(RECORD_CAPS.token);
+    expect(sizes.tokenUse * 2).toBeLessThan(RECORD_CAPS.tokenUse);
   });
 });
 
