@@ -271,10 +271,11 @@ export function buildProgram(): Command {
       .option('--out <path>', 'with --public-key: certificate file or directory (default ./NAME.cert); without: directory for private.key and host.cert (default ./NAME)')
       .option('--valid-days <n>', 'certificate lifetime in days (default 365)')
       .option('--relay', 'certify the host to relay for others (peers ignore a relay flag its certificate lacks)')
-      .option('--routes <cidrs>', 'certify the host to route these prefixes for the mesh (comma separated; see agent --advertise-routes)'),
+      .option('--routes <cidrs>', 'certify the host to route these prefixes for the mesh (comma separated; see agent --advertise-routes)')
+      .option('--groups <names>', 'security groups the host belongs to, comma separated (network policies name them)'),
   )
     .option('--json', 'print JSON')
-    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; routes?: string; json?: boolean }) => {
+    .action(async (name: string, o: EtcdFlags & { network: string; networkKey: string; publicKey?: string; out?: string; validDays?: string; relay?: boolean; routes?: string; groups?: string; json?: boolean }) => {
       const routes = o.routes === undefined ? undefined : o.routes.split(',').map((r) => r.trim()).filter(Boolean);
       const { issueHostFiles } = await import('./cli/host-issue');
       const validDays = o.validDays === undefined ? undefined : Number(o.validDays);
@@ -284,6 +285,7 @@ export function buildProgram(): Command {
       const r = await withEtcd(o, (c) =>
         issueHostFiles(c, {
           ...{ name, network: o.network, networkKeyFile: o.networkKey, publicKey: o.publicKey, out: o.out, validDays, relay: o.relay, routes },
+          groups: o.groups === undefined ? undefined : urls(o.groups),
           onWarning: (w) => process.stderr.write(`cladnet: warning: ${w}\n`),
         }),
       );
@@ -313,6 +315,30 @@ export function buildProgram(): Command {
       );
     });
 
+  const policy = program.command('policy').description('the network policy (security groups), signed by the network key');
+  etcdOptions(
+    policy
+      .command('set <file>')
+      .description('sign the rules in FILE ({"rules": [...]}, JSON) with the network key and store them as the network policy')
+      .requiredOption('--network <net>', 'the network')
+      .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
+      .option('--serial <n>', 'serial of the new policy (default: one more than the policy in etcd)'),
+  )
+    .option('--json', 'print JSON')
+    .action(async (file: string, o: EtcdFlags & { network: string; networkKey: string; serial?: string; json?: boolean }) => {
+      const { policySet, renderPolicy } = await import('./cli/policy');
+      const serial = o.serial === undefined ? undefined : Number(o.serial);
+      const p = await withEtcd(o, (c) => policySet(c, { network: o.network, networkKeyFile: o.networkKey, file, serial }));
+      print(p, !!o.json, () => renderPolicy({ network: o.network, policy: p, error: null }));
+    });
+  etcdOptions(policy.command('show').description('print the network policy in etcd and whether it verifies').requiredOption('--network <net>', 'the network'))
+    .option('--json', 'print JSON')
+    .action(async (o: EtcdFlags & { network: string; json?: boolean }) => {
+      const { policyShow, renderPolicy } = await import('./cli/policy');
+      const s = await withEtcd(o, (c) => policyShow(c, o.network));
+      print(s, !!o.json, () => renderPolicy(s));
+    });
+
   const token = program.command('token').description('join tokens: let new hosts enrol themselves (needs the network key to make or revoke)');
   etcdOptions(
     token
@@ -324,11 +350,12 @@ export function buildProgram(): Command {
       .option('--uses <n>', 'how many hosts may enrol with it (default 1)')
       .option('--ttl <duration>', 'how long hosts may enrol with it: 90s, 30m, 2h, 7d (default 1h, at most 30d)')
       .option('--valid-days <n>', 'lifetime of each host certificate made under it (default 365)')
+      .option('--groups <names>', 'security groups the hosts enrolling with it get, comma separated')
       .option('--out <file>', 'write the token to this new file (mode 0600) instead of stdout'),
   )
     .option('--json', 'print JSON')
     .action(
-      async (o: EtcdFlags & { network: string; networkKey: string; name?: string; uses?: string; ttl?: string; validDays?: string; out?: string; json?: boolean }) => {
+      async (o: EtcdFlags & { network: string; networkKey: string; name?: string; uses?: string; ttl?: string; validDays?: string; groups?: string; out?: string; json?: boolean }) => {
         const { createToken } = await import('./control/token');
         const { writeSecretFile } = await import('./control/credentials');
         const int = (v: string | undefined, field: string) => {
@@ -337,7 +364,8 @@ export function buildProgram(): Command {
           return Number(v);
         };
         const input = { network: o.network, networkKeyFile: o.networkKey, names: o.name, uses: int(o.uses, 'uses'), ttl: o.ttl, certDays: int(o.validDays, 'validDays') };
-        const r = await withEtcd(o, (c) => createToken(c, input));
+        const groups = o.groups === undefined ? {} : { groups: urls(o.groups) };
+        const r = await withEtcd(o, (c) => createToken(c, { ...input, ...groups }));
         const g = r.grant;
         const about = `token ${g.id}: network ${g.network}, names ${g.names}, ${g.uses} use(s), hosts may enrol until ${g.notAfter}, certificates valid ${g.certDays} day(s)`;
         if (o.out !== undefined) {

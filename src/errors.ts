@@ -24,7 +24,8 @@ export type ErrorCode =
   | 'ETOKENREVOKED' // the operator revoked the join token
   | 'ESTATE' // local state (state dir) unusable
   | 'EABORTED' // an operation given up on purpose (a publish overtaken by an address change)
-  | 'EROUTE'; // a route to advertise is not covered by the host's certificate
+  | 'EROUTE' // a route to advertise is not covered by the host's certificate
+  | 'EPOLICY'; // a network policy (file or etcd value) is malformed, or not newer than the one in etcd
 
 export class CladnetError extends Error {
   readonly code: ErrorCode;

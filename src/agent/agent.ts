@@ -69,6 +69,7 @@ import type { ServiceSummary } from './service';
 import { chooseNetworkSpec, loadMembership, type Membership } from './membership';
 import { VIEW_OFFER_EVERY_MS, ViewGate, viewFromAgent } from './view';
 import { serializeViewRecord, type ViewRecord } from '../control/views';
+import { AgentPolicy } from './policy';
 
 const STATE_FILE = 'state.json';
 /** Newest handshake timestamp per peer key (replay protection that outlives a restart). */
@@ -106,6 +107,8 @@ export class Agent {
   private etcdLink?: EtcdLink;
   private registry?: Registry;
   private engine?: DataplaneEngine;
+  /** The network policy (security groups): verified, compiled, handed to the data plane. */
+  private policy?: AgentPolicy;
   private tun?: TunDevice;
   private udp?: UdpSocket;
   private status?: StatusServer;
@@ -331,6 +334,16 @@ export class Agent {
       },
       random: (n) => randomBytes(n),
     });
+    this.policy = new AgentPolicy({
+      network: this.network.name,
+      trust: this.member.anchor,
+      selfCert: this.member.cert,
+      peerCerts: () => [...this.peers].flatMap(([, p]) => (p.record.cert ? [p.record.cert] : [])),
+      apply: (policy, counters) => this.engine?.setPolicy(policy, counters),
+      file: path.join(cfg.stateDir, 'policy.json'),
+      log: this.log,
+    });
+    this.policy.load();
     this.registry = new Registry({
       client: etcd,
       network: this.network,
@@ -345,6 +358,7 @@ export class Agent {
       },
       link: this.etcdLink,
       health: this.etcdMember,
+      onPolicy: (value, modRevision, deleted) => this.policy?.onValue(value, modRevision, deleted),
     });
     this.updateLocal();
     void this.register();
@@ -879,6 +893,7 @@ export class Agent {
     }
     for (const name of c.removed) if (this.peers.has(name)) removed.push(name);
     for (const name of removed) this.removePeer(name);
+    if (upserted.length > 0 || removed.length > 0) this.policy?.peersChanged();
     this.hs?.updatePeers(
       upserted.map((name) => {
         const p = this.peers.get(name)!;
@@ -1022,6 +1037,7 @@ export class Agent {
       paths: this.paths,
       registry: this.registry,
       link: this.linkStatus(),
+      policy: this.policy?.status(),
       self: {
         name: this.cfg.name,
         network: this.network.name,

@@ -18,7 +18,7 @@ import {
   T_TX_PKTS,
   type DataplaneStats,
 } from '../dataplane/stats';
-import type { StatusDocument, StatusPeer } from '../status/types';
+import type { StatusDocument, StatusPeer, StatusPolicy } from '../status/types';
 import type { HandshakeManager } from './handshakes';
 import { describeEndpoint, type PathManager } from './paths';
 import type { PeerTable } from './peer-table';
@@ -44,6 +44,8 @@ export interface StatusSources {
   link?: { link: 'unknown' | 'up' | 'down'; downSince: string | null; outages: number };
   /** Subnet routes: which peer serves which prefix, and advertised routes refused (./subnets.ts). */
   subnets?: StatusDocument['subnets'];
+  /** The network policy's state and counters (src/agent/policy.ts). */
+  policy?: StatusPolicy;
 }
 
 /** A peer's state from when its last authenticated packet came (0: never) and when it was added. */
@@ -110,5 +112,6 @@ export function buildStatus(src: StatusSources): StatusDocument {
       offloads: stats.offloadCounts(),
       drops: stats.dropCounts(),
     },
+    policy: src.policy,
   };
 }

@@ -53,6 +53,8 @@ export interface CertInfo {
   relay: boolean;
   /** Prefixes the host may route for the mesh (`host issue --routes`); empty when none. */
   routes: string[];
+  /** Security groups the certificate names (network policies refer to them). */
+  groups: string[];
   validity: Validity;
   serial: string;
   /** The key that signed it: the network key, or a join token's delegate key (whose grant the network key signed). */
@@ -114,6 +116,7 @@ function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string 
     fingerprint: keyId(cert.publicKey),
     relay: cert.relay === true,
     routes: [...(cert.routes ?? [])],
+    groups: [...(cert.groups ?? [])],
     validity: validity(cert.issued, cert.notAfter, nowMs),
     serial: cert.serial,
     issuer:
@@ -264,6 +267,7 @@ export function renderCertInfo(i: PrintInfo, nowMs = Date.now()): string {
       ['public key', `${i.publicKey} (fingerprint ${i.fingerprint})`],
       ['relay', i.relay ? 'yes (may relay for others)' : 'no'],
       ['routes', i.routes.length > 0 ? i.routes.join(', ') : 'none'],
+      ['groups', i.groups.length > 0 ? i.groups.join(', ') : 'none'],
       ['issued', `${i.validity.issued}${i.validity.state === 'not yet valid' ? ' (NOT YET VALID)' : ''}`],
       ['expires', until(i.validity)],
       ['serial', i.serial],

@@ -28,6 +28,8 @@ export interface IssueFilesOptions {
   relay?: boolean;
   /** Prefixes the host may route for the mesh (`--routes`). */
   routes?: readonly string[];
+  /** Security groups written into the certificate (`--groups web,db`). */
+  groups?: string[];
 }
 
 export interface IssueFilesResult {

@@ -3,12 +3,15 @@ import type { Ed25519 } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import { checkName, matchesNamePattern } from './keys';
 import { formatPrefix, parsePrefix } from '../util/ipv4';
+import { canonicalPolicy, type NetworkPolicy } from './policy';
 import {
   HostCert,
   MAX_ROUTES,
   HostRecord,
   isBase64Of,
   isPublicKey,
+  isValidGroupName,
+  MAX_GROUPS,
   NetworkSpec,
   parseHostCert,
   parseNetworkSpec,
@@ -64,16 +67,18 @@ export function canonicalCert(c: UnsignedCert): Uint8Array {
   const relay = c.relay === true ? true : undefined;
   // (absent on certificates without routes: JSON.stringify leaves undefined out, old bytes stay)
   const routes = c.routes;
+  const groups = c.groups !== undefined && c.groups.length > 0 ? c.groups : undefined; // like relay: absent keeps old bytes
   if (c.token !== undefined) {
     const { token, use } = c;
-    return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use }));
+    return utf8.encode(TOKEN_CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups, token, use }));
   }
-  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes }));
+  return utf8.encode(CERT_LABEL + JSON.stringify({ version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes, groups }));
 }
 
 export function canonicalGrant(g: UnsignedGrant): Uint8Array {
   const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey } = g;
-  return utf8.encode(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey }));
+  const groups = g.groups !== undefined && g.groups.length > 0 ? g.groups : undefined; // absent keeps old bytes
+  return utf8.encode(GRANT_LABEL + JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups }));
 }
 
 export function canonicalTokenRevocation(r: UnsignedTokenRevocation): Uint8Array {
@@ -114,11 +119,22 @@ export interface IssueInput {
   relay?: boolean;
   /** Prefixes the host may route for the mesh (`host issue --routes`); stored sorted, deduplicated. */
   routes?: readonly string[];
+  /** Security groups (`host issue --groups`); sorted and deduplicated here. */
+  groups?: readonly string[];
   /**
    * Made under a join token: `secretKey` is then the grant's delegate key, and the certificate
    * names the token and the use it consumes. Never a relay; at most the grant's certDays.
    */
   token?: { grant: TokenGrant; use: number };
+}
+
+/** Throws ECONFIG naming the first bad group name, or too many groups. */
+function checkGroups(groups: readonly string[]): void {
+  const bad = groups.find((g) => !isValidGroupName(g));
+  if (bad !== undefined) {
+    throw new CladnetError('ECONFIG', `groups: ${JSON.stringify(bad)} is not a valid group name (1-32 of a-z, 0-9, '-', not starting or ending with '-')`, { field: 'groups' });
+  }
+  if (groups.length > MAX_GROUPS) throw new CladnetError('ECONFIG', `groups: ${groups.length} groups, more than ${MAX_GROUPS}`, { field: 'groups' });
 }
 
 /** Builds and signs a certificate; throws ECONFIG naming the bad field. */
@@ -130,6 +146,10 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     if (input.relay === true) throw new CladnetError('ECONFIG', 'relay: a join token cannot certify a relay', { field: 'relay' });
     if (input.routes !== undefined && input.routes.length > 0) {
       throw new CladnetError('ECONFIG', 'routes: a join token cannot certify routes (issue the gateway with host issue --routes)', { field: 'routes' });
+    }
+    const outside = (input.groups ?? []).filter((x) => !(t.grant.groups ?? []).includes(x));
+    if (outside.length > 0) {
+      throw new CladnetError('ETOKENSCOPE', `groups: the token does not grant ${outside.join(', ')} (it grants ${t.grant.groups?.join(', ') || 'none'})`, { field: 'groups' });
     }
     if (!matchesNamePattern(t.grant.names, input.name)) {
       throw new CladnetError('ETOKENSCOPE', `name: ${JSON.stringify(input.name)} does not match the token's pattern ${JSON.stringify(t.grant.names)}`, { field: 'name' });
@@ -147,6 +167,9 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
   }
   const routes = input.routes === undefined ? [] : canonicalRoutes(input.routes);
   const now = input.now ?? new Date();
+  // Under a token: the groups asked for (within the grant's), by default all the grant's.
+  const groups = [...new Set(input.groups ?? (t ? (t.grant.groups ?? []) : []))].sort();
+  checkGroups(groups);
   const unsigned: UnsignedCert = {
     version: 1,
     network: input.network,
@@ -158,6 +181,7 @@ export function issueCert(ed: Ed25519, secretKey: Uint8Array, input: IssueInput)
     serial: input.serial ?? randomBytes(16).toString('hex'),
     ...(input.relay === true ? { relay: true as const } : {}),
     ...(routes.length > 0 ? { routes } : {}),
+    ...(groups.length > 0 ? { groups } : {}),
     ...(t ? { token: t.grant.id, use: t.use, grant: t.grant } : {}),
   };
   const cert = { ...unsigned, signature: b64(ed.sign(canonicalCert(unsigned), secretKey)) };
@@ -210,6 +234,8 @@ export interface GrantInput {
   certDays: number;
   /** Base64 Ed25519 public key the grant delegates to. */
   delegateKey: string;
+  /** Security groups certificates made under it may carry. */
+  groups?: readonly string[];
   now?: Date;
   id?: string;
 }
@@ -219,6 +245,7 @@ export function signGrant(ed: Ed25519, secretKey: Uint8Array, input: GrantInput)
   if (!(Number.isFinite(input.ttlMs) && input.ttlMs > 0)) {
     throw new CladnetError('ECONFIG', `ttl: ${input.ttlMs} ms is not a positive duration`, { field: 'ttl' });
   }
+  checkGroups(input.groups ?? []);
   const now = input.now ?? new Date();
   const unsigned: UnsignedGrant = {
     version: 1,
@@ -230,6 +257,7 @@ export function signGrant(ed: Ed25519, secretKey: Uint8Array, input: GrantInput)
     notAfter: new Date(now.getTime() + input.ttlMs).toISOString(),
     certDays: input.certDays,
     delegateKey: input.delegateKey,
+    ...((input.groups?.length ?? 0) > 0 ? { groups: [...new Set(input.groups)].sort() } : {}),
   };
   const signed = { ...unsigned, signature: b64(ed.sign(canonicalGrant(unsigned), secretKey)) };
   const checked = parseTokenGrant(signed);
@@ -330,6 +358,8 @@ export class TrustAnchor {
   verifyCert(cert: HostCert, nowMs: number, field = 'cert'): string | null {
     if (cert.network !== this.network) return `${field}.network: ${JSON.stringify(cert.network)} is not this network (${JSON.stringify(this.network)})`;
     if (cert.token !== undefined) {
+      const extra = (cert.groups ?? []).filter((x) => !(cert.grant?.groups ?? []).includes(x));
+      if (extra.length > 0) return `${field}.groups: ${extra.join(', ')} not granted by token ${cert.token}`;
       const bad = this.verifyTokenCert(cert, field);
       if (bad !== null) return bad;
     } else if (!this.verifySignature(canonicalCert(cert), cert.signature)) {
@@ -414,6 +444,13 @@ export class TrustAnchor {
     if (!this.verifySignature(canonicalNetworkSpec(spec), spec.signature)) {
       return `signature: cidr, mtu or port not signed by this network's key (trust anchor ${this.publicKey})`;
     }
+    return null;
+  }
+
+  /** A network policy (./policy.ts) names this network and carries the network key's signature. */
+  verifyPolicy(p: NetworkPolicy): string | null {
+    if (p.network !== this.network) return `network: ${JSON.stringify(p.network)} is not this network (${JSON.stringify(this.network)})`;
+    if (!this.verifySignature(canonicalPolicy(p), p.signature)) return `signature: not signed by this network's key (trust anchor ${this.publicKey})`;
     return null;
   }
 

@@ -18,7 +18,9 @@ import { formatIpv4, parseIpv4 } from '../util/ipv4';
  *                                              <use> of token <id> (create-if-absent txn)
  *   /cladnet/v1/networks/<net>/tokens-revoked/<id>
  *                                              TokenRevocation JSON, signed by the network key
-
+ *   /cladnet/v1/networks/<net>/policy          NetworkPolicy JSON, signed by the network key
+ *                                              (security groups: src/control/policy.ts)
+ *
  * and, outside the networks' prefix so that agents watching their network never receive them:
  *
  *   /cladnet/v1/views/<net>/<name>             ViewRecord JSON: what <name> sees of its peers
@@ -144,6 +146,11 @@ export function tokenRevokedKey(net: string, id: string): string {
   return tokensRevokedPrefix(net) + checkTokenId(id);
 }
 
+/** The network's policy (one key; a newer signed document replaces it). */
+export function policyKey(net: string): string {
+  return `${networkPrefix(net)}policy`;
+}
+
 const TOKEN_ID = /^[0-9a-f]{32}$/;
 
 function checkTokenId(id: string): string {
@@ -170,7 +177,8 @@ export type ParsedKey =
   | { kind: 'view'; network: string; name: string }
   | { kind: 'token'; network: string; token: string }
   | { kind: 'tokenUse'; network: string; token: string; use: number }
-  | { kind: 'tokenRevoked'; network: string; token: string };
+  | { kind: 'tokenRevoked'; network: string; token: string }
+  | { kind: 'policy'; network: string };
 
 /** Classifies a key of the layout above; null for anything else (unknown or malformed keys). */
 export function parseKey(key: string | Buffer): ParsedKey | null {
@@ -184,6 +192,7 @@ export function parseKey(key: string | Buffer): ParsedKey | null {
   const network = parts[0]!;
   if (!isValidName(network)) return null;
   if (parts.length === 1) return { kind: 'network', network };
+  if (parts.length === 2) return parts[1] === 'policy' ? { kind: 'policy', network } : null;
   if (parts.length !== 3) return null;
   const [, kind, leaf] = parts as [string, string, string];
   switch (kind) {

@@ -163,6 +163,8 @@ export interface IssueOptions {
   relay?: boolean;
   /** Prefixes the host may route for the mesh (`host issue --routes`); none may overlap the overlay. */
   routes?: readonly string[];
+  /** Security groups for the certificate (`host issue --groups`). */
+  groups?: readonly string[];
 }
 
 export interface IssueResult {
@@ -213,6 +215,7 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       now,
       relay: o.relay,
       routes,
+      groups: o.groups,
     });
     await recordIssued(client, ledgerFile, cert);
     return { cert, trustAnchor: key.publicKey, warnings };

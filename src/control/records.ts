@@ -108,6 +108,12 @@ export interface HostCert {
    */
   routes?: string[];
   /**
+   * Security groups the host belongs to (`cladnet host issue --groups web,db`): names, sorted,
+   * without duplicates, at most MAX_GROUPS; absent rather than empty, so certificates without
+   * groups keep their canonical bytes. Network policies (./policy.ts) name them.
+   */
+  groups?: string[];
+  /**
    * Set on a certificate a host made for itself under a join token (src/control/token.ts): the
    * token's id, the use it consumed (1..grant.uses) and the grant itself (signed by the network
    * key). Such a certificate is signed by the grant's delegate key, not the network key. All three
@@ -135,6 +141,11 @@ export interface TokenGrant {
   notAfter: string; // ISO 8601: no host enrolls with the token after this
   certDays: number; // lifetime of each certificate made under it
   delegateKey: string; // base64 Ed25519 public key, 32 bytes
+  /**
+   * Security groups certificates made under the grant may carry (`token create --groups`): a
+   * subset of these, by default all. Absent: none (and the grant keeps its canonical bytes).
+   */
+  groups?: string[];
   signature: string; // base64 Ed25519 signature by the network key, 64 bytes
 }
 
@@ -372,6 +383,7 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     if (sorted.join(',') !== routes.join(',')) fail('routes', 'not sorted without duplicates');
     cert.routes = Object.freeze(routes) as string[];
   }
+  if (o['groups'] !== undefined) cert.groups = groupList(o, 'groups');
   if (o['token'] !== undefined || o['use'] !== undefined || o['grant'] !== undefined) {
     cert.token = tokenId(o, 'token');
     cert.use = int(o, 'use', 1, MAX_TOKEN_USES);
@@ -379,6 +391,29 @@ function certFields(o: Record<string, unknown>, expect: { network?: string; name
     cert.grant = prefixed('grant', () => grantFields(g));
   }
   return Object.freeze(cert);
+}
+
+/**
+ * Most groups one certificate (or join-token grant) may name, and a group name's shape: like a
+ * host name but at most 32 characters. Both keep the largest host record (with routes) under half
+ * its cap.
+ */
+export const MAX_GROUPS = 8;
+const GROUP_RE = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
+
+export function isValidGroupName(s: unknown): s is string {
+  return typeof s === 'string' && GROUP_RE.test(s);
+}
+
+/** A certificate's groups: 1..MAX_GROUPS valid names, sorted, no duplicates (the canonical form only). */
+function groupList(o: Record<string, unknown>, field: string): string[] {
+  const v = o[field];
+  if (!Array.isArray(v) || v.length === 0 || v.length > MAX_GROUPS) fail(field, `expected 1 to ${MAX_GROUPS} group names, got ${show(v)}`);
+  v.forEach((g, i) => {
+    if (!isValidGroupName(g)) fail(`${field}[${i}]`, `${show(g)} is not a valid group name (1-32 of a-z, 0-9, '-', not starting or ending with '-')`);
+    if (i > 0 && !((v[i - 1] as string) < (g as string))) fail(field, 'must be sorted without duplicates');
+  });
+  return Object.freeze([...(v as string[])]) as string[];
 }
 
 function tokenId(o: Record<string, unknown>, field: string): string {
@@ -400,6 +435,7 @@ function grantFields(o: Record<string, unknown>, expect: { network?: string; id?
     delegateKey: base64Of(o, 'delegateKey', 32),
     signature: base64Of(o, 'signature', 64),
   };
+  if (o['groups'] !== undefined) g.groups = groupList(o, 'groups');
   if (expect.id !== undefined && g.id !== expect.id) fail('id', `${show(g.id)} does not match the key (${show(expect.id)})`);
   return Object.freeze(g);
 }
@@ -436,8 +472,8 @@ export function parseTokenRevocation(raw: string | Buffer, expect: { network?: s
 }
 
 export function serializeTokenGrant(g: TokenGrant): string {
-  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature } = g;
-  return JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, signature });
+  const { version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups, signature } = g;
+  return JSON.stringify({ version, network, id, names, uses, issued, notAfter, certDays, delegateKey, groups, signature });
 }
 
 export function serializeTokenRevocation(r: TokenRevocation): string {
@@ -585,10 +621,10 @@ export function serializeNetworkSpec(s: NetworkSpec): string {
 
 /** Known fields only, in declaration order (the signature last). */
 export function certObject(c: HostCert): HostCert {
-  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, token, use, signature } = c;
+  const { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, groups, token, use, signature } = c;
   const routes = c.routes === undefined ? undefined : [...c.routes];
   const grant = c.grant === undefined ? undefined : (JSON.parse(serializeTokenGrant(c.grant)) as TokenGrant);
-  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes, token, use, grant, signature };
+  return { version, network, name, publicKey, overlayIp, issued, notAfter, serial, relay, routes, groups, token, use, grant, signature };
 }
 
 export function serializeHostCert(c: HostCert): string {

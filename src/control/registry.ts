@@ -92,6 +92,8 @@ export interface RegistryOptions {
    * closes it after the registry.
    */
   health?: WatchHealth;
+  /** The network's /policy key was put or deleted (the agent verifies it: src/control/policy.ts). */
+  onPolicy?: (value: Buffer, modRevision: string, deleted: boolean) => void;
 }
 
 export type PeerSnapshot = ReadonlyMap<string, HostRecord>;
@@ -252,6 +254,7 @@ export class Registry {
         if (added) this.fullNext = true;
         return added;
       },
+      onPolicy: opts.onPolicy,
       onChange: () => {
         if (this.mirror.loaded) this.source = 'etcd';
         this.scheduleEmit();

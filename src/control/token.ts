@@ -152,6 +152,8 @@ export interface CreateTokenOptions {
   ttl?: string;
   /** Lifetime of each host certificate made under the token (default 365). */
   certDays?: number;
+  /** Security groups the hosts enrolling with it get (`token create --groups`). */
+  groups?: readonly string[];
   now?: Date;
 }
 
@@ -195,6 +197,7 @@ export async function createToken(client: Etcd3, o: CreateTokenOptions): Promise
       uses: c.uses,
       ttlMs: c.ttlMs,
       certDays: c.certDays,
+      groups: o.groups,
       delegateKey: Buffer.from(delegate.publicKey).toString('base64'),
       now: o.now,
     });

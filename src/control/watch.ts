@@ -48,6 +48,8 @@ export interface NetworkWatchOptions {
   onRevocation: (name: string, value: Buffer, modRevision: string, deleted: boolean) => boolean;
   /** A /tokens-revoked/<id> key was put or deleted; true when that changed what the trust side holds. */
   onTokenRevocation: (token: string, value: Buffer, modRevision: string, deleted: boolean) => boolean;
+  /** The /policy key was put or deleted (src/control/policy.ts verifies and keeps it). */
+  onPolicy?: (value: Buffer, modRevision: string, deleted: boolean) => void;
   /** Something of this network changed (called after each batch or load). */
   onChange: () => void;
   /** With several etcd members: where the watch runs, and its health check (not owned). */
@@ -462,6 +464,9 @@ export class NetworkWatch {
         return this.opts.onRevocation(k.name, kv.value, kv.mod_revision, deleted);
       case 'tokenRevoked':
         return this.opts.onTokenRevocation(k.token, kv.value, kv.mod_revision, deleted);
+      case 'policy':
+        this.opts.onPolicy?.(kv.value, kv.mod_revision, deleted);
+        return false;
       default:
         return false;
     }

@@ -22,9 +22,11 @@ import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
 import { Outbound } from './outbound';
+import { PacketFilter, type CompiledPolicy } from './policy';
 import type { Clock, WorkerPeer } from './peer';
 import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
+import { HEADER_LEN } from './wire';
 
 /** What the duplex reports; each is called after the duplex acted on it (see InboundEvents). */
 export type DuplexEvents = Partial<InboundEvents> & {
@@ -64,6 +66,8 @@ export class Duplex {
   readonly sessions: Sessions;
   readonly out: Outbound;
   readonly inb: Inbound;
+  /** The network policy: checked on receive (inbound deliver), flows we start tracked on send. */
+  readonly policy: PacketFilter;
   private readonly list: SendList;
   private readonly clist: SendList;
 
@@ -123,6 +127,13 @@ export class Duplex {
       },
       { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
     );
+    this.policy = new PacketFilter(clock);
+    this.inb.policy = this.policy;
+  }
+
+  /** A new network policy for this host (null: none); `counters` see PacketFilter.set. */
+  setPolicy(policy: CompiledPolicy | null, counters?: Float64Array): void {
+    this.policy.set(policy, counters);
   }
 
   /** Both directions get the same peer set (declarative: what is not listed is removed). */
@@ -137,6 +148,7 @@ export class Duplex {
     const { batch, tun, udp } = this.io.out;
     const n = tun.readBatch(batch, maxReads);
     if (n > 0) {
+      if (this.policy.active) this.trackFlows(batch, n);
       this.out.process(batch, n, this.list);
       this.send(udp, batch, this.list);
     }
@@ -148,6 +160,7 @@ export class Duplex {
     const { batch, udp, tun } = this.io.in;
     const n = udp.recvBatch(batch);
     if (n > 0) {
+      if (this.policy.active) this.policy.tick();
       this.clist.count = 0;
       this.inb.process(batch, n, tun);
       this.flushControl();
@@ -212,6 +225,15 @@ export class Duplex {
     this.out.close();
     this.inb.close();
     this.sessions.close();
+  }
+
+  /** The flows the packets read from the TUN start: their replies pass the policy (./policy.ts). */
+  private trackFlows(batch: PacketBatch, n: number): void {
+    this.policy.tick();
+    for (let i = 0; i < n; i++) {
+      const len = batch.len[i]!;
+      if (len >= 20) this.policy.track(batch.buf, batch.offset(i) + HEADER_LEN, len);
+    }
   }
 
   /** Sends the control batch when it is full, so the next control message has a slot. */

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
+import type { CompiledPolicy } from './policy';
 import { DataplaneStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS, type FromWorker, type ToWorker, type WorkerInit } from './worker';
 
@@ -139,6 +140,14 @@ export class DataplaneEngine {
   /** Gives the worker the full peer set (declarative: what is not listed is removed). */
   setPeers(peers: WorkerPeer[]): void {
     this.tell({ t: 'peers', peers });
+  }
+
+  /**
+   * The network policy compiled for this host (null: none); the worker counts into `counters`
+   * (counterSlots(policy.ruleCount) float64 slots, ./policy.ts).
+   */
+  setPolicy(policy: CompiledPolicy | null, counters: SharedArrayBuffer | null): void {
+    this.tell({ t: 'policy', policy, counters });
   }
 
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */

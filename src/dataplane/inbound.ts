@@ -12,8 +12,9 @@
  *   7. deliver    control message (ping, probe, pong, keepalive) handled here; a relayed
  *                 datagram goes through steps 1-7 again as its sender's own (once: relays do
  *                 not nest); a forward request is passed to the outbound side when this host
- *                 relays; an IPv4 packet whose source the peer may use is written to the TUN;
- *                 anything else is dropped (spoofed, malformed, relayRefused)
+ *                 relays; an IPv4 packet whose source the peer may use and that the network
+ *                 policy allows (./policy.ts, when there is one) is written to the TUN;
+ *                 anything else is dropped (spoofed, malformed, relayRefused, policy)
  *
  * Before step 1, handshake messages (exact sizes) and STUN messages go to the control thread:
  * initiations and responses only with a valid mac1, and all of them within the flood limits of
@@ -25,6 +26,7 @@ import type { Aead } from '../crypto/aead';
 import { COOKIE_REPLY_LEN, type WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
+import type { PacketFilter } from './policy';
 import type { TunIo } from './io';
 import type { Clock, WorkerPeer } from './peer';
 import { DIRECT, PrefixTable } from './peer';
@@ -126,6 +128,8 @@ class InPeer {
 export class Inbound {
   /** Packets that reached the deliver stage (data for the TUN, not control messages). */
   dataPackets = 0;
+  /** The network policy (security groups); asked only while it restricts this host. */
+  policy: PacketFilter | null = null;
   private readonly byIndex = new Map<number, RxEntry>();
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
@@ -438,6 +442,10 @@ export class Inbound {
     const owner = this.sources.get(src) ?? (this.sourcePrefixes.size > 0 ? this.sourcePrefixes.lookup(src) : undefined);
     if (owner !== peer) {
       drops[DROP.spoofed]! += 1;
+      return;
+    }
+    if (this.policy !== null && this.policy.active && !this.policy.allows(buf, pkt, total)) {
+      drops[DROP.policy]! += 1;
       return;
     }
     const partial = (buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;

@@ -34,6 +34,7 @@ export const DROP_REASONS = [
   'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
   'sendFailed', // the UDP socket refused the datagram
   'sealFailed', // the AEAD backend failed to seal (never seen; the packet is wiped and dropped)
+  'policy', // the network policy allows no such packet to this host (./policy.ts); per rule in status
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export const DROP = Object.fromEntries(DROP_REASONS.map((r, i) => [r, i])) as Record<DropReason, number>;

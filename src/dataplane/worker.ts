@@ -23,6 +23,7 @@ import { UdpBatchIo } from '../os/udp/udp';
 import { PacketBatch, slotSizeFor } from './batch';
 import { CTRL_SLOTS, Duplex } from './duplex';
 import { systemClock, type WorkerPeer } from './peer';
+import type { CompiledPolicy } from './policy';
 import {
   DataplaneStats,
   T_GRO_DATAGRAMS,
@@ -83,7 +84,9 @@ export type ToWorker =
   /** tests only (CLADNET_TEST_HOOKS=1): block this thread for `ms`, as a wedged data plane would */
   | { t: 'stall'; ms: number }
   /** report once when fd turns readable (-1: watch nothing) */
-  | { t: 'watch'; fd: number };
+  | { t: 'watch'; fd: number }
+  /** the network policy compiled for this host (null: none), its counters in shared memory */
+  | { t: 'policy'; policy: CompiledPolicy | null; counters: SharedArrayBuffer | null };
 
 export type FromWorker =
   | { t: 'ready'; crypto: string }
@@ -201,6 +204,7 @@ async function main(init: WorkerInit): Promise<void> {
       else if (msg.t === 'expect') d.expect(msg.ip);
       else if (msg.t === 'stall') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, msg.ms);
       else if (msg.t === 'watch') poller.setFd(WATCHED, msg.fd);
+      else if (msg.t === 'policy') d.setPolicy(msg.policy, msg.counters ? new Float64Array(msg.counters) : undefined);
     }
   };
   const checkMail = () => {

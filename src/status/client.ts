@@ -132,6 +132,15 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   }
   const drops = Object.entries(d.drops).filter(([, n]) => n > 0);
   lines.push(`drops: ${drops.length === 0 ? 'none' : drops.map(([k, n]) => `${k}=${n}`).join(' ')}`);
+  const p = doc.policy;
+  if (p && p.serial !== null) {
+    const here = p.rules.filter((r) => r.here);
+    lines.push(
+      `policy: serial ${p.serial}${p.open ? ', open here' : ''}, ${here.length} of ${p.rules.length} rules for this host; ` +
+        `denied ${p.denied}, replies ${p.replies}; allowed by rule: ${here.map((r) => `[${r.index}]${r.id ? ` ${r.id}` : ''}=${r.packets}`).join(' ') || 'none'}` +
+        (p.invalid + p.stale > 0 ? `; ignored from etcd: ${p.invalid} invalid, ${p.stale} stale` : ''),
+    );
+  }
   if (doc.handshake) {
     const h = doc.handshake;
     const refused = Object.entries(h.drops).filter(([, n]) => n > 0);

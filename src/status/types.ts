@@ -126,6 +126,27 @@ export interface StatusDocument {
     offloads?: StatusOffloads;
     drops: Record<string, number>;
   };
+  /** The network policy (security groups) as this host applies it; absent from older agents. */
+  policy?: StatusPolicy;
+}
+
+/**
+ * The network policy in status: which signed document is in use (serial null: none, members
+ * reach members), values from etcd ignored (invalid: garbled or forged; stale: not newer), and
+ * what it did here since it was applied: packets denied by default, replies to our own flows
+ * let in, and packets each rule allowed (`here`: the rule's `to` names this host).
+ */
+export interface StatusPolicy {
+  serial: number | null;
+  issued: string | null;
+  appliedAt: string | null;
+  /** Nothing is filtered on this host (no policy, or a rule lets anything in). */
+  open: boolean;
+  invalid: number;
+  stale: number;
+  denied: number;
+  replies: number;
+  rules: { index: number; id: string | null; from: string; to: string; proto: string; ports: string | null; here: boolean; packets: number }[];
 }
 
 /** What the data plane's offloads did (docs/performance.md). */

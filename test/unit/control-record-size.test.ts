@@ -4,6 +4,7 @@ import {
   checkRecordSize,
   HostRecord,
   MAX_ENDPOINTS,
+  MAX_GROUPS,
   MAX_HOST_CIDRS,
   MAX_ROUTES,
   parseHostRecord,
@@ -37,7 +38,8 @@ beforeAll(async () => {
 function largestHost(): HostRecord {
   // the longest prefixes there are ("198.18.100.128/25"), as many as a certificate and a record may carry
   const routes = Array.from({ length: MAX_ROUTES }, (_, i) => `198.18.${100 + i}.128/25`);
-  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z'), routes });
+  const groups = Array.from({ length: MAX_GROUPS }, (_, i) => `g${i}`.padEnd(32, 'x')); // the most, the longest
+  const cert = issueCert(ed, net.secretKey, { network: NET63, name: NAME63, publicKey: KEY, overlayIp: '100.127.255.254', now: new Date('2026-12-02T11:00:00.123Z'), routes, groups });
   return {
     version: 1,
     name: NAME63,

@@ -58,6 +58,7 @@ import {
   writeHeader,
 } from '../../src/dataplane/wire';
 import { parseIpv4, parsePrefix, type Prefix } from '../../src/util/ipv4';
+import { C_DENIED, C_REPLIES, C_RULES, counterSlots } from '../../src/dataplane/policy';
 import { rng } from '../helpers/rng';
 
 const MTU = 1420;
@@ -1678,5 +1679,46 @@ describe('Duplex wiring', () => {
     expect(sent).toBe(1);
     a.receive();
     expect(a.tun.take()).toEqual([ipv4('100.64.0.2', '100.64.0.1', 13)]);
+  });
+
+  it('the network policy at the receiver: what no rule allows is dropped as `policy`; replies to our own flows pass', async () => {
+    const { a, b, c } = await mesh();
+    const udp = (src: string, dst: string, sp: number, dp: number) => {
+      const p = ipv4(src, dst, 16);
+      p.writeUInt16BE(sp, 20);
+      p.writeUInt16BE(dp, 22);
+      return p;
+    };
+    const counters = new Float64Array(counterSlots(1));
+    // B lets A in on UDP 53 only (rule 0); C is a peer with no rule
+    b.duplex.setPolicy(
+      { serial: 1, ruleCount: 1, open: false, rules: [{ index: 0, proto: 17, portLo: 53, portHi: 53 }], peers: [{ ip: ip('100.64.0.1'), rules: [0] }], other: [] },
+      counters,
+    );
+    const allowed = udp('100.64.0.1', '100.64.0.2', 4000, 53);
+    a.tun.inject(allowed, udp('100.64.0.1', '100.64.0.2', 4000, 54));
+    a.send();
+    c.tun.inject(udp('100.64.0.3', '100.64.0.2', 5000, 53));
+    c.send();
+    b.receive();
+    expect(b.tun.take()).toEqual([allowed]);
+    expect(b.drops().policy).toBe(2);
+    expect([counters[C_RULES], counters[C_DENIED]]).toEqual([1, 2]);
+    // B asks C something: C's answer passes (a reply to B's own flow), C's other packets do not
+    b.tun.inject(udp('100.64.0.2', '100.64.0.3', 6000, 7000));
+    b.send();
+    const reply = udp('100.64.0.3', '100.64.0.2', 7000, 6000);
+    c.tun.inject(reply, udp('100.64.0.3', '100.64.0.2', 7001, 6000));
+    c.send();
+    b.receive();
+    expect(b.tun.take()).toEqual([reply]);
+    expect([counters[C_REPLIES], counters[C_DENIED]]).toEqual([1, 3]);
+    // no policy: everything from members passes again
+    b.duplex.setPolicy(null);
+    c.tun.inject(udp('100.64.0.3', '100.64.0.2', 5000, 53));
+    c.send();
+    b.receive();
+    expect(b.tun.take()).toHaveLength(1);
+    expect(b.drops().policy).toBe(3);
   });
 });

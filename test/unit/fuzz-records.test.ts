@@ -21,7 +21,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLOCK_SKEW_MS, issueCert, signRevocation, TrustAnchor } from '../../src/control/cert';
-import { aliveKey, hostKey, issuedKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, revokedKey, tokenKey, tokenRevokedKey, tokenUseKey, type ParsedKey } from '../../src/control/keys';
+import { aliveKey, hostKey, issuedKey, leaseKey, networkKey, NETWORKS_ROOT, parseKey, policyKey, revokedKey, tokenKey, tokenRevokedKey, tokenUseKey, type ParsedKey } from '../../src/control/keys';
 import {
   MAX_ENDPOINTS,
   MAX_HOST_CIDRS,
@@ -786,14 +786,15 @@ describe('fuzz: etcd records', () => {
 // ---------------------------------------------------------------------------------------------
 // Keys
 
-const KINDS = ['hosts', 'alive', 'leases', 'revoked', 'issued', 'tokens', 'token-uses', 'tokens-revoked', 'host', 'lease', 'revoke', 'issue', 'HOSTS', '', '..', 'hosts ', 'networks'];
+const KINDS = ['policy', 'policies', 'hosts', 'alive', 'leases', 'revoked', 'issued', 'tokens', 'token-uses', 'tokens-revoked', 'host', 'lease', 'revoke', 'issue', 'HOSTS', '', '..', 'hosts ', 'networks'];
 
 function keyInput(r: Rand): { raw: string | Buffer; built: ParsedKey | null } {
   const net = r.chance(0.85) ? validName(r) : nearName(r);
   switch (r.weighted([3, 3, 2, 2, 2])) {
     case 0: { // built by the key builders from valid parts: must parse back to them
       const network = validName(r);
-      const k = r.int(0, 8);
+      const k = r.int(0, 9);
+      if (k === 9) return { raw: policyKey(network), built: { kind: 'policy', network } };
       if (k >= 6) {
         const token = Array.from({ length: 32 }, () => '0123456789abcdef'[r.int(0, 15)]).join('');
         if (k === 6) return { raw: tokenKey(network, token), built: { kind: 'token', network, token } };
@@ -868,6 +869,8 @@ function rebuild(k: ParsedKey): string {
       return tokenUseKey(k.network, k.token, k.use);
     case 'tokenRevoked':
       return tokenRevokedKey(k.network, k.token);
+    case 'policy':
+      return policyKey(k.network);
   }
 }
 
@@ -882,6 +885,7 @@ const KEY_FIELDS: Record<ParsedKey['kind'], string[]> = {
   token: ['kind', 'network', 'token'],
   tokenUse: ['kind', 'network', 'token', 'use'],
   tokenRevoked: ['kind', 'network', 'token'],
+  policy: ['kind', 'network'],
 };
 
 describe('fuzz: etcd keys', () => {
@@ -901,7 +905,7 @@ describe('fuzz: etcd keys', () => {
       // The builders validate their parts (they throw on a bad name or ip): a parsed key rebuilds exactly.
       check(rebuild(k) === text, () => `parsed ${JSON.stringify(k)} rebuilds to ${rebuild(k)}`);
     });
-    for (const kind of ['null', 'network', 'host', 'alive', 'lease', 'revoked', 'issued']) expect(kinds.get(kind) ?? 0, kind).toBeGreaterThan(run.cases / 50);
+    for (const kind of ['null', 'network', 'host', 'alive', 'lease', 'revoked', 'issued', 'policy']) expect(kinds.get(kind) ?? 0, kind).toBeGreaterThan(run.cases / 50);
   });
 });
 

@@ -111,6 +111,23 @@ describe('renderStatus', () => {
     );
   });
 
+  it('shows the network policy in use: serial, rules for this host with their counts, denials, replies, ignored values', () => {
+    const doc = sample();
+    expect(renderStatus(doc, NOW)).not.toContain('policy:');
+    const rule = { from: 'group:web', to: 'group:db', proto: 'tcp', ports: '5432' };
+    doc.policy = {
+      ...{ serial: 7, issued: '2026-11-21T00:00:00.000Z', appliedAt: '2026-11-21T00:00:01.000Z', open: false, invalid: 1, stale: 0, denied: 12, replies: 30 },
+      rules: [
+        { index: 0, id: 'pg', ...rule, here: true, packets: 40 },
+        { index: 1, id: null, ...rule, to: 'group:web', here: false, packets: 0 },
+        { index: 2, id: null, ...rule, proto: 'icmp', ports: null, here: true, packets: 3 },
+      ],
+    };
+    expect(renderStatus(doc, NOW).split('\n')).toContain(
+      'policy: serial 7, 2 of 3 rules for this host; denied 12, replies 30; allowed by rule: [0] pg=40 [2]=3; ignored from etcd: 1 invalid, 0 stale',
+    );
+  });
+
   it('lists each peer with its path and state on its own row', () => {
     const rows = renderStatus(sample(), NOW).split('\n');
     const paths: Record<string, string> = { bravo: 'direct public (65s ago)', 'charlie-long-name': '-', delta: 'relayed via bravo (10m ago)' };
