@@ -25,7 +25,7 @@ import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options'
 import { ANCHORS, computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
 import { median, sig } from './stats';
-import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
+import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetPolicy, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
 import { nebula } from './tunnels/nebula';
 import type { BenchContext, ImplName, Implementation } from './tunnels/types';
 import { veth } from './tunnels/veth';
@@ -40,6 +40,7 @@ function allImplementations(opts: BenchOptions): Record<ImplName, Implementation
     veth,
     cladnet,
     'cladnet-rekey': cladnetRekey,
+    'cladnet-policy': cladnetPolicy,
     'wireguard-go-new': wireguardGoNew(path.resolve(wgNew)),
     'wireguard-go': wireguardGo,
     nebula,

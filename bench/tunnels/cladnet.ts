@@ -1,6 +1,9 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { run } from '../../src/testbed/run';
-import type { Agent } from '../../src/testbed/agents';
+import { cli, networkKeyFile, waitUntil, type Agent } from '../../src/testbed/agents';
+import type { MeshBed } from '../../src/testbed/mesh';
+import { IPERF_PORT } from '../probes';
 import { Undo } from './util';
 import type { BenchContext, ImplName, Implementation } from './types';
 
@@ -16,7 +19,7 @@ const DEFAULT_REKEY_MS = 120_000;
 export const BENCH_REKEY_MS = 1_000;
 
 /** The implementations that run as cladnet agents in the etcd mesh bed. */
-export const MESH_IMPLS: readonly ImplName[] = ['cladnet', 'cladnet-rekey'];
+export const MESH_IMPLS: readonly ImplName[] = ['cladnet', 'cladnet-rekey', 'cladnet-policy'];
 
 /**
  * Runs `f` with `vars` set in process.env (undefined: unset), then puts the old values back.
@@ -42,7 +45,7 @@ async function withEnv<T>(vars: Readonly<Record<string, string | undefined>>, f:
  * Ready when both agents list each other as `up`. `rekeyAfterMs` null: the agent's own timers
  * (the knob is unset even when the bench's environment has it).
  */
-function cladnetImpl(name: ImplName, rekeyAfterMs: number | null): Implementation {
+function cladnetImpl(name: ImplName, rekeyAfterMs: number | null, policy: PolicyRule[] | null = null): Implementation {
   return {
     name,
     needs: ['etcd'],
@@ -66,6 +69,14 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null): Implementatio
             agents.push(agent);
           }
         });
+        if (policy) {
+          const serial = await setPolicy(bed, policy);
+          // Back to an open policy (the filter off) afterwards: the other cladnet runs share the bed.
+          undo.push(() => setPolicy(bed, OPEN_POLICY).then(() => undefined));
+          await waitUntil(`policy ${serial} on both agents`, async () => (await Promise.all(agents.map((ag) => ag.status()))).every((d) => d.policy?.serial === serial), {
+            timeoutMs: 10_000,
+          });
+        }
         const docs = await bed.waitUp(agents, 20_000);
         // The AEAD each agent's data plane actually uses (its status self.crypto), not what we asked for.
         const cryptos = agents.map((ag) => docs.get(ag.name)!.self.crypto || '(none in status)');
@@ -86,6 +97,7 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null): Implementatio
             crypto,
             tunOffloads: offloads.every((o) => o === offloads[0]) ? offloads[0]! : offloads.join(', '),
             network: CLADNET_CIDR,
+            ...(policy ? { policyRules: policy.length } : {}),
             rekeyAfterMs: rekeyAfterMs ?? DEFAULT_REKEY_MS,
             ...(rekeyAfterMs === null ? {} : { env: `${REKEY_ENV}=${rekeyAfterMs}` }),
           },
@@ -132,3 +144,40 @@ export const cladnet = cladnetImpl('cladnet', null);
 
 /** The same, its agents started with CLADNET_REKEY_AFTER_MS=1000: the handshake and rekey cost under load. */
 export const cladnetRekey = cladnetImpl('cladnet-rekey', BENCH_REKEY_MS);
+
+/** A network policy rule as `cladnet policy set` reads it (src/control/policy.ts). */
+interface PolicyRule {
+  from: string;
+  to: string;
+  proto: 'tcp' | 'udp' | 'icmp' | 'any';
+  ports?: string;
+}
+
+/** Any host, any protocol: the filter is off (a policy is replaced, never removed). */
+const OPEN_POLICY: PolicyRule[] = [{ from: 'any', to: 'any', proto: 'any' }];
+
+/**
+ * Issue 15's 100-rule policy: 97 rules that match nothing the bench sends (TCP ports 10000-10096),
+ * then the three that let iperf3 (TCP and UDP to its port) and ping through, so every new flow
+ * scans the whole list; established flows and replies take the flow table.
+ */
+export const POLICY_100: PolicyRule[] = [
+  ...Array.from({ length: 97 }, (_, k): PolicyRule => ({ from: 'any', to: 'any', proto: 'tcp', ports: String(10_000 + k) })),
+  { from: 'any', to: 'any', proto: 'tcp', ports: String(IPERF_PORT) },
+  { from: 'any', to: 'any', proto: 'udp', ports: String(IPERF_PORT) },
+  { from: 'any', to: 'any', proto: 'icmp' },
+];
+
+/** Signs and stores `rules` as the bench network's policy (`cladnet policy set`); returns its serial. */
+async function setPolicy(bed: MeshBed, rules: PolicyRule[]): Promise<number> {
+  const file = path.join(bed.topo.workDir, `policy-${Date.now()}.json`);
+  fs.writeFileSync(file, JSON.stringify({ rules }));
+  const r = await cli(bed.topo, bed.topo.routerNs, [
+    'policy', 'set', file, '--network', bed.network, '--network-key', networkKeyFile(bed.topo, bed.network), '--etcd', bed.etcd.endpoint, '--json',
+  ]);
+  if (r.code !== 0) throw new Error(`cladnet policy set: ${r.stderr.trim()}`);
+  return (JSON.parse(r.stdout) as { serial: number }).serial;
+}
+
+/** cladnet with POLICY_100 in force on both hosts: what the security-group filter costs (issue 15: within 5 %). */
+export const cladnetPolicy = cladnetImpl('cladnet-policy', null, POLICY_100);

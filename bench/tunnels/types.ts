@@ -5,7 +5,7 @@ import type { Topology, TopologyHost } from '../../src/testbed/topology';
  * One implementation under test, brought up between two host namespaces of the test bed.
  * `a` is the client side (h1), `b` the server side (h2); traffic flows a -> b.
  */
-export const IMPLEMENTATIONS = ['veth', 'cladnet', 'cladnet-rekey', 'wireguard-go-new', 'wireguard-go', 'nebula'] as const;
+export const IMPLEMENTATIONS = ['veth', 'cladnet', 'cladnet-rekey', 'cladnet-policy', 'wireguard-go-new', 'wireguard-go', 'nebula'] as const;
 export type ImplName = (typeof IMPLEMENTATIONS)[number];
 
 export interface TunnelEnd {

@@ -107,6 +107,16 @@ describe('bench: ratios and the table', () => {
     expect(text).toContain('cladnet: cipher x; UDP socket buffers rcv/snd MiB: a 8/8, b ?');
   });
 
+  it('compares cladnet-policy with cladnet on throughput (issue 15: within 5 %) and prints it under the table', () => {
+    const withPolicy = { ...implementations, 'cladnet-policy': impl('ok', { tcp1Mbps: 1940, tcp4Mbps: 3030 }) };
+    const both = { ...res, options: { ...res.options, only: [...res.options.only, 'cladnet-policy'] }, implementations: withPolicy, ratios: computeRatios(withPolicy) };
+    expect(both.ratios['cladnet-policy/cladnet']).toEqual({ tcp1Mbps: 0.97, tcp4Mbps: 1.01 });
+    expect(both.ratios['cladnet-rekey/cladnet']).toBeUndefined();
+    const text = formatReport(both as BenchResults);
+    expect(text).toContain('policy cost, cladnet-policy/cladnet (a 100-rule network policy vs none; issue 15 asks >= 0.95x)');
+    expect(text).toMatch(/TCP, 1 stream[^\n]*0\.97x/);
+  });
+
   it("prints issue 14's targets against wireguard-go-new, met or not, and says so when that anchor is missing", () => {
     const lines = targetLines(res).map((l) => l.trim());
     expect(lines).toContain('TCP 1 stream        >= 1.2x: 0.80x  NOT met');
