@@ -28,7 +28,7 @@ import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
 import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
-import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
+import { describeEndpoint, PathManager, PUNCH_PAYLOAD, PUNCH_TTL, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
 import { agentDiagnosticsDeps, Diagnostics, diagnosticsRoutes } from './diagnostics';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
@@ -49,7 +49,7 @@ import { DIRECT, systemClock } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
 import { MAX_PEERS, P_LAST_RX } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
-import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
+import { openUdpSocket, sendDatagram, sendDatagramTtl, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
@@ -123,6 +123,8 @@ export class Agent {
   private overlayIp = '';
   private mtu = 0;
   private endpoints: string[] = [];
+  /** The endpoints of our last published record (the path choice waits for peers to see new ones). */
+  private publishedEndpoints = '';
   /** Set in start() once our key is known. */
   private peers!: PeerTable;
   private readonly startedAt = new Date();
@@ -490,6 +492,9 @@ export class Agent {
         try {
           const res = await this.registry!.publish(this.hostRecord());
           if (!res.written) return;
+          const published = this.endpoints.join(',');
+          if (published !== this.publishedEndpoints) this.paths.published();
+          this.publishedEndpoints = published;
           this.log.info({ endpoints: this.endpoints, epoch: res.record.epoch }, 'republished host record');
           logged = false;
         } catch (e) {
@@ -617,6 +622,9 @@ export class Agent {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
+    // A host with no NAT has no mapping to open: a punch would only reach the peer's NAT early.
+    const punch = this.udp && this.reflexive.view().nat !== 'none';
+    for (const p of actions.punches) if (punch) sendDatagramTtl(this.udp!.fd, PUNCH_PAYLOAD, p.ip, p.port, PUNCH_TTL);
     this.syncPaths(actions.moves.map((m) => m.name));
     this.pathTimer.arm(this.paths.nextDue());
   }
@@ -702,7 +710,9 @@ export class Agent {
       return false;
     }
     const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
-    this.paths.setPeer(name, cands, mayRelay(rec));
+    // A peer behind a NAT publishes its mapping as its reflexive address: punch there first.
+    const mapped = rec.nat !== 'none' && rec.reflexive ? parseEndpoint(rec.reflexive) : null;
+    this.paths.setPeer(name, cands, mayRelay(rec), { punchFirst: mapped ? [mapped] : [] });
     const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
     const { added } = this.peers.upsert(name, rec, endpoint);
     if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');

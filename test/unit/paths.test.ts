@@ -12,6 +12,7 @@ import {
   PathManager,
   PROBE_FAST_MS,
   PROBE_SLOW_MS,
+  PUNCH_LEAD_MS,
   RELAY_AFTER_MS,
   describeEndpoint,
   sameEndpoint,
@@ -626,5 +627,64 @@ describe('PathManager: ticks by deadline (issue 11)', () => {
     advance(1);
     pm.onPong('b', PUB, 10); // (keeps the path alive)
     expect(pm.nextDue()).toBe(now);
+  });
+});
+
+describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
+  const MAPPED = ep('198.18.7.2:51820'); // the peer's NAT mapping (its reflexive address)
+  const LAN = ep('10.9.0.2:51820'); // an address on our own network: no NAT in between
+  const punched = (a: PathActions, name: string): string[] => a.punches.filter((p) => p.name === name).map((p) => describeEndpoint(p));
+
+  it('its mapping gets only punches until PUNCH_LEAD_MS after the first, then probes; no handshake goes there before', () => {
+    pm.setPeer('f', [MAPPED, LAN], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    let a = tick();
+    expect(punched(a, 'f')).toEqual(['198.18.7.2:51820']);
+    expect(probed(a, 'f')).toEqual(['10.9.0.2:51820']);
+    expect(pm.handshakeTargets('f', false).map(describeEndpoint)).toEqual(['10.9.0.2:51820']);
+    // it is due again when the lead ends, not only at the next probe round
+    expect(pm.nextDue()).toBe(now + PUNCH_LEAD_MS);
+    advance(PUNCH_LEAD_MS - 1);
+    a = tick();
+    expect(a.probes.concat(a.punches)).toEqual([]);
+    advance(1);
+    a = tick();
+    expect(punched(a, 'f')).toEqual([]);
+    expect(probed(a, 'f')).toEqual(['198.18.7.2:51820', '10.9.0.2:51820']);
+    expect(pm.handshakeTargets('f', false).map(describeEndpoint)).toContain('198.18.7.2:51820');
+  });
+
+  it('punches need no session, probes do; without punchFirst everything is probed at once', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    pm.setPeer('g', [MAPPED], false);
+    const a = tick();
+    expect(punched(a, 'f')).toEqual(['198.18.7.2:51820']);
+    expect(probed(a, 'f')).toEqual([]);
+    expect(punched(a, 'g')).toEqual([]);
+    expect(pm.handshakeTargets('g', false).map(describeEndpoint)).toEqual(['198.18.7.2:51820']);
+    expect(pm.handshakeTargets('f', false)).toEqual([]);
+  });
+
+  it('new endpoints of ours published later push the opening back (the peer punches toward them only then)', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    tick();
+    advance(600);
+    pm.published();
+    advance(PUNCH_LEAD_MS - 600);
+    expect(probed(tick(), 'f')).toEqual([]);
+    advance(600);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
+  });
+
+  it('a packet from the mapping opens it at once (both NATs have their entries)', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    tick();
+    advance(100);
+    pm.onHandshake('f', MAPPED);
+    expect(pm.handshakeTargets('f', true).map(describeEndpoint)).toEqual(['198.18.7.2:51820']);
+    advance(PROBE_FAST_MS);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
   });
 });
