@@ -123,7 +123,7 @@ export class Agent {
   private overlayIp = '';
   private mtu = 0;
   private endpoints: string[] = [];
-  /** The endpoints of our last published record (the path choice waits for peers to see new ones). */
+  /** What peers punch toward in our last published record (the path choice waits for them to see a change). */
   private publishedEndpoints = '';
   /** Set in start() once our key is known. */
   private peers!: PeerTable;
@@ -141,7 +141,13 @@ export class Agent {
     private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
-    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip), wake: (at) => this.pathTimer.arm(at) });
+    this.paths = new PathManager({
+      now: Date.now,
+      isLocal: (ip) => this.isLocal(ip),
+      behindNat: () => ['eim', 'varies'].includes(this.reflexive.view().nat),
+      wake: (at) => this.pathTimer.arm(at),
+    });
+    this.paths.unpublished();
     // (our addresses as of the last updateLocal(): every pong asks, and a fresh list costs a netlink dump)
     this.reflexive = new ReflexiveTracker(Date.now, () => this.ownAddresses);
   }
@@ -378,7 +384,9 @@ export class Agent {
     let logged = false;
     while (!this.stopping && this.registry) {
       try {
-        const res = await this.registry.publish(this.hostRecord());
+        const rec = this.hostRecord();
+        const res = await this.registry.publish(rec);
+        if (res.written) this.notePublished(rec);
         if (!res.written) {
           this.log.error(
             { epoch: res.current.epoch, session: res.current.session },
@@ -474,6 +482,13 @@ export class Agent {
     return this.localPrefixes.some((p) => contains(p, ip));
   }
 
+  /** Our record is out: NATed peers punch toward what it says from now on (the path choice waits for that). */
+  private notePublished(rec: HostRecord): void {
+    const key = `${rec.endpoints.join(',')}|${rec.reflexive}|${rec.nat}`;
+    if (key !== this.publishedEndpoints) this.paths.published();
+    this.publishedEndpoints = key;
+  }
+
   /** Publishes the record again (new candidates or NAT facts), coalescing bursts; retries while etcd is down. */
   private async republish(): Promise<void> {
     if (!this.registered || this.stopping) {
@@ -490,11 +505,10 @@ export class Agent {
       do {
         this.publishAgain = false;
         try {
-          const res = await this.registry!.publish(this.hostRecord());
+          const rec = this.hostRecord();
+          const res = await this.registry!.publish(rec);
           if (!res.written) return;
-          const published = this.endpoints.join(',');
-          if (published !== this.publishedEndpoints) this.paths.published();
-          this.publishedEndpoints = published;
+          this.notePublished(rec);
           this.log.info({ endpoints: this.endpoints, epoch: res.record.epoch }, 'republished host record');
           logged = false;
         } catch (e) {
@@ -622,9 +636,7 @@ export class Agent {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
-    // A host with no NAT has no mapping to open: a punch would only reach the peer's NAT early.
-    const punch = this.udp && this.reflexive.view().nat !== 'none';
-    for (const p of actions.punches) if (punch) sendDatagramTtl(this.udp!.fd, PUNCH_PAYLOAD, p.ip, p.port, PUNCH_TTL);
+    for (const p of actions.punches) if (this.udp) sendDatagramTtl(this.udp.fd, PUNCH_PAYLOAD, p.ip, p.port, PUNCH_TTL);
     this.syncPaths(actions.moves.map((m) => m.name));
     this.pathTimer.arm(this.paths.nextDue());
   }

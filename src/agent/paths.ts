@@ -11,7 +11,8 @@
  *                  Punch first: a peer behind a NAT gets, at a public candidate, only hole punches
  *                  (datagrams with a TTL too small to reach its NAT) until PUNCH_LEAD_MS after both
  *                  our first punch there and our last publish of new endpoints (by then the peer
- *                  has punched toward us too), or until that candidate answered. A full packet
+ *                  has punched toward us too), or until that candidate answered (the only way for
+ *                  a host with no NAT: the NATed peer reaches it first). A full packet
  *                  that reaches a NAT before its host sent anything to us leaves a conntrack entry
  *                  there, and a Linux NAT then gives the host's own packets to us another source
  *                  port than the one it published: the pair would stay relayed for good
@@ -120,6 +121,13 @@ export interface PathDeps {
   now(): number;
   /** True when ip is on one of our own networks (a private path). */
   isLocal(ip: number): boolean;
+  /**
+   * We sit behind a NAT: we punch, and punch-first candidates open by time. A host with no NAT of
+   * its own, or one that does not know yet (false), sends no punch (its TTL could reach the
+   * peer's NAT) and opens them only when they answer (a NATed peer reaches such a host first).
+   * Default true.
+   */
+  behindNat?(): boolean;
   /** Something fell due earlier than nextDue() said: call tick() at `at` (ms, the `now` clock). */
   wake?(at: number): void;
 }
@@ -151,6 +159,11 @@ export class PathManager {
   /** Our record with new endpoints was published: full packets to NATed peers wait PUNCH_LEAD_MS again. */
   published(): void {
     this.publishedAt = this.d.now();
+  }
+
+  /** Our record is not out yet: no punch-first candidate opens by time before published(). */
+  unpublished(): void {
+    this.publishedAt = Infinity;
   }
 
   /** `p` must be looked at by `at`. */
@@ -371,8 +384,9 @@ export class PathManager {
       const interval = settled ? PROBE_SLOW_MS : PROBE_FAST_MS;
       // Punch-first candidates open after their lead (see the header), probed on the next line.
       let opensAt = Infinity;
+      const byTime = this.d.behindNat?.() ?? true;
       for (const c of p.candidates.values()) {
-        if (c.open || c.punchedAt === null) continue;
+        if (c.open || c.punchedAt === null || !byTime) continue;
         const at = Math.max(c.punchedAt, this.publishedAt) + PUNCH_LEAD_MS;
         if (now >= at) {
           c.open = true;
@@ -384,6 +398,7 @@ export class PathManager {
         let sent = false;
         for (const c of p.candidates.values()) {
           if (!c.open) {
+            if (!byTime) continue;
             c.punchedAt ??= now;
             opensAt = Math.min(opensAt, Math.max(c.punchedAt, this.publishedAt) + PUNCH_LEAD_MS);
             out.punches.push({ name, ip: c.ip, port: c.port });

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath, sleep, type Agent } from '../../src/testbed/agents';
+import { cliPath, sleep } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { flushConntrack, listConntrack } from '../../src/testbed/roam';
 
@@ -97,33 +97,37 @@ describe.skipIf(!isRoot)('direct paths through NATs', () => {
       issued.add(n);
       startedAt.set(n, Date.now());
     };
-    if (opts.gapMs === 0) await Promise.all(opts.names.map(start));
-    else
-      for (const n of opts.names) {
-        await start(n);
-        await sleep(opts.gapMs);
-      }
-    // Poll every end's view of its pair partner until watchMs after the last start.
+    // Every end's view of its peers, polled from the first start until watchMs after the last.
     const views = new Map<string, { t: number; path: string }[]>();
-    const end = Date.now() + (opts.watchMs ?? WATCH_MS);
-    const agents = new Map<string, Agent>(opts.names.map((n) => [n, bed.agent(n)]));
-    while (Date.now() < end) {
-      const docs = await Promise.all([...agents.values()].map((a) => a.status().catch(() => null)));
-      const t = Date.now();
-      for (const d of docs) {
-        if (!d) continue;
-        for (const p of d.peers) {
-          const k = `${d.self.name}>${p.name}`;
-          const path = p.state === 'up' ? p.path : 'none';
-          let list = views.get(k);
-          if (!list) views.set(k, (list = []));
-          list.push({ t, path });
+    let end = Infinity;
+    const poll = (async () => {
+      while (Date.now() < end) {
+        const running = bed.agents.filter((a) => opts.names.includes(a.name));
+        const docs = await Promise.all(running.map((a) => a.status().catch(() => null)));
+        const t = Date.now();
+        for (const d of docs) {
+          if (!d) continue;
+          for (const p of d.peers) {
+            const k = `${d.self.name}>${p.name}`;
+            let list = views.get(k);
+            if (!list) views.set(k, (list = []));
+            list.push({ t, path: p.state === 'up' ? p.path : 'none' });
+          }
         }
+        await sleep(100);
       }
-      await sleep(100);
+    })();
+    try {
+      if (opts.gapMs === 0) await Promise.all(opts.names.map(start));
+      else
+        for (const n of opts.names) {
+          await start(n);
+          await sleep(opts.gapMs);
+        }
+    } finally {
+      end = Date.now() + (opts.watchMs ?? WATCH_MS);
+      await poll;
     }
-    if (process.env['CLADNET_DIRECT_CONNTRACK'])
-      for (const site of ['s5', 's6']) console.log(`conntrack ${site}:\n${(await listConntrack(bed.topo, site)).filter((l) => l.includes('udp') && !l.includes('3478')).join('\n')}`);
     return opts.pairs.map(([x, y, kind]) => {
       const vx = views.get(`${x}>${y}`) ?? [];
       const vy = views.get(`${y}>${x}`) ?? [];
@@ -146,25 +150,59 @@ describe.skipIf(!isRoot)('direct paths through NATs', () => {
     });
   }
 
+  /** What both ends and their NATs hold now (printed when a pair misses its expected path). */
+  async function diagnose(x: string, y: string): Promise<string> {
+    const out: string[] = [];
+    for (const n of [x, y]) {
+      const d = await bed.agent(n).status().catch(() => null);
+      const other = d?.peers.find((p) => p.name === (n === x ? y : x));
+      out.push(`${n}: reflexive ${d?.self.reflexive} nat ${d?.self.nat}; peer ${other?.state}/${other?.path} at ${other?.endpoint}`);
+      const site = bed.topo.plan.hosts.find((h) => h.name === n)?.site;
+      if (site) out.push(...(await listConntrack(bed.topo, site)).filter((l) => l.includes('51820')).map((l) => `  ${site}: ${l}`));
+      out.push(bed.agent(n).logTail(15));
+    }
+    return out.join('\n');
+  }
+
   const show = (label: string, rs: readonly PairResult[]) =>
     console.log(`${label}:\n` + rs.map((r) => `  ${r.pair} (${r.kind}) ${r.path} after ${r.ms === null ? '-' : `${r.ms} ms`}  [${r.trace}]`).join('\n'));
 
-  it('the matrix: EIM pairs go direct, random/random stays relayed when a relay exists', async () => {
-    const names = ['pub', 'a', 'b', 'c', 'd', 'e', 'f'];
+  const ALL = ['pub', 'a', 'b', 'c', 'd', 'e', 'f'];
+  const pairOf = (rs: readonly PairResult[], pair: string) => rs.find((r) => r.pair === pair)!;
+
+  it('the matrix: EIM pairs go direct within 5 s (with or without a firewall), EIM/random and random/random need the relay', async () => {
     const table: { label: string; rs: PairResult[] }[] = [];
-    for (const relay of process.env['QUICK'] ? [true] : [true, false])
-      for (const gapMs of process.env['QUICK'] ? [0] : [0, 1_000]) {
+    for (const relay of [true, false])
+      for (const gapMs of [0, 1_000]) {
         const label = `${relay ? 'relay' : 'no relay'}, ${gapMs === 0 ? 'started together' : `one after the other (${gapMs} ms apart)`}`;
-        const rs = await round({ names, relay, gapMs, pairs: PAIRS });
+        const rs = await round({ names: ALL, relay, gapMs, pairs: PAIRS });
         show(label, rs);
+        for (const pair of ['a-b', 'e-f'])
+          if (pairOf(rs, pair).path !== 'direct') console.log(await diagnose(pair[0]!, pair[2]!));
         table.push({ label, rs });
       }
-    for (const { rs } of table) {
-      const by = new Map(rs.map((r) => [r.pair, r]));
-      expect(by.get('a-b')!.path).toBe('direct');
-      expect(by.get('a-b')!.ms).toBeLessThan(5_000);
-      expect(by.get('e-f')!.path).toBe('direct');
-      expect(by.get('e-f')!.ms).toBeLessThan(5_000);
+    for (const { label, rs } of table) {
+      const relay = label.startsWith('relay');
+      for (const pair of ['a-b', 'e-f']) {
+        expect(pairOf(rs, pair).path, `${label}: ${pair}`).toBe('direct');
+        expect(pairOf(rs, pair).ms, `${label}: ${pair}`).toBeLessThan(5_000);
+      }
+      // No mapping to aim at: a port-randomizing NAT's port toward us is seen only by our NAT,
+      // which drops it (Linux conntrack filters by remote address and port).
+      for (const pair of ['a-c', 'c-d']) expect(pairOf(rs, pair).path, `${label}: ${pair}`).toBe(relay ? 'relayed' : 'none');
     }
   }, 240_000);
+
+  it(`the five-host topology: the two MASQUERADE hosts direct within 5 s, ${FIVE_RUNS} runs out of ${FIVE_RUNS}`, async () => {
+    const five = ['pub', 'e', 'f', 'c', 'd']; // e, f: MASQUERADE with no firewall, as in the issue
+    const times: (number | null)[] = [];
+    for (let run = 0; run < FIVE_RUNS; run++) {
+      const rs = await round({ names: five, relay: true, gapMs: 0, pairs: [['e', 'f', 'EIM/EIM, no firewall']], watchMs: 6_000 });
+      const r = rs[0]!;
+      console.log(`run ${run + 1}: e-f ${r.path} after ${r.ms === null ? '-' : `${r.ms} ms`}  [${r.trace}]`);
+      times.push(r.path === 'direct' ? r.ms : null);
+      if (r.path !== 'direct') console.log(await diagnose('e', 'f'));
+    }
+    expect(times.filter((t) => t === null || t >= 5_000)).toEqual([]);
+  }, 180_000);
 });

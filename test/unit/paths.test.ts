@@ -677,6 +677,24 @@ describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
     expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
   });
 
+  it('a host with no NAT of its own (or not known yet) sends no punch and waits for the peer to reach it', () => {
+    let natted = false;
+    pm = new PathManager({ now: () => now, isLocal, behindNat: () => natted });
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    expect(tick().punches).toEqual([]);
+    advance(PUNCH_LEAD_MS * 5);
+    const a = tick();
+    expect(a.punches.concat(a.probes)).toEqual([]);
+    pm.onPong('f', MAPPED, 5);
+    advance(PROBE_FAST_MS);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
+    // a host that learns it is behind a NAT starts punching
+    natted = true;
+    pm.setPeer('g', [PUB2], false, { punchFirst: [PUB2] });
+    expect(tick().punches.map((p) => p.name)).toEqual(['g']);
+  });
+
   it('a packet from the mapping opens it at once (both NATs have their entries)', () => {
     pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
     sessions.add('f');
