@@ -531,6 +531,8 @@ export class Agent {
   /** Candidates or NAT facts may have changed: publish if they did. */
   private candidatesMaybeChanged(): void {
     if (this.updateLocal()) void this.republish();
+    // What we learned may say we sit behind a NAT: the hole punches go out now (paths.ts).
+    this.pathTick();
   }
 
   /** Asks the configured STUN servers and cloud metadata (if any) where we are. */

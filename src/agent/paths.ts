@@ -151,6 +151,8 @@ export class PathManager {
   private relayList: { name: string; rtt: number }[] | null = null;
   /** When we last published new endpoints of our own (peers punch toward them from then on). */
   private publishedAt: number;
+  /** behindNat() as of the last tick: when we learn we sit behind a NAT, every peer gets its punches at once. */
+  private natted: boolean | null = null;
 
   constructor(private readonly d: PathDeps) {
     this.publishedAt = d.now();
@@ -330,6 +332,11 @@ export class PathManager {
       }
     }
     this.relayList = null;
+    const natted = this.d.behindNat?.() ?? true;
+    if (natted !== this.natted) {
+      this.natted = natted;
+      for (const p of this.peers.values()) p.dueAt = now;
+    }
     // A relay came or went: every peer looks again (one waiting for a relay has no timer of its
     // own), in this same tick. Relays do not chain, so a second pass settles it.
     for (let pass = 0; pass < 2; pass++) {

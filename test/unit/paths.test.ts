@@ -689,9 +689,12 @@ describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
     pm.onPong('f', MAPPED, 5);
     advance(PROBE_FAST_MS);
     expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
-    // a host that learns it is behind a NAT starts punching
-    natted = true;
+    // a host that learns it is behind a NAT punches at once, not when its peers' timers fall due
     pm.setPeer('g', [PUB2], false, { punchFirst: [PUB2] });
+    tick();
+    advance(10);
+    expect(pm.nextDue()).toBeGreaterThan(now);
+    natted = true;
     expect(tick().punches.map((p) => p.name)).toEqual(['g']);
   });
 
