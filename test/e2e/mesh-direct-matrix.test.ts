@@ -23,7 +23,7 @@ const PAIRS: readonly (readonly [string, string, string])[] = [
   ['a', 'c', 'EIM/random'],
   ['c', 'd', 'random/random'],
 ];
-const WATCH_MS = 12_000;
+const WATCH_MS = 8_000;
 
 interface PairResult {
   pair: string;
