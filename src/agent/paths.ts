@@ -231,13 +231,17 @@ export class PathManager {
         added = true;
       }
     }
+    let dropped = false;
     for (const [k, c] of p.candidates) {
       if (want.has(k)) continue;
+      if (c.published) dropped = true;
       // An address the peer no longer publishes stays only while it still answers (roamed to).
       if (now - c.lastSeen < ALIVE_MS) c.published = false;
       else p.candidates.delete(k);
     }
-    if (added) this.discover(p, now);
+    // The peer moved (an address it published is gone): probe at once, also when the address it
+    // publishes now was a candidate already (its packets came from there first).
+    if (added || dropped) this.discover(p, now);
     if (p.current === null) {
       // Until something answers, aim at the most likely address: one on our own network first.
       const first = [...p.candidates.values()].sort((a, b) => Number(this.d.isLocal(b.ip)) - Number(this.d.isLocal(a.ip)))[0];

@@ -709,3 +709,15 @@ describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
     expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
   });
 });
+
+describe('PathManager: a peer that moves (issue 16)', () => {
+  it('probes at once when the peer stops publishing an address, even if its new one was a candidate already', () => {
+    settle('pub', PUB);
+    pm.onPong('pub', PUB2, 10); // its packets came from the new address before its record said so
+    tick();
+    advance(2_000);
+    expect(probed(tick(), 'pub')).toEqual([]); // settled: slow probing
+    pm.setPeer('pub', [PUB2], false);
+    expect(probed(tick(), 'pub').sort()).toEqual([describeEndpoint(PUB2), describeEndpoint(PUB)].sort());
+  });
+});
