@@ -133,6 +133,8 @@ export interface PathDeps {
 }
 
 const key = (ip: number, port: number) => `${ip >>> 0}:${port}`;
+/** 1 for an address the peer published once and no longer does. */
+const gone = (c: { published: boolean; wasPublished: boolean }): number => (c.wasPublished && !c.published ? 1 : 0);
 
 export function sameEndpoint(a: Endpoint | null, b: Endpoint | null): boolean {
   if (a === null || b === null) return a === b;
@@ -423,7 +425,10 @@ export class PathManager {
       }
       this.schedule(p, now, session ? interval : null, opensAt);
       // 4. choose among live direct candidates
-      const best = alive.sort((a, b) => this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
+      // An address the peer published and no longer does (it moved away) comes last, whatever its
+      // round trip: else the old path, alive for a while on its last evidence, would stay "best"
+      // and keep us there until it died (11 s) although the new address answers.
+      const best = alive.sort((a, b) => gone(a) - gone(b) || this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
       if (best) {
         const curAlive = curDirect !== undefined && now - curDirect.lastSeen < ALIVE_MS && !currentDead;
         // A live candidate beats the current one when it is private and the current public, or

@@ -711,6 +711,17 @@ describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
 });
 
 describe('PathManager: a peer that moves (issue 16)', () => {
+  it('moves to the address the peer publishes now at its first pong, even when the old one had the lower round trip', () => {
+    settle('pub', PUB, 1);
+    pm.setPeer('pub', [PUB2], false);
+    tick();
+    advance(50);
+    pm.onPong('pub', PUB2, 40);
+    tick();
+    expect(pm.current('pub')).toEqual(PUB2);
+    expect(pm.state('pub').kind).toBe('direct');
+  });
+
   it('probes at once when the peer stops publishing an address, even if its new one was a candidate already', () => {
     settle('pub', PUB);
     pm.onPong('pub', PUB2, 10); // its packets came from the new address before its record said so
