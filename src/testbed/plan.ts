@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
  * public port whatever the destination (endpoint-independent mapping, port kept when free), so
  * hole punching works between two of them; 'random' picks a new random port per destination, so
  * it does not. Both drop unsolicited inbound traffic and keep only address-and-port-dependent
- * replies (Linux conntrack).
+ * replies (Linux conntrack), unless the site says `firewall: false` (see SiteSpec).
  */
 
 export type NatKind =
