@@ -149,7 +149,7 @@
   X(O_RDWR) X(O_NONBLOCK) X(O_CLOEXEC) X(F_GETFL) X(F_SETFL) X(F_SETFD)                       \
   X(AF_UNIX) X(AF_INET) X(AF_NETLINK) X(SOCK_DGRAM) X(SOCK_RAW) X(SOCK_NONBLOCK) X(SOCK_CLOEXEC) \
   X(SOL_SOCKET) X(SO_REUSEADDR) X(SO_SNDBUF) X(SO_RCVBUF) X(SO_SNDBUFFORCE) X(SO_RCVBUFFORCE)  \
-  X(SOL_UDP) X(UDP_SEGMENT) X(UDP_GRO)                                                         \
+  X(IPPROTO_IP) X(IP_TTL) X(SOL_UDP) X(UDP_SEGMENT) X(UDP_GRO)                                 \
   X(EIO) X(EINVAL) X(EOPNOTSUPP) X(EMSGSIZE) X(EAGAIN) X(EINTR) X(ENOBUFS)                     \
   X(MSG_DONTWAIT) X(MSG_TRUNC) X(MSG_NOSIGNAL) X(POLLIN) X(POLLOUT)                            \
   X(EFD_NONBLOCK) X(EFD_CLOEXEC)                                                               \

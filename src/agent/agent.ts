@@ -28,7 +28,7 @@ import { loadSodium } from '../crypto/sodium';
 import { HandshakeManager, timersFromEnv } from './handshakes';
 import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
-import { describeEndpoint, PathManager, sameEndpoint, type Endpoint } from './paths';
+import { describeEndpoint, PathManager, PUNCH_PAYLOAD, PUNCH_TTL, sameEndpoint, type Endpoint } from './paths';
 import { ReflexiveTracker } from './reflexive';
 import { agentDiagnosticsDeps, Diagnostics, diagnosticsRoutes } from './diagnostics';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
@@ -49,7 +49,7 @@ import { DIRECT, systemClock } from '../dataplane/peer';
 import { PEER_UP_MS } from '../dataplane/outbound';
 import { MAX_PEERS, P_LAST_RX, P_LAST_TX, P_RTT } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
-import { openUdpSocket, sendDatagram, type UdpSocket } from '../os/udp/udp';
+import { openUdpSocket, sendDatagram, sendDatagramTtl, type UdpSocket } from '../os/udp/udp';
 import { RouteManager } from '../os/routes/routes';
 import { GatewayManager } from '../os/routes/gateway';
 import { PinManager, type Pin } from '../os/routes/pins';
@@ -146,6 +146,8 @@ export class Agent {
   private overlayIp = '';
   private mtu = 0;
   private endpoints: string[] = [];
+  /** What peers punch toward in our last published record (the path choice waits for them to see a change). */
+  private publishedEndpoints = '';
   /** Set in start() once our key is known. */
   private peers!: PeerTable;
   private readonly startedAt = new Date();
@@ -177,7 +179,13 @@ export class Agent {
     private readonly heartbeatMs?: number,
   ) {
     this.log = log.child({ component: 'agent', host: cfg.name });
-    this.paths = new PathManager({ now: Date.now, isLocal: (ip) => this.isLocal(ip), wake: (at) => this.pathTimer.arm(at) });
+    this.paths = new PathManager({
+      now: Date.now,
+      isLocal: (ip) => this.isLocal(ip),
+      behindNat: () => ['eim', 'varies'].includes(this.reflexive.view().nat),
+      wake: (at) => this.pathTimer.arm(at),
+    });
+    this.paths.unpublished();
     // (our addresses as of the last updateLocal(): every pong asks, and a fresh list costs a netlink dump)
     this.reflexive = new ReflexiveTracker(Date.now, () => this.ownAddresses);
   }
@@ -452,7 +460,9 @@ export class Agent {
     let logged = false;
     while (!this.stopping && this.registry) {
       try {
-        const res = await this.registry.publish(this.hostRecord());
+        const rec = this.hostRecord();
+        const res = await this.registry.publish(rec);
+        if (res.written) this.notePublished(rec);
         if (!res.written) {
           this.log.error(
             { epoch: res.current.epoch, session: res.current.session },
@@ -558,6 +568,13 @@ export class Agent {
     return this.localPrefixes.some((p) => contains(p, ip));
   }
 
+  /** Our record is out: NATed peers punch toward what it says from now on (the path choice waits for that). */
+  private notePublished(rec: HostRecord): void {
+    const key = `${rec.endpoints.join(',')}|${rec.reflexive}|${rec.nat}`;
+    if (key !== this.publishedEndpoints) this.paths.published();
+    this.publishedEndpoints = key;
+  }
+
   /** Publishes the record again (new candidates or NAT facts), coalescing bursts; retries while etcd is down. */
   private async republish(): Promise<void> {
     if (!this.registered || this.stopping) {
@@ -574,8 +591,10 @@ export class Agent {
       do {
         this.publishAgain = false;
         try {
-          const res = await this.registry!.publish(this.hostRecord());
+          const rec = this.hostRecord();
+          const res = await this.registry!.publish(rec);
           if (!res.written) return;
+          this.notePublished(rec);
           this.log.info({ endpoints: this.endpoints, epoch: res.record.epoch }, 'republished host record');
           logged = false;
         } catch (e) {
@@ -598,6 +617,8 @@ export class Agent {
   /** Candidates or NAT facts may have changed: publish if they did. */
   private candidatesMaybeChanged(): void {
     if (this.updateLocal()) void this.republish();
+    // What we learned may say we sit behind a NAT: the hole punches go out now (paths.ts).
+    this.pathTick();
   }
 
   /** Asks the configured STUN servers and cloud metadata (if any) where we are. */
@@ -829,6 +850,7 @@ export class Agent {
       const e = this.peers.get(p.name);
       if (e) this.engine.probe(e.slot, p.ip, p.port);
     }
+    for (const p of actions.punches) if (this.udp) sendDatagramTtl(this.udp.fd, PUNCH_PAYLOAD, p.ip, p.port, PUNCH_TTL);
     this.syncPaths(actions.moves.map((m) => m.name));
     this.pathTimer.arm(this.paths.nextDue());
   }
@@ -920,7 +942,9 @@ export class Agent {
       return false;
     }
     const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
-    this.paths.setPeer(name, cands, mayRelay(rec));
+    // A peer behind a NAT publishes its mapping as its reflexive address: punch there first.
+    const mapped = rec.nat !== 'none' && rec.reflexive ? parseEndpoint(rec.reflexive) : null;
+    this.paths.setPeer(name, cands, mayRelay(rec), { punchFirst: mapped ? [mapped] : [] });
     const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
     const { added } = this.peers.upsert(name, rec, endpoint);
     if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');

@@ -514,8 +514,8 @@ export class HandshakeManager {
     st.pending = { ...r.pending, sentAt: now };
     this.byIndex.set(localIndex, { peer: st, pending: true });
     this.stats.initiationsSent++;
-    const targets = this.d.targets?.(st.name, st.sessions.some((s) => s.confirmed)) ?? [];
-    if (targets.length === 0) targets.push(st.endpoint);
+    // (none from the path choice: nowhere to send yet, e.g. only hole punches go to the peer)
+    const targets = this.d.targets?.(st.name, st.sessions.some((s) => s.confirmed)) ?? [st.endpoint];
     for (const e of targets) this.sendTo(st, r.msg, e);
   }
 

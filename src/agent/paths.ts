@@ -7,7 +7,15 @@
  *   2. probe       every candidate gets a probe (an encrypted ping that never moves an endpoint):
  *                  every PROBE_FAST_MS while discovering (a new peer, new candidates, a local
  *                  change, or no direct path), every PROBE_SLOW_MS once settled; probes are also
- *                  what punches holes when both hosts sit behind endpoint-independent NATs
+ *                  what punches holes when both hosts sit behind endpoint-independent NATs.
+ *                  Punch first: a peer behind a NAT gets, at a public candidate, only hole punches
+ *                  (datagrams with a TTL too small to reach its NAT) until PUNCH_LEAD_MS after both
+ *                  our first punch there and our last publish of new endpoints (by then the peer
+ *                  has punched toward us too), or until that candidate answered (the only way for
+ *                  a host with no NAT: the NATed peer reaches it first). A full packet
+ *                  that reaches a NAT before its host sent anything to us leaves a conntrack entry
+ *                  there, and a Linux NAT then gives the host's own packets to us another source
+ *                  port than the one it published: the pair would stay relayed for good
  *   3. evidence    a pong, a handshake message or a roam from an address marks it alive
  *   4. choose      among live direct candidates, a private one (on a network we share) beats a
  *                  public one, then the lower round trip; we move off a working path only for a
@@ -45,6 +53,8 @@ export interface PathState {
 
 export interface PathActions {
   probes: { name: string; ip: number; port: number }[];
+  /** TTL-limited hole punches (see "punch first" above). */
+  punches: { name: string; ip: number; port: number }[];
   /** Peers whose endpoint the data plane must be told. */
   moves: { name: string; endpoint: Endpoint }[];
 }
@@ -60,6 +70,15 @@ export const PATH_DEAD_MS = 11_000;
 /** Fall back to a relay when no direct path has answered for this long. */
 export const RELAY_AFTER_MS = 2_500;
 export const MAX_CANDIDATES = 8;
+/** Only punches to a NATed peer's public candidate for this long (more than a watch's latency). */
+export const PUNCH_LEAD_MS = 1_000;
+/**
+ * A hole punch's IP TTL: past our own NAT (one hop), dead at the next router, short of the
+ * peer's NAT. (A NAT further away, a carrier-grade one, would need more: not covered.)
+ */
+export const PUNCH_TTL = 2;
+/** A punch's payload: one byte, which a peer that gets it anyway drops as too short. */
+export const PUNCH_PAYLOAD = new Uint8Array(1);
 
 interface Candidate {
   ip: number;
@@ -69,11 +88,17 @@ interface Candidate {
   wasPublished: boolean;
   lastSeen: number;
   rtt: number;
+  /** Our first hole punch to it (null: none yet). */
+  punchedAt: number | null;
+  /** Full packets may go there (see "punch first"). */
+  open: boolean;
 }
 
 interface PeerPaths {
   candidates: Map<string, Candidate>;
   relayCapable: boolean;
+  /** Its candidates that get punches first (its NAT's public mapping: key()). */
+  punchFirst: Set<string>;
   current: Endpoint | null;
   kind: PathKind;
   since: number | null;
@@ -96,11 +121,20 @@ export interface PathDeps {
   now(): number;
   /** True when ip is on one of our own networks (a private path). */
   isLocal(ip: number): boolean;
+  /**
+   * We sit behind a NAT: we punch, and punch-first candidates open by time. A host with no NAT of
+   * its own, or one that does not know yet (false), sends no punch (its TTL could reach the
+   * peer's NAT) and opens them only when they answer (a NATed peer reaches such a host first).
+   * Default true.
+   */
+  behindNat?(): boolean;
   /** Something fell due earlier than nextDue() said: call tick() at `at` (ms, the `now` clock). */
   wake?(at: number): void;
 }
 
 const key = (ip: number, port: number) => `${ip >>> 0}:${port}`;
+/** 1 for an address the peer published once and no longer does. */
+const gone = (c: { published: boolean; wasPublished: boolean }): number => (c.wasPublished && !c.published ? 1 : 0);
 
 export function sameEndpoint(a: Endpoint | null, b: Endpoint | null): boolean {
   if (a === null || b === null) return a === b;
@@ -117,8 +151,24 @@ export class PathManager {
   private readonly peers = new Map<string, PeerPaths>();
   /** Relay-capable peers with a live direct path, best first; built once per tick when needed. */
   private relayList: { name: string; rtt: number }[] | null = null;
+  /** When we last published new endpoints of our own (peers punch toward them from then on). */
+  private publishedAt: number;
+  /** behindNat() as of the last tick: when we learn we sit behind a NAT, every peer gets its punches at once. */
+  private natted: boolean | null = null;
 
-  constructor(private readonly d: PathDeps) {}
+  constructor(private readonly d: PathDeps) {
+    this.publishedAt = d.now();
+  }
+
+  /** Our record with new endpoints was published: full packets to NATed peers wait PUNCH_LEAD_MS again. */
+  published(): void {
+    this.publishedAt = this.d.now();
+  }
+
+  /** Our record is not out yet: no punch-first candidate opens by time before published(). */
+  unpublished(): void {
+    this.publishedAt = Infinity;
+  }
 
   /** `p` must be looked at by `at`. */
   private due(p: PeerPaths, at: number): void {
@@ -134,14 +184,23 @@ export class PathManager {
     return at;
   }
 
-  /** Declares a peer's published candidates (and whether it relays). Evidence for known ones stays. */
-  setPeer(name: string, candidates: readonly { ip: number; port: number }[], relayCapable: boolean): void {
+  /**
+   * Declares a peer's published candidates (and whether it relays). Evidence for known ones stays.
+   * `punchFirst`: those that are its NAT's mapping (they get punches first, see the header).
+   */
+  setPeer(
+    name: string,
+    candidates: readonly { ip: number; port: number }[],
+    relayCapable: boolean,
+    opts: { punchFirst?: readonly { ip: number; port: number }[] } = {},
+  ): void {
     const now = this.d.now();
     let p = this.peers.get(name);
     if (!p) {
       p = {
         candidates: new Map(),
         relayCapable,
+        punchFirst: new Set(),
         current: null,
         kind: 'none',
         since: null,
@@ -158,6 +217,7 @@ export class PathManager {
     }
     this.due(p, now);
     p.relayCapable = relayCapable;
+    p.punchFirst = new Set((opts.punchFirst ?? []).map((c) => key(c.ip, c.port)));
     const want = new Set<string>();
     let added = false;
     for (const c of candidates.slice(0, MAX_CANDIDATES)) {
@@ -168,17 +228,22 @@ export class PathManager {
         had.published = true;
         had.wasPublished = true;
       } else {
-        p.candidates.set(k, { ip: c.ip, port: c.port, published: true, wasPublished: true, lastSeen: -Infinity, rtt: NaN });
+        const open = !p.punchFirst.has(k) || this.d.isLocal(c.ip);
+        p.candidates.set(k, { ip: c.ip, port: c.port, published: true, wasPublished: true, lastSeen: -Infinity, rtt: NaN, punchedAt: null, open });
         added = true;
       }
     }
+    let dropped = false;
     for (const [k, c] of p.candidates) {
       if (want.has(k)) continue;
+      if (c.published) dropped = true;
       // An address the peer no longer publishes stays only while it still answers (roamed to).
       if (now - c.lastSeen < ALIVE_MS) c.published = false;
       else p.candidates.delete(k);
     }
-    if (added) this.discover(p, now);
+    // The peer moved (an address it published is gone): probe at once, also when the address it
+    // publishes now was a candidate already (its packets came from there first).
+    if (added || dropped) this.discover(p, now);
     if (p.current === null) {
       // Until something answers, aim at the most likely address: one on our own network first.
       const first = [...p.candidates.values()].sort((a, b) => Number(this.d.isLocal(b.ip)) - Number(this.d.isLocal(a.ip)))[0];
@@ -240,10 +305,11 @@ export class PathManager {
     const k = key(from.ip, from.port);
     let c = p.candidates.get(k);
     if (!c) {
-      c = { ip: from.ip, port: from.port, published: false, wasPublished: false, lastSeen: now, rtt: NaN };
+      c = { ip: from.ip, port: from.port, published: false, wasPublished: false, lastSeen: now, rtt: NaN, punchedAt: null, open: true };
       p.candidates.set(k, c);
     }
     c.lastSeen = now;
+    c.open = true; // its packets reach us: our NAT has its mapping, its NAT ours
     return c;
   }
 
@@ -264,7 +330,7 @@ export class PathManager {
    */
   tick(hasSession: (name: string) => boolean, only?: Iterable<string>): PathActions {
     const now = this.d.now();
-    const out: PathActions = { probes: [], moves: [] };
+    const out: PathActions = { probes: [], punches: [], moves: [] };
     if (only) {
       for (const n of only) {
         const p = this.peers.get(n);
@@ -272,6 +338,11 @@ export class PathManager {
       }
     }
     this.relayList = null;
+    const natted = this.d.behindNat?.() ?? true;
+    if (natted !== this.natted) {
+      this.natted = natted;
+      for (const p of this.peers.values()) p.dueAt = now;
+    }
     // A relay came or went: every peer looks again (one waiting for a relay has no timer of its
     // own), in this same tick. Relays do not chain, so a second pass settles it.
     for (let pass = 0; pass < 2; pass++) {
@@ -324,13 +395,40 @@ export class PathManager {
       // 2. probe
       const settled = p.kind === 'direct' && !currentDead && now >= p.discoverUntil;
       const interval = settled ? PROBE_SLOW_MS : PROBE_FAST_MS;
-      if (session && now - p.lastProbe >= interval) {
-        p.lastProbe = now;
-        for (const c of p.candidates.values()) out.probes.push({ name, ip: c.ip, port: c.port });
+      // Punch-first candidates open after their lead (see the header), probed on the next line.
+      let opensAt = Infinity;
+      const byTime = this.d.behindNat?.() ?? true;
+      for (const c of p.candidates.values()) {
+        if (c.open || c.punchedAt === null || !byTime) continue;
+        const at = Math.max(c.punchedAt, this.publishedAt) + PUNCH_LEAD_MS;
+        if (now >= at) {
+          c.open = true;
+          p.lastProbe = -Infinity;
+        } else opensAt = Math.min(opensAt, at);
       }
-      this.schedule(p, now, session ? interval : null);
+      if (now - p.lastProbe >= interval) {
+        // Punches need no session (they are not read), probes do.
+        let sent = false;
+        for (const c of p.candidates.values()) {
+          if (!c.open) {
+            if (!byTime) continue;
+            c.punchedAt ??= now;
+            opensAt = Math.min(opensAt, Math.max(c.punchedAt, this.publishedAt) + PUNCH_LEAD_MS);
+            out.punches.push({ name, ip: c.ip, port: c.port });
+            sent = true;
+          } else if (session) {
+            out.probes.push({ name, ip: c.ip, port: c.port });
+            sent = true;
+          }
+        }
+        if (sent) p.lastProbe = now;
+      }
+      this.schedule(p, now, session ? interval : null, opensAt);
       // 4. choose among live direct candidates
-      const best = alive.sort((a, b) => this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
+      // An address the peer published and no longer does (it moved away) comes last, whatever its
+      // round trip: else the old path, alive for a while on its last evidence, would stay "best"
+      // and keep us there until it died (11 s) although the new address answers.
+      const best = alive.sort((a, b) => gone(a) - gone(b) || this.rank(a) - this.rank(b) || (a.rtt || 0) - (b.rtt || 0))[0];
       if (best) {
         const curAlive = curDirect !== undefined && now - curDirect.lastSeen < ALIVE_MS && !currentDead;
         // A live candidate beats the current one when it is private and the current public, or
@@ -381,14 +479,19 @@ export class PathManager {
     return this.relayList.find((r) => r.name !== exclude)?.name;
   }
 
-  /** Where handshake initiations for the peer go: the current path, plus every candidate while it has no session. */
+  /**
+   * Where handshake initiations for the peer go: the current path, plus every candidate while it
+   * has no session; never a candidate that gets punches only (none at all: wait for it to open).
+   */
   handshakeTargets(name: string, hasSession: boolean): Endpoint[] {
     const p = this.peers.get(name);
     if (!p) return [];
     const out: Endpoint[] = [];
-    if (p.current) out.push(p.current);
+    const closed = (e: Endpoint) => e.via === undefined && p.candidates.get(key(e.ip, e.port))?.open === false;
+    if (p.current && !closed(p.current)) out.push(p.current);
     if (!hasSession || p.kind !== 'direct') {
       for (const c of p.candidates.values()) {
+        if (!c.open) continue;
         const e = { ip: c.ip, port: c.port };
         if (!out.some((o) => sameEndpoint(o, e))) out.push(e);
       }

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
  * public port whatever the destination (endpoint-independent mapping, port kept when free), so
  * hole punching works between two of them; 'random' picks a new random port per destination, so
  * it does not. Both drop unsolicited inbound traffic and keep only address-and-port-dependent
- * replies (Linux conntrack).
+ * replies (Linux conntrack), unless the site says `firewall: false` (see SiteSpec).
  */
 
 export type NatKind =
@@ -26,6 +26,13 @@ export type NatKind =
 export interface SiteSpec {
   readonly name: string;
   readonly nat: NatKind;
+  /**
+   * Drop unsolicited inbound packets in a filter hook (default true). false: a NAT with no
+   * firewall (a plain `MASQUERADE` rule, as many home routers and hand-made ones have): a packet
+   * from the internet that answers nothing is left undelivered but its conntrack entry stays for
+   * 30 s, and an outbound packet whose reply would match that entry gets another source port.
+   */
+  readonly firewall?: boolean;
 }
 
 export interface HostSpec {
@@ -63,6 +70,7 @@ export interface SitePlan {
   readonly name: string;
   readonly ns: string;
   readonly nat: NatKind;
+  readonly firewall: boolean;
   /** The site router's internet address (what NATed hosts appear as). */
   readonly wanIp: string;
   readonly wanDev: string;
@@ -174,6 +182,7 @@ export function planTopology(spec: TopologySpec): TopologyPlan {
       name: s.name,
       ns,
       nat: s.nat,
+      firewall: s.firewall ?? true,
       wanIp: wan.ip,
       wanDev: wan.dev,
       wanGateway: wan.gateway,
@@ -245,7 +254,7 @@ export function setupCommands(plan: TopologyPlan): string[][] {
       // The drop must happen in a filter hook: a packet dropped there never has its conntrack
       // entry confirmed, while one merely left undelivered (no socket on the WAN address) leaves
       // an entry whose tuple makes a later outbound packet of the same 5-tuple get another port.
-      for (const hook of ['input', 'forward']) {
+      for (const hook of s.firewall ? ['input', 'forward'] : []) {
         nft(`add chain ip cladnet_nat ${hook} { type filter hook ${hook} priority 0 ; policy accept ; }`);
         nft(`add rule ip cladnet_nat ${hook} ct state established,related accept`);
         nft(`add rule ip cladnet_nat ${hook} iifname "${s.lanDev}" accept`);

@@ -298,8 +298,17 @@ describe('HandshakeManager and paths (relays, targets, rekeyAll)', () => {
     expect(w.lo.m.stats.rekeys).toBe(1);
   });
 
-  it('without targets, initiations go to the last known endpoint; moveEndpoint with a relay sends through it', async () => {
-    const w = await world({ deps: () => ({ targets: () => [] }), drop: () => true });
+  it('a path choice with no target yet (hole punches only) gets no initiation until it names one', async () => {
+    let targets: { ip: number; port: number }[] = [];
+    const w = await world({ deps: () => ({ targets: () => targets }), drop: () => true });
+    expect(w.log.filter((l) => l.to === 'hi')).toEqual([]);
+    targets = [{ ip: 9, port: 9000 }];
+    w.advance(RETRY_MIN_MS * 2);
+    expect(w.log.filter((l) => l.to === 'hi').at(-1)).toMatchObject({ ip: 9, port: 9000 });
+  });
+
+  it('with no path choice, initiations go to the last known endpoint; moveEndpoint with a relay sends through it', async () => {
+    const w = await world({ deps: () => ({}), drop: () => true });
     expect(w.log.map((l) => [l.to, l.msg[0], l.ip, l.port, l.via])).toEqual([['hi', 1, 2, 51820, undefined]]);
     const lastToHi = () => w.log.filter((l) => l.to === 'hi').at(-1)!;
     w.lo.m.moveEndpoint('hi', 0, 0, 'relay');

@@ -12,6 +12,7 @@ import {
   PathManager,
   PROBE_FAST_MS,
   PROBE_SLOW_MS,
+  PUNCH_LEAD_MS,
   RELAY_AFTER_MS,
   describeEndpoint,
   sameEndpoint,
@@ -626,5 +627,108 @@ describe('PathManager: ticks by deadline (issue 11)', () => {
     advance(1);
     pm.onPong('b', PUB, 10); // (keeps the path alive)
     expect(pm.nextDue()).toBe(now);
+  });
+});
+
+describe('PathManager: punch first toward a NATed peer (issue 16)', () => {
+  const MAPPED = ep('198.18.7.2:51820'); // the peer's NAT mapping (its reflexive address)
+  const LAN = ep('10.9.0.2:51820'); // an address on our own network: no NAT in between
+  const punched = (a: PathActions, name: string): string[] => a.punches.filter((p) => p.name === name).map((p) => describeEndpoint(p));
+
+  it('its mapping gets only punches until PUNCH_LEAD_MS after the first, then probes; no handshake goes there before', () => {
+    pm.setPeer('f', [MAPPED, LAN], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    let a = tick();
+    expect(punched(a, 'f')).toEqual(['198.18.7.2:51820']);
+    expect(probed(a, 'f')).toEqual(['10.9.0.2:51820']);
+    expect(pm.handshakeTargets('f', false).map(describeEndpoint)).toEqual(['10.9.0.2:51820']);
+    // it is due again when the lead ends, not only at the next probe round
+    expect(pm.nextDue()).toBe(now + PUNCH_LEAD_MS);
+    advance(PUNCH_LEAD_MS - 1);
+    a = tick();
+    expect(a.probes.concat(a.punches)).toEqual([]);
+    advance(1);
+    a = tick();
+    expect(punched(a, 'f')).toEqual([]);
+    expect(probed(a, 'f')).toEqual(['198.18.7.2:51820', '10.9.0.2:51820']);
+    expect(pm.handshakeTargets('f', false).map(describeEndpoint)).toContain('198.18.7.2:51820');
+  });
+
+  it('punches need no session, probes do; without punchFirst everything is probed at once', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    pm.setPeer('g', [MAPPED], false);
+    const a = tick();
+    expect(punched(a, 'f')).toEqual(['198.18.7.2:51820']);
+    expect(probed(a, 'f')).toEqual([]);
+    expect(punched(a, 'g')).toEqual([]);
+    expect(pm.handshakeTargets('g', false).map(describeEndpoint)).toEqual(['198.18.7.2:51820']);
+    expect(pm.handshakeTargets('f', false)).toEqual([]);
+  });
+
+  it('new endpoints of ours published later push the opening back (the peer punches toward them only then)', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    tick();
+    advance(600);
+    pm.published();
+    advance(PUNCH_LEAD_MS - 600);
+    expect(probed(tick(), 'f')).toEqual([]);
+    advance(600);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
+  });
+
+  it('a host with no NAT of its own (or not known yet) sends no punch and waits for the peer to reach it', () => {
+    let natted = false;
+    pm = new PathManager({ now: () => now, isLocal, behindNat: () => natted });
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    expect(tick().punches).toEqual([]);
+    advance(PUNCH_LEAD_MS * 5);
+    const a = tick();
+    expect(a.punches.concat(a.probes)).toEqual([]);
+    pm.onPong('f', MAPPED, 5);
+    advance(PROBE_FAST_MS);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
+    // a host that learns it is behind a NAT punches at once, not when its peers' timers fall due
+    pm.setPeer('g', [PUB2], false, { punchFirst: [PUB2] });
+    tick();
+    advance(10);
+    expect(pm.nextDue()).toBeGreaterThan(now);
+    natted = true;
+    expect(tick().punches.map((p) => p.name)).toEqual(['g']);
+  });
+
+  it('a packet from the mapping opens it at once (both NATs have their entries)', () => {
+    pm.setPeer('f', [MAPPED], false, { punchFirst: [MAPPED] });
+    sessions.add('f');
+    tick();
+    advance(100);
+    pm.onHandshake('f', MAPPED);
+    expect(pm.handshakeTargets('f', true).map(describeEndpoint)).toEqual(['198.18.7.2:51820']);
+    advance(PROBE_FAST_MS);
+    expect(probed(tick(), 'f')).toEqual(['198.18.7.2:51820']);
+  });
+});
+
+describe('PathManager: a peer that moves (issue 16)', () => {
+  it('moves to the address the peer publishes now at its first pong, even when the old one had the lower round trip', () => {
+    settle('pub', PUB, 1);
+    pm.setPeer('pub', [PUB2], false);
+    tick();
+    advance(50);
+    pm.onPong('pub', PUB2, 40);
+    tick();
+    expect(pm.current('pub')).toEqual(PUB2);
+    expect(pm.state('pub').kind).toBe('direct');
+  });
+
+  it('probes at once when the peer stops publishing an address, even if its new one was a candidate already', () => {
+    settle('pub', PUB);
+    pm.onPong('pub', PUB2, 10); // its packets came from the new address before its record said so
+    tick();
+    advance(2_000);
+    expect(probed(tick(), 'pub')).toEqual([]); // settled: slow probing
+    pm.setPeer('pub', [PUB2], false);
+    expect(probed(tick(), 'pub').sort()).toEqual([describeEndpoint(PUB2), describeEndpoint(PUB)].sort());
   });
 });

@@ -110,6 +110,25 @@ describe('setup commands', () => {
     ]);
   });
 
+  it('leaves out the firewall of a NAT site with firewall: false (a plain masquerade rule)', () => {
+    const plan = planTopology({
+      id: 'cn0005',
+      hosts: [{ site: 'n' }, { site: 'f' }],
+      sites: [
+        { name: 'n', nat: 'masquerade', firewall: false },
+        { name: 'f', nat: 'masquerade' },
+      ],
+    });
+    expect(plan.sites.map((s) => s.firewall)).toEqual([false, true]);
+    const cmds = setupCommands(plan).map(formatCmd);
+    expect(cmds.filter((c) => c.includes('site-n nft'))).toEqual([
+      `ip netns exec cn0005-site-n nft 'add table ip cladnet_nat'`,
+      `ip netns exec cn0005-site-n nft 'add chain ip cladnet_nat postrouting { type nat hook postrouting priority 100 ; }'`,
+      `ip netns exec cn0005-site-n nft 'add rule ip cladnet_nat postrouting oifname "cn0005-x1" masquerade'`,
+    ]);
+    expect(cmds).toContain(`ip netns exec cn0005-site-f nft 'add rule ip cladnet_nat input iifname "cn0005-x2" drop'`);
+  });
+
   it('NATs a site on its internet device, port-randomizing for nat "random", firewalls NAT sites and routes a plain site', () => {
     const plan = planTopology({
       id: 'cn0004',

@@ -131,6 +131,9 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
+export const IPPROTO_IP = 0;
+/** sockopt and cmsg (IPPROTO_IP): the TTL of outgoing datagrams. */
+export const IP_TTL = 2;
 export const SOL_UDP = 17;
 /** cmsg (SOL_UDP): the segment size of a UDP GSO send (Linux 4.18+). */
 export const UDP_SEGMENT = 103;

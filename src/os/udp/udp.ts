@@ -74,6 +74,44 @@ export function sendDatagram(fd: number, data: Uint8Array, ip: number, port: num
   return libc.sendto(fd, data, data.length, libc.MSG_DONTWAIT, addr, SOCKADDR_IN) === data.length;
 }
 
+/**
+ * Sends one datagram whose IP TTL is `ttl` (an IP_TTL cmsg on this message only; the socket's
+ * other sends keep theirs), from the control thread on the data plane's socket. A hole punch
+ * with a small TTL creates the mapping in our own NAT and dies in the network before it reaches
+ * the peer's NAT, where an early packet would leave an entry that changes the peer's mapping.
+ * Returns false when the kernel refused it.
+ */
+export function sendDatagramTtl(fd: number, data: Uint8Array, ip: number, port: number, ttl: number): boolean {
+  // mmsghdr (64) | sockaddr_in (16) | iovec (16) | cmsg with an int (24) | payload
+  const size = MMSG + SOCKADDR_IN + IOVEC + CMSG_SPACE_INT + data.length;
+  const mem = allocNative(size);
+  try {
+    const m = mem.buf;
+    const at = (off: number) => mem.ptr + BigInt(off);
+    const nameOff = MMSG;
+    const iovOff = nameOff + SOCKADDR_IN;
+    const ctrlOff = iovOff + IOVEC;
+    const dataOff = ctrlOff + CMSG_SPACE_INT;
+    writeSockaddrIn(m, nameOff, ip, port);
+    m.set(data, dataOff);
+    m.writeBigUInt64LE(at(dataOff), iovOff); // iov_base
+    m.writeBigUInt64LE(BigInt(data.length), iovOff + 8); // iov_len
+    m.writeBigUInt64LE(BigInt(CMSG_SPACE_INT - 4), ctrlOff); // cmsg_len = CMSG_LEN(sizeof(int))
+    m.writeInt32LE(libc.IPPROTO_IP, ctrlOff + 8);
+    m.writeInt32LE(libc.IP_TTL, ctrlOff + 12);
+    m.writeInt32LE(ttl, ctrlOff + 16);
+    m.writeBigUInt64LE(at(nameOff), 0); // msg_name
+    m.writeUInt32LE(SOCKADDR_IN, 8); // msg_namelen
+    m.writeBigUInt64LE(at(iovOff), 16); // msg_iov
+    m.writeBigUInt64LE(1n, 24); // msg_iovlen
+    m.writeBigUInt64LE(at(ctrlOff), 32); // msg_control
+    m.writeBigUInt64LE(BigInt(CMSG_SPACE_INT), 40); // msg_controllen
+    return libc.sendmmsg(fd, mem.ptr, 1, libc.MSG_DONTWAIT) === 1;
+  } finally {
+    mem.free();
+  }
+}
+
 // struct mmsghdr { struct msghdr { void *name; socklen_t namelen; struct iovec *iov; size_t iovlen;
 //   void *control; size_t controllen; int flags; } hdr; unsigned int len; } = 64 bytes on x86_64.
 const MMSG = 64;
