@@ -1,4 +1,4 @@
-import { createNetwork, startAgent, waitMeshUp, type Agent, type AgentOptions, type AgentStatus } from './agents';
+import { cliPath, createNetwork, startAgent, waitMeshUp, type Agent, type AgentOptions, type AgentStatus } from './agents';
 import { startTestbedEtcd, type TestbedEtcd } from './etcd';
 import { createTopology, type Topology, type TopologyHost, type TopologySpec } from './topology';
 
@@ -85,5 +85,47 @@ export async function startMeshBed(opts: MeshBedOptions): Promise<MeshBed> {
   } catch (err) {
     await destroy();
     throw err;
+  }
+}
+
+export interface NatBedOptions {
+  readonly topology: TopologySpec;
+  /** The host on the internet that relays (`--relay`); started first. */
+  readonly relay: string;
+  /** Hosts to start after it, together (default: every other host of the topology). */
+  readonly start?: readonly string[];
+  /** Start no agent at all, only the bed and the STUN server (the test starts its own). */
+  readonly noAgents?: boolean;
+  /** More agent arguments for a host (besides `--stun`, and `--relay` for the relay). */
+  readonly extraArgs?: (host: string) => readonly string[];
+  /** A host's UDP port (default 51820): two hosts behind one Linux NAT need different ones. */
+  readonly listenPort?: (host: string) => number | undefined;
+  /** Wait for a full mesh of the started agents (default true, 30 s). */
+  readonly waitUp?: boolean;
+}
+
+/**
+ * The NAT tests' bed: a mesh bed with a STUN server in the router namespace (the internet), the
+ * relay host started first with `--relay`, then the others, every agent asking that STUN server.
+ * Returns the bed and the STUN server's address (for agents started later).
+ */
+export async function startNatBed(opts: NatBedOptions): Promise<{ bed: MeshBed; stun: string }> {
+  const bed = await startMeshBed({ topology: opts.topology, agents: 0, waitUp: false });
+  try {
+    const stun = `${bed.topo.routerIp}:3478`;
+    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
+    const args = (host: string, own: readonly string[]): Partial<AgentOptions> => {
+      const port = opts.listenPort?.(host);
+      return { extraArgs: [...own, '--stun', stun, ...(opts.extraArgs?.(host) ?? [])], ...(port === undefined ? {} : { listenPort: port }) };
+    };
+    if (opts.noAgents) return { bed, stun };
+    await bed.start(bed.topo.host(opts.relay), args(opts.relay, ['--relay']));
+    const others = opts.start ?? bed.topo.plan.hosts.map((h) => h.name).filter((n) => n !== opts.relay);
+    await Promise.all(others.map((n) => bed.start(bed.topo.host(n), args(n, []))));
+    if (opts.waitUp !== false) await bed.waitUp(bed.agents, 30_000);
+    return { bed, stun };
+  } catch (e) {
+    await bed.destroy();
+    throw e;
   }
 }

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, cliPath, waitUntil, type AgentStatus } from '../../src/testbed/agents';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { cli, waitUntil, type AgentStatus } from '../../src/testbed/agents';
+import { startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import type { NetcheckReport } from '../../src/status/diag-types';
 import type { PingSummary } from '../../src/cli/ping';
 
@@ -25,7 +25,7 @@ describe.skipIf(!isRoot)('cladnet ping and netcheck in the test bed', () => {
   const logs = (...names: string[]) => names.map((n) => `--- ${n}\n${bed.agent(n).logTail(15)}`).join('\n');
 
   beforeAll(async () => {
-    bed = await startMeshBed({
+    ({ bed } = await startNatBed({
       topology: {
         hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
         sites: [
@@ -34,14 +34,8 @@ describe.skipIf(!isRoot)('cladnet ping and netcheck in the test bed', () => {
           { name: 's4', nat: 'random' },
         ],
       },
-      agents: 0,
-      waitUp: false,
-    });
-    const stun = `${bed.topo.routerIp}:3478`;
-    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
-    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
-    await Promise.all(['a', 'c', 'd'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
-    await bed.waitUp(bed.agents, 30_000);
+      relay: 'pub',
+    }));
   }, 90_000);
 
   afterAll(async () => {

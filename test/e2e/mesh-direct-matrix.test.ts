@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath, sleep } from '../../src/testbed/agents';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { sleep } from '../../src/testbed/agents';
+import { startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import { flushConntrack, listConntrack } from '../../src/testbed/roam';
 
 const isRoot = process.getuid?.() === 0;
@@ -41,7 +41,7 @@ describe.skipIf(!isRoot)('direct paths through NATs', () => {
   let stun = '';
 
   beforeAll(async () => {
-    bed = await startMeshBed({
+    ({ bed, stun } = await startNatBed({
       topology: {
         hosts: [
           { name: 'pub' },
@@ -61,11 +61,9 @@ describe.skipIf(!isRoot)('direct paths through NATs', () => {
           { name: 's6', nat: 'masquerade', firewall: false },
         ],
       },
-      agents: 0,
-      waitUp: false,
-    });
-    stun = `${bed.topo.routerIp}:3478`;
-    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
+      relay: 'pub',
+      noAgents: true,
+    }));
   }, 90_000);
 
   afterAll(async () => {

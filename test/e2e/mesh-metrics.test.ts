@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cli, cliPath, waitUntil, type Agent, type AgentStatus } from '../../src/testbed/agents';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { cli, waitUntil, type Agent, type AgentStatus } from '../../src/testbed/agents';
+import { startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import { startPings, type PingRun } from '../../src/testbed/traffic';
 import { fetchMetrics } from '../../src/status/client';
 import { METRICS_CONTENT_TYPE, msToSeconds, pathLabel, snakeCase } from '../../src/status/metrics';
@@ -41,7 +41,8 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
   const ips = new Map<string, string>();
 
   beforeAll(async () => {
-    bed = await startMeshBed({
+    // e on another port than a: two hosts on one port behind one Linux NAT stop being endpoint-independent.
+    ({ bed } = await startNatBed({
       topology: {
         hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'e', site: 's1' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
         sites: [
@@ -50,19 +51,11 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
           { name: 's4', nat: 'random' },
         ],
       },
-      agents: 0,
-      waitUp: false,
-    });
-    const stun = `${bed.topo.routerIp}:3478`;
-    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
-    const metrics = ['--metrics-listen', `127.0.0.1:${METRICS_PORT}`];
-    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun, ...metrics] });
-    // e on another port than a: two hosts on one port behind one Linux NAT stop being endpoint-independent.
-    await Promise.all(
-      ['a', 'e', 'c', 'd'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun, ...metrics], listenPort: n === 'e' ? 51821 : 51820 })),
-    );
+      relay: 'pub',
+      extraArgs: () => ['--metrics-listen', `127.0.0.1:${METRICS_PORT}`],
+      listenPort: (n) => (n === 'e' ? 51821 : undefined),
+    }));
     for (const ag of bed.agents) ips.set(ag.name, (await ag.status()).self.overlayIp);
-    await bed.waitUp(bed.agents, 30_000);
     const peerOf = (doc: AgentStatus, name: string) => doc.peers.find((p) => p.name === name);
     await waitUntil(
       'a-e private, a-pub public and c-d relayed',

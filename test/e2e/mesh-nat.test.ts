@@ -1,8 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliPath, waitUntil, type Agent, type AgentStatus } from '../../src/testbed/agents';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { waitUntil, type Agent, type AgentStatus } from '../../src/testbed/agents';
+import { startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import { ping, repeated, startCapture, tcpTransfer, udpDatagrams, writeRandomFile } from '../../src/testbed/traffic';
 
 /**
@@ -27,7 +27,9 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
   const siteWan = (site: string) => bed.topo.plan.sites.find((s) => s.name === site)!.wanIp;
 
   beforeAll(async () => {
-    bed = await startMeshBed({
+    // e listens on another port than a: two hosts on one port behind one Linux NAT make it map by
+    // destination (whoever reaches a destination first keeps the port), no longer endpoint-independent.
+    ({ bed } = await startNatBed({
       topology: {
         hosts: [
           { name: 'pub' },
@@ -44,17 +46,10 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
           { name: 's4', nat: 'random' },
         ],
       },
-      agents: 0,
+      relay: 'pub',
+      listenPort: (n) => (n === 'e' ? 51821 : undefined),
       waitUp: false,
-    });
-    const stun = `${bed.topo.routerIp}:3478`;
-    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
-    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
-    // e listens on another port than a: two hosts on one port behind one Linux NAT make it map by
-    // destination (whoever reaches a destination first keeps the port), no longer endpoint-independent.
-    await Promise.all(
-      ['a', 'b', 'c', 'd', 'e'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun], listenPort: n === 'e' ? 51821 : 51820 })),
-    );
+    }));
     for (const a of bed.agents) ips.set(a.name, (await a.status()).self.overlayIp);
     try {
       await bed.waitUp(bed.agents, 30_000);

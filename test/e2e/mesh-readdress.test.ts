@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import { listConntrack, replaceAddressTimed } from '../../src/testbed/roam';
 import { recoveryMs, startPings } from '../../src/testbed/traffic';
-import { cliPath } from '../../src/testbed/agents';
 
 const isRoot = process.getuid?.() === 0;
 const RUNS = Number(process.env['CLADNET_READDRESS_RUNS'] ?? 10);
@@ -29,7 +28,7 @@ describe.skipIf(!isRoot)('address change on the relay host', () => {
   let bed: MeshBed;
 
   beforeAll(async () => {
-    bed = await startMeshBed({
+    ({ bed } = await startNatBed({
       topology: {
         hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'b', site: 's2' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
         sites: [
@@ -39,14 +38,8 @@ describe.skipIf(!isRoot)('address change on the relay host', () => {
           { name: 's4', nat: 'random' },
         ],
       },
-      agents: 0,
-      waitUp: false,
-    });
-    const stun = `${bed.topo.routerIp}:3478`;
-    bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);
-    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay', '--stun', stun] });
-    await Promise.all(['a', 'b', 'c', 'd'].map((n) => bed.start(bed.topo.host(n), { extraArgs: ['--stun', stun] })));
-    await bed.waitUp(bed.agents, 30_000);
+      relay: 'pub',
+    }));
   }, 90_000);
 
   afterAll(async () => {
