@@ -12,6 +12,8 @@ export interface BenchOptions {
   readonly pings: number;
   readonly pingIntervalMs: number;
   readonly nebulaCipher: 'aes' | 'chachapoly';
+  /** Back-to-back open/100-rule policy pairs on one agent pair (policy-pairs.ts); 0: none. */
+  readonly policyPairs: number;
   /** The newest wireguard-go's binary (--wireguard-go-new); null: $CLADNET_BENCH_WG_NEW, else the project's anchor. */
   readonly wgNewPath: string | null;
   /** Print the results JSON on stdout instead of the table. */
@@ -30,6 +32,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --rounds N         rounds over every implementation; medians are reported (default 3)
   --seconds S        length of each iperf3 test (default 8)
   --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
+  --policy-pairs N   with cladnet-policy: N back-to-back pairs of TCP tests on one agent pair,
+                     open policy vs 100 rules, the policy's cost as a paired ratio (default 6; 0: off)
   --nebula-cipher C  aes (nebula's default) or chachapoly (default aes)
   --wireguard-go-new PATH
                      upstream's newest wireguard-go to measure as wireguard-go-new
@@ -57,6 +61,9 @@ function int(name: string, v: string | undefined, def: number, min: number, max:
   return n;
 }
 
+/** Six pairs (twelve 8 s tests, about 2.5 min): the median pair ratio is steady to about 1 %. */
+export const DEFAULT_POLICY_PAIRS = 6;
+
 /** Parses argv (without node and script); throws OptionsError naming the bad flag. */
 export function parseOptions(argv: readonly string[]): BenchOptions {
   let values;
@@ -70,6 +77,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
         seconds: { type: 'string' },
         pings: { type: 'string' },
         'nebula-cipher': { type: 'string' },
+        'policy-pairs': { type: 'string' },
         'wireguard-go-new': { type: 'string' },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -110,6 +118,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     pings: int('pings', values.pings, 200, 10, 10_000),
     pingIntervalMs: 10,
     nebulaCipher: cipher,
+    policyPairs: int('policy-pairs', values['policy-pairs'], DEFAULT_POLICY_PAIRS, 0, 50),
     wgNewPath: wgNew,
     json: values.json ?? false,
     help: values.help ?? false,

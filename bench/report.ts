@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { COUNT_UNITS, METRICS, type MetricKey, type Metrics } from './metrics';
 import type { MicroResult } from './micro';
+import { formatPolicyPairs, type PolicyPairs } from './policy-pairs';
 import { MICRO_SIZES } from './micro';
 import type { SocketBuffers } from './probes';
 import type { RoundResult } from './suite';
@@ -33,7 +34,7 @@ export interface BenchResults {
   startedAt: string;
   finishedAt: string;
   durationS: number;
-  options: { rounds: number; seconds: number; pings: number; pingIntervalMs: number; only: string[]; nebulaCipher: string };
+  options: { rounds: number; seconds: number; pings: number; pingIntervalMs: number; only: string[]; nebulaCipher: string; policyPairs?: number };
   machine: { kernel: string; cpus: number; cpuModel: string; node: string; iperf3: string | null };
   metrics: typeof METRICS;
   implementations: Partial<Record<ImplName, ImplResult>>;
@@ -43,6 +44,8 @@ export interface BenchResults {
    * every 1 s instead of every 120 s.
    */
   ratios: Record<string, Partial<Record<MetricKey, number | null>>>;
+  /** The paired policy step (issue 15), when cladnet-policy ran and --policy-pairs > 0; absent in older results. */
+  policyPairs?: PolicyPairs | null;
   micro: MicroResult | null;
 }
 
@@ -157,6 +160,7 @@ export function formatReport(res: BenchResults): string {
     }
     lines.push(...targetLines(res));
     lines.push(...rekeyLines(res, impls));
+    if (res.policyPairs) lines.push(...formatPolicyPairs(res.policyPairs));
   }
   if (res.micro) {
     const mi = res.micro;

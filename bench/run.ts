@@ -23,6 +23,7 @@ import { COUNT_UNITS, emptyMetrics, METRICS } from './metrics';
 import { runMicro } from './micro';
 import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
 import { ANCHORS, computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
+import { measurePolicyPairs } from './policy-pairs';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
 import { median, sig } from './stats';
 import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetPolicy, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
@@ -208,6 +209,7 @@ async function main(): Promise<number> {
 
   const startedAt = new Date().toISOString();
   const implementations: BenchResults['implementations'] = {};
+  let policyPairs: BenchResults['policyPairs'] = null;
 
   // 2. preflight
   const runnable = await preflight(opts, allImplementations(opts), implementations);
@@ -224,6 +226,10 @@ async function main(): Promise<number> {
           log(`round ${round}/${opts.rounds}: ${impl.name}`);
           implementations[impl.name]!.rounds.push(await oneRound(ctx, impl, opts));
         }
+      }
+      if (opts.policyPairs > 0 && bed && runnable.some((i) => i.name === 'cladnet-policy')) {
+        log(`policy pairs: ${opts.policyPairs} x (open, 100 rules) on one agent pair`);
+        policyPairs = await measurePolicyPairs(ctx, { pairs: opts.policyPairs, seconds: opts.seconds });
       }
     } finally {
       log('tearing down the test bed');
@@ -257,11 +263,13 @@ async function main(): Promise<number> {
       pingIntervalMs: opts.pingIntervalMs,
       only: [...opts.only, ...(opts.micro ? ['micro'] : [])],
       nebulaCipher: opts.nebulaCipher,
+      policyPairs: opts.policyPairs,
     },
     machine: await machine(),
     metrics: METRICS,
     implementations,
     ratios: computeRatios(implementations),
+    policyPairs,
     micro,
   };
   const file = writeResults(RESULTS_DIR, res);

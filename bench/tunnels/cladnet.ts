@@ -70,12 +70,9 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null, policy: Policy
           }
         });
         if (policy) {
-          const serial = await setPolicy(bed, policy);
+          await setPolicyApplied(bed, policy, agents);
           // Back to an open policy (the filter off) afterwards: the other cladnet runs share the bed.
           undo.push(() => setPolicy(bed, OPEN_POLICY).then(() => undefined));
-          await waitUntil(`policy ${serial} on both agents`, async () => (await Promise.all(agents.map((ag) => ag.status()))).every((d) => d.policy?.serial === serial), {
-            timeoutMs: 10_000,
-          });
         }
         const docs = await bed.waitUp(agents, 20_000);
         // The AEAD each agent's data plane actually uses (its status self.crypto), not what we asked for.
@@ -146,7 +143,7 @@ export const cladnet = cladnetImpl('cladnet', null);
 export const cladnetRekey = cladnetImpl('cladnet-rekey', BENCH_REKEY_MS);
 
 /** A network policy rule as `cladnet policy set` reads it (src/control/policy.ts). */
-interface PolicyRule {
+export interface PolicyRule {
   from: string;
   to: string;
   proto: 'tcp' | 'udp' | 'icmp' | 'any';
@@ -154,7 +151,7 @@ interface PolicyRule {
 }
 
 /** Any host, any protocol: the filter is off (a policy is replaced, never removed). */
-const OPEN_POLICY: PolicyRule[] = [{ from: 'any', to: 'any', proto: 'any' }];
+export const OPEN_POLICY: PolicyRule[] = [{ from: 'any', to: 'any', proto: 'any' }];
 
 /**
  * Issue 15's 100-rule policy: 97 rules that match nothing the bench sends (TCP ports 10000-10096),
@@ -177,6 +174,15 @@ async function setPolicy(bed: MeshBed, rules: PolicyRule[]): Promise<number> {
   ]);
   if (r.code !== 0) throw new Error(`cladnet policy set: ${r.stderr.trim()}`);
   return (JSON.parse(r.stdout) as { serial: number }).serial;
+}
+
+/** Sets `rules` and waits until every one of `agents` (default: the bed's running ones) has applied them. */
+export async function setPolicyApplied(bed: MeshBed, rules: PolicyRule[], agents: readonly Agent[] = bed.agents): Promise<number> {
+  const serial = await setPolicy(bed, rules);
+  await waitUntil(`policy ${serial} on ${agents.length} agents`, async () => (await Promise.all(agents.map((ag) => ag.status()))).every((d) => d.policy?.serial === serial), {
+    timeoutMs: 10_000,
+  });
+  return serial;
 }
 
 /** cladnet with POLICY_100 in force on both hosts: what the security-group filter costs (issue 15: within 5 %). */

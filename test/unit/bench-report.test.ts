@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { emptyMetrics, METRICS, type Metrics } from '../../bench/metrics';
 import { OptionsError, parseOptions } from '../../bench/options';
 import { parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
+import { pairOf, summarisePairs } from '../../bench/policy-pairs';
 import { computeRatios, formatReport, targetLines, type BenchResults, type ImplResult } from '../../bench/report';
 import { defaultWgNewPath, parseWgVersion } from '../../bench/tunnels/wireguard';
 import { IMPLEMENTATIONS } from '../../bench/tunnels/types';
@@ -115,6 +116,24 @@ describe('bench: ratios and the table', () => {
     const text = formatReport(both as BenchResults);
     expect(text).toContain('policy cost, cladnet-policy/cladnet (a 100-rule network policy vs none; issue 15 asks >= 0.95x)');
     expect(text).toMatch(/TCP, 1 stream[^\n]*0\.97x/);
+  });
+
+  it('summarises paired policy tests (issue 15) by the median pair ratio, and says met or not', () => {
+    const leg = (mbps: number, cpuPerGb: number) => ({ mbps, cpuPerGb, retransmits: 0 });
+    const pairs = [pairOf(leg(2400, 5), leg(2376, 5.1)), pairOf(leg(2000, 6), leg(1960, 6)), pairOf(leg(2600, 5), leg(2340, 5.5))];
+    expect(pairs.map((p) => p.mbpsRatio)).toEqual([0.99, 0.98, 0.9]);
+    const s = summarisePairs(8, 100, pairs, []);
+    expect(s.medianMbpsRatio).toBe(0.98);
+    expect(s.medianCpuRatio).toBe(1.02);
+    const text = formatReport({ ...res, policyPairs: s } as BenchResults);
+    expect(text).toMatch(/100-rule policy \/ open policy, TCP 1 stream ↑  0\.980x  met   CPU per GB ↓  1\.020x   \(medians of 3 pairs\)/);
+    expect(text).toContain('2600 -> 2340 (0.900; 1.100)');
+    const bad = summarisePairs(8, 100, [pairs[2]!], ['pair 2: iperf3 failed']);
+    expect(formatReport({ ...res, policyPairs: bad } as BenchResults)).toMatch(/0\.900x  NOT met[\s\S]*error: pair 2: iperf3 failed/);
+    expect(summarisePairs(8, 100, [], []).medianMbpsRatio).toBeNull();
+    expect(parseOptions([]).policyPairs).toBe(6);
+    expect(parseOptions(['--policy-pairs', '0']).policyPairs).toBe(0);
+    expect(() => parseOptions(['--policy-pairs', '-1'])).toThrow(/--policy-pairs/);
   });
 
   it("prints issue 14's targets against wireguard-go-new, met or not, and says so when that anchor is missing", () => {
