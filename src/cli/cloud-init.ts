@@ -30,6 +30,13 @@ import { CladnetError } from '../errors';
 import { toYaml, type YamlValue } from '../util/yaml';
 
 /** Top-level cloud-config keys this generator may write; anything else is a bug (pinned by a test). */
+/**
+ * The library the ffi AEAD needs that cloud images often lack (src/os/ffi/libsodium.ts). OpenSSL's
+ * libcrypto (for large packets) is not listed: every Debian and Ubuntu image has it, under a name
+ * that differs by release (libssl3, libssl3t64), and a wrong name fails cloud-init's whole list.
+ */
+export const AEAD_PACKAGES = ['libsodium23'] as const;
+
 export const CLOUD_CONFIG_KEYS = ['apt', 'package_update', 'packages', 'write_files', 'runcmd'] as const;
 
 /** Where things go on the VM. */
@@ -408,7 +415,10 @@ export function buildUserData(plan: CloudInitPlan, name: string): string {
   if (plan.node === 'nodesource') {
     doc['apt'] = { sources: { nodesource: { source: NODESOURCE_SOURCE } } };
   }
-  const packages = plan.node === 'nodesource' ? ['nodejs'] : plan.node === 'debian' ? (plan.install.kind === 'present' ? ['nodejs'] : ['nodejs', 'npm']) : [];
+  const node = plan.node === 'nodesource' ? ['nodejs'] : plan.node === 'debian' ? (plan.install.kind === 'present' ? ['nodejs'] : ['nodejs', 'npm']) : [];
+  // The data plane's default AEAD loads Debian's libsodium and OpenSSL through koffi; without them
+  // it falls back to slower backends. Installed with Node (--node present installs nothing).
+  const packages = node.length > 0 ? [...node, ...AEAD_PACKAGES] : [];
   if (packages.length > 0) {
     doc['package_update'] = true;
     doc['packages'] = packages;

@@ -174,14 +174,14 @@ describe('cladnet cloud-init', () => {
     const key = filesOf(doc).get('/etc/apt/keyrings/nodesource.asc')!;
     expect(key).toMatchObject({ owner: 'root:root', permissions: '0644' });
     expect(key.content).toMatch(/^-----BEGIN PGP PUBLIC KEY BLOCK-----\n/);
-    expect(doc['packages']).toEqual(['nodejs']);
+    expect(doc['packages']).toEqual(['nodejs', 'libsodium23']);
     expect(doc['package_update']).toBe(true);
     const gpg = spawnSync('gpg', ['--show-keys', '--with-colons'], { input: key.content, encoding: 'utf8' });
     if (gpg.error === undefined) expect(gpg.stdout.split('\n').find((l) => l.startsWith('fpr:'))).toContain(NODESOURCE_FINGERPRINT);
     // --node debian: the distribution's nodejs (Debian 13 has 20), npm too when a tarball is installed.
     const deb = readYaml(buildUserData(planCloudInit(flags({ node: 'debian', install: 'tarball=https://example.com/cladnet-0.1.0.tgz' })), 'a'));
     expect(deb['apt']).toBeUndefined();
-    expect(deb['packages']).toEqual(['nodejs', 'npm']);
+    expect(deb['packages']).toEqual(['nodejs', 'npm', 'libsodium23']);
     // --node present: nothing installed; the runcmd's version check still stops on Node < 20.
     const present = readYaml(buildUserData(planCloudInit(flags({ node: 'present' })), 'a'));
     expect(Object.keys(present).sort()).toEqual(['runcmd', 'write_files']);
