@@ -4,7 +4,9 @@
  *   1. header     long enough, type data, reserved bytes zero; else drop (short, badType)
  *   2. peer       receiver index -> session and peer; else drop (unknownPeer)
  *   3. replay     counter not seen and not too old (pre-check, no state change); else drop (replay)
- *   4. open       authenticate and decrypt in place; else drop (auth)
+ *   4. open       authenticate and decrypt in place; else drop (auth). The datagrams of a batch
+ *                 that pass steps 1-3 are opened together, in one native call where the AEAD
+ *                 backend can (Aead.openMany), and then go on through steps 5-7 in order
  *   5. commit     record the counter in the replay window; the peer is alive (stats); the first
  *                 packet on a session we answered confirms it (./sessions.ts may now send on it)
  *   6. roam       the newest authenticated packet from a new source address moves the endpoint
@@ -22,7 +24,7 @@
  * step 4 trusts the datagram, and nothing here throws or allocates per packet (relaying copies:
  * it is the fallback path).
  */
-import type { Aead } from '../crypto/aead';
+import type { Aead, AeadJobs } from '../crypto/aead';
 import { COOKIE_REPLY_LEN, type WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
@@ -131,6 +133,10 @@ export class Inbound {
   /** The network policy (security groups); asked only while it restricts this host. */
   policy: PacketFilter | null = null;
   private readonly byIndex = new Map<number, RxEntry>();
+  /** Step 4's batch: the datagrams steps 1-3 passed, their slots and sessions (grown to a batch's capacity). */
+  private jobs: AeadJobs | null = null;
+  private jobSlot = new Int32Array(0);
+  private jobEntry: RxEntry[] = [];
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
   private readonly sources = new Map<number, InPeer>();
@@ -273,16 +279,35 @@ export class Inbound {
   process(batch: PacketBatch, n: number, tun: TunIo): void {
     this.cookies?.tick(this.clock.mono());
     this.now = this.clock.now(); // one reading per batch (ms resolution; a batch takes well under that)
-    for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun);
+    let jobs = this.jobs;
+    if (jobs === null || jobs.capacity < n) {
+      jobs?.close();
+      jobs = this.jobs = this.aead.jobs(Math.max(n, batch.capacity));
+      this.jobSlot = new Int32Array(jobs.capacity);
+      this.jobEntry = new Array<RxEntry>(jobs.capacity);
+    }
+    jobs.count = 0;
+    // 1-3, queueing the datagrams to open
+    for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, jobs);
+    if (jobs.count > 0) {
+      // 4. open the batch, then 5-7 for each in order
+      this.aead.openMany(jobs, batch.buf, batch.addr);
+      for (let j = 0; j < jobs.count; j++) {
+        const i = this.jobSlot[j]!;
+        this.opened(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, this.jobEntry[j]!, jobs.counter(j), jobs.result(j), tun);
+      }
+    }
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
   }
 
   /**
    * One datagram at the start of slot i: as received from ip:port (via DIRECT), or unwrapped from
-   * a relayed message that the peer in slot `via` passed on (ip, port then 0).
+   * a relayed message that the peer in slot `via` passed on (ip, port then 0). Steps 1-3, then:
+   * with `jobs`, queued there for process() to open with the batch; without, opened now and on
+   * through steps 4-7.
    */
-  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo): void {
+  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo, jobs: AeadJobs | null): void {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
@@ -328,8 +353,25 @@ export class Inbound {
       drops[DROP.replay]! += 1;
       return;
     }
-    // 4. open
+    // 4. open (with the batch, or now)
+    if (jobs !== null) {
+      const j = jobs.count;
+      jobs.add(session.rxKey, counter, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+      this.jobSlot[j] = i;
+      this.jobEntry[j] = entry;
+      return;
+    }
     const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
+    this.opened(batch, i, len, ip, port, via, entry, counter, plen, tun);
+  }
+
+  /** Steps 4 (its outcome: plaintext length `plen`, or -1) to 7 for the datagram in slot i. */
+  private opened(
+    batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, entry: RxEntry, counter: number, plen: number, tun: TunIo,
+  ): void {
+    const buf = batch.buf;
+    const drops = this.stats.drops;
+    const { session, peer } = entry;
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
@@ -354,7 +396,7 @@ export class Inbound {
       this.stats.totals[T_RX_PKTS]! += 1;
       this.stats.totals[T_RX_BYTES] += len;
     }
-    const pkt = off + HEADER_LEN;
+    const pkt = batch.offset(i) + HEADER_LEN;
     const kind = plen >= 2 && buf[pkt] === 0 ? buf[pkt + 1]! : -1;
     // 6. roam
     if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via)) {
@@ -418,7 +460,7 @@ export class Inbound {
       const inner = plen - RELAY_PREFIX;
       buf.copyWithin(off, pkt + RELAY_PREFIX, pkt + plen);
       this.relayOrigin = addr;
-      this.one(batch, i, inner, 0, 0, peer.cfg.slot, tun);
+      this.one(batch, i, inner, 0, 0, peer.cfg.slot, tun, null);
       return;
     }
     drops[DROP.malformed]! += 1;
@@ -455,5 +497,7 @@ export class Inbound {
   close(): void {
     this.bySlot.clear();
     this.byIndex.clear();
+    this.jobs?.close();
+    this.jobs = null;
   }
 }
