@@ -110,6 +110,10 @@ export interface InboundOptions {
 
 export { HS_BURST, HS_RATE } from './hslimit';
 
+/** one(): the datagram is dealt with (delivered or dropped), or set aside for the batch's second pass. */
+const DONE = -1;
+const SET_ASIDE = -2;
+
 /** A receiver index's session and the peer it belongs to. */
 interface RxEntry {
   readonly session: Session;
@@ -135,7 +139,8 @@ export class Inbound {
   private readonly byIndex = new Map<number, RxEntry>();
   /** Step 4's batch: the datagrams steps 1-3 passed, their slots and sessions (grown to a batch's capacity). */
   private jobs: AeadJobs | null = null;
-  private jobSlot = new Int32Array(0);
+  /** Per slot of the batch: its job, or DONE, or SET_ASIDE (see one()). */
+  private slotJob = new Int32Array(0);
   private jobEntry: RxEntry[] = [];
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
@@ -283,19 +288,20 @@ export class Inbound {
     if (jobs === null || jobs.capacity < n) {
       jobs?.close();
       jobs = this.jobs = this.aead.jobs(Math.max(n, batch.capacity));
-      this.jobSlot = new Int32Array(jobs.capacity);
+      this.slotJob = new Int32Array(jobs.capacity);
       this.jobEntry = new Array<RxEntry>(jobs.capacity);
     }
     jobs.count = 0;
-    // 1-3, queueing the datagrams to open
-    for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, jobs);
-    if (jobs.count > 0) {
-      // 4. open the batch, then 5-7 for each in order
-      this.aead.openMany(jobs, batch.buf, batch.addr);
-      for (let j = 0; j < jobs.count; j++) {
-        const i = this.jobSlot[j]!;
-        this.opened(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, this.jobEntry[j]!, jobs.counter(j), jobs.result(j), tun);
-      }
+    // Steps 1-3 of the data messages, queueing those to open; then 4 for all of them at once; then
+    // everything else in slot order, as if each datagram had gone through 0-7 alone: the data
+    // messages on from 4, and handshake and STUN messages (set aside) from 0.
+    const slotJob = this.slotJob;
+    for (let i = 0; i < n; i++) slotJob[i] = this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, jobs);
+    if (jobs.count > 0) this.aead.openMany(jobs, batch.buf, batch.addr);
+    for (let i = 0; i < n; i++) {
+      const j = slotJob[i]!;
+      if (j >= 0) this.opened(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, this.jobEntry[j]!, jobs.counter(j), jobs.result(j), tun);
+      else if (j === SET_ASIDE) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, null);
     }
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
@@ -303,11 +309,12 @@ export class Inbound {
 
   /**
    * One datagram at the start of slot i: as received from ip:port (via DIRECT), or unwrapped from
-   * a relayed message that the peer in slot `via` passed on (ip, port then 0). Steps 1-3, then:
-   * with `jobs`, queued there for process() to open with the batch; without, opened now and on
-   * through steps 4-7.
+   * a relayed message that the peer in slot `via` passed on (ip, port then 0). Without `jobs`:
+   * steps 0-7, returns DONE. With: a handshake or STUN message is set aside (SET_ASIDE, nothing
+   * done), a data message goes through 1-3 and is queued on `jobs` for process() to open with
+   * the batch (returns its job index) or dropped (DONE).
    */
-  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo, jobs: AeadJobs | null): void {
+  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo, jobs: AeadJobs | null): number {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
@@ -317,52 +324,53 @@ export class Inbound {
     //    falls through to the data checks
     const type = len > 0 ? buf[off]! : 0;
     const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
+    if (jobs !== null && (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN) || (type <= 1 && isStunPacket(buf, off, len)))) return SET_ASIDE;
     if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
       if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
       else if (this.allowHandshake(buf, off, len, ip, port, via)) {
         if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven);
         else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false);
       }
-      return;
+      return DONE;
     }
     if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len)) {
       if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
-      return;
+      return DONE;
     }
     // 1. header
     const verdict = checkHeader(buf, off, len);
     if (verdict !== null) {
       drops[verdict === 'short' ? DROP.short : DROP.badType]! += 1;
-      return;
+      return DONE;
     }
     // 2. peer (and which of its sessions)
     const entry = this.byIndex.get(buf.readUInt32LE(off + 4));
     if (entry === undefined) {
       drops[DROP.unknownPeer]! += 1;
-      return;
+      return DONE;
     }
     const { session, peer } = entry;
     if (via === peer.cfg.slot) {
       // a relay passing on its own datagram under another peer's name
       drops[DROP.spoofed]! += 1;
-      return;
+      return DONE;
     }
     // 3. replay pre-check
     const counter = readCounter(buf, off);
     if (!session.replay.mayAccept(counter)) {
       drops[DROP.replay]! += 1;
-      return;
+      return DONE;
     }
     // 4. open (with the batch, or now)
     if (jobs !== null) {
       const j = jobs.count;
       jobs.add(session.rxKey, counter, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
-      this.jobSlot[j] = i;
       this.jobEntry[j] = entry;
-      return;
+      return j;
     }
     const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
     this.opened(batch, i, len, ip, port, via, entry, counter, plen, tun);
+    return DONE;
   }
 
   /** Steps 4 (its outcome: plaintext length `plen`, or -1) to 7 for the datagram in slot i. */
@@ -372,6 +380,12 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const { session, peer } = entry;
+    // 3 again, as if each datagram had gone through 1-7 alone: an earlier one of the batch may
+    // have taken this counter since (then it is a replay, forged or not)
+    if (!session.replay.mayAccept(counter)) {
+      drops[DROP.replay]! += 1;
+      return;
+    }
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
