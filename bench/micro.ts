@@ -165,10 +165,11 @@ function peer(o: Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp'>, k: { txKey: Ui
 }
 
 /**
- * Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. `stages.fn`
- * moves one batch of BATCH packets; close() also frees the case's native memory.
+ * Host A's Outbound and host B's Inbound, in memory, each the other's only peer with one
+ * confirmed session per direction; both see the same underlay endpoint, so nothing roams.
+ * (test/unit/stages-batch.test.ts builds on it too.)
  */
-export function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
+export function stagePair(aead: Aead): { stats: DataplaneStats; out: Outbound; inb: Inbound; ipA: number; ipB: number } {
   const ipA = 0x64400001; // 100.64.0.1
   const ipB = 0x64400002;
   const kAB = randomBytes(32);
@@ -178,13 +179,21 @@ export function stagesCase(aead: Aead, size: number): { stages: Case; check(): v
   const bSessions = new Sessions(aead, systemClock);
   const out = new Outbound(aead, stats, systemClock, aSessions);
   const inb = new Inbound(aead, stats, systemClock, bSessions, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
-  // A's view of B, and B's view of A; both sides see the same underlay endpoint, so no roaming.
   const peersOfA = [peer({ slot: 0, name: 'b', overlayIp: ipB }, { txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })];
   const peersOfB = [peer({ slot: 1, name: 'a', overlayIp: ipA }, { txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })];
   aSessions.set(peersOfA);
   out.setPeers(peersOfA);
   bSessions.set(peersOfB);
   inb.setPeers(peersOfB);
+  return { stats, out, inb, ipA, ipB };
+}
+
+/**
+ * Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. `stages.fn`
+ * moves one batch of BATCH packets; close() also frees the case's native memory.
+ */
+export function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
+  const { stats, out, inb, ipA, ipB } = stagePair(aead);
 
   const slotSize = slotSizeFor(MTU);
   const mem = native(slotSize * BATCH);

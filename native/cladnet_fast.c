@@ -110,6 +110,24 @@ static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struc
   return (int)plen;
 }
 
+/* Both directions: each job's result, and a failed seal wiped (a failed open was wiped by open_one). */
+static uint32_t run_batch(int seal, unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
+                          uint32_t nkeys, uint32_t evp_min) {
+  uint32_t failed = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    struct cladnet_aead_job *j = &jobs[i];
+    const struct cladnet_aead_key *k = key_of(keys, nkeys, j->key);
+    if (seal)
+      j->result = k != NULL && j->len <= INT32_MAX - CLADNET_TAG ? seal_one(base, j, k, evp_min) : -1;
+    else
+      j->result = k != NULL && j->len >= CLADNET_TAG && j->len <= INT32_MAX ? open_one(base, j, k, evp_min) : -1;
+    if (j->result >= 0) continue;
+    if (seal) sodium_memzero(base + j->off, (size_t)j->len + CLADNET_TAG);
+    failed++;
+  }
+  return failed;
+}
+
 /*
  * Seals jobs[0..n) in place: ciphertext over the plaintext, tag after it. A job that fails (no
  * such key; never seen otherwise) gets -1 and its plaintext and tag room are wiped: the caller
@@ -117,32 +135,15 @@ static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struc
  */
 uint32_t cladnet_seal_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
                             uint32_t nkeys, uint32_t evp_min) {
-  uint32_t failed = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    struct cladnet_aead_job *j = &jobs[i];
-    const struct cladnet_aead_key *k = key_of(keys, nkeys, j->key);
-    j->result = k != NULL && j->len <= INT32_MAX - CLADNET_TAG ? seal_one(base, j, k, evp_min) : -1;
-    if (j->result < 0) {
-      sodium_memzero(base + j->off, (size_t)j->len + CLADNET_TAG);
-      failed++;
-    }
-  }
-  return failed;
+  return run_batch(1, base, jobs, n, keys, nkeys, evp_min);
 }
 
 /*
  * Authenticates and decrypts jobs[0..n) in place. A job that does not authenticate (or names no
- * key, or is shorter than a tag) gets -1; nothing else about it is reported. Returns the number
- * that failed.
+ * key, or is shorter than a tag) gets -1 and nothing else about it is reported; what OpenSSL
+ * decrypted of it is wiped. Returns the number that failed.
  */
 uint32_t cladnet_open_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
                             uint32_t nkeys, uint32_t evp_min) {
-  uint32_t failed = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    struct cladnet_aead_job *j = &jobs[i];
-    const struct cladnet_aead_key *k = key_of(keys, nkeys, j->key);
-    j->result = k != NULL && j->len >= CLADNET_TAG && j->len <= INT32_MAX ? open_one(base, j, k, evp_min) : -1;
-    if (j->result < 0) failed++;
-  }
-  return failed;
+  return run_batch(0, base, jobs, n, keys, nkeys, evp_min);
 }

@@ -137,20 +137,35 @@ export class AeadJobs {
   }
 }
 
-/** A job list in ordinary memory, for backends that take one packet per call. */
-function plainJobs(capacity: number): AeadJobs {
-  return new AeadJobs(capacity, Buffer.alloc(capacity * JOB_BYTES));
-}
+/** A backend that seals and opens one packet per call: its sealMany/openMany loop over the jobs. */
+abstract class OnePacketAead implements Aead {
+  abstract readonly name: string;
+  abstract loadKey(key: Uint8Array): number;
+  abstract dropKey(handle: number): void;
+  abstract seal(handle: number, counter: number, buf: Buffer, adOff: number, adLen: number, off: number, len: number, addr?: number): number;
+  abstract open(handle: number, counter: number, buf: Buffer, adOff: number, adLen: number, off: number, len: number, addr?: number): number;
 
-/** sealMany/openMany one packet at a time. */
-function eachJob(aead: Aead, seal: boolean, jobs: AeadJobs, buf: Buffer, addr: number): void {
-  for (let j = 0; j < jobs.count; j++) {
-    const h = jobs.handle(j);
-    const c = jobs.counter(j);
-    const r = seal
-      ? aead.seal(h, c, buf, jobs.adOff(j), jobs.adLen(j), jobs.off(j), jobs.len(j), addr)
-      : aead.open(h, c, buf, jobs.adOff(j), jobs.adLen(j), jobs.off(j), jobs.len(j), addr);
-    jobs.setResult(j, r);
+  jobs(capacity: number): AeadJobs {
+    return new AeadJobs(capacity, Buffer.alloc(capacity * JOB_BYTES));
+  }
+
+  sealMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
+    this.eachJob(true, jobs, buf, addr);
+  }
+
+  openMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
+    this.eachJob(false, jobs, buf, addr);
+  }
+
+  protected eachJob(seal: boolean, jobs: AeadJobs, buf: Buffer, addr: number): void {
+    for (let j = 0; j < jobs.count; j++) {
+      const h = jobs.handle(j);
+      const c = jobs.counter(j);
+      const r = seal
+        ? this.seal(h, c, buf, jobs.adOff(j), jobs.adLen(j), jobs.off(j), jobs.len(j), addr)
+        : this.open(h, c, buf, jobs.adOff(j), jobs.adLen(j), jobs.off(j), jobs.len(j), addr);
+      jobs.setResult(j, r);
+    }
   }
 }
 
@@ -168,7 +183,7 @@ const AD_MAX = 64;
  * packet into a fixed scratch region of the WASM heap and back (two memcpy of ~1.4 kB: small
  * beside the cipher). One instance per thread.
  */
-export class WasmAead implements Aead {
+export class WasmAead extends OnePacketAead {
   readonly name = 'libsodium-wasm';
   private readonly keys: number[] = [];
   private readonly free: number[] = [];
@@ -177,6 +192,7 @@ export class WasmAead implements Aead {
   private readonly data: number;
 
   private constructor(private readonly raw: RawSodium) {
+    super();
     this.nonce = raw._malloc(16);
     this.ad = raw._malloc(AD_MAX);
     this.data = raw._malloc(SCRATCH_MAX + TAG_BYTES);
@@ -257,18 +273,6 @@ export class WasmAead implements Aead {
     heap.copy(buf, off, this.data, this.data + plen);
     return plen;
   }
-
-  jobs(capacity: number): AeadJobs {
-    return plainJobs(capacity);
-  }
-
-  sealMany(jobs: AeadJobs, buf: Buffer): void {
-    eachJob(this, true, jobs, buf, 0);
-  }
-
-  openMany(jobs: AeadJobs, buf: Buffer): void {
-    eachJob(this, false, jobs, buf, 0);
-  }
 }
 
 /**
@@ -278,7 +282,7 @@ export class WasmAead implements Aead {
  * everything else is preallocated. The tag is verified before decryption; libsodium wipes the
  * plaintext range of a packet that fails (it is dropped anyway).
  */
-export class NativeAead implements Aead {
+export class NativeAead extends OnePacketAead {
   readonly name = 'sodium-native';
   /** Guarded key buffers by handle; a dropped one is zeroed and waits on `free` for reuse. */
   private readonly keys: Buffer[] = [];
@@ -286,7 +290,9 @@ export class NativeAead implements Aead {
   private readonly free: number[] = [];
   private readonly nonce = Buffer.alloc(12);
 
-  private constructor(private readonly s: typeof import('sodium-native')) {}
+  private constructor(private readonly s: typeof import('sodium-native')) {
+    super();
+  }
 
   /** Null when the addon cannot load on this platform. */
   static tryCreate(): NativeAead | null {
@@ -349,18 +355,6 @@ export class NativeAead implements Aead {
     }
     return plen;
   }
-
-  jobs(capacity: number): AeadJobs {
-    return plainJobs(capacity);
-  }
-
-  sealMany(jobs: AeadJobs, buf: Buffer): void {
-    eachJob(this, true, jobs, buf, 0);
-  }
-
-  openMany(jobs: AeadJobs, buf: Buffer): void {
-    eachJob(this, false, jobs, buf, 0);
-  }
 }
 
 /**
@@ -376,7 +370,7 @@ export class NativeAead implements Aead {
  * one call. Same cipher, same bytes (the tests compare both with libsodium-wrappers). Each key
  * has an OpenSSL context per direction, freed (and so cleansed by OpenSSL) on drop.
  */
-export class FfiAead implements Aead {
+export class FfiAead extends OnePacketAead {
   readonly name: string;
   /** Key addresses by handle; a dropped one is zeroed and waits on `free` for reuse. */
   private readonly keys: number[] = [];
@@ -409,6 +403,7 @@ export class FfiAead implements Aead {
     private readonly fast: FastLib | null = null,
     fastError: string | null = null,
   ) {
+    super();
     this.noncePtr = lib.sodiumMalloc(16);
     if (this.noncePtr === 0) throw new Error('sodium_malloc failed');
     this.outlPtr = this.noncePtr + 12;
@@ -572,22 +567,22 @@ export class FfiAead implements Aead {
     return rc === 0 ? plen : -1;
   }
 
-  jobs(capacity: number): AeadJobs {
-    if (this.fast === null) return plainJobs(capacity);
+  override jobs(capacity: number): AeadJobs {
+    if (this.fast === null) return super.jobs(capacity);
     const block = allocNative(capacity * JOB_BYTES);
     return new AeadJobs(capacity, block.buf, Number(block.ptr), block);
   }
 
-  sealMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
+  override sealMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
     if (this.fast !== null && addr !== 0 && jobs.addr !== 0 && this.keyTable !== null) {
       if (jobs.count > 0) this.fast.sealBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin);
-    } else eachJob(this, true, jobs, buf, addr);
+    } else this.eachJob(true, jobs, buf, addr);
   }
 
-  openMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
+  override openMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
     if (this.fast !== null && addr !== 0 && jobs.addr !== 0 && this.keyTable !== null) {
       if (jobs.count > 0) this.fast.openBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin);
-    } else eachJob(this, false, jobs, buf, addr);
+    } else this.eachJob(false, jobs, buf, addr);
   }
 }
 

@@ -4,19 +4,15 @@
  * ffi AEAD and its batch helper (native/cladnet_fast.c, built here), without it, and with the
  * WASM backend. A bad datagram in the middle of a batch is dropped and counted alone.
  */
-import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Aead, FfiAead, WasmAead } from '../../src/crypto/aead';
 import { PacketBatch, SendList, slotSizeFor } from '../../src/dataplane/batch';
 import { FakeTun } from '../../src/dataplane/fakes';
-import { Inbound } from '../../src/dataplane/inbound';
-import { Outbound } from '../../src/dataplane/outbound';
-import { systemClock, type WorkerPeer } from '../../src/dataplane/peer';
-import { Sessions } from '../../src/dataplane/sessions';
-import { DataplaneStats, P_RX_PKTS, P_TX_PKTS, PEER_STRIDE } from '../../src/dataplane/stats';
+import { P_RX_PKTS, P_TX_PKTS, PEER_STRIDE } from '../../src/dataplane/stats';
 import { HEADER_LEN } from '../../src/dataplane/wire';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
 import { useBuiltFastLib } from '../helpers/fast-lib';
+import { stagePair } from '../../bench/micro';
 
 const MTU = 1420;
 const BATCH = 64;
@@ -41,25 +37,9 @@ function ipv4(size: number, seed: number): Buffer {
   return p;
 }
 
-function peer(o: Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp'>, k: { txKey: Uint8Array; rxKey: Uint8Array; txIndex: number; rxIndex: number }): WorkerPeer {
-  return { allowed: [], endpointIp: 0xc6120202, endpointPort: 51820, sessions: [{ keyId: 1, confirmed: true, sendUntil: Infinity, ...k }], ...o };
-}
-
 /** A -> B over one native batch; `send` fills slots, runs Outbound, lets the test tamper, runs Inbound. */
 function pair(aead: Aead) {
-  const kAB = randomBytes(32);
-  const kBA = randomBytes(32);
-  const stats = new DataplaneStats();
-  const aSessions = new Sessions(aead, systemClock);
-  const bSessions = new Sessions(aead, systemClock);
-  const out = new Outbound(aead, stats, systemClock, aSessions);
-  const inb = new Inbound(aead, stats, systemClock, bSessions, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
-  const peersOfA = [peer({ slot: 0, name: 'b', overlayIp: IP_B }, { txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })];
-  const peersOfB = [peer({ slot: 1, name: 'a', overlayIp: IP_A }, { txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })];
-  aSessions.set(peersOfA);
-  out.setPeers(peersOfA);
-  bSessions.set(peersOfB);
-  inb.setPeers(peersOfB);
+  const { stats, out, inb } = stagePair(aead);
   const slotSize = slotSizeFor(MTU);
   const mem: NativeBlock = allocNative(slotSize * BATCH);
   const batch = new PacketBatch(mem.buf, slotSize, BATCH, mem.ptr);
