@@ -1,9 +1,12 @@
 /**
  * Micro-benchmarks without the kernel, on this thread:
  *
- *   seal    createAead().seal in place on one packet slot (header as associated data)
- *   open    createAead().open in place; each round restores the ciphertext first, and that copy
- *           (measured alone as `restore`) is subtracted
+ *   seal    createAead().sealMany over a batch of 64 slots in place (header as associated data),
+ *           as Outbound's stage 4 does it: one native call per batch with the batch helper
+ *           (native/cladnet_fast.c), else one seal() per packet
+ *   open    createAead().openMany over a batch of 64 distinct ciphertexts, as Inbound's stage 4;
+ *           each round restores the ciphertexts first, and that copy (measured alone as
+ *           `restore`) is subtracted
  *   stages  the full data path between two peers in memory: Outbound.process (classify, route,
  *           number, seal, address) over a batch of 64 packets, then Inbound.process (header, peer,
  *           replay, open, commit, roam, deliver) over the same slots into a TUN sink. Includes
@@ -126,13 +129,18 @@ function native(size: number): NativeBlock {
 }
 
 function sealCase(aead: Aead, key: number, size: number): Case {
-  // One slot sealed over and over (the cipher does not care what the bytes are).
-  const mem = native(HEADER_LEN + size + TAG_LEN);
-  const one = mem.buf;
+  // One batch sealed over and over (the cipher does not care what the bytes are).
+  const slot = HEADER_LEN + size + TAG_LEN;
+  const mem = native(slot * BATCH);
   const addr = Number(mem.ptr);
-  randomBytes(size).copy(one, HEADER_LEN);
+  randomBytes(slot * BATCH).copy(mem.buf);
+  const jobs = aead.jobs(BATCH);
   let counter = 0;
-  return newCase(() => void aead.seal(key, counter++, one, 0, HEADER_LEN, HEADER_LEN, size, addr), 1);
+  return newCase(() => {
+    jobs.count = 0;
+    for (let i = 0; i < BATCH; i++) jobs.add(key, counter++, i * slot, HEADER_LEN, i * slot + HEADER_LEN, size);
+    aead.sealMany(jobs, mem.buf, addr);
+  }, BATCH);
 }
 
 /** A batch of distinct ciphertexts, restored (one memcpy) before each pass; `restore` times that copy alone. */
@@ -148,13 +156,14 @@ function openCases(aead: Aead, key: number, size: number): { open: Case; restore
   const mem = native(pristine.length);
   const work = mem.buf;
   const addr = Number(mem.ptr);
+  const jobs = aead.jobs(BATCH);
   let bad = 0;
   const open = newCase(() => {
     pristine.copy(work);
-    for (let i = 0; i < BATCH; i++) {
-      const off = i * slot;
-      if (aead.open(key, i, work, off, HEADER_LEN, off + HEADER_LEN, size + TAG_LEN, addr) !== size) bad++;
-    }
+    jobs.count = 0;
+    for (let i = 0; i < BATCH; i++) jobs.add(key, i, i * slot, HEADER_LEN, i * slot + HEADER_LEN, size + TAG_LEN);
+    aead.openMany(jobs, work, addr);
+    for (let j = 0; j < BATCH; j++) if (jobs.result(j) !== size) bad++;
   }, BATCH);
   const restore = newCase(() => void pristine.copy(work), BATCH);
   return { open, restore, bad: () => bad };
@@ -165,10 +174,11 @@ function peer(o: Pick<WorkerPeer, 'slot' | 'name' | 'overlayIp'>, k: { txKey: Ui
 }
 
 /**
- * Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. `stages.fn`
- * moves one batch of BATCH packets; close() also frees the case's native memory.
+ * Host A's Outbound and host B's Inbound, in memory, each the other's only peer with one
+ * confirmed session per direction; both see the same underlay endpoint, so nothing roams.
+ * (test/unit/stages-batch.test.ts builds on it too.)
  */
-export function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
+export function stagePair(aead: Aead): { stats: DataplaneStats; out: Outbound; inb: Inbound; ipA: number; ipB: number } {
   const ipA = 0x64400001; // 100.64.0.1
   const ipB = 0x64400002;
   const kAB = randomBytes(32);
@@ -178,13 +188,21 @@ export function stagesCase(aead: Aead, size: number): { stages: Case; check(): v
   const bSessions = new Sessions(aead, systemClock);
   const out = new Outbound(aead, stats, systemClock, aSessions);
   const inb = new Inbound(aead, stats, systemClock, bSessions, { ping: () => {}, roam: () => {}, handshake: () => {}, confirmed: () => {} });
-  // A's view of B, and B's view of A; both sides see the same underlay endpoint, so no roaming.
   const peersOfA = [peer({ slot: 0, name: 'b', overlayIp: ipB }, { txKey: kAB, rxKey: kBA, txIndex: 2, rxIndex: 1 })];
   const peersOfB = [peer({ slot: 1, name: 'a', overlayIp: ipA }, { txKey: kBA, rxKey: kAB, txIndex: 1, rxIndex: 2 })];
   aSessions.set(peersOfA);
   out.setPeers(peersOfA);
   bSessions.set(peersOfB);
   inb.setPeers(peersOfB);
+  return { stats, out, inb, ipA, ipB };
+}
+
+/**
+ * Outbound on host A -> Inbound on host B, in memory, over the same batch of slots. `stages.fn`
+ * moves one batch of BATCH packets; close() also frees the case's native memory.
+ */
+export function stagesCase(aead: Aead, size: number): { stages: Case; check(): void; close(): void } {
+  const { stats, out, inb, ipA, ipB } = stagePair(aead);
 
   const slotSize = slotSizeFor(MTU);
   const mem = native(slotSize * BATCH);

@@ -95,6 +95,7 @@ if [ "$MODE" = test ]; then
 fi
 if [ "$MODE" = bench ]; then
   PKGS+=(wireguard-go:wireguard-go wireguard-tools:wg nebula:nebula)
+  PKGS+=(gcc:gcc) # builds native/cladnet_fast.c (the batch AEAD helper) for the bench's agents
 fi
 
 missing=()
@@ -116,6 +117,10 @@ fi
 if [ "$MODE" = test ] && { [ ! -e /usr/include/stdio.h ] || [ ! -e /usr/include/linux/virtio_net.h ]; }; then
   missing+=(libc6-dev)
 fi
+# OpenSSL's headers for native/cladnet_fast.c (the batch AEAD helper; unit fast-aead, stages-batch).
+if { [ "$MODE" = test ] || [ "$MODE" = bench ]; } && [ ! -e /usr/include/openssl/evp.h ]; then
+  missing+=(libssl-dev)
+fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -126,6 +131,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   quietly apt-get update
   quietly apt-get install -y --no-install-recommends "${missing[@]}"
   for p in "${missing[@]}"; do say "installed $p"; done
+fi
+
+# --- the batch AEAD helper (native/cladnet_fast.c -> native/build/libcladnet_fast.so) -----------
+# The agent seals and opens a whole batch in one call through it; without it (no compiler, no
+# headers: a demo on a bare host) the agent falls back to one call per packet and its status says
+# why. Rebuilt when the source is newer than the library.
+if [ native/cladnet_fast.c -nt native/build/libcladnet_fast.so ] || [ ! -e native/build/libcladnet_fast.so ]; then
+  if command -v gcc >/dev/null 2>&1 && [ -e /usr/include/openssl/evp.h ]; then
+    quietly bash scripts/build-native.sh
+    say "built native/build/libcladnet_fast.so"
+  elif [ "$MODE" != demo ]; then
+    echo "setup: FAILED: cannot build native/cladnet_fast.c (gcc and libssl-dev are needed)" >&2
+    exit 1
+  fi
 fi
 
 # --- TUN device ---------------------------------------------------------------------------------

@@ -4,7 +4,9 @@
  *   1. header     long enough, type data, reserved bytes zero; else drop (short, badType)
  *   2. peer       receiver index -> session and peer; else drop (unknownPeer)
  *   3. replay     counter not seen and not too old (pre-check, no state change); else drop (replay)
- *   4. open       authenticate and decrypt in place; else drop (auth)
+ *   4. open       authenticate and decrypt in place; else drop (auth). The datagrams of a batch
+ *                 that pass steps 1-3 are opened together, in one native call where the AEAD
+ *                 backend can (Aead.openMany), and then go on through steps 5-7 in order
  *   5. commit     record the counter in the replay window; the peer is alive (stats); the first
  *                 packet on a session we answered confirms it (./sessions.ts may now send on it)
  *   6. roam       the newest authenticated packet from a new source address moves the endpoint
@@ -22,7 +24,7 @@
  * step 4 trusts the datagram, and nothing here throws or allocates per packet (relaying copies:
  * it is the fallback path).
  */
-import type { Aead } from '../crypto/aead';
+import type { Aead, AeadJobs } from '../crypto/aead';
 import { COOKIE_REPLY_LEN, type WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
 import type { PacketBatch } from './batch';
@@ -108,6 +110,10 @@ export interface InboundOptions {
 
 export { HS_BURST, HS_RATE } from './hslimit';
 
+/** one(): the datagram is dealt with (delivered or dropped), or set aside for the batch's second pass. */
+const DONE = -1;
+const SET_ASIDE = -2;
+
 /** A receiver index's session and the peer it belongs to. */
 interface RxEntry {
   readonly session: Session;
@@ -131,6 +137,11 @@ export class Inbound {
   /** The network policy (security groups); asked only while it restricts this host. */
   policy: PacketFilter | null = null;
   private readonly byIndex = new Map<number, RxEntry>();
+  /** Step 4's batch: the datagrams steps 1-3 passed, their slots and sessions (grown to a batch's capacity). */
+  private jobs: AeadJobs | null = null;
+  /** Per slot of the batch: its job, or DONE, or SET_ASIDE (see one()). */
+  private slotJob = new Int32Array(0);
+  private jobEntry: RxEntry[] = [];
   private readonly bySlot = new Map<number, InPeer>();
   /** Which peer may send from which inner source address. */
   private readonly sources = new Map<number, InPeer>();
@@ -273,16 +284,37 @@ export class Inbound {
   process(batch: PacketBatch, n: number, tun: TunIo): void {
     this.cookies?.tick(this.clock.mono());
     this.now = this.clock.now(); // one reading per batch (ms resolution; a batch takes well under that)
-    for (let i = 0; i < n; i++) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun);
+    let jobs = this.jobs;
+    if (jobs === null || jobs.capacity < n) {
+      jobs?.close();
+      jobs = this.jobs = this.aead.jobs(Math.max(n, batch.capacity));
+      this.slotJob = new Int32Array(jobs.capacity);
+      this.jobEntry = new Array<RxEntry>(jobs.capacity);
+    }
+    jobs.count = 0;
+    // Steps 1-3 of the data messages, queueing those to open; then 4 for all of them at once; then
+    // everything else in slot order, as if each datagram had gone through 0-7 alone: the data
+    // messages on from 4, and handshake and STUN messages (set aside) from 0.
+    const slotJob = this.slotJob;
+    for (let i = 0; i < n; i++) slotJob[i] = this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, jobs);
+    if (jobs.count > 0) this.aead.openMany(jobs, batch.buf, batch.addr);
+    for (let i = 0; i < n; i++) {
+      const j = slotJob[i]!;
+      if (j >= 0) this.opened(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, this.jobEntry[j]!, jobs.counter(j), jobs.result(j), tun);
+      else if (j === SET_ASIDE) this.one(batch, i, batch.len[i]!, batch.ip[i]!, batch.port[i]!, DIRECT, tun, null);
+    }
     const refused = tun.flush();
     if (refused > 0) this.stats.drops[DROP.tunWrite]! += refused;
   }
 
   /**
    * One datagram at the start of slot i: as received from ip:port (via DIRECT), or unwrapped from
-   * a relayed message that the peer in slot `via` passed on (ip, port then 0).
+   * a relayed message that the peer in slot `via` passed on (ip, port then 0). Without `jobs`:
+   * steps 0-7, returns DONE. With: a handshake or STUN message is set aside (SET_ASIDE, nothing
+   * done), a data message goes through 1-3 and is queued on `jobs` for process() to open with
+   * the batch (returns its job index) or dropped (DONE).
    */
-  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo): void {
+  private one(batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, tun: TunIo, jobs: AeadJobs | null): number {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
@@ -292,44 +324,68 @@ export class Inbound {
     //    falls through to the data checks
     const type = len > 0 ? buf[off]! : 0;
     const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
+    if (jobs !== null && (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN) || (type <= 1 && isStunPacket(buf, off, len)))) return SET_ASIDE;
     if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
       if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
       else if (this.allowHandshake(buf, off, len, ip, port, via)) {
         if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven);
         else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false);
       }
-      return;
+      return DONE;
     }
     if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len)) {
       if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
-      return;
+      return DONE;
     }
     // 1. header
     const verdict = checkHeader(buf, off, len);
     if (verdict !== null) {
       drops[verdict === 'short' ? DROP.short : DROP.badType]! += 1;
-      return;
+      return DONE;
     }
     // 2. peer (and which of its sessions)
     const entry = this.byIndex.get(buf.readUInt32LE(off + 4));
     if (entry === undefined) {
       drops[DROP.unknownPeer]! += 1;
-      return;
+      return DONE;
     }
     const { session, peer } = entry;
     if (via === peer.cfg.slot) {
       // a relay passing on its own datagram under another peer's name
       drops[DROP.spoofed]! += 1;
-      return;
+      return DONE;
     }
     // 3. replay pre-check
     const counter = readCounter(buf, off);
     if (!session.replay.mayAccept(counter)) {
       drops[DROP.replay]! += 1;
+      return DONE;
+    }
+    // 4. open (with the batch, or now)
+    if (jobs !== null) {
+      const j = jobs.count;
+      jobs.add(session.rxKey, counter, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN);
+      this.jobEntry[j] = entry;
+      return j;
+    }
+    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
+    this.opened(batch, i, len, ip, port, via, entry, counter, plen, tun);
+    return DONE;
+  }
+
+  /** Steps 4 (its outcome: plaintext length `plen`, or -1) to 7 for the datagram in slot i. */
+  private opened(
+    batch: PacketBatch, i: number, len: number, ip: number, port: number, via: number, entry: RxEntry, counter: number, plen: number, tun: TunIo,
+  ): void {
+    const buf = batch.buf;
+    const drops = this.stats.drops;
+    const { session, peer } = entry;
+    // 3 again, as if each datagram had gone through 1-7 alone: an earlier one of the batch may
+    // have taken this counter since (then it is a replay, forged or not)
+    if (!session.replay.mayAccept(counter)) {
+      drops[DROP.replay]! += 1;
       return;
     }
-    // 4. open
-    const plen = this.aead.open(session.rxKey, counter, buf, off, HEADER_LEN, off + HEADER_LEN, len - HEADER_LEN, batch.addr);
     if (plen < 0) {
       drops[DROP.auth]! += 1;
       return;
@@ -354,7 +410,7 @@ export class Inbound {
       this.stats.totals[T_RX_PKTS]! += 1;
       this.stats.totals[T_RX_BYTES] += len;
     }
-    const pkt = off + HEADER_LEN;
+    const pkt = batch.offset(i) + HEADER_LEN;
     const kind = plen >= 2 && buf[pkt] === 0 ? buf[pkt + 1]! : -1;
     // 6. roam
     if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via)) {
@@ -418,7 +474,7 @@ export class Inbound {
       const inner = plen - RELAY_PREFIX;
       buf.copyWithin(off, pkt + RELAY_PREFIX, pkt + plen);
       this.relayOrigin = addr;
-      this.one(batch, i, inner, 0, 0, peer.cfg.slot, tun);
+      this.one(batch, i, inner, 0, 0, peer.cfg.slot, tun, null);
       return;
     }
     drops[DROP.malformed]! += 1;
@@ -455,5 +511,7 @@ export class Inbound {
   close(): void {
     this.bySlot.clear();
     this.byIndex.clear();
+    this.jobs?.close();
+    this.jobs = null;
   }
 }

@@ -10,7 +10,9 @@
  *                 the relay's wrapping
  *   3. number     take the next counter of the peer's send session (chosen and counted by
  *                 ./sessions.ts alone); write the 16-byte header in the slot's headroom
- *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended
+ *   4. seal       ChaCha20-Poly1305 in place, header as associated data, tag appended; the
+ *                 packets of a batch to directly reached peers are sealed together, in one
+ *                 native call where the AEAD backend can (Aead.sealMany), after stage 3 of all
  *   5. address    the peer's current endpoint; queue the slot on the send list. A peer reached
  *                 through a relay: the sealed datagram moves up in its slot, gets a forward
  *                 prefix and is sealed again for the relay (stages 3-4 once more), then goes to
@@ -20,7 +22,7 @@
  * Control messages (ping, probe, pong) and relay work take the same stages 3-5 from a separate
  * small batch.
  */
-import type { Aead } from '../crypto/aead';
+import type { Aead, AeadJobs } from '../crypto/aead';
 import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
@@ -121,6 +123,12 @@ export class Outbound {
   private batchNow = -1;
   /** When timers() last ran (mono ms). */
   private lastTimers = -Infinity;
+  /** Stage 4's batch: the packets numbered by process(), their slots and peers (grown to a batch's capacity). */
+  private jobs: AeadJobs | null = null;
+  private jobSlot = new Int32Array(0);
+  private jobPeer: OutPeer[] = [];
+  /** The counter number() took last. */
+  private numbered = 0;
   /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
   onWant: ((dst: number) => void) | null = null;
 
@@ -204,6 +212,14 @@ export class Outbound {
   }
 
   private processBatch(batch: PacketBatch, buf: Buffer, n: number, list: SendList): void {
+    let jobs = this.jobs;
+    if (jobs === null || jobs.capacity < n) {
+      jobs?.close();
+      jobs = this.jobs = this.aead.jobs(Math.max(n, batch.capacity));
+      this.jobSlot = new Int32Array(jobs.capacity);
+      this.jobPeer = new Array<OutPeer>(jobs.capacity);
+    }
+    jobs.count = 0;
     for (let i = 0; i < n; i++) {
       const off = batch.offset(i);
       const pkt = off + HEADER_LEN;
@@ -231,31 +247,63 @@ export class Outbound {
         continue;
       }
       if (peer.via !== DIRECT && this.relayMss > 0) clampTcpMss(buf, pkt, len, this.relayMss, (batch.flags[i]! & FLAG_CSUM_PARTIAL) !== 0);
-      // 3-5. number, seal, address
-      if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via)) continue;
+      if (peer.via !== DIRECT) {
+        // 3-5 at once: sealed for the peer, then wrapped and sealed again for the relay
+        if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via)) continue;
+        this.counted(batch, i);
+        list.idx[list.count++] = i;
+        continue;
+      }
+      // 3. number, and queue for stage 4
+      const key = this.number(peer, batch, i, batch.flags[i]!);
+      if (key < 0) continue;
+      const j = jobs.count;
+      jobs.add(key, this.numbered, off, HEADER_LEN, off + HEADER_LEN, len);
+      this.jobSlot[j] = i;
+      this.jobPeer[j] = peer;
+    }
+    if (jobs.count === 0) return;
+    // 4. seal the batch
+    this.aead.sealMany(jobs, buf, batch.addr);
+    // 5. address
+    for (let j = 0; j < jobs.count; j++) {
+      const i = this.jobSlot[j]!;
+      const peer = this.jobPeer[j]!;
+      if (jobs.result(j) < 0) {
+        this.drop(DROP.sealFailed);
+        continue;
+      }
+      this.sealed(peer, batch, i, jobs.len(j));
+      batch.ip[i] = peer.ip;
+      batch.port[i] = peer.port;
       this.counted(batch, i);
       list.idx[list.count++] = i;
     }
   }
 
-  /** Stages 3-4 for `peer` over the plaintext at slot i + HEADER: header, counter, seal, peer stats. */
-  private sealAt(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number): boolean {
+  /**
+   * Stage 3 for `peer` over slot i: takes the next counter of its send session (in `numbered`)
+   * and writes the header; returns the session's key handle, or -1 (dropped: no session, or its
+   * counter is exhausted).
+   */
+  private number(peer: OutPeer, batch: PacketBatch, i: number, flags: number): number {
     const session = peer.sessions.send;
     if (session === null) {
       this.drop(DROP.noSession);
-      return false;
+      return -1;
     }
     if (session.counter >= COUNTER_LIMIT) {
       this.drop(DROP.sendFailed);
-      return false;
+      return -1;
     }
-    const off = batch.offset(i);
     const counter = session.counter++;
-    writeHeader(batch.buf, off, session.txIndex, counter, flags);
-    if (this.aead.seal(session.txKey, counter, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen, batch.addr) < 0) {
-      this.drop(DROP.sealFailed);
-      return false;
-    }
+    writeHeader(batch.buf, batch.offset(i), session.txIndex, counter, flags);
+    this.numbered = counter;
+    return session.txKey;
+  }
+
+  /** After stage 4 of slot i for `peer`: its datagram length and the peer's counters. */
+  private sealed(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number): void {
     const total = HEADER_LEN + plainLen + TAG_LEN;
     batch.len[i] = total;
     const s = this.stats.peers;
@@ -263,6 +311,18 @@ export class Outbound {
     s[base + P_TX_BYTES] += total;
     s[base + P_TX_PKTS]! += 1;
     s[base + P_LAST_TX] = this.batchNow >= 0 ? this.batchNow : this.clock.now();
+  }
+
+  /** Stages 3-4 for `peer` over the plaintext at slot i + HEADER: header, counter, seal, peer stats. */
+  private sealAt(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number): boolean {
+    const key = this.number(peer, batch, i, flags);
+    if (key < 0) return false;
+    const off = batch.offset(i);
+    if (this.aead.seal(key, this.numbered, batch.buf, off, HEADER_LEN, off + HEADER_LEN, plainLen, batch.addr) < 0) {
+      this.drop(DROP.sealFailed);
+      return false;
+    }
+    this.sealed(peer, batch, i, plainLen);
     return true;
   }
 
@@ -485,5 +545,7 @@ export class Outbound {
   close(): void {
     this.bySlot.clear();
     this.byIp.clear();
+    this.jobs?.close();
+    this.jobs = null;
   }
 }

@@ -1,0 +1,149 @@
+/*
+ * libcladnet_fast.so: seals and opens a whole batch of packets with ChaCha20-Poly1305 (IETF,
+ * 96-bit nonce = 4 zero bytes || 64-bit little-endian counter, as in WireGuard) in ONE call from
+ * TypeScript, where the ffi AEAD (src/crypto/aead.ts) makes one koffi call per packet on the
+ * libsodium path and five on the OpenSSL path. The packets stay where they lie (the worker's
+ * native batch memory); each job names its key, counter and offsets, and gets its own result, so a
+ * packet that fails is dropped and counted by the caller, not the batch.
+ *
+ * The cipher is Debian's: OpenSSL's EVP (libcrypto.so.3, AVX-512 where the CPU has it) for packets
+ * of `evp_min` bytes or more, libsodium 1.0.18 (libsodium.so.23) below that. The keys, their
+ * OpenSSL contexts and their lifetime stay in TypeScript (src/crypto/aead.ts): this file keeps no
+ * state, allocates nothing and never logs.
+ *
+ * Built by scripts/build-native.sh (scripts/setup.sh and the unit test run it); loaded by
+ * src/os/ffi/fast.ts. The layouts below are what that file writes.
+ */
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* libsodium23's ABI (Debian ships the header only in libsodium-dev, which we do not need). */
+int crypto_aead_chacha20poly1305_ietf_encrypt_detached(unsigned char *c, unsigned char *mac, unsigned long long *maclen_p,
+                                                       const unsigned char *m, unsigned long long mlen, const unsigned char *ad,
+                                                       unsigned long long adlen, const unsigned char *nsec,
+                                                       const unsigned char *npub, const unsigned char *k);
+int crypto_aead_chacha20poly1305_ietf_decrypt_detached(unsigned char *m, unsigned char *nsec, const unsigned char *c,
+                                                       unsigned long long clen, const unsigned char *mac, const unsigned char *ad,
+                                                       unsigned long long adlen, const unsigned char *npub, const unsigned char *k);
+void sodium_memzero(void *pnt, size_t len);
+
+#define CLADNET_TAG 16
+#define CLADNET_ABI_VERSION 2
+
+/* One packet, 40 bytes. Offsets are from `base`; the data is [off, off+len), the tag follows it. */
+struct cladnet_aead_job {
+  uint32_t key;    /* index into the key table */
+  uint32_t off;    /* plaintext (seal) or ciphertext (open) */
+  uint32_t len;    /* seal: plaintext length; open: ciphertext + tag length */
+  uint32_t ad_off; /* associated data (the wire header) */
+  uint32_t ad_len;
+  uint32_t ctr_lo; /* counter, low and high 32 bits */
+  uint32_t ctr_hi;
+  int32_t result; /* out: seal len + 16, open plaintext length; -1 failed (the data is wiped) */
+  uint32_t nonce0; /* the nonce's first 4 bytes: 0 on the wire (WireGuard's); tests set the RFC 8439 vector's */
+  uint32_t reserved;
+};
+
+/* One key, 24 bytes: its 32 bytes (libsodium's guarded memory) and its two OpenSSL contexts. */
+struct cladnet_aead_key {
+  const unsigned char *key; /* NULL: no key under this index (dropped) */
+  EVP_CIPHER_CTX *seal;     /* keyed for sealing, or NULL (then libsodium at every size) */
+  EVP_CIPHER_CTX *open;     /* keyed for opening, or NULL */
+};
+
+_Static_assert(sizeof(struct cladnet_aead_job) == 40, "job layout");
+_Static_assert(sizeof(struct cladnet_aead_key) == 24, "key layout");
+
+int cladnet_fast_abi(void) { return CLADNET_ABI_VERSION; }
+
+static void nonce_of(const struct cladnet_aead_job *j, unsigned char n[12]) {
+  memcpy(n, &j->nonce0, 4);
+  memcpy(n + 4, &j->ctr_lo, 4); /* x86-64 and arm64: little-endian, as the wire wants */
+  memcpy(n + 8, &j->ctr_hi, 4);
+}
+
+static const struct cladnet_aead_key *key_of(const struct cladnet_aead_key *keys, uint32_t nkeys, uint32_t k) {
+  return k < nkeys && keys[k].key != NULL ? &keys[k] : NULL;
+}
+
+static int seal_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min) {
+  unsigned char nonce[12];
+  unsigned char *m = base + j->off;
+  const unsigned char *ad = base + j->ad_off;
+  int outl;
+  nonce_of(j, nonce);
+  if (k->seal != NULL && j->len >= evp_min) {
+    EVP_CIPHER_CTX *c = k->seal;
+    if (EVP_CipherInit_ex(c, NULL, NULL, NULL, nonce, -1) == 1 && EVP_CipherUpdate(c, NULL, &outl, ad, (int)j->ad_len) == 1 &&
+        EVP_CipherUpdate(c, m, &outl, m, (int)j->len) == 1 && EVP_CipherFinal_ex(c, m + j->len, &outl) == 1 &&
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, CLADNET_TAG, m + j->len) == 1)
+      return (int)j->len + CLADNET_TAG;
+    return -1;
+  }
+  if (crypto_aead_chacha20poly1305_ietf_encrypt_detached(m, m + j->len, NULL, m, j->len, ad, j->ad_len, NULL, nonce, k->key) != 0)
+    return -1;
+  return (int)j->len + CLADNET_TAG;
+}
+
+static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min) {
+  unsigned char nonce[12];
+  unsigned char *c = base + j->off;
+  const unsigned char *ad = base + j->ad_off;
+  uint32_t plen = j->len - CLADNET_TAG;
+  int outl;
+  nonce_of(j, nonce);
+  if (k->open != NULL && plen >= evp_min) {
+    /* OpenSSL decrypts before it checks the tag: a packet that fails is wiped, as libsodium does. */
+    EVP_CIPHER_CTX *x = k->open;
+    int ok = EVP_CipherInit_ex(x, NULL, NULL, NULL, nonce, -1) == 1 && EVP_CipherUpdate(x, NULL, &outl, ad, (int)j->ad_len) == 1 &&
+             EVP_CipherUpdate(x, c, &outl, c, (int)plen) == 1 &&
+             EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, CLADNET_TAG, c + plen) == 1 && EVP_CipherFinal_ex(x, c + plen, &outl) == 1;
+    if (!ok) {
+      sodium_memzero(c, plen);
+      return -1;
+    }
+    return (int)plen;
+  }
+  if (crypto_aead_chacha20poly1305_ietf_decrypt_detached(c, NULL, c, plen, c + plen, ad, j->ad_len, nonce, k->key) != 0) return -1;
+  return (int)plen;
+}
+
+/* Both directions: each job's result, and a failed seal wiped (a failed open was wiped by open_one). */
+static uint32_t run_batch(int seal, unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
+                          uint32_t nkeys, uint32_t evp_min) {
+  uint32_t failed = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    struct cladnet_aead_job *j = &jobs[i];
+    const struct cladnet_aead_key *k = key_of(keys, nkeys, j->key);
+    if (seal)
+      j->result = k != NULL && j->len <= INT32_MAX - CLADNET_TAG ? seal_one(base, j, k, evp_min) : -1;
+    else
+      j->result = k != NULL && j->len >= CLADNET_TAG && j->len <= INT32_MAX ? open_one(base, j, k, evp_min) : -1;
+    if (j->result >= 0) continue;
+    if (seal) sodium_memzero(base + j->off, (size_t)j->len + CLADNET_TAG);
+    failed++;
+  }
+  return failed;
+}
+
+/*
+ * Seals jobs[0..n) in place: ciphertext over the plaintext, tag after it. A job that fails (no
+ * such key; never seen otherwise) gets -1 and its plaintext and tag room are wiped: the caller
+ * drops it and must not seal it again under the same counter. Returns the number that failed.
+ */
+uint32_t cladnet_seal_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
+                            uint32_t nkeys, uint32_t evp_min) {
+  return run_batch(1, base, jobs, n, keys, nkeys, evp_min);
+}
+
+/*
+ * Authenticates and decrypts jobs[0..n) in place. A job that does not authenticate (or names no
+ * key, or is shorter than a tag) gets -1 and nothing else about it is reported; what OpenSSL
+ * decrypted of it is wiped. Returns the number that failed.
+ */
+uint32_t cladnet_open_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
+                            uint32_t nkeys, uint32_t evp_min) {
+  return run_batch(0, base, jobs, n, keys, nkeys, evp_min);
+}
