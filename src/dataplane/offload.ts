@@ -21,6 +21,8 @@ export const GSO_TCPV4 = 1;
 export const GSO_ECN = 0x80;
 
 const PROTO_TCP = 6;
+/** The IPv6 fixed header. */
+export const IPV6_HLEN = 40;
 const PROTO_UDP = 17;
 
 function fold(sum: number): number {
@@ -62,6 +64,16 @@ export function l4ChecksumOffset(proto: number): number {
   return proto === PROTO_TCP ? 16 : proto === PROTO_UDP ? 6 : -1;
 }
 
+/** Offset of the L4 header in the IP packet at `pkt`: IPv4's IHL, or IPv6's fixed header (no extension headers offloaded). */
+export function l4Start(buf: Buffer, pkt: number): number {
+  return buf[pkt]! >> 4 === 6 ? IPV6_HLEN : (buf[pkt]! & 15) * 4;
+}
+
+/** The L4 protocol of the IP packet at `pkt` (IPv4 protocol, IPv6 next header). */
+export function l4Proto(buf: Buffer, pkt: number): number {
+  return buf[pkt]! >> 4 === 6 ? buf[pkt + 6]! : buf[pkt + 9]!;
+}
+
 /** Completes a partial L4 checksum in place (the fallback when a packet cannot stay partial). */
 export function completeChecksum(buf: Buffer, pkt: number, len: number, csumStart: number, csumOffset: number): void {
   const at = pkt + csumStart + csumOffset;
@@ -98,9 +110,8 @@ export function splitFromTun(src: Buffer, off: number, len: number, batch: Packe
     batch.len[first] = plen;
     batch.flags[first] = 0;
     if (vflags & VNET_F_NEEDS_CSUM) {
-      const ihl = (src[p]! & 15) * 4;
-      const proto = src[p + 9]!;
-      if (src[p]! >> 4 === 4 && csumStart === ihl && csumOffset === l4ChecksumOffset(proto)) {
+      const v = src[p]! >> 4;
+      if ((v === 4 || v === 6) && csumStart === l4Start(src, p) && csumOffset === l4ChecksumOffset(l4Proto(src, p))) {
         batch.flags[first] = FLAG_CSUM_PARTIAL;
       } else if (csumStart + csumOffset + 2 <= plen) {
         completeChecksum(buf, dst, plen, csumStart, csumOffset);
@@ -160,8 +171,8 @@ export function writeVnetHeader(buf: Buffer, pkt: number, partial: boolean): boo
     buf[h] = VNET_F_DATA_VALID;
     return true;
   }
-  const ihl = (buf[pkt]! & 15) * 4;
-  const off = l4ChecksumOffset(buf[pkt + 9]!);
+  const ihl = l4Start(buf, pkt);
+  const off = l4ChecksumOffset(l4Proto(buf, pkt));
   if (off < 0) return false;
   buf[h] = VNET_F_NEEDS_CSUM;
   buf.writeUInt16LE(ihl, h + 6);
@@ -285,15 +296,24 @@ export class TcpCoalescer {
 
 /**
  * MSS clamping: lowers the MSS option of a TCP SYN at `pkt` (an IPv4 packet of `len` bytes) to
- * `maxMss`. Used for peers reached through a relay, whose path carries RELAY_OVERHEAD bytes more,
- * so their TCP segments fit the underlay without IP fragmentation. With `partial` the checksum
+ * `maxMss` (an IPv6 packet: to `maxMss` - 20, its header being 20 bytes longer). Used for peers
+ * reached through a relay, whose path carries RELAY_OVERHEAD bytes more, so their TCP segments fit the underlay without IP fragmentation. With `partial` the checksum
  * covers only the pseudo-header (the kernel finishes it), so it is left alone; otherwise it is
  * updated incrementally (RFC 1624). Returns true when it changed the packet. Never throws.
  */
 export function clampTcpMss(buf: Buffer, pkt: number, len: number, maxMss: number, partial: boolean): boolean {
-  if (len < 20 || buf[pkt]! >> 4 !== 4 || buf[pkt + 9] !== PROTO_TCP) return false;
-  if ((buf.readUInt16BE(pkt + 6) & 0x3fff) !== 0) return false; // a fragment: no TCP header here
-  const ihl = (buf[pkt]! & 15) * 4;
+  if (len < 20) return false;
+  let ihl: number;
+  if (buf[pkt]! >> 4 === 6) {
+    // IPv6: TCP right after the fixed header (no extension headers), whose 20 more bytes come off the MSS
+    if (buf[pkt + 6] !== PROTO_TCP) return false;
+    ihl = IPV6_HLEN;
+    maxMss -= IPV6_HLEN - 20;
+  } else {
+    if (buf[pkt]! >> 4 !== 4 || buf[pkt + 9] !== PROTO_TCP) return false;
+    if ((buf.readUInt16BE(pkt + 6) & 0x3fff) !== 0) return false; // a fragment: no TCP header here
+    ihl = (buf[pkt]! & 15) * 4;
+  }
   const tcp = pkt + ihl;
   if (ihl < 20 || len < ihl + 20) return false;
   if ((buf[tcp + 13]! & 0x02) === 0) return false; // not a SYN

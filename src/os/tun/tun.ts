@@ -13,6 +13,8 @@ import {
   completeChecksum,
   GRO_MAX,
   l4ChecksumOffset,
+  l4Proto,
+  l4Start,
   splitFromTun,
   TcpCoalescer,
   VNET_HDR_LEN,
@@ -212,8 +214,8 @@ export class TunBatchIo implements TunIo {
       ptr = this.vnetPtr[i]!;
       n = len + VNET_HDR_LEN;
     } else if (partial) {
-      const ihl = (batch.buf[pkt]! & 15) * 4;
-      const off = l4ChecksumOffset(batch.buf[pkt + 9]!);
+      const ihl = l4Start(batch.buf, pkt);
+      const off = l4ChecksumOffset(l4Proto(batch.buf, pkt));
       if (off < 0 || ihl + off + 2 > len) return false;
       completeChecksum(batch.buf, pkt, len, ihl, off);
     }
