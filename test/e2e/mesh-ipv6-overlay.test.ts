@@ -67,13 +67,14 @@ describe.skipIf(!isRoot)('IPv6 overlay across a mesh of three hosts (IPv4 underl
     expect(failures).toEqual([]);
   });
 
-  it('moves 20 MB over TCP from h1 to h3 on the IPv6 overlay and on the IPv4 overlay, sha256 matching', async () => {
+  it('moves 20 MB over TCP from h1 to h3 on the IPv6 overlay and on the IPv4 overlay, sha256 matching, coalesced at h3 both ways', async () => {
     const file = path.join(bed.topo.workDir, 'twenty6.bin');
     writeRandomFile(file, 20 * 1024 * 1024);
     for (const [family, toIp] of [
       ['IPv6', v6.get('h3')!],
       ['IPv4', v4.get('h3')!],
     ] as const) {
+      const before = (await bed.agent('h3').status()).dataplane.offloads!;
       const r = await tcpTransfer(bed.topo, {
         fromNs: bed.topo.host('h1').ns,
         toNs: bed.topo.host('h3').ns,
@@ -85,6 +86,14 @@ describe.skipIf(!isRoot)('IPv6 overlay across a mesh of three hosts (IPv4 underl
       console.log(`20 MiB h1 -> h3 over the ${family} overlay: ${r.mbitPerS.toFixed(0)} Mbit/s (${r.ms.toFixed(0)} ms)`);
       expect(r.bytes).toBe(20 * 1024 * 1024);
       expect(r.receivedSha256).toBe(r.sentSha256);
+      // the segments h1's kernel handed over as TSO super-packets were coalesced again at h3
+      await sleep(200); // the worker copies its counters out every 50 ms
+      const after = (await bed.agent('h3').status()).dataplane.offloads!;
+      const supers = after.tunSuperPackets - before.tunSuperPackets;
+      const segs = after.tunCoalesced - before.tunCoalesced;
+      console.log(`${family}: h3 wrote ${segs} segments as ${supers} coalesced super-packets`);
+      expect(supers).toBeGreaterThan(0);
+      expect(segs).toBeGreaterThan(2 * supers);
     }
   }, 120_000);
 
