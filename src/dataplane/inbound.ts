@@ -460,12 +460,7 @@ export class Inbound {
       drops[DROP.spoofed]! += 1;
       return;
     }
-    if (this.policy !== null && this.policy.active && !this.policy.allows(buf, pkt, total)) {
-      drops[DROP.policy]! += 1;
-      return;
-    }
-    const partial = (buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
-    if (!tun.writeSlot(batch, i, total, partial)) drops[DROP.tunWrite]! += 1;
+    this.pass(batch, i, pkt, total, tun);
   }
 
   /**
@@ -495,12 +490,17 @@ export class Inbound {
       drops[DROP.spoofed]! += 1;
       return;
     }
-    if (this.policy !== null && this.policy.active && !this.policy.allows(buf, pkt, total)) {
-      drops[DROP.policy]! += 1;
+    this.pass(batch, i, pkt, total, tun);
+  }
+
+  /** The end of step 7 for an IPv4 or IPv6 packet of `total` bytes whose source checked out: policy, then the TUN. */
+  private pass(batch: PacketBatch, i: number, pkt: number, total: number, tun: TunIo): void {
+    if (this.policy !== null && this.policy.active && !this.policy.allows(batch.buf, pkt, total)) {
+      this.stats.drops[DROP.policy]! += 1;
       return;
     }
-    const partial = (buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
-    if (!tun.writeSlot(batch, i, total, partial)) drops[DROP.tunWrite]! += 1;
+    const partial = (batch.buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
+    if (!tun.writeSlot(batch, i, total, partial)) this.stats.drops[DROP.tunWrite]! += 1;
   }
 
   close(): void {

@@ -127,22 +127,38 @@ export function splitFromTun(src: Buffer, off: number, len: number, batch: Packe
     }
     return 1;
   }
-  if (gso === GSO_TCPV6) return splitTcp6(src, p, plen, gsoSize, batch, first);
-  if (gso !== GSO_TCPV4 || src[p]! >> 4 !== 4) return 'malformed';
+  let l3: number;
+  if (gso === GSO_TCPV6) {
+    // the kernel puts no extension header in a TCPv6 super-packet: TCP follows the fixed header
+    if (src[p]! >> 4 !== 6 || src[p + 6] !== PROTO_TCP) return 'malformed';
+    l3 = IPV6_HLEN;
+  } else {
+    if (gso !== GSO_TCPV4 || src[p]! >> 4 !== 4 || src[p + 9] !== PROTO_TCP) return 'malformed';
+    l3 = (src[p]! & 15) * 4;
+    if (l3 < 20) return 'malformed';
+  }
+  return splitTcp(src, p, plen, l3, gso === GSO_TCPV6, gsoSize, batch, first);
+}
 
-  const ihl = (src[p]! & 15) * 4;
-  if (ihl < 20 || src[p + 9] !== PROTO_TCP || plen < ihl + 20) return 'malformed';
-  const thl = (src[p + ihl + 12]! >> 4) * 4;
-  const hlen = ihl + thl;
+/**
+ * A TCP super-packet (IP header of l3 bytes, IPv4 or IPv6) cut into segments of at most gsoSize
+ * payload bytes in slots first..: per segment the IP length (IPv4: also id and header checksum),
+ * sequence number and flags, the TCP checksum field left holding the pseudo-header sum (partial).
+ */
+function splitTcp(src: Buffer, p: number, plen: number, l3: number, v6: boolean, gsoSize: number, batch: PacketBatch, first: number): SplitResult {
+  if (plen < l3 + 20) return 'malformed';
+  const thl = (src[p + l3 + 12]! >> 4) * 4;
+  const hlen = l3 + thl;
   if (thl < 20 || hlen > plen || gsoSize === 0) return 'malformed';
+  const buf = batch.buf;
   const payload = plen - hlen;
   const mss = Math.min(gsoSize, batch.maxPacket - hlen);
   const count = Math.max(1, Math.ceil(payload / mss));
   if (first + count > batch.capacity) return 'full';
 
   const id0 = src.readUInt16BE(p + 4);
-  const seq0 = src.readUInt32BE(p + ihl + 4);
-  const tcpFlags = src[p + ihl + 13]!;
+  const seq0 = src.readUInt32BE(p + l3 + 4);
+  const tcpFlags = src[p + l3 + 13]!;
   for (let k = 0; k < count; k++) {
     const slot = first + k;
     const dst = batch.offset(slot) + HEADER_LEN;
@@ -151,59 +167,22 @@ export function splitFromTun(src: Buffer, off: number, len: number, batch: Packe
     src.copy(buf, dst, p, p + hlen);
     src.copy(buf, dst + hlen, p + hlen + from, p + hlen + from + seg);
     const total = hlen + seg;
-    buf.writeUInt16BE(total, dst + 2);
-    buf.writeUInt16BE((id0 + k) & 0xffff, dst + 4);
-    ipv4HeaderChecksum(buf, dst, ihl);
-    const t = dst + ihl;
+    if (v6) buf.writeUInt16BE(total - IPV6_HLEN, dst + 4);
+    else {
+      buf.writeUInt16BE(total, dst + 2);
+      buf.writeUInt16BE((id0 + k) & 0xffff, dst + 4);
+      ipv4HeaderChecksum(buf, dst, l3);
+    }
+    const t = dst + l3;
     buf.writeUInt32BE((seq0 + from) >>> 0, t + 4);
     let f = tcpFlags;
     if (k < count - 1) f &= ~0x09; // FIN and PSH only on the last segment
     if (k > 0) f &= ~0x80; // CWR only on the first
     buf[t + 13] = f;
-    const ps = pseudoSum(buf, dst, PROTO_TCP, thl + seg);
+    const ps = v6 ? pseudoSum6(buf, dst, PROTO_TCP, thl + seg) : pseudoSum(buf, dst, PROTO_TCP, thl + seg);
     buf[t + 16] = ps >>> 8;
     buf[t + 17] = ps & 0xff;
     batch.len[slot] = total;
-    batch.flags[slot] = FLAG_CSUM_PARTIAL;
-  }
-  return count;
-}
-
-/**
- * GSO_TCPV6: a TCP super-packet behind the IPv6 fixed header (the kernel puts no extension header
- * in one) cut into segments, as splitFromTun does for IPv4: payload length, sequence number and
- * flags per segment, the checksum field left holding the pseudo-header sum (partial).
- */
-function splitTcp6(src: Buffer, p: number, plen: number, gsoSize: number, batch: PacketBatch, first: number): SplitResult {
-  if (src[p]! >> 4 !== 6 || src[p + 6] !== PROTO_TCP || plen < IPV6_HLEN + 20) return 'malformed';
-  const thl = (src[p + IPV6_HLEN + 12]! >> 4) * 4;
-  const hlen = IPV6_HLEN + thl;
-  if (thl < 20 || hlen > plen || gsoSize === 0) return 'malformed';
-  const buf = batch.buf;
-  const payload = plen - hlen;
-  const mss = Math.min(gsoSize, batch.maxPacket - hlen);
-  const count = Math.max(1, Math.ceil(payload / mss));
-  if (first + count > batch.capacity) return 'full';
-  const seq0 = src.readUInt32BE(p + IPV6_HLEN + 4);
-  const tcpFlags = src[p + IPV6_HLEN + 13]!;
-  for (let k = 0; k < count; k++) {
-    const slot = first + k;
-    const dst = batch.offset(slot) + HEADER_LEN;
-    const from = k * mss;
-    const seg = Math.min(mss, payload - from);
-    src.copy(buf, dst, p, p + hlen);
-    src.copy(buf, dst + hlen, p + hlen + from, p + hlen + from + seg);
-    buf.writeUInt16BE(thl + seg, dst + 4);
-    const t = dst + IPV6_HLEN;
-    buf.writeUInt32BE((seq0 + from) >>> 0, t + 4);
-    let f = tcpFlags;
-    if (k < count - 1) f &= ~0x09; // FIN and PSH only on the last segment
-    if (k > 0) f &= ~0x80; // CWR only on the first
-    buf[t + 13] = f;
-    const ps = pseudoSum6(buf, dst, PROTO_TCP, thl + seg);
-    buf[t + 16] = ps >>> 8;
-    buf[t + 17] = ps & 0xff;
-    batch.len[slot] = hlen + seg;
     batch.flags[slot] = FLAG_CSUM_PARTIAL;
   }
   return count;
