@@ -1,5 +1,7 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cli, networkKeyFile, waitUntil } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { ping, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
 
@@ -115,5 +117,31 @@ describe.skipIf(!isRoot)('IPv6 overlay across a mesh of three hosts (IPv4 underl
     expect(after - before).toBeGreaterThanOrEqual(5);
     // h1's own IPv6 address still works
     expect((await ping(bed.topo, ns1, v6.get('h2')!, { count: 2, intervalS: 0.1 })).received).toBe(2);
+  });
+
+  it('a signed policy decides ICMPv6 as ICMP: a host rule lets h1 ping h2 on both families, h3 gets through on IPv4 only by its IPv4 CIDR rule', async () => {
+    const file = path.join(bed.topo.workDir, 'policy6.json');
+    const rules = [
+      { from: 'host:h1', to: 'host:h2', proto: 'icmp' },
+      { from: `${v4.get('h3')}/32`, to: 'host:h2', proto: 'icmp' },
+    ];
+    fs.writeFileSync(file, JSON.stringify({ rules }));
+    const r = await cli(bed.topo, bed.topo.routerNs, [
+      ...['policy', 'set', file, '--network', bed.network, '--network-key', networkKeyFile(bed.topo, bed.network), '--etcd', bed.etcd.endpoint, '--json'],
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    const serial = (JSON.parse(r.stdout) as { serial: number }).serial;
+    await waitUntil('h2 to apply the policy', async () => (await bed.agent('h2').status()).policy?.serial === serial, { timeoutMs: 5_000, intervalMs: 50 });
+    const h2 = bed.agent('h2');
+    const before = (await h2.status()).dataplane.drops['policy'] ?? 0;
+    const got = async (from: string, to: string) => (await ping(bed.topo, bed.topo.host(from).ns, to, { count: 3, intervalS: 0.1, waitS: 0.5 })).received;
+    expect(await got('h1', v6.get('h2')!)).toBe(3);
+    expect(await got('h1', v4.get('h2')!)).toBe(3);
+    expect(await got('h3', v4.get('h2')!)).toBe(3);
+    expect(await got('h3', v6.get('h2')!)).toBe(0);
+    await sleep(200);
+    const after = await h2.status();
+    console.log(`policy drops at h2: ${before} -> ${after.dataplane.drops['policy']}; rules ${JSON.stringify(after.policy?.rules?.map((x) => x.packets))}`);
+    expect((after.dataplane.drops['policy'] ?? 0) - before).toBeGreaterThanOrEqual(3);
   });
 });
