@@ -504,4 +504,23 @@ describe('PacketFilter over IPv6', () => {
     const only = filterFor('db', WEB_DB);
     expect(only.ok(frag)).toBe(false);
   });
+
+  it('random IPv6 packets (overlay and foreign sources, any next header, any length) never throw, and every decision is counted', () => {
+    const { f, ok, counters } = filterFor('db', [...WEB_DB, { from: 'any', to: 'group:db', proto: 'udp', ports: '53' }]);
+    const r = rng(616);
+    let decided = 0;
+    for (let i = 0; i < 5000; i++) {
+      const base = packet6(r() < 0.5 ? WEB : OUT, DB, [6, 17, 1, 0, 44, 59][Math.floor(r() * 6)]!, Math.floor(r() * 65536), Math.floor(r() * 65536));
+      for (let k = 0; k < 4; k++) base[Math.floor(r() * base.length)] = Math.floor(r() * 256);
+      base[0] = 0x60 | (base[0]! & 15);
+      const len = 40 + Math.floor(r() * 21);
+      const p = base.subarray(0, len);
+      expect(() => f.track(p, 0, p.length)).not.toThrow();
+      ok(p);
+      decided++;
+    }
+    const counted = counters.reduce((a, b) => a + b, 0);
+    expect(counted).toBe(decided);
+  });
 });
+
