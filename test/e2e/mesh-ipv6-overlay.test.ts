@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cli, networkKeyFile, waitUntil } from '../../src/testbed/agents';
-import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { startMeshBed, startNatBed, type MeshBed } from '../../src/testbed/mesh';
 import { ping, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
 
 /**
@@ -145,3 +145,53 @@ describe.skipIf(!isRoot)('IPv6 overlay across a mesh of three hosts (IPv4 underl
     expect((after.dataplane.drops['policy'] ?? 0) - before).toBeGreaterThanOrEqual(3);
   });
 });
+
+describe.skipIf(!isRoot)('IPv6 overlay through a relay (two hosts behind port-randomizing NATs)', () => {
+  let bed: MeshBed;
+  const v6 = new Map<string, string>();
+
+  beforeAll(async () => {
+    ({ bed } = await startNatBed({
+      topology: {
+        hosts: [{ name: 'pub' }, { name: 'c', site: 's3' }, { name: 'd', site: 's4' }],
+        sites: [
+          { name: 's3', nat: 'random' },
+          { name: 's4', nat: 'random' },
+        ],
+      },
+      relay: 'pub',
+    }));
+    for (const a of bed.agents) v6.set(a.name, (await a.status()).self.overlayIp6 ?? '');
+    await waitUntil(
+      'c and d to reach each other through pub',
+      async () => (await bed.agent('c').status()).peers.find((p) => p.name === 'd' && p.state === 'up')?.path === 'relayed',
+      { timeoutMs: 20_000, intervalMs: 200 },
+    );
+  }, 90_000);
+  afterAll(async () => {
+    await bed?.destroy();
+  });
+
+  it('ICMPv6 and 4 MB of TCP over IPv6 cross the relay intact, and pub relays them', async () => {
+    const before = (await bed.agent('pub').status()).dataplane.relayedPackets ?? 0;
+    const r = await ping(bed.topo, bed.topo.host('c').ns, v6.get('d')!, { count: 3, intervalS: 0.1 });
+    expect(r.received, r.output).toBe(3);
+    const file = path.join(bed.topo.workDir, 'four6.bin');
+    writeRandomFile(file, 4 * 1024 * 1024);
+    const t = await tcpTransfer(bed.topo, {
+      fromNs: bed.topo.host('c').ns,
+      toNs: bed.topo.host('d').ns,
+      toIp: v6.get('d')!,
+      port: 7787,
+      file,
+      outFile: path.join(bed.topo.workDir, 'four6.received'),
+    });
+    console.log(`4 MiB c -> d over IPv6 through pub: ${t.mbitPerS.toFixed(0)} Mbit/s`);
+    expect(t.bytes).toBe(4 * 1024 * 1024);
+    expect(t.receivedSha256).toBe(t.sentSha256);
+    await sleep(200);
+    const after = (await bed.agent('pub').status()).dataplane.relayedPackets ?? 0;
+    expect(after - before).toBeGreaterThan(2000); // 4 MiB in segments of at most ~1300 bytes, both ways
+  }, 60_000);
+});
+
