@@ -203,6 +203,26 @@ export class Outbound {
     return this.bySlot.size;
   }
 
+  /**
+   * Stages 1-2 for a packet that is not IPv4: the IPv4 twin of its overlay IPv6 destination, or -1
+   * (dropped and counted: not IPv6, too short, or a destination outside the overlay prefix).
+   */
+  private dst6(buf: Buffer, pkt: number, len: number): number {
+    if (buf[pkt]! >> 4 !== 6) {
+      this.drop(DROP.notIpv4);
+      return -1;
+    }
+    if (len < 40) {
+      this.drop(DROP.malformed);
+      return -1;
+    }
+    if (buf.readUInt32BE(pkt + 24) !== this.v6hi || buf.readUInt16BE(pkt + 28) !== this.v6mid || buf.readUInt16BE(pkt + 30) !== 0 || buf.readUInt32BE(pkt + 32) !== 0) {
+      this.drop(DROP.noRoute); // multicast, link-local, or no overlay prefix: nobody to ask for
+      return -1;
+    }
+    return buf.readUInt32BE(pkt + 36);
+  }
+
   /** Stages 1-5 over n packets read from the TUN into `batch`; fills `list`. */
   process(batch: PacketBatch, n: number, list: SendList): void {
     const buf = batch.buf;
@@ -252,26 +272,6 @@ export class Outbound {
       this.counted(batch, i);
       list.idx[list.count++] = i;
     }
-  }
-
-  /**
-   * Stages 1-2 for a packet that is not IPv4: the IPv4 twin of its overlay IPv6 destination, or -1
-   * (dropped and counted: not IPv6, too short, or a destination outside the overlay prefix).
-   */
-  private dst6(buf: Buffer, pkt: number, len: number): number {
-    if (buf[pkt]! >> 4 !== 6) {
-      this.drop(DROP.notIpv4);
-      return -1;
-    }
-    if (len < 40) {
-      this.drop(DROP.malformed);
-      return -1;
-    }
-    if (buf.readUInt32BE(pkt + 24) !== this.v6hi || buf.readUInt16BE(pkt + 28) !== this.v6mid || buf.readUInt16BE(pkt + 30) !== 0 || buf.readUInt32BE(pkt + 32) !== 0) {
-      this.drop(DROP.noRoute); // multicast, link-local, or no overlay prefix: nobody to ask for
-      return -1;
-    }
-    return buf.readUInt32BE(pkt + 36);
   }
 
   /** Stages 3-4 for `peer` over the plaintext at slot i + HEADER: header, counter, seal, peer stats. */
