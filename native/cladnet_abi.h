@@ -154,9 +154,10 @@
   X(MSG_DONTWAIT) X(MSG_TRUNC) X(MSG_NOSIGNAL) X(POLLIN) X(POLLOUT)                            \
   X(EFD_NONBLOCK) X(EFD_CLOEXEC)                                                               \
   X(TUNSETIFF) X(TUNSETOFFLOAD) X(IFF_TUN) X(IFF_NO_PI) X(IFF_MULTI_QUEUE) X(IFF_VNET_HDR)     \
-  X(TUN_F_CSUM) X(TUN_F_TSO4) X(TUN_F_TSO_ECN)                                                 \
+  X(TUN_F_CSUM) X(TUN_F_TSO4) X(TUN_F_TSO6) X(TUN_F_TSO_ECN)                                   \
   X(VIRTIO_NET_HDR_F_NEEDS_CSUM) X(VIRTIO_NET_HDR_F_DATA_VALID)                                \
-  X(VIRTIO_NET_HDR_GSO_NONE) X(VIRTIO_NET_HDR_GSO_TCPV4) X(VIRTIO_NET_HDR_GSO_ECN)             \
+  X(VIRTIO_NET_HDR_GSO_NONE) X(VIRTIO_NET_HDR_GSO_TCPV4) X(VIRTIO_NET_HDR_GSO_TCPV6)           \
+  X(VIRTIO_NET_HDR_GSO_ECN)                                                                    \
   X(NETLINK_ROUTE) X(RTMGRP_LINK) X(RTMGRP_IPV4_IFADDR) X(RTMGRP_IPV4_ROUTE)                   \
   X(NLMSG_NOOP) X(NLMSG_ERROR) X(NLMSG_DONE) X(NLMSG_OVERRUN)                                  \
   X(RTM_NEWLINK) X(RTM_DELLINK) X(RTM_NEWADDR) X(RTM_DELADDR) X(RTM_NEWROUTE) X(RTM_DELROUTE)

@@ -40,6 +40,7 @@ import { EtcdLink } from '../control/etcd-link';
 import { WatchHealth } from '../control/watch-health';
 import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
+import { formatPrefix6, hostIp6Text, overlay6Of, overlayPrefix6, PREFIX6_LEN } from '../control/overlay6';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
 import { Registry, type PeerChange } from '../control/registry';
@@ -144,6 +145,11 @@ export class Agent {
   private pushScheduled = false;
   private network!: NetworkSpec;
   private overlayIp = '';
+  /** The network's IPv6 overlay prefix and our address in it (src/control/overlay6.ts). */
+  private prefix6: Uint8Array = new Uint8Array(6);
+  private overlayIp6 = '';
+  /** The TUN takes IPv6 (false: the kernel has no IPv6; the overlay is IPv4 only). */
+  private ipv6 = false;
   private mtu = 0;
   private endpoints: string[] = [];
   /** What peers punch toward in our last published record (the path choice waits for them to see a change). */
@@ -230,18 +236,19 @@ export class Agent {
     }
     this.network = chooseNetworkSpec(this.network, saved?.network ?? null, this.member, this.log);
     this.overlayIp = this.member.cert.overlayIp;
+    this.prefix6 = overlayPrefix6(this.network);
+    this.overlayIp6 = hostIp6Text(this.prefix6, this.overlayIp) ?? '';
     this.writeState();
-    const prefix = parseOverlayCidr(this.network.cidr);
     this.mtu = this.network.mtu;
 
     // 3. sockets, device, link
     this.udp = openUdpSocket({ port: cfg.listenPort || this.network.port });
     this.tun = openTun(cfg.interface, { offload: cfg.offload });
-    this.disableIpv6(cfg.interface);
+    this.ipv6 = this.prepareIpv6(cfg.interface);
     await new RouteManager(execRunner).set({
       ifname: cfg.interface,
       mtu: this.mtu,
-      addresses: [`${this.overlayIp}/${prefix.len}`],
+      addresses: this.linkAddresses(),
       routes: [],
     });
     if (cfg.advertiseRoutes.length > 0) {
@@ -259,6 +266,7 @@ export class Agent {
       crypto: cfg.crypto,
       batch: cfg.batch,
       relay: cfg.relay,
+      overlay6: overlay6Of(this.prefix6),
       heartbeatMs: this.heartbeatMs,
       publicKey: new Uint8Array(keys.publicKey),
       onRoam: (slot, ip, port, via) => this.onRoam(slot, ip, port, via),
@@ -410,6 +418,7 @@ export class Agent {
     this.log.info(
       {
         overlayIp: this.overlayIp,
+        overlayIp6: this.ipv6 ? this.overlayIp6 : undefined,
         interface: cfg.interface,
         port: this.udp.port,
         mtu: this.mtu,
@@ -519,7 +528,7 @@ export class Agent {
         ? this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`))
         : this.addresses
             .list()
-            .filter((a) => a.address !== this.overlayIp && !this.insideOwnRoutes(a.address))
+            .filter((a) => a.address !== this.overlayIp && a.address !== this.overlayIp6 && !this.insideOwnRoutes(a.address))
             .map((a) => `${a.address}:${port}`);
     const view = this.reflexive.view();
     if (view.nat === 'eim' && view.reflexive) out.push(view.reflexive);
@@ -710,14 +719,13 @@ export class Agent {
   }
 
   private async applyLink(): Promise<void> {
-    const prefix = parseOverlayCidr(this.network.cidr);
     const routes = this.subnets.routes.map((r) => r.prefix);
     // Pins first: a new subnet route must never capture a tunnel endpoint, not even for a moment.
     await this.refreshPins();
     await new RouteManager(execRunner).set({
       ifname: this.cfg.interface,
       mtu: this.mtu,
-      addresses: [`${this.overlayIp}/${prefix.len}`],
+      addresses: this.linkAddresses(),
       routes,
     });
     this.routesApplied = routes.join(',');
@@ -1025,12 +1033,31 @@ export class Agent {
     void this.refreshPins();
   }
 
-  private disableIpv6(ifname: string): void {
-    // The overlay carries IPv4 only; without this the kernel sends router solicitations into it.
+  /**
+   * The overlay interface's addresses: our IPv4 overlay address with the network's prefix length,
+   * and our IPv6 one with the network's /48 (on-link: every peer's IPv6 address is in it, as every
+   * peer's IPv4 address is in the IPv4 prefix, so no route per peer).
+   */
+  private linkAddresses(): string[] {
+    const v4 = `${this.overlayIp}/${parseOverlayCidr(this.network.cidr).len}`;
+    return this.ipv6 && this.overlayIp6 ? [v4, `${this.overlayIp6}/${PREFIX6_LEN}`] : [v4];
+  }
+
+  /**
+   * IPv6 on the overlay interface, before it goes up: no link-local address (addr_gen_mode 1)
+   * and no router advertisements taken, so the kernel sends nothing of its own into the tunnel.
+   * False when the kernel has no IPv6 (the overlay is then IPv4 only).
+   */
+  private prepareIpv6(ifname: string): boolean {
+    const conf = `/proc/sys/net/ipv6/conf/${ifname}`;
     try {
-      fs.writeFileSync(`/proc/sys/net/ipv6/conf/${ifname}/disable_ipv6`, '1');
-    } catch {
-      /* no IPv6 on this host: nothing to disable */
+      fs.writeFileSync(`${conf}/addr_gen_mode`, '1');
+      fs.writeFileSync(`${conf}/accept_ra`, '0');
+      fs.writeFileSync(`${conf}/disable_ipv6`, '0');
+      return true;
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'no IPv6 on the overlay interface: the overlay carries IPv4 only');
+      return false;
     }
   }
 
@@ -1062,10 +1089,12 @@ export class Agent {
       registry: this.registry,
       link: this.linkStatus(),
       policy: this.policy?.status(),
+      prefix6: this.ipv6 ? this.prefix6 : undefined,
       self: {
         name: this.cfg.name,
         network: this.network.name,
         overlayIp: this.overlayIp,
+        ...(this.ipv6 ? { overlayIp6: this.overlayIp6, overlayPrefix6: formatPrefix6(this.prefix6) } : {}),
         publicKey: Buffer.from(this.keys.publicKey).toString('base64'),
         listenPort: this.udp?.port ?? 0,
         endpoints: [...this.endpoints],

@@ -1,3 +1,4 @@
+import { hostIp6Text } from '../control/overlay6';
 import type { Registry } from '../control/registry';
 import { PEER_UP_MS } from '../dataplane/outbound';
 import {
@@ -46,6 +47,8 @@ export interface StatusSources {
   subnets?: StatusDocument['subnets'];
   /** The network policy's state and counters (src/agent/policy.ts). */
   policy?: StatusPolicy;
+  /** The network's IPv6 overlay prefix (src/control/overlay6.ts): peers' IPv6 addresses are shown. */
+  prefix6?: Uint8Array;
 }
 
 /** A peer's state from when its last authenticated packet came (0: never) and when it was added. */
@@ -67,6 +70,7 @@ export function buildStatus(src: StatusSources): StatusDocument {
       return {
         name,
         overlayIp: p.record.overlayIp,
+        ...(src.prefix6 ? { overlayIp6: hostIp6Text(src.prefix6, p.record.overlayIp) ?? undefined } : {}),
         publicKey: p.record.publicKey,
         endpoint: describeEndpoint(p.endpoint),
         path: path.kind,

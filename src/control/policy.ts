@@ -9,7 +9,8 @@
  *                { "from": "group:web", "to": "group:db", "proto": "icmp" } ],
  *     "signature": "..." }
  *
- * Rules only allow. `from`: "any", "host:NAME", "group:NAME" or an IPv4 CIDR; `to`: "any",
+ * Rules only allow. `from`: "any", "host:NAME", "group:NAME" or an IPv4 CIDR (which matches IPv4
+ * packets only; the others match a host's IPv4 and IPv6 overlay addresses alike); `to`: "any",
  * "host:NAME" or "group:NAME"; `proto`: tcp, udp, icmp or any; `ports` (tcp/udp only): "N" or
  * "N-M", absent for every port. No policy: every member reaches every member. With one, a
  * packet no rule allows is dropped by the host receiving it, except replies to flows that host
@@ -309,7 +310,9 @@ export function compilePolicy(policy: NetworkPolicy, self: PolicyMember, peers: 
       lo = Number(a);
       hi = Number(b ?? a);
     }
-    rules.push({ index, proto: PROTO_NUM[r.proto], portLo: lo, portHi: hi });
+    const rule: CompiledRule = { index, proto: PROTO_NUM[r.proto], portLo: lo, portHi: hi };
+    if (r.from.includes('/')) rule.cidr = true; // an IPv4 CIDR: IPv4 packets only (dataplane/policy.ts)
+    rules.push(rule);
     sources.push(r.from);
   });
   const cidr = sources.map((s) => (s === 'any' ? { base: 0, len: 0 } : s.includes('/') ? parsePrefix(s) : null));

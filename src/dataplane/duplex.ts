@@ -57,6 +57,8 @@ export interface DuplexOptions {
   limiter?: HandshakeLimiter;
   /** Cookie replies for initiations over the handshake budget (inbound.ts). */
   cookies?: WorkerCookies;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); absent: IPv6 is not carried. */
+  overlay6?: { hi: number; mid: number } | null;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -129,6 +131,12 @@ export class Duplex {
     );
     this.policy = new PacketFilter(clock);
     this.inb.policy = this.policy;
+    if (opts.overlay6) {
+      const { hi, mid } = opts.overlay6;
+      this.out.setOverlay6(hi, mid);
+      this.inb.setOverlay6(hi, mid);
+      this.policy.setOverlay6(hi, mid);
+    }
   }
 
   /** A new network policy for this host (null: none); `counters` see PacketFilter.set. */

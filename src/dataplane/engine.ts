@@ -25,6 +25,8 @@ export interface EngineOptions {
   batch?: number;
   /** This host relays for its peers. */
   relay?: boolean;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts overlay6Of); absent: IPv6 is not carried. */
+  overlay6?: { hi: number; mid: number };
   /** The worker's heartbeat moves at least this often (default: the loop's own idle sleep). */
   heartbeatMs?: number;
   /** Our static public key: the worker drops handshake messages without its mac1 before they cross. */
@@ -87,6 +89,7 @@ export class DataplaneEngine {
       crypto: this.opts.crypto ?? 'auto',
       batch: this.opts.batch ?? 64,
       relay: this.opts.relay ?? false,
+      overlay6: this.opts.overlay6 ?? null,
       maxSleepMs: this.opts.heartbeatMs ?? Infinity,
       hsPublicKey: this.opts.publicKey ?? null,
       statsSab: this.stats.sab,

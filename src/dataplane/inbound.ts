@@ -15,7 +15,10 @@
  *                 datagram goes through steps 1-7 again as its sender's own (once: relays do
  *                 not nest); a forward request is passed to the outbound side when this host
  *                 relays; an IPv4 packet whose source the peer may use and that the network
- *                 policy allows (./policy.ts, when there is one) is written to the TUN;
+ *                 policy allows (./policy.ts, when there is one) is written to the TUN; so is
+ *                 an IPv6 packet whose source is the peer's overlay IPv6 address (the network's
+ *                 prefix around the peer's IPv4 overlay address, control/overlay6.ts) and that
+ *                 the same policy allows;
  *                 anything else is dropped (spoofed, malformed, relayRefused, policy)
  *
  * Before step 1, handshake messages (exact sizes) and STUN messages go to the control thread:
@@ -161,6 +164,9 @@ export class Inbound {
   private readonly relayEnabled: boolean;
   /** Wall clock (ms) for the batch being processed: the peers' last-receive time. */
   private now = 0;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); -1: none, IPv6 is dropped. */
+  private v6hi = -1;
+  private v6mid = 0;
 
   constructor(
     private readonly aead: Aead,
@@ -174,6 +180,12 @@ export class Inbound {
     this.mac1 = opts.mac1;
     this.cookies = opts.cookies;
     this.limiter = opts.limiter ?? new HandshakeLimiter(clock);
+  }
+
+  /** The network's IPv6 overlay prefix: bytes 0-3 and 4-5 of it (control/overlay6.ts overlay6Of). */
+  setOverlay6(hi: number, mid: number): void {
+    this.v6hi = hi;
+    this.v6mid = mid;
   }
 
   /**
@@ -485,7 +497,11 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const first = buf[pkt]!;
-    if (first >> 4 !== 4 || plen < 20) {
+    if (first >> 4 !== 4) {
+      this.deliver6(peer, batch, i, pkt, plen, tun);
+      return;
+    }
+    if (plen < 20) {
       drops[DROP.malformed]! += 1;
       return;
     }
@@ -500,12 +516,47 @@ export class Inbound {
       drops[DROP.spoofed]! += 1;
       return;
     }
-    if (this.policy !== null && this.policy.active && !this.policy.allows(buf, pkt, total)) {
-      drops[DROP.policy]! += 1;
+    this.pass(batch, i, pkt, total, tun);
+  }
+
+  /**
+   * Step 7 for a packet that is not IPv4: an IPv6 packet whose length fits, from the peer's own
+   * overlay IPv6 address (else spoofed, like an IPv4 source the peer may not use), that the policy
+   * allows. Advertised prefixes are IPv4: no other IPv6 source is anyone's.
+   */
+  private deliver6(peer: InPeer, batch: PacketBatch, i: number, pkt: number, plen: number, tun: TunIo): void {
+    const buf = batch.buf;
+    const drops = this.stats.drops;
+    if (buf[pkt]! >> 4 !== 6 || plen < 40) {
+      drops[DROP.malformed]! += 1;
       return;
     }
-    const partial = (buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
-    if (!tun.writeSlot(batch, i, total, partial)) drops[DROP.tunWrite]! += 1;
+    const total = 40 + buf.readUInt16BE(pkt + 4);
+    if (total > plen) {
+      drops[DROP.malformed]! += 1;
+      return;
+    }
+    if (
+      buf.readUInt32BE(pkt + 8) !== this.v6hi ||
+      buf.readUInt16BE(pkt + 12) !== this.v6mid ||
+      buf.readUInt16BE(pkt + 14) !== 0 ||
+      buf.readUInt32BE(pkt + 16) !== 0 ||
+      this.sources.get(buf.readUInt32BE(pkt + 20)) !== peer
+    ) {
+      drops[DROP.spoofed]! += 1;
+      return;
+    }
+    this.pass(batch, i, pkt, total, tun);
+  }
+
+  /** The end of step 7 for an IPv4 or IPv6 packet of `total` bytes whose source checked out: policy, then the TUN. */
+  private pass(batch: PacketBatch, i: number, pkt: number, total: number, tun: TunIo): void {
+    if (this.policy !== null && this.policy.active && !this.policy.allows(batch.buf, pkt, total)) {
+      this.stats.drops[DROP.policy]! += 1;
+      return;
+    }
+    const partial = (batch.buf[batch.offset(i) + 1]! & FLAG_CSUM_PARTIAL) !== 0;
+    if (!tun.writeSlot(batch, i, total, partial)) this.stats.drops[DROP.tunWrite]! += 1;
   }
 
   close(): void {

@@ -1,9 +1,12 @@
 /**
  * Outbound: TUN -> UDP. Per batch of packets read from the TUN, each packet goes through:
  *
- *   1. classify   IPv4 with a whole header, else drop (notIpv4, malformed)
+ *   1. classify   IPv4 with a whole header, or IPv6 with its fixed header, else drop (notIpv4,
+ *                 malformed)
  *   2. route      destination overlay address -> peer (exact match, then advertised prefixes),
- *                 else drop (noRoute); a peer with no confirmed session (its only one awaits the
+ *                 else drop (noRoute); an IPv6 destination is a peer's overlay IPv6 address (the
+ *                 network's prefix around the peer's IPv4 overlay address, control/overlay6.ts)
+ *                 and routes by that IPv4 twin, anything else in IPv6 is dropped (noRoute); a peer with no confirmed session (its only one awaits the
  *                 initiator's first packet) takes nothing yet (noSession, a few milliseconds
  *                 after a handshake). Either drop tells the control thread (`onWant`, at most
  *                 once per WANT_EVERY_MS per destination) that a handshake is wanted now; a TCP SYN to a relayed peer gets its MSS clamped to fit
@@ -131,6 +134,9 @@ export class Outbound {
   private numbered = 0;
   /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
   onWant: ((dst: number) => void) | null = null;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); -1: none, IPv6 routes nowhere. */
+  private v6hi = -1;
+  private v6mid = 0;
 
   constructor(
     private readonly aead: Aead,
@@ -145,6 +151,12 @@ export class Outbound {
    */
   setMtu(mtu: number): void {
     this.relayMss = Math.max(536, mtu - 40 - RELAY_OVERHEAD);
+  }
+
+  /** The network's IPv6 overlay prefix: bytes 0-3 and 4-5 of it (control/overlay6.ts overlay6Of). */
+  setOverlay6(hi: number, mid: number): void {
+    this.v6hi = hi;
+    this.v6mid = mid;
   }
 
   /**
@@ -199,6 +211,26 @@ export class Outbound {
     return this.bySlot.size;
   }
 
+  /**
+   * Stages 1-2 for a packet that is not IPv4: the IPv4 twin of its overlay IPv6 destination, or -1
+   * (dropped and counted: not IPv6, too short, or a destination outside the overlay prefix).
+   */
+  private dst6(buf: Buffer, pkt: number, len: number): number {
+    if (buf[pkt]! >> 4 !== 6) {
+      this.drop(DROP.notIpv4);
+      return -1;
+    }
+    if (len < 40) {
+      this.drop(DROP.malformed);
+      return -1;
+    }
+    if (buf.readUInt32BE(pkt + 24) !== this.v6hi || buf.readUInt16BE(pkt + 28) !== this.v6mid || buf.readUInt16BE(pkt + 30) !== 0 || buf.readUInt32BE(pkt + 32) !== 0) {
+      this.drop(DROP.noRoute); // multicast, link-local, or no overlay prefix: nobody to ask for
+      return -1;
+    }
+    return buf.readUInt32BE(pkt + 36);
+  }
+
   /** Stages 1-5 over n packets read from the TUN into `batch`; fills `list`. */
   process(batch: PacketBatch, n: number, list: SendList): void {
     const buf = batch.buf;
@@ -229,13 +261,17 @@ export class Outbound {
         this.drop(DROP.malformed);
         continue;
       }
-      if (buf[pkt]! >> 4 !== 4) {
-        this.drop(DROP.notIpv4);
-        continue;
+      let peer: OutPeer | undefined;
+      let dst: number;
+      if (buf[pkt]! >> 4 === 4) {
+        // 2. route
+        dst = buf.readUInt32BE(pkt + 16);
+        peer = this.byIp.get(dst) ?? (this.prefixes.size > 0 ? this.prefixes.lookup(dst) : undefined);
+      } else {
+        dst = this.dst6(buf, pkt, len);
+        if (dst < 0) continue;
+        peer = this.byIp.get(dst);
       }
-      // 2. route
-      const dst = buf.readUInt32BE(pkt + 16);
-      const peer = this.byIp.get(dst) ?? (this.prefixes.size > 0 ? this.prefixes.lookup(dst) : undefined);
       if (peer === undefined) {
         this.drop(DROP.noRoute);
         this.want(dst);

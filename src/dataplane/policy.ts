@@ -1,12 +1,15 @@
 /**
- * The network policy in the data plane (security groups, issue 15): which inner IPv4 packets a
- * peer may deliver to this host. Applied on receive, in inbound.ts's deliver stage: the receiving
+ * The network policy in the data plane (security groups, issue 15): which inner IPv4 and IPv6
+ * packets a peer may deliver to this host. Applied on receive, in inbound.ts's deliver stage: the receiving
  * host decides. Pure (no I/O, time from an injected clock), so it is unit-tested and benchmarked
  * alone (bench/policy.ts).
  *
  * Per packet received (`allows`):
  *   1. key      protocol and ports from the IPv4 header (ICMP: echo id and type; a non-first
- *               fragment has no ports: 0, 0)
+ *               fragment has no ports: 0, 0). An IPv6 packet is keyed by the IPv4 twins of its
+ *               overlay addresses (control/overlay6.ts), ICMPv6 as ICMP (echo 128/129 as 8/0),
+ *               so host and group rules treat it exactly like IPv4 from the same peer; rules
+ *               whose source is an IPv4 CIDR match IPv4 only; a flow's entry is per family
  *   2. flows    a live flow entry for the 5-tuple passes it: a reply to a flow this host started
  *               (recorded by `track` on the way out), or a flow a rule of this policy already
  *               allowed (cached with the policy's generation, so a new policy re-decides it)
@@ -33,6 +36,9 @@ export const PROTO_ANY = 0;
 export const PROTO_ICMP = 1;
 export const PROTO_TCP = 6;
 export const PROTO_UDP = 17;
+export const PROTO_ICMPV6 = 58;
+/** Added to an IPv6 flow's protocol in the flow table: IPv4 and IPv6 flows never share an entry. */
+const FAMILY6 = 256;
 
 /** One compiled rule (only rules whose `to` names this host are compiled). */
 export interface CompiledRule {
@@ -40,6 +46,8 @@ export interface CompiledRule {
   index: number;
   /** PROTO_ANY, PROTO_ICMP, PROTO_TCP or PROTO_UDP. */
   proto: number;
+  /** Its source is an IPv4 CIDR: it matches IPv4 packets only (absent: any, host or group). */
+  cidr?: boolean;
   /** Destination ports (TCP/UDP), inclusive; 0..65535 for every port (and every ICMP type). */
   portLo: number;
   portHi: number;
@@ -79,7 +87,8 @@ export const FLOW_TTL_MS = { tcp: 30 * 60_000, udp: 120_000, icmp: 30_000, other
 export const DEFAULT_FLOW_CAPACITY = 32_768;
 const WAYS = 4;
 
-function ttlOf(proto: number): number {
+function ttlOf(key: number): number {
+  const proto = key & 255;
   return proto === PROTO_TCP ? FLOW_TTL_MS.tcp : proto === PROTO_UDP ? FLOW_TTL_MS.udp : proto === PROTO_ICMP ? FLOW_TTL_MS.icmp : FLOW_TTL_MS.other;
 }
 
@@ -96,6 +105,7 @@ export class PacketFilter {
   private rLo = new Uint16Array(0);
   private rHi = new Uint16Array(0);
   private rIndex = new Int32Array(0);
+  private rCidr = new Uint8Array(0);
   private bySrc = new Map<number, Int32Array>();
   private oRule = new Int32Array(0);
   private oBase = new Int32Array(0);
@@ -105,7 +115,8 @@ export class PacketFilter {
   private readonly kSrc: Int32Array;
   private readonly kDst: Int32Array;
   private readonly kPorts: Int32Array;
-  private readonly kProto: Uint8Array;
+  /** Protocol, plus FAMILY6 for IPv6. */
+  private readonly kProto: Uint16Array;
   private readonly exp: Float64Array;
   /** The rule that allowed the flow (document index), or -1: a reply to a flow we started. */
   private readonly fRule: Int32Array;
@@ -117,6 +128,14 @@ export class PacketFilter {
   private pSp = 0;
   private pDp = 0;
   private pCache = false;
+  /** The packet at hand is IPv6 (pSrc, pDst: the IPv4 twins); pForeign: its source is outside the overlay prefix. */
+  private pV6 = false;
+  private pForeign = false;
+  /** Offset of its L4 header from the packet's start. */
+  private pL4 = 0;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); -1: none. */
+  private v6hi = -1;
+  private v6mid = 0;
 
   constructor(
     private readonly clock: Clock,
@@ -127,7 +146,7 @@ export class PacketFilter {
     this.kSrc = new Int32Array(capacity);
     this.kDst = new Int32Array(capacity);
     this.kPorts = new Int32Array(capacity);
-    this.kProto = new Uint8Array(capacity);
+    this.kProto = new Uint16Array(capacity);
     this.exp = new Float64Array(capacity);
     this.fRule = new Int32Array(capacity);
     this.fGen = new Uint32Array(capacity);
@@ -148,11 +167,18 @@ export class PacketFilter {
     this.rLo = Uint16Array.from(rules, (r) => r.portLo);
     this.rHi = Uint16Array.from(rules, (r) => r.portHi);
     this.rIndex = Int32Array.from(rules, (r) => r.index);
+    this.rCidr = Uint8Array.from(rules, (r) => (r.cidr === true ? 1 : 0));
     this.bySrc = new Map((policy?.peers ?? []).map((p) => [p.ip | 0, Int32Array.from(p.rules)]));
     const other = policy?.other ?? [];
     this.oRule = Int32Array.from(other, (o) => o.rule);
     this.oBase = Int32Array.from(other, (o) => o.base | 0);
     this.oMask = Int32Array.from(other, (o) => (o.len === 0 ? 0 : (0xffffffff << (32 - o.len)) | 0));
+  }
+
+  /** The network's IPv6 overlay prefix: bytes 0-3 and 4-5 of it (control/overlay6.ts overlay6Of). */
+  setOverlay6(hi: number, mid: number): void {
+    this.v6hi = hi;
+    this.v6mid = mid;
   }
 
   /** Reads the clock: once per batch (entries' ages are measured in batches' times). */
@@ -168,8 +194,8 @@ export class PacketFilter {
   }
 
   /**
-   * Stages 1-4 for the IPv4 packet at buf[pkt, pkt+len) (a whole header checked by the caller):
-   * true when it may be delivered. Counts what it decides.
+   * Stages 1-4 for the IPv4 or IPv6 packet at buf[pkt, pkt+len) (a whole header checked by the
+   * caller): true when it may be delivered. Counts what it decides.
    */
   allows(buf: Uint8Array, pkt: number, len: number): boolean {
     if (!this.key(buf, pkt, len, false)) {
@@ -177,7 +203,8 @@ export class PacketFilter {
       return false;
     }
     // 2. flows
-    const hit = this.find(this.pSrc, this.pDst, this.pProto, (this.pSp << 16) | this.pDp);
+    const fk = this.flowProto();
+    const hit = this.find(this.pSrc, this.pDst, fk, (this.pSp << 16) | this.pDp);
     if (hit >= 0) {
       const r = this.fRule[hit]!;
       this.exp[hit] = this.now + ttlOf(this.pProto);
@@ -192,8 +219,13 @@ export class PacketFilter {
       return false;
     }
     this.counters[C_RULES + r]! += 1;
-    if (this.pCache) this.insert(this.pSrc, this.pDst, this.pProto, (this.pSp << 16) | this.pDp, r, this.gen);
+    if (this.pCache) this.insert(this.pSrc, this.pDst, fk, (this.pSp << 16) | this.pDp, r, this.gen);
     return true;
+  }
+
+  /** The flow table's protocol for the packet at hand (IPv6 flows apart from IPv4 ones). */
+  private flowProto(): number {
+    return this.pV6 ? this.pProto + FAMILY6 : this.pProto;
   }
 
   /** A packet this host sends (from the TUN): its reply will pass. Cheap no-op for other kinds. */
@@ -202,8 +234,8 @@ export class PacketFilter {
     // the reply's key: addresses and ports swapped; an echo request (type 8) expects type 0
     const ports = this.pProto === PROTO_ICMP ? this.pSp << 16 : (this.pDp << 16) | this.pSp;
     // A TCP SYN (without ACK) starts a flow of ours whatever was there before.
-    const syn = this.pProto === PROTO_TCP && (buf[pkt + ((buf[pkt]! & 15) << 2) + 13]! & 0x12) === 0x02;
-    this.insert(this.pDst, this.pSrc, this.pProto, ports, -1, 0, syn);
+    const syn = this.pProto === PROTO_TCP && (buf[pkt + this.pL4 + 13]! & 0x12) === 0x02;
+    this.insert(this.pDst, this.pSrc, this.flowProto(), ports, -1, 0, syn);
   }
 
   /**
@@ -212,7 +244,11 @@ export class PacketFilter {
    * echo requests, inbound echo requests and replies).
    */
   private key(buf: Uint8Array, pkt: number, len: number, out: boolean): boolean {
+    if (buf[pkt]! >> 4 === 6) return this.key6(buf, pkt, len, out);
+    this.pV6 = false;
+    this.pForeign = false;
     const ihl = (buf[pkt]! & 15) << 2;
+    this.pL4 = ihl;
     const proto = buf[pkt + 9]!;
     this.pSrc = ((buf[pkt + 12]! << 24) | (buf[pkt + 13]! << 16) | (buf[pkt + 14]! << 8) | buf[pkt + 15]!) | 0;
     this.pDst = ((buf[pkt + 16]! << 24) | (buf[pkt + 17]! << 16) | (buf[pkt + 18]! << 8) | buf[pkt + 19]!) | 0;
@@ -239,8 +275,48 @@ export class PacketFilter {
     return true;
   }
 
+  /**
+   * Stage 1 for IPv6 (fixed header; a first extension header ends the parse: no ports): the IPv4
+   * twins of its overlay addresses, ICMPv6 as ICMP with echo request/reply as types 8/0.
+   */
+  private key6(buf: Uint8Array, pkt: number, len: number, out: boolean): boolean {
+    if (len < 40) return false;
+    const u32 = (o: number) => ((buf[o]! << 24) | (buf[o + 1]! << 16) | (buf[o + 2]! << 8) | buf[o + 3]!) | 0;
+    const inPrefix = (o: number) =>
+      u32(o) === (this.v6hi | 0) && ((buf[o + 4]! << 8) | buf[o + 5]!) === this.v6mid && (u32(o + 6) | buf[o + 10]! | buf[o + 11]!) === 0;
+    this.pV6 = true;
+    this.pForeign = !inPrefix(pkt + 8);
+    this.pSrc = u32(pkt + 20);
+    this.pDst = u32(pkt + 36);
+    this.pL4 = 40;
+    this.pSp = 0;
+    this.pDp = 0;
+    this.pCache = false;
+    const nh = buf[pkt + 6]!;
+    const t = pkt + 40;
+    if (nh === PROTO_TCP || nh === PROTO_UDP) {
+      this.pProto = nh;
+      if (44 > len) return false;
+      this.pSp = (buf[t]! << 8) | buf[t + 1]!;
+      this.pDp = (buf[t + 2]! << 8) | buf[t + 3]!;
+      this.pCache = true;
+    } else if (nh === PROTO_ICMPV6) {
+      this.pProto = PROTO_ICMP;
+      if (48 > len) return false;
+      const type = buf[t]!;
+      const echo = type === 128 ? 8 : type === 129 ? 0 : -1;
+      this.pDp = echo >= 0 ? echo : type;
+      if (echo >= 0) {
+        this.pSp = (buf[t + 4]! << 8) | buf[t + 5]!;
+        this.pCache = out ? echo === 8 : true;
+      }
+    } else this.pProto = nh; // another protocol, or an extension header: no ports
+    return true;
+  }
+
   /** Stage 3: the document index of the first rule allowing the packet at hand, or -1. */
   private match(): number {
+    if (this.pV6) return this.match6();
     const list = this.bySrc.get(this.pSrc);
     const proto = this.pProto;
     const dp = this.pDp;
@@ -258,6 +334,27 @@ export class PacketFilter {
       const r = this.oRule[k]!;
       const rp = this.rProto[r]!;
       if ((rp === PROTO_ANY || rp === proto) && dp >= this.rLo[r]! && dp <= this.rHi[r]!) return this.rIndex[r]!;
+    }
+    return -1;
+  }
+
+  /** Stage 3 for IPv6: as match(), without the rules whose source is an IPv4 CIDR. */
+  private match6(): number {
+    const proto = this.pProto;
+    const dp = this.pDp;
+    const list = this.pForeign ? undefined : this.bySrc.get(this.pSrc);
+    if (list !== undefined) {
+      for (let k = 0; k < list.length; k++) {
+        const r = list[k]!;
+        const rp = this.rProto[r]!;
+        if (this.rCidr[r] === 0 && (rp === PROTO_ANY || rp === proto) && dp >= this.rLo[r]! && dp <= this.rHi[r]!) return this.rIndex[r]!;
+      }
+      return -1;
+    }
+    for (let k = 0; k < this.oRule.length; k++) {
+      const r = this.oRule[k]!;
+      const rp = this.rProto[r]!;
+      if (this.rCidr[r] === 0 && (rp === PROTO_ANY || rp === proto) && dp >= this.rLo[r]! && dp <= this.rHi[r]!) return this.rIndex[r]!;
     }
     return -1;
   }

@@ -31,7 +31,7 @@ export const DROP_REASONS = [
   'relayRefused', // a forward request we may not serve (not a relay, unknown target, loop)
   'noRoute', // TUN packet for an address no peer owns
   'noSession', // TUN packet for a peer whose session the initiator has not confirmed yet
-  'notIpv4', // TUN packet that is not IPv4 (IPv6 is not carried yet)
+  'notIpv4', // TUN packet that is neither IPv4 nor IPv6 (IPv6 outside the overlay prefix is noRoute)
   'sendFailed', // the UDP socket refused the datagram
   'sealFailed', // the AEAD backend failed to seal (never seen; the packet is wiped and dropped)
   'policy', // the network policy allows no such packet to this host (./policy.ts); per rule in status

@@ -60,6 +60,8 @@ export interface WorkerInit {
   maxSleepMs: number;
   /** This host relays for its peers. */
   relay: boolean;
+  /** The network's IPv6 overlay prefix (control/overlay6.ts overlay6Of); null: IPv6 is not carried. */
+  overlay6: { hi: number; mid: number } | null;
   /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
   hsPublicKey: Uint8Array | null;
   statsSab: SharedArrayBuffer;
@@ -176,7 +178,7 @@ async function main(init: WorkerInit): Promise<void> {
       bye: (slot) => post({ t: 'bye', slot }),
       want: (ip) => post({ t: 'want', ip }),
     },
-    { mtu: init.mtu, relay: init.relay, mac1, cookies },
+    { mtu: init.mtu, relay: init.relay, mac1, cookies, overlay6: init.overlay6 },
   );
   const drain = () => {
     let m;

@@ -76,6 +76,7 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   const s = doc.self;
   const lines: string[] = [];
   lines.push(`${s.name} ${s.overlayIp} on ${s.interface} (network ${s.network}, mtu ${s.mtu}), udp ${s.listenPort}`);
+  if (s.overlayIp6) lines.push(`  overlay ipv6: ${s.overlayIp6}${s.overlayPrefix6 ? ` (network ${s.overlayPrefix6})` : ''}`);
   lines.push(`  crypto: ${s.crypto || '-'}, offloads: ${s.offload ? 'on' : 'off'}`);
   lines.push(`  endpoints: ${s.endpoints.join(', ') || '-'}`);
   if (s.nat !== undefined) {
@@ -100,13 +101,15 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   if (doc.peers.length === 0) lines.push('no peers yet');
   else {
     const withEtcd = doc.peers.some((p) => p.etcd !== undefined);
-    const rows = [['PEER', 'OVERLAY IP', 'ENDPOINT', 'PATH', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX', ...(withEtcd ? ['ETCD'] : [])]];
+    const with6 = doc.peers.some((p) => p.overlayIp6 !== undefined);
+    const rows = [['PEER', 'OVERLAY IP', ...(with6 ? ['OVERLAY IPV6'] : []), 'ENDPOINT', 'PATH', 'STATE', 'RTT', 'LAST RX', 'RX', 'TX', ...(withEtcd ? ['ETCD'] : [])]];
     for (const p of doc.peers) {
       const path =
         p.path === 'relayed' ? `relayed via ${p.via ?? '?'}` : p.path === 'direct' ? `direct${p.pathScope ? ` ${p.pathScope}` : ''}` : '-';
       rows.push([
         p.name,
         p.overlayIp,
+        ...(with6 ? [p.overlayIp6 ?? '-'] : []),
         p.endpoint,
         path + (p.lastPathChange ? ` (${ago(p.lastPathChange, now)})` : ''),
         p.state,

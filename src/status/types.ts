@@ -2,6 +2,8 @@
 export interface StatusPeer {
   name: string;
   overlayIp: string;
+  /** Its IPv6 overlay address (the network's prefix around overlayIp, src/control/overlay6.ts). */
+  overlayIp6?: string;
   publicKey: string;
   /** "a.b.c.d:port", or "via NAME" when relayed. */
   endpoint: string;
@@ -40,6 +42,9 @@ export interface StatusDocument {
     name: string;
     network: string;
     overlayIp: string;
+    /** Our IPv6 overlay address, and the network's IPv6 prefix it is in (src/control/overlay6.ts). */
+    overlayIp6?: string;
+    overlayPrefix6?: string;
     publicKey: string;
     listenPort: number;
     endpoints: string[];

@@ -60,6 +60,7 @@ import {
 import { parseIpv4, parsePrefix, type Prefix } from '../../src/util/ipv4';
 import { C_DENIED, C_REPLIES, C_RULES, counterSlots } from '../../src/dataplane/policy';
 import { rng } from '../helpers/rng';
+import { hostIp6, overlay6Of, overlayPrefix6 } from '../../src/control/overlay6';
 
 const MTU = 1420;
 const CAP = 16;
@@ -97,6 +98,26 @@ function ipv6(payload = 40): Buffer {
   p.writeUInt16BE(payload, 4);
   p[6] = 17;
   p[7] = 64;
+  return p;
+}
+
+/** The test network's IPv6 overlay prefix (every node carries IPv6 with it). */
+const PREFIX6 = overlayPrefix6({ name: 'test', created: '2026-12-01T00:00:00.000Z', trustAnchor: 'x' });
+
+/**
+ * An IPv6 packet between the overlay IPv6 addresses of two IPv4 overlay addresses (`src` may
+ * also be a whole address: a source outside the overlay prefix). UDP unless `nh` says otherwise.
+ */
+function ipv6Overlay(src: string | Uint8Array, dst: string, payload = 64, opts: { nh?: number; payloadLength?: number; seed?: number } = {}): Buffer {
+  const p = Buffer.alloc(40 + payload);
+  p[0] = 0x60;
+  p.writeUInt16BE(opts.payloadLength ?? payload, 4);
+  p[6] = opts.nh ?? 17;
+  p[7] = 64;
+  p.set(typeof src === 'string' ? hostIp6(PREFIX6, ip(src)) : src, 8);
+  p.set(hostIp6(PREFIX6, ip(dst)), 24);
+  const seed = opts.seed ?? payload;
+  for (let i = 40; i < p.length; i++) p[i] = (i * 17 + seed) & 255;
   return p;
 }
 
@@ -200,7 +221,7 @@ class Node {
           o.bye?.(slot);
         },
       },
-      { mtu: MTU, relay: opts.relay ?? false },
+      { mtu: MTU, relay: opts.relay ?? false, overlay6: overlay6Of(PREFIX6) },
     );
   }
 
@@ -634,12 +655,14 @@ describe('data plane over fakes', () => {
       expect(a.peerStat(SLOT_OF_B_AT_A, P_TX_PKTS)).toBe(0);
     });
 
-    it('an IPv6 packet is dropped as notIpv4, a runt as malformed', () => {
+    it('a packet neither IPv4 nor IPv6 is dropped as notIpv4, IPv6 outside the overlay prefix as noRoute, runts as malformed', () => {
       const { a } = m;
-      a.tun.inject(ipv6(), Buffer.from([0x45, 0, 0, 10, 0, 0, 0, 0, 64, 17]), Buffer.alloc(0));
+      const v5 = Buffer.alloc(60, 0);
+      v5[0] = 0x50;
+      a.tun.inject(ipv6(), Buffer.from([0x45, 0, 0, 10, 0, 0, 0, 0, 64, 17]), Buffer.alloc(0), v5, ipv6Overlay('100.64.0.1', '100.64.0.2').subarray(0, 39));
       expect(a.send()).toBe(0);
       expect(m.net.captured).toEqual([]);
-      expect(a.drops()).toEqual({ ...noDrops(), notIpv4: 1, malformed: 2 });
+      expect(a.drops()).toEqual({ ...noDrops(), notIpv4: 1, noRoute: 1, malformed: 3 });
     });
 
     it('good packets in the same batch as bad ones still go', () => {
@@ -649,7 +672,7 @@ describe('data plane over fakes', () => {
       expect(a.send()).toBe(2);
       b.receive();
       expect(b.tun.take()).toEqual(good);
-      expect(a.drops()).toEqual({ ...noDrops(), notIpv4: 1, noRoute: 1 });
+      expect(a.drops()).toEqual({ ...noDrops(), noRoute: 2 });
     });
 
     it('a peer whose counter reached the limit gets nothing more (sendFailed)', () => {
@@ -660,6 +683,52 @@ describe('data plane over fakes', () => {
       expect(a.send()).toBe(1);
       expect(m.net.captured.map((d) => d.dstPort)).toEqual([51822]);
       expect(a.drops()).toEqual({ ...noDrops(), sendFailed: 1 });
+    });
+  });
+
+  describe('IPv6 overlay', () => {
+    it('IPv6 packets between overlay IPv6 addresses cross intact, routed by the IPv4 twin, next to IPv4 ones', () => {
+      const { a, b } = m;
+      const sent = [
+        ipv6Overlay('100.64.0.1', '100.64.0.2', 0),
+        ipv4('100.64.0.1', '100.64.0.2', 30),
+        ipv6Overlay('100.64.0.1', '100.64.0.2', 1200, { nh: 6 }),
+        ipv6Overlay('100.64.0.1', '100.64.0.2', 8, { nh: 58 }),
+      ];
+      a.tun.inject(...sent);
+      expect(a.send()).toBe(4);
+      b.receive();
+      expect(b.tun.take()).toEqual(sent);
+      expect(a.drops()).toEqual(noDrops());
+      expect(b.drops()).toEqual(noDrops());
+    });
+
+    it('an IPv6 destination is a peer only by its own twin: a twin nobody has, or one in an advertised IPv4 prefix, has no route', () => {
+      const { a } = m;
+      a.tun.inject(ipv6Overlay('100.64.0.1', '100.64.9.9'), ipv6Overlay('100.64.0.1', '10.20.0.5'), ipv4('100.64.0.1', '10.20.0.5'));
+      expect(a.send()).toBe(1); // the IPv4 packet into B's subnet
+      expect(a.drops()).toEqual({ ...noDrops(), noRoute: 2 });
+    });
+
+    it("a peer's IPv6 packet with another member's overlay IPv6 source, or one outside the prefix, is dropped and counted as spoofed", () => {
+      const { a, b } = m;
+      const outside = hostIp6(PREFIX6, ip('100.64.0.1'));
+      outside[7] = 1; // the prefix, but not the twin's zeros
+      const elsewhere = hostIp6(PREFIX6, ip('100.64.0.1'));
+      elsewhere[2] ^= 0xff; // another /48, A's twin
+      const forged = [
+        ipv6Overlay('100.64.0.3', '100.64.0.2'), // C's address, from A
+        ipv6Overlay('10.10.0.7', '100.64.0.2'), // inside A's allowed IPv4 prefix: IPv6 has no such thing
+        ipv6Overlay(outside, '100.64.0.2'),
+        ipv6Overlay(elsewhere, '100.64.0.2'),
+      ];
+      const good = ipv6Overlay('100.64.0.1', '100.64.0.2', 20);
+      a.tun.inject(...forged, good);
+      expect(a.send()).toBe(5); // A seals whatever its kernel writes: the receiver decides
+      b.receive();
+      expect(b.tun.take()).toEqual([good]);
+      expect(b.drops()).toEqual({ ...noDrops(), spoofed: 4 });
+      expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(5);
     });
   });
 
@@ -865,7 +934,8 @@ describe('data plane over fakes', () => {
       const good = ipv4('100.64.0.1', '100.64.0.2', 40);
       const padded = Buffer.concat([good, Buffer.alloc(6, 0xab)]);
       const inner = [
-        ipv6(), // not IPv4
+        ipv6Overlay('100.64.0.1', '100.64.0.2', 40, { payloadLength: 41 }), // IPv6 that says it is longer than it is
+        ipv6().subarray(0, 39), // an IPv6 runt
         ipv4('100.64.0.1', '100.64.0.2', 40, { totalLength: 61 }), // says longer than it is
         ipv4('100.64.0.1', '100.64.0.2', 40, { totalLength: 19 }), // shorter than its header
         good.subarray(0, 19), // runt
@@ -882,7 +952,7 @@ describe('data plane over fakes', () => {
       ];
       for (const [i, p] of inner.entries()) net.deliver(from(A_UNDERLAY, 51820, b, await forge(key, idx, 100 + i, p)));
       b.receive();
-      expect(b.drops()).toEqual({ ...noDrops(), malformed: 12 });
+      expect(b.drops()).toEqual({ ...noDrops(), malformed: 13 });
       expect(b.tun.take()).toEqual([good]);
       expect(b.peerStat(SLOT_OF_A_AT_B, P_RX_PKTS)).toBe(inner.length);
       expect(b.pings).toEqual([]);

@@ -108,3 +108,46 @@ describe('clampTcpMss (TCP SYNs toward relayed peers)', () => {
     }
   });
 });
+
+describe('clampTcpMss over IPv6', () => {
+  /** The IPv4 segment's TCP part behind an IPv6 fixed header (fd00::/8 overlay addresses), checksum recomputed. */
+  function tcp6(flags: number, options: number[]): Buffer {
+    const tcp = tcpPacket(flags, options).subarray(20);
+    const b = Buffer.alloc(40 + tcp.length);
+    b[0] = 0x60;
+    b.writeUInt16BE(tcp.length, 4);
+    b[6] = 6;
+    b[7] = 64;
+    Buffer.from('fd123456789000000000000064400001', 'hex').copy(b, 8);
+    Buffer.from('fd123456789000000000000064400002', 'hex').copy(b, 24);
+    tcp.copy(b, 40);
+    b.writeUInt16BE(tcp6Checksum(b), 56);
+    return b;
+  }
+  function tcp6Checksum(b: Buffer): number {
+    const ph = Buffer.alloc(40);
+    b.copy(ph, 0, 8, 40);
+    ph.writeUInt32BE(b.length - 40, 32);
+    ph[39] = 6;
+    const saved = b.readUInt16BE(56);
+    b.writeUInt16BE(0, 56);
+    let s = sum16(ph, 0, 40) + sum16(b, 40, b.length - 40);
+    while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+    b.writeUInt16BE(saved, 56);
+    return ~s & 0xffff;
+  }
+
+  it('an IPv6 SYN gets 20 bytes less than an IPv4 one (its header is 20 bytes longer), checksum kept right', () => {
+    const p = tcp6(SYN, [...MSS(1440), 1, 1, 4, 2]);
+    expect(clampTcpMss(p, 0, p.length, 1342, false)).toBe(true);
+    expect(p.readUInt16BE(60 + 2)).toBe(1322);
+    expect(p.readUInt16BE(56)).toBe(tcp6Checksum(p));
+    const small = tcp6(SYN, MSS(1300));
+    expect(clampTcpMss(small, 0, small.length, 1342, false)).toBe(false);
+    const notSyn = tcp6(ACK, MSS(1440));
+    expect(clampTcpMss(notSyn, 0, notSyn.length, 1342, false)).toBe(false);
+    const ext = tcp6(SYN, MSS(1440));
+    ext[6] = 0; // hop-by-hop header first: not parsed, left alone
+    expect(clampTcpMss(ext, 0, ext.length, 1342, false)).toBe(false);
+  });
+});

@@ -12,6 +12,7 @@ import {
   GSO_ECN,
   GSO_NONE,
   GSO_TCPV4,
+  GSO_TCPV6,
   ipv4HeaderChecksum,
   l4ChecksumOffset,
   splitFromTun,
@@ -1092,3 +1093,138 @@ describe('writeVnetHeader', () => {
     expect(l4ChecksumOffset(58)).toBe(-1);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 (issue 16): TSO for TCPv6 cut on the way out, coalesced again on the way in
+// ---------------------------------------------------------------------------------------------
+
+const IP6_A = Buffer.from('fd12345678900000000000006440000a', 'hex');
+const IP6_B = Buffer.from('fd12345678900000000000006440000b', 'hex');
+
+/** IPv6 pseudo-header: source, destination, upper-layer length (32 bits), zeros, next header. */
+function pseudoHeader6(pkt: Buffer, proto: number, l4len: number): Buffer {
+  const ph = Buffer.alloc(40);
+  pkt.copy(ph, 0, 8, 40);
+  ph.writeUInt32BE(l4len, 32);
+  ph[39] = proto;
+  return ph;
+}
+
+/** An IPv6/TCP packet (fixed header only), checksum full or partial (pseudo-header sum). */
+function tcp6Packet(spec: { payload: Buffer; seq?: number; flags?: number; ts?: [number, number] | null; flow?: number; hop?: number; csum?: 'full' | 'partial' }): Buffer {
+  const v4 = tcpPacket({ payload: spec.payload, seq: spec.seq, flags: spec.flags, ts: spec.ts, csum: 'zero' });
+  const tcp = Buffer.from(v4.subarray(20));
+  const h = Buffer.alloc(40);
+  h.writeUInt32BE((0x6 << 28) | (0x2 << 20) | (spec.flow ?? 0x12345), 0);
+  h.writeUInt16BE(tcp.length, 4);
+  h[6] = 6;
+  h[7] = spec.hop ?? 64;
+  IP6_A.copy(h, 8);
+  IP6_B.copy(h, 24);
+  tcp.writeUInt16BE(0, 16);
+  const ph = pseudoHeader6(h, 6, tcp.length);
+  tcp.writeUInt16BE(spec.csum === 'partial' ? refSum(ph) : refChecksum(ph, tcp), 16);
+  return Buffer.concat([h, tcp]);
+}
+
+function tcp6Verifies(pkt: Buffer): boolean {
+  return refSum(pseudoHeader6(pkt, 6, pkt.length - 40), pkt.subarray(40)) === 0xffff;
+}
+
+function tso6Read(sp: Buffer, gsoSize: number) {
+  const hlen = 40 + (sp[52]! >> 4) * 4;
+  return tunRead({ flags: VNET_F_NEEDS_CSUM, gso: GSO_TCPV6, hdrLen: hlen, gsoSize, csumStart: 40, csumOffset: 16 }, sp);
+}
+
+describe('IPv6: splitFromTun GSO_TCPV6 and TcpCoalescer', () => {
+  const cases = [
+    { name: '64000 bytes, thl 32, gso 1348', payloadLen: 64000, ts: [9, 10] as [number, number], gsoSize: 1348 },
+    { name: '20000 bytes, thl 20, gso 1360', payloadLen: 20000, ts: null, gsoSize: 1360 },
+    { name: 'below gso', payloadLen: 700, ts: [1, 2] as [number, number], gsoSize: 1348 },
+  ];
+
+  it.each(cases)('cuts a TCPv6 super-packet into segments whose checksums complete, and coalesces them back byte for byte ($name)', ({ payloadLen, ts, gsoSize }) => {
+    const flags = F_ACK | F_PSH;
+    const sp = tcp6Packet({ payload: randomBytes(payloadLen, payloadLen), seq: 0xffff_f000, flags, ts, csum: 'partial' });
+    const hlen = 40 + (ts ? 32 : 20);
+    const read = tso6Read(sp, gsoSize);
+    const b = newBatch(64);
+    const count = Math.ceil(payloadLen / gsoSize);
+    expect(splitFromTun(read.src, read.off, read.len, b, 3)).toBe(count);
+    for (let k = 0; k < count; k++) {
+      const seg = slotPacket(b, 3 + k);
+      const segLen = Math.min(gsoSize, payloadLen - k * gsoSize);
+      expect(b.len[3 + k]).toBe(hlen + segLen);
+      expect(b.flags[3 + k]).toBe(FLAG_CSUM_PARTIAL);
+      expect(seg.readUInt16BE(4)).toBe(hlen - 40 + segLen);
+      expect(seg.readUInt32BE(44)).toBe((0xffff_f000 + k * gsoSize) % 2 ** 32);
+      expect(seg[53]).toBe(k < count - 1 ? F_ACK : F_ACK | F_PSH);
+      expect(seg.subarray(hlen).equals(sp.subarray(hlen + k * gsoSize, hlen + k * gsoSize + segLen))).toBe(true);
+      expect(seg.subarray(0, 4).equals(sp.subarray(0, 4))).toBe(true);
+      expect(seg.subarray(6, 44).equals(sp.subarray(6, 44))).toBe(true);
+      expect(seg.readUInt16BE(56)).toBe(refSum(pseudoHeader6(seg, 6, seg.length - 40)));
+      const done = Buffer.from(seg);
+      completeChecksum(done, 0, done.length, 40, 16);
+      expect(tcp6Verifies(done)).toBe(true);
+    }
+    // and back: one super-packet, the kernel's read byte for byte
+    const c = newCoalescer();
+    const at = (i: number) => b.offset(i) + HEADER_LEN;
+    expect(TcpCoalescer.eligible(b.buf, at(3), b.len[3]!)).toBe(true);
+    c.start(b.buf, at(3), b.len[3]!, true);
+    for (let k = 1; k < count; k++) expect(c.append(b.buf, at(3 + k), b.len[3 + k]!)).toBe(true);
+    expect(c.segments).toBe(count);
+    const out = c.finish();
+    const w = written(c, out);
+    if (count > 1) {
+      expect(w[1]).toBe(GSO_TCPV6);
+      expect(w.equals(read.src.subarray(read.off, read.off + read.len))).toBe(true);
+    } else {
+      // a lone segment goes as it is, checksum partial at 40 + 16
+      expect([w[0], w[1], w.readUInt16LE(6), w.readUInt16LE(8)]).toEqual([VNET_F_NEEDS_CSUM, GSO_NONE, 40, 16]);
+    }
+  });
+
+  it('a run never mixes families or flows: IPv4 after IPv6, another flow label or hop limit, a gap in sequence all end it', () => {
+    const pay = randomBytes(4000, 5);
+    const seg6 = (from: number, o: { flow?: number; hop?: number } = {}) =>
+      tcp6Packet({ payload: pay.subarray(from, from + 1000), seq: 5000 + from, ts: [1, 2], ...o });
+    const c = newCoalescer();
+    c.start(...inSlot(seg6(0)), false);
+    expect(c.append(...inSlot(seg6(1000)))).toBe(true);
+    expect(c.append(...inSlot(seg6(2000, { flow: 0x54321 })))).toBe(false);
+    expect(c.append(...inSlot(seg6(2000, { hop: 63 })))).toBe(false);
+    expect(c.append(...inSlot(seg6(3000)))).toBe(false); // gap
+    const v4 = tcpPacket({ payload: pay.subarray(2000, 3000), seq: 7000, ts: [1, 2] });
+    expect(c.append(...inSlot(v4))).toBe(false);
+    expect(c.append(...inSlot(seg6(2000)))).toBe(true);
+    expect(c.segments).toBe(3);
+    const w = written(c, c.finish());
+    const pkt = w.subarray(VNET_HDR_LEN);
+    expect(pkt.readUInt16BE(4)).toBe(32 + 3000);
+    const done = Buffer.from(pkt);
+    completeChecksum(done, 0, done.length, 40, 16);
+    expect(tcp6Verifies(done)).toBe(true);
+    // an extension header (hop-by-hop) first: not eligible
+    const ext = seg6(0);
+    ext[6] = 0;
+    expect(TcpCoalescer.eligible(...inSlot(ext))).toBe(false);
+  });
+
+  it('a lone IPv6 packet with a partial checksum keeps it across the tunnel (csum_start 40), and TCPV6 GSO over an IPv4 packet is malformed', () => {
+    const p = tcp6Packet({ payload: randomBytes(300, 8), csum: 'partial' });
+    const read = tunRead({ flags: VNET_F_NEEDS_CSUM, csumStart: 40, csumOffset: 16 }, p);
+    const b = newBatch(4);
+    expect(splitFromTun(read.src, read.off, read.len, b, 0)).toBe(1);
+    expect(b.flags[0]).toBe(FLAG_CSUM_PARTIAL);
+    const slot = Buffer.alloc(p.length + HEADER_LEN);
+    p.copy(slot, HEADER_LEN);
+    expect(writeVnetHeader(slot, HEADER_LEN, true)).toBe(true);
+    const v = slot.subarray(HEADER_LEN - VNET_HDR_LEN, HEADER_LEN);
+    expect([v[0], v.readUInt16LE(6), v.readUInt16LE(8)]).toEqual([VNET_F_NEEDS_CSUM, 40, 16]);
+    const v4 = tcpPacket({ payload: randomBytes(3000, 9), csum: 'partial' });
+    const bad = tunRead({ flags: VNET_F_NEEDS_CSUM, gso: GSO_TCPV6, hdrLen: 40, gsoSize: 1000, csumStart: 20, csumOffset: 16 }, v4);
+    expect(splitFromTun(bad.src, bad.off, bad.len, newBatch(8), 0)).toBe('malformed');
+  });
+});
+

@@ -17,6 +17,7 @@ import { isCladnetError } from '../../src/errors';
 import { createRootLogger } from '../../src/log';
 import { parseIpv4 } from '../../src/util/ipv4';
 import { rng } from '../helpers/rng';
+import { hostIp6, overlay6Of, overlayPrefix6 } from '../../src/control/overlay6';
 
 const X = (n: number) => Buffer.alloc(32, n).toString('base64');
 const T0 = new Date('2026-12-02T00:00:00.000Z');
@@ -61,6 +62,33 @@ function packet(src: string, dst: string, proto: number, a: number, b: number, o
   }
   return buf;
 }
+const PREFIX6 = overlayPrefix6({ name: 'demo', created: T0.toISOString() });
+
+/**
+ * The IPv6 twin of packet(): between the overlay IPv6 addresses of two IPv4 overlay addresses
+ * (`src` may be a whole IPv6 address), ICMP as ICMPv6 (type 8/0 as 128/129).
+ */
+function packet6(src: string | Uint8Array, dst: string, proto: number, a: number, b: number, opts: { flags?: number } = {}): Buffer {
+  const buf = Buffer.alloc(60);
+  buf[0] = 0x60;
+  buf.writeUInt16BE(20, 4);
+  buf[6] = proto === 1 ? 58 : proto;
+  buf[7] = 64;
+  buf.set(typeof src === 'string' ? hostIp6(PREFIX6, parseIpv4(src)!) : src, 8);
+  buf.set(hostIp6(PREFIX6, parseIpv4(dst)!), 24);
+  if (proto === 1) {
+    buf[40] = a === 8 ? 128 : a === 0 ? 129 : a;
+    buf.writeUInt16BE(b, 44);
+  } else {
+    buf.writeUInt16BE(a, 40);
+    buf.writeUInt16BE(b, 42);
+    if (proto === 6) buf[53] = opts.flags ?? 0x10;
+  }
+  return buf;
+}
+const tcp6 = (src: string, dst: string, sp: number, dp: number) => packet6(src, dst, 6, sp, dp);
+const udp6 = (src: string, dst: string, sp: number, dp: number) => packet6(src, dst, 17, sp, dp);
+const icmp6 = (src: string, dst: string, type: number, id: number) => packet6(src, dst, 1, type, id);
 const tcp = (src: string, dst: string, sp: number, dp: number) => packet(src, dst, 6, sp, dp);
 const udp = (src: string, dst: string, sp: number, dp: number) => packet(src, dst, 17, sp, dp);
 const icmp = (src: string, dst: string, type: number, id: number) => packet(src, dst, 1, type, id);
@@ -90,6 +118,8 @@ function filterFor(self: keyof typeof members, rules: PolicyRule[], serial = 1, 
     Object.values(members).filter((m) => m.name !== self),
   );
   const f = new PacketFilter(c, 64);
+  const o6 = overlay6Of(PREFIX6);
+  f.setOverlay6(o6.hi, o6.mid);
   const counters = new Float64Array(counterSlots(p.rules.length));
   f.set(compiled, counters);
   const ok = (b: Buffer) => f.allows(b, 0, b.length);
@@ -395,3 +425,102 @@ describe('PacketFilter', () => {
     expect(f.active).toBe(false);
   });
 });
+
+describe('PacketFilter over IPv6', () => {
+  /** Every case an IPv4 packet decides: its IPv6 twin must decide alike (no bypass, no extra denial). */
+  it('host and group rules treat a peer\'s IPv6 packets exactly like its IPv4 ones, counted on the same rules', () => {
+    const cases: [string, string, number, number, number][] = [
+      [WEB, DB, 6, 40000, 5432],
+      [WEB2, DB, 6, 40001, 5432],
+      [WEB, DB, 1, 8, 77],
+      [WEB, DB, 6, 40000, 22],
+      [WEB, DB, 17, 40000, 5432],
+      [OUT, DB, 6, 40000, 5432],
+      [OUT, DB, 1, 8, 1],
+      [WEB, DB, 1, 13, 0], // an ICMP type no rule port range excludes: the icmp rule allows it
+    ];
+    const v4 = filterFor('db', WEB_DB);
+    const v6 = filterFor('db', WEB_DB);
+    for (const [src, dst, proto, a, b] of cases) {
+      const want = v4.ok(packet(src, dst, proto, a, b));
+      expect(v6.ok(packet6(src, dst, proto, a, b)), `${src} -> ${dst} proto ${proto} ${a}/${b}`).toBe(want);
+    }
+    expect([...v6.counters]).toEqual([...v4.counters]);
+    expect(v6.counters[C_DENIED]).toBe(4);
+  });
+
+  it('a rule whose source is an IPv4 CIDR matches IPv4 only; "any" matches both', () => {
+    const rules: PolicyRule[] = [
+      { from: '100.64.0.0/24', to: 'group:db', proto: 'tcp', ports: '80' },
+      { from: '0.0.0.0/0', to: 'group:db', proto: 'udp' },
+      { from: 'any', to: 'group:db', proto: 'tcp', ports: '443' },
+    ];
+    const { ok, counters } = filterFor('db', rules);
+    expect(ok(tcp(WEB, DB, 40000, 80))).toBe(true);
+    expect(ok(tcp6(WEB, DB, 40000, 80))).toBe(false);
+    expect(ok(udp(OUT, DB, 1, 53))).toBe(true);
+    expect(ok(udp6(OUT, DB, 1, 53))).toBe(false);
+    expect(ok(tcp6(OUT, DB, 40000, 443))).toBe(true);
+    expect(ok(tcp(OUT, DB, 40000, 443))).toBe(true);
+    expect(counters[C_RULES + 2]).toBe(2);
+    expect(counters[C_DENIED]).toBe(2);
+  });
+
+  it('replies pass per family: a flow started over IPv4 lets no IPv6 packet in, and the other way round', () => {
+    const { f, ok, counters } = filterFor('web', WEB_DB);
+    const syn6 = packet6(WEB, DB, 6, 40000, 5432, { flags: 0x02 });
+    f.track(syn6, 0, syn6.length);
+    expect(ok(tcp6(DB, WEB, 5432, 40000))).toBe(true);
+    expect(ok(tcp(DB, WEB, 5432, 40000))).toBe(false);
+    const ping4 = icmp(WEB, DB, 8, 9);
+    f.track(ping4, 0, ping4.length);
+    expect(ok(icmp(DB, WEB, 0, 9))).toBe(true);
+    expect(ok(icmp6(DB, WEB, 0, 9))).toBe(false);
+    const ping6 = icmp6(WEB, DB, 8, 10);
+    f.track(ping6, 0, ping6.length);
+    expect(ok(icmp6(DB, WEB, 0, 10))).toBe(true);
+    expect(ok(icmp6(DB, WEB, 8, 10))).toBe(false); // an echo request back is no reply
+    expect(counters[C_REPLIES]).toBe(3);
+    expect(counters[C_DENIED]).toBe(3);
+  });
+
+  it('an IPv6 source outside the overlay prefix matches only "any" rules, whatever its last 32 bits say', () => {
+    const rules: PolicyRule[] = [...WEB_DB, { from: 'any', to: 'group:db', proto: 'udp', ports: '53' }];
+    const { ok } = filterFor('db', rules);
+    const foreign = hostIp6(PREFIX6, parseIpv4(WEB)!);
+    foreign[1] ^= 1;
+    expect(ok(packet6(foreign, DB, 6, 40000, 5432))).toBe(false);
+    expect(ok(packet6(foreign, DB, 17, 40000, 53))).toBe(true);
+    expect(ok(tcp6(WEB, DB, 40000, 5432))).toBe(true);
+  });
+
+  it('a truncated IPv6 transport header is denied; an extension header first has no ports (only rules without ports match)', () => {
+    const { ok } = filterFor('db', [...WEB_DB, { from: 'group:web', to: 'group:db', proto: 'any' }]);
+    const t = tcp6(WEB, DB, 40000, 5432);
+    expect(ok(t.subarray(0, 43))).toBe(false);
+    const frag = tcp6(WEB2, DB, 40000, 22);
+    frag[6] = 44; // a fragment header
+    expect(ok(frag)).toBe(true); // the proto any rule
+    const only = filterFor('db', WEB_DB);
+    expect(only.ok(frag)).toBe(false);
+  });
+
+  it('random IPv6 packets (overlay and foreign sources, any next header, any length) never throw, and every decision is counted', () => {
+    const { f, ok, counters } = filterFor('db', [...WEB_DB, { from: 'any', to: 'group:db', proto: 'udp', ports: '53' }]);
+    const r = rng(616);
+    let decided = 0;
+    for (let i = 0; i < 5000; i++) {
+      const base = packet6(r() < 0.5 ? WEB : OUT, DB, [6, 17, 1, 0, 44, 59][Math.floor(r() * 6)]!, Math.floor(r() * 65536), Math.floor(r() * 65536));
+      for (let k = 0; k < 4; k++) base[Math.floor(r() * base.length)] = Math.floor(r() * 256);
+      base[0] = 0x60 | (base[0]! & 15);
+      const len = 40 + Math.floor(r() * 21);
+      const p = base.subarray(0, len);
+      expect(() => f.track(p, 0, p.length)).not.toThrow();
+      ok(p);
+      decided++;
+    }
+    const counted = counters.reduce((a, b) => a + b, 0);
+    expect(counted).toBe(decided);
+  });
+});
+

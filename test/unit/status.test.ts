@@ -98,6 +98,18 @@ describe('renderStatus', () => {
     ]);
   });
 
+  it('shows the IPv6 overlay addresses: ours under the first line, the peers\' in a column of their own', () => {
+    const doc = sample();
+    doc.self.overlayIp6 = 'fd3c:91e0:7a2b::6440:1';
+    doc.self.overlayPrefix6 = 'fd3c:91e0:7a2b::/48';
+    doc.peers = doc.peers.slice(0, 2).map((p, i) => ({ ...p, overlayIp6: `fd3c:91e0:7a2b::6440:${i + 2}` }));
+    const lines = renderStatus(doc, NOW).split('\n');
+    expect(lines[1]).toBe('  overlay ipv6: fd3c:91e0:7a2b::6440:1 (network fd3c:91e0:7a2b::/48)');
+    expect(lines[6]).toMatch(/^PEER +OVERLAY IP +OVERLAY IPV6 +ENDPOINT/);
+    expect(lines[7]).toMatch(/^bravo +100\.64\.0\.2 +fd3c:91e0:7a2b::6440:2 +203\.0\.113\.2:51820/);
+    expect(lines[8]).toMatch(/^charlie-long-name +100\.64\.0\.3 +fd3c:91e0:7a2b::6440:3 /);
+  });
+
   it('shows what the offloads did when the agent reports it, and says when UDP GSO gave up', () => {
     const doc = sample();
     const offloads = { udpGso: true, gsoMessages: 12, gsoDatagrams: 480, gsoRefused: 0, groMessages: 10, groDatagrams: 400, tunSuperPackets: 5, tunCoalesced: 200 };

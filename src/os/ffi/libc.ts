@@ -161,4 +161,5 @@ export const IFF_VNET_HDR = 0x4000;
 export const TUNSETOFFLOAD = 0x400454d0;
 export const TUN_F_CSUM = 0x01;
 export const TUN_F_TSO4 = 0x02;
+export const TUN_F_TSO6 = 0x04;
 export const TUN_F_TSO_ECN = 0x08;

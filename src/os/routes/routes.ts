@@ -6,6 +6,7 @@
  * delete; the kernel's connected route for the address is left to the kernel.
  */
 import { formatPrefix, parsePrefix } from '../../util/ipv4';
+import { formatIpv6, parseIpv6 } from '../../util/ipv6';
 import { runChecked, type CommandRunner } from '../runner';
 
 /** rtnetlink protocol id marking cladnet's routes (unassigned in /etc/iproute2/rt_protos). */
@@ -14,7 +15,7 @@ export const RTPROT_CLADNET = 77;
 export interface LinkDesired {
   readonly ifname: string;
   readonly mtu: number;
-  /** Addresses with prefix length, e.g. "100.64.0.5/24". */
+  /** Addresses with prefix length, e.g. "100.64.0.5/24" or "fd12:3456:789a::6440:5/48". */
   readonly addresses: readonly string[];
   /** Extra destination prefixes routed into the interface, e.g. a peer's advertised subnet. */
   readonly routes: readonly string[];
@@ -50,7 +51,15 @@ export function planLink(current: LinkState, desired: LinkDesired): string[][] {
 }
 
 function normalize(cidr: string): string {
-  return cidr.includes('/') ? cidr : `${cidr}/32`;
+  if (cidr.includes('/')) return cidr.includes(':') ? normalize6(cidr) : cidr;
+  return cidr.includes(':') ? normalize6(`${cidr}/128`) : `${cidr}/32`;
+}
+
+/** An IPv6 address with its length in RFC 5952 text, as `ip -j` prints it (unchanged when malformed). */
+function normalize6(cidr: string): string {
+  const [addr, len] = cidr.split('/');
+  const a = parseIpv6(addr!);
+  return a === null ? cidr : `${formatIpv6(a)}/${len}`;
 }
 
 function normalizeNet(cidr: string): string {
@@ -62,7 +71,7 @@ interface IpAddrJson {
   ifname: string;
   mtu: number;
   flags: string[];
-  addr_info?: { family: string; local: string; prefixlen: number }[];
+  addr_info?: { family: string; local: string; prefixlen: number; scope?: string }[];
 }
 interface IpRouteJson {
   dst: string;
@@ -78,7 +87,10 @@ export class RouteManager {
     const links = JSON.parse(r.stdout || '[]') as IpAddrJson[];
     const link = links[0];
     if (!link) return { exists: false, up: false, mtu: 0, addresses: [], routes: [] };
-    const addresses = (link.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`);
+    // (IPv6: global addresses only; a link-local one is the kernel's, and ours never has one)
+    const addresses = (link.addr_info ?? [])
+      .filter((a) => a.family === 'inet' || (a.family === 'inet6' && a.scope === 'global'))
+      .map((a) => `${a.local}/${a.prefixlen}`);
     const routesOut = await runChecked(this.runner, ['ip', '-j', 'route', 'show', 'dev', ifname, 'proto', String(RTPROT_CLADNET)]);
     const routes = (JSON.parse(routesOut || '[]') as IpRouteJson[]).map((x) => x.dst);
     return { exists: true, up: link.flags.includes('UP'), mtu: link.mtu, addresses, routes };

@@ -13,6 +13,8 @@ import {
   completeChecksum,
   GRO_MAX,
   l4ChecksumOffset,
+  l4Proto,
+  l4Start,
   splitFromTun,
   TcpCoalescer,
   VNET_HDR_LEN,
@@ -39,7 +41,7 @@ export function validIfName(name: string): boolean {
 
 export interface TunOptions {
   queues?: number;
-  /** Ask for IFF_VNET_HDR with checksum and TCPv4 segmentation offload (falls back when refused). */
+  /** Ask for IFF_VNET_HDR with checksum and TCPv4/TCPv6 segmentation offload (falls back when refused). */
   offload?: boolean;
 }
 
@@ -78,7 +80,7 @@ function openTunWith(name: string, queues: number, offload: boolean): TunDevice 
       ifr[IFNAMSIZ] = flags & 0xff;
       ifr[IFNAMSIZ + 1] = (flags >> 8) & 0xff;
       if (libc.ioctlPtr(fd, libc.TUNSETIFF, ifr) !== 0) throw osError(`ioctl(TUNSETIFF ${name})`);
-      if (offload && libc.ioctlNum(fd, libc.TUNSETOFFLOAD, libc.TUN_F_CSUM | libc.TUN_F_TSO4 | libc.TUN_F_TSO_ECN) !== 0) {
+      if (offload && libc.ioctlNum(fd, libc.TUNSETOFFLOAD, libc.TUN_F_CSUM | libc.TUN_F_TSO4 | libc.TUN_F_TSO6 | libc.TUN_F_TSO_ECN) !== 0) {
         throw osError(`ioctl(TUNSETOFFLOAD ${name})`);
       }
     }
@@ -212,8 +214,8 @@ export class TunBatchIo implements TunIo {
       ptr = this.vnetPtr[i]!;
       n = len + VNET_HDR_LEN;
     } else if (partial) {
-      const ihl = (batch.buf[pkt]! & 15) * 4;
-      const off = l4ChecksumOffset(batch.buf[pkt + 9]!);
+      const ihl = l4Start(batch.buf, pkt);
+      const off = l4ChecksumOffset(l4Proto(batch.buf, pkt));
       if (off < 0 || ihl + off + 2 > len) return false;
       completeChecksum(batch.buf, pkt, len, ihl, off);
     }
