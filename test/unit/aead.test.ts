@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Aead, createAead, EVP_MIN, FfiAead, KEY_LEN, NativeAead, TAG_BYTES, WasmAead } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { COUNTER_LIMIT } from '../../src/dataplane/wire';
+import { loadLibcrypto } from '../../src/os/ffi/libcrypto';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
 
 let sodium: Sodium;
@@ -53,10 +55,17 @@ const backends: Backend[] = [
   { label: 'FfiAead without OpenSSL on native memory', name: 'libsodium-ffi', make: async () => FfiAead.tryCreate(false)!, native: true, wipes: true },
 ];
 
+describe('loadLibcrypto', () => {
+  it('binds the OpenSSL inside the node binary instead of mapping libcrypto.so.3 beside it (2.4 MiB of RSS)', () => {
+    expect(loadLibcrypto()).not.toBeNull();
+    expect(fs.readFileSync('/proc/self/maps', 'utf8')).not.toMatch(/libcrypto\.so/);
+  });
+});
+
 describe('createAead', () => {
   it('prefers Debian libsodium through koffi, then sodium-native, and honours a forced backend', async () => {
     expect(ffiHere).toBe(true); // libsodium23 is installed by scripts/setup.sh
-    expect((await createAead()).name).toBe('libsodium+openssl-ffi'); // libcrypto.so.3 comes with Debian
+    expect((await createAead()).name).toBe('libsodium+openssl-ffi'); // node's own OpenSSL, else Debian's libcrypto.so.3
     expect((await createAead('ffi')).name).toBe('libsodium+openssl-ffi');
     expect((await createAead('native')).name).toBe('sodium-native');
     expect((await createAead('wasm')).name).toBe('libsodium-wasm');
