@@ -7,6 +7,7 @@
  * libsodium, so the results are the same bytes. libsodium-wrappers is loaded only when needed:
  * its JS and WASM cost each thread that loads it about 4 MiB (docs/performance.md, Memory).
  */
+import { loadLibsodium } from '../os/ffi/libsodium';
 import type * as SodiumWrappersModule from 'libsodium-wrappers';
 
 type SodiumWrappers = typeof SodiumWrappersModule;
@@ -161,6 +162,39 @@ function loadWrappers(): Promise<SodiumWrappers> {
     return s;
   });
   return wrappers;
+}
+
+/** The sodium-native calls the data-plane worker needs beside its AEAD (mac1 check, cookies). */
+export interface WorkerSodium {
+  crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array | null): void;
+  randombytes_buf(out: Uint8Array): void;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+}
+
+/**
+ * Those calls for the worker, in preallocated buffers: over Debian's libsodium through koffi (the
+ * library the ffi AEAD already loaded there) unless `backend` is 'native', else sodium-native;
+ * null when neither loads. The ffi variant keeps sodium-native (its JS, its loader's modules) out
+ * of the worker's heap (docs/performance.md, Memory).
+ */
+export function loadWorkerSodium(backend: 'auto' | 'ffi' | 'native'): { name: 'ffi' | 'native'; s: WorkerSodium } | null {
+  const lib = backend === 'native' ? null : loadLibsodium();
+  if (lib) {
+    return {
+      name: 'ffi',
+      s: {
+        crypto_generichash: (out, input, key) => void lib.generichash(out, out.length, input, input.length, key ?? null, key?.length ?? 0),
+        randombytes_buf: (out) => lib.randombytes(out, out.length),
+        crypto_aead_xchacha20poly1305_ietf_encrypt: (c, m, ad, nsec, npub, k) => lib.xchachaSeal(c, null, m, m.length, ad, ad?.length ?? 0, nsec, npub, k),
+      },
+    };
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return { name: 'native', s: require('sodium-native') as WorkerSodium };
+  } catch {
+    return null;
+  }
 }
 
 let ready: Promise<Sodium> | undefined;

@@ -6,7 +6,10 @@
  * docs/performance.md, 2026-12-02). The `Buf` variants take Buffers, for memory that is not native
  * (tests, the micro-benchmark's plain batches).
  *
- * Only src/crypto/aead.ts uses this; `loadLibsodium()` returns null when the library is absent.
+ * Also the three calls on Buffers the worker's mac1 check and cookies need (BLAKE2b, random bytes,
+ * XChaCha20-Poly1305), so that the worker does not load sodium-native beside it.
+ *
+ * Only src/crypto uses this; `loadLibsodium()` returns null when the library is absent.
  */
 import koffi from 'koffi';
 
@@ -23,6 +26,11 @@ export interface Libsodium {
   memzero(ptr: number, len: number): void;
   /** A Buffer over native memory (no copy). */
   view(ptr: number, len: number): Buffer;
+  /** crypto_generichash (BLAKE2b) of input into out (its whole length), keyed unless key is null; 0 on success. */
+  generichash(out: Uint8Array, outlen: number, input: Uint8Array, inlen: number, key: Uint8Array | null, keylen: number): number;
+  randombytes(out: Uint8Array, len: number): void;
+  /** crypto_aead_xchacha20poly1305_ietf_encrypt (combined: c gets mlen + 16 bytes); 0 on success. */
+  xchachaSeal(c: Uint8Array, clenP: null, m: Uint8Array, mlen: number, ad: Uint8Array | null, adlen: number, nsec: null, npub: Uint8Array, k: Uint8Array): number;
 }
 
 let loaded: Libsodium | null | undefined;
@@ -52,6 +60,14 @@ export function loadLibsodium(): Libsodium | null {
     const sodiumMalloc = lib.func('uintptr_t sodium_malloc(size_t size)') as (n: number) => number | bigint;
     const sodiumFree = lib.func('void sodium_free(uintptr_t ptr)') as Libsodium['sodiumFree'];
     const memzero = lib.func('void sodium_memzero(uintptr_t ptr, size_t len)') as Libsodium['memzero'];
+    const generichash = lib.func(
+      'int crypto_generichash(uint8_t *out, size_t outlen, const uint8_t *in, uint64_t inlen, const uint8_t *key, size_t keylen)',
+    ) as Libsodium['generichash'];
+    const randombytes = lib.func('void randombytes_buf(uint8_t *buf, size_t size)') as Libsodium['randombytes'];
+    const xchachaSeal = lib.func(
+      'int crypto_aead_xchacha20poly1305_ietf_encrypt(uint8_t *c, void *clen_p, const uint8_t *m, uint64_t mlen, ' +
+        'const uint8_t *ad, uint64_t adlen, void *nsec, const uint8_t *npub, const uint8_t *k)',
+    ) as Libsodium['xchachaSeal'];
     loaded = {
       encrypt,
       decrypt,
@@ -61,6 +77,9 @@ export function loadLibsodium(): Libsodium | null {
       sodiumFree,
       memzero,
       view: (ptr, len) => Buffer.from(koffi.view(ptr, len) as ArrayBuffer),
+      generichash,
+      randombytes,
+      xchachaSeal,
     };
   } catch {
     loaded = null;
