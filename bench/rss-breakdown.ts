@@ -219,9 +219,9 @@ export const MODULE_STEPS: readonly ModuleStep[] = [
     code: "setImmediate(() => { globalThis.w = new (require('node:worker_threads').Worker)(globalThis.workerCode ?? 'setInterval(() => {}, 1000)', { eval: true }); });",
   },
   {
-    name: '+ koffi, sodium-native in it',
-    note: 'what the data-plane worker loads of the dependencies',
-    code: "globalThis.workerCode = \"require('koffi').load('libc.so.6'); require('sodium-native'); setInterval(() => {}, 1000)\";",
+    name: '+ koffi in it',
+    note: 'what the data-plane worker loads of the dependencies (libc and libsodium bound)',
+    code: "globalThis.workerCode = \"const k = require('koffi'); k.load('libc.so.6'); k.load('libsodium.so.23'); setInterval(() => {}, 1000)\";",
   },
 ];
 
