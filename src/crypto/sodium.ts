@@ -7,7 +7,7 @@
  * libsodium, so the results are the same bytes. libsodium-wrappers is loaded only when needed:
  * its JS and WASM cost each thread that loads it about 4 MiB (docs/performance.md, Memory).
  */
-import { loadLibsodium } from '../os/ffi/libsodium';
+import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import type * as SodiumWrappersModule from 'libsodium-wrappers';
 
 type SodiumWrappers = typeof SodiumWrappersModule;
@@ -199,9 +199,102 @@ export function loadWorkerSodium(backend: 'auto' | 'ffi' | 'native'): { name: 'f
 
 let ready: Promise<Sodium> | undefined;
 
-/** sodium-native when the addon loads here, else libsodium-wrappers. */
+/**
+ * sodium-native's calls (Native) over Debian's libsodium through koffi, with the length checks
+ * sodium-native makes: C trusts every length, so each fixed-size argument is checked here before
+ * the call, and a failure (a point of low order, a tag that does not verify) throws as there.
+ */
+function ffiNative(lib: Libsodium): Native {
+  const ok = (rc: number, what: string): void => {
+    if (rc !== 0) throw new Error(what);
+  };
+  const len = (b: Uint8Array | null | undefined, n: number, what: string): void => need(b != null && b.length === n, what);
+  const adLen = (ad: Uint8Array | null): number => ad?.length ?? 0;
+  type Seal = Libsodium['chachaSeal'];
+  type Open = Libsodium['chachaOpen'];
+  const seal = (f: Seal, npubLen: number): Native['crypto_aead_chacha20poly1305_ietf_encrypt'] => (c, m, ad, _nsec, npub, k) => {
+    len(npub, npubLen, 'nonce');
+    len(k, 32, 'key');
+    len(c, m.length + TAG, 'ciphertext');
+    ok(f(c, null, m, m.length, ad, adLen(ad), null, npub, k), 'could not encrypt data');
+    return c.length;
+  };
+  const open = (f: Open, npubLen: number): Native['crypto_aead_chacha20poly1305_ietf_decrypt'] => (m, _nsec, c, ad, npub, k) => {
+    len(npub, npubLen, 'nonce');
+    len(k, 32, 'key');
+    need(c.length >= TAG, 'ciphertext');
+    len(m, c.length - TAG, 'message');
+    ok(f(m, null, null, c, c.length, ad, adLen(ad), npub, k), 'could not verify data');
+    return m.length;
+  };
+  return {
+    crypto_generichash(out, input, key) {
+      need(out.length >= 16 && out.length <= 64, 'hash');
+      need(!key || (key.length >= 16 && key.length <= 64), 'key');
+      ok(lib.generichash(out, out.length, input, input.length, key ?? null, key?.length ?? 0), 'could not hash');
+    },
+    crypto_scalarmult(q, n, p) {
+      for (const [b, what] of [[q, 'q'], [n, 'n'], [p, 'p']] as const) len(b, 32, what);
+      ok(lib.scalarmult(q, n, p), 'could not derive shared secret');
+    },
+    crypto_scalarmult_base(q, n) {
+      len(q, 32, 'q');
+      len(n, 32, 'n');
+      ok(lib.scalarmultBase(q, n), 'could not derive public key');
+    },
+    crypto_box_keypair(pk, sk) {
+      len(pk, 32, 'publicKey');
+      len(sk, 32, 'secretKey');
+      ok(lib.boxKeypair(pk, sk), 'could not generate key pair');
+    },
+    crypto_aead_chacha20poly1305_ietf_encrypt: seal(lib.chachaSeal, 12),
+    crypto_aead_chacha20poly1305_ietf_decrypt: open(lib.chachaOpen, 12),
+    crypto_aead_xchacha20poly1305_ietf_encrypt: seal(lib.xchachaSeal, 24),
+    crypto_aead_xchacha20poly1305_ietf_decrypt: open(lib.xchachaOpen, 24),
+    randombytes_buf: (buf) => lib.randombytes(buf, buf.length),
+    sodium_memcmp(a, b) {
+      need(a.length === b.length, 'memcmp argument');
+      return lib.memcmp(a, b, a.length) === 0;
+    },
+    crypto_sign_keypair(pk, sk) {
+      len(pk, 32, 'publicKey');
+      len(sk, 64, 'secretKey');
+      ok(lib.signKeypair(pk, sk), 'could not generate key pair');
+    },
+    crypto_sign_seed_keypair(pk, sk, seed) {
+      len(pk, 32, 'publicKey');
+      len(sk, 64, 'secretKey');
+      len(seed, 32, 'seed');
+      ok(lib.signSeedKeypair(pk, sk, seed), 'could not generate key pair');
+    },
+    crypto_sign_detached(sig, m, sk) {
+      len(sig, 64, 'signature');
+      len(sk, 64, 'secretKey');
+      ok(lib.signDetached(sig, null, m, m.length, sk), 'could not sign');
+    },
+    crypto_sign_verify_detached(sig, m, pk) {
+      len(sig, 64, 'signature');
+      len(pk, 32, 'publicKey');
+      return lib.signVerifyDetached(sig, m, m.length, pk) === 0;
+    },
+  };
+}
+
+/** Sodium over Debian's libsodium through koffi; null when libsodium.so.23 is not installed. */
+export function loadFfiSodium(): Sodium | null {
+  const lib = loadLibsodium();
+  return lib ? nativeSodium(ffiNative(lib)) : null;
+}
+
+/**
+ * Debian's libsodium through koffi when it is installed (the library the data plane's AEAD uses,
+ * so the agent loads one libsodium, not a second one inside sodium-native: about 1.5 MiB of RSS,
+ * docs/performance.md, Memory), else sodium-native, else libsodium-wrappers.
+ */
 export function loadSodium(): Promise<Sodium> {
   ready ??= (async () => {
+    const ffi = loadFfiSodium();
+    if (ffi) return ffi;
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       return nativeSodium(require('sodium-native') as Native);

@@ -31,6 +31,21 @@ export interface Libsodium {
   randombytes(out: Uint8Array, len: number): void;
   /** crypto_aead_xchacha20poly1305_ietf_encrypt (combined: c gets mlen + 16 bytes); 0 on success. */
   xchachaSeal(c: Uint8Array, clenP: null, m: Uint8Array, mlen: number, ad: Uint8Array | null, adlen: number, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+  /**
+   * The rest of what the control plane uses, on Buffers, with libsodium's C signatures: the caller
+   * (src/crypto/sodium.ts) checks every length first, since C trusts them. 0 on success.
+   */
+  scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): number;
+  scalarmultBase(q: Uint8Array, n: Uint8Array): number;
+  boxKeypair(pk: Uint8Array, sk: Uint8Array): number;
+  chachaSeal(c: Uint8Array, clenP: null, m: Uint8Array, mlen: number, ad: Uint8Array | null, adlen: number, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+  chachaOpen(m: Uint8Array, mlenP: null, nsec: null, c: Uint8Array, clen: number, ad: Uint8Array | null, adlen: number, npub: Uint8Array, k: Uint8Array): number;
+  xchachaOpen(m: Uint8Array, mlenP: null, nsec: null, c: Uint8Array, clen: number, ad: Uint8Array | null, adlen: number, npub: Uint8Array, k: Uint8Array): number;
+  memcmp(a: Uint8Array, b: Uint8Array, len: number): number;
+  signKeypair(pk: Uint8Array, sk: Uint8Array): number;
+  signSeedKeypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): number;
+  signDetached(sig: Uint8Array, siglenP: null, m: Uint8Array, mlen: number, sk: Uint8Array): number;
+  signVerifyDetached(sig: Uint8Array, m: Uint8Array, mlen: number, pk: Uint8Array): number;
 }
 
 let loaded: Libsodium | null | undefined;
@@ -68,6 +83,29 @@ export function loadLibsodium(): Libsodium | null {
       'int crypto_aead_xchacha20poly1305_ietf_encrypt(uint8_t *c, void *clen_p, const uint8_t *m, uint64_t mlen, ' +
         'const uint8_t *ad, uint64_t adlen, void *nsec, const uint8_t *npub, const uint8_t *k)',
     ) as Libsodium['xchachaSeal'];
+    const aead = (name: string, open: boolean) =>
+      lib.func(
+        open
+          ? `int ${name}(uint8_t *m, void *mlen_p, void *nsec, const uint8_t *c, uint64_t clen, const uint8_t *ad, uint64_t adlen, const uint8_t *npub, const uint8_t *k)`
+          : `int ${name}(uint8_t *c, void *clen_p, const uint8_t *m, uint64_t mlen, const uint8_t *ad, uint64_t adlen, void *nsec, const uint8_t *npub, const uint8_t *k)`,
+      );
+    const control = {
+      scalarmult: lib.func('int crypto_scalarmult(uint8_t *q, const uint8_t *n, const uint8_t *p)') as Libsodium['scalarmult'],
+      scalarmultBase: lib.func('int crypto_scalarmult_base(uint8_t *q, const uint8_t *n)') as Libsodium['scalarmultBase'],
+      boxKeypair: lib.func('int crypto_box_keypair(uint8_t *pk, uint8_t *sk)') as Libsodium['boxKeypair'],
+      chachaSeal: aead('crypto_aead_chacha20poly1305_ietf_encrypt', false) as Libsodium['chachaSeal'],
+      chachaOpen: aead('crypto_aead_chacha20poly1305_ietf_decrypt', true) as Libsodium['chachaOpen'],
+      xchachaOpen: aead('crypto_aead_xchacha20poly1305_ietf_decrypt', true) as Libsodium['xchachaOpen'],
+      memcmp: lib.func('int sodium_memcmp(const uint8_t *a, const uint8_t *b, size_t len)') as Libsodium['memcmp'],
+      signKeypair: lib.func('int crypto_sign_keypair(uint8_t *pk, uint8_t *sk)') as Libsodium['signKeypair'],
+      signSeedKeypair: lib.func('int crypto_sign_seed_keypair(uint8_t *pk, uint8_t *sk, const uint8_t *seed)') as Libsodium['signSeedKeypair'],
+      signDetached: lib.func(
+        'int crypto_sign_detached(uint8_t *sig, void *siglen_p, const uint8_t *m, uint64_t mlen, const uint8_t *sk)',
+      ) as Libsodium['signDetached'],
+      signVerifyDetached: lib.func(
+        'int crypto_sign_verify_detached(const uint8_t *sig, const uint8_t *m, uint64_t mlen, const uint8_t *pk)',
+      ) as Libsodium['signVerifyDetached'],
+    };
     loaded = {
       encrypt,
       decrypt,
@@ -80,6 +118,7 @@ export function loadLibsodium(): Libsodium | null {
       generichash,
       randombytes,
       xchachaSeal,
+      ...control,
     };
   } catch {
     loaded = null;
