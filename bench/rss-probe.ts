@@ -95,7 +95,7 @@ export interface ProbeResult {
   /** mean VmRSS over the runs, MiB */
   meanVmRss: number;
   target: { bound: number; met: boolean };
-  modules: { steps: ModuleCost[]; notLoaded: ModuleCost } | null;
+  modules: { steps: ModuleCost[]; notLoaded: ModuleCost[] } | null;
 }
 
 const PRELOAD = path.join(__dirname, 'rss-heap.js');
@@ -178,7 +178,7 @@ export async function probeRss(o: ProbeOptions): Promise<ProbeResult> {
   const meanVmRss = r1(readings.reduce((s, r) => s + r.vmRss, 0) / readings.length);
   let modules = null;
   if (o.modules) {
-    o.log('idle RSS: each dependency in bare node with the agent\'s flags (3 x 10 processes)');
+    o.log('idle RSS: each dependency in bare node with the agent\'s flags (3 x 11 processes)');
     modules = await moduleCosts(REPO);
   }
   return { readings, meanVmRss, target: { bound: RSS_TARGET_MIB, met: meanVmRss <= RSS_TARGET_MIB }, modules };
@@ -205,7 +205,7 @@ export function formatProbe(res: ProbeResult, o: Pick<ProbeOptions, 'settleS' | 
     for (const s of m.steps) lines.push(`  ${s.name.padEnd(32)} ${String(s.total).padStart(6)}  ${s.name === 'node floor' ? '' : `${s.delta >= 0 ? '+' : ''}${s.delta}`.padStart(5)}  ${s.note}`);
     const deps = m.steps[m.steps.length - 1]!.total;
     lines.push(`  ${'the agent (mean of the runs)'.padEnd(32)} ${String(res.meanVmRss).padStart(6)}  ${('+' + r1(res.meanVmRss - deps)).padStart(5)}  cladnet's own code in both threads, etcd connection and watch, state`);
-    lines.push(`  not loaded: ${m.notLoaded.name}, ${m.notLoaded.note}: +${m.notLoaded.delta} over the floor`);
+    for (const n of m.notLoaded) lines.push(`  not loaded: ${n.name}, ${n.note}: +${n.delta} over the floor`);
   }
   const t = res.target;
   lines.push(
