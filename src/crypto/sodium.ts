@@ -1,11 +1,13 @@
 /**
- * libsodium for the control plane (handshakes, host keys, certificates) and the WASM AEAD. The
- * only place that loads libsodium-wrappers or, for the control plane, sodium-native.
+ * libsodium for the control plane (handshakes, host keys, certificates), the worker's mac1 check
+ * and cookies, and the WASM AEAD. The only place that loads libsodium-wrappers or sodium-native.
  *
- * `loadSodium()` gives the few functions cladnet uses, from sodium-native (the native addon the
- * data plane uses too) when it loads, else from libsodium-wrappers (WebAssembly). Both are
- * libsodium, so the results are the same bytes. libsodium-wrappers is loaded only when needed:
- * its JS and WASM cost each thread that loads it about 4 MiB (docs/performance.md, Memory).
+ * `loadSodium()` gives the few functions cladnet uses, from Debian's libsodium through koffi (the
+ * library the data plane's ffi AEAD uses, so the agent loads one libsodium) when it is installed,
+ * else from sodium-native (a native addon with its own libsodium), else from libsodium-wrappers
+ * (WebAssembly). All are libsodium, so the results are the same bytes. The fallbacks are loaded
+ * only when needed: sodium-native costs about 6 MiB of RSS in a bare node, libsodium-wrappers
+ * about 7.5 (docs/performance.md, Memory).
  */
 import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import type * as SodiumWrappersModule from 'libsodium-wrappers';
@@ -288,8 +290,8 @@ export function loadFfiSodium(): Sodium | null {
 
 /**
  * Debian's libsodium through koffi when it is installed (the library the data plane's AEAD uses,
- * so the agent loads one libsodium, not a second one inside sodium-native: about 1.5 MiB of RSS,
- * docs/performance.md, Memory), else sodium-native, else libsodium-wrappers.
+ * so the agent loads one libsodium, not a second one inside sodium-native: 0.8 MiB of the agent's
+ * RSS, docs/performance.md, Memory), else sodium-native, else libsodium-wrappers.
  */
 export function loadSodium(): Promise<Sodium> {
   ready ??= (async () => {

@@ -6,8 +6,9 @@
  * docs/performance.md, 2026-12-02). The `Buf` variants take Buffers, for memory that is not native
  * (tests, the micro-benchmark's plain batches).
  *
- * Also the three calls on Buffers the worker's mac1 check and cookies need (BLAKE2b, random bytes,
- * XChaCha20-Poly1305), so that the worker does not load sodium-native beside it.
+ * Also, on Buffers, what the rest of cladnet needs of libsodium (src/crypto/sodium.ts: the control
+ * plane's handshakes, keys and signatures; the worker's mac1 check and cookies), so that the agent
+ * loads this one libsodium and not sodium-native's second copy (docs/performance.md, Memory).
  *
  * Only src/crypto uses this; `loadLibsodium()` returns null when the library is absent.
  */
