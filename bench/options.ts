@@ -6,6 +6,8 @@ export interface BenchOptions {
   readonly only: readonly ImplName[];
   /** Run the kernel-free micro-benchmark. */
   readonly micro: boolean;
+  /** Only the agent's idle RSS with what each MiB is (rss-probe.ts), --rounds runs. */
+  readonly rss: boolean;
   readonly rounds: number;
   /** Seconds per iperf3 test. */
   readonly seconds: number;
@@ -29,6 +31,9 @@ export const USAGE = `usage: npm run bench -- [options]
   --only LIST        comma-separated subset of: ${IMPLEMENTATIONS.join(', ')}, micro
                      (default: all of them)
   --micro            only the micro-benchmark (AEAD and stage path, no namespaces)
+  --rss              only cladnet's idle RSS with one peer and what each MiB is (bench/rss-probe.ts:
+                     --rounds fresh 2-host beds, each read 10 s after both agents are up; then
+                     each dependency's cost in bare node; issue 14's target line)
   --rounds N         rounds over every implementation; medians are reported (default 3)
   --seconds S        length of each iperf3 test (default 8)
   --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
@@ -73,6 +78,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
       options: {
         only: { type: 'string' },
         micro: { type: 'boolean', default: false },
+        rss: { type: 'boolean', default: false },
         rounds: { type: 'string' },
         seconds: { type: 'string' },
         pings: { type: 'string' },
@@ -106,13 +112,17 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     only = [];
     micro = true;
   }
+  const rss = values.rss ?? false;
+  if (rss && (values.only !== undefined || values.micro)) throw new OptionsError('--rss goes alone (it measures only cladnet\'s idle RSS)');
+  if (rss) only = [];
   const cipher = values['nebula-cipher'] ?? 'aes';
   if (cipher !== 'aes' && cipher !== 'chachapoly') throw new OptionsError(`--nebula-cipher: "${cipher}" must be aes or chachapoly`);
   const wgNew = values['wireguard-go-new'] ?? null;
   if (wgNew !== null && wgNew.trim() === '') throw new OptionsError('--wireguard-go-new: empty path');
   return Object.freeze({
     only: Object.freeze(only),
-    micro,
+    micro: rss ? false : micro,
+    rss,
     rounds: int('rounds', values.rounds, DEFAULT_ROUNDS, 1, 20),
     seconds: int('seconds', values.seconds, 8, 1, 120),
     pings: int('pings', values.pings, 200, 10, 10_000),

@@ -22,8 +22,9 @@ import { createTopology, type Topology } from '../src/testbed/topology';
 import { COUNT_UNITS, emptyMetrics, METRICS } from './metrics';
 import { runMicro } from './micro';
 import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
-import { ANCHORS, computeRatios, formatReport, writeResults, type BenchResults, type ImplResult } from './report';
+import { ANCHORS, computeRatios, formatReport, stamp, writeResults, type BenchResults, type ImplResult } from './report';
 import { measurePolicyPairs } from './policy-pairs';
+import { formatProbe, probeRss } from './rss-probe';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
 import { median, sig } from './stats';
 import { cladnet, CLADNET_CIDR, CLADNET_NETWORK, cladnetPolicy, cladnetRekey, MESH_IMPLS } from './tunnels/cladnet';
@@ -203,6 +204,7 @@ async function main(): Promise<number> {
   }
   // The test bed starts agents from dist/cli.js of this checkout (built by `npm run build`).
   process.env['CLADNET_CLI'] ??= path.join(REPO, 'dist', 'cli.js');
+  if (opts.rss) return idleRss(opts);
   if (opts.only.some((n) => MESH_IMPLS.includes(n)) && !fs.existsSync(process.env['CLADNET_CLI'])) {
     throw new Error(`${process.env['CLADNET_CLI']} is missing: run npm run build first`);
   }
@@ -276,6 +278,21 @@ async function main(): Promise<number> {
   if (opts.json) process.stdout.write(JSON.stringify(res, null, 2) + '\n');
   else process.stdout.write('\n' + formatReport(res) + '\n\n');
   log(`results: ${path.relative(process.cwd(), file)} (and ${res.kind === 'micro' ? 'latest-micro' : 'latest'}.json)`);
+  return 0;
+}
+
+/** --rss: the idle-RSS probe alone, its breakdown and the target line; JSON under bench/results/. */
+async function idleRss(opts: BenchOptions): Promise<number> {
+  const startedAt = new Date().toISOString();
+  const o = { runs: opts.rounds, settleS: 10, env: {}, extraArgs: [], maps: false, holdS: 0, label: 'cladnet', heap: true, modules: true, log };
+  const res = await probeRss(o);
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = path.join(RESULTS_DIR, `${stamp(startedAt)}-rss.json`);
+  fs.writeFileSync(file, JSON.stringify({ version: 1, kind: 'rss', startedAt, machine: await machine(), ...res }, null, 2) + '\n');
+  fs.copyFileSync(file, path.join(RESULTS_DIR, 'latest-rss.json'));
+  if (opts.json) process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+  else process.stdout.write('\n' + formatProbe(res, o) + '\n\n');
+  log(`results: ${path.relative(process.cwd(), file)} (and latest-rss.json)`);
   return 0;
 }
 

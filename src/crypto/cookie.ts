@@ -10,11 +10,11 @@
  *            under HASH("cookie--" || our static public key): exactly what Noise.openCookie opens
  *
  * The secret is the worker's own, random, replaced every COOKIE_SECRET_MS; a cookie of the
- * previous secret is still accepted. The native backend (sodium-native) works in preallocated
- * buffers; the fallback allocates its small results.
+ * previous secret is still accepted. The ffi backend (Debian's libsodium through koffi) and the
+ * native one (sodium-native) work in preallocated buffers; the fallback allocates its small results.
  */
 import { INITIATION_LEN } from './noise';
-import { loadSodium, type Sodium } from './sodium';
+import { loadSodium, loadWorkerSodium, type Sodium, type WorkerSodium } from './sodium';
 
 /** How long a worker cookie secret is used (WireGuard's two minutes). */
 export const COOKIE_SECRET_MS = 120_000;
@@ -30,6 +30,8 @@ export interface WorkerCookies {
   reply(buf: Uint8Array, off: number, len: number, ip: number, port: number, out: Uint8Array, outOff: number): number;
   /** Replaces the secret when it is older than COOKIE_SECRET_MS (monotonic ms). */
   tick(nowMs: number): void;
+  /** Which library computes (createWorkerCookies sets it): portable is loadSodium()'s. */
+  readonly backend?: 'ffi' | 'native' | 'portable';
 }
 
 /** The few primitives used, over preallocated buffers. */
@@ -40,13 +42,7 @@ interface Prims {
   seal(out: Uint8Array, msg: Uint8Array, ad: Uint8Array, nonce: Uint8Array, key: Uint8Array): void;
 }
 
-interface NativeSodium {
-  crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array | null): void;
-  randombytes_buf(out: Uint8Array): void;
-  crypto_aead_xchacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
-}
-
-function nativePrims(n: NativeSodium): Prims {
+function nativePrims(n: WorkerSodium): Prims {
   return {
     mac: (out, input, key) => n.crypto_generichash(out, input, key),
     random: (out) => n.randombytes_buf(out),
@@ -77,6 +73,7 @@ class Cookies implements WorkerCookies {
   constructor(
     private readonly p: Prims,
     private readonly cookieKey: Uint8Array,
+    readonly backend: 'ffi' | 'native' | 'portable',
   ) {}
 
   tick(nowMs: number): void {
@@ -140,19 +137,15 @@ class Cookies implements WorkerCookies {
 
 /** Worker cookies for the host whose static public key is `staticPublic`; call tick() before use. */
 export async function createWorkerCookies(staticPublic: Uint8Array, backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto'): Promise<WorkerCookies> {
-  const s = await loadSodium();
   const label = new Uint8Array(LABEL_COOKIE.length + staticPublic.length);
   label.set(LABEL_COOKIE);
   label.set(staticPublic, LABEL_COOKIE.length);
-  const key = s.crypto_generichash(32, label, null);
-  let prims: Prims | null = null;
-  if (backend !== 'wasm') {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      prims = nativePrims(require('sodium-native') as NativeSodium);
-    } catch {
-      /* the addon does not load here */
-    }
+  const n = backend === 'wasm' ? null : loadWorkerSodium(backend);
+  if (n) {
+    const key = new Uint8Array(32);
+    n.s.crypto_generichash(key, label, null);
+    return new Cookies(nativePrims(n.s), key, n.name);
   }
-  return new Cookies(prims ?? portablePrims(s), key);
+  const s = await loadSodium();
+  return new Cookies(portablePrims(s), s.crypto_generichash(32, label, null), 'portable');
 }

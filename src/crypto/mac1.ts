@@ -5,10 +5,11 @@
  * a unit test holds the two together). The key is derived from a public key, so it is no secret:
  * mac1 only says that the sender knows whom it is talking to, which a blind flood does not.
  *
- * The native backend (sodium-native) works in preallocated buffers, so a check allocates nothing;
- * the fallback (libsodium-wrappers, when the addon does not load) allocates its small result.
+ * The ffi backend (Debian's libsodium through koffi) and the native one (sodium-native) work in
+ * preallocated buffers, so a check allocates nothing; the fallback (libsodium-wrappers, when
+ * neither loads) allocates its small result.
  */
-import { loadSodium } from './sodium';
+import { loadSodium, loadWorkerSodium, type WorkerSodium } from './sodium';
 import { INITIATION_LEN, RESPONSE_LEN } from './noise';
 
 const LABEL_MAC1 = new TextEncoder().encode('mac1----');
@@ -19,10 +20,8 @@ const MACS_LEN = 2 * MAC_LEN;
 export interface Mac1Check {
   /** True when buf[off, off+len) is an initiation or response whose mac1 is ours. Never throws. */
   check(buf: Uint8Array, off: number, len: number): boolean;
-}
-
-interface NativeHash {
-  crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array | null): void;
+  /** Which library hashes (createMac1Check sets it): portable is loadSodium()'s, libsodium-wrappers or sodium-native. */
+  readonly backend?: 'ffi' | 'native' | 'portable';
 }
 
 /** Works in fixed scratch buffers: one per message length, so the hashed input is exact. */
@@ -32,8 +31,9 @@ class NativeMac1 implements Mac1Check {
   private readonly want = new Uint8Array(MAC_LEN);
 
   constructor(
-    private readonly n: NativeHash,
+    private readonly n: WorkerSodium,
     private readonly key: Uint8Array,
+    readonly backend: 'ffi' | 'native',
   ) {}
 
   check(buf: Uint8Array, off: number, len: number): boolean {
@@ -53,6 +53,7 @@ class NativeMac1 implements Mac1Check {
 
 /** Over libsodium-wrappers (or whichever backend loadSodium gave). */
 class PortableMac1 implements Mac1Check {
+  readonly backend = 'portable';
   constructor(
     private readonly s: Awaited<ReturnType<typeof loadSodium>>,
     private readonly key: Uint8Array,
@@ -68,18 +69,15 @@ class PortableMac1 implements Mac1Check {
 
 /** The mac1 check for messages to the host whose static public key is `staticPublic`. */
 export async function createMac1Check(staticPublic: Uint8Array, backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto'): Promise<Mac1Check> {
-  const s = await loadSodium();
   const label = new Uint8Array(LABEL_MAC1.length + staticPublic.length);
   label.set(LABEL_MAC1);
   label.set(staticPublic, LABEL_MAC1.length);
-  const key = s.crypto_generichash(32, label, null);
-  if (backend !== 'wasm') {
-    try {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      return new NativeMac1(require('sodium-native') as NativeHash, key);
-    } catch {
-      /* the addon does not load here: fall through */
-    }
+  const n = backend === 'wasm' ? null : loadWorkerSodium(backend);
+  if (n) {
+    const key = new Uint8Array(32);
+    n.s.crypto_generichash(key, label, null);
+    return new NativeMac1(n.s, key, n.name);
   }
-  return new PortableMac1(s, key);
+  const s = await loadSodium();
+  return new PortableMac1(s, s.crypto_generichash(32, label, null));
 }

@@ -1,12 +1,15 @@
 /**
- * libsodium for the control plane (handshakes, host keys, certificates) and the WASM AEAD. The
- * only place that loads libsodium-wrappers or, for the control plane, sodium-native.
+ * libsodium for the control plane (handshakes, host keys, certificates), the worker's mac1 check
+ * and cookies, and the WASM AEAD. The only place that loads libsodium-wrappers or sodium-native.
  *
- * `loadSodium()` gives the few functions cladnet uses, from sodium-native (the native addon the
- * data plane uses too) when it loads, else from libsodium-wrappers (WebAssembly). Both are
- * libsodium, so the results are the same bytes. libsodium-wrappers is loaded only when needed:
- * its JS and WASM cost each thread that loads it about 4 MiB (docs/performance.md, Memory).
+ * `loadSodium()` gives the few functions cladnet uses, from Debian's libsodium through koffi (the
+ * library the data plane's ffi AEAD uses, so the agent loads one libsodium) when it is installed,
+ * else from sodium-native (a native addon with its own libsodium), else from libsodium-wrappers
+ * (WebAssembly). All are libsodium, so the results are the same bytes. The fallbacks are loaded
+ * only when needed: sodium-native costs about 6 MiB of RSS in a bare node, libsodium-wrappers
+ * about 7.5 (docs/performance.md, Memory).
  */
+import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import type * as SodiumWrappersModule from 'libsodium-wrappers';
 
 type SodiumWrappers = typeof SodiumWrappersModule;
@@ -163,11 +166,137 @@ function loadWrappers(): Promise<SodiumWrappers> {
   return wrappers;
 }
 
+/** The sodium-native calls the data-plane worker needs beside its AEAD (mac1 check, cookies). */
+export interface WorkerSodium {
+  crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array | null): void;
+  randombytes_buf(out: Uint8Array): void;
+  crypto_aead_xchacha20poly1305_ietf_encrypt(c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array): number;
+}
+
+/**
+ * Those calls for the worker, in preallocated buffers: over Debian's libsodium through koffi (the
+ * library the ffi AEAD already loaded there) unless `backend` is 'native', else sodium-native;
+ * null when neither loads. The ffi variant keeps sodium-native (its JS, its loader's modules) out
+ * of the worker's heap (docs/performance.md, Memory).
+ */
+export function loadWorkerSodium(backend: 'auto' | 'ffi' | 'native'): { name: 'ffi' | 'native'; s: WorkerSodium } | null {
+  const lib = backend === 'native' ? null : loadLibsodium();
+  if (lib) {
+    return {
+      name: 'ffi',
+      s: {
+        crypto_generichash: (out, input, key) => void lib.generichash(out, out.length, input, input.length, key ?? null, key?.length ?? 0),
+        randombytes_buf: (out) => lib.randombytes(out, out.length),
+        crypto_aead_xchacha20poly1305_ietf_encrypt: (c, m, ad, nsec, npub, k) => lib.xchachaSeal(c, null, m, m.length, ad, ad?.length ?? 0, nsec, npub, k),
+      },
+    };
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return { name: 'native', s: require('sodium-native') as WorkerSodium };
+  } catch {
+    return null;
+  }
+}
+
 let ready: Promise<Sodium> | undefined;
 
-/** sodium-native when the addon loads here, else libsodium-wrappers. */
+/**
+ * sodium-native's calls (Native) over Debian's libsodium through koffi, with the length checks
+ * sodium-native makes: C trusts every length, so each fixed-size argument is checked here before
+ * the call, and a failure (a point of low order, a tag that does not verify) throws as there.
+ */
+function ffiNative(lib: Libsodium): Native {
+  const ok = (rc: number, what: string): void => {
+    if (rc !== 0) throw new Error(what);
+  };
+  const len = (b: Uint8Array | null | undefined, n: number, what: string): void => need(b != null && b.length === n, what);
+  const adLen = (ad: Uint8Array | null): number => ad?.length ?? 0;
+  type Seal = Libsodium['chachaSeal'];
+  type Open = Libsodium['chachaOpen'];
+  const seal = (f: Seal, npubLen: number): Native['crypto_aead_chacha20poly1305_ietf_encrypt'] => (c, m, ad, _nsec, npub, k) => {
+    len(npub, npubLen, 'nonce');
+    len(k, 32, 'key');
+    len(c, m.length + TAG, 'ciphertext');
+    ok(f(c, null, m, m.length, ad, adLen(ad), null, npub, k), 'could not encrypt data');
+    return c.length;
+  };
+  const open = (f: Open, npubLen: number): Native['crypto_aead_chacha20poly1305_ietf_decrypt'] => (m, _nsec, c, ad, npub, k) => {
+    len(npub, npubLen, 'nonce');
+    len(k, 32, 'key');
+    need(c.length >= TAG, 'ciphertext');
+    len(m, c.length - TAG, 'message');
+    ok(f(m, null, null, c, c.length, ad, adLen(ad), npub, k), 'could not verify data');
+    return m.length;
+  };
+  return {
+    crypto_generichash(out, input, key) {
+      need(out.length >= 16 && out.length <= 64, 'hash');
+      need(!key || (key.length >= 16 && key.length <= 64), 'key');
+      ok(lib.generichash(out, out.length, input, input.length, key ?? null, key?.length ?? 0), 'could not hash');
+    },
+    crypto_scalarmult(q, n, p) {
+      for (const [b, what] of [[q, 'q'], [n, 'n'], [p, 'p']] as const) len(b, 32, what);
+      ok(lib.scalarmult(q, n, p), 'could not derive shared secret');
+    },
+    crypto_scalarmult_base(q, n) {
+      len(q, 32, 'q');
+      len(n, 32, 'n');
+      ok(lib.scalarmultBase(q, n), 'could not derive public key');
+    },
+    crypto_box_keypair(pk, sk) {
+      len(pk, 32, 'publicKey');
+      len(sk, 32, 'secretKey');
+      ok(lib.boxKeypair(pk, sk), 'could not generate key pair');
+    },
+    crypto_aead_chacha20poly1305_ietf_encrypt: seal(lib.chachaSeal, 12),
+    crypto_aead_chacha20poly1305_ietf_decrypt: open(lib.chachaOpen, 12),
+    crypto_aead_xchacha20poly1305_ietf_encrypt: seal(lib.xchachaSeal, 24),
+    crypto_aead_xchacha20poly1305_ietf_decrypt: open(lib.xchachaOpen, 24),
+    randombytes_buf: (buf) => lib.randombytes(buf, buf.length),
+    sodium_memcmp(a, b) {
+      need(a.length === b.length, 'memcmp argument');
+      return lib.memcmp(a, b, a.length) === 0;
+    },
+    crypto_sign_keypair(pk, sk) {
+      len(pk, 32, 'publicKey');
+      len(sk, 64, 'secretKey');
+      ok(lib.signKeypair(pk, sk), 'could not generate key pair');
+    },
+    crypto_sign_seed_keypair(pk, sk, seed) {
+      len(pk, 32, 'publicKey');
+      len(sk, 64, 'secretKey');
+      len(seed, 32, 'seed');
+      ok(lib.signSeedKeypair(pk, sk, seed), 'could not generate key pair');
+    },
+    crypto_sign_detached(sig, m, sk) {
+      len(sig, 64, 'signature');
+      len(sk, 64, 'secretKey');
+      ok(lib.signDetached(sig, null, m, m.length, sk), 'could not sign');
+    },
+    crypto_sign_verify_detached(sig, m, pk) {
+      len(sig, 64, 'signature');
+      len(pk, 32, 'publicKey');
+      return lib.signVerifyDetached(sig, m, m.length, pk) === 0;
+    },
+  };
+}
+
+/** Sodium over Debian's libsodium through koffi; null when libsodium.so.23 is not installed. */
+export function loadFfiSodium(): Sodium | null {
+  const lib = loadLibsodium();
+  return lib ? nativeSodium(ffiNative(lib)) : null;
+}
+
+/**
+ * Debian's libsodium through koffi when it is installed (the library the data plane's AEAD uses,
+ * so the agent loads one libsodium, not a second one inside sodium-native: 0.8 MiB of the agent's
+ * RSS, docs/performance.md, Memory), else sodium-native, else libsodium-wrappers.
+ */
 export function loadSodium(): Promise<Sodium> {
   ready ??= (async () => {
+    const ffi = loadFfiSodium();
+    if (ffi) return ffi;
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       return nativeSodium(require('sodium-native') as Native);

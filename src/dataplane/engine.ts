@@ -10,7 +10,8 @@ import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
 import type { CompiledPolicy } from './policy';
 import { DataplaneStats } from './stats';
-import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS, type FromWorker, type ToWorker, type WorkerInit } from './worker';
+import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
+import type { FromWorker, ToWorker, WorkerInit } from './worker';
 
 export interface EngineOptions {
   tunFd: number;

@@ -21,6 +21,7 @@ import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
 import { UdpBatchIo } from '../os/udp/udp';
 import { PacketBatch, slotSizeFor } from './batch';
+import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP } from './ctrl';
 import { CTRL_SLOTS, Duplex } from './duplex';
 import { systemClock, type WorkerPeer } from './peer';
 import type { CompiledPolicy } from './policy';
@@ -35,12 +36,6 @@ import {
   T_TUN_COALESCED,
   T_TUN_SUPER,
 } from './stats';
-
-export const CTRL_STOP = 0;
-export const CTRL_MAIL = 1;
-/** Bumped once per loop turn, busy or idle: the service watchdog pings only while it moves. */
-export const CTRL_HEARTBEAT = 2;
-export const CTRL_WORDS = 3;
 
 export interface WorkerInit {
   tunFd: number;

@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Aead, createAead, EVP_MIN, FfiAead, KEY_LEN, NativeAead, TAG_BYTES, WasmAead } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { COUNTER_LIMIT } from '../../src/dataplane/wire';
+import { loadLibcrypto } from '../../src/os/ffi/libcrypto';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
 
 let sodium: Sodium;
@@ -54,6 +56,13 @@ const backends: Backend[] = [
   // With the batch helper (native/cladnet_fast.c, built by scripts/setup.sh): seal/open per packet as above
   { label: 'FfiAead with the batch helper', name: 'libsodium+openssl-ffi+batch', make: async () => FfiAead.tryCreate()!, native: true, wipes: true },
 ];
+
+describe('loadLibcrypto', () => {
+  it('binds the OpenSSL inside the node binary instead of mapping libcrypto.so.3 beside it (2.4 MiB of RSS)', () => {
+    expect(loadLibcrypto()).not.toBeNull();
+    expect(fs.readFileSync('/proc/self/maps', 'utf8')).not.toMatch(/libcrypto\.so/);
+  });
+});
 
 describe('createAead', () => {
   it('prefers Debian libsodium through koffi, then sodium-native, and honours a forced backend', async () => {

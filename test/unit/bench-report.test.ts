@@ -56,6 +56,18 @@ describe('bench: options', () => {
     expect(o.rounds).toBe(3);
   });
 
+  it('measures only the idle RSS with --rss, over --rounds runs, and refuses it beside --only or --micro', () => {
+    const o = parseOptions(['--rss', '--rounds', '2']);
+    expect(o.rss).toBe(true);
+    expect(o.only).toEqual([]);
+    expect(o.micro).toBe(false);
+    expect(o.rounds).toBe(2);
+    expect(parseOptions([]).rss).toBe(false);
+    for (const other of [['--only', 'cladnet'], ['--micro']]) {
+      expect(() => parseOptions(['--rss', ...other])).toThrow(/--rss goes alone/);
+    }
+  });
+
   it('refuses an empty path and an unknown implementation with EUSAGE', () => {
     expect(() => parseOptions(['--wireguard-go-new', ' '])).toThrow(OptionsError);
     try {

@@ -6,15 +6,16 @@ import { loadSodium } from '../../src/crypto/sodium';
 /**
  * The worker's cookies (src/crypto/cookie.ts) against the initiator's real code: Noise.openCookie
  * opens the worker's reply, and an initiation built with that cookie passes the worker's mac2
- * check for the same source only, across one secret rotation but not two. Both backends.
+ * check for the same source only, across one secret rotation but not two. Every backend (ffi: Debian's libsodium through koffi, what the worker uses).
  */
 describe('worker cookies', () => {
-  for (const backend of ['native', 'wasm'] as const) {
+  for (const backend of ['ffi', 'native', 'wasm'] as const) {
     it(`${backend}: a reply the initiator opens, a mac2 bound to its source, secrets that rotate`, async () => {
       const s = await loadSodium();
       const [us, them] = [s.crypto_box_keypair(), s.crypto_box_keypair()];
       const nThem = new Noise(s, them.privateKey, them.publicKey);
       const jar = await createWorkerCookies(us.publicKey, backend);
+      expect(jar.backend).toBe(backend === 'wasm' ? 'portable' : backend);
       const SRC = 0xc6120002; // 198.18.0.2
       const PORT = 51820;
       let now = 5_000;

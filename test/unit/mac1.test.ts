@@ -6,16 +6,17 @@ import { loadSodium } from '../../src/crypto/sodium';
 /**
  * The worker's mac1 check (src/crypto/mac1.ts) must agree with the control thread's
  * (Noise.checkMac1) on every message: real initiations and responses, to us and to others, and
- * every single-bit change of them. Both backends.
+ * every single-bit change of them. Every backend (ffi: Debian's libsodium through koffi, what the worker uses).
  */
 describe('mac1 check in the worker', () => {
-  for (const backend of ['native', 'wasm'] as const) {
+  for (const backend of ['ffi', 'native', 'wasm'] as const) {
     it(`${backend}: agrees with Noise.checkMac1 on real messages and on every bit flip`, async () => {
       const s = await loadSodium();
       const [us, them, other] = [s.crypto_box_keypair(), s.crypto_box_keypair(), s.crypto_box_keypair()];
       const nUs = new Noise(s, us.privateKey, us.publicKey);
       const nThem = new Noise(s, them.privateKey, them.publicKey);
       const check = await createMac1Check(us.publicKey, backend);
+      expect(check.backend).toBe(backend === 'wasm' ? 'portable' : backend);
       const init = nThem.initiate(us.publicKey, 7, timestamp(1_700_000_000_000), null)!;
       const toOther = nThem.initiate(other.publicKey, 8, timestamp(1_700_000_000_001), null)!.msg;
       // A response from us to them carries mac1 for them; one from them to us, for us.

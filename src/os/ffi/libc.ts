@@ -97,6 +97,9 @@ export const poll = lib.func('int poll(uintptr_t fds, unsigned long nfds, int ti
 export const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number;
 const mallocRaw = lib.func('uintptr_t malloc(size_t size)') as (size: number) => bigint | number;
 export const malloc = (size: number): bigint => BigInt(mallocRaw(size));
+const callocRaw = lib.func('uintptr_t calloc(size_t nmemb, size_t size)') as (n: number, size: number) => bigint | number;
+/** Zeroed memory; a large block comes straight from mmap, so its pages stay untouched (no RSS) until used. */
+export const calloc = (size: number): bigint => BigInt(callocRaw(1, size));
 export const free = lib.func('void free(uintptr_t ptr)') as (ptr: bigint) => void;
 const strerrorFn = lib.func('const char *strerror(int errnum)') as (e: number) => string;
 

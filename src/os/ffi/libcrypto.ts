@@ -1,11 +1,17 @@
 /**
- * Debian's OpenSSL (libcrypto.so.3) through koffi: the EVP calls for ChaCha20-Poly1305 on
+ * OpenSSL through koffi: the EVP calls for ChaCha20-Poly1305 on
  * addresses, for the data plane's AEAD on large packets. OpenSSL's ChaCha20-Poly1305 uses AVX-512
  * where the CPU has it and is about twice libsodium 1.0.18's speed per byte here, but one packet
  * takes five calls (set nonce, AD, data, final, tag), so it pays only for large packets (see
  * src/crypto/aead.ts and docs/performance.md, 2026-12-02). Pointers are plain numbers.
  *
- * Only src/crypto/aead.ts uses this; `loadLibcrypto()` returns null when the library is absent.
+ * Which OpenSSL: the one inside the node binary when it exports the EVP calls (Node's own builds
+ * link OpenSSL statically and export its symbols for addons; here 3.0.19, the same release as
+ * Debian's), else Debian's libcrypto.so.3. Node's costs no memory beyond the code pages it runs;
+ * loading libcrypto.so.3 beside it cost an idle agent 2.4 MiB of RSS (its pages, its relocations,
+ * and the node binary's symbol table paged in by the lookups; docs/performance.md, Memory).
+ *
+ * Only src/crypto/aead.ts uses this; `loadLibcrypto()` returns null when neither is there.
  */
 import koffi from 'koffi';
 
@@ -28,13 +34,19 @@ export interface Libcrypto {
 
 let loaded: Libcrypto | null | undefined;
 
-/** The library, loaded once per thread; null when libcrypto.so.3 is not installed. */
+/** The library, loaded once per thread; null when neither node nor libcrypto.so.3 has it. */
 export function loadLibcrypto(): Libcrypto | null {
   if (loaded !== undefined) return loaded;
+  loaded = bind(null) ?? bind('libcrypto.so.3');
+  return loaded;
+}
+
+/** The EVP calls from `path` (null: the running program, i.e. node's own OpenSSL); null if absent. */
+function bind(path: string | null): Libcrypto | null {
   try {
-    const lib = koffi.load('libcrypto.so.3');
+    const lib = path === null ? koffi.load(null) : koffi.load(path);
     const num = (f: (...a: number[]) => number | bigint) => (...a: number[]) => Number(f(...a));
-    loaded = {
+    return {
       ctxNew: num(lib.func('uintptr_t EVP_CIPHER_CTX_new(void)')),
       ctxFree: lib.func('void EVP_CIPHER_CTX_free(uintptr_t ctx)') as Libcrypto['ctxFree'],
       chacha20Poly1305: num(lib.func('uintptr_t EVP_chacha20_poly1305(void)')),
@@ -44,7 +56,6 @@ export function loadLibcrypto(): Libcrypto | null {
       ctrl: lib.func('int EVP_CIPHER_CTX_ctrl(uintptr_t ctx, int type, int arg, uintptr_t ptr)') as Libcrypto['ctrl'],
     };
   } catch {
-    loaded = null;
+    return null;
   }
-  return loaded;
 }

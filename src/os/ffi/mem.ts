@@ -1,6 +1,11 @@
 import * as libc from './libc';
 
-/** A block of native memory with a zero-copy Buffer over it. Freed explicitly, once. */
+/**
+ * A block of zeroed native memory with a zero-copy Buffer over it. Freed explicitly, once. It comes
+ * from calloc, not malloc + fill: a block of 128 KiB or more is a fresh mmap, whose pages cost no
+ * RSS until a packet first lands in them (an idle agent's batches and GRO landing buffers, about
+ * 0.7 MiB, stay untouched; docs/performance.md, Memory).
+ */
 export interface NativeBlock {
   readonly ptr: bigint;
   readonly buf: Buffer;
@@ -8,10 +13,9 @@ export interface NativeBlock {
 }
 
 export function allocNative(size: number): NativeBlock {
-  const ptr = libc.malloc(size);
-  if (ptr === 0n) throw new Error(`malloc(${size}) failed`);
+  const ptr = libc.calloc(size);
+  if (ptr === 0n) throw new Error(`calloc(${size}) failed`);
   const buf = Buffer.from(libc.view(ptr, size));
-  buf.fill(0);
   let freed = false;
   return {
     ptr,
