@@ -47,6 +47,9 @@
  *                              CMSG_SPACE(2) = CMSG_SPACE(4) = 24, CMSG_LEN(2) = 18, CMSG_LEN(4) = 20
  *                              (UDP_SEGMENT carries a u16 on send, UDP_GRO an int on receive)
  *   struct sockaddr_in    16   0 sin_family 2 | 2 sin_port 2 (big-endian) | 4 sin_addr 4 (big-endian)
+ *   struct sockaddr_in6   28   0 sin6_family 2 | 2 sin6_port 2 (big-endian) | 4 sin6_flowinfo 4 |
+ *                              8 sin6_addr 16 (big-endian) | 24 sin6_scope_id 4   (src/os/udp: the
+ *                              dual-stack socket; an IPv4 peer is ::ffff:a.b.c.d)
  *   struct sockaddr_un   110   0 sun_family 2 | 2 sun_path 108          (src/os/notify.ts)
  *   struct sockaddr_nl    12   0 nl_family 2 | 4 nl_pid 4 | 8 nl_groups 4 (src/os/netlink.ts)
  *   struct nlmsghdr       16   0 nlmsg_len 4 | 4 nlmsg_type 2 | 6 nlmsg_flags 2 | 8 nlmsg_seq 4 | 12 nlmsg_pid 4
@@ -88,6 +91,7 @@
   X(mmsghdr, struct mmsghdr)            \
   X(cmsghdr, struct cmsghdr)            \
   X(sockaddr_in, struct sockaddr_in)    \
+  X(sockaddr_in6, struct sockaddr_in6)  \
   X(sockaddr_un, struct sockaddr_un)    \
   X(sockaddr_nl, struct sockaddr_nl)    \
   X(nlmsghdr, struct nlmsghdr)          \
@@ -114,6 +118,11 @@
   X(sockaddr_in, struct sockaddr_in, sin_family)               \
   X(sockaddr_in, struct sockaddr_in, sin_port)                 \
   X(sockaddr_in, struct sockaddr_in, sin_addr)                 \
+  X(sockaddr_in6, struct sockaddr_in6, sin6_family)            \
+  X(sockaddr_in6, struct sockaddr_in6, sin6_port)              \
+  X(sockaddr_in6, struct sockaddr_in6, sin6_flowinfo)          \
+  X(sockaddr_in6, struct sockaddr_in6, sin6_addr)              \
+  X(sockaddr_in6, struct sockaddr_in6, sin6_scope_id)          \
   X(sockaddr_un, struct sockaddr_un, sun_family)               \
   X(sockaddr_un, struct sockaddr_un, sun_path)                 \
   X(sockaddr_nl, struct sockaddr_nl, nl_family)                \
@@ -150,6 +159,7 @@
   X(AF_UNIX) X(AF_INET) X(AF_NETLINK) X(SOCK_DGRAM) X(SOCK_RAW) X(SOCK_NONBLOCK) X(SOCK_CLOEXEC) \
   X(SOL_SOCKET) X(SO_REUSEADDR) X(SO_SNDBUF) X(SO_RCVBUF) X(SO_SNDBUFFORCE) X(SO_RCVBUFFORCE)  \
   X(IPPROTO_IP) X(IP_TTL) X(SOL_UDP) X(UDP_SEGMENT) X(UDP_GRO)                                 \
+  X(AF_INET6) X(IPPROTO_IPV6) X(IPV6_V6ONLY) X(IPV6_HOPLIMIT)                                  \
   X(EIO) X(EINVAL) X(EOPNOTSUPP) X(EMSGSIZE) X(EAGAIN) X(EINTR) X(ENOBUFS)                     \
   X(MSG_DONTWAIT) X(MSG_TRUNC) X(MSG_NOSIGNAL) X(POLLIN) X(POLLOUT)                            \
   X(EFD_NONBLOCK) X(EFD_CLOEXEC)                                                               \
@@ -158,7 +168,7 @@
   X(VIRTIO_NET_HDR_F_NEEDS_CSUM) X(VIRTIO_NET_HDR_F_DATA_VALID)                                \
   X(VIRTIO_NET_HDR_GSO_NONE) X(VIRTIO_NET_HDR_GSO_TCPV4) X(VIRTIO_NET_HDR_GSO_TCPV6)           \
   X(VIRTIO_NET_HDR_GSO_ECN)                                                                    \
-  X(NETLINK_ROUTE) X(RTMGRP_LINK) X(RTMGRP_IPV4_IFADDR) X(RTMGRP_IPV4_ROUTE)                   \
+  X(NETLINK_ROUTE) X(RTMGRP_LINK) X(RTMGRP_IPV4_IFADDR) X(RTMGRP_IPV6_IFADDR) X(RTMGRP_IPV4_ROUTE) \
   X(NLMSG_NOOP) X(NLMSG_ERROR) X(NLMSG_DONE) X(NLMSG_OVERRUN)                                  \
   X(RTM_NEWLINK) X(RTM_DELLINK) X(RTM_NEWADDR) X(RTM_DELADDR) X(RTM_NEWROUTE) X(RTM_DELROUTE)
 

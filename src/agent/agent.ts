@@ -29,6 +29,8 @@ import { HandshakeManager, timersFromEnv } from './handshakes';
 import { DeadlineTimer } from './deadline';
 import { FileTimestamps } from './hs-timestamps';
 import { describeEndpoint, PathManager, PUNCH_PAYLOAD, PUNCH_TTL, sameEndpoint, type Endpoint } from './paths';
+import { ownCandidates6, recordCandidates, type Prefix6 } from './candidates';
+import { ipv6InPrefix, ipv6Words, isHandle, words6 } from '../util/ipv6';
 import { ReflexiveTracker } from './reflexive';
 import { agentDiagnosticsDeps, Diagnostics, diagnosticsRoutes } from './diagnostics';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
@@ -152,6 +154,12 @@ export class Agent {
   private ipv6 = false;
   private mtu = 0;
   private endpoints: string[] = [];
+  /** Our IPv6 candidates ("[2001:db8::1]:port"), published as the record's endpoints6. */
+  private endpoints6: string[] = [];
+  /** Our IPv6 networks (a peer's IPv6 candidate on one of them is a private path). */
+  private localPrefixes6: Prefix6[] = [];
+  /** Per peer, the unusable IPv6 candidates we last warned about (one warning per change). */
+  private readonly skipped6 = new Map<string, string>();
   /** What peers punch toward in our last published record (the path choice waits for them to see a change). */
   private publishedEndpoints = '';
   /** Set in start() once our key is known. */
@@ -504,6 +512,7 @@ export class Agent {
       overlayIp: this.overlayIp,
       publicKey: Buffer.from(this.keys.publicKey).toString('base64'),
       endpoints: this.endpoints,
+      endpoints6: this.endpoints6.length > 0 ? this.endpoints6 : undefined,
       hostCidrs: [...new Set(this.localPrefixes.map(formatPrefix))],
       listenPort: this.udp!.port,
       epoch: 0,
@@ -558,9 +567,18 @@ export class Agent {
       if (ip === null || a.address === this.overlayIp) continue;
       this.localPrefixes.push({ base: (ip & maskOf(a.prefixLen)) >>> 0, len: a.prefixLen });
     }
+    const list6 = this.addresses.list6?.() ?? [];
+    this.localPrefixes6 = [];
+    for (const a of list6) {
+      const w = ipv6Words(a.address);
+      if (w !== null) this.localPrefixes6.push({ base: w, len: a.prefixLen });
+    }
     const next = this.candidates();
-    const changed = next.join(',') !== this.endpoints.join(',');
+    // IPv6: every global or unique-local interface address (--advertise lists IPv4 only: then none)
+    const next6 = this.cfg.advertise.length > 0 ? [] : ownCandidates6(list6, this.udp!.port, (a) => a === this.overlayIp).slice(0, 16);
+    const changed = next.join(',') !== this.endpoints.join(',') || next6.join(',') !== this.endpoints6.join(',');
     this.endpoints = next;
+    this.endpoints6 = next6;
     return changed;
   }
 
@@ -573,13 +591,16 @@ export class Agent {
     return ip !== null && this.cfg.advertiseRoutes.some((r) => covers(parsePrefix(r)!, { base: ip, len: 32 }));
   }
 
+  /** `ip` (an IPv4 address or an IPv6 handle) is on one of our own networks. */
   private isLocal(ip: number): boolean {
+    const w = words6(ip);
+    if (w) return this.localPrefixes6.some((p) => ipv6InPrefix(w, p.base, p.len));
     return this.localPrefixes.some((p) => contains(p, ip));
   }
 
   /** Our record is out: NATed peers punch toward what it says from now on (the path choice waits for that). */
   private notePublished(rec: HostRecord): void {
-    const key = `${rec.endpoints.join(',')}|${rec.reflexive}|${rec.nat}`;
+    const key = `${rec.endpoints.join(',')}|${(rec.endpoints6 ?? []).join(',')}|${rec.reflexive}|${rec.nat}`;
     if (key !== this.publishedEndpoints) this.paths.published();
     this.publishedEndpoints = key;
   }
@@ -745,7 +766,8 @@ export class Agent {
       const covered = this.subnets.routes.map((r) => parsePrefix(r.prefix)!);
       if (covered.length === 0 && this.pins.length === 0) return;
       const endpoints: number[] = [];
-      for (const p of this.peers.values()) if (p.endpoint.via === undefined && p.endpoint.ip !== 0) endpoints.push(p.endpoint.ip);
+      // IPv4 endpoints only: an IPv6 one (a handle) is never covered by the IPv4 subnet routes
+      for (const p of this.peers.values()) if (p.endpoint.via === undefined && p.endpoint.ip !== 0 && !isHandle(p.endpoint.ip)) endpoints.push(p.endpoint.ip);
       for (const u of this.cfg.etcd) {
         const ip = parseIpv4(hostOf(u));
         if (ip !== null) endpoints.push(ip);
@@ -895,7 +917,8 @@ export class Agent {
     const current = this.peers.get(name)?.endpoint;
     if (!relay && (p.ip !== current?.ip || p.port !== current?.port)) this.pathTick();
     // What a peer off our own networks saw of us is our public face.
-    if (!relay && !this.isLocal(p.ip) && this.reflexive.observe(name, p.ip, p.seenIp, p.seenPort)) {
+    // (IPv4 only: a pong over IPv6 carries no seen address, and our IPv6 addresses need no NAT mapping)
+    if (!relay && !isHandle(p.ip) && !this.isLocal(p.ip) && this.reflexive.observe(name, p.ip, p.seenIp, p.seenPort)) {
       const v = this.reflexive.view();
       this.log.info({ reflexive: v.reflexive, nat: v.nat }, 'reflexive address learned');
       this.candidatesMaybeChanged();
@@ -949,7 +972,12 @@ export class Agent {
       this.log.warn({ peer: name }, why);
       return false;
     }
-    const cands = rec.endpoints.map(parseEndpoint).filter((e) => e !== null);
+    const { all: cands, skipped } = recordCandidates(rec);
+    const skippedKey = skipped.join(',');
+    if (skippedKey !== (this.skipped6.get(name) ?? '')) {
+      if (skipped.length > 0) this.log.warn({ peer: name, skipped }, 'peer publishes unusable IPv6 candidates; skipped');
+      this.skipped6.set(name, skippedKey);
+    }
     // A peer behind a NAT publishes its mapping as its reflexive address: punch there first.
     const mapped = rec.nat !== 'none' && rec.reflexive ? parseEndpoint(rec.reflexive) : null;
     this.paths.setPeer(name, cands, mayRelay(rec), { punchFirst: mapped ? [mapped] : [] });
@@ -964,6 +992,7 @@ export class Agent {
     this.paths.removePeer(name);
     this.reflexive.forget(name);
     this.probedAt.delete(name);
+    this.skipped6.delete(name);
     this.log.info({ peer: name }, 'peer removed');
   }
 
@@ -1097,7 +1126,7 @@ export class Agent {
         ...(this.ipv6 ? { overlayIp6: this.overlayIp6, overlayPrefix6: formatPrefix6(this.prefix6) } : {}),
         publicKey: Buffer.from(this.keys.publicKey).toString('base64'),
         listenPort: this.udp?.port ?? 0,
-        endpoints: [...this.endpoints],
+        endpoints: [...this.endpoints, ...this.endpoints6],
         interface: this.cfg.interface,
         mtu: this.mtu,
         startedAt: this.startedAt.toISOString(),

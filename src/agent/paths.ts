@@ -33,6 +33,10 @@
  */
 import { formatEndpoint } from '../util/ipv4';
 
+/**
+ * An underlay endpoint: `ip` is an IPv4 address or an IPv6 address's handle (src/util/ipv6.ts),
+ * so both families compare, key and print (formatEndpoint: "[2001:db8::1]:51820") alike.
+ */
 export interface Endpoint {
   readonly ip: number;
   readonly port: number;

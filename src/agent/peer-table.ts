@@ -1,6 +1,7 @@
 import type { HostRecord } from '../control/records';
 import { CladnetError } from '../errors';
-import { parseEndpoint, parseIpv4 } from '../util/ipv4';
+import { parseIpv4 } from '../util/ipv4';
+import { recordCandidates } from './candidates';
 import type { Endpoint } from './paths';
 
 /**
@@ -86,8 +87,7 @@ export class PeerTable {
 
   /** Null when `rec` can be a peer; else why not (for a warning). */
   usable(rec: HostRecord): string | null {
-    const ep = rec.endpoints.map(parseEndpoint).find((e) => e !== null);
-    if (!ep || parseIpv4(rec.overlayIp) === null) return 'peer has no usable endpoint; skipped';
+    if (recordCandidates(rec).all.length === 0 || parseIpv4(rec.overlayIp) === null) return 'peer has no usable endpoint; skipped';
     if (rec.publicKey === this.opts.ownKey) return 'peer claims our own public key (cloned VM image?); skipped';
     return null;
   }

@@ -45,6 +45,8 @@ export function checkRecordSize(kind: RecordKind, value: string | Buffer): void 
   if (why !== null) throw new CladnetError('ERECORD', why, { field: 'size' });
 }
 export const MAX_ENDPOINTS = 32;
+/** "[" + the longest IPv6 text (45) + "]:65535" */
+export const MAX_ENDPOINT6_CHARS = 53;
 export const MAX_HOST_CIDRS = 64;
 /**
  * Most prefixes a certificate may carry, and a record advertise (aggregate beyond that: a VPC's
@@ -189,6 +191,12 @@ export interface HostRecord {
   overlayIp: string;
   publicKey: string; // base64 X25519, 32 bytes
   endpoints: string[]; // "a.b.c.d:port"
+  /**
+   * IPv6 candidates, "[2001:db8::1]:port" (absent: none; older agents ignore the field, and an
+   * older record without it parses as before). Only the shape is checked here; a peer skips an
+   * entry that is no usable unicast address with a warning (src/agent/candidates.ts).
+   */
+  endpoints6?: string[];
   hostCidrs: string[]; // underlay networks the host sits on, "a.b.c.d/len"
   listenPort: number;
   epoch: number; // set by Registry.publish, monotonic per host
@@ -539,6 +547,9 @@ export function parseHostRecord(raw: string | Buffer, expect: { network?: string
       updated: isoTime(o, 'updated'),
       session: session(o, 'session'),
     };
+    if (o['endpoints6'] !== undefined) {
+      rec.endpoints6 = stringArray(o, 'endpoints6', MAX_ENDPOINTS, (s) => (s.length <= MAX_ENDPOINT6_CHARS ? null : 'is too long'));
+    }
     if (o['relay'] !== undefined) {
       if (typeof o['relay'] !== 'boolean') fail('relay', `expected true or false, got ${show(o['relay'])}`);
       rec.relay = o['relay'];

@@ -16,8 +16,13 @@ import { HEADER_LEN, RELAY_OVERHEAD, TAG_LEN } from './wire';
 export class PacketBatch {
   /** Bytes used in each slot: datagram length from offset 0, or packet length from HEADER. */
   readonly len: Int32Array;
-  /** Peer underlay address of each slot (source on receive, destination on send). */
+  /**
+   * Peer underlay address of each slot (source on receive, destination on send): `ip` holds its
+   * low 32 bits (the IPv4 address), `hi` three words per slot with the upper 96 bits of an IPv6
+   * address (all zero: IPv4). See src/util/ipv6.ts.
+   */
   readonly ip: Uint32Array;
+  readonly hi: Uint32Array;
   readonly port: Uint16Array;
   /** Wire flags of each slot's packet (FLAG_CSUM_PARTIAL). */
   readonly flags: Uint8Array;
@@ -34,6 +39,7 @@ export class PacketBatch {
     if (buf.length < slotSize * capacity) throw new RangeError('batch buffer too small');
     this.len = new Int32Array(capacity);
     this.ip = new Uint32Array(capacity);
+    this.hi = new Uint32Array(capacity * 3);
     this.port = new Uint16Array(capacity);
     this.flags = new Uint8Array(capacity);
     this.addr = Number(basePtr);

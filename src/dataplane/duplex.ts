@@ -23,7 +23,7 @@ import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
 import { Outbound } from './outbound';
 import { PacketFilter, type CompiledPolicy } from './policy';
-import type { Clock, WorkerPeer } from './peer';
+import type { AddrHi, Clock, WorkerPeer } from './peer';
 import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
 import { HEADER_LEN } from './wire';
@@ -96,27 +96,30 @@ export class Duplex {
       clock,
       this.sessions,
       {
-        ping: (slot, t0, ip, port, via) => {
+        ping: (slot, t0, ip, port, via, hi) => {
           this.room();
-          out.pong(slot, t0, ip, port, via, cb, cl);
-          events.ping?.(slot, t0, ip, port, via);
+          out.pong(slot, t0, ip, port, via, cb, cl, hi);
+          events.ping?.(slot, t0, ip, port, via, hi);
         },
         pong: (...a) => events.pong?.(...a),
-        roam: (slot, ip, port, via) => {
-          out.roam(slot, ip, port, via);
-          events.roam?.(slot, ip, port, via);
+        roam: (slot, ip, port, via, hi) => {
+          out.roam(slot, ip, port, via, hi);
+          events.roam?.(slot, ip, port, via, hi);
         },
         handshake: (...a) => events.handshake?.(...a),
-        cookieReply: (data, ip, port) => {
+        cookieReply: (data, ip, port, hi) => {
           this.room();
           const k = cl.count;
           cb.buf.set(data, cb.offset(k));
           cb.len[k] = data.length;
           cb.ip[k] = ip;
           cb.port[k] = port;
+          cb.hi[3 * k] = hi ? hi[0]! : 0;
+          cb.hi[3 * k + 1] = hi ? hi[1]! : 0;
+          cb.hi[3 * k + 2] = hi ? hi[2]! : 0;
           cl.idx[k] = k;
           cl.count++;
-          events.cookieReply?.(data, ip, port);
+          events.cookieReply?.(data, ip, port, hi);
         },
         stun: (...a) => events.stun?.(...a),
         relay: (slot, from, data) => {
@@ -188,10 +191,10 @@ export class Duplex {
     return Math.min(next, this.clock.mono() + (deadline - this.clock.now()));
   }
 
-  /** Tests a path: a probe to the peer in `slot` at ip:port. */
-  probe(slot: number, ip: number, port: number): void {
+  /** Tests a path: a probe to the peer in `slot` at ip:port (hi: IPv6's upper bits, null for IPv4). */
+  probe(slot: number, ip: number, port: number, hi: AddrHi = null): void {
     this.clist.count = 0;
-    this.out.probe(slot, ip, port, this.io.ctrl.batch, this.clist);
+    this.out.probe(slot, ip, port, this.io.ctrl.batch, this.clist, hi);
     this.flushControl();
   }
 
@@ -210,8 +213,8 @@ export class Duplex {
   }
 
   /** The control thread sent an initiation to `ip`: its answer may use the reserved budget. */
-  expect(ip: number): void {
-    this.inb.expect(ip);
+  expect(ip: number, hi: ArrayLike<number> | null = null): void {
+    this.inb.expect(ip, hi);
   }
 
   /** Pings every peer at the next timer tick (our address or NAT mapping changed). */

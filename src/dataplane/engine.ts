@@ -8,6 +8,21 @@ import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
+import { joinAddress, splitAddress } from '../util/ipv6';
+
+/**
+ * A worker's address (low 32 bits, upper 96 of IPv6) as the control thread's endpoint number:
+ * the IPv4 address or the IPv6 address's handle (src/util/ipv6.ts).
+ */
+function addressOf(ip: number, hi: readonly number[] | undefined): number {
+  return hi ? joinAddress(ip, hi[0]!, hi[1]!, hi[2]!) : ip;
+}
+
+/** The other way: an endpoint number as the worker's ip and hi (absent for IPv4). */
+function toWorker(ip: number): { ip: number; hi?: number[] } {
+  const a = splitAddress(ip);
+  return a.hi[0] === 0 && a.hi[1] === 0 && a.hi[2] === 0 ? { ip: a.lo } : { ip: a.lo, hi: a.hi };
+}
 import type { CompiledPolicy } from './policy';
 import { DataplaneStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
@@ -109,10 +124,10 @@ export class DataplaneEngine {
           this.cryptoName = m.crypto;
           resolve();
         }
-        else if (m.t === 'roam') this.opts.onRoam?.(m.slot, m.ip, m.port, m.via);
-        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, m.ip, m.port, m.via, m.proven);
-        else if (m.t === 'stun') this.opts.onStun?.(m.data, m.ip, m.port);
-        else if (m.t === 'pong') this.opts.onPong?.(m);
+        else if (m.t === 'roam') this.opts.onRoam?.(m.slot, addressOf(m.ip, m.hi), m.port, m.via);
+        else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, addressOf(m.ip, m.hi), m.port, m.via, m.proven);
+        else if (m.t === 'stun') this.opts.onStun?.(m.data, addressOf(m.ip, m.hi), m.port);
+        else if (m.t === 'pong') this.opts.onPong?.({ ...m, ip: addressOf(m.ip, m.hi) });
         else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
         else if (m.t === 'bye') this.opts.onBye?.(m.slot);
         else if (m.t === 'want') this.opts.onWant?.(m.ip);
@@ -143,7 +158,12 @@ export class DataplaneEngine {
 
   /** Gives the worker the full peer set (declarative: what is not listed is removed). */
   setPeers(peers: WorkerPeer[]): void {
-    this.tell({ t: 'peers', peers });
+    // endpointIp may be an IPv6 handle here: the worker gets the address itself
+    const out = peers.map((p) => {
+      const a = toWorker(p.endpointIp);
+      return a.hi ? { ...p, endpointIp: a.ip, endpointHi: a.hi } : p;
+    });
+    this.tell({ t: 'peers', peers: out });
   }
 
   /**
@@ -156,7 +176,7 @@ export class DataplaneEngine {
 
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
   probe(slot: number, ip: number, port: number): void {
-    this.tell({ t: 'probe', slot, ip, port });
+    this.tell({ t: 'probe', slot, port, ...toWorker(ip) });
   }
 
   /**
@@ -184,7 +204,7 @@ export class DataplaneEngine {
 
   /** We sent an initiation to `ip`: its answer may pass the handshake flood limits' reserve. */
   expectHandshake(ip: number): void {
-    this.tell({ t: 'expect', ip });
+    this.tell({ t: 'expect', ...toWorker(ip) });
   }
 
   /**

@@ -34,7 +34,7 @@ import type { PacketBatch } from './batch';
 import type { PacketFilter } from './policy';
 import type { TunIo } from './io';
 import type { Clock, WorkerPeer } from './peer';
-import { DIRECT, PrefixTable } from './peer';
+import { addrKey, DIRECT, PrefixTable, sameHi, sameHiOf, setHi, type AddrHi } from './peer';
 import type { Session, Sessions } from './sessions';
 import {
   DROP,
@@ -73,25 +73,25 @@ import {
 
 export interface InboundEvents {
   /** The peer pinged or probed us: answer with a pong echoing t0, to ip:port or through relay `via`. */
-  ping(slot: number, t0: number, ip: number, port: number, via: number): void;
+  ping(slot: number, t0: number, ip: number, port: number, via: number, hi?: AddrHi): void;
   /**
    * A pong arrived: rttMs on the path it came back on (ip:port or relay `via`); seenIp:seenPort is
    * our address as the peer saw our ping (0:0 when relayed); t0 is the stamp the ping carried.
    */
-  pong?(slot: number, rttMs: number, ip: number, port: number, via: number, seenIp: number, seenPort: number, t0: number): void;
+  pong?(slot: number, rttMs: number, ip: number, port: number, via: number, seenIp: number, seenPort: number, t0: number, hi?: AddrHi): void;
   /** The peer's packets now come from a new address (or through relay `via`). */
-  roam(slot: number, ip: number, port: number, via: number): void;
+  roam(slot: number, ip: number, port: number, via: number, hi?: AddrHi): void;
   /**
    * A handshake message (type 1-3) arrived; `data` is only valid during the call. Through a
    * relay (`via` its slot), `ip` is the overlay address the relay names as the sender, port 0.
    * `proven`: an initiation whose mac2 carries the worker's cookie for ip:port (its sender
    * receives there; the control thread need not ask for a cookie of its own).
    */
-  handshake(data: Buffer, ip: number, port: number, via: number, proven?: boolean): void;
+  handshake(data: Buffer, ip: number, port: number, via: number, proven?: boolean, hi?: AddrHi): void;
   /** Send `data` (a cookie reply, valid only during the call) to ip:port. */
-  cookieReply?(data: Buffer, ip: number, port: number): void;
+  cookieReply?(data: Buffer, ip: number, port: number, hi?: AddrHi): void;
   /** A STUN message arrived (answers to our binding requests); `data` is only valid during the call. */
-  stun?(data: Buffer, ip: number, port: number): void;
+  stun?(data: Buffer, ip: number, port: number, hi?: AddrHi): void;
   /** We relay: pass `data` (sealed by the peer with overlay address `from`) on to the peer in `slot`. */
   relay?(slot: number, from: number, data: Buffer): void;
   /** The first packet arrived on a session we answered: the data plane may now send on it. */
@@ -127,7 +127,10 @@ class InPeer {
   ip: number;
   port: number;
   via: number;
+  /** Upper bits of an IPv6 endpoint (zero: IPv4). */
+  readonly hi = new Uint32Array(3);
   constructor(public cfg: WorkerPeer) {
+    setHi(this.hi, cfg.endpointHi);
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
     this.via = cfg.endpointVia ?? DIRECT;
@@ -167,6 +170,12 @@ export class Inbound {
   /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); -1: none, IPv6 is dropped. */
   private v6hi = -1;
   private v6mid = 0;
+  /**
+   * Upper bits of the source of the datagram being checked (zero: IPv4 or relayed), and whether
+   * any is set: loaded by one() and opened() for their slot (see loadSource).
+   */
+  private readonly srcHi = new Uint32Array(3);
+  private srcV6 = false;
 
   constructor(
     private readonly aead: Aead,
@@ -203,8 +212,10 @@ export class Inbound {
         if (
           old.cfg.endpointIp !== cfg.endpointIp ||
           old.cfg.endpointPort !== cfg.endpointPort ||
+          !sameHiOf(old.cfg.endpointHi, cfg.endpointHi) ||
           (old.cfg.endpointVia ?? DIRECT) !== (cfg.endpointVia ?? DIRECT)
         ) {
+          setHi(old.hi, cfg.endpointHi);
           old.ip = cfg.endpointIp;
           old.port = cfg.endpointPort;
           old.via = cfg.endpointVia ?? DIRECT;
@@ -230,7 +241,7 @@ export class Inbound {
   /** Which addresses are a peer's direct endpoint now (after a peer set or a roam). */
   private indexEndpoints(): void {
     this.endpoints.clear();
-    for (const p of this.bySlot.values()) if (p.via === DIRECT) this.endpoints.set(p.ip | 0, p.cfg.slot);
+    for (const p of this.bySlot.values()) if (p.via === DIRECT) this.endpoints.set(addrKey(p.ip, p.hi), p.cfg.slot);
   }
 
   /**
@@ -239,8 +250,10 @@ export class Inbound {
    * peer's endpoint may still cross when its mac2 carries our cookie (`proven`); without one it
    * gets a cookie reply, within the cookie budget.
    */
-  private allowHandshake(buf: Buffer, off: number, len: number, ip: number, port: number, via: number): boolean {
+  private allowHandshake(buf: Buffer, off: number, len: number, src: number, port: number, via: number): boolean {
     this.proven = false;
+    const hi = this.srcV6 ? this.srcHi : null;
+    const ip = this.srcV6 ? addrKey(src, hi) : src;
     const known = via === DIRECT && this.isKnown(ip);
     let v: HsVerdict = via === DIRECT ? this.limiter.allowDirect(ip, known) : this.limiter.allowRelayed(via);
     if (v === HS_OVER_BUDGET && via === DIRECT && !known && this.cookies !== undefined && len === INITIATION_LEN && buf[off] === MSG_INITIATION) {
@@ -249,7 +262,7 @@ export class Inbound {
         this.proven = v === HS_ALLOW;
       } else if (this.events.cookieReply !== undefined && this.limiter.allowCookieReply(ip)) {
         this.cookies.reply(buf, off, len, ip, port, this.cookieOut, 0);
-        this.events.cookieReply(this.cookieOut, ip, port);
+        this.events.cookieReply(this.cookieOut, src, port, hi);
         this.stats.totals[T_HS_COOKIES]! += 1;
       }
     }
@@ -265,15 +278,34 @@ export class Inbound {
    * The control thread sent an initiation to `ip`: for HS_EXPECT_MS, handshake messages from
    * there count as from a known endpoint (the response must not starve behind a flood).
    */
-  expect(ip: number): void {
-    if (ip === 0) return;
+  expect(ip: number, hi: ArrayLike<number> | null = null): void {
+    if (ip === 0 && !hi) return;
     const now = this.clock.mono();
-    const key = ip | 0;
+    const key = addrKey(ip, hi);
     if (this.expected.size >= HS_EXPECT_MAX && !this.expected.has(key)) {
       for (const [k, until] of this.expected) if (until <= now) this.expected.delete(k);
       if (this.expected.size >= HS_EXPECT_MAX) return;
     }
     this.expected.set(key, now + HS_EXPECT_MS);
+  }
+
+  /**
+   * The upper bits of slot i's source into srcHi (zero when relayed: `via` is not DIRECT), and the
+   * source as events take it: those bits, or null for IPv4.
+   */
+  private loadSource(batch: PacketBatch, i: number, via: number): AddrHi {
+    const srcHi = this.srcHi;
+    if (via === DIRECT) {
+      const h = batch.hi;
+      srcHi[0] = h[3 * i]!;
+      srcHi[1] = h[3 * i + 1]!;
+      srcHi[2] = h[3 * i + 2]!;
+      this.srcV6 = srcHi[0] !== 0 || srcHi[1] !== 0 || srcHi[2] !== 0;
+    } else {
+      srcHi[0] = srcHi[1] = srcHi[2] = 0;
+      this.srcV6 = false;
+    }
+    return this.srcV6 ? srcHi : null;
   }
 
   private isKnown(ip: number): boolean {
@@ -330,6 +362,7 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
+    const hi = this.loadSource(batch, i, via);
     // 0. handshake messages (right type and exact size) go to the control thread: initiations
     //    and responses only with our mac1, all within the flood limits (per source address, or
     //    per relay, and the global budget); so do STUN answers (limits only); anything else
@@ -340,13 +373,15 @@ export class Inbound {
     if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
       if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
       else if (this.allowHandshake(buf, off, len, ip, port, via)) {
-        if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven);
-        else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false);
+        if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven, hi);
+        else this.events.handshake(buf.subarray(off, off + len), this.relayOrigin, 0, via, false, null);
       }
       return DONE;
     }
-    if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len)) {
-      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port);
+    // (STUN over IPv4 only: our STUN servers are IPv4, and an IPv6 source would cost the control
+    // thread an address handle for an unauthenticated packet)
+    if (type <= 1 && via === DIRECT && !this.srcV6 && isStunPacket(buf, off, len)) {
+      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port, hi);
       return DONE;
     }
     // 1. header
@@ -392,6 +427,7 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const { session, peer } = entry;
+    const hi = this.loadSource(batch, i, via);
     // 3 again, as if each datagram had gone through 1-7 alone: an earlier one of the batch may
     // have taken this counter since (then it is a replay, forged or not)
     if (!session.replay.mayAccept(counter)) {
@@ -425,25 +461,38 @@ export class Inbound {
     const pkt = batch.offset(i) + HEADER_LEN;
     const kind = plen >= 2 && buf[pkt] === 0 ? buf[pkt + 1]! : -1;
     // 6. roam
-    if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via)) {
+    if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via || !sameHi(peer.hi, hi))) {
       peer.ip = ip;
       peer.port = port;
       peer.via = via;
+      setHi(peer.hi, hi);
       this.indexEndpoints();
       s[base + P_LAST_ROAM] = now;
-      this.events.roam(peer.cfg.slot, ip, port, via);
+      this.events.roam(peer.cfg.slot, ip, port, via, hi);
     }
     // 7. deliver
     if (plen === 0) return; // keepalive
-    if (buf[pkt] === 0) this.control(peer, batch, i, pkt, plen, kind, ip, port, via, tun);
+    if (buf[pkt] === 0) this.control(peer, batch, i, pkt, plen, kind, ip, port, via, hi, tun);
     else this.deliver(peer, batch, i, pkt, plen, tun);
   }
 
-  private control(peer: InPeer, batch: PacketBatch, i: number, pkt: number, plen: number, kind: number, ip: number, port: number, via: number, tun: TunIo): void {
+  private control(
+    peer: InPeer,
+    batch: PacketBatch,
+    i: number,
+    pkt: number,
+    plen: number,
+    kind: number,
+    ip: number,
+    port: number,
+    via: number,
+    hi: AddrHi,
+    tun: TunIo,
+  ): void {
     const buf = batch.buf;
     const drops = this.stats.drops;
     if ((kind === CTRL_PING || kind === CTRL_PROBE) && plen === CTRL_LEN) {
-      this.events.ping(peer.cfg.slot, buf.readDoubleLE(pkt + 2), ip, port, via);
+      this.events.ping(peer.cfg.slot, buf.readDoubleLE(pkt + 2), ip, port, via, hi);
       return;
     }
     if (kind === CTRL_BYE && plen === CTRL_LEN) {
@@ -457,8 +506,8 @@ export class Inbound {
         drops[DROP.malformed]! += 1;
         return;
       }
-      if (ip === peer.ip && port === peer.port && via === peer.via) this.stats.peers[peer.cfg.slot * PEER_STRIDE + P_RTT] = rtt;
-      this.events.pong?.(peer.cfg.slot, rtt, ip, port, via, buf.readUInt32BE(pkt + 10), buf.readUInt16BE(pkt + 14), t0);
+      if (ip === peer.ip && port === peer.port && via === peer.via && sameHi(peer.hi, hi)) this.stats.peers[peer.cfg.slot * PEER_STRIDE + P_RTT] = rtt;
+      this.events.pong?.(peer.cfg.slot, rtt, ip, port, via, buf.readUInt32BE(pkt + 10), buf.readUInt16BE(pkt + 14), t0, hi);
       return;
     }
     if ((kind === CTRL_FORWARD || kind === CTRL_RELAYED) && plen > RELAY_PREFIX && via === DIRECT) {

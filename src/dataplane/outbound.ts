@@ -29,7 +29,7 @@ import type { Aead, AeadJobs } from '../crypto/aead';
 import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
-import { DIRECT, PrefixTable } from './peer';
+import { DIRECT, PrefixTable, sameHiOf, setHi, type AddrHi } from './peer';
 import type { PeerSessions, Sessions } from './sessions';
 import {
   DROP,
@@ -90,6 +90,8 @@ class OutPeer {
   lastPingMono = -Infinity;
   ip: number;
   port: number;
+  /** Upper bits of an IPv6 endpoint (zero: IPv4). */
+  readonly hi = new Uint32Array(3);
   /** Slot of the relay this peer is reached through, or DIRECT. */
   via: number;
   /** Received-packet count at the last timer run, and when it last grew by a burst. */
@@ -103,6 +105,7 @@ class OutPeer {
     this.ip = cfg.endpointIp;
     this.port = cfg.endpointPort;
     this.via = cfg.endpointVia ?? DIRECT;
+    setHi(this.hi, cfg.endpointHi);
   }
 
   get sendable(): boolean {
@@ -111,7 +114,12 @@ class OutPeer {
 }
 
 function sameEndpoint(a: WorkerPeer, b: WorkerPeer): boolean {
-  return a.endpointIp === b.endpointIp && a.endpointPort === b.endpointPort && (a.endpointVia ?? DIRECT) === (b.endpointVia ?? DIRECT);
+  return (
+    a.endpointIp === b.endpointIp &&
+    a.endpointPort === b.endpointPort &&
+    (a.endpointVia ?? DIRECT) === (b.endpointVia ?? DIRECT) &&
+    sameHiOf(a.endpointHi, b.endpointHi)
+  );
 }
 
 export class Outbound {
@@ -177,6 +185,7 @@ export class Outbound {
           p.ip = cfg.endpointIp;
           p.port = cfg.endpointPort;
           p.via = cfg.endpointVia ?? DIRECT;
+          setHi(p.hi, cfg.endpointHi);
         }
         p.cfg = cfg;
       } else p = new OutPeer(cfg, sessions);
@@ -194,9 +203,10 @@ export class Outbound {
   }
 
   /** The data plane saw an authenticated packet from a new source: send there from now on. */
-  roam(slot: number, ip: number, port: number, via: number = DIRECT): void {
+  roam(slot: number, ip: number, port: number, via: number = DIRECT, hi: AddrHi = null): void {
     const p = this.bySlot.get(slot);
     if (!p) return;
+    setHi(p.hi, hi);
     p.ip = ip;
     p.port = port;
     p.via = via;
@@ -285,7 +295,7 @@ export class Outbound {
       if (peer.via !== DIRECT && this.relayMss > 0) clampTcpMss(buf, pkt, len, this.relayMss, (batch.flags[i]! & FLAG_CSUM_PARTIAL) !== 0);
       if (peer.via !== DIRECT) {
         // 3-5 at once: sealed for the peer, then wrapped and sealed again for the relay
-        if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via)) continue;
+        if (!this.sealTo(peer, batch, i, len, batch.flags[i]!, peer.ip, peer.port, peer.via, peer.hi)) continue;
         this.counted(batch, i);
         list.idx[list.count++] = i;
         continue;
@@ -312,6 +322,11 @@ export class Outbound {
       this.sealed(peer, batch, i, jobs.len(j));
       batch.ip[i] = peer.ip;
       batch.port[i] = peer.port;
+      const h = batch.hi;
+      const ph = peer.hi;
+      h[3 * i] = ph[0]!;
+      h[3 * i + 1] = ph[1]!;
+      h[3 * i + 2] = ph[2]!;
       this.counted(batch, i);
       list.idx[list.count++] = i;
     }
@@ -363,7 +378,17 @@ export class Outbound {
   }
 
   /** Seals for `peer` and addresses the datagram: straight to ip:port, or through relay `via`. */
-  private sealTo(peer: OutPeer, batch: PacketBatch, i: number, plainLen: number, flags: number, ip: number, port: number, via: number): boolean {
+  private sealTo(
+    peer: OutPeer,
+    batch: PacketBatch,
+    i: number,
+    plainLen: number,
+    flags: number,
+    ip: number,
+    port: number,
+    via: number,
+    hi: AddrHi,
+  ): boolean {
     const hop = via === DIRECT ? undefined : this.hop(via);
     if (via !== DIRECT && hop === undefined) {
       this.drop(DROP.noRoute);
@@ -373,6 +398,10 @@ export class Outbound {
     if (hop === undefined) {
       batch.ip[i] = ip;
       batch.port[i] = port;
+      const h = batch.hi;
+      h[3 * i] = hi ? hi[0]! : 0;
+      h[3 * i + 1] = hi ? hi[1]! : 0;
+      h[3 * i + 2] = hi ? hi[2]! : 0;
       return true;
     }
     return this.wrap(hop, CTRL_FORWARD, peer.cfg.overlayIp, batch, i);
@@ -399,6 +428,10 @@ export class Outbound {
     if (!this.sealAt(hop, batch, i, RELAY_PREFIX + inner, 0)) return false;
     batch.ip[i] = hop.ip;
     batch.port[i] = hop.port;
+    const h = batch.hi;
+    h[3 * i] = hop.hi[0]!;
+    h[3 * i + 1] = hop.hi[1]!;
+    h[3 * i + 2] = hop.hi[2]!;
     return true;
   }
 
@@ -456,22 +489,23 @@ export class Outbound {
    * Answers a ping or probe from the peer in `slot`: a pong echoing t0 that tells the peer where
    * its ping came from, sent back the way the ping came (ip:port, or through relay `via`).
    */
-  pong(slot: number, t0: number, ip: number, port: number, via: number, batch: PacketBatch, list: SendList): void {
+  pong(slot: number, t0: number, ip: number, port: number, via: number, batch: PacketBatch, list: SendList, hi: AddrHi = null): void {
     const p = this.bySlot.get(slot);
     if (!p || !p.sendable || list.count >= batch.capacity) return;
     const i = list.count;
-    const direct = via === DIRECT;
-    const len = this.control(CTRL_PONG, t0, batch, i, direct ? ip : 0, direct ? port : 0);
-    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, via));
+    // where the ping came from, for the peer's reflexive address: IPv4 only (0:0 otherwise)
+    const seen = via === DIRECT && hi === null;
+    const len = this.control(CTRL_PONG, t0, batch, i, seen ? ip : 0, seen ? port : 0);
+    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, via, hi));
   }
 
   /** Tests a path: a probe to the peer in `slot` at ip:port (direct), outside its current endpoint. */
-  probe(slot: number, ip: number, port: number, batch: PacketBatch, list: SendList): void {
+  probe(slot: number, ip: number, port: number, batch: PacketBatch, list: SendList, hi: AddrHi = null): void {
     const p = this.bySlot.get(slot);
     if (!p || !p.sendable || list.count >= batch.capacity) return;
     const i = list.count;
     const len = this.control(CTRL_PROBE, this.clock.mono(), batch, i);
-    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, DIRECT));
+    this.queue(batch, list, this.sealTo(p, batch, i, len, 0, ip, port, DIRECT, hi));
   }
 
   /**
@@ -484,7 +518,7 @@ export class Outbound {
     if (!p || !p.sendable || list.count >= batch.capacity) return false;
     const i = list.count;
     const len = this.control(CTRL_PROBE, t0, batch, i);
-    const ok = this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via);
+    const ok = this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via, p.hi);
     this.queue(batch, list, ok);
     return ok;
   }
@@ -501,7 +535,7 @@ export class Outbound {
       if (list.count >= batch.capacity) return k;
       const i = list.count;
       const len = this.control(CTRL_BYE, this.clock.mono(), batch, i);
-      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via));
+      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via, p.hi));
     }
     return -1;
   }
@@ -573,7 +607,7 @@ export class Outbound {
       next = Math.min(next, mono + interval);
       const i = list.count;
       const len = this.control(CTRL_PING, mono, batch, i);
-      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via));
+      this.queue(batch, list, this.sealTo(p, batch, i, len, 0, p.ip, p.port, p.via, p.hi));
     }
     return next;
   }

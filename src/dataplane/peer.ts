@@ -35,6 +35,8 @@ export interface WorkerPeer {
   /** Endpoint from the control plane. The data plane may move off it when the peer roams. */
   endpointIp: number;
   endpointPort: number;
+  /** Upper 96 bits of an IPv6 endpoint (endpointIp the low 32); absent or all zero: IPv4. */
+  endpointHi?: readonly number[];
   /** Slot of the relay peer this peer is reached through (endpointIp/Port unused); absent: direct. */
   endpointVia?: number;
   /** Every live session with this peer, in any order; the data plane picks the one to send on. */
@@ -43,6 +45,40 @@ export interface WorkerPeer {
 
 /** An endpoint's `via` when the peer is reached directly, not through a relay. */
 export const DIRECT = -1;
+
+/**
+ * The upper 96 bits of a datagram's peer address as the data plane passes it to events: three
+ * words, or null for IPv4 (src/util/ipv6.ts). Only valid during the call.
+ */
+export type AddrHi = Uint32Array | null;
+
+/** Copies `from` (null or absent: IPv4) into the three words `to`. */
+export function setHi(to: Uint32Array, from: ArrayLike<number> | null | undefined): void {
+  to[0] = from ? from[0]! : 0;
+  to[1] = from ? from[1]! : 0;
+  to[2] = from ? from[2]! : 0;
+}
+
+/** Two configured endpoints' upper bits are the same (absent: all zero). */
+export function sameHiOf(a: readonly number[] | undefined, b: readonly number[] | undefined): boolean {
+  for (let k = 0; k < 3; k++) if ((a?.[k] ?? 0) !== (b?.[k] ?? 0)) return false;
+  return true;
+}
+
+/** The same upper bits (null: all zero). */
+export function sameHi(a: Uint32Array, b: ArrayLike<number> | null | undefined): boolean {
+  return b ? a[0] === b[0] && a[1] === b[1] && a[2] === b[2] : a[0] === 0 && a[1] === 0 && a[2] === 0;
+}
+
+/**
+ * A 32-bit key for per-address tables (flood limits, cookies, known endpoints): the IPv4 address,
+ * or a hash of the IPv6 one. Two addresses may share a key; these tables only rate-limit and
+ * bind cookies, nothing is sent by it.
+ */
+export function addrKey(lo: number, hi: ArrayLike<number> | null): number {
+  if (!hi || (hi[0] === 0 && hi[1] === 0 && hi[2] === 0)) return lo | 0;
+  return (Math.imul(hi[0]! ^ Math.imul(hi[1]!, 0x9e3779b1), 0x85ebca6b) ^ hi[2]! ^ lo) | 0;
+}
 
 /** Time for the data plane: `now` is wall-clock ms (shared with status), `mono` is monotonic ms. */
 export interface Clock {

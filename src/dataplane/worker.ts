@@ -23,7 +23,7 @@ import { UdpBatchIo } from '../os/udp/udp';
 import { PacketBatch, slotSizeFor } from './batch';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP } from './ctrl';
 import { CTRL_SLOTS, Duplex } from './duplex';
-import { systemClock, type WorkerPeer } from './peer';
+import { systemClock, type AddrHi, type WorkerPeer } from './peer';
 import type { CompiledPolicy } from './policy';
 import {
   DataplaneStats,
@@ -67,7 +67,7 @@ export interface WorkerInit {
 export type ToWorker =
   | { t: 'peers'; peers: WorkerPeer[] }
   /** test the path to a peer at ip:port */
-  | { t: 'probe'; slot: number; ip: number; port: number }
+  | { t: 'probe'; slot: number; ip: number; port: number; hi?: number[] }
   /** a diagnostic ping stamped t0 on the peer's current path (cladnet ping) */
   | { t: 'diag'; slot: number; t0: number }
   /** ping every peer now (our address or NAT mapping changed) */
@@ -77,7 +77,7 @@ export type ToWorker =
   /** a datagram (handshake) for the peer with overlay address `target`, through relay `via` */
   | { t: 'forward'; via: number; target: number; data: Uint8Array }
   /** the control thread sent an initiation to ip: expect its answer (hslimit.ts HS_EXPECT_MS) */
-  | { t: 'expect'; ip: number }
+  | { t: 'expect'; ip: number; hi?: number[] }
   /** tests only (CLADNET_TEST_HOOKS=1): block this thread for `ms`, as a wedged data plane would */
   | { t: 'stall'; ms: number }
   /** report once when fd turns readable (-1: watch nothing) */
@@ -85,12 +85,16 @@ export type ToWorker =
   /** the network policy compiled for this host (null: none), its counters in shared memory */
   | { t: 'policy'; policy: CompiledPolicy | null; counters: SharedArrayBuffer | null };
 
+/**
+ * Addresses cross both ways as the data plane holds them: `ip` the low 32 bits, `hi` the upper 96
+ * of an IPv6 address (absent: IPv4). The engine turns them into the control thread's handles.
+ */
 export type FromWorker =
   | { t: 'ready'; crypto: string }
-  | { t: 'roam'; slot: number; ip: number; port: number; via: number }
-  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean }
-  | { t: 'stun'; data: Uint8Array; ip: number; port: number }
-  | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number }
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number; hi?: number[] }
+  | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean; hi?: number[] }
+  | { t: 'stun'; data: Uint8Array; ip: number; port: number; hi?: number[] }
+  | { t: 'pong'; slot: number; rttMs: number; ip: number; port: number; via: number; seenIp: number; seenPort: number; t0: number; hi?: number[] }
   | { t: 'confirmed'; slot: number; keyId: number }
   | { t: 'bye'; slot: number }
   /** a packet from the TUN for overlay address ip found no session (outbound.ts onWant) */
@@ -98,6 +102,11 @@ export type FromWorker =
   /** the watched descriptor is readable (it is no longer watched) */
   | { t: 'readable' }
   | { t: 'fatal'; message: string };
+
+/** An event's IPv6 upper bits as a message field (nothing for IPv4). */
+function hiOf(hi: AddrHi | undefined): { hi?: number[] } {
+  return hi ? { hi: [hi[0]!, hi[1]!, hi[2]!] } : {};
+}
 
 /** Segments of the largest TSO super-packet at the smallest IPv4 MSS, rounded up. */
 const MAX_TSO_SEGMENTS = 128;
@@ -165,10 +174,12 @@ async function main(init: WorkerInit): Promise<void> {
       ctrl: { batch: ctrlBatch, udp: udpCtrl },
     },
     {
-      pong: (slot, rttMs, ip, port, via, seenIp, seenPort, t0) => post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort, t0 }),
-      roam: (slot, ip, port, via) => post({ t: 'roam', slot, ip, port, via }),
-      handshake: (data, ip, port, via, proven) => post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true }),
-      stun: (data, ip, port) => post({ t: 'stun', data: new Uint8Array(data), ip, port }),
+      pong: (slot, rttMs, ip, port, via, seenIp, seenPort, t0, hi) =>
+        post({ t: 'pong', slot, rttMs, ip, port, via, seenIp, seenPort, t0, ...hiOf(hi) }),
+      roam: (slot, ip, port, via, hi) => post({ t: 'roam', slot, ip, port, via, ...hiOf(hi) }),
+      handshake: (data, ip, port, via, proven, hi) =>
+        post({ t: 'handshake', data: new Uint8Array(data), ip, port, via, proven: proven === true, ...hiOf(hi) }),
+      stun: (data, ip, port, hi) => post({ t: 'stun', data: new Uint8Array(data), ip, port, ...hiOf(hi) }),
       confirmed: (slot, keyId) => post({ t: 'confirmed', slot, keyId }),
       bye: (slot) => post({ t: 'bye', slot }),
       want: (ip) => post({ t: 'want', ip }),
@@ -190,7 +201,7 @@ async function main(init: WorkerInit): Promise<void> {
           }
         }
       }
-      else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port);
+      else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port, msg.hi ? Uint32Array.from(msg.hi) : null);
       else if (msg.t === 'diag') d.diag(msg.slot, msg.t0);
       else if (msg.t === 'pingAll') {
         d.pingAll();
@@ -198,7 +209,7 @@ async function main(init: WorkerInit): Promise<void> {
       }
       else if (msg.t === 'byeAll') d.byeAll();
       else if (msg.t === 'forward') d.forward(msg.via, msg.target, msg.data);
-      else if (msg.t === 'expect') d.expect(msg.ip);
+      else if (msg.t === 'expect') d.expect(msg.ip, msg.hi ?? null);
       else if (msg.t === 'stall') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, msg.ms);
       else if (msg.t === 'watch') poller.setFd(WATCHED, msg.fd);
       else if (msg.t === 'policy') d.setPolicy(msg.policy, msg.counters ? new Float64Array(msg.counters) : undefined);

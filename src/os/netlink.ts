@@ -21,6 +21,8 @@ export const NETLINK_ROUTE = 0;
 export const RTMGRP_LINK = 0x1;
 export const RTMGRP_IPV4_IFADDR = 0x10;
 export const RTMGRP_IPV4_ROUTE = 0x40;
+/** IPv6 address changes: our IPv6 underlay candidates (src/agent/candidates.ts). */
+export const RTMGRP_IPV6_IFADDR = 0x100;
 
 // Message types (struct nlmsghdr.nlmsg_type).
 export const NLMSG_NOOP = 1;
@@ -206,7 +208,7 @@ export function openRouteMonitor(opts: RouteMonitorOptions = {}): RouteMonitor {
     const sa = Buffer.alloc(SOCKADDR_NL);
     sa.writeUInt16LE(libc.AF_NETLINK, SA_NL.off.nl_family);
     sa.writeUInt32LE(0, NL_PID); // nl_pid 0: the kernel assigns our port id
-    sa.writeUInt32LE((opts.groups ?? RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE) >>> 0, NL_GROUPS);
+    sa.writeUInt32LE((opts.groups ?? RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE) >>> 0, NL_GROUPS);
     if (libc.bind(fd, sa, SOCKADDR_NL) !== 0) throw osError('bind(AF_NETLINK)');
     return new RouteMonitor(fd);
   } catch (e) {

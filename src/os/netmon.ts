@@ -11,7 +11,10 @@ export interface LocalAddress {
 }
 
 export interface AddressSource {
+  /** IPv4 addresses. */
   list(): LocalAddress[];
+  /** IPv6 addresses other than link-local ones (absent: none, e.g. a test's fixed set). */
+  list6?(): LocalAddress[];
 }
 
 export function systemAddresses(exclude: readonly string[]): AddressSource {
@@ -23,6 +26,19 @@ export function systemAddresses(exclude: readonly string[]): AddressSource {
         for (const a of addrs ?? []) {
           if (a.family !== 'IPv4' || a.internal) continue;
           const prefixLen = Number((a.cidr ?? '/32').split('/')[1]);
+          out.push({ ifname, address: a.address, prefixLen });
+        }
+      }
+      return out;
+    },
+    list6() {
+      const out: LocalAddress[] = [];
+      for (const [ifname, addrs] of Object.entries(os.networkInterfaces())) {
+        if (exclude.includes(ifname)) continue;
+        for (const a of addrs ?? []) {
+          // scopeid != 0: link-local, usable only with an interface named
+          if (a.family !== 'IPv6' || a.internal || (a.scopeid ?? 0) !== 0) continue;
+          const prefixLen = Number((a.cidr ?? '/128').split('/')[1]);
           out.push({ ifname, address: a.address, prefixLen });
         }
       }

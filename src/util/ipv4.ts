@@ -1,4 +1,5 @@
 import { CladnetError } from '../errors';
+import { formatIpv6Words, handleOf, words6 } from './ipv6';
 
 /** IPv4 addresses as unsigned 32-bit numbers, prefixes as {base, len}. Pure functions only. */
 export interface Prefix {
@@ -104,6 +105,30 @@ export function parseEndpoint(s: string): { ip: number; port: number } | null {
   return { ip, port };
 }
 
+/**
+ * "198.18.1.2:51820", or "[2001:db8::1]:51820" for an IPv6 address handle (./ipv6.ts).
+ */
 export function formatEndpoint(ip: number, port: number): string {
-  return `${formatIpv4(ip)}:${port}`;
+  const w = words6(ip);
+  return w ? `[${formatIpv6Words(w)}]:${port}` : `${formatIpv4(ip)}:${port}`;
+}
+
+/** The address part of an endpoint as text: dotted IPv4, or the IPv6 address behind a handle. */
+export function formatAddress(ip: number): string {
+  const w = words6(ip);
+  return w ? formatIpv6Words(w) : formatIpv4(ip);
+}
+
+/**
+ * "[2001:db8::1]:51820" -> {ip: its handle (./ipv6.ts), port}; null when malformed, when the
+ * address is no usable unicast one (link-local, loopback, multicast, v4-mapped), or when the
+ * port is out of range.
+ */
+export function parseEndpoint6(s: string): { ip: number; port: number } | null {
+  const m = /^\[([0-9a-fA-F:.]{2,45})\]:(\d{1,5})$/.exec(s);
+  if (!m) return null;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return null;
+  const ip = handleOf(m[1]!);
+  return ip === null ? null : { ip, port };
 }

@@ -7,7 +7,7 @@ import { C_FIELD_PATHS, CMSG_LEN_INT, CMSG_LEN_U16, CMSG_SPACE_INT, CMSG_SPACE_U
 import * as libc from '../../src/os/ffi/libc';
 import * as netlink from '../../src/os/netlink';
 import * as offload from '../../src/dataplane/offload';
-import { writeSockaddrIn } from '../../src/os/udp/udp';
+import { writeSockaddrIn, writeSockaddrIn6 } from '../../src/os/udp/udp';
 
 /**
  * The ABI check (issue 14): native/abi-check.c, compiled here with the system C compiler, prints
@@ -92,6 +92,7 @@ function literalCopies(c: CAbi): { file: string; name: string; value: number; c:
     MMSG: c.structs['mmsghdr']!.size,
     IOVEC: c.structs['iovec']!.size,
     SOCKADDR_IN: c.structs['sockaddr_in']!.size,
+    SOCKADDR_IN6: c.structs['sockaddr_in6']!.size,
     SOCKADDR_NL: c.structs['sockaddr_nl']!.size,
     SOCKADDR_UN_SIZE: c.structs['sockaddr_un']!.size,
     SUN_PATH_MAX: c.fields['sockaddr_un.sun_path']!.size,
@@ -158,9 +159,23 @@ describe('native ABI: the C headers against the TypeScript layouts', () => {
 
   it('lists every struct the binding lays out by hand, with its fields', () => {
     expect(Object.keys(c.structs).sort()).toEqual(
-      ['cmsghdr', 'ifreq', 'iovec', 'mmsghdr', 'msghdr', 'nlmsghdr', 'pollfd', 'sockaddr_in', 'sockaddr_nl', 'sockaddr_un', 'virtio_net_hdr'].sort(),
+      [
+        'cmsghdr',
+        'ifreq',
+        'iovec',
+        'mmsghdr',
+        'msghdr',
+        'nlmsghdr',
+        'pollfd',
+        'sockaddr_in',
+        'sockaddr_in6',
+        'sockaddr_nl',
+        'sockaddr_un',
+        'virtio_net_hdr',
+      ].sort(),
     );
     expect(c.fields['mmsghdr.msg_len']).toEqual({ offset: 56, size: 4 });
+    expect(c.fields['sockaddr_in6.sin6_addr']).toEqual({ offset: 8, size: 16 });
     expect(Object.keys(c.constants).length).toBeGreaterThan(50);
   });
 
@@ -195,6 +210,22 @@ describe('native ABI: the C headers against the TypeScript layouts', () => {
     const copies = literalCopies(c);
     const wrong = copies.filter((x) => x.value !== x.c).map((x) => `${x.file}: ${x.name} = ${x.value}, C says ${x.c}`);
     expect(wrong).toEqual([]);
+  });
+
+  it('the dual-stack socket writes sockaddr_in6 at the C offsets, an IPv4 peer as ::ffff:a.b.c.d', () => {
+    const f = (k: string) => c.fields[k]!.offset;
+    const size = c.structs['sockaddr_in6']!.size;
+    const sa = Buffer.alloc(size, 0xff);
+    writeSockaddrIn6(sa, 0, 1, 0x20010db8, 0, 0, 51820); // [2001:db8::1]:51820
+    expect(sa.readUInt16LE(f('sockaddr_in6.sin6_family'))).toBe(c.constants['AF_INET6']);
+    expect(sa.readUInt16BE(f('sockaddr_in6.sin6_port'))).toBe(51820);
+    expect(sa.readUInt32BE(f('sockaddr_in6.sin6_flowinfo'))).toBe(0);
+    const a = f('sockaddr_in6.sin6_addr');
+    expect(sa.subarray(a, a + 16).toString('hex')).toBe('20010db8000000000000000000000001');
+    expect(sa.readUInt32LE(f('sockaddr_in6.sin6_scope_id'))).toBe(0);
+    writeSockaddrIn6(sa, 0, 0xc6120001, 0, 0, 0, 51820); // 198.18.0.1 on the dual-stack socket
+    expect(sa.subarray(a, a + 16).toString('hex')).toBe('00000000000000000000ffffc6120001');
+    expect(c.constants['IPV6_V6ONLY']).toBe(libc.IPV6_V6ONLY);
   });
 
   it('the code that fills sockaddr_in and virtio_net_hdr writes at the C offsets', () => {

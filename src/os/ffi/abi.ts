@@ -68,6 +68,18 @@ export const SOCKADDR_IN = struct({
   sin_zero: koffi.array('uint8_t', 8),
 });
 
+/**
+ * struct sockaddr_in6: port and address in network byte order. The UDP socket is dual-stack
+ * (IPV6_V6ONLY off): an IPv4 peer's address is the mapped ::ffff:a.b.c.d.
+ */
+export const SOCKADDR_IN6 = struct({
+  sin6_family: 'uint16_t',
+  sin6_port: 'uint16_t',
+  sin6_flowinfo: 'uint32_t',
+  sin6_addr: koffi.array('uint8_t', 16),
+  sin6_scope_id: 'uint32_t',
+});
+
 /** struct sockaddr_un { sa_family_t sun_family; char sun_path[108]; } */
 export const SOCKADDR_UN = struct({ sun_family: 'uint16_t', sun_path: koffi.array('char', 108) });
 
@@ -119,6 +131,7 @@ export const LAYOUTS: Readonly<Record<string, Layout<string>>> = Object.freeze({
   mmsghdr: MMSGHDR,
   cmsghdr: CMSGHDR,
   sockaddr_in: SOCKADDR_IN,
+  sockaddr_in6: SOCKADDR_IN6,
   sockaddr_un: SOCKADDR_UN,
   sockaddr_nl: SOCKADDR_NL,
   nlmsghdr: NLMSGHDR,

@@ -123,6 +123,7 @@ export const F_GETFL = 3;
 export const F_SETFL = 4;
 export const AF_UNIX = 1;
 export const AF_INET = 2;
+export const AF_INET6 = 10;
 export const AF_NETLINK = 16;
 export const SOCK_DGRAM = 2;
 export const SOCK_RAW = 3;
@@ -138,6 +139,11 @@ export const IPPROTO_IP = 0;
 /** sockopt and cmsg (IPPROTO_IP): the TTL of outgoing datagrams. */
 export const IP_TTL = 2;
 export const SOL_UDP = 17;
+export const IPPROTO_IPV6 = 41;
+/** sockopt (IPPROTO_IPV6): 0 makes an AF_INET6 socket dual-stack (IPv4 peers as ::ffff:a.b.c.d). */
+export const IPV6_V6ONLY = 26;
+/** cmsg (IPPROTO_IPV6) on send: the hop limit of this datagram (IPv6's TTL). */
+export const IPV6_HOPLIMIT = 52;
 /** cmsg (SOL_UDP): the segment size of a UDP GSO send (Linux 4.18+). */
 export const UDP_SEGMENT = 103;
 /** sockopt and cmsg (SOL_UDP): receive runs of datagrams as one coalesced buffer (Linux 5.0+). */

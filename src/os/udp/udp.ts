@@ -1,26 +1,49 @@
 /**
- * A non-blocking IPv4 UDP socket owned by raw file descriptor, with batched I/O through
+ * A non-blocking UDP socket owned by raw file descriptor, with batched I/O through
  * recvmmsg/sendmmsg over native memory (x86_64 Linux struct layouts).
+ *
+ * One socket serves both IP versions: AF_INET6 with IPV6_V6ONLY off, where an IPv4 peer is the
+ * mapped address ::ffff:a.b.c.d (one descriptor to poll, one batch path, one port for peers to
+ * reach). A host without IPv6 (no /proc/sys/net/ipv6, or socket(AF_INET6) refused) gets a plain
+ * AF_INET socket; IPv6 destinations then fail like unreachable ones.
+ *
+ * Addresses cross this module as the data plane carries them: `ip` the low 32 bits, `hi` the
+ * upper 96 (three words, all zero for IPv4; PacketBatch.hi). The control thread's sendDatagram*
+ * take an endpoint number instead (an IPv4 address or an IPv6 handle, src/util/ipv6.ts).
  */
+import * as fs from 'node:fs';
 import * as libc from '../ffi/libc';
 import { allocNative, type NativeBlock } from '../ffi/mem';
 import { osError } from '../errors';
 import type { PacketBatch, SendList } from '../../dataplane/batch';
 import type { UdpIo } from '../../dataplane/io';
+import { splitAddress } from '../../util/ipv6';
 
 export interface UdpSocketOptions {
   port: number; // 0 = any free port
-  bindIp?: number; // default 0.0.0.0
+  bindIp?: number; // IPv4 address to bind (on the dual-stack socket: its mapped form); default any
   bufferBytes?: number; // SO_RCVBUF/SO_SNDBUF request (forced when root)
+  /** 6: dual-stack AF_INET6 (default when the host has IPv6), 4: AF_INET only. */
+  family?: 4 | 6;
 }
 
 export interface UdpSocket {
   readonly fd: number;
   readonly port: number;
+  /** 6: dual-stack (IPv4 and IPv6 peers), 4: IPv4 only. */
+  readonly family: 4 | 6;
   close(): void;
 }
 
 const SOCKADDR_IN = 16;
+const SOCKADDR_IN6 = 28;
+/** Room for either address in a message's name. */
+const NAME = SOCKADDR_IN6;
+
+/** The kernel has IPv6 at all (a host booted with ipv6.disable=1 has no /proc/sys/net/ipv6). */
+export function ipv6Available(): boolean {
+  return fs.existsSync('/proc/sys/net/ipv6');
+}
 
 export function writeSockaddrIn(b: Buffer, off: number, ip: number, port: number): void {
   b.fill(0, off, off + SOCKADDR_IN);
@@ -29,32 +52,127 @@ export function writeSockaddrIn(b: Buffer, off: number, ip: number, port: number
   b.writeUInt32BE(ip >>> 0, off + 4);
 }
 
-function setIntOpt(fd: number, name: number, value: number): boolean {
+/** sockaddr_in6 for lo + hi (hi all zero: the IPv4 address lo, written as ::ffff:lo). */
+export function writeSockaddrIn6(b: Buffer, off: number, lo: number, h0: number, h1: number, h2: number, port: number): void {
+  b.writeUInt32LE(libc.AF_INET6, off); // family, and port 0 until the next line
+  b.writeUInt16BE(port, off + 2);
+  b.writeUInt32LE(0, off + 4); // flowinfo
+  if (h0 === 0 && h1 === 0 && h2 === 0) {
+    b.writeUInt32LE(0, off + 8);
+    b.writeUInt32LE(0, off + 12);
+    b.writeUInt32BE(0xffff, off + 16);
+  } else {
+    b.writeUInt32BE(h0 >>> 0, off + 8);
+    b.writeUInt32BE(h1 >>> 0, off + 12);
+    b.writeUInt32BE(h2 >>> 0, off + 16);
+  }
+  b.writeUInt32BE(lo >>> 0, off + 20);
+  b.writeUInt32LE(0, off + 24); // scope id
+}
+
+/**
+ * Writes the socket address for a destination into b at off; returns its length. On an IPv4-only
+ * socket an IPv6 destination gets an AF_INET6 name of IPv4 length, which the kernel refuses
+ * (counted as an undeliverable datagram) instead of sending it to the wrong IPv4 address.
+ */
+function writeName(b: Buffer, off: number, family: 4 | 6, lo: number, h0: number, h1: number, h2: number, port: number): number {
+  if (family === 6) {
+    writeSockaddrIn6(b, off, lo, h0, h1, h2, port);
+    return SOCKADDR_IN6;
+  }
+  writeSockaddrIn(b, off, lo, port);
+  if (h0 !== 0 || h1 !== 0 || h2 !== 0) b.writeUInt16LE(libc.AF_INET6, off);
+  return SOCKADDR_IN;
+}
+
+/**
+ * Reads a received name at off into out[0..3] (lo, h0, h1, h2) and returns the port. A mapped
+ * IPv4 source (::ffff:a.b.c.d) or an AF_INET one gives hi all zero.
+ */
+function readName(b: Buffer, off: number, out: Uint32Array): number {
+  const port = b.readUInt16BE(off + 2);
+  if (b.readUInt16LE(off) !== libc.AF_INET6) {
+    out[0] = b.readUInt32BE(off + 4);
+    out[1] = out[2] = out[3] = 0;
+    return port;
+  }
+  const h0 = b.readUInt32BE(off + 8);
+  const h1 = b.readUInt32BE(off + 12);
+  const h2 = b.readUInt32BE(off + 16);
+  out[0] = b.readUInt32BE(off + 20);
+  if (h0 === 0 && h1 === 0 && h2 === 0xffff) out[1] = out[2] = out[3] = 0;
+  else {
+    out[1] = h0;
+    out[2] = h1;
+    out[3] = h2;
+  }
+  return port;
+}
+
+/** Known sockets' families (sendDatagram* on the control thread); others are asked with getsockname. */
+const families = new Map<number, 4 | 6>();
+
+/** The address family of a UDP socket descriptor. */
+export function socketFamily(fd: number): 4 | 6 {
+  const known = families.get(fd);
+  if (known !== undefined) return known;
+  const addr = Buffer.alloc(SOCKADDR_IN6);
+  const len = new Uint32Array([SOCKADDR_IN6]);
+  if (libc.getsockname(fd, addr, len) !== 0) return 4;
+  return addr.readUInt16LE(0) === libc.AF_INET6 ? 6 : 4;
+}
+
+function setOpt(fd: number, level: number, name: number, value: number): boolean {
   const v = new Uint8Array(4);
   new DataView(v.buffer).setInt32(0, value, true);
-  return libc.setsockopt(fd, libc.SOL_SOCKET, name, v, 4) === 0;
+  return libc.setsockopt(fd, level, name, v, 4) === 0;
+}
+
+function setIntOpt(fd: number, name: number, value: number): boolean {
+  return setOpt(fd, libc.SOL_SOCKET, name, value);
 }
 
 export function openUdpSocket(opts: UdpSocketOptions): UdpSocket {
-  const fd = libc.socket(libc.AF_INET, libc.SOCK_DGRAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC, 0);
-  if (fd < 0) throw osError('socket(AF_INET, SOCK_DGRAM)');
+  const type = libc.SOCK_DGRAM | libc.SOCK_NONBLOCK | libc.SOCK_CLOEXEC;
+  let family: 4 | 6 = opts.family ?? (ipv6Available() ? 6 : 4);
+  let fd = family === 6 ? libc.socket(libc.AF_INET6, type, 0) : -1;
+  if (fd >= 0 && !setOpt(fd, libc.IPPROTO_IPV6, libc.IPV6_V6ONLY, 0)) {
+    libc.close(fd);
+    fd = -1;
+  }
+  if (fd < 0) {
+    if (opts.family === 6) throw osError('socket(AF_INET6, SOCK_DGRAM)');
+    family = 4;
+    fd = libc.socket(libc.AF_INET, type, 0);
+    if (fd < 0) throw osError('socket(AF_INET, SOCK_DGRAM)');
+  }
   try {
     const bytes = opts.bufferBytes ?? 4 << 20;
     // The *FORCE variants pass the sysctl caps when we are root; fall back to the plain ones.
     if (!setIntOpt(fd, libc.SO_RCVBUFFORCE, bytes)) setIntOpt(fd, libc.SO_RCVBUF, bytes);
     if (!setIntOpt(fd, libc.SO_SNDBUFFORCE, bytes)) setIntOpt(fd, libc.SO_SNDBUF, bytes);
-    const addr = Buffer.alloc(SOCKADDR_IN);
-    writeSockaddrIn(addr, 0, opts.bindIp ?? 0, opts.port);
-    if (libc.bind(fd, addr, SOCKADDR_IN) !== 0) throw osError(`bind(udp port ${opts.port})`);
-    const len = new Uint32Array([SOCKADDR_IN]);
+    const addr = Buffer.alloc(SOCKADDR_IN6);
+    let alen = SOCKADDR_IN;
+    if (family === 6 && opts.bindIp === undefined) {
+      addr.writeUInt16LE(libc.AF_INET6, 0); // in6addr_any: every IPv4 and IPv6 address
+      addr.writeUInt16BE(opts.port, 2);
+      alen = SOCKADDR_IN6;
+    } else alen = writeName(addr, 0, family, opts.bindIp ?? 0, 0, 0, 0, opts.port);
+    if (libc.bind(fd, addr, alen) !== 0) throw osError(`bind(udp port ${opts.port})`);
+    const len = new Uint32Array([SOCKADDR_IN6]);
     if (libc.getsockname(fd, addr, len) !== 0) throw osError('getsockname');
     const port = addr.readUInt16BE(2);
+    families.set(fd, family);
     let closed = false;
     return {
       fd,
       port,
+      family,
       close() {
-        if (!closed) libc.close(fd);
+        if (!closed) {
+          families.delete(fd);
+          libc.close(fd);
+        }
         closed = true;
       },
     };
@@ -66,12 +184,14 @@ export function openUdpSocket(opts: UdpSocketOptions): UdpSocket {
 
 /**
  * Sends one datagram from the calling thread (the control thread's handshakes; rare, so a
- * plain sendto). Returns false when the kernel refused it.
+ * plain sendto) to `ip` (an IPv4 address or an IPv6 handle). Returns false when the kernel
+ * refused it.
  */
 export function sendDatagram(fd: number, data: Uint8Array, ip: number, port: number): boolean {
-  const addr = Buffer.alloc(SOCKADDR_IN);
-  writeSockaddrIn(addr, 0, ip, port);
-  return libc.sendto(fd, data, data.length, libc.MSG_DONTWAIT, addr, SOCKADDR_IN) === data.length;
+  const addr = Buffer.alloc(SOCKADDR_IN6);
+  const a = splitAddress(ip);
+  const alen = writeName(addr, 0, socketFamily(fd), a.lo, a.hi[0], a.hi[1], a.hi[2], port);
+  return libc.sendto(fd, data, data.length, libc.MSG_DONTWAIT, addr, alen) === data.length;
 }
 
 /**
@@ -82,26 +202,29 @@ export function sendDatagram(fd: number, data: Uint8Array, ip: number, port: num
  * Returns false when the kernel refused it.
  */
 export function sendDatagramTtl(fd: number, data: Uint8Array, ip: number, port: number, ttl: number): boolean {
-  // mmsghdr (64) | sockaddr_in (16) | iovec (16) | cmsg with an int (24) | payload
-  const size = MMSG + SOCKADDR_IN + IOVEC + CMSG_SPACE_INT + data.length;
+  // mmsghdr (64) | sockaddr_in6 (28, room for either) | iovec (16) | cmsg with an int (24) | payload
+  const size = MMSG + NAME + IOVEC + CMSG_SPACE_INT + data.length;
   const mem = allocNative(size);
   try {
     const m = mem.buf;
     const at = (off: number) => mem.ptr + BigInt(off);
     const nameOff = MMSG;
-    const iovOff = nameOff + SOCKADDR_IN;
+    const iovOff = nameOff + NAME;
     const ctrlOff = iovOff + IOVEC;
     const dataOff = ctrlOff + CMSG_SPACE_INT;
-    writeSockaddrIn(m, nameOff, ip, port);
+    const a = splitAddress(ip);
+    const v6 = a.hi[0] !== 0 || a.hi[1] !== 0 || a.hi[2] !== 0;
+    const alen = writeName(m, nameOff, socketFamily(fd), a.lo, a.hi[0], a.hi[1], a.hi[2], port);
     m.set(data, dataOff);
     m.writeBigUInt64LE(at(dataOff), iovOff); // iov_base
     m.writeBigUInt64LE(BigInt(data.length), iovOff + 8); // iov_len
     m.writeBigUInt64LE(BigInt(CMSG_SPACE_INT - 4), ctrlOff); // cmsg_len = CMSG_LEN(sizeof(int))
-    m.writeInt32LE(libc.IPPROTO_IP, ctrlOff + 8);
-    m.writeInt32LE(libc.IP_TTL, ctrlOff + 12);
+    // an IPv4 destination (also mapped, on the dual-stack socket) takes IP_TTL, an IPv6 one IPV6_HOPLIMIT
+    m.writeInt32LE(v6 ? libc.IPPROTO_IPV6 : libc.IPPROTO_IP, ctrlOff + 8);
+    m.writeInt32LE(v6 ? libc.IPV6_HOPLIMIT : libc.IP_TTL, ctrlOff + 12);
     m.writeInt32LE(ttl, ctrlOff + 16);
     m.writeBigUInt64LE(at(nameOff), 0); // msg_name
-    m.writeUInt32LE(SOCKADDR_IN, 8); // msg_namelen
+    m.writeUInt32LE(alen, 8); // msg_namelen
     m.writeBigUInt64LE(at(iovOff), 16); // msg_iov
     m.writeBigUInt64LE(1n, 24); // msg_iovlen
     m.writeBigUInt64LE(at(ctrlOff), 32); // msg_control
@@ -186,6 +309,11 @@ export class UdpBatchIo implements UdpIo {
   /** UDP GRO in use on receive (see UdpBatchOptions.gro). */
   readonly gro: boolean;
   private groLand?: GroLanding;
+  /** The socket's family, and the name length its messages carry. */
+  readonly family: 4 | 6;
+  private readonly nameLen: number;
+  /** A received source: lo, h0, h1, h2. */
+  private readonly src = new Uint32Array(4);
 
   constructor(
     private readonly fd: number,
@@ -194,10 +322,12 @@ export class UdpBatchIo implements UdpIo {
   ) {
     if (batch.basePtr === 0n) throw new Error('UdpBatchIo needs a batch in native memory');
     this.gso = opts.gso ?? true;
+    this.family = socketFamily(fd);
+    this.nameLen = this.family === 6 ? SOCKADDR_IN6 : SOCKADDR_IN;
     const capacity = batch.capacity;
     this.iovOff = capacity * MMSG;
     this.namesOff = this.iovOff + capacity * IOVEC;
-    this.ctrlOff = this.namesOff + capacity * SOCKADDR_IN;
+    this.ctrlOff = this.namesOff + capacity * NAME;
     this.meta = allocNative(this.ctrlOff + capacity * CMSG_SPACE_U16);
     this.m = this.meta.buf;
     this.vec = this.meta.ptr;
@@ -215,11 +345,11 @@ export class UdpBatchIo implements UdpIo {
     [this.iovLo, this.iovHi] = split(capacity, (i) => this.vec + BigInt(this.iovOff + i * IOVEC));
     [this.ctrlLo, this.ctrlHi] = split(capacity, (i) => this.vec + BigInt(this.ctrlOff + i * CMSG_SPACE_U16));
     this.gro = opts.gro === true && setUdpGro(fd);
-    if (this.gro) this.groLand = new GroLanding();
+    if (this.gro) this.groLand = new GroLanding(this.nameLen);
     this.msgFirst = new Int32Array(capacity);
     this.msgSegs = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
-      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * SOCKADDR_IN), i * MMSG); // msg_name
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * NAME), i * MMSG); // msg_name
       // the cmsg of message i, used when it carries a GSO run
       const c = this.ctrlOff + i * CMSG_SPACE_U16;
       this.m.writeUInt32LE(CMSG_LEN_U16, c);
@@ -233,7 +363,7 @@ export class UdpBatchIo implements UdpIo {
   private setMessage(j: number, first: number, iovs: number, gsoSize: number): void {
     const m = this.m;
     const h = j * MMSG;
-    m.writeUInt32LE(SOCKADDR_IN, h + 8); // msg_namelen
+    m.writeUInt32LE(this.nameLen, h + 8); // msg_namelen
     m.writeUInt32LE(this.iovLo[first]!, h + 16); // msg_iov
     m.writeUInt32LE(this.iovHi[first]!, h + 20);
     m.writeUInt32LE(iovs, h + 24); // msg_iovlen
@@ -292,12 +422,16 @@ export class UdpBatchIo implements UdpIo {
       if (e !== libc.EAGAIN && e !== libc.EINTR) this.lastErrno = e;
       return 0;
     }
+    const src = this.src;
+    const hi = batch.hi;
     for (let i = 0; i < n; i++) {
-      m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8);
+      m.writeUInt32LE(this.nameLen, i * MMSG + 8);
       batch.len[i] = m.readUInt32LE(i * MMSG + 56);
-      const a = this.namesOff + i * SOCKADDR_IN;
-      batch.port[i] = m.readUInt16BE(a + 2);
-      batch.ip[i] = m.readUInt32BE(a + 4);
+      batch.port[i] = readName(m, this.namesOff + i * NAME, src);
+      batch.ip[i] = src[0]!;
+      hi[3 * i] = src[1]!;
+      hi[3 * i + 1] = src[2]!;
+      hi[3 * i + 2] = src[3]!;
     }
     return n;
   }
@@ -314,12 +448,16 @@ export class UdpBatchIo implements UdpIo {
    */
   private sendFrom(batch: PacketBatch, list: SendList, start: number, gso: boolean): number {
     const count = list.count;
+    const hi = batch.hi;
     let msgs = 0;
     for (let j = start; j < count; ) {
       const i0 = list.idx[j]!;
       const ip = batch.ip[i0]!;
       const port = batch.port[i0]!;
       const size = batch.len[i0]!;
+      const h0 = hi[3 * i0]!;
+      const h1 = hi[3 * i0 + 1]!;
+      const h2 = hi[3 * i0 + 2]!;
       let run = 1;
       if (gso) {
         const limit = Math.min(GSO_MAX_SEGMENTS, Math.floor(GSO_MAX_BYTES / size));
@@ -327,6 +465,7 @@ export class UdpBatchIo implements UdpIo {
           const i = list.idx[j + run]!;
           const len = batch.len[i]!;
           if (batch.ip[i] !== ip || batch.port[i] !== port || len > size) break;
+          if (hi[3 * i] !== h0 || hi[3 * i + 1] !== h1 || hi[3 * i + 2] !== h2) break;
           run++;
           if (len < size) break; // a shorter datagram ends a run
         }
@@ -335,7 +474,7 @@ export class UdpBatchIo implements UdpIo {
         const i = list.idx[k]!;
         this.setIov(k, i, batch.len[i]!);
       }
-      writeSockaddrIn(this.m, this.namesOff + msgs * SOCKADDR_IN, ip, port);
+      writeName(this.m, this.namesOff + msgs * NAME, this.family, ip, h0, h1, h2, port);
       this.setMessage(msgs, j, run, run > 1 ? size : 0);
       this.msgFirst[msgs] = j;
       this.msgSegs[msgs] = run;
@@ -403,7 +542,8 @@ class GroLanding {
   private readonly m: Buffer;
   private readonly iovOff = GRO_MSGS * MMSG;
   private readonly namesOff = this.iovOff + GRO_MSGS * IOVEC;
-  private readonly ctrlOff = this.namesOff + GRO_MSGS * SOCKADDR_IN;
+  private readonly ctrlOff = this.namesOff + GRO_MSGS * NAME;
+  private readonly src = new Uint32Array(4);
   /** Messages received by the last recvmmsg, the one being cut, and the offset reached in it. */
   private count = 0;
   private cur = 0;
@@ -412,14 +552,14 @@ class GroLanding {
   coalesced = 0;
   segments = 0;
 
-  constructor() {
+  constructor(private readonly nameLen: number) {
     this.meta = allocNative(this.ctrlOff + GRO_MSGS * CMSG_SPACE_INT);
     this.land = allocNative(GRO_MSGS * GRO_BUF);
     this.m = this.meta.buf;
     for (let i = 0; i < GRO_MSGS; i++) {
       const h = i * MMSG;
       const io = this.iovOff + i * IOVEC;
-      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * SOCKADDR_IN), h);
+      this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.namesOff + i * NAME), h);
       this.m.writeBigUInt64LE(this.meta.ptr + BigInt(io), h + 16);
       this.m.writeBigUInt64LE(1n, h + 24);
       this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.ctrlOff + i * CMSG_SPACE_INT), h + 32);
@@ -439,7 +579,7 @@ class GroLanding {
       if (this.cur >= this.count) {
         if (n > 0) return n; // one recvmmsg per call: a caller that got a full batch comes back
         for (let i = 0; i < GRO_MSGS; i++) {
-          m.writeUInt32LE(SOCKADDR_IN, i * MMSG + 8); // msg_namelen
+          m.writeUInt32LE(this.nameLen, i * MMSG + 8); // msg_namelen
           m.writeUInt32LE(CMSG_SPACE_INT, i * MMSG + 40); // msg_controllen
           m.writeUInt32LE(0, i * MMSG + 44);
         }
@@ -468,9 +608,9 @@ class GroLanding {
         this.coalesced++;
         this.segments += Math.ceil(len / seg);
       }
-      const a = this.namesOff + i * SOCKADDR_IN;
-      const port = m.readUInt16BE(a + 2);
-      const ip = m.readUInt32BE(a + 4);
+      const src = this.src;
+      const port = readName(m, this.namesOff + i * NAME, src);
+      const ip = src[0]!;
       const base = i * GRO_BUF;
       const room = batch.slotSize;
       while (this.off < len && n < batch.capacity) {
@@ -479,6 +619,9 @@ class GroLanding {
         this.land.buf.copy(batch.buf, batch.offset(n), base + this.off, base + this.off + Math.min(l, room));
         batch.len[n] = Math.min(l, room);
         batch.ip[n] = ip;
+        batch.hi[3 * n] = src[1]!;
+        batch.hi[3 * n + 1] = src[2]!;
+        batch.hi[3 * n + 2] = src[3]!;
         batch.port[n] = port;
         n++;
         this.off += l;
