@@ -430,7 +430,7 @@ export class Agent {
         interface: cfg.interface,
         port: this.udp.port,
         mtu: this.mtu,
-        endpoints: this.endpoints,
+        endpoints: [...this.endpoints, ...this.endpoints6],
         crypto: this.engine.cryptoName,
         offload: this.tun.offload,
         metrics: cfg.metricsListen,
@@ -983,7 +983,7 @@ export class Agent {
     this.paths.setPeer(name, cands, mayRelay(rec), { punchFirst: mapped ? [mapped] : [] });
     const endpoint = this.paths.current(name) ?? { ip: cands[0]!.ip, port: cands[0]!.port };
     const { added } = this.peers.upsert(name, rec, endpoint);
-    if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: rec.endpoints }, 'peer added');
+    if (added) this.log.info({ peer: name, overlayIp: rec.overlayIp, endpoints: [...rec.endpoints, ...(rec.endpoints6 ?? [])] }, 'peer added');
     return true;
   }
 

@@ -644,9 +644,27 @@ export function serializeHostCert(c: HostCert): string {
 
 export function serializeHostRecord(r: HostRecord): string {
   const { version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session } = r;
-  const { relay, nat, reflexive, routes } = r;
+  const { endpoints6, relay, nat, reflexive, routes } = r;
   const cert = r.cert === undefined ? undefined : certObject(r.cert);
-  return JSON.stringify({ version, name, network, overlayIp, publicKey, endpoints, hostCidrs, listenPort, epoch, updated, session, relay, nat, reflexive, routes, cert });
+  return JSON.stringify({
+    version,
+    name,
+    network,
+    overlayIp,
+    publicKey,
+    endpoints,
+    endpoints6,
+    hostCidrs,
+    listenPort,
+    epoch,
+    updated,
+    session,
+    relay,
+    nat,
+    reflexive,
+    routes,
+    cert,
+  });
 }
 
 export function serializeRevocationRecord(r: RevocationRecord): string {

@@ -1,6 +1,7 @@
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { ipv6Of } from './ipv6';
 import { run } from './run';
 import type { Topology } from './topology';
 
@@ -13,6 +14,8 @@ import type { Topology } from './topology';
 export interface TestbedEtcd {
   /** e.g. http://198.18.0.1:2379 */
   readonly endpoint: string;
+  /** With an IPv6 underlay (opts.ipv6): the same member over IPv6, e.g. http://[2001:db8:1::1]:2379. */
+  readonly endpoint6?: string;
   readonly dataDir: string;
   readonly logFile: string;
   /** Pid of the running etcd (for SIGSTOP/SIGCONT), null while stopped. */
@@ -25,7 +28,7 @@ export interface TestbedEtcd {
 
 export async function startTestbedEtcd(
   topo: Topology,
-  opts: { port?: number; timeoutMs?: number } = {},
+  opts: { port?: number; timeoutMs?: number; ipv6?: boolean } = {},
 ): Promise<TestbedEtcd> {
   const port = opts.port ?? 2379;
   const peerPort = port + 1;
@@ -33,13 +36,14 @@ export async function startTestbedEtcd(
   fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const logFile = path.join(topo.workDir, 'etcd.log');
   const endpoint = `http://${topo.routerIp}:${port}`;
+  const endpoint6 = opts.ipv6 ? `http://[${ipv6Of(topo.routerIp)}]:${port}` : undefined;
   const peer = `http://127.0.0.1:${peerPort}`;
   const name = `${topo.id}-etcd`;
   const args = [
     'etcd',
     `--name=${name}`,
     `--data-dir=${dataDir}`,
-    `--listen-client-urls=${endpoint}`,
+    `--listen-client-urls=${endpoint}${endpoint6 ? `,${endpoint6}` : ''}`,
     `--advertise-client-urls=${endpoint}`,
     `--listen-peer-urls=${peer}`,
     `--initial-advertise-peer-urls=${peer}`,
@@ -83,7 +87,7 @@ export async function startTestbedEtcd(
     }
   };
   await start();
-  return { endpoint, dataDir, logFile, pid: () => (alive(child) ? child.pid ?? null : null), stop, start };
+  return { endpoint, ...(endpoint6 ? { endpoint6 } : {}), dataDir, logFile, pid: () => (alive(child) ? child.pid ?? null : null), stop, start };
 }
 
 function tail(file: string, lines = 15): string {

@@ -1,5 +1,7 @@
 import { cliPath, createNetwork, startAgent, waitMeshUp, type Agent, type AgentOptions, type AgentStatus } from './agents';
 import { startTestbedEtcd, type TestbedEtcd } from './etcd';
+import { ipv6UnderlayCommands, type Ipv6UnderlayOptions } from './ipv6';
+import { runOk } from './run';
 import { createTopology, type Topology, type TopologyHost, type TopologySpec } from './topology';
 
 /**
@@ -16,6 +18,8 @@ export interface MeshBedOptions {
   readonly waitUp?: boolean;
   readonly upTimeoutMs?: number;
   readonly agentOptions?: Partial<AgentOptions>;
+  /** Add an IPv6 underlay (./ipv6.ts) before anything starts; etcd then listens on IPv6 too (etcd.endpoint6). */
+  readonly ipv6?: Ipv6UnderlayOptions;
 }
 
 export interface MeshBed {
@@ -49,7 +53,8 @@ export async function startMeshBed(opts: MeshBedOptions): Promise<MeshBed> {
     })());
 
   try {
-    etcd = await startTestbedEtcd(topo);
+    if (opts.ipv6) for (const cmd of ipv6UnderlayCommands(topo.plan, opts.ipv6)) await runOk(cmd);
+    etcd = await startTestbedEtcd(topo, { ipv6: opts.ipv6 !== undefined });
     await createNetwork(topo, { name: network, cidr, etcd: etcd.endpoint });
     const e = etcd;
     const bed: MeshBed = {
@@ -102,6 +107,8 @@ export interface NatBedOptions {
   readonly listenPort?: (host: string) => number | undefined;
   /** Wait for a full mesh of the started agents (default true, 30 s). */
   readonly waitUp?: boolean;
+  /** An IPv6 underlay beside the IPv4 one (see MeshBedOptions.ipv6). */
+  readonly ipv6?: Ipv6UnderlayOptions;
 }
 
 /**
@@ -110,7 +117,7 @@ export interface NatBedOptions {
  * Returns the bed and the STUN server's address (for agents started later).
  */
 export async function startNatBed(opts: NatBedOptions): Promise<{ bed: MeshBed; stun: string }> {
-  const bed = await startMeshBed({ topology: opts.topology, agents: 0, waitUp: false });
+  const bed = await startMeshBed({ topology: opts.topology, agents: 0, waitUp: false, ...(opts.ipv6 ? { ipv6: opts.ipv6 } : {}) });
   try {
     const stun = `${bed.topo.routerIp}:3478`;
     bed.topo.spawn(bed.topo.routerNs, [process.execPath, cliPath(), 'stun-server', '--listen', stun]);

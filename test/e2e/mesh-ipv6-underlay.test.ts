@@ -1,0 +1,118 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitUntil, type AgentStatus } from '../../src/testbed/agents';
+import { ipv6Of } from '../../src/testbed/ipv6';
+import { startMeshBed, startNatBed, type MeshBed } from '../../src/testbed/mesh';
+import { tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
+
+/**
+ * Issue 16, the IPv6 underlay (src/testbed/ipv6.ts gives a topology its 2001:db8::/32 twin):
+ *   1. v6 has an IPv6-only underlay (no IPv4 address at all, etcd over IPv6), ds is dual-stack:
+ *      they mesh over IPv6, and TCP over the overlay carries 20 MB intact.
+ *   2. a and b are dual-stack, each behind its own port-randomizing IPv4 NAT (no direct IPv4 path;
+ *      pub would relay) while IPv6 is routed: the direct IPv6 path is chosen within seconds.
+ */
+const isRoot = process.getuid?.() === 0;
+const MB = 1024 * 1024;
+
+const peer = (doc: AgentStatus, name: string) => doc.peers.find((p) => p.name === name);
+
+/**
+ * Sends `bytes` of random data by TCP from `from` to `to` over the overlay address `toIp` and
+ * checks both ends saw the same sha256. (Any overlay address: an IPv6 overlay one works the same.)
+ */
+async function transferChecked(bed: MeshBed, from: string, to: string, toIp: string, bytes: number): Promise<void> {
+  const file = path.join(bed.topo.workDir, `tx-${from}-${to}.bin`);
+  writeRandomFile(file, bytes);
+  const outFile = path.join(bed.topo.workDir, `rx-${from}-${to}.bin`);
+  const r = await tcpTransfer(bed.topo, { fromNs: bed.topo.host(from).ns, toNs: bed.topo.host(to).ns, toIp, file, outFile, timeoutMs: 90_000 });
+  expect(r.bytes).toBe(bytes);
+  expect(r.receivedSha256).toBe(r.sentSha256);
+  fs.rmSync(file, { force: true });
+  fs.rmSync(outFile, { force: true });
+}
+
+describe.skipIf(!isRoot)('IPv6 underlay: an IPv6-only host and a dual-stack host', () => {
+  let bed: MeshBed;
+
+  beforeAll(async () => {
+    bed = await startMeshBed({ topology: { hosts: [{ name: 'v6' }, { name: 'ds' }] }, agents: 0, waitUp: false, ipv6: { v6Only: ['v6'] } });
+    await bed.start(bed.topo.host('ds'));
+    await bed.start(bed.topo.host('v6'), { etcd: bed.etcd.endpoint6! });
+    try {
+      await bed.waitUp(bed.agents, 30_000);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
+    }
+  }, 90_000);
+
+  afterAll(async () => {
+    await bed?.destroy();
+  });
+
+  it('the IPv6-only host publishes only IPv6 candidates, and both use the direct IPv6 path', async () => {
+    const v6Addr = ipv6Of(bed.topo.host('v6').underlayIp);
+    const dsAddr = ipv6Of(bed.topo.host('ds').underlayIp);
+    const [dv6, dds] = await waitUntil('both to show the direct IPv6 path', async () => {
+      const both = await Promise.all([bed.agent('v6').statusCli(), bed.agent('ds').statusCli()]);
+      const ok = peer(both[0], 'ds')?.endpoint === `[${dsAddr}]:51820` && peer(both[1], 'v6')?.endpoint === `[${v6Addr}]:51820`;
+      return ok ? both : undefined;
+    }, { timeoutMs: 15_000 });
+    expect(dv6.self.endpoints).toEqual([`[${v6Addr}]:51820`]);
+    expect(dds.self.endpoints).toEqual([`${bed.topo.host('ds').underlayIp}:51820`, `[${dsAddr}]:51820`]);
+    expect(peer(dv6, 'ds')).toMatchObject({ state: 'up', path: 'direct' });
+    expect(peer(dds, 'v6')).toMatchObject({ state: 'up', path: 'direct' });
+    expect(await bed.agent('ds').statusText()).toContain(`[${v6Addr}]:51820`);
+  });
+
+  it('TCP over the overlay carries 20 MB from the IPv6-only host intact', async () => {
+    const dsOverlay = (await bed.agent('ds').status()).self.overlayIp;
+    await transferChecked(bed, 'v6', 'ds', dsOverlay, 20 * MB);
+  }, 120_000);
+});
+
+describe.skipIf(!isRoot)('IPv6 underlay: IPv4 behind port-randomizing NATs, IPv6 routed', () => {
+  let bed: MeshBed;
+  let startedAt = 0;
+
+  beforeAll(async () => {
+    startedAt = Date.now();
+    ({ bed } = await startNatBed({
+      topology: {
+        hosts: [{ name: 'pub' }, { name: 'a', site: 's1' }, { name: 'b', site: 's2' }],
+        sites: [
+          { name: 's1', nat: 'random' },
+          { name: 's2', nat: 'random' },
+        ],
+      },
+      relay: 'pub',
+      waitUp: false,
+      ipv6: {},
+    }));
+    startedAt = Math.max(...bed.agents.map((a) => a.spawnedAt));
+  }, 90_000);
+
+  afterAll(async () => {
+    await bed?.destroy();
+  });
+
+  it('a and b take the direct IPv6 path within seconds (not the relay)', async () => {
+    const aAddr = ipv6Of(bed.topo.host('a').underlayIp);
+    const bAddr = ipv6Of(bed.topo.host('b').underlayIp);
+    const [da, db] = await waitUntil('a and b to see each other directly over IPv6', async () => {
+      const both = await Promise.all([bed.agent('a').statusCli(), bed.agent('b').statusCli()]);
+      const ok = peer(both[0], 'b')?.endpoint === `[${bAddr}]:51820` && peer(both[1], 'a')?.endpoint === `[${aAddr}]:51820`;
+      return ok ? both : undefined;
+    }, { timeoutMs: 20_000 }).catch((e: Error) => {
+      throw new Error(`${e.message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
+    });
+    const tookMs = Date.now() - startedAt;
+    expect(peer(da, 'b')).toMatchObject({ state: 'up', path: 'direct', via: null });
+    expect(peer(db, 'a')).toMatchObject({ state: 'up', path: 'direct', via: null });
+    // both agents started to direct IPv6 path on both ends: "within a few seconds"
+    expect(tookMs).toBeLessThan(10_000);
+    // (IPv4 alone could not have done it: two port-randomizing NATs leave it the relay, mesh-nat.test.ts)
+    await transferChecked(bed, 'a', 'b', db.self.overlayIp, 2 * MB);
+  }, 60_000);
+});
