@@ -73,6 +73,9 @@ export interface Datagram {
   srcPort: number;
   dstIp: number;
   dstPort: number;
+  /** Upper 96 bits of an IPv6 source / destination (PacketBatch.hi); absent: IPv4. */
+  srcHi?: readonly number[];
+  dstHi?: readonly number[];
   data: Buffer;
 }
 
@@ -85,13 +88,16 @@ export interface Datagram {
  */
 export type Fate = 'deliver' | 'drop' | 'duplicate' | 'hold';
 
-function addrKey(ip: number, port: number): number {
+function addrKey(ip: number, port: number, hi?: readonly number[]): number | string {
+  if (hi && (hi[0] !== 0 || hi[1] !== 0 || hi[2] !== 0)) return `${hi.join(':')}:${ip >>> 0}:${port}`;
   return (ip >>> 0) * 65536 + port;
 }
 
+const isV6 = (hi: readonly number[] | undefined): hi is readonly number[] => hi !== undefined && (hi[0] !== 0 || hi[1] !== 0 || hi[2] !== 0);
+
 /** An in-memory "internet" joining FakeUdp sockets by ip:port. Deterministic: no timers. */
 export class FakeUdpNetwork {
-  private readonly sockets = new Map<number, FakeUdp>();
+  private readonly sockets = new Map<number | string, FakeUdp>();
   /** Decides each sent datagram's fate; the default delivers everything. */
   fate: (d: Datagram) => Fate = () => 'deliver';
   /** When true, every sent datagram is also recorded (a copy) in `captured`. */
@@ -111,14 +117,14 @@ export class FakeUdpNetwork {
 
   /** @internal */
   attach(s: FakeUdp): void {
-    const k = addrKey(s.ip, s.port);
+    const k = addrKey(s.ip, s.port, s.hi);
     if (this.sockets.has(k)) throw new Error(`fake udp: address in use`);
     this.sockets.set(k, s);
   }
 
   /** @internal */
   detach(s: FakeUdp): void {
-    const k = addrKey(s.ip, s.port);
+    const k = addrKey(s.ip, s.port, s.hi);
     if (this.sockets.get(k) === s) this.sockets.delete(k);
   }
 
@@ -147,7 +153,7 @@ export class FakeUdpNetwork {
    * Returns false when no socket holds the destination.
    */
   deliver(d: Datagram): boolean {
-    const s = this.sockets.get(addrKey(d.dstIp, d.dstPort));
+    const s = this.sockets.get(addrKey(d.dstIp, d.dstPort, d.dstHi));
     if (!s) {
       this.undeliverable++;
       return false;
@@ -186,19 +192,30 @@ export class FakeUdp implements UdpIo {
   get port(): number {
     return this.addrPort;
   }
+  /** Upper 96 bits of an IPv6 address ([0, 0, 0]: IPv4). */
+  get hi(): readonly number[] {
+    return this.addrHi;
+  }
+  private addrHi: readonly number[] = [0, 0, 0];
 
-  /** Moves the socket to a new address, as a NAT rebinding or a changed interface would. */
-  rebind(ip: number, port: number): void {
+  /**
+   * Moves the socket to a new address, as a NAT rebinding or a changed interface would; `hi`
+   * makes it an IPv6 one (ip: its low 32 bits).
+   */
+  rebind(ip: number, port: number, hi: readonly number[] = [0, 0, 0]): void {
     this.net.detach(this);
     const oldIp = this.addrIp;
     const oldPort = this.addrPort;
+    const oldHi = this.addrHi;
     this.addrIp = ip >>> 0;
     this.addrPort = port;
+    this.addrHi = [...hi];
     try {
       this.net.attach(this);
     } catch (e) {
       this.addrIp = oldIp;
       this.addrPort = oldPort;
+      this.addrHi = oldHi;
       this.net.attach(this);
       throw e;
     }
@@ -218,6 +235,9 @@ export class FakeUdp implements UdpIo {
       batch.len[n] = len;
       batch.ip[n] = d.srcIp;
       batch.port[n] = d.srcPort;
+      batch.hi[3 * n] = d.srcHi?.[0] ?? 0;
+      batch.hi[3 * n + 1] = d.srcHi?.[1] ?? 0;
+      batch.hi[3 * n + 2] = d.srcHi?.[2] ?? 0;
       n++;
     }
     return n;
@@ -228,11 +248,15 @@ export class FakeUdp implements UdpIo {
     for (let j = 0; j < count; j++) {
       const i = list.idx[j]!;
       const off = batch.offset(i);
+      const h = batch.hi;
+      const dstHi = h[3 * i] !== 0 || h[3 * i + 1] !== 0 || h[3 * i + 2] !== 0 ? [h[3 * i]!, h[3 * i + 1]!, h[3 * i + 2]!] : undefined;
       this.net.send({
         srcIp: this.addrIp,
         srcPort: this.addrPort,
         dstIp: batch.ip[i]!,
         dstPort: batch.port[i]!,
+        ...(isV6(this.addrHi) ? { srcHi: this.addrHi } : {}),
+        ...(dstHi ? { dstHi } : {}),
         data: batch.buf.subarray(off, off + batch.len[i]!),
       });
     }

@@ -1013,6 +1013,37 @@ describe('data plane over fakes', () => {
       expect(b.roams.length).toBe(1);
     });
 
+    it('a valid datagram from a new IPv6 address moves the endpoint there; replies carry the whole address', () => {
+      const { a, b } = m;
+      const HI = [0x20010db8, 0x00020001, 0]; // 2001:db8:2:1::/64
+      a.udp.rebind(2, 51820, HI); // A now sends from [2001:db8:2:1::2]:51820
+      const p = ipv4('100.64.0.1', '100.64.0.2', 30);
+      a.tun.inject(p);
+      a.send();
+      b.receive();
+      expect(b.tun.take()).toEqual([p]);
+      expect(b.roams).toEqual([{ slot: SLOT_OF_A_AT_B, ip: 2, port: 51820, via: DIRECT }]);
+      const d = bSendsToA();
+      expect([d.dstIp, d.dstPort, d.dstHi]).toEqual([2, 51820, HI]);
+      a.receive();
+      expect(a.tun.take().length).toBe(1);
+      // the same low 32 bits and port under another /64 is another address: a move again
+      const OTHER = [0x20010db8, 0x00020002, 0];
+      a.udp.rebind(2, 51820, OTHER);
+      a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 31));
+      a.send();
+      b.receive();
+      expect(b.roams.length).toBe(2);
+      expect(bSendsToA().dstHi).toEqual(OTHER);
+      // and back to IPv4: the upper bits are cleared
+      a.udp.rebind(ip(NEW_IP), NEW_PORT);
+      a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 32));
+      a.send();
+      b.receive();
+      const back = bSendsToA();
+      expect([back.dstIp, back.dstPort, back.dstHi]).toEqual([ip(NEW_IP), NEW_PORT, undefined]);
+    });
+
     it('a replayed datagram from another address does not move it', () => {
       const { a, b, net } = m;
       a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 30));
