@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitUntil, type AgentStatus } from '../../src/testbed/agents';
 import { ipv6Of } from '../../src/testbed/ipv6';
 import { startMeshBed, startNatBed, type MeshBed } from '../../src/testbed/mesh';
-import { tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
+import { ping, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
+import { hostKey } from '../../src/control/keys';
 
 /**
  * Issue 16, the IPv6 underlay (src/testbed/ipv6.ts gives a topology its 2001:db8::/32 twin):
@@ -66,6 +67,32 @@ describe.skipIf(!isRoot)('IPv6 underlay: an IPv6-only host and a dual-stack host
     expect(await bed.agent('ds').statusText()).toContain(`[${v6Addr}]:51820`);
   });
 
+  it('forged and garbled IPv6 candidates an etcd writer adds to a record are skipped with a warning; the path stays', async () => {
+    const etcdctl = (args: string[], input?: string) =>
+      bed.topo.exec(bed.topo.routerNs, ['etcdctl', `--endpoints=${bed.etcd.endpoint}`, ...args], {
+        input,
+        env: { ...process.env, ETCDCTL_API: '3' },
+        timeoutMs: 10_000,
+      });
+    const key = hostKey(bed.network, 'v6');
+    const rec = JSON.parse((await etcdctl(['get', key, '--print-value-only'])).stdout.trim()) as { endpoints6: string[]; epoch: number };
+    const bad = ['[fe80::1]:51820', 'not-an-address', '[::ffff:198.18.2.2]:51820', '[ff02::1]:51820'];
+    await etcdctl(['put', key], JSON.stringify({ ...rec, endpoints6: [...rec.endpoints6, ...bad], epoch: rec.epoch + 1 }));
+    const warning = await waitUntil('ds to warn about the bad candidates', async () => {
+      const line = bed
+        .agent('ds')
+        .logTail(200)
+        .split('\n')
+        .find((l) => l.includes('unusable IPv6 candidates'));
+      return line ? (JSON.parse(line) as { level: number; peer: string; skipped: string[] }) : undefined;
+    }, { timeoutMs: 10_000 });
+    expect(warning).toMatchObject({ level: 40, peer: 'v6', skipped: bad });
+    const v6Addr = ipv6Of(bed.topo.host('v6').underlayIp);
+    expect(peer(await bed.agent('ds').status(), 'v6')).toMatchObject({ state: 'up', path: 'direct', endpoint: `[${v6Addr}]:51820` });
+    const r = await ping(bed.topo, bed.topo.host('ds').ns, (await bed.agent('v6').status()).self.overlayIp, { count: 3, intervalS: 0.1, waitS: 1 });
+    expect(r.received).toBe(3);
+  });
+
   it('TCP over the overlay carries 20 MB from the IPv6-only host intact', async () => {
     const dsOverlay = (await bed.agent('ds').status()).self.overlayIp;
     await transferChecked(bed, 'v6', 'ds', dsOverlay, 20 * MB);
@@ -108,6 +135,7 @@ describe.skipIf(!isRoot)('IPv6 underlay: IPv4 behind port-randomizing NATs, IPv6
       throw new Error(`${e.message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
     });
     const tookMs = Date.now() - startedAt;
+    console.log(`a-b direct over IPv6 ${tookMs} ms after the later agent was spawned`);
     expect(peer(da, 'b')).toMatchObject({ state: 'up', path: 'direct', via: null });
     expect(peer(db, 'a')).toMatchObject({ state: 'up', path: 'direct', via: null });
     // both agents started to direct IPv6 path on both ends: "within a few seconds"
