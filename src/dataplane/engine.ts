@@ -8,6 +8,10 @@ import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
+import type { CompiledPolicy } from './policy';
+import { DataplaneStats } from './stats';
+import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
+import type { FromWorker, ToWorker, WorkerInit } from './worker';
 import { joinAddress, splitAddress } from '../util/ipv6';
 
 /**
@@ -23,10 +27,6 @@ function toWorker(ip: number): { ip: number; hi?: number[] } {
   const a = splitAddress(ip);
   return a.hi[0] === 0 && a.hi[1] === 0 && a.hi[2] === 0 ? { ip: a.lo } : { ip: a.lo, hi: a.hi };
 }
-import type { CompiledPolicy } from './policy';
-import { DataplaneStats } from './stats';
-import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
-import type { FromWorker, ToWorker, WorkerInit } from './worker';
 
 export interface EngineOptions {
   tunFd: number;
