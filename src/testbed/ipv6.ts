@@ -16,6 +16,8 @@ import type { TopologyPlan } from './plan';
 export interface Ipv6UnderlayOptions {
   /** Hosts left with IPv6 only (their IPv4 address and routes are removed). */
   readonly v6Only?: readonly string[];
+  /** Hosts that get no IPv6 address or route at all (IPv4 only, the kernel's IPv6 still on). */
+  readonly v4Only?: readonly string[];
 }
 
 /** The IPv6 twin of a test-bed IPv4 address (198.18.0.0/15). */
@@ -45,15 +47,20 @@ export function ipv6UnderlayCommands(plan: TopologyPlan, opts: Ipv6UnderlayOptio
     sysctl(s.ns, 'net.ipv6.conf.all.forwarding=1');
     ip(s.ns, '-6', 'addr', 'add', `${ipv6Of(s.gateway)}/64`, 'dev', s.lanDev, 'nodad');
   }
+  const v4Only = new Set((opts.v4Only ?? []).map((name) => {
+    const h = plan.hosts.find((x) => x.name === name);
+    if (!h) throw new Error(`ipv6 underlay: no host named "${name}"`);
+    return h.ns;
+  }));
   for (const l of plan.links) {
     if (l.a.cidr) addr(l.a.ns, l.a.cidr, l.a.dev);
-    addr(l.b.ns, l.b.cidr, l.b.dev);
+    if (!v4Only.has(l.b.ns)) addr(l.b.ns, l.b.cidr, l.b.dev);
   }
   for (const s of plan.sites) {
     ip(plan.routerNs, '-6', 'route', 'add', ipv6PrefixOf(s.gateway), 'via', ipv6Of(s.wanIp));
     ip(s.ns, '-6', 'route', 'add', 'default', 'via', ipv6Of(s.wanGateway));
   }
-  for (const h of plan.hosts) ip(h.ns, '-6', 'route', 'add', 'default', 'via', ipv6Of(h.gateway));
+  for (const h of plan.hosts) if (!v4Only.has(h.ns)) ip(h.ns, '-6', 'route', 'add', 'default', 'via', ipv6Of(h.gateway));
   for (const name of opts.v6Only ?? []) {
     const h = plan.hosts.find((x) => x.name === name);
     if (!h) throw new Error(`ipv6 underlay: no host named "${name}"`);

@@ -10,9 +10,11 @@ import { hostKey } from '../../src/control/keys';
 /**
  * Issue 16, the IPv6 underlay (src/testbed/ipv6.ts gives a topology its 2001:db8::/32 twin):
  *   1. v6 has an IPv6-only underlay (no IPv4 address at all, etcd over IPv6), ds is dual-stack:
- *      they mesh over IPv6, and TCP over the overlay carries 20 MB intact.
+ *      they mesh over IPv6, and TCP over the overlay carries 20 MB intact; forged IPv6 candidates
+ *      an etcd writer adds to v6's record are skipped with a warning.
  *   2. a and b are dual-stack, each behind its own port-randomizing IPv4 NAT (no direct IPv4 path;
  *      pub would relay) while IPv6 is routed: the direct IPv6 path is chosen within seconds.
+ *   3. an IPv4-only and an IPv6-only host reach each other through a dual-stack relay.
  */
 const isRoot = process.getuid?.() === 0;
 const MB = 1024 * 1024;
@@ -142,5 +144,46 @@ describe.skipIf(!isRoot)('IPv6 underlay: IPv4 behind port-randomizing NATs, IPv6
     expect(tookMs).toBeLessThan(10_000);
     // (IPv4 alone could not have done it: two port-randomizing NATs leave it the relay, mesh-nat.test.ts)
     await transferChecked(bed, 'a', 'b', db.self.overlayIp, 2 * MB);
+  }, 60_000);
+});
+
+describe.skipIf(!isRoot)('IPv6 underlay: an IPv4-only host and an IPv6-only host, through a dual-stack relay', () => {
+  let bed: MeshBed;
+
+  beforeAll(async () => {
+    bed = await startMeshBed({
+      topology: { hosts: [{ name: 'pub' }, { name: 'v4' }, { name: 'v6' }] },
+      agents: 0,
+      waitUp: false,
+      ipv6: { v6Only: ['v6'], v4Only: ['v4'] },
+    });
+    await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay'] });
+    await bed.start(bed.topo.host('v4'));
+    await bed.start(bed.topo.host('v6'), { etcd: bed.etcd.endpoint6! });
+    try {
+      await bed.waitUp(bed.agents, 30_000);
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
+    }
+  }, 90_000);
+
+  afterAll(async () => {
+    await bed?.destroy();
+  });
+
+  it('each reaches the relay directly over its own family, and the other through it', async () => {
+    const pub6 = ipv6Of(bed.topo.host('pub').underlayIp);
+    const [d4, d6] = await waitUntil('v4 and v6 to go through pub', async () => {
+      const both = await Promise.all([bed.agent('v4').statusCli(), bed.agent('v6').statusCli()]);
+      const ok = peer(both[0], 'v6')?.path === 'relayed' && peer(both[1], 'v4')?.path === 'relayed';
+      return ok ? both : undefined;
+    }, { timeoutMs: 20_000 });
+    expect(peer(d4, 'v6')).toMatchObject({ state: 'up', via: 'pub' });
+    expect(peer(d6, 'v4')).toMatchObject({ state: 'up', via: 'pub' });
+    expect(peer(d4, 'pub')).toMatchObject({ path: 'direct', endpoint: `${bed.topo.host('pub').underlayIp}:51820` });
+    expect(peer(d6, 'pub')).toMatchObject({ path: 'direct', endpoint: `[${pub6}]:51820` });
+    const r = await ping(bed.topo, bed.topo.host('v4').ns, d6.self.overlayIp, { count: 3, intervalS: 0.1, waitS: 1 });
+    expect(r.received).toBe(3);
+    await transferChecked(bed, 'v6', 'v4', d4.self.overlayIp, 2 * MB);
   }, 60_000);
 });
