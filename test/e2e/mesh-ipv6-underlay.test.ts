@@ -36,18 +36,28 @@ async function transferChecked(bed: MeshBed, from: string, to: string, toIp: str
   fs.rmSync(outFile, { force: true });
 }
 
+/** Starts the agent of an IPv6-only host: it reaches etcd over IPv6. */
+async function startV6Only(bed: MeshBed, host: string): Promise<void> {
+  await bed.start(bed.topo.host(host), { etcd: bed.etcd.endpoint6! });
+}
+
+/** A full mesh of the running agents within 30 s, or an error with their last log lines. */
+async function meshUp(bed: MeshBed): Promise<void> {
+  try {
+    await bed.waitUp(bed.agents, 30_000);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
+  }
+}
+
 describe.skipIf(!isRoot)('IPv6 underlay: an IPv6-only host and a dual-stack host', () => {
   let bed: MeshBed;
 
   beforeAll(async () => {
     bed = await startMeshBed({ topology: { hosts: [{ name: 'v6' }, { name: 'ds' }] }, agents: 0, waitUp: false, ipv6: { v6Only: ['v6'] } });
     await bed.start(bed.topo.host('ds'));
-    await bed.start(bed.topo.host('v6'), { etcd: bed.etcd.endpoint6! });
-    try {
-      await bed.waitUp(bed.agents, 30_000);
-    } catch (e) {
-      throw new Error(`${(e as Error).message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
-    }
+    await startV6Only(bed, 'v6');
+    await meshUp(bed);
   }, 90_000);
 
   afterAll(async () => {
@@ -159,12 +169,8 @@ describe.skipIf(!isRoot)('IPv6 underlay: an IPv4-only host and an IPv6-only host
     });
     await bed.start(bed.topo.host('pub'), { extraArgs: ['--relay'] });
     await bed.start(bed.topo.host('v4'));
-    await bed.start(bed.topo.host('v6'), { etcd: bed.etcd.endpoint6! });
-    try {
-      await bed.waitUp(bed.agents, 30_000);
-    } catch (e) {
-      throw new Error(`${(e as Error).message}\n${bed.agents.map((a) => `--- ${a.name}\n${a.logTail(20)}`).join('\n')}`);
-    }
+    await startV6Only(bed, 'v6');
+    await meshUp(bed);
   }, 90_000);
 
   afterAll(async () => {
