@@ -11,14 +11,14 @@ import { parseHostRecord, serializeHostRecord, type HostRecord } from '../../src
 import { addrKey } from '../../src/dataplane/peer';
 import { formatEndpoint, parseEndpoint, parseEndpoint6, parseIpv4 } from '../../src/util/ipv4';
 import {
-  formatIpv6,
+  formatIpv6Words,
   handleOf,
   intern6,
   ipv6InPrefix,
+  ipv6Words,
   isHandle,
   isUsableIpv6,
   joinAddress,
-  parseIpv6,
   splitAddress,
   words6,
 } from '../../src/util/ipv6';
@@ -34,13 +34,13 @@ describe('IPv6 text', () => {
     ['::ffff:198.18.0.1', [0, 0, 0xffff, 0xc6120001]],
     ['2001:db8:0:0:1:0:0:1', [0x20010db8, 0, 0x00010000, 1]],
   ])('parses %s', (s, w) => {
-    expect(parseIpv6(s)).toEqual(w);
+    expect(ipv6Words(s)).toEqual(w);
   });
 
   it.each(['', ':', '1:2:3:4:5:6:7', '1:2:3:4:5:6:7:8:9', '2001:db8::1::2', '2001:db8:::1', 'g::1', '12345::1', '::198.18.0.256', '1.2.3.4', '::01.2.3.4'])(
     'refuses %j',
     (s) => {
-      expect(parseIpv6(s)).toBeNull();
+      expect(ipv6Words(s)).toBeNull();
     },
   );
 
@@ -51,21 +51,21 @@ describe('IPv6 text', () => {
     ['0:0:0:0:0:0:0:0', '::'],
     ['FD00:0:0:0:0:0:0:A', 'fd00::a'],
   ])('formats %s as %s (RFC 5952)', (s, want) => {
-    expect(formatIpv6(parseIpv6(s)!)).toBe(want);
+    expect(formatIpv6Words(ipv6Words(s)!)).toBe(want);
   });
 
   it('usable underlay addresses: global and unique-local, never link-local, loopback, multicast or v4-mapped', () => {
-    const u = (s: string) => isUsableIpv6(parseIpv6(s)!);
+    const u = (s: string) => isUsableIpv6(ipv6Words(s)!);
     expect(u('2001:db8::1')).toBe(true);
     expect(u('fd00::1')).toBe(true);
     for (const s of ['fe80::1', 'febf::1', 'ff02::1', '::1', '::', '::ffff:198.18.0.1', '::198.18.0.1']) expect(u(s)).toBe(false);
   });
 
   it('prefix match', () => {
-    const base = parseIpv6('2001:db8:2:1::')!;
-    expect(ipv6InPrefix(parseIpv6('2001:db8:2:1::9')!, base, 64)).toBe(true);
-    expect(ipv6InPrefix(parseIpv6('2001:db8:2:2::9')!, base, 64)).toBe(false);
-    expect(ipv6InPrefix(parseIpv6('2001:db8:2:2::9')!, base, 48)).toBe(true);
+    const base = ipv6Words('2001:db8:2:1::')!;
+    expect(ipv6InPrefix(ipv6Words('2001:db8:2:1::9')!, base, 64)).toBe(true);
+    expect(ipv6InPrefix(ipv6Words('2001:db8:2:2::9')!, base, 64)).toBe(false);
+    expect(ipv6InPrefix(ipv6Words('2001:db8:2:2::9')!, base, 48)).toBe(true);
   });
 });
 
