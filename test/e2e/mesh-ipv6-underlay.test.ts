@@ -11,7 +11,7 @@ import { hostKey } from '../../src/control/keys';
  * Issue 16, the IPv6 underlay (src/testbed/ipv6.ts gives a topology its 2001:db8::/32 twin):
  *   1. v6 has an IPv6-only underlay (no IPv4 address at all, etcd over IPv6), ds is dual-stack:
  *      they mesh over IPv6, and TCP over the overlay carries 20 MB intact; forged IPv6 candidates
- *      an etcd writer adds to v6's record are skipped with a warning.
+ *      an etcd writer adds to v6's record are skipped with a warning; IPv6 inside the tunnel too.
  *   2. a and b are dual-stack, each behind its own port-randomizing IPv4 NAT (no direct IPv4 path;
  *      pub would relay) while IPv6 is routed: the direct IPv6 path is chosen within seconds.
  *   3. an IPv4-only and an IPv6-only host reach each other through a dual-stack relay.
@@ -108,6 +108,12 @@ describe.skipIf(!isRoot)('IPv6 underlay: an IPv6-only host and a dual-stack host
   it('TCP over the overlay carries 20 MB from the IPv6-only host intact', async () => {
     const dsOverlay = (await bed.agent('ds').status()).self.overlayIp;
     await transferChecked(bed, 'v6', 'ds', dsOverlay, 20 * MB);
+  }, 120_000);
+
+  it('IPv6 inside the tunnel over the IPv6-only underlay: 20 MB by TCP to the overlay IPv6 address, intact', async () => {
+    const dsOverlay6 = (await bed.agent('ds').status()).self.overlayIp6;
+    expect(dsOverlay6).toMatch(/^fd/);
+    await transferChecked(bed, 'v6', 'ds', dsOverlay6!, 20 * MB);
   }, 120_000);
 });
 
