@@ -97,7 +97,7 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     expect(db.self.reflexive).toBe(`${siteWan('s2')}:51820`);
     const r = await ping(bed.topo, bed.topo.host('a').ns, ips.get('b')!, { count: 5, intervalS: 0.1 });
     expect(r.received).toBe(5);
-    expect(await bed.agent('a').statusText()).toMatch(/\bb\s+\S+\s+\S+\s+direct public/);
+    expect(await bed.agent('a').statusText()).toMatch(/\bb\s+\S+\s+\S+\s+\S+\s+direct public/);
   });
 
   it('two hosts on one LAN behind the same NAT talk over the private path', async () => {
@@ -111,7 +111,7 @@ describe.skipIf(!isRoot)('hosts behind NATs', () => {
     expect(peer(da, 'e')).toMatchObject({ path: 'direct', pathScope: 'private' });
     expect(peer(de, 'a')).toMatchObject({ path: 'direct', pathScope: 'private', endpoint: `${bed.topo.host('a').underlayIp}:51820` });
     expect(peer(da, 'e')?.endpoint).toBe(`${bed.topo.host('e').underlayIp}:51821`);
-    expect(await bed.agent('a').statusText()).toMatch(/\be\s+\S+\s+\S+\s+direct private/);
+    expect(await bed.agent('a').statusText()).toMatch(/\be\s+\S+\s+\S+\s+\S+\s+direct private/);
     const r = await ping(bed.topo, bed.topo.host('e').ns, ips.get('a')!, { count: 3, intervalS: 0.1 });
     expect(r.received).toBe(3);
   });
