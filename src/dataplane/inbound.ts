@@ -137,6 +137,13 @@ class InPeer {
   }
 }
 
+/** Slot i's source (its upper bits; zero when relayed) has the same upper bits as `hi`. */
+function sameSource(hi: Uint32Array, batch: PacketBatch, i: number, via: number): boolean {
+  if (via !== DIRECT) return hi[0] === 0 && hi[1] === 0 && hi[2] === 0;
+  const h = batch.hi;
+  return hi[0] === h[3 * i] && hi[1] === h[3 * i + 1] && hi[2] === h[3 * i + 2];
+}
+
 export class Inbound {
   /** Packets that reached the deliver stage (data for the TUN, not control messages). */
   dataPackets = 0;
@@ -172,7 +179,8 @@ export class Inbound {
   private v6mid = 0;
   /**
    * Upper bits of the source of the datagram being checked (zero: IPv4 or relayed), and whether
-   * any is set: loaded by one() and opened() for their slot (see loadSource).
+   * any is set: loaded (loadSource) only where a message needs them (handshakes, STUN, a roam,
+   * control messages), so a data packet costs three reads and compares (sameSource).
    */
   private readonly srcHi = new Uint32Array(3);
   private srcV6 = false;
@@ -362,7 +370,6 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const off = batch.offset(i);
-    const hi = this.loadSource(batch, i, via);
     // 0. handshake messages (right type and exact size) go to the control thread: initiations
     //    and responses only with our mac1, all within the flood limits (per source address, or
     //    per relay, and the global budget); so do STUN answers (limits only); anything else
@@ -371,6 +378,7 @@ export class Inbound {
     const hasMac1 = (type === MSG_INITIATION && len === INITIATION_LEN) || (type === MSG_RESPONSE && len === RESPONSE_LEN);
     if (jobs !== null && (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN) || (type <= 1 && isStunPacket(buf, off, len)))) return SET_ASIDE;
     if (hasMac1 || (type === MSG_COOKIE && len === COOKIE_LEN)) {
+      const hi = this.loadSource(batch, i, via);
       if (hasMac1 && this.mac1 !== undefined && !this.mac1.check(buf, off, len)) drops[DROP.handshakeBadMac1]! += 1;
       else if (this.allowHandshake(buf, off, len, ip, port, via)) {
         if (via === DIRECT) this.events.handshake(buf.subarray(off, off + len), ip, port, via, this.proven, hi);
@@ -380,8 +388,8 @@ export class Inbound {
     }
     // (STUN over IPv4 only: our STUN servers are IPv4, and an IPv6 source would cost the control
     // thread an address handle for an unauthenticated packet)
-    if (type <= 1 && via === DIRECT && !this.srcV6 && isStunPacket(buf, off, len)) {
-      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port, hi);
+    if (type <= 1 && via === DIRECT && isStunPacket(buf, off, len) && this.loadSource(batch, i, via) === null) {
+      if (this.allowHandshake(buf, off, len, ip, port, DIRECT)) this.events.stun?.(buf.subarray(off, off + len), ip, port, null);
       return DONE;
     }
     // 1. header
@@ -427,7 +435,6 @@ export class Inbound {
     const buf = batch.buf;
     const drops = this.stats.drops;
     const { session, peer } = entry;
-    const hi = this.loadSource(batch, i, via);
     // 3 again, as if each datagram had gone through 1-7 alone: an earlier one of the batch may
     // have taken this counter since (then it is a replay, forged or not)
     if (!session.replay.mayAccept(counter)) {
@@ -461,7 +468,8 @@ export class Inbound {
     const pkt = batch.offset(i) + HEADER_LEN;
     const kind = plen >= 2 && buf[pkt] === 0 ? buf[pkt + 1]! : -1;
     // 6. roam
-    if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via || !sameHi(peer.hi, hi))) {
+    if (newest && kind !== CTRL_PONG && kind !== CTRL_PROBE && (ip !== peer.ip || port !== peer.port || via !== peer.via || !sameSource(peer.hi, batch, i, via))) {
+      const hi = this.loadSource(batch, i, via);
       peer.ip = ip;
       peer.port = port;
       peer.via = via;
@@ -472,7 +480,7 @@ export class Inbound {
     }
     // 7. deliver
     if (plen === 0) return; // keepalive
-    if (buf[pkt] === 0) this.control(peer, batch, i, pkt, plen, kind, ip, port, via, hi, tun);
+    if (buf[pkt] === 0) this.control(peer, batch, i, pkt, plen, kind, ip, port, via, this.loadSource(batch, i, via), tun);
     else this.deliver(peer, batch, i, pkt, plen, tun);
   }
 
