@@ -7,6 +7,7 @@ import { J_AD_LEN, J_AD_OFF, J_CTR_HI, J_CTR_LO, J_KEY, J_LEN, J_NONCE0, J_OFF, 
 import { EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, loadLibcrypto, type Libcrypto } from '../os/ffi/libcrypto';
 import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
+import { CladnetError } from '../errors';
 import { loadRawSodium, type RawSodium } from './sodium';
 
 export const KEY_LEN = 32;
@@ -602,12 +603,14 @@ export async function createAead(backend: AeadBackend = 'auto'): Promise<Aead> {
   if (backend === 'auto' || backend === 'ffi') {
     const ffi = FfiAead.tryCreate();
     if (ffi) return ffi;
-    if (backend === 'ffi') throw new Error('crypto backend "ffi" requested but libsodium.so.23 does not load here (apt-get install libsodium23)');
+    if (backend === 'ffi') {
+      throw new CladnetError('ECONFIG', 'crypto: backend "ffi" requested but libsodium.so.23 does not load here (apt-get install libsodium23)', { field: 'crypto' });
+    }
   }
   if (backend === 'auto' || backend === 'native') {
     const native = NativeAead.tryCreate();
     if (native) return native;
-    if (backend === 'native') throw new Error('crypto backend "native" requested but sodium-native does not load here');
+    if (backend === 'native') throw new CladnetError('ECONFIG', 'crypto: backend "native" requested but sodium-native does not load here', { field: 'crypto' });
   }
   return WasmAead.create();
 }

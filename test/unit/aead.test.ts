@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type Aead, createAead, EVP_MIN, FfiAead, KEY_LEN, NativeAead, TAG_BYTES, WasmAead } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { COUNTER_LIMIT } from '../../src/dataplane/wire';
@@ -71,6 +71,17 @@ describe('createAead', () => {
     expect((await createAead()).name).toBe('libsodium+openssl-ffi+batch');
     expect((await createAead('ffi')).name).toBe('libsodium+openssl-ffi+batch');
     expect((await createAead('native')).name).toBe('sodium-native');
+    // A forced backend that does not load is a config error naming the field (stable code), not a plain Error.
+    const noFfi = vi.spyOn(FfiAead, 'tryCreate').mockReturnValue(null);
+    const noNative = vi.spyOn(NativeAead, 'tryCreate').mockReturnValue(null);
+    try {
+      await expect(createAead('ffi')).rejects.toMatchObject({ code: 'ECONFIG', field: 'crypto', message: expect.stringMatching(/libsodium23/) });
+      await expect(createAead('native')).rejects.toMatchObject({ code: 'ECONFIG', field: 'crypto' });
+      expect((await createAead()).name).toBe('libsodium-wasm'); // auto still falls back
+    } finally {
+      noFfi.mockRestore();
+      noNative.mockRestore();
+    }
     expect((await createAead('wasm')).name).toBe('libsodium-wasm');
   });
 });
