@@ -75,6 +75,24 @@ describe('npm pack, npm install -g, cladnet', () => {
     expect(packed.filter((f) => /^(src|test|bench|scripts)\//.test(f) || f.endsWith('.ts'))).toEqual([]);
   });
 
+  it('packs the batch AEAD helper the prepack built, and the installed agent loads it from the install', async () => {
+    // A VM installed from the tarball has no compiler: without the prebuilt helper its data plane
+    // would fall back to one koffi call per packet (docs/performance.md).
+    expect(packed).toContain('native/build/libcladnet_fast.so');
+    const root = path.join(tmp, 'prefix', 'lib', 'node_modules', 'cladnet');
+    const probe = `const r = require(${JSON.stringify(path.join(root, 'dist', 'os', 'ffi', 'fast.js'))}).loadFast();
+      process.stdout.write(JSON.stringify({ path: r.lib ? r.lib.path : null, error: r.error }));`;
+    const env = { ...process.env, CLADNET_FAST_LIB: '' };
+    const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, ['-e', probe], { cwd: tmp, env, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      c.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+      c.once('close', (code) => resolve({ code, out }));
+    });
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out)).toEqual({ path: path.join(root, 'native', 'build', 'libcladnet_fast.so'), error: null });
+  });
+
   it('installs a cladnet command that runs: --help and --version', async () => {
     expect(fs.realpathSync(bin)).toMatch(/lib\/node_modules\/cladnet\/bin\/cladnet\.js$/);
     const help = await run(bin, ['--help'], tmp, 30_000);
