@@ -64,7 +64,7 @@ import { MetricsServer } from '../status/metrics-server';
 import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
-import { buildStatus } from './status';
+import { buildStatus, processUsage } from './status';
 import { writeFileAtomicSync } from '../util/atomic-file';
 import { loadOrCreateKeyPair } from './keystore';
 import { enrolIfNeeded } from './enrol';
@@ -1140,6 +1140,7 @@ export class Agent {
         lastLocalChange: this.lastLocalChange,
         ...(this.cfg.advertiseRoutes.length > 0 ? { advertisedRoutes: [...this.cfg.advertiseRoutes], snatRoutes: this.cfg.snatRoutes } : {}),
         ...(this.pins.length > 0 ? { endpointPins: this.pins.map((p) => ({ ...p })) } : {}),
+        process: processUsage(),
       },
       subnets: this.subnetStatus(),
     });

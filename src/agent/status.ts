@@ -52,6 +52,12 @@ export interface StatusSources {
 }
 
 /** A peer's state from when its last authenticated packet came (0: never) and when it was added. */
+/** This process's resident memory and CPU time (user + system, every thread), for status and metrics. */
+export function processUsage(): { residentBytes: number; cpuSeconds: number } {
+  const cpu = process.cpuUsage();
+  return { residentBytes: process.memoryUsage.rss(), cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+}
+
 export function peerState(lastRx: number, addedAt: number, now: number): StatusPeer['state'] {
   return lastRx > 0 && now - lastRx < PEER_UP_MS ? 'up' : lastRx === 0 && now - addedAt < CONNECTING_MS ? 'connecting' : 'down';
 }

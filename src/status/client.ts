@@ -79,6 +79,7 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
   if (s.overlayIp6) lines.push(`  overlay ipv6: ${s.overlayIp6}${s.overlayPrefix6 ? ` (network ${s.overlayPrefix6})` : ''}`);
   lines.push(`  crypto: ${s.crypto || '-'}, offloads: ${s.offload ? 'on' : 'off'}`);
   lines.push(`  endpoints: ${s.endpoints.join(', ') || '-'}`);
+  if (s.process) lines.push(`  process: ${(s.process.residentBytes / 1048576).toFixed(1)} MiB resident, ${s.process.cpuSeconds.toFixed(1)} s CPU`);
   if (s.nat !== undefined) {
     const nat = { none: 'no NAT', eim: 'NAT, same mapping for every peer', varies: 'NAT, mapping varies by peer', unknown: 'not known yet' }[s.nat];
     lines.push(`  reflexive: ${s.reflexive ?? '-'} (${nat})${s.relay ? ', relays for peers' : ''}`);

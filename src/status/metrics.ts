@@ -158,6 +158,11 @@ export function renderMetrics(doc: StatusDocument): string {
   m.one('cladnet_endpoints', 'gauge', 'Endpoints this host publishes to its peers.', s.endpoints.length);
   m.one('cladnet_tun_offload_enabled', 'gauge', '1 when TUN segmentation and checksum offloads are on.', s.offload ? 1 : 0);
   m.one('cladnet_relay_enabled', 'gauge', '1 when this host relays traffic for its peers.', s.relay ? 1 : 0);
+  if (s.process) {
+    // The names every Prometheus client library uses for its process, so stock dashboards and alerts apply.
+    m.one('process_resident_memory_bytes', 'gauge', 'Resident memory of the agent process, in bytes.', s.process.residentBytes);
+    m.one('process_cpu_seconds_total', 'counter', 'User and system CPU time of the agent process (all threads), in seconds.', s.process.cpuSeconds);
+  }
   const nat: Record<string, string> = { kind: s.nat ?? 'unknown' };
   if (s.reflexive) nat['reflexive'] = s.reflexive;
   m.family(

@@ -69,6 +69,8 @@ export interface StatusDocument {
     snatRoutes?: boolean;
     /** Host routes keeping peer endpoints on the underlay where a subnet route covers them (src/os/routes/pins.ts). */
     endpointPins?: { dst: string; gateway?: string; dev: string }[];
+    /** The agent process (all its threads): resident memory and CPU time used since start. */
+    process?: { residentBytes: number; cpuSeconds: number };
   };
   /**
    * invalidRecords counts host records skipped (untrusted ones included); untrustedRecords those

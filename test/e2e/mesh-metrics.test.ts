@@ -131,10 +131,24 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
     expect(one('cladnet_start_time_seconds')).toBe(Date.parse(s1.self.startedAt) / 1000);
     expect(one('cladnet_interface_mtu_bytes')).toBe(s1.self.mtu);
     expect(one('cladnet_relay_enabled')).toBe(s1.self.relay ? 1 : 0);
+    // The process's CPU time only grows; its resident memory moves a little between the readings.
+    const p1 = s1.self.process!;
+    const p2 = s2.self.process!;
+    between('process cpu seconds', p1.cpuSeconds, one('process_cpu_seconds_total'), p2.cpuSeconds);
+    const rss = one('process_resident_memory_bytes');
+    const [rLo, rHi] = [Math.min(p1.residentBytes, p2.residentBytes), Math.max(p1.residentBytes, p2.residentBytes)];
+    expect(rss > rLo * 0.9 && rss < rHi * 1.1, `${host}: resident ${rss} near ${rLo}..${rHi}`).toBe(true);
+    expect(rss).toBeGreaterThan(20 * 1048576); // a real node process, not a placeholder
     const nat = all('cladnet_nat_info');
     expect(nat).toHaveLength(1);
     expect([s1.self.nat, s2.self.nat]).toContain(nat[0]!.labels['kind']);
-    if (nat[0]!.labels['reflexive'] !== undefined) expect([s1.self.reflexive, s2.self.reflexive]).toContain(nat[0]!.labels['reflexive']);
+    const refl = nat[0]!.labels['reflexive'];
+    if (refl !== undefined && s1.self.nat === 'varies' && s2.self.nat === 'varies') {
+      // Behind a port-randomizing NAT the reflexive address is the newest pong's, and pongs from
+      // several peers can land between the readings: its address is stable, its port is not.
+      const ipOf = (a: string | null | undefined) => a?.slice(0, a.lastIndexOf(':'));
+      expect([ipOf(s1.self.reflexive), ipOf(s2.self.reflexive)]).toContain(ipOf(refl));
+    } else if (refl !== undefined) expect([s1.self.reflexive, s2.self.reflexive]).toContain(refl);
 
     // etcd.
     gauge('etcd connected', +s1.etcd.connected, one('cladnet_etcd_connected'), +s2.etcd.connected);

@@ -49,6 +49,7 @@ export function sampleStatus(peers?: StatusPeer[]): StatusDocument {
       nat: 'eim',
       relay: false,
       lastLocalChange: { at: iso(600_000), reason: 'address added' },
+      process: { residentBytes: 75_300_864, cpuSeconds: 12.345678 },
     },
     etcd: { connected: true, invalidRecords: 2, untrustedRecords: 1, revokedHosts: 0, link: 'up', downSince: null, outages: 1 },
     handshake: {

@@ -80,6 +80,8 @@ describe('Prometheus metrics from the status document', () => {
     expect(v.get('cladnet_udp_gso_datagrams_total')).toBe(5_000);
     expect(v.get('cladnet_receive_bytes_total')).toBe(1_234_582);
     expect(v.get('cladnet_start_time_seconds')).toBe((NOW - 3_600_000) / 1000);
+    expect(v.get('process_resident_memory_bytes')).toBe(75_300_864);
+    expect(v.get('process_cpu_seconds_total')).toBe(12.345678);
   });
 
   it('gives every family one HELP and one TYPE line before its samples, and no sample outside a family', () => {
@@ -103,7 +105,8 @@ describe('Prometheus metrics from the status document', () => {
     }
     expect(seen.size).toBeGreaterThan(40);
     for (const name of seen) {
-      expect(name.startsWith('cladnet_')).toBe(true);
+      // Ours are prefixed; the process's own use the names every Prometheus client library gives them.
+      expect(name.startsWith('cladnet_') || ['process_resident_memory_bytes', 'process_cpu_seconds_total'].includes(name), name).toBe(true);
       const type = lines.find((l) => l.startsWith(`# TYPE ${name} `))!.split(' ')[3];
       expect(name.endsWith('_total'), `${name} is a ${type}`).toBe(type === 'counter');
     }

@@ -110,6 +110,14 @@ describe('renderStatus', () => {
     expect(lines[8]).toMatch(/^charlie-long-name +100\.64\.0\.3 +fd3c:91e0:7a2b::6440:3 /);
   });
 
+  it('shows the process\'s resident memory and CPU time after the endpoints when the agent reports them', () => {
+    const doc = sample();
+    doc.self.process = { residentBytes: 75_300_864, cpuSeconds: 12.345 };
+    const lines = renderStatus(doc, NOW).split('\n');
+    expect(lines[3]).toBe('  process: 71.8 MiB resident, 12.3 s CPU');
+    expect(renderStatus(sample(), NOW)).not.toContain('process:');
+  });
+
   it('shows what the offloads did when the agent reports it, and says when UDP GSO gave up', () => {
     const doc = sample();
     const offloads = { udpGso: true, gsoMessages: 12, gsoDatagrams: 480, gsoRefused: 0, groMessages: 10, groDatagrams: 400, tunSuperPackets: 5, tunCoalesced: 200 };
