@@ -44,6 +44,13 @@ describe('the agent loads only what it runs', () => {
     expect(mods.filter((m) => unwanted.includes(m) || /^(cli|dashboard|testbed|demo)\//.test(m))).toEqual([]);
   });
 
+  it("the built JavaScript makes no copies of node's modules for `import * as` (no esModuleInterop helpers)", () => {
+    // With esModuleInterop, each `import * as fs from 'node:fs'` copied fs's ~100 exports into a new
+    // object of getter closures, once per importing module and thread.
+    const files = ['agent/agent.js', 'control/registry.js', 'dataplane/worker.js', 'os/ffi/libc.js', 'os/tun/tun.js'];
+    for (const f of files) expect(fs.readFileSync(path.join(DIST, f), 'utf8'), f).not.toMatch(/__importStar|__importDefault/);
+  });
+
   it('the built JavaScript carries no comments (each module source stays in the heap)', () => {
     const src = fs.readFileSync(path.join(DIST, 'agent', 'agent.js'), 'utf8');
     // agent.ts opens with a long doc comment and documents most members
