@@ -35,7 +35,6 @@ import { ReflexiveTracker } from './reflexive';
 import { agentDiagnosticsDeps, Diagnostics, diagnosticsRoutes } from './diagnostics';
 import { intervalTimers, LocalChangeMonitor, type LocalChange } from './changes';
 import { StunClient } from '../control/stun-client';
-import { discoverPublicIp } from '../control/metadata';
 import { openRouteMonitor, type RouteMonitor } from '../os/netlink';
 import { createEtcd, createMemberClient, etcdOptionsFrom, resetEtcdConnections } from '../control/etcd';
 import { EtcdLink } from '../control/etcd-link';
@@ -48,8 +47,7 @@ import { parseNetworkSpec } from '../control/records';
 import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
-import { DIRECT, systemClock } from '../dataplane/peer';
-import { PEER_UP_MS } from '../dataplane/outbound';
+import { DIRECT, PEER_UP_MS, systemClock } from '../dataplane/peer';
 import { MAX_PEERS, P_LAST_RX, P_LAST_TX, P_RTT } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
 import { openUdpSocket, sendDatagram, sendDatagramTtl, type UdpSocket } from '../os/udp/udp';
@@ -60,7 +58,7 @@ import { allowedByGateway, covers, planSubnets, uncovered, type SubnetPlan } fro
 import { execRunner } from '../os/runner';
 import { systemAddresses, type AddressSource } from '../os/netmon';
 import { StatusServer } from '../status/server';
-import { MetricsServer } from '../status/metrics-server';
+import type { MetricsServer } from '../status/metrics-server';
 import type { StatusDocument } from '../status/types';
 import { contains, formatPrefix, maskOf, parseEndpoint, parseIpv4, parseOverlayCidr, parsePrefix, type Prefix } from '../util/ipv4';
 import { PeerTable } from './peer-table';
@@ -420,6 +418,7 @@ export class Agent {
     await this.status.start();
     const metricsAt = cfg.metricsListen === undefined ? null : parseListenAddress(cfg.metricsListen);
     if (metricsAt) {
+      const { MetricsServer } = await import('../status/metrics-server'); // (loaded only when asked for)
       this.metrics = new MetricsServer(metricsAt.host, metricsAt.port, () => this.statusDocument());
       await this.metrics.start();
     }
@@ -665,12 +664,15 @@ export class Agent {
         }),
       );
     }
-    if (this.cfg.metadata !== 'off') {
+    const provider = this.cfg.metadata;
+    if (provider !== 'off') {
       jobs.push(
-        discoverPublicIp(this.cfg.metadata, fetch).then((a) => {
-          this.metadataIp = a?.ip ?? null;
-          if (a) this.log.debug({ provider: a.provider, ip: a.ip }, 'public address from instance metadata');
-        }),
+        import('../control/metadata') // (loaded only when asked for)
+          .then((m) => m.discoverPublicIp(provider, fetch))
+          .then((a) => {
+            this.metadataIp = a?.ip ?? null;
+            if (a) this.log.debug({ provider: a.provider, ip: a.ip }, 'public address from instance metadata');
+          }),
       );
     }
     if (jobs.length === 0) return;

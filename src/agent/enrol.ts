@@ -13,8 +13,6 @@ import * as fs from 'node:fs';
 import type { Etcd3 } from 'etcd3';
 import type { AgentConfig } from '../config/config';
 import { writeCertFile } from '../control/credentials';
-import { enrollWithToken } from '../control/enroll';
-import { readTokenFile, wipeTokenFile } from '../control/token';
 import type { Logger } from '../log';
 
 export function hasToken(cfg: AgentConfig): boolean {
@@ -24,6 +22,10 @@ export function hasToken(cfg: AgentConfig): boolean {
 /** Enrols when needed; true when it did. Throws the enrolment's refusal (ETOKEN*, EKEY, EETCD). */
 export async function enrolIfNeeded(cfg: AgentConfig, client: () => Etcd3, publicKey: string, log: Logger): Promise<boolean> {
   if (!hasToken(cfg)) return false;
+  // Loaded only with a token: an agent that has its certificate never holds the enrolment's and the
+  // token's modules (docs/performance.md, Memory).
+  const { enrollWithToken } = await import('../control/enroll');
+  const { readTokenFile, wipeTokenFile } = await import('../control/token');
   let enrolled = false;
   if (!fs.existsSync(cfg.cert)) {
     const token = cfg.token ?? readTokenFile(cfg.tokenFile!);

@@ -1,6 +1,6 @@
 import { hostIp6Text } from '../control/overlay6';
 import type { Registry } from '../control/registry';
-import { PEER_UP_MS } from '../dataplane/outbound';
+import { PEER_UP_MS } from '../dataplane/peer';
 import {
   P_LAST_ROAM,
   P_LAST_RX,

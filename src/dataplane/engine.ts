@@ -116,7 +116,15 @@ export class DataplaneEngine {
       workerData: init,
       transferList: [init.control],
       resourceLimits: { maxOldGenerationSizeMb: 32, maxYoungGenerationSizeMb: 4 },
+      // By default Node pipes a worker's stdout and stderr into this thread's process.stdout and
+      // process.stderr, creating both streams (and their modules) at once although the agent logs
+      // through pino on fd 2 and the worker never prints. Forwarded by hand instead, they are
+      // created only if the worker ever writes (docs/performance.md, Memory).
+      stdout: true,
+      stderr: true,
     });
+    worker.stdout.on('data', (d: Buffer) => process.stdout.write(d));
+    worker.stderr.on('data', (d: Buffer) => process.stderr.write(d));
     const port = chan.port1;
     const ready = new Promise<void>((resolve, reject) => {
       port.on('message', (m: FromWorker) => {

@@ -29,7 +29,7 @@ import type { Aead, AeadJobs } from '../crypto/aead';
 import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
-import { DIRECT, PrefixTable, sameHiOf, setHi, type AddrHi } from './peer';
+import { DIRECT, PEER_UP_MS, PING_INTERVAL_MS, PrefixTable, sameHiOf, setHi, type AddrHi } from './peer';
 import type { PeerSessions, Sessions } from './sessions';
 import {
   DROP,
@@ -61,12 +61,11 @@ import {
   writeHeader,
 } from './wire';
 
-/** Ping every peer this often once it is up (keeps NAT mappings open and measures RTT). */
-export const PING_INTERVAL_MS = 5_000;
+// (PING_INTERVAL_MS and PEER_UP_MS live in ./peer, where the control plane reads them without
+// loading this module into the main thread; re-exported here for the stages' readers)
+export { PEER_UP_MS, PING_INTERVAL_MS };
 /** Ping this often while a peer has not answered yet. */
 export const PING_INTERVAL_CONNECTING_MS = 500;
-/** A peer is up while its last authenticated packet is younger than this. */
-export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
 /**
  * A peer that was sending to us steadily and has gone quiet for this long gets pinged this often:
  * our NAT mapping or address may have changed under a flow in which we only receive, and a

@@ -45,6 +45,10 @@ export interface WorkerPeer {
 
 /** An endpoint's `via` when the peer is reached directly, not through a relay. */
 export const DIRECT = -1;
+/** Ping every peer this often once it is up (keeps NAT mappings open and measures RTT). */
+export const PING_INTERVAL_MS = 5_000;
+/** A peer is up while its last authenticated packet is younger than this. */
+export const PEER_UP_MS = 3 * PING_INTERVAL_MS + 1_000;
 
 /**
  * The upper 96 bits of a datagram's peer address as the data plane passes it to events: three

@@ -13,7 +13,7 @@
  * Only src/crypto/aead.ts uses this.
  */
 import { existsSync } from 'node:fs';
-import path from 'node:path';
+import * as path from 'node:path';
 import koffi from 'koffi';
 
 /** What native/cladnet_fast.c's cladnet_fast_abi() must return. */
