@@ -678,7 +678,7 @@ describe('data plane over fakes', () => {
     it('a peer whose counter reached the limit gets nothing more (sendFailed)', () => {
       const { a } = m;
       // No test can send 2^52 packets: set the counter the way it would be after that many.
-      a.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.counter = COUNTER_LIMIT;
+      a.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.tx.skipTo(COUNTER_LIMIT);
       a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'), ipv4('100.64.0.1', '100.64.0.3'));
       expect(a.send()).toBe(1);
       expect(m.net.captured.map((d) => d.dstPort)).toEqual([51822]);
