@@ -59,6 +59,10 @@ export interface DuplexOptions {
   cookies?: WorkerCookies;
   /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); absent: IPv6 is not carried. */
   overlay6?: { hi: number; mid: number } | null;
+  /** This is worker `index` of `count`: it opens only the sessions it owns (inbound.ts InboundOptions.worker). */
+  worker?: { index: number; count: number };
+  /** This worker pings the peers (default true; with several workers only the first does). */
+  pings?: boolean;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -72,6 +76,7 @@ export class Duplex {
   readonly policy: PacketFilter;
   private readonly list: SendList;
   private readonly clist: SendList;
+  private readonly pings: boolean;
 
   constructor(
     aead: Aead,
@@ -83,6 +88,7 @@ export class Duplex {
   ) {
     this.list = new SendList(io.out.batch.capacity);
     this.clist = new SendList(io.ctrl.batch.capacity);
+    this.pings = opts.pings ?? true;
     this.sessions = new Sessions(aead, clock);
     this.out = new Outbound(aead, stats, clock, this.sessions);
     if (events.want) this.out.onWant = events.want;
@@ -130,7 +136,7 @@ export class Duplex {
         confirmed: (...a) => events.confirmed?.(...a),
         bye: (...a) => events.bye?.(...a),
       },
-      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
+      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies, worker: opts.worker },
     );
     this.policy = new PacketFilter(clock);
     this.inb.policy = this.policy;
@@ -186,9 +192,19 @@ export class Duplex {
   timers(): number {
     const deadline = this.sessions.expire();
     this.clist.count = 0;
-    const next = this.out.timers(this.io.ctrl.batch, this.clist);
+    const next = this.pings ? this.out.timers(this.io.ctrl.batch, this.clist) : Infinity;
     this.flushControl();
     return Math.min(next, this.clock.mono() + (deadline - this.clock.now()));
+  }
+
+  /** Another worker saw the peer in `slot` move to ip:port (or to relay `via`): send there too. */
+  roam(slot: number, ip: number, port: number, via: number, hi: AddrHi): void {
+    this.out.roam(slot, ip, port, via, hi);
+  }
+
+  /** Another worker got the first packet on session `keyId` of the peer in `slot`: it is confirmed here too. */
+  confirm(slot: number, keyId: number): void {
+    this.sessions.confirmed(slot, keyId);
   }
 
   /** Tests a path: a probe to the peer in `slot` at ip:port (hi: IPv6's upper bits, null for IPv4). */

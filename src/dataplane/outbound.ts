@@ -35,9 +35,7 @@ import {
   DROP,
   type DataplaneStats,
   PEER_STRIDE,
-  P_LAST_RX,
   P_LAST_TX,
-  P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
   T_TX_BYTES,
@@ -586,18 +584,17 @@ export class Outbound {
   timers(batch: PacketBatch, list: SendList): number {
     const mono = this.clock.mono();
     const now = this.clock.now();
-    const s = this.stats.peers;
     let next = Infinity;
     const short = mono - this.lastTimers <= BUSY_SPAN_MS;
     this.lastTimers = mono;
     for (const p of this.bySlot.values()) {
       if (list.count >= batch.capacity) return mono;
       if (!p.sendable) continue;
-      const base = p.cfg.slot * PEER_STRIDE;
-      const rx = s[base + P_RX_PKTS]!;
+      // (every worker's: the pinging worker may not be the one that receives from the peer)
+      const rx = this.stats.rxPackets(p.cfg.slot);
       if (short && rx - p.rxSeen >= 2) p.busyAt = mono;
       p.rxSeen = rx;
-      const quiet = now - s[base + P_LAST_RX]!;
+      const quiet = now - this.stats.lastRx(p.cfg.slot);
       const interval =
         quiet >= PEER_UP_MS
           ? PING_INTERVAL_CONNECTING_MS

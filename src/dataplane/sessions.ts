@@ -150,6 +150,18 @@ export class Sessions {
   }
 
   /**
+   * Another worker confirmed session `keyId` of the peer in `slot` (and told the control thread):
+   * confirmed here too, without a report. Nothing when it is not loaded.
+   */
+  confirmed(slot: number, keyId: number): void {
+    const ps = this.bySlot.get(slot);
+    const s = ps?.byKey.get(keyId);
+    if (!ps || !s) return;
+    s.confirmed = s.reported = true;
+    ps.choose(this.clock.now());
+  }
+
+  /**
    * Moves sending off sessions past their deadline (run from the timers). Returns the earliest
    * deadline of a send session still ahead (wall ms; Infinity: none).
    */

@@ -60,6 +60,11 @@ export interface WorkerInit {
   /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
   hsPublicKey: Uint8Array | null;
   statsSab: SharedArrayBuffer;
+  /** This worker's number, 0 to workers - 1 (its TUN queue and its UDP socket in the reuseport group). */
+  worker: number;
+  workers: number;
+  /** The other workers' stats regions, read by worker 0, which pings for all (stats.ts siblings). */
+  siblingStats: SharedArrayBuffer[];
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
 }
@@ -82,6 +87,10 @@ export type ToWorker =
   | { t: 'stall'; ms: number }
   /** report once when fd turns readable (-1: watch nothing) */
   | { t: 'watch'; fd: number }
+  /** another worker saw the peer in `slot` roam (docs/design.md, Many cores) */
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number; hi?: number[] }
+  /** another worker got the first packet on this session: it is confirmed */
+  | { t: 'confirm'; slot: number; keyId: number }
   /** the network policy compiled for this host (null: none), its counters in shared memory */
   | { t: 'policy'; policy: CompiledPolicy | null; counters: SharedArrayBuffer | null };
 
@@ -140,6 +149,7 @@ const WATCHED = 3;
 async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
   const stats = new DataplaneStats(init.statsSab);
+  stats.siblings = init.siblingStats.map((sab) => new DataplaneStats(sab));
   const aead = await createAead(init.crypto);
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
   const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
@@ -184,7 +194,15 @@ async function main(init: WorkerInit): Promise<void> {
       bye: (slot) => post({ t: 'bye', slot }),
       want: (ip) => post({ t: 'want', ip }),
     },
-    { mtu: init.mtu, relay: init.relay, mac1, cookies, overlay6: init.overlay6 },
+    {
+      mtu: init.mtu,
+      relay: init.relay,
+      mac1,
+      cookies,
+      overlay6: init.overlay6,
+      worker: { index: init.worker, count: init.workers },
+      pings: init.worker === 0,
+    },
   );
   const drain = () => {
     let m;
@@ -201,6 +219,8 @@ async function main(init: WorkerInit): Promise<void> {
           }
         }
       }
+      else if (msg.t === 'roam') d.roam(msg.slot, msg.ip, msg.port, msg.via, msg.hi ? Uint32Array.from(msg.hi) : null);
+      else if (msg.t === 'confirm') d.confirm(msg.slot, msg.keyId);
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port, msg.hi ? Uint32Array.from(msg.hi) : null);
       else if (msg.t === 'diag') d.diag(msg.slot, msg.t0);
       else if (msg.t === 'pingAll') {
