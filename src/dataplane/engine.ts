@@ -161,6 +161,7 @@ export class DataplaneEngine {
       statsSab: all[k]!.sab,
       worker: k,
       workers: all.length,
+      tunQueues: all.length > 1 ? [...(this.opts.tunFds ?? [])] : [],
       siblingStats: k === 0 ? all.slice(1).map((x) => x.sab) : [],
       ctrlSab,
       control: chan.port2,

@@ -63,6 +63,8 @@ export interface WorkerInit {
   /** This worker's number, 0 to workers - 1 (its TUN queue and its UDP socket in the reuseport group). */
   worker: number;
   workers: number;
+  /** Every worker's TUN queue in order (several workers): inbound packets go to their flow's queue. */
+  tunQueues: number[];
   /** The other workers' stats regions, read by worker 0, which pings for all (stats.ts siblings). */
   siblingStats: SharedArrayBuffer[];
   ctrlSab: SharedArrayBuffer;
@@ -165,7 +167,7 @@ async function main(init: WorkerInit): Promise<void> {
   const ctrlBatch = new PacketBatch(ctrlMem.buf, slot, CTRL_SLOTS, ctrlMem.ptr);
   // One TunBatchIo per batch: each keeps the native addresses of its own batch's slots.
   const tunRead = new TunBatchIo(init.tunFd, outBatch, init.vnet);
-  const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet);
+  const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet, init.tunQueues.length > 1 ? init.tunQueues : null);
   const udpIn = new UdpBatchIo(init.udpFd, inBatch, { gro: init.udpOffload });
   const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpOffload });
   const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpOffload });
