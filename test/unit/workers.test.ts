@@ -50,14 +50,14 @@ describe('queueOf', () => {
     }
   });
 
-  it('sends what it cannot hash (short, later fragments keep their addresses) to a valid queue', () => {
-    expect(queueOf(Buffer.alloc(10), 0, 10, 2)).toBe(0);
-    expect(queueOf(Buffer.from([0x60, ...Array(30).fill(0)]), 0, 31, 2)).toBe(0);
+  it('leaves what has no ports to the writer\'s own queue (-1): ICMP, later fragments, short packets', () => {
+    expect(queueOf(Buffer.alloc(10), 0, 10, 2)).toBe(-1);
+    expect(queueOf(Buffer.from([0x60, ...Array(30).fill(0)]), 0, 31, 2)).toBe(-1);
+    expect(queueOf(v4(1, 2, 1, 0, 0), 0, 40, 2)).toBe(-1); // ICMP: its answer is read where it was written
     const frag = v4(1, 2, 17, 9, 9);
+    expect(queueOf(frag, 0, 40, 3)).toBeGreaterThanOrEqual(0);
     frag.writeUInt16BE(100, 6); // fragment offset: bytes 20-23 are payload, not ports
-    const q = queueOf(frag, 0, 40, 3);
-    frag.writeUInt32BE(0xdeadbeef, 20);
-    expect(queueOf(frag, 0, 40, 3)).toBe(q);
+    expect(queueOf(frag, 0, 40, 3)).toBe(-1);
   });
 });
 
