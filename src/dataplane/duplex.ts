@@ -22,7 +22,7 @@ import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
 import { Outbound } from './outbound';
-import { PacketFilter, type CompiledPolicy } from './policy';
+import { DEFAULT_FLOW_CAPACITY, PacketFilter, type CompiledPolicy } from './policy';
 import type { AddrHi, Clock, WorkerPeer } from './peer';
 import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
@@ -63,6 +63,8 @@ export interface DuplexOptions {
   worker?: { index: number; count: number };
   /** This worker pings the peers (default true; with several workers only the first does). */
   pings?: boolean;
+  /** The policy's flow table shared by every worker (policy.ts flowTableBytes); absent: its own. */
+  flowTable?: SharedArrayBuffer;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -138,7 +140,7 @@ export class Duplex {
       },
       { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies, worker: opts.worker },
     );
-    this.policy = new PacketFilter(clock);
+    this.policy = new PacketFilter(clock, DEFAULT_FLOW_CAPACITY, opts.flowTable);
     this.inb.policy = this.policy;
     if (opts.overlay6) {
       const { hi, mid } = opts.overlay6;

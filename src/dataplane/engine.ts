@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
-import type { CompiledPolicy } from './policy';
+import { flowTableBytes, type CompiledPolicy } from './policy';
 import { newSendCounter } from './counters';
 import { DataplaneStats, SummedStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
@@ -80,6 +80,9 @@ export interface EngineOptions {
   onFatal?: (message: string) => void;
 }
 
+/** How often several workers' policy counters are summed into the control thread's (setPolicy). */
+const POLICY_SUM_MS = 100;
+
 interface Handle {
   worker: Worker;
   ctrl: Int32Array;
@@ -91,6 +94,8 @@ interface Handle {
 export class DataplaneEngine {
   private handles: Handle[] = [];
   private sum: SummedStats | null = null;
+  /** The policy's flow table all workers share (several workers). */
+  private flowTable: SharedArrayBuffer | null = null;
   private stopped = false;
   /** The AEAD implementation the workers use. */
   cryptoName = '';
@@ -130,7 +135,10 @@ export class DataplaneEngine {
     const udpFds = this.opts.udpFds ?? [this.opts.udpFd];
     if (udpFds.length !== n) throw new Error(`data plane: ${n} TUN queues but ${udpFds.length} UDP sockets`);
     const stats = Array.from({ length: n }, () => new DataplaneStats());
-    if (n > 1) this.sum = new SummedStats(stats);
+    if (n > 1) {
+      this.sum = new SummedStats(stats);
+      this.flowTable = new SharedArrayBuffer(flowTableBytes());
+    }
     const ready: Promise<void>[] = [];
     for (let k = 0; k < n; k++) ready.push(this.spawnOne(k, tunFds[k]!, udpFds[k]!, stats));
     try {
@@ -162,6 +170,7 @@ export class DataplaneEngine {
       worker: k,
       workers: all.length,
       tunQueues: all.length > 1 ? [...(this.opts.tunFds ?? [])] : [],
+      flowTable: this.flowTable,
       siblingStats: k === 0 ? all.slice(1).map((x) => x.sab) : [],
       ctrlSab,
       control: chan.port2,
@@ -248,7 +257,36 @@ export class DataplaneEngine {
    * (counterSlots(policy.ruleCount) float64 slots, ./policy.ts).
    */
   setPolicy(policy: CompiledPolicy | null, counters: SharedArrayBuffer | null): void {
-    this.tell({ t: 'policy', policy, counters });
+    if (this.workers === 1 || counters === null) {
+      this.policyCounters = null;
+      this.tell({ t: 'policy', policy, counters });
+      return;
+    }
+    // Several workers: each counts into its own copy (one writer each, as float adds are not
+    // atomic), summed into `counters` every POLICY_SUM_MS. The same `counters` (a recompile
+    // for new peers) keeps the same copies.
+    const pc = this.policyCounters;
+    if (pc === null || pc.target.buffer !== counters) {
+      const parts = this.handles.map(() => new Float64Array(new SharedArrayBuffer(counters.byteLength)));
+      this.policyCounters = { target: new Float64Array(counters), parts };
+    }
+    const parts = this.policyCounters!.parts;
+    if (this.stopped) return;
+    this.handles.forEach((h, k) => this.tellOne(h, { t: 'policy', policy, counters: parts[k]!.buffer as SharedArrayBuffer }));
+    this.policySum ??= setInterval(() => this.sumPolicy(), POLICY_SUM_MS).unref();
+  }
+
+  private policyCounters: { target: Float64Array; parts: Float64Array[] } | null = null;
+  private policySum: NodeJS.Timeout | null = null;
+
+  private sumPolicy(): void {
+    const pc = this.policyCounters;
+    if (pc === null) return;
+    for (let i = 0; i < pc.target.length; i++) {
+      let v = 0;
+      for (const p of pc.parts) v += p[i]!;
+      pc.target[i] = v;
+    }
   }
 
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
@@ -333,6 +371,8 @@ export class DataplaneEngine {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    if (this.policySum) clearInterval(this.policySum);
+    this.sumPolicy();
     await Promise.all(
       this.handles.map(async (h) => {
         Atomics.store(h.ctrl, CTRL_STOP, 1);

@@ -65,6 +65,8 @@ export interface WorkerInit {
   workers: number;
   /** Every worker's TUN queue in order (several workers): inbound packets go to their flow's queue. */
   tunQueues: number[];
+  /** The policy's flow table, shared by every worker (several workers; policy.ts flowTableBytes). */
+  flowTable: SharedArrayBuffer | null;
   /** The other workers' stats regions, read by worker 0, which pings for all (stats.ts siblings). */
   siblingStats: SharedArrayBuffer[];
   ctrlSab: SharedArrayBuffer;
@@ -204,6 +206,7 @@ async function main(init: WorkerInit): Promise<void> {
       overlay6: init.overlay6,
       worker: { index: init.worker, count: init.workers },
       pings: init.worker === 0,
+      ...(init.flowTable ? { flowTable: init.flowTable } : {}),
     },
   );
   const drain = () => {
