@@ -17,7 +17,7 @@
 import type { Aead } from '../crypto/aead';
 import type { WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
-import type { HandshakeLimiter } from './hslimit';
+import { HandshakeLimiter } from './hslimit';
 import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
@@ -138,7 +138,14 @@ export class Duplex {
         confirmed: (...a) => events.confirmed?.(...a),
         bye: (...a) => events.bye?.(...a),
       },
-      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies, worker: opts.worker },
+      {
+        relay: opts.relay ?? false,
+        mac1: opts.mac1,
+        // with N workers each limits to 1/N of the host's handshake budget
+        limiter: opts.limiter ?? (opts.worker && opts.worker.count > 1 ? new HandshakeLimiter(clock, { share: 1 / opts.worker.count }) : undefined),
+        cookies: opts.cookies,
+        worker: opts.worker,
+      },
     );
     this.policy = new PacketFilter(clock, DEFAULT_FLOW_CAPACITY, opts.flowTable);
     this.inb.policy = this.policy;
