@@ -158,6 +158,19 @@ export function renderMetrics(doc: StatusDocument): string {
   m.one('cladnet_endpoints', 'gauge', 'Endpoints this host publishes to its peers.', s.endpoints.length);
   m.one('cladnet_tun_offload_enabled', 'gauge', '1 when TUN segmentation and checksum offloads are on.', s.offload ? 1 : 0);
   m.one('cladnet_relay_enabled', 'gauge', '1 when this host relays traffic for its peers.', s.relay ? 1 : 0);
+  m.one('cladnet_dataplane_workers', 'gauge', 'Data-plane worker threads (--workers), each with a TUN queue and a UDP socket.', s.workers?.length ?? 1);
+  if (s.workers) {
+    const w = s.workers;
+    m.family(
+      'cladnet_worker_packets_total',
+      'counter',
+      'Packets each data-plane worker received from peers (direction rx) and sent to them (tx); their sums are the totals.',
+      w.flatMap((x, k): Sample[] => [
+        [{ worker: String(k), direction: 'rx' }, x.rxPackets],
+        [{ worker: String(k), direction: 'tx' }, x.txPackets],
+      ]),
+    );
+  }
   const nat: Record<string, string> = { kind: s.nat ?? 'unknown' };
   if (s.reflexive) nat['reflexive'] = s.reflexive;
   m.family(
