@@ -132,8 +132,6 @@ export class DataplaneStats {
   }
 }
 
-/** Peer fields that are times: the newest of the workers' wins; the rest are summed. */
-const PEER_TIMES = new Set([P_LAST_RX, P_LAST_TX, P_LAST_ROAM]);
 /** Totals that are states, not counts: the largest wins. */
 const TOTAL_FLAGS = new Set([T_GSO_ON]);
 /** How long a sum serves readers before it is taken again (status and metrics read many fields at once). */
@@ -157,25 +155,29 @@ export class SummedStats extends DataplaneStats {
     if (t - this.takenAt < SUM_FRESH_MS) return this;
     this.takenAt = t;
     const parts = this.parts;
+    const regions = parts.map((p) => p.peers);
     const out = this.peers;
-    for (let slot = 0; slot < MAX_PEERS; slot++) {
-      const base = slot * PEER_STRIDE;
-      let newest = -Infinity;
-      for (let f = 0; f < PEER_STRIDE; f++) {
-        if (f === P_RTT) continue;
-        let v = 0;
-        for (const p of parts) {
-          const x = p.peers[base + f]!;
-          v = PEER_TIMES.has(f) ? Math.max(v, x) : v + x;
-        }
-        out[base + f] = v;
+    out.fill(0);
+    // counts summed, times the newest (one pass per worker over the whole region)
+    for (const src of regions) {
+      for (let base = 0; base < out.length; base += PEER_STRIDE) {
+        out[base + P_RX_BYTES]! += src[base + P_RX_BYTES]!;
+        out[base + P_RX_PKTS]! += src[base + P_RX_PKTS]!;
+        out[base + P_TX_BYTES]! += src[base + P_TX_BYTES]!;
+        out[base + P_TX_PKTS]! += src[base + P_TX_PKTS]!;
+        if (src[base + P_LAST_RX]! > out[base + P_LAST_RX]!) out[base + P_LAST_RX] = src[base + P_LAST_RX]!;
+        if (src[base + P_LAST_TX]! > out[base + P_LAST_TX]!) out[base + P_LAST_TX] = src[base + P_LAST_TX]!;
+        if (src[base + P_LAST_ROAM]! > out[base + P_LAST_ROAM]!) out[base + P_LAST_ROAM] = src[base + P_LAST_ROAM]!;
       }
+    }
+    // the RTT of the worker heard from last (its pongs arrive there)
+    for (let base = 0; base < out.length; base += PEER_STRIDE) {
       let rtt = NaN;
-      for (const p of parts) {
-        const rx = p.peers[base + P_LAST_RX]!;
-        const r = p.peers[base + P_RTT]!;
-        if (!Number.isNaN(r) && rx >= newest) {
-          newest = rx;
+      let newest = -Infinity;
+      for (const src of regions) {
+        const r = src[base + P_RTT]!;
+        if (r === r && src[base + P_LAST_RX]! >= newest) {
+          newest = src[base + P_LAST_RX]!;
           rtt = r;
         }
       }
