@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
-import { nonceRepeats } from '../helpers/nonces';
+import { nonceRepeats, rekeyEverySecond } from '../helpers/nonces';
 import type { Agent } from '../../src/testbed/agents';
 import { startCapture, startPacedStream, udpDatagrams } from '../../src/testbed/traffic';
 
@@ -22,24 +22,17 @@ describe.skipIf(!isRoot)('nonces under constant rekeying', () => {
   let bed: MeshBed;
   let a: Agent;
   let b: Agent;
-  const saved = { rekey: process.env.CLADNET_REKEY_AFTER_MS, both: process.env.CLADNET_REKEY_BOTH };
+  let restoreEnv = () => {};
 
   beforeAll(async () => {
-    process.env.CLADNET_REKEY_AFTER_MS = '1000';
-    process.env.CLADNET_REKEY_BOTH = '1';
+    restoreEnv = rekeyEverySecond();
     // UDP GSO off: a GSO run crosses the link (and the capture) as one packet, and only its first
     // datagram's header would be seen
     bed = await startMeshBed({ topology: { hosts: 2 }, agentOptions: { extraArgs: ['--udp-offload', 'false'] } });
     [a, b] = [bed.agent('h1'), bed.agent('h2')];
   }, 60_000);
   afterAll(async () => {
-    for (const [k, v] of [
-      ['CLADNET_REKEY_AFTER_MS', saved.rekey],
-      ['CLADNET_REKEY_BOTH', saved.both],
-    ] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
+    restoreEnv();
     await bed?.destroy();
   });
 

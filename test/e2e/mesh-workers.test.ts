@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitUntil, type Agent, type AgentStatus } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
-import { nonceRepeats } from '../helpers/nonces';
+import { nonceRepeats, rekeyEverySecond } from '../helpers/nonces';
 import type { Topology } from '../../src/testbed/topology';
 import { ping, sendUdp, startCapture, startPacedStream, tcpTransfer, udpDatagrams, writeRandomFile } from '../../src/testbed/traffic';
 
@@ -167,23 +167,16 @@ describe.skipIf(!isRoot)('two workers on both ends under constant rekeying', () 
   let bed: MeshBed;
   let a: Agent;
   let b: Agent;
-  const saved = { rekey: process.env.CLADNET_REKEY_AFTER_MS, both: process.env.CLADNET_REKEY_BOTH };
+  let restoreEnv = () => {};
 
   beforeAll(async () => {
-    process.env.CLADNET_REKEY_AFTER_MS = '1000';
-    process.env.CLADNET_REKEY_BOTH = '1';
+    restoreEnv = rekeyEverySecond();
     // UDP GSO off: each datagram's header crosses the capture on its own (as in mesh-nonce)
     bed = await startMeshBed({ topology: { hosts: 2 }, agentOptions: { extraArgs: [...TWO, '--udp-offload', 'false'] } });
     [a, b] = [bed.agent('h1'), bed.agent('h2')];
   }, 60_000);
   afterAll(async () => {
-    for (const [k, v] of [
-      ['CLADNET_REKEY_AFTER_MS', saved.rekey],
-      ['CLADNET_REKEY_BOTH', saved.both],
-    ] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
+    restoreEnv();
     await bed?.destroy();
   });
 

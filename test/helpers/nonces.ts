@@ -20,3 +20,20 @@ export function nonceRepeats(datagrams: readonly UdpDatagram[]): { data: number;
   }
   return { data, repeats, indices: indices.size };
 }
+
+/**
+ * The agent's rekey test knobs for agents started from now on: rekey every second, both sides on
+ * their own schedule (CLADNET_REKEY_AFTER_MS=1000, CLADNET_REKEY_BOTH=1). Returns what puts the old
+ * values back.
+ */
+export function rekeyEverySecond(): () => void {
+  const saved = { CLADNET_REKEY_AFTER_MS: process.env.CLADNET_REKEY_AFTER_MS, CLADNET_REKEY_BOTH: process.env.CLADNET_REKEY_BOTH };
+  process.env.CLADNET_REKEY_AFTER_MS = '1000';
+  process.env.CLADNET_REKEY_BOTH = '1';
+  return () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  };
+}
