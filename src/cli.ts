@@ -78,6 +78,7 @@ export function buildProgram(): Command {
     .option('--socket <path>', `status socket (default ${DEFAULT_SOCKET})`)
     .option('--log-level <level>', 'fatal|error|warn|info|debug|trace|silent (default info)')
     .option('--batch <n>', 'packets per data-plane batch (default 64)')
+    .option('--workers <n>', 'data-plane worker threads, each with a TUN queue and a UDP socket: auto|1-16 (default auto: 1 on 2 cores or fewer, else cores-1 up to 4)')
     .option('--crypto <backend>', 'AEAD backend: auto|ffi|native|wasm (default auto)')
     .option('--offload <bool>', 'TUN segmentation/checksum offloads (default true)')
     .option('--udp-offload <bool>', 'UDP GSO on send and GRO on receive: runs of datagrams to one peer cross the kernel as one (default true)')

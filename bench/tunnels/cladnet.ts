@@ -93,6 +93,10 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null, policy: Policy
             cipher: `chacha20-poly1305 (${crypto}, from status self.crypto)`,
             crypto,
             tunOffloads: offloads.every((o) => o === offloads[0]) ? offloads[0]! : offloads.join(', '),
+            // data-plane workers per agent (status self.workers; absent: one). CLADNET_WORKERS in
+            // the bench's environment reaches the agents: CLADNET_WORKERS=2 runs them with two.
+            workers: agents.map((ag) => docs.get(ag.name)!.self.workers?.length ?? 1).join(', '),
+            ...(process.env['CLADNET_WORKERS'] ? { workersEnv: `CLADNET_WORKERS=${process.env['CLADNET_WORKERS']}` } : {}),
             network: CLADNET_CIDR,
             ...(policy ? { policyRules: policy.length } : {}),
             rekeyAfterMs: rekeyAfterMs ?? DEFAULT_REKEY_MS,
@@ -112,7 +116,13 @@ function cladnetImpl(name: ImplName, rekeyAfterMs: number | null, policy: Policy
             for (const ag of agents) {
               const d = await ag.status();
               const drops = Object.fromEntries(Object.entries(d.dataplane.drops).filter(([, n]) => n > 0));
-              out[ag.name] = { rxPackets: d.dataplane.rxPackets, txPackets: d.dataplane.txPackets, drops, handshake: d.handshake ?? null };
+              out[ag.name] = {
+                rxPackets: d.dataplane.rxPackets,
+                txPackets: d.dataplane.txPackets,
+                ...(d.self.workers ? { workers: d.self.workers } : {}),
+                drops,
+                handshake: d.handshake ?? null,
+              };
             }
             return out;
           },

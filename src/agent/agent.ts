@@ -48,9 +48,10 @@ import { Registry, type PeerChange } from '../control/registry';
 import { DataplaneEngine } from '../dataplane/engine';
 import type { WorkerPeer } from '../dataplane/peer';
 import { DIRECT, PEER_UP_MS, systemClock } from '../dataplane/peer';
-import { MAX_PEERS, P_LAST_RX, P_LAST_TX, P_RTT } from '../dataplane/stats';
+import { MAX_PEERS, P_LAST_RX, P_LAST_TX, P_RTT, T_RX_PKTS, T_TX_PKTS } from '../dataplane/stats';
 import { openTun, type TunDevice } from '../os/tun/tun';
-import { openUdpSocket, sendDatagram, sendDatagramTtl, type UdpSocket } from '../os/udp/udp';
+import { sendDatagram, sendDatagramTtl, type UdpSocket } from '../os/udp/udp';
+import { openUdpGroup } from '../os/udp/reuseport';
 import { RouteManager } from '../os/routes/routes';
 import { GatewayManager } from '../os/routes/gateway';
 import { PinManager, type Pin } from '../os/routes/pins';
@@ -112,6 +113,8 @@ export class Agent {
   private policy?: AgentPolicy;
   private tun?: TunDevice;
   private udp?: UdpSocket;
+  /** Every worker's socket on the listen port (udp is the first). */
+  private udpGroup: UdpSocket[] = [];
   private status?: StatusServer;
   private metrics?: MetricsServer;
   private keys!: KeyPair;
@@ -248,8 +251,11 @@ export class Agent {
     this.mtu = this.network.mtu;
 
     // 3. sockets, device, link
-    this.udp = openUdpSocket({ port: cfg.listenPort || this.network.port });
-    this.tun = openTun(cfg.interface, { offload: cfg.offload });
+    // one UDP socket and one TUN queue per data-plane worker (docs/design.md, Many cores); the
+    // control thread sends on the first socket
+    this.udpGroup = openUdpGroup({ port: cfg.listenPort || this.network.port }, cfg.workers);
+    this.udp = this.udpGroup[0]!;
+    this.tun = openTun(cfg.interface, { offload: cfg.offload, queues: cfg.workers });
     this.ipv6 = this.prepareIpv6(cfg.interface);
     await new RouteManager(execRunner).set({
       ifname: cfg.interface,
@@ -266,6 +272,7 @@ export class Agent {
     this.engine = await DataplaneEngine.start({
       tunFd: this.tun.fds[0]!,
       udpFd: this.udp.fd,
+      ...(cfg.workers > 1 ? { tunFds: this.tun.fds, udpFds: this.udpGroup.map((u) => u.fd) } : {}),
       mtu: this.mtu,
       vnet: this.tun.offload,
       udpOffload: cfg.udpOffload,
@@ -315,6 +322,7 @@ export class Agent {
     const udpFd = this.udp.fd;
     this.hs = new HandshakeManager({
       noise: new Noise(await loadSodium(), keys.privateKey, keys.publicKey),
+      workers: cfg.workers,
       send: (data, ip, port, via) => {
         if (!via) {
           sendDatagram(udpFd, data, ip, port);
@@ -432,6 +440,7 @@ export class Agent {
         endpoints: [...this.endpoints, ...this.endpoints6],
         crypto: this.engine.cryptoName,
         offload: this.tun.offload,
+        workers: cfg.workers,
         metrics: cfg.metricsListen,
       },
       'agent up',
@@ -1109,6 +1118,14 @@ export class Agent {
     });
   }
 
+  /** Packets each data-plane worker received and sent (status self.workers). */
+  private workerCounts(engine: DataplaneEngine): { rxPackets: number; txPackets: number }[] {
+    return Array.from({ length: engine.workers }, (_, k) => {
+      const t = engine.workerStats(k)!.totals;
+      return { rxPackets: t[T_RX_PKTS]!, txPackets: t[T_TX_PKTS]! };
+    });
+  }
+
   statusDocument(): StatusDocument {
     const view = this.reflexive.view();
     return buildStatus({
@@ -1136,6 +1153,7 @@ export class Agent {
         nodeVersion: process.versions.node,
         crypto: this.engine?.cryptoName ?? '',
         offload: this.tun?.offload ?? false,
+        ...(this.engine && this.engine.workers > 1 ? { workers: this.workerCounts(this.engine) } : {}),
         reflexive: view.reflexive,
         nat: view.nat,
         relay: this.cfg.relay,
@@ -1208,7 +1226,7 @@ export class Agent {
     });
     await step('tun', () => this.tun?.close());
     if (this.cfg.snatRoutes && this.cfg.advertiseRoutes.length > 0) await step('snat', () => this.gateway.clear(this.cfg.interface));
-    await step('udp', () => this.udp?.close());
+    await step('udp', () => this.udpGroup.forEach((u) => u.close()));
     await step('etcd', () => {
       this.etcdMember?.close();
       this.etcd?.close();

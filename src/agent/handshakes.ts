@@ -153,6 +153,8 @@ export interface HandshakeDeps {
   log: Logger;
   now?: () => number;
   timers?: HandshakeTimers;
+  /** Data-plane workers (default 1): our receiver indices take their residues mod this in turn (freeIndex). */
+  workers?: number;
   /** Retry jitter only (default Math.random); never used for secrets. */
   random?: () => number;
   /**
@@ -519,12 +521,27 @@ export class HandshakeManager {
     for (const e of targets) this.sendTo(st, r.msg, e);
   }
 
+  /**
+   * A receiver index no session of ours uses. With several data-plane workers, index mod workers
+   * names the worker that receives the session's packets (src/os/udp/reuseport.ts): new sessions
+   * take the workers in turn, the rest of the index stays random.
+   */
   private freeIndex(): number {
+    const n = this.d.workers ?? 1;
     for (;;) {
-      const i = this.d.noise.randomIndex();
-      if (i !== 0 && !this.byIndex.has(i)) return i;
+      let i = this.d.noise.randomIndex();
+      if (n > 1) {
+        i = i - (i % n) + (this.nextWorker % n);
+        if (i > 0xffff_ffff) continue;
+      }
+      if (i !== 0 && !this.byIndex.has(i)) {
+        this.nextWorker++;
+        return i;
+      }
     }
   }
+  /** The worker the next new session's receiver index names (freeIndex). */
+  private nextWorker = 0;
 
   /**
    * Keeps a peer's sessions within bounds: at most one unconfirmed session (the newest initiation

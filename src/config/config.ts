@@ -22,6 +22,11 @@ export interface AgentConfig {
   readonly logLevel: string;
   /** Packets per data-plane batch. */
   readonly batch: number;
+  /**
+   * Data-plane worker threads, each with its own TUN queue and UDP socket (docs/design.md, Many
+   * cores). `auto` in the sources resolves here to autoWorkers(), the measured default.
+   */
+  readonly workers: number;
   /** AEAD implementation: auto (fastest that loads), native (sodium-native), wasm (libsodium-wrappers). */
   readonly crypto: 'auto' | 'ffi' | 'native' | 'wasm';
   /** Use TUN offloads (TSO/checksum) when the kernel offers them. */
@@ -66,7 +71,7 @@ export interface AgentConfig {
   readonly snatRoutes: boolean;
 }
 
-type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'list' | 'bool' | 'enum' | 'endpoints' | 'listen' | 'prefixes';
+type Kind = 'string' | 'port' | 'urls' | 'name' | 'level' | 'ifname' | 'int' | 'workers' | 'list' | 'bool' | 'enum' | 'endpoints' | 'listen' | 'prefixes';
 
 interface FieldSpec {
   key: keyof AgentConfig;
@@ -90,6 +95,19 @@ function defaultName(): string {
   return h.slice(0, 63) || 'host';
 }
 
+/** The most data-plane workers an agent runs (each is a V8 isolate of about 7 MiB). */
+export const MAX_WORKERS = 16;
+
+/**
+ * The default worker count (`workers: auto`), by measurement (docs/performance.md, Many cores):
+ * on this 2-vCPU machine two workers were no faster than one in the 2-agent bench, so hosts with
+ * 2 cores or fewer run one worker; larger hosts run one per core but one (for the control thread
+ * and the kernel's share of the packet path), at most 4.
+ */
+export function autoWorkers(cores: number = os.availableParallelism()): number {
+  return cores <= 2 ? 1 : Math.min(cores - 1, 4);
+}
+
 export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'etcd', flag: 'etcd', env: 'CLADNET_ETCD', kind: 'urls', def: () => ['http://127.0.0.1:2379'] },
   { key: 'network', flag: 'network', env: 'CLADNET_NETWORK', kind: 'name', def: () => undefined },
@@ -100,6 +118,7 @@ export const AGENT_FIELDS: readonly FieldSpec[] = [
   { key: 'socket', flag: 'socket', env: 'CLADNET_SOCKET', kind: 'string', def: () => '/run/cladnet/cladnet.sock' },
   { key: 'logLevel', flag: 'logLevel', env: 'CLADNET_LOG_LEVEL', kind: 'level', def: () => 'info' },
   { key: 'batch', flag: 'batch', env: 'CLADNET_BATCH', kind: 'int', def: () => 64, min: 1, max: 1024 },
+  { key: 'workers', flag: 'workers', env: 'CLADNET_WORKERS', kind: 'workers', def: () => autoWorkers(), min: 1, max: MAX_WORKERS },
   { key: 'crypto', flag: 'crypto', env: 'CLADNET_CRYPTO', kind: 'enum', values: ['auto', 'ffi', 'native', 'wasm'], def: () => 'auto' },
   { key: 'offload', flag: 'offload', env: 'CLADNET_OFFLOAD', kind: 'bool', def: () => true },
   { key: 'udpOffload', flag: 'udpOffload', env: 'CLADNET_UDP_OFFLOAD', kind: 'bool', def: () => true },
@@ -129,7 +148,7 @@ function fail(field: string, source: string, why: string): never {
 function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
   const f = spec.key;
   const asString = (): string => {
-    if (typeof raw === 'number' && (spec.kind === 'port' || spec.kind === 'int')) return String(raw);
+    if (typeof raw === 'number' && (spec.kind === 'port' || spec.kind === 'int' || spec.kind === 'workers')) return String(raw);
     if (typeof raw !== 'string') fail(f, source, `expected a string, got ${JSON.stringify(raw)}`);
     return raw.trim();
   };
@@ -165,6 +184,13 @@ function coerce(spec: FieldSpec, raw: unknown, source: string): unknown {
       const s = asString();
       if (!LEVELS.includes(s)) fail(f, source, `"${s}" is not one of ${LEVELS.join(', ')}`);
       return s;
+    }
+    case 'workers': {
+      const s = asString();
+      if (s === 'auto') return autoWorkers();
+      const max = spec.max ?? MAX_WORKERS;
+      if (!/^\d+$/.test(s) || Number(s) < 1 || Number(s) > max) fail(f, source, `"${s}" is not auto or an integer from 1 to ${max}`);
+      return Number(s);
     }
     case 'port':
     case 'int': {

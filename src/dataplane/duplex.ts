@@ -17,12 +17,12 @@
 import type { Aead } from '../crypto/aead';
 import type { WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
-import type { HandshakeLimiter } from './hslimit';
+import { HandshakeLimiter } from './hslimit';
 import { SendList, type PacketBatch } from './batch';
 import { Inbound, type InboundEvents } from './inbound';
 import type { TunIo, UdpIo } from './io';
 import { Outbound } from './outbound';
-import { PacketFilter, type CompiledPolicy } from './policy';
+import { DEFAULT_FLOW_CAPACITY, PacketFilter, type CompiledPolicy } from './policy';
 import type { AddrHi, Clock, WorkerPeer } from './peer';
 import { Sessions } from './sessions';
 import { DROP, type DataplaneStats } from './stats';
@@ -59,6 +59,12 @@ export interface DuplexOptions {
   cookies?: WorkerCookies;
   /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); absent: IPv6 is not carried. */
   overlay6?: { hi: number; mid: number } | null;
+  /** This is worker `index` of `count`: it opens only the sessions it owns (inbound.ts InboundOptions.worker). */
+  worker?: { index: number; count: number };
+  /** This worker pings the peers (default true; with several workers only the first does). */
+  pings?: boolean;
+  /** The policy's flow table shared by every worker (policy.ts flowTableBytes); absent: its own. */
+  flowTable?: SharedArrayBuffer;
 }
 
 /** Slots in the control batch (pongs, probes, pings and relayed datagrams per flush). */
@@ -72,6 +78,7 @@ export class Duplex {
   readonly policy: PacketFilter;
   private readonly list: SendList;
   private readonly clist: SendList;
+  private readonly pings: boolean;
 
   constructor(
     aead: Aead,
@@ -83,6 +90,7 @@ export class Duplex {
   ) {
     this.list = new SendList(io.out.batch.capacity);
     this.clist = new SendList(io.ctrl.batch.capacity);
+    this.pings = opts.pings ?? true;
     this.sessions = new Sessions(aead, clock);
     this.out = new Outbound(aead, stats, clock, this.sessions);
     if (events.want) this.out.onWant = events.want;
@@ -130,9 +138,16 @@ export class Duplex {
         confirmed: (...a) => events.confirmed?.(...a),
         bye: (...a) => events.bye?.(...a),
       },
-      { relay: opts.relay ?? false, mac1: opts.mac1, limiter: opts.limiter, cookies: opts.cookies },
+      {
+        relay: opts.relay ?? false,
+        mac1: opts.mac1,
+        // with N workers each limits to 1/N of the host's handshake budget
+        limiter: opts.limiter ?? (opts.worker && opts.worker.count > 1 ? new HandshakeLimiter(clock, { share: 1 / opts.worker.count }) : undefined),
+        cookies: opts.cookies,
+        worker: opts.worker,
+      },
     );
-    this.policy = new PacketFilter(clock);
+    this.policy = new PacketFilter(clock, DEFAULT_FLOW_CAPACITY, opts.flowTable);
     this.inb.policy = this.policy;
     if (opts.overlay6) {
       const { hi, mid } = opts.overlay6;
@@ -186,9 +201,19 @@ export class Duplex {
   timers(): number {
     const deadline = this.sessions.expire();
     this.clist.count = 0;
-    const next = this.out.timers(this.io.ctrl.batch, this.clist);
+    const next = this.pings ? this.out.timers(this.io.ctrl.batch, this.clist) : Infinity;
     this.flushControl();
     return Math.min(next, this.clock.mono() + (deadline - this.clock.now()));
+  }
+
+  /** Another worker saw the peer in `slot` move to ip:port (or to relay `via`): send there too. */
+  roam(slot: number, ip: number, port: number, via: number, hi: AddrHi): void {
+    this.out.roam(slot, ip, port, via, hi);
+  }
+
+  /** Another worker got the first packet on session `keyId` of the peer in `slot`: it is confirmed here too. */
+  confirm(slot: number, keyId: number): void {
+    this.sessions.confirmed(slot, keyId);
   }
 
   /** Tests a path: a probe to the peer in `slot` at ip:port (hi: IPv6's upper bits, null for IPv4). */

@@ -1,15 +1,20 @@
 /**
- * The control thread's handle on the data plane: starts the worker thread (both directions,
- * ./worker.ts) on descriptors it opened, pushes peer sets and requests to it, reads its shared
- * counters, and stops it.
+ * The control thread's handle on the data plane: starts the worker threads (both directions,
+ * ./worker.ts; one, or one per TUN queue and UDP socket, docs/design.md "Many cores") on
+ * descriptors it opened, pushes peer sets and requests to them, reads their shared counters, and
+ * stops them. With several workers, peer sets, policy and pings-now go to every worker, path
+ * requests (probe, diagnostic ping, forward, bye, watch) to worker 0, which also pings for all;
+ * what one worker learns from a packet (a roam, a confirmed session) is passed on to the others;
+ * every send session gets one shared counter word (./counters.ts); stats are summed (SummedStats).
  */
 import { MessageChannel, Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
-import type { CompiledPolicy } from './policy';
-import { DataplaneStats } from './stats';
+import { flowTableBytes, type CompiledPolicy } from './policy';
+import { newSendCounter } from './counters';
+import { DataplaneStats, SummedStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
 import type { FromWorker, ToWorker, WorkerInit } from './worker';
 import { joinAddress, splitAddress } from '../util/ipv6';
@@ -31,6 +36,12 @@ function toWorker(ip: number): { ip: number; hi?: number[] } {
 export interface EngineOptions {
   tunFd: number;
   udpFd: number;
+  /**
+   * Several workers: one TUN queue and one UDP socket (of a steered reuseport group,
+   * src/os/udp/reuseport.ts) for each, in the same order (tunFd and udpFd are then ignored).
+   */
+  tunFds?: readonly number[];
+  udpFds?: readonly number[];
   mtu: number;
   /** The TUN was opened with IFF_VNET_HDR (offloads). */
   vnet?: boolean;
@@ -69,19 +80,30 @@ export interface EngineOptions {
   onFatal?: (message: string) => void;
 }
 
+/** How often several workers' policy counters are summed into the control thread's (setPolicy). */
+const POLICY_SUM_MS = 100;
+
 interface Handle {
   worker: Worker;
   ctrl: Int32Array;
   wake: WakeFd;
   port: import('node:worker_threads').MessagePort;
+  stats: DataplaneStats;
 }
 
 export class DataplaneEngine {
-  readonly stats = new DataplaneStats();
-  private handle?: Handle;
+  private handles: Handle[] = [];
+  private sum: SummedStats | null = null;
+  /** The policy's flow table all workers share (several workers). */
+  private flowTable: SharedArrayBuffer | null = null;
   private stopped = false;
   /** The AEAD implementation the workers use. */
   cryptoName = '';
+  /** Shared send counter words by session keyId (several workers only). */
+  private readonly counters = new Map<number, SharedArrayBuffer>();
+  /** Composite heartbeat: moves when every worker's own moved (heartbeat()). */
+  private beat = 0;
+  private beatSeen: number[] = [];
 
   private constructor(private readonly opts: EngineOptions) {}
 
@@ -91,13 +113,49 @@ export class DataplaneEngine {
     return e;
   }
 
+  /** Worker threads running (one TUN queue and one UDP socket each). */
+  get workers(): number {
+    return this.opts.tunFds?.length ?? 1;
+  }
+
+  /** The data plane's counters: the one worker's, or every worker's summed (taken when read). */
+  get stats(): DataplaneStats {
+    return this.sum ? this.sum.refresh() : (this.handles[0]?.stats ?? this.idle);
+  }
+  private readonly idle = new DataplaneStats();
+
+  /** One worker's own counters (tests and status: which worker moved what). */
+  workerStats(k: number): DataplaneStats | undefined {
+    return this.handles[k]?.stats;
+  }
+
   private async spawn(): Promise<void> {
+    const n = this.workers;
+    const tunFds = this.opts.tunFds ?? [this.opts.tunFd];
+    const udpFds = this.opts.udpFds ?? [this.opts.udpFd];
+    if (udpFds.length !== n) throw new Error(`data plane: ${n} TUN queues but ${udpFds.length} UDP sockets`);
+    const stats = Array.from({ length: n }, () => new DataplaneStats());
+    if (n > 1) {
+      this.sum = new SummedStats(stats);
+      this.flowTable = new SharedArrayBuffer(flowTableBytes());
+    }
+    const ready: Promise<void>[] = [];
+    for (let k = 0; k < n; k++) ready.push(this.spawnOne(k, tunFds[k]!, udpFds[k]!, stats));
+    try {
+      await Promise.all(ready);
+    } catch (e) {
+      await this.stop();
+      throw e;
+    }
+  }
+
+  private spawnOne(k: number, tunFd: number, udpFd: number, all: DataplaneStats[]): Promise<void> {
     const ctrlSab = new SharedArrayBuffer(4 * CTRL_WORDS);
     const wake = new WakeFd();
     const chan = new MessageChannel();
     const init: WorkerInit = {
-      tunFd: this.opts.tunFd,
-      udpFd: this.opts.udpFd,
+      tunFd,
+      udpFd,
       wakeFd: wake.fd,
       mtu: this.opts.mtu,
       vnet: this.opts.vnet ?? false,
@@ -108,7 +166,12 @@ export class DataplaneEngine {
       overlay6: this.opts.overlay6 ?? null,
       maxSleepMs: this.opts.heartbeatMs ?? Infinity,
       hsPublicKey: this.opts.publicKey ?? null,
-      statsSab: this.stats.sab,
+      statsSab: all[k]!.sab,
+      worker: k,
+      workers: all.length,
+      tunQueues: all.length > 1 ? [...(this.opts.tunFds ?? [])] : [],
+      flowTable: this.flowTable,
+      siblingStats: k === 0 ? all.slice(1).map((x) => x.sab) : [],
       ctrlSab,
       control: chan.port2,
     };
@@ -126,52 +189,75 @@ export class DataplaneEngine {
     worker.stdout.on('data', (d: Buffer) => process.stdout.write(d));
     worker.stderr.on('data', (d: Buffer) => process.stderr.write(d));
     const port = chan.port1;
+    const others = (m: ToWorker) => this.handles.forEach((h, j) => j !== k && this.tellOne(h, m));
     const ready = new Promise<void>((resolve, reject) => {
       port.on('message', (m: FromWorker) => {
         if (m.t === 'ready') {
-          this.cryptoName = m.crypto;
+          if (k === 0) this.cryptoName = m.crypto;
           resolve();
         }
-        else if (m.t === 'roam') this.opts.onRoam?.(m.slot, addressOf(m.ip, m.hi), m.port, m.via);
+        else if (m.t === 'roam') {
+          others({ t: 'roam', slot: m.slot, ip: m.ip, port: m.port, via: m.via, ...(m.hi ? { hi: m.hi } : {}) });
+          this.opts.onRoam?.(m.slot, addressOf(m.ip, m.hi), m.port, m.via);
+        }
         else if (m.t === 'handshake') this.opts.onHandshake?.(m.data, addressOf(m.ip, m.hi), m.port, m.via, m.proven);
         else if (m.t === 'stun') this.opts.onStun?.(m.data, addressOf(m.ip, m.hi), m.port);
         else if (m.t === 'pong') this.opts.onPong?.({ ...m, ip: addressOf(m.ip, m.hi) });
-        else if (m.t === 'confirmed') this.opts.onConfirmed?.(m.slot, m.keyId);
+        else if (m.t === 'confirmed') {
+          others({ t: 'confirm', slot: m.slot, keyId: m.keyId });
+          this.opts.onConfirmed?.(m.slot, m.keyId);
+        }
         else if (m.t === 'bye') this.opts.onBye?.(m.slot);
         else if (m.t === 'want') this.opts.onWant?.(m.ip);
         else if (m.t === 'readable') this.opts.onReadable?.();
         else if (m.t === 'fatal') {
-          reject(new Error(`data-plane worker failed: ${m.message}`));
+          reject(new Error(`data-plane worker ${k} failed: ${m.message}`));
           this.opts.onFatal?.(m.message);
         }
       });
       worker.once('error', reject);
       worker.once('exit', (code) => {
         if (!this.stopped) {
-          const msg = `data-plane worker exited (code ${code})`;
+          const msg = `data-plane worker ${k} exited (code ${code})`;
           reject(new Error(msg));
           this.opts.onFatal?.(msg);
         }
       });
     });
     port.unref();
-    this.handle = { worker, ctrl: new Int32Array(ctrlSab), wake, port };
-    try {
-      await ready;
-    } catch (e) {
-      await this.stop();
-      throw e;
-    }
+    this.handles[k] = { worker, ctrl: new Int32Array(ctrlSab), wake, port, stats: all[k]! };
+    return ready;
   }
 
   /** Gives the worker the full peer set (declarative: what is not listed is removed). */
   setPeers(peers: WorkerPeer[]): void {
     // endpointIp may be an IPv6 handle here: the worker gets the address itself
-    const out = peers.map((p) => {
+    let out = peers.map((p) => {
       const a = toWorker(p.endpointIp);
       return a.hi ? { ...p, endpointIp: a.ip, endpointHi: a.hi } : p;
     });
+    if (this.workers > 1) out = this.withCounters(out);
     this.tell({ t: 'peers', peers: out });
+  }
+
+  /**
+   * Each session with its shared send counter word: made the first time a keyId is named, the
+   * same word every time after (a worker that loaded the session keeps numbering from it), and
+   * forgotten with the session.
+   */
+  private withCounters(peers: WorkerPeer[]): WorkerPeer[] {
+    const named = new Set<number>();
+    const out = peers.map((p) => ({
+      ...p,
+      sessions: p.sessions.map((s) => {
+        named.add(s.keyId);
+        let c = this.counters.get(s.keyId);
+        if (c === undefined) this.counters.set(s.keyId, (c = newSendCounter()));
+        return { ...s, counter: c };
+      }),
+    }));
+    for (const id of this.counters.keys()) if (!named.has(id)) this.counters.delete(id);
+    return out;
   }
 
   /**
@@ -179,12 +265,41 @@ export class DataplaneEngine {
    * (counterSlots(policy.ruleCount) float64 slots, ./policy.ts).
    */
   setPolicy(policy: CompiledPolicy | null, counters: SharedArrayBuffer | null): void {
-    this.tell({ t: 'policy', policy, counters });
+    if (this.workers === 1 || counters === null) {
+      this.policyCounters = null;
+      this.tell({ t: 'policy', policy, counters });
+      return;
+    }
+    // Several workers: each counts into its own copy (one writer each, as float adds are not
+    // atomic), summed into `counters` every POLICY_SUM_MS. The same `counters` (a recompile
+    // for new peers) keeps the same copies.
+    const pc = this.policyCounters;
+    if (pc === null || pc.target.buffer !== counters) {
+      const parts = this.handles.map(() => new Float64Array(new SharedArrayBuffer(counters.byteLength)));
+      this.policyCounters = { target: new Float64Array(counters), parts };
+    }
+    const parts = this.policyCounters!.parts;
+    if (this.stopped) return;
+    this.handles.forEach((h, k) => this.tellOne(h, { t: 'policy', policy, counters: parts[k]!.buffer as SharedArrayBuffer }));
+    this.policySum ??= setInterval(() => this.sumPolicy(), POLICY_SUM_MS).unref();
+  }
+
+  private policyCounters: { target: Float64Array; parts: Float64Array[] } | null = null;
+  private policySum: NodeJS.Timeout | null = null;
+
+  private sumPolicy(): void {
+    const pc = this.policyCounters;
+    if (pc === null) return;
+    for (let i = 0; i < pc.target.length; i++) {
+      let v = 0;
+      for (const p of pc.parts) v += p[i]!;
+      pc.target[i] = v;
+    }
   }
 
   /** Sends a probe to the peer in `slot` at ip:port (a path test; the pong comes back through onPong). */
   probe(slot: number, ip: number, port: number): void {
-    this.tell({ t: 'probe', slot, port, ...toWorker(ip) });
+    this.tellFirst({ t: 'probe', slot, port, ...toWorker(ip) });
   }
 
   /**
@@ -192,7 +307,7 @@ export class DataplaneEngine {
    * of this thread: every thread shares its scale); its pong comes back through onPong with t0.
    */
   diag(slot: number, t0: number): void {
-    this.tell({ t: 'diag', slot, t0 });
+    this.tellFirst({ t: 'diag', slot, t0 });
   }
 
   /** Pings every peer now. */
@@ -202,12 +317,12 @@ export class DataplaneEngine {
 
   /** Says bye to every peer with a session (before a stop on purpose). */
   byeAll(): void {
-    this.tell({ t: 'byeAll' });
+    this.tellFirst({ t: 'byeAll' });
   }
 
   /** Sends `data` to the peer with overlay address `target` through the relay peer in slot `via`. */
   forward(via: number, target: number, data: Uint8Array): void {
-    this.tell({ t: 'forward', via, target, data });
+    this.tellFirst({ t: 'forward', via, target, data });
   }
 
   /** We sent an initiation to `ip`: its answer may pass the handshake flood limits' reserve. */
@@ -216,11 +331,18 @@ export class DataplaneEngine {
   }
 
   /**
-   * The worker's loop counter: it moves at least every heartbeatMs while the worker runs, idle or
-   * not, and stops when the worker is wedged (or stopped).
+   * The workers' loop counter: it moves at least every heartbeatMs while every worker runs, idle
+   * or not, and stops when any worker is wedged (or stopped).
    */
   heartbeat(): number {
-    return this.handle ? Atomics.load(this.handle.ctrl, CTRL_HEARTBEAT) : 0;
+    const hs = this.handles;
+    if (hs.length <= 1) return hs[0] ? Atomics.load(hs[0].ctrl, CTRL_HEARTBEAT) : 0;
+    const now = hs.map((h) => Atomics.load(h.ctrl, CTRL_HEARTBEAT));
+    if (this.beatSeen.length !== now.length || now.every((b, k) => b !== this.beatSeen[k])) {
+      this.beatSeen = now;
+      this.beat++;
+    }
+    return this.beat;
   }
 
   /** Tests only: blocks the worker thread for `ms` (its heartbeat stops meanwhile). */
@@ -233,12 +355,22 @@ export class DataplaneEngine {
    * call again after draining it to hear of the next time. -1 stops watching (before closing fd).
    */
   watch(fd: number): void {
-    this.tell({ t: 'watch', fd });
+    this.tellFirst({ t: 'watch', fd });
   }
 
+  /** To every worker. */
   private tell(msg: ToWorker): void {
-    const h = this.handle;
-    if (this.stopped || !h) return;
+    if (this.stopped) return;
+    for (const h of this.handles) this.tellOne(h, msg);
+  }
+
+  /** To worker 0 only (it pings and probes for all). */
+  private tellFirst(msg: ToWorker): void {
+    const h = this.handles[0];
+    if (!this.stopped && h) this.tellOne(h, msg);
+  }
+
+  private tellOne(h: Handle, msg: ToWorker): void {
     h.port.postMessage(msg);
     Atomics.add(h.ctrl, CTRL_MAIL, 1);
     h.wake.wake();
@@ -247,15 +379,19 @@ export class DataplaneEngine {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    const h = this.handle;
-    if (!h) return;
-    Atomics.store(h.ctrl, CTRL_STOP, 1);
-    h.wake.wake();
-    const exited = new Promise<void>((r) => h.worker.once('exit', () => r()));
-    const timer = setTimeout(() => void h.worker.terminate(), 2_000);
-    await exited;
-    clearTimeout(timer);
-    h.port.close();
-    h.wake.close();
+    if (this.policySum) clearInterval(this.policySum);
+    this.sumPolicy();
+    await Promise.all(
+      this.handles.map(async (h) => {
+        Atomics.store(h.ctrl, CTRL_STOP, 1);
+        h.wake.wake();
+        const exited = new Promise<void>((r) => h.worker.once('exit', () => r()));
+        const timer = setTimeout(() => void h.worker.terminate(), 2_000);
+        await exited;
+        clearTimeout(timer);
+        h.port.close();
+        h.wake.close();
+      }),
+    );
   }
 }

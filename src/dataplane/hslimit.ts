@@ -67,6 +67,12 @@ export type HsVerdict = typeof HS_ALLOW | typeof HS_SOURCE_LIMITED | typeof HS_O
 export interface HandshakeLimiterOptions {
   /** Two 32-bit words keying the table's hash; default: from the CSPRNG. Tests fix it. */
   seed?: Uint32Array;
+  /**
+   * This limiter's share of every rate and burst (default 1): with N data-plane workers each has
+   * one limiter, and handshake messages land on any of them, so each takes 1/N and the bounds
+   * above hold for the host (docs/design.md, Many cores).
+   */
+  share?: number;
 }
 
 export class HandshakeLimiter {
@@ -79,9 +85,17 @@ export class HandshakeLimiter {
   /** Per relaying peer slot; at = NaN: never used (full bucket). */
   private readonly relayTokens = new Float64Array(MAX_PEERS);
   private readonly relayAt = new Float64Array(MAX_PEERS).fill(NaN);
-  private globalTokens = HS_GLOBAL_BURST;
+  // the limits, times `share`
+  private readonly rate: number;
+  private readonly burst: number;
+  private readonly gRate: number;
+  private readonly gBurst: number;
+  private readonly gReserve: number;
+  private readonly cRate: number;
+  private readonly cBurst: number;
+  private globalTokens: number;
   private globalAt = NaN;
-  private cookieTokens = HS_COOKIE_BURST;
+  private cookieTokens: number;
   private cookieAt = NaN;
   private readonly seed0: number;
   private readonly seed1: number;
@@ -94,6 +108,17 @@ export class HandshakeLimiter {
     const seed = opts.seed ?? globalThis.crypto.getRandomValues(new Uint32Array(2));
     this.seed0 = seed[0]! | 0;
     this.seed1 = seed[1]! | 0;
+    const k = opts.share ?? 1;
+    if (!(k > 0 && k <= 1)) throw new RangeError(`handshake limiter share ${k}`);
+    this.rate = HS_RATE * k;
+    this.burst = Math.max(1, HS_BURST * k);
+    this.gRate = HS_GLOBAL_RATE * k;
+    this.gBurst = Math.max(1, HS_GLOBAL_BURST * k);
+    this.gReserve = Math.ceil(HS_GLOBAL_RESERVE * k);
+    this.cRate = HS_COOKIE_RATE * k;
+    this.cBurst = Math.max(1, HS_COOKIE_BURST * k);
+    this.globalTokens = this.gBurst;
+    this.cookieTokens = this.cBurst;
   }
 
   /** Sources in the table now (at most `capacity`). */
@@ -108,7 +133,7 @@ export class HandshakeLimiter {
   allowDirect(ip: number, known: boolean): HsVerdict {
     const now = this.clock.mono();
     const e = this.entry(ip >>> 0, now);
-    const t = Math.min(HS_BURST, this.tokens[e]! + ((now - this.at[e]!) / 1000) * HS_RATE);
+    const t = Math.min(this.burst, this.tokens[e]! + ((now - this.at[e]!) / 1000) * this.rate);
     this.tokens[e] = t;
     this.at[e] = now;
     if (t < 1) return HS_SOURCE_LIMITED;
@@ -122,7 +147,7 @@ export class HandshakeLimiter {
     if (!(slot >= 0 && slot < MAX_PEERS)) return HS_SOURCE_LIMITED;
     const now = this.clock.mono();
     const last = this.relayAt[slot]!;
-    const t = last !== last ? HS_BURST : Math.min(HS_BURST, this.relayTokens[slot]! + ((now - last) / 1000) * HS_RATE);
+    const t = last !== last ? this.burst : Math.min(this.burst, this.relayTokens[slot]! + ((now - last) / 1000) * this.rate);
     this.relayTokens[slot] = t;
     this.relayAt[slot] = now;
     if (t < 1) return HS_SOURCE_LIMITED;
@@ -138,12 +163,12 @@ export class HandshakeLimiter {
   allowCookieReply(ip: number): boolean {
     const now = this.clock.mono();
     const e = this.entry(ip >>> 0, now);
-    const t = Math.min(HS_BURST, this.tokens[e]! + ((now - this.at[e]!) / 1000) * HS_RATE);
+    const t = Math.min(this.burst, this.tokens[e]! + ((now - this.at[e]!) / 1000) * this.rate);
     this.tokens[e] = t;
     this.at[e] = now;
     if (t < 1) return false;
     const last = this.cookieAt;
-    if (last === last) this.cookieTokens = Math.min(HS_COOKIE_BURST, this.cookieTokens + ((now - last) / 1000) * HS_COOKIE_RATE);
+    if (last === last) this.cookieTokens = Math.min(this.cBurst, this.cookieTokens + ((now - last) / 1000) * this.cRate);
     this.cookieAt = now;
     if (this.cookieTokens < 1) return false;
     this.cookieTokens -= 1;
@@ -154,9 +179,9 @@ export class HandshakeLimiter {
   /** Refills the global bucket and takes one token, leaving the reserve to `known` senders. */
   private takeGlobal(now: number, known: boolean): boolean {
     const last = this.globalAt;
-    if (last === last) this.globalTokens = Math.min(HS_GLOBAL_BURST, this.globalTokens + ((now - last) / 1000) * HS_GLOBAL_RATE);
+    if (last === last) this.globalTokens = Math.min(this.gBurst, this.globalTokens + ((now - last) / 1000) * this.gRate);
     this.globalAt = now;
-    const floor = known ? 1 : HS_GLOBAL_RESERVE + 1;
+    const floor = known ? 1 : this.gReserve + 1;
     if (this.globalTokens < floor) return false;
     this.globalTokens -= 1;
     return true;
@@ -184,7 +209,7 @@ export class HandshakeLimiter {
       this.inUse++;
     }
     this.keys[victim] = ip;
-    this.tokens[victim] = HS_BURST;
+    this.tokens[victim] = this.burst;
     this.at[victim] = now;
     return victim;
   }

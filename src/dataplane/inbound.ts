@@ -109,6 +109,13 @@ export interface InboundOptions {
   cookies?: WorkerCookies;
   /** The flood limits (default: a HandshakeLimiter on this Inbound's clock). */
   limiter?: HandshakeLimiter;
+  /**
+   * This is worker `index` of `count` (docs/design.md, Many cores): it opens only sessions whose
+   * receiver index mod count is index, the ones the socket steering gives it, so each replay
+   * window has one writer; another's datagram here (a GRO run of mixed indices) is unknownPeer.
+   * Datagrams unwrapped from a relay may name any session. Absent: the only worker, all sessions.
+   */
+  worker?: { index: number; count: number };
 }
 
 export { HS_BURST, HS_RATE } from './hslimit';
@@ -150,6 +157,9 @@ export class Inbound {
   /** The network policy (security groups); asked only while it restricts this host. */
   policy: PacketFilter | null = null;
   private readonly byIndex = new Map<number, RxEntry>();
+  /** Every session by receiver index, for datagrams unwrapped from a relay (== byIndex with one worker). */
+  private readonly anyIndex: Map<number, RxEntry>;
+  private readonly worker: { index: number; count: number } | null;
   /** Step 4's batch: the datagrams steps 1-3 passed, their slots and sessions (grown to a batch's capacity). */
   private jobs: AeadJobs | null = null;
   /** Per slot of the batch: its job, or DONE, or SET_ASIDE (see one()). */
@@ -197,6 +207,8 @@ export class Inbound {
     this.mac1 = opts.mac1;
     this.cookies = opts.cookies;
     this.limiter = opts.limiter ?? new HandshakeLimiter(clock);
+    this.worker = opts.worker && opts.worker.count > 1 ? opts.worker : null;
+    this.anyIndex = this.worker ? new Map() : this.byIndex;
   }
 
   /** The network's IPv6 overlay prefix: bytes 0-3 and 4-5 of it (control/overlay6.ts overlay6Of). */
@@ -234,11 +246,17 @@ export class Inbound {
     }
     this.bySlot.clear();
     this.byIndex.clear();
+    this.anyIndex.clear();
     this.sources.clear();
     const prefixes: { prefix: { base: number; len: number }; value: InPeer }[] = [];
     for (const [slot, p] of next) {
       this.bySlot.set(slot, p);
-      for (const session of this.sessions.peer(slot)?.byKey.values() ?? []) this.byIndex.set(session.rxIndex, { session, peer: p });
+      const w = this.worker;
+      for (const session of this.sessions.peer(slot)?.byKey.values() ?? []) {
+        const entry = { session, peer: p };
+        if (w === null || (session.rxIndex >>> 0) % w.count === w.index) this.byIndex.set(session.rxIndex, entry);
+        if (w !== null) this.anyIndex.set(session.rxIndex, entry);
+      }
       this.sources.set(p.cfg.overlayIp, p);
       for (const prefix of p.cfg.allowed) prefixes.push({ prefix, value: p });
     }
@@ -399,7 +417,7 @@ export class Inbound {
       return DONE;
     }
     // 2. peer (and which of its sessions)
-    const entry = this.byIndex.get(buf.readUInt32LE(off + 4));
+    const entry = (via === DIRECT ? this.byIndex : this.anyIndex).get(buf.readUInt32LE(off + 4));
     if (entry === undefined) {
       drops[DROP.unknownPeer]! += 1;
       return DONE;
@@ -619,6 +637,7 @@ export class Inbound {
   close(): void {
     this.bySlot.clear();
     this.byIndex.clear();
+    this.anyIndex.clear();
     this.jobs?.close();
     this.jobs = null;
   }

@@ -30,21 +30,18 @@ import type { PacketBatch, SendList } from './batch';
 import type { Clock, WorkerPeer } from './peer';
 import { clampTcpMss } from './offload';
 import { DIRECT, PEER_UP_MS, PING_INTERVAL_MS, PrefixTable, sameHiOf, setHi, type AddrHi } from './peer';
-import type { PeerSessions, Sessions } from './sessions';
+import type { PeerSessions, Session, Sessions } from './sessions';
 import {
   DROP,
   type DataplaneStats,
   PEER_STRIDE,
-  P_LAST_RX,
   P_LAST_TX,
-  P_RX_PKTS,
   P_TX_BYTES,
   P_TX_PKTS,
   T_TX_BYTES,
   T_TX_PKTS,
 } from './stats';
 import {
-  COUNTER_LIMIT,
   CTRL_BYE,
   CTRL_FORWARD,
   CTRL_LEN,
@@ -139,6 +136,13 @@ export class Outbound {
   private jobPeer: OutPeer[] = [];
   /** The counter number() took last. */
   private numbered = 0;
+  /**
+   * Counters number() reserves at once from a shared send counter (./counters.ts): the packets
+   * left in the batch being processed, else 1. What a batch reserved but did not use is given up
+   * at its end (`held`), so one atomic add serves a peer's whole batch.
+   */
+  private reserve = 1;
+  private readonly held: Session[] = [];
   /** A packet for `dst` found no session to send on (see stage 2); null: nobody listens. */
   onWant: ((dst: number) => void) | null = null;
   /** The network's IPv6 overlay prefix (control/overlay6.ts Overlay6); -1: none, IPv6 routes nowhere. */
@@ -249,6 +253,10 @@ export class Outbound {
       this.processBatch(batch, buf, n, list);
     } finally {
       this.batchNow = -1;
+      this.reserve = 1;
+      const held = this.held;
+      for (let k = 0; k < held.length; k++) held[k]!.tx.release();
+      held.length = 0;
     }
   }
 
@@ -291,6 +299,7 @@ export class Outbound {
         this.want(dst);
         continue;
       }
+      this.reserve = n - i;
       if (peer.via !== DIRECT && this.relayMss > 0) clampTcpMss(buf, pkt, len, this.relayMss, (batch.flags[i]! & FLAG_CSUM_PARTIAL) !== 0);
       if (peer.via !== DIRECT) {
         // 3-5 at once: sealed for the peer, then wrapped and sealed again for the relay
@@ -342,11 +351,14 @@ export class Outbound {
       this.drop(DROP.noSession);
       return -1;
     }
-    if (session.counter >= COUNTER_LIMIT) {
+    const tx = session.tx;
+    const r = tx.reservations;
+    const counter = tx.take(this.reserve);
+    if (tx.reservations !== r && this.reserve > 1) this.held.push(session);
+    if (counter < 0) {
       this.drop(DROP.sendFailed);
       return -1;
     }
-    const counter = session.counter++;
     writeHeader(batch.buf, batch.offset(i), session.txIndex, counter, flags);
     this.numbered = counter;
     return session.txKey;
@@ -571,18 +583,17 @@ export class Outbound {
   timers(batch: PacketBatch, list: SendList): number {
     const mono = this.clock.mono();
     const now = this.clock.now();
-    const s = this.stats.peers;
     let next = Infinity;
     const short = mono - this.lastTimers <= BUSY_SPAN_MS;
     this.lastTimers = mono;
     for (const p of this.bySlot.values()) {
       if (list.count >= batch.capacity) return mono;
       if (!p.sendable) continue;
-      const base = p.cfg.slot * PEER_STRIDE;
-      const rx = s[base + P_RX_PKTS]!;
+      // (every worker's: the pinging worker may not be the one that receives from the peer)
+      const rx = this.stats.rxPackets(p.cfg.slot);
       if (short && rx - p.rxSeen >= 2) p.busyAt = mono;
       p.rxSeen = rx;
-      const quiet = now - s[base + P_LAST_RX]!;
+      const quiet = now - this.stats.lastRx(p.cfg.slot);
       const interval =
         quiet >= PEER_UP_MS
           ? PING_INTERVAL_CONNECTING_MS
@@ -593,7 +604,7 @@ export class Outbound {
       // at once, so that the responder sees its side of it used and may send on it too. Without
       // this an idle initiator left the responder without a sendable session once its previous
       // one reached its send deadline, until the next regular ping.
-      const unused = p.sessions.send!.counter === 0;
+      const unused = p.sessions.send!.tx.used === 0;
       // When this peer's interval may shorten by time alone: it goes quiet after a burst, or
       // quiet long enough to count as not answering.
       if (quiet < PEER_UP_MS) next = Math.min(next, mono + (PEER_UP_MS - quiet));

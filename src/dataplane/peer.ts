@@ -22,6 +22,11 @@ export interface WorkerSession {
   confirmed: boolean;
   /** Wall-clock ms from which it only receives (the other end erases it a little later). */
   sendUntil: number;
+  /**
+   * The send counter word all workers share (./counters.ts newSendCounter), made once per session
+   * by the control thread when it runs several workers; absent: the one worker counts alone.
+   */
+  counter?: SharedArrayBuffer;
 }
 
 /** What the control plane tells the workers about one peer (structured-cloned to each worker). */

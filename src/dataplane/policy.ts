@@ -92,6 +92,11 @@ function ttlOf(key: number): number {
   return proto === PROTO_TCP ? FLOW_TTL_MS.tcp : proto === PROTO_UDP ? FLOW_TTL_MS.udp : proto === PROTO_ICMP ? FLOW_TTL_MS.icmp : FLOW_TTL_MS.other;
 }
 
+/** Bytes of a flow table of `capacity` entries (expiry, addresses, ports, rule, generation, protocol). */
+export function flowTableBytes(capacity = DEFAULT_FLOW_CAPACITY): number {
+  return 30 * capacity;
+}
+
 export class PacketFilter {
   /** A policy restricts this host: deliver() must ask. False without a policy or with an open one. */
   active = false;
@@ -137,19 +142,30 @@ export class PacketFilter {
   private v6hi = -1;
   private v6mid = 0;
 
+  /**
+   * `shared`: the flow table in shared memory (flowTableBytes(capacity)), one for all data-plane
+   * workers: a flow one worker starts (reading the TUN) is known to the worker that receives its
+   * replies (docs/design.md, Many cores). Two workers writing one bucket at once may lose one of
+   * the two entries (its next reply is decided by the rules again; a reply to our own flow is then
+   * dropped once and retransmitted). Absent: a private table.
+   */
   constructor(
     private readonly clock: Clock,
     capacity = DEFAULT_FLOW_CAPACITY,
+    shared?: SharedArrayBuffer,
   ) {
     if (!(capacity >= WAYS && (capacity & (capacity - 1)) === 0)) throw new RangeError(`flow capacity ${capacity} is not a power of two >= ${WAYS}`);
     this.mask = capacity / WAYS - 1;
-    this.kSrc = new Int32Array(capacity);
-    this.kDst = new Int32Array(capacity);
-    this.kPorts = new Int32Array(capacity);
-    this.kProto = new Uint16Array(capacity);
-    this.exp = new Float64Array(capacity);
-    this.fRule = new Int32Array(capacity);
-    this.fGen = new Uint32Array(capacity);
+    const b = shared ?? new ArrayBuffer(flowTableBytes(capacity));
+    if (b.byteLength < flowTableBytes(capacity)) throw new RangeError(`flow table of ${b.byteLength} bytes for ${capacity} entries`);
+    const c = capacity;
+    this.exp = new Float64Array(b, 0, c);
+    this.kSrc = new Int32Array(b, 8 * c, c);
+    this.kDst = new Int32Array(b, 12 * c, c);
+    this.kPorts = new Int32Array(b, 16 * c, c);
+    this.fRule = new Int32Array(b, 20 * c, c);
+    this.fGen = new Uint32Array(b, 24 * c, c);
+    this.kProto = new Uint16Array(b, 28 * c, c);
     this.now = clock.mono();
   }
 

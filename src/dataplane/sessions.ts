@@ -14,14 +14,15 @@
  *     peer set built before the control thread heard of it does not undo it.
  */
 import type { Aead } from '../crypto/aead';
+import { SendCounter } from './counters';
 import type { Clock, WorkerPeer, WorkerSession } from './peer';
 import { ReplayWindow } from './replay';
 import { COUNTER_LIMIT } from './wire';
 
 /** One session as the data plane holds it. */
 export class Session {
-  /** Next counter to seal with; only ever grows. */
-  counter = 0;
+  /** The counters to seal with (./counters.ts: shared by all workers when there are several); only ever grow. */
+  readonly tx: SendCounter;
   readonly replay = new ReplayWindow(COUNTER_LIMIT);
   confirmed: boolean;
   sendUntil: number;
@@ -39,11 +40,12 @@ export class Session {
     this.confirmed = w.confirmed;
     this.reported = w.confirmed;
     this.sendUntil = w.sendUntil;
+    this.tx = new SendCounter(w.counter ?? null);
   }
 
   /** May still seal packets: confirmed, before its deadline, counter not exhausted. */
   sendable(now: number): boolean {
-    return this.confirmed && now < this.sendUntil && this.counter < COUNTER_LIMIT;
+    return this.confirmed && now < this.sendUntil && !this.tx.exhausted;
   }
 }
 
@@ -145,6 +147,18 @@ export class Sessions {
     if (s.reported) return false;
     s.reported = true;
     return true;
+  }
+
+  /**
+   * Another worker confirmed session `keyId` of the peer in `slot` (and told the control thread):
+   * confirmed here too, without a report. Nothing when it is not loaded.
+   */
+  confirmed(slot: number, keyId: number): void {
+    const ps = this.bySlot.get(slot);
+    const s = ps?.byKey.get(keyId);
+    if (!ps || !s) return;
+    s.confirmed = s.reported = true;
+    ps.choose(this.clock.now());
   }
 
   /**

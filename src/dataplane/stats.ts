@@ -81,8 +81,28 @@ export class DataplaneStats {
     if (!sab) for (let s = 0; s < MAX_PEERS; s++) this.peers[s * PEER_STRIDE + P_RTT] = NaN;
   }
 
+  /**
+   * The other workers' regions (read only), when there are several: the pinging worker's timers
+   * see a peer's traffic whichever worker received it (rxPackets, lastRx).
+   */
+  siblings: readonly DataplaneStats[] = [];
+
   peer(slot: number, field: number): number {
     return this.peers[slot * PEER_STRIDE + field]!;
+  }
+
+  /** Packets received from the peer in `slot`, by every worker. */
+  rxPackets(slot: number): number {
+    let v = this.peers[slot * PEER_STRIDE + P_RX_PKTS]!;
+    for (const o of this.siblings) v += o.peers[slot * PEER_STRIDE + P_RX_PKTS]!;
+    return v;
+  }
+
+  /** When (wall ms) any worker last received an authenticated packet from the peer in `slot`. */
+  lastRx(slot: number): number {
+    let v = this.peers[slot * PEER_STRIDE + P_LAST_RX]!;
+    for (const o of this.siblings) v = Math.max(v, o.peers[slot * PEER_STRIDE + P_LAST_RX]!);
+    return v;
   }
 
   resetPeer(slot: number): void {
@@ -109,5 +129,75 @@ export class DataplaneStats {
     const out = {} as Record<DropReason, number>;
     DROP_REASONS.forEach((r, i) => (out[r] = this.drops[i]!));
     return out;
+  }
+}
+
+/** Totals that are states, not counts: the largest wins. */
+const TOTAL_FLAGS = new Set([T_GSO_ON]);
+/** How long a sum serves readers before it is taken again (status and metrics read many fields at once). */
+const SUM_FRESH_MS = 1;
+
+/**
+ * Several workers' regions (one writer each) as one, for status, metrics and the control thread:
+ * counts summed, last-seen times the newest, a peer's RTT from the worker that heard from it last
+ * (the one its pongs reach). Taken again when read more than SUM_FRESH_MS after the last time.
+ */
+export class SummedStats extends DataplaneStats {
+  private takenAt = -Infinity;
+
+  constructor(readonly parts: readonly DataplaneStats[]) {
+    super();
+  }
+
+  /** Sums the parts now unless that was done within SUM_FRESH_MS. */
+  refresh(): this {
+    const t = performance.now();
+    if (t - this.takenAt < SUM_FRESH_MS) return this;
+    this.takenAt = t;
+    const parts = this.parts;
+    const regions = parts.map((p) => p.peers);
+    const out = this.peers;
+    out.fill(0);
+    // counts summed, times the newest (one pass per worker over the whole region)
+    for (const src of regions) {
+      for (let base = 0; base < out.length; base += PEER_STRIDE) {
+        out[base + P_RX_BYTES]! += src[base + P_RX_BYTES]!;
+        out[base + P_RX_PKTS]! += src[base + P_RX_PKTS]!;
+        out[base + P_TX_BYTES]! += src[base + P_TX_BYTES]!;
+        out[base + P_TX_PKTS]! += src[base + P_TX_PKTS]!;
+        if (src[base + P_LAST_RX]! > out[base + P_LAST_RX]!) out[base + P_LAST_RX] = src[base + P_LAST_RX]!;
+        if (src[base + P_LAST_TX]! > out[base + P_LAST_TX]!) out[base + P_LAST_TX] = src[base + P_LAST_TX]!;
+        if (src[base + P_LAST_ROAM]! > out[base + P_LAST_ROAM]!) out[base + P_LAST_ROAM] = src[base + P_LAST_ROAM]!;
+      }
+    }
+    // the RTT of the worker heard from last (its pongs arrive there)
+    for (let base = 0; base < out.length; base += PEER_STRIDE) {
+      let rtt = NaN;
+      let newest = -Infinity;
+      for (const src of regions) {
+        const r = src[base + P_RTT]!;
+        if (r === r && src[base + P_LAST_RX]! >= newest) {
+          newest = src[base + P_LAST_RX]!;
+          rtt = r;
+        }
+      }
+      out[base + P_RTT] = rtt;
+    }
+    for (let i = 0; i < this.drops.length; i++) {
+      let v = 0;
+      for (const p of parts) v += p.drops[i]!;
+      this.drops[i] = v;
+    }
+    for (let i = 0; i < this.totals.length; i++) {
+      let v = 0;
+      for (const p of parts) v = TOTAL_FLAGS.has(i) ? Math.max(v, p.totals[i]!) : v + p.totals[i]!;
+      this.totals[i] = v;
+    }
+    return this;
+  }
+
+  override resetPeer(slot: number): void {
+    for (const p of this.parts) p.resetPeer(slot);
+    super.resetPeer(slot);
   }
 }

@@ -60,6 +60,15 @@ export interface WorkerInit {
   /** Our static public key: handshake messages need its mac1 to cross (null: not checked here). */
   hsPublicKey: Uint8Array | null;
   statsSab: SharedArrayBuffer;
+  /** This worker's number, 0 to workers - 1 (its TUN queue and its UDP socket in the reuseport group). */
+  worker: number;
+  workers: number;
+  /** Every worker's TUN queue in order (several workers): inbound packets go to their flow's queue. */
+  tunQueues: number[];
+  /** The policy's flow table, shared by every worker (several workers; policy.ts flowTableBytes). */
+  flowTable: SharedArrayBuffer | null;
+  /** The other workers' stats regions, read by worker 0, which pings for all (stats.ts siblings). */
+  siblingStats: SharedArrayBuffer[];
   ctrlSab: SharedArrayBuffer;
   control: MessagePort;
 }
@@ -82,6 +91,10 @@ export type ToWorker =
   | { t: 'stall'; ms: number }
   /** report once when fd turns readable (-1: watch nothing) */
   | { t: 'watch'; fd: number }
+  /** another worker saw the peer in `slot` roam (docs/design.md, Many cores) */
+  | { t: 'roam'; slot: number; ip: number; port: number; via: number; hi?: number[] }
+  /** another worker got the first packet on this session: it is confirmed */
+  | { t: 'confirm'; slot: number; keyId: number }
   /** the network policy compiled for this host (null: none), its counters in shared memory */
   | { t: 'policy'; policy: CompiledPolicy | null; counters: SharedArrayBuffer | null };
 
@@ -140,6 +153,7 @@ const WATCHED = 3;
 async function main(init: WorkerInit): Promise<void> {
   const ctrl = new Int32Array(init.ctrlSab);
   const stats = new DataplaneStats(init.statsSab);
+  stats.siblings = init.siblingStats.map((sab) => new DataplaneStats(sab));
   const aead = await createAead(init.crypto);
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
   const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
@@ -155,7 +169,7 @@ async function main(init: WorkerInit): Promise<void> {
   const ctrlBatch = new PacketBatch(ctrlMem.buf, slot, CTRL_SLOTS, ctrlMem.ptr);
   // One TunBatchIo per batch: each keeps the native addresses of its own batch's slots.
   const tunRead = new TunBatchIo(init.tunFd, outBatch, init.vnet);
-  const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet);
+  const tunWrite = new TunBatchIo(init.tunFd, inBatch, init.vnet, init.tunQueues.length > 1 ? init.tunQueues : null);
   const udpIn = new UdpBatchIo(init.udpFd, inBatch, { gro: init.udpOffload });
   const udpOut = new UdpBatchIo(init.udpFd, outBatch, { gso: init.udpOffload });
   const udpCtrl = new UdpBatchIo(init.udpFd, ctrlBatch, { gso: init.udpOffload });
@@ -184,7 +198,16 @@ async function main(init: WorkerInit): Promise<void> {
       bye: (slot) => post({ t: 'bye', slot }),
       want: (ip) => post({ t: 'want', ip }),
     },
-    { mtu: init.mtu, relay: init.relay, mac1, cookies, overlay6: init.overlay6 },
+    {
+      mtu: init.mtu,
+      relay: init.relay,
+      mac1,
+      cookies,
+      overlay6: init.overlay6,
+      worker: { index: init.worker, count: init.workers },
+      pings: init.worker === 0,
+      ...(init.flowTable ? { flowTable: init.flowTable } : {}),
+    },
   );
   const drain = () => {
     let m;
@@ -201,6 +224,8 @@ async function main(init: WorkerInit): Promise<void> {
           }
         }
       }
+      else if (msg.t === 'roam') d.roam(msg.slot, msg.ip, msg.port, msg.via, msg.hi ? Uint32Array.from(msg.hi) : null);
+      else if (msg.t === 'confirm') d.confirm(msg.slot, msg.keyId);
       else if (msg.t === 'probe') d.probe(msg.slot, msg.ip, msg.port, msg.hi ? Uint32Array.from(msg.hi) : null);
       else if (msg.t === 'diag') d.diag(msg.slot, msg.t0);
       else if (msg.t === 'pingAll') {

@@ -163,6 +163,19 @@ export function renderMetrics(doc: StatusDocument): string {
     m.one('process_resident_memory_bytes', 'gauge', 'Resident memory of the agent process, in bytes.', s.process.residentBytes);
     m.one('process_cpu_seconds_total', 'counter', 'User and system CPU time of the agent process (all threads), in seconds.', s.process.cpuSeconds);
   }
+  m.one('cladnet_dataplane_workers', 'gauge', 'Data-plane worker threads (--workers), each with a TUN queue and a UDP socket.', s.workers?.length ?? 1);
+  if (s.workers) {
+    const w = s.workers;
+    m.family(
+      'cladnet_worker_packets_total',
+      'counter',
+      'Packets each data-plane worker received from peers (direction rx) and sent to them (tx); their sums are the totals.',
+      w.flatMap((x, k): Sample[] => [
+        [{ worker: String(k), direction: 'rx' }, x.rxPackets],
+        [{ worker: String(k), direction: 'tx' }, x.txPackets],
+      ]),
+    );
+  }
   const nat: Record<string, string> = { kind: s.nat ?? 'unknown' };
   if (s.reflexive) nat['reflexive'] = s.reflexive;
   m.family(

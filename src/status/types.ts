@@ -57,6 +57,11 @@ export interface StatusDocument {
     /** AEAD implementation in use and whether TUN offloads are on. */
     crypto: string;
     offload: boolean;
+    /**
+     * With several data-plane workers (`--workers`), what each moved: packets received and sent
+     * by worker k at index k (their sums are the totals everywhere else). Absent with one worker.
+     */
+    workers?: { rxPackets: number; txPackets: number }[];
     /** Our public address as peers (or STUN servers) see it, and what that says about our NAT. */
     reflexive?: string | null;
     nat?: 'none' | 'eim' | 'varies' | 'unknown';

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
+import { nonceRepeats, rekeyEverySecond } from '../helpers/nonces';
 import type { Agent } from '../../src/testbed/agents';
 import { startCapture, startPacedStream, udpDatagrams } from '../../src/testbed/traffic';
 
@@ -21,24 +22,17 @@ describe.skipIf(!isRoot)('nonces under constant rekeying', () => {
   let bed: MeshBed;
   let a: Agent;
   let b: Agent;
-  const saved = { rekey: process.env.CLADNET_REKEY_AFTER_MS, both: process.env.CLADNET_REKEY_BOTH };
+  let restoreEnv = () => {};
 
   beforeAll(async () => {
-    process.env.CLADNET_REKEY_AFTER_MS = '1000';
-    process.env.CLADNET_REKEY_BOTH = '1';
+    restoreEnv = rekeyEverySecond();
     // UDP GSO off: a GSO run crosses the link (and the capture) as one packet, and only its first
     // datagram's header would be seen
     bed = await startMeshBed({ topology: { hosts: 2 }, agentOptions: { extraArgs: ['--udp-offload', 'false'] } });
     [a, b] = [bed.agent('h1'), bed.agent('h2')];
   }, 60_000);
   afterAll(async () => {
-    for (const [k, v] of [
-      ['CLADNET_REKEY_AFTER_MS', saved.rekey],
-      ['CLADNET_REKEY_BOTH', saved.both],
-    ] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
+    restoreEnv();
     await bed?.destroy();
   });
 
@@ -60,17 +54,7 @@ describe.skipIf(!isRoot)('nonces under constant rekeying', () => {
     const [sa1, sb1] = [await a.status(), await b.status()];
     const datagrams = udpDatagrams(await cap.stop());
 
-    const seen = new Set<string>();
-    let data = 0;
-    const repeats: string[] = [];
-    for (const d of datagrams) {
-      if (d.payload.length < 16 || d.payload[0] !== 4) continue;
-      data++;
-      const id = `${d.dst}:${d.dstPort} ${d.payload.readUInt32LE(4)} ${d.payload.readBigUInt64LE(8)}`;
-      if (seen.has(id)) repeats.push(id);
-      seen.add(id);
-    }
-    const indices = new Set(datagrams.filter((d) => d.payload[0] === 4 && d.payload.length >= 8).map((d) => `${d.dst} ${d.payload.readUInt32LE(4)}`));
+    const { data, repeats, indices } = nonceRepeats(datagrams);
     const hs = (x: typeof sa0, y: typeof sa0) => ({
       initiations: y.handshake!.initiationsSent - x.handshake!.initiationsSent,
       responses: y.handshake!.responsesSent - x.handshake!.responsesSent,
@@ -78,7 +62,7 @@ describe.skipIf(!isRoot)('nonces under constant rekeying', () => {
     });
     const [ha, hb] = [hs(sa0, sa1), hs(sb0, sb1)];
     console.log(
-      `nonces: ${data} data datagrams under ${indices.size} receiver indices in ${SECONDS} s, ${repeats.length} repeated; ` +
+      `nonces: ${data} data datagrams under ${indices} receiver indices in ${SECONDS} s, ${repeats.length} repeated; ` +
         `h1 ${JSON.stringify(ha)}, h2 ${JSON.stringify(hb)}; capture drops ${cap.kernelDrops}; ` +
         `streams ${results.map((r) => `${((r.sent?.bytes ?? 0) / 2 ** 20).toFixed(0)} MiB ${r.ok ? 'ok' : r.error}`).join(', ')}`,
     );
@@ -90,6 +74,6 @@ describe.skipIf(!isRoot)('nonces under constant rekeying', () => {
       expect(h.initiations).toBeGreaterThan(SECONDS / 2);
       expect(h.responses).toBeGreaterThan(SECONDS / 2);
     }
-    expect(indices.size).toBeGreaterThan(SECONDS);
+    expect(indices).toBeGreaterThan(SECONDS);
   }, (SECONDS + 90) * 1000);
 });

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AGENT_FIELDS, kebab, loadAgentConfig, readConfigFile, type AgentConfig } from '../../src/config/config';
+import { AGENT_FIELDS, autoWorkers, kebab, loadAgentConfig, readConfigFile, type AgentConfig } from '../../src/config/config';
 import { CladnetError, isCladnetError } from '../../src/errors';
 
 let dir: string;
@@ -53,6 +53,7 @@ describe('loadAgentConfig', () => {
       socket: '/run/cladnet/cladnet.sock',
       logLevel: 'info',
       batch: 64,
+      workers: autoWorkers(),
       crypto: 'auto',
       offload: true,
       udpOffload: true,
@@ -238,6 +239,22 @@ describe('loadAgentConfig', () => {
       expect(j.field).toBe('relay');
       expect(j.message).toMatch(/config: relay \(from .*\): expected a string, got 1$/);
     });
+  });
+
+  it('takes workers as auto (the measured default) or 1-16 from flag, env or file, and names the field for anything else', () => {
+    expect(loadAgentConfig({ flags: { ...NET, workers: '2' } }).workers).toBe(2);
+    expect(loadAgentConfig({ flags: { ...NET }, env: { CLADNET_WORKERS: 'auto' } }).workers).toBe(autoWorkers());
+    expect(loadAgentConfig({ flags: { ...NET }, file: file(JSON.stringify({ workers: 3 })) }).workers).toBe(3);
+    for (const bad of ['0', '17', 'two', '1.5', '-1']) {
+      const e = errorOf(() => loadAgentConfig({ flags: { ...NET, workers: bad } }));
+      expect(e.message).toMatch(/workers \(from --workers\): .* is not auto or an integer from 1 to 16/);
+      expect(e.field).toBe('workers');
+    }
+    expect(errorOf(() => loadAgentConfig({ flags: { ...NET }, file: file(JSON.stringify({ workers: true })) })).message).toMatch(/workers/);
+  });
+
+  it('chooses the default worker count by core count: 1 up to 2 cores, then cores - 1, at most 4', () => {
+    expect([1, 2, 3, 4, 5, 8, 64].map((c) => autoWorkers(c))).toEqual([1, 1, 2, 3, 4, 4, 4]);
   });
 
   it('refuses an unknown key in the file, naming it, the file and the known keys', () => {

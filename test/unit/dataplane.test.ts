@@ -14,6 +14,7 @@ import { generateKeyPair, type KeyPair } from '../../src/crypto/keys';
 import { StaticKeyAgreement, type SessionKeys } from '../helpers/static-keys';
 import { PacketBatch, slotSizeFor } from '../../src/dataplane/batch';
 import { Duplex, type DuplexEvents } from '../../src/dataplane/duplex';
+import { newSendCounter } from '../../src/dataplane/counters';
 import { FakeClock, FakeTun, FakeUdp, FakeUdpNetwork, type Datagram } from '../../src/dataplane/fakes';
 import { HS_BURST, type Inbound } from '../../src/dataplane/inbound';
 import { ACTIVE_WINDOW_MS, type Outbound, PING_INTERVAL_CONNECTING_MS, PING_INTERVAL_MS, SILENCE_PING_MS } from '../../src/dataplane/outbound';
@@ -173,7 +174,7 @@ class Node {
     readonly udp: FakeUdp,
     readonly aead: WasmAead,
     readonly clock: FakeClock,
-    opts: { relay?: boolean } = {},
+    opts: { relay?: boolean; worker?: { index: number; count: number } } = {},
   ) {
     const o = this.observers;
     this.duplex = new Duplex(
@@ -221,7 +222,7 @@ class Node {
           o.bye?.(slot);
         },
       },
-      { mtu: MTU, relay: opts.relay ?? false, overlay6: overlay6Of(PREFIX6) },
+      { mtu: MTU, relay: opts.relay ?? false, overlay6: overlay6Of(PREFIX6), ...(opts.worker ? { worker: opts.worker } : {}) },
     );
   }
 
@@ -678,7 +679,7 @@ describe('data plane over fakes', () => {
     it('a peer whose counter reached the limit gets nothing more (sendFailed)', () => {
       const { a } = m;
       // No test can send 2^52 packets: set the counter the way it would be after that many.
-      a.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.counter = COUNTER_LIMIT;
+      a.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.tx.skipTo(COUNTER_LIMIT);
       a.tun.inject(ipv4('100.64.0.1', '100.64.0.2'), ipv4('100.64.0.1', '100.64.0.3'));
       expect(a.send()).toBe(1);
       expect(m.net.captured.map((d) => d.dstPort)).toEqual([51822]);
@@ -1419,6 +1420,61 @@ describe('data plane over fakes', () => {
       expect(restoredAt!).toBeLessThanOrEqual(1_000 + SILENCE_PING_MS + 100);
       expect(delivered).toBeGreaterThan(40);
     });
+  });
+});
+
+describe('several workers over fakes (docs/design.md, Many cores)', () => {
+  it('two workers of A seal for B from one shared counter: B opens every packet, no counter twice, one atomic add per batch', async () => {
+    const m = await mesh();
+    const counter = newSendCounter();
+    const shared = () => m.peersOfA().map((p) => ({ ...p, sessions: p.sessions.map((x) => ({ ...x, counter })) }));
+    // A's two workers: each a duplex of its own (own socket), the session's counter shared
+    const workers = await Promise.all(
+      [0, 1].map(async (k) => new Node(m.a.id, m.net.bind(ip(m.a.id.underlayIp), 52000 + k), await WasmAead.create(), new FakeClock(), { worker: { index: k, count: 2 } })),
+    );
+    for (const w of workers) w.setPeers(shared());
+    const sent: Buffer[] = [];
+    let batches = 0;
+    for (let round = 0; round < 20; round++) {
+      for (const [k, w] of workers.entries()) {
+        const n = 1 + ((round * 7 + k * 3) % CAP);
+        const pk = Array.from({ length: n }, (_, i) => ipv4('100.64.0.1', '100.64.0.2', 8, { seed: round * 1000 + k * 100 + i }));
+        w.tun.inject(...pk);
+        sent.push(...pk);
+        expect(w.send()).toBe(n);
+        batches++;
+      }
+    }
+    expect(m.b.receive()).toBe(sent.length);
+    expect(m.b.tun.take().length).toBe(sent.length);
+    expect(m.b.drops().replay).toBe(0);
+    const toB = m.net.captured.filter((d) => d.dstIp === ip('203.0.113.2') && readReceiverIndex(d.data, 0) === m.ba.rxIndex);
+    const counters = toB.map((d) => readCounter(d.data, 0));
+    expect(new Set(counters).size).toBe(sent.length);
+    const reservations = workers.reduce((n, w) => n + w.duplex.sessions.peer(SLOT_OF_B_AT_A)!.send!.tx.reservations, 0);
+    expect(reservations).toBe(batches);
+  });
+
+  it('a worker opens only the sessions whose receiver index names it (mod N); the others\' datagrams are unknownPeer', async () => {
+    const m = await mesh();
+    const own = (m.ba.rxIndex >>> 0) % 2;
+    // B's two workers; A's packets for B reach each of them in turn (as a GRO run of mixed indices could)
+    const bw = await Promise.all(
+      [0, 1].map(async (k) => new Node(m.b.id, m.net.bind(ip(m.b.id.underlayIp), 53000 + k), await WasmAead.create(), new FakeClock(), { worker: { index: k, count: 2 } })),
+    );
+    for (const w of bw) w.setPeers(m.peersOfB());
+    m.net.capture = true;
+    m.a.tun.inject(ipv4('100.64.0.1', '100.64.0.2', 10), ipv4('100.64.0.1', '100.64.0.2', 20));
+    expect(m.a.send()).toBe(2);
+    const datagrams = m.net.captured.filter((d) => readReceiverIndex(d.data, 0) === m.ba.rxIndex).slice(-2);
+    for (const w of bw) {
+      for (const d of datagrams) expect(m.net.deliver({ ...d, dstIp: ip(m.b.id.underlayIp), dstPort: 53000 + bw.indexOf(w) })).toBe(true);
+      w.receive();
+    }
+    expect(bw[own]!.tun.take().length).toBe(2);
+    expect(bw[own]!.drops().unknownPeer).toBe(0);
+    expect(bw[1 - own]!.tun.take().length).toBe(0);
+    expect(bw[1 - own]!.drops().unknownPeer).toBe(2);
   });
 });
 

@@ -61,6 +61,24 @@ describe('HandshakeLimiter', () => {
     expect(allowed).toBeGreaterThanOrEqual(HS_GLOBAL_RATE * 3 - HS_GLOBAL_RESERVE - 2);
   });
 
+  it('two workers\' limiters with share 1/2 let through together what one lets through alone', () => {
+    const clock = new FakeClock();
+    const two = [new HandshakeLimiter(clock, { seed: SEED, share: 0.5 }), new HandshakeLimiter(clock, { seed: SEED, share: 0.5 })];
+    // the flood spread over both (as the reuseport steering spreads random sender indices)
+    const r = count(200_000, (i) => two[i % 2]!.allowDirect(base + (i % 5000), false));
+    expect(r[HS_ALLOW]).toBe(HS_GLOBAL_BURST - HS_GLOBAL_RESERVE);
+    let allowed = 0;
+    for (let ms = 0; ms < 3000; ms++) {
+      clock.advance(1);
+      for (let k = 0; k < 100; k++) if (two[k % 2]!.allowDirect(base + ((ms * 100 + k) % 5000), false) === HS_ALLOW) allowed++;
+    }
+    expect(allowed).toBeLessThanOrEqual(HS_GLOBAL_RATE * 3);
+    expect(allowed).toBeGreaterThanOrEqual(HS_GLOBAL_RATE * 3 - HS_GLOBAL_RESERVE - 2);
+    // one source spread over both: HS_BURST at once, as with one limiter
+    expect(count(HS_BURST + 4, (i) => two[i % 2]!.allowDirect(base + 9999, true))[HS_ALLOW]).toBe(HS_BURST);
+    expect(() => new HandshakeLimiter(clock, { share: 0 })).toThrow(RangeError);
+  });
+
   it('a relay is limited per slot like a source, and counted against the global budget', () => {
     const clock = new FakeClock();
     const l = new HandshakeLimiter(clock, { seed: SEED });

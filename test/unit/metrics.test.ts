@@ -112,6 +112,23 @@ describe('Prometheus metrics from the status document', () => {
     }
   });
 
+  it('shows the data-plane workers: their count, and with several each one\'s packets, promtool clean', () => {
+    const one = samples(renderMetrics(sample()));
+    expect(one.get('cladnet_dataplane_workers')).toBe(1);
+    expect([...one.keys()].some((k) => k.startsWith('cladnet_worker_packets_total'))).toBe(false);
+    const doc = sample();
+    doc.self.workers = [
+      { rxPackets: 10, txPackets: 20 },
+      { rxPackets: 3, txPackets: 4 },
+    ];
+    const text = renderMetrics(doc);
+    const v = samples(text);
+    expect(v.get('cladnet_dataplane_workers')).toBe(2);
+    expect(v.get('cladnet_worker_packets_total{worker="0",direction="rx"}')).toBe(10);
+    expect(v.get('cladnet_worker_packets_total{worker="1",direction="tx"}')).toBe(4);
+    expect(promtool(text).output).toBe('');
+  });
+
   it('escapes backslash, double quote and line feed in label values and promtool reads them back', () => {
     expect(escapeLabelValue('a\\b"c\nd')).toBe('a\\\\b\\"c\\nd');
     const doc = sample();

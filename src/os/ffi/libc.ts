@@ -135,6 +135,10 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
+/** Several sockets bind one port; the kernel picks one per datagram (Linux 3.9+). */
+export const SO_REUSEPORT = 15;
+/** A classic BPF program (struct sock_fprog) that picks the socket of a reuseport group (Linux 4.5+). */
+export const SO_ATTACH_REUSEPORT_CBPF = 51;
 export const IPPROTO_IP = 0;
 /** sockopt and cmsg (IPPROTO_IP): the TTL of outgoing datagrams. */
 export const IP_TTL = 2;

@@ -25,6 +25,8 @@ export interface UdpSocketOptions {
   bufferBytes?: number; // SO_RCVBUF/SO_SNDBUF request (forced when root)
   /** 6: dual-stack AF_INET6 (default when the host has IPv6), 4: AF_INET only. */
   family?: 4 | 6;
+  /** SO_REUSEPORT before bind: more sockets may bind the same port (./reuseport.ts). */
+  reusePort?: boolean;
 }
 
 export interface UdpSocket {
@@ -151,6 +153,7 @@ export function openUdpSocket(opts: UdpSocketOptions): UdpSocket {
     // The *FORCE variants pass the sysctl caps when we are root; fall back to the plain ones.
     if (!setIntOpt(fd, libc.SO_RCVBUFFORCE, bytes)) setIntOpt(fd, libc.SO_RCVBUF, bytes);
     if (!setIntOpt(fd, libc.SO_SNDBUFFORCE, bytes)) setIntOpt(fd, libc.SO_SNDBUF, bytes);
+    if (opts.reusePort && !setIntOpt(fd, libc.SO_REUSEPORT, 1)) throw osError('setsockopt(SO_REUSEPORT)');
     const addr = Buffer.alloc(SOCKADDR_IN6);
     let alen = SOCKADDR_IN;
     if (family === 6 && opts.bindIp === undefined) {
