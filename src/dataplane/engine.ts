@@ -11,6 +11,7 @@ import type { WorkerPeer } from './peer';
 import type { CompiledPolicy } from './policy';
 import { DataplaneStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
+import type { WarmupResult } from './warmup';
 import type { FromWorker, ToWorker, WorkerInit } from './worker';
 import { joinAddress, splitAddress } from '../util/ipv6';
 
@@ -82,6 +83,8 @@ export class DataplaneEngine {
   private stopped = false;
   /** The AEAD implementation the workers use. */
   cryptoName = '';
+  /** How the worker's warm-up of the packet stages went (./warmup.ts). */
+  warmup: WarmupResult | null = null;
 
   private constructor(private readonly opts: EngineOptions) {}
 
@@ -122,6 +125,7 @@ export class DataplaneEngine {
       port.on('message', (m: FromWorker) => {
         if (m.t === 'ready') {
           this.cryptoName = m.crypto;
+          this.warmup = m.warmup;
           resolve();
         }
         else if (m.t === 'roam') this.opts.onRoam?.(m.slot, addressOf(m.ip, m.hi), m.port, m.via);

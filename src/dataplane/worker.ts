@@ -12,10 +12,11 @@
  * when it turns readable the worker says so once ('readable') and stops watching it until told
  * to watch again (after the control thread has drained it), so the control thread need not poll.
  */
+import { closeSync, openSync } from 'node:fs';
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createAead, type AeadBackend } from '../crypto/aead';
-import { createWorkerCookies } from '../crypto/cookie';
-import { createMac1Check } from '../crypto/mac1';
+import { createAead, type Aead, type AeadBackend } from '../crypto/aead';
+import { createWorkerCookies, type WorkerCookies } from '../crypto/cookie';
+import { createMac1Check, type Mac1Check } from '../crypto/mac1';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -36,6 +37,7 @@ import {
   T_TUN_COALESCED,
   T_TUN_SUPER,
 } from './stats';
+import { warmUp, type WarmupResult } from './warmup';
 
 export interface WorkerInit {
   tunFd: number;
@@ -90,7 +92,7 @@ export type ToWorker =
  * of an IPv6 address (absent: IPv4). The engine turns them into the control thread's handles.
  */
 export type FromWorker =
-  | { t: 'ready'; crypto: string }
+  | { t: 'ready'; crypto: string; warmup: WarmupResult }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number; hi?: number[] }
   | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean; hi?: number[] }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number; hi?: number[] }
@@ -241,8 +243,9 @@ async function main(init: WorkerInit): Promise<void> {
     t[T_TUN_COALESCED] = tunWrite.coalesced;
   };
 
+  const warmup = warm(init, aead, mac1, cookies);
   drain();
-  post({ t: 'ready', crypto: aead.name });
+  post({ t: 'ready', crypto: aead.name, warmup });
   // `again`: work may be queued already (a batch came back full, or we just wrote to the TUN
   // and the kernel may have answered at once, as it does a ping): look without sleeping.
   let again = false;
@@ -292,6 +295,25 @@ async function main(init: WorkerInit): Promise<void> {
   for (const u of [udpIn, udpOut, udpCtrl]) u.close();
   poller.close();
   for (const b of blocks) b.free();
+}
+
+/**
+ * The stage functions optimized before the first packet (./warmup.ts), with throwaway sessions;
+ * the TUN writer is the live class over /dev/null. CLADNET_WARMUP=0 skips it (for A/B runs).
+ */
+function warm(init: WorkerInit, aead: Aead, mac1: Mac1Check | undefined, cookies: WorkerCookies | undefined): WarmupResult {
+  if (process.env.CLADNET_WARMUP === '0') return { ok: false, delivered: 0, ms: 0, error: 'off (CLADNET_WARMUP=0)' };
+  let nul = -1;
+  try {
+    nul = openSync('/dev/null', 'w');
+    const fd = nul;
+    const { mtu, batch, relay, overlay6 } = init;
+    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, alloc: allocNative, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
+  } catch (e) {
+    return { ok: false, delivered: 0, ms: 0, error: e instanceof Error ? e.message : String(e) };
+  } finally {
+    if (nul >= 0) closeSync(nul);
+  }
 }
 
 if (workerData && (workerData as WorkerInit).ctrlSab) {
