@@ -5,15 +5,21 @@
  * packet's time goes"), and a cold pass costs tens of microseconds where a hot one costs one.
  *
  * What it runs: two throwaway duplexes (./duplex.ts, the same classes and constructor options as
- * the live one), each the other's only peer with a random key per direction, and moves synthetic
- * IPv4 (and, with an overlay6 prefix, IPv6) packets A -> B -> A through the real stages:
+ * the live one), each the other's only peer with a random key per direction, joined by an
+ * in-memory wire (WarmWire), and moves through them what a live pair moves:
  *
- *   1. Outbound.process   route, seal (the AEAD's batch path, on native slots as the worker's)
- *   2. Inbound.process    open, replay check, deliver to a TUN writer of the live class
+ *   data       lone IPv4 (and, with an overlay6 prefix, IPv6) packets each way and batches of
+ *              full-size ones: Outbound.process (route, number, seal: the AEAD's batch path on
+ *              native slots as the worker's), then Duplex.fromUdp -> Inbound.process (open,
+ *              replay check, deliver to a TUN writer of the live class)
+ *   control    the timers' pings and their pongs (Duplex.timers, pingAll), a diagnostic ping
+ *   confirm    the first packet on a session the receiver has not confirmed yet
  *
- * below the I/O layer: nothing is read from a TUN or sent on a socket. The TUN writer comes from
- * the caller (the worker gives the real TunBatchIo over /dev/null, so the call sites in Inbound see
- * the class they will see live and are not deoptimized by the first real packet).
+ * Nothing is read from a TUN or sent on a socket. The TUN writer comes from the caller (the worker
+ * gives the real TunBatchIo over /dev/null, so the call sites in Inbound see the class they will
+ * see live). A path the warm-up never ran has no type feedback, and optimized code deoptimizes
+ * when a live packet first takes it; at a few packets a second V8 may then not optimize that
+ * function again for minutes. So the warm-up runs every path a steady peer's packets take.
  *
  * What it must not touch: anything of the live worker. Its sessions, keys, counters, replay
  * windows and stats are its own (a nonce is never used under a real key: the keys are random and
@@ -22,12 +28,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Aead } from '../crypto/aead';
-import type { WorkerCookies } from '../crypto/cookie';
+import { COOKIE_SECRET_MS, type WorkerCookies } from '../crypto/cookie';
 import type { Mac1Check } from '../crypto/mac1';
+import { INITIATION_LEN, MSG_INITIATION, MSG_RESPONSE, RESPONSE_LEN } from '../crypto/noise';
 import { PacketBatch, SendList, slotSizeFor } from './batch';
 import { CTRL_SLOTS, Duplex, type DuplexEvents } from './duplex';
 import type { TunIo, UdpIo } from './io';
-import { systemClock, type WorkerPeer } from './peer';
+import { DIRECT, systemClock, type WorkerPeer } from './peer';
 import { DataplaneStats } from './stats';
 import { HEADER_LEN } from './wire';
 
@@ -46,6 +53,10 @@ export interface WarmupOptions {
   batch: number;
   /** The live duplex's options, so that the stage objects have the live shapes. */
   relay: boolean;
+  /**
+   * The warm-up's own mac1 check and cookies: of the live ones' classes, for a throwaway public
+   * key (absent when the live worker has none). Its handshake messages are signed with this mac1.
+   */
   mac1?: Mac1Check;
   cookies?: WorkerCookies;
   overlay6: { hi: number; mid: number } | null;
@@ -74,16 +85,63 @@ export interface WarmupResult {
  */
 export const WARMUP_ROUNDS = 400;
 
+/** Pairs the warm-up goes through, and the rounds of each but the last (see warmUp). */
+const GENERATIONS = 3;
+const GENERATION_ROUNDS = 16;
+/**
+ * Rounds between two handshake messages each way: few enough to stay inside the per-source
+ * flood limit (hslimit.ts HS_BURST), which would drop them.
+ */
+const HANDSHAKE_EVERY = 48;
+
 const IP_A = 0x64400001; // 100.64.0.1
 const IP_B = 0x64400002; // 100.64.0.2
 const UNDERLAY = 0xc6120001; // 198.18.0.1 (never sent to: nothing leaves the warm-up)
 const PORT = 51820;
+/** Receiver indices, one of each size (see peerOf). */
+const INDEX_HI = 0x9e3779b9;
+const INDEX_LO = 0x1234567;
 
-/** A UDP that is never used: the warm-up stays below the I/O layer. */
-const noUdp: UdpIo = {
-  recvBatch: () => 0,
-  sendBatch: () => 0,
-};
+/**
+ * One end of the warm-up's wire: sendBatch hands the listed datagrams to the other end, recvBatch
+ * takes them as recvmmsg would leave them (datagram at slot 0, the sender's underlay address).
+ */
+class WarmWire implements UdpIo {
+  other: WarmWire | null = null;
+  private readonly inbox: Buffer[] = [];
+
+  sendBatch(batch: PacketBatch, list: SendList): number {
+    for (let k = 0; k < list.count; k++) {
+      const i = list.idx[k]!;
+      const at = batch.offset(i);
+      this.other!.inbox.push(Buffer.from(batch.buf.subarray(at, at + batch.len[i]!)));
+    }
+    return list.count;
+  }
+
+  recvBatch(batch: PacketBatch): number {
+    let n = 0;
+    for (; n < batch.capacity && this.inbox.length > 0; n++) {
+      const d = this.inbox.shift()!;
+      d.copy(batch.buf, batch.offset(n));
+      batch.len[n] = d.length;
+      batch.ip[n] = UNDERLAY;
+      batch.port[n] = PORT;
+      batch.hi[3 * n] = batch.hi[3 * n + 1] = batch.hi[3 * n + 2] = 0;
+      batch.flags[n] = 0;
+    }
+    return n;
+  }
+
+  /** A datagram from the other end that did not come through sendBatch (a handshake message). */
+  push(data: Buffer): void {
+    this.inbox.push(data);
+  }
+
+  get pending(): number {
+    return this.inbox.length;
+  }
+}
 
 const noop = () => {};
 /** The events the worker (worker.ts) listens to, as no-ops: the stage objects get the live shapes. */
@@ -97,16 +155,25 @@ const events: DuplexEvents = {
   want: noop,
 };
 
-function peerOf(slot: number, name: string, overlayIp: number, txKey: Uint8Array, rxKey: Uint8Array, txIndex: number, rxIndex: number): WorkerPeer {
-  return {
-    slot,
-    name,
+/**
+ * A peer as the control thread describes it (agent.ts pushPeers), through structuredClone as the
+ * worker gets it by postMessage, so the stage objects built on it get the live shapes. Indices
+ * and endpoint above 2^31 (as random indices and many addresses are): V8 then keeps those fields
+ * as doubles from the start, and a live peer's values, small or large, fit without a shape change
+ * (which would deoptimize the stages on the first real packet).
+ */
+function peerOf(overlayIp: number, txKey: Uint8Array, rxKey: Uint8Array, txIndex: number, rxIndex: number, confirmed: boolean): WorkerPeer {
+  const peer: WorkerPeer = {
+    slot: 0,
+    name: 'warm-up',
     overlayIp,
     allowed: [],
     endpointIp: UNDERLAY,
     endpointPort: PORT,
-    sessions: [{ keyId: 1, txKey, rxKey, txIndex, rxIndex, confirmed: true, sendUntil: Infinity }],
+    endpointVia: DIRECT,
+    sessions: [{ keyId: 1, txKey, rxKey, txIndex, rxIndex, confirmed, sendUntil: Date.now() + 3_600_000 }],
   };
+  return structuredClone(peer);
 }
 
 /** Writes an IPv4 (or IPv6) UDP packet of `size` bytes from -> to at slot i + HEADER. */
@@ -159,8 +226,7 @@ export function warmUp(o: WarmupOptions): WarmupResult {
       blocks.push(m);
       return new PacketBatch(m.buf, slot, n, m.ptr);
     };
-    const kAB = randomBytes(32);
-    const kBA = randomBytes(32);
+    type Host = ReturnType<typeof host>;
     const host = (self: number, peer: WorkerPeer) => {
       const outBatch = newBatch(cap);
       const inBatch = newBatch(cap);
@@ -168,60 +234,101 @@ export function warmUp(o: WarmupOptions): WarmupResult {
       sinks.push(sink);
       const st = new DataplaneStats();
       stats.push(st);
+      const wire = new WarmWire();
       const d = new Duplex(
         o.aead,
         st,
         systemClock,
         {
-          out: { batch: outBatch, tun: sink, udp: noUdp },
-          in: { batch: inBatch, udp: noUdp, tun: sink },
-          ctrl: { batch: newBatch(CTRL_SLOTS), udp: noUdp },
+          out: { batch: outBatch, tun: sink, udp: wire },
+          in: { batch: inBatch, udp: wire, tun: sink },
+          ctrl: { batch: newBatch(CTRL_SLOTS), udp: wire },
         },
         events,
         { mtu: o.mtu, relay: o.relay, mac1: o.mac1, cookies: o.cookies, overlay6: o.overlay6 },
       );
       duplexes.push(d);
       d.setPeers([peer]);
-      return { self, d, outBatch, inBatch, sink, list: new SendList(cap) };
+      for (const x of peer.sessions) {
+        x.txKey.fill(0);
+        x.rxKey.fill(0);
+      }
+      return { self, d, wire, outBatch, list: new SendList(cap) };
     };
-    const a = host(IP_A, peerOf(0, 'warm-b', IP_B, kAB, kBA, 2, 1));
-    const b = host(IP_B, peerOf(0, 'warm-a', IP_A, kBA, kAB, 1, 2));
-    kAB.fill(0);
-    kBA.fill(0);
-
-    // One direction: n packets from `from`'s TUN, sealed, copied into `to`'s receive batch as
-    // recvmmsg would leave them (datagram at 0, source address), opened and delivered.
-    const move = (from: typeof a, to: typeof a, n: number, size: number, v6: boolean) => {
+    /** A fresh pair, each the other's only peer, with new random keys; B's session waits for A's first packet. */
+    const pair = (): [Host, Host] => {
+      const kAB = randomBytes(32);
+      const kBA = randomBytes(32);
+      const a = host(IP_A, peerOf(IP_B, kAB, kBA, INDEX_HI, INDEX_LO, true));
+      const b = host(IP_B, peerOf(IP_A, kBA, kAB, INDEX_LO, INDEX_HI, false));
+      kAB.fill(0);
+      kBA.fill(0);
+      a.wire.other = b.wire;
+      b.wire.other = a.wire;
+      return [a, b];
+    };
+    /** What the worker's loop does when the socket is readable: receive until it is empty. */
+    const receive = (h: Host) => {
+      const before = h.d.inb.dataPackets;
+      while (h.wire.pending > 0 && h.d.fromUdp() > 0);
+      delivered += h.d.inb.dataPackets - before;
+    };
+    // One direction: n packets from `from`'s TUN, sealed and sent (as Duplex.fromTun after its
+    // read), received and delivered by `to`, whose pongs (if any) go back.
+    const move = (from: Host, to: Host, n: number, size: number, v6: boolean) => {
       for (let i = 0; i < n; i++) fill(from.outBatch, i, size, from.self, to.self, v6 ? o.overlay6 : null);
       from.d.out.process(from.outBatch, n, from.list);
-      const src = from.outBatch;
-      const dst = to.inBatch;
-      const sent = from.list.count;
-      for (let k = 0; k < sent; k++) {
-        const i = from.list.idx[k]!;
-        const len = src.len[i]!;
-        src.buf.copy(dst.buf, dst.offset(k), src.offset(i), src.offset(i) + len);
-        dst.len[k] = len;
-        dst.ip[k] = UNDERLAY;
-        dst.port[k] = PORT;
-        dst.hi[3 * k] = dst.hi[3 * k + 1] = dst.hi[3 * k + 2] = 0;
-        dst.flags[k] = 0;
-      }
-      const before = to.d.inb.dataPackets;
-      to.d.inb.process(dst, sent, to.sink);
-      delivered += to.d.inb.dataPackets - before;
+      from.wire.sendBatch(from.outBatch, from.list);
+      receive(to);
+      receive(from);
+    };
+    // A handshake message of `type` from `from` to `to` with a valid mac1: it crosses to the
+    // (here silent) control thread, as the live ones do at start and at every rekey.
+    const handshake = (from: Host, to: Host, type: number, len: number) => {
+      const m = Buffer.alloc(len);
+      m[0] = type;
+      randomBytes(len - 36).copy(m, 4);
+      o.mac1?.sign(m, 0, len);
+      from.wire.other!.push(m);
+      receive(to);
+    };
+    // The timers of `from` ping `to` (pingAll makes one due each time), and a diagnostic ping.
+    const ping = (from: Host, to: Host) => {
+      from.d.pingAll();
+      from.d.timers();
+      from.d.diag(0, systemClock.mono());
+      receive(to);
+      receive(from);
     };
 
     const rounds = o.rounds ?? WARMUP_ROUNDS;
     const big = Math.min(1400, o.mtu);
+    // Generations of pairs: V8 gives a function its feedback vector only after a few calls, so
+    // what the first calls on a fresh object do (allocate its AEAD job list, confirm a session,
+    // start the TUN writer's coalescer) leaves no feedback; optimized code would deoptimize there
+    // on the live duplex's first packet. Later pairs run those paths again with feedback kept, and
+    // their event callbacks (new closures per duplex) teach the call sites that the target varies.
+    let [a, b] = pair();
     for (let r = 0; r < rounds; r++) {
+      if (r > 0 && r % GENERATION_ROUNDS === 0 && r <= GENERATION_ROUNDS * (GENERATIONS - 1)) {
+        [a, b] = pair();
+        // the cookie secret's rotation (every COOKIE_SECRET_MS live), on the warm-up's own cookies
+        o.cookies?.tick(systemClock.mono() + r * COOKIE_SECRET_MS);
+      }
+      if (r % HANDSHAKE_EVERY === 1) {
+        handshake(a, b, MSG_INITIATION, INITIATION_LEN);
+        handshake(b, a, MSG_RESPONSE, RESPONSE_LEN);
+      }
       const v6 = o.overlay6 !== null && (r & 3) === 3;
       // a lone ping each way (the case this is for), then a batch of full-size packets
       move(a, b, 1, v6 ? 104 : 84, v6);
       move(b, a, 1, v6 ? 104 : 84, v6);
-      const n = Math.min(cap, 8);
-      move(a, b, n, big, v6);
+      move(a, b, Math.min(cap, 8), big, v6);
       move(b, a, 1, 52, v6);
+      if ((r & 7) === 0) {
+        ping(a, b);
+        ping(b, a);
+      }
     }
     // Every packet must have come through: a drop means the stages ran a path the live packets do not.
     const drops = new Map<string, number>();

@@ -12,11 +12,12 @@
  * when it turns readable the worker says so once ('readable') and stops watching it until told
  * to watch again (after the control thread has drained it), so the control thread need not poll.
  */
+import { randomBytes } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
 import { createAead, type Aead, type AeadBackend } from '../crypto/aead';
-import { createWorkerCookies, type WorkerCookies } from '../crypto/cookie';
-import { createMac1Check, type Mac1Check } from '../crypto/mac1';
+import { createWorkerCookies } from '../crypto/cookie';
+import { createMac1Check } from '../crypto/mac1';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -243,7 +244,10 @@ async function main(init: WorkerInit): Promise<void> {
     t[T_TUN_COALESCED] = tunWrite.coalesced;
   };
 
-  const warmup = warm(init, aead, mac1, cookies);
+  // The cookie secrets' first draw now rather than in the first packet's batch (that branch runs
+  // once per process, so the warmed-up stages have no feedback for it; see ./warmup.ts).
+  cookies?.tick(clock.mono());
+  const warmup = await warm(init, aead);
   drain();
   post({ t: 'ready', crypto: aead.name, warmup });
   // `again`: work may be queued already (a batch came back full, or we just wrote to the TUN
@@ -298,13 +302,17 @@ async function main(init: WorkerInit): Promise<void> {
 }
 
 /**
- * The stage functions optimized before the first packet (./warmup.ts), with throwaway sessions;
- * the TUN writer is the live class over /dev/null. CLADNET_WARMUP=0 skips it (for A/B runs).
+ * The stage functions optimized before the first packet (./warmup.ts), with throwaway sessions and
+ * a throwaway mac1 key; the TUN writer is the live class over /dev/null. CLADNET_WARMUP=0 skips it
+ * (for A/B runs).
  */
-function warm(init: WorkerInit, aead: Aead, mac1: Mac1Check | undefined, cookies: WorkerCookies | undefined): WarmupResult {
+async function warm(init: WorkerInit, aead: Aead): Promise<WarmupResult> {
   if (process.env.CLADNET_WARMUP === '0') return { ok: false, delivered: 0, ms: 0, error: 'off (CLADNET_WARMUP=0)' };
   let nul = -1;
   try {
+    const key = init.hsPublicKey ? randomBytes(32) : null;
+    const mac1 = key ? await createMac1Check(key, init.crypto) : undefined;
+    const cookies = key ? await createWorkerCookies(key, init.crypto) : undefined;
     nul = openSync('/dev/null', 'w');
     const fd = nul;
     const { mtu, batch, relay, overlay6 } = init;

@@ -16,6 +16,7 @@ import { DataplaneStats } from '../../src/dataplane/stats';
 import { readCounter } from '../../src/dataplane/wire';
 import { warmUp, type WarmBlock, type WarmupOptions } from '../../src/dataplane/warmup';
 import { allocNative } from '../../src/os/ffi/mem';
+import { createMac1Check } from '../../src/crypto/mac1';
 
 const MTU = 1420;
 const CAP = 16;
@@ -144,6 +145,27 @@ describe('warm-up of the packet stages', () => {
     const r = warmUp(options(aead, { rounds: 8, overlay6: { hi: 0xfd123456, mid: 0x789a } }));
     expect(r.error).toBeUndefined();
     expect(r.delivered).toBe(8 * 11);
+  });
+
+  it('signs its handshake messages with its own mac1 check, so they pass it (a drop would fail the warm-up)', async () => {
+    const aead = FfiAead.tryCreate()!;
+    const mac1 = await createMac1Check(randomBytes(32), 'ffi');
+    let checked = 0;
+    let passed = 0;
+    const counting = {
+      backend: mac1.backend,
+      sign: (b: Uint8Array, off: number, len: number) => mac1.sign(b, off, len),
+      check: (b: Uint8Array, off: number, len: number) => (checked++, mac1.check(b, off, len) && ++passed > 0),
+    };
+    const r = warmUp(options(aead, { rounds: 100, mac1: counting }));
+    expect(r.error).toBeUndefined();
+    // a handshake each way every HANDSHAKE_EVERY (48) rounds: rounds 1, 49 and 97
+    expect(checked).toBe(6);
+    expect(passed).toBe(6);
+    // and one that cannot sign: its messages fail the check, dropped and reported
+    const refusing = warmUp(options(aead, { rounds: 100, mac1: { ...counting, sign: () => true } }));
+    expect(refusing.ok).toBe(false);
+    expect(refusing.error).toMatch(/handshakeBadMac1 6/);
   });
 
   it('reports a failure instead of throwing, frees what it allocated, and the live pair still forwards', () => {
