@@ -105,41 +105,60 @@ const INDEX_LO = 0x1234567;
 /**
  * One end of the warm-up's wire: sendBatch hands the listed datagrams to the other end, recvBatch
  * takes them as recvmmsg would leave them (datagram at slot 0, the sender's underlay address).
+ * The datagrams wait in a fixed ring of slots (nothing allocated per datagram: garbage with
+ * off-heap backing stores would stay in the idle worker's RSS until its next GC).
  */
 class WarmWire implements UdpIo {
   other: WarmWire | null = null;
-  private readonly inbox: Buffer[] = [];
+  private readonly buf: Buffer;
+  private readonly len: Int32Array;
+  private head = 0;
+  private count = 0;
+
+  constructor(
+    private readonly slotSize: number,
+    private readonly slots: number,
+  ) {
+    this.buf = Buffer.alloc(slotSize * slots);
+    this.len = new Int32Array(slots);
+  }
 
   sendBatch(batch: PacketBatch, list: SendList): number {
     for (let k = 0; k < list.count; k++) {
       const i = list.idx[k]!;
       const at = batch.offset(i);
-      this.other!.inbox.push(Buffer.from(batch.buf.subarray(at, at + batch.len[i]!)));
+      this.other!.push(batch.buf, at, batch.len[i]!);
     }
     return list.count;
   }
 
   recvBatch(batch: PacketBatch): number {
     let n = 0;
-    for (; n < batch.capacity && this.inbox.length > 0; n++) {
-      const d = this.inbox.shift()!;
-      d.copy(batch.buf, batch.offset(n));
-      batch.len[n] = d.length;
+    for (; n < batch.capacity && this.count > 0; n++) {
+      const h = this.head;
+      this.buf.copy(batch.buf, batch.offset(n), h * this.slotSize, h * this.slotSize + this.len[h]!);
+      batch.len[n] = this.len[h]!;
       batch.ip[n] = UNDERLAY;
       batch.port[n] = PORT;
       batch.hi[3 * n] = batch.hi[3 * n + 1] = batch.hi[3 * n + 2] = 0;
       batch.flags[n] = 0;
+      this.head = (h + 1) % this.slots;
+      this.count--;
     }
     return n;
   }
 
-  /** A datagram from the other end that did not come through sendBatch (a handshake message). */
-  push(data: Buffer): void {
-    this.inbox.push(data);
+  /** Queues the datagram buf[at, at+len) at this end (also a handshake message made by hand). */
+  push(buf: Buffer, at: number, len: number): void {
+    if (this.count === this.slots) throw new Error('warm-up wire overflow');
+    const t = (this.head + this.count) % this.slots;
+    buf.copy(this.buf, t * this.slotSize, at, at + len);
+    this.len[t] = len;
+    this.count++;
   }
 
   get pending(): number {
-    return this.inbox.length;
+    return this.count;
   }
 }
 
@@ -234,7 +253,7 @@ export function warmUp(o: WarmupOptions): WarmupResult {
       sinks.push(sink);
       const st = new DataplaneStats();
       stats.push(st);
-      const wire = new WarmWire();
+      const wire = new WarmWire(slot, cap + CTRL_SLOTS);
       const d = new Duplex(
         o.aead,
         st,
@@ -289,7 +308,7 @@ export function warmUp(o: WarmupOptions): WarmupResult {
       m[0] = type;
       randomBytes(len - 36).copy(m, 4);
       o.mac1?.sign(m, 0, len);
-      from.wire.other!.push(m);
+      from.wire.other!.push(m, 0, len);
       receive(to);
     };
     // The timers of `from` ping `to` (pingAll makes one due each time), and a diagnostic ping.
