@@ -142,6 +142,8 @@ const TIMER_MS = 50;
  * background compile jobs are done. Measured: idle RSS 2 MiB less (docs/performance.md).
  */
 const TRIM_AFTER_WARMUP_MS = 2_000;
+/** Rounds of the second, short warm-up pass (see main). */
+const WARMUP_REFILL_ROUNDS = 100;
 /** Poll set: bit 0 TUN, bit 1 UDP, bit 2 the wake eventfd, bit 3 the watched descriptor. */
 const READY_TUN = 1;
 const READY_UDP = 2;
@@ -156,6 +158,14 @@ async function main(init: WorkerInit): Promise<void> {
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
   const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
   const clock = systemClock;
+  // The cookie secrets' first draw now rather than in the first packet's batch (that branch runs
+  // once per process, so the warmed-up stages have no feedback for it; see ./warmup.ts).
+  cookies?.tick(clock.mono());
+  // Before the live objects exist: they are then built with the shapes the warm-up left (a field
+  // it widened would otherwise leave them on an outdated shape), which also keeps those shapes,
+  // and the optimized code's feedback for them, alive through the GC.
+  const warmup = await warm(init, aead);
+  if (warmup.ok) collectGarbage();
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
   // segments (536 is the smallest IPv4 MSS): the outbound batch must hold a whole one.
@@ -198,11 +208,9 @@ async function main(init: WorkerInit): Promise<void> {
     },
     { mtu: init.mtu, relay: init.relay, mac1, cookies, overlay6: init.overlay6 },
   );
-  // The cookie secrets' first draw now rather than in the first packet's batch (that branch runs
-  // once per process, so the warmed-up stages have no feedback for it; see ./warmup.ts).
-  cookies?.tick(clock.mono());
-  const warmup = await warm(init, aead);
-  if (warmup.ok) collectGarbage();
+  // A short second pass now that the live objects exist: the GC above cleared the feedback that
+  // named shapes only the warm-up's objects had; this puts it back with the live ones alive.
+  if (warmup.ok) await warm(init, aead, WARMUP_REFILL_ROUNDS);
   const drain = () => {
     let m;
     while ((m = receiveMessageOnPort(init.control))) {
@@ -322,7 +330,7 @@ async function main(init: WorkerInit): Promise<void> {
  * a throwaway mac1 key; the TUN writer is the live class over /dev/null. CLADNET_WARMUP=0 skips it
  * (for A/B runs).
  */
-async function warm(init: WorkerInit, aead: Aead): Promise<WarmupResult> {
+async function warm(init: WorkerInit, aead: Aead, rounds?: number): Promise<WarmupResult> {
   if (process.env.CLADNET_WARMUP === '0') return { ok: false, delivered: 0, ms: 0, error: 'off (CLADNET_WARMUP=0)' };
   let nul = -1;
   try {
@@ -332,7 +340,7 @@ async function warm(init: WorkerInit, aead: Aead): Promise<WarmupResult> {
     nul = openSync('/dev/null', 'w');
     const fd = nul;
     const { mtu, batch, relay, overlay6 } = init;
-    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, alloc: allocNative, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
+    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, rounds, alloc: allocNative, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
   } catch (e) {
     return { ok: false, delivered: 0, ms: 0, error: e instanceof Error ? e.message : String(e) };
   } finally {
