@@ -178,6 +178,11 @@ export interface RttSummary {
   readonly received: number;
   readonly p50: number | null;
   readonly p99: number | null;
+  /** p90 and p99.9 (nearest rank; p99.9 of fewer than 1,000 replies is the worst one). */
+  readonly p90: number | null;
+  readonly p999: number | null;
+  /** The ten slowest replies, slowest first, with their icmp_seq: is the tail spread out or bunched? */
+  readonly slowest: readonly { seq: number; ms: number }[];
   readonly min: number | null;
   readonly max: number | null;
   readonly mean: number | null;
@@ -186,7 +191,10 @@ export interface RttSummary {
 /** Every `time=X ms` of ping's per-reply lines, summarised. */
 export function parsePingRtts(out: string, sent: number): RttSummary {
   const rtts: number[] = [];
-  for (const m of out.matchAll(/ time=([\d.]+) ms/g)) rtts.push(Number(m[1]));
+  const bySeq: { seq: number; ms: number }[] = [];
+  for (const m of out.matchAll(/icmp_seq=(\d+) .*? time=([\d.]+) ms/g)) bySeq.push({ seq: Number(m[1]), ms: Number(m[2]) });
+  if (bySeq.length === 0) for (const m of out.matchAll(/ time=([\d.]+) ms/g)) bySeq.push({ seq: -1, ms: Number(m[1]) });
+  for (const x of bySeq) rtts.push(x.ms);
   rtts.sort((a, b) => a - b);
   const n = rtts.length;
   return {
@@ -194,6 +202,9 @@ export function parsePingRtts(out: string, sent: number): RttSummary {
     received: n,
     p50: percentile(rtts, 50),
     p99: percentile(rtts, 99),
+    p90: percentile(rtts, 90),
+    p999: percentile(rtts, 99.9),
+    slowest: [...bySeq].sort((a, b) => b.ms - a.ms).slice(0, 10),
     min: n ? rtts[0]! : null,
     max: n ? rtts[n - 1]! : null,
     mean: n ? rtts.reduce((a, b) => a + b, 0) / n : null,

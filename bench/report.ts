@@ -34,7 +34,7 @@ export interface BenchResults {
   startedAt: string;
   finishedAt: string;
   durationS: number;
-  options: { rounds: number; seconds: number; pings: number; pingIntervalMs: number; only: string[]; nebulaCipher: string; policyPairs?: number };
+  options: { rounds: number; seconds: number; pings: number; pingIntervalMs: number; only: string[]; nebulaCipher: string; policyPairs?: number; latency?: boolean };
   machine: { kernel: string; cpus: number; cpuModel: string; node: string; iperf3: string | null };
   metrics: typeof METRICS;
   implementations: Partial<Record<ImplName, ImplResult>>;

@@ -146,7 +146,7 @@ async function oneRound(ctx: BenchContext, impl: Implementation, opts: BenchOpti
   try {
     await checkTunnel(ctx, tunnel);
     log(`${impl.name}: up (${tunnel.a.ip} -> ${tunnel.b.ip} via ${tunnel.a.dev})`);
-    const r = await measureRound(ctx, tunnel, { seconds: opts.seconds, pings: opts.pings, pingIntervalMs: opts.pingIntervalMs });
+    const r = await measureRound(ctx, tunnel, { seconds: opts.seconds, pings: opts.pings, pingIntervalMs: opts.pingIntervalMs, latencyOnly: opts.latency });
     if (tunnel.extra) {
       try {
         r.detail['extra'] = await tunnel.extra();
@@ -262,6 +262,7 @@ async function main(): Promise<number> {
       rounds: opts.rounds,
       seconds: opts.seconds,
       pings: opts.pings,
+      latency: opts.latency,
       pingIntervalMs: opts.pingIntervalMs,
       only: [...opts.only, ...(opts.micro ? ['micro'] : [])],
       nebulaCipher: opts.nebulaCipher,

@@ -11,7 +11,8 @@ export function median(values: readonly (number | null | undefined)[]): number |
 /** Nearest-rank percentile (p in 0..100) of `sorted` (ascending); null when empty. */
 export function percentile(sorted: readonly number[], p: number): number | null {
   if (sorted.length === 0) return null;
-  const rank = Math.ceil((p / 100) * sorted.length);
+  // (less a hair: 0.999 * 1000 is 999.0000000000001 in floating point, whose ceiling is 1000)
+  const rank = Math.ceil((p / 100) * sorted.length - 1e-9);
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
 }
 

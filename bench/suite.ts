@@ -54,6 +54,8 @@ export interface SuiteOptions {
   readonly seconds: number;
   readonly pings: number;
   readonly pingIntervalMs: number;
+  /** Only the ping series (bench --latency). */
+  readonly latencyOnly?: boolean;
 }
 
 export interface RoundResult {
@@ -140,8 +142,9 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     detail['socketBuffers'] = { a: bufs[0], b: bufs[1] };
   }
 
+  const full = !opts.latencyOnly;
   // 2. idle RSS
-  if (t.procs.length > 0) {
+  if (full && t.procs.length > 0) {
     await sleep(1_000);
     await step('rss', async () => {
       const rss = t.procs.map((p) => rssBytes(p.pid));
@@ -157,7 +160,7 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
     metrics.rttP50Ms = r.p50;
     metrics.rttP99Ms = r.p99;
     detail['ping'] = { ...r, mean: r.mean === null ? null : sig(r.mean) };
-    ctx.log(`  ping      p50 ${r.p50} ms  p99 ${r.p99} ms  (${r.received}/${r.sent} replies)`);
+    ctx.log(`  ping      p50 ${r.p50} ms  p90 ${r.p90} ms  p99 ${r.p99} ms  p99.9 ${r.p999} ms  (${r.received}/${r.sent} replies)`);
   });
 
   // 4. TCP, one stream, with CPU (and, for cladnet, the rekeys during it)
@@ -170,7 +173,7 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
       return null;
     }
   };
-  await step('tcp1', twice('tcp1', async () => {
+  if (full) await step('tcp1', twice('tcp1', async () => {
     const rk0 = await readRekeys();
     let cpu0 = 0;
     let cpu1 = 0;
@@ -213,7 +216,7 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
   }));
 
   // 5. TCP, four streams
-  await step('tcp4', twice('tcp4', async () => {
+  if (full) await step('tcp4', twice('tcp4', async () => {
     const { value: out, drops } = await dropsAround(() => iperf(ctx.topo, { ...tcp, streams: 4 }));
     const r = parseIperfTcp(out);
     alive(t.procs);
@@ -225,7 +228,7 @@ export async function measureRound(ctx: BenchContext, t: Tunnel, opts: SuiteOpti
   }));
 
   // 6. UDP flood of 1400-byte packets
-  await step('udp', twice('udp', async () => {
+  if (full) await step('udp', twice('udp', async () => {
     const { value: out, drops } = await dropsAround(() => iperf(ctx.topo, { ...tcp, udpLen: UDP_PAYLOAD }));
     const r: IperfUdp = parseIperfUdp(out, UDP_PAYLOAD);
     alive(t.procs);

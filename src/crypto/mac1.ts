@@ -20,6 +20,12 @@ const MACS_LEN = 2 * MAC_LEN;
 export interface Mac1Check {
   /** True when buf[off, off+len) is an initiation or response whose mac1 is ours. Never throws. */
   check(buf: Uint8Array, off: number, len: number): boolean;
+  /**
+   * Writes the mac1 that `check` wants into the initiation or response at buf[off, off+len) (the
+   * worker's warm-up makes its own handshake messages pass; the control thread's noise.ts signs
+   * the real ones). False when len is neither message's.
+   */
+  sign(buf: Uint8Array, off: number, len: number): boolean;
   /** Which library hashes (createMac1Check sets it): portable is loadSodium()'s, libsodium-wrappers or sodium-native. */
   readonly backend?: 'ffi' | 'native' | 'portable';
 }
@@ -36,13 +42,25 @@ class NativeMac1 implements Mac1Check {
     readonly backend: 'ffi' | 'native',
   ) {}
 
-  check(buf: Uint8Array, off: number, len: number): boolean {
+  /** The mac1 of the message at buf[off, off+len) in `want`; false when len is neither message's. */
+  private compute(buf: Uint8Array, off: number, len: number): boolean {
     const input = len === INITIATION_LEN ? this.init : len === RESPONSE_LEN ? this.resp : null;
     if (input === null || off < 0 || off + len > buf.length) return false;
-    const end = off + len - MACS_LEN;
     for (let i = 0; i < input.length; i++) input[i] = buf[off + i]!;
+    this.n.crypto_generichash(this.want, input, this.key);
+    return true;
+  }
+
+  sign(buf: Uint8Array, off: number, len: number): boolean {
+    if (!this.compute(buf, off, len)) return false;
+    buf.set(this.want, off + len - MACS_LEN);
+    return true;
+  }
+
+  check(buf: Uint8Array, off: number, len: number): boolean {
+    if (!this.compute(buf, off, len)) return false;
+    const end = off + len - MACS_LEN;
     const want = this.want;
-    this.n.crypto_generichash(want, input, this.key);
     // Compared in JS (a native call costs more than the loop): the key is derived from a public
     // key, so anyone can compute a valid mac1 and its timing gives nothing away.
     let diff = 0;
@@ -64,6 +82,13 @@ class PortableMac1 implements Mac1Check {
     const end = off + len - MACS_LEN;
     const want = this.s.crypto_generichash(MAC_LEN, buf.subarray(off, end), this.key);
     return this.s.memcmp(want, buf.subarray(end, end + MAC_LEN));
+  }
+
+  sign(buf: Uint8Array, off: number, len: number): boolean {
+    if ((len !== INITIATION_LEN && len !== RESPONSE_LEN) || off < 0 || off + len > buf.length) return false;
+    const end = off + len - MACS_LEN;
+    buf.set(this.s.crypto_generichash(MAC_LEN, buf.subarray(off, end), this.key), end);
+    return true;
   }
 }
 

@@ -16,6 +16,7 @@ import { flowTableBytes, type CompiledPolicy } from './policy';
 import { newSendCounter } from './counters';
 import { DataplaneStats, SummedStats } from './stats';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP, CTRL_WORDS } from './ctrl';
+import type { WarmupResult } from './warmup';
 import type { FromWorker, ToWorker, WorkerInit } from './worker';
 import { joinAddress, splitAddress } from '../util/ipv6';
 
@@ -104,6 +105,8 @@ export class DataplaneEngine {
   /** Composite heartbeat: moves when every worker's own moved (heartbeat()). */
   private beat = 0;
   private beatSeen: number[] = [];
+  /** How worker 0's warm-up of the packet stages went (./warmup.ts). */
+  warmup: WarmupResult | null = null;
 
   private constructor(private readonly opts: EngineOptions) {}
 
@@ -193,7 +196,10 @@ export class DataplaneEngine {
     const ready = new Promise<void>((resolve, reject) => {
       port.on('message', (m: FromWorker) => {
         if (m.t === 'ready') {
-          if (k === 0) this.cryptoName = m.crypto;
+          if (k === 0) {
+            this.cryptoName = m.crypto;
+            this.warmup = m.warmup;
+          }
           resolve();
         }
         else if (m.t === 'roam') {

@@ -12,10 +12,15 @@
  * when it turns readable the worker says so once ('readable') and stops watching it until told
  * to watch again (after the control thread has drained it), so the control thread need not poll.
  */
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync } from 'node:fs';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { receiveMessageOnPort, workerData, type MessagePort } from 'node:worker_threads';
-import { createAead, type AeadBackend } from '../crypto/aead';
+import { createAead, type Aead, type AeadBackend } from '../crypto/aead';
 import { createWorkerCookies } from '../crypto/cookie';
 import { createMac1Check } from '../crypto/mac1';
+import { mallocTrim } from '../os/ffi/libc';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
 import { TunBatchIo } from '../os/tun/tun';
@@ -36,6 +41,7 @@ import {
   T_TUN_COALESCED,
   T_TUN_SUPER,
 } from './stats';
+import { warmUp, type WarmupResult } from './warmup';
 
 export interface WorkerInit {
   tunFd: number;
@@ -103,7 +109,7 @@ export type ToWorker =
  * of an IPv6 address (absent: IPv4). The engine turns them into the control thread's handles.
  */
 export type FromWorker =
-  | { t: 'ready'; crypto: string }
+  | { t: 'ready'; crypto: string; warmup: WarmupResult }
   | { t: 'roam'; slot: number; ip: number; port: number; via: number; hi?: number[] }
   | { t: 'handshake'; data: Uint8Array; ip: number; port: number; via: number; proven: boolean; hi?: number[] }
   | { t: 'stun'; data: Uint8Array; ip: number; port: number; hi?: number[] }
@@ -143,6 +149,14 @@ const ACTIVE_TICK_MS = 5;
 const GREEDY_BELOW_MS = 0.02;
 /** How often timers run while busy. */
 const TIMER_MS = 50;
+/**
+ * The warm-up (./warmup.ts) leaves TurboFan's working memory in the malloc arena of V8's compiler
+ * thread, which keeps freed pages: they go back (malloc_trim) this long after it, when its
+ * background compile jobs are done. Measured: idle RSS 2 MiB less (docs/performance.md).
+ */
+const TRIM_AFTER_WARMUP_MS = 2_000;
+/** Rounds of the second, short warm-up pass (see main). */
+const WARMUP_REFILL_ROUNDS = 100;
 /** Poll set: bit 0 TUN, bit 1 UDP, bit 2 the wake eventfd, bit 3 the watched descriptor. */
 const READY_TUN = 1;
 const READY_UDP = 2;
@@ -158,6 +172,14 @@ async function main(init: WorkerInit): Promise<void> {
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
   const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
   const clock = systemClock;
+  // The cookie secrets' first draw now rather than in the first packet's batch (that branch runs
+  // once per process, so the warmed-up stages have no feedback for it; see ./warmup.ts).
+  cookies?.tick(clock.mono());
+  // Before the live objects exist: they are then built with the shapes the warm-up left (a field
+  // it widened would otherwise leave them on an outdated shape), which also keeps those shapes,
+  // and the optimized code's feedback for them, alive through the GC.
+  const warmup = await warm(init, aead);
+  if (warmup.ok) collectGarbage();
   const slot = slotSizeFor(init.mtu);
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
   // segments (536 is the smallest IPv4 MSS): the outbound batch must hold a whole one.
@@ -209,6 +231,9 @@ async function main(init: WorkerInit): Promise<void> {
       ...(init.flowTable ? { flowTable: init.flowTable } : {}),
     },
   );
+  // A short second pass now that the live objects exist: the GC above cleared the feedback that
+  // named shapes only the warm-up's objects had; this puts it back with the live ones alive.
+  if (warmup.ok) await warm(init, aead, WARMUP_REFILL_ROUNDS);
   const drain = () => {
     let m;
     while ((m = receiveMessageOnPort(init.control))) {
@@ -251,10 +276,16 @@ async function main(init: WorkerInit): Promise<void> {
   /** When (mono ms) a timer falls due next, as of the last run. */
   let nextTimer = -Infinity;
   const t = stats.totals;
+  /** When the warm-up's compiler memory is given back (see TRIM_AFTER_WARMUP_MS); Infinity: done. */
+  let trimAt = warmup.ok ? clock.mono() + TRIM_AFTER_WARMUP_MS : Infinity;
   const runTimers = () => {
     const mono = clock.mono();
     if (mono - lastTimers < TIMER_MS) return;
     lastTimers = mono;
+    if (mono >= trimAt) {
+      trimAt = Infinity;
+      mallocTrim(0);
+    }
     nextTimer = d.timers();
     t[T_GSO_MSGS] = udpOut.gsoMessages + udpCtrl.gsoMessages;
     t[T_GSO_DATAGRAMS] = udpOut.gsoSegments + udpCtrl.gsoSegments;
@@ -267,7 +298,7 @@ async function main(init: WorkerInit): Promise<void> {
   };
 
   drain();
-  post({ t: 'ready', crypto: aead.name });
+  post({ t: 'ready', crypto: aead.name, warmup });
   // `again`: work may be queued already (a batch came back full, or we just wrote to the TUN
   // and the kernel may have answered at once, as it does a ping): look without sleeping.
   let again = false;
@@ -317,6 +348,44 @@ async function main(init: WorkerInit): Promise<void> {
   for (const u of [udpIn, udpOut, udpCtrl]) u.close();
   poller.close();
   for (const b of blocks) b.free();
+}
+
+/**
+ * The stage functions optimized before the first packet (./warmup.ts), with throwaway sessions and
+ * a throwaway mac1 key; the TUN writer is the live class over /dev/null. CLADNET_WARMUP=0 skips it
+ * (for A/B runs).
+ */
+async function warm(init: WorkerInit, aead: Aead, rounds?: number): Promise<WarmupResult> {
+  if (process.env.CLADNET_WARMUP === '0') return { ok: false, delivered: 0, ms: 0, error: 'off (CLADNET_WARMUP=0)' };
+  let nul = -1;
+  try {
+    const key = init.hsPublicKey ? randomBytes(32) : null;
+    const mac1 = key ? await createMac1Check(key, init.crypto) : undefined;
+    const cookies = key ? await createWorkerCookies(key, init.crypto) : undefined;
+    nul = openSync('/dev/null', 'w');
+    const fd = nul;
+    const { mtu, batch, relay, overlay6 } = init;
+    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, rounds, alloc: allocNative, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
+  } catch (e) {
+    return { ok: false, delivered: 0, ms: 0, error: e instanceof Error ? e.message : String(e) };
+  } finally {
+    if (nul >= 0) closeSync(nul);
+  }
+}
+
+/**
+ * A full GC of this worker's heap now: the warm-up's objects are garbage, and left alone V8
+ * collects them with a mark-compact seconds later, while the first packets flow (seen with
+ * --trace-gc: 5-9 ms stalls of the data plane during a ping series). `gc` is exposed only to
+ * the new context made here; a failure only means that GC comes later.
+ */
+function collectGarbage(): void {
+  try {
+    setFlagsFromString('--expose-gc');
+    (runInNewContext('gc') as () => void)();
+  } catch {
+    /* see above */
+  }
 }
 
 if (workerData && (workerData as WorkerInit).ctrlSab) {

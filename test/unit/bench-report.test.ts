@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { emptyMetrics, METRICS, type Metrics } from '../../bench/metrics';
 import { OptionsError, parseOptions } from '../../bench/options';
-import { parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
+import { parsePingRtts, parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
 import { pairOf, summarisePairs } from '../../bench/policy-pairs';
 import { computeRatios, formatReport, targetLines, type BenchResults, type ImplResult } from '../../bench/report';
 import { defaultWgNewPath, parseWgVersion } from '../../bench/tunnels/wireguard';
@@ -18,6 +18,25 @@ function impl(status: ImplResult['status'], m: Partial<Metrics>, extra: Partial<
   const round = { metrics: median, detail: { socketBuffers: { a: { rcvbuf: 8 << 20, sndbuf: 8 << 20 }, b: null } }, errors: [] };
   return { status, version: '1', notes: { cipher: 'x' }, median, rounds: status === 'missing' ? [] : [round], ...extra };
 }
+
+describe('bench: ping replies', () => {
+  it('reads every reply with its sequence number: percentiles and the ten slowest, slowest first', () => {
+    const lines = ['PING 100.64.0.2 (100.64.0.2) 56(84) bytes of data.'];
+    for (let i = 1; i <= 1000; i++) lines.push(`64 bytes from 100.64.0.2: icmp_seq=${i} ttl=64 time=${(i % 100 === 7 ? 2 + i / 1000 : 0.5).toFixed(3)} ms`);
+    const r = parsePingRtts(lines.join('\n'), 1000);
+    expect(r.received).toBe(1000);
+    expect(r.p50).toBe(0.5);
+    expect(r.p90).toBe(0.5);
+    // nearest rank: p99 of 1000 is the 990th (ten replies may be slower), p99.9 the 999th
+    expect(r.p99).toBe(0.5);
+    expect(r.p999).toBe(2.807);
+    // one more slow reply and it shows
+    lines.push('64 bytes from 100.64.0.2: icmp_seq=1001 ttl=64 time=1.500 ms');
+    expect(parsePingRtts(lines.join('\n'), 1001).p99).toBe(1.5);
+    expect(r.slowest.map((x) => x.seq)).toEqual([907, 807, 707, 607, 507, 407, 307, 207, 107, 7]);
+    expect(parsePingRtts('', 10)).toMatchObject({ received: 0, p50: null, p99: null, slowest: [] });
+  });
+});
 
 describe('bench: socket drops, buffers and anchor versions', () => {
   it('counts a full receive buffer once (the kernel adds it to InErrors too) and adds send-buffer drops', () => {
@@ -54,6 +73,25 @@ describe('bench: options', () => {
     expect(o.only).toEqual(['cladnet', 'wireguard-go-new']);
     expect(o.micro).toBe(true);
     expect(o.rounds).toBe(3);
+  });
+
+  it('measures only the ping series with --latency, 1000 pings unless --pings says otherwise, and not beside --rss or --micro', () => {
+    const o = parseOptions(['--latency', '--only', 'cladnet,wireguard-go-new']);
+    expect(o.latency).toBe(true);
+    expect(o.pings).toBe(1000);
+    expect(o.micro).toBe(false);
+    expect(parseOptions(['--latency', '--pings', '300']).pings).toBe(300);
+    expect(parseOptions([]).latency).toBe(false);
+    expect(parseOptions([]).pings).toBe(200);
+    for (const bad of [['--latency', '--rss'], ['--latency', '--micro']]) {
+      expect(() => parseOptions(bad)).toThrow(OptionsError);
+      try {
+        parseOptions(bad);
+      } catch (e) {
+        expect((e as OptionsError).code).toBe('EUSAGE');
+        expect((e as Error).message).toMatch(/--latency/);
+      }
+    }
   });
 
   it('measures only the idle RSS with --rss, over --rounds runs, and refuses it beside --only or --micro', () => {

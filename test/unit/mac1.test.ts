@@ -55,5 +55,27 @@ describe('mac1 check in the worker', () => {
       expect(check.check(init.msg, 10, 148)).toBe(false);
       expect(check.check(init.msg, -1, 148)).toBe(false);
     });
+
+    it(`${backend}: sign writes the mac1 Noise.checkMac1 wants, and nothing else`, async () => {
+      const s = await loadSodium();
+      const us = s.crypto_box_keypair();
+      const nUs = new Noise(s, us.privateKey, us.publicKey);
+      const check = await createMac1Check(us.publicKey, backend);
+      for (const len of [148, 92]) {
+        const buf = new Uint8Array(len + 50).fill(0xee);
+        for (let i = 0; i < len; i++) buf[20 + i] = (i * 13) & 255;
+        const before = Uint8Array.from(buf);
+        expect(check.check(buf, 20, len)).toBe(false);
+        expect(check.sign(buf, 20, len)).toBe(true);
+        expect(check.check(buf, 20, len)).toBe(true);
+        expect(nUs.checkMac1(buf.subarray(20, 20 + len))).toBe(true);
+        // only mac1's 16 bytes (before mac2's 16) changed
+        const changed = [...buf.keys()].filter((i) => buf[i] !== before[i]);
+        expect(Math.min(...changed)).toBeGreaterThanOrEqual(20 + len - 32);
+        expect(Math.max(...changed)).toBeLessThan(20 + len - 16);
+      }
+      expect(check.sign(new Uint8Array(200), 0, 147)).toBe(false);
+      expect(check.sign(new Uint8Array(100), 10, 92)).toBe(false);
+    });
   }
 });

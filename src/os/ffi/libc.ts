@@ -95,6 +95,8 @@ export const poll = lib.func('int poll(uintptr_t fds, unsigned long nfds, int ti
   timeout: number,
 ) => number;
 export const eventfd = lib.func('int eventfd(unsigned int initval, int flags)') as (init: number, flags: number) => number;
+/** Gives the free memory of every malloc arena back to the kernel (glibc; returns 1 if any was). */
+export const mallocTrim = lib.func('int malloc_trim(size_t pad)') as (pad: number) => number;
 const mallocRaw = lib.func('uintptr_t malloc(size_t size)') as (size: number) => bigint | number;
 export const malloc = (size: number): bigint => BigInt(mallocRaw(size));
 const callocRaw = lib.func('uintptr_t calloc(size_t nmemb, size_t size)') as (n: number, size: number) => bigint | number;
