@@ -136,6 +136,8 @@ export class Agent {
   /** Called once when the route monitor's socket turns readable (the data-plane worker watches it). */
   private onRouteReadable: (() => void) | null = null;
   private localPrefixes: Prefix[] = [];
+  /** Of those, the ones a peer's candidate is a private path on (not another tunnel's: LocalAddress.tunnel). */
+  private privatePrefixes: Prefix[] = [];
   /** Our underlay addresses ("a.b.c.d") as of the last updateLocal(). */
   private ownAddresses: string[] = [];
   /** Our underlay address set when last read ("ip/len,..."), null before the first read. */
@@ -545,7 +547,7 @@ export class Agent {
         ? this.cfg.advertise.map((a) => (a.includes(':') ? a : `${a}:${port}`))
         : this.addresses
             .list()
-            .filter((a) => a.address !== this.overlayIp && a.address !== this.overlayIp6 && !this.insideOwnRoutes(a.address))
+            .filter((a) => !a.tunnel && a.address !== this.overlayIp && a.address !== this.overlayIp6 && !this.insideOwnRoutes(a.address))
             .map((a) => `${a.address}:${port}`);
     const view = this.reflexive.view();
     if (view.nat === 'eim' && view.reflexive) out.push(view.reflexive);
@@ -556,6 +558,7 @@ export class Agent {
   /** Re-reads our addresses: local networks (for private paths) and candidates. True if the candidates changed. */
   private updateLocal(): boolean {
     this.localPrefixes = [];
+    this.privatePrefixes = [];
     const list = this.addresses.list();
     // Our address set changed (whoever noticed first: the change monitor, or a pong that saw us
     // at a new address): connections to etcd made from an address we may no longer have are
@@ -573,17 +576,19 @@ export class Agent {
     for (const a of list) {
       const ip = parseIpv4(a.address);
       if (ip === null || a.address === this.overlayIp) continue;
-      this.localPrefixes.push({ base: (ip & maskOf(a.prefixLen)) >>> 0, len: a.prefixLen });
+      const p = { base: (ip & maskOf(a.prefixLen)) >>> 0, len: a.prefixLen };
+      this.localPrefixes.push(p);
+      if (!a.tunnel) this.privatePrefixes.push(p);
     }
     const list6 = this.addresses.list6?.() ?? [];
     this.localPrefixes6 = [];
     for (const a of list6) {
       const w = ipv6Words(a.address);
-      if (w !== null) this.localPrefixes6.push({ base: w, len: a.prefixLen });
+      if (w !== null && !a.tunnel) this.localPrefixes6.push({ base: w, len: a.prefixLen });
     }
     const next = this.candidates();
     // IPv6: every global or unique-local interface address (--advertise lists IPv4 only: then none)
-    const next6 = this.cfg.advertise.length > 0 ? [] : ownCandidates6(list6, this.udp!.port, (a) => a === this.overlayIp).slice(0, 16);
+    const next6 = this.cfg.advertise.length > 0 ? [] : ownCandidates6(list6.filter((a) => !a.tunnel), this.udp!.port, (a) => a === this.overlayIp).slice(0, 16);
     const changed = next.join(',') !== this.endpoints.join(',') || next6.join(',') !== this.endpoints6.join(',');
     this.endpoints = next;
     this.endpoints6 = next6;
@@ -603,7 +608,7 @@ export class Agent {
   private isLocal(ip: number): boolean {
     const w = words6(ip);
     if (w) return this.localPrefixes6.some((p) => ipv6InPrefix(w, p.base, p.len));
-    return this.localPrefixes.some((p) => contains(p, ip));
+    return this.privatePrefixes.some((p) => contains(p, ip));
   }
 
   /** Our record is out: NATed peers punch toward what it says from now on (the path choice waits for that). */
