@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { DEFAULT_PAIRED_BLOCKS } from './latency-paired';
 import { IMPLEMENTATIONS, type ImplName } from './tunnels/types';
 
 export interface BenchOptions {
@@ -18,6 +19,8 @@ export interface BenchOptions {
   readonly nebulaCipher: 'aes' | 'chachapoly';
   /** Back-to-back open/100-rule policy pairs on one agent pair (policy-pairs.ts); 0: none. */
   readonly policyPairs: number;
+  /** Blocks of the interleaved ping step (latency-paired.ts); 0: none. */
+  readonly pairedBlocks: number;
   /** The newest wireguard-go's binary (--wireguard-go-new); null: $CLADNET_BENCH_WG_NEW, else the project's anchor. */
   readonly wgNewPath: string | null;
   /** Print the results JSON on stdout instead of the table. */
@@ -43,6 +46,9 @@ export const USAGE = `usage: npm run bench -- [options]
   --pings N          pings for the RTT percentiles, 10 ms apart (default 200)
   --policy-pairs N   with cladnet-policy: N back-to-back pairs of TCP tests on one agent pair,
                      open policy vs 100 rules, the policy's cost as a paired ratio (default 6; 0: off)
+  --paired-blocks N  the interleaved ping step after the rounds: cladnet, the newest wireguard-go,
+                     nebula and veth up together, N blocks of 200 pings over each in turn; its
+                     ratios are the ones issue 14's ping targets are judged by (default 5; 0: off)
   --nebula-cipher C  aes (nebula's default) or chachapoly (default aes)
   --wireguard-go-new PATH
                      upstream's newest wireguard-go to measure as wireguard-go-new
@@ -96,6 +102,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
         pings: { type: 'string' },
         'nebula-cipher': { type: 'string' },
         'policy-pairs': { type: 'string' },
+        'paired-blocks': { type: 'string' },
         'wireguard-go-new': { type: 'string' },
         json: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -145,6 +152,7 @@ export function parseOptions(argv: readonly string[]): BenchOptions {
     pingIntervalMs: 10,
     nebulaCipher: cipher,
     policyPairs: int('policy-pairs', values['policy-pairs'], DEFAULT_POLICY_PAIRS, 0, 50),
+    pairedBlocks: int('paired-blocks', values['paired-blocks'], DEFAULT_PAIRED_BLOCKS, 0, 50),
     wgNewPath: wgNew,
     json: values.json ?? false,
     help: values.help ?? false,

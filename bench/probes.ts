@@ -188,12 +188,18 @@ export interface RttSummary {
   readonly mean: number | null;
 }
 
-/** Every `time=X ms` of ping's per-reply lines, summarised. */
-export function parsePingRtts(out: string, sent: number): RttSummary {
-  const rtts: number[] = [];
+/** Every reply of ping's output with its icmp_seq (-1 when the lines carry none), in output order. */
+export function pingReplies(out: string): { seq: number; ms: number }[] {
   const bySeq: { seq: number; ms: number }[] = [];
   for (const m of out.matchAll(/icmp_seq=(\d+) .*? time=([\d.]+) ms/g)) bySeq.push({ seq: Number(m[1]), ms: Number(m[2]) });
   if (bySeq.length === 0) for (const m of out.matchAll(/ time=([\d.]+) ms/g)) bySeq.push({ seq: -1, ms: Number(m[1]) });
+  return bySeq;
+}
+
+/** Every `time=X ms` of ping's per-reply lines, summarised. */
+export function parsePingRtts(out: string, sent: number): RttSummary {
+  const rtts: number[] = [];
+  const bySeq = pingReplies(out);
   for (const x of bySeq) rtts.push(x.ms);
   rtts.sort((a, b) => a - b);
   const n = rtts.length;
@@ -211,12 +217,21 @@ export function parsePingRtts(out: string, sent: number): RttSummary {
   };
 }
 
-/** `count` pings `intervalMs` apart from `ns` to `ip` (intervals under 200 ms need root). */
-export async function pingSeries(topo: Topology, ns: string, ip: string, count: number, intervalMs: number): Promise<RttSummary> {
+/** ping's output for `count` pings `intervalMs` apart from `ns` to `ip` (intervals under 200 ms need root). */
+async function pingOutput(topo: Topology, ns: string, ip: string, count: number, intervalMs: number): Promise<string> {
   const r = await topo.tryExec(ns, ['ping', '-n', '-c', String(count), '-i', String(intervalMs / 1000), '-W', '1', ip], {
     timeoutMs: count * intervalMs + 10_000,
   });
-  return parsePingRtts(r.stdout, count);
+  return r.stdout;
+}
+
+export async function pingSeries(topo: Topology, ns: string, ip: string, count: number, intervalMs: number): Promise<RttSummary> {
+  return parsePingRtts(await pingOutput(topo, ns, ip, count, intervalMs), count);
+}
+
+/** Every reply's RTT in ms, in the order they came. */
+export async function pingRtts(topo: Topology, ns: string, ip: string, count: number, intervalMs: number): Promise<number[]> {
+  return pingReplies(await pingOutput(topo, ns, ip, count, intervalMs)).map((x) => x.ms);
 }
 
 // ---- kernel UDP counters ------------------------------------------------------------------------

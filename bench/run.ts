@@ -23,6 +23,7 @@ import { COUNT_UNITS, emptyMetrics, METRICS } from './metrics';
 import { runMicro } from './micro';
 import { OptionsError, parseOptions, USAGE, type BenchOptions } from './options';
 import { ANCHORS, computeRatios, formatReport, stamp, writeResults, type BenchResults, type ImplResult } from './report';
+import { measurePairedLatency, PAIRED_IMPLS, type PairedLatency } from './latency-paired';
 import { measurePolicyPairs } from './policy-pairs';
 import { formatProbe, probeRss } from './rss-probe';
 import { checkTunnel, measureRound, type RoundResult } from './suite';
@@ -212,6 +213,7 @@ async function main(): Promise<number> {
   const startedAt = new Date().toISOString();
   const implementations: BenchResults['implementations'] = {};
   let policyPairs: BenchResults['policyPairs'] = null;
+  let pairedLatency: PairedLatency | null = null;
 
   // 2. preflight
   const runnable = await preflight(opts, allImplementations(opts), implementations);
@@ -228,6 +230,12 @@ async function main(): Promise<number> {
           log(`round ${round}/${opts.rounds}: ${impl.name}`);
           implementations[impl.name]!.rounds.push(await oneRound(ctx, impl, opts));
         }
+      }
+      // The interleaved ping step: cladnet and at least one anchor up together (latency-paired.ts).
+      const together = runnable.filter((i) => PAIRED_IMPLS.includes(i.name));
+      if (opts.pairedBlocks > 0 && together.some((i) => i.name === 'cladnet') && together.some((i) => (ANCHORS as readonly string[]).includes(i.name))) {
+        log(`interleaved ping: ${together.map((i) => i.name).join(', ')}`);
+        pairedLatency = await measurePairedLatency(ctx, together, { blocks: opts.pairedBlocks, intervalMs: opts.pingIntervalMs, anchors: ANCHORS });
       }
       if (opts.policyPairs > 0 && bed && runnable.some((i) => i.name === 'cladnet-policy')) {
         log(`policy pairs: ${opts.policyPairs} x (open, 100 rules) on one agent pair`);
@@ -267,12 +275,14 @@ async function main(): Promise<number> {
       only: [...opts.only, ...(opts.micro ? ['micro'] : [])],
       nebulaCipher: opts.nebulaCipher,
       policyPairs: opts.policyPairs,
+      pairedBlocks: opts.pairedBlocks,
     },
     machine: await machine(),
     metrics: METRICS,
     implementations,
     ratios: computeRatios(implementations),
     policyPairs,
+    pairedLatency,
     micro,
   };
   const file = writeResults(RESULTS_DIR, res);

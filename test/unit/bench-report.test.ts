@@ -4,6 +4,7 @@ import { OptionsError, parseOptions } from '../../bench/options';
 import { parsePingRtts, parseSnmpUdp, parseSsSkmem, udpDrops } from '../../bench/probes';
 import { pairOf, summarisePairs } from '../../bench/policy-pairs';
 import { computeRatios, formatReport, targetLines, type BenchResults, type ImplResult } from '../../bench/report';
+import { blockOrder, formatPairedLatency, summarisePaired } from '../../bench/latency-paired';
 import { defaultWgNewPath, parseWgVersion } from '../../bench/tunnels/wireguard';
 import { IMPLEMENTATIONS } from '../../bench/tunnels/types';
 
@@ -195,5 +196,35 @@ describe('bench: ratios and the table', () => {
     expect(lines).toContain('idle RSS, one peer  <= 55 MiB: 54.0 MiB  met');
     const without = { ...res, ratios: computeRatios({ ...implementations, 'wireguard-go-new': undefined }) };
     expect(targetLines(without).map((l) => l.trim())).toContain('TCP 1 stream        >= 1.2x: no wireguard-go-new');
+  });
+
+  it('judges the ping targets by the interleaved step when it ran, with the rounds\' ratio beside it', () => {
+    // cladnet's blocks are 10 % slower than wireguard-go-new's in every block, whatever the block's level
+    const wg = [[0.5, 0.5, 0.5, 2], [0.9, 0.9, 0.9, 3]];
+    const cl = wg.map((b) => b.map((x) => x * 1.1));
+    const s = summarisePaired({ cladnet: cl, 'wireguard-go-new': wg, veth: [[0.05], [0.06]] }, 4, ['wireguard-go-new', 'wireguard-go', 'nebula']);
+    expect(s.tunnels.cladnet).toMatchObject({ sent: 8, received: 8 });
+    expect(s.tunnels.cladnet!.blockP50.map((x) => x!.toFixed(3))).toEqual(['0.550', '0.990']);
+    expect(s.ratios['cladnet/wireguard-go-new']).toEqual({ p50: 1.1, p99: 1.1, blockP50Median: 1.1 });
+    expect(s.ratios['cladnet/nebula']).toBeUndefined();
+    expect(s.ratios['cladnet/veth']).toBeUndefined();
+    const paired = { blocks: 2, pingsPerBlock: 4, intervalMs: 10, order: [], errors: ['nebula: did not start: x'], ...s };
+    const lines = targetLines({ ...res, pairedLatency: paired }).map((l) => l.trim());
+    expect(lines).toContain('ping p50            <= 1x: 1.10x interleaved (rounds: 1.20x)  NOT met');
+    expect(lines).toContain('TCP 4 streams       >= 1.2x: 1.25x  met');
+    const text = formatReport({ ...res, pairedLatency: paired });
+    expect(text).toMatch(/ping, interleaved \(all tunnels up together, 2 blocks of 4 pings/);
+    expect(text).toContain('cladnet/wireguard-go-new: p50 1.10x (median of the blocks\' pairs 1.10x), p99 1.10x');
+    expect(formatPairedLatency(paired).join('\n')).toContain('nebula: did not start: x');
+    // one reply per block is enough for a p50; a tunnel with no replies has none
+    expect(summarisePaired({ cladnet: [[]], nebula: [[]] }, 1, ['nebula']).ratios['cladnet/nebula']).toEqual({ p50: null, p99: null, blockP50Median: null });
+  });
+
+  it('rotates the interleaved order each block, so no tunnel is always pinged first', () => {
+    expect([0, 1, 2, 3].map((b) => blockOrder(['a', 'b', 'c'], b).join(''))).toEqual(['abc', 'bca', 'cab', 'abc']);
+    expect(blockOrder([], 3)).toEqual([]);
+    expect(parseOptions([]).pairedBlocks).toBe(5);
+    expect(parseOptions(['--paired-blocks', '0']).pairedBlocks).toBe(0);
+    expect(() => parseOptions(['--paired-blocks', 'x'])).toThrow(/--paired-blocks/);
   });
 });
