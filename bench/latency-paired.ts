@@ -14,7 +14,7 @@
  * wireguard-go would take the same address and port, so it is not in this step), nebula 100.64.2.0/24 and 4242). The ones not being
  * pinged sit idle.
  */
-import { percentile, ratio, sig } from './stats';
+import { median, percentile, ratio, sig } from './stats';
 import { pingRtts } from './probes';
 import { checkTunnel } from './suite';
 import type { BenchContext, ImplName, Implementation, Tunnel } from './tunnels/types';
@@ -74,13 +74,6 @@ function summary(blocks: readonly (readonly number[])[], sent: number): PairedTu
   };
 }
 
-function medianOf(xs: readonly (number | null)[]): number | null {
-  const v = xs.filter((x): x is number => x !== null).sort((a, b) => a - b);
-  if (v.length === 0) return null;
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-}
-
 /**
  * The step's numbers from each tunnel's replies per block (RTTs in ms; `sentPerBlock` pings sent
  * in each block). Pure: the unit tests feed it made-up series.
@@ -104,7 +97,7 @@ export function summarisePaired(
       return v === null ? null : sig(v, 3);
     };
     const perBlock = c.blockP50.map((x, i) => ratio(x, t.blockP50[i] ?? null));
-    const m = medianOf(perBlock);
+    const m = median(perBlock);
     ratios[`cladnet/${a}`] = { p50: r(c.p50, t.p50), p99: r(c.p99, t.p99), blockP50Median: m === null ? null : sig(m, 3) };
   }
   return { tunnels, ratios };

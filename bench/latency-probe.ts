@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startMeshBed } from '../src/testbed/mesh';
 import { sleep } from '../src/testbed/agents';
+import { percentile } from './stats';
 import { checkTunnel } from './suite';
 import { cladnet, CLADNET_CIDR, CLADNET_NETWORK } from './tunnels/cladnet';
 import { defaultWgNewPath, wireguardGoNew } from './tunnels/wireguard';
@@ -114,7 +115,7 @@ async function main(): Promise<void> {
           }
           const replies = [...r.stdout.matchAll(/^\[([\d.]+)\].*icmp_seq=(\d+) .*? time=([\d.]+) ms/gm)].map((m) => ({ t: Number(m[1]), seq: Number(m[2]), ms: Number(m[3]) }));
           const sorted = replies.map((x) => x.ms).sort((p, q) => p - q);
-          const q = (p: number): number => sorted[Math.max(0, Math.ceil((p / 100) * sorted.length) - 1)]!;
+          const q = (p: number): number | null => percentile(sorted, p);
           log(`${name} round ${round}: p50 ${q(50)} p90 ${q(90)} p99 ${q(99)} max ${sorted[sorted.length - 1]} (${replies.length}/${n})`);
           process.stdout.write(
             JSON.stringify({ impl: name, round, settleS: Number(values.settle), p50: q(50), p90: q(90), p99: q(99), replies, threads: t.procs.map((p, i) => ({ host: p.host, pid: p.pid, diff: diff(before[i]!, after[i]!), idle: diff(idle0[i]!, before[i]!) })), idleS }) + '\n',
