@@ -405,8 +405,6 @@ export class Agent {
       if (this.engine && !this.stopping) gate.offer(this.view());
     }, VIEW_OFFER_EVERY_MS);
     this.viewTimer.unref();
-    this.subnetTimer = setInterval(() => this.checkGateways(), SUBNET_CHECK_MS);
-    this.subnetTimer.unref();
 
     // 6. status (and the diagnostics behind ping and netcheck)
     const stun = this.stun;
@@ -839,6 +837,7 @@ export class Agent {
     }
     const before = new Map(this.subnets.routes.map((r) => [r.prefix, r.gateway]));
     this.subnets = plan;
+    this.armGatewayCheck();
     let moved = false;
     for (const r of plan.routes) {
       const was = before.get(r.prefix);
@@ -853,6 +852,22 @@ export class Agent {
     }
     if (plan.routes.map((r) => r.prefix).join(',') !== this.routesApplied) {
       void this.applyLink().catch((e: Error) => this.log.warn({ err: e.message }, 'could not apply subnet routes'));
+    }
+  }
+
+  /**
+   * The failover check runs every SUBNET_CHECK_MS only while some route has a standby gateway:
+   * without a failover group there is nothing to check, and an idle agent should not wake ten
+   * times a second for nothing.
+   */
+  private armGatewayCheck(): void {
+    const groups = this.subnets.routes.some((r) => r.standby.length > 0);
+    if (groups && !this.subnetTimer && !this.stopping) {
+      this.subnetTimer = setInterval(() => this.checkGateways(), SUBNET_CHECK_MS);
+      this.subnetTimer.unref();
+    } else if (!groups && this.subnetTimer) {
+      clearInterval(this.subnetTimer);
+      this.subnetTimer = undefined;
     }
   }
 

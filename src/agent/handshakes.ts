@@ -463,10 +463,14 @@ export class HandshakeManager {
     // 1, 2. initiate or retry
     const newest = this.current(st, now);
     let due = false;
-    // When this peer's state changes by time alone: a session leaves `current` or expires.
+    // When this peer's state changes by time alone: a session leaves `current` or expires. Only
+    // times still ahead count: a session past its send deadline waits for its expiry (a deadline
+    // already passed would ask for a tick at once, every millisecond until the expiry).
     let next = Infinity;
     for (const s of st.sessions) {
-      next = Math.min(next, s.created + this.timers.rejectAfterMs, this.sendDeadline(s));
+      next = Math.min(next, s.created + this.timers.rejectAfterMs);
+      const stop = this.sendDeadline(s);
+      if (stop > now) next = Math.min(next, stop);
       if (!s.confirmed && now - s.created < UNCONFIRMED_GRACE_MS) next = Math.min(next, s.created + UNCONFIRMED_GRACE_MS);
     }
     if (!newest) {

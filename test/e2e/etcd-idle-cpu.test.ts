@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpuPercent } from '../helpers/proc';
+import { cpuSeconds, cpuSeries } from '../helpers/proc';
 import { aliveKey } from '../../src/control/keys';
 import { sleep, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
@@ -9,9 +9,9 @@ import { recoveryMs, startPings } from '../../src/testbed/traffic';
 /**
  * Issue 11, "no busy retry": an idle agent costs about the same CPU whatever etcd does. Before,
  * with etcd stopped an agent burned 35-40 % of a core (about 200 connect() calls and 300 file opens
- * a second: a fresh gRPC channel per retry). Each state below is held for WINDOW_MS while the
- * agent's own CPU time (utime + stime of all its threads, /proc/<pid>/stat) is read; then etcd is
- * given back and the agent must reconnect and hold its liveness key again within the bound.
+ * a second: a fresh gRPC channel per retry). In each state below the agent's own CPU time (utime +
+ * stime of all its threads, /proc/<pid>/stat) is read over WINDOW_MS; then etcd is given back and
+ * the agent must reconnect and hold its liveness key again within the bound.
  *
  *   up          etcd answers
  *   no route    `ip route add unreachable <etcd>/32` in the agent's namespace (EHOSTUNREACH at once)
@@ -19,18 +19,32 @@ import { recoveryMs, startPings } from '../../src/testbed/traffic';
  *   hung        etcd SIGSTOPped (connects succeed, nothing answers)
  *   refused     etcd stopped (ECONNREFUSED)
  *
+ * What is measured is the state, not the way into it: the window opens SETTLE_MS after the agent's
+ * status says etcd is down (which must happen within WINDOW_MS of the change). The way in (one
+ * failed call, one log line, the streams torn down) is a one-off, reported beside the result with
+ * the busiest second of the window.
+ *
+ * Two full-suite runs failed here (1.13 % with no route, 2.10 % refused) where the same states
+ * read 0.2-0.6 % alone. The per-second series found it: 15 s of 30-90 ms a second, whatever etcd
+ * did, when a peer's session passed its send deadline (1/12 of its life before it expires): the
+ * handshake timer counted that passed deadline as still due and ran every millisecond until the
+ * expiry (handshakes.ts; unit test "never asks for a tick that is already due"). It only showed
+ * when the session's age put those 15 s inside a window.
+ *
  * Bound (issue 11): under MAX_PCT, 1 % of a core, in every state, over WINDOW_MS. Before the retry
  * fix: 35-42 % with etcd stopped; before the timers woke by deadline (handshakes every 100 ms,
  * netlink polled every 100 ms, paths every 250 ms, the data-plane worker every 100 ms): 1.2-2 %
- * in every state. Reconnecting: at most 30 s (the longest backoff round) + 5 s (one call
- * deadline) after etcd is back, and within ROUTE_FAST_MS when it came back through a change of the
- * agent's own network (a route: the agent retries at once).
+ * in every state. A failure prints the CPU milliseconds of each second of the window. Reconnecting:
+ * at most 30 s (the longest backoff round) + 5 s (one call deadline) after etcd is back, and within
+ * ROUTE_FAST_MS when it came back through a change of the agent's own network (a route: the
+ * agent retries at once).
  */
 const isRoot = process.getuid?.() === 0;
 const WINDOW_MS = 30_000;
 const MAX_PCT = 1;
 const RECONNECT_MAX_MS = 35_000;
 const ROUTE_FAST_MS = 5_000;
+const SETTLE_MS = 2_000;
 
 function logMessages(a: Agent): { level: number; msg: string }[] {
   return fs
@@ -69,10 +83,11 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
 
   it('up: an idle agent with etcd answering', async () => {
     await sleep(8_000); // past the start-up work (handshakes, discovery, compilation)
-    up = await cpuPercent(h1.proc.pid!, WINDOW_MS);
+    const m = await cpuSeries(h1.proc.pid!, WINDOW_MS);
+    up = m.pct;
     results.push(`up: ${up.toFixed(2)} %`);
     expect((await h1.status()).etcd.connected).toBe(true);
-    expect(up).toBeLessThan(MAX_PCT);
+    expect(up, `CPU ms per second: ${m.perSecondMs.join(' ')}`).toBeLessThan(MAX_PCT);
   }, 60_000);
 
   const cases: { name: string; enter: () => Promise<void>; leave: () => Promise<void>; boundMs: number }[] = [
@@ -111,22 +126,30 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
     it(`${c.name}: no busy retry, one log line per state change, back within ${c.boundMs / 1000} s`, async () => {
       expect(up, 'the up state is measured first').not.toBeNaN();
       const mark = logMessages(h1).length;
+      const pid = h1.proc.pid!;
       await c.enter();
-      let pct: number;
+      let m: { pct: number; perSecondMs: number[] };
+      let wayIn: string;
       try {
-        pct = await cpuPercent(h1.proc.pid!, WINDOW_MS);
+        const entered = performance.now();
+        const cpu0 = cpuSeconds(pid);
+        await waitUntil(`h1 to notice within ${WINDOW_MS / 1000} s`, async () => !(await h1.status()).etcd.connected, { timeoutMs: WINDOW_MS, intervalMs: 200 });
+        const noticedMs = performance.now() - entered;
+        await sleep(SETTLE_MS);
+        wayIn = `noticed after ${(noticedMs / 1000).toFixed(1)} s, ${Math.round((cpuSeconds(pid) - cpu0) * 1000)} ms of CPU until the window opened`;
+        m = await cpuSeries(pid, WINDOW_MS);
         const doc = await h1.status();
-        expect(doc.etcd.connected, `h1 noticed within ${WINDOW_MS / 1000} s\n${h1.logTail(10)}`).toBe(false);
+        expect(doc.etcd.connected, `h1 stayed down\n${h1.logTail(10)}`).toBe(false);
         expect(doc.etcd.link).toBe('down');
-        expect(Date.parse(doc.etcd.downSince ?? '')).toBeGreaterThan(Date.now() - WINDOW_MS - 2_000);
+        expect(Date.parse(doc.etcd.downSince ?? '')).toBeGreaterThan(Date.now() - (performance.now() - entered) - 2_000);
       } finally {
         await c.leave();
       }
       const back = performance.now();
       await waitUntil('h1 to read etcd and hold its liveness key again', () => reconnected(), { timeoutMs: c.boundMs + 10_000, intervalMs: 100 });
       const reconnectMs = performance.now() - back;
-      results.push(`${c.name}: ${pct.toFixed(2)} % (up ${up.toFixed(2)} %), reconnected ${(reconnectMs / 1000).toFixed(1)} s after etcd was back`);
-      expect(pct).toBeLessThan(MAX_PCT);
+      results.push(`${c.name}: ${m.pct.toFixed(2)} % (up ${up.toFixed(2)} %; busiest second ${Math.max(...m.perSecondMs)} ms; ${wayIn}), reconnected ${(reconnectMs / 1000).toFixed(1)} s after etcd was back`);
+      expect(m.pct, `CPU ms per second: ${m.perSecondMs.join(' ')}`).toBeLessThan(MAX_PCT);
       expect(reconnectMs).toBeLessThan(c.boundMs);
       expect((await h1.status()).etcd).toMatchObject({ connected: true, link: 'up', downSince: null });
 
@@ -136,7 +159,7 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
       expect(count('etcd reachable again'), JSON.stringify(msgs)).toBe(1);
       // No line per retry: the outage, at most a lost lease and a re-grant, the way back.
       expect(msgs.filter((l) => l.level >= 40).length, JSON.stringify(msgs)).toBeLessThanOrEqual(3);
-    }, WINDOW_MS + RECONNECT_MAX_MS + 40_000);
+    }, 2 * WINDOW_MS + SETTLE_MS + RECONNECT_MAX_MS + 40_000);
   }
 
   it('an agent restarted while etcd is down is reachable again within 2 s', async () => {

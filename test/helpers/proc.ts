@@ -19,6 +19,25 @@ export async function cpuPercent(pid: number, ms: number): Promise<number> {
   return (100 * (cpuSeconds(pid) - c0)) / ((performance.now() - t0) / 1000);
 }
 
+/**
+ * Percent of one core used by `pid` over the next `ms`, and the CPU milliseconds of each second of
+ * it (the last entry covers what is left): a failure can then say whether the time was spread or
+ * came in one burst (a GC, a compile, a reconnect).
+ */
+export async function cpuSeries(pid: number, ms: number): Promise<{ pct: number; perSecondMs: number[] }> {
+  const c0 = cpuSeconds(pid);
+  const t0 = performance.now();
+  const perSecondMs: number[] = [];
+  let prev = c0;
+  for (let left = ms; left > 0; left -= 1000) {
+    await new Promise((r) => setTimeout(r, Math.min(1000, left)));
+    const c = cpuSeconds(pid);
+    perSecondMs.push(Math.round((c - prev) * 1000));
+    prev = c;
+  }
+  return { pct: (100 * (prev - c0)) / ((performance.now() - t0) / 1000), perSecondMs };
+}
+
 /** Resident set size of `pid` in bytes (VmRSS). */
 export function rssBytes(pid: number): number {
   const m = /^VmRSS:\s+(\d+) kB$/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));

@@ -146,6 +146,26 @@ describe('HandshakeManager', () => {
     expect(firstKey.every((b) => b === 0)).toBe(true);
   });
 
+  it('never asks for a tick that is already due: the timer sleeps through a whole rekey cycle', async () => {
+    // Between a session's send deadline and its expiry (1/12 of its life) the deadline, already
+    // passed, was still counted: nextDue() said "now" after every tick, and the agent's timer ran
+    // every millisecond for 15 s of every 3 minutes, per peer (50 ms of CPU a second).
+    const w = await world();
+    w.deliver();
+    const due: string[] = [];
+    for (let t = 0; t < 3 * w.timers.rejectAfterMs; t += 100) {
+      w.advance(100);
+      for (const side of ['lo', 'hi'] as const) {
+        // (a message just received may ask for one tick now: the timer runs it, and then...)
+        w[side].m.tick();
+        const at = w[side].m.nextDue();
+        if (at <= w.now()) due.push(`${side} at +${t + 100} ms`);
+      }
+    }
+    expect(w.lo.m.stats.rekeys).toBeGreaterThanOrEqual(3); // (sessions did age through the window)
+    expect(due.slice(0, 5)).toEqual([]);
+  });
+
   it('a responder session is for receiving until the initiator uses it', async () => {
     const w = await world({ confirm: false });
     w.deliver();
