@@ -169,7 +169,8 @@ export async function tcpTransfer(
   }
 }
 
-function collectLines(child: ChildProcess) {
+/** Lines a child prints on stdout, and a wait for one of them (fails once the child is gone without it). */
+export function collectLines(child: ChildProcess) {
   const lines: string[] = [];
   let err = '';
   let buf = '';
@@ -184,15 +185,21 @@ function collectLines(child: ChildProcess) {
     waiters.forEach((w) => w());
   });
   child.stderr?.on('data', (b: Buffer) => (err += b.toString()));
-  child.once('exit', () => waiters.forEach((w) => w()));
+  // 'close', not 'exit': a process that prints its last line and exits at once can be reported
+  // exited before that line has come through its stdout pipe ('exit' may come first). 'close'
+  // comes after its stdio streams have ended, so every line it wrote is in `lines` by then.
+  let closed = false;
+  child.once('close', () => {
+    closed = true;
+    waiters.forEach((w) => w());
+  });
   return {
     waitFor(pred: (l: string) => boolean, ms: number, what: string): Promise<string> {
       return new Promise((resolve, reject) => {
         const check = () => {
           const hit = lines.find(pred);
           if (hit !== undefined) done(() => resolve(hit));
-          else if (child.exitCode !== null || child.signalCode !== null)
-            done(() => reject(new Error(`waiting for ${what}: process exited (${child.exitCode ?? child.signalCode}) ${err.trim()}`)));
+          else if (closed) done(() => reject(new Error(`waiting for ${what}: process exited (${child.exitCode ?? child.signalCode}) ${err.trim()}`)));
         };
         const t = setTimeout(() => done(() => reject(new Error(`timed out waiting for ${what} ${err.trim()}`))), ms);
         const done = (f: () => void) => {
