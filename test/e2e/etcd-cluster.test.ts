@@ -86,9 +86,23 @@ async function startAgent(k: number, first = k % cluster.size): Promise<TestAgen
   return { name, reg, health, msgs };
 }
 
-/** Create revisions of the agents' alive keys (null: absent). */
+/**
+ * Create revisions of the agents' alive keys (null: absent). The test's own client spreads calls
+ * over all three members; after a fault etcd3's breaker for the faulty member can refuse a call
+ * ("circuit breaker is open") instead of taking another member: that read is tried again (up to
+ * 5 s), since it says nothing about the agents.
+ */
 async function aliveRevisions(): Promise<(string | null)[]> {
-  return Promise.all(agents.map(async (a) => (await admin.get(aliveKey(NET, a.name)).exec()).kvs[0]?.create_revision ?? null));
+  const read = () => Promise.all(agents.map(async (a) => (await admin.get(aliveKey(NET, a.name)).exec()).kvs[0]?.create_revision ?? null));
+  const until = Date.now() + 5_000;
+  for (;;) {
+    try {
+      return await read();
+    } catch (e) {
+      if (Date.now() > until) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
 }
 
 /** Polls the agents' alive keys every 100 ms; a successful read that lacks one, or shows it re-created, is a loss. */
