@@ -41,6 +41,7 @@ import { EtcdLink } from '../control/etcd-link';
 import { WatchHealth } from '../control/watch-health';
 import { mayRelay } from '../control/cert';
 import { getNetwork } from '../control/networks';
+import { LATE, settleWithin } from '../util/settle';
 import { formatPrefix6, hostIp6Text, overlay6Of, overlayPrefix6, PREFIX6_LEN } from '../control/overlay6';
 import type { HostRecord, NetworkSpec } from '../control/records';
 import { parseNetworkSpec } from '../control/records';
@@ -82,6 +83,14 @@ interface SavedState {
   network: NetworkSpec;
   overlayIp: string;
 }
+
+/**
+ * How long a host that has run before waits at start for etcd's network spec, then for its peers,
+ * before it goes on with its saved state (etcd answers in milliseconds when it is well; a hung one
+ * can take a call's whole deadline, and the tunnels must not wait for that).
+ */
+const NETWORK_WAIT_MS = 250;
+const PEERS_WAIT_MS = 1_000;
 
 /** How long a stop waits for the data plane to send its byes before it stops the workers. */
 const BYE_FLUSH_MS = 50;
@@ -179,6 +188,10 @@ export class Agent {
   /** Refusals already warned about ("gateway prefix reason"). */
   private refusedSeen = new Set<string>();
   private refusedCount = 0;
+  /** Set once the first peer set is loaded (start(), step 5). */
+  private up = false;
+  /** etcd did not answer for the network spec within NETWORK_WAIT_MS at start. */
+  private etcdLate = false;
   /** When each gateway of a failover group was last probed (at most every GATEWAY_PROBE_MS). */
   private readonly probedAt = new Map<string, number>();
   private routesApplied = '';
@@ -237,15 +250,28 @@ export class Agent {
     if (cfg.etcd.length > 1) {
       this.etcdMember = new WatchHealth({ endpoints: cfg.etcd, connect: (e) => createMemberClient(etcdOptionsFrom(cfg), e), log: this.log });
     }
+    // A host that has run before does not wait for etcd (down, hung or cut off: its calls can take
+    // their whole deadline, and more): after NETWORK_WAIT_MS it starts on the saved spec, and
+    // etcd's, if it comes later, is looked at then (lateNetwork).
     const saved = this.readState();
+    const fromEtcd = getNetwork(etcd, cfg.network);
+    let spec: NetworkSpec | typeof LATE;
     try {
-      this.network = await getNetwork(etcd, cfg.network);
+      spec = saved ? await settleWithin(fromEtcd, NETWORK_WAIT_MS) : await fromEtcd;
     } catch (e) {
       if (!(isCladnetError(e) && e.transient && saved)) throw e;
       this.log.warn({ err: e.message }, 'etcd unreachable at start: using the last known network');
-      this.network = saved.network;
+      spec = saved.network;
     }
-    this.network = chooseNetworkSpec(this.network, saved?.network ?? null, this.member, this.log);
+    if (spec === LATE) {
+      this.log.warn({ waitedMs: NETWORK_WAIT_MS }, 'etcd does not answer at start: using the last known network');
+      this.etcdLate = true;
+      fromEtcd.then(
+        (late) => this.lateNetwork(late, saved!.network),
+        () => undefined, // (the registry's retries report the outage)
+      );
+    }
+    this.network = chooseNetworkSpec(spec === LATE ? saved!.network : spec, saved?.network ?? null, this.member, this.log);
     this.overlayIp = this.member.cert.overlayIp;
     this.prefix6 = overlayPrefix6(this.network);
     this.overlayIp6 = hostIp6Text(this.prefix6, this.overlayIp) ?? '';
@@ -394,7 +420,9 @@ export class Agent {
     });
     this.updateLocal();
     void this.register();
-    await this.registry.watchChanges((c) => this.onPeerChange(c));
+    // (etcd that missed the network's deadline gets none here: the cached peers come at once)
+    await this.registry.watchChanges((c) => this.onPeerChange(c), { cacheAfterMs: this.etcdLate ? 0 : PEERS_WAIT_MS });
+    this.up = true;
     this.startChangeMonitor();
     void this.discover();
     this.discoveryTimer = setInterval(() => void this.discover(), DISCOVERY_EVERY_MS);
@@ -445,6 +473,38 @@ export class Agent {
       },
       'agent up',
     );
+  }
+
+  /**
+   * etcd's network spec, come after the agent started on the saved one. The data plane runs on the
+   * saved spec's MTU, port and prefix; a spec that changes any of them (signed by the network key,
+   * as chooseNetworkSpec checks) is saved, and the agent stops with an error so that its service
+   * restarts on it. Anything else only updates the saved copy.
+   */
+  private lateNetwork(spec: NetworkSpec, saved: NetworkSpec): void {
+    if (this.stopping || !this.network) return;
+    let chosen: NetworkSpec;
+    try {
+      chosen = chooseNetworkSpec(spec, saved, this.member, this.log);
+    } catch (e) {
+      this.log.error({ err: (e as Error).message }, 'the network spec in etcd is refused; keeping the saved one');
+      return;
+    }
+    const was = this.network;
+    if (chosen === was || (chosen.cidr === was.cidr && chosen.mtu === was.mtu && chosen.port === was.port && chosen.trustAnchor === was.trustAnchor)) {
+      if (chosen !== was && JSON.stringify(chosen) !== JSON.stringify(was)) {
+        this.network = chosen;
+        this.writeState();
+      }
+      return;
+    }
+    this.log.error(
+      { from: { cidr: was.cidr, mtu: was.mtu, port: was.port }, to: { cidr: chosen.cidr, mtu: chosen.mtu, port: chosen.port } },
+      'the network spec in etcd differs from the saved one this agent started on; saved it, stopping so that the service restarts on it',
+    );
+    this.network = chosen;
+    this.writeState();
+    void this.stop().then(() => process.exit(1));
   }
 
   /** The etcd client (made on first use: enrolment may need it before the certificate is loaded). */
@@ -984,6 +1044,9 @@ export class Agent {
         return { name, publicKey: new Uint8Array(Buffer.from(p.record.publicKey, 'base64')), ip: p.endpoint.ip, port: p.endpoint.port };
       }),
       removed,
+      // Known before we were up (the cache or etcd): it may still send on our previous run's
+      // session, so we handshake at once rather than wait our turn (./handshakes.ts, 1).
+      { known: !this.up },
     );
     for (const name of renewed) this.hs?.nudge(name);
     this.syncPaths(upserted);

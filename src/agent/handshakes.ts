@@ -4,7 +4,9 @@
  *
  *   1. initiate   when a peer has no usable session (the host with the lower public key at once,
  *                 the other after INITIATE_DELAY_MS, so two hosts that meet rarely both start;
- *                 simultaneous initiations are harmless: each side then sends on its own), at
+ *                 simultaneous initiations are harmless: each side then sends on its own; a peer
+ *                 we knew when we started, both at once: it may hold a session with our previous
+ *                 run, which it thinks current, and will not start one itself), at
  *                 once when the data plane has a packet for it (demand()), and when our current
  *                 session passes REKEY_AFTER, but only if the peer sent us anything on it since
  *                 it was made (a session nothing came back on is left to expire: no rekeys
@@ -99,6 +101,8 @@ interface PeerState {
   name: string;
   publicKey: Uint8Array;
   lowerThanPeer: boolean;
+  /** Known when this agent started (see updatePeers): initiate at once, whichever key is lower. */
+  known: boolean;
   addedAt: number;
   /** Where the peer's last valid handshake message came from (or its control-plane endpoint). */
   endpoint: Endpoint;
@@ -172,7 +176,8 @@ export interface HandshakeDeps {
   /**
    * A valid initiation (its sender proved its static key) with a newer timestamp than any seen
    * from that key came from a key that is not a peer. The caller may make it a peer (a member
-   * that said bye and came back); its next initiation is then answered.
+   * that said bye and came back), with updatePeers() before it returns: this initiation is then
+   * answered.
    */
   onUnknownInitiator?(publicKey: Uint8Array): void;
 }
@@ -234,21 +239,25 @@ export class HandshakeManager {
    * updates `upserts` (a changed key starts over) and forgets `removed`; then runs the tick for
    * the peers it touched.
    */
-  updatePeers(upserts: readonly { name: string; publicKey: Uint8Array; ip: number; port: number }[], removed: Iterable<string>): void {
+  updatePeers(
+    upserts: readonly { name: string; publicKey: Uint8Array; ip: number; port: number }[],
+    removed: Iterable<string>,
+    opts: { known?: boolean } = {},
+  ): void {
     const now = this.now();
     for (const name of removed) {
       const st = this.peers.get(name);
       if (st) this.forget(st);
     }
     const touched: PeerState[] = [];
-    for (const p of upserts) touched.push(this.upsertPeer(p, now));
+    for (const p of upserts) touched.push(this.upsertPeer(p, now, opts.known ?? false));
     for (const st of touched) if (st.dueAt <= now) this.tickPeer(st, now);
     let next = Infinity;
     for (const st of touched) next = Math.min(next, st.dueAt);
     if (next < Infinity) this.d.wake?.(next);
   }
 
-  private upsertPeer(p: { name: string; publicKey: Uint8Array; ip: number; port: number }, now: number): PeerState {
+  private upsertPeer(p: { name: string; publicKey: Uint8Array; ip: number; port: number }, now: number, known = false): PeerState {
     const old = this.peers.get(p.name);
     if (old && Buffer.from(old.publicKey).equals(Buffer.from(p.publicKey))) {
       if (old.endpoint.ip !== p.ip || old.endpoint.port !== p.port) {
@@ -263,6 +272,7 @@ export class HandshakeManager {
       name: p.name,
       publicKey: p.publicKey,
       lowerThanPeer: Buffer.compare(Buffer.from(this.d.noise.staticPublic), Buffer.from(p.publicKey)) < 0,
+      known,
       addedAt: now,
       endpoint: { ip: p.ip, port: p.port },
       sessions: [],
@@ -474,7 +484,7 @@ export class HandshakeManager {
       if (!s.confirmed && now - s.created < UNCONFIRMED_GRACE_MS) next = Math.min(next, s.created + UNCONFIRMED_GRACE_MS);
     }
     if (!newest) {
-      const startAt = st.lowerThanPeer ? now : st.addedAt + INITIATE_DELAY_MS;
+      const startAt = st.lowerThanPeer || st.known ? now : st.addedAt + INITIATE_DELAY_MS;
       due = now >= startAt;
       if (!due) next = Math.min(next, startAt);
     } else if (st.forceAt !== null && newest.created < st.forceAt) due = true;
@@ -580,6 +590,7 @@ export class HandshakeManager {
     };
     if (st.sessions.length > 0) this.stats.rekeys++;
     st.heardAt = s.created;
+    st.known = false; // (it has met this run now: the usual order applies from here)
     st.sessions.unshift(s);
     this.byIndex.set(s.localIndex, { peer: st, pending: false });
     if (initiator) this.onConfirmed(st, s);
@@ -666,12 +677,20 @@ export class HandshakeManager {
       return;
     }
     const key = Buffer.from(init.peerStatic);
-    const st = [...this.peers.values()].find((p) => key.equals(Buffer.from(p.publicKey)));
+    const byKey = () => [...this.peers.values()].find((p) => key.equals(Buffer.from(p.publicKey)));
+    let st = byKey();
     if (!st) {
-      this.stats.drops.unknownPeer++;
       const seen = this.timestamps.get(init.peerStatic);
-      if (!seen || compareTimestamps(init.timestamp, seen) > 0) this.d.onUnknownInitiator?.(init.peerStatic);
-      return;
+      if (!seen || compareTimestamps(init.timestamp, seen) > 0) {
+        // A member that said bye and came back is a peer again once the caller says so: this
+        // initiation is answered then, not its retry RETRY_MIN_MS later.
+        this.d.onUnknownInitiator?.(init.peerStatic);
+        st = byKey();
+      }
+      if (!st) {
+        this.stats.drops.unknownPeer++;
+        return;
+      }
     }
     const last = this.timestamps.get(st.publicKey);
     if (last && compareTimestamps(init.timestamp, last) <= 0) {

@@ -15,6 +15,7 @@ import { checkRecordSize, HostCert, HostRecord, NetworkSpec } from './records';
 import { Revocations } from './revocations';
 import { VIEW_CAP_BYTES } from './views';
 import { NetworkWatch, type RawView } from './watch';
+import { LATE, settleWithin } from '../util/settle';
 import type { WatchHealth } from './watch-health';
 
 export type { PublishResult } from './publisher';
@@ -355,8 +356,10 @@ export class Registry {
   /**
    * Starts watching; `onChange` gets what changed in the peer set after every change (the first
    * call lists every peer as added, and comes even when there are none). Resolves like `watch`.
+   * With a cache and `cacheAfterMs`, etcd gets that long: then the cached peers are delivered
+   * ('cache'), and etcd's, when its load completes, as a change from them.
    */
-  async watchChanges(onChange: PeerChangeCallback): Promise<WatchSource> {
+  async watchChanges(onChange: PeerChangeCallback, opts: { cacheAfterMs?: number } = {}): Promise<WatchSource> {
     if (this.closed) throw new Error('registry is closed');
     if (this.onChange) throw new Error('registry is already watching');
     this.onChange = onChange;
@@ -376,7 +379,21 @@ export class Registry {
       const savedAt = Date.parse(String(doc.savedAt));
       this.evaluator.seed(cached, Number.isFinite(savedAt) ? Math.min(savedAt, this.now()) : this.now());
     }
-    const started = await this.mirror.start();
+    const starting = this.mirror.start();
+    const started = cached && opts.cacheAfterMs !== undefined ? await settleWithin(starting, opts.cacheAfterMs) : await starting;
+    if (started === LATE) {
+      // etcd is slow to answer: the cached peers now. The load goes on; when it completes, the
+      // watch's onChange makes etcd the source and emits the difference.
+      if (this.closed) return 'none';
+      void starting.then((s) => (s.ok ? s.attach() : undefined)).catch(() => undefined);
+      if (this.viewsWatch) void this.viewsWatch.start().then((v) => (v.ok ? v.attach() : undefined)).catch(() => undefined);
+      if (!this.mirror.loaded) {
+        this.source = 'cache';
+        this.deliver({ added: new Map(cached!), changed: new Map(), removed: new Set() });
+        this.log.warn({ peers: cached!.size, file: this.cacheFile, waitedMs: opts.cacheAfterMs }, 'etcd slow to answer: using cached peers');
+      }
+      return this.source;
+    }
     if (this.viewsWatch) {
       const views = await this.viewsWatch.start(); // (retried in the background when etcd does not answer)
       if (views.ok) await views.attach();

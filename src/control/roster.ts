@@ -77,6 +77,8 @@ export interface RosterDelta {
 interface Member {
   /** Last moment etcd showed a valid record or an alive key for it, or it was heard from. */
   lastSign: number;
+  /** It came back by a fresh handshake from its key (`returned`): its own proof, not etcd's word. */
+  handshook?: true;
 }
 
 export class Roster {
@@ -108,7 +110,7 @@ export class Roster {
    */
   returned(name: string, at: number): boolean {
     if (!this.byes.delete(name)) return false;
-    this.members.set(name, { lastSign: at });
+    this.members.set(name, { lastSign: at, handshook: true });
     return true;
   }
 
@@ -174,10 +176,11 @@ export class Roster {
       m = { lastSign: inp.now };
       this.members.set(name, m);
     }
-    if (!alive && inp.heardAt !== undefined && !(heard > 0) && inp.etcdRead !== false) {
+    if (!alive && inp.heardAt !== undefined && !(heard > 0) && !m.handshook && inp.etcdRead !== false) {
       // Never a working tunnel from it in this process: nothing but etcd vouched for it, so
       // its alive key going is news enough (a host that stops before any session came up can
-      // say bye to no one).
+      // say bye to no one). Not so for one that returned by a handshake: its key vouched for it
+      // (it said bye, its alive key went, and it is back while etcd cannot say so).
       this.members.delete(name);
       left.push({ name, why: 'silent' });
       return null;

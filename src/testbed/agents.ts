@@ -2,6 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { run, runOk, type RunResult } from './run';
+import { AGENT_NODE_FLAGS } from '../agent/node-flags';
 import { fetchStatus } from '../status/client';
 import type { StatusDocument, StatusPeer } from '../status/types';
 import type { Topology, TopologyHost } from './topology';
@@ -80,6 +81,12 @@ export interface AgentOptions {
   readonly issueCert?: boolean;
   /** Prefixes the issued certificate lets the host route (`host issue --routes`). */
   readonly certRoutes?: readonly string[];
+  /**
+   * Start as a user would by hand, `node dist/cli.js agent`, so the agent re-executes itself with
+   * its Node flags (src/agent/node-flags.ts). Default false: the flags are on node's command line,
+   * as systemd/cladnet.service has them, and the agent starts once.
+   */
+  readonly reexec?: boolean;
   /** Wait until `status --json` answers (default true). */
   readonly waitReady?: boolean;
   readonly readyTimeoutMs?: number;
@@ -131,6 +138,7 @@ export async function startAgent(topo: Topology, host: TopologyHost, opts: Agent
   if (opts.issueCert ?? true) await issueHostCert(topo, { name, network: opts.network, etcd: opts.etcd, out: stateDir, relay, routes: opts.certRoutes });
   const args = [
     process.execPath,
+    ...(opts.reexec ? [] : AGENT_NODE_FLAGS),
     cliPath(),
     'agent',
     '--etcd',

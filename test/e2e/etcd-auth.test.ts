@@ -31,7 +31,13 @@ afterAll(() => {
 });
 
 function etcdctl(endpoint: string, args: string[]): string {
-  const r = spawnSync('etcdctl', [`--endpoints=${endpoint}`, ...args], { encoding: 'utf8', env: { ...process.env, ETCDCTL_API: '3' }, timeout: 15_000 });
+  // (each call with --user makes etcd check a bcrypt hash: under a loaded CI run one took more
+  // than etcdctl's default 5 s; the recipe is what is tested here, not etcd's speed)
+  const r = spawnSync('etcdctl', [`--endpoints=${endpoint}`, '--command-timeout=30s', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, ETCDCTL_API: '3' },
+    timeout: 40_000,
+  });
   if (r.status !== 0) throw new Error(`etcdctl ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }

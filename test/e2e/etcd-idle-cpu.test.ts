@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backWithEtcd } from '../helpers/bed-etcd';
 import { cpuSeconds, cpuSeries } from '../helpers/proc';
-import { aliveKey } from '../../src/control/keys';
 import { sleep, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { recoveryMs, startPings } from '../../src/testbed/traffic';
@@ -69,17 +69,8 @@ describe.skipIf(!isRoot)('idle agent CPU in every etcd state', () => {
     await bed?.destroy();
   });
 
-  const etcdctl = (args: string[]) => bed.topo.tryExec(bed.topo.routerNs, ['etcdctl', `--endpoints=${bed.etcd.endpoint}`, '--dial-timeout=1s', '--command-timeout=2s', ...args]);
-
   /** h1 reads etcd again and its liveness key is there, on a lease. */
-  async function reconnected(): Promise<boolean> {
-    const doc = await h1.status();
-    if (!doc.etcd.connected) return false;
-    const r = await etcdctl(['get', aliveKey(bed.network, 'h1'), '-w', 'json']);
-    if (r.code !== 0) return false;
-    const kvs = (JSON.parse(r.stdout) as { kvs?: { lease?: number }[] }).kvs ?? [];
-    return kvs.length === 1 && (kvs[0]!.lease ?? 0) !== 0;
-  }
+  const reconnected = () => backWithEtcd(bed, h1);
 
   it('up: an idle agent with etcd answering', async () => {
     await sleep(8_000); // past the start-up work (handshakes, discovery, compilation)

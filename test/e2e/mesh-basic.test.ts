@@ -16,7 +16,8 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
   const ips = new Map<string, string>();
 
   beforeAll(async () => {
-    bed = await startMeshBed({ topology: { hosts: 3 } });
+    // (started by hand, without the Node flags: each agent re-executes itself with them)
+    bed = await startMeshBed({ topology: { hosts: 3 }, agentOptions: { reexec: true } });
     for (const [name, doc] of await bed.waitUp()) ips.set(name, doc.self.overlayIp);
   });
   afterAll(async () => {
@@ -39,6 +40,7 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
 
   it('runs each agent with its memory flags, re-executed in place (same pid, log still flowing)', () => {
     for (const a of bed.agents) {
+      expect(a.proc.spawnargs).not.toContain('--optimize-for-size');
       const argv = fs.readFileSync(`/proc/${a.proc.pid}/cmdline`, 'utf8').split('\0');
       expect(argv).toEqual(expect.arrayContaining(['--optimize-for-size', '--v8-pool-size=1', '--no-node-snapshot', 'agent']));
       expect(a.logTail(50)).toMatch(/"msg":"agent up"/);

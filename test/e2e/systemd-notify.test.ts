@@ -9,7 +9,7 @@ import { NotifyReceiver, type NotifyDatagram } from '../helpers/notify';
 
 /**
  * The Type=notify path without systemd: the real agent in a test-bed namespace, started the way
- * the test bed starts it (plain `node dist/cli.js agent`, so it re-executes itself with its Node
+ * a user would by hand (plain `node dist/cli.js agent`, `reexec: true`, so it re-executes itself with its Node
  * flags first), with NOTIFY_SOCKET pointing at a python3 receiver that records every datagram
  * and its sender's pid, WATCHDOG_USEC set, and WATCHDOG_PID exported by the launching shell as
  * systemd would (the shell execs the agent: one pid all the way, through the re-exec too).
@@ -52,6 +52,7 @@ describe.skipIf(!isRoot)('systemd notify protocol (Type=notify, watchdog) from a
     };
     h3 = await bed.start(host, {
       waitReady: false,
+      reexec: true,
       env: {
         NOTIFY_SOCKET: sock,
         WATCHDOG_USEC: String(WATCHDOG_MS * 1000),

@@ -161,6 +161,23 @@ describe('Roster', () => {
     expect(names(r.update({ candidates: one('present', 11), alive: new Set(['a']), now: T0 + 3 }))).toEqual(['a']);
   });
 
+  it('a member that said bye and came back by a handshake stays although its alive key is gone and no packet came yet', () => {
+    // It stopped on purpose (bye; its alive key revoked), then etcd went away, then it restarted:
+    // etcd still shows its old record and no alive key, and our data plane has heard nothing of
+    // the new run (its handshake is being answered right now).
+    const r = new Roster();
+    r.update({ candidates: one('present'), alive: new Set(['a']), now: T0, heardAt: () => T0 });
+    expect(r.bye('a', 10)).toBe(true);
+    expect(names(r.update({ candidates: one('present'), alive: new Set(), now: T0 + 1, heardAt: () => 0 }))).toEqual([]);
+    expect(r.returned('a', T0 + 2)).toBe(true);
+    const back = r.update({ candidates: one('present'), alive: new Set(), now: T0 + 2, heardAt: () => 0 });
+    expect(names(back)).toEqual(['a']);
+    expect(back.left).toEqual([]);
+    // and it falls silent like any member: SILENCE_MS without a record, an alive key or a packet
+    expect(names(r.update({ candidates: one('absent'), alive: new Set(), now: T0 + 2 + SILENCE_MS - 1, heardAt: () => 0 }))).toEqual(['a']);
+    expect(names(r.update({ candidates: one('absent'), alive: new Set(), now: T0 + 2 + SILENCE_MS, heardAt: () => 0 }))).toEqual([]);
+  });
+
   it('a member whose certificate stops being valid (no longer a candidate) leaves', () => {
     const r = new Roster();
     r.update({ candidates: one('present'), alive: new Set(['a']), now: T0 });

@@ -614,6 +614,50 @@ describe('HandshakeManager and departed peers (issue 11, bye)', () => {
     expect(w.lo.m.usable('hi')).not.toBeNull();
     expect(w.hi.m.usable('lo')).not.toBeNull();
   });
+
+  it('a member made a peer again from onUnknownInitiator gets this initiation answered, not its retry', async () => {
+    const ref: { hi?: HandshakeManager; admit: boolean } = { admit: false };
+    const w = await world({
+      deps: (side) =>
+        side === 'hi'
+          ? { onUnknownInitiator: (k: Uint8Array) => void (ref.admit && ref.hi!.updatePeers([{ name: 'lo', publicKey: k, ip: 1, port: 51820 }], [])) }
+          : {},
+    });
+    ref.hi = w.hi.m;
+    w.deliver();
+    // lo said bye (hi dropped it), then restarts: its first initiation reaches a hi that does not know it.
+    w.hi.m.setPeers([]);
+    w.advance(1_000);
+    w.restart('lo');
+    w.deliver(); // the agent does not admit it this time: dropped and counted, no answer
+    expect(w.hi.m.stats.drops.unknownPeer).toBe(1);
+    expect(w.lo.m.usable('hi')).toBeNull();
+    ref.admit = true;
+    w.advance(1);
+    w.restart('lo');
+    const answered = w.hi.m.stats.responsesSent;
+    w.deliver(); // no clock advance: the very initiation is answered
+    expect(w.hi.m.stats.responsesSent).toBe(answered + 1);
+    expect(w.hi.m.stats.drops.unknownPeer).toBe(1);
+    expect(w.lo.m.usable('hi')).not.toBeNull();
+    expect(w.hi.m.usable('lo')).not.toBeNull();
+  });
+
+  it('a peer known at start is initiated at once by the higher key too; one met later waits INITIATE_DELAY_MS', async () => {
+    const w = await world({ drop: () => true }); // nothing arrives: only who sends when counts
+    const initiations = () => w.log.filter((l) => l.to === 'lo' && l.msg[0] === 1).length;
+    const lo = { name: 'lo', publicKey: w.kps[0]!.publicKey, ip: 1, port: 51820 };
+    w.hi.m.setPeers([]);
+    w.hi.m.updatePeers([lo], []); // met while running
+    const before = initiations();
+    w.advance(INITIATE_DELAY_MS - 1);
+    expect(initiations()).toBe(before);
+    w.advance(1);
+    expect(initiations()).toBe(before + 1);
+    w.hi.m.setPeers([]);
+    w.hi.m.updatePeers([lo], [], { known: true }); // from the cache, before the agent was up
+    expect(initiations()).toBe(before + 2);
+  });
 });
 
 describe('HandshakeManager: timers by deadline, quiet peers, handshakes on demand (issue 11)', () => {
