@@ -477,7 +477,7 @@ export class Agent {
 
   /**
    * etcd's network spec, come after the agent started on the saved one. The data plane runs on the
-   * saved spec's MTU, port and prefix; a spec that changes any of them (signed by the network key,
+   * saved spec's MTU, port and prefixes; a spec that changes any of them (signed by the network key,
    * as chooseNetworkSpec checks) is saved, and the agent stops with an error so that its service
    * restarts on it. Anything else only updates the saved copy.
    */
@@ -491,8 +491,13 @@ export class Agent {
       return;
     }
     const was = this.network;
-    if (chosen === was || (chosen.cidr === was.cidr && chosen.mtu === was.mtu && chosen.port === was.port && chosen.trustAnchor === was.trustAnchor)) {
-      if (chosen !== was && JSON.stringify(chosen) !== JSON.stringify(was)) {
+    const samePlane =
+      chosen.cidr === was.cidr &&
+      chosen.mtu === was.mtu &&
+      chosen.port === was.port &&
+      Buffer.from(overlayPrefix6(chosen)).equals(Buffer.from(overlayPrefix6(was)));
+    if (samePlane) {
+      if (JSON.stringify(chosen) !== JSON.stringify(was)) {
         this.network = chosen;
         this.writeState();
       }

@@ -552,7 +552,14 @@ export function startPings(topo: Topology, ns: string, dst: string, opts: { inte
     waiters.forEach((w) => w());
   });
   child.stderr!.on('data', (b: Buffer) => (out += b.toString()));
-  const closed = new Promise<void>((r) => child.once('close', () => r()));
+  // (gone means 'close', not 'exit': its last lines may still be in the pipe at 'exit')
+  let gone = false;
+  const closed = new Promise<void>((r) =>
+    child.once('close', () => {
+      gone = true;
+      r();
+    }),
+  );
   let stopped: Promise<PingSeries> | undefined;
   return {
     startedAt,
@@ -562,7 +569,7 @@ export function startPings(topo: Topology, ns: string, dst: string, opts: { inte
         const check = () => {
           const hit = replies.find((r) => r.at - r.rttMs >= t);
           if (hit) finish(hit);
-          else if (child.exitCode !== null || child.signalCode !== null) finish(null);
+          else if (gone) finish(null);
         };
         const timer = setTimeout(() => finish(null), timeoutMs);
         const finish = (v: PingReply | null) => {
@@ -571,7 +578,7 @@ export function startPings(topo: Topology, ns: string, dst: string, opts: { inte
           resolve(v);
         };
         waiters.add(check);
-        child.once('exit', check);
+        void closed.then(check);
         check();
       });
     },

@@ -2,7 +2,8 @@ import { EventEmitter } from 'node:events';
 import { PassThrough } from 'node:stream';
 import type { ChildProcess } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { collectLines } from '../../src/testbed/traffic';
+import { collectLines, startPings } from '../../src/testbed/traffic';
+import type { Topology } from '../../src/testbed/topology';
 
 /** A child process as collectLines sees it: stdout, stderr, exit and close, driven by hand. */
 function fakeChild() {
@@ -50,5 +51,32 @@ describe('collectLines (test bed)', () => {
   it('times out when the child neither prints the line nor goes', async () => {
     const { child } = fakeChild();
     await expect(collectLines(child).waitFor(() => true, 20, 'anything')).rejects.toThrow(/timed out waiting for anything/);
+  });
+});
+
+describe('startPings (test bed)', () => {
+  it("waitReplyAfter finds a reply that comes through the pipe after ping's exit event", async () => {
+    const { child, c, exit } = fakeChild();
+    const topo = { spawn: () => child } as unknown as Topology;
+    const run = startPings(topo, 'ns', '100.64.0.2');
+    const t = Date.now();
+    const got = run.waitReplyAfter(t - 1_000, 5_000);
+    exit(0);
+    await tick();
+    const at = (t / 1000).toFixed(6);
+    c.stdout.write(`[${at}] 64 bytes from 100.64.0.2: icmp_seq=1 ttl=64 time=0.512 ms\n`);
+    await tick();
+    c.emit('close', 0, null);
+    expect((await got)?.rttMs).toBeCloseTo(0.512);
+  });
+
+  it('waitReplyAfter gives null once ping is gone without a reply', async () => {
+    const { child, c, exit } = fakeChild();
+    const run = startPings({ spawn: () => child } as unknown as Topology, 'ns', '100.64.0.2');
+    const got = run.waitReplyAfter(Date.now(), 5_000);
+    exit(1);
+    await tick();
+    c.emit('close', 1, null);
+    await expect(got).resolves.toBeNull();
   });
 });
