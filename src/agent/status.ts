@@ -105,6 +105,7 @@ export function buildStatus(src: StatusSources): StatusDocument {
       untrustedRecords: reg?.untrustedRecords ?? 0,
       revokedHosts: reg?.revokedHosts ?? 0,
       ...(src.link ?? {}),
+      ...(reg ? { peersFrom: reg.source } : {}),
     },
     handshake: hs ? structuredClone(hs.stats) : undefined,
     peers,

@@ -85,7 +85,8 @@ export function renderStatus(doc: StatusDocument, now = Date.now()): string {
     lines.push(`  reflexive: ${s.reflexive ?? '-'} (${nat})${s.relay ? ', relays for peers' : ''}`);
   }
   const since = doc.etcd.downSince ? `, unreachable since ${doc.etcd.downSince}, retrying with backoff` : '';
-  lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : `DISCONNECTED (data plane keeps running${since})`}`);
+  const cached = doc.etcd.peersFrom === 'cache' ? '; peers from the cache file, not read from etcd since start' : '';
+  lines.push(`  etcd: ${doc.etcd.connected ? 'connected' : `DISCONNECTED (data plane keeps running${since}${cached})`}`);
   for (const c of doc.conflicts ?? []) {
     lines.push(
       `  CONFLICT: ${c.overlayIp} is held by ${c.winner.name} (certificate ${c.winner.serial}, issued ${c.winner.issued}); ` +

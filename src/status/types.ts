@@ -92,6 +92,11 @@ export interface StatusDocument {
     downSince?: string | null;
     /** Outages seen since start. */
     outages?: number;
+    /**
+     * Where the peer set came from: etcd, or the cache file ('cache': etcd has not answered
+     * since the agent started; 'none': neither yet).
+     */
+    peersFrom?: 'etcd' | 'cache' | 'none';
   };
   /** Handshake counters (sent, completed, rekeys) and refusals by reason. */
   handshake?: {

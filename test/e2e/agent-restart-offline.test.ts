@@ -80,12 +80,14 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
         expect(reply, h1.logTail(20)).not.toBeNull();
         expect(rec!).toBeLessThan(RESTART_MAX_MS);
         expect(doc.etcd.connected).toBe(false);
+        expect(doc.etcd.peersFrom).toBe('cache');
         expect(doc.peers.find((p) => p.name === 'h2')?.state).toBe('up');
 
         await c.leave(h1);
         left = true;
         const back = Date.now();
         await waitUntil('h1 back with etcd, its liveness key held', () => backWithEtcd(bed, h1), { timeoutMs: RECONNECT_MAX_MS, intervalMs: 250 });
+        await waitUntil("h1's peers from etcd", async () => (await h1.status()).etcd.peersFrom === 'etcd', { timeoutMs: 5_000, intervalMs: 100 });
         results.push(`${c.name}: back with etcd ${((Date.now() - back) / 1000).toFixed(1)} s after it answered again`);
       } finally {
         await pings.stop();

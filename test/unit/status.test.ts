@@ -208,6 +208,8 @@ describe('renderStatus', () => {
     const out = renderStatus(doc, NOW);
     expect(out.split('\n')[3]).toBe('  etcd: DISCONNECTED (data plane keeps running)');
     expect(out).not.toContain('etcd: connected');
+    doc.etcd.peersFrom = 'cache'; // restarted while etcd was away
+    expect(renderStatus(doc, NOW).split('\n')[3]).toBe('  etcd: DISCONNECTED (data plane keeps running; peers from the cache file, not read from etcd since start)');
   });
 
   it('shows each address conflict after the etcd line, and nothing when there is none', () => {
