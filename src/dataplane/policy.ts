@@ -92,9 +92,12 @@ function ttlOf(key: number): number {
   return proto === PROTO_TCP ? FLOW_TTL_MS.tcp : proto === PROTO_UDP ? FLOW_TTL_MS.udp : proto === PROTO_ICMP ? FLOW_TTL_MS.icmp : FLOW_TTL_MS.other;
 }
 
-/** Bytes of a flow table of `capacity` entries (expiry, addresses, ports, rule, generation, protocol). */
+/**
+ * Bytes of a flow table of `capacity` entries (expiry, addresses, ports, rule, generation,
+ * protocol, and a version per entry for a table shared by several workers).
+ */
 export function flowTableBytes(capacity = DEFAULT_FLOW_CAPACITY): number {
-  return 30 * capacity;
+  return 34 * capacity;
 }
 
 export class PacketFilter {
@@ -126,6 +129,8 @@ export class PacketFilter {
   /** The rule that allowed the flow (document index), or -1: a reply to a flow we started. */
   private readonly fRule: Int32Array;
   private readonly fGen: Uint32Array;
+  /** Per entry, for a shared table only (see the constructor); null: a private table. */
+  private readonly ver: Int32Array | null;
   // the parsed key of the packet at hand (no object per packet)
   private pSrc = 0;
   private pDst = 0;
@@ -145,9 +150,13 @@ export class PacketFilter {
   /**
    * `shared`: the flow table in shared memory (flowTableBytes(capacity)), one for all data-plane
    * workers: a flow one worker starts (reading the TUN) is known to the worker that receives its
-   * replies (docs/design.md, Many cores). Two workers writing one bucket at once may lose one of
-   * the two entries (its next reply is decided by the rules again; a reply to our own flow is then
-   * dropped once and retransmitted). Absent: a private table.
+   * replies (docs/design.md, Many cores). Each entry has a version, as in a seqlock: a writer makes
+   * it odd (compare-and-swap: one writer at a time), writes, and makes it even again; a reader
+   * takes an entry only when its version was even and the same before and after it read the key.
+   * So no worker ever matches a key half written by another (a mix of two flows' fields). Two
+   * workers writing one entry at once lose one of the two (its next reply is decided by the rules
+   * again; a reply to our own flow is then dropped once and retransmitted). Absent: a private
+   * table, without versions.
    */
   constructor(
     private readonly clock: Clock,
@@ -166,6 +175,7 @@ export class PacketFilter {
     this.fRule = new Int32Array(b, 20 * c, c);
     this.fGen = new Uint32Array(b, 24 * c, c);
     this.kProto = new Uint16Array(b, 28 * c, c);
+    this.ver = shared ? new Int32Array(b, 30 * c, c) : null;
     this.now = clock.mono();
   }
 
@@ -386,10 +396,24 @@ export class PacketFilter {
     const b = this.bucket(src, dst, proto, ports);
     for (let i = b; i < b + WAYS; i++) {
       if (this.kSrc[i] === src && this.kDst[i] === dst && this.kPorts[i] === ports && this.kProto[i] === proto && this.exp[i]! > this.now) {
-        if (this.fRule[i]! < 0 || this.fGen[i] === this.gen) return i;
+        if ((this.fRule[i]! < 0 || this.fGen[i] === this.gen) && (this.ver === null || this.whole(i, src, dst, proto, ports))) return i;
       }
     }
     return -1;
+  }
+
+  /** Shared table: entry `i` holds the key whole, read between two equal even versions. */
+  private whole(i: number, src: number, dst: number, proto: number, ports: number): boolean {
+    const ver = this.ver!;
+    const v = Atomics.load(ver, i);
+    if ((v & 1) !== 0) return false; // another worker is writing it
+    const same =
+      this.kSrc[i] === src &&
+      this.kDst[i] === dst &&
+      this.kPorts[i] === ports &&
+      this.kProto[i] === proto &&
+      (this.fRule[i]! < 0 || this.fGen[i] === this.gen);
+    return same && Atomics.load(ver, i) === v;
   }
 
   /**
@@ -431,6 +455,13 @@ export class PacketFilter {
       slot = victim;
       this.evictions++;
     }
+    const ver = this.ver;
+    let v = 0;
+    if (ver !== null) {
+      v = Atomics.load(ver, slot);
+      // (another worker is writing this entry: ours is lost, see the constructor)
+      if ((v & 1) !== 0 || Atomics.compareExchange(ver, slot, v, v + 1) !== v) return;
+    }
     this.kSrc[slot] = src;
     this.kDst[slot] = dst;
     this.kPorts[slot] = ports;
@@ -438,6 +469,7 @@ export class PacketFilter {
     this.exp[slot] = this.now + ttlOf(proto);
     this.fRule[slot] = rule;
     this.fGen[slot] = gen;
+    if (ver !== null) Atomics.store(ver, slot, v + 2);
   }
 
 }

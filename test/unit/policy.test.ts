@@ -11,7 +11,7 @@ import {
   signPolicy,
   type PolicyRule,
 } from '../../src/control/policy';
-import { C_DENIED, C_REPLIES, C_RULES, counterSlots, FLOW_TTL_MS, PacketFilter } from '../../src/dataplane/policy';
+import { C_DENIED, C_REPLIES, C_RULES, counterSlots, flowTableBytes, FLOW_TTL_MS, PacketFilter } from '../../src/dataplane/policy';
 import { loadEd25519, type Ed25519, type SigningKeyPair } from '../../src/crypto/sign';
 import { isCladnetError } from '../../src/errors';
 import { createRootLogger } from '../../src/log';
@@ -110,14 +110,14 @@ function clock(start = 1000) {
   return c;
 }
 
-function filterFor(self: keyof typeof members, rules: PolicyRule[], serial = 1, c = clock()) {
+function filterFor(self: keyof typeof members, rules: PolicyRule[], serial = 1, c = clock(), shared?: SharedArrayBuffer) {
   const p = signPolicy(ed, net.secretKey, { network: 'demo', serial, rules, now: T0 });
   const compiled = compilePolicy(
     p,
     members[self],
     Object.values(members).filter((m) => m.name !== self),
   );
-  const f = new PacketFilter(c, 64);
+  const f = new PacketFilter(c, 64, shared);
   const o6 = overlay6Of(PREFIX6);
   f.setOverlay6(o6.hi, o6.mid);
   const counters = new Float64Array(counterSlots(p.rules.length));
@@ -386,6 +386,40 @@ describe('PacketFilter', () => {
     const syn = packet(DB, WEB, 6, 5432, 40000, { flags: 0x02 });
     f.track(syn, 0, syn.length);
     expect(ok(tcp(WEB, DB, 40000, 5432))).toBe(true);
+  });
+
+  it('a shared flow table (several workers): no worker matches an entry another is writing, whole or half written', () => {
+    const CAP = 64;
+    const sab = new SharedArrayBuffer(flowTableBytes(CAP));
+    const { f, ok } = filterFor('web', WEB_DB, 1, clock(), sab);
+    const syn = tcp(WEB, DB, 40000, 5432);
+    f.track(syn, 0, syn.length);
+    expect(ok(tcp(DB, WEB, 5432, 40000))).toBe(true);
+    // The table as the other workers see it (layout: policy.ts constructor).
+    const exp = new Float64Array(sab, 0, CAP);
+    const ports = new Int32Array(sab, 16 * CAP, CAP);
+    const ver = new Int32Array(sab, 30 * CAP, CAP);
+    const slot = exp.findIndex((e) => e > 0);
+    expect(slot).toBeGreaterThanOrEqual(0);
+    expect(ver[slot]! % 2).toBe(0);
+    // Another worker starts rewriting that entry (version odd) and has written the ports of a
+    // flow nobody started: neither the old flow nor the half-written mix may match meanwhile.
+    const v = ver[slot]!;
+    const old = ports[slot]!;
+    Atomics.store(ver, slot, v + 1);
+    expect(ok(tcp(DB, WEB, 5432, 40000))).toBe(false);
+    ports[slot] = old + 1; // (the key packs both ports; +1 moves one of them)
+    const torn = [tcp(DB, WEB, 5432, 40001), tcp(DB, WEB, 5433, 40000)];
+    expect(torn.map(ok)).toEqual([false, false]);
+    // The writer finishes (here: puts the old flow back): matched again.
+    ports[slot] = old;
+    Atomics.store(ver, slot, v + 2);
+    expect(ok(tcp(DB, WEB, 5432, 40000))).toBe(true);
+    // And a write of our own while that entry is in flux leaves it alone (ours is lost).
+    Atomics.store(ver, slot, v + 3);
+    f.track(syn, 0, syn.length);
+    expect(ver[slot]).toBe(v + 3);
+    expect(ports[slot]).toBe(old);
   });
 
   it('the flow table stays within its capacity, evicting the entry that expires first', () => {
