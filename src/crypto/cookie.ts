@@ -9,8 +9,10 @@
  *   reply  = 3 0 0 0 | their sender index | nonce (24) | XChaCha20-Poly1305(cookie; ad = their mac1)
  *            under HASH("cookie--" || our static public key): exactly what Noise.openCookie opens
  *
- * The secret is the worker's own, random, replaced every COOKIE_SECRET_MS; a cookie of the
- * previous secret is still accepted. The ffi backend (Debian's libsodium through koffi) and the
+ * The secret is random, replaced every COOKIE_SECRET_MS; a cookie of the previous secret is still
+ * accepted. With several workers the secrets are shared (sharedCookieSecrets): a retried initiation
+ * has a new sender index, which may steer it to another worker than the one whose cookie it
+ * carries, and that worker must accept it. Worker 0 rotates them. The ffi backend (Debian's libsodium through koffi) and the
  * native one (sodium-native) work in preallocated buffers; the fallback allocates its small results.
  */
 import { INITIATION_LEN } from './noise';
@@ -32,6 +34,21 @@ export interface WorkerCookies {
   tick(nowMs: number): void;
   /** Which library computes (createWorkerCookies sets it): portable is loadSodium()'s. */
   readonly backend?: 'ffi' | 'native' | 'portable';
+}
+
+/** Bytes of the shared secrets: two of 32, then the index of the current one and a generation (Int32 each). */
+const SHARED_BYTES = 72;
+
+/**
+ * Cookie secrets for several workers, drawn now (from `random`, the CSPRNG) so that no worker
+ * ever answers with an unset secret. Pass to createWorkerCookies in each worker; the one with
+ * `rotate` replaces them every COOKIE_SECRET_MS.
+ */
+export function sharedCookieSecrets(random: (out: Uint8Array) => void): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(SHARED_BYTES);
+  random(new Uint8Array(sab, 0, 64));
+  Atomics.store(new Int32Array(sab, 64, 2), 1, 1);
+  return sab;
 }
 
 /** The few primitives used, over preallocated buffers. */
@@ -62,6 +79,11 @@ class Cookies implements WorkerCookies {
   private secret = new Uint8Array(32);
   private previous = new Uint8Array(32);
   private secretAt = -Infinity;
+  /** Shared secrets (sharedCookieSecrets): the two slots and [current slot, generation]. */
+  private readonly slots: [Uint8Array, Uint8Array] | null;
+  private readonly ctl: Int32Array | null;
+  /** The shared generation last copied into secret/previous. */
+  private gen = 0;
   private readonly source = new Uint8Array(6);
   private readonly cookie = new Uint8Array(MAC_LEN);
   private readonly want = new Uint8Array(MAC_LEN);
@@ -74,9 +96,41 @@ class Cookies implements WorkerCookies {
     private readonly p: Prims,
     private readonly cookieKey: Uint8Array,
     readonly backend: 'ffi' | 'native' | 'portable',
-  ) {}
+    shared?: { sab: SharedArrayBuffer; rotate: boolean },
+    private readonly rotates = shared?.rotate ?? true,
+  ) {
+    this.slots = shared ? [new Uint8Array(shared.sab, 0, 32), new Uint8Array(shared.sab, 32, 32)] : null;
+    this.ctl = shared ? new Int32Array(shared.sab, 64, 2) : null;
+    if (this.slots) this.follow();
+  }
+
+  /**
+   * Shared secrets: copies the current and previous ones after a rotation (seen within a tick).
+   * The rotator writes a slot before it publishes the new generation, and the slot it writes is
+   * the one nobody uses as current, so what is copied after seeing that generation is whole.
+   */
+  private follow(): void {
+    const gen = Atomics.load(this.ctl!, 1);
+    if (gen === this.gen) return;
+    const cur = Atomics.load(this.ctl!, 0);
+    this.secret.set(this.slots![cur]!);
+    this.previous.set(this.slots![1 - cur]!);
+    this.gen = gen;
+  }
 
   tick(nowMs: number): void {
+    if (this.slots) {
+      if (this.secretAt === -Infinity) this.secretAt = nowMs; // (drawn by sharedCookieSecrets)
+      if (this.rotates && nowMs - this.secretAt >= COOKIE_SECRET_MS) {
+        const next = 1 - Atomics.load(this.ctl!, 0);
+        this.p.random(this.slots[next]!);
+        Atomics.store(this.ctl!, 0, next);
+        Atomics.add(this.ctl!, 1, 1);
+        this.secretAt = nowMs;
+      }
+      this.follow();
+      return;
+    }
     if (nowMs - this.secretAt < COOKIE_SECRET_MS) return;
     const old = this.previous;
     this.previous = this.secret;
@@ -135,8 +189,15 @@ class Cookies implements WorkerCookies {
   }
 }
 
-/** Worker cookies for the host whose static public key is `staticPublic`; call tick() before use. */
-export async function createWorkerCookies(staticPublic: Uint8Array, backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto'): Promise<WorkerCookies> {
+/**
+ * Worker cookies for the host whose static public key is `staticPublic`; call tick() before use.
+ * `shared`: secrets from sharedCookieSecrets, rotated here when `rotate` (one worker does).
+ */
+export async function createWorkerCookies(
+  staticPublic: Uint8Array,
+  backend: 'auto' | 'ffi' | 'native' | 'wasm' = 'auto',
+  shared?: { sab: SharedArrayBuffer; rotate: boolean },
+): Promise<WorkerCookies> {
   const label = new Uint8Array(LABEL_COOKIE.length + staticPublic.length);
   label.set(LABEL_COOKIE);
   label.set(staticPublic, LABEL_COOKIE.length);
@@ -144,8 +205,8 @@ export async function createWorkerCookies(staticPublic: Uint8Array, backend: 'au
   if (n) {
     const key = new Uint8Array(32);
     n.s.crypto_generichash(key, label, null);
-    return new Cookies(nativePrims(n.s), key, n.name);
+    return new Cookies(nativePrims(n.s), key, n.name, shared);
   }
   const s = await loadSodium();
-  return new Cookies(portablePrims(s), s.crypto_generichash(32, label, null), 'portable');
+  return new Cookies(portablePrims(s), s.crypto_generichash(32, label, null), 'portable', shared);
 }

@@ -7,9 +7,11 @@
  * what one worker learns from a packet (a roam, a confirmed session) is passed on to the others;
  * every send session gets one shared counter word (./counters.ts); stats are summed (SummedStats).
  */
+import { randomFillSync } from 'node:crypto';
 import { MessageChannel, Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import type { AeadBackend } from '../crypto/aead';
+import { sharedCookieSecrets } from '../crypto/cookie';
 import { WakeFd } from '../os/poll';
 import type { WorkerPeer } from './peer';
 import { flowTableBytes, type CompiledPolicy } from './policy';
@@ -97,6 +99,7 @@ export class DataplaneEngine {
   private sum: SummedStats | null = null;
   /** The policy's flow table all workers share (several workers). */
   private flowTable: SharedArrayBuffer | null = null;
+  private cookieSecrets: SharedArrayBuffer | null = null;
   private stopped = false;
   /** The AEAD implementation the workers use. */
   cryptoName = '';
@@ -141,6 +144,7 @@ export class DataplaneEngine {
     if (n > 1) {
       this.sum = new SummedStats(stats);
       this.flowTable = new SharedArrayBuffer(flowTableBytes());
+      this.cookieSecrets = sharedCookieSecrets((out) => randomFillSync(out));
     }
     const ready: Promise<void>[] = [];
     for (let k = 0; k < n; k++) ready.push(this.spawnOne(k, tunFds[k]!, udpFds[k]!, stats));
@@ -174,6 +178,7 @@ export class DataplaneEngine {
       workers: all.length,
       tunQueues: all.length > 1 ? [...(this.opts.tunFds ?? [])] : [],
       flowTable: this.flowTable,
+      cookieSecrets: this.cookieSecrets,
       siblingStats: k === 0 ? all.slice(1).map((x) => x.sab) : [],
       ctrlSab,
       control: chan.port2,

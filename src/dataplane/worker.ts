@@ -73,6 +73,8 @@ export interface WorkerInit {
   tunQueues: number[];
   /** The policy's flow table, shared by every worker (several workers; policy.ts flowTableBytes). */
   flowTable: SharedArrayBuffer | null;
+  /** The cookie secrets, shared by every worker (several workers; cookie.ts sharedCookieSecrets); worker 0 rotates them. */
+  cookieSecrets: SharedArrayBuffer | null;
   /** The other workers' stats regions, read by worker 0, which pings for all (stats.ts siblings). */
   siblingStats: SharedArrayBuffer[];
   ctrlSab: SharedArrayBuffer;
@@ -170,7 +172,8 @@ async function main(init: WorkerInit): Promise<void> {
   stats.siblings = init.siblingStats.map((sab) => new DataplaneStats(sab));
   const aead = await createAead(init.crypto);
   const mac1 = init.hsPublicKey ? await createMac1Check(init.hsPublicKey, init.crypto) : undefined;
-  const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto) : undefined;
+  const shared = init.cookieSecrets ? { sab: init.cookieSecrets, rotate: init.worker === 0 } : undefined;
+  const cookies = init.hsPublicKey ? await createWorkerCookies(init.hsPublicKey, init.crypto, shared) : undefined;
   const clock = systemClock;
   // The cookie secrets' first draw now rather than in the first packet's batch (that branch runs
   // once per process, so the warmed-up stages have no feedback for it; see ./warmup.ts).

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { COOKIE_REPLY_LEN, COOKIE_SECRET_MS, createWorkerCookies } from '../../src/crypto/cookie';
+import { randomFillSync } from 'node:crypto';
+import { COOKIE_REPLY_LEN, COOKIE_SECRET_MS, createWorkerCookies, sharedCookieSecrets } from '../../src/crypto/cookie';
 import { Noise, timestamp } from '../../src/crypto/noise';
 import { loadSodium } from '../../src/crypto/sodium';
 
@@ -67,4 +68,51 @@ describe('worker cookies', () => {
       expect(Buffer.from(r1).equals(Buffer.from(r2))).toBe(false);
     });
   }
+
+  it('several workers share the secrets: a retry steered to another worker passes there; worker 0 rotates for all', async () => {
+    const s = await loadSodium();
+    const [us, them] = [s.crypto_box_keypair(), s.crypto_box_keypair()];
+    const nThem = new Noise(s, them.privateKey, them.publicKey);
+    const SRC = 0xc6120002;
+    const PORT = 51820;
+    let now = 5_000;
+    const sab = sharedCookieSecrets((out) => randomFillSync(out));
+    const w0 = await createWorkerCookies(us.publicKey, 'ffi', { sab, rotate: true });
+    const w1 = await createWorkerCookies(us.publicKey, 'ffi', { sab, rotate: false });
+    const alone = await createWorkerCookies(us.publicKey, 'ffi'); // a worker with its own secret
+    for (const j of [w0, w1, alone]) j.tick(now);
+    // The first initiation (sender index 41) lands on worker 1 and gets its cookie; the retry has
+    // a new sender index (42) and the steering gives it to worker 0.
+    const first = nThem.initiate(us.publicKey, 41, timestamp(1_700_000_000_000), null)!;
+    const out = new Uint8Array(COOKIE_REPLY_LEN);
+    w1.reply(first.msg, 0, first.msg.length, SRC, PORT, out, 0);
+    const cookie = nThem.openCookie(out, us.publicKey, first.pending.mac1)!;
+    expect(cookie).not.toBeNull();
+    const retry = nThem.initiate(us.publicKey, 42, timestamp(1_700_000_000_001), cookie)!.msg;
+    expect(w0.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(true);
+    expect(w1.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(true);
+    expect(alone.checkMac2(retry, 0, retry.length, SRC, PORT)).toBe(false); // what per-worker secrets did
+    // Worker 1 never rotates on its own; worker 0's rotation reaches it at its next tick.
+    now += COOKIE_SECRET_MS;
+    w1.tick(now);
+    const again = new Uint8Array(COOKIE_REPLY_LEN);
+    w1.reply(first.msg, 0, first.msg.length, SRC, PORT, again, 0);
+    const sameCookie = nThem.openCookie(again, us.publicKey, first.pending.mac1)!;
+    expect(Buffer.from(sameCookie).equals(Buffer.from(cookie))).toBe(true);
+    w0.tick(now);
+    w1.tick(now);
+    const rotated = new Uint8Array(COOKIE_REPLY_LEN);
+    w1.reply(first.msg, 0, first.msg.length, SRC, PORT, rotated, 0);
+    const newCookie = nThem.openCookie(rotated, us.publicKey, first.pending.mac1)!;
+    expect(Buffer.from(newCookie).equals(Buffer.from(cookie))).toBe(false);
+    const retry2 = nThem.initiate(us.publicKey, 43, timestamp(1_700_000_000_002), newCookie)!.msg;
+    expect(w0.checkMac2(retry2, 0, retry2.length, SRC, PORT)).toBe(true);
+    // the old cookie is still good for one rotation, on both
+    expect([w0, w1].map((j) => j.checkMac2(retry, 0, retry.length, SRC, PORT))).toEqual([true, true]);
+    now += COOKIE_SECRET_MS;
+    w0.tick(now);
+    w1.tick(now);
+    expect([w0, w1].map((j) => j.checkMac2(retry, 0, retry.length, SRC, PORT))).toEqual([false, false]);
+    expect([w0, w1].map((j) => j.checkMac2(retry2, 0, retry2.length, SRC, PORT))).toEqual([true, true]);
+  });
 });
