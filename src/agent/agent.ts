@@ -1297,7 +1297,7 @@ export class Agent {
     });
     await step('status', () => this.status?.stop());
     await step('metrics', () => this.metrics?.stop());
-    await step('liveness', () => withTimeout(this.registry?.stopAlive(), 2_000));
+    // (revokes our liveness too; with etcd hung both that and the watch's end wait about 1 s)
     await step('registry', () => withTimeout(this.registry?.close(), 2_000));
     this.etcdLink?.close(); // ends the register/republish waits
     this.hsTimer.close();

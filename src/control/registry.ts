@@ -579,15 +579,18 @@ export class Registry {
   /** Stops watch, liveness (revoked), retries and timers. Does not close the etcd client. */
   async close(): Promise<void> {
     if (this.closed) return;
-    await this.stopAlive();
+    // Revoking our liveness and ending the watches both wait on etcd when it does not answer
+    // (each bounded: liveness.ts STOP_REVOKE_MS, watch.ts CANCEL_WAIT_MS), so they run at once.
+    const alive = this.stopAlive();
     this.closed = true;
     if (this.emitScheduled) clearImmediate(this.emitScheduled);
     this.emitScheduled = null;
     this.evaluator.close();
-    if (this.ownLink) this.link.close();
-    await this.mirror.close();
-    await this.viewsWatch?.close();
-    await this.publisher.settled();
+    // The cache first: the rest may wait on etcd (the agent bounds a stop's wait for them), and
+    // the next start needs the last peer set.
     await this.cache?.close();
+    await Promise.all([alive, this.mirror.close(), this.viewsWatch?.close()]);
+    if (this.ownLink) this.link.close();
+    await this.publisher.settled();
   }
 }

@@ -27,6 +27,11 @@ import { recoveryMs, startPings } from '../../src/testbed/traffic';
 const isRoot = process.getuid?.() === 0;
 const RESTART_MAX_MS = 2_000;
 const RECONNECT_MAX_MS = 40_000;
+/**
+ * A stop with etcd hung: the revoke of the liveness lease and the end of the watch wait about
+ * 1 s each, at once (3.1 s before, one after the other with a 5 s revoke deadline).
+ */
+const STOP_MAX_MS = 2_000;
 
 describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => {
   let bed: MeshBed;
@@ -95,6 +100,25 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
       }
     }, 90_000);
   }
+
+  it('a stop while etcd hangs takes at most STOP_MAX_MS, and the next start has its peers', async () => {
+    const h1 = bed.agent('h1');
+    await bed.waitUp();
+    process.kill(bed.etcd.pid()!, 'SIGSTOP');
+    let stoppedMs: number;
+    try {
+      const t0 = Date.now();
+      expect(await h1.stop({ signal: 'SIGTERM', timeoutMs: 10_000 })).toEqual({ code: 0, signal: null });
+      stoppedMs = Date.now() - t0;
+    } finally {
+      process.kill(bed.etcd.pid()!, 'SIGCONT');
+    }
+    results.push(`stop with etcd hung: ${stoppedMs} ms`);
+    const again = await bed.start(h1.host, { issueCert: false });
+    await bed.waitUp();
+    expect(stoppedMs).toBeLessThan(STOP_MAX_MS);
+    expect(again.logTail(50)).toMatch(/"msg":"agent up"/);
+  }, 60_000);
 
   it('a network spec changed while the host was away, read after it started on the saved one: saved, and the agent stops so its service restarts on it', async () => {
     let h1 = bed.agent('h1');
