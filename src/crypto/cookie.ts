@@ -10,10 +10,11 @@
  *            under HASH("cookie--" || our static public key): exactly what Noise.openCookie opens
  *
  * The secret is random, replaced every COOKIE_SECRET_MS; a cookie of the previous secret is still
- * accepted. With several workers the secrets are shared (sharedCookieSecrets): a retried initiation
- * has a new sender index, which may steer it to another worker than the one whose cookie it
- * carries, and that worker must accept it. Worker 0 rotates them. The ffi backend (Debian's libsodium through koffi) and the
- * native one (sodium-native) work in preallocated buffers; the fallback allocates its small results.
+ * accepted. With several workers the secrets are shared (sharedCookieSecrets): a retried
+ * initiation has a new sender index, which may steer it to another worker than the one whose
+ * cookie it carries, and that worker must accept it. Worker 0 rotates them. The ffi backend
+ * (Debian's libsodium through koffi) and the native one (sodium-native) work in preallocated
+ * buffers; the fallback allocates its small results.
  */
 import { INITIATION_LEN } from './noise';
 import { loadSodium, loadWorkerSodium, type Sodium, type WorkerSodium } from './sodium';
@@ -84,6 +85,7 @@ class Cookies implements WorkerCookies {
   private readonly ctl: Int32Array | null;
   /** The shared generation last copied into secret/previous. */
   private gen = 0;
+  private readonly drawn = new Uint8Array(32);
   private readonly source = new Uint8Array(6);
   private readonly cookie = new Uint8Array(MAC_LEN);
   private readonly want = new Uint8Array(MAC_LEN);
@@ -123,7 +125,10 @@ class Cookies implements WorkerCookies {
       if (this.secretAt === -Infinity) this.secretAt = nowMs; // (drawn by sharedCookieSecrets)
       if (this.rotates && nowMs - this.secretAt >= COOKIE_SECRET_MS) {
         const next = 1 - Atomics.load(this.ctl!, 0);
-        this.p.random(this.slots[next]!);
+        // (drawn in our own memory, then copied: sodium-native does not write into shared memory)
+        this.p.random(this.drawn);
+        this.slots[next]!.set(this.drawn);
+        this.drawn.fill(0);
         Atomics.store(this.ctl!, 0, next);
         Atomics.add(this.ctl!, 1, 1);
         this.secretAt = nowMs;

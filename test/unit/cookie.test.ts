@@ -69,7 +69,8 @@ describe('worker cookies', () => {
     });
   }
 
-  it('several workers share the secrets: a retry steered to another worker passes there; worker 0 rotates for all', async () => {
+  for (const backend of ['ffi', 'native', 'wasm'] as const) {
+  it(`${backend}: several workers share the secrets: a retry steered to another worker passes there; worker 0 rotates for all`, async () => {
     const s = await loadSodium();
     const [us, them] = [s.crypto_box_keypair(), s.crypto_box_keypair()];
     const nThem = new Noise(s, them.privateKey, them.publicKey);
@@ -77,9 +78,9 @@ describe('worker cookies', () => {
     const PORT = 51820;
     let now = 5_000;
     const sab = sharedCookieSecrets((out) => randomFillSync(out));
-    const w0 = await createWorkerCookies(us.publicKey, 'ffi', { sab, rotate: true });
-    const w1 = await createWorkerCookies(us.publicKey, 'ffi', { sab, rotate: false });
-    const alone = await createWorkerCookies(us.publicKey, 'ffi'); // a worker with its own secret
+    const w0 = await createWorkerCookies(us.publicKey, backend, { sab, rotate: true });
+    const w1 = await createWorkerCookies(us.publicKey, backend, { sab, rotate: false });
+    const alone = await createWorkerCookies(us.publicKey, backend); // a worker with its own secret
     for (const j of [w0, w1, alone]) j.tick(now);
     // The first initiation (sender index 41) lands on worker 1 and gets its cookie; the retry has
     // a new sender index (42) and the steering gives it to worker 0.
@@ -115,4 +116,5 @@ describe('worker cookies', () => {
     expect([w0, w1].map((j) => j.checkMac2(retry, 0, retry.length, SRC, PORT))).toEqual([false, false]);
     expect([w0, w1].map((j) => j.checkMac2(retry2, 0, retry2.length, SRC, PORT))).toEqual([true, true]);
   });
+  }
 });
