@@ -54,9 +54,16 @@ function spawnDashboard(bed: MeshBed, port: number, logFile: string): ChildProce
  * Debian's chromium inside namespace `ns` with a fresh profile under `outDir`: playwright talks to
  * it over inherited pipes, which `ip netns exec` keeps.
  */
-/** Removes the browser profiles under `outDir` (the screenshots and logs stay for a look). */
-function removeProfiles(outDir: string | undefined): void {
+/**
+ * Removes `outDir` (each run left its screenshots and logs in /tmp before); with
+ * CLADNET_KEEP_SCREENSHOTS=1 only the browser profiles go, and the screenshots stay for a look.
+ */
+function removeOutDir(outDir: string | undefined): void {
   if (!outDir || !fs.existsSync(outDir)) return;
+  if (process.env.CLADNET_KEEP_SCREENSHOTS !== '1') {
+    fs.rmSync(outDir, { recursive: true, force: true });
+    return;
+  }
   for (const f of fs.readdirSync(outDir)) if (f.startsWith('profile-')) fs.rmSync(path.join(outDir, f), { recursive: true, force: true });
 }
 
@@ -108,7 +115,7 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
 
   afterAll(async () => {
     await context?.close().catch(() => undefined);
-    removeProfiles(outDir);
+    removeOutDir(outDir);
     if (dash && dash.exitCode === null) {
       dash.kill('SIGTERM');
       await new Promise((r) => {
@@ -201,7 +208,7 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
     expect(await page.getAttribute('svg g[data-host="h3"]', 'data-state')).toBe('silent');
     const shot = path.join(outDir, 'dashboard.png');
     await page.screenshot({ path: shot, fullPage: true });
-    console.log(`screenshots: ${shot} (and dashboard-up.png beside it)`);
+    console.log(`screenshots: ${shot} (and dashboard-up.png beside it; kept with CLADNET_KEEP_SCREENSHOTS=1)`);
     expect(fs.statSync(shot).size).toBeGreaterThan(10_000);
   });
 
@@ -245,7 +252,7 @@ describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
 
   afterAll(async () => {
     await context?.close().catch(() => undefined);
-    removeProfiles(outDir);
+    removeOutDir(outDir);
     await bed?.destroy(); // (ends the dashboard too: the topology tracks what it spawned)
   });
 
@@ -301,6 +308,6 @@ describe.skipIf(!isRoot)('cladnet dashboard with NATs and a relay', () => {
     for (const c of cells.filter((x) => x.from === 'relay')) expect(c.path).toBe('public');
     const shot = path.join(outDir, 'dashboard.png');
     await page.screenshot({ path: shot, fullPage: true });
-    console.log(`screenshot: ${shot}`);
+    console.log(`screenshot: ${shot} (kept with CLADNET_KEEP_SCREENSHOTS=1)`);
   }, 120_000);
 });
