@@ -187,7 +187,7 @@ export function buildProgram(): Command {
   etcdOptions(
     network
       .command('sign <name>')
-      .description('sign the network spec (cidr, mtu, port) with the network key; for specs made before specs were signed')
+      .description('sign the network spec (cidr, mtu, port) with the network key under a new serial: a spec made before specs were signed, or new values (--rewrite)')
       .requiredOption('--network-key <file>', 'the network key from `network create` (mode 0600)')
       .requiredOption('--cidr <cidr>', 'the overlay range you vouch for; refused when etcd holds another')
       .option('--mtu <n>', 'the overlay MTU you vouch for (default 1420)')
@@ -207,7 +207,7 @@ export function buildProgram(): Command {
       );
       print(r.spec, !!o.json, () =>
         [
-          `signed network ${r.spec.name}: ${r.spec.cidr}, mtu ${r.spec.mtu}, port ${r.spec.port}`,
+          `signed network ${r.spec.name}: ${r.spec.cidr}, mtu ${r.spec.mtu}, port ${r.spec.port}, serial ${r.spec.serial}`,
           ...(r.rewritten.length > 0 ? [`rewrote ${r.rewritten.join(', ')} (etcd held other values)`] : []),
         ].join('\n'),
       );

@@ -102,25 +102,49 @@ export function checkNetworkMembership(spec: NetworkSpec, m: Membership): void {
 }
 
 /**
- * The spec to run with: `current` (from etcd) when it passes `checkNetworkMembership`; else the
- * last good one from the saved state when that passes (an etcd writer's rewrite then changes
- * nothing here, and is logged as an error); else the refusal for `current`.
+ * The spec to run with: `current` (from etcd) when it passes `checkNetworkMembership` and is not
+ * older than the saved one; else the last good one from the saved state when that passes (an etcd
+ * writer's rewrite, or its replay of a spec the network key signed earlier, then changes nothing
+ * here, and is logged as an error); else the refusal for `current`.
  */
 export function chooseNetworkSpec(current: NetworkSpec, saved: NetworkSpec | null, m: Membership, log: Logger): NetworkSpec {
+  const good = saved !== null && saved !== current && passes(saved, m) ? saved : null;
+  let refusal: CladnetError;
   try {
     checkNetworkMembership(current, m);
-    return current;
+    const older = good === null ? null : olderThan(current, good);
+    if (older === null) return current;
+    refusal = new CladnetError('EKEY', `network ${current.name}: ${older}; refusing it (replayed by an etcd writer?)`, { field: 'serial' });
   } catch (e) {
-    if (!(e instanceof CladnetError) || saved === null || saved === current) throw e;
-    try {
-      checkNetworkMembership(saved, m);
-    } catch {
-      throw e;
-    }
-    log.error(
-      { err: e.message, cidr: saved.cidr, mtu: saved.mtu, port: saved.port },
-      'the network spec in etcd is refused; keeping the last good spec from the saved state',
-    );
-    return saved;
+    if (!(e instanceof CladnetError)) throw e;
+    refusal = e;
   }
+  if (good === null) throw refusal;
+  log.error(
+    { err: refusal.message, cidr: good.cidr, mtu: good.mtu, port: good.port, serial: good.serial ?? 0 },
+    'the network spec in etcd is refused; keeping the last good spec from the saved state',
+  );
+  return good;
+}
+
+function passes(spec: NetworkSpec, m: Membership): boolean {
+  try {
+    checkNetworkMembership(spec, m);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why `spec` must not replace `held` (both signed by the network key), or null. Every signing
+ * gives a larger serial, so a smaller one is an earlier spec put back; the same serial with other
+ * content was never a successor of the held spec either.
+ */
+export function olderThan(spec: NetworkSpec, held: NetworkSpec): string | null {
+  const a = spec.serial ?? 0;
+  const b = held.serial ?? 0;
+  if (a < b) return `the spec in etcd has serial ${a}, older than serial ${b} this host already ran with`;
+  if (a === b && spec.signature !== held.signature) return `the spec in etcd has serial ${a} like the one this host ran with, but other content`;
+  return null;
 }

@@ -88,8 +88,9 @@ export function canonicalTokenRevocation(r: UnsignedTokenRevocation): Uint8Array
 
 /** Everything in the spec but the signature, the trust anchor included. */
 export function canonicalNetworkSpec(s: UnsignedNetworkSpec): Uint8Array {
-  const { version, name, cidr, mtu, port, created, trustAnchor } = s;
-  return utf8.encode(SPEC_LABEL + JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor }));
+  const { version, name, cidr, mtu, port, created, trustAnchor, serial } = s;
+  // (JSON.stringify leaves out an undefined serial: specs signed before it existed keep their bytes)
+  return utf8.encode(SPEC_LABEL + JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor, serial }));
 }
 
 export function canonicalRevocation(r: UnsignedRevocation): Uint8Array {
@@ -291,8 +292,8 @@ export function tokenRevokes(rev: TokenRevocation, cert: HostCert): boolean {
 
 /** Signs a spec (its trust anchor must be the key's public half); throws ECONFIG when it does not parse. */
 export function signNetworkSpec(ed: Ed25519, secretKey: Uint8Array, spec: UnsignedNetworkSpec): NetworkSpec {
-  const { version, name, cidr, mtu, port, created, trustAnchor } = spec;
-  const unsigned: UnsignedNetworkSpec = { version, name, cidr, mtu, port, created, trustAnchor };
+  const { version, name, cidr, mtu, port, created, trustAnchor, serial } = spec;
+  const unsigned: UnsignedNetworkSpec = { version, name, cidr, mtu, port, created, trustAnchor, serial };
   const signed = { ...unsigned, signature: b64(ed.sign(canonicalNetworkSpec(unsigned), secretKey)) };
   const checked = parseNetworkSpec(serializeNetworkSpec(signed), { name });
   if (!checked.ok) throw new CladnetError('ECONFIG', `network spec: ${checked.error}`, { field: checked.error.split(':')[0] });

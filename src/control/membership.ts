@@ -26,7 +26,7 @@ import { checkName, networkKey, revokedKey } from './keys';
 import { assertAddressFree, loadIssuerView, recordIssued, reservedFor, restoreHolderLeases } from './issuance';
 import { appendLedger, ledgerFileFor } from './ledger';
 import { leaseOverlayIp, releaseOverlayIp } from './leases';
-import { buildNetworkSpec, createNetwork, getNetwork, type CreateNetworkInput } from './networks';
+import { buildNetworkSpec, createNetwork, getNetwork, nextSpecSerial, type CreateNetworkInput } from './networks';
 import { overlaps, parseOverlayCidr, parsePrefix } from '../util/ipv4';
 import {
   checkRecordSize,
@@ -99,6 +99,8 @@ export interface SignOptions {
   port?: number;
   /** Write these values even when etcd holds others (else that is refused). */
   rewrite?: boolean;
+  /** The signing time (the spec's serial follows it); default now. */
+  now?: Date;
 }
 
 /**
@@ -136,7 +138,9 @@ export async function signNetwork(client: Etcd3, o: SignOptions): Promise<{ spec
         field: rewritten[0]!,
       });
     }
-    const spec = signNetworkSpec(ed, key.secretKey, { ...stored, cidr: want.cidr, mtu: want.mtu, port: want.port });
+    // a new serial: agents that hold this spec refuse the one it replaces if it is put back
+    const serial = nextSpecSerial(stored, o.now ?? new Date());
+    const spec = signNetworkSpec(ed, key.secretKey, { ...stored, cidr: want.cidr, mtu: want.mtu, port: want.port, serial });
     const done = await etcdCall(`sign ${k}`, () =>
       client.if(k, 'Mod', '==', kv.mod_revision).then(client.put(k).value(serializeNetworkSpec(spec))).commit(),
     );

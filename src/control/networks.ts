@@ -25,8 +25,19 @@ function checkInt(v: number, field: string, min: number, max: number): number {
   return v;
 }
 
+/**
+ * The serial for a spec signed at `now` that replaces `stored`: the time in Unix seconds, or one
+ * more than the stored serial when that is already as large. Time keeps serials growing even when
+ * the stored spec is an earlier one an etcd writer put back (the operator signs over it), and
+ * after a network is deleted and made again under the same name and key.
+ */
+export function nextSpecSerial(stored: NetworkSpec | null, now: Date): number {
+  return Math.max((stored?.serial ?? 0) + 1, Math.floor(now.getTime() / 1000));
+}
+
 /** Builds and validates a spec without touching etcd (throws ECONFIG / ECIDR naming the field). */
 export function buildNetworkSpec(input: CreateNetworkInput, clock: () => Date = () => new Date()): NetworkSpec {
+  const now = clock();
   const name = checkName(input.name, 'name');
   const prefix = parseOverlayCidr(input.cidr, 'cidr');
   const spec: NetworkSpec = {
@@ -35,7 +46,8 @@ export function buildNetworkSpec(input: CreateNetworkInput, clock: () => Date = 
     cidr: formatPrefix(prefix),
     mtu: checkInt(input.mtu ?? DEFAULT_MTU, 'mtu', MTU_MIN, MTU_MAX),
     port: checkInt(input.port ?? DEFAULT_PORT, 'port', 1, 65535),
-    created: clock().toISOString(),
+    created: now.toISOString(),
+    serial: nextSpecSerial(null, now),
   };
   if (input.trustAnchor !== undefined) {
     if (!isBase64Of(input.trustAnchor, 32)) {

@@ -75,6 +75,13 @@ export interface NetworkSpec {
    */
   trustAnchor?: string;
   /**
+   * Increases with every signing of this network's spec (`network create` 1, each `network sign`
+   * one more), so an agent can tell a newer spec from a replayed older one (`specOrder` in
+   * src/agent/membership.ts). Absent in specs signed before it existed (they count as 0), which
+   * keeps their canonical bytes.
+   */
+  serial?: number;
+  /**
    * Base64 Ed25519 signature by the network key over `canonicalNetworkSpec` (src/control/cert.ts):
    * cidr, mtu and port cannot be changed by an etcd writer. Agents refuse a spec without one
    * (made before specs were signed: `cladnet network sign` adds it).
@@ -515,6 +522,7 @@ export function parseNetworkSpec(raw: string | Buffer, expect: { name?: string }
       created: isoTime(o, 'created'),
     };
     if (o['trustAnchor'] !== undefined) spec.trustAnchor = base64Of(o, 'trustAnchor', 32);
+    if (o['serial'] !== undefined) spec.serial = int(o, 'serial', 1, Number.MAX_SAFE_INTEGER);
     if (o['signature'] !== undefined) spec.signature = base64Of(o, 'signature', 64);
     return freezeDeep(spec);
   });
@@ -626,8 +634,8 @@ export function checkOverlayIpInNetwork(rec: Pick<HostRecord, 'overlayIp'>, cidr
 
 /** Canonical JSON of a record: known fields only, in declaration order. */
 export function serializeNetworkSpec(s: NetworkSpec): string {
-  const { version, name, cidr, mtu, port, created, trustAnchor, signature } = s;
-  return JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor, signature });
+  const { version, name, cidr, mtu, port, created, trustAnchor, serial, signature } = s;
+  return JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor, serial, signature });
 }
 
 /** Known fields only, in declaration order (the signature last). */

@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { backWithEtcd } from '../helpers/bed-etcd';
+import { backWithEtcd, bedEtcdctl } from '../helpers/bed-etcd';
+import { networkKey } from '../../src/control/keys';
 import { cliPath, networkKeyFile, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { runOk } from '../../src/testbed/run';
@@ -155,5 +156,38 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
     } finally {
       if (stopped) process.kill(bed.etcd.pid()!, 'SIGCONT');
     }
+  }, 90_000);
+
+  it('an earlier spec the network key signed, put back by an etcd writer, is refused at start: the host keeps the newer one it ran with', async () => {
+    let h1 = bed.agent('h1');
+    const mtuOf = async (a: Agent) => (JSON.parse((await bed.topo.exec(a.host.ns, ['ip', '-j', 'link', 'show', 'dev', a.iface])).stdout) as { mtu: number }[])[0]!.mtu;
+    const got = await bedEtcdctl(bed, ['get', networkKey(bed.network), '--print-value-only']);
+    expect(got.code, got.stderr).toBe(0);
+    const earlier = got.stdout.trim();
+    const mtu = (JSON.parse(earlier) as { mtu: number }).mtu === 1400 ? 1380 : 1400;
+    // The operator signs a new MTU (a new serial) and h1 runs on it...
+    expect(await h1.stop()).toEqual({ code: 0, signal: null });
+    await runOk(
+      [
+        ...['ip', 'netns', 'exec', bed.topo.routerNs, process.execPath, cliPath(), 'network', 'sign', bed.network],
+        ...['--network-key', networkKeyFile(bed.topo, bed.network), '--cidr', bed.cidr, '--mtu', String(mtu), '--rewrite', '--etcd', bed.etcd.endpoint],
+      ],
+      { timeoutMs: 20_000 },
+    );
+    h1 = await bed.start(h1.host, { issueCert: false });
+    expect(await mtuOf(h1)).toBe(mtu);
+    expect(await h1.stop()).toEqual({ code: 0, signal: null });
+    // ... then an etcd writer puts the earlier spec back: its signature is good, its serial older.
+    const put = await bedEtcdctl(bed, ['put', networkKey(bed.network), earlier]);
+    expect(put.code, put.stderr).toBe(0);
+    h1 = await bed.start(h1.host, { issueCert: false });
+    expect(await mtuOf(h1)).toBe(mtu);
+    expect(h1.logTail(50)).toMatch(/older than serial \d+ this host already ran with; refusing it .*keeping the last good spec from the saved state/);
+    // It runs on (no restart into the old spec) and its peer reaches it.
+    await bed.waitUp();
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect([h1.proc.exitCode, h1.proc.signalCode]).toEqual([null, null]);
+    const state = JSON.parse(fs.readFileSync(path.join(h1.stateDir, 'state.json'), 'utf8')) as { network: { mtu: number } };
+    expect(state.network.mtu).toBe(mtu);
   }, 90_000);
 });

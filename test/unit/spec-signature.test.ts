@@ -4,9 +4,10 @@
  * test/e2e/etcd-spec-signature.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { canonicalCert, CERT_LABEL, issueCert, mayRelay, signNetworkSpec, TrustAnchor } from '../../src/control/cert';
+import { canonicalCert, canonicalNetworkSpec, CERT_LABEL, issueCert, mayRelay, signNetworkSpec, TrustAnchor } from '../../src/control/cert';
+import { buildNetworkSpec, nextSpecSerial } from '../../src/control/networks';
 import { HostRecord, NetworkSpec, parseHostCert, parseNetworkSpec, serializeHostCert, serializeNetworkSpec } from '../../src/control/records';
-import { chooseNetworkSpec, checkNetworkMembership, type Membership } from '../../src/agent/membership';
+import { chooseNetworkSpec, checkNetworkMembership, olderThan, type Membership } from '../../src/agent/membership';
 import { loadEd25519 } from '../../src/crypto/sign';
 import { CladnetError } from '../../src/errors';
 import { createRootLogger } from '../../src/log';
@@ -94,6 +95,82 @@ describe('signed network spec', () => {
     expect(chooseNetworkSpec(spec, null, member, log)).toBe(spec);
     expect(refusal(() => chooseNetworkSpec(bad, null, member, log)).code).toBe('EKEY');
     expect(refusal(() => chooseNetworkSpec(bad, rewrite(spec, { port: 1 }), member, log)).field).toBe('signature');
+  });
+});
+
+describe('network spec serials: a replayed earlier spec', () => {
+  const logLines = () => {
+    const lines: { level: number; msg: string; err?: string }[] = [];
+    const log = createRootLogger('info', { write: (s: string) => void lines.push(JSON.parse(s) as { level: number; msg: string }) });
+    return { lines, log };
+  };
+
+  it('a spec signed before serials existed keeps its canonical bytes, so its signature still verifies', async () => {
+    const { ed, kp, unsigned, trust } = await fixture();
+    const SPEC_LABEL = 'cladnet network spec v1\n';
+    const { version, name, cidr, mtu, port, created, trustAnchor } = unsigned;
+    const before = Buffer.from(SPEC_LABEL + JSON.stringify({ version, name, cidr, mtu, port, created, trustAnchor }));
+    expect(Buffer.from(canonicalNetworkSpec(unsigned)).equals(before)).toBe(true);
+    const old = { ...unsigned, signature: Buffer.from(ed.sign(before, kp.secretKey)).toString('base64') };
+    const parsed = parseNetworkSpec(JSON.stringify(old), { name: 'demo' });
+    expect(parsed.ok && parsed.value.serial).toBeUndefined();
+    expect(parsed.ok && trust.verifySpec(parsed.value)).toBeNull();
+  });
+
+  it('the serial is signed: an etcd writer who raises it breaks the signature', async () => {
+    const { ed, kp, unsigned, trust } = await fixture();
+    const spec = signNetworkSpec(ed, kp.secretKey, { ...unsigned, serial: 5 });
+    expect(trust.verifySpec(spec)).toBeNull();
+    expect(trust.verifySpec(rewrite(spec, { serial: 6 }))).toMatch(/^signature: /);
+    expect(trust.verifySpec(rewrite(spec, { serial: undefined }))).toMatch(/^signature: /);
+  });
+
+  it.each([[0], [-1], [1.5], ['7'], [2 ** 53]])('a serial of %j is refused, naming the field', (serial) => {
+    const o = { version: 1, name: 'demo', cidr: '100.64.0.0/24', mtu: 1420, port: 51820, created: '2026-12-01T00:00:00.000Z', serial };
+    const parsed = parseNetworkSpec(JSON.stringify(o), { name: 'demo' });
+    expect(parsed.ok).toBe(false);
+    expect(!parsed.ok && parsed.error).toMatch(/^serial: /);
+  });
+
+  it('serials follow the signing time and always grow, also over a replayed or a later-dated stored spec', () => {
+    const t = new Date('2026-12-04T10:00:00.000Z');
+    const secs = Math.floor(t.getTime() / 1000);
+    expect(buildNetworkSpec({ name: 'demo', cidr: '100.64.0.0/24' }, () => t).serial).toBe(secs);
+    expect(nextSpecSerial(null, t)).toBe(secs);
+    const stored = (serial?: number) => ({ ...buildNetworkSpec({ name: 'demo', cidr: '100.64.0.0/24' }, () => t), serial });
+    expect(nextSpecSerial(stored(undefined), t)).toBe(secs); // signed before serials existed
+    expect(nextSpecSerial(stored(secs - 100), t)).toBe(secs); // an earlier spec (perhaps put back)
+    expect(nextSpecSerial(stored(secs), t)).toBe(secs + 1); // signed again within the second
+    expect(nextSpecSerial(stored(secs + 50), t)).toBe(secs + 51); // a clock behind the last signer's
+  });
+
+  it('the agent keeps the newer saved spec when etcd holds an earlier one the network key signed, and logs why', async () => {
+    const { ed, kp, unsigned, member } = await fixture();
+    const v1 = signNetworkSpec(ed, kp.secretKey, { ...unsigned, serial: 100 });
+    const v2 = signNetworkSpec(ed, kp.secretKey, { ...unsigned, mtu: 1380, serial: 101 });
+    const { lines, log } = logLines();
+    expect(chooseNetworkSpec(v1, v2, member, log)).toBe(v2);
+    const line = lines.find((l) => l.level === 50);
+    expect(line?.msg).toMatch(/keeping the last good spec/);
+    expect(line?.err).toMatch(/serial 100, older than serial 101 this host already ran with/);
+    // the newer one from etcd replaces the saved one, silently
+    expect(chooseNetworkSpec(v2, v1, member, log)).toBe(v2);
+    expect(chooseNetworkSpec(v2, v2, member, log)).toBe(v2);
+    expect(lines.length).toBe(1);
+    // a spec signed before serials existed is older than any with one
+    const legacy = signNetworkSpec(ed, kp.secretKey, unsigned);
+    expect(chooseNetworkSpec(legacy, v1, member, log)).toBe(v1);
+    expect(chooseNetworkSpec(v1, legacy, member, log)).toBe(v1);
+    // the same serial with other content never followed the saved spec either
+    const twin = signNetworkSpec(ed, kp.secretKey, { ...unsigned, port: 4000, serial: 101 });
+    expect(olderThan(twin, v2)).toMatch(/serial 101 like the one this host ran with, but other content/);
+    expect(olderThan(v2, twin)).not.toBeNull();
+    expect(chooseNetworkSpec(twin, v2, member, log)).toBe(v2);
+    // a host without a saved spec cannot tell, and takes etcd's when it verifies
+    expect(chooseNetworkSpec(v1, null, member, log)).toBe(v1);
+    // and a saved spec that does not verify does not count, serial or not
+    expect(chooseNetworkSpec(v1, rewrite(v2, { serial: 999 }), member, log)).toBe(v1);
+    expect(lines.length).toBe(3);
   });
 });
 
