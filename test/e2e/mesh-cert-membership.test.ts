@@ -268,7 +268,9 @@ describe.skipIf(!isRoot)('membership is the certificate (etcd records and livene
       const d = await h1.status();
       console.log(`restart while cut off from etcd: h1 -> h3 answered ${ms} ms after the respawn; h1's view of h3 in etcd ${JSON.stringify(peerOf(d, 'h3')?.etcd)}`);
       expect(peerOf(d, 'h3')).toBeDefined();
-      expect(ms).toBeLessThan(2_000);
+      // (one CI run in many took 3.3 s here: if it comes back, this says which side waited)
+      const why = `h1's peer entry for h3: ${JSON.stringify(peerOf(d, 'h3'))}\n--- h3 (restarted) ---\n${again.logTail(40)}\n--- h1 ---\n${h1.logTail(40)}`;
+      expect(ms, why).toBeLessThan(2_000);
     } finally {
       await heal();
     }
