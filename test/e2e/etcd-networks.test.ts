@@ -33,7 +33,9 @@ async function rejection(p: Promise<unknown>): Promise<CladnetError> {
 describe('networks against a real etcd', () => {
   it('creates with defaults, gets, and lists', async () => {
     const spec = await createNetwork(client, { name: 'demo', cidr: '100.64.0.0/24' }, clock);
-    expect(spec).toEqual({ version: 1, name: 'demo', cidr: '100.64.0.0/24', mtu: 1420, port: 51820, created: '2026-11-21T01:02:03.000Z' });
+    // serial: the creation time in Unix seconds (nextSpecSerial)
+    const serial = Date.parse('2026-11-21T01:02:03.000Z') / 1000;
+    expect(spec).toEqual({ version: 1, name: 'demo', cidr: '100.64.0.0/24', mtu: 1420, port: 51820, created: '2026-11-21T01:02:03.000Z', serial });
     expect(await getNetwork(client, 'demo')).toEqual(spec);
     expect(JSON.parse((await client.get(networkKey('demo')).string())!)).toEqual(spec);
 
