@@ -10,7 +10,7 @@
  * packet to its kernel marked NEEDS_CSUM, which is what a virtio NIC does. Packets that arrive
  * complete are handed over marked DATA_VALID: the AEAD already proved them intact.
  */
-import type { PacketBatch } from './batch';
+import { copyBytes, type PacketBatch } from './batch';
 import { FLAG_CSUM_PARTIAL, HEADER_LEN } from './wire';
 
 export const VNET_HDR_LEN = 10;
@@ -114,7 +114,7 @@ export function splitFromTun(src: Buffer, off: number, len: number, batch: Packe
     if (first >= batch.capacity) return 'full';
     if (plen > batch.maxPacket) return 'malformed';
     const dst = batch.offset(first) + HEADER_LEN;
-    src.copy(buf, dst, p, p + plen);
+    copyBytes(src, buf, dst, p, p + plen);
     batch.len[first] = plen;
     batch.flags[first] = 0;
     if (vflags & VNET_F_NEEDS_CSUM) {
@@ -164,8 +164,8 @@ function splitTcp(src: Buffer, p: number, plen: number, l3: number, v6: boolean,
     const dst = batch.offset(slot) + HEADER_LEN;
     const from = k * mss;
     const seg = Math.min(mss, payload - from);
-    src.copy(buf, dst, p, p + hlen);
-    src.copy(buf, dst + hlen, p + hlen + from, p + hlen + from + seg);
+    copyBytes(src, buf, dst, p, p + hlen);
+    copyBytes(src, buf, dst + hlen, p + hlen + from, p + hlen + from + seg);
     const total = hlen + seg;
     if (v6) buf.writeUInt16BE(total - IPV6_HLEN, dst + 4);
     else {
@@ -267,7 +267,7 @@ export class TcpCoalescer {
   /** Starts a run with this packet (caller checked eligible); `partial` as on the wire. */
   start(p: Buffer, off: number, len: number, partial: boolean): void {
     this.partial = partial;
-    p.copy(this.buf, this.base, off, off + len);
+    copyBytes(p, this.buf, this.base, off, off + len);
     const l3 = (this.l3 = p[off] === 0x45 ? 20 : IPV6_HLEN);
     this.len = len;
     this.hlen = l3 + (p[off + l3 + 12]! >> 4) * 4;
@@ -306,7 +306,7 @@ export class TcpCoalescer {
     for (let i = t + 8; i < t + 12; i++) if (p[off + i] !== r[h + i]) return false;
     if (p[off + t + 14] !== r[h + t + 14] || p[off + t + 15] !== r[h + t + 15]) return false; // window
     for (let i = t + 20; i < hlen; i++) if (p[off + i] !== r[h + i]) return false;
-    p.copy(r, h + this.len, off + hlen, off + len);
+    copyBytes(p, r, h + this.len, off + hlen, off + len);
     this.len += payload;
     this.count++;
     this.nextSeq = (this.nextSeq + payload) >>> 0;

@@ -62,6 +62,11 @@ export interface WarmupOptions {
   overlay6: { hi: number; mid: number } | null;
   /** Native memory for the warm-up's own batches (freed at the end). */
   alloc(bytes: number): WarmBlock;
+  /**
+   * Bytes each in-batch's block gets beyond its slots, as the live worker's (its TUN writer carves
+   * the coalescer there, so the copies into it take the live path).
+   */
+  inSpare?: number;
   /** A TUN writer bound to `batch` that discards what it is given (closed at the end). */
   sink(batch: PacketBatch): TunIo & { close?(): void };
   /** Round trips to run (default WARMUP_ROUNDS). */
@@ -243,15 +248,15 @@ export function warmUp(o: WarmupOptions): WarmupResult {
   try {
     const slot = slotSizeFor(o.mtu);
     const cap = Math.max(1, o.batch);
-    const newBatch = (n: number) => {
-      const m = o.alloc(slot * n);
+    const newBatch = (n: number, spare = 0) => {
+      const m = o.alloc(slot * n + spare);
       blocks.push(m);
       return new PacketBatch(m.buf, slot, n, m.ptr);
     };
     type Host = ReturnType<typeof host>;
     const host = (self: number, peer: WorkerPeer) => {
       const outBatch = newBatch(cap);
-      const inBatch = newBatch(cap);
+      const inBatch = newBatch(cap, o.inSpare);
       const sink = o.sink(inBatch);
       sinks.push(sink);
       const wire = new WarmWire(slot, cap + CTRL_SLOTS);

@@ -23,9 +23,9 @@ import { createMac1Check } from '../crypto/mac1';
 import { mallocTrim } from '../os/ffi/libc';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
 import { Poller, WakeFd } from '../os/poll';
-import { TunBatchIo } from '../os/tun/tun';
-import { UdpBatchIo } from '../os/udp/udp';
-import { PacketBatch, slotSizeFor } from './batch';
+import { TUN_READ_SCRATCH, TUN_WRITE_SCRATCH, TunBatchIo } from '../os/tun/tun';
+import { UDP_GRO_SCRATCH, UdpBatchIo } from '../os/udp/udp';
+import { PacketBatch, slotSizeFor, spareFor } from './batch';
 import { CTRL_HEARTBEAT, CTRL_MAIL, CTRL_STOP } from './ctrl';
 import { CTRL_SLOTS, Duplex } from './duplex';
 import { systemClock, type AddrHi, type WorkerPeer } from './peer';
@@ -187,7 +187,12 @@ async function main(init: WorkerInit): Promise<void> {
   // With TUN offloads one read can be a 64 KiB super-packet cut into up to 65535/536 = 123
   // segments (536 is the smallest IPv4 MSS): the outbound batch must hold a whole one.
   const outCap = init.vnet ? Math.max(init.batch, MAX_TSO_SEGMENTS) : init.batch;
-  const blocks = [allocNative(slot * outCap), allocNative(slot * init.batch), allocNative(slot * CTRL_SLOTS)];
+  // The TUN reader's landing buffer, the UDP receiver's GRO landing and the TUN writer's coalescer
+  // live in their batch's block (PacketBatch.carve: packets are copied within one Buffer).
+  // Untouched pages of calloc'ed memory cost no RSS until packets land there.
+  const outSpare = init.vnet ? spareFor(TUN_READ_SCRATCH) : 0;
+  const inSpare = spareFor(...(init.udpOffload ? [UDP_GRO_SCRATCH] : []), ...(init.vnet ? [TUN_WRITE_SCRATCH] : []));
+  const blocks = [allocNative(slot * outCap + outSpare), allocNative(slot * init.batch + inSpare), allocNative(slot * CTRL_SLOTS)];
   const [outMem, inMem, ctrlMem] = blocks as [NativeBlock, NativeBlock, NativeBlock];
   const outBatch = new PacketBatch(outMem.buf, slot, outCap, outMem.ptr);
   const inBatch = new PacketBatch(inMem.buf, slot, init.batch, inMem.ptr);
@@ -368,7 +373,7 @@ async function warm(init: WorkerInit, aead: Aead, rounds?: number): Promise<Warm
     nul = openSync('/dev/null', 'w');
     const fd = nul;
     const { mtu, batch, relay, overlay6 } = init;
-    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, rounds, alloc: allocNative, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
+    return warmUp({ aead, mtu, batch, relay, mac1, cookies, overlay6, rounds, alloc: allocNative, inSpare: init.vnet ? spareFor(TUN_WRITE_SCRATCH) : 0, sink: (b) => new TunBatchIo(fd, b, init.vnet) });
   } catch (e) {
     return { ok: false, delivered: 0, ms: 0, error: e instanceof Error ? e.message : String(e) };
   } finally {

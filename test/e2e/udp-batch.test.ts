@@ -22,17 +22,18 @@ const SCRIPT = `
 const [dist, gsoArg, spec, roundsArg, groArg, rxCapArg] = process.argv.slice(1);
 const rounds = Number(roundsArg);
 const rxCap = Number(rxCapArg);
-const { openUdpSocket, UdpBatchIo } = require(dist + '/os/udp/udp.js');
+const { openUdpSocket, UdpBatchIo, UDP_GRO_SCRATCH } = require(dist + '/os/udp/udp.js');
 const { allocNative } = require(dist + '/os/ffi/mem.js');
-const { PacketBatch, SendList } = require(dist + '/dataplane/batch.js');
+const { PacketBatch, SendList, spareFor } = require(dist + '/dataplane/batch.js');
 const { Poller } = require(dist + '/os/poll.js');
 const LO = 0x7f000001;
 const rx = [openUdpSocket({ port: 0, bindIp: LO }), openUdpSocket({ port: 0, bindIp: LO })];
 const tx = openUdpSocket({ port: 0, bindIp: LO });
 const SLOT = 1536, CAP = 64;
-const mk = (cap = CAP) => { const m = allocNative(SLOT * cap); return new PacketBatch(m.buf, SLOT, cap, m.ptr); };
-// receivers first: UDP_GRO applies to what is queued after it is set
-const rxs = rx.map((s) => { const b = mk(rxCap); return { b, rio: new UdpBatchIo(s.fd, b, { gro: groArg === 'true' }) }; });
+const mk = (cap = CAP, spare = 0) => { const m = allocNative(SLOT * cap + spare); return new PacketBatch(m.buf, SLOT, cap, m.ptr); };
+// receivers first: UDP_GRO applies to what is queued after it is set. Receiver 0's GRO landing is
+// carved from its batch's block (as the worker's), receiver 1's is its own.
+const rxs = rx.map((s, k) => { const b = mk(rxCap, k === 0 ? spareFor(UDP_GRO_SCRATCH) : 0); return { b, rio: new UdpBatchIo(s.fd, b, { gro: groArg === 'true' }) }; });
 const out = mk();
 const list = new SendList(CAP);
 const datagrams = JSON.parse(spec); // [[receiver, length], ...]

@@ -20,7 +20,7 @@
  */
 import * as fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { PacketBatch, slotSizeFor } from '../../src/dataplane/batch';
+import { PacketBatch, slotSizeFor, spareFor } from '../../src/dataplane/batch';
 import {
   GRO_MAX,
   GSO_ECN,
@@ -294,6 +294,21 @@ describe('fuzz: splitFromTun', () => {
         check(flags.every((v, s) => (s >= first && s < first + res) || v === 0xaa), 'flags of other slots changed');
         checkSegments(c, Buffer.from(src.subarray(off, off + len)), first, res);
       }
+      // The same read landed in a scratch area of the batch's own block (the worker's layout, where
+      // the copies are copyWithin) gives the same slots.
+      if (r.chance(0.3)) {
+        const slots = b.slotSize * b.capacity;
+        const twin = new PacketBatch(Buffer.alloc(slots + spareFor(off + len)), b.slotSize, b.capacity, 1n << 40n);
+        c.pristine.copy(twin.buf, 0, 0, slots);
+        twin.len.fill(-7);
+        twin.flags.fill(0xaa);
+        const area = twin.carve(off + len)!;
+        src.copy(twin.buf, area.off, 0, off + len);
+        const same = splitFromTun(twin.buf, area.off + off, len, twin, first);
+        check(same === res, () => `from the batch's own block: ${String(same)}, from another buffer: ${String(res)}`);
+        check(twin.buf.subarray(0, slots).equals(b.buf.subarray(0, slots)), 'slots differ when the read is in the batch\'s own block');
+        check(Array.from(twin.len).every((v, i) => v === lens[i]) && Array.from(twin.flags).every((v, i) => v === flags[i]), 'lengths or flags differ');
+      }
       // The same read with other bytes after it gives the same result (nothing past len is read).
       if (r.chance(0.2)) {
         const before = Buffer.from(b.buf);
@@ -462,7 +477,8 @@ describe('fuzz: TunBatchIo.writeSlot', () => {
     }
     const slot = slotSizeFor(1420);
     const cap = 16;
-    const mem = memMod.allocNative(slot * cap);
+    // with room for the coalescer's run in the batch's own block, as the worker's (TunBatchIo carves it)
+    const mem = memMod.allocNative(slot * cap + spareFor(tunMod.TUN_WRITE_SCRATCH));
     const fd = fs.openSync('/dev/null', 'w');
     try {
       const batch = new PacketBatch(mem.buf, slot, cap, mem.ptr);

@@ -93,6 +93,14 @@ function openTunWith(name: string, queues: number, offload: boolean): TunDevice 
 
 /** Largest read from a TUN with offloads: a 64 KiB super-packet and its virtio-net header. */
 const LANDING = 65536 + VNET_HDR_LEN;
+/** A coalesced run to write: up to GRO_MAX bytes after the wire header's room. */
+const COALESCER = GRO_MAX + HEADER_LEN;
+/**
+ * Scratch a TunBatchIo carves from its batch's block when there is room (PacketBatch.carve):
+ * reading with offloads, the landing buffer; writing, the coalescer's run.
+ */
+export const TUN_READ_SCRATCH = LANDING;
+export const TUN_WRITE_SCRATCH = COALESCER;
 
 /**
  * Reads and writes IP packets on one TUN queue, into and out of native batch slots. Without
@@ -105,9 +113,10 @@ export class TunBatchIo implements TunIo {
   private readonly vnetPtr: bigint[] = [];
   // Offload buffers, allocated on first use: a TunBatchIo that only reads never needs the
   // coalescer, one that only writes never needs the landing buffer (the worker has one of each).
-  private landing?: NativeBlock;
+  private landing?: { buf: Buffer; off: number; ptr: bigint };
   private pending = 0;
-  private groMem?: NativeBlock;
+  /** Blocks this TunBatchIo allocated itself (no room in its batch's block), freed by close. */
+  private readonly own: NativeBlock[] = [];
   private gro?: TcpCoalescer;
   private groPtr = 0n;
   /** Segments written as part of coalesced super-packets, and super-packets written. */
@@ -171,7 +180,7 @@ export class TunBatchIo implements TunIo {
   }
 
   private readOffload(batch: PacketBatch, maxReads: number): number {
-    const land = (this.landing ??= allocNative(LANDING));
+    const land = (this.landing ??= this.scratch(LANDING));
     let n = 0;
     let reads = 0;
     while (n < batch.capacity && reads++ < maxReads) {
@@ -184,7 +193,7 @@ export class TunBatchIo implements TunIo {
           break;
         }
       }
-      const r = splitFromTun(land.buf, 0, len, batch, n);
+      const r = splitFromTun(land.buf, land.off, len, batch, n);
       if (r === 'full') {
         if (n === 0) this.malformed++; // cannot fit even an empty batch: drop it
         else this.pending = len;
@@ -243,9 +252,18 @@ export class TunBatchIo implements TunIo {
   }
 
   private startCoalescer(): TcpCoalescer {
-    const mem = (this.groMem = allocNative(GRO_MAX + HEADER_LEN));
+    const mem = this.scratch(COALESCER);
     this.groPtr = mem.ptr + BigInt(HEADER_LEN - VNET_HDR_LEN);
-    return (this.gro = new TcpCoalescer(mem.buf, HEADER_LEN));
+    return (this.gro = new TcpCoalescer(mem.buf, mem.off + HEADER_LEN));
+  }
+
+  /** `bytes` of native memory: carved from the batch's block when it has room, else our own. */
+  private scratch(bytes: number): { buf: Buffer; off: number; ptr: bigint } {
+    const c = this.batch.carve(bytes);
+    if (c !== null) return { buf: this.batch.buf, off: c.off, ptr: c.ptr };
+    const m = allocNative(bytes);
+    this.own.push(m);
+    return { buf: m.buf, off: 0, ptr: m.ptr };
   }
 
   private write(fd: number, ptr: bigint, n: number): boolean {
@@ -274,8 +292,7 @@ export class TunBatchIo implements TunIo {
   }
 
   close(): void {
-    this.landing?.free();
-    this.groMem?.free();
+    for (const m of this.own.splice(0)) m.free();
   }
 }
 

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as libc from '../ffi/libc';
 import { allocNative, type NativeBlock } from '../ffi/mem';
 import { osError } from '../errors';
-import type { PacketBatch, SendList } from '../../dataplane/batch';
+import { copyBytes, type PacketBatch, type SendList } from '../../dataplane/batch';
 import type { UdpIo } from '../../dataplane/io';
 import { splitAddress } from '../../util/ipv6';
 
@@ -273,6 +273,8 @@ export interface UdpBatchOptions {
 /** Landing buffers for GRO receives: each holds one (possibly coalesced) message. */
 const GRO_MSGS = 8;
 const GRO_BUF = 65536;
+/** Scratch a receiving UdpBatchIo with GRO carves from its batch's block when there is room (PacketBatch.carve). */
+export const UDP_GRO_SCRATCH = GRO_MSGS * GRO_BUF;
 // cmsg with an int: 16-byte header + 4 bytes, padded to 8
 const CMSG_SPACE_INT = 24;
 
@@ -348,7 +350,7 @@ export class UdpBatchIo implements UdpIo {
     [this.iovLo, this.iovHi] = split(capacity, (i) => this.vec + BigInt(this.iovOff + i * IOVEC));
     [this.ctrlLo, this.ctrlHi] = split(capacity, (i) => this.vec + BigInt(this.ctrlOff + i * CMSG_SPACE_U16));
     this.gro = opts.gro === true && setUdpGro(fd);
-    if (this.gro) this.groLand = new GroLanding(this.nameLen);
+    if (this.gro) this.groLand = new GroLanding(this.nameLen, batch);
     this.msgFirst = new Int32Array(capacity);
     this.msgSegs = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
@@ -541,7 +543,10 @@ function setUdpGro(fd: number): boolean {
  */
 class GroLanding {
   private readonly meta: NativeBlock;
-  private readonly land: NativeBlock;
+  /** The landing buffers: carved from the batch's block when it has room (then `own` is null). */
+  private readonly land: Buffer;
+  private readonly landOff: number;
+  private readonly own: NativeBlock | null;
   private readonly m: Buffer;
   private readonly iovOff = GRO_MSGS * MMSG;
   private readonly namesOff = this.iovOff + GRO_MSGS * IOVEC;
@@ -555,9 +560,16 @@ class GroLanding {
   coalesced = 0;
   segments = 0;
 
-  constructor(private readonly nameLen: number) {
+  constructor(
+    private readonly nameLen: number,
+    batch: PacketBatch,
+  ) {
     this.meta = allocNative(this.ctrlOff + GRO_MSGS * CMSG_SPACE_INT);
-    this.land = allocNative(GRO_MSGS * GRO_BUF);
+    const c = batch.carve(UDP_GRO_SCRATCH);
+    this.own = c === null ? allocNative(UDP_GRO_SCRATCH) : null;
+    this.land = this.own?.buf ?? batch.buf;
+    this.landOff = c?.off ?? 0;
+    const landPtr = this.own?.ptr ?? c!.ptr;
     this.m = this.meta.buf;
     for (let i = 0; i < GRO_MSGS; i++) {
       const h = i * MMSG;
@@ -566,7 +578,7 @@ class GroLanding {
       this.m.writeBigUInt64LE(this.meta.ptr + BigInt(io), h + 16);
       this.m.writeBigUInt64LE(1n, h + 24);
       this.m.writeBigUInt64LE(this.meta.ptr + BigInt(this.ctrlOff + i * CMSG_SPACE_INT), h + 32);
-      this.m.writeBigUInt64LE(this.land.ptr + BigInt(i * GRO_BUF), io);
+      this.m.writeBigUInt64LE(landPtr + BigInt(i * GRO_BUF), io);
       this.m.writeBigUInt64LE(BigInt(GRO_BUF), io + 8);
     }
   }
@@ -614,12 +626,12 @@ class GroLanding {
       const src = this.src;
       const port = readName(m, this.namesOff + i * NAME, src);
       const ip = src[0]!;
-      const base = i * GRO_BUF;
+      const base = this.landOff + i * GRO_BUF;
       const room = batch.slotSize;
       while (this.off < len && n < batch.capacity) {
         const l = Math.min(seg, len - this.off);
         // a datagram larger than a slot is cut short, as recvmmsg into the slot would have
-        this.land.buf.copy(batch.buf, batch.offset(n), base + this.off, base + this.off + Math.min(l, room));
+        copyBytes(this.land, batch.buf, batch.offset(n), base + this.off, base + this.off + Math.min(l, room));
         batch.len[n] = Math.min(l, room);
         batch.ip[n] = ip;
         batch.hi[3 * n] = src[1]!;
@@ -637,6 +649,6 @@ class GroLanding {
 
   free(): void {
     this.meta.free();
-    this.land.free();
+    this.own?.free();
   }
 }
