@@ -75,10 +75,10 @@ export interface NetworkSpec {
    */
   trustAnchor?: string;
   /**
-   * Increases with every signing of this network's spec (`network create` 1, each `network sign`
-   * one more), so an agent can tell a newer spec from a replayed older one (`specOrder` in
-   * src/agent/membership.ts). Absent in specs signed before it existed (they count as 0), which
-   * keeps their canonical bytes.
+   * Increases with every signing of this network's spec (the signing time in Unix seconds, or one
+   * more than the stored serial: `nextSpecSerial` in ./networks.ts), so an agent can tell a newer
+   * spec from an earlier one put back (`olderThan` in src/agent/membership.ts). Absent in specs
+   * signed before it existed (they count as 0), which keeps their canonical bytes.
    */
   serial?: number;
   /**
