@@ -181,7 +181,12 @@ describe.skipIf(!isRoot)('Prometheus metrics from live agents', () => {
       const rtt = all('cladnet_peer_rtt_seconds', { peer });
       const rttCounts = [p1.rttMs, p2.rttMs].map((r) => (r === null ? 0 : 1)); // absent while the status has none
       expect(rttCounts, `${host}: rtt of ${peer}`).toContain(rtt.length);
-      if (rtt.length === 1) expect([p1.rttMs, p2.rttMs].map((r) => (r === null ? null : msToSeconds(r)))).toContain(rtt[0]!.value);
+      if (rtt.length === 1) {
+        // Equal to one of the two readings; when they differ, the RTT may have moved more than once
+        // between them (one CI run saw 0.652 ms, then 0.311 in the metrics, then 0.468), so any sample.
+        if (p1.rttMs === p2.rttMs) expect(rtt[0]!.value).toBe(msToSeconds(p1.rttMs!));
+        else expect(rtt[0]!.value, `${host}: rtt of ${peer}`).toBeGreaterThan(0);
+      }
       between(`${peer} rx bytes`, p1.rxBytes, one('cladnet_peer_receive_bytes_total', { peer }), p2.rxBytes);
       between(`${peer} tx bytes`, p1.txBytes, one('cladnet_peer_transmit_bytes_total', { peer }), p2.txBytes);
       between(`${peer} rx packets`, p1.rxPackets, one('cladnet_peer_receive_packets_total', { peer }), p2.rxPackets);
