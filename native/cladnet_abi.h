@@ -33,6 +33,8 @@
  *   int      poll(struct pollfd *fds, nfds_t nfds, int timeout);
  *   int      eventfd(unsigned int initval, int flags);
  *   void    *malloc(size_t size);  void free(void *ptr);
+ *   long     syscall(long nr, ...);   SYS_sched_getattr / SYS_sched_setattr with struct sched_attr
+ *                                     (glibc 2.36 has no wrappers; src/os/sched.ts)
  *   char    *strerror(int errnum);  errno through koffi.errno()
  *
  * -------------------------------------------------------------------------------------------------
@@ -55,6 +57,11 @@
  *   struct nlmsghdr       16   0 nlmsg_len 4 | 4 nlmsg_type 2 | 6 nlmsg_flags 2 | 8 nlmsg_seq 4 | 12 nlmsg_pid 4
  *   struct pollfd          8   0 fd 4 | 4 events 2 | 6 revents 2       (src/os/poll.ts)
  *   struct ifreq          40   0 ifr_name 16 (IFNAMSIZ) | 16 ifr_flags 2 (a union of 24 bytes)
+ *   struct sched_attr     56   0 size 4 | 4 sched_policy 4 | 8 sched_flags 8 | 16 sched_nice 4 |
+ *                              20 sched_priority 4 | 24 sched_runtime 8 | 32 sched_deadline 8 |
+ *                              40 sched_period 8 | 48 sched_util_min 4 | 52 sched_util_max 4
+ *                              (SCHED_ATTR_SIZE_VER1; for SCHED_OTHER, sched_runtime is the EEVDF
+ *                              slice, kernel 6.12 and later; src/os/sched.ts)
  *   struct virtio_net_hdr 10   0 flags 1 | 1 gso_type 1 | 2 hdr_len 2 | 4 gso_size 2 |
  *                              6 csum_start 2 | 8 csum_offset 2         (little-endian with IFF_VNET_HDR
  *                              on a little-endian host; src/dataplane/offload.ts)
@@ -77,11 +84,14 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <linux/if_tun.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
+#include <linux/sched.h>       /* SCHED_NORMAL, SCHED_IDLE (glibc's <sched.h> clashes with the next) */
+#include <linux/sched/types.h> /* struct sched_attr */
 #include <linux/virtio_net.h>
 
 /* X(name, C type): every struct the binding lays out by hand. */
@@ -97,6 +107,7 @@
   X(nlmsghdr, struct nlmsghdr)          \
   X(pollfd, struct pollfd)              \
   X(ifreq, struct ifreq)                \
+  X(sched_attr, struct sched_attr)      \
   X(virtio_net_hdr, struct virtio_net_hdr)
 
 /* X(name, C type, field): every field the binding reads or writes. */
@@ -138,6 +149,16 @@
   X(pollfd, struct pollfd, revents)                            \
   X(ifreq, struct ifreq, ifr_name)                             \
   X(ifreq, struct ifreq, ifr_flags)                            \
+  X(sched_attr, struct sched_attr, size)                       \
+  X(sched_attr, struct sched_attr, sched_policy)               \
+  X(sched_attr, struct sched_attr, sched_flags)                \
+  X(sched_attr, struct sched_attr, sched_nice)                 \
+  X(sched_attr, struct sched_attr, sched_priority)             \
+  X(sched_attr, struct sched_attr, sched_runtime)              \
+  X(sched_attr, struct sched_attr, sched_deadline)             \
+  X(sched_attr, struct sched_attr, sched_period)               \
+  X(sched_attr, struct sched_attr, sched_util_min)             \
+  X(sched_attr, struct sched_attr, sched_util_max)             \
   X(virtio_net_hdr, struct virtio_net_hdr, flags)              \
   X(virtio_net_hdr, struct virtio_net_hdr, gso_type)           \
   X(virtio_net_hdr, struct virtio_net_hdr, hdr_len)            \
@@ -170,6 +191,7 @@
   X(VIRTIO_NET_HDR_GSO_ECN)                                                                    \
   X(NETLINK_ROUTE) X(RTMGRP_LINK) X(RTMGRP_IPV4_IFADDR) X(RTMGRP_IPV6_IFADDR) X(RTMGRP_IPV4_ROUTE) \
   X(NLMSG_NOOP) X(NLMSG_ERROR) X(NLMSG_DONE) X(NLMSG_OVERRUN)                                  \
-  X(RTM_NEWLINK) X(RTM_DELLINK) X(RTM_NEWADDR) X(RTM_DELADDR) X(RTM_NEWROUTE) X(RTM_DELROUTE)
+  X(RTM_NEWLINK) X(RTM_DELLINK) X(RTM_NEWADDR) X(RTM_DELADDR) X(RTM_NEWROUTE) X(RTM_DELROUTE) \
+  X(SYS_sched_setattr) X(SYS_sched_getattr) X(SCHED_NORMAL) X(SCHED_IDLE) X(ESRCH) X(EPERM)
 
 #endif /* CLADNET_ABI_H */

@@ -102,9 +102,12 @@ export function buildProgram(): Command {
     .action(async (opts: Record<string, unknown>) => {
       // First of all: restart this process (same pid) with the agent's Node flags, unless it has them.
       (await import('./agent/node-flags')).reexecWithAgentFlags();
+      // Next, while Node's own helper threads are the only others: they yield the CPU to every other thread.
+      const helpers = (await import('./agent/helper-threads')).scheduleNodeHelpers(process.env);
       const { config, ...flags } = opts;
       const cfg = loadAgentConfig({ file: config as string | undefined, env: process.env, flags });
       const log = createRootLogger(cfg.logLevel);
+      helpers.report(log);
       // systemd (Type=notify): READY/STATUS/WATCHDOG/STOPPING, src/agent/service.ts. The variables
       // came through the re-exec above unchanged, and the pid WATCHDOG_PID names is still ours.
       const service = await import('./agent/service');

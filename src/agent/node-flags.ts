@@ -9,6 +9,9 @@ export const AGENT_NODE_FLAGS: readonly string[] = [
   '--optimize-for-size', // V8 favours memory over speed: a 1 MiB young generation, slower heap growth
   '--v8-pool-size=1', // one V8 background thread instead of four
   '--no-node-snapshot', // each isolate bootstraps only what it uses: fewer pages of the node binary, smaller heaps
+  // GC work stays on the thread that allocates: Node's helper thread runs at SCHED_IDLE (src/os/sched.ts),
+  // and a GC that waited for a starved helper would stall the data plane (docs/performance.md, The ping tail)
+  '--single-threaded-gc',
 ];
 
 /** Set in the new image; set beforehand (to anything, e.g. CLADNET_REEXEC=0), no re-exec happens. */

@@ -42,7 +42,7 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
     for (const a of bed.agents) {
       expect(a.proc.spawnargs).not.toContain('--optimize-for-size');
       const argv = fs.readFileSync(`/proc/${a.proc.pid}/cmdline`, 'utf8').split('\0');
-      expect(argv).toEqual(expect.arrayContaining(['--optimize-for-size', '--v8-pool-size=1', '--no-node-snapshot', 'agent']));
+      expect(argv).toEqual(expect.arrayContaining(['--optimize-for-size', '--v8-pool-size=1', '--no-node-snapshot', '--single-threaded-gc', 'agent']));
       expect(a.logTail(50)).toMatch(/"msg":"agent up"/);
     }
   });
@@ -119,5 +119,45 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
     // ...but not a single copy of the marker, nor a chunk of it, in clear.
     expect(pcap.includes(MARKER)).toBe(false);
     expect(pcap.includes('CLADNET-MARKER')).toBe(false);
+  });
+
+  it("puts only Node's own helper threads under SCHED_IDLE: the main thread and the data-plane worker keep SCHED_NORMAL", async () => {
+    const threadsOf = (pid: number) =>
+      fs.readdirSync(`/proc/${pid}/task`).map((tid) => {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[k] is field k + 3 of proc(5)
+        return { tid: Number(tid), cpu: Number(f[11]) + Number(f[12]), policy: Number(f[38]) };
+      });
+    // The data-plane worker is the thread whose CPU time grows most while a transfer runs through it.
+    const [h1, h3] = [bed.agent('h1'), bed.agent('h3')];
+    const before = new Map([h1, h3].map((a) => [a.name, threadsOf(a.proc.pid!)]));
+    const file = path.join(bed.topo.workDir, 'sched.bin');
+    writeRandomFile(file, 40 * 1024 * 1024);
+    const r = await tcpTransfer(bed.topo, {
+      fromNs: bed.topo.host('h1').ns,
+      toNs: bed.topo.host('h3').ns,
+      toIp: ips.get('h3')!,
+      port: 7779,
+      file,
+      outFile: path.join(bed.topo.workDir, 'sched.received'),
+    });
+    expect(r.receivedSha256).toBe(r.sentSha256);
+    for (const a of bed.agents) {
+      const pid = a.proc.pid!;
+      const threads = threadsOf(pid);
+      const idle = threads.filter((t) => t.policy === 5); // SCHED_IDLE
+      expect(threads.find((t) => t.tid === pid)?.policy, `${a.name}: main thread`).toBe(0);
+      expect(threads.filter((t) => t.policy !== 0 && t.policy !== 5), `${a.name}: other policies`).toEqual([]);
+      // Node starts its helpers before the agent's first line runs (a few threads; libuv's pool comes later)
+      expect(idle.length, `${a.name}: helper threads`).toBeGreaterThanOrEqual(1);
+      expect(idle.length, `${a.name}: helper threads`).toBeLessThanOrEqual(4);
+      const was = before.get(a.name);
+      if (!was) continue;
+      const grew = (t: { tid: number; cpu: number }) => t.cpu - (was.find((w) => w.tid === t.tid)?.cpu ?? 0);
+      const worker = threads.filter((t) => t.tid !== pid).reduce((x, y) => (grew(y) > grew(x) ? y : x));
+      expect(grew(worker), `${a.name}: the worker ran`).toBeGreaterThan(0);
+      expect(worker.policy, `${a.name}: data-plane worker`).toBe(0);
+      expect(Math.max(...idle.map((t) => t.tid)), `${a.name}: only threads older than the worker`).toBeLessThan(worker.tid);
+    }
   });
 });

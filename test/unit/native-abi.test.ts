@@ -167,6 +167,7 @@ describe('native ABI: the C headers against the TypeScript layouts', () => {
         'msghdr',
         'nlmsghdr',
         'pollfd',
+        'sched_attr',
         'sockaddr_in',
         'sockaddr_in6',
         'sockaddr_nl',

@@ -124,6 +124,23 @@ export const VIRTIO_NET_HDR = struct({
   csum_offset: 'uint16_t',
 });
 
+/**
+ * struct sched_attr (SCHED_ATTR_SIZE_VER1) for sched_getattr/sched_setattr (src/os/sched.ts). For
+ * SCHED_NORMAL, sched_runtime is the thread's EEVDF slice (kernel 6.12 and later; 0: the default).
+ */
+export const SCHED_ATTR = struct({
+  size: 'uint32_t',
+  sched_policy: 'uint32_t',
+  sched_flags: 'uint64_t',
+  sched_nice: 'int32_t',
+  sched_priority: 'uint32_t',
+  sched_runtime: 'uint64_t',
+  sched_deadline: 'uint64_t',
+  sched_period: 'uint64_t',
+  sched_util_min: 'uint32_t',
+  sched_util_max: 'uint32_t',
+});
+
 /** Every layout by its C name (struct tag), for the ABI check. */
 export const LAYOUTS: Readonly<Record<string, Layout<string>>> = Object.freeze({
   iovec: IOVEC,
@@ -137,6 +154,7 @@ export const LAYOUTS: Readonly<Record<string, Layout<string>>> = Object.freeze({
   nlmsghdr: NLMSGHDR,
   pollfd: POLLFD,
   ifreq: IFREQ,
+  sched_attr: SCHED_ATTR,
   virtio_net_hdr: VIRTIO_NET_HDR,
 });
 

@@ -103,6 +103,11 @@ const callocRaw = lib.func('uintptr_t calloc(size_t nmemb, size_t size)') as (n:
 /** Zeroed memory; a large block comes straight from mmap, so its pages stay untouched (no RSS) until used. */
 export const calloc = (size: number): bigint => BigInt(callocRaw(1, size));
 export const free = lib.func('void free(uintptr_t ptr)') as (ptr: bigint) => void;
+/**
+ * syscall(2), for the calls glibc 2.36 does not wrap (sched_getattr, sched_setattr). Variadic: each
+ * argument after the number is passed as a koffi type name and a value.
+ */
+export const syscall = lib.func('long syscall(long nr, ...)') as (nr: number, ...typedArgs: unknown[]) => number;
 const strerrorFn = lib.func('const char *strerror(int errnum)') as (e: number) => string;
 
 export function errno(): number {
@@ -166,6 +171,12 @@ export const POLLOUT = 0x4;
 export const EFD_NONBLOCK = 0x800;
 export const EFD_CLOEXEC = 0x80000;
 export const EAGAIN = 11;
+export const EPERM = 1;
+export const ESRCH = 3;
+export const SYS_sched_setattr = 314;
+export const SYS_sched_getattr = 315;
+export const SCHED_NORMAL = 0;
+export const SCHED_IDLE = 5;
 export const EINTR = 4;
 export const ENOBUFS = 105;
 export const TUNSETIFF = 0x400454ca;
