@@ -1,5 +1,6 @@
 /**
- * The Node/V8 flags the agent runs with, for memory (docs/performance.md, Memory). V8 reads them
+ * The Node/V8 flags the agent runs with, for memory (docs/performance.md, Memory) and, one of them,
+ * for latency (docs/performance.md, The ping tail). V8 reads them
  * when it starts, so an agent started without them (`node dist/cli.js agent`, as the test bed and
  * the bench do) replaces itself once with them added: execve(2) through koffi, so the pid stays
  * the same (systemd, the bench and the tests track it). systemd/cladnet.service passes them on
