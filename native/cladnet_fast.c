@@ -6,10 +6,16 @@
  * native batch memory); each job names its key, counter and offsets, and gets its own result, so a
  * packet that fails is dropped and counted by the caller, not the batch.
  *
- * The cipher is Debian's: OpenSSL's EVP (libcrypto.so.3, AVX-512 where the CPU has it) for packets
- * of `evp_min` bytes or more, libsodium 1.0.18 (libsodium.so.23) below that. The keys, their
- * OpenSSL contexts and their lifetime stay in TypeScript (src/crypto/aead.ts): this file keeps no
- * state, allocates nothing and never logs.
+ * The cipher: OpenSSL's (AVX-512 where the CPU has it) for packets of `evp_min` bytes or more,
+ * libsodium 1.0.18 (libsodium.so.23) below that. OpenSSL is called one of two ways:
+ *  - direct (CLADNET_DIRECT in `flags`, and the process exports the primitives: node's own binary
+ *    does, Debian's libcrypto.so.3 does not): the RFC 8439 construction here over OpenSSL's
+ *    ChaCha20_ctr32 and Poly1305_Init/Update/Final, two ChaCha20 calls and one Poly1305 per packet.
+ *    The EVP layer around the same code costs a third ChaCha20 call (its streaming API splits the
+ *    last partial block off) and a provider's parameter lookups per packet (docs/performance.md);
+ *  - else EVP, through the key's two contexts.
+ * The keys, their OpenSSL contexts and their lifetime stay in TypeScript (src/crypto/aead.ts): this
+ * file keeps no state, allocates nothing and never logs.
  *
  * Built by scripts/build-native.sh (scripts/setup.sh and the unit test run it); loaded by
  * src/os/ffi/fast.ts. The layouts below are what that file writes.
@@ -29,8 +35,24 @@ int crypto_aead_chacha20poly1305_ietf_decrypt_detached(unsigned char *m, unsigne
                                                        unsigned long long adlen, const unsigned char *npub, const unsigned char *k);
 void sodium_memzero(void *pnt, size_t len);
 
+/*
+ * OpenSSL's own primitives, as its providers call them (crypto/chacha.h, crypto/poly1305.h; the ABI
+ * has not changed since 1.1.0). Not public API, so weak: NULL where the process does not export
+ * them, and then the EVP path is taken.
+ */
+void ChaCha20_ctr32(unsigned char *out, const unsigned char *inp, size_t len, const unsigned int key[8], const unsigned int counter[4])
+    __attribute__((weak));
+size_t Poly1305_ctx_size(void) __attribute__((weak));
+void Poly1305_Init(void *ctx, const unsigned char key[32]) __attribute__((weak));
+void Poly1305_Update(void *ctx, const unsigned char *inp, size_t len) __attribute__((weak));
+void Poly1305_Final(void *ctx, unsigned char mac[16]) __attribute__((weak));
+
 #define CLADNET_TAG 16
-#define CLADNET_ABI_VERSION 2
+#define CLADNET_ABI_VERSION 3
+/* flags: seal and open with OpenSSL's primitives directly where they are bound. */
+#define CLADNET_DIRECT 1u
+/* Room for OpenSSL's POLY1305 (248 bytes in 3.0 on x86-64); a larger one takes the EVP path. */
+#define POLY_ROOM 512
 
 /* One packet, 40 bytes. Offsets are from `base`; the data is [off, off+len), the tag follows it. */
 struct cladnet_aead_job {
@@ -58,6 +80,69 @@ _Static_assert(sizeof(struct cladnet_aead_key) == 24, "key layout");
 
 int cladnet_fast_abi(void) { return CLADNET_ABI_VERSION; }
 
+/* 1 when the direct path can run in this process (the primitives are bound, the context fits). */
+int cladnet_fast_direct(void) {
+  return ChaCha20_ctr32 != NULL && Poly1305_ctx_size != NULL && Poly1305_Init != NULL && Poly1305_Update != NULL &&
+         Poly1305_Final != NULL && Poly1305_ctx_size() <= POLY_ROOM;
+}
+
+static const unsigned char zeros[64];
+
+/* The nonce as ChaCha20_ctr32 takes it: block counter, then the nonce's three little-endian words. */
+static void counter_of(const struct cladnet_aead_job *j, unsigned int ctr[4], unsigned int block) {
+  ctr[0] = block;
+  ctr[1] = j->nonce0;
+  ctr[2] = j->ctr_lo;
+  ctr[3] = j->ctr_hi;
+}
+
+/*
+ * RFC 8439 section 2.8: the Poly1305 key is the first 32 bytes of block 0's keystream, the data is
+ * XORed with the keystream from block 1 on, and the tag covers AD | pad16 | C | pad16 | len(AD) |
+ * len(C) (64-bit little-endian). `tag` receives it; the key block and context are wiped.
+ */
+static void poly_tag(const unsigned char *key, const unsigned int ctr0[4], const unsigned char *ad, uint32_t ad_len, const unsigned char *c,
+                     uint32_t c_len, unsigned char tag[CLADNET_TAG]) {
+  _Alignas(64) unsigned char poly[POLY_ROOM];
+  unsigned char block[64];
+  uint64_t lens[2] = {ad_len, c_len}; /* little-endian host (x86-64, arm64), as the wire wants */
+  ChaCha20_ctr32(block, zeros, sizeof block, (const unsigned int *)(const void *)key, ctr0);
+  Poly1305_Init(poly, block);
+  Poly1305_Update(poly, ad, ad_len);
+  Poly1305_Update(poly, zeros, (16 - ad_len % 16) % 16);
+  Poly1305_Update(poly, c, c_len);
+  Poly1305_Update(poly, zeros, (16 - c_len % 16) % 16);
+  Poly1305_Update(poly, (const unsigned char *)lens, sizeof lens);
+  Poly1305_Final(poly, tag); /* cleanses the context */
+  sodium_memzero(block, sizeof block);
+}
+
+static int seal_direct(unsigned char *m, const unsigned char *ad, const struct cladnet_aead_job *j, const unsigned char *key) {
+  unsigned int ctr[4];
+  counter_of(j, ctr, 1);
+  ChaCha20_ctr32(m, m, j->len, (const unsigned int *)(const void *)key, ctr);
+  counter_of(j, ctr, 0);
+  poly_tag(key, ctr, ad, j->ad_len, m, j->len, m + j->len);
+  return (int)j->len + CLADNET_TAG;
+}
+
+/* Checks the tag before it decrypts anything; a packet that fails is wiped all the same, as the other paths do. */
+static int open_direct(unsigned char *c, const unsigned char *ad, const struct cladnet_aead_job *j, const unsigned char *key, uint32_t plen) {
+  unsigned int ctr[4];
+  unsigned char tag[CLADNET_TAG];
+  unsigned char diff = 0;
+  counter_of(j, ctr, 0);
+  poly_tag(key, ctr, ad, j->ad_len, c, plen, tag);
+  for (int i = 0; i < CLADNET_TAG; i++) diff |= (unsigned char)(tag[i] ^ c[plen + i]);
+  if (diff != 0) {
+    sodium_memzero(c, plen);
+    return -1;
+  }
+  counter_of(j, ctr, 1);
+  ChaCha20_ctr32(c, c, plen, (const unsigned int *)(const void *)key, ctr);
+  return (int)plen;
+}
+
 static void nonce_of(const struct cladnet_aead_job *j, unsigned char n[12]) {
   memcpy(n, &j->nonce0, 4);
   memcpy(n + 4, &j->ctr_lo, 4); /* x86-64 and arm64: little-endian, as the wire wants */
@@ -68,11 +153,12 @@ static const struct cladnet_aead_key *key_of(const struct cladnet_aead_key *keys
   return k < nkeys && keys[k].key != NULL ? &keys[k] : NULL;
 }
 
-static int seal_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min) {
+static int seal_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min, int direct) {
   unsigned char nonce[12];
   unsigned char *m = base + j->off;
   const unsigned char *ad = base + j->ad_off;
   int outl;
+  if (direct && j->len >= evp_min) return seal_direct(m, ad, j, k->key);
   nonce_of(j, nonce);
   if (k->seal != NULL && j->len >= evp_min) {
     EVP_CIPHER_CTX *c = k->seal;
@@ -87,12 +173,13 @@ static int seal_one(unsigned char *base, struct cladnet_aead_job *j, const struc
   return (int)j->len + CLADNET_TAG;
 }
 
-static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min) {
+static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struct cladnet_aead_key *k, uint32_t evp_min, int direct) {
   unsigned char nonce[12];
   unsigned char *c = base + j->off;
   const unsigned char *ad = base + j->ad_off;
   uint32_t plen = j->len - CLADNET_TAG;
   int outl;
+  if (direct && plen >= evp_min) return open_direct(c, ad, j, k->key, plen);
   nonce_of(j, nonce);
   if (k->open != NULL && plen >= evp_min) {
     /* OpenSSL decrypts before it checks the tag: a packet that fails is wiped, as libsodium does. */
@@ -112,15 +199,16 @@ static int open_one(unsigned char *base, struct cladnet_aead_job *j, const struc
 
 /* Both directions: each job's result, and a failed seal wiped (a failed open was wiped by open_one). */
 static uint32_t run_batch(int seal, unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
-                          uint32_t nkeys, uint32_t evp_min) {
+                          uint32_t nkeys, uint32_t evp_min, uint32_t flags) {
   uint32_t failed = 0;
+  int direct = (flags & CLADNET_DIRECT) != 0 && cladnet_fast_direct();
   for (uint32_t i = 0; i < n; i++) {
     struct cladnet_aead_job *j = &jobs[i];
     const struct cladnet_aead_key *k = key_of(keys, nkeys, j->key);
     if (seal)
-      j->result = k != NULL && j->len <= INT32_MAX - CLADNET_TAG ? seal_one(base, j, k, evp_min) : -1;
+      j->result = k != NULL && j->len <= INT32_MAX - CLADNET_TAG ? seal_one(base, j, k, evp_min, direct) : -1;
     else
-      j->result = k != NULL && j->len >= CLADNET_TAG && j->len <= INT32_MAX ? open_one(base, j, k, evp_min) : -1;
+      j->result = k != NULL && j->len >= CLADNET_TAG && j->len <= INT32_MAX ? open_one(base, j, k, evp_min, direct) : -1;
     if (j->result >= 0) continue;
     if (seal) sodium_memzero(base + j->off, (size_t)j->len + CLADNET_TAG);
     failed++;
@@ -129,21 +217,23 @@ static uint32_t run_batch(int seal, unsigned char *base, struct cladnet_aead_job
 }
 
 /*
+ * `flags`: CLADNET_DIRECT, or 0 for EVP at `evp_min` and above (the A/B, and the tests of both).
+ *
  * Seals jobs[0..n) in place: ciphertext over the plaintext, tag after it. A job that fails (no
  * such key; never seen otherwise) gets -1 and its plaintext and tag room are wiped: the caller
  * drops it and must not seal it again under the same counter. Returns the number that failed.
  */
 uint32_t cladnet_seal_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
-                            uint32_t nkeys, uint32_t evp_min) {
-  return run_batch(1, base, jobs, n, keys, nkeys, evp_min);
+                            uint32_t nkeys, uint32_t evp_min, uint32_t flags) {
+  return run_batch(1, base, jobs, n, keys, nkeys, evp_min, flags);
 }
 
 /*
  * Authenticates and decrypts jobs[0..n) in place. A job that does not authenticate (or names no
- * key, or is shorter than a tag) gets -1 and nothing else about it is reported; what OpenSSL
- * decrypted of it is wiped. Returns the number that failed.
+ * key, or is shorter than a tag) gets -1 and nothing else about it is reported; it is wiped (the
+ * direct path checks the tag first and decrypts nothing of it). Returns the number that failed.
  */
 uint32_t cladnet_open_batch(unsigned char *base, struct cladnet_aead_job *jobs, uint32_t n, const struct cladnet_aead_key *keys,
-                            uint32_t nkeys, uint32_t evp_min) {
-  return run_batch(0, base, jobs, n, keys, nkeys, evp_min);
+                            uint32_t nkeys, uint32_t evp_min, uint32_t flags) {
+  return run_batch(0, base, jobs, n, keys, nkeys, evp_min, flags);
 }

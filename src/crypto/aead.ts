@@ -3,7 +3,7 @@
  * Nonce = 4 zero bytes || 64-bit little-endian counter, as in WireGuard. Keys are loaded once into
  * numbered slots and erased on `dropKey`.
  */
-import { J_AD_LEN, J_AD_OFF, J_CTR_HI, J_CTR_LO, J_KEY, J_LEN, J_NONCE0, J_OFF, J_RESULT, JOB_BYTES, JOB_WORDS, KEY_BYTES, loadFast, type FastLib } from '../os/ffi/fast';
+import { FAST_DIRECT, J_AD_LEN, J_AD_OFF, J_CTR_HI, J_CTR_LO, J_KEY, J_LEN, J_NONCE0, J_OFF, J_RESULT, JOB_BYTES, JOB_WORDS, KEY_BYTES, loadFast, type FastLib } from '../os/ffi/fast';
 import { EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, loadLibcrypto, type Libcrypto } from '../os/ffi/libcrypto';
 import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
@@ -180,6 +180,12 @@ export const EVP_MIN = 640;
  * 256 B in 430 against 770; 64 B in 400 against 345 (docs/performance.md).
  */
 export const BATCH_EVP_MIN = 128;
+/**
+ * And when the helper calls OpenSSL's ChaCha20 and Poly1305 directly: every size, since at none is
+ * libsodium faster there (seal + open, batches of 64, this machine: 32 B 633 ns against 632, 96 B
+ * 672 against 866, 1420 B 1,488 against EVP's 1,870; docs/performance.md).
+ */
+export const BATCH_DIRECT_MIN = 0;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 const AD_MAX = 64;
 
@@ -399,14 +405,19 @@ export class FfiAead extends OnePacketAead {
   private keyTableCap = 0;
   /** Why the batch helper is not used (null: it is, or it was not asked for). */
   readonly batchError: string | null;
+  /** The batch helper's flags: FAST_DIRECT when it calls OpenSSL's ChaCha20 and Poly1305 itself, else 0 (EVP). */
+  private readonly fastFlags: number;
+  /** Packets from this size on go through OpenSSL in the batch helper, below it through libsodium. */
+  private readonly evpMin: number;
 
   private constructor(
     private readonly lib: Libsodium,
     private readonly evp: Libcrypto | null,
     private readonly fast: FastLib | null = null,
     fastError: string | null = null,
-    /** Packets from this size on go through OpenSSL in the batch helper. */
-    private readonly evpMin = BATCH_EVP_MIN,
+    /** Packets from this size on go through OpenSSL in the batch helper (null: its default for the path taken). */
+    evpMin: number | null = null,
+    direct = true,
   ) {
     super();
     this.noncePtr = lib.sodiumMalloc(16);
@@ -419,18 +430,25 @@ export class FfiAead extends OnePacketAead {
     if (this.evpCipher === 0) this.evp = null;
     const base = this.evp === null ? 'libsodium-ffi' : 'libsodium+openssl-ffi';
     this.batchError = fastError;
-    this.name = fast !== null ? `${base}+batch` : fastError !== null ? `${base} (no batch helper: ${fastError})` : base;
+    this.fastFlags = direct && fast?.direct === true && this.evp !== null ? FAST_DIRECT : 0;
+    this.evpMin = evpMin ?? (this.fastFlags === FAST_DIRECT ? BATCH_DIRECT_MIN : BATCH_EVP_MIN);
+    const batch = this.fastFlags === FAST_DIRECT ? '+batch+direct' : '+batch';
+    this.name = fast !== null ? `${base}${batch}` : fastError !== null ? `${base} (no batch helper: ${fastError})` : base;
   }
 
   /**
    * Null when libsodium.so.23 is not installed. `openssl`: use libcrypto.so.3 for large packets
-   * when it loads (default yes).
+   * when it loads (default yes). `batch`: seal and open whole batches through libcladnet_fast.so
+   * when it loads. `direct`: let the helper call OpenSSL's ChaCha20 and Poly1305 itself where the
+   * process exports them, instead of EVP (default yes; same bytes, less work per packet:
+   * docs/performance.md). `batchEvpMin`: the helper's size threshold for OpenSSL (null:
+   * BATCH_DIRECT_MIN or BATCH_EVP_MIN, whichever path is taken).
    */
-  static tryCreate(openssl = true, batch = true, batchEvpMin = BATCH_EVP_MIN): FfiAead | null {
+  static tryCreate(openssl = true, batch = true, batchEvpMin: number | null = null, direct = true): FfiAead | null {
     const lib = loadLibsodium();
     if (lib === null) return null;
     const fast = batch ? loadFast() : null;
-    return new FfiAead(lib, openssl ? loadLibcrypto() : null, fast?.lib ?? null, fast?.error ?? null, batchEvpMin);
+    return new FfiAead(lib, openssl ? loadLibcrypto() : null, fast?.lib ?? null, fast?.error ?? null, batchEvpMin, direct);
   }
 
   loadKey(key: Uint8Array): number {
@@ -580,18 +598,21 @@ export class FfiAead extends OnePacketAead {
 
   override sealMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
     if (this.fast !== null && addr !== 0 && jobs.addr !== 0 && this.keyTable !== null) {
-      if (jobs.count > 0) this.fast.sealBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin);
+      if (jobs.count > 0) this.fast.sealBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin, this.fastFlags);
     } else this.eachJob(true, jobs, buf, addr);
   }
 
   override openMany(jobs: AeadJobs, buf: Buffer, addr = 0): void {
     if (this.fast !== null && addr !== 0 && jobs.addr !== 0 && this.keyTable !== null) {
-      if (jobs.count > 0) this.fast.openBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin);
+      if (jobs.count > 0) this.fast.openBatch(addr, jobs.addr, jobs.count, Number(this.keyTable.ptr), this.keyTableCap, this.evpMin, this.fastFlags);
     } else this.eachJob(false, jobs, buf, addr);
   }
 }
 
 export type AeadBackend = 'auto' | 'ffi' | 'native' | 'wasm';
+
+/** CLADNET_AEAD_DIRECT=off (A/B runs): the batch helper goes through OpenSSL's EVP instead of its primitives. */
+export const AEAD_DIRECT_ENV = 'CLADNET_AEAD_DIRECT';
 
 /**
  * The backend: 'ffi' (Debian's libsodium through koffi), 'native' (sodium-native) or 'wasm'
@@ -601,7 +622,7 @@ export type AeadBackend = 'auto' | 'ffi' | 'native' | 'wasm';
  */
 export async function createAead(backend: AeadBackend = 'auto'): Promise<Aead> {
   if (backend === 'auto' || backend === 'ffi') {
-    const ffi = FfiAead.tryCreate();
+    const ffi = FfiAead.tryCreate(true, true, null, process.env[AEAD_DIRECT_ENV] !== 'off');
     if (ffi) return ffi;
     if (backend === 'ffi') {
       throw new CladnetError('ECONFIG', 'crypto: backend "ffi" requested but libsodium.so.23 does not load here (apt-get install libsodium23)', { field: 'crypto' });

@@ -30,8 +30,9 @@ describe.skipIf(!isRoot)('mesh of three hosts', () => {
     const doc = await bed.agent('h1').statusCli();
     expect(doc.version).toBe(1);
     expect(doc.etcd.connected).toBe(true);
-    // the batch AEAD helper (native/build/libcladnet_fast.so, built by scripts/setup.sh) is in use
-    expect(doc.self.crypto).toBe('libsodium+openssl-ffi+batch');
+    // the batch AEAD helper (native/build/libcladnet_fast.so, built by scripts/setup.sh) is in use,
+    // calling the OpenSSL primitives node exports directly
+    expect(doc.self.crypto).toBe('libsodium+openssl-ffi+batch+direct');
     expect(doc.peers.map((p) => [p.name, p.state]).sort()).toEqual([
       ['h2', 'up'],
       ['h3', 'up'],

@@ -1,9 +1,10 @@
 import path from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AeadJobs, BATCH_EVP_MIN, FfiAead, TAG_BYTES } from '../../src/crypto/aead';
+import koffi from 'koffi';
+import { AEAD_DIRECT_ENV, type AeadJobs, BATCH_EVP_MIN, createAead, FfiAead, TAG_BYTES } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
-import { resetFastForTests } from '../../src/os/ffi/fast';
+import { loadFast, resetFastForTests } from '../../src/os/ffi/fast';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
 import { useBuiltFastLib } from '../helpers/fast-lib';
 
@@ -76,16 +77,53 @@ function queue(jobs: AeadJobs, packets: Packet[], sealed: boolean): void {
   for (const p of packets) jobs.add(p.handle, p.counter, p.adOff, AD_LEN, p.off, p.plain.length + (sealed ? TAG_BYTES : 0));
 }
 
+/** Whether this process exports OpenSSL's ChaCha20_ctr32 and Poly1305_* (node's official builds do). */
+function processExportsPrimitives(): boolean {
+  const self = koffi.load(null as unknown as string);
+  try {
+    for (const f of ['void ChaCha20_ctr32(void *, void *, size_t, void *, void *)', 'size_t Poly1305_ctx_size(void)', 'void Poly1305_Init(void *, void *)', 'void Poly1305_Update(void *, void *, size_t)', 'void Poly1305_Final(void *, void *)']) self.func(f);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Past any packet: the helper never takes OpenSSL. */
+const NEVER = 0xffffffff;
+
+/** Each way the helper can seal and open: every test below runs through each. */
+const PATHS: [string, () => FfiAead][] = [
+  ['libsodium', () => FfiAead.tryCreate(true, true, NEVER, false)!],
+  ['OpenSSL EVP', () => FfiAead.tryCreate(true, true, 0, false)!],
+  ['OpenSSL direct', () => FfiAead.tryCreate(true, true, 0, true)!],
+  ['the default (direct from 0 B, else EVP from 128 B)', () => aead],
+];
+
 describe('libcladnet_fast.so, the batch AEAD helper', () => {
-  it('loads, and the ffi AEAD says it batches', () => {
+  it('loads, and the ffi AEAD says it batches, directly where node exports OpenSSL\'s primitives', () => {
     expect(aead.batchError).toBeNull();
-    expect(aead.name).toBe('libsodium+openssl-ffi+batch');
+    const direct = processExportsPrimitives();
+    expect(loadFast().lib?.direct).toBe(direct);
+    expect(aead.name).toBe(direct ? 'libsodium+openssl-ffi+batch+direct' : 'libsodium+openssl-ffi+batch');
+    expect(FfiAead.tryCreate(true, true, null, false)!.name).toBe('libsodium+openssl-ffi+batch');
+    // without OpenSSL, nothing of it: not even its primitives
+    expect(FfiAead.tryCreate(false)!.name).toBe('libsodium-ffi+batch');
   });
 
-  it.each([
-    ['libsodium', () => aead],
-    ['OpenSSL', () => FfiAead.tryCreate(true, true, 0)!],
-  ])('seals and opens the RFC 8439 section 2.8.2 AEAD test vector (through %s)', (_side, make) => {
+  it('takes CLADNET_AEAD_DIRECT=off for the EVP path (A/B runs)', async () => {
+    const before = process.env[AEAD_DIRECT_ENV];
+    try {
+      process.env[AEAD_DIRECT_ENV] = 'off';
+      expect((await createAead('ffi')).name).toBe('libsodium+openssl-ffi+batch');
+      delete process.env[AEAD_DIRECT_ENV];
+      expect((await createAead('ffi')).name).toBe(aead.name);
+    } finally {
+      if (before === undefined) delete process.env[AEAD_DIRECT_ENV];
+      else process.env[AEAD_DIRECT_ENV] = before;
+    }
+  });
+
+  it.each(PATHS)('seals and opens the RFC 8439 section 2.8.2 AEAD test vector (through %s)', (_side, make) => {
     const aead = make();
     const key = Buffer.from('808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f', 'hex');
     const ad = Buffer.from('50515253c0c1c2c3c4c5c6c7', 'hex');
@@ -105,7 +143,7 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     const addr = Number(mem.ptr);
     const jobs = aead.jobs(1);
     expect(jobs.addr).not.toBe(0);
-    // 114 bytes: under BATCH_EVP_MIN, so libsodium inside the helper; the OpenSSL instance takes every size
+    // 114 bytes: under BATCH_EVP_MIN, so libsodium inside the helper unless the path takes every size
     expect(plain.length).toBeLessThan(BATCH_EVP_MIN);
     ad.copy(mem.buf, 0);
     plain.copy(mem.buf, ad.length);
@@ -125,7 +163,8 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     jobs.close();
   });
 
-  it('matches libsodium-wrappers over a batch of random sizes 0..65535 under several keys, both ways', () => {
+  it.each(PATHS)('matches libsodium-wrappers over a batch of random sizes 0..65535 under several keys, both ways (through %s)', (_side, make) => {
+    const aead = make();
     const keys = [0, 1, 2].map(() => {
       const key = randomBytes(32);
       return { key, handle: aead.loadKey(key) };
@@ -155,7 +194,8 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     jobs.close();
   });
 
-  it('rejects a tampered tag, ciphertext, counter or header per packet, wipes it, and opens the rest of the batch', () => {
+  it.each(PATHS)('rejects a tampered tag, ciphertext, counter or header per packet, wipes it, and opens the rest of the batch (through %s)', (_side, make) => {
+    const aead = make();
     const key = randomBytes(32);
     const handle = aead.loadKey(key);
     // small (libsodium) and large (OpenSSL) packets, each tampered four ways, with a good one between
@@ -187,7 +227,7 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     for (const [j, p] of packets.entries()) {
       if (bad.has(j)) {
         expect(jobs.result(j), `${bad.get(j)} of packet ${j}`).toBe(-1);
-        // never the plaintext: wiped (both libraries zero it)
+        // never the plaintext: wiped (libsodium and OpenSSL's EVP zero what they decrypted; the direct path decrypts nothing of it and zeroes it too)
         expect(mem.buf.subarray(p.off, p.off + p.plain.length).every((b) => b === 0)).toBe(true);
       } else {
         expect(jobs.result(j)).toBe(p.plain.length);
@@ -198,7 +238,8 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     jobs.close();
   });
 
-  it('fails a job whose key was dropped or never loaded, and one shorter than a tag, without failing the others', () => {
+  it.each(PATHS)('fails a job whose key was dropped or never loaded, and one shorter than a tag, without failing the others (through %s)', (_side, make) => {
+    const aead = make();
     const key = randomBytes(32);
     const live = aead.loadKey(key);
     const gone = aead.loadKey(randomBytes(32));

@@ -1191,7 +1191,7 @@ describe.each<[FuzzTarget, () => Promise<Aead>, boolean]>([
     const aead = await makeAead();
     const sender = await makeAead();
     const aOut = await makeAead();
-    if (aead.name !== (target === 'inbound.native' ? 'libsodium+openssl-ffi+batch' : 'libsodium-wasm')) console.log(`fuzz ${target}: running on ${aead.name}`);
+    if (aead.name !== (target === 'inbound.native' ? 'libsodium+openssl-ffi+batch+direct' : 'libsodium-wasm')) console.log(`fuzz ${target}: running on ${aead.name}`);
     const cases = casesFor(target);
     let h: Harness | undefined;
     let pending: { d: Buffer; src: { ip: number; port: number } }[] = [];

@@ -70,7 +70,8 @@ function pair(aead: Aead) {
 }
 
 const backends: { label: string; make: () => Promise<Aead>; name: RegExp }[] = [
-  { label: 'ffi with the batch helper', make: async () => FfiAead.tryCreate()!, name: /\+batch$/ },
+  { label: 'ffi with the batch helper', make: async () => FfiAead.tryCreate()!, name: /\+batch\+direct$/ },
+  { label: 'ffi with the batch helper through EVP', make: async () => FfiAead.tryCreate(true, true, null, false)!, name: /\+batch$/ },
   { label: 'ffi one call per packet', make: async () => FfiAead.tryCreate(true, false)!, name: /^libsodium\+openssl-ffi$/ },
   { label: 'wasm', make: () => WasmAead.create(), name: /^libsodium-wasm$/ },
 ];

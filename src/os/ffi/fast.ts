@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import koffi from 'koffi';
 
 /** What native/cladnet_fast.c's cladnet_fast_abi() must return. */
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 /** struct cladnet_aead_job: key, off, len, ad_off, ad_len, ctr_lo, ctr_hi (u32), result (i32), nonce0, reserved (u32). */
 export const JOB_BYTES = 40;
 export const JOB_WORDS = JOB_BYTES / 4;
@@ -32,11 +32,19 @@ export const J_RESULT = 7;
 export const J_NONCE0 = 8;
 /** struct cladnet_aead_key: key, seal context, open context (pointers). */
 export const KEY_BYTES = 24;
+/** The batch calls' `flags`: OpenSSL's ChaCha20 and Poly1305 called directly where the process exports them. */
+export const FAST_DIRECT = 1;
 
 export interface FastLib {
   /** cladnet_seal_batch / cladnet_open_batch: the number of jobs that failed (each job has its result). */
-  sealBatch(base: number, jobs: number, n: number, keys: number, nkeys: number, evpMin: number): number;
-  openBatch(base: number, jobs: number, n: number, keys: number, nkeys: number, evpMin: number): number;
+  sealBatch(base: number, jobs: number, n: number, keys: number, nkeys: number, evpMin: number, flags: number): number;
+  openBatch(base: number, jobs: number, n: number, keys: number, nkeys: number, evpMin: number, flags: number): number;
+  /**
+   * cladnet_fast_direct(): whether FAST_DIRECT can take effect here: the process exports OpenSSL's
+   * ChaCha20_ctr32 and Poly1305_* (node's official builds do; a node linked to the system's
+   * libcrypto.so.3 does not, and then the helper goes through EVP).
+   */
+  readonly direct: boolean;
   /** Where it was loaded from. */
   readonly path: string;
 }
@@ -67,11 +75,12 @@ export function loadFast(): FastLoad {
     const lib = koffi.load(file);
     const abi = (lib.func('int cladnet_fast_abi(void)') as () => number)();
     if (abi !== ABI_VERSION) throw new Error(`${file} speaks ABI ${abi}, this agent ${ABI_VERSION} (rebuild it)`);
-    const sig = '(uintptr_t base, uintptr_t jobs, uint32_t n, uintptr_t keys, uint32_t nkeys, uint32_t evp_min)';
+    const sig = '(uintptr_t base, uintptr_t jobs, uint32_t n, uintptr_t keys, uint32_t nkeys, uint32_t evp_min, uint32_t flags)';
     loaded = {
       lib: {
         sealBatch: lib.func(`uint32_t cladnet_seal_batch${sig}`) as FastLib['sealBatch'],
         openBatch: lib.func(`uint32_t cladnet_open_batch${sig}`) as FastLib['openBatch'],
+        direct: (lib.func('int cladnet_fast_direct(void)') as () => number)() === 1,
         path: file,
       },
       error: null,
