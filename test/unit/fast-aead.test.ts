@@ -169,7 +169,8 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
       const key = randomBytes(32);
       return { key, handle: aead.loadKey(key) };
     });
-    const sizes = [0, 1, 15, 16, BATCH_EVP_MIN - 1, BATCH_EVP_MIN, 1400, 65535];
+    // and the edges of the direct path's one-call keystream (fused up to 960 B past each 1,024, to 1,984 B)
+    const sizes = [0, 1, 15, 16, BATCH_EVP_MIN - 1, BATCH_EVP_MIN, 448, 449, 512, 513, 959, 960, 961, 1023, 1024, 1025, 1400, 1983, 1984, 1985, 2048, 65535];
     for (let i = 0; i < 40; i++) sizes.push(randomInt(0, 65536));
     const { mem, packets } = layout(sizes, keys);
     const addr = Number(mem.ptr);
