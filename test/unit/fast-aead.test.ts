@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -88,6 +89,12 @@ function processExportsPrimitives(): boolean {
   }
 }
 
+/** RFC 8439 section 2.8.2: the sealed sunscreen sentence, ciphertext then tag. */
+const RFC8439_CIPHER_AND_TAG =
+  'd31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b6' +
+  '7ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116' +
+  '1ae10b594f09e26a7e902ecbd0600691';
+
 /** Past any packet: the helper never takes OpenSSL. */
 const NEVER = 0xffffffff;
 
@@ -110,6 +117,14 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     expect(FfiAead.tryCreate(false)!.name).toBe('libsodium-ffi+batch');
   });
 
+  it('goes through EVP, with the same bytes, in a process that keeps OpenSSL\'s primitives to itself (a node on the system\'s libcrypto.so.3)', () => {
+    // native/fast-fallback-check.c links Debian's libcrypto.so.3, which does not export ChaCha20_ctr32 or Poly1305_*
+    const exe = path.join(built.dir, 'fast-fallback-check');
+    execFileSync(process.env.CC || 'gcc', ['-std=c11', '-Wall', '-Wextra', '-Werror', '-o', exe, path.join(__dirname, '../../native/fast-fallback-check.c'), '-lcrypto', '-ldl'], { stdio: 'pipe' });
+    const out = execFileSync(exe, [built.lib], { encoding: 'utf8' }).trim();
+    expect(out).toBe(`direct=0 sealed=${RFC8439_CIPHER_AND_TAG}`);
+  });
+
   it('takes CLADNET_AEAD_DIRECT=off for the EVP path (A/B runs)', async () => {
     const before = process.env[AEAD_DIRECT_ENV];
     try {
@@ -130,12 +145,7 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     const plain = Buffer.from(
       "Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.",
     );
-    const cipher = Buffer.from(
-      'd31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b6' +
-        '7ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116' +
-        '1ae10b594f09e26a7e902ecbd0600691',
-      'hex',
-    );
+    const cipher = Buffer.from(RFC8439_CIPHER_AND_TAG, 'hex');
     // nonce 07000000 40414243 44454647 as three little-endian words
     const words = [7, 0x43424140, 0x47464544] as const;
     const h = aead.loadKey(key);
