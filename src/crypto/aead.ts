@@ -7,6 +7,7 @@ import { FAST_DIRECT, J_AD_LEN, J_AD_OFF, J_CTR_HI, J_CTR_LO, J_KEY, J_LEN, J_NO
 import { EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, loadLibcrypto, type Libcrypto } from '../os/ffi/libcrypto';
 import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
+import { randomBytes, randomFillSync, randomInt } from 'node:crypto';
 import { CladnetError } from '../errors';
 import { loadRawSodium, type RawSodium } from './sodium';
 
@@ -407,6 +408,8 @@ export class FfiAead extends OnePacketAead {
   readonly batchError: string | null;
   /** The batch helper's flags: FAST_DIRECT when it calls OpenSSL's ChaCha20 and Poly1305 itself, else 0 (EVP). */
   private readonly fastFlags: number;
+  /** Why the direct path is off although it was asked for and is bound here (null: it is on, or was never possible). */
+  readonly directError: string | null = null;
   /** Packets from this size on go through OpenSSL in the batch helper, below it through libsodium. */
   private readonly evpMin: number;
 
@@ -430,10 +433,62 @@ export class FfiAead extends OnePacketAead {
     if (this.evpCipher === 0) this.evp = null;
     const base = this.evp === null ? 'libsodium-ffi' : 'libsodium+openssl-ffi';
     this.batchError = fastError;
-    this.fastFlags = direct && fast?.direct === true && this.evp !== null ? FAST_DIRECT : 0;
+    let flags = direct && fast?.direct === true && this.evp !== null ? FAST_DIRECT : 0;
+    if (flags === FAST_DIRECT) {
+      this.directError = this.directDisagrees();
+      if (this.directError !== null) flags = 0;
+    }
+    this.fastFlags = flags;
     this.evpMin = evpMin ?? (this.fastFlags === FAST_DIRECT ? BATCH_DIRECT_MIN : BATCH_EVP_MIN);
-    const batch = this.fastFlags === FAST_DIRECT ? '+batch+direct' : '+batch';
+    const batch = this.fastFlags === FAST_DIRECT ? '+batch+direct' : this.directError !== null ? `+batch (direct path off: ${this.directError})` : '+batch';
     this.name = fast !== null ? `${base}${batch}` : fastError !== null ? `${base} (no batch helper: ${fastError})` : base;
+  }
+
+  /**
+   * The direct path's self-test, once per instance: it calls OpenSSL's internal primitives, whose
+   * ABI no header promises, so before any packet it must agree byte for byte with OpenSSL's EVP
+   * (the same library's public face) on one packet of each way the helper cuts the work: empty,
+   * small and MTU-sized (one ChaCha20 call), just past a 16-block pass and past the scratch (two
+   * calls); and it must open what it sealed, and refuse it with one bit flipped. Returns what went
+   * wrong, or null. Costs a few microseconds.
+   */
+  private directDisagrees(): string | null {
+    const sizes = [0, 100, 1420, 1000, 3000];
+    const stride = 16 + 3000 + TAG_BYTES;
+    const mem = allocNative(2 * stride * sizes.length);
+    const jobs = this.jobs(sizes.length);
+    const handle = this.loadKey(randomBytes(KEY_LEN));
+    try {
+      const addr = Number(mem.ptr);
+      const half = stride * sizes.length;
+      randomFillSync(mem.buf, 0, half);
+      mem.buf.copy(mem.buf, half, 0, half);
+      const counter = randomInt(0, 2 ** 47);
+      const run = (seal: boolean, base: number, flags: number) => {
+        jobs.count = 0;
+        for (const [i, n] of sizes.entries()) jobs.add(handle, counter + i, base + i * stride, 16, base + i * stride + 16, n + (seal ? 0 : TAG_BYTES));
+        const call = seal ? this.fast!.sealBatch : this.fast!.openBatch;
+        call(addr, jobs.addr, jobs.count, Number(this.keyTable!.ptr), this.keyTableCap, 0, flags);
+        return sizes.every((n, i) => jobs.result(i) === n + (seal ? TAG_BYTES : 0));
+      };
+      const plain = Buffer.from(mem.buf.subarray(0, half));
+      if (!run(true, 0, 0) || !run(true, half, FAST_DIRECT)) return 'a seal failed';
+      if (!mem.buf.subarray(0, half).equals(mem.buf.subarray(half, 2 * half))) return 'sealed bytes differ from EVP';
+      mem.buf[half + 16 + 7]! ^= 1; // the first packet is empty: this flips a bit of its tag
+      mem.buf[half + stride + 16 + 50]! ^= 0x80; // and one of the second's ciphertext
+      run(false, half, FAST_DIRECT);
+      if (jobs.result(0) !== -1 || jobs.result(1) !== -1) return 'a forgery opened';
+      for (let i = 2; i < sizes.length; i++) {
+        const o = half + i * stride + 16;
+        if (jobs.result(i) !== sizes[i] || !mem.buf.subarray(o, o + sizes[i]!).equals(plain.subarray(o - half, o - half + sizes[i]!))) return 'an open failed';
+      }
+      return null;
+    } finally {
+      this.dropKey(handle);
+      jobs.close();
+      mem.buf.fill(0);
+      mem.free();
+    }
   }
 
   /**

@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { randomBytes, randomInt } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import koffi from 'koffi';
 import { AEAD_DIRECT_ENV, type AeadJobs, BATCH_EVP_MIN, createAead, FfiAead, TAG_BYTES } from '../../src/crypto/aead';
 import { loadSodium, type Sodium } from '../../src/crypto/sodium';
 import { loadFast, resetFastForTests } from '../../src/os/ffi/fast';
+import { view } from '../../src/os/ffi/libc';
 import { allocNative, type NativeBlock } from '../../src/os/ffi/mem';
 import { useBuiltFastLib } from '../helpers/fast-lib';
 
@@ -123,6 +124,43 @@ describe('libcladnet_fast.so, the batch AEAD helper', () => {
     execFileSync(process.env.CC || 'gcc', ['-std=c11', '-Wall', '-Wextra', '-Werror', '-o', exe, path.join(__dirname, '../../native/fast-fallback-check.c'), '-lcrypto', '-ldl'], { stdio: 'pipe' });
     const out = execFileSync(exe, [built.lib], { encoding: 'utf8' }).trim();
     expect(out).toBe(`direct=0 sealed=${RFC8439_CIPHER_AND_TAG}`);
+  });
+
+  it('turns the direct path off, and says why, when its self-test disagrees with EVP', () => {
+    const lib = loadFast().lib!;
+    expect(lib.direct).toBe(true); // this machine's node exports the primitives (first test)
+    const real = lib.sealBatch;
+    // the FFI boundary as a broken primitive would leave it: every direct seal's first byte flipped
+    const spy = vi.spyOn(lib, 'sealBatch').mockImplementation((base, jobs, n, keys, nkeys, evpMin, flags) => {
+      const failed = real(base, jobs, n, keys, nkeys, evpMin, flags);
+      if (flags === 1) {
+        const job = new Uint32Array(view(BigInt(jobs), 40 * n), 0, 10 * n); // struct cladnet_aead_job: off is word 1, len word 2
+        for (let j = 0; j < n; j++) if (job[10 * j + 2]! > 0) new Uint8Array(view(BigInt(base + job[10 * j + 1]!), 1))[0]! ^= 1;
+      }
+      return failed;
+    });
+    try {
+      const broken = FfiAead.tryCreate()!;
+      expect(broken.directError).toBe('sealed bytes differ from EVP');
+      expect(broken.name).toBe('libsodium+openssl-ffi+batch (direct path off: sealed bytes differ from EVP)');
+      // and it seals through EVP, correctly
+      const key = randomBytes(32);
+      const handle = broken.loadKey(key);
+      const { mem, packets } = layout([1400, 60], [{ key, handle }]);
+      const jobs = broken.jobs(2);
+      queue(jobs, packets, false);
+      broken.sealMany(jobs, mem.buf, Number(mem.ptr));
+      for (const [j, p] of packets.entries()) {
+        const ref = sodium.crypto_aead_chacha20poly1305_ietf_encrypt(p.plain, p.ad, null, nonceFor(p.counter), key);
+        expect(jobs.result(j)).toBe(p.plain.length + TAG_BYTES);
+        expect(Buffer.from(mem.buf.subarray(p.off, p.off + p.plain.length + TAG_BYTES)).equals(Buffer.from(ref))).toBe(true);
+      }
+      broken.dropKey(handle);
+      jobs.close();
+    } finally {
+      spy.mockRestore();
+    }
+    expect(FfiAead.tryCreate()!.directError).toBeNull();
   });
 
   it('takes CLADNET_AEAD_DIRECT=off for the EVP path (A/B runs)', async () => {
