@@ -3,11 +3,11 @@
  * Nonce = 4 zero bytes || 64-bit little-endian counter, as in WireGuard. Keys are loaded once into
  * numbered slots and erased on `dropKey`.
  */
+import { randomBytes, randomFillSync, randomInt } from 'node:crypto';
 import { FAST_DIRECT, J_AD_LEN, J_AD_OFF, J_CTR_HI, J_CTR_LO, J_KEY, J_LEN, J_NONCE0, J_OFF, J_RESULT, JOB_BYTES, JOB_WORDS, KEY_BYTES, loadFast, type FastLib } from '../os/ffi/fast';
 import { EVP_CTRL_AEAD_GET_TAG, EVP_CTRL_AEAD_SET_TAG, loadLibcrypto, type Libcrypto } from '../os/ffi/libcrypto';
 import { loadLibsodium, type Libsodium } from '../os/ffi/libsodium';
 import { allocNative, type NativeBlock } from '../os/ffi/mem';
-import { randomBytes, randomFillSync, randomInt } from 'node:crypto';
 import { CladnetError } from '../errors';
 import { loadRawSodium, type RawSodium } from './sodium';
 
