@@ -15,6 +15,9 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { AGENT_NODE_FLAGS } from '../src/agent/node-flags';
 import type { ThreadHeap } from './rss-heap';
@@ -208,9 +211,17 @@ export const MODULE_STEPS: readonly ModuleStep[] = [
   { name: '+ koffi', note: 'FFI, libc bound', code: "require('koffi').load('libc.so.6').func('int getpid(void)')();" },
   { name: '+ libsodium.so.23', note: 'the control plane\'s crypto through koffi', code: "require('koffi').load('libsodium.so.23').func('int sodium_init(void)')();" },
   {
+    // Connected as the agent is: a lease kept alive, a key under it, a watch and a range read, on
+    // the loopback etcd that moduleCosts starts ($FLOOR_ETCD). A client that never connects costs
+    // about 4 MiB less (no HTTP/2 session, no parsed responses), which an earlier version measured.
     name: '+ etcd3',
-    note: 'grpc-js, protobufjs, rpc.proto parsed, a client',
-    code: "globalThis.etcd = new (require('etcd3').Etcd3)({ hosts: 'http://127.0.0.1:9' });",
+    note: 'grpc-js, protobufjs, rpc.proto parsed; a client connected with a lease, a watch, a range',
+    code:
+      "globalThis.etcd = new (require('etcd3').Etcd3)({ hosts: process.env.FLOOR_ETCD }); " +
+      "globalThis.etcd.lease(10).put('/floor/a').value('x')" +
+      ".then(() => globalThis.etcd.watch().prefix('/floor/').create()).then((w) => { w.on('put', () => {}); globalThis.w = w; })" +
+      ".then(() => globalThis.etcd.getAll().prefix('/floor/').strings())" +
+      ".catch((e) => { console.error(String(e)); process.exit(3); });",
   },
   {
     name: '+ a worker thread',
@@ -229,13 +240,36 @@ export const MODULE_STEPS: readonly ModuleStep[] = [
 export const NOT_LOADED: readonly ModuleStep[] = [
   { name: 'sodium-native', note: 'the fallback without libsodium.so.23', code: "require('sodium-native');" },
   { name: 'libsodium-wrappers (WASM)', note: 'the last fallback', code: "require('libsodium-wrappers').ready.then(() => {});" },
+  {
+    // Not a package the project may use (etcd3 is a fixed choice): what the same calls cost without
+    // grpc-js and protobufjs, through etcd's JSON gateway, so the etcd3 step can be read against it.
+    name: "etcd's JSON gateway over node:http",
+    note: 'the same lease, key, watch and range as the etcd3 step, no client library',
+    code: [
+      "const http = require('node:http'); const agent = new http.Agent({ keepAlive: true });",
+      "const [host, port] = process.env.FLOOR_ETCD.replace('http://', '').split(':'); const b64 = (s) => Buffer.from(s).toString('base64');",
+      'const post = (p, body) => new Promise((res, rej) => { const r = http.request({ host, port, path: p, method: "POST", agent }, (m) => { let d = ""; m.on("data", (c) => (d += c)); m.on("end", () => res(JSON.parse(d))); }); r.on("error", rej); r.end(JSON.stringify(body)); });',
+      "post('/v3/lease/grant', { TTL: 10 }).then((l) => { setInterval(() => post('/v3/lease/keepalive', { ID: l.ID }), 3000).unref();",
+      "  return post('/v3/kv/put', { key: b64('/floor/g'), value: b64('x'), lease: l.ID }); })",
+      ".then(() => { const w = http.request({ host, port, path: '/v3/watch', method: 'POST' }, (m) => m.on('data', () => {})); w.write(JSON.stringify({ create_request: { key: b64('/floor/'), range_end: b64('/floor0') } })); globalThis.w = w; })",
+      ".then(() => post('/v3/kv/range', { key: b64('/floor/'), range_end: b64('/floor0') }))",
+      '.catch((e) => { console.error(String(e)); process.exit(3); });',
+    ].join('\n'),
+  },
 ];
 
+/** The last step that is a package the agent must load in its main thread (the fixed choices'). */
+export const FIXED_PACKAGES_STEP = '+ etcd3';
+
 /** VmRSS (MiB) of a bare node running `code` with the agent's flags, `settleMs` after start. */
-function measureNode(code: string, cwd: string, settleMs: number): Promise<number> {
+function measureNode(code: string, cwd: string, settleMs: number, etcd: string): Promise<number> {
   const script = `${code}\nsetTimeout(() => { const s = require('fs').readFileSync('/proc/self/status', 'utf8'); process.stdout.write(/^VmRSS:\\s+(\\d+)/m.exec(s)[1]); process.exit(0); }, ${settleMs});`;
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [...AGENT_NODE_FLAGS, '-e', script], { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [...AGENT_NODE_FLAGS, '-e', script], {
+      cwd,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, FLOOR_ETCD: etcd },
+    });
     let out = '';
     let err = '';
     p.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -243,6 +277,70 @@ function measureNode(code: string, cwd: string, settleMs: number): Promise<numbe
     p.on('error', reject);
     p.on('close', (c) => (c === 0 && out ? resolve(Number(out) / KIB) : reject(new Error(`module step failed (${c}): ${err.slice(0, 400)}`))));
   });
+}
+
+/** A free TCP port on loopback (closed again; etcd binds it a moment later). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A throwaway single-member etcd on loopback for the etcd steps, with its own data dir; stop()
+ * ends it and removes the dir. Resolves when it answers a range request through its gateway.
+ */
+async function startLoopbackEtcd(): Promise<{ endpoint: string; stop(): Promise<void> }> {
+  const [client, peer] = [await freePort(), await freePort()];
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cladnet-rss-floor-'));
+  const endpoint = `http://127.0.0.1:${client}`;
+  const p = spawn(
+    'etcd',
+    [
+      `--data-dir=${dir}/data`,
+      `--listen-client-urls=${endpoint}`,
+      `--advertise-client-urls=${endpoint}`,
+      `--listen-peer-urls=http://127.0.0.1:${peer}`,
+      `--initial-advertise-peer-urls=http://127.0.0.1:${peer}`,
+      `--initial-cluster=default=http://127.0.0.1:${peer}`,
+      '--listen-metrics-urls=',
+    ],
+    { stdio: ['ignore', 'ignore', fs.openSync(`${dir}/etcd.log`, 'w')] },
+  );
+  const stop = async (): Promise<void> => {
+    if (p.exitCode === null && p.signalCode === null) {
+      const gone = new Promise<void>((r) => p.once('exit', () => r()));
+      p.kill('SIGTERM');
+      const t = setTimeout(() => p.kill('SIGKILL'), 3_000);
+      await gone;
+      clearTimeout(t);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const up = await new Promise<boolean>((resolve) => {
+      const r = http.request(`${endpoint}/v3/kv/range`, { method: 'POST', timeout: 1_000 }, (m) => {
+        m.resume();
+        resolve(m.statusCode === 200);
+      });
+      r.on('error', () => resolve(false));
+      r.on('timeout', () => r.destroy());
+      r.end('{"key":"AA=="}');
+    });
+    if (up) return { endpoint, stop };
+    if (p.exitCode !== null || Date.now() > deadline) {
+      const log = fs.readFileSync(`${dir}/etcd.log`, 'utf8').slice(-600);
+      await stop();
+      throw new Error(`the loopback etcd for the module steps did not come up: ${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -257,11 +355,19 @@ export interface ModuleCost {
 }
 
 /** Section 3: each step `repeats` times (interleaved, so load on the machine falls on all alike), medians. */
-export async function moduleCosts(cwd: string, repeats = 3, settleMs = 2500): Promise<{ steps: ModuleCost[]; notLoaded: ModuleCost[] }> {
+export async function moduleCosts(cwd: string, repeats = 3, settleMs = 10_000): Promise<{ steps: ModuleCost[]; notLoaded: ModuleCost[] }> {
   const all = [...MODULE_STEPS.map((_, i) => MODULE_STEPS.slice(0, i + 1).map((s) => s.code).join('\n')), ...NOT_LOADED.map((s) => s.code)];
   const samples: number[][] = all.map(() => []);
-  for (let r = 0; r < repeats; r++) {
-    for (let i = 0; i < all.length; i++) samples[i]!.push(await measureNode(all[i]!, cwd, settleMs));
+  const etcd = await startLoopbackEtcd();
+  try {
+    // The processes of one repeat run side by side: RSS does not depend on who else runs, and at
+    // the agent's 10 s settle one after another would take minutes.
+    for (let r = 0; r < repeats; r++) {
+      const got = await Promise.all(all.map((code) => measureNode(code, cwd, settleMs, etcd.endpoint)));
+      got.forEach((v, i) => samples[i]!.push(v));
+    }
+  } finally {
+    await etcd.stop();
   }
   const totals = samples.map(median);
   const steps = MODULE_STEPS.map((s, i) => ({ name: s.name, note: s.note, total: r1(totals[i]), delta: r1(totals[i]! - (i === 0 ? 0 : totals[i - 1]!)) }));

@@ -27,7 +27,21 @@ import { parseArgs } from 'node:util';
 import { sleep } from '../src/testbed/agents';
 import type { ThreadHeap } from './rss-heap';
 import { startMeshBed } from '../src/testbed/mesh';
-import { breakdown, formatParts, moduleCosts, r1, rssByMapping, snapshotProc, threadHeaps, type ModuleCost, type Part, type ProcSnapshot } from './rss-breakdown';
+import {
+  breakdown,
+  FIXED_PACKAGES_STEP,
+  formatParts,
+  MODULE_STEPS,
+  moduleCosts,
+  NOT_LOADED,
+  r1,
+  rssByMapping,
+  snapshotProc,
+  threadHeaps,
+  type ModuleCost,
+  type Part,
+  type ProcSnapshot,
+} from './rss-breakdown';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const KIB = 1024;
@@ -178,8 +192,8 @@ export async function probeRss(o: ProbeOptions): Promise<ProbeResult> {
   const meanVmRss = r1(readings.reduce((s, r) => s + r.vmRss, 0) / readings.length);
   let modules = null;
   if (o.modules) {
-    o.log('idle RSS: each dependency in bare node with the agent\'s flags (3 x 11 processes)');
-    modules = await moduleCosts(REPO);
+    o.log(`idle RSS: each dependency in bare node with the agent's flags (3 x ${MODULE_STEPS.length + NOT_LOADED.length} processes, ${o.settleS} s each)`);
+    modules = await moduleCosts(REPO, 3, o.settleS * 1000);
   }
   return { readings, meanVmRss, target: { bound: RSS_TARGET_MIB, met: meanVmRss <= RSS_TARGET_MIB }, modules };
 }
@@ -201,11 +215,18 @@ export function formatProbe(res: ProbeResult, o: Pick<ProbeOptions, 'settleS' | 
   lines.push(...formatParts(last.parts));
   if (res.modules) {
     const m = res.modules;
-    lines.push('', 'the dependencies, each added to bare node with the agent\'s flags (VmRSS 2.5 s after start, median of 3), MiB:');
+    lines.push('', `the dependencies, each added to bare node with the agent's flags (VmRSS ${o.settleS} s after start, median of 3), MiB:`);
     for (const s of m.steps) lines.push(`  ${s.name.padEnd(32)} ${String(s.total).padStart(6)}  ${s.name === 'node floor' ? '' : `${s.delta >= 0 ? '+' : ''}${s.delta}`.padStart(5)}  ${s.note}`);
     const deps = m.steps[m.steps.length - 1]!.total;
-    lines.push(`  ${'the agent (mean of the runs)'.padEnd(32)} ${String(res.meanVmRss).padStart(6)}  ${('+' + r1(res.meanVmRss - deps)).padStart(5)}  cladnet's own code in both threads, etcd connection and watch, state`);
+    lines.push(`  ${'the agent (mean of the runs)'.padEnd(32)} ${String(res.meanVmRss).padStart(6)}  ${('+' + r1(res.meanVmRss - deps)).padStart(5)}  cladnet's own code in both threads and its state (its peers, keys, watch handlers)`);
     for (const n of m.notLoaded) lines.push(`  not loaded: ${n.name}, ${n.note}: +${n.delta} over the floor`);
+    const fixed = m.steps.find((s) => s.name === FIXED_PACKAGES_STEP);
+    if (fixed) {
+      lines.push(
+        `  the fixed packages alone, one thread, no line of cladnet: ${fixed.total} MiB ` +
+          `(${fixed.total > res.target.bound ? 'above' : 'within'} issue 14's bound of ${res.target.bound})`,
+      );
+    }
   }
   const t = res.target;
   lines.push(
