@@ -30,7 +30,7 @@ export async function enrolIfNeeded(cfg: AgentConfig, client: () => Etcd3, publi
   if (!fs.existsSync(cfg.cert)) {
     const token = cfg.token ?? readTokenFile(cfg.tokenFile!);
     const r = await enrollWithToken(client(), { network: cfg.network, name: cfg.name, publicKey, token, log });
-    writeCertFile(cfg.cert, { trustAnchor: r.trustAnchor, cert: r.cert });
+    writeCertFile(cfg.cert, { trustAnchor: r.trustAnchor, cert: r.cert, spec: r.spec });
     log.info(
       { tokenId: r.cert.token, use: r.use, overlayIp: r.cert.overlayIp, serial: r.cert.serial, notAfter: r.cert.notAfter, cert: cfg.cert, recovered: r.recovered },
       'joined the network with a token: certificate stored',

@@ -7,8 +7,10 @@
  *    signed by that anchor and is valid now;
  * 3. once the network spec is known (from etcd or the saved state), its trust anchor must be the
  *    pinned one and its signature (over cidr, mtu, port) must verify against it: an etcd writer
- *    who swaps the anchor or re-addresses the network gets a refusal. When the spec in etcd fails
- *    and the saved one passes, the agent keeps the saved one (`chooseNetworkSpec`).
+ *    who swaps the anchor or re-addresses the network gets a refusal. It must not be older than
+ *    the spec this host holds: the saved state's, or on a host that never ran, the one the issuer
+ *    put in the certificate file. When the spec in etcd fails and a held one passes, the agent
+ *    keeps the held one (`chooseNetworkSpec`).
  *
  * Every refusal is a CladnetError (ECONFIG for a certificate meant for another network or name,
  * EKEY for anything about keys and signatures) whose message says what to do.
@@ -29,6 +31,8 @@ export interface Membership {
   readonly cert: HostCert;
   readonly anchor: TrustAnchor;
   readonly file: string;
+  /** The network spec the certificate file carries (as its issuer verified it), not yet checked here. */
+  readonly spec: NetworkSpec | null;
 }
 
 export async function loadMembership(
@@ -67,7 +71,7 @@ export async function loadMembership(
   if (bad !== null) throw new CladnetError('EKEY', `cert: ${file}: ${bad}`, { field: 'cert' });
   const left = Date.parse(cert.notAfter) - now;
   if (left < RENEW_WARNING_MS) log.warn({ notAfter: cert.notAfter, file }, 'host certificate expires soon; issue a new one');
-  return { cert, anchor, file };
+  return { cert, anchor, file, spec: cf.spec ?? null };
 }
 
 /**
@@ -103,28 +107,50 @@ export function checkNetworkMembership(spec: NetworkSpec, m: Membership): void {
 
 /**
  * The spec to run with: `current` (from etcd) when it passes `checkNetworkMembership` and is not
- * older than the saved one; else the last good one from the saved state when that passes (an etcd
+ * older than the spec this host holds (`heldSpec`); else the held one when that passes (an etcd
  * writer's rewrite, or its replay of a spec the network key signed earlier, then changes nothing
  * here, and is logged as an error); else the refusal for `current`.
  */
 export function chooseNetworkSpec(current: NetworkSpec, saved: NetworkSpec | null, m: Membership, log: Logger): NetworkSpec {
-  const good = saved !== null && saved !== current && passes(saved, m) ? saved : null;
+  const held = heldSpec(current, saved, m);
   let refusal: CladnetError;
   try {
     checkNetworkMembership(current, m);
-    const older = good === null ? null : olderThan(current, good);
+    const older = held === null ? null : olderThan(current, held.spec, held.whose);
     if (older === null) return current;
     refusal = new CladnetError('EKEY', `network ${current.name}: ${older}; refusing it (replayed by an etcd writer?)`, { field: 'serial' });
   } catch (e) {
     if (!(e instanceof CladnetError)) throw e;
     refusal = e;
   }
-  if (good === null) throw refusal;
+  if (held === null) throw refusal;
   log.error(
-    { err: refusal.message, cidr: good.cidr, mtu: good.mtu, port: good.port, serial: good.serial ?? 0 },
-    'the network spec in etcd is refused; keeping the last good spec from the saved state',
+    { err: refusal.message, cidr: held.spec.cidr, mtu: held.spec.mtu, port: held.spec.port, serial: held.spec.serial ?? 0 },
+    `the network spec in etcd is refused; keeping the last good spec from ${held.from}`,
   );
-  return good;
+  return held.spec;
+}
+
+/** A spec this host holds, where it comes from, and how `olderThan` names it. */
+export interface HeldSpec {
+  spec: NetworkSpec;
+  from: 'the saved state' | 'the certificate file';
+  whose: string;
+}
+
+/**
+ * The newest spec this host already holds that passes `checkNetworkMembership`: the saved state's
+ * (the one it last ran with; left out when it is `current` itself) or the certificate file's (what
+ * the issuer verified when it certified this host: all a host that never ran has). On a tie the
+ * saved state's: it is the one the host ran with.
+ */
+export function heldSpec(current: NetworkSpec, saved: NetworkSpec | null, m: Membership): HeldSpec | null {
+  const fromState: HeldSpec | null =
+    saved !== null && saved !== current && passes(saved, m) ? { spec: saved, from: 'the saved state', whose: 'this host already ran with' } : null;
+  const fromCert: HeldSpec | null =
+    m.spec !== null && passes(m.spec, m) ? { spec: m.spec, from: 'the certificate file', whose: `in this host's certificate file (${m.file})` } : null;
+  if (fromState === null || fromCert === null) return fromState ?? fromCert;
+  return (fromCert.spec.serial ?? 0) > (fromState.spec.serial ?? 0) ? fromCert : fromState;
 }
 
 function passes(spec: NetworkSpec, m: Membership): boolean {
@@ -141,10 +167,10 @@ function passes(spec: NetworkSpec, m: Membership): boolean {
  * gives a larger serial, so a smaller one is an earlier spec put back; the same serial with other
  * content was never a successor of the held spec either.
  */
-export function olderThan(spec: NetworkSpec, held: NetworkSpec): string | null {
+export function olderThan(spec: NetworkSpec, held: NetworkSpec, whose = 'this host already ran with'): string | null {
   const a = spec.serial ?? 0;
   const b = held.serial ?? 0;
-  if (a < b) return `the spec in etcd has serial ${a}, older than serial ${b} this host already ran with`;
-  if (a === b && spec.signature !== held.signature) return `the spec in etcd has serial ${a} like the one this host ran with, but other content`;
+  if (a < b) return `the spec in etcd has serial ${a}, older than serial ${b} ${whose}`;
+  if (a === b && spec.signature !== held.signature) return `the spec in etcd has serial ${a} like the one ${whose}, but other content`;
   return null;
 }

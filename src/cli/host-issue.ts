@@ -55,8 +55,8 @@ export async function issueHostFiles(client: Etcd3, o: IssueFilesOptions): Promi
   if (o.publicKey !== undefined) {
     const out = o.out ?? `./${o.name}.cert`;
     const certFile = isDir(out) ? path.join(out, CERT_FILE) : out;
-    const { cert, trustAnchor, warnings } = await issueHost(client, { ...o, publicKey: o.publicKey });
-    writeCertFile(certFile, { trustAnchor, cert });
+    const { cert, trustAnchor, spec, warnings } = await issueHost(client, { ...o, publicKey: o.publicKey });
+    writeCertFile(certFile, { trustAnchor, cert, spec });
     return { cert, trustAnchor, certFile, warnings };
   }
   const dir = o.out ?? `./${o.name}`;
@@ -69,8 +69,8 @@ export async function issueHostFiles(client: Etcd3, o: IssueFilesOptions): Promi
   const keyFile = path.join(dir, KEY_FILE);
   const certFile = path.join(dir, CERT_FILE);
   try {
-    const { cert, trustAnchor, warnings } = await issueHost(client, { ...o, publicKey });
-    writeCertFile(certFile, { trustAnchor, cert });
+    const { cert, trustAnchor, spec, warnings } = await issueHost(client, { ...o, publicKey });
+    writeCertFile(certFile, { trustAnchor, cert, spec });
     return { cert, trustAnchor, certFile, privateKeyFile: keyFile, keyCreated: created, warnings };
   } catch (e) {
     if (created) fs.rmSync(keyFile, { force: true });

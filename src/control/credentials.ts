@@ -3,9 +3,11 @@
  *
  *   NAME.netkey   the network key, JSON {version, network, publicKey, secretKey} (Ed25519, base64),
  *                 mode 0600, kept offline by the operator. Never written to etcd.
- *   host.cert     a host's certificate, JSON {version, trustAnchor, cert}: the certificate plus the
- *                 network's public key, which the agent pins (an etcd writer who rewrites the
- *                 network spec's trustAnchor is refused). Public; mode 0644.
+ *   host.cert     a host's certificate, JSON {version, trustAnchor, cert, spec?}: the certificate
+ *                 plus the network's public key, which the agent pins (an etcd writer who rewrites
+ *                 the network spec's trustAnchor is refused), and the signed network spec the
+ *                 issuer verified, which a host that never ran holds etcd's against (an etcd writer
+ *                 who puts back an earlier signed spec is refused). Public; mode 0644.
  *
  * Key files are created with mode 0600 and never overwritten; one that group or others can read
  * is refused.
@@ -16,7 +18,7 @@ import * as path from 'node:path';
 import type { Ed25519, SigningKeyPair } from '../crypto/sign';
 import { CladnetError } from '../errors';
 import { checkName } from './keys';
-import { HostCert, isBase64Of, parseHostCert } from './records';
+import { HostCert, isBase64Of, NetworkSpec, parseHostCert, parseNetworkSpec, serializeNetworkSpec } from './records';
 
 export const NETWORK_KEY_SUFFIX = '.netkey';
 export const CERT_FILE = 'host.cert';
@@ -32,6 +34,12 @@ export interface CertFile {
   /** base64 Ed25519 public key of the network key that signed `cert`. */
   readonly trustAnchor: string;
   readonly cert: HostCert;
+  /**
+   * The network spec (signed by the network key) as the issuer read and verified it when it made
+   * the certificate (`host issue`), or as the join token carried it. Absent in files written before
+   * it existed. The agent verifies it again before it relies on it.
+   */
+  readonly spec?: NetworkSpec;
 }
 
 function ekey(field: string, msg: string): CladnetError {
@@ -99,7 +107,8 @@ export function readNetworkKey(file: string, ed: Ed25519): NetworkKey {
 }
 
 export function serializeCertFile(c: CertFile): string {
-  return `${JSON.stringify({ version: 1, trustAnchor: c.trustAnchor, cert: c.cert }, null, 2)}\n`;
+  const spec = c.spec === undefined ? undefined : (JSON.parse(serializeNetworkSpec(c.spec)) as unknown);
+  return `${JSON.stringify({ version: 1, trustAnchor: c.trustAnchor, cert: c.cert, spec }, null, 2)}\n`;
 }
 
 /**
@@ -144,7 +153,10 @@ export function parseCertFile(text: string, file: string): CertFile {
   if (!isBase64Of(doc['trustAnchor'], 32)) throw ekey('cert', `${file}: trustAnchor is not base64 of a 32-byte key`);
   const cert = parseHostCert((doc['cert'] ?? null) as object);
   if (!cert.ok) throw ekey('cert', `${file}: cert.${cert.error}`);
-  return { trustAnchor: doc['trustAnchor'], cert: cert.value };
+  if (doc['spec'] === undefined) return { trustAnchor: doc['trustAnchor'], cert: cert.value };
+  const spec = parseNetworkSpec(JSON.stringify(doc['spec']), { name: cert.value.network });
+  if (!spec.ok) throw ekey('cert', `${file}: spec.${spec.error}`);
+  return { trustAnchor: doc['trustAnchor'], cert: cert.value, spec: spec.value };
 }
 
 const LOOPBACK = /^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\]|::1|localhost)$/i;

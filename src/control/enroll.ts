@@ -28,7 +28,7 @@ import { assertAddressFree, loadIssuerView, reservedFor } from './issuance';
 import { matchesNamePattern, tokenUseKey } from './keys';
 import { leaseOverlayIp } from './leases';
 import { getNetwork } from './networks';
-import { checkOverlayIpInNetwork, checkRecordSize, HostCert, serializeHostCert } from './records';
+import { checkOverlayIpInNetwork, checkRecordSize, HostCert, type NetworkSpec, serializeHostCert } from './records';
 import { decodeToken, readTokenRevocation, readTokenUses, type JoinToken } from './token';
 import { parseOverlayCidr } from '../util/ipv4';
 
@@ -46,6 +46,8 @@ export interface EnrollOptions {
 export interface Enrolled {
   cert: HostCert;
   trustAnchor: string;
+  /** The spec the address was leased under: etcd's, or the token's when etcd's is older (both signed). */
+  spec: NetworkSpec;
   use: number;
   /** True when an earlier run had already claimed the use (it crashed before storing the certificate). */
   recovered: boolean;
@@ -81,10 +83,19 @@ export async function enrollWithToken(client: Etcd3, o: EnrollOptions): Promise<
     const g = t.grant;
     checkTokenScope(t, o, now().getTime());
     const anchor = new TrustAnchor(ed, o.network, t.trustAnchor);
-    const spec = await getNetwork(client, o.network);
-    const badSpec = spec.trustAnchor !== t.trustAnchor ? `trustAnchor: ${spec.trustAnchor ?? 'none'} is not the token's ${t.trustAnchor}` : anchor.verifySpec(spec);
+    const inEtcd = await getNetwork(client, o.network);
+    const badSpec = inEtcd.trustAnchor !== t.trustAnchor ? `trustAnchor: ${inEtcd.trustAnchor ?? 'none'} is not the token's ${t.trustAnchor}` : anchor.verifySpec(inEtcd);
     if (badSpec !== null) {
       throw new CladnetError('EKEY', `network ${o.network}: the spec in etcd does not verify against the token's trust anchor: ${badSpec}; refusing to join`, { field: 'trustAnchor' });
+    }
+    // The newer of etcd's spec and the token's (both signed): an earlier one put back in etcd is not
+    // the one this host's address is leased under, nor the one its certificate file carries.
+    const spec = t.spec !== undefined && (t.spec.serial ?? 0) > (inEtcd.serial ?? 0) ? t.spec : inEtcd;
+    if (spec !== inEtcd) {
+      o.log?.error(
+        { etcdSerial: inEtcd.serial ?? 0, tokenSerial: spec.serial ?? 0 },
+        "enrolment: the network spec in etcd is older than the token's; using the token's (an earlier spec put back by an etcd writer?)",
+      );
     }
     const rev = await readTokenRevocation(client, anchor, g.id);
     if (rev) {
@@ -95,7 +106,7 @@ export async function enrollWithToken(client: Etcd3, o: EnrollOptions): Promise<
       const { byUse, invalid } = await readTokenUses(client, anchor, g.id);
       for (const [use, c] of byUse) {
         if (c.name === o.name && c.publicKey === o.publicKey && checkOverlayIpInNetwork(c, prefix, spec.cidr) === null) {
-          return { cert: c, trustAnchor: t.trustAnchor, use, recovered: true };
+          return { cert: c, trustAnchor: t.trustAnchor, spec, use, recovered: true };
         }
       }
       let use = 0;
@@ -132,7 +143,7 @@ export async function enrollWithToken(client: Etcd3, o: EnrollOptions): Promise<
       const bad = invalid.get(use);
       const txn = bad === undefined ? client.if(key, 'Create', '==', 0) : client.if(key, 'Mod', '==', bad);
       const res = await etcdCall(`claim ${key}`, () => txn.then(client.put(key).value(serializeHostCert(cert))).commit());
-      if (res.succeeded) return { cert, trustAnchor: t.trustAnchor, use, recovered: false };
+      if (res.succeeded) return { cert, trustAnchor: t.trustAnchor, spec, use, recovered: false };
       o.log?.info({ tokenId: g.id, use }, 'another host claimed this token use first; trying the next');
     }
     throw new CladnetError('EETCD', `token: could not claim a use of token ${g.id} (too many concurrent claims); try again`, { field: 'token', transient: true });

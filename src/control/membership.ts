@@ -174,6 +174,8 @@ export interface IssueOptions {
 export interface IssueResult {
   cert: HostCert;
   trustAnchor: string;
+  /** The network spec the certificate was made under, verified against the network key. */
+  spec: NetworkSpec;
   /** Things the operator should know: leases repaired, ledger lines or etcd records skipped. */
   warnings: string[];
 }
@@ -222,7 +224,7 @@ export async function issueHost(client: Etcd3, o: IssueOptions): Promise<IssueRe
       groups: o.groups,
     });
     await recordIssued(client, ledgerFile, cert);
-    return { cert, trustAnchor: key.publicKey, warnings };
+    return { cert, trustAnchor: key.publicKey, spec, warnings };
   } finally {
     key.secretKey.fill(0);
   }

@@ -16,7 +16,10 @@
  *    enrolled, listed by serial) is revoked.
  *
  * The token string: `cladnet-token-v1.` then base64url of JSON
- * `{"version":1,"trustAnchor":"<b64>","grant":{...TokenGrant...},"secret":"<b64 of 64 bytes>"}`.
+ * `{"version":1,"trustAnchor":"<b64>","grant":{...TokenGrant...},"secret":"<b64 of 64 bytes>","spec":{...}}`,
+ * where `spec` is the network spec as `token create` read and verified it (signed by the network
+ * key; absent in tokens made before it existed): the enrolling host holds etcd's spec against it,
+ * so an etcd writer cannot hand a new host an earlier spec the network key signed.
  * A token file holds that string (whitespace around it is ignored) and must be mode 0600.
  */
 import * as fs from 'node:fs';
@@ -35,6 +38,9 @@ import {
   HostCert,
   isBase64Of,
   MAX_TOKEN_CERT_DAYS,
+  NetworkSpec,
+  parseNetworkSpec,
+  serializeNetworkSpec,
   MAX_TOKEN_USES,
   NAME_PATTERN_RE,
   parseHostCert,
@@ -59,6 +65,8 @@ export interface JoinToken {
   readonly grant: TokenGrant;
   /** 64 bytes (libsodium's seed || public key); zero it once used. */
   readonly secret: Uint8Array;
+  /** The network spec when the token was made, verified against `trustAnchor`. */
+  readonly spec?: NetworkSpec;
 }
 
 function etoken(msg: string): CladnetError {
@@ -66,7 +74,8 @@ function etoken(msg: string): CladnetError {
 }
 
 export function encodeToken(t: JoinToken): string {
-  const doc = { version: 1, trustAnchor: t.trustAnchor, grant: JSON.parse(serializeTokenGrant(t.grant)) as unknown, secret: Buffer.from(t.secret).toString('base64') };
+  const spec = t.spec === undefined ? undefined : (JSON.parse(serializeNetworkSpec(t.spec)) as unknown);
+  const doc = { version: 1, trustAnchor: t.trustAnchor, grant: JSON.parse(serializeTokenGrant(t.grant)) as unknown, secret: Buffer.from(t.secret).toString('base64'), spec };
   return TOKEN_PREFIX + Buffer.from(JSON.stringify(doc)).toString('base64url');
 }
 
@@ -93,13 +102,21 @@ export function decodeToken(text: string, ed: Ed25519): JoinToken {
   const anchor = new TrustAnchor(ed, g.value.network, doc['trustAnchor']);
   const bad = anchor.verifyGrant(g.value);
   if (bad !== null) throw etoken(`grant.${bad}`);
+  let spec: NetworkSpec | undefined;
+  if (doc['spec'] !== undefined) {
+    const parsed = parseNetworkSpec(JSON.stringify(doc['spec']), { name: g.value.network });
+    if (!parsed.ok) throw etoken(`spec.${parsed.error}`);
+    const unsigned = parsed.value.trustAnchor !== doc['trustAnchor'] ? 'trustAnchor: not the token\'s' : anchor.verifySpec(parsed.value);
+    if (unsigned !== null) throw etoken(`spec.${unsigned}`);
+    spec = parsed.value;
+  }
   const secret = new Uint8Array(Buffer.from(doc['secret'], 'base64'));
   const pub = ed.publicKeyOf(secret);
   if (!pub || Buffer.from(pub).toString('base64') !== g.value.delegateKey) {
     secret.fill(0);
     throw etoken("secret: is not the grant's delegate key");
   }
-  return { trustAnchor: doc['trustAnchor'], grant: g.value, secret };
+  return { trustAnchor: doc['trustAnchor'], grant: g.value, secret, ...(spec && { spec }) };
 }
 
 /** Reads a token file: must exist, be mode 0600 or stricter (it is a secret), and hold one token. */
@@ -205,7 +222,10 @@ export async function createToken(client: Etcd3, o: CreateTokenOptions): Promise
     checkRecordSize('token', value);
     const k = tokenKey(o.network, grant.id);
     await etcdCall(`write ${k}`, () => client.put(k).value(value).exec());
-    return { token: encodeToken({ trustAnchor: key.publicKey, grant, secret: delegate.secretKey }), grant };
+    // The spec travels with the token when the network key signed it (a network made before specs
+    // were signed has none to vouch for; its hosts are refused at start until it is signed).
+    const signed = new TrustAnchor(ed, o.network, key.publicKey).verifySpec(spec) === null;
+    return { token: encodeToken({ trustAnchor: key.publicKey, grant, secret: delegate.secretKey, ...(signed && { spec }) }), grant };
   } finally {
     key.secretKey.fill(0);
     delegate.secretKey.fill(0);

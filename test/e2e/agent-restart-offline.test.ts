@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backWithEtcd, bedEtcdctl } from '../helpers/bed-etcd';
 import { networkKey } from '../../src/control/keys';
-import { cliPath, networkKeyFile, waitUntil, type Agent } from '../../src/testbed/agents';
+import { cliPath, issueHostCert, networkKeyFile, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { runOk } from '../../src/testbed/run';
 import { recoveryMs, startPings } from '../../src/testbed/traffic';
@@ -47,6 +47,35 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
   });
 
   const nftIn = (ns: string, ...a: string[]) => bed.topo.exec(ns, ['nft', ...a]);
+  const mtuOf = async (a: Agent) => (JSON.parse((await bed.topo.exec(a.host.ns, ['ip', '-j', 'link', 'show', 'dev', a.iface])).stdout) as { mtu: number }[])[0]!.mtu;
+  /** The operator signs the network again with another MTU (a new serial). */
+  const signMtu = (mtu: number) =>
+    runOk(
+      [
+        ...['ip', 'netns', 'exec', bed.topo.routerNs, process.execPath, cliPath(), 'network', 'sign', bed.network],
+        ...['--network-key', networkKeyFile(bed.topo, bed.network), '--cidr', bed.cidr, '--mtu', String(mtu), '--rewrite', '--etcd', bed.etcd.endpoint],
+      ],
+      { timeoutMs: 20_000 },
+    );
+  /** An etcd writer puts back a spec (JSON text) the network key signed earlier. */
+  const putBack = async (spec: string) => {
+    const put = await bedEtcdctl(bed, ['put', networkKey(bed.network), spec]);
+    expect(put.code, put.stderr).toBe(0);
+  };
+  /** After a refusal: the agent runs on (no restart into the refused spec), its peer reaches it, and it saved `mtu`. */
+  const runsOnWith = async (h1: Agent, mtu: number) => {
+    await bed.waitUp();
+    await new Promise((r) => setTimeout(r, 1_000));
+    expect([h1.proc.exitCode, h1.proc.signalCode]).toEqual([null, null]);
+    const state = JSON.parse(fs.readFileSync(path.join(h1.stateDir, 'state.json'), 'utf8')) as { network: { mtu: number } };
+    expect(state.network.mtu).toBe(mtu);
+  };
+  /** The network spec as etcd holds it now (JSON text). */
+  const specInEtcd = async () => {
+    const got = await bedEtcdctl(bed, ['get', networkKey(bed.network), '--print-value-only']);
+    expect(got.code, got.stderr).toBe(0);
+    return got.stdout.trim();
+  };
 
   const cases: { name: string; enter: (h1: Agent) => Promise<void>; leave: (h1: Agent) => Promise<void> }[] = [
     { name: 'refused (etcd stopped)', enter: () => bed.etcd.stop(), leave: () => bed.etcd.start() },
@@ -123,18 +152,11 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
 
   it('a network spec changed while the host was away, read after it started on the saved one: saved, and the agent stops so its service restarts on it', async () => {
     let h1 = bed.agent('h1');
-    const mtuOf = async (a: Agent) => (JSON.parse((await bed.topo.exec(a.host.ns, ['ip', '-j', 'link', 'show', 'dev', a.iface])).stdout) as { mtu: number }[])[0]!.mtu;
     const before = await mtuOf(h1);
     expect(before).toBe(1420);
     expect(await h1.stop()).toEqual({ code: 0, signal: null });
     // The operator lowers the MTU (signed by the network key) while h1 is down...
-    await runOk(
-      [
-        ...['ip', 'netns', 'exec', bed.topo.routerNs, process.execPath, cliPath(), 'network', 'sign', bed.network],
-        ...['--network-key', networkKeyFile(bed.topo, bed.network), '--cidr', bed.cidr, '--mtu', '1380', '--rewrite', '--etcd', bed.etcd.endpoint],
-      ],
-      { timeoutMs: 20_000 },
-    );
+    await signMtu(1380);
     // ... and etcd hangs before h1 is back: it starts on its saved spec.
     process.kill(bed.etcd.pid()!, 'SIGSTOP');
     let stopped = true;
@@ -160,34 +182,39 @@ describe.skipIf(!isRoot)('an agent restarted while etcd does not answer', () => 
 
   it('an earlier spec the network key signed, put back by an etcd writer, is refused at start: the host keeps the newer one it ran with', async () => {
     let h1 = bed.agent('h1');
-    const mtuOf = async (a: Agent) => (JSON.parse((await bed.topo.exec(a.host.ns, ['ip', '-j', 'link', 'show', 'dev', a.iface])).stdout) as { mtu: number }[])[0]!.mtu;
-    const got = await bedEtcdctl(bed, ['get', networkKey(bed.network), '--print-value-only']);
-    expect(got.code, got.stderr).toBe(0);
-    const earlier = got.stdout.trim();
+    const earlier = await specInEtcd();
     const mtu = (JSON.parse(earlier) as { mtu: number }).mtu === 1400 ? 1380 : 1400;
     // The operator signs a new MTU (a new serial) and h1 runs on it...
     expect(await h1.stop()).toEqual({ code: 0, signal: null });
-    await runOk(
-      [
-        ...['ip', 'netns', 'exec', bed.topo.routerNs, process.execPath, cliPath(), 'network', 'sign', bed.network],
-        ...['--network-key', networkKeyFile(bed.topo, bed.network), '--cidr', bed.cidr, '--mtu', String(mtu), '--rewrite', '--etcd', bed.etcd.endpoint],
-      ],
-      { timeoutMs: 20_000 },
-    );
+    await signMtu(mtu);
     h1 = await bed.start(h1.host, { issueCert: false });
     expect(await mtuOf(h1)).toBe(mtu);
     expect(await h1.stop()).toEqual({ code: 0, signal: null });
     // ... then an etcd writer puts the earlier spec back: its signature is good, its serial older.
-    const put = await bedEtcdctl(bed, ['put', networkKey(bed.network), earlier]);
-    expect(put.code, put.stderr).toBe(0);
+    await putBack(earlier);
     h1 = await bed.start(h1.host, { issueCert: false });
     expect(await mtuOf(h1)).toBe(mtu);
     expect(h1.logTail(50)).toMatch(/older than serial \d+ this host already ran with; refusing it .*keeping the last good spec from the saved state/);
-    // It runs on (no restart into the old spec) and its peer reaches it.
-    await bed.waitUp();
-    await new Promise((r) => setTimeout(r, 1_000));
-    expect([h1.proc.exitCode, h1.proc.signalCode]).toEqual([null, null]);
-    const state = JSON.parse(fs.readFileSync(path.join(h1.stateDir, 'state.json'), 'utf8')) as { network: { mtu: number } };
-    expect(state.network.mtu).toBe(mtu);
+    await runsOnWith(h1, mtu);
+  }, 90_000);
+
+  it('a host that never ran holds etcd\'s spec against the one in its certificate file: an earlier spec put back is refused', async () => {
+    let h1 = bed.agent('h1');
+    const earlier = await specInEtcd();
+    const mtu = (JSON.parse(earlier) as { mtu: number }).mtu === 1360 ? 1340 : 1360;
+    expect(await h1.stop()).toEqual({ code: 0, signal: null });
+    // The operator signs a new MTU, then certifies h1 as a new host: host issue puts the spec it
+    // verified into the certificate file (cloud-init ships that file to the VM).
+    await signMtu(mtu);
+    await issueHostCert(bed.topo, { name: 'h1', network: bed.network, etcd: bed.etcd.endpoint, out: h1.stateDir });
+    const certFile = JSON.parse(fs.readFileSync(path.join(h1.stateDir, 'host.cert'), 'utf8')) as { spec?: { mtu: number } };
+    expect(certFile.spec?.mtu).toBe(mtu);
+    // An etcd writer puts the earlier spec back before the host's first start: nothing saved yet.
+    await putBack(earlier);
+    fs.rmSync(path.join(h1.stateDir, 'state.json'));
+    h1 = await bed.start(h1.host, { issueCert: false });
+    expect(await mtuOf(h1)).toBe(mtu);
+    expect(h1.logTail(50)).toMatch(/older than serial \d+ in this host's certificate file .*keeping the last good spec from the certificate file/);
+    await runsOnWith(h1, mtu);
   }, 90_000);
 });

@@ -1,7 +1,7 @@
 /**
  * The network spec in etcd is signed by the network key: an etcd writer who rewrites cidr, mtu or
  * port gets a refusal from the agent (the real `cladnet agent`, which stops before it touches the
- * host) and from the operator's `host issue`; an old unsigned spec is refused with the command
+ * host when it has no good spec of its own to run on) and from the operator's `host issue`; an old unsigned spec is refused with the command
  * that signs it, and `cladnet network sign` (the real CLI) signs only values the operator states.
  * Real etcd on loopback; dist/ must be built.
  */
@@ -51,6 +51,24 @@ async function network(name: string): Promise<{ spec: NetworkSpec; keyFile: stri
   return { spec, keyFile, stateDir };
 }
 
+/**
+ * The certificate file as `host issue` wrote it before files carried the network spec: a host with
+ * such a file and no saved state has nothing to hold etcd's spec against.
+ */
+function withoutSpec(stateDir: string): void {
+  const file = path.join(stateDir, 'host.cert');
+  const doc = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  expect(doc['spec']).toBeDefined();
+  delete doc['spec'];
+  fs.writeFileSync(file, JSON.stringify(doc));
+}
+
+/** The membership the agent loads from h1's state dir (its certificate file). */
+async function membershipOf(net: string, stateDir: string) {
+  const file = path.join(stateDir, 'host.cert');
+  return loadMembership({ cert: file, network: net, name: 'h1' }, JSON.parse(fs.readFileSync(file, 'utf8')).cert.publicKey, silentLogger);
+}
+
 /** What an etcd writer without the network key can do: put any JSON at the spec's key. */
 async function overwrite(spec: NetworkSpec, change: Record<string, unknown>, drop: string[] = []): Promise<void> {
   const o = { ...(JSON.parse(serializeNetworkSpec(spec)) as Record<string, unknown>), ...change };
@@ -88,8 +106,9 @@ describe('signed network spec against a real etcd', () => {
     const { spec, stateDir } = await network(`sig-ok-${tag}`);
     const stored = await getNetwork(client, spec.name);
     expect(stored.signature).toBe(spec.signature);
-    const m = await loadMembership({ cert: path.join(stateDir, 'host.cert'), network: spec.name, name: 'h1' }, JSON.parse(fs.readFileSync(path.join(stateDir, 'host.cert'), 'utf8')).cert.publicKey, silentLogger);
+    const m = await membershipOf(spec.name, stateDir);
     expect(m.anchor.verifySpec(stored)).toBeNull();
+    expect(m.spec).toEqual(stored); // host issue put the spec it verified into the certificate file
     expect(chooseNetworkSpec(stored, null, m, silentLogger)).toBe(stored);
   });
 
@@ -104,6 +123,10 @@ describe('signed network spec against a real etcd', () => {
     const tampered = await getNetwork(client, net);
     expect(tampered[field]).toBe(change[field as keyof typeof change]);
 
+    // A new host whose certificate file carries the spec runs on that one, not on etcd's.
+    expect(chooseNetworkSpec(tampered, null, await membershipOf(net, stateDir), silentLogger)).toEqual(spec);
+    // One whose file does not (issued before files carried it) has nothing to fall back on: it stops.
+    withoutSpec(stateDir);
     const a = await agent(net, stateDir);
     expect(a.code).toBe(1);
     expect(a.stderr).toMatch(/the spec does not verify against the trust anchor .* signature: .*\[EKEY\]/s);
@@ -114,13 +137,14 @@ describe('signed network spec against a real etcd', () => {
     // An agent that ran before the rewrite has the good spec in its saved state and keeps it.
     const anchor = new TrustAnchor(await loadEd25519(), net, spec.trustAnchor!);
     const cert = JSON.parse(fs.readFileSync(path.join(stateDir, 'host.cert'), 'utf8')).cert;
-    expect(chooseNetworkSpec(tampered, spec, { cert, anchor, file: 'host.cert' }, silentLogger)).toBe(spec);
+    expect(chooseNetworkSpec(tampered, spec, { cert, anchor, file: 'host.cert', spec: null }, silentLogger)).toBe(spec);
   });
 
   it('an unsigned spec is refused with the command to sign it; network sign signs only stated values', async () => {
     const net = `sig-old-${tag}`;
     const { spec, keyFile, stateDir } = await network(net);
     await overwrite(spec, {}, ['signature']); // as `network create` wrote it before specs were signed
+    withoutSpec(stateDir); // and host issue wrote certificate files then
 
     const a = await agent(net, stateDir);
     expect(a.code).toBe(1);

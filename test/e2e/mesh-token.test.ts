@@ -3,13 +3,14 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { issueCert } from '../../src/control/cert';
-import { aliveKey, hostKey } from '../../src/control/keys';
+import { aliveKey, hostKey, networkKey } from '../../src/control/keys';
 import { serializeHostRecord } from '../../src/control/records';
 import { decodeToken } from '../../src/control/token';
 import { loadEd25519 } from '../../src/crypto/sign';
 import { cli, networkKeyFile, sleep, waitUntil, type Agent } from '../../src/testbed/agents';
 import { startMeshBed, type MeshBed } from '../../src/testbed/mesh';
 import { ping, tcpTransfer, writeRandomFile } from '../../src/testbed/traffic';
+import { bedEtcdctl } from '../helpers/bed-etcd';
 
 /**
  * Issue 12, join tokens, with real agents, etcd and kernels: two hosts certified by the operator
@@ -84,6 +85,9 @@ describe.skipIf(!isRoot)('join tokens: a host joins without the network key; bad
     // Its own key and a certificate under the token, use 1; no network key anywhere on it.
     const certFile = JSON.parse(fs.readFileSync(path.join(joined.stateDir, 'host.cert'), 'utf8')) as { cert: Record<string, unknown> };
     expect(certFile.cert).toMatchObject({ name: 'web-1', token: t.id, use: 1, publicKey: self.publicKey, overlayIp: self.overlayIp });
+    // and the network spec it enrolled under, the one etcd holds (signed; the agent holds etcd's against it)
+    const inEtcd = await bedEtcdctl(bed, ['get', networkKey(NET), '--print-value-only']);
+    expect((certFile as { spec?: unknown }).spec).toEqual(JSON.parse(inEtcd.stdout.trim()));
     expect(fs.readdirSync(joined.stateDir).filter((f) => f.endsWith('.netkey'))).toEqual([]);
     // The token file was wiped and removed; the log names the token by id only, never the token.
     expect(fs.existsSync(file)).toBe(false);
@@ -225,4 +229,34 @@ describe.skipIf(!isRoot)('join tokens: a host joins without the network key; bad
     const there = await ping(bed.topo, bed.agent('h2').host.ns, after.self.overlayIp, { count: 3 });
     expect(there.received).toBe(3);
   }, 60_000);
+
+  it("a token carries the network spec it was made under: an earlier spec an etcd writer puts back does not reach the host that enrols", async () => {
+    const got = await bedEtcdctl(bed, ['get', networkKey(NET), '--print-value-only']);
+    expect(got.code, got.stderr).toBe(0);
+    const earlier = got.stdout.trim();
+    const mtu = (JSON.parse(earlier) as { mtu: number }).mtu === 1360 ? 1340 : 1360;
+    const signed = await cli(
+      bed.topo,
+      bed.topo.routerNs,
+      ['network', 'sign', NET, '--network-key', networkKeyFile(bed.topo, NET), '--cidr', bed.cidr, '--mtu', String(mtu), '--rewrite', '--etcd', bed.etcd.endpoint],
+      20_000,
+    );
+    expect(signed.code, signed.stderr).toBe(0);
+    const t = await makeToken('app', ['--name', 'app-*', '--uses', '1', '--ttl', '10m']);
+    const ed = await loadEd25519();
+    const decoded = decodeToken(t.token, ed);
+    decoded.secret.fill(0);
+    expect(decoded.spec?.mtu).toBe(mtu);
+    const put = await bedEtcdctl(bed, ['put', networkKey(NET), earlier]);
+    expect(put.code, put.stderr).toBe(0);
+    const a = await bed.start(bed.topo.host('h4'), { name: 'app-1', issueCert: false, extraArgs: ['--token-file', tokenFile('app-1', t.token)], readyTimeoutMs: 30_000 });
+    const link = JSON.parse((await bed.topo.exec(a.host.ns, ['ip', '-j', 'link', 'show', 'dev', a.iface])).stdout) as { mtu: number }[];
+    expect(link[0]!.mtu).toBe(mtu);
+    const certFile = JSON.parse(fs.readFileSync(path.join(a.stateDir, 'host.cert'), 'utf8')) as { spec?: { mtu: number } };
+    expect(certFile.spec?.mtu).toBe(mtu);
+    const log = fs.readFileSync(a.logFile, 'utf8');
+    expect(log).toContain("the network spec in etcd is older than the token's");
+    expect(log).toMatch(/keeping the last good spec from the certificate file/);
+    await a.stop();
+  }, 90_000);
 });

@@ -96,6 +96,21 @@ describe('certificate file', () => {
     );
     expect(thrown(() => readCertFile(path.join(dir, 'none'))).message).toMatch(/does not exist; issue one with: cladnet host issue/);
   });
+
+  it('carries the network spec the issuer verified; a garbled one is refused naming spec and its field', () => {
+    const cert = issueCert(ed, net.secretKey, { network: 'demo', name: 'a', publicKey: b64(new Uint8Array(32).fill(1)), overlayIp: '100.64.0.5' });
+    const trustAnchor = b64(net.publicKey);
+    const unsigned = { version: 1 as const, name: 'demo', cidr: '100.64.0.0/24', mtu: 1380, port: 51820, created: '2026-12-05T00:00:00.000Z', trustAnchor, serial: 9 };
+    const spec = signNetworkSpec(ed, net.secretKey, unsigned);
+    const f = fresh();
+    writeCertFile(f, { trustAnchor, cert, spec });
+    expect(readCertFile(f)).toEqual({ trustAnchor, cert, spec });
+    expect(JSON.parse(fs.readFileSync(f, 'utf8')).spec.serial).toBe(9);
+    const doc = (s: unknown) => JSON.stringify({ version: 1, trustAnchor, cert, spec: s });
+    expect(thrown(() => parseCertFile(doc({ ...spec, mtu: 'big' }), 'F')).message).toMatch(/^cert: F: spec\.mtu: /);
+    expect(thrown(() => parseCertFile(doc({ ...spec, name: 'other' }), 'F')).message).toMatch(/^cert: F: spec\.name: /);
+    expect(thrown(() => parseCertFile(doc('x'), 'F')).message).toMatch(/^cert: F: spec\./);
+  });
 });
 
 describe('the agent at start (loadMembership, checkNetworkMembership)', () => {
@@ -121,6 +136,7 @@ describe('the agent at start (loadMembership, checkNetworkMembership)', () => {
 
   it('accepts a certificate for this network, name and key, and pins its anchor', async () => {
     const m = await load(certFile());
+    expect(m.spec).toBeNull(); // a file without a spec (written before it existed)
     expect(m.cert.overlayIp).toBe('100.64.0.5');
     expect(m.anchor.publicKey).toBe(b64(net.publicKey));
     expect(() => checkNetworkMembership(spec, m)).not.toThrow();

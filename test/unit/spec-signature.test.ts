@@ -22,7 +22,7 @@ async function fixture() {
   const spec = signNetworkSpec(ed, kp.secretKey, unsigned);
   const trust = new TrustAnchor(ed, 'demo', anchor);
   const cert = issueCert(ed, kp.secretKey, { network: 'demo', name: 'web-1', publicKey: X(1), overlayIp: '100.64.0.7' });
-  const member: Membership = { cert, anchor: trust, file: '/test/host.cert' };
+  const member: Membership = { cert, anchor: trust, file: '/test/host.cert', spec: null };
   return { ed, kp, anchor, unsigned, spec, trust, member };
 }
 
@@ -163,14 +163,42 @@ describe('network spec serials: a replayed earlier spec', () => {
     expect(chooseNetworkSpec(v1, legacy, member, log)).toBe(v1);
     // the same serial with other content never followed the saved spec either
     const twin = signNetworkSpec(ed, kp.secretKey, { ...unsigned, port: 4000, serial: 101 });
-    expect(olderThan(twin, v2)).toMatch(/serial 101 like the one this host ran with, but other content/);
+    expect(olderThan(twin, v2)).toMatch(/serial 101 like the one this host already ran with, but other content/);
     expect(olderThan(v2, twin)).not.toBeNull();
     expect(chooseNetworkSpec(twin, v2, member, log)).toBe(v2);
-    // a host without a saved spec cannot tell, and takes etcd's when it verifies
+    // a host without a saved spec, and a certificate file without one, cannot tell: it takes etcd's when it verifies
     expect(chooseNetworkSpec(v1, null, member, log)).toBe(v1);
     // and a saved spec that does not verify does not count, serial or not
     expect(chooseNetworkSpec(v1, rewrite(v2, { serial: 999 }), member, log)).toBe(v1);
     expect(lines.length).toBe(3);
+  });
+
+  it("a host that never ran holds etcd's spec against the one its certificate file carries", async () => {
+    const { ed, kp, unsigned, member } = await fixture();
+    const v1 = signNetworkSpec(ed, kp.secretKey, { ...unsigned, serial: 100 });
+    const v2 = signNetworkSpec(ed, kp.secretKey, { ...unsigned, mtu: 1380, serial: 101 });
+    const v3 = signNetworkSpec(ed, kp.secretKey, { ...unsigned, mtu: 1360, serial: 102 });
+    const issued: Membership = { ...member, spec: v2 };
+    const { lines, log } = logLines();
+    // etcd holds an earlier spec than the issuer saw: refused, the certificate file's is used
+    expect(chooseNetworkSpec(v1, null, issued, log)).toBe(v2);
+    expect(lines[0]?.msg).toMatch(/keeping the last good spec from the certificate file/);
+    expect(lines[0]?.err).toMatch(/serial 100, older than serial 101 in this host's certificate file \(\/test\/host\.cert\)/);
+    // the same spec, or a newer one (the operator signed again after issuing), is taken silently
+    expect(chooseNetworkSpec(v2, null, issued, log)).toBe(v2);
+    expect(chooseNetworkSpec(v3, null, issued, log)).toBe(v3);
+    expect(lines.length).toBe(1);
+    // saved state and certificate file: the newer of the two is the floor
+    expect(chooseNetworkSpec(v1, v3, issued, log)).toBe(v3); // ran on a later spec than it was issued under
+    expect(lines[1]?.msg).toMatch(/from the saved state/);
+    expect(chooseNetworkSpec(v1, v1, { ...member, spec: v3 }, log)).toBe(v3); // re-issued after the network was signed again
+    expect(lines[2]?.msg).toMatch(/from the certificate file/);
+    // the saved spec itself (etcd away at start) against a newer one in the certificate file
+    const saved = v2;
+    expect(chooseNetworkSpec(saved, saved, { ...member, spec: v3 }, log)).toBe(v3);
+    // a certificate file's spec that does not verify is no floor
+    expect(chooseNetworkSpec(v1, null, { ...member, spec: rewrite(v3, { serial: 999 }) }, log)).toBe(v1);
+    expect(lines.length).toBe(4);
   });
 });
 
@@ -213,4 +241,5 @@ describe('certified relays', () => {
     expect(mayRelay(rec(relayCert))).toBe(false); // the host does not offer it
     expect(mayRelay(rec(member.cert, true))).toBe(false); // an etcd writer set the flag
   });
+
 });

@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { issueCert, signGrant, signTokenRevocation, type TrustAnchor } from '../../src/control/cert';
+import { issueCert, signGrant, signNetworkSpec, signTokenRevocation, type TrustAnchor } from '../../src/control/cert';
 import { checkTokenScope } from '../../src/control/enroll';
 import { matchesNamePattern, parseKey, tokenUseKey } from '../../src/control/keys';
 import { computePeers, type PeerInputs, type PeerTrust } from '../../src/control/peers';
@@ -51,6 +51,16 @@ beforeAll(async () => {
   token = { trustAnchor: anchor.publicKey, grant, secret: delegate.secretKey };
 });
 
+/** `CODE message` of what `f` throws, or 'accepted'. */
+function code(f: () => unknown): string {
+  try {
+    f();
+  } catch (e) {
+    return `${(e as CladnetError).code} ${(e as Error).message}`;
+  }
+  return 'accepted';
+}
+
 describe('the token string', () => {
   it('round-trips and checks its own chain', () => {
     const s = encodeToken(token);
@@ -63,14 +73,6 @@ describe('the token string', () => {
   });
 
   it('refuses garbage, a cut token, a grant not signed by the anchor it carries, and a secret that is not the delegate key', () => {
-    const code = (f: () => unknown) => {
-      try {
-        f();
-      } catch (e) {
-        return `${(e as CladnetError).code} ${(e as Error).message}`;
-      }
-      return 'accepted';
-    };
     expect(code(() => decodeToken('hello', ed))).toMatch(/^ETOKEN token: does not start with/);
     const s = encodeToken(token);
     expect(code(() => decodeToken(s.slice(0, s.length - 40), ed))).toMatch(/^ETOKEN /);
@@ -78,6 +80,19 @@ describe('the token string', () => {
     const forged = makeGrant({}, other.secretKey);
     expect(code(() => decodeToken(encodeToken({ ...token, grant: forged }), ed))).toMatch(/^ETOKEN token: grant\.signature: not signed/);
     expect(code(() => decodeToken(encodeToken({ ...token, secret: other.secretKey }), ed))).toMatch(/^ETOKEN token: secret: is not the grant's delegate key/);
+  });
+
+  it('carries the network spec it was made under; a spec the anchor did not sign, or garbled, is refused naming it', () => {
+    const unsigned = { version: 1 as const, name: 'demo', cidr: '100.64.0.0/24', mtu: 1380, port: 51820, created: new Date(T0).toISOString(), trustAnchor: anchor.publicKey, serial: 7 };
+    const spec = signNetworkSpec(ed, net.secretKey, unsigned);
+    const t = decodeToken(encodeToken({ ...token, spec }), ed);
+    expect(t.spec).toEqual(spec);
+    expect(decodeToken(encodeToken(token), ed).spec).toBeUndefined(); // a token made before it existed
+    const other = ed.generate();
+    expect(code(() => decodeToken(encodeToken({ ...token, spec: signNetworkSpec(ed, other.secretKey, unsigned) }), ed))).toMatch(/^ETOKEN token: spec\.signature: /);
+    expect(code(() => decodeToken(encodeToken({ ...token, spec: { ...spec, mtu: 1420 } }), ed))).toMatch(/^ETOKEN token: spec\.signature: /);
+    expect(code(() => decodeToken(encodeToken({ ...token, spec: { ...spec, mtu: 99 } }), ed))).toMatch(/^ETOKEN token: spec\.mtu: /);
+    expect(code(() => decodeToken(encodeToken({ ...token, spec: { ...spec, name: 'other' } }), ed))).toMatch(/^ETOKEN token: spec\.name: /);
   });
 
   it('parses durations and refuses bad ones, naming the field', () => {
