@@ -1,6 +1,6 @@
 /**
  * `cladnet cert print FILE`: a host certificate file (`host issue`, JSON {version, trustAnchor,
- * cert}; a bare certificate too) or a join token (`token create --out`), human readable or as
+ * cert, spec}; a bare certificate too) or a join token (`token create --out`), human readable or as
  * JSON. Public facts only: a token's delegate secret is never printed (it is zeroed as soon as
  * the token is decoded), and a network key file is refused.
  *
@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { TrustAnchor } from '../control/cert';
 import { parseCertFile, readNetworkKey } from '../control/credentials';
-import { isBase64Of, parseHostCert, type HostCert, type TokenGrant } from '../control/records';
+import { isBase64Of, parseHostCert, type HostCert, type NetworkSpec, type TokenGrant } from '../control/records';
 import { decodeToken, TOKEN_PREFIX } from '../control/token';
 import type { Ed25519 } from '../crypto/sign';
 import { CladnetError, isCladnetError } from '../errors';
@@ -61,6 +61,8 @@ export interface CertInfo {
   issuer: { kind: 'network-key'; keyId: string } | { kind: 'join-token'; token: string; use: number; delegateKeyId: string; grantIssuerKeyId: string | null };
   /** The trust anchor the file carries (a bare certificate has none). */
   fileTrustAnchor: string | null;
+  /** The network spec the file carries (null: a bare certificate, or a file written before files carried it). */
+  spec: SpecSummary | null;
   signature: SignatureCheck | null;
 }
 
@@ -77,10 +79,25 @@ export interface TokenInfo {
   delegateKeyId: string;
   fileTrustAnchor: string;
   issuer: { kind: 'network-key'; keyId: string };
+  /** The network spec the token carries (null: made before tokens carried it). */
+  spec: SpecSummary | null;
   signature: SignatureCheck;
 }
 
+/** The network spec a certificate file or token carries (what its issuer verified), in short. */
+export interface SpecSummary {
+  cidr: string;
+  mtu: number;
+  port: number;
+  /** 0: signed before specs had serials */
+  serial: number;
+}
+
 export type PrintInfo = CertInfo | TokenInfo;
+
+function specSummary(spec: NetworkSpec | undefined): SpecSummary | null {
+  return spec === undefined ? null : { cidr: spec.cidr, mtu: spec.mtu, port: spec.port, serial: spec.serial ?? 0 };
+}
 
 function bad(file: string, msg: string): CladnetError {
   return new CladnetError('ECERTFILE', `${file}: ${msg}`, { field: 'file' });
@@ -101,7 +118,15 @@ function certCheck(ed: Ed25519, cert: HostCert, a: AnchorChoice): SignatureCheck
   return check(ed, cert.network, a, (t) => t.verifyCert(cert, Date.parse(cert.issued)));
 }
 
-function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string | null, given: AnchorChoice | null, nowMs: number): CertInfo {
+function certInfo(
+  ed: Ed25519,
+  file: string,
+  cert: HostCert,
+  fileAnchor: string | null,
+  given: AnchorChoice | null,
+  nowMs: number,
+  spec?: NetworkSpec,
+): CertInfo {
   const anchor = given ?? (fileAnchor ? { publicKey: fileAnchor, source: 'file' as const } : null);
   // The issuer is who the file says signed it (its anchor); a key given on the command line is what we check against.
   const issuerKey = fileAnchor ?? given?.publicKey ?? null;
@@ -124,6 +149,7 @@ function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string 
         ? { kind: 'join-token', token: cert.token, use: cert.use ?? 0, delegateKeyId: keyId(g.delegateKey), grantIssuerKeyId: issuerKey ? keyId(issuerKey) : null }
         : { kind: 'network-key', keyId: issuerKey ? keyId(issuerKey) : 'unknown (a bare certificate names no trust anchor)' },
     fileTrustAnchor: fileAnchor,
+    spec: specSummary(spec),
     signature: anchor ? certCheck(ed, cert, anchor) : null,
   };
 }
@@ -131,11 +157,13 @@ function certInfo(ed: Ed25519, file: string, cert: HostCert, fileAnchor: string 
 function tokenInfo(ed: Ed25519, file: string, text: string, given: AnchorChoice | null, nowMs: number): TokenInfo {
   let grant: TokenGrant;
   let fileAnchor: string;
+  let spec: NetworkSpec | undefined;
   try {
     const t = decodeToken(text, ed);
     t.secret.fill(0);
     grant = t.grant;
     fileAnchor = t.trustAnchor;
+    spec = t.spec;
   } catch (e) {
     if (isCladnetError(e)) throw bad(file, e.message);
     throw e;
@@ -153,6 +181,7 @@ function tokenInfo(ed: Ed25519, file: string, text: string, given: AnchorChoice 
     delegateKeyId: keyId(grant.delegateKey),
     fileTrustAnchor: fileAnchor,
     issuer: { kind: 'network-key', keyId: keyId(fileAnchor) },
+    spec: specSummary(spec),
     signature: check(ed, grant.network, anchor, (t) => t.verifyGrant(grant)),
   };
 }
@@ -180,7 +209,7 @@ export function inspectFile(ed: Ed25519, file: string, given: AnchorChoice | nul
   if ('cert' in o) {
     try {
       const c = parseCertFile(s, file);
-      return certInfo(ed, file, c.cert, c.trustAnchor, given, nowMs);
+      return certInfo(ed, file, c.cert, c.trustAnchor, given, nowMs, c.spec);
     } catch (e) {
       // (parseCertFile names the file and the field: "FILE: cert.serial: ...")
       if (isCladnetError(e)) throw new CladnetError('ECERTFILE', e.message, { field: 'file' });
@@ -249,6 +278,7 @@ export function renderCertInfo(i: PrintInfo, nowMs = Date.now()): string {
         ['enrol until', until(i.validity)],
         ['delegate key', `key id ${i.delegateKeyId} (its secret half is in the token: not shown)`],
         ['issuer', `network key, key id ${i.issuer.keyId}`],
+        ['network spec', specLine(i.spec)],
         ['signature', sigLine(i.signature)],
       ]),
     ].join('\n');
@@ -272,9 +302,15 @@ export function renderCertInfo(i: PrintInfo, nowMs = Date.now()): string {
       ['expires', until(i.validity)],
       ['serial', i.serial],
       ['issuer', issuer],
+      ['network spec', specLine(i.spec)],
       ['signature', sigLine(i.signature)],
     ]),
   ].join('\n');
+}
+
+/** The spec a file carries: the agent refuses one from etcd older than it (docs/security.md). */
+function specLine(s: SpecSummary | null): string {
+  return s === null ? 'none (made before files carried it)' : `${s.cidr}, MTU ${s.mtu}, port ${s.port}, serial ${s.serial} (an older spec from etcd is refused)`;
 }
 
 /** The command; returns the exit code: 0, or 1 when the signature does not verify. */

@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { issueCert, signGrant } from '../../src/control/cert';
+import { issueCert, signGrant, signNetworkSpec } from '../../src/control/cert';
 import { serializeCertFile, writeNetworkKey } from '../../src/control/credentials';
 import { encodeToken } from '../../src/control/token';
 import type { SigningKeyPair } from '../../src/crypto/sign';
@@ -75,6 +75,23 @@ describe('cert print: a host certificate', () => {
     expect(squash(text)).toContain(`issuer: network key, key id ${keyId(fx.anchor.publicKey)}`);
     expect(squash(text)).toContain('signature: valid against the trust anchor in the file');
     expect(squash(text)).toContain('routes: none');
+  });
+
+  it('shows the network spec the file carries (what the agent holds etcd\'s against), or that it carries none', () => {
+    const cert = fx.certFor('a');
+    const unsigned = { version: 1 as const, name: 'demo', cidr: '100.64.0.0/24', mtu: 1380, port: 51820, created: new Date(T0).toISOString(), trustAnchor: fx.anchor.publicKey, serial: 42 };
+    const spec = signNetworkSpec(fx.ed, fx.net.secretKey, unsigned);
+    const withSpec = inspectFile(fx.ed, write('s.cert', serializeCertFile({ trustAnchor: fx.anchor.publicKey, cert, spec })), null, NOW) as CertInfo;
+    expect(withSpec.spec).toEqual({ cidr: '100.64.0.0/24', mtu: 1380, port: 51820, serial: 42 });
+    expect(squash(renderCertInfo(withSpec, NOW))).toContain('network spec: 100.64.0.0/24, MTU 1380, port 51820, serial 42');
+    const without = inspectFile(fx.ed, write('n.cert', serializeCertFile({ trustAnchor: fx.anchor.publicKey, cert })), null, NOW) as CertInfo;
+    expect(without.spec).toBeNull();
+    expect(squash(renderCertInfo(without, NOW))).toContain('network spec: none');
+    const grant = signGrant(fx.ed, fx.net.secretKey, { network: 'demo', names: 'web-*', uses: 1, ttlMs: DAY, certDays: 30, delegateKey: b64(delegate.publicKey), now: new Date(T0) });
+    const token = encodeToken({ trustAnchor: fx.anchor.publicKey, grant, secret: delegate.secretKey, spec });
+    const t = inspectFile(fx.ed, write('s.token', token, 0o600), null, NOW) as TokenInfo;
+    expect(t.spec).toEqual({ cidr: '100.64.0.0/24', mtu: 1380, port: 51820, serial: 42 });
+    expect(squash(renderCertInfo(t, NOW))).toContain('network spec: 100.64.0.0/24, MTU 1380, port 51820, serial 42');
   });
 
   it('a gateway\'s certificate lists the prefixes it may route', () => {
