@@ -1,4 +1,5 @@
 import * as http from 'node:http';
+import * as net from 'node:net';
 import type { Etcd3 } from 'etcd3';
 import { CladnetError } from '../errors';
 import type { Logger } from '../log';
@@ -50,6 +51,20 @@ export function parseHttpListen(s: string): { host: string; port: number } {
     throw new CladnetError('ECONFIG', `listen: "${s}" is not an address and port (e.g. 127.0.0.1:8080)`, { field: 'listen' });
   }
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+/**
+ * Whether a request's Host header names this server by address: an IP literal or localhost, with
+ * or without a port. A web page on another site that points its own DNS name at our address (DNS
+ * rebinding) sends that name as Host and is refused, so pages the operator's browser opens cannot
+ * read the topology. A request without Host (HTTP/1.0, never a browser's) passes.
+ */
+export function hostAllowed(host: string | undefined): boolean {
+  if (host === undefined) return true;
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+))(?::\d{1,5})?$/.exec(host);
+  if (!m) return false;
+  const name = m[1] ?? m[2]!;
+  return m[1] !== undefined ? net.isIPv6(name) : name.toLowerCase() === 'localhost' || net.isIPv4(name);
 }
 
 export async function startDashboard(opts: DashboardOptions): Promise<Dashboard> {
@@ -107,6 +122,10 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
 
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
+    if (!hostAllowed(req.headers.host)) {
+      res.writeHead(421, { 'content-type': 'text/plain' }).end('this dashboard answers only to its IP address or localhost\n');
+      return;
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' }).end('method not allowed\n');
       return;
@@ -132,7 +151,7 @@ export async function startDashboard(opts: DashboardOptions): Promise<Dashboard>
     server.once('error', (e) => reject(new CladnetError('EOS', `dashboard: cannot listen on ${opts.listen}: ${e.message}`, { cause: e })));
     server.listen(port, host, () => resolve());
   });
-  const bound = server.address() as import('node:net').AddressInfo;
+  const bound = server.address() as net.AddressInfo;
   const address = bound.family === 'IPv6' ? `[${bound.address}]:${bound.port}` : `${bound.address}:${bound.port}`;
   // Not awaited: the page answers at once, and says "etcd unreachable" until the first load.
   void registry.watchChanges(() => schedule()).catch((e: Error) => log.error({ err: e.message }, 'watch failed'));

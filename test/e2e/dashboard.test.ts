@@ -162,6 +162,9 @@ describe.skipIf(!isRoot)('cladnet dashboard in a browser', () => {
     expect(await head([`${url}/api/events`])).toMatch(/content-type: text\/event-stream/i);
     expect(await head([`${url}/nope`])).toMatch(/^HTTP\/1.1 404/);
     expect(await head(['-X', 'POST', `${url}/api/snapshot`])).toMatch(/^HTTP\/1.1 405/);
+    // A page whose DNS name was rebound to our address sends its own name as Host: refused.
+    expect(await head(['-H', `Host: rebound.example:${port}`, `${url}/api/snapshot`])).toMatch(/^HTTP\/1.1 421/);
+    expect(await head(['-H', `Host: rebound.example:${port}`, `${url}/api/events`])).toMatch(/^HTTP\/1.1 421/);
   });
 
   it('shows 3 hosts and 6 RTT cells with numbers, and turns a stopped host\'s row and column to down within 5 s without a reload', async () => {

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseHttpListen } from '../../src/dashboard/server';
+import { hostAllowed, parseHttpListen } from '../../src/dashboard/server';
 import { isCladnetError } from '../../src/errors';
 
 /** `cladnet dashboard`'s arguments: a bad --listen or --network is refused with ECONFIG before etcd is asked. */
@@ -25,6 +25,19 @@ describe('parseHttpListen', () => {
 });
 
 const cli = path.resolve(__dirname, '..', '..', 'dist', 'cli.js');
+describe('hostAllowed: the Host header must name the server by address (no DNS rebinding)', () => {
+  it('takes IP literals and localhost, with or without a port', () => {
+    for (const h of ['127.0.0.1:8080', '127.0.0.1', '198.18.0.1:80', '[::1]:8080', '[2001:db8::1]', 'localhost:8080', 'LOCALHOST', undefined]) {
+      expect(hostAllowed(h), String(h)).toBe(true);
+    }
+  });
+  it('refuses a DNS name (a rebinding page sends its own) and anything malformed', () => {
+    for (const h of ['evil.example:8080', 'evil.example', 'localhost.evil.example', '127.0.0.1.nip.io:8080', '[evil]:80', '::1', '', '127.0.0.1:8080:1', '[::1]x', '1.2.3']) {
+      expect(hostAllowed(h), h).toBe(false);
+    }
+  });
+});
+
 describe.skipIf(!fs.existsSync(cli))('cladnet dashboard (built CLI)', () => {
   const run = (...args: string[]) => spawnSync(process.execPath, [cli, 'dashboard', ...args], { encoding: 'utf8', timeout: 10_000, env: { ...process.env, CLADNET_ETCD: 'http://127.0.0.1:1' } });
 
